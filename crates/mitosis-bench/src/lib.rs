@@ -1,0 +1,50 @@
+//! Benchmarks and the demo of mitosis, and the workload programs they run.
+//!
+//! - [`workload`]: small single-threaded programs (run as hidden `mitosis
+//!   workload ...` subcommands so that every host has them) that fill memory
+//!   with known patterns, answer commands on stdin, and check themselves.
+//! - [`micro`]: `mitosis bench micro`, MITOSIS's micro benchmark: prepare,
+//!   resume, first and second touch per working-set size, each beside its
+//!   physical baseline measured in the same run (local fork, raw TCP).
+//! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
+//!
+//! Benchmarks build their own hosts (network namespaces) and tear them down.
+
+pub mod demo;
+pub mod micro;
+pub mod workload;
+
+/// Median of a sample (0 for none).
+pub fn median(v: &[f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+/// The p-th percentile by nearest rank.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the same clock in every network namespace).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentiles() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(super::median(&v), 3.0);
+        assert_eq!(super::percentile(&v, 99.0), 5.0);
+        assert_eq!(super::percentile(&[], 50.0), 0.0);
+    }
+}

@@ -1,0 +1,361 @@
+//! Prepare: turn a running, single-threaded x86-64 process into a *seed*.
+//!
+//! A seed is two things: a [`SeedImage`] (registers, xsave state, memory
+//! layout, signal state, files: everything except page contents) and a
+//! *snapshot process*, a copy-on-write fork of the target taken at the prepare
+//! instant, kept stopped, whose memory the daemon serves to children by
+//! address. The target keeps running unharmed.
+//!
+//! How (all from outside, with ptrace; the target needs no cooperation):
+//! 1. `PTRACE_SEIZE` + `PTRACE_INTERRUPT`; refuse multi-threaded targets.
+//! 2. Read registers, xsave state and the signal mask; read `/proc/PID/*`.
+//! 3. Inject a few syscalls through a `syscall` instruction of the vDSO:
+//!    `rt_sigaction` for each caught signal (handler addresses are not in
+//!    /proc), `brk(0)`, and finally `clone` with exit signal 0, which creates
+//!    the snapshot. Exit signal 0 keeps the snapshot out of the target's
+//!    `wait()` and SIGCHLD.
+//! 4. Point the snapshot's registers at `exit_group(0)` and detach it with
+//!    SIGSTOP, so it sits stopped; if anyone ever continues it, it exits
+//!    instead of running the target's code a second time.
+//! 5. Restore the target's registers and detach.
+//!
+//! This crate must not serve pages, talk to the network or keep seeds: the
+//! daemon owns the snapshot once [`prepare`] returns.
+
+mod files;
+
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use mitosis_proto::image::{
+    MmFields, PageRun, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
+};
+use mitosis_sys::procfs::{self, pagemap, MapsEntry};
+use mitosis_sys::ptrace::{idx, Stop, Tracee};
+use mitosis_sys::vdso::{is_vdso_part, VdsoInfo};
+use mitosis_sys::{mem, pidfd, SysError, PAGE};
+
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// Why a process could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("process {pid} does not exist or cannot be read")]
+    NoProcess { pid: i32 },
+    #[error("process {pid} has {threads} threads; only single-threaded processes can be prepared (numpy users: set OPENBLAS_NUM_THREADS=1)")]
+    MultiThreaded { pid: i32, threads: u32 },
+    #[error("process {pid} cannot be prepared: {what}")]
+    Unsupported { pid: i32, what: String },
+    #[error("{step}")]
+    Sys {
+        step: &'static str,
+        #[source]
+        source: SysError,
+    },
+}
+
+impl CaptureError {
+    fn sys(step: &'static str) -> impl FnOnce(SysError) -> CaptureError {
+        move |source| CaptureError::Sys { step, source }
+    }
+}
+
+/// A prepared seed: its image and the stopped snapshot process holding its memory.
+pub struct Snapshot {
+    pub image: SeedImage,
+    pub snapshot_pid: i32,
+    pub snapshot_pidfd: OwnedFd,
+}
+
+/// What the caller of [`prepare`] decides.
+pub struct PrepareSpec<'a> {
+    pub pid: i32,
+    pub id: &'a str,
+    pub generation: u64,
+    pub reply_slot: Option<mitosis_proto::local::ReplySlot>,
+}
+
+fn read_proc(pid: i32, what: &str) -> Result<String, CaptureError> {
+    std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|_| CaptureError::NoProcess { pid })
+}
+
+/// Prepares process `spec.pid`. Must run on one thread from start to end (ptrace rule).
+pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, CaptureError> {
+    let t0 = Instant::now();
+    let pid = spec.pid;
+    let status = procfs::parse_status(&read_proc(pid, "status")?);
+    if status.threads != 1 {
+        return Err(CaptureError::MultiThreaded { pid, threads: status.threads });
+    }
+    let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK)
+        .map_err(CaptureError::sys("attaching with ptrace"))?;
+    let pending = tracee.interrupt().map_err(CaptureError::sys("stopping the process"))?;
+    // Threads may have been created between the check and the stop.
+    let threads = procfs::parse_status(&read_proc(pid, "status")?).threads;
+    if threads != 1 {
+        return Err(CaptureError::MultiThreaded { pid, threads });
+    }
+    let regs = tracee.get_regs().map_err(CaptureError::sys("reading registers"))?;
+    let result = capture_stopped(spec, vdso, &tracee, &status, regs);
+    // Whatever happened, the target continues exactly where it was.
+    let restored = tracee.set_regs(&regs);
+    let detach = tracee.detach(pending.unwrap_or(0));
+    restored.map_err(CaptureError::sys("restoring the process's registers"))?;
+    let mut snap = result?;
+    detach.map_err(CaptureError::sys("detaching from the process"))?;
+    snap.image.prepare_us = t0.elapsed().as_micros() as u64;
+    Ok(snap)
+}
+
+fn capture_stopped(
+    spec: &PrepareSpec<'_>,
+    vdso: &VdsoInfo,
+    tracee: &Tracee,
+    status: &procfs::Status,
+    regs: [u64; 27],
+) -> Result<Snapshot, CaptureError> {
+    let pid = spec.pid;
+    let xstate = tracee.get_xstate().map_err(CaptureError::sys("reading the xsave state"))?;
+    let rseq = tracee.rseq().map_err(CaptureError::sys("reading the rseq registration"))?;
+    let blocked = tracee.get_sigmask().map_err(CaptureError::sys("reading the signal mask"))?;
+    let maps = procfs::parse_maps(&read_proc(pid, "maps")?).map_err(|what| CaptureError::Unsupported { pid, what })?;
+    let vmas = classify_vmas(pid, &maps)?;
+    let vdso_start = maps
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .map(|m| m.start)
+        .ok_or_else(|| CaptureError::Unsupported { pid, what: "it has no [vdso] mapping".into() })?;
+    let gadget = vdso_start + vdso.gadget_offset;
+    let stat = procfs::parse_stat_mm(&read_proc(pid, "stat")?).map_err(|e| CaptureError::Unsupported {
+        pid,
+        what: e.to_string(),
+    })?;
+    let no_events = |_: &Tracee, _: i32| Ok(());
+
+    // Handler addresses of caught signals are only visible from inside.
+    let mut actions = Vec::new();
+    let scratch = (regs[idx::RSP] - 128 - 64) & !15;
+    let mut saved = [0u8; 32];
+    mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut saved)
+        .map_err(CaptureError::sys("reading the stack below the red zone"))?;
+    for signo in 1..=64u32 {
+        let bit = 1u64 << (signo - 1);
+        if status.sig_caught & bit != 0 {
+            let r = tracee
+                .inject_syscall(&regs, gadget, libc::SYS_rt_sigaction, &[signo as u64, 0, scratch, 8], no_events)
+                .map_err(CaptureError::sys("reading a signal handler"))?;
+            if r < 0 {
+                return Err(CaptureError::Sys { step: "reading a signal handler", source: SysError::new("rt_sigaction", -r as i32) });
+            }
+            let mut ka = [0u8; 32];
+            mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut ka)
+                .map_err(CaptureError::sys("reading a signal handler"))?;
+            let w = |i: usize| u64::from_ne_bytes(ka[i * 8..i * 8 + 8].try_into().unwrap());
+            actions.push(SigAction { signo, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
+        } else if status.sig_ignored & bit != 0 {
+            actions.push(SigAction { signo, handler: libc::SIG_IGN as u64, flags: 0, restorer: 0, mask: 0 });
+        }
+    }
+    let tid_address = {
+        let r = tracee
+            .inject_syscall(&regs, gadget, libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], no_events)
+            .map_err(CaptureError::sys("reading the tid address"))?;
+        let mut b = [0u8; 8];
+        if r == 0 {
+            mem::read_ranges_fully(pid, None, &[(scratch, 8)], &mut b).map_err(CaptureError::sys("reading the tid address"))?;
+        }
+        u64::from_ne_bytes(b)
+    };
+    let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
+    mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
+    let robust_list = robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
+    let brk = tracee
+        .inject_syscall(&regs, gadget, libc::SYS_brk, &[0], no_events)
+        .map_err(CaptureError::sys("reading brk"))? as u64;
+
+    // The snapshot: a clone with exit signal 0 and no shared state.
+    let mut child: Option<i32> = None;
+    let r = tracee
+        .inject_syscall(&regs, gadget, libc::SYS_clone, &[0, 0, 0, 0, 0], |t, ev| {
+            if ev == libc::PTRACE_EVENT_CLONE || ev == libc::PTRACE_EVENT_FORK {
+                child = Some(t.event_msg()? as i32);
+            }
+            Ok(())
+        })
+        .map_err(CaptureError::sys("forking the snapshot"))?;
+    if r < 0 {
+        return Err(CaptureError::Sys { step: "forking the snapshot", source: SysError::new("clone", -r as i32) });
+    }
+    let snap_pid = child.unwrap_or(r as i32);
+    let snap = Tracee::adopt(snap_pid);
+    match mitosis_sys::ptrace::wait_stop(snap_pid).map_err(CaptureError::sys("waiting for the snapshot"))? {
+        Stop::Gone(_) => {
+            return Err(CaptureError::Unsupported { pid, what: "the snapshot process died at birth".into() })
+        }
+        _ => {}
+    }
+    let snap_pidfd = pidfd::open(snap_pid).map_err(CaptureError::sys("opening the snapshot's pidfd"))?;
+    // Parked: if ever continued, the snapshot exits instead of running the target's code.
+    let mut park = regs;
+    park[idx::RIP] = gadget;
+    park[idx::RAX] = libc::SYS_exit_group as u64;
+    park[idx::RDI] = 0;
+    park[idx::ORIG_RAX] = u64::MAX;
+    snap.set_regs(&park).map_err(CaptureError::sys("parking the snapshot"))?;
+    // PTRACE_DETACH drops its signal when the tracee sits in an event stop (as a
+    // new child does), so the SIGSTOP is queued first; it is taken before the
+    // snapshot executes a single instruction.
+    pidfd::send_signal(&snap_pidfd, libc::SIGSTOP).map_err(CaptureError::sys("parking the snapshot"))?;
+    snap.detach(0).map_err(CaptureError::sys("parking the snapshot"))?;
+
+    let eager_pages = written_file_pages(snap_pid, &vmas).map_err(CaptureError::sys("reading written file pages"))?;
+
+    let mut image_regs = regs;
+    // A sleep interrupted here cannot be restarted in another process (its restart
+    // block lives in this task): the child sees it return EINTR, which every
+    // sleeping API handles.
+    if regs[idx::ORIG_RAX] as i64 >= 0 && regs[idx::RAX] as i64 == ERESTART_RESTARTBLOCK {
+        image_regs[idx::RAX] = (-libc::EINTR) as i64 as u64;
+    }
+    let (files, closed_fds) = files::open_files(pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string))
+        .and_then(|p| files::identity(&p).map(|id| (p, id)));
+    let image = SeedImage {
+        id: spec.id.to_string(),
+        generation: spec.generation,
+        source_pid: pid,
+        uid: status.uid,
+        gid: status.gid,
+        groups: status.groups.clone(),
+        regs: Registers { words: image_regs },
+        xstate,
+        vmas,
+        mm: MmFields {
+            start_code: stat.start_code,
+            end_code: stat.end_code,
+            start_data: stat.start_data,
+            end_data: stat.end_data,
+            start_brk: stat.start_brk,
+            brk,
+            start_stack: stat.start_stack,
+            arg_start: stat.arg_start,
+            arg_end: stat.arg_end,
+            env_start: stat.env_start,
+            env_end: stat.env_end,
+        },
+        auxv: std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default(),
+        signals: SignalState { blocked, actions },
+        cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string))
+            .unwrap_or_else(|| "/".into()),
+        exe,
+        files,
+        closed_fds,
+        eager_pages,
+        vdso_hash: vdso.hash,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        rss_bytes: status.rss_kb * 1024,
+        prepared_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        prepare_us: 0,
+        reply_slot: spec.reply_slot,
+        rseq,
+        robust_list,
+        tid_address,
+    };
+    Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
+}
+
+fn robust_list(pid: i32) -> Result<(u64, u64), SysError> {
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: two valid out pointers.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut head as *mut u64, &mut len as *mut usize) };
+    if r != 0 {
+        return Err(SysError::last("get_robust_list"));
+    }
+    Ok((head, len as u64))
+}
+
+/// Sorts the target's mappings into what a child can rebuild.
+fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let prot = Prot { read: m.read, write: m.write, exec: m.exec };
+        let kind = if is_vdso_part(&m.name) {
+            VmaKind::Vdso
+        } else if m.name == "[vsyscall]" {
+            VmaKind::Vsyscall
+        } else if m.shared {
+            if m.write || m.inode == 0 {
+                return Err(CaptureError::Unsupported {
+                    pid,
+                    what: format!(
+                        "shared mapping {:#x}-{:#x} {} cannot be given to children (only private memory and read-only shared files can)",
+                        m.start, m.end, if m.name.is_empty() { "(anonymous)" } else { &m.name }
+                    ),
+                });
+            }
+            file_kind(m)
+        } else if m.inode == 0 {
+            VmaKind::Anon
+        } else {
+            file_kind(m)
+        };
+        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone() });
+    }
+    Ok(out)
+}
+
+fn file_kind(m: &MapsEntry) -> VmaKind {
+    if m.name.starts_with('/') && !m.name.ends_with(" (deleted)") {
+        if let Some(identity) = files::identity(&m.name) {
+            if identity.ino == m.inode {
+                return VmaKind::File { path: m.name.clone(), offset: m.offset, identity };
+            }
+        }
+    }
+    VmaKind::Opaque { name: m.name.clone() }
+}
+
+/// Pages of private file mappings that the process wrote (now anonymous
+/// copies): children map the file and get these on top.
+fn written_file_pages(snap_pid: i32, vmas: &[Vma]) -> Result<Vec<PageRun>, SysError> {
+    use std::os::unix::fs::FileExt;
+    let pm = std::fs::File::open(format!("/proc/{snap_pid}/pagemap"))
+        .map_err(|e| SysError::new("open pagemap", e.raw_os_error().unwrap_or(0)))?;
+    let mem = mem::ProcMem::open(snap_pid, false)?;
+    let mut runs: Vec<PageRun> = Vec::new();
+    for v in vmas.iter().filter(|v| matches!(v.kind, VmaKind::File { .. })) {
+        let n = v.pages() as usize;
+        let mut entries = vec![0u8; n * 8];
+        pm.read_exact_at(&mut entries, v.start / PAGE * 8)
+            .map_err(|e| SysError::new("read pagemap", e.raw_os_error().unwrap_or(0)))?;
+        for (i, e) in entries.chunks_exact(8).enumerate() {
+            let e = u64::from_ne_bytes(e.try_into().unwrap());
+            if e & pagemap::PRESENT != 0 && e & pagemap::FILE_OR_SHARED == 0 {
+                let addr = v.start + i as u64 * PAGE;
+                match runs.last_mut() {
+                    Some(r) if r.addr + r.data.len() as u64 == addr => {
+                        let old = r.data.len();
+                        r.data.resize(old + PAGE as usize, 0);
+                        mem.read_exact_at(&mut r.data[old..], addr)?;
+                    }
+                    _ => {
+                        let mut data = vec![0u8; PAGE as usize];
+                        mem.read_exact_at(&mut data, addr)?;
+                        runs.push(PageRun { addr, data });
+                    }
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+pub use files::identity as file_identity;

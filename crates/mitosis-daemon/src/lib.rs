@@ -1,0 +1,133 @@
+//! The per-host daemon, run by `mitosis daemon`.
+//!
+//! It owns, for its host:
+//! - the **seeds** prepared here (image + stopped snapshot process), until they
+//!   are dropped or the daemon stops ([`seeds`]);
+//! - the **peer server**: authenticated TCP for other daemons, which fetch seed
+//!   images and read snapshot pages by address ([`peer`]);
+//! - the **local server**: the Unix socket clients on this host use to
+//!   prepare, resume, drop and list, with a credential check per request ([`local`]);
+//! - the **children** resumed here: it forks them from one long-lived
+//!   thread ([`spawner`]), restores them, and runs one pager thread per child
+//!   ([`resume`]).
+//!
+//! Threads, not async: every connection and every pager is a blocking thread.
+//! ptrace requires that one thread does all of a tracee's operations, and
+//! page faults are served fastest by a thread that blocks on the userfaultfd.
+//!
+//! It must not contain capture, restore or paging logic itself: those are the
+//! `mitosis-capture`, `mitosis-restore` and `mitosis-pager` crates.
+
+pub mod local;
+pub mod peer;
+pub mod resume;
+pub mod seeds;
+pub mod spawner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mitosis_proto::auth::ClusterKey;
+use mitosis_sys::vdso::VdsoInfo;
+
+/// How a daemon is run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the peer server.
+    pub listen: SocketAddr,
+    /// Path of the local Unix socket.
+    pub socket: PathBuf,
+    pub key: ClusterKey,
+    /// Pages fetched around each fault.
+    pub window_pages: u64,
+    /// How long a page fetch may take before the child is killed.
+    pub fetch_timeout: Duration,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the local socket {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot inspect this kernel's vDSO: {0}")]
+    Vdso(String),
+}
+
+/// State shared by every thread of a daemon.
+pub struct Daemon {
+    pub config: Config,
+    pub vdso: VdsoInfo,
+    pub seeds: seeds::Seeds,
+    pub spawner: spawner::Spawner,
+    pub children: Mutex<Vec<(i32, Arc<std::os::fd::OwnedFd>)>>,
+}
+
+impl Daemon {
+    /// Binds both servers and runs until SIGTERM or SIGINT; then kills every
+    /// seed snapshot and child of this daemon and removes the socket.
+    pub fn run(config: Config) -> Result<(), StartError> {
+        // Signals are taken synchronously by the main thread; every thread
+        // spawned below inherits the blocked mask.
+        // SAFETY: plain sigset manipulation on local storage.
+        let set = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            set
+        };
+        let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
+        let tcp = std::net::TcpListener::bind(config.listen)
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let unix = local::bind(&config.socket)
+            .map_err(|source| StartError::Socket { path: config.socket.clone(), source })?;
+        let daemon = Arc::new(Daemon {
+            config,
+            vdso,
+            seeds: seeds::Seeds::default(),
+            spawner: spawner::Spawner::start(),
+            children: Mutex::new(Vec::new()),
+        });
+        tracing::info!(listen = %daemon.config.listen, socket = %daemon.config.socket.display(), "daemon ready");
+        let d = daemon.clone();
+        std::thread::Builder::new().name("peer-accept".into()).spawn(move || peer::serve(d, tcp)).expect("thread");
+        let d = daemon.clone();
+        std::thread::Builder::new().name("local-accept".into()).spawn(move || local::serve(d, unix)).expect("thread");
+
+        let mut sig = 0;
+        // SAFETY: `set` holds the signals blocked above; sigwait stores the one taken.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        tracing::info!(signal = sig, "stopping: killing children and dropping seeds");
+        daemon.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        for (pid, fd) in self.children.lock().unwrap().drain(..) {
+            tracing::debug!(pid, "killing child");
+            let _ = mitosis_sys::pidfd::send_signal(&fd, libc::SIGKILL);
+        }
+        self.seeds.clear();
+        let _ = std::fs::remove_file(&self.config.socket);
+    }
+}
+
+/// A fresh random 64-bit value (seed generations, never zero).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("kernel random source");
+    u64::from_ne_bytes(b) | 1
+}

@@ -1,0 +1,209 @@
+//! The host-local Unix socket: requests from `mitosis` commands and the
+//! libraries, each checked against the caller's credentials.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use mitosis_capture::{prepare, PrepareSpec};
+use mitosis_proto::frame::{write_msg, MAX_CONTROL_FRAME};
+use mitosis_proto::image::validate_seed_id;
+use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse};
+use mitosis_proto::{ErrorKind, RemoteError, PROTOCOL_VERSION};
+use mitosis_sys::fdpass::{self, PeerCred};
+use mitosis_sys::mem::ProcMem;
+use mitosis_sys::procfs;
+
+use crate::seeds::Seed;
+use crate::Daemon;
+
+/// Creates the socket (replacing a stale one) reachable by every local user:
+/// authorization is per request, by `SO_PEERCRED`.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon is serving this socket"));
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+pub fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let d = daemon.clone();
+        let _ = std::thread::Builder::new().name("local".into()).spawn(move || {
+            if let Err(e) = serve_client(&d, conn) {
+                tracing::debug!(error = %e, "local client gone");
+            }
+        });
+    }
+}
+
+fn reply(conn: &mut UnixStream, resp: &LocalResponse) -> std::io::Result<()> {
+    write_msg(conn, resp).map_err(|e| std::io::Error::other(e.to_string()))?;
+    conn.flush()
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> LocalResponse {
+    LocalResponse::Error(RemoteError::new(kind, message))
+}
+
+/// Reads one request frame and the descriptors sent with it.
+fn read_request(conn: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; 64 << 10];
+    let (n, fds) = fdpass::recv_with_fds(conn, &mut buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut got = n;
+    while got < 4 {
+        let m = (&*conn).read(&mut buf[got..])?;
+        if m == 0 {
+            return Ok(None);
+        }
+        got += m;
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as u64;
+    if len > MAX_CONTROL_FRAME {
+        return Err(std::io::Error::other(format!("request of {len} bytes is over the limit")));
+    }
+    let total = 4 + len as usize;
+    if total > buf.len() {
+        buf.resize(total, 0);
+    }
+    if got < total {
+        (&*conn).read_exact(&mut buf[got..total])?;
+    }
+    buf.truncate(total);
+    buf.drain(..4);
+    Ok(Some((buf, fds)))
+}
+
+fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
+    let cred = fdpass::peer_cred(&conn).map_err(|e| std::io::Error::other(e.to_string()))?;
+    while let Some((body, fds)) = read_request(&conn)? {
+        let env: Envelope = match postcard::from_bytes(&body) {
+            Ok(e) => e,
+            Err(_) => {
+                reply(&mut conn, &error(ErrorKind::BadRequest, "undecodable request (garbage, or a client of another version)"))?;
+                return Ok(());
+            }
+        };
+        if env.version != PROTOCOL_VERSION {
+            reply(&mut conn, &error(ErrorKind::VersionMismatch, format!(
+                "client speaks protocol {}, this daemon {PROTOCOL_VERSION}", env.version
+            )))?;
+            return Ok(());
+        }
+        match env.request {
+            LocalRequest::Prepare { pid, id, reply_slot } => {
+                let resp = handle_prepare(daemon, cred, pid, &id, reply_slot);
+                reply(&mut conn, &resp)?;
+            }
+            LocalRequest::Resume { from, id } => {
+                crate::resume::handle(daemon, cred, &mut conn, &from, &id, fds)?;
+                return Ok(());
+            }
+            LocalRequest::Drop { id } => {
+                let resp = match daemon.seeds.get(&id) {
+                    None => error(ErrorKind::NotFound, format!("no seed {id:?} on this host")),
+                    Some(s) if cred.uid != 0 && cred.uid != s.image.uid => {
+                        error(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}", s.image.uid))
+                    }
+                    Some(_) => {
+                        daemon.seeds.remove(&id);
+                        tracing::info!(%id, "seed dropped");
+                        LocalResponse::Dropped { id }
+                    }
+                };
+                reply(&mut conn, &resp)?;
+            }
+            LocalRequest::List => {
+                let seeds = daemon
+                    .seeds
+                    .list()
+                    .iter()
+                    .filter(|s| cred.uid == 0 || s.image.uid == cred.uid)
+                    .map(|s| s.info())
+                    .collect();
+                reply(&mut conn, &LocalResponse::Seeds(seeds))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn handle_prepare(
+    daemon: &Daemon,
+    cred: PeerCred,
+    pid: i32,
+    id: &str,
+    reply_slot: Option<mitosis_proto::local::ReplySlot>,
+) -> LocalResponse {
+    if let Err(e) = validate_seed_id(id) {
+        return error(ErrorKind::BadRequest, e);
+    }
+    if reply_slot.is_some() && pid != cred.pid {
+        return error(ErrorKind::PermissionDenied, "only a process itself may ask to be prepared with a reply slot");
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return error(ErrorKind::NotFound, format!("no process {pid}"));
+    };
+    let owner = procfs::parse_status(&status).uid;
+    if cred.uid != 0 && cred.uid != owner {
+        return error(ErrorKind::PermissionDenied, format!("process {pid} belongs to uid {owner}, you are uid {}", cred.uid));
+    }
+    let spec = PrepareSpec { pid, id, generation: crate::random_u64(), reply_slot };
+    match prepare(&spec, &daemon.vdso) {
+        Ok(snap) => {
+            let mem = match ProcMem::open(snap.snapshot_pid, false) {
+                Ok(m) => m,
+                Err(e) => return error(ErrorKind::Internal, format!("cannot open the snapshot's memory: {e}")),
+            };
+            let seed = Seed {
+                image: Arc::new(snap.image),
+                snapshot_pid: snap.snapshot_pid,
+                snapshot: snap.snapshot_pidfd,
+                mem,
+                created: std::time::Instant::now(),
+            };
+            let info = seed.info();
+            tracing::info!(%id, pid, snapshot = seed.snapshot_pid, us = info.prepare_us, vmas = info.vmas, "seed prepared");
+            if daemon.seeds.insert(seed).is_some() {
+                tracing::info!(%id, "replaced an older seed with the same id");
+            }
+            LocalResponse::Prepared(info)
+        }
+        Err(e) => {
+            let kind = match e {
+                mitosis_capture::CaptureError::NoProcess { .. } => ErrorKind::NotFound,
+                mitosis_capture::CaptureError::MultiThreaded { .. } | mitosis_capture::CaptureError::Unsupported { .. } => {
+                    ErrorKind::Unsupported
+                }
+                mitosis_capture::CaptureError::Sys { .. } => ErrorKind::Internal,
+            };
+            tracing::warn!(%id, pid, error = %chain(&e), "prepare failed");
+            error(kind, chain(&e))
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,189 @@
+//! Daemon-to-daemon traffic: the server that serves this host's seeds, and
+//! [`RemoteSource`], the client side used by resumes and pagers.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mitosis_proto::auth::{client_handshake, server_handshake, ClusterKey};
+use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME, MAX_IMAGE_FRAME};
+use mitosis_proto::image::SeedImage;
+use mitosis_proto::peer::{PeerRequest, PeerResponse};
+use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
+use mitosis_sys::mem;
+
+use crate::Daemon;
+
+/// How long a peer may take to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let d = daemon.clone();
+        let _ = std::thread::Builder::new().name("peer".into()).spawn(move || {
+            let who = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            match serve_peer(&d, conn) {
+                Ok(()) | Err(ProtoError::Closed) => tracing::debug!(%who, "peer disconnected"),
+                Err(e) => tracing::warn!(%who, error = %e, "peer dropped"),
+            }
+        });
+    }
+}
+
+fn serve_peer(daemon: &Daemon, conn: TcpStream) -> Result<(), ProtoError> {
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut stream = conn.try_clone()?;
+    server_handshake(&mut stream, &daemon.config.key)?;
+    conn.set_read_timeout(None)?;
+    let mut reader = BufReader::with_capacity(64 << 10, conn.try_clone()?);
+    let mut writer = BufWriter::with_capacity(64 << 10, conn);
+    let mut buf = Vec::new();
+    loop {
+        let req: PeerRequest = match read_msg(&mut reader, MAX_CONTROL_FRAME) {
+            Ok(r) => r,
+            Err(e @ (ProtoError::Decode { .. } | ProtoError::FrameTooLarge { .. })) => {
+                let _ = write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(ErrorKind::BadRequest, e.to_string())));
+                let _ = writer.flush();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(why) = req.validate() {
+            write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(ErrorKind::BadRequest, why)))?;
+            writer.flush()?;
+            continue;
+        }
+        match req {
+            PeerRequest::GetSeed { id } => {
+                let resp = match daemon.seeds.get(&id) {
+                    Some(seed) => PeerResponse::Seed(Box::new((*seed.image).clone())),
+                    None => PeerResponse::Error(RemoteError::new(ErrorKind::NotFound, format!("no seed {id:?} on this host"))),
+                };
+                write_msg(&mut writer, &resp)?;
+            }
+            PeerRequest::ReadPages { id, generation, ranges } => {
+                let seed = match daemon.seeds.get(&id) {
+                    Some(s) if s.image.generation == generation => s,
+                    Some(_) => {
+                        write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(
+                            ErrorKind::SeedGone,
+                            format!("seed {id:?} was prepared again; generation {generation:#x} is gone"),
+                        )))?;
+                        writer.flush()?;
+                        continue;
+                    }
+                    None => {
+                        write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(
+                            ErrorKind::SeedGone,
+                            format!("seed {id:?} was dropped"),
+                        )))?;
+                        writer.flush()?;
+                        continue;
+                    }
+                };
+                let total: u64 = ranges.iter().map(|r| r.1).sum();
+                buf.resize(total as usize, 0);
+                match mem::read_ranges_fully(seed.snapshot_pid, Some(&seed.mem), &ranges, &mut buf) {
+                    Ok(()) => {
+                        write_msg(&mut writer, &PeerResponse::Pages { len: total })?;
+                        writer.write_all(&buf)?;
+                    }
+                    Err(e) => {
+                        write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(
+                            ErrorKind::SeedGone,
+                            format!("seed {id:?}: its snapshot cannot be read ({e})"),
+                        )))?;
+                    }
+                }
+            }
+        }
+        writer.flush()?;
+    }
+}
+
+/// An authenticated connection to another daemon.
+pub struct PeerConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl PeerConn {
+    /// Connects to `addr` and authenticates both ways with `key`.
+    pub fn connect(addr: &str, key: &ClusterKey, timeout: Duration) -> Result<PeerConn, ProtoError> {
+        let sa = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| ProtoError::Io(std::io::Error::other(format!("{addr} does not resolve"))))?;
+        let stream = TcpStream::connect_timeout(&sa, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut s = stream.try_clone()?;
+        client_handshake(&mut s, key)?;
+        Ok(PeerConn { reader: BufReader::with_capacity(256 << 10, stream.try_clone()?), writer: stream })
+    }
+
+    fn request(&mut self, req: &PeerRequest, limit: u64) -> Result<PeerResponse, ProtoError> {
+        write_msg(&mut self.writer, req)?;
+        match read_msg(&mut self.reader, limit)? {
+            PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
+            other => Ok(other),
+        }
+    }
+
+    pub fn get_seed(&mut self, id: &str) -> Result<SeedImage, ProtoError> {
+        match self.request(&PeerRequest::GetSeed { id: id.to_string() }, MAX_IMAGE_FRAME)? {
+            PeerResponse::Seed(image) => Ok(*image),
+            _ => Err(ProtoError::Unexpected),
+        }
+    }
+
+    pub fn read_pages(&mut self, id: &str, generation: u64, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), ProtoError> {
+        let req = PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() };
+        match self.request(&req, MAX_CONTROL_FRAME)? {
+            PeerResponse::Pages { len } if len == out.len() as u64 => {
+                self.reader.read_exact(out)?;
+                Ok(())
+            }
+            _ => Err(ProtoError::Unexpected),
+        }
+    }
+}
+
+/// Pages of one seed generation on another host: the pager's [`PageSource`](mitosis_pager::PageSource).
+pub struct RemoteSource {
+    pub addr: String,
+    pub key: ClusterKey,
+    pub id: String,
+    pub generation: u64,
+    pub timeout: Duration,
+    pub conn: PeerConn,
+}
+
+impl mitosis_pager::PageSource for RemoteSource {
+    fn read(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
+        self.conn.read_pages(&self.id, self.generation, ranges, out).map_err(|e| match e {
+            ProtoError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut => {
+                format!("seed host {} did not answer within {:?}", self.addr, self.timeout)
+            }
+            ProtoError::Io(io) => format!("connection to seed host {} failed: {io}", self.addr),
+            ProtoError::Closed => format!("seed host {} closed the connection", self.addr),
+            other => format!("seed host {}: {other}", self.addr),
+        })
+    }
+
+    fn duplicate(&self) -> Result<Box<dyn mitosis_pager::PageSource>, String> {
+        let conn = PeerConn::connect(&self.addr, &self.key, self.timeout).map_err(|e| e.to_string())?;
+        Ok(Box::new(RemoteSource {
+            addr: self.addr.clone(),
+            key: self.key.clone(),
+            id: self.id.clone(),
+            generation: self.generation,
+            timeout: self.timeout,
+            conn,
+        }))
+    }
+}

@@ -1,0 +1,73 @@
+//! The seeds prepared on this host.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mitosis_proto::image::SeedImage;
+use mitosis_proto::local::SeedInfo;
+use mitosis_sys::mem::ProcMem;
+use mitosis_sys::pidfd;
+
+/// A prepared seed: its image and the stopped snapshot holding its memory.
+pub struct Seed {
+    pub image: Arc<SeedImage>,
+    pub snapshot_pid: i32,
+    pub snapshot: OwnedFd,
+    pub mem: ProcMem,
+    pub created: Instant,
+}
+
+impl Seed {
+    pub fn info(&self) -> SeedInfo {
+        let i = &self.image;
+        SeedInfo {
+            id: i.id.clone(),
+            generation: i.generation,
+            source_pid: i.source_pid,
+            snapshot_pid: self.snapshot_pid,
+            uid: i.uid,
+            mapped_bytes: i.mapped_bytes(),
+            rss_bytes: i.rss_bytes,
+            vmas: i.vmas.len() as u32,
+            age_ms: self.created.elapsed().as_millis() as u64,
+            prepare_us: i.prepare_us,
+            closed_fds: i.closed_fds.clone(),
+        }
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        // The snapshot is parked on exit_group: SIGKILL frees its memory at once.
+        let _ = pidfd::send_signal(&self.snapshot, libc::SIGKILL);
+    }
+}
+
+/// Seeds by id. Preparing an id again replaces (and frees) the old seed; readers
+/// that still hold an `Arc<Seed>` finish their read first.
+#[derive(Default)]
+pub struct Seeds {
+    map: Mutex<HashMap<String, Arc<Seed>>>,
+}
+
+impl Seeds {
+    pub fn insert(&self, seed: Seed) -> Option<Arc<Seed>> {
+        self.map.lock().unwrap().insert(seed.image.id.clone(), Arc::new(seed))
+    }
+    pub fn get(&self, id: &str) -> Option<Arc<Seed>> {
+        self.map.lock().unwrap().get(id).cloned()
+    }
+    pub fn remove(&self, id: &str) -> Option<Arc<Seed>> {
+        self.map.lock().unwrap().remove(id)
+    }
+    pub fn list(&self) -> Vec<Arc<Seed>> {
+        let mut v: Vec<_> = self.map.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.image.id.cmp(&b.image.id));
+        v
+    }
+    pub fn clear(&self) {
+        self.map.lock().unwrap().clear();
+    }
+}

@@ -1,0 +1,333 @@
+//! The pager: serves a resumed child's missing pages through its userfaultfd.
+//!
+//! One pager thread serves one process. On a fault it fetches a window of
+//! not-yet-served pages around the faulting address from a [`PageSource`]
+//! (the seed's host) in one request and copies them in with one
+//! `UFFDIO_COPY`. It follows the child's own memory operations through
+//! userfaultfd events, so that a child is never given a page it should not see:
+//!
+//! - `MADV_DONTNEED` / `MADV_REMOVE` (REMOVE event) and `munmap` (UNMAP): those
+//!   pages read as zero from then on, never as the seed's old content;
+//! - `mremap` (REMAP): the moved pages keep their seed addresses;
+//! - `fork` (FORK): the new process gets its own pager thread with a copy of
+//!   the bookkeeping and its own source, so grandchildren fault correctly too
+//!   (nested fork);
+//! - a fault outside any seed mapping (memory the child grew) gets a zero page.
+//!
+//! If a page cannot be fetched (seed host dead, network broken, seed dropped)
+//! the faulting page is poisoned (touching it raises SIGBUS, it never reads
+//! as zero) and the child is killed; the reason is returned to the daemon.
+//!
+//! The pager owns no sockets itself and knows nothing of the wire protocol:
+//! the daemon hands it a [`PageSource`].
+
+mod regions;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mitosis_proto::local::PagerStats;
+use mitosis_sys::uffd::{CopyResult, Event, Uffd};
+use mitosis_sys::{pidfd, PAGE};
+
+pub use regions::{PageState, Regions};
+
+/// Where a pager gets page contents.
+pub trait PageSource: Send {
+    /// Reads `ranges` (page-aligned seed addresses and lengths) back to back into `out`.
+    fn read(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String>;
+    /// An independent source for a forked child's pager.
+    fn duplicate(&self) -> Result<Box<dyn PageSource>, String>;
+}
+
+/// Tunables of a pager.
+#[derive(Debug, Clone, Copy)]
+pub struct PagerConfig {
+    /// Pages fetched around a fault (aligned window).
+    pub window_pages: u64,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        PagerConfig { window_pages: 64 }
+    }
+}
+
+/// Counters shared by a child's pager and its forked children's pagers.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub faults: AtomicU64,
+    pub zero_faults: AtomicU64,
+    pub pages_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub fetches: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> PagerStats {
+        PagerStats {
+            faults: self.faults.load(Ordering::Relaxed),
+            zero_faults: self.zero_faults.load(Ordering::Relaxed),
+            pages_fetched: self.pages_fetched.load(Ordering::Relaxed),
+            bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
+            fetches: self.fetches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a pager ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process exited (or its memory went away).
+    Exited,
+    /// A page could not be served; the process was killed for it.
+    Failed(String),
+}
+
+/// Bytes written over served pages: the answer a self-prepared child finds in its buffer.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub addr: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Serves one process.
+pub struct Pager {
+    uffd: Uffd,
+    regions: Regions,
+    source: Box<dyn PageSource>,
+    patches: Vec<Patch>,
+    config: PagerConfig,
+    counters: Arc<Counters>,
+    /// The process, when known (the resumed child); forked ones are watched through the uffd.
+    process: Option<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+/// Address used to ask the kernel whether a uffd's memory still exists (see
+/// [`Uffd::memory_alive`]); nothing can be mapped below `vm.mmap_min_addr`'s default.
+const PROBE_ADDR: u64 = 4096;
+
+impl Pager {
+    pub fn new(
+        uffd: Uffd,
+        regions: Regions,
+        source: Box<dyn PageSource>,
+        config: PagerConfig,
+        counters: Arc<Counters>,
+        process: Option<OwnedFd>,
+    ) -> Pager {
+        Pager { uffd, regions, source, patches: Vec::new(), config, counters, process, buf: Vec::new() }
+    }
+
+    pub fn with_patches(mut self, patches: Vec<Patch>) -> Pager {
+        self.patches = patches;
+        self
+    }
+
+    /// Serves until the process exits or a page cannot be served.
+    pub fn run(mut self) -> Outcome {
+        let mut events = Vec::with_capacity(64);
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.process.as_ref().map_or(-1, |p| p.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Outcome::Failed(format!("poll failed: {}", std::io::Error::last_os_error()));
+            }
+            if fds[0].revents & libc::POLLIN == 0 {
+                if fds[1].revents != 0 {
+                    return Outcome::Exited;
+                }
+                if n == 0 && self.process.is_none() && !self.uffd.memory_alive(PROBE_ADDR) {
+                    return Outcome::Exited;
+                }
+                if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                    return Outcome::Exited;
+                }
+                continue;
+            }
+            events.clear();
+            if let Err(e) = self.uffd.read_events(&mut events, 64) {
+                return Outcome::Failed(e.to_string());
+            }
+            for i in 0..events.len() {
+                let ev = events[i];
+                if let Err(reason) = self.handle(ev) {
+                    self.kill();
+                    return Outcome::Failed(reason);
+                }
+            }
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(p) = &self.process {
+            let _ = pidfd::send_signal(p, libc::SIGKILL);
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<(), String> {
+        match ev {
+            Event::Fault { addr } => self.serve(addr),
+            Event::Remove { start, end } | Event::Unmap { start, end } => {
+                self.regions.set(start, end, PageState::Zero);
+                Ok(())
+            }
+            Event::Remap { from, to, len } => {
+                self.regions.remap(from, to, len);
+                Ok(())
+            }
+            Event::Fork { uffd } => {
+                // SAFETY: the kernel installed this descriptor in our table for us to own.
+                let fd = unsafe { OwnedFd::from_raw_fd(uffd) };
+                self.spawn_forked(Uffd::from_fd(fd));
+                Ok(())
+            }
+            Event::Unknown(kind) => {
+                tracing::warn!(kind, "unknown userfaultfd event");
+                Ok(())
+            }
+        }
+    }
+
+    fn spawn_forked(&self, uffd: Uffd) {
+        let source = match self.source.duplicate() {
+            Ok(s) => s,
+            Err(e) => {
+                // Without a source every missing page would be lost: poison them all.
+                tracing::error!(error = %e, "no page source for a forked child; its missing pages will raise SIGBUS");
+                for (s, e) in self.regions.spans() {
+                    let _ = uffd.poison(s, e - s);
+                }
+                return;
+            }
+        };
+        let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None);
+        let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
+            if let Outcome::Failed(reason) = pager.run() {
+                tracing::error!(%reason, "pager of a forked child failed");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a pager thread for a forked child");
+        }
+    }
+
+    fn serve(&mut self, addr: u64) -> Result<(), String> {
+        self.counters.faults.fetch_add(1, Ordering::Relaxed);
+        let Some((state, seed_addr)) = self.regions.lookup(addr) else {
+            self.counters.zero_faults.fetch_add(1, Ordering::Relaxed);
+            return self.fill_zero(addr);
+        };
+        match state {
+            PageState::Zero => {
+                self.counters.zero_faults.fetch_add(1, Ordering::Relaxed);
+                self.fill_zero(addr)
+            }
+            PageState::Served => {
+                self.uffd.wake(addr, PAGE);
+                Ok(())
+            }
+            PageState::Remote => {
+                let _ = seed_addr;
+                self.fetch_window(addr)
+            }
+        }
+    }
+
+    fn fill_zero(&mut self, addr: u64) -> Result<(), String> {
+        self.regions.set(addr, addr + PAGE, PageState::Served);
+        match self.uffd.zero(addr, PAGE) {
+            CopyResult::Gone => Ok(()),
+            CopyResult::Done => Ok(()),
+            CopyResult::Again { .. } => self.drain_then(|p| match p.uffd.zero(addr, PAGE) {
+                CopyResult::Again { .. } => Err(format!("kernel kept refusing a zero page at {addr:#x}")),
+                _ => Ok(()),
+            }),
+        }
+    }
+
+    fn fetch_window(&mut self, addr: u64) -> Result<(), String> {
+        let w = self.config.window_pages.max(1) * PAGE;
+        let lo = addr / w * w;
+        // Runs of not-yet-served pages in the window: (child address, seed address, length).
+        let runs = self.regions.remote_runs(lo, lo + w);
+        let total: u64 = runs.iter().map(|r| r.2).sum();
+        let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
+        self.buf.resize(total as usize, 0);
+        let mut buf = std::mem::take(&mut self.buf);
+        if let Err(e) = self.source.read(&ranges, &mut buf) {
+            let _ = self.uffd.poison(addr, PAGE);
+            self.buf = buf;
+            return Err(format!("page {addr:#x} could not be fetched from the seed host: {e}"));
+        }
+        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        self.counters.pages_fetched.fetch_add(total / PAGE, Ordering::Relaxed);
+        self.counters.bytes_fetched.fetch_add(total, Ordering::Relaxed);
+        let mut off = 0usize;
+        for &(child, _, len) in &runs {
+            let chunk = &mut buf[off..off + len as usize];
+            for p in &self.patches {
+                apply_patch(chunk, child, p);
+            }
+            self.regions.set(child, child + len, PageState::Served);
+            let mut done = 0u64;
+            loop {
+                match self.uffd.copy(child + done, &chunk[done as usize..]) {
+                    CopyResult::Done | CopyResult::Gone => break,
+                    CopyResult::Again { copied } => {
+                        done += copied;
+                        let mut pending = Vec::new();
+                        self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
+                        for ev in pending {
+                            self.handle(ev)?;
+                        }
+                    }
+                }
+            }
+            off += len as usize;
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    fn drain_then(&mut self, f: impl FnOnce(&mut Pager) -> Result<(), String>) -> Result<(), String> {
+        let mut pending = Vec::new();
+        self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
+        for ev in pending {
+            self.handle(ev)?;
+        }
+        f(self)
+    }
+}
+
+fn apply_patch(chunk: &mut [u8], chunk_addr: u64, p: &Patch) {
+    let (cs, ce) = (chunk_addr, chunk_addr + chunk.len() as u64);
+    let (ps, pe) = (p.addr, p.addr + p.bytes.len() as u64);
+    let (s, e) = (cs.max(ps), ce.min(pe));
+    if s < e {
+        chunk[(s - cs) as usize..(e - cs) as usize].copy_from_slice(&p.bytes[(s - ps) as usize..(e - ps) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_apply_across_chunk_edges() {
+        let mut chunk = vec![0u8; 8];
+        apply_patch(&mut chunk, 100, &Patch { addr: 98, bytes: vec![1, 2, 3, 4] });
+        assert_eq!(chunk, [3, 4, 0, 0, 0, 0, 0, 0]);
+        apply_patch(&mut chunk, 100, &Patch { addr: 106, bytes: vec![7, 8, 9] });
+        assert_eq!(chunk, [3, 4, 0, 0, 0, 0, 7, 8]);
+    }
+}

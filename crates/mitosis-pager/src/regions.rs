@@ -1,0 +1,147 @@
+//! Which pages of a child are still to be fetched, already served, or zero.
+
+use mitosis_sys::PAGE;
+
+/// State of one page of a served mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PageState {
+    /// Not yet in the child: fetch from the seed.
+    Remote = 0,
+    /// Copied into the child.
+    Served = 1,
+    /// Dropped by the child (madvise, munmap): reads as zero from now on.
+    Zero = 2,
+}
+
+#[derive(Debug, Clone)]
+struct Region {
+    start: u64,
+    end: u64,
+    /// Seed address of `start` (differs after an `mremap`).
+    seed_start: u64,
+    pages: Vec<PageState>,
+}
+
+/// The served mappings of one child. Later regions shadow earlier ones where
+/// they overlap (an `mremap` onto an old range).
+#[derive(Debug, Clone, Default)]
+pub struct Regions {
+    regions: Vec<Region>,
+}
+
+impl Regions {
+    /// Regions at their seed addresses, all pages still remote.
+    pub fn new(ranges: &[(u64, u64)]) -> Regions {
+        Regions {
+            regions: ranges
+                .iter()
+                .map(|&(s, e)| Region { start: s, end: e, seed_start: s, pages: vec![PageState::Remote; ((e - s) / PAGE) as usize] })
+                .collect(),
+        }
+    }
+
+    fn find(&self, addr: u64) -> Option<usize> {
+        self.regions.iter().rposition(|r| r.start <= addr && addr < r.end)
+    }
+
+    /// State and seed address of the page at `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<(PageState, u64)> {
+        let r = &self.regions[self.find(addr)?];
+        let i = ((addr - r.start) / PAGE) as usize;
+        Some((r.pages[i], r.seed_start + (addr - r.start)))
+    }
+
+    /// Sets the state of every known page in `[start, end)`.
+    pub fn set(&mut self, start: u64, end: u64, state: PageState) {
+        for r in &mut self.regions {
+            let (s, e) = (start.max(r.start), end.min(r.end));
+            if s < e {
+                let (a, b) = (((s - r.start) / PAGE) as usize, ((e - r.start).div_ceil(PAGE)) as usize);
+                r.pages[a..b].fill(state);
+            }
+        }
+    }
+
+    /// Records that `[from, from+len)` now lives at `to`.
+    pub fn remap(&mut self, from: u64, to: u64, len: u64) {
+        let mut moved = Vec::new();
+        let mut page = from;
+        while page < from + len {
+            let Some(i) = self.find(page) else {
+                page += PAGE;
+                continue;
+            };
+            let r = &self.regions[i];
+            let end = r.end.min(from + len);
+            let (a, b) = (((page - r.start) / PAGE) as usize, ((end - r.start) / PAGE) as usize);
+            moved.push(Region {
+                start: to + (page - from),
+                end: to + (end - from),
+                seed_start: r.seed_start + (page - r.start),
+                pages: r.pages[a..b].to_vec(),
+            });
+            page = end;
+        }
+        self.set(from, from + len, PageState::Zero);
+        self.regions.extend(moved);
+    }
+
+    /// Runs of remote pages inside `[lo, hi)`: (child address, seed address, length).
+    pub fn remote_runs(&self, lo: u64, hi: u64) -> Vec<(u64, u64, u64)> {
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        let mut addr = lo;
+        while addr < hi {
+            if let Some((PageState::Remote, seed)) = self.lookup(addr) {
+                match runs.last_mut() {
+                    Some(r) if r.0 + r.2 == addr && r.1 + r.2 == seed => r.2 += PAGE,
+                    _ => runs.push((addr, seed, PAGE)),
+                }
+            }
+            addr += PAGE;
+        }
+        runs
+    }
+
+    /// Address ranges of all regions.
+    pub fn spans(&self) -> Vec<(u64, u64)> {
+        self.regions.iter().map(|r| (r.start, r.end)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE;
+
+    #[test]
+    fn window_runs_skip_served_pages_and_stop_at_region_edges() {
+        let mut r = Regions::new(&[(10 * P, 20 * P), (20 * P, 30 * P)]);
+        r.set(12 * P, 13 * P, PageState::Served);
+        let runs = r.remote_runs(8 * P, 24 * P);
+        assert_eq!(runs, vec![(10 * P, 10 * P, 2 * P), (13 * P, 13 * P, 11 * P)]);
+    }
+
+    #[test]
+    fn dropped_pages_read_zero_and_never_remote_again() {
+        let mut r = Regions::new(&[(0, 8 * P)]);
+        r.set(0, 8 * P, PageState::Served);
+        r.set(2 * P, 4 * P, PageState::Zero);
+        assert_eq!(r.lookup(3 * P).unwrap().0, PageState::Zero);
+        assert!(r.remote_runs(0, 8 * P).is_empty());
+    }
+
+    #[test]
+    fn remapped_pages_keep_their_seed_address() {
+        let mut r = Regions::new(&[(100 * P, 110 * P)]);
+        r.set(100 * P, 101 * P, PageState::Served);
+        r.remap(100 * P, 500 * P, 4 * P);
+        assert_eq!(r.lookup(500 * P), Some((PageState::Served, 100 * P)));
+        assert_eq!(r.lookup(502 * P), Some((PageState::Remote, 102 * P)));
+        assert_eq!(r.lookup(102 * P).unwrap().0, PageState::Zero);
+        assert_eq!(r.remote_runs(500 * P, 504 * P), vec![(501 * P, 101 * P, 3 * P)]);
+        // Unknown addresses (memory the child grew) are not regions.
+        assert_eq!(r.lookup(900 * P), None);
+    }
+}

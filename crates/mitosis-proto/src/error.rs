@@ -1,0 +1,92 @@
+//! Errors of the wire layer and the error values that travel on the wire.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a request failed, as told to the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// No seed with that id on the host asked.
+    NotFound,
+    /// The peer could not prove it holds the cluster key.
+    AuthFailed,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The request could not be decoded or is out of bounds.
+    BadRequest,
+    /// The caller may not do this (local socket credential check).
+    PermissionDenied,
+    /// The process uses something mitosis cannot capture or restore.
+    Unsupported,
+    /// The seed was dropped or prepared again: its pages are gone.
+    SeedGone,
+    /// The host could not do what was asked (I/O, syscall failure).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Exit status that `mitosis` uses for a failure of this kind (sysexits.h).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::NotFound => 66,         // EX_NOINPUT
+            ErrorKind::AuthFailed => 77,       // EX_NOPERM
+            ErrorKind::PermissionDenied => 77, // EX_NOPERM
+            ErrorKind::VersionMismatch => 76,  // EX_PROTOCOL
+            ErrorKind::BadRequest => 64,       // EX_USAGE
+            ErrorKind::Unsupported => 65,      // EX_DATAERR
+            ErrorKind::SeedGone => 69,         // EX_UNAVAILABLE
+            ErrorKind::Internal => 70,         // EX_SOFTWARE
+        }
+    }
+}
+
+/// An error reported by the other side of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RemoteError { kind, message: message.into() }
+    }
+}
+
+/// Failure to speak a protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("connection i/o failed")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { len: u64, limit: u64 },
+    #[error("undecodable message ({what})")]
+    Decode { what: &'static str },
+    #[error("protocol version mismatch: we speak {ours}, peer speaks {theirs}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("peer is not a mitosis daemon (bad magic)")]
+    BadMagic,
+    #[error("authentication failed: {0}")]
+    AuthFailed(&'static str),
+    #[error("peer answered with an unexpected message")]
+    Unexpected,
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl ProtoError {
+    /// The error kind to report to a user or the other side.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProtoError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+            ProtoError::AuthFailed(_) => ErrorKind::AuthFailed,
+            ProtoError::Remote(r) => r.kind,
+            ProtoError::FrameTooLarge { .. } | ProtoError::Decode { .. } | ProtoError::BadMagic => {
+                ErrorKind::BadRequest
+            }
+            _ => ErrorKind::SeedGone,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The seed image: everything a child needs besides the lazily fetched pages.
+//!
+//! A seed image is produced once by `prepare` on the seed's host and fetched by
+//! every host that resumes the seed. Page contents are not in it (they are
+//! served by address from the seed's snapshot), except the few privately
+//! written pages of file-backed mappings, which are carried eagerly in
+//! [`SeedImage::eager_pages`] because userfaultfd cannot serve file mappings.
+
+use serde::{Deserialize, Serialize};
+
+use crate::PAGE_SIZE;
+
+/// Number of 64-bit words in the kernel's x86-64 `user_regs_struct`.
+pub const USER_REGS_WORDS: usize = 27;
+
+/// Indices into [`Registers::words`] (order of `struct user_regs_struct`).
+pub mod reg {
+    pub const RBP: usize = 4;
+    pub const RBX: usize = 5;
+    pub const RAX: usize = 10;
+    pub const RCX: usize = 11;
+    pub const RDX: usize = 12;
+    pub const RSI: usize = 13;
+    pub const RDI: usize = 14;
+    pub const ORIG_RAX: usize = 15;
+    pub const RIP: usize = 16;
+    pub const RSP: usize = 19;
+    pub const FS_BASE: usize = 21;
+    pub const GS_BASE: usize = 22;
+}
+
+/// General purpose registers, `struct user_regs_struct` word for word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registers {
+    pub words: [u64; USER_REGS_WORDS],
+}
+
+/// Page protections of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+impl Prot {
+    /// The `PROT_*` bits for mmap/mprotect.
+    pub fn bits(self) -> i32 {
+        (self.read as i32) | ((self.write as i32) << 1) | ((self.exec as i32) << 2)
+    }
+}
+
+/// Identity of a file, used to decide whether a host's local copy is the same file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+/// What backs a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmaKind {
+    /// Anonymous private memory (including `[heap]` and `[stack]`, see [`Vma::name`]).
+    Anon,
+    /// A private mapping of a regular file. Clean pages come from the local file
+    /// when it is the same file; written pages are in the image's eager pages.
+    File { path: String, offset: u64, identity: FileIdentity },
+    /// A private mapping of something that cannot be reopened by path (deleted
+    /// file, memfd, device): all its pages are served from the seed like anon memory.
+    Opaque { name: String },
+    /// The kernel's vDSO data and code pages: `[vvar]`, `[vvar_vclock]`, `[vdso]`.
+    Vdso,
+    /// `[vsyscall]`: fixed by the kernel, never restored.
+    Vsyscall,
+}
+
+/// One mapping of the seed, at its original address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    pub kind: VmaKind,
+    /// The name in `/proc/PID/maps` (`[heap]`, `[stack]`, a path, or empty).
+    pub name: String,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn pages(&self) -> u64 {
+        self.len() / PAGE_SIZE
+    }
+    pub fn is_stack(&self) -> bool {
+        self.name == "[stack]"
+    }
+}
+
+/// The `struct prctl_mm_map` fields of the seed, restored with `PR_SET_MM_MAP`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// A signal's disposition (`struct kernel_sigaction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// Signal state of the seed's only thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalState {
+    /// Blocked signals (bit n-1 for signal n).
+    pub blocked: u64,
+    /// Every signal whose disposition is not the default.
+    pub actions: Vec<SigAction>,
+}
+
+/// How an open file of the seed is given to the child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    pub fd: i32,
+    pub path: String,
+    /// `open(2)` flags as in `/proc/PID/fdinfo` (creation flags removed).
+    pub flags: i32,
+    pub pos: u64,
+}
+
+/// A run of pages carried inside the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub data: Vec<u8>,
+}
+
+/// Everything about a prepared process except its lazily served memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedImage {
+    pub id: String,
+    /// Changes every time a seed is prepared, also under the same id: pages are
+    /// only ever served for the generation a child was resumed from.
+    pub generation: u64,
+    /// Pid of the prepared process on the seed host.
+    pub source_pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub regs: Registers,
+    /// `NT_X86_XSTATE` regset (xsave layout) as returned by `PTRACE_GETREGSET`.
+    pub xstate: Vec<u8>,
+    pub vmas: Vec<Vma>,
+    pub mm: MmFields,
+    pub auxv: Vec<u8>,
+    pub signals: SignalState,
+    pub cwd: String,
+    pub exe: Option<(String, FileIdentity)>,
+    pub files: Vec<OpenFile>,
+    /// Descriptors of the seed that children do not get, with what they were.
+    pub closed_fds: Vec<(i32, String)>,
+    /// Privately written pages of file-backed mappings.
+    pub eager_pages: Vec<PageRun>,
+    /// Hash of the seed host's vDSO image: children need the same one.
+    pub vdso_hash: u64,
+    /// Kernel release of the seed host, for messages.
+    pub kernel: String,
+    /// Resident memory of the seed at prepare time.
+    pub rss_bytes: u64,
+    pub prepared_unix_ms: u64,
+    /// Time the daemon spent in prepare, in microseconds.
+    pub prepare_us: u64,
+    /// For a process that prepared itself: the buffer its blocked `read` fills
+    /// in each child (see [`crate::local::ReplySlot`]).
+    pub reply_slot: Option<crate::local::ReplySlot>,
+    /// The thread's registered restartable-sequences area (address, length, signature):
+    /// glibc keeps it in thread-local storage and expects the kernel to update it.
+    pub rseq: Option<(u64, u32, u32)>,
+    /// `set_robust_list` head and length of the thread.
+    pub robust_list: (u64, u64),
+    /// `set_tid_address` pointer of the thread (cleared by the kernel at exit).
+    pub tid_address: u64,
+}
+
+impl SeedImage {
+    /// Bytes of address space the child will have mapped.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.vmas.iter().map(Vma::len).sum()
+    }
+}
+
+/// FNV-1a, used to fingerprint vDSO images (not a security boundary).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Checks the rules for seed ids: 1 to 128 characters of `[A-Za-z0-9._-]`.
+pub fn validate_seed_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!("seed id must be 1 to 128 characters, got {}", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("seed id {id:?} contains {c:?}; allowed are letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ids() {
+        assert!(validate_seed_id("fn-1.v2_a").is_ok());
+        assert!(validate_seed_id("").is_err());
+        assert!(validate_seed_id("a/b").is_err());
+        assert!(validate_seed_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn prot_bits() {
+        assert_eq!(Prot { read: true, write: true, exec: false }.bits(), 3);
+        assert_eq!(Prot { read: true, write: false, exec: true }.bits(), 5);
+    }
+}

@@ -1,0 +1,35 @@
+//! The data that crosses process and host boundaries in mitosis.
+//!
+//! This crate owns three things and nothing else:
+//! - [`image`]: the *seed image* (descriptor) of a prepared process: registers,
+//!   FPU state, memory layout, signal state, files. It says what a child must
+//!   get, not how to capture or restore it.
+//! - [`frame`]: length-prefixed frames over any `Read`/`Write` stream, with a
+//!   hard size limit so that garbage can never make a reader allocate without bound.
+//! - [`peer`] and [`local`]: the two protocols spoken on those frames: daemon to
+//!   daemon over TCP (authenticated with a shared cluster key, see [`auth`]),
+//!   and client to daemon over the host-local Unix socket.
+//!
+//! It must not make syscalls other than reading and writing the stream it is
+//! handed, so everything here is testable and fuzzable without root.
+//!
+//! # Versioning
+//! [`PROTOCOL_VERSION`] is exchanged in the first bytes of every TCP connection
+//! (a fixed binary layout that never changes, see [`auth`]) and carried in every
+//! local request. Peers accept only their own version and answer anything else
+//! with a clear "version mismatch" error naming both versions.
+
+pub mod auth;
+pub mod error;
+pub mod frame;
+pub mod image;
+pub mod local;
+pub mod peer;
+
+pub use error::{ErrorKind, ProtoError, RemoteError};
+
+/// Version of both wire protocols and of the seed image encoding.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Size of a page on every host mitosis runs on (x86-64).
+pub const PAGE_SIZE: u64 = 4096;

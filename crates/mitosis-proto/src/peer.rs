@@ -1,0 +1,75 @@
+//! Daemon-to-daemon protocol (TCP, after the [`crate::auth`] handshake).
+//!
+//! ```text
+//! resuming host                          seed host
+//!   |-- GetSeed{id} ----------------------->|
+//!   |<--------------------- Seed(image) ----|
+//!   |-- ReadPages{id, gen, ranges} -------->|  (one per fault window, pipelined)
+//!   |<------ Pages{len} + len raw bytes ----|
+//! ```
+//! Pages are served by address from the seed's snapshot; `ranges` lists
+//! page-aligned `(address, length)` pairs and the answer holds their bytes
+//! back to back in the same order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::SeedImage;
+use crate::RemoteError;
+
+/// Most bytes one `ReadPages` may ask for.
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+/// Most ranges one `ReadPages` may list.
+pub const MAX_READ_RANGES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Fetch a seed's image.
+    GetSeed { id: String },
+    /// Read pages of a seed's snapshot.
+    ReadPages { id: String, generation: u64, ranges: Vec<(u64, u64)> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Seed(Box<SeedImage>),
+    /// Followed by exactly `len` raw bytes (not a frame).
+    Pages { len: u64 },
+    Error(RemoteError),
+}
+
+impl PeerRequest {
+    /// Checks the bounds of a request before any work is done for it.
+    pub fn validate(&self) -> Result<(), String> {
+        if let PeerRequest::ReadPages { ranges, .. } = self {
+            if ranges.len() > MAX_READ_RANGES {
+                return Err(format!("{} ranges in one read (limit {MAX_READ_RANGES})", ranges.len()));
+            }
+            let mut total = 0u64;
+            for &(addr, len) in ranges {
+                if addr % crate::PAGE_SIZE != 0 || len % crate::PAGE_SIZE != 0 || len == 0 {
+                    return Err(format!("range {addr:#x}+{len:#x} is not page aligned"));
+                }
+                total = total.saturating_add(len);
+            }
+            if total > MAX_READ_BYTES {
+                return Err(format!("read of {total} bytes exceeds the limit of {MAX_READ_BYTES}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_bounds() {
+        let ok = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(4096, 8192)] };
+        assert!(ok.validate().is_ok());
+        let unaligned = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(4095, 4096)] };
+        assert!(unaligned.validate().is_err());
+        let huge = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(0, 1 << 40)] };
+        assert!(huge.validate().is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Resume: make a fresh process continue as a seed's child.
+//!
+//! The daemon forks a bare process that runs the [`prologue`] (descriptors,
+//! cwd, signal dispositions, credentials, a userfaultfd) and parks in
+//! `pause()`. Then, from the daemon with ptrace ([`restore`]):
+//!
+//! 1. a small code blob, the *table runner* ([`stub`]), is placed in a scratch
+//!    mapping that collides with nothing of the seed's layout; it executes a
+//!    table of syscalls inside the child without a round trip each:
+//!    unmap everything the child inherited from the daemon, move the vDSO to
+//!    the seed's address, map every seed mapping at its address with its
+//!    protections, and set the mm fields with `PR_SET_MM_MAP`;
+//! 2. the daemon registers the anonymous mappings with the child's
+//!    userfaultfd (their pages are then fetched on first touch by the pager),
+//!    writes the seed's privately written file pages, unmaps the scratch area;
+//! 3. registers, xsave state and signal mask are set with ptrace, and the child
+//!    is let go. It continues from the instruction where the seed was prepared.
+//!
+//! Decisions of [`plan`]: a file mapping is taken from the local file only when
+//! device, inode, size and mtime all match the seed host's file; otherwise its
+//! pages are served from the seed like anonymous memory. A seed prepared on a
+//! host whose vDSO differs (another kernel) is refused with a clear error.
+//!
+//! This crate does not serve pages (the pager does) and does not talk to the network.
+
+pub mod plan;
+pub mod prologue;
+pub mod restore;
+pub mod stub;
+
+pub use plan::{Placement, RestorePlan};
+pub use restore::restore;
+
+/// Why a child could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("seed cannot be resumed on this host: {0}")]
+    Incompatible(String),
+    #[error("{step}")]
+    Sys {
+        step: String,
+        #[source]
+        source: mitosis_sys::SysError,
+    },
+    #[error("the new child process died before it was restored ({0})")]
+    ChildDied(String),
+}
+
+impl RestoreError {
+    pub(crate) fn sys(step: impl Into<String>) -> impl FnOnce(mitosis_sys::SysError) -> RestoreError {
+        let step = step.into();
+        move |source| RestoreError::Sys { step, source }
+    }
+}

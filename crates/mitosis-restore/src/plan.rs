@@ -1,0 +1,167 @@
+//! Deciding, before any process exists, how each part of a seed is given to a
+//! child on this host, and refusing early with a clear message what cannot be.
+
+use std::ffi::CString;
+
+use mitosis_capture::file_identity;
+use mitosis_proto::image::{SeedImage, VmaKind};
+use mitosis_sys::vdso::VdsoInfo;
+
+use crate::RestoreError;
+
+/// Where a mapping's pages come from in the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Mapped from the local file (same file as on the seed host); `fd` is the
+    /// prologue's descriptor for it.
+    LocalFile { fd: i32 },
+    /// Anonymous in the child, pages served by the pager from the seed.
+    Remote,
+    /// Not mapped by the table (vDSO, vsyscall).
+    Kernel,
+}
+
+/// A file the prologue opens at a fixed descriptor number.
+#[derive(Debug, Clone)]
+pub struct PrologueFile {
+    pub fd: i32,
+    pub path: CString,
+    pub flags: i32,
+    pub pos: u64,
+}
+
+/// Everything decided about one resume of one seed on this host.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// One entry per image VMA, same order.
+    pub placements: Vec<Placement>,
+    /// Files for the seed's descriptors and for file mappings.
+    pub files: Vec<PrologueFile>,
+    /// Descriptors `[map_fd_base, map_fd_end)` exist only to map files and are closed in the table.
+    pub map_fd_base: i32,
+    pub map_fd_end: i32,
+    /// Descriptor number of the child's userfaultfd until the daemon takes a copy.
+    pub uffd_fd: i32,
+    /// Descriptor of the executable for `PR_SET_MM_MAP`, if it is the same file here.
+    pub exe_fd: Option<i32>,
+    pub cwd: CString,
+}
+
+impl RestorePlan {
+    /// Checks the seed against this host and decides every placement.
+    pub fn new(image: &SeedImage, local_vdso: &VdsoInfo) -> Result<RestorePlan, RestoreError> {
+        if image.vdso_hash != local_vdso.hash {
+            return Err(RestoreError::Incompatible(format!(
+                "the seed host runs kernel {} whose vDSO differs from this host's (kernel {}); resume it on a host with the same kernel",
+                image.kernel,
+                std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+            )));
+        }
+        let seed_layout: Vec<(String, u64)> =
+            image.vmas.iter().filter(|v| v.kind == VmaKind::Vdso).map(|v| (v.name.clone(), v.len())).collect();
+        if seed_layout != local_vdso.layout() {
+            return Err(RestoreError::Incompatible(format!(
+                "vDSO layout differs: seed {seed_layout:?}, here {:?}",
+                local_vdso.layout()
+            )));
+        }
+        if !std::path::Path::new(&image.cwd).is_dir() {
+            return Err(RestoreError::Incompatible(format!(
+                "the seed's working directory {} does not exist on this host",
+                image.cwd
+            )));
+        }
+        let mut files = Vec::new();
+        for f in &image.files {
+            if std::fs::metadata(&f.path).is_err() {
+                return Err(RestoreError::Incompatible(format!(
+                    "descriptor {} of the seed is {}, which does not exist on this host",
+                    f.fd, f.path
+                )));
+            }
+            files.push(PrologueFile { fd: f.fd, path: cstring(&f.path)?, flags: f.flags, pos: f.pos });
+        }
+        let map_fd_base = image.files.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+        let mut next_fd = map_fd_base;
+        let mut by_path: Vec<(String, i32)> = Vec::new();
+        let mut placements = Vec::with_capacity(image.vmas.len());
+        for v in &image.vmas {
+            let p = match &v.kind {
+                VmaKind::Vdso | VmaKind::Vsyscall => Placement::Kernel,
+                VmaKind::Anon | VmaKind::Opaque { .. } => Placement::Remote,
+                VmaKind::File { path, identity, .. } => {
+                    if file_identity(path).as_ref() == Some(identity) {
+                        let fd = match by_path.iter().find(|(p, _)| p == path) {
+                            Some((_, fd)) => *fd,
+                            None => {
+                                let fd = next_fd;
+                                next_fd += 1;
+                                files.push(PrologueFile {
+                                    fd,
+                                    path: cstring(path)?,
+                                    flags: libc::O_RDONLY | libc::O_CLOEXEC,
+                                    pos: 0,
+                                });
+                                by_path.push((path.clone(), fd));
+                                fd
+                            }
+                        };
+                        Placement::LocalFile { fd }
+                    } else {
+                        Placement::Remote
+                    }
+                }
+            };
+            placements.push(p);
+        }
+        let exe_fd = match &image.exe {
+            // Children are forks of the daemon: when the seed runs the daemon's own
+            // binary, /proc/PID/exe is already right (and the kernel refuses to
+            // replace an executable that is still mapped).
+            Some((path, identity))
+                if file_identity(path).as_ref() == Some(identity)
+                    && image.uid == 0
+                    && own_exe_identity().as_ref() != Some(identity) =>
+            {
+                match by_path.iter().find(|(p, _)| p == path) {
+                    Some((_, fd)) => Some(*fd),
+                    None => {
+                        let fd = next_fd;
+                        next_fd += 1;
+                        files.push(PrologueFile { fd, path: cstring(path)?, flags: libc::O_RDONLY | libc::O_CLOEXEC, pos: 0 });
+                        Some(fd)
+                    }
+                }
+            }
+            _ => None,
+        };
+        Ok(RestorePlan {
+            placements,
+            files,
+            map_fd_base,
+            map_fd_end: next_fd,
+            uffd_fd: next_fd,
+            exe_fd,
+            cwd: cstring(&image.cwd)?,
+        })
+    }
+
+    /// Address ranges whose pages the pager serves.
+    pub fn remote_ranges(&self, image: &SeedImage) -> Vec<(u64, u64)> {
+        image
+            .vmas
+            .iter()
+            .zip(&self.placements)
+            .filter(|(_, p)| **p == Placement::Remote)
+            .map(|(v, _)| (v.start, v.end))
+            .collect()
+    }
+}
+
+fn own_exe_identity() -> Option<mitosis_proto::image::FileIdentity> {
+    file_identity(std::fs::read_link("/proc/self/exe").ok()?.to_str()?)
+}
+
+fn cstring(s: &str) -> Result<CString, RestoreError> {
+    CString::new(s).map_err(|_| RestoreError::Incompatible(format!("path {s:?} contains a NUL byte")))
+}

@@ -1,0 +1,178 @@
+//! What a freshly forked child does by itself before the daemon takes it over.
+//!
+//! It runs in a child forked from the multi-threaded daemon, so it may only
+//! make raw syscalls: no allocation, no locks, no panics. Every input is
+//! prepared by the parent before the fork. On failure it exits with a
+//! [`PrologueExit`] code that the daemon turns into a message.
+
+use std::os::fd::RawFd;
+
+use mitosis_proto::image::SigAction;
+
+use crate::plan::RestorePlan;
+
+/// Exit codes of a failed prologue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum PrologueExit {
+    ParentGone = 90,
+    Stdio = 91,
+    Userfaultfd = 92,
+    OpenFile = 93,
+    Chdir = 94,
+    Signals = 95,
+    Credentials = 96,
+}
+
+impl PrologueExit {
+    pub fn describe(code: i32) -> Option<&'static str> {
+        Some(match code {
+            90 => "the daemon thread that forked it went away",
+            91 => "could not install the resumer's stdio",
+            92 => "could not create a userfaultfd",
+            93 => "could not open one of the seed's files",
+            94 => "could not enter the seed's working directory",
+            95 => "could not set signal dispositions",
+            96 => "could not take the seed's credentials",
+            _ => return None,
+        })
+    }
+}
+
+/// Credentials the child takes before it is restored.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Inputs of the prologue, built before the fork.
+pub struct Prologue<'a> {
+    pub parent: i32,
+    pub stdio: [RawFd; 3],
+    /// Write end of a pipe: one byte is written when the prologue is done;
+    /// end-of-file instead means the child died (see its exit code).
+    pub ready: RawFd,
+    pub plan: &'a RestorePlan,
+    pub actions: &'a [SigAction],
+    pub credentials: Option<Credentials>,
+}
+
+fn fail(code: PrologueExit) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code as i32) }
+}
+
+extern "C" {
+    /// glibc's offset of the rseq area from the thread pointer, and its size.
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+const RSEQ_SIG: u32 = 0x5305_3053;
+const RSEQ_FLAG_UNREGISTER: u32 = 1;
+
+/// The forked thread's rseq area lives in the daemon's thread-local storage,
+/// which the restore unmaps; the kernel would then fail to update it and kill
+/// the child with SIGSEGV on its next return to user space.
+///
+/// # Safety
+/// Raw syscalls only; reads glibc's exported rseq layout.
+unsafe fn unregister_rseq() {
+    let tp: u64;
+    std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
+    let area = (tp as i64 + __rseq_offset as i64) as u64;
+    for len in [32u32, __rseq_size] {
+        if libc::syscall(libc::SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0 {
+            return;
+        }
+    }
+}
+
+#[repr(C)]
+struct KernelSigaction {
+    handler: u64,
+    flags: u64,
+    restorer: u64,
+    mask: u64,
+}
+
+impl Prologue<'_> {
+    /// Runs in the forked child; never returns. Ends parked in `pause()` with
+    /// every signal blocked, waiting for the daemon's ptrace.
+    pub fn run(&self) -> ! {
+        // SAFETY: only raw syscalls on data prepared before the fork; no allocation.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != self.parent {
+                fail(PrologueExit::ParentGone);
+            }
+            unregister_rseq();
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            // Descriptors inherited from the daemon may sit on any number, also on
+            // the ones the seed needs: lift the ones we keep above all of those first.
+            let high = self.plan.uffd_fd + 1;
+            let lift = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high);
+            let stdio = [lift(self.stdio[0]), lift(self.stdio[1]), lift(self.stdio[2])];
+            let ready = lift(self.ready);
+            if stdio.iter().any(|&fd| fd < 0) || ready < 0 {
+                fail(PrologueExit::Stdio);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, (high - 1) as u32, 0u32);
+            for (i, &fd) in stdio.iter().enumerate() {
+                if libc::dup2(fd, i as RawFd) < 0 {
+                    fail(PrologueExit::Stdio);
+                }
+            }
+            let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) as RawFd;
+            let target = self.plan.uffd_fd;
+            if uffd < 0 || (uffd != target && (libc::dup2(uffd, target) < 0 || libc::close(uffd) != 0)) {
+                fail(PrologueExit::Userfaultfd);
+            }
+            for f in &self.plan.files {
+                let fd = libc::open(f.path.as_ptr(), f.flags);
+                if fd < 0 {
+                    fail(PrologueExit::OpenFile);
+                }
+                if fd != f.fd {
+                    if libc::dup3(fd, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
+                        fail(PrologueExit::OpenFile);
+                    }
+                    libc::close(fd);
+                }
+                if f.pos > 0 {
+                    libc::lseek(f.fd, f.pos as libc::off_t, libc::SEEK_SET);
+                }
+            }
+            if libc::chdir(self.plan.cwd.as_ptr()) != 0 {
+                fail(PrologueExit::Chdir);
+            }
+            for a in self.actions {
+                if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
+                    continue;
+                }
+                let ka = KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+                let r = libc::syscall(libc::SYS_rt_sigaction, a.signo, &ka as *const KernelSigaction, 0usize, 8usize);
+                if r != 0 {
+                    fail(PrologueExit::Signals);
+                }
+            }
+            if let Some(c) = &self.credentials {
+                if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
+                    || libc::setresgid(c.gid, c.gid, c.gid) != 0
+                    || libc::setresuid(c.uid, c.uid, c.uid) != 0
+                {
+                    fail(PrologueExit::Credentials);
+                }
+            }
+            let byte = 1u8;
+            libc::write(ready, (&byte as *const u8).cast(), 1);
+            libc::syscall(libc::SYS_close_range, high as u32, u32::MAX, 0u32);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Taking over a parked child and rebuilding the seed in it.
+
+use std::os::fd::OwnedFd;
+
+use mitosis_proto::image::{reg, SeedImage, VmaKind};
+use mitosis_sys::mem::ProcMem;
+use mitosis_sys::ptrace::{idx, Regs, Stop, Tracee};
+use mitosis_sys::uffd::{features, Uffd};
+use mitosis_sys::vdso::VdsoInfo;
+use mitosis_sys::{pidfd, SysError, PAGE};
+
+use crate::plan::{Placement, RestorePlan};
+use crate::stub::{self, Table, ENTRY};
+use crate::RestoreError;
+
+/// Highest user address plus one on x86-64 with 4-level paging.
+const USER_TOP: u64 = 0x7fff_ffff_f000;
+const PR_SET_MM: i32 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+/// Offset of the xfeatures mask (XCR0) in the software-reserved bytes of an xsave area.
+const XSAVE_SW_XFEATURES: usize = 464 + 8;
+
+/// Rebuilds seed `image` in the parked child `pid` (forked by this daemon,
+/// running the prologue) and lets it run. `reply_len` is the self-prepare
+/// answer length: the child's interrupted `read` returns it.
+///
+/// `start_pager` receives the child's userfaultfd and the ranges registered on
+/// it once the layout stands; it must start serving faults before it returns,
+/// because the last steps of the restore already touch the seed's memory.
+pub fn restore(
+    pid: i32,
+    child_pidfd: &OwnedFd,
+    image: &SeedImage,
+    plan: &RestorePlan,
+    vdso: &VdsoInfo,
+    reply_len: Option<u64>,
+    start_pager: impl FnOnce(Uffd, Vec<(u64, u64)>) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let tracee = Tracee::seize(pid, libc::PTRACE_O_EXITKILL).map_err(RestoreError::sys("attaching to the new child"))?;
+    tracee.interrupt().map_err(|e| RestoreError::ChildDied(e.to_string()))?;
+    let base = tracee.get_regs().map_err(RestoreError::sys("reading the child's registers"))?;
+    let local_xstate = tracee.get_xstate().map_err(RestoreError::sys("reading the child's xsave state"))?;
+    check_xstate(&image.xstate, &local_xstate)?;
+
+    let uffd = Uffd::from_fd(
+        pidfd::getfd(child_pidfd, plan.uffd_fd).map_err(RestoreError::sys("taking the child's userfaultfd"))?,
+    );
+    uffd.api(features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON)
+        .map_err(RestoreError::sys("setting up the userfaultfd"))?;
+
+    // The child is a fork of this daemon: its vDSO is where ours is.
+    let (own_vdso_start, own_vdso_end) = vdso.span();
+    let own_gadget = vdso.parts.iter().find(|p| p.0 == "[vdso]").map(|p| p.1).unwrap_or(0) + vdso.gadget_offset;
+    let no_events = |_: &Tracee, _: i32| Ok(());
+
+    // Scratch layout: [runner code][prctl_mm_map + auxv][syscall table].
+    let code = stub::code();
+    let code_len = round_up(code.len() as u64, 64);
+    let blob_len = round_up(MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
+    // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA, prctl, close, end marker.
+    let max_entries = (image.vmas.len() + 8) as u64;
+    let scratch_len = round_up(code_len + blob_len + max_entries * ENTRY as u64, PAGE);
+    let scratch = place_scratch(&tracee, &base, own_gadget, image, (own_vdso_start, own_vdso_end), scratch_len)?;
+    let blob_addr = scratch + code_len;
+    let table_addr = blob_addr + blob_len;
+    let blob = mm_map_blob(image, plan, blob_addr);
+    let table = build_table(image, plan, (scratch, scratch + scratch_len), (own_vdso_start, own_vdso_end), blob_addr);
+    let entries = table.entries.len();
+    let mut image_bytes = code.to_vec();
+    image_bytes.resize(code_len as usize, 0xcc);
+    image_bytes.extend_from_slice(&blob);
+    image_bytes.resize((code_len + blob_len) as usize, 0);
+    image_bytes.extend_from_slice(&table.encode());
+    debug_assert!(image_bytes.len() as u64 <= scratch_len);
+    let mem = ProcMem::open(pid, true).map_err(RestoreError::sys("opening the child's memory"))?;
+    mem.write_all_at(&image_bytes, scratch).map_err(RestoreError::sys("writing the table runner"))?;
+
+    let mut run = base;
+    run[idx::RIP] = scratch;
+    run[idx::RBX] = table_addr;
+    run[idx::ORIG_RAX] = u64::MAX;
+    tracee.set_regs(&run).map_err(RestoreError::sys("starting the table runner"))?;
+    tracee.cont(0).map_err(RestoreError::sys("starting the table runner"))?;
+    match mitosis_sys::ptrace::wait_stop(pid).map_err(RestoreError::sys("waiting for the table runner"))? {
+        Stop::Signal(libc::SIGTRAP) => {}
+        Stop::Gone(status) => return Err(RestoreError::ChildDied(format!("wait status {status:#x}"))),
+        other => return Err(RestoreError::ChildDied(format!("unexpected stop {other:?} in the table runner"))),
+    }
+    let after = tracee.get_regs().map_err(RestoreError::sys("reading the table runner's result"))?;
+    let at = ((after[idx::RBX] - table_addr) / ENTRY as u64) as usize;
+    if at < entries {
+        let errno = -(after[idx::RAX] as i64) as i32;
+        return Err(RestoreError::Sys {
+            step: format!("restore step {} of {} ({})", at + 1, entries, table.entries[at].1),
+            source: SysError::new("syscall in the child", errno),
+        });
+    }
+
+    let remote = plan.remote_ranges(image);
+    for &(s, e) in &remote {
+        uffd.register_missing(s, e - s).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
+    }
+    for run in &image.eager_pages {
+        mem.write_all_at(&run.data, run.addr).map_err(RestoreError::sys(format!("writing page {:#x}", run.addr)))?;
+    }
+    start_pager(uffd, remote)?;
+
+    let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
+    let r = tracee
+        .inject_syscall(&base, gadget, libc::SYS_close, &[plan.uffd_fd as u64], no_events)
+        .map_err(RestoreError::sys("closing the child's userfaultfd"))?;
+    check(r, "closing the child's userfaultfd")?;
+    if let Some((addr, len, sig)) = image.rseq {
+        // The kernel writes the area on the way back to user space and cannot
+        // wait for the pager there: fault its page in first (the read goes
+        // through the pager like any other touch).
+        let mut one = [0u8; 1];
+        let n = mitosis_sys::mem::read_ranges(pid, &[(addr, 1)], &mut one).map_err(RestoreError::sys("touching the seed's rseq area"))?;
+        if n != 1 {
+            return Err(RestoreError::Sys { step: "touching the seed's rseq area".into(), source: SysError::new("process_vm_readv", libc::EFAULT) });
+        }
+        let r = tracee
+            .inject_syscall(&base, gadget, libc::SYS_rseq, &[addr, len as u64, 0, sig as u64], no_events)
+            .map_err(RestoreError::sys("registering the seed's rseq area"))?;
+        check(r, "registering the seed's rseq area")?;
+    }
+    let r = tracee
+        .inject_syscall(&base, gadget, libc::SYS_munmap, &[scratch, scratch_len], no_events)
+        .map_err(RestoreError::sys("unmapping the table runner"))?;
+    check(r, "unmapping the table runner")?;
+
+    let mut regs: Regs = image.regs.words;
+    if let Some(len) = reply_len {
+        regs[reg::RAX] = len;
+        regs[reg::ORIG_RAX] = u64::MAX;
+    }
+    tracee.set_regs(&regs).map_err(RestoreError::sys("setting the seed's registers"))?;
+    tracee.set_xstate(&image.xstate).map_err(RestoreError::sys("setting the seed's FPU/SSE/AVX state"))?;
+    tracee.set_sigmask(image.signals.blocked).map_err(RestoreError::sys("setting the seed's signal mask"))?;
+    tracee.detach(0).map_err(RestoreError::sys("starting the child"))?;
+    Ok(())
+}
+
+fn check(r: i64, step: &str) -> Result<(), RestoreError> {
+    if r < 0 {
+        return Err(RestoreError::Sys { step: step.to_string(), source: SysError::new("syscall in the child", -r as i32) });
+    }
+    Ok(())
+}
+
+fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+fn vdso_span(image: &SeedImage) -> Option<(u64, u64)> {
+    let parts: Vec<_> = image.vmas.iter().filter(|v| v.kind == VmaKind::Vdso).collect();
+    Some((parts.first()?.start, parts.last()?.end))
+}
+
+fn seed_gadget(image: &SeedImage, vdso: &VdsoInfo) -> u64 {
+    image.vmas.iter().find(|v| v.name == "[vdso]").map(|v| v.start).unwrap_or(0) + vdso.gadget_offset
+}
+
+/// xsave areas are only portable between CPUs that enable the same features.
+fn check_xstate(seed: &[u8], local: &[u8]) -> Result<(), RestoreError> {
+    let xcr0 = |x: &[u8]| x.get(XSAVE_SW_XFEATURES..XSAVE_SW_XFEATURES + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap()));
+    if seed.len() != local.len() || xcr0(seed) != xcr0(local) {
+        return Err(RestoreError::Incompatible(format!(
+            "CPU state differs: the seed's xsave area is {} bytes with features {:#x?}, this host's {} bytes with {:#x?}",
+            seed.len(),
+            xcr0(seed),
+            local.len(),
+            xcr0(local)
+        )));
+    }
+    Ok(())
+}
+
+/// The part of `[0, USER_TOP)` outside `keep` (sorted or not).
+fn unmap_holes(keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut holes = Vec::new();
+    let mut at = 0u64;
+    for (s, e) in keep {
+        if s > at {
+            holes.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < USER_TOP {
+        holes.push((at, USER_TOP));
+    }
+    holes
+}
+
+/// The syscalls that turn the child (a fork of this daemon) into the seed's layout.
+fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_vdso: (u64, u64), blob_addr: u64) -> Table {
+    let mut t = Table::default();
+    for (s, e) in unmap_holes(&[scratch, own_vdso]) {
+        t.push(libc::SYS_munmap, [s, e - s, 0, 0, 0, 0], format!("unmap inherited {s:#x}-{e:#x}"));
+    }
+    if let Some((seed_start, _)) = vdso_span(image) {
+        if seed_start != own_vdso.0 {
+            let len = own_vdso.1 - own_vdso.0;
+            let mut from = own_vdso.0;
+            let moving = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            if seed_start < own_vdso.1 && own_vdso.0 < seed_start + len {
+                // mremap cannot move onto an overlapping range: hop through the gap past the scratch area.
+                let hop = scratch.1 + (1 << 30);
+                t.push(libc::SYS_mremap, [from, len, len, moving, hop, 0], "move vDSO (hop)");
+                from = hop;
+            }
+            t.push(libc::SYS_mremap, [from, len, len, moving, seed_start, 0], "move vDSO");
+        }
+    }
+    for (v, p) in image.vmas.iter().zip(&plan.placements) {
+        let prot = v.prot.bits() as u64;
+        let what = format!("map {:#x}-{:#x} {}", v.start, v.end, v.name);
+        match *p {
+            Placement::Kernel => {}
+            Placement::LocalFile { fd } => {
+                let offset = match &v.kind {
+                    VmaKind::File { offset, .. } => *offset,
+                    _ => 0,
+                };
+                let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE;
+                t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, fd as u64, offset], what);
+            }
+            Placement::Remote => {
+                let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+                if v.is_stack() {
+                    flags |= libc::MAP_GROWSDOWN;
+                }
+                t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, u64::MAX, 0], what);
+            }
+        }
+    }
+    let (head, len) = image.robust_list;
+    if head != 0 {
+        t.push(libc::SYS_set_robust_list, [head, len, 0, 0, 0, 0], "set the robust futex list");
+    }
+    t.push(libc::SYS_set_tid_address, [image.tid_address, 0, 0, 0, 0, 0], "set the tid address");
+    t.push(libc::SYS_prctl, [PR_SET_MM as u64, PR_SET_MM_MAP, blob_addr, MM_MAP_SIZE, 0, 0], "set mm fields (PR_SET_MM_MAP)");
+    if plan.map_fd_end > plan.map_fd_base {
+        t.push(
+            libc::SYS_close_range,
+            [plan.map_fd_base as u64, (plan.map_fd_end - 1) as u64, 0, 0, 0, 0],
+            "close mapping descriptors",
+        );
+    }
+    t
+}
+
+/// Size of `struct prctl_mm_map`.
+const MM_MAP_SIZE: u64 = 104;
+
+/// `struct prctl_mm_map` followed by the auxv it points to, for placement at `addr`.
+fn mm_map_blob(image: &SeedImage, plan: &RestorePlan, addr: u64) -> Vec<u8> {
+    let mm = &image.mm;
+    let mut blob = Vec::new();
+    for w in [
+        mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack,
+        mm.arg_start, mm.arg_end, mm.env_start, mm.env_end,
+    ] {
+        blob.extend_from_slice(&w.to_ne_bytes());
+    }
+    let auxv = trimmed_auxv(&image.auxv);
+    blob.extend_from_slice(&(addr + MM_MAP_SIZE).to_ne_bytes());
+    blob.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+    blob.extend_from_slice(&plan.exe_fd.map(|f| f as u32).unwrap_or(u32::MAX).to_ne_bytes());
+    debug_assert_eq!(blob.len() as u64, MM_MAP_SIZE);
+    blob.extend_from_slice(auxv);
+    blob
+}
+
+/// The kernel keeps at most 52 auxv words; the vector ends at AT_NULL.
+fn trimmed_auxv(auxv: &[u8]) -> &[u8] {
+    let mut end = 0;
+    for (i, pair) in auxv.chunks_exact(16).enumerate() {
+        end = (i + 1) * 16;
+        if u64::from_ne_bytes(pair[..8].try_into().unwrap()) == 0 {
+            break;
+        }
+    }
+    &auxv[..end.min(52 * 8)]
+}
+
+/// Maps the scratch area in the child at an address that is free in both the
+/// child (a fork of this daemon) and the seed's layout.
+fn place_scratch(
+    tracee: &Tracee,
+    base: &Regs,
+    gadget: u64,
+    image: &SeedImage,
+    own_vdso: (u64, u64),
+    len: u64,
+) -> Result<u64, RestoreError> {
+    let busy = |s: u64| {
+        let e = s + len + (2 << 30);
+        image.vmas.iter().any(|v| v.start < e && s < v.end) || (own_vdso.0 < e && s < own_vdso.1)
+    };
+    let no_events = |_: &Tracee, _: i32| Ok(());
+    // Far from where kernels put heaps, libraries and stacks.
+    let mut candidate = 0x2000_0000_0000u64;
+    for _ in 0..64 {
+        if !busy(candidate) {
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+            let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+            let r = tracee
+                .inject_syscall(base, gadget, libc::SYS_mmap, &[candidate, len, prot as u64, flags as u64, u64::MAX, 0], no_events)
+                .map_err(RestoreError::sys("mapping the table runner"))?;
+            if r as u64 == candidate {
+                return Ok(candidate);
+            }
+            if r >= 0 {
+                // An old kernel ignored NOREPLACE and put it elsewhere: give it back and move on.
+                let _ = tracee.inject_syscall(base, gadget, libc::SYS_munmap, &[r as u64, len], no_events);
+            }
+        }
+        candidate += 1 << 36;
+    }
+    Err(RestoreError::Incompatible("no free address for the table runner".into()))
+}

@@ -1,0 +1,146 @@
+//! Passing descriptors over Unix sockets (`SCM_RIGHTS`) and asking who is on
+//! the other end (`SO_PEERCRED`).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::{Result, SysError};
+
+const MAX_FDS: usize = 8;
+
+fn cmsg_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
+/// Sends `bytes` with `fds` attached to the first byte.
+pub fn send_with_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+    assert!(fds.len() <= MAX_FDS);
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    let mut control = vec![0u8; cmsg_space()];
+    // SAFETY: msghdr is plain data; every pointer set below refers to live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: pure size computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+        // SAFETY: the control buffer is large enough for one header with `fds`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+        }
+    }
+    let mut sent = 0usize;
+    while sent < bytes.len() {
+        // SAFETY: msg points to live iov/control buffers.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = SysError::last("sendmsg");
+            if e.errno == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+        // Descriptors travel with the first chunk only.
+        msg.msg_control = std::ptr::null_mut();
+        msg.msg_controllen = 0;
+        // SAFETY: msg_iov still points at `iov`, which lives until the end of the function.
+        unsafe {
+            (*msg.msg_iov).iov_base = bytes[sent..].as_ptr() as *mut libc::c_void;
+            (*msg.msg_iov).iov_len = bytes.len() - sent;
+        }
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes and any descriptors that came with them.
+pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = vec![0u8; cmsg_space()];
+    // SAFETY: plain data, pointers set to live buffers below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    let n = loop {
+        // SAFETY: msg points to live buffers; MSG_CMSG_CLOEXEC keeps received fds out of children.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = SysError::last("recvmsg");
+            if e.errno == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        break n as usize;
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, fds))
+}
+
+/// Credentials of the process on the other end of a Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn peer_cred(sock: &impl AsRawFd) -> Result<PeerCred> {
+    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `c` is a ucred-sized out buffer with its length.
+    let r = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut len)
+    };
+    if r < 0 {
+        return Err(SysError::last("getsockopt(SO_PEERCRED)"));
+    }
+    Ok(PeerCred { pid: c.pid, uid: c.uid, gid: c.gid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn descriptors_travel_with_bytes() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut r, w) = std::io::pipe().unwrap();
+        send_with_fds(&a, b"hello", &[w.as_raw_fd()]).unwrap();
+        drop(w);
+        let mut buf = [0u8; 16];
+        let (n, fds) = recv_with_fds(&b, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 1);
+        let mut f = std::fs::File::from(fds.into_iter().next().unwrap());
+        f.write_all(b"x").unwrap();
+        drop(f);
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut r, &mut s).unwrap();
+        assert_eq!(s, "x");
+        assert_eq!(peer_cred(&a).unwrap().pid, std::process::id() as i32);
+    }
+}

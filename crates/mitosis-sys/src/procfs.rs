@@ -1,0 +1,192 @@
+//! Parsers for the `/proc/PID` files that capture reads. The parsers are pure
+//! functions over text so they are tested without a process.
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub name: String,
+}
+
+/// Parses `/proc/PID/maps`.
+pub fn parse_maps(text: &str) -> Result<Vec<MapsEntry>, String> {
+    text.lines().filter(|l| !l.is_empty()).map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Result<MapsEntry, String> {
+    let bad = || format!("unparsable maps line: {line:?}");
+    let mut it = line.splitn(6, ' ');
+    let range = it.next().ok_or_else(bad)?;
+    let perms = it.next().ok_or_else(bad)?.as_bytes();
+    let offset = it.next().ok_or_else(bad)?;
+    let dev = it.next().ok_or_else(bad)?;
+    let inode = it.next().ok_or_else(bad)?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-').ok_or_else(bad)?;
+    let (maj, min) = dev.split_once(':').ok_or_else(bad)?;
+    if perms.len() < 4 {
+        return Err(bad());
+    }
+    Ok(MapsEntry {
+        start: u64::from_str_radix(s, 16).map_err(|_| bad())?,
+        end: u64::from_str_radix(e, 16).map_err(|_| bad())?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset: u64::from_str_radix(offset, 16).map_err(|_| bad())?,
+        dev_major: u32::from_str_radix(maj, 16).map_err(|_| bad())?,
+        dev_minor: u32::from_str_radix(min, 16).map_err(|_| bad())?,
+        inode: inode.parse().map_err(|_| bad())?,
+        name,
+    })
+}
+
+/// The fields of `/proc/PID/status` capture uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub threads: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub sig_blocked: u64,
+    pub sig_ignored: u64,
+    pub sig_caught: u64,
+    pub rss_kb: u64,
+}
+
+pub fn parse_status(text: &str) -> Status {
+    let mut s = Status::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        let v = v.trim();
+        let first = || v.split_whitespace().next().unwrap_or("0");
+        match k {
+            "Threads" => s.threads = v.parse().unwrap_or(0),
+            // Real, effective, saved, fs: the effective id is what the process acts as.
+            "Uid" => s.uid = v.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0),
+            "Gid" => s.gid = v.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0),
+            "Groups" => s.groups = v.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+            "SigBlk" => s.sig_blocked = u64::from_str_radix(v, 16).unwrap_or(0),
+            "SigIgn" => s.sig_ignored = u64::from_str_radix(v, 16).unwrap_or(0),
+            "SigCgt" => s.sig_caught = u64::from_str_radix(v, 16).unwrap_or(0),
+            "VmRSS" => s.rss_kb = first().parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The memory-layout fields of `/proc/PID/stat` (see proc_pid_stat(5)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatMm {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+pub fn parse_stat_mm(text: &str) -> Result<StatMm, String> {
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = text.rsplit_once(')').ok_or("unparsable stat")?.1;
+    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|x| x.parse::<i64>().unwrap_or(0) as u64).collect();
+    // `rest` starts at field 3 (state), which we skipped; field n is f[n - 4].
+    let at = |n: usize| f.get(n - 4).copied().ok_or("short stat");
+    Ok(StatMm {
+        start_code: at(26)?,
+        end_code: at(27)?,
+        start_stack: at(28)?,
+        start_data: at(45)?,
+        end_data: at(46)?,
+        start_brk: at(47)?,
+        arg_start: at(48)?,
+        arg_end: at(49)?,
+        env_start: at(50)?,
+        env_end: at(51)?,
+    })
+}
+
+/// `flags` and `pos` of `/proc/PID/fdinfo/N`.
+pub fn parse_fdinfo(text: &str) -> (i32, u64) {
+    let mut flags = 0;
+    let mut pos = 0;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("flags:") {
+            flags = i32::from_str_radix(v.trim(), 8).unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("pos:") {
+            pos = v.trim().parse().unwrap_or(0);
+        }
+    }
+    (flags, pos)
+}
+
+/// Bits of a `/proc/PID/pagemap` entry.
+pub mod pagemap {
+    pub const PRESENT: u64 = 1 << 63;
+    pub const FILE_OR_SHARED: u64 = 1 << 61;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let text = "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]\n\
+7f1c2a000000-7f1c2a022000 r-xp 00002000 fe:01 1234567                    /usr/lib/x86_64-linux-gnu/ld linux.so\n\
+7ffd1b3c5000-7ffd1b3c7000 r-xp 00000000 00:00 0 [vdso]\n\
+7f00 -bad\n";
+        assert!(parse_maps(text).is_err());
+        let ok: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+        let m = parse_maps(&ok).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].name, "[heap]");
+        assert!(m[0].write && !m[0].exec && !m[0].shared);
+        assert_eq!(m[1].offset, 0x2000);
+        assert_eq!((m[1].dev_major, m[1].dev_minor, m[1].inode), (0xfe, 1, 1234567));
+        assert_eq!(m[1].name, "/usr/lib/x86_64-linux-gnu/ld linux.so");
+        assert_eq!(m[2].name, "[vdso]");
+    }
+
+    #[test]
+    fn status_fields() {
+        let s = parse_status("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\t6\t5\t5\nGroups:\t4 24 \nThreads:\t3\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180000002\nVmRSS:\t  1234 kB\n");
+        assert_eq!((s.threads, s.uid, s.gid), (3, 1001, 6));
+        assert_eq!(s.groups, vec![4, 24]);
+        assert_eq!(s.sig_blocked, 0x10000);
+        assert_eq!(s.sig_caught, 0x1_8000_0002);
+        assert_eq!(s.rss_kb, 1234);
+    }
+
+    #[test]
+    fn stat_with_spaces_in_name() {
+        let mut fields = vec!["S".to_string()];
+        fields.extend((4..=52).map(|n| n.to_string()));
+        let text = format!("42 (a) b) {}", fields.join(" "));
+        let mm = parse_stat_mm(&text).unwrap();
+        assert_eq!(mm.start_code, 26);
+        assert_eq!(mm.start_stack, 28);
+        assert_eq!(mm.start_brk, 47);
+        assert_eq!(mm.env_end, 51);
+    }
+
+    #[test]
+    fn fdinfo() {
+        assert_eq!(parse_fdinfo("pos:\t42\nflags:\t0100002\nmnt_id:\t3\n"), (0o100002, 42));
+    }
+}

@@ -1,0 +1,269 @@
+//! userfaultfd: the kernel interface that lets the pager serve a child's
+//! missing pages. See userfaultfd(2) and ioctl_userfaultfd(2).
+//!
+//! Differences from the `userfaultfd` crate that made us write our own ~150
+//! lines: the descriptor is an `OwnedFd` (it usually comes from another
+//! process via `pidfd_getfd`), `UFFDIO_COPY`'s result is read as the signed
+//! value it is (`-EAGAIN` is not a huge partial copy), and POISON is offered.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::{Result, SysError, PAGE};
+
+const UFFD_API: u64 = 0xAA;
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+}
+
+#[repr(C)]
+struct Api {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Range {
+    start: u64,
+    len: u64,
+}
+#[repr(C)]
+struct Register {
+    range: Range,
+    mode: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct Copy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+#[repr(C)]
+struct ZeroOrPoison {
+    range: Range,
+    mode: u64,
+    result: i64,
+}
+
+const UFFDIO_API: u64 = iowr(0x3F, std::mem::size_of::<Api>());
+const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<Register>());
+const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<Range>());
+const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<Copy>());
+const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<ZeroOrPoison>());
+const UFFDIO_POISON: u64 = iowr(0x08, std::mem::size_of::<ZeroOrPoison>());
+
+/// Feature bits for [`Uffd::api`].
+pub mod features {
+    pub const EVENT_FORK: u64 = 1 << 1;
+    pub const EVENT_REMAP: u64 = 1 << 2;
+    pub const EVENT_REMOVE: u64 = 1 << 3;
+    pub const EVENT_UNMAP: u64 = 1 << 6;
+    pub const POISON: u64 = 1 << 14;
+}
+
+const MODE_MISSING: u64 = 1;
+
+const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_FORK: u8 = 0x13;
+const EVENT_REMAP: u8 = 0x14;
+const EVENT_REMOVE: u8 = 0x15;
+const EVENT_UNMAP: u8 = 0x16;
+
+/// One message read from a userfaultfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A thread touched a missing page at this address.
+    Fault { addr: u64 },
+    /// The process forked; the child's memory is served through this new descriptor.
+    Fork { uffd: RawFd },
+    /// `mremap` moved `[from, from+len)` to `to`.
+    Remap { from: u64, to: u64, len: u64 },
+    /// `madvise(DONTNEED/REMOVE)` dropped these pages: they now read as zero.
+    Remove { start: u64, end: u64 },
+    /// `munmap` removed these pages.
+    Unmap { start: u64, end: u64 },
+    Unknown(u8),
+}
+
+/// Outcome of a copy into the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyResult {
+    Done,
+    /// The kernel asks to read pending events first (`mmap_changing`); `copied` bytes went in.
+    Again { copied: u64 },
+    /// The process's memory is gone (it exited).
+    Gone,
+}
+
+/// A userfaultfd descriptor.
+#[derive(Debug)]
+pub struct Uffd(OwnedFd);
+
+impl Uffd {
+    /// Wraps a descriptor that is a userfaultfd.
+    pub fn from_fd(fd: OwnedFd) -> Uffd {
+        Uffd(fd)
+    }
+
+    /// Creates one for the calling process (non-blocking, close-on-exec).
+    pub fn create() -> Result<Uffd> {
+        // SAFETY: plain flags; returns a new descriptor we own.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if fd < 0 {
+            return Err(SysError::last("userfaultfd"));
+        }
+        // SAFETY: fresh descriptor owned by nobody else.
+        Ok(Uffd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    fn ioctl<T>(&self, req: u64, arg: &mut T, op: &'static str) -> Result<()> {
+        // SAFETY: `arg` is the struct type the request is defined with.
+        let r = unsafe { libc::ioctl(self.raw(), req as _, arg as *mut T) };
+        if r < 0 {
+            return Err(SysError::last(op));
+        }
+        Ok(())
+    }
+
+    /// The API handshake; must come first and only once. Fails when a feature is missing.
+    pub fn api(&self, wanted: u64) -> Result<()> {
+        let mut a = Api { api: UFFD_API, features: wanted, ioctls: 0 };
+        self.ioctl(UFFDIO_API, &mut a, "UFFDIO_API")?;
+        if a.features & wanted != wanted {
+            return Err(SysError::new("UFFDIO_API: kernel lacks a needed feature", libc::ENOTSUP));
+        }
+        Ok(())
+    }
+
+    /// Registers `[start, start+len)` for missing-page faults.
+    pub fn register_missing(&self, start: u64, len: u64) -> Result<()> {
+        let mut r = Register { range: Range { start, len }, mode: MODE_MISSING, ioctls: 0 };
+        self.ioctl(UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
+    }
+
+    /// Copies `src` into the child at `dst` and wakes its faulting threads. Pages
+    /// that are already present are skipped (another fault got there first).
+    pub fn copy(&self, dst: u64, src: &[u8]) -> CopyResult {
+        let mut done = 0u64;
+        let len = src.len() as u64;
+        while done < len {
+            let mut c = Copy { dst: dst + done, src: src.as_ptr() as u64 + done, len: len - done, mode: 0, copy: 0 };
+            // SAFETY: `src` is a live buffer of `len` bytes; the kernel copies from it.
+            let r = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
+            if r == 0 {
+                return CopyResult::Done;
+            }
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if c.copy > 0 {
+                done += c.copy as u64;
+            }
+            match errno {
+                libc::EEXIST => done += PAGE,
+                libc::EAGAIN => return CopyResult::Again { copied: done },
+                libc::ESRCH => return CopyResult::Gone,
+                _ => return CopyResult::Gone,
+            }
+        }
+        CopyResult::Done
+    }
+
+    /// Maps zero pages at `[start, start+len)`.
+    pub fn zero(&self, start: u64, len: u64) -> CopyResult {
+        self.range_op(UFFDIO_ZEROPAGE, start, len)
+    }
+
+    /// Marks `[start, start+len)` poisoned: touching it raises SIGBUS instead of
+    /// reading anything. Used when a page cannot be fetched.
+    pub fn poison(&self, start: u64, len: u64) -> CopyResult {
+        self.range_op(UFFDIO_POISON, start, len)
+    }
+
+    fn range_op(&self, req: u64, start: u64, len: u64) -> CopyResult {
+        let mut z = ZeroOrPoison { range: Range { start, len }, mode: 0, result: 0 };
+        // SAFETY: struct of the type the request is defined with.
+        let r = unsafe { libc::ioctl(self.raw(), req as _, &mut z) };
+        if r == 0 {
+            return CopyResult::Done;
+        }
+        match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+            libc::EEXIST => CopyResult::Done,
+            libc::EAGAIN => CopyResult::Again { copied: z.result.max(0) as u64 },
+            _ => CopyResult::Gone,
+        }
+    }
+
+    /// Wakes threads waiting on `[start, start+len)` (after another path filled it).
+    pub fn wake(&self, start: u64, len: u64) {
+        let mut r = Range { start, len };
+        let _ = self.ioctl(UFFDIO_WAKE, &mut r, "UFFDIO_WAKE");
+    }
+
+    /// Tells whether the process behind this descriptor still has its memory:
+    /// a copy to an address below any mapping fails with ENOENT while the
+    /// memory lives and ESRCH once the process has exited.
+    pub fn memory_alive(&self, probe_addr: u64) -> bool {
+        let page = [0u8; PAGE as usize];
+        let mut c = Copy { dst: probe_addr, src: page.as_ptr() as u64, len: PAGE, mode: 0, copy: 0 };
+        // SAFETY: valid source page; the destination is an address with no registered mapping.
+        let r = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+
+    /// Reads pending messages without blocking (at most `max`).
+    pub fn read_events(&self, out: &mut Vec<Event>, max: usize) -> Result<()> {
+        const MSG: usize = 32;
+        let mut buf = vec![0u8; MSG * max];
+        // SAFETY: buf has room for `max` messages.
+        let n = unsafe { libc::read(self.raw(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = SysError::last("read(userfaultfd)");
+            if e.errno == libc::EAGAIN {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        for m in buf[..n as usize].chunks_exact(MSG) {
+            let u64_at = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().unwrap());
+            let ev = match m[0] {
+                EVENT_PAGEFAULT => Event::Fault { addr: u64_at(16) & !(PAGE - 1) },
+                EVENT_FORK => Event::Fork { uffd: u32::from_ne_bytes(m[8..12].try_into().unwrap()) as RawFd },
+                EVENT_REMAP => Event::Remap { from: u64_at(8), to: u64_at(16), len: u64_at(24) },
+                EVENT_REMOVE => Event::Remove { start: u64_at(8), end: u64_at(16) },
+                EVENT_UNMAP => Event::Unmap { start: u64_at(8), end: u64_at(16) },
+                other => Event::Unknown(other),
+            };
+            out.push(ev);
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Uffd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_headers() {
+        assert_eq!(UFFDIO_API, 0xc018aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020aa00);
+        assert_eq!(UFFDIO_COPY, 0xc028aa03);
+        assert_eq!(UFFDIO_ZEROPAGE, 0xc020aa04);
+        assert_eq!(UFFDIO_WAKE, 0x8010aa02);
+    }
+}

@@ -1,0 +1,104 @@
+//! Test harness for mitosis integration tests.
+//!
+//! This crate is used only as a dev-dependency. It owns everything a test
+//! needs around the code under test:
+//!
+//! * **temp dirs** — [`TestDir`], a unique directory under `/tmp` that is
+//!   removed when the test passes and kept for post-mortem when it panics;
+//! * **test hosts** — [`TwoHosts`], two private network namespaces joined by
+//!   a veth pair, each seen as a [`Host`] with its own address;
+//! * **daemon processes** — [`Daemon`], a `mitosis daemon` started inside a
+//!   [`Host`] and stopped (SIGTERM, then SIGKILL) when dropped;
+//! * **process cleanup** — [`ProcessGuard`], a child in its own process
+//!   group whose whole group is killed and reaped when dropped.
+//!
+//! # Network safety
+//!
+//! The testkit must never touch addresses outside the machine. Every address
+//! it assigns (`10.213.<k>.1` / `10.213.<k>.2`) lives on a veth pair whose
+//! both ends are inside namespaces it just created; nothing is configured in
+//! the host's own network namespace, no routes leave the pair, and daemons
+//! only listen on those private addresses.
+
+mod dir;
+mod netns;
+mod process;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use dir::{write_key, TestDir};
+pub use netns::{Host, TwoHosts};
+pub use process::{Daemon, ProcessGuard};
+
+/// Calls `f` every 5 ms until it returns `true` (then returns `true`) or
+/// `timeout` has passed (then returns `false`, after one last try).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Returns whether the test runs as root; when not, prints
+/// `skipped: needs root` to stderr. Use as `if !require_root() { return; }`.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+/// The real CPython interpreter behind `python3` on `PATH`.
+///
+/// `python3` is often a (slow) pyenv shim script; tests that start Python
+/// many times, or that must trace the interpreter itself, want the real
+/// binary. The answer is computed once per process.
+pub fn real_python() -> Option<PathBuf> {
+    static PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+            (path.is_absolute() && path.exists()).then_some(path)
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_polls_and_times_out() {
+        let mut n = 0;
+        assert!(wait_until(Duration::from_secs(1), || {
+            n += 1;
+            n == 3
+        }));
+        assert!(!wait_until(Duration::from_millis(20), || false));
+    }
+
+    #[test]
+    fn real_python_is_an_executable_file() {
+        if let Some(p) = real_python() {
+            assert!(p.is_file(), "{}", p.display());
+        }
+    }
+}

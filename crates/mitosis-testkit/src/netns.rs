@@ -1,0 +1,209 @@
+//! Test hosts: private network namespaces joined by a veth pair.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+
+/// One test host: a network namespace and its address on the pair's link.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Name of the network namespace (as listed by `ip netns list`).
+    pub ns: String,
+    /// The host's IPv4 address, without prefix length.
+    pub ip: String,
+}
+
+impl Host {
+    /// Command prefix that runs a program inside this host:
+    /// `["ip", "netns", "exec", ns]`.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.ns]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+/// Two hosts `a` (`10.213.<k>.1/24`) and `b` (`10.213.<k>.2/24`) in fresh
+/// network namespaces joined by a veth pair. Both namespaces are deleted on
+/// drop, which also destroys the veth pair.
+#[derive(Debug)]
+pub struct TwoHosts {
+    pub a: Host,
+    pub b: Host,
+    /// Third octet of the addresses, reserved in `LIVE_SUBNETS` until drop.
+    k: u8,
+    /// Which of the two namespaces exist, so a half-way failure cleans up
+    /// exactly what was created.
+    created: [bool; 2],
+}
+
+/// Third octets in use by live pairs of this process.
+static LIVE_SUBNETS: Mutex<Option<HashSet<u8>>> = Mutex::new(None);
+
+fn reserve_subnet(seed: u32) -> anyhow::Result<u8> {
+    let mut live = LIVE_SUBNETS.lock().unwrap_or_else(|e| e.into_inner());
+    let live = live.get_or_insert_with(HashSet::new);
+    for i in 0..250 {
+        let k = ((seed + i) % 250 + 1) as u8;
+        if live.insert(k) {
+            return Ok(k);
+        }
+    }
+    bail!("all 250 test subnets 10.213.1-250.0/24 are in use by this process")
+}
+
+fn release_subnet(k: u8) {
+    let mut live = LIVE_SUBNETS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(live) = live.as_mut() {
+        live.remove(&k);
+    }
+}
+
+/// Runs `ip <args>`, failing with its stderr if it does not succeed.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (is iproute2 installed? see scripts/setup)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+impl TwoHosts {
+    /// Creates the two namespaces and the link between them. Needs root.
+    pub fn new() -> anyhow::Result<TwoHosts> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+
+        // Names are `mts<pid>x<n>a|b`: with pids below 10^7 and n below 1000
+        // they fit the 15-byte interface-name limit, since the veth ends are
+        // named after their namespaces. Skip names left over by a dead
+        // process that had our pid.
+        let (n, a_ns, b_ns) = loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let a = format!("mts{pid}x{}a", n % 1000);
+            let b = format!("mts{pid}x{}b", n % 1000);
+            if !ns_exists(&a) && !ns_exists(&b) {
+                break (n, a, b);
+            }
+            if n > 2000 {
+                bail!("no free namespace name for pid {pid}");
+            }
+        };
+        let k = reserve_subnet(pid.wrapping_mul(7).wrapping_add(n))?;
+
+        // From here on, dropping `hosts` (also on early error return) deletes
+        // whatever has been created.
+        let mut hosts = TwoHosts {
+            a: Host {
+                ns: a_ns,
+                ip: format!("10.213.{k}.1"),
+            },
+            b: Host {
+                ns: b_ns,
+                ip: format!("10.213.{k}.2"),
+            },
+            k,
+            created: [false; 2],
+        };
+        let (a, b) = (hosts.a.ns.clone(), hosts.b.ns.clone());
+
+        ip(&["netns", "add", &a])?;
+        hosts.created[0] = true;
+        ip(&["netns", "add", &b])?;
+        hosts.created[1] = true;
+
+        // The pair is created inside `a` with its peer moved straight into
+        // `b`, so nothing ever appears in the host's own namespace.
+        ip(&[
+            "-n", &a, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &b,
+        ])?;
+        for (ns, addr) in [(&a, &hosts.a.ip), (&b, &hosts.b.ip)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ns])?;
+            ip(&["-n", ns, "link", "set", ns, "up"])?;
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for (created, host) in self.created.iter().zip([&self.a, &self.b]) {
+            if *created {
+                let _ = ip(&["netns", "del", &host.ns]);
+            }
+        }
+        release_subnet(self.k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{require_root, wait_until};
+    use std::time::Duration;
+
+    fn ns_listed(name: &str) -> bool {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+    }
+
+    fn ping(from: &Host, to: &Host) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &from.ns, "ping", "-c1", "-W1", &to.ip])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn two_hosts_ping_each_other_and_vanish_on_drop() {
+        if !require_root() {
+            return;
+        }
+        let hosts = TwoHosts::new().unwrap();
+        assert!(hosts.a.ns.len() <= 15 && hosts.b.ns.len() <= 15);
+        assert!(ns_listed(&hosts.a.ns) && ns_listed(&hosts.b.ns));
+        assert!(wait_until(Duration::from_secs(5), || ping(
+            &hosts.a, &hosts.b
+        )));
+        assert!(ping(&hosts.b, &hosts.a));
+        assert_eq!(hosts.a.exec_prefix(), ["ip", "netns", "exec", &hosts.a.ns]);
+
+        let (a, b) = (hosts.a.ns.clone(), hosts.b.ns.clone());
+        drop(hosts);
+        assert!(!ns_listed(&a) && !ns_listed(&b));
+    }
+
+    #[test]
+    fn concurrent_pairs_get_distinct_names_and_subnets() {
+        if !require_root() {
+            return;
+        }
+        let x = TwoHosts::new().unwrap();
+        let y = TwoHosts::new().unwrap();
+        assert_ne!(x.a.ns, y.a.ns);
+        assert_ne!(x.a.ip, y.a.ip);
+        // Each pair is isolated: x cannot reach y.
+        assert!(!ping(&x.a, &y.b));
+    }
+}

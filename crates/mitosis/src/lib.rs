@@ -1,0 +1,215 @@
+//! The mitosis client library: what programs and the `mitosis` command use to
+//! talk to the daemon of their host.
+//!
+//! ```no_run
+//! match mitosis::fork_prepare(mitosis::default_socket(), "my-function")? {
+//!     mitosis::Role::Parent(seed) => println!("prepared {} ({} bytes mapped)", seed.id, seed.mapped_bytes),
+//!     mitosis::Role::Child(me) => println!("I am a child of {} resumed as pid {}", me.seed_id, me.pid),
+//! }
+//! # Ok::<(), mitosis::Error>(())
+//! ```
+//!
+//! Unlike MITOSIS, the two sides of a remote fork can tell themselves apart:
+//! [`fork_prepare`] returns [`Role::Parent`] in the caller and [`Role::Child`]
+//! in every child resumed from the seed, on whatever host.
+//!
+//! This crate only speaks the local protocol; it never touches another
+//! process or the network.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use mitosis_proto::frame::{read_msg, MAX_IMAGE_FRAME};
+pub use mitosis_proto::local::{ChildEnd, ChildInfo, PagerStats, ResumeTimings, SeedInfo};
+use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse, ReplySlot, CHILD_MARKER};
+pub use mitosis_proto::{ErrorKind, RemoteError};
+use mitosis_proto::PROTOCOL_VERSION;
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the mitosis daemon at {path} (is `mitosis daemon` running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost the connection to the daemon")]
+    Io(#[from] std::io::Error),
+    #[error("daemon protocol error")]
+    Proto(#[from] mitosis_proto::ProtoError),
+    #[error("{0}")]
+    Daemon(RemoteError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// The exit status `mitosis` uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Daemon(e) => e.kind.exit_code(),
+            Error::Usage(_) => 64,
+            Error::Connect { .. } => 69,
+            Error::Io(_) | Error::Proto(_) => 70,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The daemon socket from `$MITOSIS_SOCKET`, or the default path.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("MITOSIS_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(mitosis_proto::local::DEFAULT_SOCKET))
+}
+
+/// Which side of a remote fork the caller is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The process that prepared; the seed is ready.
+    Parent(SeedInfo),
+    /// A child resumed from the seed.
+    Child(ChildInfo),
+}
+
+/// A connection to the local daemon.
+pub struct Client {
+    stream: UnixStream,
+}
+
+fn encode(request: LocalRequest) -> Vec<u8> {
+    let body = postcard::to_stdvec(&Envelope { version: PROTOCOL_VERSION, request }).expect("requests encode");
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+impl Client {
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Client> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| Error::Connect { path: path.to_path_buf(), source })?;
+        Ok(Client { stream })
+    }
+
+    fn call(&mut self, request: LocalRequest) -> Result<LocalResponse> {
+        self.stream.write_all(&encode(request))?;
+        self.read()
+    }
+
+    fn read(&mut self) -> Result<LocalResponse> {
+        match read_msg(&mut self.stream, MAX_IMAGE_FRAME)? {
+            LocalResponse::Error(e) => Err(Error::Daemon(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// Prepares process `pid` (unmodified; it keeps running) as seed `id`.
+    pub fn prepare(&mut self, pid: i32, id: &str) -> Result<SeedInfo> {
+        match self.call(LocalRequest::Prepare { pid, id: id.to_string(), reply_slot: None })? {
+            LocalResponse::Prepared(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drops seed `id` on this host.
+    pub fn drop_seed(&mut self, id: &str) -> Result<()> {
+        match self.call(LocalRequest::Drop { id: id.to_string() })? {
+            LocalResponse::Dropped { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Lists this host's seeds (a non-root caller sees its own).
+    pub fn list(&mut self) -> Result<Vec<SeedInfo>> {
+        match self.call(LocalRequest::List)? {
+            LocalResponse::Seeds(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a child of seed `id` from the daemon at `from` on this host, with
+    /// `stdio` (stdin, stdout, stderr) as its descriptors 0-2. Call
+    /// [`Resumed::wait`] for its end; dropping the `Resumed` kills the child.
+    pub fn resume(mut self, from: &str, id: &str, stdio: [RawFd; 3]) -> Result<Resumed> {
+        let frame = encode(LocalRequest::Resume { from: from.to_string(), id: id.to_string() });
+        mitosis_sys::fdpass::send_with_fds(&self.stream, &frame, &stdio)
+            .map_err(|e| Error::Io(std::io::Error::from_raw_os_error(e.errno)))?;
+        match self.read()? {
+            LocalResponse::Started { pid, timings } => Ok(Resumed { client: self, pid, timings }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A running child started by [`Client::resume`].
+pub struct Resumed {
+    client: Client,
+    pub pid: i32,
+    pub timings: ResumeTimings,
+}
+
+impl Resumed {
+    /// Waits for the child to end.
+    pub fn wait(mut self) -> Result<(ChildEnd, PagerStats)> {
+        match self.client.read()? {
+            LocalResponse::Exited { end, stats } => Ok((end, stats)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: LocalResponse) -> Error {
+    Error::Usage(format!("daemon answered with an unexpected message: {r:?}"))
+}
+
+/// Prepares the calling process as seed `id` with the daemon at `socket`.
+/// Returns [`Role::Parent`] here and [`Role::Child`] in every resumed child.
+/// The process must be single-threaded.
+pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+    if threads != 1 {
+        return Err(Error::Usage(format!(
+            "this process has {threads} threads; only single-threaded processes can be prepared"
+        )));
+    }
+    let mut client = Client::connect(socket)?;
+    // The daemon captures us while we are blocked in the read below. In each
+    // child that read returns the child's answer, written into this buffer.
+    let mut buf = vec![0u8; 4096];
+    let request = LocalRequest::Prepare {
+        pid: std::process::id() as i32,
+        id: id.to_string(),
+        reply_slot: Some(ReplySlot { addr: buf.as_ptr() as u64, len: buf.len() as u64 }),
+    };
+    client.stream.write_all(&encode(request))?;
+    let n = loop {
+        // A raw read: the child's copy of this exact call returns its answer.
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::read(client.stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(Error::Io(std::io::Error::last_os_error()));
+    }
+    let n = n as usize;
+    if n >= CHILD_MARKER.len() && &buf[..CHILD_MARKER.len()] == CHILD_MARKER {
+        let info: ChildInfo = postcard::from_bytes(&buf[CHILD_MARKER.len()..n])
+            .map_err(|_| Error::Usage("undecodable child answer".into()))?;
+        // Our copy of the socket was closed when we were restored.
+        std::mem::forget(client);
+        return Ok(Role::Child(info));
+    }
+    let mut whole = (&buf[..n]).chain(&mut client.stream);
+    match read_msg(&mut whole, MAX_IMAGE_FRAME)? {
+        LocalResponse::Prepared(info) => Ok(Role::Parent(info)),
+        LocalResponse::Error(e) => Err(Error::Daemon(e)),
+        other => Err(unexpected(other)),
+    }
+}
