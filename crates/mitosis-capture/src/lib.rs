@@ -28,7 +28,7 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    MmFields, PageRun, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
+    MmFields, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
 use mitosis_sys::ptrace::{idx, Stop, Tracee};
@@ -208,7 +208,8 @@ fn capture_stopped(
     pidfd::send_signal(&snap_pidfd, libc::SIGSTOP).map_err(CaptureError::sys("parking the snapshot"))?;
     snap.detach(0).map_err(CaptureError::sys("parking the snapshot"))?;
 
-    let eager_pages = written_file_pages(snap_pid, &vmas).map_err(CaptureError::sys("reading written file pages"))?;
+    let mut vmas = vmas;
+    mark_written_file_pages(snap_pid, &mut vmas).map_err(CaptureError::sys("finding written file pages"))?;
 
     let mut image_regs = regs;
     // A sleep interrupted here cannot be restarted in another process (its restart
@@ -254,7 +255,6 @@ fn capture_stopped(
         exe,
         files,
         closed_fds,
-        eager_pages,
         vdso_hash: vdso.hash,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         rss_bytes: status.rss_kb * 1024,
@@ -307,7 +307,7 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         } else {
             file_kind(m)
         };
-        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone() });
+        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new() });
     }
     Ok(out)
 }
@@ -323,39 +323,30 @@ fn file_kind(m: &MapsEntry) -> VmaKind {
     VmaKind::Opaque { name: m.name.clone() }
 }
 
-/// Pages of private file mappings that the process wrote (now anonymous
-/// copies): children map the file and get these on top.
-fn written_file_pages(snap_pid: i32, vmas: &[Vma]) -> Result<Vec<PageRun>, SysError> {
+/// Finds the pages of private file mappings that the process wrote (now
+/// anonymous copies, visible in the snapshot's pagemap): children map the
+/// file and get those pages from the seed.
+fn mark_written_file_pages(snap_pid: i32, vmas: &mut [Vma]) -> Result<(), SysError> {
     use std::os::unix::fs::FileExt;
     let pm = std::fs::File::open(format!("/proc/{snap_pid}/pagemap"))
         .map_err(|e| SysError::new("open pagemap", e.raw_os_error().unwrap_or(0)))?;
-    let mem = mem::ProcMem::open(snap_pid, false)?;
-    let mut runs: Vec<PageRun> = Vec::new();
-    for v in vmas.iter().filter(|v| matches!(v.kind, VmaKind::File { .. })) {
-        let n = v.pages() as usize;
-        let mut entries = vec![0u8; n * 8];
+    let mut entries = Vec::new();
+    for v in vmas.iter_mut().filter(|v| matches!(v.kind, VmaKind::File { .. })) {
+        entries.resize(v.pages() as usize * 8, 0);
         pm.read_exact_at(&mut entries, v.start / PAGE * 8)
             .map_err(|e| SysError::new("read pagemap", e.raw_os_error().unwrap_or(0)))?;
         for (i, e) in entries.chunks_exact(8).enumerate() {
             let e = u64::from_ne_bytes(e.try_into().unwrap());
             if e & pagemap::PRESENT != 0 && e & pagemap::FILE_OR_SHARED == 0 {
                 let addr = v.start + i as u64 * PAGE;
-                match runs.last_mut() {
-                    Some(r) if r.addr + r.data.len() as u64 == addr => {
-                        let old = r.data.len();
-                        r.data.resize(old + PAGE as usize, 0);
-                        mem.read_exact_at(&mut r.data[old..], addr)?;
-                    }
-                    _ => {
-                        let mut data = vec![0u8; PAGE as usize];
-                        mem.read_exact_at(&mut data, addr)?;
-                        runs.push(PageRun { addr, data });
-                    }
+                match v.written.last_mut() {
+                    Some(run) if run.1 == addr => run.1 += PAGE,
+                    _ => v.written.push((addr, addr + PAGE)),
                 }
             }
         }
     }
-    Ok(runs)
+    Ok(())
 }
 
 pub use files::identity as file_identity;

@@ -53,10 +53,15 @@ pub fn handle(
     let _ = send(conn, &LocalResponse::Started { pid, timings });
 
     // Wait for the child, or for the caller to give up on it.
+    let mut caller_gone = false;
     loop {
         let mut fds = [
             libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
+            libc::pollfd {
+                fd: if caller_gone { -1 } else { conn.as_raw_fd() },
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            },
         ];
         // SAFETY: two valid pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -69,6 +74,7 @@ pub fn handle(
         if fds[1].revents != 0 {
             tracing::info!(pid, "resumer went away; killing its child");
             let _ = pidfd::send_signal(&pidfd, libc::SIGKILL);
+            caller_gone = true;
         }
     }
     let exit = pidfd::wait_exit(&pidfd);

@@ -246,8 +246,8 @@ impl Pager {
     fn fill_zero(&mut self, addr: u64) -> Result<(), String> {
         self.regions.set(addr, addr + PAGE, PageState::Served);
         match self.uffd.zero(addr, PAGE) {
-            CopyResult::Gone => Ok(()),
-            CopyResult::Done => Ok(()),
+            CopyResult::Gone | CopyResult::Done => Ok(()),
+            CopyResult::Failed(errno) => Err(copy_failed("zero page", addr, errno)),
             CopyResult::Again { .. } => self.drain_then(|p| match p.uffd.zero(addr, PAGE) {
                 CopyResult::Again { .. } => Err(format!("kernel kept refusing a zero page at {addr:#x}")),
                 _ => Ok(()),
@@ -283,6 +283,7 @@ impl Pager {
             loop {
                 match self.uffd.copy(child + done, &chunk[done as usize..]) {
                     CopyResult::Done | CopyResult::Gone => break,
+                    CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
                     CopyResult::Again { copied } => {
                         done += copied;
                         let mut pending = Vec::new();
@@ -307,6 +308,10 @@ impl Pager {
         }
         f(self)
     }
+}
+
+fn copy_failed(what: &str, addr: u64, errno: i32) -> String {
+    format!("the kernel refused to {what} at {addr:#x}: {}", std::io::Error::from_raw_os_error(errno))
 }
 
 fn apply_patch(chunk: &mut [u8], chunk_addr: u64, p: &Patch) {

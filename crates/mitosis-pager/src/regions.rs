@@ -88,14 +88,22 @@ impl Regions {
     }
 
     /// Runs of remote pages inside `[lo, hi)`: (child address, seed address, length).
+    /// A run never crosses a region edge: one `UFFDIO_COPY` must stay inside one mapping.
     pub fn remote_runs(&self, lo: u64, hi: u64) -> Vec<(u64, u64, u64)> {
         let mut runs: Vec<(u64, u64, u64)> = Vec::new();
         let mut addr = lo;
+        let mut last_region = usize::MAX;
         while addr < hi {
-            if let Some((PageState::Remote, seed)) = self.lookup(addr) {
-                match runs.last_mut() {
-                    Some(r) if r.0 + r.2 == addr && r.1 + r.2 == seed => r.2 += PAGE,
-                    _ => runs.push((addr, seed, PAGE)),
+            if let Some(i) = self.find(addr) {
+                let r = &self.regions[i];
+                let page = ((addr - r.start) / PAGE) as usize;
+                if r.pages[page] == PageState::Remote {
+                    let seed = r.seed_start + (addr - r.start);
+                    match runs.last_mut() {
+                        Some(run) if last_region == i && run.0 + run.2 == addr => run.2 += PAGE,
+                        _ => runs.push((addr, seed, PAGE)),
+                    }
+                    last_region = i;
                 }
             }
             addr += PAGE;
@@ -120,7 +128,7 @@ mod tests {
         let mut r = Regions::new(&[(10 * P, 20 * P), (20 * P, 30 * P)]);
         r.set(12 * P, 13 * P, PageState::Served);
         let runs = r.remote_runs(8 * P, 24 * P);
-        assert_eq!(runs, vec![(10 * P, 10 * P, 2 * P), (13 * P, 13 * P, 11 * P)]);
+        assert_eq!(runs, vec![(10 * P, 10 * P, 2 * P), (13 * P, 13 * P, 7 * P), (20 * P, 20 * P, 4 * P)]);
     }
 
     #[test]

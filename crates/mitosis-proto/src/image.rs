@@ -1,10 +1,10 @@
 //! The seed image: everything a child needs besides the lazily fetched pages.
 //!
 //! A seed image is produced once by `prepare` on the seed's host and fetched by
-//! every host that resumes the seed. Page contents are not in it (they are
-//! served by address from the seed's snapshot), except the few privately
-//! written pages of file-backed mappings, which are carried eagerly in
-//! [`SeedImage::eager_pages`] because userfaultfd cannot serve file mappings.
+//! every host that resumes the seed. Page contents are never in it: they are
+//! served by address from the seed's snapshot. Pages that the process wrote in
+//! a private file mapping are listed in [`Vma::written`], so that a child maps
+//! the clean rest from its local file and gets those from the seed.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +66,7 @@ pub enum VmaKind {
     /// Anonymous private memory (including `[heap]` and `[stack]`, see [`Vma::name`]).
     Anon,
     /// A private mapping of a regular file. Clean pages come from the local file
-    /// when it is the same file; written pages are in the image's eager pages.
+    /// when it is the same file; written pages ([`Vma::written`]) from the seed.
     File { path: String, offset: u64, identity: FileIdentity },
     /// A private mapping of something that cannot be reopened by path (deleted
     /// file, memfd, device): all its pages are served from the seed like anon memory.
@@ -86,6 +86,9 @@ pub struct Vma {
     pub kind: VmaKind,
     /// The name in `/proc/PID/maps` (`[heap]`, `[stack]`, a path, or empty).
     pub name: String,
+    /// For file mappings: runs `(start, end)` of pages the process wrote (private
+    /// copies that differ from the file).
+    pub written: Vec<(u64, u64)>,
 }
 
 impl Vma {
@@ -148,13 +151,6 @@ pub struct OpenFile {
     pub pos: u64,
 }
 
-/// A run of pages carried inside the image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageRun {
-    pub addr: u64,
-    pub data: Vec<u8>,
-}
-
 /// Everything about a prepared process except its lazily served memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedImage {
@@ -179,8 +175,6 @@ pub struct SeedImage {
     pub files: Vec<OpenFile>,
     /// Descriptors of the seed that children do not get, with what they were.
     pub closed_fds: Vec<(i32, String)>,
-    /// Privately written pages of file-backed mappings.
-    pub eager_pages: Vec<PageRun>,
     /// Hash of the seed host's vDSO image: children need the same one.
     pub vdso_hash: u64,
     /// Kernel release of the seed host, for messages.

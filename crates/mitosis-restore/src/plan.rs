@@ -146,15 +146,18 @@ impl RestorePlan {
         })
     }
 
-    /// Address ranges whose pages the pager serves.
+    /// Address ranges whose pages the pager serves: remote mappings, and the
+    /// written pages of locally mapped files.
     pub fn remote_ranges(&self, image: &SeedImage) -> Vec<(u64, u64)> {
-        image
-            .vmas
-            .iter()
-            .zip(&self.placements)
-            .filter(|(_, p)| **p == Placement::Remote)
-            .map(|(v, _)| (v.start, v.end))
-            .collect()
+        let mut out = Vec::new();
+        for (v, p) in image.vmas.iter().zip(&self.placements) {
+            match p {
+                Placement::Remote => out.push((v.start, v.end)),
+                Placement::LocalFile { .. } => out.extend_from_slice(&v.written),
+                Placement::Kernel => {}
+            }
+        }
+        out
     }
 }
 

@@ -57,8 +57,10 @@ pub fn restore(
     let code = stub::code();
     let code_len = round_up(code.len() as u64, 64);
     let blob_len = round_up(MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
-    // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA, prctl, close, end marker.
-    let max_entries = (image.vmas.len() + 8) as u64;
+    // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
+    // run, robust list, tid address, prctl, close, end marker.
+    let written: usize = image.vmas.iter().map(|v| v.written.len()).sum();
+    let max_entries = (image.vmas.len() + written + 10) as u64;
     let scratch_len = round_up(code_len + blob_len + max_entries * ENTRY as u64, PAGE);
     let scratch = place_scratch(&tracee, &base, own_gadget, image, (own_vdso_start, own_vdso_end), scratch_len)?;
     let blob_addr = scratch + code_len;
@@ -99,9 +101,6 @@ pub fn restore(
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
         uffd.register_missing(s, e - s).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
-    }
-    for run in &image.eager_pages {
-        mem.write_all_at(&run.data, run.addr).map_err(RestoreError::sys(format!("writing page {:#x}", run.addr)))?;
     }
     start_pager(uffd, remote)?;
 
@@ -226,6 +225,11 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
                 };
                 let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE;
                 t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, fd as u64, offset], what);
+                // Pages the seed wrote become anonymous, served by the pager.
+                for &(s, e) in &v.written {
+                    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+                    t.push(libc::SYS_mmap, [s, e - s, prot, flags as u64, u64::MAX, 0], format!("map written pages {s:#x}-{e:#x}"));
+                }
             }
             Placement::Remote => {
                 let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;

@@ -99,6 +99,8 @@ pub enum CopyResult {
     Again { copied: u64 },
     /// The process's memory is gone (it exited).
     Gone,
+    /// The kernel refused the operation (errno).
+    Failed(i32),
 }
 
 /// A userfaultfd descriptor.
@@ -171,7 +173,7 @@ impl Uffd {
                 libc::EEXIST => done += PAGE,
                 libc::EAGAIN => return CopyResult::Again { copied: done },
                 libc::ESRCH => return CopyResult::Gone,
-                _ => return CopyResult::Gone,
+                errno => return CopyResult::Failed(errno),
             }
         }
         CopyResult::Done
@@ -198,7 +200,8 @@ impl Uffd {
         match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
             libc::EEXIST => CopyResult::Done,
             libc::EAGAIN => CopyResult::Again { copied: z.result.max(0) as u64 },
-            _ => CopyResult::Gone,
+            libc::ESRCH => CopyResult::Gone,
+            errno => CopyResult::Failed(errno),
         }
     }
 
