@@ -7,9 +7,9 @@
 //!   images and read snapshot pages by address ([`peer`]);
 //! - the **local server**: the Unix socket clients on this host use to
 //!   prepare, resume, drop and list, with a credential check per request ([`local`]);
-//! - the **children** resumed here: it forks them from one long-lived
-//!   thread ([`spawner`]), restores them, and runs one pager thread per child
-//!   ([`resume`]).
+//! - the **children** resumed here: a small zygote process forks them
+//!   ([`spawner`]), the daemon restores them and runs one pager thread per
+//!   child ([`resume`]).
 //!
 //! Threads, not async: every connection and every pager is a blocking thread.
 //! ptrace requires that one thread does all of a tracee's operations, and
@@ -63,6 +63,8 @@ pub enum StartError {
     },
     #[error("cannot inspect this kernel's vDSO: {0}")]
     Vdso(String),
+    #[error("cannot start the zygote process")]
+    Zygote(#[source] std::io::Error),
 }
 
 /// State shared by every thread of a daemon.
@@ -90,6 +92,8 @@ impl Daemon {
             set
         };
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
+        // First, while this process is small and has one thread.
+        let spawner = spawner::Spawner::start().map_err(StartError::Zygote)?;
         let tcp = std::net::TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let unix = local::bind(&config.socket)
@@ -98,7 +102,7 @@ impl Daemon {
             config,
             vdso,
             seeds: seeds::Seeds::default(),
-            spawner: spawner::Spawner::start(),
+            spawner,
             children: Mutex::new(Vec::new()),
         });
         tracing::info!(listen = %daemon.config.listen, socket = %daemon.config.socket.display(), "daemon ready");

@@ -204,18 +204,18 @@ fn describe_failure(pidfd: &OwnedFd, e: &RestoreError) -> String {
 }
 
 fn spawn_child(daemon: &Daemon, image: &SeedImage, plan: &RestorePlan, stdio: &[OwnedFd]) -> std::io::Result<i32> {
-    let plan = plan.clone();
-    let actions = image.signals.actions.clone();
     // SAFETY: getuid has no preconditions.
     let credentials = (unsafe { libc::getuid() } == 0 && image.uid != 0)
         .then(|| Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() });
-    let stdio = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
-    let parent = std::process::id() as i32;
+    let prologue = Prologue {
+        parent: std::process::id() as i32,
+        plan: plan.clone(),
+        actions: image.signals.actions.clone(),
+        credentials,
+    };
     let (mut ready_rx, ready_tx) = std::io::pipe()?;
-    let ready = ready_tx.as_raw_fd();
-    let pid = daemon.spawner.spawn(Box::new(move || {
-        Prologue { parent, stdio, ready, plan: &plan, actions: &actions, credentials }.run();
-    }))?;
+    let stdio = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
+    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd())?;
     drop(ready_tx);
     // One byte: parked and ready. End of file: it died (the caller reads its exit code).
     let mut byte = [0u8; 1];

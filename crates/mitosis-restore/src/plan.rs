@@ -3,6 +3,8 @@
 
 use std::ffi::CString;
 
+use serde::{Deserialize, Serialize};
+
 use mitosis_capture::file_identity;
 use mitosis_proto::image::{SeedImage, VmaKind};
 use mitosis_sys::vdso::VdsoInfo;
@@ -10,7 +12,7 @@ use mitosis_sys::vdso::VdsoInfo;
 use crate::RestoreError;
 
 /// Where a mapping's pages come from in the child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Placement {
     /// Mapped from the local file (same file as on the seed host); `fd` is the
     /// prologue's descriptor for it.
@@ -22,7 +24,7 @@ pub enum Placement {
 }
 
 /// A file the prologue opens at a fixed descriptor number.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrologueFile {
     pub fd: i32,
     pub path: CString,
@@ -31,7 +33,7 @@ pub struct PrologueFile {
 }
 
 /// Everything decided about one resume of one seed on this host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestorePlan {
     /// One entry per image VMA, same order.
     pub placements: Vec<Placement>,

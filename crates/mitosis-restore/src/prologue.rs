@@ -1,11 +1,14 @@
 //! What a freshly forked child does by itself before the daemon takes it over.
 //!
-//! It runs in a child forked from the multi-threaded daemon, so it may only
-//! make raw syscalls: no allocation, no locks, no panics. Every input is
-//! prepared by the parent before the fork. On failure it exits with a
-//! [`PrologueExit`] code that the daemon turns into a message.
+//! It runs in a freshly forked child and makes raw syscalls only (no
+//! allocation, no locks, no panics), so that it is also safe in a child of a
+//! multi-threaded process. Every input is prepared before the fork. On
+//! failure it exits with a [`PrologueExit`] code that the daemon turns into a
+//! message.
 
 use std::os::fd::RawFd;
+
+use serde::{Deserialize, Serialize};
 
 use mitosis_proto::image::SigAction;
 
@@ -40,22 +43,21 @@ impl PrologueExit {
 }
 
 /// Credentials the child takes before it is restored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
 }
 
-/// Inputs of the prologue, built before the fork.
-pub struct Prologue<'a> {
+/// Inputs of the prologue, built before the fork (and sent to the zygote
+/// that forks children, hence serializable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prologue {
+    /// Pid the child's parent must have (it dies with that parent).
     pub parent: i32,
-    pub stdio: [RawFd; 3],
-    /// Write end of a pipe: one byte is written when the prologue is done;
-    /// end-of-file instead means the child died (see its exit code).
-    pub ready: RawFd,
-    pub plan: &'a RestorePlan,
-    pub actions: &'a [SigAction],
+    pub plan: RestorePlan,
+    pub actions: Vec<SigAction>,
     pub credentials: Option<Credentials>,
 }
 
@@ -98,10 +100,12 @@ struct KernelSigaction {
     mask: u64,
 }
 
-impl Prologue<'_> {
-    /// Runs in the forked child; never returns. Ends parked in `pause()` with
-    /// every signal blocked, waiting for the daemon's ptrace.
-    pub fn run(&self) -> ! {
+impl Prologue {
+    /// Runs in the forked child; never returns. `stdio` become descriptors
+    /// 0-2; one byte is written to `ready` (a pipe) when done, end-of-file
+    /// instead means the child died (see its exit code). Ends parked in
+    /// `pause()` with every signal blocked, waiting for the daemon's ptrace.
+    pub fn run(&self, stdio: [RawFd; 3], ready: RawFd) -> ! {
         // SAFETY: only raw syscalls on data prepared before the fork; no allocation.
         unsafe {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != self.parent {
@@ -115,8 +119,8 @@ impl Prologue<'_> {
             // the ones the seed needs: lift the ones we keep above all of those first.
             let high = self.plan.uffd_fd + 1;
             let lift = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high);
-            let stdio = [lift(self.stdio[0]), lift(self.stdio[1]), lift(self.stdio[2])];
-            let ready = lift(self.ready);
+            let stdio = [lift(stdio[0]), lift(stdio[1]), lift(stdio[2])];
+            let ready = lift(ready);
             if stdio.iter().any(|&fd| fd < 0) || ready < 0 {
                 fail(PrologueExit::Stdio);
             }
@@ -149,7 +153,7 @@ impl Prologue<'_> {
             if libc::chdir(self.plan.cwd.as_ptr()) != 0 {
                 fail(PrologueExit::Chdir);
             }
-            for a in self.actions {
+            for a in &self.actions {
                 if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
                     continue;
                 }
