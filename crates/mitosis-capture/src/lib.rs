@@ -115,6 +115,8 @@ fn capture_stopped(
     regs: [u64; 27],
 ) -> Result<Snapshot, CaptureError> {
     let pid = spec.pid;
+    let t = Instant::now();
+    let step = |what: &str| tracing::debug!(pid, us = t.elapsed().as_micros() as u64, "prepare: {what}");
     let xstate = tracee.get_xstate().map_err(CaptureError::sys("reading the xsave state"))?;
     let rseq = tracee.rseq().map_err(CaptureError::sys("reading the rseq registration"))?;
     let blocked = tracee.get_sigmask().map_err(CaptureError::sys("reading the signal mask"))?;
@@ -132,6 +134,7 @@ fn capture_stopped(
     })?;
     let no_events = |_: &Tracee, _: i32| Ok(());
 
+    step("state and /proc read");
     // Handler addresses of caught signals are only visible from inside.
     let mut actions = Vec::new();
     let scratch = (regs[idx::RSP] - 128 - 64) & !15;
@@ -169,6 +172,7 @@ fn capture_stopped(
     let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
     mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
     let robust_list = robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
+    step("signal handlers and tid address read");
     let brk = tracee
         .inject_syscall(&regs, gadget, libc::SYS_brk, &[0], no_events)
         .map_err(CaptureError::sys("reading brk"))? as u64;
@@ -194,6 +198,7 @@ fn capture_stopped(
         }
         _ => {}
     }
+    step("snapshot forked");
     let snap_pidfd = pidfd::open(snap_pid).map_err(CaptureError::sys("opening the snapshot's pidfd"))?;
     // Parked: if ever continued, the snapshot exits instead of running the target's code.
     let mut park = regs;
@@ -208,6 +213,7 @@ fn capture_stopped(
     pidfd::send_signal(&snap_pidfd, libc::SIGSTOP).map_err(CaptureError::sys("parking the snapshot"))?;
     snap.detach(0).map_err(CaptureError::sys("parking the snapshot"))?;
 
+    step("snapshot parked");
     let mut vmas = vmas;
     mark_written_file_pages(snap_pid, &mut vmas).map_err(CaptureError::sys("finding written file pages"))?;
 
@@ -218,6 +224,7 @@ fn capture_stopped(
     if regs[idx::ORIG_RAX] as i64 >= 0 && regs[idx::RAX] as i64 == ERESTART_RESTARTBLOCK {
         image_regs[idx::RAX] = (-libc::EINTR) as i64 as u64;
     }
+    step("written file pages found");
     let (files, closed_fds) = files::open_files(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
