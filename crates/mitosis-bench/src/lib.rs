@@ -7,10 +7,13 @@
 //!   resume, first and second touch per working-set size, each beside its
 //!   physical baseline measured in the same run (local fork, raw TCP).
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
+//! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
+//!   programs in a host and line conversations with them.
 //!
 //! Benchmarks build their own hosts (network namespaces) and tear them down.
 
 pub mod demo;
+pub mod hosts;
 pub mod micro;
 pub mod workload;
 

@@ -97,8 +97,12 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
         /// Print resume timings and page counters to stderr when the child ends.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "in_place")]
         profile: bool,
+        /// Become the child: this process is replaced by it (keeping its pid and parent)
+        /// instead of starting a new process and waiting for it.
+        #[arg(long)]
+        in_place: bool,
     },
     /// Drop a seed of this host and free its memory.
     Drop {
@@ -213,7 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Resume { from, id, socket, profile } => {
+        Command::Resume { from, id, socket, in_place: true, .. } => {
+            match mitosis::resume_in_place(&socket.socket, &from, &id)? {}
+        }
+        Command::Resume { from, id, socket, profile, in_place: false } => {
             let resumed = Client::connect(&socket.socket)?.resume(&from, &id, [0, 1, 2])?;
             let timings = resumed.timings.clone();
             let (end, stats) = resumed.wait()?;

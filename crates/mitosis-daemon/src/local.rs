@@ -112,6 +112,10 @@ fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
                 crate::resume::handle(daemon, cred, &mut conn, &from, &id, fds)?;
                 return Ok(());
             }
+            LocalRequest::ResumeInPlace { from, id } => {
+                crate::resume::handle_in_place(daemon, cred, &mut conn, &from, &id)?;
+                return Ok(());
+            }
             LocalRequest::Drop { id } => {
                 let resp = match daemon.seeds.get(&id) {
                     None => error(ErrorKind::NotFound, format!("no seed {id:?} on this host")),

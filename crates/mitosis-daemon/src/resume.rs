@@ -23,6 +23,37 @@ fn send(conn: &mut UnixStream, resp: &LocalResponse) -> std::io::Result<()> {
     write_msg(conn, resp).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Which process becomes the child.
+enum Body<'a> {
+    /// A new process forked by the zygote, with the caller's stdio.
+    NewChild { stdio: &'a [OwnedFd] },
+    /// The caller itself (resume in place); it runs the prologue we send and
+    /// reports ready on the connection.
+    Caller { pid: i32, conn: &'a mut UnixStream },
+}
+
+/// Serves one `ResumeInPlace` request: the caller is replaced by the child.
+/// Nothing is reported at the end: the caller's connection is gone with its
+/// old self, and its exit goes to its own parent.
+pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, from: &str, id: &str) -> std::io::Result<()> {
+    let t0 = Instant::now();
+    match start(daemon, cred, from, id, Body::Caller { pid: cred.pid, conn }, t0) {
+        Ok(started) => {
+            tracing::info!(%from, %id, pid = started.pid, us = started.timings.total_us, "process resumed in place");
+            // The pager serves until the process exits (its parent reaps it, not us).
+            let outcome = started.pager.join();
+            daemon.children.lock().unwrap().retain(|(p, _)| *p != started.pid);
+            tracing::info!(pid = started.pid, ?outcome, "process resumed in place ended");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(%from, %id, error = %e.message, "resume in place failed");
+            // Before the prologue the caller still reads; after it, it is killed.
+            send(conn, &LocalResponse::Error(e))
+        }
+    }
+}
+
 /// Serves one `Resume` request: starts the child, reports `Started`, waits
 /// for it and reports `Exited`. Closing the connection early kills the child.
 pub fn handle(
@@ -40,7 +71,7 @@ pub fn handle(
             format!("a resume needs the caller's stdin, stdout and stderr ({} descriptors came)", stdio.len()),
         )));
     }
-    let started = match start(daemon, cred, from, id, &stdio, t0) {
+    let started = match start(daemon, cred, from, id, Body::NewChild { stdio: &stdio }, t0) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%from, %id, error = %e.message, "resume failed");
@@ -102,7 +133,7 @@ fn remote_err(kind: ErrorKind, e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(kind, e.to_string())
 }
 
-fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, stdio: &[OwnedFd], t0: Instant) -> Result<Started, RemoteError> {
+fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, t0: Instant) -> Result<Started, RemoteError> {
     let cfg = &daemon.config;
     let mut conn = PeerConn::connect(from, &cfg.key, cfg.fetch_timeout).map_err(|e| match e {
         ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
@@ -115,7 +146,18 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, stdio: &[OwnedFd
         return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, you are uid {}", image.uid, cred.uid)));
     }
     let plan = RestorePlan::new(&image, &daemon.vdso).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
-    let pid = spawn_child(daemon, &image, &plan, stdio).map_err(|e| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}")))?;
+    let (pid, child_vdso) = match body {
+        Body::NewChild { stdio } => (
+            spawn_child(daemon, &image, &plan, stdio)
+                .map_err(|e| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}")))?,
+            // Forked from our zygote, itself a fork of us: its vDSO is where ours is.
+            daemon.vdso.span(),
+        ),
+        Body::Caller { pid, conn } => {
+            let at = mitosis_restore::vdso_block_of(pid).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
+            (prologue_in_caller(&image, &plan, pid, conn)?, at)
+        }
+    };
     let spawned = t0.elapsed();
     let pidfd = match pidfd::open(pid) {
         Ok(fd) => Arc::new(fd),
@@ -145,7 +187,7 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, stdio: &[OwnedFd
     let watch = pidfd.try_clone().map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
     let mut pager_thread = None;
-    let restored = restore(pid, &pidfd, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
+    let restored = restore(pid, &pidfd, &image, &plan, &daemon.vdso, child_vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
         let pager = Pager::new(
             uffd,
             Regions::new(&remote),
@@ -203,16 +245,30 @@ fn describe_failure(pidfd: &OwnedFd, e: &RestoreError) -> String {
     }
 }
 
-fn spawn_child(daemon: &Daemon, image: &SeedImage, plan: &RestorePlan, stdio: &[OwnedFd]) -> std::io::Result<i32> {
+fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32) -> Prologue {
     // SAFETY: getuid has no preconditions.
     let credentials = (unsafe { libc::getuid() } == 0 && image.uid != 0)
         .then(|| Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() });
-    let prologue = Prologue {
-        parent: std::process::id() as i32,
-        plan: plan.clone(),
-        actions: image.signals.actions.clone(),
-        credentials,
-    };
+    Prologue { parent, plan: plan.clone(), actions: image.signals.actions.clone(), credentials }
+}
+
+/// Has the caller of a resume in place run its prologue; returns its pid once it is parked.
+fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, conn: &mut UnixStream) -> Result<i32, RemoteError> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    if threads != 1 {
+        return Err(remote_err(ErrorKind::Unsupported, format!("the caller has {threads} threads; only a single-threaded process can be resumed in place")));
+    }
+    let prologue = postcard::to_stdvec(&prologue_for(image, plan, 0)).map_err(|e| remote_err(ErrorKind::Internal, e))?;
+    send(conn, &LocalResponse::InPlace { prologue }).map_err(|e| remote_err(ErrorKind::Internal, e))?;
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(conn, &mut byte) {
+        Ok(1) => Ok(pid),
+        _ => Err(remote_err(ErrorKind::Internal, "the caller did not complete its prologue")),
+    }
+}
+
+fn spawn_child(daemon: &Daemon, image: &SeedImage, plan: &RestorePlan, stdio: &[OwnedFd]) -> std::io::Result<i32> {
+    let prologue = prologue_for(image, plan, std::process::id() as i32);
     let (mut ready_rx, ready_tx) = std::io::pipe()?;
     let stdio = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
     let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd())?;

@@ -36,6 +36,11 @@ pub enum LocalRequest {
     Prepare { pid: i32, id: String, reply_slot: Option<ReplySlot> },
     /// Resume seed `id` from the daemon at `from` as a new child on this host.
     Resume { from: String, id: String },
+    /// Resume seed `id` from the daemon at `from` into the calling process,
+    /// which is replaced by the child (it must be single-threaded). The daemon
+    /// answers `InPlace`; the caller runs that prologue, which writes one byte
+    /// on this connection when done and closes it.
+    ResumeInPlace { from: String, id: String },
     /// Forget a seed and free its snapshot.
     Drop { id: String },
     /// List this host's seeds.
@@ -109,6 +114,9 @@ pub enum LocalResponse {
     Started { pid: i32, timings: ResumeTimings },
     Exited { end: ChildEnd, stats: PagerStats },
     Dropped { id: String },
+    /// What the caller of `ResumeInPlace` must run before the daemon takes it
+    /// over (a postcard `mitosis_restore::prologue::Prologue`).
+    InPlace { prologue: Vec<u8> },
     Seeds(Vec<SeedInfo>),
     Error(RemoteError),
 }

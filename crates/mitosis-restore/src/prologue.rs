@@ -54,7 +54,8 @@ pub struct Credentials {
 /// that forks children, hence serializable).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prologue {
-    /// Pid the child's parent must have (it dies with that parent).
+    /// Pid the child's parent must have (it dies with that parent); 0 when a
+    /// process is resumed in place and keeps its own parent.
     pub parent: i32,
     pub plan: RestorePlan,
     pub actions: Vec<SigAction>,
@@ -108,7 +109,9 @@ impl Prologue {
     pub fn run(&self, stdio: [RawFd; 3], ready: RawFd) -> ! {
         // SAFETY: only raw syscalls on data prepared before the fork; no allocation.
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != self.parent {
+            if self.parent != 0
+                && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != self.parent)
+            {
                 fail(PrologueExit::ParentGone);
             }
             unregister_rseq();

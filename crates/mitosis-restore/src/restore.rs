@@ -24,6 +24,9 @@ const XSAVE_SW_XFEATURES: usize = 464 + 8;
 /// running the prologue) and lets it run. `reply_len` is the self-prepare
 /// answer length: the child's interrupted `read` returns it.
 ///
+/// `child_vdso` is where the child's vDSO block is now (for a fork of this
+/// daemon, where ours is: [`VdsoInfo::span`]).
+///
 /// `start_pager` receives the child's userfaultfd and the ranges registered on
 /// it once the layout stands; it must start serving faults before it returns,
 /// because the last steps of the restore already touch the seed's memory.
@@ -33,6 +36,7 @@ pub fn restore(
     image: &SeedImage,
     plan: &RestorePlan,
     vdso: &VdsoInfo,
+    child_vdso: (u64, u64),
     reply_len: Option<u64>,
     start_pager: impl FnOnce(Uffd, Vec<(u64, u64)>) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
@@ -49,8 +53,9 @@ pub fn restore(
         .map_err(RestoreError::sys("setting up the userfaultfd"))?;
 
     // The child is a fork of this daemon: its vDSO is where ours is.
-    let (own_vdso_start, own_vdso_end) = vdso.span();
-    let own_gadget = vdso.parts.iter().find(|p| p.0 == "[vdso]").map(|p| p.1).unwrap_or(0) + vdso.gadget_offset;
+    let (own_vdso_start, own_vdso_end) = child_vdso;
+    let vdso_code_len = vdso.parts.iter().find(|p| p.0 == "[vdso]").map(|p| p.2 - p.1).unwrap_or(0);
+    let own_gadget = own_vdso_end - vdso_code_len + vdso.gadget_offset;
     let no_events = |_: &Tracee, _: i32| Ok(());
 
     // Scratch layout: [runner code][prctl_mm_map + auxv][syscall table].
@@ -138,6 +143,17 @@ pub fn restore(
     tracee.set_sigmask(image.signals.blocked).map_err(RestoreError::sys("setting the seed's signal mask"))?;
     tracee.detach(0).map_err(RestoreError::sys("starting the child"))?;
     Ok(())
+}
+
+/// Where process `pid` has its vDSO block (start, end).
+pub fn vdso_block_of(pid: i32) -> Result<(u64, u64), RestoreError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| RestoreError::ChildDied(e.to_string()))?;
+    let maps = mitosis_sys::procfs::parse_maps(&text).map_err(RestoreError::Incompatible)?;
+    let block = mitosis_sys::vdso::block_of(&maps);
+    match (block.first(), block.last()) {
+        (Some(f), Some(l)) => Ok((f.1, l.2)),
+        _ => Err(RestoreError::Incompatible(format!("process {pid} has no vDSO"))),
+    }
 }
 
 fn check(r: i64, step: &str) -> Result<(), RestoreError> {

@@ -166,6 +166,31 @@ fn unexpected(r: LocalResponse) -> Error {
     Error::Usage(format!("daemon answered with an unexpected message: {r:?}"))
 }
 
+/// Replaces the calling process by a child of seed `id` from the daemon at
+/// `from` (MITOSIS's `fork_resume_remote`). On success it does not return: the
+/// process continues from the seed's prepare point, keeping its pid, parent
+/// and stdio. An error before the daemon starts the takeover is returned; a
+/// failure after it kills the process (it is no longer itself). The process
+/// must be single-threaded.
+pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result<std::convert::Infallible> {
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+    if threads != 1 {
+        return Err(Error::Usage(format!(
+            "this process has {threads} threads; only a single-threaded process can be resumed in place"
+        )));
+    }
+    let mut client = Client::connect(socket)?;
+    match client.call(LocalRequest::ResumeInPlace { from: from.to_string(), id: id.to_string() })? {
+        LocalResponse::InPlace { prologue } => {
+            let prologue: mitosis_restore::prologue::Prologue =
+                postcard::from_bytes(&prologue).map_err(|_| Error::Usage("undecodable prologue from the daemon".into()))?;
+            // Never returns: ends parked until the daemon has rebuilt this process.
+            prologue.run([0, 1, 2], client.stream.as_raw_fd())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Prepares the calling process as seed `id` with the daemon at `socket`.
 /// Returns [`Role::Parent`] here and [`Role::Child`] in every resumed child.
 /// The process must be single-threaded.

@@ -1,0 +1,204 @@
+//! The setting shared by the benchmarks and the demo: two hosts (network
+//! namespaces) with a daemon each, seeds that are dropped when done with,
+//! programs started inside a host, and line-by-line conversations with them.
+//!
+//! Everything here cleans up on drop, also when a benchmark fails half-way.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use mitosis::{Client, SeedInfo};
+use mitosis_testkit::{write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
+
+/// Fails unless the process runs as root (namespaces and ptrace need it).
+pub fn ensure_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(euid == 0, "{what} needs root: it creates network namespaces and runs daemons");
+    Ok(())
+}
+
+/// Two hosts `a` and `b`, each running a `mitosis daemon`, sharing a fresh
+/// cluster key kept in a temporary directory.
+///
+/// Dropping it stops both daemons (with their seeds and children), deletes
+/// the namespaces and removes the directory, in that order (field order).
+pub struct Cluster {
+    /// The daemon of host `a`, where seeds are prepared.
+    pub a: Daemon,
+    /// The daemon of host `b`, where children are resumed.
+    pub b: Daemon,
+    pub hosts: TwoHosts,
+    /// Holds the key, the daemons' sockets and logs, and any scratch files.
+    pub dir: TestDir,
+}
+
+impl Cluster {
+    /// Creates the hosts and starts a daemon (the binary `bin`) in each.
+    /// `name` labels the temporary directory.
+    pub fn start(bin: &Path, name: &str) -> anyhow::Result<Cluster> {
+        let hosts = TwoHosts::new().context("creating the two hosts")?;
+        let dir = TestDir::new(name);
+        let key = write_key(&dir, "cluster.key", &random_key()?);
+        let a = Daemon::start(bin, &hosts.a, &dir, "a", &key).context("starting the daemon of host a")?;
+        let b = Daemon::start(bin, &hosts.b, &dir, "b", &key).context("starting the daemon of host b")?;
+        Ok(Cluster { a, b, hosts, dir })
+    }
+}
+
+/// 32 random bytes from the kernel, hex-encoded: a fresh cluster key.
+fn random_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A command that runs `program` inside `host`, with stdin and stdout piped
+/// to us (stderr inherited).
+pub fn host_command(host: &Host, program: impl AsRef<OsStr>) -> Command {
+    let prefix = host.exec_prefix();
+    let mut cmd = Command::new(&prefix[0]);
+    cmd.args(&prefix[1..])
+        .arg(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// A program started inside a host, killed with its process group on drop,
+/// and the conversation with it over its stdin and stdout.
+pub struct HostProcess {
+    pub guard: ProcessGuard,
+    pub chan: Channel,
+}
+
+impl HostProcess {
+    /// Spawns `cmd` (made by [`host_command`]) and takes its pipes.
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<HostProcess> {
+        let mut guard = ProcessGuard::spawn(cmd).with_context(|| format!("spawning {cmd:?}"))?;
+        let child = guard.child_mut();
+        let stdin = child.stdin.take().context("the child's stdin is not piped")?;
+        let stdout = child.stdout.take().context("the child's stdout is not piped")?;
+        Ok(HostProcess { guard, chan: Channel::new(stdin, stdout) })
+    }
+}
+
+/// A seed prepared on a daemon; dropped from it when this value is dropped.
+pub struct Seed {
+    socket: PathBuf,
+    /// What the daemon reported.
+    pub info: SeedInfo,
+    /// Client-side round trip of the prepare request, in microseconds.
+    pub round_trip_us: f64,
+}
+
+impl Seed {
+    /// Prepares process `pid` as seed `id` on `daemon`, timing the request.
+    pub fn prepare(daemon: &Daemon, pid: i32, id: &str) -> anyhow::Result<Seed> {
+        let t0 = Instant::now();
+        let info = Client::connect(daemon.socket())?
+            .prepare(pid, id)
+            .with_context(|| format!("preparing pid {pid} as seed {id}"))?;
+        let round_trip_us = t0.elapsed().as_secs_f64() * 1e6;
+        Ok(Seed { socket: daemon.socket().to_path_buf(), info, round_trip_us })
+    }
+
+    /// The seed's id.
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        let dropped = Client::connect(&self.socket).and_then(|mut c| c.drop_seed(&self.info.id));
+        if let Err(e) = dropped {
+            eprintln!("warning: could not drop seed {}: {e}", self.info.id);
+        }
+    }
+}
+
+/// Line-based conversation with a program: commands go to its stdin,
+/// answers are read from its stdout, each read bounded by a timeout.
+pub struct Channel {
+    to: File,
+    from: File,
+    /// Bytes read but not yet returned as a line.
+    pending: Vec<u8>,
+}
+
+impl Channel {
+    /// Talks through `to` (the program's stdin) and `from` (its stdout).
+    pub fn new(to: impl Into<OwnedFd>, from: impl Into<OwnedFd>) -> Channel {
+        Channel { to: File::from(to.into()), from: File::from(from.into()), pending: Vec::new() }
+    }
+
+    /// Writes one line.
+    pub fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.to, "{line}").with_context(|| format!("sending {line:?}"))
+    }
+
+    /// Reads one line (without its newline); fails on end of file or when
+    /// none comes within `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !readable(&self.from, left)? {
+                bail!("no answer within {timeout:?}");
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.from.read(&mut chunk).context("reading an answer")?;
+            if n == 0 {
+                bail!("the program closed its output (it died?)");
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads a line `<word> <number>` and returns the number.
+    pub fn recv_number(&mut self, word: &str, timeout: Duration) -> anyhow::Result<u64> {
+        let line = self.recv(timeout).with_context(|| format!("waiting for `{word}`"))?;
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [w, n] if *w == word => n.parse().with_context(|| format!("bad number in {line:?}")),
+            _ => bail!("expected `{word} <number>`, got {line:?}"),
+        }
+    }
+
+    /// Sends `cmd` and returns the number of the `<word> <number>` answer.
+    pub fn ask_number(&mut self, cmd: &str, word: &str, timeout: Duration) -> anyhow::Result<u64> {
+        self.send(cmd)?;
+        self.recv_number(word, timeout).with_context(|| format!("answer to {cmd:?}"))
+    }
+}
+
+/// Waits until `f` can be read without blocking (data or end of file), for
+/// at most `timeout`; returns whether it can.
+fn readable(f: &File, timeout: Duration) -> anyhow::Result<bool> {
+    let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: `pfd` is one valid pollfd that lives across the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("poll");
+        }
+    }
+}

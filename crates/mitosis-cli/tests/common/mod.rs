@@ -1,0 +1,355 @@
+//! Shared helpers of the mitosis-cli integration tests.
+//!
+//! Every test builds its own [`Cluster`] (two fresh network namespaces, a
+//! daemon in each, a private [`TestDir`]) and starts its programs through
+//! [`Proc`], whose guard kills the whole process group on drop, so a failing
+//! test cleans up everything it started. Every wait has a timeout.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mitosis_testkit::{require_root, write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
+
+/// Generous bound for one step of a test (a resume, a prepare, a verify).
+pub const STEP: Duration = Duration::from_secs(30);
+/// The cluster key used by default.
+pub const KEY: &str = "mitosis-test-cluster-key-0123456789";
+
+/// The `mitosis` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mitosis"))
+}
+
+/// Two hosts with a daemon each. Fields drop in order: daemons first (their
+/// children die with them), then the namespaces, then the directory.
+pub struct Cluster {
+    pub a: Daemon,
+    pub b: Daemon,
+    pub hosts: TwoHosts,
+    pub key: PathBuf,
+    pub dir: TestDir,
+}
+
+impl Cluster {
+    /// A cluster for test `name`, or `None` (after printing why) when the
+    /// test cannot run here.
+    pub fn new(name: &str) -> Option<Cluster> {
+        Cluster::build(name, KEY, KEY, &[], &[])
+    }
+
+    /// Like [`Cluster::new`] with a key per daemon and extra daemon arguments.
+    pub fn build(name: &str, key_a: &str, key_b: &str, args_a: &[&str], args_b: &[&str]) -> Option<Cluster> {
+        if !require_root() {
+            return None;
+        }
+        let dir = TestDir::new(name);
+        let hosts = TwoHosts::new().expect("creating test hosts");
+        let key = write_key(&dir, "key", key_a);
+        let key_b_path = if key_b == key_a { key.clone() } else { write_key(&dir, "key-b", key_b) };
+        let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, args_a).expect("starting daemon a");
+        let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key_b_path, args_b).expect("starting daemon b");
+        Some(Cluster { a, b, hosts, key, dir })
+    }
+
+    /// Both daemons' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!("--- daemon a log ---\n{}\n--- daemon b log ---\n{}", tail(&self.a.log()), tail(&self.b.log()))
+    }
+
+    /// Starts `args` (a program and its arguments) inside host `host`.
+    pub fn start_in(&self, host: &Host, name: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns]).args(args);
+        Proc::spawn(name, &mut cmd)
+    }
+
+    /// Starts `mitosis workload pattern --mb <mb>` in host a and returns it with its pid.
+    pub fn pattern_in_a(&self, mb: usize) -> (Proc, i32) {
+        let b = bin();
+        let mb = mb.to_string();
+        let mut p = self.start_in(&self.hosts.a, "parent", &[b.to_str().unwrap(), "workload", "pattern", "--mb", &mb]);
+        let line = p.expect_prefix("ready ", STEP);
+        let pid = line["ready ".len()..].trim().parse().expect("pid in `ready` line");
+        (p, pid)
+    }
+
+    /// `mitosis prepare --pid <pid> --id <id>` on daemon a; panics unless it succeeds.
+    pub fn prepare_a(&self, pid: i32, id: &str) -> serde_json::Value {
+        prepare_ok(self.a.socket(), pid, id, self)
+    }
+
+    /// Starts `mitosis resume --from <a> --id <id> --socket <b>` (stdin piped).
+    pub fn resume_on_b(&self, id: &str) -> Proc {
+        resume_proc(&self.a.addr(), id, self.b.socket())
+    }
+
+    /// Resumes `id` from a on b, feeds it `input`, closes its stdin and waits.
+    pub fn resume_on_b_with(&self, id: &str, input: &str) -> Finished {
+        let mut p = self.resume_on_b(id);
+        p.send(input);
+        p.close_stdin();
+        p.finish(STEP)
+    }
+
+    /// Runs a `mitosis` subcommand in the root namespace and waits for it.
+    pub fn cli(&self, args: &[&str]) -> Finished {
+        cli(args)
+    }
+}
+
+/// The end of a long log.
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let from = lines.len().saturating_sub(60);
+    lines[from..].join("\n")
+}
+
+/// Runs `mitosis <args>` in the root namespace (stdin empty) and waits up to [`STEP`].
+pub fn cli(args: &[&str]) -> Finished {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    let mut p = Proc::spawn(&format!("mitosis {}", args.first().copied().unwrap_or("")), &mut cmd);
+    p.close_stdin();
+    p.finish(STEP)
+}
+
+/// `mitosis prepare --json` through `socket`; panics (with the daemon logs) unless it succeeds.
+pub fn prepare_ok(socket: &Path, pid: i32, id: &str, cluster: &Cluster) -> serde_json::Value {
+    let pid_s = pid.to_string();
+    let out = cli(&["prepare", "--pid", &pid_s, "--id", id, "--socket", socket.to_str().unwrap(), "--json"]);
+    assert!(out.code() == Some(0), "prepare of pid {pid} as {id} failed: {out}\n{}", cluster.logs());
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("prepare --json printed no JSON ({e}): {out}"))
+}
+
+/// Starts `mitosis resume --from <from> --id <id> --socket <socket>` with piped stdio.
+pub fn resume_proc(from: &str, id: &str, socket: &Path) -> Proc {
+    let mut cmd = Command::new(bin());
+    cmd.args(["resume", "--from", from, "--id", id, "--socket"]).arg(socket);
+    Proc::spawn(&format!("resume {id}"), &mut cmd)
+}
+
+/// A finished command: status and everything it printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {}\n--- stdout ---\n{}--- stderr ---\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+/// A running program with piped stdio, in its own process group (killed on drop).
+///
+/// Stdout is read line by line by a thread; stderr is collected by another.
+/// Neither thread is ever joined, so a descriptor kept open by some other
+/// process (a seed's snapshot holds copies of its target's pipes) cannot hang a test.
+pub struct Proc {
+    pub name: String,
+    guard: ProcessGuard,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every stdout line received so far.
+    pub seen: Vec<String>,
+    stdout_closed: bool,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_done: Arc<Mutex<bool>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut guard = ProcessGuard::spawn(cmd).unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let child = guard.child_mut();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            loop {
+                let mut buf = Vec::new();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let s = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string();
+                        if tx.send(s).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_done = Arc::new(Mutex::new(false));
+        let (e, d) = (stderr.clone(), stderr_done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr_pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => e.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+            *d.lock().unwrap() = true;
+        });
+        Proc { name: name.to_string(), guard, stdin, lines, seen: Vec::new(), stdout_closed: false, stderr, stderr_done }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.guard.pid()
+    }
+
+    /// Writes `s` to the program's stdin. A broken pipe is ignored (the
+    /// program may have exited; the caller checks its output and status).
+    pub fn send(&mut self, s: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(s.as_bytes()).and_then(|()| stdin.flush());
+        }
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// What the program has shown so far, for failure messages.
+    pub fn describe(&self) -> String {
+        format!("{}: stdout so far:\n{}\nstderr so far:\n{}", self.name, self.seen.join("\n"), self.stderr())
+    }
+
+    /// The next stdout line, or `None` at end of file or after `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Option<String> {
+        if self.stdout_closed {
+            return None;
+        }
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => {
+                self.seen.push(l.clone());
+                Some(l)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.stdout_closed = true;
+                None
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+        }
+    }
+
+    /// The next stdout line, which must start with `prefix`; panics otherwise.
+    pub fn expect_prefix(&mut self, prefix: &str, timeout: Duration) -> String {
+        match self.line(timeout) {
+            Some(l) if l.starts_with(prefix) => l,
+            Some(l) => panic!("expected a line starting with {prefix:?}, got {l:?}\n{}", self.describe()),
+            None => panic!("no line starting with {prefix:?} within {timeout:?} (or end of output)\n{}", self.describe()),
+        }
+    }
+
+    /// Sends `cmd` (a line) and returns the next line, which must start with `prefix`.
+    pub fn ask(&mut self, cmd: &str, prefix: &str) -> String {
+        self.send(&format!("{cmd}\n"));
+        self.expect_prefix(prefix, STEP)
+    }
+
+    /// Sends `verify` and returns the sum of `verify ok <sum>`; panics on anything else.
+    pub fn verify(&mut self) -> String {
+        let l = self.ask("verify", "verify ok ");
+        l["verify ok ".len()..].to_string()
+    }
+
+    /// Waits up to `timeout` for the program to exit; panics if it does not.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        match self.guard.wait_timeout(timeout) {
+            Some(s) => s,
+            None => panic!("{} did not exit within {timeout:?}\n{}", self.name, self.describe()),
+        }
+    }
+
+    /// Waits for the exit and returns the status with all remaining output.
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let status = self.wait(timeout);
+        // The pipes may be held open by processes that outlive the program
+        // (a grandchild); give the readers a short while to reach end of file.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.stdout_closed && Instant::now() < deadline {
+            self.line(Duration::from_millis(50));
+        }
+        mitosis_testkit::wait_until(Duration::from_millis(500), || *self.stderr_done.lock().unwrap());
+        let mut stdout = self.seen.join("\n");
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        Finished { status, stdout, stderr: self.stderr() }
+    }
+
+    /// Whether the program is still running (it has not exited).
+    pub fn running(&mut self) -> bool {
+        self.guard.wait_timeout(Duration::ZERO).is_none()
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Compiles `tests/programs/<name>.c` with `cc <flags>` into the test
+/// directory and returns the executable's path.
+pub fn compile(dir: &TestDir, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
+    let out = dir.path().join(name);
+    let res = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("running cc (is a C compiler installed?)");
+    assert!(res.status.success(), "compiling {}: {}", src.display(), String::from_utf8_lossy(&res.stderr));
+    out
+}
+
+/// Whether this CPU has `flag` in /proc/cpuinfo.
+pub fn cpu_has(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == flag)))
+        .unwrap_or(false)
+}
+
+/// Runs `f` in a thread that has entered `host`'s network namespace (only
+/// that thread does, so the test process itself stays where it is).
+pub fn in_netns<T: Send + 'static>(host: &Host, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/run/netns").join(&host.ns);
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        // SAFETY: setns on a valid namespace descriptor; it only changes this
+        // thread's network namespace.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in a test host panicked")
+}
