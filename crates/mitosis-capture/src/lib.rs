@@ -192,11 +192,8 @@ fn capture_stopped(
     }
     let snap_pid = child.unwrap_or(r as i32);
     let snap = Tracee::adopt(snap_pid);
-    match mitosis_sys::ptrace::wait_stop(snap_pid).map_err(CaptureError::sys("waiting for the snapshot"))? {
-        Stop::Gone(_) => {
-            return Err(CaptureError::Unsupported { pid, what: "the snapshot process died at birth".into() })
-        }
-        _ => {}
+    if let Stop::Gone(_) = mitosis_sys::ptrace::wait_stop(snap_pid).map_err(CaptureError::sys("waiting for the snapshot"))? {
+        return Err(CaptureError::Unsupported { pid, what: "the snapshot process died at birth".into() });
     }
     step("snapshot forked");
     let snap_pidfd = pidfd::open(snap_pid).map_err(CaptureError::sys("opening the snapshot's pidfd"))?;

@@ -11,7 +11,7 @@ use mitosis_proto::image::SeedImage;
 use mitosis_proto::local::{ChildEnd, ChildInfo, LocalResponse, ResumeTimings, CHILD_MARKER};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
 use mitosis_restore::prologue::{Credentials, Prologue, PrologueExit};
-use mitosis_restore::{restore, RestoreError, RestorePlan};
+use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
 use mitosis_sys::fdpass::PeerCred;
 use mitosis_sys::pidfd::{self, Exit};
 
@@ -187,7 +187,7 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
     let watch = pidfd.try_clone().map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
     let mut pager_thread = None;
-    let restored = restore(pid, &pidfd, &image, &plan, &daemon.vdso, child_vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
+    let restored = restore(Child { pid, pidfd: &pidfd, vdso: child_vdso }, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
         let pager = Pager::new(
             uffd,
             Regions::new(&remote),

@@ -158,8 +158,7 @@ impl Pager {
             if let Err(e) = self.uffd.read_events(&mut events, 64) {
                 return Outcome::Failed(e.to_string());
             }
-            for i in 0..events.len() {
-                let ev = events[i];
+            for &ev in &events {
                 if let Err(reason) = self.handle(ev) {
                     self.kill();
                     return Outcome::Failed(reason);

@@ -29,7 +29,7 @@ pub mod restore;
 pub mod stub;
 
 pub use plan::{Placement, RestorePlan};
-pub use restore::{restore, vdso_block_of};
+pub use restore::{restore, vdso_block_of, Child};
 
 /// Why a child could not be restored.
 #[derive(Debug, thiserror::Error)]

@@ -20,26 +20,31 @@ const PR_SET_MM_MAP: u64 = 14;
 /// Offset of the xfeatures mask (XCR0) in the software-reserved bytes of an xsave area.
 const XSAVE_SW_XFEATURES: usize = 464 + 8;
 
+/// The process to restore into.
+pub struct Child<'a> {
+    pub pid: i32,
+    pub pidfd: &'a OwnedFd,
+    /// Where its vDSO block is now (for a fork of this daemon, where ours is:
+    /// [`VdsoInfo::span`]).
+    pub vdso: (u64, u64),
+}
+
 /// Rebuilds seed `image` in the parked child `pid` (forked by this daemon,
 /// running the prologue) and lets it run. `reply_len` is the self-prepare
 /// answer length: the child's interrupted `read` returns it.
-///
-/// `child_vdso` is where the child's vDSO block is now (for a fork of this
-/// daemon, where ours is: [`VdsoInfo::span`]).
 ///
 /// `start_pager` receives the child's userfaultfd and the ranges registered on
 /// it once the layout stands; it must start serving faults before it returns,
 /// because the last steps of the restore already touch the seed's memory.
 pub fn restore(
-    pid: i32,
-    child_pidfd: &OwnedFd,
+    child: Child<'_>,
     image: &SeedImage,
     plan: &RestorePlan,
     vdso: &VdsoInfo,
-    child_vdso: (u64, u64),
     reply_len: Option<u64>,
     start_pager: impl FnOnce(Uffd, Vec<(u64, u64)>) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
+    let Child { pid, pidfd: child_pidfd, vdso: child_vdso } = child;
     let tracee = Tracee::seize(pid, libc::PTRACE_O_EXITKILL).map_err(RestoreError::sys("attaching to the new child"))?;
     tracee.interrupt().map_err(|e| RestoreError::ChildDied(e.to_string()))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading the child's registers"))?;
