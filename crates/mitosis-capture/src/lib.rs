@@ -87,6 +87,8 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
     if status.threads != 1 {
         return Err(CaptureError::MultiThreaded { pid, threads: status.threads });
     }
+    // Tracer and target on one CPU: every injected syscall is a round trip.
+    let _pin = mitosis_sys::affinity::last_cpu(pid).and_then(|cpu| mitosis_sys::affinity::Pin::to(0, cpu).ok());
     let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK)
         .map_err(CaptureError::sys("attaching with ptrace"))?;
     let pending = tracee.interrupt().map_err(CaptureError::sys("stopping the process"))?;
@@ -169,6 +171,18 @@ fn capture_stopped(
         }
         u64::from_ne_bytes(b)
     };
+    let altstack = {
+        let r = tracee
+            .inject_syscall(&regs, gadget, libc::SYS_sigaltstack, &[0, scratch], no_events)
+            .map_err(CaptureError::sys("reading the alternate signal stack"))?;
+        let mut b = [0u8; 24];
+        if r != 0 {
+            return Err(CaptureError::Sys { step: "reading the alternate signal stack", source: SysError::new("sigaltstack", -r as i32) });
+        }
+        mem::read_ranges_fully(pid, None, &[(scratch, 24)], &mut b).map_err(CaptureError::sys("reading the alternate signal stack"))?;
+        let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        (w(0), w(1) as u32 as i32, w(2))
+    };
     let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
     mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
     let robust_list = robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
@@ -197,17 +211,15 @@ fn capture_stopped(
     }
     step("snapshot forked");
     let snap_pidfd = pidfd::open(snap_pid).map_err(CaptureError::sys("opening the snapshot's pidfd"))?;
-    // Parked: if ever continued, the snapshot exits instead of running the target's code.
+    // Parked in pause() with every signal blocked: nothing but SIGKILL reaches it.
+    // (A stopped snapshot would be sent SIGHUP and SIGCONT by the kernel when its
+    // process group is orphaned, for example when the target exits.)
     let mut park = regs;
     park[idx::RIP] = gadget;
-    park[idx::RAX] = libc::SYS_exit_group as u64;
-    park[idx::RDI] = 0;
+    park[idx::RAX] = libc::SYS_pause as u64;
     park[idx::ORIG_RAX] = u64::MAX;
     snap.set_regs(&park).map_err(CaptureError::sys("parking the snapshot"))?;
-    // PTRACE_DETACH drops its signal when the tracee sits in an event stop (as a
-    // new child does), so the SIGSTOP is queued first; it is taken before the
-    // snapshot executes a single instruction.
-    pidfd::send_signal(&snap_pidfd, libc::SIGSTOP).map_err(CaptureError::sys("parking the snapshot"))?;
+    snap.set_sigmask(u64::MAX).map_err(CaptureError::sys("parking the snapshot"))?;
     snap.detach(0).map_err(CaptureError::sys("parking the snapshot"))?;
 
     step("snapshot parked");
@@ -271,6 +283,7 @@ fn capture_stopped(
         rseq,
         robust_list,
         tid_address,
+        altstack,
     };
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }

@@ -73,7 +73,10 @@ fn read_request(conn: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<Owned
     }
     let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as u64;
     if len > MAX_CONTROL_FRAME {
-        return Err(std::io::Error::other(format!("request of {len} bytes is over the limit")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("request of {len} bytes is over the limit of {MAX_CONTROL_FRAME} (garbage, or a client of another version)"),
+        ));
     }
     let total = 4 + len as usize;
     if total > buf.len() {
@@ -89,7 +92,16 @@ fn read_request(conn: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<Owned
 
 fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
     let cred = fdpass::peer_cred(&conn).map_err(|e| std::io::Error::other(e.to_string()))?;
-    while let Some((body, fds)) = read_request(&conn)? {
+    loop {
+        let (body, fds) = match read_request(&conn) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                reply(&mut conn, &error(ErrorKind::BadRequest, e.to_string()))?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let env: Envelope = match postcard::from_bytes(&body) {
             Ok(e) => e,
             Err(_) => {
@@ -142,7 +154,6 @@ fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn handle_prepare(

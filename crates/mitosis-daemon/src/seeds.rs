@@ -1,7 +1,7 @@
 //! The seeds prepared on this host.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -40,8 +40,13 @@ impl Seed {
 
 impl Drop for Seed {
     fn drop(&mut self) {
-        // The snapshot is parked on exit_group: SIGKILL frees its memory at once.
+        // The snapshot is parked in pause(); SIGKILL ends it. Wait (bounded) until
+        // its memory is freed, so that a prepare right after a drop does not
+        // compete with that teardown.
         let _ = pidfd::send_signal(&self.snapshot, libc::SIGKILL);
+        let mut p = libc::pollfd { fd: self.snapshot.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, 2000) };
     }
 }
 

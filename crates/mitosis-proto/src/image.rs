@@ -194,6 +194,8 @@ pub struct SeedImage {
     pub robust_list: (u64, u64),
     /// `set_tid_address` pointer of the thread (cleared by the kernel at exit).
     pub tid_address: u64,
+    /// Alternate signal stack (`stack_t`: sp, flags, size); flags has `SS_DISABLE` when none.
+    pub altstack: (u64, i32, u64),
 }
 
 impl SeedImage {

@@ -45,6 +45,11 @@ pub fn restore(
     start_pager: impl FnOnce(Uffd, Vec<(u64, u64)>) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
     let Child { pid, pidfd: child_pidfd, vdso: child_vdso } = child;
+    // Daemon thread and child on one CPU while they hand control back and forth;
+    // both get their CPUs back when the guards drop, before the child runs.
+    let cpu = mitosis_sys::affinity::current_cpu();
+    let _pin_self = mitosis_sys::affinity::Pin::to(0, cpu).ok();
+    let _pin_child = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
     let tracee = Tracee::seize(pid, libc::PTRACE_O_EXITKILL).map_err(RestoreError::sys("attaching to the new child"))?;
     tracee.interrupt().map_err(|e| RestoreError::ChildDied(e.to_string()))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading the child's registers"))?;
@@ -66,11 +71,11 @@ pub fn restore(
     // Scratch layout: [runner code][prctl_mm_map + auxv][syscall table].
     let code = stub::code();
     let code_len = round_up(code.len() as u64, 64);
-    let blob_len = round_up(MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
+    let blob_len = round_up(STACK_T_SLOT + MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
     // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
-    // run, robust list, tid address, prctl, close, end marker.
+    // run, robust list, tid address, altstack, prctl, close, end marker.
     let written: usize = image.vmas.iter().map(|v| v.written.len()).sum();
-    let max_entries = (image.vmas.len() + written + 10) as u64;
+    let max_entries = (image.vmas.len() + written + 12) as u64;
     let scratch_len = round_up(code_len + blob_len + max_entries * ENTRY as u64, PAGE);
     let scratch = place_scratch(&tracee, &base, own_gadget, image, (own_vdso_start, own_vdso_end), scratch_len)?;
     let blob_addr = scratch + code_len;
@@ -266,7 +271,8 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
         t.push(libc::SYS_set_robust_list, [head, len, 0, 0, 0, 0], "set the robust futex list");
     }
     t.push(libc::SYS_set_tid_address, [image.tid_address, 0, 0, 0, 0, 0], "set the tid address");
-    t.push(libc::SYS_prctl, [PR_SET_MM as u64, PR_SET_MM_MAP, blob_addr, MM_MAP_SIZE, 0, 0], "set mm fields (PR_SET_MM_MAP)");
+    t.push(libc::SYS_sigaltstack, [blob_addr, 0, 0, 0, 0, 0], "set the alternate signal stack");
+    t.push(libc::SYS_prctl, [PR_SET_MM as u64, PR_SET_MM_MAP, blob_addr + STACK_T_SLOT, MM_MAP_SIZE, 0, 0], "set mm fields (PR_SET_MM_MAP)");
     if plan.map_fd_end > plan.map_fd_base {
         t.push(
             libc::SYS_close_range,
@@ -279,11 +285,23 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
 
 /// Size of `struct prctl_mm_map`.
 const MM_MAP_SIZE: u64 = 104;
+/// Room for a `stack_t` (24 bytes) at the start of the blob.
+const STACK_T_SLOT: u64 = 32;
 
-/// `struct prctl_mm_map` followed by the auxv it points to, for placement at `addr`.
+/// The seed's `stack_t`, then `struct prctl_mm_map` and the auxv it points
+/// to, for placement at `addr`.
 fn mm_map_blob(image: &SeedImage, plan: &RestorePlan, addr: u64) -> Vec<u8> {
     let mm = &image.mm;
+    let (sp, flags, size) = image.altstack;
+    // SS_ONSTACK only reports that the seed was on it; it cannot be set.
+    let flags = if flags & libc::SS_DISABLE != 0 { libc::SS_DISABLE } else { 0 };
+    let (sp, size) = if flags == libc::SS_DISABLE { (0, 0) } else { (sp, size) };
     let mut blob = Vec::new();
+    blob.extend_from_slice(&sp.to_ne_bytes());
+    blob.extend_from_slice(&(flags as u64).to_ne_bytes());
+    blob.extend_from_slice(&size.to_ne_bytes());
+    blob.resize(STACK_T_SLOT as usize, 0);
+    let addr = addr + STACK_T_SLOT;
     for w in [
         mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack,
         mm.arg_start, mm.arg_end, mm.env_start, mm.env_end,
@@ -294,7 +312,7 @@ fn mm_map_blob(image: &SeedImage, plan: &RestorePlan, addr: u64) -> Vec<u8> {
     blob.extend_from_slice(&(addr + MM_MAP_SIZE).to_ne_bytes());
     blob.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
     blob.extend_from_slice(&plan.exe_fd.map(|f| f as u32).unwrap_or(u32::MAX).to_ne_bytes());
-    debug_assert_eq!(blob.len() as u64, MM_MAP_SIZE);
+    debug_assert_eq!(blob.len() as u64, STACK_T_SLOT + MM_MAP_SIZE);
     blob.extend_from_slice(auxv);
     blob
 }

@@ -41,3 +41,4 @@ pub type Result<T> = std::result::Result<T, SysError>;
 /// Page size of x86-64.
 pub const PAGE: u64 = 4096;
 pub mod fdpass;
+pub mod affinity;

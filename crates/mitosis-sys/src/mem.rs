@@ -27,7 +27,9 @@ pub fn read_ranges(pid: i32, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<us
         let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
         if n < 0 {
             let e = SysError::last("process_vm_readv");
-            if e.errno == libc::EFAULT && done > 0 {
+            // The first range is unreadable (PROT_NONE, say): report what was read so
+            // far and let the caller take the rest another way.
+            if e.errno == libc::EFAULT {
                 return Ok(done);
             }
             return Err(e);
