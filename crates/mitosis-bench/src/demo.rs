@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -25,19 +25,22 @@ const SEED_ID: &str = "demo-python";
 const CHILDREN: usize = 3;
 /// How long the Python program may take to start or to answer.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// Entries of the table the Python program builds before it is prepared.
+const TABLE_ENTRIES: usize = 100_000;
 
-/// The seed program. The state is built before `ready`; everything after the
-/// `readline` runs in the parent and in each child alike.
+/// The seed program; its argument is the number of table entries. The state
+/// is built before `ready`; everything after the `readline` runs in the
+/// parent and in each child alike.
 const SCRIPT: &str = r#""""The mitosis demo's seed: builds state, then waits for one line."""
-import collections
 import hashlib
 import json
 import os
+import statistics
 import sys
 
-table = {f"key-{i}": i * i for i in range(100_000)}
+table = {f"key-{i}": i * i for i in range(int(sys.argv[1]))}
 digest = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
-last_digits = collections.Counter(v % 10 for v in table.values())
+mean = statistics.fmean(table.values())
 seed_pid = os.getpid()
 
 print(f"ready {seed_pid}", flush=True)
@@ -46,8 +49,8 @@ links = ",".join(sorted(n for n in os.listdir("/sys/class/net") if n != "lo"))
 answer = hashlib.sha256((line + digest).encode()).hexdigest()[:12]
 print(
     f"{line}: pid {os.getpid()} (prepared as pid {seed_pid}), network link {links}; "
-    f"{len(table)} entries, JSON digest {digest[:12]}, most common last digit "
-    f"{last_digits.most_common(1)[0][0]}, hash of my line with the digest {answer}",
+    f"{len(table)} entries of mean {mean:.6g}, JSON digest {digest[:12]}, "
+    f"hash of my line with the digest {answer}",
     flush=True,
 )
 "#;
@@ -56,7 +59,6 @@ print(
 pub fn run(bin: &Path) -> anyhow::Result<()> {
     ensure_root("mitosis demo")?;
     let python = real_python().context("the demo needs python3 on PATH")?;
-
     println!("mitosis demo: remote fork of a running Python process\n");
     let cluster = Cluster::start(bin, "demo")?;
     println!(
@@ -64,19 +66,44 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
          host a = {} ({}), host b = {} ({}), joined by a virtual link; daemons share a fresh cluster key.",
         cluster.hosts.a.ns, cluster.hosts.a.ip, cluster.hosts.b.ns, cluster.hosts.b.ip
     );
+    cluster.run(|cluster| steps(cluster, &python))
+}
 
+/// Steps 2 to 5 and the summary, on a running cluster.
+fn steps(cluster: &Cluster, python: &Path) -> anyhow::Result<()> {
     let script = cluster.dir.path().join("seed.py");
     fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
-    let mut parent = start_python(&cluster, &python, &script)?;
+    let mut parent = start_python(cluster, python, &script)?;
     println!(
-        "2. Started {} on host a (pid {}). It imported json, hashlib and collections and built a\n   \
-         100000-entry table, then said `ready` after {:.1} ms (cold start) and waits for a line on stdin.",
+        "2. Started {} on host a (pid {}). It imported json, hashlib and statistics and built a\n   \
+         {TABLE_ENTRIES}-entry table, then said `ready` after {:.1} ms (cold start) and waits for a line on stdin.",
         python.display(),
         parent.pid,
         parent.cold_start.as_secs_f64() * 1e3
     );
 
     let seed = Seed::prepare(&cluster.a, parent.pid, SEED_ID)?;
+    print_seed(&seed);
+
+    println!("4. Resumed {CHILDREN} children of it on host b, one after another, each with its own line on stdin:");
+    let mut children = Vec::new();
+    for i in 1..=CHILDREN {
+        let child = resume_child(cluster, &seed, &format!("child-{i}"))?;
+        child.print();
+        children.push(child);
+    }
+
+    parent.process.chan.send("parent")?;
+    let answer = parent.process.chan.recv(PATIENCE).context("the original Python process")?;
+    println!("5. The original process on host a, given the line \"parent\", still answers:\n     {answer}");
+    let status = parent.process.guard.wait_timeout(PATIENCE);
+
+    print_summary(&parent, &seed, &children, status);
+    Ok(())
+}
+
+/// Step 3: what the prepare made.
+fn print_seed(seed: &Seed) {
     let info = &seed.info;
     println!(
         "3. Prepared it as seed {SEED_ID:?} on host a in {:.2} ms (daemon: {:.2} ms): {} mappings,\n   \
@@ -90,22 +117,6 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     for (fd, what) in &info.closed_fds {
         println!("   note: descriptor {fd} ({what}) is closed in children");
     }
-
-    println!("4. Resumed {CHILDREN} children of it on host b, one after another, each with its own line on stdin:");
-    let mut children = Vec::new();
-    for i in 1..=CHILDREN {
-        let child = resume_child(&cluster, &seed, &format!("child-{i}"))?;
-        child.print();
-        children.push(child);
-    }
-
-    parent.process.chan.send("parent")?;
-    let answer = parent.process.chan.recv(PATIENCE).context("the original Python process")?;
-    println!("5. The original process on host a, given the line \"parent\", still answers:\n     {answer}");
-    let status = wait_exit(&mut parent.process, PATIENCE);
-
-    print_summary(&parent, &seed, &children, status);
-    Ok(())
 }
 
 /// The Python program running on host `a`.
@@ -117,17 +128,14 @@ struct Parent {
 }
 
 /// Starts the seed program on host `a` and waits for its `ready`.
-fn start_python(cluster: &Cluster, python: &Path, script: &PathBuf) -> anyhow::Result<Parent> {
+fn start_python(cluster: &Cluster, python: &Path, script: &Path) -> anyhow::Result<Parent> {
     let t0 = Instant::now();
-    let mut process = HostProcess::spawn(host_command(&cluster.hosts.a, python).arg(script).env("OPENBLAS_NUM_THREADS", "1"))?;
+    let mut process = HostProcess::spawn(
+        host_command(&cluster.hosts.a, python).arg(script).arg(TABLE_ENTRIES.to_string()).env("OPENBLAS_NUM_THREADS", "1"),
+    )?;
     let pid = process.chan.recv_number("ready", PATIENCE).context("starting the Python program")?;
     let cold_start = t0.elapsed();
     Ok(Parent { process, pid: i32::try_from(pid).context("Python's pid")?, cold_start })
-}
-
-/// Waits up to `timeout` for a process on a host to exit.
-fn wait_exit(process: &mut HostProcess, timeout: Duration) -> Option<ExitStatus> {
-    process.guard.wait_timeout(timeout)
 }
 
 /// What one child did.

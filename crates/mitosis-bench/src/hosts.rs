@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use mitosis::{Client, SeedInfo};
-use mitosis_testkit::{write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
+use mitosis_testkit::{wait_until, write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
 
 /// Fails unless the process runs as root (namespaces and ptrace need it).
 pub fn ensure_root(what: &str) -> anyhow::Result<()> {
@@ -50,14 +50,32 @@ impl Cluster {
         let b = Daemon::start(bin, &hosts.b, &dir, "b", &key).context("starting the daemon of host b")?;
         Ok(Cluster { a, b, hosts, dir })
     }
+
+    /// Runs `f` on the cluster; if it fails, prints the last lines of both
+    /// daemons' logs to stderr first (the logs go with the cluster).
+    pub fn run<T>(&self, f: impl FnOnce(&Cluster) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let result = f(self);
+        if result.is_err() {
+            for (name, daemon) in [("a", &self.a), ("b", &self.b)] {
+                eprintln!("--- last lines of the log of daemon {name} ---");
+                let log = daemon.log();
+                let lines: Vec<&str> = log.lines().collect();
+                for line in &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        result
+    }
 }
+
+/// Lines of each daemon's log shown when a run fails.
+const LOG_TAIL_LINES: usize = 20;
 
 /// 32 random bytes from the kernel, hex-encoded: a fresh cluster key.
 fn random_key() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -66,11 +84,7 @@ fn random_key() -> anyhow::Result<String> {
 pub fn host_command(host: &Host, program: impl AsRef<OsStr>) -> Command {
     let prefix = host.exec_prefix();
     let mut cmd = Command::new(&prefix[0]);
-    cmd.args(&prefix[1..])
-        .arg(program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args(&prefix[1..]).arg(program).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     cmd
 }
 
@@ -99,31 +113,55 @@ pub struct Seed {
     pub info: SeedInfo,
     /// Client-side round trip of the prepare request, in microseconds.
     pub round_trip_us: f64,
+    /// Whether it has been dropped from the daemon already.
+    dropped: bool,
 }
 
 impl Seed {
     /// Prepares process `pid` as seed `id` on `daemon`, timing the request.
     pub fn prepare(daemon: &Daemon, pid: i32, id: &str) -> anyhow::Result<Seed> {
         let t0 = Instant::now();
-        let info = Client::connect(daemon.socket())?
-            .prepare(pid, id)
-            .with_context(|| format!("preparing pid {pid} as seed {id}"))?;
+        let info = Client::connect(daemon.socket())?.prepare(pid, id).with_context(|| format!("preparing pid {pid} as seed {id}"))?;
         let round_trip_us = t0.elapsed().as_secs_f64() * 1e6;
-        Ok(Seed { socket: daemon.socket().to_path_buf(), info, round_trip_us })
+        Ok(Seed { socket: daemon.socket().to_path_buf(), info, round_trip_us, dropped: false })
     }
 
     /// The seed's id.
     pub fn id(&self) -> &str {
         &self.info.id
     }
+
+    /// Drops the seed and waits up to `timeout` until its snapshot process
+    /// has exited, so that freeing the snapshot's memory (which the daemon
+    /// leaves to the kernel after a SIGKILL) does not overlap what is
+    /// measured next.
+    pub fn drop_and_wait(mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.dropped = true;
+        Client::connect(&self.socket)?.drop_seed(&self.info.id).with_context(|| format!("dropping seed {}", self.info.id))?;
+        let pid = self.info.snapshot_pid;
+        ensure!(wait_until(timeout, || has_exited(pid)), "the snapshot {pid} of seed {} outlived its drop by {timeout:?}", self.info.id);
+        Ok(())
+    }
 }
 
 impl Drop for Seed {
     fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
         let dropped = Client::connect(&self.socket).and_then(|mut c| c.drop_seed(&self.info.id));
         if let Err(e) = dropped {
             eprintln!("warning: could not drop seed {}: {e}", self.info.id);
         }
+    }
+}
+
+/// Whether process `pid` has exited (is gone or a zombie, its memory freed).
+fn has_exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which ends at the last ')'.
+        Ok(stat) => matches!(stat.rsplit(')').next().map(str::trim_start), Some(rest) if rest.starts_with(['Z', 'X'])),
+        Err(_) => true,
     }
 }
 

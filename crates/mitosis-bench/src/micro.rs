@@ -26,7 +26,7 @@ use mitosis::{ChildEnd, Client, PagerStats, ResumeTimings, SeedInfo};
 use mitosis_testkit::TwoHosts;
 use serde::Serialize;
 
-use crate::hosts::{ensure_root, host_command, Cluster, HostProcess, Seed};
+use crate::hosts::{ensure_root, host_command, Channel, Cluster, HostProcess, Seed};
 use crate::{median, now_ns};
 
 const MIB: usize = 1 << 20;
@@ -54,12 +54,11 @@ pub fn run(bin: &Path, sizes: &[usize], runs: usize, json: bool) -> anyhow::Resu
     ensure!(!sizes.is_empty() && !sizes.contains(&0), "--sizes must list sizes of at least 1 MiB");
     progress("starting hosts a and b with a daemon each");
     let cluster = Cluster::start(bin, "bench-micro")?;
-    let raw_tcp = raw_tcp(bin, &cluster.hosts, runs)?;
-    let mut rows = Vec::new();
-    for &mb in sizes {
-        rows.push(measure_size(bin, &cluster, mb, runs)?);
-    }
-    let report = Report::new(raw_tcp, rows);
+    let report = cluster.run(|cluster| {
+        let raw_tcp = raw_tcp(bin, &cluster.hosts, runs)?;
+        let rows = sizes.iter().map(|&mb| measure_size(bin, cluster, mb, runs)).collect::<anyhow::Result<_>>()?;
+        Ok(Report::new(raw_tcp, rows))
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -228,13 +227,16 @@ fn measure_size(bin: &Path, cluster: &Cluster, mb: usize, runs: usize) -> anyhow
 }
 
 /// One round: prepare `pid` under a fresh id, resume a sequential-touch and a
-/// random-touch child on host `b`, drop the seed.
+/// random-touch child on host `b`, drop the seed and wait until its memory is
+/// freed (rounds do not overlap, even on few CPUs).
 fn measure_run(cluster: &Cluster, pid: i32, mb: usize, run: usize) -> anyhow::Result<RunSample> {
     let id = format!("micro-{mb}mib-{run}-{}", std::process::id());
     let seed = Seed::prepare(&cluster.a, pid, &id)?;
     let seq = remote_child(cluster, &seed, mb, Order::Seq)?;
     let random = remote_child(cluster, &seed, mb, Order::Random)?;
-    Ok(RunSample { prepare_round_trip_us: seed.round_trip_us, seed: seed.info.clone(), seq, random })
+    let sample = RunSample { prepare_round_trip_us: seed.round_trip_us, seed: seed.info.clone(), seq, random };
+    seed.drop_and_wait(QUICK)?;
+    Ok(sample)
 }
 
 /// Resumes a child of `seed` on host `b`, times its start with `now`, has it
@@ -250,7 +252,7 @@ fn remote_child(cluster: &Cluster, seed: &Seed, mb: usize, order: Order) -> anyh
         .with_context(|| format!("resuming {} on host b", seed.id()))?;
     // Only the child keeps its ends, so its death shows as end of file.
     drop((child_in, child_out));
-    let mut chan = crate::hosts::Channel::new(to_child, from_child);
+    let mut chan = Channel::new(to_child, from_child);
     let running = chan.recv_number("now", QUICK).context("resumed child")?;
     let touch_timeout = touch_timeout(mb);
     let first_touch_ns = chan.ask_number(order.command(), "touch", touch_timeout)?;
@@ -259,13 +261,7 @@ fn remote_child(cluster: &Cluster, seed: &Seed, mb: usize, order: Order) -> anyh
     let timings = resumed.timings.clone();
     let (end, stats) = resumed.wait().context("waiting for the child's end")?;
     ensure!(end == ChildEnd::Exited(0), "the resumed child ended with {end:?}");
-    Ok(ChildSample {
-        resume_wall_us: running.saturating_sub(t0) as f64 / 1e3,
-        timings,
-        first_touch_ns,
-        second_touch_ns,
-        stats,
-    })
+    Ok(ChildSample { resume_wall_us: running.saturating_sub(t0) as f64 / 1e3, timings, first_touch_ns, second_touch_ns, stats })
 }
 
 /// How long the workload may take to fill `mb` MiB.
@@ -413,17 +409,25 @@ fn check_targets(sizes: &[SizeReport]) -> Vec<TargetCheck> {
 /// Prints the header line, the table and the targets.
 fn print_table(r: &Report) {
     let tcp = r.raw_tcp.mb_per_s.median;
-    let ratios: Vec<String> = r
-        .sizes
-        .iter()
-        .map(|s| format!("{:.2} at {} MiB", s.first_touch_seq_mb_s.median / tcp, s.mb))
-        .collect();
+    let ratios: Vec<String> = r.sizes.iter().map(|s| format!("{:.2} at {} MiB", s.first_touch_seq_mb_s.median / tcp, s.mb)).collect();
     println!("raw TCP a -> b ({} MiB): {tcp:.0} MB/s; first-touch seq / raw TCP: {}", TCP_MB, ratios.join(", "));
     println!("({})", r.units);
     println!();
     println!(
         "{:>6} {:>4} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>11}",
-        "MiB", "runs", "fork µs", "prep µs", "(daemon)", "prep/fork", "resume ms", "(daemon)", "1st seq", "2nd seq", "1st rand", "pages", "fetches s/r"
+        "MiB",
+        "runs",
+        "fork µs",
+        "prep µs",
+        "(daemon)",
+        "prep/fork",
+        "resume ms",
+        "(daemon)",
+        "1st seq",
+        "2nd seq",
+        "1st rand",
+        "pages",
+        "fetches s/r"
     );
     for s in &r.sizes {
         println!(
