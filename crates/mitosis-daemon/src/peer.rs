@@ -64,44 +64,29 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream) -> Result<(), ProtoError> {
                 };
                 write_msg(&mut writer, &resp)?;
             }
-            PeerRequest::ReadPages { id, generation, ranges } => {
-                let seed = match daemon.seeds.get(&id) {
-                    Some(s) if s.image.generation == generation => s,
-                    Some(_) => {
-                        write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(
-                            ErrorKind::SeedGone,
-                            format!("seed {id:?} was prepared again; generation {generation:#x} is gone"),
-                        )))?;
-                        writer.flush()?;
-                        continue;
-                    }
-                    None => {
-                        write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(
-                            ErrorKind::SeedGone,
-                            format!("seed {id:?} was dropped"),
-                        )))?;
-                        writer.flush()?;
-                        continue;
-                    }
-                };
-                let total: u64 = ranges.iter().map(|r| r.1).sum();
-                buf.resize(total as usize, 0);
-                match mem::read_ranges_fully(seed.snapshot_pid, Some(&seed.mem), &ranges, &mut buf) {
-                    Ok(()) => {
-                        write_msg(&mut writer, &PeerResponse::Pages { len: total })?;
-                        writer.write_all(&buf)?;
-                    }
-                    Err(e) => {
-                        write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(
-                            ErrorKind::SeedGone,
-                            format!("seed {id:?}: its snapshot cannot be read ({e})"),
-                        )))?;
-                    }
+            PeerRequest::ReadPages { id, generation, ranges } => match read_pages(daemon, &id, generation, &ranges, &mut buf) {
+                Ok(()) => {
+                    write_msg(&mut writer, &PeerResponse::Pages { len: buf.len() as u64 })?;
+                    writer.write_all(&buf)?;
                 }
-            }
+                Err(message) => write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(ErrorKind::SeedGone, message)))?,
+            },
         }
         writer.flush()?;
     }
+}
+
+/// Reads `ranges` of seed `id` at `generation` into `buf` (resized to fit).
+fn read_pages(daemon: &Daemon, id: &str, generation: u64, ranges: &[(u64, u64)], buf: &mut Vec<u8>) -> Result<(), String> {
+    let seed = match daemon.seeds.get(id) {
+        Some(s) if s.image.generation == generation => s,
+        Some(_) => return Err(format!("seed {id:?} was prepared again; generation {generation:#x} is gone")),
+        None => return Err(format!("seed {id:?} was dropped")),
+    };
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    buf.resize(total as usize, 0);
+    mem::read_ranges_fully(seed.snapshot_pid, Some(&seed.mem), ranges, buf)
+        .map_err(|e| format!("seed {id:?}: its snapshot cannot be read ({e})"))
 }
 
 /// An authenticated connection to another daemon.
