@@ -121,12 +121,32 @@ impl Daemon {
 
     fn shutdown(&self) {
         for (pid, fd) in self.children.lock().unwrap().drain(..) {
+            // A child's own children are served by this daemon's pagers too.
+            for descendant in descendants(pid) {
+                tracing::debug!(pid = descendant, "killing a child's descendant");
+                // SAFETY: plain kill; a reused pid is not possible while its parent (our child) is alive.
+                unsafe { libc::kill(descendant, libc::SIGKILL) };
+            }
             tracing::debug!(pid, "killing child");
             let _ = mitosis_sys::pidfd::send_signal(&fd, libc::SIGKILL);
         }
         self.seeds.clear();
         let _ = std::fs::remove_file(&self.config.socket);
     }
+}
+
+/// Every process below `pid` in the process tree, children first.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    for task in tasks {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.push(child);
+            out.extend(descendants(child));
+        }
+    }
+    out
 }
 
 /// A fresh random 64-bit value (seed generations, never zero).
