@@ -17,6 +17,22 @@ use mitosis_testkit::{require_root, write_key, Daemon, Host, ProcessGuard, TestD
 
 /// Generous bound for one step of a test (a resume, a prepare, a verify).
 pub const STEP: Duration = Duration::from_secs(30);
+/// Command prefix that runs a target program with address-space
+/// randomization off (`setarch -R`), so that it always gets the same memory
+/// layout.
+///
+/// Targets run with randomized layouts, like real programs, unless
+/// `MITOSIS_TEST_NO_ASLR=1` is set: then every target gets this prefix,
+/// which makes a layout-dependent failure reproducible. (One such bug: a
+/// pager window starting on a `PROT_NONE` page, e.g. the guard page of
+/// Rust's signal stack, killed the child a few percent of the time; see
+/// `prot_none_page_at_the_start_of_a_fault_window` in programs.rs.)
+pub const NO_ASLR: [&str; 3] = ["setarch", "x86_64", "-R"];
+
+fn no_aslr() -> bool {
+    std::env::var_os("MITOSIS_TEST_NO_ASLR").is_some_and(|v| v == "1")
+}
+
 /// The cluster key used by default.
 pub const KEY: &str = "mitosis-test-cluster-key-0123456789";
 
@@ -68,14 +84,27 @@ impl Cluster {
         Proc::spawn(name, &mut cmd)
     }
 
+    /// Starts a target program (`args`) in host `host` (see [`NO_ASLR`]).
+    pub fn start_target_in(&self, host: &Host, name: &str, args: &[&str]) -> Proc {
+        let mut full: Vec<&str> = if no_aslr() { NO_ASLR.to_vec() } else { Vec::new() };
+        full.extend_from_slice(args);
+        self.start_in(host, name, &full)
+    }
+
+    /// Starts a target program (`args`) in host `host` (see [`NO_ASLR`]),
+    /// waits for its `ready <pid>` line and returns it with that pid.
+    pub fn target_in(&self, host: &Host, name: &str, args: &[&str]) -> (Proc, i32) {
+        let mut p = self.start_target_in(host, name, args);
+        let line = p.expect_prefix("ready ", STEP);
+        let pid = line["ready ".len()..].trim().parse().expect("pid in `ready` line");
+        (p, pid)
+    }
+
     /// Starts `mitosis workload pattern --mb <mb>` in host a and returns it with its pid.
     pub fn pattern_in_a(&self, mb: usize) -> (Proc, i32) {
         let b = bin();
         let mb = mb.to_string();
-        let mut p = self.start_in(&self.hosts.a, "parent", &[b.to_str().unwrap(), "workload", "pattern", "--mb", &mb]);
-        let line = p.expect_prefix("ready ", STEP);
-        let pid = line["ready ".len()..].trim().parse().expect("pid in `ready` line");
-        (p, pid)
+        self.target_in(&self.hosts.a, "parent", &[b.to_str().unwrap(), "workload", "pattern", "--mb", &mb])
     }
 
     /// `mitosis prepare --pid <pid> --id <id>` on daemon a; panics unless it succeeds.
@@ -209,7 +238,16 @@ impl Proc {
             }
             *d.lock().unwrap() = true;
         });
-        Proc { name: name.to_string(), guard, stdin, lines, seen: Vec::new(), stdout_closed: false, stderr, stderr_done }
+        Proc {
+            name: name.to_string(),
+            guard,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stdout_closed: false,
+            stderr,
+            stderr_done,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -261,7 +299,9 @@ impl Proc {
         match self.line(timeout) {
             Some(l) if l.starts_with(prefix) => l,
             Some(l) => panic!("expected a line starting with {prefix:?}, got {l:?}\n{}", self.describe()),
-            None => panic!("no line starting with {prefix:?} within {timeout:?} (or end of output)\n{}", self.describe()),
+            None => {
+                panic!("no line starting with {prefix:?} within {timeout:?} (or end of output)\n{}", self.describe())
+            }
         }
     }
 
@@ -285,17 +325,23 @@ impl Proc {
         }
     }
 
-    /// Waits for the exit and returns the status with all remaining output.
+    /// Waits for the exit and returns the status with the stdout lines not
+    /// read yet (through [`Proc::line`] and friends) and all of stderr.
     pub fn finish(mut self, timeout: Duration) -> Finished {
+        let already_read = self.seen.len();
         let status = self.wait(timeout);
-        // The pipes may be held open by processes that outlive the program
-        // (a grandchild); give the readers a short while to reach end of file.
+        // Everything the program wrote is in the pipe by now, but the pipe
+        // may stay open after it exits (a seed's snapshot holds a copy of
+        // its target's descriptors): read until end of file or until nothing
+        // more comes for a moment, not until the pipe closes.
         let deadline = Instant::now() + Duration::from_secs(2);
         while !self.stdout_closed && Instant::now() < deadline {
-            self.line(Duration::from_millis(50));
+            if self.line(Duration::from_millis(100)).is_none() {
+                break;
+            }
         }
-        mitosis_testkit::wait_until(Duration::from_millis(500), || *self.stderr_done.lock().unwrap());
-        let mut stdout = self.seen.join("\n");
+        mitosis_testkit::wait_until(Duration::from_millis(100), || *self.stderr_done.lock().unwrap());
+        let mut stdout = self.seen[already_read..].join("\n");
         if !stdout.is_empty() {
             stdout.push('\n');
         }
@@ -315,16 +361,16 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Compiles `tests/programs/<name>.c` with `cc <flags>` into the test
+/// Compiles `tests/programs/<name>.c` with `cc -o <exe> <source> <flags>` into the test
 /// directory and returns the executable's path.
 pub fn compile(dir: &TestDir, name: &str, flags: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
     let out = dir.path().join(name);
     let res = Command::new("cc")
-        .args(flags)
         .arg("-o")
         .arg(&out)
         .arg(&src)
+        .args(flags)
         .output()
         .expect("running cc (is a C compiler installed?)");
     assert!(res.status.success(), "compiling {}: {}", src.display(), String::from_utf8_lossy(&res.stderr));
@@ -352,4 +398,40 @@ pub fn in_netns<T: Send + 'static>(host: &Host, f: impl FnOnce() -> T + Send + '
     })
     .join()
     .expect("thread in a test host panicked")
+}
+
+/// Waits up to 10 s until `pid` is blocked in `read(0, ...)` (per
+/// /proc/PID/syscall), so that a prepare catches it inside that syscall.
+pub fn wait_blocked_in_read_stdin(pid: i32) {
+    let ok = mitosis_testkit::wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .map(|s| {
+                let f: Vec<&str> = s.split_whitespace().collect();
+                f.len() > 1 && f[0] == "0" && f[1] == "0x0"
+            })
+            .unwrap_or(false)
+    });
+    assert!(ok, "process {pid} never blocked in read(0, ...)");
+}
+
+/// Waits up to 10 s until `pid` sleeps (state S) inside a system call other
+/// than write(2): after printing its `ready` line, that is the wait it is
+/// meant to be prepared in.
+pub fn wait_blocked_in_syscall(pid: i32) -> u64 {
+    let mut nr = u64::MAX;
+    let ok = mitosis_testkit::wait_until(Duration::from_secs(10), || {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('S'))
+            .unwrap_or(false);
+        let sys = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        match sys.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()) {
+            Some(n) if state && n != libc::SYS_write as u64 => {
+                nr = n;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(ok, "process {pid} never blocked in a system call");
+    nr
 }

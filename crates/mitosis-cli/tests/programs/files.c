@@ -1,0 +1,67 @@
+/* Files across a remote fork. argv[1] is a directory holding data.txt,
+ * map.bin and replaced.bin (made by the test).
+ *
+ * Reads the first 100 bytes of data.txt (its descriptor stays open at
+ * offset 100), maps map.bin privately and writes two of its pages, maps
+ * replaced.bin privately read-only, opens a pipe; prints "ready <pid>". On a
+ * line "check" it prints
+ *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> pipe=<open|closed>"
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void *map(const char *dir, const char *name, int prot, size_t *len) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    fstat(fd, &st);
+    *len = st.st_size;
+    void *p = mmap(NULL, *len, prot, MAP_PRIVATE, fd, 0);
+    close(fd);
+    return p;
+}
+
+static uint64_t sum(const unsigned char *p, size_t len) {
+    uint64_t s = 0;
+    for (size_t i = 0; i < len; i++) s = s * 31 + p[i];
+    return s;
+}
+
+int main(int argc, char **argv) {
+    const char *dir = argv[1];
+    char path[4096];
+    snprintf(path, sizeof path, "%s/data.txt", dir);
+    int data = open(path, O_RDONLY);
+    char head[100];
+    if (data < 0 || read(data, head, sizeof head) != sizeof head) return 1;
+    size_t map_len, rep_len;
+    unsigned char *m = map(dir, "map.bin", PROT_READ | PROT_WRITE, &map_len);
+    unsigned char *r = map(dir, "replaced.bin", PROT_READ, &rep_len);
+    if (m == MAP_FAILED || r == MAP_FAILED) return 1;
+    memset(m + 3 * 4096, 0x33, 4096);
+    memset(m + 100 * 4096 + 17, 0x77, 100);
+    int pipefd[2];
+    if (pipe(pipefd) != 0) return 1;
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strncmp(line, "check", 5)) {
+            char next[21] = {0};
+            ssize_t n = read(data, next, 20);
+            for (int i = 0; i < 20; i++)
+                if (next[i] == '\n') next[i] = '|';
+            printf("check %zd:%s map=%llx replaced=%llx pipe=%s\n", n, next, (unsigned long long)sum(m, map_len),
+                   (unsigned long long)sum(r, rep_len), fcntl(pipefd[0], F_GETFD) < 0 ? "closed" : "open");
+            fflush(stdout);
+        }
+    }
+    return 0;
+}
