@@ -46,6 +46,9 @@ pub enum CaptureError {
     MultiThreaded { pid: i32, threads: u32 },
     #[error("process {pid} cannot be prepared: {what}")]
     Unsupported { pid: i32, what: String },
+    /// A process preparing itself is not (yet) blocked reading the daemon's answer.
+    #[error("process {pid} is not waiting in read() for the answer to its prepare request")]
+    NotWaiting { pid: i32 },
     #[error("{step}")]
     Sys {
         step: &'static str,
@@ -89,8 +92,13 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
     }
     // Tracer and target on one CPU: every injected syscall is a round trip.
     let _pin = mitosis_sys::affinity::last_cpu(pid).and_then(|cpu| mitosis_sys::affinity::Pin::to(0, cpu).ok());
-    let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK)
-        .map_err(CaptureError::sys("attaching with ptrace"))?;
+    let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK).map_err(|e| {
+        if e.errno == libc::EPERM {
+            CaptureError::Unsupported { pid, what: "it is already traced with ptrace (by a debugger, or by another prepare in progress)".into() }
+        } else {
+            CaptureError::Sys { step: "attaching with ptrace", source: e }
+        }
+    })?;
     let pending = tracee.interrupt().map_err(CaptureError::sys("stopping the process"))?;
     // Threads may have been created between the check and the stop.
     let threads = procfs::parse_status(&read_proc(pid, "status")?).threads;
@@ -98,6 +106,16 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
         return Err(CaptureError::MultiThreaded { pid, threads });
     }
     let regs = tracee.get_regs().map_err(CaptureError::sys("reading registers"))?;
+    if let Some(slot) = spec.reply_slot {
+        // A self-prepare must catch the caller inside read(fd, slot): that is the
+        // call whose return value tells each child that it is a child.
+        let in_read = regs[mitosis_proto::image::reg::ORIG_RAX] == libc::SYS_read as u64
+            && regs[mitosis_proto::image::reg::RSI] == slot.addr;
+        if !in_read {
+            let _ = tracee.detach(pending.unwrap_or(0));
+            return Err(CaptureError::NotWaiting { pid });
+        }
+    }
     let result = capture_stopped(spec, vdso, &tracee, &status, regs);
     // Whatever happened, the target continues exactly where it was.
     let restored = tracee.set_regs(&regs);

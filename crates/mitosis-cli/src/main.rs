@@ -223,7 +223,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume { from, id, socket, profile, in_place: false } => {
             let resumed = Client::connect(&socket.socket)?.resume(&from, &id, [0, 1, 2])?;
             let timings = resumed.timings.clone();
-            let (end, stats) = resumed.wait()?;
+            let (end, stats) = match resumed.wait() {
+                Ok(r) => r,
+                Err(mitosis::Error::Io(_) | mitosis::Error::Proto(_)) => {
+                    // The daemon went away; its children (whose pages it served) went with it.
+                    eprintln!("mitosis: child killed: the local daemon stopped");
+                    return Ok(mitosis::ErrorKind::SeedGone.exit_code());
+                }
+                Err(e) => return Err(e.into()),
+            };
             if profile {
                 eprintln!(
                     "mitosis: resume {:.2} ms (image {:.2} ms, {} bytes; fork {:.2} ms; restore {:.2} ms); faults {} ({} zero), fetched {} pages in {} requests",

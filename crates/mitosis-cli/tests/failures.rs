@@ -365,7 +365,6 @@ fn holding_proxy(host: &mitosis_testkit::Host, port: u16, upstream: String) -> H
 /// got its first page: the resume must fail like any resume whose seed is
 /// gone (69, saying so), not as an internal error.
 #[test]
-#[ignore = "bug: a page fetch failing during the restore (rseq touch) is reported as 70 \"touching the seed's rseq area: process_vm_readv failed: Bad address\" instead of 69 with the reason"]
 fn seed_dropped_while_a_child_is_being_restored() {
     let Some(c) = Cluster::new("drop-in-restore") else { return };
     let (_parent, ppid) = c.pattern_in_a(8);
@@ -387,7 +386,6 @@ fn seed_dropped_while_a_child_is_being_restored() {
 /// The connection to the seed host breaks after the image came but before
 /// the child got its first page.
 #[test]
-#[ignore = "bug: a page fetch failing during the restore (rseq touch) is reported as 70 \"touching the seed's rseq area: process_vm_readv failed: Bad address\" instead of 69 with the reason"]
 fn seed_host_lost_while_a_child_is_being_restored() {
     let Some(c) = Cluster::new("lost-in-restore") else { return };
     let (_parent, ppid) = c.pattern_in_a(8);

@@ -160,7 +160,6 @@ fn self_prepare_through_the_library() {
 /// the child its marker in the reply read, not patch the return value of
 /// whatever system call the caller happened to be in.
 #[test]
-#[ignore = "bug: self-prepare captures the caller wherever it is when the request arrives (not necessarily in the read); the child gets the reply length as the return value of another syscall"]
 fn self_prepare_caller_paused_before_its_read() {
     let Some(c) = Cluster::new("self-prepare-pause") else { return };
     let prog = compile(&c.dir, "selfprep", &["-O2"]);
@@ -421,7 +420,6 @@ fn child_looks_like_its_parent_and_its_vdso_clock_works() {
 /// those pages are certainly not there yet; with the default window the same
 /// failure shows up now and then, depending on the stack layout.
 #[test]
-#[ignore = "bug: /proc/PID/cmdline and environ of a child read empty (ps shows [mitosis]) until the child itself touches those stack pages"]
 fn proc_cmdline_and_environ_of_a_child() {
     let Some(c) = Cluster::build("cmdline", KEY, KEY, &[], &["--window-pages", "1"]) else { return };
     let (_parent, ppid) = c.pattern_in_a(1);

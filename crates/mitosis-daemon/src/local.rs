@@ -177,7 +177,7 @@ fn handle_prepare(
         return error(ErrorKind::PermissionDenied, format!("process {pid} belongs to uid {owner}, you are uid {}", cred.uid));
     }
     let spec = PrepareSpec { pid, id, generation: crate::random_u64(), reply_slot };
-    match prepare(&spec, &daemon.vdso) {
+    match prepare_when_ready(&spec, &daemon.vdso) {
         Ok(snap) => {
             let mem = match ProcMem::open(snap.snapshot_pid, false) {
                 Ok(m) => m,
@@ -200,14 +200,40 @@ fn handle_prepare(
         Err(e) => {
             let kind = match e {
                 mitosis_capture::CaptureError::NoProcess { .. } => ErrorKind::NotFound,
-                mitosis_capture::CaptureError::MultiThreaded { .. } | mitosis_capture::CaptureError::Unsupported { .. } => {
-                    ErrorKind::Unsupported
-                }
+                mitosis_capture::CaptureError::MultiThreaded { .. }
+                | mitosis_capture::CaptureError::Unsupported { .. }
+                | mitosis_capture::CaptureError::NotWaiting { .. } => ErrorKind::Unsupported,
                 mitosis_capture::CaptureError::Sys { .. } => ErrorKind::Internal,
             };
             tracing::warn!(%id, pid, error = %chain(&e), "prepare failed");
             error(kind, chain(&e))
         }
+    }
+}
+
+/// Prepares `spec.pid`; a process preparing itself is first given time to
+/// block in its read of our answer (it sends the request just before).
+fn prepare_when_ready(spec: &PrepareSpec<'_>, vdso: &mitosis_sys::vdso::VdsoInfo) -> Result<mitosis_capture::Snapshot, mitosis_capture::CaptureError> {
+    let Some(slot) = spec.reply_slot else { return prepare(spec, vdso) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // `/proc/PID/syscall` reads "0 <fd> <buf> ..." while the process sits in read(2).
+        let waiting = std::fs::read_to_string(format!("/proc/{}/syscall", spec.pid))
+            .map(|s| {
+                let f: Vec<&str> = s.split_whitespace().collect();
+                f.first() == Some(&"0") && f.get(2).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()) == Some(slot.addr)
+            })
+            .unwrap_or(false);
+        if waiting {
+            match prepare(spec, vdso) {
+                Err(mitosis_capture::CaptureError::NotWaiting { .. }) => {}
+                other => return other,
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(mitosis_capture::CaptureError::NotWaiting { pid: spec.pid });
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
 }
 

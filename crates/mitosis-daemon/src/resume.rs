@@ -79,9 +79,10 @@ pub fn handle(
         }
     };
     drop(stdio);
-    let Started { pid, pidfd, pager, counters, timings } = started;
+    let Started { pid, pidfd, pager, counters, timings, mm: image_mm } = started;
     tracing::info!(%from, %id, pid, us = timings.total_us, "child resumed");
     let _ = send(conn, &LocalResponse::Started { pid, timings });
+    fetch_process_strings(pid, &image_mm);
 
     // Wait for the child, or for the caller to give up on it.
     let mut caller_gone = false;
@@ -122,6 +123,7 @@ pub fn handle(
 }
 
 struct Started {
+    mm: mitosis_proto::image::MmFields,
     pid: i32,
     pidfd: Arc<OwnedFd>,
     pager: std::thread::JoinHandle<Outcome>,
@@ -206,12 +208,18 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
     });
     if let Err(e) = restored {
         let why = describe_failure(&pidfd, &e);
+        // A page the restore itself needed (rseq area) may have failed to come:
+        // then the pager's reason is the real one.
+        if let Some(Ok(Outcome::Failed(reason))) = pager_thread.map(|t| t.join()) {
+            return Err(remote_err(ErrorKind::SeedGone, format!("child killed: {reason}")));
+        }
         return Err(remote_err(ErrorKind::Internal, why));
     }
     let pager = pager_thread.expect("restore starts the pager before it succeeds");
     daemon.children.lock().unwrap().push((pid, pidfd.clone()));
     let total = t0.elapsed();
     Ok(Started {
+        mm: image.mm,
         pid,
         pidfd,
         pager,
@@ -224,6 +232,20 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
             image_bytes,
         },
     })
+}
+
+/// Brings in the pages of the child's command line and environment. The kernel
+/// reads them from outside for `/proc/PID/cmdline` and `environ` (ps, top)
+/// and does not wait for the pager there: they would read empty.
+fn fetch_process_strings(pid: i32, mm: &mitosis_proto::image::MmFields) {
+    let (start, end) = (mm.arg_start.min(mm.env_start), mm.arg_end.max(mm.env_end));
+    if start == 0 || end <= start || end - start > 1 << 20 {
+        return;
+    }
+    let first = start & !(mitosis_sys::PAGE - 1);
+    let pages: Vec<(u64, u64)> = (first..end).step_by(mitosis_sys::PAGE as usize).map(|p| (p, 1)).collect();
+    let mut sink = vec![0u8; pages.len()];
+    let _ = mitosis_sys::mem::read_ranges(pid, &pages, &mut sink);
 }
 
 fn kill_and_reap(pidfd: &OwnedFd) -> Option<Exit> {
