@@ -188,10 +188,16 @@ fn seed_outlives_its_process() {
     let seed = c.prepare_a(ppid, "orphan");
     parent.send("exit 0\n");
     assert_eq!(parent.wait(STEP).code(), Some(0));
+    assert_snapshot_still_serves(&c, &seed, "orphan", sum0);
+}
+
+/// After the prepared process is gone: its snapshot lives, and a child still
+/// gets the prepare-instant memory.
+fn assert_snapshot_still_serves(c: &Cluster, seed: &serde_json::Value, id: &str, sum0: String) {
     std::thread::sleep(Duration::from_millis(200));
     let snap = seed["snapshot_pid"].as_i64().unwrap() as i32;
     assert!(alive(snap), "the snapshot {snap} died with the prepared process");
-    let out = c.resume_on_b_with("orphan", "verify\nexit 0\n");
+    let out = c.resume_on_b_with(id, "verify\nexit 0\n");
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     assert_eq!(out.stdout, format!("verify ok {sum0}\n"));
 }
@@ -210,12 +216,7 @@ fn seed_outlives_its_process_when_its_group_lives_on() {
     let seed = c.prepare_a(ppid, "kept");
     parent.send("exit 0\n");
     assert!(wait_until(STEP, || !alive(ppid)));
-    std::thread::sleep(Duration::from_millis(200));
-    let snap = seed["snapshot_pid"].as_i64().unwrap() as i32;
-    assert!(alive(snap), "the snapshot {snap} died with the prepared process");
-    let out = c.resume_on_b_with("kept", "verify\nexit 0\n");
-    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
-    assert_eq!(out.stdout, format!("verify ok {sum0}\n"));
+    assert_snapshot_still_serves(&c, &seed, "kept", sum0);
 }
 
 /// The same failure for a child resumed in place (`--in-place`): the process
