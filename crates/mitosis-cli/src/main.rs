@@ -63,6 +63,9 @@ enum Command {
         /// Pages fetched around each page fault of a child.
         #[arg(long, default_value_t = 64)]
         window_pages: u64,
+        /// Do not ask for the next window ahead of sequential faults (for measurements).
+        #[arg(long)]
+        no_read_ahead: bool,
         /// Seconds a page fetch may take before the child is killed.
         #[arg(long, default_value_t = 10)]
         fetch_timeout: u64,
@@ -183,7 +186,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Daemon { listen, socket, key_file, window_pages, fetch_timeout, log_level } => {
+        Command::Daemon { listen, socket, key_file, window_pages, no_read_ahead, fetch_timeout, log_level } => {
             init_logging(log_level);
             let key = std::fs::read(&key_file).with_context(|| format!("cannot read key file {}", key_file.display()))?;
             let key = mitosis_proto::auth::ClusterKey::from_file_contents(&key)
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 socket: socket.socket,
                 key,
                 window_pages,
+                read_ahead: !no_read_ahead,
                 fetch_timeout: Duration::from_secs(fetch_timeout),
             })?;
             Ok(0)

@@ -42,6 +42,8 @@ pub struct Config {
     pub key: ClusterKey,
     /// Pages fetched around each fault.
     pub window_pages: u64,
+    /// Ask for the next window ahead of sequential faults.
+    pub read_ahead: bool,
     /// How long a page fetch may take before the child is killed.
     pub fetch_timeout: Duration,
 }

@@ -126,13 +126,19 @@ impl PeerConn {
         }
     }
 
-    pub fn read_pages(&mut self, id: &str, generation: u64, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), ProtoError> {
-        let req = PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() };
-        match self.request(&req, MAX_CONTROL_FRAME)? {
+    /// Sends a `ReadPages` without waiting for its answer (answers come in order).
+    pub fn send_read_pages(&mut self, id: &str, generation: u64, ranges: &[(u64, u64)]) -> Result<(), ProtoError> {
+        write_msg(&mut self.writer, &PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() })
+    }
+
+    /// Takes the answer to the oldest outstanding `ReadPages` into `out`.
+    pub fn receive_pages(&mut self, out: &mut [u8]) -> Result<(), ProtoError> {
+        match read_msg(&mut self.reader, MAX_CONTROL_FRAME)? {
             PeerResponse::Pages { len } if len == out.len() as u64 => {
                 self.reader.read_exact(out)?;
                 Ok(())
             }
+            PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
             _ => Err(ProtoError::Unexpected),
         }
     }
@@ -148,16 +154,26 @@ pub struct RemoteSource {
     pub conn: PeerConn,
 }
 
-impl mitosis_pager::PageSource for RemoteSource {
-    fn read(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
-        self.conn.read_pages(&self.id, self.generation, ranges, out).map_err(|e| match e {
+impl RemoteSource {
+    fn explain(&self, e: ProtoError) -> String {
+        match e {
             ProtoError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut => {
                 format!("seed host {} did not answer within {:?}", self.addr, self.timeout)
             }
             ProtoError::Io(io) => format!("connection to seed host {} failed: {io}", self.addr),
             ProtoError::Closed => format!("seed host {} closed the connection", self.addr),
             other => format!("seed host {}: {other}", self.addr),
-        })
+        }
+    }
+}
+
+impl mitosis_pager::PageSource for RemoteSource {
+    fn request(&mut self, ranges: &[(u64, u64)]) -> Result<(), String> {
+        self.conn.send_read_pages(&self.id, self.generation, ranges).map_err(|e| self.explain(e))
+    }
+
+    fn receive(&mut self, out: &mut [u8]) -> Result<(), String> {
+        self.conn.receive_pages(out).map_err(|e| self.explain(e))
     }
 
     fn duplicate(&self) -> Result<Box<dyn mitosis_pager::PageSource>, String> {

@@ -194,7 +194,7 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
             uffd,
             Regions::new(&remote),
             Box::new(source),
-            PagerConfig { window_pages: cfg.window_pages },
+            PagerConfig { window_pages: cfg.window_pages, read_ahead: cfg.read_ahead },
             counters.clone(),
             Some(watch),
         )

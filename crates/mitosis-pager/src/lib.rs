@@ -33,10 +33,18 @@ use mitosis_sys::{pidfd, PAGE};
 
 pub use regions::{PageState, Regions};
 
-/// Where a pager gets page contents.
+/// Where a pager gets page contents. Requests are answered in order, so a
+/// pager may send the next request before it takes the previous answer.
 pub trait PageSource: Send {
-    /// Reads `ranges` (page-aligned seed addresses and lengths) back to back into `out`.
-    fn read(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String>;
+    /// Asks for `ranges` (page-aligned seed addresses and lengths).
+    fn request(&mut self, ranges: &[(u64, u64)]) -> Result<(), String>;
+    /// Takes the answer to the oldest outstanding request: its bytes back to back.
+    fn receive(&mut self, out: &mut [u8]) -> Result<(), String>;
+    /// Reads `ranges` back to back into `out`.
+    fn read(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
+        self.request(ranges)?;
+        self.receive(out)
+    }
     /// An independent source for a forked child's pager.
     fn duplicate(&self) -> Result<Box<dyn PageSource>, String>;
 }
@@ -46,11 +54,13 @@ pub trait PageSource: Send {
 pub struct PagerConfig {
     /// Pages fetched around a fault (aligned window).
     pub window_pages: u64,
+    /// On sequential faults, ask for the next window before it is touched.
+    pub read_ahead: bool,
 }
 
 impl Default for PagerConfig {
     fn default() -> Self {
-        PagerConfig { window_pages: 64 }
+        PagerConfig { window_pages: 64, read_ahead: true }
     }
 }
 
@@ -103,6 +113,13 @@ pub struct Pager {
     /// The process, when known (the resumed child); forked ones are watched through the uffd.
     process: Option<OwnedFd>,
     buf: Vec<u8>,
+    /// The read-ahead request on the wire: runs (child address, seed address, length).
+    inflight: Option<Vec<(u64, u64, u64)>>,
+    /// Window of the last fault, to tell sequential access.
+    last_window: Option<u64>,
+    /// Why the source can no longer be used (a read-ahead failed): the next
+    /// page that is actually needed fails with this reason.
+    broken: Option<String>,
 }
 
 /// Address used to ask the kernel whether a uffd's memory still exists (see
@@ -118,7 +135,19 @@ impl Pager {
         counters: Arc<Counters>,
         process: Option<OwnedFd>,
     ) -> Pager {
-        Pager { uffd, regions, source, patches: Vec::new(), config, counters, process, buf: Vec::new() }
+        Pager {
+            uffd,
+            regions,
+            source,
+            patches: Vec::new(),
+            config,
+            counters,
+            process,
+            buf: Vec::new(),
+            inflight: None,
+            last_window: None,
+            broken: None,
+        }
     }
 
     pub fn with_patches(mut self, patches: Vec<Patch>) -> Pager {
@@ -174,6 +203,11 @@ impl Pager {
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), String> {
+        if !matches!(ev, Event::Fault { .. }) {
+            // The layout changes under the read-ahead: take its answer in now,
+            // while its addresses still mean what they meant.
+            self.complete_inflight();
+        }
         match ev {
             Event::Fault { addr } => self.serve(addr),
             Event::Remove { start, end } | Event::Unmap { start, end } => {
@@ -237,7 +271,15 @@ impl Pager {
             }
             PageState::Remote => {
                 let _ = seed_addr;
-                self.fetch_window(addr)
+                self.complete_inflight();
+                if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
+                    // The read-ahead brought it.
+                    self.uffd.wake(addr, PAGE);
+                } else {
+                    self.fetch_window(addr)?;
+                }
+                self.read_ahead(addr);
+                Ok(())
             }
         }
     }
@@ -255,48 +297,121 @@ impl Pager {
     }
 
     fn fetch_window(&mut self, addr: u64) -> Result<(), String> {
+        if let Some(reason) = &self.broken {
+            let _ = self.uffd.poison(addr, PAGE);
+            return Err(format!("page {addr:#x} could not be fetched from the seed host: {reason}"));
+        }
         let w = self.config.window_pages.max(1) * PAGE;
         let lo = addr / w * w;
         // Runs of not-yet-served pages in the window: (child address, seed address, length).
         let runs = self.regions.remote_runs(lo, lo + w);
-        let total: u64 = runs.iter().map(|r| r.2).sum();
         let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
-        self.buf.resize(total as usize, 0);
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut buf = self.take_buf(&runs);
         if let Err(e) = self.source.read(&ranges, &mut buf) {
             let _ = self.uffd.poison(addr, PAGE);
             self.buf = buf;
             return Err(format!("page {addr:#x} could not be fetched from the seed host: {e}"));
         }
+        let result = self.install(&runs, &mut buf, false);
+        self.buf = buf;
+        result
+    }
+
+    /// After a fault in the window just after the previous one, asks for the
+    /// next window so that it is on its way before the child gets there.
+    fn read_ahead(&mut self, addr: u64) {
+        let w = self.config.window_pages.max(1) * PAGE;
+        let lo = addr / w * w;
+        let sequential = self.last_window == Some(lo.wrapping_sub(w));
+        self.last_window = Some(lo);
+        if !self.config.read_ahead || !sequential || self.inflight.is_some() || self.broken.is_some() {
+            return;
+        }
+        let runs = self.regions.remote_runs(lo + w, lo + 2 * w);
+        if runs.is_empty() {
+            return;
+        }
+        let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
+        match self.source.request(&ranges) {
+            Ok(()) => self.inflight = Some(runs),
+            Err(e) => self.broken = Some(e),
+        }
+    }
+
+    /// Takes the read-ahead answer and installs whatever of it is still wanted.
+    fn complete_inflight(&mut self) {
+        let Some(runs) = self.inflight.take() else { return };
+        let mut buf = self.take_buf(&runs);
+        match self.source.receive(&mut buf) {
+            Ok(()) => {
+                if let Err(e) = self.install(&runs, &mut buf, true) {
+                    self.broken = Some(e);
+                }
+            }
+            Err(e) => self.broken = Some(e),
+        }
+        self.buf = buf;
+    }
+
+    fn take_buf(&mut self, runs: &[(u64, u64, u64)]) -> Vec<u8> {
+        let total: u64 = runs.iter().map(|r| r.2).sum();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(total as usize, 0);
+        buf
+    }
+
+    /// Copies fetched `runs` into the child. With `recheck`, only the pages
+    /// that are still remote at the same seed address go in (the data was
+    /// asked for before the child's latest memory events).
+    fn install(&mut self, runs: &[(u64, u64, u64)], buf: &mut [u8], recheck: bool) -> Result<(), String> {
+        let total: u64 = runs.iter().map(|r| r.2).sum();
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         self.counters.pages_fetched.fetch_add(total / PAGE, Ordering::Relaxed);
         self.counters.bytes_fetched.fetch_add(total, Ordering::Relaxed);
         let mut off = 0usize;
-        for &(child, _, len) in &runs {
-            let chunk = &mut buf[off..off + len as usize];
-            for p in &self.patches {
-                apply_patch(chunk, child, p);
+        for &(child, seed, len) in runs {
+            let run_buf = &mut buf[off..off + len as usize];
+            off += len as usize;
+            let mut page = 0u64;
+            while page < len {
+                // The longest piece from `page` on that is still wanted.
+                let wanted = |p: u64| !recheck || self.regions.lookup(child + p) == Some((PageState::Remote, seed + p));
+                if !wanted(page) {
+                    page += PAGE;
+                    continue;
+                }
+                let mut end = page + PAGE;
+                while end < len && wanted(end) {
+                    end += PAGE;
+                }
+                self.copy_in(child + page, &mut run_buf[page as usize..end as usize])?;
+                page = end;
             }
-            self.regions.set(child, child + len, PageState::Served);
-            let mut done = 0u64;
-            loop {
-                match self.uffd.copy(child + done, &chunk[done as usize..]) {
-                    CopyResult::Done | CopyResult::Gone => break,
-                    CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
-                    CopyResult::Again { copied } => {
-                        done += copied;
-                        let mut pending = Vec::new();
-                        self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
-                        for ev in pending {
-                            self.handle(ev)?;
-                        }
+        }
+        Ok(())
+    }
+
+    fn copy_in(&mut self, child: u64, chunk: &mut [u8]) -> Result<(), String> {
+        let len = chunk.len() as u64;
+        for p in &self.patches {
+            apply_patch(chunk, child, p);
+        }
+        self.regions.set(child, child + len, PageState::Served);
+        let mut done = 0u64;
+        loop {
+            match self.uffd.copy(child + done, &chunk[done as usize..]) {
+                CopyResult::Done | CopyResult::Gone => return Ok(()),
+                CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
+                CopyResult::Again { copied } => {
+                    done += copied;
+                    let mut pending = Vec::new();
+                    self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
+                    for ev in pending {
+                        self.handle(ev)?;
                     }
                 }
             }
-            off += len as usize;
         }
-        self.buf = buf;
-        Ok(())
     }
 
     fn drain_then(&mut self, f: impl FnOnce(&mut Pager) -> Result<(), String>) -> Result<(), String> {
