@@ -271,15 +271,33 @@ impl Pager {
             }
             PageState::Remote => {
                 let _ = seed_addr;
-                self.complete_inflight();
-                if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
-                    // The read-ahead brought it.
-                    self.uffd.wake(addr, PAGE);
-                } else {
-                    self.fetch_window(addr)?;
+                let arrived = self.receive_inflight();
+                let covers = |runs: &[(u64, u64, u64)]| runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2);
+                match arrived {
+                    Some((runs, mut buf)) if covers(&runs) => {
+                        // The read-ahead brought it: ask for the next window before
+                        // this one goes in and wakes the child.
+                        self.read_ahead(addr);
+                        let result = self.install(&runs, &mut buf, true);
+                        self.buf = buf;
+                        result?;
+                        self.uffd.wake(addr, PAGE);
+                        if self.regions.lookup(addr).map(|l| l.0) != Some(PageState::Served) {
+                            return self.fetch_window(addr);
+                        }
+                        Ok(())
+                    }
+                    other => {
+                        if let Some((runs, mut buf)) = other {
+                            let result = self.install(&runs, &mut buf, true);
+                            self.buf = buf;
+                            if let Err(e) = result {
+                                self.broken = Some(e);
+                            }
+                        }
+                        self.fetch_window(addr)
+                    }
                 }
-                self.read_ahead(addr);
-                Ok(())
             }
         }
     }
@@ -312,6 +330,9 @@ impl Pager {
             self.buf = buf;
             return Err(format!("page {addr:#x} could not be fetched from the seed host: {e}"));
         }
+        // Ask for the next window before this one goes in (which wakes the
+        // child): the network works while the child does.
+        self.read_ahead(addr);
         let result = self.install(&runs, &mut buf, false);
         self.buf = buf;
         result
@@ -340,17 +361,26 @@ impl Pager {
 
     /// Takes the read-ahead answer and installs whatever of it is still wanted.
     fn complete_inflight(&mut self) {
-        let Some(runs) = self.inflight.take() else { return };
+        if let Some((runs, mut buf)) = self.receive_inflight() {
+            if let Err(e) = self.install(&runs, &mut buf, true) {
+                self.broken = Some(e);
+            }
+            self.buf = buf;
+        }
+    }
+
+    /// Takes the read-ahead answer off the wire, not yet installed.
+    fn receive_inflight(&mut self) -> Option<(Vec<(u64, u64, u64)>, Vec<u8>)> {
+        let runs = self.inflight.take()?;
         let mut buf = self.take_buf(&runs);
         match self.source.receive(&mut buf) {
-            Ok(()) => {
-                if let Err(e) = self.install(&runs, &mut buf, true) {
-                    self.broken = Some(e);
-                }
+            Ok(()) => Some((runs, buf)),
+            Err(e) => {
+                self.broken = Some(e);
+                self.buf = buf;
+                None
             }
-            Err(e) => self.broken = Some(e),
         }
-        self.buf = buf;
     }
 
     fn take_buf(&mut self, runs: &[(u64, u64, u64)]) -> Vec<u8> {

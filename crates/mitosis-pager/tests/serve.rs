@@ -1,0 +1,178 @@
+//! The pager serving this very test process: pages come from a fake source,
+//! read-ahead is pipelined, and pages the process drops read as zero after.
+//! Needs the privilege to create a userfaultfd (root); skipped otherwise.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use mitosis_pager::{Counters, Outcome, PageSource, Pager, PagerConfig, Regions};
+use mitosis_sys::uffd::{features, Uffd};
+use mitosis_sys::PAGE;
+
+/// Page contents derived from the seed address, so that any misplaced page shows.
+fn word_at(seed_addr: u64) -> u64 {
+    seed_addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+#[derive(Default)]
+struct Log {
+    requests: Vec<Vec<(u64, u64)>>,
+    /// Highest address the test has touched so far.
+    frontier: u64,
+    /// Requests for pages beyond the frontier: read-ahead.
+    ahead: usize,
+}
+
+struct FakeSource {
+    log: Arc<Mutex<Log>>,
+    pending: VecDeque<Vec<(u64, u64)>>,
+}
+
+impl PageSource for FakeSource {
+    fn request(&mut self, ranges: &[(u64, u64)]) -> Result<(), String> {
+        let mut log = self.log.lock().unwrap();
+        if ranges[0].0 > log.frontier {
+            log.ahead += 1;
+        }
+        log.requests.push(ranges.to_vec());
+        self.pending.push_back(ranges.to_vec());
+        Ok(())
+    }
+
+    fn receive(&mut self, out: &mut [u8]) -> Result<(), String> {
+        let ranges = self.pending.pop_front().ok_or("receive without a request")?;
+        let mut off = 0;
+        for (addr, len) in ranges {
+            for w in 0..len / 8 {
+                out[off..off + 8].copy_from_slice(&word_at(addr + w * 8).to_ne_bytes());
+                off += 8;
+            }
+        }
+        Ok(())
+    }
+
+    fn duplicate(&self) -> Result<Box<dyn PageSource>, String> {
+        Err("not needed".into())
+    }
+}
+
+struct Served {
+    base: *mut u64,
+    len: usize,
+    log: Arc<Mutex<Log>>,
+    counters: Arc<Counters>,
+    watched: std::process::Child,
+    pager: Option<std::thread::JoinHandle<Outcome>>,
+}
+
+impl Served {
+    /// Maps `pages` anonymous pages served by a pager with the given window.
+    fn new(pages: usize, window: u64) -> Option<Served> {
+        let uffd = match Uffd::create() {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("skipped: no userfaultfd here ({e})");
+                return None;
+            }
+        };
+        uffd.api(features::EVENT_REMOVE | features::EVENT_UNMAP | features::EVENT_REMAP).unwrap();
+        let len = pages * PAGE as usize;
+        // SAFETY: a fresh anonymous mapping, unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        uffd.register_missing(base as u64, len as u64).unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let counters = Arc::new(Counters::default());
+        // The pager ends when this process ends; it stands for "the child".
+        let watched = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pidfd = mitosis_sys::pidfd::open(watched.id() as i32).unwrap();
+        let source = FakeSource { log: log.clone(), pending: VecDeque::new() };
+        let pager = Pager::new(
+            uffd,
+            Regions::new(&[(base as u64, base as u64 + len as u64)]),
+            Box::new(source),
+            PagerConfig { window_pages: window, read_ahead: true },
+            counters.clone(),
+            Some(pidfd),
+        );
+        let pager = Some(std::thread::spawn(move || pager.run()));
+        Some(Served { base: base.cast(), len, log, counters, watched, pager })
+    }
+
+    /// Reads word `i` after recording it as the frontier of what was touched.
+    fn touch(&self, i: usize) -> u64 {
+        let mut log = self.log.lock().unwrap();
+        log.frontier = log.frontier.max(self.addr_of(i));
+        drop(log);
+        self.word(i)
+    }
+
+    fn word(&self, i: usize) -> u64 {
+        // SAFETY: i is inside the mapping; a missing page is served by the pager.
+        unsafe { std::ptr::read_volatile(self.base.add(i)) }
+    }
+
+    fn words(&self) -> usize {
+        self.len / 8
+    }
+
+    fn addr_of(&self, i: usize) -> u64 {
+        self.base as u64 + i as u64 * 8
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.watched.kill();
+        let _ = self.watched.wait();
+        if let Some(p) = self.pager.take() {
+            assert_eq!(p.join().unwrap(), Outcome::Exited);
+        }
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+#[test]
+fn sequential_touch_gets_every_page_and_pipelines_read_ahead() {
+    let Some(s) = Served::new(256, 16) else { return };
+    for i in (0..s.words()).step_by(7) {
+        assert_eq!(s.touch(i), word_at(s.addr_of(i)), "word {i}");
+    }
+    let log = s.log.lock().unwrap();
+    let fetched: u64 = log.requests.iter().flatten().map(|r| r.1).sum();
+    assert_eq!(fetched, 256 * PAGE, "each page is fetched exactly once");
+    // 16 aligned windows of 16 pages; an unaligned mapping spans one more.
+    assert!((16..=17).contains(&log.requests.len()), "one request per window: {:x?}", log.requests);
+    // The first two windows are fetched on demand; from the second on, each
+    // next window is asked for before the process gets there.
+    assert!(log.ahead >= log.requests.len() - 3, "read-ahead: {} of {} requests", log.ahead, log.requests.len());
+    assert_eq!(s.counters.snapshot().pages_fetched, 256);
+}
+
+#[test]
+fn random_touch_is_served_without_read_ahead() {
+    let Some(s) = Served::new(128, 8) else { return };
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % s.words() as u64) as usize;
+        assert_eq!(s.word(i), word_at(s.addr_of(i)), "word {i}");
+    }
+}
+
+#[test]
+fn dropped_pages_read_zero_never_the_seed() {
+    let Some(s) = Served::new(64, 8) else { return };
+    assert_eq!(s.word(0), word_at(s.addr_of(0)));
+    // SAFETY: dropping the first 4 pages of our own mapping.
+    unsafe { libc::madvise(s.base.cast(), 4 * PAGE as usize, libc::MADV_DONTNEED) };
+    assert_eq!(s.word(0), 0, "a page dropped by the process reads zero afterwards");
+    assert_eq!(s.word(3 * 512 + 5), 0);
+    assert_eq!(s.word(4 * 512), word_at(s.addr_of(4 * 512)), "pages after the dropped range still come from the seed");
+    assert!(s.counters.snapshot().zero_faults >= 2);
+}
