@@ -1,7 +1,7 @@
-//! Test harness for mitosis integration tests.
+//! Hosts on one machine, for mitosis's end-to-end tests, benchmarks and demo.
 //!
-//! This crate is used only as a dev-dependency. It owns everything a test
-//! needs around the code under test:
+//! It owns everything a test (or `mitosis bench` / `mitosis demo`) needs
+//! around the code under test, and nothing of the product itself:
 //!
 //! * **temp dirs** — [`TestDir`], a unique directory under `/tmp` that is
 //!   removed when the test passes and kept for post-mortem when it panics;
