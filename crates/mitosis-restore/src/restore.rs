@@ -46,7 +46,7 @@ pub fn restore(
 ) -> Result<(), RestoreError> {
     let Child { pid, pidfd: child_pidfd, vdso: child_vdso } = child;
     // Daemon thread and child on one CPU while they hand control back and forth;
-    // both get their CPUs back when the guards drop, before the child runs.
+    // both get their previous CPUs back when the guards drop on return.
     let cpu = mitosis_sys::affinity::current_cpu();
     let _pin_self = mitosis_sys::affinity::Pin::to(0, cpu).ok();
     let _pin_child = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
