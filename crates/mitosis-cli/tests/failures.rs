@@ -237,6 +237,7 @@ fn in_place_child_whose_seed_host_dies() {
     let out = child.finish(STEP);
     assert_ne!(out.code(), Some(0), "{out}\n{}", c.logs());
     assert!(out.stdout.is_empty(), "the killed child must not answer: {out}");
+    assert!(out.stderr.contains("mitosis: child killed:"), "the child is told why on its stderr: {out}");
 }
 
 /// Children resumed while the seed is prepared again and again (each time

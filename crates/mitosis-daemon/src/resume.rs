@@ -148,6 +148,8 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, you are uid {}", image.uid, cred.uid)));
     }
     let plan = RestorePlan::new(&image, &daemon.vdso).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
+    // A child resumed in place has no resumer to report to: it is told itself.
+    let in_place = matches!(body, Body::Caller { .. });
     let (pid, child_vdso) = match body {
         Body::NewChild { stdio } => (
             spawn_child(daemon, &image, &plan, stdio)
@@ -187,6 +189,7 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         conn,
     };
     let watch = pidfd.try_clone().map_err(|e| remote_err(ErrorKind::Internal, e))?;
+    let notice = if in_place { pidfd::getfd(&pidfd, 2).ok().map(std::fs::File::from) } else { None };
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
     let mut pager_thread = None;
     let restored = restore(Child { pid, pidfd: &pidfd, vdso: child_vdso }, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
@@ -198,7 +201,8 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
             counters.clone(),
             Some(watch),
         )
-        .with_patches(patches);
+        .with_patches(patches)
+        .with_notice(notice);
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
             .spawn(move || pager.run())

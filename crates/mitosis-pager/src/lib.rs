@@ -120,6 +120,8 @@ pub struct Pager {
     /// Why the source can no longer be used (a read-ahead failed): the next
     /// page that is actually needed fails with this reason.
     broken: Option<String>,
+    /// Where to tell why the process is killed, when nobody else will (its stderr).
+    notice: Option<std::fs::File>,
 }
 
 /// Address used to ask the kernel whether a uffd's memory still exists (see
@@ -147,11 +149,18 @@ impl Pager {
             inflight: None,
             last_window: None,
             broken: None,
+            notice: None,
         }
     }
 
     pub fn with_patches(mut self, patches: Vec<Patch>) -> Pager {
         self.patches = patches;
+        self
+    }
+
+    /// Writes the reason to `notice` (the process's stderr) before a kill.
+    pub fn with_notice(mut self, notice: Option<std::fs::File>) -> Pager {
+        self.notice = notice;
         self
     }
 
@@ -189,14 +198,18 @@ impl Pager {
             }
             for &ev in &events {
                 if let Err(reason) = self.handle(ev) {
-                    self.kill();
+                    self.kill(&reason);
                     return Outcome::Failed(reason);
                 }
             }
         }
     }
 
-    fn kill(&self) {
+    fn kill(&self, reason: &str) {
+        if let Some(f) = &self.notice {
+            use std::io::Write;
+            let _ = writeln!(&*f, "mitosis: child killed: {reason}");
+        }
         if let Some(p) = &self.process {
             let _ = pidfd::send_signal(p, libc::SIGKILL);
         }
