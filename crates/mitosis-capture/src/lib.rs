@@ -91,7 +91,10 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
         return Err(CaptureError::MultiThreaded { pid, threads: status.threads });
     }
     // Tracer and target on one CPU: every injected syscall is a round trip.
-    let _pin = mitosis_sys::affinity::last_cpu(pid).and_then(|cpu| mitosis_sys::affinity::Pin::to(0, cpu).ok());
+    // The target gets its own CPU set back before it runs again (guards drop on return).
+    let cpu = mitosis_sys::affinity::last_cpu(pid).unwrap_or_else(mitosis_sys::affinity::current_cpu);
+    let _pin_self = mitosis_sys::affinity::Pin::to(0, cpu).ok();
+    let _pin_target = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
     let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK).map_err(|e| {
         if e.errno == libc::EPERM {
             CaptureError::Unsupported { pid, what: "it is already traced with ptrace (by a debugger, or by another prepare in progress)".into() }
@@ -253,6 +256,7 @@ fn capture_stopped(
     }
     step("written file pages found");
     let (files, closed_fds) = files::open_files(pid);
+    step("open files read");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(str::to_string))
@@ -303,6 +307,7 @@ fn capture_stopped(
         tid_address,
         altstack,
     };
+    step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }
 
