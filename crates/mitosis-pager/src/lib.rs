@@ -114,7 +114,7 @@ pub struct Pager {
     process: Option<OwnedFd>,
     buf: Vec<u8>,
     /// The read-ahead request on the wire: runs (child address, seed address, length).
-    inflight: Option<Vec<(u64, u64, u64)>>,
+    inflight: Option<Vec<Run>>,
     /// Window of the last fault, to tell sequential access.
     last_window: Option<u64>,
     /// Why the source can no longer be used (a read-ahead failed): the next
@@ -123,6 +123,9 @@ pub struct Pager {
     /// Where to tell why the process is killed, when nobody else will (its stderr).
     notice: Option<std::fs::File>,
 }
+
+/// A run of pages: child address, seed address, length.
+type Run = (u64, u64, u64);
 
 /// Address used to ask the kernel whether a uffd's memory still exists (see
 /// [`Uffd::memory_alive`]); nothing can be mapped below `vm.mmap_min_addr`'s default.
@@ -269,7 +272,7 @@ impl Pager {
 
     fn serve(&mut self, addr: u64) -> Result<(), String> {
         self.counters.faults.fetch_add(1, Ordering::Relaxed);
-        let Some((state, seed_addr)) = self.regions.lookup(addr) else {
+        let Some((state, _)) = self.regions.lookup(addr) else {
             self.counters.zero_faults.fetch_add(1, Ordering::Relaxed);
             return self.fill_zero(addr);
         };
@@ -283,34 +286,20 @@ impl Pager {
                 Ok(())
             }
             PageState::Remote => {
-                let _ = seed_addr;
-                let arrived = self.receive_inflight();
-                let covers = |runs: &[(u64, u64, u64)]| runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2);
-                match arrived {
-                    Some((runs, mut buf)) if covers(&runs) => {
-                        // The read-ahead brought it: ask for the next window before
-                        // this one goes in and wakes the child.
-                        self.read_ahead(addr);
-                        let result = self.install(&runs, &mut buf, true);
-                        self.buf = buf;
-                        result?;
-                        self.uffd.wake(addr, PAGE);
-                        if self.regions.lookup(addr).map(|l| l.0) != Some(PageState::Served) {
-                            return self.fetch_window(addr);
-                        }
-                        Ok(())
-                    }
-                    other => {
-                        if let Some((runs, mut buf)) = other {
-                            let result = self.install(&runs, &mut buf, true);
-                            self.buf = buf;
-                            if let Err(e) = result {
-                                self.broken = Some(e);
-                            }
-                        }
-                        self.fetch_window(addr)
-                    }
+                let Some((runs, mut buf)) = self.receive_inflight() else { return self.fetch_window(addr) };
+                if runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2) {
+                    // The read-ahead brought it: ask for the next window before
+                    // this one goes in and wakes the child.
+                    self.read_ahead(addr);
                 }
+                let installed = self.install(&runs, &mut buf, true);
+                self.buf = buf;
+                installed?;
+                if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
+                    self.uffd.wake(addr, PAGE);
+                    return Ok(());
+                }
+                self.fetch_window(addr)
             }
         }
     }
@@ -320,28 +309,38 @@ impl Pager {
         match self.uffd.zero(addr, PAGE) {
             CopyResult::Gone | CopyResult::Done => Ok(()),
             CopyResult::Failed(errno) => Err(copy_failed("zero page", addr, errno)),
-            CopyResult::Again { .. } => self.drain_then(|p| match p.uffd.zero(addr, PAGE) {
-                CopyResult::Again { .. } => Err(format!("kernel kept refusing a zero page at {addr:#x}")),
-                _ => Ok(()),
-            }),
+            CopyResult::Again { .. } => {
+                self.drain_events()?;
+                match self.uffd.zero(addr, PAGE) {
+                    CopyResult::Again { .. } => Err(format!("kernel kept refusing a zero page at {addr:#x}")),
+                    _ => Ok(()),
+                }
+            }
         }
+    }
+
+    /// Poisons the page at `addr` (it can never read anything now) and says why.
+    fn unfetchable(&self, addr: u64, reason: &str) -> String {
+        let _ = self.uffd.poison(addr, PAGE);
+        format!("page {addr:#x} could not be fetched from the seed host: {reason}")
+    }
+
+    /// Size and start of the aligned window around `addr`.
+    fn window(&self, addr: u64) -> (u64, u64) {
+        let w = self.config.window_pages.max(1) * PAGE;
+        (w, addr / w * w)
     }
 
     fn fetch_window(&mut self, addr: u64) -> Result<(), String> {
         if let Some(reason) = &self.broken {
-            let _ = self.uffd.poison(addr, PAGE);
-            return Err(format!("page {addr:#x} could not be fetched from the seed host: {reason}"));
+            return Err(self.unfetchable(addr, reason));
         }
-        let w = self.config.window_pages.max(1) * PAGE;
-        let lo = addr / w * w;
-        // Runs of not-yet-served pages in the window: (child address, seed address, length).
+        let (w, lo) = self.window(addr);
         let runs = self.regions.remote_runs(lo, lo + w);
-        let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
         let mut buf = self.take_buf(&runs);
-        if let Err(e) = self.source.read(&ranges, &mut buf) {
-            let _ = self.uffd.poison(addr, PAGE);
+        if let Err(e) = self.source.read(&seed_ranges(&runs), &mut buf) {
             self.buf = buf;
-            return Err(format!("page {addr:#x} could not be fetched from the seed host: {e}"));
+            return Err(self.unfetchable(addr, &e));
         }
         // Ask for the next window before this one goes in (which wakes the
         // child): the network works while the child does.
@@ -354,8 +353,7 @@ impl Pager {
     /// After a fault in the window just after the previous one, asks for the
     /// next window so that it is on its way before the child gets there.
     fn read_ahead(&mut self, addr: u64) {
-        let w = self.config.window_pages.max(1) * PAGE;
-        let lo = addr / w * w;
+        let (w, lo) = self.window(addr);
         let sequential = self.last_window == Some(lo.wrapping_sub(w));
         self.last_window = Some(lo);
         if !self.config.read_ahead || !sequential || self.inflight.is_some() || self.broken.is_some() {
@@ -365,14 +363,14 @@ impl Pager {
         if runs.is_empty() {
             return;
         }
-        let ranges: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
-        match self.source.request(&ranges) {
+        match self.source.request(&seed_ranges(&runs)) {
             Ok(()) => self.inflight = Some(runs),
             Err(e) => self.broken = Some(e),
         }
     }
 
-    /// Takes the read-ahead answer and installs whatever of it is still wanted.
+    /// Takes the read-ahead answer and installs whatever of it is still wanted;
+    /// a failure is kept for the next page that is actually needed.
     fn complete_inflight(&mut self) {
         if let Some((runs, mut buf)) = self.receive_inflight() {
             if let Err(e) = self.install(&runs, &mut buf, true) {
@@ -383,7 +381,7 @@ impl Pager {
     }
 
     /// Takes the read-ahead answer off the wire, not yet installed.
-    fn receive_inflight(&mut self) -> Option<(Vec<(u64, u64, u64)>, Vec<u8>)> {
+    fn receive_inflight(&mut self) -> Option<(Vec<Run>, Vec<u8>)> {
         let runs = self.inflight.take()?;
         let mut buf = self.take_buf(&runs);
         match self.source.receive(&mut buf) {
@@ -396,7 +394,7 @@ impl Pager {
         }
     }
 
-    fn take_buf(&mut self, runs: &[(u64, u64, u64)]) -> Vec<u8> {
+    fn take_buf(&mut self, runs: &[Run]) -> Vec<u8> {
         let total: u64 = runs.iter().map(|r| r.2).sum();
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(total as usize, 0);
@@ -406,7 +404,7 @@ impl Pager {
     /// Copies fetched `runs` into the child. With `recheck`, only the pages
     /// that are still remote at the same seed address go in (the data was
     /// asked for before the child's latest memory events).
-    fn install(&mut self, runs: &[(u64, u64, u64)], buf: &mut [u8], recheck: bool) -> Result<(), String> {
+    fn install(&mut self, runs: &[Run], buf: &mut [u8], recheck: bool) -> Result<(), String> {
         let total: u64 = runs.iter().map(|r| r.2).sum();
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         self.counters.pages_fetched.fetch_add(total / PAGE, Ordering::Relaxed);
@@ -447,24 +445,26 @@ impl Pager {
                 CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
                 CopyResult::Again { copied } => {
                     done += copied;
-                    let mut pending = Vec::new();
-                    self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
-                    for ev in pending {
-                        self.handle(ev)?;
-                    }
+                    self.drain_events()?;
                 }
             }
         }
     }
 
-    fn drain_then(&mut self, f: impl FnOnce(&mut Pager) -> Result<(), String>) -> Result<(), String> {
+    /// Handles the events the kernel is waiting on before it accepts a copy (EAGAIN).
+    fn drain_events(&mut self) -> Result<(), String> {
         let mut pending = Vec::new();
         self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
         for ev in pending {
             self.handle(ev)?;
         }
-        f(self)
+        Ok(())
     }
+}
+
+/// Seed addresses and lengths of runs (child address, seed address, length).
+fn seed_ranges(runs: &[Run]) -> Vec<(u64, u64)> {
+    runs.iter().map(|r| (r.1, r.2)).collect()
 }
 
 fn copy_failed(what: &str, addr: u64, errno: i32) -> String {
