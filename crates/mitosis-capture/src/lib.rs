@@ -164,46 +164,28 @@ fn capture_stopped(
     let mut saved = [0u8; 32];
     mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut saved)
         .map_err(CaptureError::sys("reading the stack below the red zone"))?;
+    // Runs syscall `nr` in the target and returns the words it wrote at `scratch`.
+    let query = |nr: i64, args: &[u64], step: &'static str| -> Result<[u64; 4], CaptureError> {
+        let r = tracee.inject_syscall(&regs, gadget, nr, args, no_events).map_err(CaptureError::sys(step))?;
+        if r < 0 {
+            return Err(CaptureError::Sys { step, source: SysError::new("injected syscall", -r as i32) });
+        }
+        let mut b = [0u8; 32];
+        mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut b).map_err(CaptureError::sys(step))?;
+        Ok(std::array::from_fn(|i| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())))
+    };
     for signo in 1..=64u32 {
         let bit = 1u64 << (signo - 1);
         if status.sig_caught & bit != 0 {
-            let r = tracee
-                .inject_syscall(&regs, gadget, libc::SYS_rt_sigaction, &[signo as u64, 0, scratch, 8], no_events)
-                .map_err(CaptureError::sys("reading a signal handler"))?;
-            if r < 0 {
-                return Err(CaptureError::Sys { step: "reading a signal handler", source: SysError::new("rt_sigaction", -r as i32) });
-            }
-            let mut ka = [0u8; 32];
-            mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut ka)
-                .map_err(CaptureError::sys("reading a signal handler"))?;
-            let w = |i: usize| u64::from_ne_bytes(ka[i * 8..i * 8 + 8].try_into().unwrap());
-            actions.push(SigAction { signo, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) });
+            let w = query(libc::SYS_rt_sigaction, &[signo as u64, 0, scratch, 8], "reading a signal handler")?;
+            actions.push(SigAction { signo, handler: w[0], flags: w[1], restorer: w[2], mask: w[3] });
         } else if status.sig_ignored & bit != 0 {
             actions.push(SigAction { signo, handler: libc::SIG_IGN as u64, flags: 0, restorer: 0, mask: 0 });
         }
     }
-    let tid_address = {
-        let r = tracee
-            .inject_syscall(&regs, gadget, libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], no_events)
-            .map_err(CaptureError::sys("reading the tid address"))?;
-        let mut b = [0u8; 8];
-        if r == 0 {
-            mem::read_ranges_fully(pid, None, &[(scratch, 8)], &mut b).map_err(CaptureError::sys("reading the tid address"))?;
-        }
-        u64::from_ne_bytes(b)
-    };
-    let altstack = {
-        let r = tracee
-            .inject_syscall(&regs, gadget, libc::SYS_sigaltstack, &[0, scratch], no_events)
-            .map_err(CaptureError::sys("reading the alternate signal stack"))?;
-        let mut b = [0u8; 24];
-        if r != 0 {
-            return Err(CaptureError::Sys { step: "reading the alternate signal stack", source: SysError::new("sigaltstack", -r as i32) });
-        }
-        mem::read_ranges_fully(pid, None, &[(scratch, 24)], &mut b).map_err(CaptureError::sys("reading the alternate signal stack"))?;
-        let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        (w(0), w(1) as u32 as i32, w(2))
-    };
+    let tid_address = query(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], "reading the tid address")?[0];
+    let w = query(libc::SYS_sigaltstack, &[0, scratch], "reading the alternate signal stack")?;
+    let altstack = (w[0], w[1] as u32 as i32, w[2]);
     let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
     mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
     let robust_list = robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mitosis_proto::auth::{client_handshake, server_handshake, ClusterKey};
-use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME, MAX_IMAGE_FRAME};
+use mitosis_proto::frame::{read_frame, read_msg, write_msg, MAX_CONTROL_FRAME, MAX_IMAGE_FRAME};
 use mitosis_proto::image::SeedImage;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
@@ -111,17 +111,13 @@ impl PeerConn {
         Ok(PeerConn { reader: BufReader::with_capacity(256 << 10, stream.try_clone()?), writer: stream })
     }
 
-    fn request(&mut self, req: &PeerRequest, limit: u64) -> Result<PeerResponse, ProtoError> {
-        write_msg(&mut self.writer, req)?;
-        match read_msg(&mut self.reader, limit)? {
+    /// Fetches seed `id`'s image; also returns its encoded size.
+    pub fn get_seed(&mut self, id: &str) -> Result<(SeedImage, u64), ProtoError> {
+        write_msg(&mut self.writer, &PeerRequest::GetSeed { id: id.to_string() })?;
+        let body = read_frame(&mut self.reader, MAX_IMAGE_FRAME)?;
+        match postcard::from_bytes(&body).map_err(|_| ProtoError::Decode { what: "PeerResponse" })? {
+            PeerResponse::Seed(image) => Ok((*image, body.len() as u64)),
             PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
-            other => Ok(other),
-        }
-    }
-
-    pub fn get_seed(&mut self, id: &str) -> Result<SeedImage, ProtoError> {
-        match self.request(&PeerRequest::GetSeed { id: id.to_string() }, MAX_IMAGE_FRAME)? {
-            PeerResponse::Seed(image) => Ok(*image),
             _ => Err(ProtoError::Unexpected),
         }
     }

@@ -141,8 +141,7 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
         other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),
     })?;
-    let image = conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
-    let image_bytes = postcard::to_stdvec(&image).map(|v| v.len() as u64).unwrap_or(0);
+    let (image, image_bytes) = conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
     let fetched = t0.elapsed();
     if cred.uid != 0 && cred.uid != image.uid {
         return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, you are uid {}", image.uid, cred.uid)));
@@ -280,7 +279,7 @@ fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32) -> Prologue 
 
 /// Has the caller of a resume in place run its prologue; returns its pid once it is parked.
 fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, conn: &mut UnixStream) -> Result<i32, RemoteError> {
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    let threads = mitosis_sys::procfs::thread_count(pid).unwrap_or(0);
     if threads != 1 {
         return Err(remote_err(ErrorKind::Unsupported, format!("the caller has {threads} threads; only a single-threaded process can be resumed in place")));
     }

@@ -85,6 +85,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped through its pidfd: that is what is tested
     fn wait_for_a_child() {
         let child = std::process::Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
         let fd = open(child.id() as i32).unwrap();

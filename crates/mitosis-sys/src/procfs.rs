@@ -135,6 +135,11 @@ pub fn parse_fdinfo(text: &str) -> (i32, u64) {
     (flags, pos)
 }
 
+/// Number of threads of process `pid` ("self" for the caller), from `/proc/PID/task`.
+pub fn thread_count(pid: impl std::fmt::Display) -> std::io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?.count())
+}
+
 /// Bits of a `/proc/PID/pagemap` entry.
 pub mod pagemap {
     pub const PRESENT: u64 = 1 << 63;

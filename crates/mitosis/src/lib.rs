@@ -166,6 +166,15 @@ fn unexpected(r: LocalResponse) -> Error {
     Error::Usage(format!("daemon answered with an unexpected message: {r:?}"))
 }
 
+/// Remote fork works on single-threaded processes only (for now).
+fn ensure_single_threaded(what: &str) -> Result<()> {
+    let threads = mitosis_sys::procfs::thread_count("self").unwrap_or(1);
+    if threads != 1 {
+        return Err(Error::Usage(format!("this process has {threads} threads; only a single-threaded process can be {what}")));
+    }
+    Ok(())
+}
+
 /// Replaces the calling process by a child of seed `id` from the daemon at
 /// `from` (MITOSIS's `fork_resume_remote`). On success it does not return: the
 /// process continues from the seed's prepare point, keeping its pid, parent
@@ -173,12 +182,7 @@ fn unexpected(r: LocalResponse) -> Error {
 /// failure after it kills the process (it is no longer itself). The process
 /// must be single-threaded.
 pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result<std::convert::Infallible> {
-    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
-    if threads != 1 {
-        return Err(Error::Usage(format!(
-            "this process has {threads} threads; only a single-threaded process can be resumed in place"
-        )));
-    }
+    ensure_single_threaded("resumed in place")?;
     let mut client = Client::connect(socket)?;
     match client.call(LocalRequest::ResumeInPlace { from: from.to_string(), id: id.to_string() })? {
         LocalResponse::InPlace { prologue } => {
@@ -195,12 +199,7 @@ pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result
 /// Returns [`Role::Parent`] here and [`Role::Child`] in every resumed child.
 /// The process must be single-threaded.
 pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
-    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
-    if threads != 1 {
-        return Err(Error::Usage(format!(
-            "this process has {threads} threads; only single-threaded processes can be prepared"
-        )));
-    }
+    ensure_single_threaded("prepared")?;
     let mut client = Client::connect(socket)?;
     // The daemon captures us while we are blocked in the read below. In each
     // child that read returns the child's answer, written into this buffer.
