@@ -363,19 +363,26 @@ fn holding_proxy(host: &mitosis_testkit::Host, port: u16, upstream: String) -> H
     HoldingProxy { addr, held, release }
 }
 
-/// The seed is dropped after a resume fetched its image but before the child
-/// got its first page: the resume must fail like any resume whose seed is
-/// gone (69, saying so), not as an internal error.
-#[test]
-fn seed_dropped_while_a_child_is_being_restored() {
-    let Some(c) = Cluster::new("drop-in-restore") else { return };
-    let (_parent, ppid) = c.pattern_in_a(8);
+/// Prepares seed "s" on a and starts a resume on b through a proxy that holds
+/// the first page read; returns once that read is held.
+fn resume_held_at_its_first_page(c: &Cluster) -> (Proc, HoldingProxy, Proc) {
+    let (parent, ppid) = c.pattern_in_a(8);
     c.prepare_a(ppid, "s");
     let proxy = holding_proxy(&c.hosts.a, 7075, c.a.addr());
     let mut resume = resume_proc(&proxy.addr, "s", c.b.socket());
     resume.send("verify\nexit 0\n");
     resume.close_stdin();
     proxy.held.recv_timeout(STEP).expect("the resume never read a page");
+    (parent, proxy, resume)
+}
+
+/// The seed is dropped after a resume fetched its image but before the child
+/// got its first page: the resume must fail like any resume whose seed is
+/// gone (69, saying so), not as an internal error.
+#[test]
+fn seed_dropped_while_a_child_is_being_restored() {
+    let Some(c) = Cluster::new("drop-in-restore") else { return };
+    let (_parent, proxy, resume) = resume_held_at_its_first_page(&c);
     let dropped = c.cli(&["drop", "--id", "s", "--socket", c.a.socket().to_str().unwrap()]);
     assert_eq!(dropped.code(), Some(0), "{dropped}");
     proxy.release.send(true).unwrap();
@@ -390,13 +397,7 @@ fn seed_dropped_while_a_child_is_being_restored() {
 #[test]
 fn seed_host_lost_while_a_child_is_being_restored() {
     let Some(c) = Cluster::new("lost-in-restore") else { return };
-    let (_parent, ppid) = c.pattern_in_a(8);
-    c.prepare_a(ppid, "s");
-    let proxy = holding_proxy(&c.hosts.a, 7075, c.a.addr());
-    let mut resume = resume_proc(&proxy.addr, "s", c.b.socket());
-    resume.send("verify\nexit 0\n");
-    resume.close_stdin();
-    proxy.held.recv_timeout(STEP).expect("the resume never read a page");
+    let (_parent, proxy, resume) = resume_held_at_its_first_page(&c);
     proxy.release.send(false).unwrap();
     let out = resume.finish(STEP);
     assert!(out.stdout.is_empty(), "{out}");
