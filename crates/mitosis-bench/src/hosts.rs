@@ -121,7 +121,7 @@ impl Seed {
     /// Prepares process `pid` as seed `id` on `daemon`, timing the request.
     pub fn prepare(daemon: &Daemon, pid: i32, id: &str) -> anyhow::Result<Seed> {
         let t0 = Instant::now();
-        let info = Client::connect(daemon.socket())?.prepare(pid, id).with_context(|| format!("preparing pid {pid} as seed {id}"))?;
+        let info = Client::connect(daemon.socket())?.prepare(pid, id, true).with_context(|| format!("preparing pid {pid} as seed {id}"))?;
         let round_trip_us = t0.elapsed().as_secs_f64() * 1e6;
         Ok(Seed { socket: daemon.socket().to_path_buf(), info, round_trip_us, dropped: false })
     }

@@ -80,6 +80,10 @@ enum Command {
         /// Name of the seed: 1-128 of [A-Za-z0-9._-]. Preparing an id again replaces the seed.
         #[arg(long)]
         id: String,
+        /// Drop the seed when the process exits. By default a seed prepared
+        /// from here is pinned: it stays until `mitosis drop`.
+        #[arg(long)]
+        until_exit: bool,
         #[command(flatten)]
         socket: SocketArg,
         /// Print the seed as JSON.
@@ -201,8 +205,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             })?;
             Ok(0)
         }
-        Command::Prepare { pid, id, socket, json } => {
-            let info = Client::connect(&socket.socket)?.prepare(pid, &id)?;
+        Command::Prepare { pid, id, until_exit, socket, json } => {
+            let info = Client::connect(&socket.socket)?.prepare(pid, &id, !until_exit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {

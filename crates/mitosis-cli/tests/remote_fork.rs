@@ -468,3 +468,39 @@ fn eight_concurrent_children_on_both_hosts() {
     }
     assert_eq!(parent.verify(), sum);
 }
+
+/// A seed prepared `--until-exit` goes when its process exits (and its
+/// children can no longer be started); a pinned one (the default) outlives it.
+#[test]
+fn unpinned_seed_goes_with_its_process_pinned_one_stays() {
+    let Some(c) = Cluster::new("lifetime") else { return };
+    let sock = c.a.socket().to_str().unwrap().to_string();
+    let (mut tied, tied_pid) = c.pattern_in_a(1);
+    let (mut pinned, pinned_pid) = c.pattern_in_a(1);
+    let out = c.cli(&["prepare", "--pid", &tied_pid.to_string(), "--id", "tied", "--until-exit", "--socket", &sock]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    c.prepare_a(pinned_pid, "pinned");
+    let ls = |c: &Cluster| -> Vec<(String, bool)> {
+        let out = c.cli(&["ls", "--json", "--socket", &sock]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v.as_array().unwrap().iter().map(|s| (s["id"].as_str().unwrap().to_string(), s["pinned"].as_bool().unwrap())).collect()
+    };
+    assert_eq!(ls(&c), [("pinned".to_string(), true), ("tied".to_string(), false)]);
+
+    tied.send("exit 0\n");
+    tied.wait(STEP);
+    pinned.send("exit 0\n");
+    pinned.wait(STEP);
+    assert!(
+        mitosis_testkit::wait_until(STEP, || ls(&c).len() == 1),
+        "the unpinned seed was not dropped when its process exited: {:?}\n{}",
+        ls(&c),
+        c.logs()
+    );
+    assert_eq!(ls(&c), [("pinned".to_string(), true)]);
+    let out = c.resume_on_b_with("tied", "exit 0\n");
+    assert_eq!(out.code(), Some(66), "{out}");
+    let out = c.resume_on_b_with("pinned", "verify\nexit 0\n");
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    assert!(out.lines()[0].starts_with("verify ok"), "{out}");
+}

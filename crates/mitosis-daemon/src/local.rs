@@ -90,7 +90,7 @@ fn read_request(conn: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<Owned
     Ok(Some((buf, fds)))
 }
 
-fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
+fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<()> {
     let cred = fdpass::peer_cred(&conn).map_err(|e| std::io::Error::other(e.to_string()))?;
     loop {
         let (body, fds) = match read_request(&conn) {
@@ -116,8 +116,8 @@ fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
             return Ok(());
         }
         match env.request {
-            LocalRequest::Prepare { pid, id, reply_slot } => {
-                let resp = handle_prepare(daemon, cred, pid, &id, reply_slot);
+            LocalRequest::Prepare { pid, id, reply_slot, pinned } => {
+                let resp = handle_prepare(daemon, cred, pid, &id, reply_slot, pinned);
                 reply(&mut conn, &resp)?;
             }
             LocalRequest::Resume { from, id } => {
@@ -157,11 +157,12 @@ fn serve_client(daemon: &Daemon, mut conn: UnixStream) -> std::io::Result<()> {
 }
 
 fn handle_prepare(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     cred: PeerCred,
     pid: i32,
     id: &str,
     reply_slot: Option<mitosis_proto::local::ReplySlot>,
+    pinned: bool,
 ) -> LocalResponse {
     if let Err(e) = validate_seed_id(id) {
         return error(ErrorKind::BadRequest, e);
@@ -176,6 +177,16 @@ fn handle_prepare(
     if cred.uid != 0 && cred.uid != owner {
         return error(ErrorKind::PermissionDenied, format!("process {pid} belongs to uid {owner}, you are uid {}", cred.uid));
     }
+    // Opened before the capture, so that an unpinned seed of a process that
+    // exits during the prepare is still dropped.
+    let source = if pinned {
+        None
+    } else {
+        match mitosis_sys::pidfd::open(pid) {
+            Ok(fd) => Some(fd),
+            Err(_) => return error(ErrorKind::NotFound, format!("no process {pid}")),
+        }
+    };
     let spec = PrepareSpec { pid, id, generation: crate::random_u64(), reply_slot };
     match prepare_when_ready(&spec, &daemon.vdso) {
         Ok(snap) => {
@@ -189,11 +200,15 @@ fn handle_prepare(
                 snapshot: snap.snapshot_pidfd,
                 mem,
                 created: std::time::Instant::now(),
+                pinned,
             };
             let info = seed.info();
-            tracing::info!(%id, pid, snapshot = seed.snapshot_pid, us = info.prepare_us, vmas = info.vmas, "seed prepared");
+            tracing::info!(%id, pid, snapshot = seed.snapshot_pid, us = info.prepare_us, vmas = info.vmas, pinned, "seed prepared");
             if daemon.seeds.insert(seed).is_some() {
                 tracing::info!(%id, "replaced an older seed with the same id");
+            }
+            if let Some(source) = source {
+                drop_when_exited(daemon.clone(), source, id.to_string(), info.generation);
             }
             LocalResponse::Prepared(info)
         }
@@ -208,6 +223,20 @@ fn handle_prepare(
             tracing::warn!(%id, pid, error = %chain(&e), "prepare failed");
             error(kind, chain(&e))
         }
+    }
+}
+
+/// Drops seed `id` (if it is still `generation`) once its source process
+/// behind `source` exits: the lifetime of an unpinned seed.
+fn drop_when_exited(daemon: Arc<Daemon>, source: std::os::fd::OwnedFd, id: String, generation: u64) {
+    let spawned = std::thread::Builder::new().name("seed-lifetime".into()).spawn(move || {
+        mitosis_sys::pidfd::wait_exited(&source);
+        if daemon.seeds.remove_generation(&id, generation).is_some() {
+            tracing::info!(%id, "seed dropped: its process exited and it was not pinned");
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot watch an unpinned seed's process; it stays until dropped");
     }
 }
 

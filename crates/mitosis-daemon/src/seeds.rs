@@ -17,6 +17,8 @@ pub struct Seed {
     pub snapshot: OwnedFd,
     pub mem: ProcMem,
     pub created: Instant,
+    /// Lives until dropped, rather than until its source process exits.
+    pub pinned: bool,
 }
 
 impl Seed {
@@ -33,6 +35,7 @@ impl Seed {
             vmas: i.vmas.len() as u32,
             age_ms: self.created.elapsed().as_millis() as u64,
             prepare_us: i.prepare_us,
+            pinned: self.pinned,
             closed_fds: i.closed_fds.clone(),
         }
     }
@@ -66,6 +69,14 @@ impl Seeds {
     }
     pub fn remove(&self, id: &str) -> Option<Arc<Seed>> {
         self.map.lock().unwrap().remove(id)
+    }
+    /// Removes seed `id` only if it is still `generation` (not prepared again).
+    pub fn remove_generation(&self, id: &str, generation: u64) -> Option<Arc<Seed>> {
+        let mut map = self.map.lock().unwrap();
+        match map.get(id) {
+            Some(s) if s.image.generation == generation => map.remove(id),
+            _ => None,
+        }
     }
     pub fn list(&self) -> Vec<Arc<Seed>> {
         let mut v: Vec<_> = self.map.lock().unwrap().values().cloned().collect();

@@ -29,7 +29,7 @@ pub mod peer;
 pub use error::{ErrorKind, ProtoError, RemoteError};
 
 /// Version of both wire protocols and of the seed image encoding.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Size of a page on every host mitosis runs on (x86-64).
 pub const PAGE_SIZE: u64 = 4096;

@@ -32,8 +32,10 @@ pub struct ReplySlot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocalRequest {
     /// Prepare process `pid` as seed `id`. With `reply_slot`, the process is
-    /// the caller itself, blocked reading this connection.
-    Prepare { pid: i32, id: String, reply_slot: Option<ReplySlot> },
+    /// the caller itself, blocked reading this connection. A `pinned` seed
+    /// lives until it is dropped (MITOSIS's `fork_prepare_ping`); otherwise it
+    /// is dropped when process `pid` exits.
+    Prepare { pid: i32, id: String, reply_slot: Option<ReplySlot>, pinned: bool },
     /// Resume seed `id` from the daemon at `from` as a new child on this host.
     Resume { from: String, id: String },
     /// Resume seed `id` from the daemon at `from` into the calling process,
@@ -60,6 +62,8 @@ pub struct SeedInfo {
     pub vmas: u32,
     pub age_ms: u64,
     pub prepare_us: u64,
+    /// Lives until dropped; otherwise it goes when its source process exits.
+    pub pinned: bool,
     /// Descriptors children will not get, with what they were.
     pub closed_fds: Vec<(i32, String)>,
 }

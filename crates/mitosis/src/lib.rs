@@ -107,9 +107,10 @@ impl Client {
         }
     }
 
-    /// Prepares process `pid` (unmodified; it keeps running) as seed `id`.
-    pub fn prepare(&mut self, pid: i32, id: &str) -> Result<SeedInfo> {
-        match self.call(LocalRequest::Prepare { pid, id: id.to_string(), reply_slot: None })? {
+    /// Prepares process `pid` (unmodified; it keeps running) as seed `id`. A
+    /// `pinned` seed lives until dropped; otherwise it goes when `pid` exits.
+    pub fn prepare(&mut self, pid: i32, id: &str, pinned: bool) -> Result<SeedInfo> {
+        match self.call(LocalRequest::Prepare { pid, id: id.to_string(), reply_slot: None, pinned })? {
             LocalResponse::Prepared(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -197,8 +198,16 @@ pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result
 
 /// Prepares the calling process as seed `id` with the daemon at `socket`.
 /// Returns [`Role::Parent`] here and [`Role::Child`] in every resumed child.
-/// The process must be single-threaded.
+/// The seed is dropped when this process exits (MITOSIS's `fork_prepare`);
+/// see [`fork_prepare_with`] for a pinned one. The process must be
+/// single-threaded.
 pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
+    fork_prepare_with(socket, id, false)
+}
+
+/// [`fork_prepare`], choosing the seed's lifetime: a `pinned` seed outlives
+/// this process and stays until it is dropped (MITOSIS's `fork_prepare_ping`).
+pub fn fork_prepare_with(socket: impl AsRef<Path>, id: &str, pinned: bool) -> Result<Role> {
     ensure_single_threaded("prepared")?;
     let mut client = Client::connect(socket)?;
     // The daemon captures us while we are blocked in the read below. In each
@@ -208,6 +217,7 @@ pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
         pid: std::process::id() as i32,
         id: id.to_string(),
         reply_slot: Some(ReplySlot { addr: buf.as_ptr() as u64, len: buf.len() as u64 }),
+        pinned,
     };
     client.stream.write_all(&encode(request))?;
     let n = loop {

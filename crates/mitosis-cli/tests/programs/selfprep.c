@@ -4,7 +4,7 @@
  *
  *   selfprep <socket> <id> <pause ms>
  *
- * Sends Prepare{pid: own pid, id, reply_slot: Some(buffer)}, sleeps, then
+ * Sends Prepare{pid: own pid, id, reply_slot: Some(buffer), pinned: true}, sleeps, then
  * reads the connection: the original gets the daemon's answer and prints
  * "role parent"; a resumed child must find the child marker in the buffer
  * and print "role child". Then answers "alive" to each stdin line.
@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
 
     unsigned char body[512];
     size_t n = 0;
-    n += varint(body + n, 1);                       /* Envelope.version */
+    n += varint(body + n, 2);                       /* Envelope.version */
     n += varint(body + n, 0);                       /* LocalRequest::Prepare */
     int32_t pid = getpid();
     n += varint(body + n, ((uint32_t)pid << 1) ^ (uint32_t)(pid >> 31)); /* pid, zigzag */
@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
     body[n++] = 1;                                  /* Some(ReplySlot) */
     n += varint(body + n, (uint64_t)(uintptr_t)reply);
     n += varint(body + n, sizeof reply);
+    body[n++] = 1;                                  /* pinned */
     unsigned char frame[516];
     uint32_t len = n;
     memcpy(frame, &len, 4);
