@@ -61,13 +61,15 @@ struct ContainerArgs {
 impl ContainerArgs {
     fn spec(&self) -> anyhow::Result<mitosis::ContainerSpec> {
         let cpu_millis = match self.cpus {
-            Some(c) if !(0.001..=1024.0).contains(&c) => anyhow::bail!("--cpus must be between 0.001 and 1024"),
+            Some(c) if !(0.001..=1024.0).contains(&c) => {
+                return Err(mitosis::Error::Usage("--cpus must be between 0.001 and 1024".into()).into())
+            }
             c => c.map(|c| (c * 1000.0).round() as u32),
         };
         let rootfs = match &self.rootfs {
             Some(dir) => Some(
                 std::fs::canonicalize(dir)
-                    .with_context(|| format!("--rootfs {}", dir.display()))?
+                    .map_err(|e| mitosis::Error::Usage(format!("--rootfs {}: {e}", dir.display())))?
                     .to_string_lossy()
                     .into_owned(),
             ),

@@ -109,7 +109,8 @@ pub struct PoolStats {
     pub target: u32,
     pub created: u64,
     pub destroyed: u64,
-    /// Container cgroup directories that exist now.
+    /// Container cgroup directories that exist now (the most in any one
+    /// controller's hierarchy: each container has one in each).
     pub cgroup_dirs: u64,
 }
 
