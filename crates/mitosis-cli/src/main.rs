@@ -245,6 +245,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Peak throughput: N loops resuming children of one seed for S seconds, beside
+    /// fork+exit and bare lean containers.
+    Throughput {
+        /// Size of the seed's working set (e.g. 1M, 16M).
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
+        seed: u64,
+        /// Concurrent loops, each resuming and waiting for one child at a time.
+        #[arg(long, default_value_t = 2)]
+        loops: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Resume children as plain processes instead of in lean containers.
+        #[arg(long)]
+        no_container: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Prepare, resume and touch times per working-set size, beside local fork() and raw TCP.
     Micro {
         /// Working-set sizes in MiB.
@@ -450,6 +467,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Demo => mitosis_bench::demo::run(&self_exe()?).map(|_| 0),
+        Command::Bench(Bench::Throughput { seed, loops, seconds, no_container, json }) => {
+            let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json };
+            mitosis_bench::throughput::run(&self_exe()?, &opts).map(|_| 0)
+        }
         Command::Bench(Bench::Micro { sizes, runs, json }) => {
             mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json).map(|_| 0)
         }

@@ -116,6 +116,8 @@ pub struct Pool {
     prefix: String,
     counters: Arc<Counters>,
     stopping: AtomicBool,
+    /// Containers whose child ended, torn down by the reaper thread.
+    retired: std::sync::mpsc::Sender<Container>,
 }
 
 impl Pool {
@@ -128,7 +130,17 @@ impl Pool {
         if !missing.is_empty() {
             tracing::warn!(?missing, "cgroup controllers not found: containers will not be limited by them");
         }
+        let (retired, to_reap) = std::sync::mpsc::channel::<Container>();
+        // Tearing a container down (killing and reaping its holder, removing
+        // its cgroups) takes about half a millisecond; off the path of
+        // whoever reports the child's end.
+        std::thread::Builder::new().name("container-reaper".into()).spawn(move || {
+            for container in to_reap {
+                drop(container);
+            }
+        })?;
         let pool = Arc::new(Pool {
+            retired,
             cgroups,
             spawner,
             warm: Mutex::new(VecDeque::new()),
@@ -224,6 +236,15 @@ impl Pool {
             return Err(io::Error::other(format!("cannot set up container {}: {why}", container.name)));
         }
         Ok(container)
+    }
+
+    /// Tears `container` down in the background (its processes die at once:
+    /// the holder's control pipe is closed here).
+    pub fn retire(&self, mut container: Container) {
+        container.control = None;
+        if let Err(std::sync::mpsc::SendError(c)) = self.retired.send(container) {
+            drop(c);
+        }
     }
 
     pub fn stats(&self) -> PoolStats {

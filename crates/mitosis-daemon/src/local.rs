@@ -156,6 +156,9 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
                 let children = daemon.children.list(cred.uid, all);
                 reply(&mut conn, &LocalResponse::Children { children, pool: daemon.pool.stats() })?;
             }
+            LocalRequest::BareContainer { spec } => {
+                reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
+            }
             LocalRequest::Kill { id } => {
                 let resp = match daemon.children.find(&id) {
                     None => error(ErrorKind::NotFound, format!("no running child {id:?} on this host")),

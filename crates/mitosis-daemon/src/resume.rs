@@ -136,10 +136,12 @@ fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) 
         (_, Err(e)) => ChildEnd::KilledByMitosis { reason: format!("lost track of the child: {e}") },
     };
     tracing::info!(pid, ?end, "child ended");
-    // The record holds the other reference to the container: drop both, so the
-    // container (namespaces, cgroups) goes now.
+    // The record holds the other reference to the container: with both gone,
+    // the container (namespaces, cgroups) is torn down in the background.
     drop(daemon.children.finish(pid, Some(end.clone())));
-    drop(container);
+    if let Some(c) = container.and_then(|c| Arc::try_unwrap(c).ok()) {
+        daemon.pool.retire(c);
+    }
     (end, counters.snapshot())
 }
 
@@ -320,6 +322,46 @@ fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, container: O
     let credentials = (unsafe { libc::getuid() } == 0 && image.uid != 0)
         .then(|| Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() });
     Prologue { parent, plan: plan.clone(), actions: image.signals.actions.clone(), credentials, container }
+}
+
+/// Starts a container of `spec` with a process that only joins it, lets that
+/// process exit and tears the container down; says how long each part took.
+pub fn bare_container(daemon: &Daemon, spec: &ContainerSpec) -> LocalResponse {
+    let t0 = Instant::now();
+    let container = match take_container(daemon, spec) {
+        Ok(c) => c,
+        Err(e) => return LocalResponse::Error(e),
+    };
+    let taken = t0.elapsed();
+    let run = || -> std::io::Result<()> {
+        let (mut ready_rx, ready_tx) = std::io::pipe()?;
+        let (go_rx, go_tx) = std::io::pipe()?;
+        let pid = daemon.spawner.spawn_bare(
+            container.holder_pidfd().as_raw_fd(),
+            container.spec.join_flags(),
+            ready_tx.as_raw_fd(),
+            go_rx.as_raw_fd(),
+        )?;
+        drop((ready_tx, go_rx));
+        let pidfd = pidfd::open(pid).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        let mut byte = [0u8; 1];
+        let joined = std::io::Read::read(&mut ready_rx, &mut byte)? == 1;
+        let added = if joined { container.add(pid) } else { Ok(()) };
+        drop(go_tx);
+        let exit = pidfd::wait_exit(&pidfd).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        added?;
+        match exit {
+            Exit::Code(0) if joined => Ok(()),
+            other => Err(std::io::Error::other(format!("the process could not join the container ({other:?})"))),
+        }
+    };
+    let started = run();
+    let start_us = (t0.elapsed() - taken).as_micros() as u64;
+    daemon.pool.retire(container);
+    match started {
+        Ok(()) => LocalResponse::BareContainer { take_us: taken.as_micros() as u64, start_us, total_us: t0.elapsed().as_micros() as u64 },
+        Err(e) => LocalResponse::Error(remote_err(ErrorKind::Internal, format!("bare container: {e}"))),
+    }
 }
 
 /// A container for a child: a warm one from the pool when the spec allows,

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize)]
 enum Request {
     Child(Prologue),
+    /// A process that joins a container (`join_flags` on the holder pidfd),
+    /// writes a byte on its ready pipe, waits for one on its go pipe and exits.
+    Bare { join_flags: i32 },
     Holder { spec: HolderSpec, name: String },
 }
 
@@ -86,6 +89,15 @@ impl Spawner {
     }
 }
 
+impl Spawner {
+    /// Forks a process into the container of holder pidfd `holder` that
+    /// joins its namespaces, reports on `ready` and exits once `go` is
+    /// readable (or closed). Returns its pid.
+    pub fn spawn_bare(&self, holder: RawFd, join_flags: i32, ready: RawFd, go: RawFd) -> std::io::Result<i32> {
+        self.call(&Request::Bare { join_flags }, &[ready, go, holder])
+    }
+}
+
 impl mitosis_container::HolderSpawner for Spawner {
     fn spawn_holder(&self, spec: &HolderSpec, name: &str, control: RawFd, ready: RawFd) -> std::io::Result<i32> {
         self.call(&Request::Holder { spec: spec.clone(), name: name.to_string() }, &[control, ready])
@@ -113,9 +125,9 @@ fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
             Ok(x) => x,
         };
         let answer = match (postcard::from_bytes::<Request>(&buf[..n]), fds.len()) {
-            (Ok(Request::Child(prologue)), 4) => fork_child(&prologue, &fds, None),
-            (Ok(Request::Child(prologue)), 5) => fork_child(&prologue, &fds, Some(own_pidns)),
+            (Ok(Request::Child(prologue)), 4 | 5) => fork_child(&prologue, &fds, own_pidns),
             (Ok(Request::Holder { spec, name }), 2) => fork_holder(&spec, &name, &fds),
+            (Ok(Request::Bare { join_flags }), 3) => fork_bare(join_flags, &fds, own_pidns),
             _ => -libc::EINVAL,
         };
         drop(fds);
@@ -140,10 +152,10 @@ fn pid_or_errno(pid: i64) -> i32 {
     }
 }
 
-/// Forks a child; with `own_pidns` (and a holder pidfd as fds[4]) into the
-/// holder's PID namespace, coming back to `own_pidns` afterwards.
-fn fork_child(prologue: &Prologue, fds: &[OwnedFd], own_pidns: Option<RawFd>) -> i32 {
-    let holder = fds.get(4).map(|fd| fd.as_raw_fd());
+/// Forks a process that runs `body`; with `holder` (a container's holder
+/// pidfd) into the holder's PID namespace, coming back to `own_pidns`
+/// afterwards.
+fn fork_into(holder: Option<RawFd>, own_pidns: RawFd, body: impl FnOnce()) -> i32 {
     if let Some(h) = holder {
         // SAFETY: setns on a pidfd we were given; affects only our next fork.
         if unsafe { libc::setns(h, libc::CLONE_NEWPID) } != 0 {
@@ -152,20 +164,46 @@ fn fork_child(prologue: &Prologue, fds: &[OwnedFd], own_pidns: Option<RawFd>) ->
     }
     let pid = clone(0);
     if pid == 0 {
-        let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-        prologue.run(stdio, fds[3].as_raw_fd(), holder);
+        body();
+        // SAFETY: `body` does not return; if it did, the process must not go on as a zygote.
+        unsafe { libc::_exit(127) };
     }
     let answer = pid_or_errno(pid);
-    if let (Some(_), Some(own)) = (holder, own_pidns) {
-        // SAFETY: back to forking into our own PID namespace.
-        if unsafe { libc::setns(own, libc::CLONE_NEWPID) } != 0 {
-            // Every later child would land in that container: stop serving;
-            // the daemon reports the zygote gone.
-            // SAFETY: leaving the zygote.
-            unsafe { libc::_exit(1) };
-        }
+    // SAFETY: back to forking into our own PID namespace.
+    if holder.is_some() && unsafe { libc::setns(own_pidns, libc::CLONE_NEWPID) } != 0 {
+        // Every later child would land in that container: stop serving; the
+        // daemon reports the zygote gone.
+        // SAFETY: leaving the zygote.
+        unsafe { libc::_exit(1) };
     }
     answer
+}
+
+/// Forks a child that runs its prologue (fds: stdin, stdout, stderr, ready,
+/// and the holder pidfd of its container if any).
+fn fork_child(prologue: &Prologue, fds: &[OwnedFd], own_pidns: RawFd) -> i32 {
+    let holder = fds.get(4).map(|fd| fd.as_raw_fd());
+    fork_into(holder, own_pidns, || {
+        let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+        prologue.run(stdio, fds[3].as_raw_fd(), holder);
+    })
+}
+
+/// Forks the process of a bare container (fds: ready, go, holder pidfd).
+fn fork_bare(join_flags: i32, fds: &[OwnedFd], own_pidns: RawFd) -> i32 {
+    let holder = fds[2].as_raw_fd();
+    fork_into(Some(holder), own_pidns, || {
+        // SAFETY: raw syscalls in the new process, which never returns.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let code = if libc::setns(holder, join_flags) == 0 { 0 } else { 1 };
+            let byte = [0u8; 1];
+            libc::write(fds[0].as_raw_fd(), byte.as_ptr().cast(), 1);
+            let mut go = [0u8; 1];
+            libc::read(fds[1].as_raw_fd(), go.as_mut_ptr().cast(), 1);
+            libc::_exit(code);
+        }
+    })
 }
 
 /// Clones a container's namespace holder (fds: control pipe, ready pipe).

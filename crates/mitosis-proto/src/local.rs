@@ -52,6 +52,10 @@ pub enum LocalRequest {
     Ps { all: bool },
     /// Kill a running child, by container name or pid.
     Kill { id: String },
+    /// Start a container of `spec` with a process that only enters it and
+    /// exits, and tear it down: the cost of the container layer alone
+    /// (benchmarks), answered with `BareContainer`.
+    BareContainer { spec: ContainerSpec },
 }
 
 /// Resource limits of a container; `None` is unlimited.
@@ -221,5 +225,9 @@ pub enum LocalResponse {
     Seeds(Vec<SeedInfo>),
     Children { children: Vec<ChildStatus>, pool: PoolStats },
     Killed { pid: i32 },
+    /// Microseconds: getting the container (warm or new), starting the
+    /// process in it (fork, setns, cgroups), and everything up to the
+    /// container's teardown.
+    BareContainer { take_us: u64, start_us: u64, total_us: u64 },
     Error(RemoteError),
 }

@@ -152,6 +152,15 @@ impl Client {
         }
     }
 
+    /// Starts and tears down a container of `spec` holding only a process
+    /// that joins it and exits; returns (take, start, total) microseconds.
+    pub fn bare_container(&mut self, spec: &ContainerSpec) -> Result<(u64, u64, u64)> {
+        match self.call(LocalRequest::BareContainer { spec: spec.clone() })? {
+            LocalResponse::BareContainer { take_us, start_us, total_us } => Ok((take_us, start_us, total_us)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Starts a child of seed `id` from the daemon at `from` on this host, in
     /// a lean container of default limits, with `stdio` (stdin, stdout,
     /// stderr) as its descriptors 0-2. Call [`Resumed::wait`] for its end;
