@@ -202,8 +202,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs the body of exported function `function`: a success value is
 /// returned as is; a [`Failure`] becomes its code, and its message (prefixed
 /// with `function`) this thread's last error; a panic is caught and becomes
-/// [`MITOSIS_E_INTERNAL`], so it never unwinds into C.
+/// [`MITOSIS_E_INTERNAL`], so it never unwinds into C. The body runs with
+/// SIGPIPE blocked (see [`crate::sigpipe`]): a closed daemon connection
+/// fails the call instead of killing the program.
 pub fn guard(function: &str, body: impl FnOnce() -> Result<c_int, Failure>) -> c_int {
+    let _sigpipe = crate::sigpipe::block();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(v)) => v,
         Ok(Err(f)) => {

@@ -32,7 +32,10 @@
 //! # Rules for the FFI code
 //!
 //! - Every exported function runs its body in [`error::guard`]: a panic is
-//!   caught and reported as `MITOSIS_E_INTERNAL`, never unwinds into C.
+//!   caught and reported as `MITOSIS_E_INTERNAL`, never unwinds into C, and
+//!   SIGPIPE is blocked meanwhile ([`sigpipe`]), so a daemon that closed its
+//!   end fails the call instead of killing a C program that does not ignore
+//!   SIGPIPE.
 //! - Every raw pointer is read or written in one of the small `unsafe`
 //!   helpers below ([`str_arg`], [`path_arg`], [`conn_arg`], [`child_arg`],
 //!   [`put`]), each stating what it requires of the caller; the exported
@@ -41,6 +44,7 @@
 //!   their `*_close` / `*_free` function only.
 
 pub mod error;
+pub mod sigpipe;
 
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::net::{IpAddr, SocketAddr};
@@ -492,7 +496,7 @@ mod tests {
             assert_eq!(last(), "mitosis_drop: conn is NULL");
             assert_eq!(mitosis_open(std::ptr::null(), std::ptr::null_mut()), MITOSIS_E_USAGE);
             assert_eq!(mitosis_fork_prepare(std::ptr::null(), std::ptr::null(), 0), MITOSIS_E_USAGE);
-            let mut child: *mut mitosis_child = 1 as *mut _;
+            let mut child: *mut mitosis_child = std::ptr::dangling_mut();
             assert_eq!(mitosis_resume(std::ptr::null(), c"h".as_ptr(), c"x".as_ptr(), &mut child), MITOSIS_E_USAGE);
             assert!(child.is_null(), "out is cleared on failure");
             assert_eq!(mitosis_child_wait(std::ptr::null_mut(), std::ptr::null_mut()), MITOSIS_E_USAGE);
@@ -505,7 +509,7 @@ mod tests {
 
     #[test]
     fn open_without_a_daemon_is_a_connect_error_naming_the_socket() {
-        let mut conn: *mut mitosis_conn = 1 as *mut _;
+        let mut conn: *mut mitosis_conn = std::ptr::dangling_mut();
         // SAFETY: a C string and a valid out pointer.
         let r = unsafe { mitosis_open(c"/nonexistent/mitosis-capi.sock".as_ptr(), &mut conn) };
         assert_eq!(r, MITOSIS_E_CONNECT);
