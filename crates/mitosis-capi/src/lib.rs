@@ -37,8 +37,8 @@
 //!   end fails the call instead of killing a C program that does not ignore
 //!   SIGPIPE.
 //! - Every raw pointer is read or written in one of the small `unsafe`
-//!   helpers below ([`str_arg`], [`path_arg`], [`conn_arg`], [`child_arg`],
-//!   [`put`]), each stating what it requires of the caller; the exported
+//!   helpers below (`str_arg`, `path_arg`, `conn_arg`, `child_arg`,
+//!   `put`), each stating what it requires of the caller; the exported
 //!   functions only document that contract for C.
 //! - Handles are `Box`es handed to C as opaque pointers and taken back by
 //!   their `*_close` / `*_free` function only.
@@ -135,8 +135,8 @@ impl mitosis_prepare_info {
     }
 }
 
-/// The daemon address `host` names: "IP:PORT", "[IPv6]:PORT" and
-/// "NAME:PORT" as given; a bare "IP" or "NAME" gets port
+/// The daemon address `host` names: `IP:PORT`, `[IPv6]:PORT` and
+/// `NAME:PORT` as given; a bare `IP` or `NAME` gets port
 /// [`MITOSIS_DEFAULT_PORT`].
 pub fn seed_host_addr(host: &str) -> Result<String, Failure> {
     if host.is_empty() {
