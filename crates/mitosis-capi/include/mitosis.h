@@ -24,8 +24,10 @@
  *     mitosis_fork_resume_remote(c, "10.0.0.1", "my-fn");   // returns only on failure
  *
  * Build:   cc prog.c $(pkg-config --cflags --libs mitosis)
- * Static:  cc prog.c $(pkg-config --cflags mitosis) -l:libmitosis.a \
+ * Static:  cc prog.c $(pkg-config --cflags --libs-only-L mitosis) -l:libmitosis.a \
  *              $(pkg-config --static --libs-only-l mitosis | sed 's/-lmitosis //')
+ *          (plain `pkg-config --static --libs` gives -lmitosis, which the linker
+ *          resolves to the shared library when both are installed)
  * Install: scripts/install-c-api PREFIX (after cargo build --release)
  *
  * Requirements. A daemon (`mitosis daemon`) runs on every host involved,
@@ -52,6 +54,11 @@
  * daemon anew), so it may be shared between threads, used after fork(), and
  * it stays valid in resumed children. A mitosis_child must be used by one
  * thread at a time.
+ *
+ * Signals. Each call runs with SIGPIPE blocked in the calling thread, so a
+ * daemon that closes its end makes the call fail (MITOSIS_E_IO) rather than
+ * kill a program that does not ignore SIGPIPE; the mask is restored before
+ * the call returns.
  *
  * Versioning. The shared library's SONAME is libmitosis.so.0: the ABI may
  * change between 0.x versions. mitosis_version() gives the library version.
@@ -163,7 +170,8 @@ void mitosis_close(mitosis_conn *conn);
  * MITOSIS_E_USAGE (NULL argument, unknown flag, more than one thread). */
 int mitosis_fork_prepare(mitosis_conn *conn, const char *id, int flags);
 
-/* mitosis_fork_prepare that also fills *info (unless NULL) on both sides. */
+/* mitosis_fork_prepare that also fills *info (unless NULL) on success, on
+ * both sides: the parent's gets the seed's details, each child's its own. */
 int mitosis_fork_prepare_ex(mitosis_conn *conn, const char *id, int flags, mitosis_prepare_info *info);
 
 /* ---- resume ---- */
