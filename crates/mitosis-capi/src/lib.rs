@@ -226,11 +226,10 @@ unsafe fn put<T>(out: *mut T, v: T) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn mitosis_open(socket: *const c_char, out: *mut *mut mitosis_conn) -> c_int {
     guard("mitosis_open", || {
-        if out.is_null() {
+        // SAFETY: out is NULL or valid for writing per the contract.
+        if !unsafe { put(out, std::ptr::null_mut()) } {
             return Err(Failure::usage("out is NULL"));
         }
-        // SAFETY: out is non-null and valid per the contract.
-        unsafe { put(out, std::ptr::null_mut()) };
         // SAFETY: socket is NULL or a C string per the contract.
         let socket = unsafe { path_arg(socket) }.unwrap_or_else(mitosis::default_socket);
         // Fail early when no daemon listens there; calls connect anew.
