@@ -370,6 +370,8 @@ fn child_end(child: &mut mitosis_child) -> (c_int, Option<c_int>, String) {
     match resumed.wait() {
         Ok((ChildEnd::Exited(code), _)) => (MITOSIS_OK, Some((code & 0xff) << 8), String::new()),
         Ok((ChildEnd::Signaled(sig), _)) => (MITOSIS_OK, Some(sig & 0x7f), String::new()),
+        // The kernel's OOM killer at the container's memory limit: a SIGKILL like any other.
+        Ok((ChildEnd::OutOfMemory { .. }, _)) => (MITOSIS_OK, Some(libc::SIGKILL), String::new()),
         Ok((ChildEnd::KilledByMitosis { reason }, _)) => {
             (MITOSIS_E_SEED_GONE, Some(libc::SIGKILL), format!("child {pid} was killed: {reason}"))
         }
