@@ -193,7 +193,7 @@ fn one_child(cluster: &Cluster, seed: &Seed, options: &ResumeOptions) -> anyhow:
 }
 
 fn loops(cluster: &Cluster, seed: &Seed, opts: &Options) -> anyhow::Result<LoopsRun> {
-    let options = ResumeOptions { container: opts.container.then(ContainerSpec::default), detach: false };
+    let options = ResumeOptions { container: opts.container.then(ContainerSpec::default), ..Default::default() };
     let seconds = opts.seconds as usize;
     let stop = AtomicBool::new(false);
     let results = Mutex::new((Vec::new(), Vec::new(), 0usize, String::new()));

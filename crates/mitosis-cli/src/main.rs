@@ -103,6 +103,30 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// How a child's memory comes in (default: adaptive fault windows with
+/// read-ahead, the seed's recorded working set pushed, this host's page cache).
+#[derive(clap::Args, Clone, Default)]
+struct PagingArgs {
+    /// Stream the whole snapshot in while the child runs.
+    #[arg(long, conflicts_with = "no_prefetch")]
+    eager: bool,
+    /// One page per fault: no windows, no read-ahead, no push (for measurements).
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Neither push the seed's recorded working set nor record one.
+    #[arg(long)]
+    no_working_set: bool,
+    /// Neither use nor fill this host's page cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl PagingArgs {
+    fn paging(&self) -> mitosis::Paging {
+        mitosis::Paging { eager: self.eager, no_prefetch: self.no_prefetch, no_working_set: self.no_working_set, no_cache: self.no_cache }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogLevel {
     Error,
@@ -128,12 +152,21 @@ enum Command {
         /// File holding the cluster key shared by all daemons (16 bytes or more).
         #[arg(long)]
         key_file: PathBuf,
-        /// Pages fetched around each page fault of a child.
+        /// Pages fetched around a child's first page fault; the window then doubles
+        /// while faults go on in order (up to --max-window-pages) and halves on random ones.
         #[arg(long, default_value_t = 64)]
         window_pages: u64,
+        #[arg(long, default_value_t = 512)]
+        max_window_pages: u64,
+        /// Keep the window at --window-pages.
+        #[arg(long)]
+        fixed_window: bool,
         /// Do not ask for the next window ahead of sequential faults (for measurements).
         #[arg(long)]
         no_read_ahead: bool,
+        /// Size of this host's page cache of other hosts' seed pages (0 disables it).
+        #[arg(long, value_parser = parse_size, default_value = "1G")]
+        cache_size: u64,
         /// Seconds a page fetch may take before the child is killed.
         #[arg(long, default_value_t = 10)]
         fetch_timeout: u64,
@@ -194,6 +227,8 @@ enum Command {
         no_container: bool,
         #[command(flatten)]
         container: ContainerArgs,
+        #[command(flatten)]
+        paging: PagingArgs,
         /// Start the child and return at once, printing its pid and container; it keeps
         /// running (see `mitosis ps`, `mitosis kill`), its output going to --log.
         #[arg(long, conflicts_with_all = ["in_place", "profile"])]
@@ -208,6 +243,14 @@ enum Command {
         /// Also list recently ended children, with how they ended.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters of this host's daemon: per seed (children started, pages served, recorded
+    /// working set), its page cache (size, hits, misses, evictions) and its containers.
+    Stats {
         #[command(flatten)]
         socket: SocketArg,
         #[arg(long)]
@@ -315,7 +358,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Daemon { listen, socket, key_file, window_pages, no_read_ahead, fetch_timeout, container_pool, log_level } => {
+        Command::Daemon {
+            listen,
+            socket,
+            key_file,
+            window_pages,
+            max_window_pages,
+            fixed_window,
+            no_read_ahead,
+            cache_size,
+            fetch_timeout,
+            container_pool,
+            log_level,
+        } => {
             init_logging(log_level);
             let key = std::fs::read(&key_file).with_context(|| format!("cannot read key file {}", key_file.display()))?;
             let key = mitosis_proto::auth::ClusterKey::from_file_contents(&key)
@@ -324,8 +379,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 listen,
                 socket: socket.socket,
                 key,
-                window_pages,
-                read_ahead: !no_read_ahead,
+                pager: mitosis_daemon::PagerConfig {
+                    window_pages: window_pages.max(1),
+                    adaptive: !fixed_window,
+                    max_window_pages: max_window_pages.max(window_pages).max(1),
+                    read_ahead: !no_read_ahead,
+                },
+                cache_bytes: cache_size,
                 fetch_timeout: Duration::from_secs(fetch_timeout),
                 container_pool,
             })?;
@@ -354,8 +414,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume { from, id, socket, in_place: true, .. } => {
             match mitosis::resume_in_place(&socket.socket, &from, &id)? {}
         }
-        Command::Resume { from, id, socket, profile, in_place: false, no_container, container, detach, log } => {
-            let options = mitosis::ResumeOptions { container: (!no_container).then(|| container.spec()).transpose()?, detach };
+        Command::Resume { from, id, socket, profile, in_place: false, no_container, container, paging, detach, log } => {
+            let options = mitosis::ResumeOptions {
+                container: (!no_container).then(|| container.spec()).transpose()?,
+                detach,
+                paging: paging.paging(),
+            };
             if detach {
                 let log = log.unwrap_or_else(|| PathBuf::from(format!("mitosis-{id}-{}.log", std::process::id())));
                 let out = std::fs::OpenOptions::new()
@@ -388,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             if profile {
                 eprintln!(
-                    "mitosis: resume {:.2} ms (image {:.2} ms, {} bytes; fork {:.2} ms; restore {:.2} ms); faults {} ({} zero), fetched {} pages in {} requests",
+                    "mitosis: resume {:.2} ms (image {:.2} ms, {} bytes; fork {:.2} ms; restore {:.2} ms); faults {} ({} zero, {} waited for pages), fetched {} pages in {} requests ({} pushed ahead of faults, {} from this host's cache)",
                     timings.total_us as f64 / 1000.0,
                     timings.fetch_image_us as f64 / 1000.0,
                     timings.image_bytes,
@@ -396,8 +460,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     timings.restore_us as f64 / 1000.0,
                     stats.faults,
                     stats.zero_faults,
+                    stats.remote_faults,
                     stats.pages_fetched,
-                    stats.fetches
+                    stats.fetches,
+                    stats.pages_pushed,
+                    stats.cache_hits
                 );
             }
             match &end {
@@ -433,6 +500,41 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!(
                     "containers: {} warm of {}, {} created, {} destroyed, {} cgroup directories",
                     pool.warm, pool.target, pool.created, pool.destroyed, pool.cgroup_dirs
+                );
+            }
+            Ok(0)
+        }
+        Command::Stats { socket, json } => {
+            let s = Client::connect(&socket.socket)?.stats()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let mib = |b: u64| b as f64 / 1048576.0;
+                println!("{:<24} {:>18} {:>9} {:>14} {:>16}", "SEED", "GENERATION", "CHILDREN", "SERVED", "WORKING SET");
+                for seed in &s.seeds {
+                    println!(
+                        "{:<24} {:>18x} {:>9} {:>12.1}Mi {:>10} pages",
+                        seed.id,
+                        seed.generation,
+                        seed.children,
+                        mib(seed.bytes_served),
+                        seed.working_set_pages
+                    );
+                }
+                let c = &s.cache;
+                println!(
+                    "page cache: {:.1} of {:.1} MiB, {} seed generations, {} hits, {} misses, {} evictions",
+                    mib(c.bytes),
+                    mib(c.limit_bytes),
+                    c.generations,
+                    c.hits,
+                    c.misses,
+                    c.evictions
+                );
+                let p = &s.pool;
+                println!(
+                    "children running: {}; containers: {} warm of {}, {} created, {} destroyed",
+                    s.children_running, p.warm, p.target, p.created, p.destroyed
                 );
             }
             Ok(0)

@@ -261,7 +261,7 @@ fn garbage_on_the_peer_port_does_not_hurt_the_daemon() {
         let resp = peer_call(&mut s, &PeerRequest::GetSeed { id: "nope".into() });
         expect_peer_error(resp, ErrorKind::NotFound, "unknown seed");
         match peer_call(&mut s, &PeerRequest::GetSeed { id: "s".into() }) {
-            PeerResponse::Seed(image) => assert_eq!(image.generation, generation),
+            PeerResponse::Seed { image, .. } => assert_eq!(image.generation, generation),
             other => panic!("the same connection must still work: {other:?}"),
         }
 

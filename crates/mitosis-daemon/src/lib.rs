@@ -19,6 +19,7 @@
 //! It must not contain capture, restore or paging logic itself: those are the
 //! `mitosis-capture`, `mitosis-restore` and `mitosis-pager` crates.
 
+pub mod cache;
 pub mod children;
 pub mod local;
 pub mod peer;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use mitosis_pager::PagerConfig;
 use mitosis_proto::auth::ClusterKey;
 use mitosis_sys::vdso::VdsoInfo;
 
@@ -42,10 +44,10 @@ pub struct Config {
     /// Path of the local Unix socket.
     pub socket: PathBuf,
     pub key: ClusterKey,
-    /// Pages fetched around each fault.
-    pub window_pages: u64,
-    /// Ask for the next window ahead of sequential faults.
-    pub read_ahead: bool,
+    /// How children's pagers fetch (window, adaptivity, read-ahead).
+    pub pager: mitosis_pager::PagerConfig,
+    /// Size limit of this host's page cache (0: no cache).
+    pub cache_bytes: u64,
     /// How long a page fetch may take before the child is killed.
     pub fetch_timeout: Duration,
     /// Containers of the default kind kept ready.
@@ -83,6 +85,7 @@ pub struct Daemon {
     pub spawner: Arc<spawner::Spawner>,
     pub pool: Arc<mitosis_container::Pool>,
     pub children: children::Children,
+    pub cache: Arc<cache::PageCache>,
 }
 
 impl Daemon {
@@ -108,6 +111,7 @@ impl Daemon {
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let unix = local::bind(&config.socket)
             .map_err(|source| StartError::Socket { path: config.socket.clone(), source })?;
+        let cache = Arc::new(cache::PageCache::new(config.cache_bytes));
         let daemon = Arc::new(Daemon {
             config,
             vdso,
@@ -115,6 +119,7 @@ impl Daemon {
             spawner,
             pool,
             children: children::Children::default(),
+            cache,
         });
         tracing::info!(listen = %daemon.config.listen, socket = %daemon.config.socket.display(), "daemon ready");
         let d = daemon.clone();

@@ -156,6 +156,21 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
                 let children = daemon.children.list(cred.uid, all);
                 reply(&mut conn, &LocalResponse::Children { children, pool: daemon.pool.stats() })?;
             }
+            LocalRequest::Stats => {
+                let stats = mitosis_proto::local::DaemonStats {
+                    seeds: daemon
+                        .seeds
+                        .list()
+                        .iter()
+                        .filter(|s| cred.uid == 0 || s.image.uid == cred.uid)
+                        .map(|s| s.stats())
+                        .collect(),
+                    cache: daemon.cache.stats(),
+                    pool: daemon.pool.stats(),
+                    children_running: daemon.children.live().len() as u64,
+                };
+                reply(&mut conn, &LocalResponse::Stats(stats))?;
+            }
             LocalRequest::BareContainer { spec } => {
                 reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
             }
@@ -216,14 +231,7 @@ fn handle_prepare(
                 Ok(m) => m,
                 Err(e) => return error(ErrorKind::Internal, format!("cannot open the snapshot's memory: {e}")),
             };
-            let seed = Seed {
-                image: Arc::new(snap.image),
-                snapshot_pid: snap.snapshot_pid,
-                snapshot: snap.snapshot_pidfd,
-                mem,
-                created: std::time::Instant::now(),
-                pinned,
-            };
+            let seed = Seed::new(snap.image, snap.snapshot_pid, snap.snapshot_pidfd, mem, pinned);
             let info = seed.info();
             tracing::info!(%id, pid, snapshot = seed.snapshot_pid, us = info.prepare_us, vmas = info.vmas, pinned, "seed prepared");
             if daemon.seeds.insert(seed).is_some() {

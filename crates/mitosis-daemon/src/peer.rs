@@ -3,6 +3,7 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +60,11 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream) -> Result<(), ProtoError> {
         match req {
             PeerRequest::GetSeed { id } => {
                 let resp = match daemon.seeds.get(&id) {
-                    Some(seed) => PeerResponse::Seed(Box::new((*seed.image).clone())),
+                    Some(seed) => {
+                        seed.children_served.fetch_add(1, Ordering::Relaxed);
+                        let working_set = seed.working_set.lock().unwrap().to_vec();
+                        PeerResponse::Seed { image: Box::new((*seed.image).clone()), working_set }
+                    }
                     None => PeerResponse::Error(RemoteError::new(ErrorKind::NotFound, format!("no seed {id:?} on this host"))),
                 };
                 write_msg(&mut writer, &resp)?;
@@ -71,6 +76,19 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream) -> Result<(), ProtoError> {
                 }
                 Err(message) => write_msg(&mut writer, &PeerResponse::Error(RemoteError::new(ErrorKind::SeedGone, message)))?,
             },
+            PeerRequest::RecordWorkingSet { id, generation, ranges } => {
+                let resp = match daemon.seeds.get(&id) {
+                    Some(seed) if seed.image.generation == generation => {
+                        let pages: u64 = ranges.iter().map(|r| r.1 / mitosis_sys::PAGE).sum();
+                        if seed.record_working_set(ranges) {
+                            tracing::info!(%id, pages, "working set recorded");
+                        }
+                        PeerResponse::Recorded
+                    }
+                    _ => PeerResponse::Error(RemoteError::new(ErrorKind::NotFound, format!("no seed {id:?} of generation {generation:#x}"))),
+                };
+                write_msg(&mut writer, &resp)?;
+            }
         }
         writer.flush()?;
     }
@@ -86,7 +104,10 @@ fn read_pages(daemon: &Daemon, id: &str, generation: u64, ranges: &[(u64, u64)],
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     buf.resize(total as usize, 0);
     mem::read_ranges_fully(seed.snapshot_pid, Some(&seed.mem), ranges, buf)
-        .map_err(|e| format!("seed {id:?}: its snapshot cannot be read ({e})"))
+        .map_err(|e| format!("seed {id:?}: its snapshot cannot be read ({e})"))?;
+    seed.pages_served.fetch_add(total / mitosis_sys::PAGE, Ordering::Relaxed);
+    seed.bytes_served.fetch_add(total, Ordering::Relaxed);
+    Ok(())
 }
 
 /// An authenticated connection to another daemon.
@@ -111,12 +132,23 @@ impl PeerConn {
         Ok(PeerConn { reader: BufReader::with_capacity(256 << 10, stream.try_clone()?), writer: stream })
     }
 
-    /// Fetches seed `id`'s image; also returns its encoded size.
-    pub fn get_seed(&mut self, id: &str) -> Result<(SeedImage, u64), ProtoError> {
+    /// Fetches seed `id`'s image and recorded working set; also returns the
+    /// answer's encoded size.
+    pub fn get_seed(&mut self, id: &str) -> Result<(SeedImage, Vec<(u64, u64)>, u64), ProtoError> {
         write_msg(&mut self.writer, &PeerRequest::GetSeed { id: id.to_string() })?;
         let body = read_frame(&mut self.reader, MAX_IMAGE_FRAME)?;
         match postcard::from_bytes(&body).map_err(|_| ProtoError::Decode { what: "PeerResponse" })? {
-            PeerResponse::Seed(image) => Ok((*image, body.len() as u64)),
+            PeerResponse::Seed { image, working_set } => Ok((*image, working_set, body.len() as u64)),
+            PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
+            _ => Err(ProtoError::Unexpected),
+        }
+    }
+
+    /// Reports the working set of a child of seed `id` at `generation`.
+    pub fn record_working_set(&mut self, id: &str, generation: u64, ranges: Vec<(u64, u64)>) -> Result<(), ProtoError> {
+        write_msg(&mut self.writer, &PeerRequest::RecordWorkingSet { id: id.to_string(), generation, ranges })?;
+        match read_msg(&mut self.reader, MAX_CONTROL_FRAME)? {
+            PeerResponse::Recorded => Ok(()),
             PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
             _ => Err(ProtoError::Unexpected),
         }
@@ -151,6 +183,19 @@ pub struct RemoteSource {
 }
 
 impl RemoteSource {
+    /// The same source on a new connection (for a forked child's pager).
+    pub fn duplicate_remote(&self) -> Result<RemoteSource, String> {
+        let conn = PeerConn::connect(&self.addr, &self.key, self.timeout).map_err(|e| e.to_string())?;
+        Ok(RemoteSource {
+            addr: self.addr.clone(),
+            key: self.key.clone(),
+            id: self.id.clone(),
+            generation: self.generation,
+            timeout: self.timeout,
+            conn,
+        })
+    }
+
     fn explain(&self, e: ProtoError) -> String {
         match e {
             ProtoError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut => {
@@ -173,14 +218,6 @@ impl mitosis_pager::PageSource for RemoteSource {
     }
 
     fn duplicate(&self) -> Result<Box<dyn mitosis_pager::PageSource>, String> {
-        let conn = PeerConn::connect(&self.addr, &self.key, self.timeout).map_err(|e| e.to_string())?;
-        Ok(Box::new(RemoteSource {
-            addr: self.addr.clone(),
-            key: self.key.clone(),
-            id: self.id.clone(),
-            generation: self.generation,
-            timeout: self.timeout,
-            conn,
-        }))
+        Ok(Box::new(self.duplicate_remote()?))
     }
 }

@@ -5,11 +5,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mitosis_pager::{Counters, Outcome, Pager, PagerConfig, Patch, Regions};
+use mitosis_pager::{Counters, Outcome, PageSource, Pager, PagerConfig, Patch, Recorder, Regions};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::SeedImage;
 use mitosis_container::{Container, HolderSpec};
-use mitosis_proto::local::{ChildEnd, ChildInfo, ContainerSpec, LocalResponse, ResumeOptions, ResumeTimings, CHILD_MARKER};
+use mitosis_proto::local::{ChildEnd, ChildInfo, ContainerSpec, LocalResponse, Paging, ResumeOptions, ResumeTimings, CHILD_MARKER};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
 use mitosis_restore::prologue::{ContainerEntry, Credentials, Prologue, PrologueExit};
 use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
@@ -40,12 +40,13 @@ enum Body<'a> {
 /// old self, and its exit goes to its own parent.
 pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, from: &str, id: &str) -> std::io::Result<()> {
     let t0 = Instant::now();
-    match start(daemon, cred, from, id, Body::Caller { pid: cred.pid, conn }, t0) {
+    match start(daemon, cred, from, id, Body::Caller { pid: cred.pid, conn }, &Paging::default(), t0) {
         Ok(started) => {
             tracing::info!(%from, %id, pid = started.pid, us = started.timings.total_us, "process resumed in place");
             // The pager serves until the process exits (its parent reaps it, not us).
             let outcome = started.pager.join();
             daemon.children.finish(started.pid, None);
+            report_working_set(daemon, &started.seed, started.recorder.as_deref());
             tracing::info!(pid = started.pid, ?outcome, "process resumed in place ended");
             Ok(())
         }
@@ -78,7 +79,7 @@ pub fn handle(
         )));
     }
     let body = Body::NewChild { stdio: &stdio, container: options.container.as_ref(), detach: options.detach };
-    let started = match start(daemon, cred, from, id, body, t0) {
+    let started = match start(daemon, cred, from, id, body, &options.paging, t0) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%from, %id, error = %e.message, "resume failed");
@@ -103,7 +104,7 @@ pub fn handle(
 /// Waits for a started child to end (killing it if `conn`, its resumer,
 /// goes away), then tears down its pager and container; says how it ended.
 fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
-    let Started { pid, pidfd, pager, counters, container, .. } = started;
+    let Started { pid, pidfd, pager, counters, container, recorder, seed, .. } = started;
     let conn_fd = conn.as_ref().map(|c| c.as_raw_fd()).unwrap_or(-1);
     let mut caller_gone = conn_fd < 0;
     loop {
@@ -127,6 +128,9 @@ fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) 
     }
     let exit = pidfd::wait_exit(&pidfd);
     let outcome = pager.join().unwrap_or_else(|_| Outcome::Failed("pager thread panicked".into()));
+    if outcome == Outcome::Exited {
+        report_working_set(daemon, &seed, recorder.as_deref());
+    }
     let oom = container.as_ref().is_some_and(|c| c.oom_kills() > 0);
     let end = match (outcome, exit) {
         _ if oom => ChildEnd::OutOfMemory { limit_bytes: container.as_ref().and_then(|c| c.memory_limit()) },
@@ -153,20 +157,67 @@ struct Started {
     pager: std::thread::JoinHandle<Outcome>,
     counters: Arc<Counters>,
     timings: ResumeTimings,
+    seed: SeedRef,
+    /// Records what the child fetches, when its seed has no working set yet.
+    recorder: Option<Arc<Recorder>>,
+}
+
+/// Which seed generation a child came from.
+struct SeedRef {
+    from: String,
+    id: String,
+    generation: u64,
+}
+
+/// Sends what the child fetched on demand to its seed host as the seed's
+/// working set (in the background; a failure only costs later children
+/// their push).
+fn report_working_set(daemon: &Daemon, seed: &SeedRef, recorder: Option<&Recorder>) {
+    let Some(recorder) = recorder else { return };
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for (addr, len) in recorder.take() {
+        match ranges.last_mut() {
+            Some(last) if last.0 + last.1 == addr => last.1 += len,
+            _ => ranges.push((addr, len)),
+        }
+    }
+    ranges.truncate(mitosis_proto::peer::MAX_WORKING_SET_RANGES);
+    if ranges.is_empty() {
+        return;
+    }
+    let (from, id, generation) = (seed.from.clone(), seed.id.clone(), seed.generation);
+    let (key, timeout) = (daemon.config.key.clone(), daemon.config.fetch_timeout);
+    let _ = std::thread::Builder::new().name("working-set".into()).spawn(move || {
+        let sent = PeerConn::connect(&from, &key, timeout).and_then(|mut c| c.record_working_set(&id, generation, ranges));
+        if let Err(e) = sent {
+            tracing::warn!(%from, %id, error = %e, "could not report a working set");
+        }
+    });
 }
 
 fn remote_err(kind: ErrorKind, e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(kind, e.to_string())
 }
 
-fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, t0: Instant) -> Result<Started, RemoteError> {
+fn start(
+    daemon: &Daemon,
+    cred: PeerCred,
+    from: &str,
+    id: &str,
+    body: Body<'_>,
+    paging: &Paging,
+    t0: Instant,
+) -> Result<Started, RemoteError> {
     let cfg = &daemon.config;
     let mut conn = PeerConn::connect(from, &cfg.key, cfg.fetch_timeout).map_err(|e| match e {
         ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
         other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),
     })?;
-    let (image, image_bytes) = conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
+    let (image, working_set, image_bytes) =
+        conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
     let fetched = t0.elapsed();
+    // Pages of an older generation of this seed are of no use any more.
+    daemon.cache.keep_only(from, id, image.generation);
     if cred.uid != 0 && cred.uid != image.uid {
         return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, you are uid {}", image.uid, cred.uid)));
     }
@@ -216,7 +267,7 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         }
     }
     let counters = Arc::new(Counters::default());
-    let source = RemoteSource {
+    let remote_source = RemoteSource {
         addr: from.to_string(),
         key: cfg.key.clone(),
         id: id.to_string(),
@@ -224,21 +275,38 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         timeout: cfg.fetch_timeout,
         conn,
     };
+    let source: Box<dyn PageSource> = if daemon.cache.enabled() && !paging.no_cache {
+        Box::new(crate::cache::CachedSource::new(remote_source, daemon.cache.clone(), counters.clone()))
+    } else {
+        Box::new(remote_source)
+    };
+    let pager_config = if paging.no_prefetch {
+        PagerConfig { window_pages: 1, adaptive: false, max_window_pages: 1, read_ahead: false }
+    } else {
+        cfg.pager
+    };
+    let use_working_set = !paging.no_working_set && !paging.no_prefetch;
+    let recorder = (use_working_set && working_set.is_empty()).then(|| Arc::new(Recorder::default()));
     let watch = pidfd.try_clone().map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let notice = if in_place { pidfd::getfd(&pidfd, 2).ok().map(std::fs::File::from) } else { None };
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
     let mut pager_thread = None;
     let restored = restore(Child { pid, pidfd: &pidfd, vdso: child_vdso }, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
-        let pager = Pager::new(
-            uffd,
-            Regions::new(&remote),
-            Box::new(source),
-            PagerConfig { window_pages: cfg.window_pages, read_ahead: cfg.read_ahead },
-            counters.clone(),
-            Some(watch),
-        )
-        .with_patches(patches)
-        .with_notice(notice);
+        let regions = Regions::new(&remote);
+        // Eager: everything, in address order; else the recorded working set
+        // (seed addresses are the child's, nothing has moved yet).
+        let push = if paging.eager {
+            regions.spans().into_iter().map(|(start, end)| (start, end - start)).collect()
+        } else if use_working_set {
+            working_set
+        } else {
+            Vec::new()
+        };
+        let pager = Pager::new(uffd, regions, source, pager_config, counters.clone(), Some(watch))
+            .with_patches(patches)
+            .with_notice(notice)
+            .with_recorder(recorder.clone())
+            .with_push(push);
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
             .spawn(move || pager.run())
@@ -271,6 +339,8 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         mm: image.mm,
         pid,
         container,
+        recorder,
+        seed: SeedRef { from: from.to_string(), id: id.to_string(), generation: image.generation },
         pidfd,
         pager,
         counters,

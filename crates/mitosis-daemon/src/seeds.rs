@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mitosis_proto::image::SeedImage;
-use mitosis_proto::local::SeedInfo;
+use mitosis_proto::local::{SeedInfo, SeedStats};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::pidfd;
 
@@ -19,9 +20,54 @@ pub struct Seed {
     pub created: Instant,
     /// Lives until dropped, rather than until its source process exits.
     pub pinned: bool,
+    /// The pages its first child touched (seed ranges, in order); empty
+    /// until a child reports it.
+    pub working_set: Mutex<Arc<Vec<(u64, u64)>>>,
+    /// Children started from it (images sent), pages and bytes served.
+    pub children_served: AtomicU64,
+    pub pages_served: AtomicU64,
+    pub bytes_served: AtomicU64,
 }
 
 impl Seed {
+    /// A seed with no children yet.
+    pub fn new(image: SeedImage, snapshot_pid: i32, snapshot: OwnedFd, mem: ProcMem, pinned: bool) -> Seed {
+        Seed {
+            image: Arc::new(image),
+            snapshot_pid,
+            snapshot,
+            mem,
+            created: Instant::now(),
+            pinned,
+            working_set: Mutex::default(),
+            children_served: AtomicU64::new(0),
+            pages_served: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps `ranges` as the working set unless one was recorded already.
+    pub fn record_working_set(&self, ranges: Vec<(u64, u64)>) -> bool {
+        let mut ws = self.working_set.lock().unwrap();
+        if !ws.is_empty() || ranges.is_empty() {
+            return false;
+        }
+        *ws = Arc::new(ranges);
+        true
+    }
+
+    pub fn stats(&self) -> SeedStats {
+        let ws = self.working_set.lock().unwrap();
+        SeedStats {
+            id: self.image.id.clone(),
+            generation: self.image.generation,
+            children: self.children_served.load(Ordering::Relaxed),
+            pages_served: self.pages_served.load(Ordering::Relaxed),
+            bytes_served: self.bytes_served.load(Ordering::Relaxed),
+            working_set_pages: ws.iter().map(|r| r.1 / mitosis_sys::PAGE).sum(),
+        }
+    }
+
     pub fn info(&self) -> SeedInfo {
         let i = &self.image;
         SeedInfo {

@@ -52,15 +52,19 @@ pub trait PageSource: Send {
 /// Tunables of a pager.
 #[derive(Debug, Clone, Copy)]
 pub struct PagerConfig {
-    /// Pages fetched around a fault (aligned window).
+    /// Pages fetched around the first fault (aligned window).
     pub window_pages: u64,
+    /// Let the window grow (doubling, up to `max_window_pages`) while faults
+    /// go on in order and shrink (halving, down to one page) on random ones.
+    pub adaptive: bool,
+    pub max_window_pages: u64,
     /// On sequential faults, ask for the next window before it is touched.
     pub read_ahead: bool,
 }
 
 impl Default for PagerConfig {
     fn default() -> Self {
-        PagerConfig { window_pages: 64, read_ahead: true }
+        PagerConfig { window_pages: 64, adaptive: true, max_window_pages: 512, read_ahead: true }
     }
 }
 
@@ -69,20 +73,54 @@ impl Default for PagerConfig {
 pub struct Counters {
     pub faults: AtomicU64,
     pub zero_faults: AtomicU64,
+    pub remote_faults: AtomicU64,
     pub pages_fetched: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub fetches: AtomicU64,
+    pub pages_pushed: AtomicU64,
+    pub cache_hits: AtomicU64,
 }
 
 impl Counters {
     pub fn snapshot(&self) -> PagerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         PagerStats {
-            faults: self.faults.load(Ordering::Relaxed),
-            zero_faults: self.zero_faults.load(Ordering::Relaxed),
-            pages_fetched: self.pages_fetched.load(Ordering::Relaxed),
-            bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
-            fetches: self.fetches.load(Ordering::Relaxed),
+            faults: get(&self.faults),
+            zero_faults: get(&self.zero_faults),
+            remote_faults: get(&self.remote_faults),
+            pages_fetched: get(&self.pages_fetched),
+            bytes_fetched: get(&self.bytes_fetched),
+            fetches: get(&self.fetches),
+            pages_pushed: get(&self.pages_pushed),
+            cache_hits: get(&self.cache_hits),
         }
+    }
+}
+
+/// The seed pages a child fetched because it touched them (fault windows and
+/// their read-ahead, not pushes): what later children of the seed get pushed.
+/// Shared by a child's pager and its forked children's pagers.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    ranges: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+/// Most ranges a recorder keeps (a working set beyond it is cut off).
+const RECORD_LIMIT: usize = 1 << 16;
+
+impl Recorder {
+    fn record(&self, runs: &[Run]) {
+        let mut r = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        for &(_, seed, len) in runs {
+            if r.len() < RECORD_LIMIT {
+                r.push((seed, len));
+            }
+        }
+    }
+
+    /// The recorded seed ranges in the order they were first fetched.
+    pub fn take(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.ranges.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -102,6 +140,30 @@ pub struct Patch {
     pub bytes: Vec<u8>,
 }
 
+/// Why a request is on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The window of a fault; the child waits for it.
+    Fault,
+    /// The window after a sequential fault's.
+    ReadAhead,
+    /// Part of a push (recorded working set, eager resume).
+    Push,
+}
+
+/// A request on the wire: its runs (child address, seed address, length),
+/// and for windows, where the window ends.
+struct Outstanding {
+    runs: Vec<Run>,
+    purpose: Purpose,
+    window_end: u64,
+}
+
+/// Bytes per push request, and push requests kept on the wire at once: two
+/// so that the network fills the next while the last goes in.
+const PUSH_CHUNK: u64 = 1 << 20;
+const PUSH_DEPTH: usize = 2;
+
 /// Serves one process.
 pub struct Pager {
     uffd: Uffd,
@@ -110,15 +172,21 @@ pub struct Pager {
     patches: Vec<Patch>,
     config: PagerConfig,
     counters: Arc<Counters>,
+    recorder: Option<Arc<Recorder>>,
     /// The process, when known (the resumed child); forked ones are watched through the uffd.
     process: Option<OwnedFd>,
     buf: Vec<u8>,
-    /// The read-ahead request on the wire: runs (child address, seed address, length).
-    inflight: Option<Vec<Run>>,
-    /// Window of the last fault, to tell sequential access.
-    last_window: Option<u64>,
-    /// Why the source can no longer be used (a read-ahead failed): the next
-    /// page that is actually needed fails with this reason.
+    /// Requests on the wire, oldest first (answers come in this order).
+    outstanding: std::collections::VecDeque<Outstanding>,
+    /// Child ranges still to push, in order.
+    push: std::collections::VecDeque<(u64, u64)>,
+    /// Current fault window, in pages.
+    window_pages: u64,
+    /// End of the last fault's (or consumed read-ahead's) window, to tell
+    /// sequential access.
+    last_end: Option<u64>,
+    /// Why the source can no longer be used (a read-ahead or push failed):
+    /// the next page that is actually needed fails with this reason.
     broken: Option<String>,
     /// Where to tell why the process is killed, when nobody else will (its stderr).
     notice: Option<std::fs::File>,
@@ -147,10 +215,13 @@ impl Pager {
             patches: Vec::new(),
             config,
             counters,
+            recorder: None,
             process,
             buf: Vec::new(),
-            inflight: None,
-            last_window: None,
+            outstanding: Default::default(),
+            push: Default::default(),
+            window_pages: config.window_pages.max(1),
+            last_end: None,
             broken: None,
             notice: None,
         }
@@ -167,16 +238,33 @@ impl Pager {
         self
     }
 
+    /// Records what the child fetches on demand into `recorder`.
+    pub fn with_recorder(mut self, recorder: Option<Arc<Recorder>>) -> Pager {
+        self.recorder = recorder;
+        self
+    }
+
+    /// Pushes these child ranges in, in order, ahead of faults, whenever the
+    /// child does not wait for anything (faults come first).
+    pub fn with_push(mut self, ranges: Vec<(u64, u64)>) -> Pager {
+        self.push = ranges.into();
+        self
+    }
+
     /// Serves until the process exits or a page cannot be served.
     pub fn run(mut self) -> Outcome {
         let mut events = Vec::with_capacity(64);
         loop {
+            // With pushing to do, only look for events, then go on pushing. (A
+            // read-ahead stays on the wire until the child gets to it.)
+            let busy = self.broken.is_none()
+                && (!self.push.is_empty() || self.outstanding.front().is_some_and(|o| o.purpose == Purpose::Push));
             let mut fds = [
                 libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.process.as_ref().map_or(-1, |p| p.as_raw_fd()), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: two valid pollfds (a negative fd is ignored by poll).
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, if busy { 0 } else { 1000 }) };
             if n < 0 {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
@@ -187,11 +275,14 @@ impl Pager {
                 if fds[1].revents != 0 {
                     return Outcome::Exited;
                 }
-                if n == 0 && self.process.is_none() && !self.uffd.memory_alive(PROBE_ADDR) {
+                if n == 0 && !busy && self.process.is_none() && !self.uffd.memory_alive(PROBE_ADDR) {
                     return Outcome::Exited;
                 }
                 if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
                     return Outcome::Exited;
+                }
+                if busy {
+                    self.pump();
                 }
                 continue;
             }
@@ -208,6 +299,46 @@ impl Pager {
         }
     }
 
+    /// One step of pushing: keeps [`PUSH_DEPTH`] push requests on the wire and
+    /// installs the oldest answer. A failure is kept for the next page that
+    /// is actually needed.
+    fn pump(&mut self) {
+        while self.broken.is_none() && self.outstanding.len() < PUSH_DEPTH {
+            let Some(runs) = self.next_push_chunk() else { break };
+            match self.source.request(&seed_ranges(&runs)) {
+                Ok(()) => self.outstanding.push_back(Outstanding { runs, purpose: Purpose::Push, window_end: 0 }),
+                Err(e) => self.broken = Some(e),
+            }
+        }
+        if self.outstanding.front().is_some_and(|o| o.purpose == Purpose::Push) {
+            self.receive_oldest();
+        }
+        if self.broken.is_some() {
+            self.push.clear();
+        }
+    }
+
+    /// The still-remote pages of the next [`PUSH_CHUNK`] bytes of the push list.
+    fn next_push_chunk(&mut self) -> Option<Vec<Run>> {
+        let mut runs = Vec::new();
+        let mut bytes = 0;
+        while bytes < PUSH_CHUNK {
+            let Some((start, len)) = self.push.pop_front() else { break };
+            let take = len.min(PUSH_CHUNK - bytes);
+            if take < len {
+                self.push.push_front((start + take, len - take));
+            }
+            for run in self.regions.remote_runs(start, start + take) {
+                bytes += run.2;
+                runs.push(run);
+            }
+            if runs.len() >= mitosis_proto::peer::MAX_READ_RANGES / 2 {
+                break;
+            }
+        }
+        (!runs.is_empty()).then_some(runs)
+    }
+
     fn kill(&self, reason: &str) {
         if let Some(f) = &self.notice {
             use std::io::Write;
@@ -220,9 +351,11 @@ impl Pager {
 
     fn handle(&mut self, ev: Event) -> Result<(), String> {
         if !matches!(ev, Event::Fault { .. }) {
-            // The layout changes under the read-ahead: take its answer in now,
-            // while its addresses still mean what they meant.
-            self.complete_inflight();
+            // The layout changes under the requests on the wire: take their
+            // answers in now, while their addresses still mean what they meant.
+            while !self.outstanding.is_empty() {
+                self.receive_oldest();
+            }
         }
         match ev {
             Event::Fault { addr } => self.serve(addr),
@@ -259,7 +392,8 @@ impl Pager {
                 return;
             }
         };
-        let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None);
+        let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
+            .with_recorder(self.recorder.clone());
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
                 tracing::error!(%reason, "pager of a forked child failed");
@@ -286,18 +420,23 @@ impl Pager {
                 Ok(())
             }
             PageState::Remote => {
-                let Some((runs, mut buf)) = self.receive_inflight() else { return self.fetch_window(addr) };
-                if runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2) {
-                    // The read-ahead brought it: ask for the next window before
-                    // this one goes in and wakes the child.
-                    self.read_ahead(addr);
-                }
-                let installed = self.install(&runs, &mut buf, true);
-                self.buf = buf;
-                installed?;
-                if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
-                    self.uffd.wake(addr, PAGE);
-                    return Ok(());
+                self.counters.remote_faults.fetch_add(1, Ordering::Relaxed);
+                // On the wire already: take answers in until it is there.
+                if let Some(i) = self.outstanding.iter().position(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2)) {
+                    if self.outstanding[i].purpose == Purpose::ReadAhead {
+                        // The child got to the read-ahead: keep the stream
+                        // going, the next window goes out first.
+                        self.last_end = Some(self.outstanding[i].window_end);
+                        self.outstanding[i].purpose = Purpose::Fault;
+                        self.read_ahead();
+                    }
+                    for _ in 0..=i {
+                        self.receive_oldest();
+                    }
+                    if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
+                        self.uffd.wake(addr, PAGE);
+                        return Ok(());
+                    }
                 }
                 self.fetch_window(addr)
             }
@@ -325,73 +464,98 @@ impl Pager {
         format!("page {addr:#x} could not be fetched from the seed host: {reason}")
     }
 
-    /// Size and start of the aligned window around `addr`.
+    /// Size and start of the aligned window of the current size around `addr`.
     fn window(&self, addr: u64) -> (u64, u64) {
-        let w = self.config.window_pages.max(1) * PAGE;
+        let w = self.window_pages * PAGE;
         (w, addr / w * w)
+    }
+
+    /// Whether a fault at `addr` comes right after the last window.
+    fn sequential(&self, addr: u64) -> bool {
+        self.last_end.is_some_and(|end| addr >= end && addr < end + self.window_pages * PAGE)
     }
 
     fn fetch_window(&mut self, addr: u64) -> Result<(), String> {
         if let Some(reason) = &self.broken {
             return Err(self.unfetchable(addr, reason));
         }
+        let sequential = self.sequential(addr);
+        if self.config.adaptive && self.last_end.is_some() {
+            // Grow while the child streams through memory, shrink when it jumps.
+            self.window_pages = if sequential {
+                (self.window_pages * 2).min(self.config.max_window_pages.max(1))
+            } else {
+                (self.window_pages / 2).max(1)
+            };
+        }
         let (w, lo) = self.window(addr);
         let runs = self.regions.remote_runs(lo, lo + w);
-        let mut buf = self.take_buf(&runs);
-        if let Err(e) = self.source.read(&seed_ranges(&runs), &mut buf) {
-            self.buf = buf;
+        if let Err(e) = self.source.request(&seed_ranges(&runs)) {
             return Err(self.unfetchable(addr, &e));
         }
+        self.outstanding.push_back(Outstanding { runs, purpose: Purpose::Fault, window_end: lo + w });
+        self.last_end = Some(lo + w);
         // Ask for the next window before this one goes in (which wakes the
         // child): the network works while the child does.
-        self.read_ahead(addr);
-        let result = self.install(&runs, &mut buf, false);
-        self.buf = buf;
-        result
+        if sequential {
+            self.read_ahead();
+        }
+        // Answers come in order: take everything up to this window's in.
+        while let Some(front) = self.outstanding.front() {
+            let ours = front.purpose == Purpose::Fault;
+            self.receive_oldest();
+            if ours {
+                break;
+            }
+        }
+        match self.regions.lookup(addr).map(|l| l.0) {
+            Some(PageState::Served) => Ok(()),
+            _ => Err(self.unfetchable(addr, self.broken.as_deref().unwrap_or("the page did not come"))),
+        }
     }
 
-    /// After a fault in the window just after the previous one, asks for the
-    /// next window so that it is on its way before the child gets there.
-    fn read_ahead(&mut self, addr: u64) {
-        let (w, lo) = self.window(addr);
-        let sequential = self.last_window == Some(lo.wrapping_sub(w));
-        self.last_window = Some(lo);
-        if !self.config.read_ahead || !sequential || self.inflight.is_some() || self.broken.is_some() {
+    /// Asks for the window after the last one, so that it is on its way
+    /// before a sequentially faulting child gets there.
+    fn read_ahead(&mut self) {
+        let Some(from) = self.last_end else { return };
+        let ahead = self.outstanding.iter().any(|o| o.purpose == Purpose::ReadAhead);
+        if !self.config.read_ahead || ahead || self.broken.is_some() {
             return;
         }
-        let runs = self.regions.remote_runs(lo + w, lo + 2 * w);
+        let to = from + self.window_pages * PAGE;
+        let runs = self.regions.remote_runs(from, to);
         if runs.is_empty() {
             return;
         }
         match self.source.request(&seed_ranges(&runs)) {
-            Ok(()) => self.inflight = Some(runs),
+            Ok(()) => self.outstanding.push_back(Outstanding { runs, purpose: Purpose::ReadAhead, window_end: to }),
             Err(e) => self.broken = Some(e),
         }
     }
 
-    /// Takes the read-ahead answer and installs whatever of it is still wanted;
-    /// a failure is kept for the next page that is actually needed.
-    fn complete_inflight(&mut self) {
-        if let Some((runs, mut buf)) = self.receive_inflight() {
-            if let Err(e) = self.install(&runs, &mut buf, true) {
-                self.broken = Some(e);
-            }
+    /// Takes the oldest answer off the wire and installs whatever of it is
+    /// still wanted; a failure is kept in `broken` for the next page that is
+    /// actually needed.
+    fn receive_oldest(&mut self) {
+        let Some(o) = self.outstanding.pop_front() else { return };
+        let mut buf = self.take_buf(&o.runs);
+        if let Err(e) = self.source.receive(&mut buf) {
+            self.broken = Some(e);
             self.buf = buf;
+            // Later answers on the same stream cannot be trusted either.
+            self.outstanding.clear();
+            return;
         }
-    }
-
-    /// Takes the read-ahead answer off the wire, not yet installed.
-    fn receive_inflight(&mut self) -> Option<(Vec<Run>, Vec<u8>)> {
-        let runs = self.inflight.take()?;
-        let mut buf = self.take_buf(&runs);
-        match self.source.receive(&mut buf) {
-            Ok(()) => Some((runs, buf)),
-            Err(e) => {
-                self.broken = Some(e);
-                self.buf = buf;
-                None
-            }
+        if o.purpose == Purpose::Push {
+            let pages: u64 = o.runs.iter().map(|r| r.2 / PAGE).sum();
+            self.counters.pages_pushed.fetch_add(pages, Ordering::Relaxed);
+        } else if let Some(r) = &self.recorder {
+            r.record(&o.runs);
         }
+        if let Err(e) = self.install(&o.runs, &mut buf, true) {
+            self.broken = Some(e);
+        }
+        self.buf = buf;
     }
 
     fn take_buf(&mut self, runs: &[Run]) -> Vec<u8> {

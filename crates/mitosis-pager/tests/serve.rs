@@ -93,7 +93,7 @@ impl Served {
             uffd,
             Regions::new(&[(base as u64, base as u64 + len as u64)]),
             Box::new(source),
-            PagerConfig { window_pages: window, read_ahead: true },
+            PagerConfig { window_pages: window, adaptive: false, max_window_pages: window, read_ahead: true },
             counters.clone(),
             Some(pidfd),
         );

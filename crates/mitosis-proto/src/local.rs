@@ -52,6 +52,8 @@ pub enum LocalRequest {
     Ps { all: bool },
     /// Kill a running child, by container name or pid.
     Kill { id: String },
+    /// Counters of this daemon: its seeds, page cache and containers.
+    Stats,
     /// Start a container of `spec` with a process that only enters it and
     /// exits, and tear it down: the cost of the container layer alone
     /// (benchmarks), answered with `BareContainer`.
@@ -87,6 +89,23 @@ pub struct ResumeOptions {
     /// The daemon answers `Started` and keeps the child running after the
     /// resumer disconnects (its stdio should be a log file, not a terminal).
     pub detach: bool,
+    pub paging: Paging,
+}
+
+/// How a child's memory comes in. The default: lazily by fault windows that
+/// adapt to the access pattern, with read-ahead; the seed's recorded working
+/// set pushed in ahead of faults; pages found in this host's page cache not
+/// fetched again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paging {
+    /// Stream the whole snapshot in while the child runs.
+    pub eager: bool,
+    /// One page per fault, no read-ahead, no push (for measurements).
+    pub no_prefetch: bool,
+    /// Neither push a recorded working set nor record one.
+    pub no_working_set: bool,
+    /// Neither read from nor fill this host's page cache.
+    pub no_cache: bool,
 }
 
 /// A child as listed by `mitosis ps`.
@@ -104,6 +123,41 @@ pub struct ChildStatus {
     pub uid: u32,
     /// How it ended, for children that have.
     pub end: Option<ChildEnd>,
+}
+
+/// What a seed of this host has served.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedStats {
+    pub id: String,
+    pub generation: u64,
+    /// Children started from it (on any host).
+    pub children: u64,
+    pub pages_served: u64,
+    pub bytes_served: u64,
+    /// Pages of its recorded working set (0: none recorded yet).
+    pub working_set_pages: u64,
+}
+
+/// Everything `mitosis stats` shows of a daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStats {
+    pub seeds: Vec<SeedStats>,
+    pub cache: CacheStats,
+    pub pool: PoolStats,
+    pub children_running: u64,
+}
+
+/// This host's page cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    pub limit_bytes: u64,
+    pub bytes: u64,
+    /// Seed generations with pages here.
+    pub generations: u64,
+    /// Pages found (and not found) here by children's fetches.
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
 }
 
 /// Counters of the daemon's container pool (leak checks compare them).
@@ -204,11 +258,22 @@ impl std::fmt::Display for ChildEnd {
 /// Counters of one child's pager.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PagerStats {
+    /// Missing-page faults of the child (and its forks).
     pub faults: u64,
+    /// Of those, on memory the seed did not have (served a zero page).
     pub zero_faults: u64,
+    /// Of those, on a seed page not yet there: the child waited for the network
+    /// (or for the host's page cache).
+    pub remote_faults: u64,
+    /// Pages that came in (by fault windows, read-ahead and pushes).
     pub pages_fetched: u64,
     pub bytes_fetched: u64,
+    /// Requests made for them.
     pub fetches: u64,
+    /// Of `pages_fetched`, pushed ahead of any fault (recorded working set or eager resume).
+    pub pages_pushed: u64,
+    /// Of `pages_fetched`, found in this host's page cache (no network).
+    pub cache_hits: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +290,7 @@ pub enum LocalResponse {
     Seeds(Vec<SeedInfo>),
     Children { children: Vec<ChildStatus>, pool: PoolStats },
     Killed { pid: i32 },
+    Stats(DaemonStats),
     /// Microseconds: getting the container (warm or new), starting the
     /// process in it (fork, setns, cgroups), and everything up to the
     /// container's teardown.

@@ -6,7 +6,12 @@
 //!   |<--------------------- Seed(image) ----|
 //!   |-- ReadPages{id, gen, ranges} -------->|  (one per fault window, pipelined)
 //!   |<------ Pages{len} + len raw bytes ----|
+//!   |-- RecordWorkingSet{id, gen, ranges} ->|  (when a child ends, if the seed
+//!   |<------------------------- Recorded ---|   had no working set yet)
 //! ```
+//! The `Seed` answer carries the seed's recorded working set: the pages its
+//! first child fetched because it touched them, in that order. Later children
+//! get them pushed in ahead of their faults.
 //! Pages are served by address from the seed's snapshot; `ranges` lists
 //! page-aligned `(address, length)` pairs and the answer holds their bytes
 //! back to back in the same order.
@@ -27,11 +32,18 @@ pub enum PeerRequest {
     GetSeed { id: String },
     /// Read pages of a seed's snapshot.
     ReadPages { id: String, generation: u64, ranges: Vec<(u64, u64)> },
+    /// The pages a child of this generation touched (seed addresses, lengths).
+    RecordWorkingSet { id: String, generation: u64, ranges: Vec<(u64, u64)> },
 }
+
+/// Most ranges a recorded working set may have.
+pub const MAX_WORKING_SET_RANGES: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
-    Seed(Box<SeedImage>),
+    /// The image and the recorded working set (empty if none yet).
+    Seed { image: Box<SeedImage>, working_set: Vec<(u64, u64)> },
+    Recorded,
     /// Followed by exactly `len` raw bytes (not a frame).
     Pages { len: u64 },
     Error(RemoteError),
@@ -40,6 +52,14 @@ pub enum PeerResponse {
 impl PeerRequest {
     /// Checks the bounds of a request before any work is done for it.
     pub fn validate(&self) -> Result<(), String> {
+        if let PeerRequest::RecordWorkingSet { ranges, .. } = self {
+            if ranges.len() > MAX_WORKING_SET_RANGES {
+                return Err(format!("working set of {} ranges (limit {MAX_WORKING_SET_RANGES})", ranges.len()));
+            }
+            if ranges.iter().any(|&(a, l)| a % crate::PAGE_SIZE != 0 || l % crate::PAGE_SIZE != 0 || l == 0) {
+                return Err("a working-set range is not page aligned".into());
+            }
+        }
         if let PeerRequest::ReadPages { ranges, .. } = self {
             if ranges.len() > MAX_READ_RANGES {
                 return Err(format!("{} ranges in one read (limit {MAX_READ_RANGES})", ranges.len()));

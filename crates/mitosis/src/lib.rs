@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use mitosis_proto::frame::{read_msg, MAX_IMAGE_FRAME};
 pub use mitosis_proto::local::{
-    ChildEnd, ChildInfo, ChildStatus, ContainerLimits, ContainerSpec, PagerStats, PoolStats, ResumeOptions, ResumeTimings,
-    SeedInfo,
+    CacheStats, ChildEnd, ChildInfo, ChildStatus, ContainerLimits, ContainerSpec, DaemonStats, PagerStats, Paging, PoolStats,
+    ResumeOptions, ResumeTimings, SeedInfo, SeedStats,
 };
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse, ReplySlot, CHILD_MARKER};
 pub use mitosis_proto::{ErrorKind, RemoteError};
@@ -144,6 +144,14 @@ impl Client {
         }
     }
 
+    /// This daemon's counters: its seeds, page cache and containers.
+    pub fn stats(&mut self) -> Result<DaemonStats> {
+        match self.call(LocalRequest::Stats)? {
+            LocalResponse::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Kills a running child, by container name or pid; returns its pid.
     pub fn kill(&mut self, id: &str) -> Result<i32> {
         match self.call(LocalRequest::Kill { id: id.to_string() })? {
@@ -166,7 +174,7 @@ impl Client {
     /// stderr) as its descriptors 0-2. Call [`Resumed::wait`] for its end;
     /// dropping the `Resumed` kills the child.
     pub fn resume(self, from: &str, id: &str, stdio: [RawFd; 3]) -> Result<Resumed> {
-        self.resume_with(from, id, stdio, &ResumeOptions { container: Some(ContainerSpec::default()), detach: false })
+        self.resume_with(from, id, stdio, &ResumeOptions { container: Some(ContainerSpec::default()), ..Default::default() })
     }
 
     /// [`Client::resume`] with explicit options: container or not, its
