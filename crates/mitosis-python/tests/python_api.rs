@@ -721,3 +721,79 @@ fn fork_resume_turns_a_python_process_into_the_child() {
     let pid = check_child_line(out.line("child "), parent.pid(), field(&pline, "generation"), &c.a.addr());
     assert_eq!(pid.to_string(), me, "resumed in place: the same process: {out}");
 }
+
+/// Runs `python -c <code> <args>` (no cluster, no root) and returns its output.
+fn run_python(code: &str, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let mut cmd = Command::new(python());
+    cmd.arg("-c").arg(code).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // A clean slate for the variables the wrapper sets.
+    for var in ["OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"] {
+        if !env.iter().any(|(k, _)| *k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    Proc::spawn("python -c", &mut cmd).finish()
+}
+
+/// The wrapper's flags, gflags-style, and what its import does to the
+/// environment; `mitosis_wrapper` is the same module under MITOSIS's name.
+#[test]
+fn wrapper_flags_and_import() {
+    let code = r#"
+import json, os, sys
+import mitosis_wrapper
+from mitosis_wrapper import *
+import mitosis.wrapper
+assert FLAGS is mitosis.wrapper.FLAGS and mitosis_bench is mitosis.wrapper.mitosis_bench
+assert tick_execution_time is mitosis.wrapper.tick_execution_time
+print("env " + json.dumps({k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "NUMEXPR_NUM_THREADS")}, sort_keys=True))
+print("argv " + json.dumps(FLAGS.as_dict(), sort_keys=True))
+for args in (["/fn/json/function.py"],
+             ["/fn/json/function.py", "-exclude_execution=0", "-handler_id=73", "-pin=1", "-profile=1", "-app_name=json"],
+             ["f.py", "--pin=true", "-run_once", "-nohang", "-working_set=1M", "-touch_ratio", "50",
+              "-unknown=3", "--other", "positional", "-app_name=a-b", "-profile=False", "-socket=/s"]):
+    print("parsed " + json.dumps(parse_flags(args).as_dict(), sort_keys=True))
+"#;
+    let out = run_python(code, &["-handler_id=h1", "-pin=1"], &[("OMP_NUM_THREADS", "4"), ("MITOSIS_SOCKET", "/run/x.sock")]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let json = |prefix: &str| -> serde_json::Value { serde_json::from_str(&out.line(prefix)[prefix.len()..]).unwrap() };
+    assert_eq!(
+        json("env "),
+        serde_json::json!({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "4", "NUMEXPR_NUM_THREADS": "1"}),
+        "setdefault: an existing value stays"
+    );
+    let argv = json("argv ");
+    assert_eq!((argv["handler_id"].as_str(), argv["pin"].as_i64()), (Some("h1"), Some(1)), "{argv}");
+    assert_eq!(argv["socket"], "/run/x.sock", "$MITOSIS_SOCKET is the default socket: {argv}");
+    let parsed: Vec<serde_json::Value> = out
+        .lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("parsed "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+    assert_eq!(
+        parsed[0],
+        serde_json::json!({"handler_id": "73", "pin": 0, "profile": 0, "exclude_execution": 1, "app_name": "json",
+            "run_once": 0, "working_set": 16 << 20, "touch_ratio": 100, "hang": 0, "socket": "/run/x.sock"}),
+        "defaults; the app name is the script's directory"
+    );
+    assert_eq!(
+        parsed[1],
+        serde_json::json!({"handler_id": "73", "pin": 1, "profile": 1, "exclude_execution": 0, "app_name": "json",
+            "run_once": 0, "working_set": 16 << 20, "touch_ratio": 100, "hang": 0, "socket": "/run/x.sock"}),
+        "MITOSIS's own command line"
+    );
+    assert_eq!(
+        parsed[2],
+        serde_json::json!({"handler_id": "73", "pin": 1, "profile": 0, "exclude_execution": 1, "app_name": "a-b",
+            "run_once": 1, "working_set": 1 << 20, "touch_ratio": 50, "hang": 0, "socket": "/s"}),
+        "--flag, bare and -no booleans, `-flag value`, unknown flags ignored"
+    );
+
+    let out = run_python("import mitosis_wrapper", &["-pin=maybe"], &[]);
+    assert_eq!(out.code(), Some(64), "{out}");
+    assert!(out.stderr.contains("bad value 'maybe' for -pin"), "{out}");
+}
