@@ -256,7 +256,9 @@ impl Child {
 /// process exits; with `pin=True` it stays until `drop(id)`. Preparing an
 /// existing id replaces that seed. The process must be single-threaded
 /// (`Unsupported` otherwise). `sys.stdout` and `sys.stderr` are flushed first.
-/// Raises a `MitosisError` subclass on failure.
+/// Raises a `MitosisError` subclass on failure. The seed's snapshot is a
+/// stopped copy of this process in its process group: a SIGKILL to the whole
+/// group kills it too.
 #[pyfunction]
 #[pyo3(signature = (id, pin = false, socket = None))]
 fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>) -> PyResult<Py<PyAny>> {
@@ -283,7 +285,10 @@ fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>) ->
 /// seed's prepare point, keeping its pid, parent and stdio. An error found
 /// before the takeover starts (unknown seed, unreachable daemon, several
 /// threads) raises a `MitosisError` subclass and leaves the process as it
-/// was; a failure during the takeover kills the process.
+/// was; a failure during the takeover kills the process. Known limit: a
+/// process running the same executable as the seed (Python resuming a Python
+/// seed) is killed during the takeover today (the daemon's `PR_SET_MM_MAP`
+/// step fails with EBUSY); use `resume()` or `mitosis resume --in-place`.
 #[pyfunction]
 #[pyo3(signature = (host, id, socket = None))]
 fn fork_resume(py: Python<'_>, host: &str, id: &str, socket: Option<PathBuf>) -> PyResult<()> {

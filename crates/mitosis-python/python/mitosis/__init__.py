@@ -36,6 +36,24 @@ Functions (``socket`` is the local daemon's socket; default
 ``seeds(socket=None)``
     This host's seeds, as a list of dicts.
 
+What children share with their parent, and what not:
+
+* everything in memory as of the prepare point, including Python's buffers
+  (which is why ``fork_prepare`` flushes ``sys.stdout``/``sys.stderr``; data
+  already read ahead into ``sys.stdin``'s buffer is in every child too) and
+  the state of :mod:`random` (reseed in children that need their own numbers);
+* not sockets, pipes and the like: they are closed in children
+  (``Parent.closed_fds`` lists them); descriptors 0-2 are the resumer's.
+
+The seed's snapshot is a stopped copy of the preparing process, in its
+process group: SIGKILL sent to that whole group (``kill -9 -PGID``) kills the
+snapshot too, and the seed's children then die for lack of pages.
+
+Known limit: ``fork_resume`` from a process running the same executable as
+the seed (a Python process resuming a Python seed) is killed by the daemon
+during the takeover (``PR_SET_MM_MAP`` fails with EBUSY in the daemon's
+restore step); ``mitosis resume --in-place`` and :func:`resume` work.
+
 Errors are :class:`MitosisError` subclasses (see :mod:`mitosis.errors`), with
 ``.kind`` and ``.exit_code`` (the ``mitosis`` command's exit status for the
 same failure).
