@@ -305,12 +305,14 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// A Python program that builds some state, prepares itself with
 /// `fork_prepare` and says which side it is on, with a digest of its state.
 /// Children exit with 7; the parent changes its state, then answers `state`
-/// lines on stdin until `exit`.
+/// lines on stdin until `exit`. With a fourth argument (a path), each child
+/// first waits until that file exists, and removes it.
 const SELF_PREPARE_PY: &str = r#"
-import os, sys
+import os, sys, time
 import mitosis
 
 sock, seed_id, pin = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+go = sys.argv[4] if len(sys.argv) > 4 else None
 table = {i: i * 7 for i in range(100_000)}
 
 def make_counter():
@@ -330,6 +332,15 @@ print("buffered line before prepare")
 me = mitosis.fork_prepare(seed_id, pin=pin, socket=sock)
 state = "len=%d sum=%d counter=%d" % (len(table), sum(table.values()), bump())
 if me.is_child:
+    if go:
+        for _ in range(1000):
+            if os.path.exists(go):
+                break
+            time.sleep(0.01)
+        else:
+            print("child gave up waiting for %s" % go, flush=True)
+            os._exit(9)
+        os.unlink(go)
     print("child is_child=%s is_parent=%s pid=%d getpid=%d seed=%s host=%s generation=%d %s"
           % (me.is_child, me.is_parent, me.pid, os.getpid(), me.seed_id, me.seed_host, me.generation, state), flush=True)
     os._exit(7)
@@ -343,18 +354,26 @@ for line in sys.stdin:
         break
 "#;
 
-/// Resumes a child with `mitosis.resume()` and waits for it.
+/// Resumes a child with `mitosis.resume()` and waits for it. With a fourth
+/// argument (a path), a thread creates that file while the main thread is in
+/// `wait()`: a child that waits for it ends only if `wait()` released the GIL.
 const RESUME_PY: &str = r#"
-import json, sys
+import json, sys, threading, time
 import mitosis
 
 host, seed_id, sock = sys.argv[1:4]
+go = sys.argv[4] if len(sys.argv) > 4 else None
 try:
     r = mitosis.resume(host, seed_id, socket=sock)
 except mitosis.MitosisError as e:
     print("error %s kind=%s exit_code=%d isinstance=%s" % (type(e).__name__, e.kind, e.exit_code, isinstance(e, mitosis.MitosisError)), flush=True)
     sys.exit(e.exit_code)
 print("started pid=%d total_us=%d" % (r.pid, r.timings["total_us"]), flush=True)
+if go:
+    def release():
+        time.sleep(0.05)
+        open(go, "w").close()
+    threading.Thread(target=release).start()
 end = r.wait()
 assert r.wait() == end
 print("ended " + json.dumps(end, sort_keys=True), flush=True)
@@ -428,7 +447,10 @@ fn children_on_another_host_see_the_prepared_state() {
     let prog = c.write("self_prepare.py", SELF_PREPARE_PY);
     let (sock_a, sock_b, addr_a) = (c.sock_a(), c.sock_b(), c.a.addr());
 
-    let mut parent = c.python_in(&c.hosts.a, "self-preparing parent", &[&prog, &sock_a, "state", "1"]);
+    // Children wait for this file (and remove it).
+    let go = c.dir.path().join("go").to_str().unwrap().to_string();
+    let release_child = || std::fs::write(&go, "").unwrap();
+    let mut parent = c.python_in(&c.hosts.a, "self-preparing parent", &[&prog, &sock_a, "state", "1", &go]);
     parent.expect_prefix("buffered line before prepare");
     let pline = parent.expect_prefix("parent ");
     let ppid = parent.pid();
@@ -441,6 +463,7 @@ fn children_on_another_host_see_the_prepared_state() {
     let generation = field(&pline, "generation").to_string();
 
     // A child through the command line, on host b.
+    release_child();
     let out = c.cli_resume_on_b("state").finish();
     assert_eq!(out.code(), Some(7), "the child's own exit status: {out}\n{}", c.logs());
     assert_eq!(out.lines().len(), 1, "the parent's buffered output must not be printed again: {out}");
@@ -451,6 +474,7 @@ fn children_on_another_host_see_the_prepared_state() {
     cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin()).args([
         "resume", "--in-place", "--from", &addr_a, "--id", "state", "--socket", &sock_b,
     ]);
+    release_child();
     let resumer = Proc::spawn("mitosis resume --in-place", &mut cmd);
     let resumer_pid = resumer.pid(); // `ip netns exec` execs, it does not fork
     let out = resumer.finish();
@@ -459,9 +483,10 @@ fn children_on_another_host_see_the_prepared_state() {
     assert_eq!(pid, resumer_pid, "in place: the resumer itself is the child: {out}");
 
     // A child through mitosis.resume(), from a Python program on host b: the
-    // child writes to that program's stdout.
+    // child writes to that program's stdout, and is released by a thread of
+    // that program while its main thread is in wait().
     let resumer = c.write("resume.py", RESUME_PY);
-    let out = c.python_in(&c.hosts.b, "python resume", &[&resumer, &addr_a, "state", &sock_b]).finish();
+    let out = c.python_in(&c.hosts.b, "python resume", &[&resumer, &addr_a, "state", &sock_b, &go]).finish();
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     let py_child = check_child_line(out.line("child "), ppid, &generation, &addr_a);
     assert_ne!(py_child, cli_child);
@@ -499,6 +524,7 @@ fn children_on_another_host_see_the_prepared_state() {
     let out = c.python_in(&c.hosts.b, "python resume after drop", &[&resumer, &addr_a, "state", &sock_b]).finish();
     assert_eq!(out.code(), Some(66), "{out}");
     assert_eq!(out.stdout, "error SeedNotFound kind=not_found exit_code=66 isinstance=True\n", "{out}");
+    release_child();
     let out = c.cli_resume_on_b("state").finish();
     assert_eq!(out.code(), Some(66), "{out}");
     assert!(out.stdout.is_empty(), "{out}");
