@@ -732,6 +732,19 @@ fn mitosis_function_script_runs_with_the_wrapper() {
     let out = c.python_in(&c.hosts.a, "threaded", &[&threaded, &sock_flag]).finish();
     assert_eq!(out.code(), Some(65), "{out}");
     assert!(out.stderr.contains("this process has 2 threads"), "{out}");
+
+    // -hang=1 keeps the process, hence its unpinned seed, until it is killed.
+    let args = [script.as_str(), "-hang=1", "-handler_id=hanging", &sock_flag];
+    let mut hanging = c.python_in(&c.hosts.a, "hanging parent", &args);
+    while hanging.expect_prefix("") != "[helloworld-prepared] id=hanging" {}
+    let child = c.cli_resume_on_b("hanging").finish();
+    assert_eq!(child.code(), Some(0), "{child}\n{}", c.logs());
+    assert_eq!(phases(&child, "helloworld", &["hello world"]).0, ["execution", "child"], "{child}");
+    let seeds_py = c.write("seeds.py", SEEDS_PY);
+    let seeds = || c.python_in(&c.hosts.a, "seeds", &[&seeds_py, &c.sock_a()]).finish().stdout;
+    assert!(seeds().contains(r#"["hanging", false]"#), "{}", seeds());
+    drop(hanging);
+    assert!(wait_until(Duration::from_secs(10), || !seeds().contains("hanging")), "{}", seeds());
 }
 
 /// `fork_resume`: a Python process on host b becomes a child of a Python
