@@ -196,23 +196,13 @@ impl ChildRun {
         }
         println!(
             "     {}; resumed in {:.2} ms, ended {:.1} ms after the resume started; fetched {} pages ({:.1} MiB) in {} requests",
-            describe_end(&self.end),
+            self.end,
             self.timings.total_us as f64 / 1e3,
             self.end_to_end.as_secs_f64() * 1e3,
             self.stats.pages_fetched,
             self.stats.bytes_fetched as f64 / 1048576.0,
             self.stats.fetches
         );
-    }
-}
-
-/// A child's end in words.
-fn describe_end(end: &ChildEnd) -> String {
-    match end {
-        ChildEnd::Exited(0) => "exited normally (status 0)".to_string(),
-        ChildEnd::Exited(c) => format!("exited with status {c}"),
-        ChildEnd::Signaled(s) => format!("was killed by signal {s}"),
-        ChildEnd::KilledByMitosis { reason } => format!("was killed by mitosis: {reason}"),
     }
 }
 

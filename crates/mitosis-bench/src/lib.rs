@@ -6,6 +6,8 @@
 //! - [`micro`]: `mitosis bench micro`, MITOSIS's micro benchmark: prepare,
 //!   resume, first and second touch per working-set size, each beside its
 //!   physical baseline measured in the same run (local fork, raw TCP).
+//! - [`throughput`]: `mitosis bench throughput`, MITOSIS's peak-throughput
+//!   benchmark, beside fork+exit and bare lean containers.
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
@@ -15,6 +17,7 @@
 pub mod demo;
 pub mod hosts;
 pub mod micro;
+pub mod throughput;
 pub mod workload;
 
 /// Median of a sample (0 for none).

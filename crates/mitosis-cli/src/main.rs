@@ -35,6 +35,74 @@ struct SocketArg {
     socket: PathBuf,
 }
 
+/// Limits and shape of a child's lean container.
+#[derive(clap::Args, Clone, Default)]
+struct ContainerArgs {
+    /// Memory limit (bytes, or with K, M, G suffix, e.g. 256M); past it the OOM killer ends the child.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// CPU limit in CPUs (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Limit on the number of processes and threads.
+    #[arg(long)]
+    pids: Option<u32>,
+    /// Root directory of the container (made read-only) instead of the host's root.
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Hostname inside (default: the container's name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Give the child its own network namespace (loopback only).
+    #[arg(long)]
+    isolate_network: bool,
+}
+
+impl ContainerArgs {
+    fn spec(&self) -> anyhow::Result<mitosis::ContainerSpec> {
+        let cpu_millis = match self.cpus {
+            Some(c) if !(0.001..=1024.0).contains(&c) => {
+                return Err(mitosis::Error::Usage("--cpus must be between 0.001 and 1024".into()).into())
+            }
+            c => c.map(|c| (c * 1000.0).round() as u32),
+        };
+        let rootfs = match &self.rootfs {
+            Some(dir) => Some(
+                std::fs::canonicalize(dir)
+                    .map_err(|e| mitosis::Error::Usage(format!("--rootfs {}: {e}", dir.display())))?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            None => None,
+        };
+        Ok(mitosis::ContainerSpec {
+            limits: mitosis::ContainerLimits { memory_bytes: self.memory, cpu_millis, pids: self.pids },
+            rootfs,
+            network: self.isolate_network,
+            hostname: self.hostname.clone(),
+        })
+    }
+}
+
+/// "4096", "64K", "256M", "1G" (binary units; a trailing "i"/"B" is allowed).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 256M"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogLevel {
     Error,
@@ -69,6 +137,10 @@ enum Command {
         /// Seconds a page fetch may take before the child is killed.
         #[arg(long, default_value_t = 10)]
         fetch_timeout: u64,
+        /// Lean containers kept ready (namespace holders and cgroups), so that
+        /// starting a child in one costs a setns and a few cgroup writes.
+        #[arg(long, default_value_t = 4)]
+        container_pool: usize,
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevel,
     },
@@ -94,7 +166,14 @@ enum Command {
     ///
     /// The child's stdin, stdout and stderr are this command's. If the child is killed because
     /// a page cannot be fetched (seed host gone, network broken, seed dropped), the reason is
-    /// printed and the status is 69.
+    /// printed and the status is 69; if the OOM killer kills it at its --memory limit, that is
+    /// printed and the status is 137.
+    ///
+    /// The child runs in a lean container unless --no-container is given: its own PID, mount,
+    /// UTS and IPC namespaces (it sees only its own processes, and its own hostname), a cgroup
+    /// with the given limits, and a root file system that is read-only (the host's, or
+    /// --rootfs) with private /tmp, /dev/shm and /proc. Files the seed had open stay open in the
+    /// child; its working directory must exist inside. The container goes when the child ends.
     Resume {
         /// The seed host's daemon (ADDR:PORT).
         #[arg(long)]
@@ -107,9 +186,38 @@ enum Command {
         #[arg(long, conflicts_with = "in_place")]
         profile: bool,
         /// Become the child: this process is replaced by it (keeping its pid and parent)
-        /// instead of starting a new process and waiting for it.
+        /// instead of starting a new process and waiting for it. No container.
         #[arg(long)]
         in_place: bool,
+        /// Run the child as a plain process on this host, without a container.
+        #[arg(long, conflicts_with_all = ["memory", "cpus", "pids", "rootfs", "hostname", "isolate_network"])]
+        no_container: bool,
+        #[command(flatten)]
+        container: ContainerArgs,
+        /// Start the child and return at once, printing its pid and container; it keeps
+        /// running (see `mitosis ps`, `mitosis kill`), its output going to --log.
+        #[arg(long, conflicts_with_all = ["in_place", "profile"])]
+        detach: bool,
+        /// Where a detached child's stdout and stderr go (appended).
+        /// Default: mitosis-<id>-<pid of this command>.log in the current directory.
+        #[arg(long, requires = "detach")]
+        log: Option<PathBuf>,
+    },
+    /// List the children running on this host, with their seed, container, memory and age.
+    Ps {
+        /// Also list recently ended children, with how they ended.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a running child (and its whole container), by container name or pid.
+    Kill {
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Drop a seed of this host and free its memory.
     Drop {
@@ -137,6 +245,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Peak throughput: N loops resuming children of one seed for S seconds, beside
+    /// fork+exit and bare lean containers.
+    Throughput {
+        /// Size of the seed's working set (e.g. 1M, 16M).
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
+        seed: u64,
+        /// Concurrent loops, each resuming and waiting for one child at a time.
+        #[arg(long, default_value_t = 2)]
+        loops: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Resume children as plain processes instead of in lean containers.
+        #[arg(long)]
+        no_container: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Prepare, resume and touch times per working-set size, beside local fork() and raw TCP.
     Micro {
         /// Working-set sizes in MiB.
@@ -190,7 +315,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Daemon { listen, socket, key_file, window_pages, no_read_ahead, fetch_timeout, log_level } => {
+        Command::Daemon { listen, socket, key_file, window_pages, no_read_ahead, fetch_timeout, container_pool, log_level } => {
             init_logging(log_level);
             let key = std::fs::read(&key_file).with_context(|| format!("cannot read key file {}", key_file.display()))?;
             let key = mitosis_proto::auth::ClusterKey::from_file_contents(&key)
@@ -202,6 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 window_pages,
                 read_ahead: !no_read_ahead,
                 fetch_timeout: Duration::from_secs(fetch_timeout),
+                container_pool,
             })?;
             Ok(0)
         }
@@ -228,8 +354,28 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume { from, id, socket, in_place: true, .. } => {
             match mitosis::resume_in_place(&socket.socket, &from, &id)? {}
         }
-        Command::Resume { from, id, socket, profile, in_place: false } => {
-            let resumed = Client::connect(&socket.socket)?.resume(&from, &id, [0, 1, 2])?;
+        Command::Resume { from, id, socket, profile, in_place: false, no_container, container, detach, log } => {
+            let options = mitosis::ResumeOptions { container: (!no_container).then(|| container.spec()).transpose()?, detach };
+            if detach {
+                let log = log.unwrap_or_else(|| PathBuf::from(format!("mitosis-{id}-{}.log", std::process::id())));
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .with_context(|| format!("cannot open log file {}", log.display()))?;
+                let null = std::fs::File::open("/dev/null")?;
+                use std::os::fd::AsRawFd;
+                let stdio = [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()];
+                let resumed = Client::connect(&socket.socket)?.resume_with(&from, &id, stdio, &options)?;
+                println!(
+                    "started child {} in {} (log: {})",
+                    resumed.pid,
+                    resumed.container.as_deref().unwrap_or("no container"),
+                    log.display()
+                );
+                return Ok(0);
+            }
+            let resumed = Client::connect(&socket.socket)?.resume_with(&from, &id, [0, 1, 2], &options)?;
             let timings = resumed.timings.clone();
             let (end, stats) = match resumed.wait() {
                 Ok(r) => r,
@@ -254,14 +400,47 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     stats.fetches
                 );
             }
-            Ok(match end {
-                ChildEnd::Exited(c) => c,
-                ChildEnd::Signaled(s) => 128 + s,
-                ChildEnd::KilledByMitosis { reason } => {
-                    eprintln!("mitosis: child killed: {reason}");
-                    mitosis::ErrorKind::SeedGone.exit_code()
+            match &end {
+                ChildEnd::KilledByMitosis { reason } => eprintln!("mitosis: child killed: {reason}"),
+                ChildEnd::OutOfMemory { .. } => eprintln!("mitosis: the child {end}"),
+                _ => {}
+            }
+            Ok(end.exit_status())
+        }
+        Command::Ps { all, socket, json } => {
+            let (children, pool) = Client::connect(&socket.socket)?.ps(all)?;
+            if json {
+                println!("{}", serde_json::json!({ "children": children, "pool": pool }));
+            } else {
+                println!("{:<8} {:<20} {:<22} {:<20} {:>10} {:>9}  {}", "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "AGE", "STATE");
+                for c in &children {
+                    let state = match &c.end {
+                        None if c.detached => "running (detached)".to_string(),
+                        None => "running".to_string(),
+                        Some(end) => end.to_string(),
+                    };
+                    println!(
+                        "{:<8} {:<20} {:<22} {:<20} {:>8.1}Mi {:>8.1}s  {}",
+                        c.pid,
+                        c.seed_id,
+                        c.seed_host,
+                        c.container.as_deref().unwrap_or("-"),
+                        c.memory_bytes as f64 / 1048576.0,
+                        c.age_ms as f64 / 1000.0,
+                        state
+                    );
                 }
-            })
+                println!(
+                    "containers: {} warm of {}, {} created, {} destroyed, {} cgroup directories",
+                    pool.warm, pool.target, pool.created, pool.destroyed, pool.cgroup_dirs
+                );
+            }
+            Ok(0)
+        }
+        Command::Kill { id, socket } => {
+            let pid = Client::connect(&socket.socket)?.kill(&id)?;
+            println!("killed child {pid}");
+            Ok(0)
         }
         Command::Drop { id, socket } => {
             Client::connect(&socket.socket)?.drop_seed(&id)?;
@@ -288,6 +467,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Demo => mitosis_bench::demo::run(&self_exe()?).map(|_| 0),
+        Command::Bench(Bench::Throughput { seed, loops, seconds, no_container, json }) => {
+            let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json };
+            mitosis_bench::throughput::run(&self_exe()?, &opts).map(|_| 0)
+        }
         Command::Bench(Bench::Micro { sizes, runs, json }) => {
             mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json).map(|_| 0)
         }

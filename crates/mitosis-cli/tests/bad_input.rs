@@ -331,7 +331,7 @@ fn garbage_on_the_local_socket_gets_a_clear_error() {
         "other version",
     );
     assert!(m.contains("protocol"), "{m}");
-    let resume = LocalRequest::Resume { from: c.a.addr(), id: "x".into() };
+    let resume = LocalRequest::Resume { from: c.a.addr(), id: "x".into(), options: Default::default() };
     let m =
         expect_local_error(local_exchange(sock, &envelope(PROTOCOL_VERSION, resume)), ErrorKind::BadRequest, "no fds");
     assert!(m.contains("stdin"), "{m}");
@@ -536,8 +536,9 @@ fn other_users_are_confined_to_their_own_processes_and_seeds() {
         };
         cmd.args(["resume", "--from", &addr_a, "--id", "mine", "--socket", &sock_b]);
         let mut child = Proc::spawn(&format!("resume by {resumer}"), &mut cmd);
-        let line = child.ask("pid", "pid ");
-        let cpid: i32 = line["pid ".len()..].parse().unwrap();
+        child.ask("pid", "pid ");
+        // Its pid here (in its container it sees another one).
+        let cpid = c.only_child_on_b();
         assert_eq!(uid_of(cpid), 65534, "a child resumed by {resumer} runs as the seed's user");
         assert_eq!(child.verify(), sum);
         child.close_stdin();

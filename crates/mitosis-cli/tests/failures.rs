@@ -149,7 +149,8 @@ fn killing_the_resumer_kills_the_child() {
     let (_parent, ppid) = c.pattern_in_a(8);
     c.prepare_a(ppid, "s");
     let mut child = c.resume_on_b("s");
-    let cpid = pid_of(&child.ask("pid", "pid "));
+    child.ask("pid", "pid ");
+    let cpid = c.only_child_on_b();
     assert!(alive(cpid));
     // SAFETY: kill has no memory-safety preconditions; the pid is our own
     // unreaped child (the resume command).
@@ -167,7 +168,8 @@ fn killing_the_local_daemon_kills_its_children() {
     let (_parent, ppid) = c.pattern_in_a(8);
     c.prepare_a(ppid, "s");
     let mut child = c.resume_on_b("s");
-    let cpid = pid_of(&child.ask("pid", "pid "));
+    child.ask("pid", "pid ");
+    let cpid = c.only_child_on_b();
     // SAFETY: kill has no memory-safety preconditions; the pid is daemon b,
     // still reserved by its unreaped process.
     unsafe { libc::kill(c.b.pid(), libc::SIGKILL) };

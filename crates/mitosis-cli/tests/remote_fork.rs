@@ -56,7 +56,8 @@ fn pattern_256mib_child_sees_prepare_instant_parent_keeps_mutation() {
 }
 
 /// Twenty children of one seed: twelve one after the other, then two waves of
-/// four at once. Every one verifies; all pids are distinct.
+/// four at once. Every one verifies; all pids are distinct (plain processes:
+/// in containers every child is its namespace's pid 2).
 #[test]
 fn twenty_children_from_one_seed() {
     let Some(c) = Cluster::new("twenty") else { return };
@@ -76,11 +77,11 @@ fn twenty_children_from_one_seed() {
         assert!(pids.insert(pid), "child {n} reuses pid {pid}");
     };
     for n in 0..12 {
-        let out = c.resume_on_b_with("many", "verify\npid\nexit 0\n");
+        let out = c.resume_on_b_with_args("many", "verify\npid\nexit 0\n", &["--no-container"]);
         check(out, n);
     }
     for wave in 0..2 {
-        let mut procs: Vec<Proc> = (0..4).map(|_| c.resume_on_b("many")).collect();
+        let mut procs: Vec<Proc> = (0..4).map(|_| c.resume_on_b_args("many", &["--no-container"])).collect();
         // All four are started before any is given work.
         for p in &mut procs {
             p.send("verify\npid\nexit 0\n");
@@ -186,7 +187,8 @@ fn nested_fork_of_a_resumed_child() {
     parent.ask("mutate", "mutated");
 
     // The child stays alive, blocked on its stdin, having touched almost nothing.
-    let mut child = c.resume_on_b("s1");
+    // A plain process: the pid it reports is the one the daemon prepares.
+    let mut child = c.resume_on_b_args("s1", &["--no-container"]);
     let cpid = pid_of(&child.ask("pid", "pid "));
     assert_ne!(cpid, ppid);
     let seed2 = prepare_ok(c.b.socket(), cpid, "s2", &c);
@@ -315,7 +317,9 @@ fn child_killed_by_a_signal_and_profile_output() {
     cmd.args(["resume", "--from", &c.a.addr(), "--id", "sig", "--profile", "--socket"]).arg(c.b.socket());
     let mut child = Proc::spawn("resume --profile", &mut cmd);
     child.verify();
-    let cpid = pid_of(&child.ask("pid", "pid "));
+    // In its container the child is pid 2; `mitosis ps` gives its pid here.
+    assert_eq!(pid_of(&child.ask("pid", "pid ")), 2);
+    let cpid = c.only_child_on_b();
     // SAFETY: kill has no memory-safety preconditions; cpid is the live child
     // (it just answered), which only its resumer's daemon can reap.
     unsafe { libc::kill(cpid, libc::SIGTERM) };
@@ -394,7 +398,8 @@ fn child_looks_like_its_parent_and_its_vdso_clock_works() {
     let Some(c) = Cluster::new("identity") else { return };
     let (mut parent, ppid) = c.pattern_in_a(1);
     c.prepare_a(ppid, "id");
-    let mut child = c.resume_on_b("id");
+    // A plain process: the pid it reports is the one in our /proc.
+    let mut child = c.resume_on_b_args("id", &["--no-container"]);
     let cpid = pid_of(&child.ask("pid", "pid "));
     for what in ["exe", "cwd"] {
         let p = std::fs::read_link(format!("/proc/{ppid}/{what}")).unwrap();
@@ -424,7 +429,7 @@ fn proc_cmdline_and_environ_of_a_child() {
     let Some(c) = Cluster::build("cmdline", KEY, KEY, &[], &["--window-pages", "1"]) else { return };
     let (_parent, ppid) = c.pattern_in_a(1);
     c.prepare_a(ppid, "cmd");
-    let mut child = c.resume_on_b("cmd");
+    let mut child = c.resume_on_b_args("cmd", &["--no-container"]);
     let cpid = pid_of(&child.ask("pid", "pid "));
     for what in ["cmdline", "environ"] {
         let (mine, theirs) = (proc_file(cpid, what), proc_file(ppid, what));

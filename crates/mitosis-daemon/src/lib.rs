@@ -8,8 +8,9 @@
 //! - the **local server**: the Unix socket clients on this host use to
 //!   prepare, resume, drop and list, with a credential check per request ([`local`]);
 //! - the **children** resumed here: a small zygote process forks them
-//!   ([`spawner`]), the daemon restores them and runs one pager thread per
-//!   child ([`resume`]).
+//!   ([`spawner`]), by default into a lean container from a warm pool
+//!   (`mitosis-container`); the daemon restores them, runs one pager thread
+//!   per child ([`resume`]) and keeps track of them ([`children`]).
 //!
 //! Threads, not async: every connection and every pager is a blocking thread.
 //! ptrace requires that one thread does all of a tracee's operations, and
@@ -18,6 +19,7 @@
 //! It must not contain capture, restore or paging logic itself: those are the
 //! `mitosis-capture`, `mitosis-restore` and `mitosis-pager` crates.
 
+pub mod children;
 pub mod local;
 pub mod peer;
 pub mod resume;
@@ -26,7 +28,7 @@ pub mod spawner;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mitosis_proto::auth::ClusterKey;
@@ -46,6 +48,8 @@ pub struct Config {
     pub read_ahead: bool,
     /// How long a page fetch may take before the child is killed.
     pub fetch_timeout: Duration,
+    /// Containers of the default kind kept ready.
+    pub container_pool: usize,
 }
 
 /// Why the daemon could not start.
@@ -67,6 +71,8 @@ pub enum StartError {
     Vdso(String),
     #[error("cannot start the zygote process")]
     Zygote(#[source] std::io::Error),
+    #[error("cannot set up containers (cgroups)")]
+    Containers(#[source] std::io::Error),
 }
 
 /// State shared by every thread of a daemon.
@@ -74,8 +80,9 @@ pub struct Daemon {
     pub config: Config,
     pub vdso: VdsoInfo,
     pub seeds: seeds::Seeds,
-    pub spawner: spawner::Spawner,
-    pub children: Mutex<Vec<(i32, Arc<std::os::fd::OwnedFd>)>>,
+    pub spawner: Arc<spawner::Spawner>,
+    pub pool: Arc<mitosis_container::Pool>,
+    pub children: children::Children,
 }
 
 impl Daemon {
@@ -95,7 +102,8 @@ impl Daemon {
         };
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
         // First, while this process is small and has one thread.
-        let spawner = spawner::Spawner::start().map_err(StartError::Zygote)?;
+        let spawner = Arc::new(spawner::Spawner::start().map_err(StartError::Zygote)?);
+        let pool = mitosis_container::Pool::start(spawner.clone(), config.container_pool).map_err(StartError::Containers)?;
         let tcp = std::net::TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let unix = local::bind(&config.socket)
@@ -105,7 +113,8 @@ impl Daemon {
             vdso,
             seeds: seeds::Seeds::default(),
             spawner,
-            children: Mutex::new(Vec::new()),
+            pool,
+            children: children::Children::default(),
         });
         tracing::info!(listen = %daemon.config.listen, socket = %daemon.config.socket.display(), "daemon ready");
         let d = daemon.clone();
@@ -122,7 +131,8 @@ impl Daemon {
     }
 
     fn shutdown(&self) {
-        for (pid, fd) in self.children.lock().unwrap().drain(..) {
+        for child in self.children.live() {
+            let pid = child.pid;
             // A child's own children are served by this daemon's pagers too.
             for descendant in descendants(pid) {
                 tracing::debug!(pid = descendant, "killing a child's descendant");
@@ -130,8 +140,14 @@ impl Daemon {
                 unsafe { libc::kill(descendant, libc::SIGKILL) };
             }
             tracing::debug!(pid, "killing child");
-            let _ = mitosis_sys::pidfd::send_signal(&fd, libc::SIGKILL);
+            let _ = mitosis_sys::pidfd::send_signal(&child.pidfd, libc::SIGKILL);
+            if let Some(c) = &child.container {
+                // Its namespace goes with its holder.
+                // SAFETY: plain kill of our own (unreaped) child.
+                unsafe { libc::kill(c.holder_pid, libc::SIGKILL) };
+            }
         }
+        self.pool.shutdown();
         self.seeds.clear();
         let _ = std::fs::remove_file(&self.config.socket);
     }

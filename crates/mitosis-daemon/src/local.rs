@@ -120,8 +120,8 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
                 let resp = handle_prepare(daemon, cred, pid, &id, reply_slot, pinned);
                 reply(&mut conn, &resp)?;
             }
-            LocalRequest::Resume { from, id } => {
-                crate::resume::handle(daemon, cred, &mut conn, &from, &id, fds)?;
+            LocalRequest::Resume { from, id, options } => {
+                crate::resume::handle(daemon, cred, &mut conn, &from, &id, &options, fds)?;
                 return Ok(());
             }
             LocalRequest::ResumeInPlace { from, id } => {
@@ -151,6 +151,28 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
                     .map(|s| s.info())
                     .collect();
                 reply(&mut conn, &LocalResponse::Seeds(seeds))?;
+            }
+            LocalRequest::Ps { all } => {
+                let children = daemon.children.list(cred.uid, all);
+                reply(&mut conn, &LocalResponse::Children { children, pool: daemon.pool.stats() })?;
+            }
+            LocalRequest::BareContainer { spec } => {
+                reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
+            }
+            LocalRequest::Kill { id } => {
+                let resp = match daemon.children.find(&id) {
+                    None => error(ErrorKind::NotFound, format!("no running child {id:?} on this host")),
+                    Some(c) if cred.uid != 0 && cred.uid != c.uid => {
+                        error(ErrorKind::PermissionDenied, format!("child {id:?} belongs to uid {}", c.uid))
+                    }
+                    Some(c) => {
+                        // Its waiter sees it end and tears its container down.
+                        let _ = mitosis_sys::pidfd::send_signal(&c.pidfd, libc::SIGKILL);
+                        tracing::info!(%id, pid = c.pid, "child killed on request");
+                        LocalResponse::Killed { pid: c.pid }
+                    }
+                };
+                reply(&mut conn, &resp)?;
             }
         }
     }

@@ -8,13 +8,15 @@ use std::time::Instant;
 use mitosis_pager::{Counters, Outcome, Pager, PagerConfig, Patch, Regions};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::SeedImage;
-use mitosis_proto::local::{ChildEnd, ChildInfo, LocalResponse, ResumeTimings, CHILD_MARKER};
+use mitosis_container::{Container, HolderSpec};
+use mitosis_proto::local::{ChildEnd, ChildInfo, ContainerSpec, LocalResponse, ResumeOptions, ResumeTimings, CHILD_MARKER};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
-use mitosis_restore::prologue::{Credentials, Prologue, PrologueExit};
+use mitosis_restore::prologue::{ContainerEntry, Credentials, Prologue, PrologueExit};
 use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
 use mitosis_sys::fdpass::PeerCred;
 use mitosis_sys::pidfd::{self, Exit};
 
+use crate::children::{own_view_pid, ChildRecord};
 use crate::local::chain;
 use crate::peer::{PeerConn, RemoteSource};
 use crate::Daemon;
@@ -25,8 +27,9 @@ fn send(conn: &mut UnixStream, resp: &LocalResponse) -> std::io::Result<()> {
 
 /// Which process becomes the child.
 enum Body<'a> {
-    /// A new process forked by the zygote, with the caller's stdio.
-    NewChild { stdio: &'a [OwnedFd] },
+    /// A new process forked by the zygote, with the caller's stdio, in a
+    /// container or not.
+    NewChild { stdio: &'a [OwnedFd], container: Option<&'a ContainerSpec>, detach: bool },
     /// The caller itself (resume in place); it runs the prologue we send and
     /// reports ready on the connection.
     Caller { pid: i32, conn: &'a mut UnixStream },
@@ -42,7 +45,7 @@ pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, f
             tracing::info!(%from, %id, pid = started.pid, us = started.timings.total_us, "process resumed in place");
             // The pager serves until the process exits (its parent reaps it, not us).
             let outcome = started.pager.join();
-            daemon.children.lock().unwrap().retain(|(p, _)| *p != started.pid);
+            daemon.children.finish(started.pid, None);
             tracing::info!(pid = started.pid, ?outcome, "process resumed in place ended");
             Ok(())
         }
@@ -54,14 +57,17 @@ pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, f
     }
 }
 
-/// Serves one `Resume` request: starts the child, reports `Started`, waits
-/// for it and reports `Exited`. Closing the connection early kills the child.
+/// Serves one `Resume` request: starts the child and reports `Started`;
+/// then, unless it is detached, waits for it and reports `Exited` (closing
+/// the connection early kills the child). A detached child is waited for by
+/// a thread of its own.
 pub fn handle(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     cred: PeerCred,
     conn: &mut UnixStream,
     from: &str,
     id: &str,
+    options: &ResumeOptions,
     stdio: Vec<OwnedFd>,
 ) -> std::io::Result<()> {
     let t0 = Instant::now();
@@ -71,7 +77,8 @@ pub fn handle(
             format!("a resume needs the caller's stdin, stdout and stderr ({} descriptors came)", stdio.len()),
         )));
     }
-    let started = match start(daemon, cred, from, id, Body::NewChild { stdio: &stdio }, t0) {
+    let body = Body::NewChild { stdio: &stdio, container: options.container.as_ref(), detach: options.detach };
+    let started = match start(daemon, cred, from, id, body, t0) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%from, %id, error = %e.message, "resume failed");
@@ -79,21 +86,30 @@ pub fn handle(
         }
     };
     drop(stdio);
-    let Started { pid, pidfd, pager, counters, timings, mm: image_mm } = started;
-    tracing::info!(%from, %id, pid, us = timings.total_us, "child resumed");
-    let _ = send(conn, &LocalResponse::Started { pid, timings });
-    fetch_process_strings(pid, &image_mm);
+    let pid = started.pid;
+    tracing::info!(%from, %id, pid, us = started.timings.total_us, container = ?started.container.as_ref().map(|c| &c.name), "child resumed");
+    let container = started.container.as_ref().map(|c| c.name.clone());
+    let _ = send(conn, &LocalResponse::Started { pid, timings: started.timings.clone(), container });
+    fetch_process_strings(pid, &started.mm);
+    if options.detach {
+        let daemon = daemon.clone();
+        std::thread::Builder::new().name(format!("detached-{pid}")).spawn(move || wait_child(&daemon, started, None))?;
+        return Ok(());
+    }
+    let (end, stats) = wait_child(daemon, started, Some(conn));
+    send(conn, &LocalResponse::Exited { end, stats })
+}
 
-    // Wait for the child, or for the caller to give up on it.
-    let mut caller_gone = false;
+/// Waits for a started child to end (killing it if `conn`, its resumer,
+/// goes away), then tears down its pager and container; says how it ended.
+fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
+    let Started { pid, pidfd, pager, counters, container, .. } = started;
+    let conn_fd = conn.as_ref().map(|c| c.as_raw_fd()).unwrap_or(-1);
+    let mut caller_gone = conn_fd < 0;
     loop {
         let mut fds = [
             libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd {
-                fd: if caller_gone { -1 } else { conn.as_raw_fd() },
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            },
+            libc::pollfd { fd: if caller_gone { -1 } else { conn_fd }, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
         ];
         // SAFETY: two valid pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -110,21 +126,29 @@ pub fn handle(
         }
     }
     let exit = pidfd::wait_exit(&pidfd);
-    daemon.children.lock().unwrap().retain(|(p, _)| *p != pid);
     let outcome = pager.join().unwrap_or_else(|_| Outcome::Failed("pager thread panicked".into()));
+    let oom = container.as_ref().is_some_and(|c| c.oom_kills() > 0);
     let end = match (outcome, exit) {
+        _ if oom => ChildEnd::OutOfMemory { limit_bytes: container.as_ref().and_then(|c| c.memory_limit()) },
         (Outcome::Failed(reason), _) => ChildEnd::KilledByMitosis { reason },
         (_, Ok(Exit::Code(c))) => ChildEnd::Exited(c),
         (_, Ok(Exit::Signal(s))) => ChildEnd::Signaled(s),
         (_, Err(e)) => ChildEnd::KilledByMitosis { reason: format!("lost track of the child: {e}") },
     };
     tracing::info!(pid, ?end, "child ended");
-    send(conn, &LocalResponse::Exited { end, stats: counters.snapshot() })
+    // The record holds the other reference to the container: with both gone,
+    // the container (namespaces, cgroups) is torn down in the background.
+    drop(daemon.children.finish(pid, Some(end.clone())));
+    if let Some(c) = container.and_then(|c| Arc::try_unwrap(c).ok()) {
+        daemon.pool.retire(c);
+    }
+    (end, counters.snapshot())
 }
 
 struct Started {
     mm: mitosis_proto::image::MmFields,
     pid: i32,
+    container: Option<Arc<Container>>,
     pidfd: Arc<OwnedFd>,
     pager: std::thread::JoinHandle<Outcome>,
     counters: Arc<Counters>,
@@ -149,13 +173,18 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
     let plan = RestorePlan::new(&image, &daemon.vdso).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
+    let mut container = None;
+    let detached = matches!(body, Body::NewChild { detach: true, .. });
     let (pid, child_vdso) = match body {
-        Body::NewChild { stdio } => (
-            spawn_child(daemon, &image, &plan, stdio)
-                .map_err(|e| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}")))?,
+        Body::NewChild { stdio, container: spec, .. } => {
+            if let Some(spec) = spec {
+                container = Some(Arc::new(take_container(daemon, spec)?));
+            }
+            let pid = spawn_child(daemon, &image, &plan, stdio, container.as_deref().zip(spec))
+                .map_err(|e| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}")))?;
             // Forked from our zygote, itself a fork of us: its vDSO is where ours is.
-            daemon.vdso.span(),
-        ),
+            (pid, daemon.vdso.span())
+        }
         Body::Caller { pid, conn } => {
             let at = mitosis_restore::vdso_block_of(pid).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
             (prologue_in_caller(&image, &plan, pid, conn)?, at)
@@ -166,8 +195,16 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         Ok(fd) => Arc::new(fd),
         Err(e) => return Err(remote_err(ErrorKind::Internal, e)),
     };
+    if let Some(c) = &container {
+        // Before any page is restored, so that all of them are charged there.
+        if let Err(e) = c.add(pid) {
+            kill_and_reap(&pidfd);
+            return Err(remote_err(ErrorKind::Internal, format!("cannot put the child into container {}: {e}", c.name)));
+        }
+    }
     let reply = image.reply_slot.map(|slot| {
-        let info = ChildInfo { seed_id: id.to_string(), seed_host: from.to_string(), generation: image.generation, pid };
+        // The pid the child sees itself as (inside its container's PID namespace).
+        let info = ChildInfo { seed_id: id.to_string(), seed_host: from.to_string(), generation: image.generation, pid: own_view_pid(pid) };
         let mut bytes = CHILD_MARKER.to_vec();
         bytes.extend_from_slice(&postcard::to_stdvec(&info).unwrap_or_default());
         (slot, bytes)
@@ -219,11 +256,21 @@ fn start(daemon: &Daemon, cred: PeerCred, from: &str, id: &str, body: Body<'_>, 
         return Err(remote_err(ErrorKind::Internal, why));
     }
     let pager = pager_thread.expect("restore starts the pager before it succeeds");
-    daemon.children.lock().unwrap().push((pid, pidfd.clone()));
+    daemon.children.add(Arc::new(ChildRecord {
+        pid,
+        pidfd: pidfd.clone(),
+        seed_id: id.to_string(),
+        seed_host: from.to_string(),
+        uid: image.uid,
+        container: container.clone(),
+        started: Instant::now(),
+        detached,
+    }));
     let total = t0.elapsed();
     Ok(Started {
         mm: image.mm,
         pid,
+        container,
         pidfd,
         pager,
         counters,
@@ -270,11 +317,69 @@ fn describe_failure(pidfd: &OwnedFd, e: &RestoreError) -> String {
     }
 }
 
-fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32) -> Prologue {
+fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, container: Option<ContainerEntry>) -> Prologue {
     // SAFETY: getuid has no preconditions.
     let credentials = (unsafe { libc::getuid() } == 0 && image.uid != 0)
         .then(|| Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() });
-    Prologue { parent, plan: plan.clone(), actions: image.signals.actions.clone(), credentials }
+    Prologue { parent, plan: plan.clone(), actions: image.signals.actions.clone(), credentials, container }
+}
+
+/// Starts a container of `spec` with a process that only joins it, lets that
+/// process exit and tears the container down; says how long each part took.
+pub fn bare_container(daemon: &Daemon, spec: &ContainerSpec) -> LocalResponse {
+    let t0 = Instant::now();
+    let container = match take_container(daemon, spec) {
+        Ok(c) => c,
+        Err(e) => return LocalResponse::Error(e),
+    };
+    let taken = t0.elapsed();
+    let run = || -> std::io::Result<()> {
+        let (mut ready_rx, ready_tx) = std::io::pipe()?;
+        let (go_rx, go_tx) = std::io::pipe()?;
+        let pid = daemon.spawner.spawn_bare(
+            container.holder_pidfd().as_raw_fd(),
+            container.spec.join_flags(),
+            ready_tx.as_raw_fd(),
+            go_rx.as_raw_fd(),
+        )?;
+        drop((ready_tx, go_rx));
+        let pidfd = pidfd::open(pid).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        let mut byte = [0u8; 1];
+        let joined = std::io::Read::read(&mut ready_rx, &mut byte)? == 1;
+        let added = if joined { container.add(pid) } else { Ok(()) };
+        drop(go_tx);
+        let exit = pidfd::wait_exit(&pidfd).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        added?;
+        match exit {
+            Exit::Code(0) if joined => Ok(()),
+            other => Err(std::io::Error::other(format!("the process could not join the container ({other:?})"))),
+        }
+    };
+    let started = run();
+    let start_us = (t0.elapsed() - taken).as_micros() as u64;
+    daemon.pool.retire(container);
+    match started {
+        Ok(()) => LocalResponse::BareContainer { take_us: taken.as_micros() as u64, start_us, total_us: t0.elapsed().as_micros() as u64 },
+        Err(e) => LocalResponse::Error(remote_err(ErrorKind::Internal, format!("bare container: {e}"))),
+    }
+}
+
+/// A container for a child: a warm one from the pool when the spec allows,
+/// with the spec's limits applied.
+fn take_container(daemon: &Daemon, spec: &ContainerSpec) -> Result<Container, RemoteError> {
+    if let Some(h) = &spec.hostname {
+        if h.is_empty() || h.len() > 64 || h.contains('\0') {
+            return Err(remote_err(ErrorKind::BadRequest, format!("hostname {h:?} must be 1-64 bytes")));
+        }
+    }
+    let kind = HolderSpec { rootfs: spec.rootfs.clone(), network: spec.network };
+    let container = daemon.pool.take(&kind).map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::BadRequest } else { ErrorKind::Internal };
+        remote_err(kind, format!("cannot make a container: {e}"))
+    })?;
+    let mut container = container;
+    container.apply(&spec.limits).map_err(|e| remote_err(ErrorKind::BadRequest, format!("cannot set the container's limits: {e}")))?;
+    Ok(container)
 }
 
 /// Has the caller of a resume in place run its prologue; returns its pid once it is parked.
@@ -283,7 +388,7 @@ fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, conn: &mu
     if threads != 1 {
         return Err(remote_err(ErrorKind::Unsupported, format!("the caller has {threads} threads; only a single-threaded process can be resumed in place")));
     }
-    let prologue = postcard::to_stdvec(&prologue_for(image, plan, 0)).map_err(|e| remote_err(ErrorKind::Internal, e))?;
+    let prologue = postcard::to_stdvec(&prologue_for(image, plan, 0, None)).map_err(|e| remote_err(ErrorKind::Internal, e))?;
     send(conn, &LocalResponse::InPlace { prologue }).map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let mut byte = [0u8; 1];
     match std::io::Read::read(conn, &mut byte) {
@@ -292,11 +397,22 @@ fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, conn: &mu
     }
 }
 
-fn spawn_child(daemon: &Daemon, image: &SeedImage, plan: &RestorePlan, stdio: &[OwnedFd]) -> std::io::Result<i32> {
-    let prologue = prologue_for(image, plan, std::process::id() as i32);
+fn spawn_child(
+    daemon: &Daemon,
+    image: &SeedImage,
+    plan: &RestorePlan,
+    stdio: &[OwnedFd],
+    container: Option<(&Container, &ContainerSpec)>,
+) -> std::io::Result<i32> {
+    let entry = container.map(|(c, spec)| ContainerEntry {
+        join_flags: c.spec.join_flags(),
+        hostname: spec.hostname.as_ref().and_then(|h| std::ffi::CString::new(h.as_str()).ok()),
+    });
+    let prologue = prologue_for(image, plan, std::process::id() as i32, entry);
     let (mut ready_rx, ready_tx) = std::io::pipe()?;
     let stdio = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
-    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd())?;
+    let holder = container.map(|(c, _)| c.holder_pidfd().as_raw_fd());
+    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd(), holder)?;
     drop(ready_tx);
     // One byte: parked and ready. End of file: it died (the caller reads its exit code).
     let mut byte = [0u8; 1];

@@ -9,15 +9,32 @@
 //! the daemon's main thread (its parent thread) ends: a child never outlives
 //! the daemon whose pager it depends on. The zygote dies with the daemon too.
 //!
-//! Requests travel over a `SOCK_SEQPACKET` pair: a postcard [`Prologue`] with
-//! four descriptors attached (the child's stdin, stdout, stderr and the write
-//! end of its ready pipe); the answer is the child's pid (i32, or -errno).
+//! It also clones the namespace holders of containers (also with
+//! `CLONE_PARENT`), and forks a child into a container by entering the
+//! holder's PID namespace for that one fork.
+//!
+//! Requests travel over a `SOCK_SEQPACKET` pair: a postcard [`Request`] with
+//! descriptors attached (for a child: its stdin, stdout, stderr, the write
+//! end of its ready pipe, and its container's holder pidfd if any; for a
+//! holder: its control pipe and ready pipe); the answer is the new process's
+//! pid (i32, or -errno).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
+use mitosis_container::HolderSpec;
 use mitosis_restore::prologue::Prologue;
 use mitosis_sys::fdpass;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+enum Request {
+    Child(Prologue),
+    /// A process that joins a container (`join_flags` on the holder pidfd),
+    /// writes a byte on its ready pipe, waits for one on its go pipe and exits.
+    Bare { join_flags: i32 },
+    Holder { spec: HolderSpec, name: String },
+}
 
 pub struct Spawner {
     sock: Mutex<OwnedFd>,
@@ -46,12 +63,18 @@ impl Spawner {
         }
     }
 
-    /// Forks a child that runs `prologue` with `stdio` and `ready`; returns its pid.
-    pub fn spawn(&self, prologue: &Prologue, stdio: [RawFd; 3], ready: RawFd) -> std::io::Result<i32> {
-        let bytes = postcard::to_stdvec(prologue).map_err(|e| std::io::Error::other(e.to_string()))?;
+    /// Forks a child that runs `prologue` with `stdio` and `ready`, in the
+    /// container of holder pidfd `holder` if given; returns its pid.
+    pub fn spawn(&self, prologue: &Prologue, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>) -> std::io::Result<i32> {
+        let mut fds = vec![stdio[0], stdio[1], stdio[2], ready];
+        fds.extend(holder);
+        self.call(&Request::Child(prologue.clone()), &fds)
+    }
+
+    fn call(&self, request: &Request, fds: &[RawFd]) -> std::io::Result<i32> {
+        let bytes = postcard::to_stdvec(request).map_err(|e| std::io::Error::other(e.to_string()))?;
         let sock = self.sock.lock().unwrap();
-        fdpass::send_with_fds(&*sock, &bytes, &[stdio[0], stdio[1], stdio[2], ready])
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        fdpass::send_with_fds(&*sock, &bytes, fds).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
         let mut answer = [0u8; 4];
         // SAFETY: reading 4 bytes into a 4-byte buffer.
         let n = unsafe { libc::recv(sock.as_raw_fd(), answer.as_mut_ptr().cast(), 4, 0) };
@@ -66,6 +89,21 @@ impl Spawner {
     }
 }
 
+impl Spawner {
+    /// Forks a process into the container of holder pidfd `holder` that
+    /// joins its namespaces, reports on `ready` and exits once `go` is
+    /// readable (or closed). Returns its pid.
+    pub fn spawn_bare(&self, holder: RawFd, join_flags: i32, ready: RawFd, go: RawFd) -> std::io::Result<i32> {
+        self.call(&Request::Bare { join_flags }, &[ready, go, holder])
+    }
+}
+
+impl mitosis_container::HolderSpawner for Spawner {
+    fn spawn_holder(&self, spec: &HolderSpec, name: &str, control: RawFd, ready: RawFd) -> std::io::Result<i32> {
+        self.call(&Request::Holder { spec: spec.clone(), name: name.to_string() }, &[control, ready])
+    }
+}
+
 fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
     // SAFETY: plain prctl; the zygote must not outlive the daemon.
     unsafe {
@@ -74,6 +112,9 @@ fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
             libc::_exit(0);
         }
     }
+    // To come back to our own PID namespace after forking into a container's.
+    // SAFETY: a valid NUL-terminated path.
+    let own_pidns = unsafe { libc::open(c"/proc/self/ns/pid".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let (n, fds) = match fdpass::recv_with_fds(&sock, &mut buf) {
@@ -83,8 +124,10 @@ fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
             }
             Ok(x) => x,
         };
-        let answer = match (postcard::from_bytes::<Prologue>(&buf[..n]), fds.len()) {
-            (Ok(prologue), 4) => fork_child(&prologue, &fds),
+        let answer = match (postcard::from_bytes::<Request>(&buf[..n]), fds.len()) {
+            (Ok(Request::Child(prologue)), 4 | 5) => fork_child(&prologue, &fds, own_pidns),
+            (Ok(Request::Holder { spec, name }), 2) => fork_holder(&spec, &name, &fds),
+            (Ok(Request::Bare { join_flags }), 3) => fork_bare(join_flags, &fds, own_pidns),
             _ => -libc::EINVAL,
         };
         drop(fds);
@@ -93,17 +136,81 @@ fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
     }
 }
 
-fn fork_child(prologue: &Prologue, fds: &[OwnedFd]) -> i32 {
-    // SAFETY: clone without CLONE_VM behaves like fork; CLONE_PARENT makes the
-    // child the daemon's. The zygote is single-threaded, so the child may run
-    // anything; the prologue makes raw syscalls only anyway.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as u64, 0u64, 0u64, 0u64, 0u64) };
-    if pid == 0 {
-        let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-        prologue.run(stdio, fds[3].as_raw_fd());
-    }
+/// `clone` without CLONE_VM (a fork) with `flags`; CLONE_PARENT makes the
+/// new process the daemon's child. Returns 0 in the new process.
+fn clone(flags: i32) -> i64 {
+    // SAFETY: behaves like fork. The zygote is single-threaded, so the new
+    // process may run anything.
+    unsafe { libc::syscall(libc::SYS_clone, (flags | libc::CLONE_PARENT | libc::SIGCHLD) as u64, 0u64, 0u64, 0u64, 0u64) }
+}
+
+fn pid_or_errno(pid: i64) -> i32 {
     if pid < 0 {
-        return -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    } else {
+        pid as i32
     }
-    pid as i32
+}
+
+/// Forks a process that runs `body`; with `holder` (a container's holder
+/// pidfd) into the holder's PID namespace, coming back to `own_pidns`
+/// afterwards.
+fn fork_into(holder: Option<RawFd>, own_pidns: RawFd, body: impl FnOnce()) -> i32 {
+    if let Some(h) = holder {
+        // SAFETY: setns on a pidfd we were given; affects only our next fork.
+        if unsafe { libc::setns(h, libc::CLONE_NEWPID) } != 0 {
+            return -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        }
+    }
+    let pid = clone(0);
+    if pid == 0 {
+        body();
+        // SAFETY: `body` does not return; if it did, the process must not go on as a zygote.
+        unsafe { libc::_exit(127) };
+    }
+    let answer = pid_or_errno(pid);
+    // SAFETY: back to forking into our own PID namespace.
+    if holder.is_some() && unsafe { libc::setns(own_pidns, libc::CLONE_NEWPID) } != 0 {
+        // Every later child would land in that container: stop serving; the
+        // daemon reports the zygote gone.
+        // SAFETY: leaving the zygote.
+        unsafe { libc::_exit(1) };
+    }
+    answer
+}
+
+/// Forks a child that runs its prologue (fds: stdin, stdout, stderr, ready,
+/// and the holder pidfd of its container if any).
+fn fork_child(prologue: &Prologue, fds: &[OwnedFd], own_pidns: RawFd) -> i32 {
+    let holder = fds.get(4).map(|fd| fd.as_raw_fd());
+    fork_into(holder, own_pidns, || {
+        let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+        prologue.run(stdio, fds[3].as_raw_fd(), holder);
+    })
+}
+
+/// Forks the process of a bare container (fds: ready, go, holder pidfd).
+fn fork_bare(join_flags: i32, fds: &[OwnedFd], own_pidns: RawFd) -> i32 {
+    let holder = fds[2].as_raw_fd();
+    fork_into(Some(holder), own_pidns, || {
+        // SAFETY: raw syscalls in the new process, which never returns.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let code = if libc::setns(holder, join_flags) == 0 { 0 } else { 1 };
+            let byte = [0u8; 1];
+            libc::write(fds[0].as_raw_fd(), byte.as_ptr().cast(), 1);
+            let mut go = [0u8; 1];
+            libc::read(fds[1].as_raw_fd(), go.as_mut_ptr().cast(), 1);
+            libc::_exit(code);
+        }
+    })
+}
+
+/// Clones a container's namespace holder (fds: control pipe, ready pipe).
+fn fork_holder(spec: &HolderSpec, name: &str, fds: &[OwnedFd]) -> i32 {
+    let pid = clone(spec.clone_flags());
+    if pid == 0 {
+        mitosis_container::holder::holder_main(spec, name, fds[0].as_raw_fd(), fds[1].as_raw_fd());
+    }
+    pid_or_errno(pid)
 }

@@ -37,7 +37,7 @@ pub enum LocalRequest {
     /// is dropped when process `pid` exits.
     Prepare { pid: i32, id: String, reply_slot: Option<ReplySlot>, pinned: bool },
     /// Resume seed `id` from the daemon at `from` as a new child on this host.
-    Resume { from: String, id: String },
+    Resume { from: String, id: String, options: ResumeOptions },
     /// Resume seed `id` from the daemon at `from` into the calling process,
     /// which is replaced by the child (it must be single-threaded). The daemon
     /// answers `InPlace`; the caller runs that prologue, which writes one byte
@@ -47,6 +47,75 @@ pub enum LocalRequest {
     Drop { id: String },
     /// List this host's seeds.
     List,
+    /// List this host's children (with `all`, also recently ended ones) and
+    /// the container pool's counters.
+    Ps { all: bool },
+    /// Kill a running child, by container name or pid.
+    Kill { id: String },
+    /// Start a container of `spec` with a process that only enters it and
+    /// exits, and tear it down: the cost of the container layer alone
+    /// (benchmarks), answered with `BareContainer`.
+    BareContainer { spec: ContainerSpec },
+}
+
+/// Resource limits of a container; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerLimits {
+    pub memory_bytes: Option<u64>,
+    /// CPU time per wall time, in thousandths of a CPU.
+    pub cpu_millis: Option<u32>,
+    pub pids: Option<u32>,
+}
+
+/// The lean container a child runs in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub limits: ContainerLimits,
+    /// Root directory (made read-only); `None`: the host's root, read-only.
+    pub rootfs: Option<String>,
+    /// An own network namespace with only loopback.
+    pub network: bool,
+    /// Hostname inside; default: the container's name.
+    pub hostname: Option<String>,
+}
+
+/// How a child is run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeOptions {
+    /// `None` runs the child without a container, as a plain process.
+    pub container: Option<ContainerSpec>,
+    /// The daemon answers `Started` and keeps the child running after the
+    /// resumer disconnects (its stdio should be a log file, not a terminal).
+    pub detach: bool,
+}
+
+/// A child as listed by `mitosis ps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildStatus {
+    /// Pid on this host.
+    pub pid: i32,
+    pub seed_id: String,
+    pub seed_host: String,
+    pub container: Option<String>,
+    /// Memory charged to its container (or its resident set without one).
+    pub memory_bytes: u64,
+    pub age_ms: u64,
+    pub detached: bool,
+    pub uid: u32,
+    /// How it ended, for children that have.
+    pub end: Option<ChildEnd>,
+}
+
+/// Counters of the daemon's container pool (leak checks compare them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub warm: u32,
+    pub target: u32,
+    pub created: u64,
+    pub destroyed: u64,
+    /// Container cgroup directories that exist now (the most in any one
+    /// controller's hierarchy: each container has one in each).
+    pub cgroup_dirs: u64,
 }
 
 /// A seed as listed by `mitosis ls`.
@@ -99,6 +168,37 @@ pub enum ChildEnd {
     Signaled(i32),
     /// Killed by mitosis because it could not be given a correct page.
     KilledByMitosis { reason: String },
+    /// Killed by the kernel's OOM killer at its container's memory limit.
+    OutOfMemory { limit_bytes: Option<u64> },
+}
+
+impl ChildEnd {
+    /// The exit status `mitosis resume` passes on: the child's own code,
+    /// 128+N for signal N (137 for the OOM killer's SIGKILL), and 69
+    /// (`SeedGone`) when mitosis had to kill it.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            ChildEnd::Exited(c) => *c,
+            ChildEnd::Signaled(s) => 128 + s,
+            ChildEnd::KilledByMitosis { .. } => crate::ErrorKind::SeedGone.exit_code(),
+            ChildEnd::OutOfMemory { .. } => 128 + 9,
+        }
+    }
+}
+
+impl std::fmt::Display for ChildEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildEnd::Exited(0) => write!(f, "exited normally (status 0)"),
+            ChildEnd::Exited(c) => write!(f, "exited with status {c}"),
+            ChildEnd::Signaled(s) => write!(f, "was killed by signal {s}"),
+            ChildEnd::KilledByMitosis { reason } => write!(f, "was killed by mitosis: {reason}"),
+            ChildEnd::OutOfMemory { limit_bytes: Some(l) } => {
+                write!(f, "was killed by the OOM killer at its memory limit of {:.1} MiB", *l as f64 / 1048576.0)
+            }
+            ChildEnd::OutOfMemory { limit_bytes: None } => write!(f, "was killed by the OOM killer"),
+        }
+    }
 }
 
 /// Counters of one child's pager.
@@ -114,13 +214,20 @@ pub struct PagerStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocalResponse {
     Prepared(SeedInfo),
-    /// The child runs; `Exited` follows on the same connection.
-    Started { pid: i32, timings: ResumeTimings },
+    /// The child runs; `Exited` follows on the same connection unless it
+    /// was detached.
+    Started { pid: i32, timings: ResumeTimings, container: Option<String> },
     Exited { end: ChildEnd, stats: PagerStats },
     Dropped { id: String },
     /// What the caller of `ResumeInPlace` must run before the daemon takes it
     /// over (a postcard `mitosis_restore::prologue::Prologue`).
     InPlace { prologue: Vec<u8> },
     Seeds(Vec<SeedInfo>),
+    Children { children: Vec<ChildStatus>, pool: PoolStats },
+    Killed { pid: i32 },
+    /// Microseconds: getting the container (warm or new), starting the
+    /// process in it (fork, setns, cgroups), and everything up to the
+    /// container's teardown.
+    BareContainer { take_us: u64, start_us: u64, total_us: u64 },
     Error(RemoteError),
 }

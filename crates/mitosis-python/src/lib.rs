@@ -323,27 +323,22 @@ fn pager_dict<'py>(py: Python<'py>, s: &PagerStats) -> PyResult<Bound<'py, PyDic
 
 /// How a child ended, as the dict `Resumed.wait()` returns.
 fn end_dict<'py>(py: Python<'py>, end: &ChildEnd, stats: &PagerStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    let none = py.None();
-    let (status, exit_code, signal, killed): (i32, Option<i32>, Option<i32>, Option<&str>) = match end {
-        ChildEnd::Exited(c) => (*c, Some(*c), None, None),
-        ChildEnd::Signaled(s) => (128 + *s, None, Some(*s), None),
-        // As `mitosis resume`: EX_UNAVAILABLE.
-        ChildEnd::KilledByMitosis { reason } => (ErrorKind::SeedGone.exit_code(), None, None, Some(reason.as_str())),
+    // The OOM killer's signal.
+    const SIGKILL: i32 = 9;
+    let (exit_code, signal, killed, oom_limit) = match end {
+        ChildEnd::Exited(c) => (Some(*c), None, None, None),
+        ChildEnd::Signaled(s) => (None, Some(*s), None, None),
+        ChildEnd::KilledByMitosis { reason } => (None, None, Some(reason.as_str()), None),
+        ChildEnd::OutOfMemory { limit_bytes } => (None, Some(SIGKILL), None, Some(*limit_bytes)),
     };
-    d.set_item("status", status)?;
-    match exit_code {
-        Some(c) => d.set_item("exit_code", c)?,
-        None => d.set_item("exit_code", &none)?,
-    }
-    match signal {
-        Some(s) => d.set_item("signal", s)?,
-        None => d.set_item("signal", &none)?,
-    }
-    match killed {
-        Some(r) => d.set_item("killed_by_mitosis", r)?,
-        None => d.set_item("killed_by_mitosis", &none)?,
-    }
+    let d = PyDict::new(py);
+    d.set_item("status", end.exit_status())?;
+    d.set_item("exit_code", exit_code)?;
+    d.set_item("signal", signal)?;
+    d.set_item("killed_by_mitosis", killed)?;
+    d.set_item("out_of_memory", oom_limit.is_some())?;
+    d.set_item("memory_limit_bytes", oom_limit.flatten())?;
+    d.set_item("description", end.to_string())?;
     d.set_item("pager", pager_dict(py, stats)?)?;
     Ok(d)
 }
@@ -351,9 +346,12 @@ fn end_dict<'py>(py: Python<'py>, end: &ChildEnd, stats: &PagerStats) -> PyResul
 /// A child started by `resume()`, running as a new process on this host.
 #[pyclass(module = "mitosis", name = "Resumed")]
 struct Resumed {
-    /// The child's pid.
+    /// The child's pid (as this host sees it; inside its container it is 2).
     #[pyo3(get)]
     pid: i32,
+    /// The name of the child's lean container, or None when it runs without one.
+    #[pyo3(get)]
+    container: Option<String>,
     timings: ResumeTimings,
     running: Option<mitosis::Resumed>,
     ended: Option<Py<PyDict>>,
@@ -370,9 +368,12 @@ impl Resumed {
     /// Waits for the child to end (the GIL is released meanwhile) and returns
     /// how it ended, the same dict on every call: `status` (what `mitosis
     /// resume` would exit with: the exit code, 128 + signal, or 69 when
-    /// mitosis killed it), `exit_code` and `signal` (one is None),
-    /// `killed_by_mitosis` (the reason, or None) and `pager` (faults,
-    /// zero_faults, pages_fetched, bytes_fetched, fetches).
+    /// mitosis killed it), `exit_code` and `signal` (None unless it exited,
+    /// resp. was killed by a signal), `killed_by_mitosis` (the reason, or
+    /// None), `out_of_memory` (killed by the OOM killer at its container's
+    /// limit; then `signal` is 9) with `memory_limit_bytes`, `description`
+    /// (in words) and `pager` (faults, zero_faults, pages_fetched,
+    /// bytes_fetched, fetches).
     fn wait(&mut self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         if let Some(done) = &self.ended {
             return Ok(done.clone_ref(py));
@@ -388,29 +389,41 @@ impl Resumed {
 
     fn __repr__(&self) -> String {
         let state = if self.ended.is_some() { "ended" } else { "running" };
-        format!("<mitosis.Resumed pid={} {state}>", self.pid)
+        match &self.container {
+            Some(name) => format!("<mitosis.Resumed pid={} container={name:?} {state}>", self.pid),
+            None => format!("<mitosis.Resumed pid={} {state}>", self.pid),
+        }
     }
 }
 
 /// Starts a child of seed `id` from the daemon at `host` ("addr:port") as a
 /// new process on this host, through the local daemon at `socket`.
 ///
-/// The child's stdin, stdout and stderr are the caller's descriptors 0, 1
-/// and 2 (`sys.stdout` and `sys.stderr` are flushed first). Returns a
-/// `Resumed` with `.pid`, `.timings` and `.wait()`; the child is killed if the
-/// `Resumed` is garbage-collected before it ended. The GIL is released while
-/// waiting for the daemon. Raises a `MitosisError` subclass on failure
-/// (`SeedNotFound` for an unknown id).
+/// As with `mitosis resume`, the child runs in a lean container of default
+/// limits (its own PID, mount, UTS and IPC namespaces: it is pid 2 there)
+/// unless `container=False`. Its stdin, stdout and stderr are the caller's
+/// descriptors 0, 1 and 2 (`sys.stdout` and `sys.stderr` are flushed first).
+/// Returns a `Resumed` with `.pid`, `.container`, `.timings` and `.wait()`;
+/// the child is killed if the `Resumed` is garbage-collected before it
+/// ended. The GIL is released while waiting for the daemon. Raises a
+/// `MitosisError` subclass on failure (`SeedNotFound` for an unknown id).
 #[pyfunction]
-#[pyo3(signature = (host, id, socket = None))]
-fn resume(py: Python<'_>, host: &str, id: &str, socket: Option<PathBuf>) -> PyResult<Resumed> {
+#[pyo3(signature = (host, id, socket = None, *, container = true))]
+fn resume(py: Python<'_>, host: &str, id: &str, socket: Option<PathBuf>, container: bool) -> PyResult<Resumed> {
     flush_python_stdio(py);
     let socket = socket_or_default(socket);
     let (host, id) = (host.to_string(), id.to_string());
+    let options = mitosis::ResumeOptions { container: container.then(mitosis::ContainerSpec::default), detach: false };
     let started = py
-        .detach(move || mitosis::Client::connect(&socket)?.resume(&host, &id, [0, 1, 2]))
+        .detach(move || mitosis::Client::connect(&socket)?.resume_with(&host, &id, [0, 1, 2], &options))
         .map_err(|e| to_py_err(py, e))?;
-    Ok(Resumed { pid: started.pid, timings: started.timings.clone(), running: Some(started), ended: None })
+    Ok(Resumed {
+        pid: started.pid,
+        container: started.container.clone(),
+        timings: started.timings.clone(),
+        running: Some(started),
+        ended: None,
+    })
 }
 
 /// Drops seed `id` on this host (daemon at `socket`): its snapshot is freed

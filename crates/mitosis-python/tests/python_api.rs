@@ -305,14 +305,14 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// A Python program that builds some state, prepares itself with
 /// `fork_prepare` and says which side it is on, with a digest of its state.
 /// Children exit with 7; the parent changes its state, then answers `state`
-/// lines on stdin until `exit`. With a fourth argument (a path), each child
-/// first waits until that file exists, and removes it.
+/// lines on stdin until `exit`. With a fourth argument `wait`, each child
+/// first waits for a line `go` on its stdin (the resumer's).
 const SELF_PREPARE_PY: &str = r#"
-import os, sys, time
+import os, sys
 import mitosis
 
 sock, seed_id, pin = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-go = sys.argv[4] if len(sys.argv) > 4 else None
+wait = sys.argv[4:] == ["wait"]
 table = {i: i * 7 for i in range(100_000)}
 
 def make_counter():
@@ -332,15 +332,11 @@ print("buffered line before prepare")
 me = mitosis.fork_prepare(seed_id, pin=pin, socket=sock)
 state = "len=%d sum=%d counter=%d" % (len(table), sum(table.values()), bump())
 if me.is_child:
-    if go:
-        for _ in range(1000):
-            if os.path.exists(go):
-                break
-            time.sleep(0.01)
-        else:
-            print("child gave up waiting for %s" % go, flush=True)
+    if wait:
+        got = os.read(0, 64)
+        if got != b"go\n":
+            print("child got %r instead of go" % got, flush=True)
             os._exit(9)
-        os.unlink(go)
     print("child is_child=%s is_parent=%s pid=%d getpid=%d seed=%s host=%s generation=%d %s"
           % (me.is_child, me.is_parent, me.pid, os.getpid(), me.seed_id, me.seed_host, me.generation, state), flush=True)
     os._exit(7)
@@ -354,26 +350,30 @@ for line in sys.stdin:
         break
 "#;
 
-/// Resumes a child with `mitosis.resume()` and waits for it. With a fourth
-/// argument (a path), a thread creates that file while the main thread is in
-/// `wait()`: a child that waits for it ends only if `wait()` released the GIL.
+/// Resumes a child with `mitosis.resume()` (in a container, or not with
+/// `plain`) and waits for it. With `release`, the child's stdin is a pipe of
+/// ours into which a thread writes `go` while the main thread is in `wait()`:
+/// a child that waits for it ends only if `wait()` released the GIL.
 const RESUME_PY: &str = r#"
-import json, sys, threading, time
+import json, os, sys, threading, time
 import mitosis
 
-host, seed_id, sock = sys.argv[1:4]
-go = sys.argv[4] if len(sys.argv) > 4 else None
+host, seed_id, sock, mode = sys.argv[1:5]
+release = sys.argv[5:] == ["release"]
+if release:
+    r_end, w_end = os.pipe()
+    os.dup2(r_end, 0)
 try:
-    r = mitosis.resume(host, seed_id, socket=sock)
+    r = mitosis.resume(host, seed_id, socket=sock, container=(mode == "container"))
 except mitosis.MitosisError as e:
     print("error %s kind=%s exit_code=%d isinstance=%s" % (type(e).__name__, e.kind, e.exit_code, isinstance(e, mitosis.MitosisError)), flush=True)
     sys.exit(e.exit_code)
-print("started pid=%d total_us=%d" % (r.pid, r.timings["total_us"]), flush=True)
-if go:
-    def release():
+print("started pid=%d container=%s total_us=%d" % (r.pid, r.container, r.timings["total_us"]), flush=True)
+if release:
+    def go():
         time.sleep(0.05)
-        open(go, "w").close()
-    threading.Thread(target=release).start()
+        os.write(w_end, b"go\n")
+    threading.Thread(target=go).start()
 end = r.wait()
 assert r.wait() == end
 print("ended " + json.dumps(end, sort_keys=True), flush=True)
@@ -447,10 +447,8 @@ fn children_on_another_host_see_the_prepared_state() {
     let prog = c.write("self_prepare.py", SELF_PREPARE_PY);
     let (sock_a, sock_b, addr_a) = (c.sock_a(), c.sock_b(), c.a.addr());
 
-    // Children wait for this file (and remove it).
-    let go = c.dir.path().join("go").to_str().unwrap().to_string();
-    let release_child = || std::fs::write(&go, "").unwrap();
-    let mut parent = c.python_in(&c.hosts.a, "self-preparing parent", &[&prog, &sock_a, "state", "1", &go]);
+    // Children wait for a line `go` on their stdin.
+    let mut parent = c.python_in(&c.hosts.a, "self-preparing parent", &[&prog, &sock_a, "state", "1", "wait"]);
     parent.expect_prefix("buffered line before prepare");
     let pline = parent.expect_prefix("parent ");
     let ppid = parent.pid();
@@ -462,42 +460,57 @@ fn children_on_another_host_see_the_prepared_state() {
     assert!(field(&pline, "mapped").parse::<u64>().unwrap() > 1 << 20, "{pline}");
     let generation = field(&pline, "generation").to_string();
 
-    // A child through the command line, on host b.
-    release_child();
-    let out = c.cli_resume_on_b("state").finish();
+    // A child through the command line, on host b, in a lean container (the
+    // default): pid 2 there.
+    let mut child = c.cli_resume_on_b("state");
+    child.send("go\n");
+    let out = child.finish();
     assert_eq!(out.code(), Some(7), "the child's own exit status: {out}\n{}", c.logs());
     assert_eq!(out.lines().len(), 1, "the parent's buffered output must not be printed again: {out}");
-    let cli_child = check_child_line(out.lines()[0], ppid, &generation, &addr_a);
+    let pid = check_child_line(out.lines()[0], ppid, &generation, &addr_a);
+    assert_eq!(pid, 2, "Child.pid is the child's own view, pid 2 of its container: {out}");
 
     // `mitosis resume --in-place`: the resuming process becomes the child.
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin()).args([
         "resume", "--in-place", "--from", &addr_a, "--id", "state", "--socket", &sock_b,
     ]);
-    release_child();
-    let resumer = Proc::spawn("mitosis resume --in-place", &mut cmd);
+    let mut resumer = Proc::spawn("mitosis resume --in-place", &mut cmd);
+    resumer.send("go\n");
     let resumer_pid = resumer.pid(); // `ip netns exec` execs, it does not fork
     let out = resumer.finish();
     assert_eq!(out.code(), Some(7), "{out}\n{}", c.logs());
     let pid = check_child_line(out.line("child "), ppid, &generation, &addr_a);
     assert_eq!(pid, resumer_pid, "in place: the resumer itself is the child: {out}");
 
-    // A child through mitosis.resume(), from a Python program on host b: the
-    // child writes to that program's stdout, and is released by a thread of
-    // that program while its main thread is in wait().
+    // Children through mitosis.resume(), from a Python program on host b,
+    // in a container and without: a child writes to that program's stdout,
+    // and is released by a thread of that program while its main thread is
+    // in wait().
     let resumer = c.write("resume.py", RESUME_PY);
-    let out = c.python_in(&c.hosts.b, "python resume", &[&resumer, &addr_a, "state", &sock_b, &go]).finish();
-    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
-    let py_child = check_child_line(out.line("child "), ppid, &generation, &addr_a);
-    assert_ne!(py_child, cli_child);
-    assert_eq!(field(out.line("started "), "pid"), py_child.to_string(), "Resumed.pid: {out}");
-    let end: serde_json::Value = serde_json::from_str(&out.line("ended ")["ended ".len()..]).unwrap();
-    assert_eq!(end["status"], 7, "{out}");
-    assert_eq!(end["exit_code"], 7, "{out}");
-    assert!(end["signal"].is_null() && end["killed_by_mitosis"].is_null(), "{out}");
-    assert!(end["pager"]["faults"].as_u64().unwrap() > 0, "the child's pages came from host a: {out}");
-    assert!(end["pager"]["bytes_fetched"].as_u64().unwrap() > 1 << 20, "100k entries are over 1 MiB: {out}");
-    assert_eq!(out.lines().len(), 3, "{out}");
+    for mode in ["container", "plain"] {
+        let args = [resumer.as_str(), &addr_a, "state", &sock_b, mode, "release"];
+        let out = c.python_in(&c.hosts.b, &format!("python resume ({mode})"), &args).finish();
+        assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+        assert_eq!(out.lines().len(), 3, "{out}");
+        let child_pid = check_child_line(out.line("child "), ppid, &generation, &addr_a);
+        let started = out.line("started ");
+        let host_pid: i32 = field(started, "pid").parse().unwrap();
+        if mode == "container" {
+            assert_eq!(child_pid, 2, "{out}");
+            assert_ne!(field(started, "container"), "None", "Resumed.container names it: {out}");
+        } else {
+            assert_eq!(host_pid, child_pid, "Resumed.pid is the child's pid: {out}");
+            assert_eq!(field(started, "container"), "None", "{out}");
+        }
+        let end: serde_json::Value = serde_json::from_str(&out.line("ended ")["ended ".len()..]).unwrap();
+        assert_eq!(end["status"], 7, "{out}");
+        assert_eq!(end["exit_code"], 7, "{out}");
+        assert_eq!(end["out_of_memory"], false, "{out}");
+        assert!(end["signal"].is_null() && end["killed_by_mitosis"].is_null(), "{out}");
+        assert!(end["pager"]["faults"].as_u64().unwrap() > 0, "the child's pages came from host a: {out}");
+        assert!(end["pager"]["bytes_fetched"].as_u64().unwrap() > 1 << 20, "100k entries are over 1 MiB: {out}");
+    }
 
     // fork_resume of an unknown seed raises and leaves the process as it was.
     let in_place = c.write("in_place.py", IN_PLACE_PY);
@@ -521,10 +534,9 @@ fn children_on_another_host_see_the_prepared_state() {
     assert_eq!(out.line("drop-again "), "drop-again SeedNotFound kind=not_found exit_code=66");
     assert_eq!(out.line("no-daemon "), "no-daemon DaemonUnreachable kind=daemon_unreachable exit_code=69");
 
-    let out = c.python_in(&c.hosts.b, "python resume after drop", &[&resumer, &addr_a, "state", &sock_b]).finish();
+    let out = c.python_in(&c.hosts.b, "python resume after drop", &[&resumer, &addr_a, "state", &sock_b, "container"]).finish();
     assert_eq!(out.code(), Some(66), "{out}");
     assert_eq!(out.stdout, "error SeedNotFound kind=not_found exit_code=66 isinstance=True\n", "{out}");
-    release_child();
     let out = c.cli_resume_on_b("state").finish();
     assert_eq!(out.code(), Some(66), "{out}");
     assert!(out.stdout.is_empty(), "{out}");

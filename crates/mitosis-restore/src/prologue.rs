@@ -25,6 +25,7 @@ pub enum PrologueExit {
     Chdir = 94,
     Signals = 95,
     Credentials = 96,
+    Container = 97,
 }
 
 impl PrologueExit {
@@ -34,9 +35,10 @@ impl PrologueExit {
             91 => "could not install the resumer's stdio",
             92 => "could not create a userfaultfd",
             93 => "could not open one of the seed's files",
-            94 => "could not enter the seed's working directory",
+            94 => "could not enter the seed's working directory (in a container it must exist in the container's root)",
             95 => "could not set signal dispositions",
             96 => "could not take the seed's credentials",
+            97 => "could not enter its container",
             _ => return None,
         })
     }
@@ -50,6 +52,15 @@ pub struct Credentials {
     pub groups: Vec<u32>,
 }
 
+/// The container a child joins: the namespaces of the holder whose pidfd is
+/// handed to [`Prologue::run`] (its PID namespace is entered by the forker).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerEntry {
+    /// `setns` flags on the holder's pidfd.
+    pub join_flags: i32,
+    pub hostname: Option<std::ffi::CString>,
+}
+
 /// Inputs of the prologue, built before the fork (and sent to the zygote
 /// that forks children, hence serializable).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +71,7 @@ pub struct Prologue {
     pub plan: RestorePlan,
     pub actions: Vec<SigAction>,
     pub credentials: Option<Credentials>,
+    pub container: Option<ContainerEntry>,
 }
 
 fn fail(code: PrologueExit) -> ! {
@@ -104,13 +116,24 @@ struct KernelSigaction {
 impl Prologue {
     /// Runs in the forked child; never returns. `stdio` become descriptors
     /// 0-2; one byte is written to `ready` (a pipe) when done, end-of-file
-    /// instead means the child died (see its exit code). Ends parked in
-    /// `pause()` with every signal blocked, waiting for the daemon's ptrace.
-    pub fn run(&self, stdio: [RawFd; 3], ready: RawFd) -> ! {
+    /// instead means the child died (see its exit code). With a container,
+    /// `holder` is its holder's pidfd. Ends parked in `pause()` with every
+    /// signal blocked, waiting for the daemon's ptrace.
+    ///
+    /// The seed's files (also those its file mappings come from) are opened
+    /// before the child enters its container's mount namespace: like a forked
+    /// process, the child keeps the files its parent had open, seen as the
+    /// daemon saw them when it checked their identity. Its working directory
+    /// is entered inside.
+    pub fn run(&self, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>) -> ! {
         // SAFETY: only raw syscalls on data prepared before the fork; no allocation.
         unsafe {
+            // In a container the parent (the daemon) is outside the child's PID
+            // namespace, where getppid() reads 0. The holder dies with the
+            // daemon and takes the namespace's processes with it.
+            let visible_parent = if self.container.is_some() { 0 } else { self.parent };
             if self.parent != 0
-                && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != self.parent)
+                && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 || libc::getppid() != visible_parent)
             {
                 fail(PrologueExit::ParentGone);
             }
@@ -124,7 +147,8 @@ impl Prologue {
             let lift = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high);
             let stdio = [lift(stdio[0]), lift(stdio[1]), lift(stdio[2])];
             let ready = lift(ready);
-            if stdio.iter().any(|&fd| fd < 0) || ready < 0 {
+            let holder = holder.map(lift);
+            if stdio.iter().any(|&fd| fd < 0) || ready < 0 || holder.is_some_and(|fd| fd < 0) {
                 fail(PrologueExit::Stdio);
             }
             libc::syscall(libc::SYS_close_range, 3u32, (high - 1) as u32, 0u32);
@@ -151,6 +175,18 @@ impl Prologue {
                 }
                 if f.pos > 0 {
                     libc::lseek(f.fd, f.pos as libc::off_t, libc::SEEK_SET);
+                }
+            }
+            if let Some(entry) = &self.container {
+                let Some(holder) = holder else { fail(PrologueExit::Container) };
+                if libc::setns(holder, entry.join_flags) != 0 {
+                    fail(PrologueExit::Container);
+                }
+                libc::close(holder);
+                if let Some(name) = &entry.hostname {
+                    if libc::sethostname(name.as_ptr(), name.as_bytes().len()) != 0 {
+                        fail(PrologueExit::Container);
+                    }
                 }
             }
             if libc::chdir(self.plan.cwd.as_ptr()) != 0 {

@@ -62,6 +62,8 @@ pub struct Status {
     pub sig_ignored: u64,
     pub sig_caught: u64,
     pub rss_kb: u64,
+    /// The pid in the innermost PID namespace (last of `NSpid`); 0 if absent.
+    pub ns_pid: i32,
 }
 
 pub fn parse_status(text: &str) -> Status {
@@ -80,6 +82,7 @@ pub fn parse_status(text: &str) -> Status {
             "SigIgn" => s.sig_ignored = u64::from_str_radix(v, 16).unwrap_or(0),
             "SigCgt" => s.sig_caught = u64::from_str_radix(v, 16).unwrap_or(0),
             "VmRSS" => s.rss_kb = first().parse().unwrap_or(0),
+            "NSpid" => s.ns_pid = v.split_whitespace().last().and_then(|x| x.parse().ok()).unwrap_or(0),
             _ => {}
         }
     }

@@ -22,7 +22,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use mitosis_proto::frame::{read_msg, MAX_IMAGE_FRAME};
-pub use mitosis_proto::local::{ChildEnd, ChildInfo, PagerStats, ResumeTimings, SeedInfo};
+pub use mitosis_proto::local::{
+    ChildEnd, ChildInfo, ChildStatus, ContainerLimits, ContainerSpec, PagerStats, PoolStats, ResumeOptions, ResumeTimings,
+    SeedInfo,
+};
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse, ReplySlot, CHILD_MARKER};
 pub use mitosis_proto::{ErrorKind, RemoteError};
 use mitosis_proto::PROTOCOL_VERSION;
@@ -132,15 +135,49 @@ impl Client {
         }
     }
 
-    /// Starts a child of seed `id` from the daemon at `from` on this host, with
-    /// `stdio` (stdin, stdout, stderr) as its descriptors 0-2. Call
-    /// [`Resumed::wait`] for its end; dropping the `Resumed` kills the child.
-    pub fn resume(mut self, from: &str, id: &str, stdio: [RawFd; 3]) -> Result<Resumed> {
-        let frame = encode(LocalRequest::Resume { from: from.to_string(), id: id.to_string() });
+    /// Lists this host's children (with `all`, also recently ended ones) and
+    /// the container pool's counters.
+    pub fn ps(&mut self, all: bool) -> Result<(Vec<ChildStatus>, PoolStats)> {
+        match self.call(LocalRequest::Ps { all })? {
+            LocalResponse::Children { children, pool } => Ok((children, pool)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Kills a running child, by container name or pid; returns its pid.
+    pub fn kill(&mut self, id: &str) -> Result<i32> {
+        match self.call(LocalRequest::Kill { id: id.to_string() })? {
+            LocalResponse::Killed { pid } => Ok(pid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts and tears down a container of `spec` holding only a process
+    /// that joins it and exits; returns (take, start, total) microseconds.
+    pub fn bare_container(&mut self, spec: &ContainerSpec) -> Result<(u64, u64, u64)> {
+        match self.call(LocalRequest::BareContainer { spec: spec.clone() })? {
+            LocalResponse::BareContainer { take_us, start_us, total_us } => Ok((take_us, start_us, total_us)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a child of seed `id` from the daemon at `from` on this host, in
+    /// a lean container of default limits, with `stdio` (stdin, stdout,
+    /// stderr) as its descriptors 0-2. Call [`Resumed::wait`] for its end;
+    /// dropping the `Resumed` kills the child.
+    pub fn resume(self, from: &str, id: &str, stdio: [RawFd; 3]) -> Result<Resumed> {
+        self.resume_with(from, id, stdio, &ResumeOptions { container: Some(ContainerSpec::default()), detach: false })
+    }
+
+    /// [`Client::resume`] with explicit options: container or not, its
+    /// limits, and whether the child is detached (then it keeps running when
+    /// the returned `Resumed` is dropped, and `wait` is not available).
+    pub fn resume_with(mut self, from: &str, id: &str, stdio: [RawFd; 3], options: &ResumeOptions) -> Result<Resumed> {
+        let frame = encode(LocalRequest::Resume { from: from.to_string(), id: id.to_string(), options: options.clone() });
         mitosis_sys::fdpass::send_with_fds(&self.stream, &frame, &stdio)
             .map_err(|e| Error::Io(std::io::Error::from_raw_os_error(e.errno)))?;
         match self.read()? {
-            LocalResponse::Started { pid, timings } => Ok(Resumed { client: self, pid, timings }),
+            LocalResponse::Started { pid, timings, container } => Ok(Resumed { client: self, pid, timings, container }),
             other => Err(unexpected(other)),
         }
     }
@@ -151,6 +188,8 @@ pub struct Resumed {
     client: Client,
     pub pid: i32,
     pub timings: ResumeTimings,
+    /// The child's container, if it runs in one.
+    pub container: Option<String>,
 }
 
 impl Resumed {
@@ -190,7 +229,7 @@ pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result
             let prologue: mitosis_restore::prologue::Prologue =
                 postcard::from_bytes(&prologue).map_err(|_| Error::Usage("undecodable prologue from the daemon".into()))?;
             // Never returns: ends parked until the daemon has rebuilt this process.
-            prologue.run([0, 1, 2], client.stream.as_raw_fd())
+            prologue.run([0, 1, 2], client.stream.as_raw_fd(), None)
         }
         other => Err(unexpected(other)),
     }

@@ -114,15 +114,44 @@ impl Cluster {
 
     /// Starts `mitosis resume --from <a> --id <id> --socket <b>` (stdin piped).
     pub fn resume_on_b(&self, id: &str) -> Proc {
-        resume_proc(&self.a.addr(), id, self.b.socket())
+        self.resume_on_b_args(id, &[])
+    }
+
+    /// [`Cluster::resume_on_b`] with more arguments (e.g. `--no-container`).
+    pub fn resume_on_b_args(&self, id: &str, extra: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(["resume", "--from", &self.a.addr(), "--id", id, "--socket"]).arg(self.b.socket()).args(extra);
+        Proc::spawn(&format!("resume {id}"), &mut cmd)
     }
 
     /// Resumes `id` from a on b, feeds it `input`, closes its stdin and waits.
     pub fn resume_on_b_with(&self, id: &str, input: &str) -> Finished {
-        let mut p = self.resume_on_b(id);
+        self.resume_on_b_with_args(id, input, &[])
+    }
+
+    /// [`Cluster::resume_on_b_with`] with more arguments.
+    pub fn resume_on_b_with_args(&self, id: &str, input: &str, extra: &[&str]) -> Finished {
+        let mut p = self.resume_on_b_args(id, extra);
         p.send(input);
         p.close_stdin();
         p.finish(STEP)
+    }
+
+    /// `mitosis ps --json` on b: the running children (host pids, containers) and the pool.
+    pub fn ps_on_b(&self, all: bool) -> serde_json::Value {
+        let sock = self.b.socket().to_str().unwrap();
+        let out = if all { cli(&["ps", "--all", "--json", "--socket", sock]) } else { cli(&["ps", "--json", "--socket", sock]) };
+        assert_eq!(out.code(), Some(0), "ps: {out}");
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("ps --json printed no JSON ({e}): {out}"))
+    }
+
+    /// Host pid of the one child running on b (a child in a container sees
+    /// itself under another pid).
+    pub fn only_child_on_b(&self) -> i32 {
+        let ps = self.ps_on_b(false);
+        let children = ps["children"].as_array().unwrap();
+        assert_eq!(children.len(), 1, "expected one child on b: {ps}");
+        children[0]["pid"].as_i64().unwrap() as i32
     }
 
     /// Runs a `mitosis` subcommand in the root namespace and waits for it.

@@ -28,9 +28,11 @@ Functions (``socket`` is the local daemon's socket; default
 ``fork_resume(host, id, socket=None)``
     Replaces the calling process by a child of seed ``id`` from the daemon at
     ``host`` (``"addr:port"``). Does not return on success.
-``resume(host, id, socket=None)``
+``resume(host, id, socket=None, *, container=True)``
     Starts a child as a new process on this host with the caller's stdin,
-    stdout and stderr; returns a :class:`Resumed` (``.pid``, ``.wait()``).
+    stdout and stderr, in a lean container unless ``container=False`` (as
+    ``mitosis resume [--no-container]``); returns a :class:`Resumed`
+    (``.pid``, ``.container``, ``.wait()``).
 ``drop(id, socket=None)``
     Drops seed ``id`` on this host.
 ``seeds(socket=None)``

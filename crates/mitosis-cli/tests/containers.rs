@@ -1,0 +1,217 @@
+//! Children in lean containers: what a child can see and do (hostname, its
+//! own PID namespace, a read-only root with a private /tmp, no signals to
+//! the host's processes), resource limits (the OOM killer at `--memory`),
+//! the lifecycle (`ps`, `kill`, `--detach`) and that nothing is left behind.
+//!
+//! The seed is `programs/probe.c`, which answers questions about its world.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mitosis_testkit::wait_until;
+
+/// A prepared probe on host a, seed id `probe`.
+fn probe_seed(c: &Cluster) -> Proc {
+    let prog = compile(&c.dir, "probe", &["-O2"]);
+    let (p, pid) = c.target_in(&c.hosts.a, "probe", &[prog.to_str().unwrap()]);
+    c.prepare_a(pid, "probe");
+    p
+}
+
+fn answer(p: &mut Proc, cmd: &str) -> String {
+    let first = cmd.split_whitespace().next().unwrap();
+    let line = p.ask(cmd, &format!("{first} "));
+    line[first.len() + 1..].to_string()
+}
+
+/// The pool counters and cgroup directories of daemon b show no container
+/// beyond the warm ones, and b has no processes beyond its zygote and the
+/// warm holders.
+fn assert_nothing_left_on_b(c: &Cluster) {
+    let settled = wait_until(Duration::from_secs(10), || {
+        let ps = c.ps_on_b(false);
+        let pool = &ps["pool"];
+        let warm = pool["warm"].as_u64().unwrap();
+        let live = pool["created"].as_u64().unwrap() - pool["destroyed"].as_u64().unwrap();
+        ps["children"].as_array().unwrap().is_empty() && live == warm && pool["cgroup_dirs"].as_u64().unwrap() == warm
+    });
+    let ps = c.ps_on_b(false);
+    assert!(settled, "containers left behind on b: {ps}\n{}", c.logs());
+    let warm = ps["pool"]["warm"].as_u64().unwrap() as usize;
+    let kids = descendants_of(c.b.pid());
+    // The zygote and the warm holders; no zombies, no stray processes.
+    assert_eq!(kids.len(), warm + 1, "processes under daemon b: {kids:?} with {warm} warm containers");
+}
+
+fn descendants_of(pid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim_start().chars().next()))
+                .unwrap_or('?');
+            out.push((child, state));
+            out.extend(descendants_of(child));
+        }
+    }
+    out
+}
+
+/// The child is pid 2 of its own PID namespace (the container's holder is
+/// pid 1), sees only those processes, cannot signal the host's, has its own
+/// hostname, a read-only root and a private, writable /tmp.
+#[test]
+fn child_sees_only_its_container() {
+    let Some(c) = Cluster::new("container-view") else { return };
+    let _parent = probe_seed(&c);
+    let marker = format!("mitosis-probe-{}", std::process::id());
+
+    let mut child = c.resume_on_b_args("probe", &["--hostname", "fn-one"]);
+    assert_eq!(answer(&mut child, "hostname"), "fn-one");
+    assert_eq!(answer(&mut child, "pid"), "2");
+    assert_eq!(answer(&mut child, "procs"), "2", "the holder and the child only");
+    let daemon_b = c.b.pid();
+    assert_eq!(answer(&mut child, &format!("signal {daemon_b}")), format!("{daemon_b} ESRCH"));
+    assert_eq!(answer(&mut child, &format!("write /tmp/{marker}")), format!("/tmp/{marker} ok"));
+    assert!(!std::path::Path::new(&format!("/tmp/{marker}")).exists(), "the container's /tmp is the host's");
+    assert_eq!(answer(&mut child, &format!("write /var/tmp/{marker}")), format!("/var/tmp/{marker} EROFS"));
+    assert_eq!(answer(&mut child, &format!("write /dev/shm/{marker}")), format!("/dev/shm/{marker} ok"));
+    assert!(!std::path::Path::new(&format!("/dev/shm/{marker}")).exists());
+    let ps = c.ps_on_b(false);
+    let container = ps["children"][0]["container"].as_str().unwrap().to_string();
+    child.send("exit 0\n");
+    assert_eq!(child.finish(STEP).code(), Some(0));
+
+    // Without --hostname the hostname is the container's name.
+    let mut child = c.resume_on_b("probe");
+    let name = answer(&mut child, "hostname");
+    assert!(name.starts_with("mitosis-") && name != container, "{name} vs {container}");
+    child.send("exit 0\n");
+    assert_eq!(child.finish(STEP).code(), Some(0));
+
+    // Without a container: the host's view.
+    let mut child = c.resume_on_b_args("probe", &["--no-container"]);
+    assert_ne!(answer(&mut child, "pid"), "2");
+    assert_eq!(answer(&mut child, &format!("signal {daemon_b}")), format!("{daemon_b} ok"));
+    child.send("exit 7\n");
+    assert_eq!(child.finish(STEP).code(), Some(7));
+    assert_nothing_left_on_b(&c);
+}
+
+/// Past `--memory` the kernel's OOM killer ends the child; the resume says so
+/// and exits 137. Within the limit the same allocation works.
+#[test]
+fn memory_limit_ends_the_child_by_the_oom_killer() {
+    let Some(c) = Cluster::new("container-oom") else { return };
+    let _parent = probe_seed(&c);
+    let out = c.resume_on_b_with_args("probe", "alloc 16\nexit 0\n", &["--memory", "64M"]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    assert_eq!(out.lines(), ["alloc 16 ok"]);
+
+    let out = c.resume_on_b_with_args("probe", "alloc 128\nexit 0\n", &["--memory", "48M", "--pids", "8", "--cpus", "0.5"]);
+    assert_eq!(out.code(), Some(137), "{out}\n{}", c.logs());
+    assert!(out.stderr.contains("OOM killer") && out.stderr.contains("48.0 MiB"), "{out}");
+    assert!(out.lines().is_empty(), "{out}");
+    let ps = c.ps_on_b(true);
+    let ended = ps["children"].as_array().unwrap();
+    assert!(ended.iter().any(|e| e["end"]["OutOfMemory"]["limit_bytes"] == 48 << 20), "{ps}");
+    assert_nothing_left_on_b(&c);
+}
+
+/// Orphans inside a container are reaped by its holder (pid 1): no zombies.
+#[test]
+fn orphans_in_a_container_are_reaped() {
+    let Some(c) = Cluster::new("container-orphans") else { return };
+    let _parent = probe_seed(&c);
+    let mut child = c.resume_on_b("probe");
+    let orphan = answer(&mut child, "orphan");
+    assert!(orphan.parse::<i32>().unwrap() > 2, "{orphan}");
+    assert_eq!(answer(&mut child, "procs"), "3", "holder, child and the orphan");
+    // The orphan sleeps one second, then exits; pid 1 must reap it.
+    let reaped = wait_until(Duration::from_secs(5), || answer(&mut child, "procs") == "2");
+    assert!(reaped, "the orphan stayed in /proc (a zombie)");
+    child.send("exit 0\n");
+    assert_eq!(child.finish(STEP).code(), Some(0));
+    assert_nothing_left_on_b(&c);
+}
+
+/// A detached child keeps running after `resume --detach` returns, writes to
+/// its log, shows in `ps`, and `kill` by container name ends it and its
+/// container; `ps --all` then shows how it ended.
+#[test]
+fn detached_child_ps_and_kill() {
+    let Some(c) = Cluster::new("container-detach") else { return };
+    let _parent = probe_seed(&c);
+    let log = c.dir.path().join("child.log");
+    let sock_b = c.b.socket().to_str().unwrap().to_string();
+    let out = c.cli(&["resume", "--from", &c.a.addr(), "--id", "probe", "--socket", &sock_b, "--detach", "--log", log.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    assert!(out.stdout.starts_with("started child "), "{out}");
+    assert!(wait_until(STEP, || std::fs::read_to_string(&log).unwrap_or_default().contains("eof")), "log: {:?}", std::fs::read_to_string(&log));
+
+    let ps = c.ps_on_b(false);
+    let child = &ps["children"][0];
+    assert_eq!(child["detached"], true, "{ps}");
+    assert_eq!(child["seed_id"], "probe", "{ps}");
+    assert!(child["memory_bytes"].as_u64().unwrap() > 0, "{ps}");
+    let container = child["container"].as_str().unwrap().to_string();
+    let pid = child["pid"].as_i64().unwrap() as i32;
+    let text = c.cli(&["ps", "--socket", &sock_b]);
+    assert!(text.stdout.contains(&container) && text.stdout.contains("running (detached)"), "{text}");
+
+    let out = c.cli(&["kill", &container, "--socket", &sock_b]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(out.stdout.trim(), format!("killed child {pid}"));
+    assert!(wait_until(STEP, || !alive(pid)), "child {pid} survived kill");
+    let out = c.cli(&["kill", &container, "--socket", &sock_b]);
+    assert_eq!(out.code(), Some(66), "killing it again: {out}");
+    assert_nothing_left_on_b(&c);
+    let ps = c.ps_on_b(true);
+    assert_eq!(ps["children"][0]["end"]["Signaled"], 9, "{ps}");
+}
+
+/// Many containers one after the other (some of them crashing children):
+/// every one is torn down, and the pool's counters and cgroups add up.
+#[test]
+fn many_containers_leave_nothing_behind() {
+    let Some(c) = Cluster::new("container-churn") else { return };
+    let _parent = probe_seed(&c);
+    for i in 0..30 {
+        let (input, code) = if i % 3 == 0 { ("signal 1\nexit 9\n", 9) } else { ("exit 0\n", 0) };
+        let out = c.resume_on_b_with("probe", input);
+        assert_eq!(out.code(), Some(code), "child {i}: {out}\n{}", c.logs());
+    }
+    assert_nothing_left_on_b(&c);
+    let pool = &c.ps_on_b(false)["pool"];
+    assert!(pool["created"].as_u64().unwrap() >= 30, "{pool}");
+}
+
+/// `--rootfs DIR` gives the child DIR as its root, read-only; the seed's
+/// working directory must exist there.
+#[test]
+fn rootfs_directory_becomes_the_root() {
+    let Some(c) = Cluster::new("container-rootfs") else { return };
+    let _parent = probe_seed(&c);
+    let root = c.dir.path().join("rootfs");
+    let cwd = std::env::current_dir().unwrap();
+    for d in ["proc", "tmp", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(root.join(cwd.strip_prefix("/").unwrap())).unwrap();
+    let mut child = c.resume_on_b_args("probe", &["--rootfs", root.to_str().unwrap()]);
+    // /etc does not exist in this root; on the host's (read-only) root it would be EROFS.
+    assert_eq!(answer(&mut child, "write /etc/x"), "/etc/x ENOENT");
+    assert_eq!(answer(&mut child, "write /x"), "/x EROFS");
+    assert_eq!(answer(&mut child, "write /tmp/x"), "/tmp/x ok");
+    assert_eq!(answer(&mut child, "procs"), "2");
+    child.send("exit 0\n");
+    assert_eq!(child.finish(STEP).code(), Some(0));
+
+    let out = c.resume_on_b_with_args("probe", "exit 0\n", &["--rootfs", c.dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(out.code(), Some(64), "{out}");
+    assert_nothing_left_on_b(&c);
+}

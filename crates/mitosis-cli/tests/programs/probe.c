@@ -1,0 +1,103 @@
+/* A seed that reports what its world looks like, for the container tests.
+ *
+ *   probe            prints "ready <pid>", then answers one command per stdin line:
+ *
+ *   hostname         "hostname <name>"
+ *   pid              "pid <getpid()>"
+ *   procs            "procs <n>": numeric entries of /proc (processes it can see)
+ *   signal <pid>     "signal <pid> ok" or "signal <pid> <errno name>" (kill(pid, 0))
+ *   write <path>     "write <path> ok" or "write <path> <errno name>" (create + write)
+ *   alloc <MiB>      "alloc <MiB> ok" after allocating and touching that much memory
+ *   orphan           forks a grandchild that outlives its parent (reaped by the container's
+ *                    init), "orphan <pid>"
+ *   exit <n>         exits with status n
+ *
+ * At end of input it prints "eof" and sleeps up to a minute (a detached
+ * child with /dev/null as stdin keeps running until it is killed).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *err_name(int e) {
+    switch (e) {
+    case EROFS: return "EROFS";
+    case ESRCH: return "ESRCH";
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case ENOENT: return "ENOENT";
+    default: return "other";
+    }
+}
+
+int main(void) {
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    char line[512];
+    while (fgets(line, sizeof line, stdin)) {
+        line[strcspn(line, "\n")] = 0;
+        char arg[480] = "";
+        if (strcmp(line, "hostname") == 0) {
+            char h[128] = "";
+            gethostname(h, sizeof h);
+            printf("hostname %s\n", h);
+        } else if (strcmp(line, "pid") == 0) {
+            printf("pid %d\n", getpid());
+        } else if (strcmp(line, "procs") == 0) {
+            int n = 0;
+            DIR *d = opendir("/proc");
+            struct dirent *e;
+            while (d && (e = readdir(d)))
+                if (e->d_name[0] >= '0' && e->d_name[0] <= '9') n++;
+            if (d) closedir(d);
+            printf("procs %d\n", n);
+        } else if (sscanf(line, "signal %479s", arg) == 1) {
+            int r = kill(atoi(arg), 0);
+            printf("signal %s %s\n", arg, r == 0 ? "ok" : err_name(errno));
+        } else if (sscanf(line, "write %479s", arg) == 1) {
+            FILE *f = fopen(arg, "w");
+            int ok = f && fputs("x", f) >= 0;
+            int e = errno;
+            if (f && fclose(f) != 0) ok = 0;
+            printf("write %s %s\n", arg, ok ? "ok" : err_name(e));
+        } else if (sscanf(line, "alloc %479s", arg) == 1) {
+            size_t mb = strtoul(arg, 0, 10);
+            for (size_t i = 0; i < mb; i++) {
+                char *p = malloc(1 << 20);
+                if (!p) { printf("alloc %s failed\n", arg); break; }
+                memset(p, 0x5a, 1 << 20);
+            }
+            printf("alloc %s ok\n", arg);
+        } else if (strcmp(line, "orphan") == 0) {
+            int p[2];
+            if (pipe(p) != 0) return 3;
+            pid_t mid = fork();
+            if (mid == 0) {
+                pid_t g = fork();
+                if (g == 0) { sleep(1); _exit(0); }
+                write(p[1], &g, sizeof g);
+                _exit(0);
+            }
+            pid_t g = 0;
+            read(p[0], &g, sizeof g);
+            waitpid(mid, 0, 0);
+            printf("orphan %d\n", g);
+        } else if (sscanf(line, "exit %479s", arg) == 1) {
+            fflush(stdout);
+            return atoi(arg);
+        } else {
+            printf("unknown %s\n", line);
+        }
+        fflush(stdout);
+    }
+    printf("eof\n");
+    fflush(stdout);
+    sleep(60);
+    return 0;
+}

@@ -1,0 +1,346 @@
+//! The cgroups of containers: one directory per controller (memory, cpu,
+//! pids), under the daemon's own cgroup, on cgroup v1 hierarchies where the
+//! host has them and on the unified (v2) hierarchy otherwise.
+//!
+//! Layout: `<mount>/<daemon's cgroup>/mitosis-<daemon pid>/<container>`. A
+//! daemon removes its whole subtree when it stops, so containers never
+//! outlive it in the cgroup tree either.
+//!
+//! A daemon whose mount namespace lacks a hierarchy that its process belongs
+//! to (`ip netns exec` mounts a fresh /sys, hiding /sys/fs/cgroup) mounts it
+//! itself under `/run/mitosis/cgroup/`, with the same controllers, which
+//! attaches the very same hierarchy.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use mitosis_proto::local::ContainerLimits;
+
+/// The controllers containers are limited by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Memory,
+    Cpu,
+    Pids,
+}
+
+impl Controller {
+    const ALL: [Controller; 3] = [Controller::Memory, Controller::Cpu, Controller::Pids];
+
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+            Controller::Pids => "pids",
+        }
+    }
+}
+
+/// Where one controller lives.
+#[derive(Debug, Clone)]
+struct Hierarchy {
+    controller: Controller,
+    /// The daemon's subtree: `<mount>/<own cgroup>/mitosis-<pid>`.
+    base: PathBuf,
+    v2: bool,
+}
+
+/// The daemon's cgroup subtrees, one per available controller.
+#[derive(Debug, Clone, Default)]
+pub struct Cgroups {
+    hierarchies: Vec<Hierarchy>,
+}
+
+/// One container's cgroup directories.
+#[derive(Debug)]
+pub struct ContainerCgroup {
+    dirs: Vec<(Controller, PathBuf, bool)>,
+}
+
+/// Parses `/proc/self/mountinfo` for cgroup mounts: (mount point, fstype,
+/// super options).
+fn cgroup_mounts(mountinfo: &str) -> Vec<(PathBuf, bool, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let rfields: Vec<&str> = right.split(' ').collect();
+        if fields.len() < 5 || rfields.len() < 3 {
+            continue;
+        }
+        let v2 = match rfields[0] {
+            "cgroup" => false,
+            "cgroup2" => true,
+            _ => continue,
+        };
+        let opts = rfields[2].split(',').map(str::to_string).collect();
+        out.push((PathBuf::from(fields[4]), v2, opts));
+    }
+    out
+}
+
+/// The process's own path in each hierarchy, from `/proc/self/cgroup`:
+/// (controllers, path); v2's line has empty controllers.
+fn own_paths(proc_cgroup: &str) -> Vec<(Vec<String>, String)> {
+    proc_cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+            Some((ctrls.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect(), path.to_string()))
+        })
+        .collect()
+}
+
+impl Cgroups {
+    /// Finds memory, cpu and pids and creates the daemon's subtree in each.
+    /// Controllers the host lacks are left out (and reported by `missing`).
+    pub fn discover(daemon_pid: u32) -> io::Result<Cgroups> {
+        let own = own_paths(&fs::read_to_string("/proc/self/cgroup")?);
+        let mut mounts = cgroup_mounts(&fs::read_to_string("/proc/self/mountinfo")?);
+        for (ctrls, _) in &own {
+            let v2 = ctrls.is_empty();
+            let present = mounts.iter().any(|(_, mv2, opts)| {
+                *mv2 == v2 && (v2 || ctrls.iter().all(|c| opts.contains(c)))
+            });
+            // name=systemd and the like carry no controller we use.
+            let useful = v2 || ctrls.iter().any(|c| Controller::ALL.iter().any(|u| u.name() == c));
+            if !present && useful {
+                match mount_hierarchy(ctrls) {
+                    Ok(at) => mounts.push((at, v2, ctrls.clone())),
+                    Err(e) => tracing::warn!(controllers = ?ctrls, error = %e, "cannot mount a cgroup hierarchy"),
+                }
+            }
+        }
+        let mut hierarchies = Vec::new();
+        for controller in Controller::ALL {
+            let name = controller.name();
+            let v1 = mounts.iter().find(|(_, v2, opts)| !v2 && opts.iter().any(|o| o == name));
+            let found = match v1 {
+                Some((mount, _, _)) => own
+                    .iter()
+                    .find(|(ctrls, _)| ctrls.iter().any(|c| c == name))
+                    .map(|(_, path)| (mount.clone(), path.clone(), false)),
+                None => mounts.iter().find(|(_, v2, _)| *v2).and_then(|(mount, _, _)| {
+                    let path = own.iter().find(|(ctrls, _)| ctrls.is_empty())?.1.clone();
+                    let dir = mount.join(path.trim_start_matches('/'));
+                    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                    available.split_whitespace().any(|c| c == name).then(|| (mount.clone(), path, true))
+                }),
+            };
+            let Some((mount, path, v2)) = found else { continue };
+            let base = mount.join(path.trim_start_matches('/')).join(format!("mitosis-{daemon_pid}"));
+            if v2 && hierarchies.iter().any(|h: &Hierarchy| h.v2) {
+                // One unified directory serves every v2 controller.
+                hierarchies.push(Hierarchy { controller, base, v2 });
+                continue;
+            }
+            match fs::create_dir(&base) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("creating {}: {e}", base.display()))),
+            }
+            if v2 {
+                let _ = fs::write(base.join("cgroup.subtree_control"), format!("+{name}"));
+            }
+            hierarchies.push(Hierarchy { controller, base, v2 });
+        }
+        Ok(Cgroups { hierarchies })
+    }
+
+    /// Controllers that could not be found on this host.
+    pub fn missing(&self) -> Vec<&'static str> {
+        Controller::ALL
+            .iter()
+            .filter(|c| !self.hierarchies.iter().any(|h| h.controller == **c))
+            .map(|c| c.name())
+            .collect()
+    }
+
+    /// Creates the directories of container `name`.
+    pub fn create(&self, name: &str) -> io::Result<ContainerCgroup> {
+        let mut cg = ContainerCgroup { dirs: Vec::new() };
+        for h in &self.hierarchies {
+            let dir = h.base.join(name);
+            if !cg.dirs.iter().any(|(_, d, _)| d == &dir) {
+                if let Err(e) = fs::create_dir(&dir) {
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())));
+                    }
+                }
+            }
+            cg.dirs.push((h.controller, dir, h.v2));
+        }
+        Ok(cg)
+    }
+
+    /// Removes the daemon's subtrees (containers' directories first).
+    pub fn remove_all(&self) {
+        for h in &self.hierarchies {
+            if let Ok(entries) = fs::read_dir(&h.base) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = remove_dir_retrying(&e.path());
+                    }
+                }
+            }
+            let _ = remove_dir_retrying(&h.base);
+        }
+    }
+
+    /// Container directories that exist now: the most in any one hierarchy
+    /// (each container has one in each), for leak checks.
+    pub fn live_directories(&self) -> usize {
+        self.hierarchies
+            .iter()
+            .map(|h| fs::read_dir(&h.base).map(|d| d.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Mounts the hierarchy with controllers `ctrls` (empty: cgroup v2) under
+/// `/run/mitosis/cgroup/`.
+fn mount_hierarchy(ctrls: &[String]) -> io::Result<PathBuf> {
+    let name = if ctrls.is_empty() { "unified".to_string() } else { ctrls.join(",") };
+    let at = PathBuf::from("/run/mitosis/cgroup").join(&name);
+    fs::create_dir_all(&at)?;
+    let (fstype, data) = if ctrls.is_empty() { ("cgroup2", String::new()) } else { ("cgroup", name.clone()) };
+    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let (src, target, fs_c, data_c) = (c(fstype), c(&at.to_string_lossy()), c(fstype), c(&data));
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fs_c.as_ptr(),
+            0,
+            if data.is_empty() { std::ptr::null() } else { data_c.as_ptr().cast() },
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(at)
+}
+
+/// rmdir of a cgroup fails with EBUSY while its last task is still being
+/// torn down; that takes a few milliseconds at most.
+fn remove_dir_retrying(dir: &Path) -> io::Result<()> {
+    for _ in 0..200 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => return Err(e),
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+/// The CFS period used for `--cpus` quotas.
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl ContainerCgroup {
+    /// Writes the limits; controllers without a limit stay unlimited.
+    pub fn apply(&self, limits: &ContainerLimits) -> io::Result<()> {
+        for (controller, dir, v2) in &self.dirs {
+            let (file, value) = match (controller, v2) {
+                (Controller::Memory, false) => ("memory.limit_in_bytes", limits.memory_bytes.map(|b| b.to_string())),
+                (Controller::Memory, true) => ("memory.max", limits.memory_bytes.map(|b| b.to_string())),
+                (Controller::Cpu, false) => {
+                    if limits.cpu_millis.is_some() {
+                        write(dir, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                    }
+                    ("cpu.cfs_quota_us", limits.cpu_millis.map(|m| (CPU_PERIOD_US * m as u64 / 1000).max(1000).to_string()))
+                }
+                (Controller::Cpu, true) => (
+                    "cpu.max",
+                    limits.cpu_millis.map(|m| format!("{} {CPU_PERIOD_US}", (CPU_PERIOD_US * m as u64 / 1000).max(1000))),
+                ),
+                (Controller::Pids, _) => ("pids.max", limits.pids.map(|p| p.to_string())),
+            };
+            if let Some(value) = value {
+                write(dir, file, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into every directory.
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        let mut done: Vec<&PathBuf> = Vec::new();
+        for (_, dir, _) in &self.dirs {
+            if done.contains(&dir) {
+                continue;
+            }
+            write(dir, "cgroup.procs", &pid.to_string())?;
+            done.push(dir);
+        }
+        Ok(())
+    }
+
+    fn dir_of(&self, c: Controller) -> Option<(&PathBuf, bool)> {
+        self.dirs.iter().find(|(ctrl, _, _)| *ctrl == c).map(|(_, d, v2)| (d, *v2))
+    }
+
+    /// Memory charged to the container now, in bytes.
+    pub fn memory_usage(&self) -> Option<u64> {
+        let (dir, v2) = self.dir_of(Controller::Memory)?;
+        let file = if v2 { "memory.current" } else { "memory.usage_in_bytes" };
+        fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// How many processes the kernel's OOM killer killed in this container.
+    pub fn oom_kills(&self) -> u64 {
+        let Some((dir, v2)) = self.dir_of(Controller::Memory) else { return 0 };
+        let file = if v2 { "memory.events" } else { "memory.oom_control" };
+        fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Removes the directories (the container's processes must be gone).
+    pub fn remove(&self) -> io::Result<()> {
+        let mut result = Ok(());
+        for (_, dir, _) in &self.dirs {
+            if let Err(e) = remove_dir_retrying(dir) {
+                result = Err(io::Error::new(e.kind(), format!("removing {}: {e}", dir.display())));
+            }
+        }
+        result
+    }
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    fs::write(dir.join(file), value).map_err(|e| io::Error::new(e.kind(), format!("writing {value} to {}: {e}", dir.join(file).display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1_and_v2_mounts() {
+        let mi = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                  35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                  23 1 8:1 / / rw - ext4 /dev/sda1 rw\n";
+        let m = cgroup_mounts(mi);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].0, PathBuf::from("/sys/fs/cgroup/cpu"));
+        assert!(!m[0].1 && m[0].2.contains(&"cpu".to_string()));
+        assert!(m[2].1);
+    }
+
+    #[test]
+    fn parses_own_paths() {
+        let own = own_paths("4:memory:/a/b\n1:cpu,cpuacct:/\n0::/x\n");
+        assert_eq!(own[0], (vec!["memory".to_string()], "/a/b".to_string()));
+        assert_eq!(own[1].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
+        assert_eq!(own[2], (vec![], "/x".to_string()));
+    }
+}
