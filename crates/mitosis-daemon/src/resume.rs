@@ -221,7 +221,13 @@ fn start(
     if cred.uid != 0 && cred.uid != image.uid {
         return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, you are uid {}", image.uid, cred.uid)));
     }
-    let plan = RestorePlan::new(&image, &daemon.vdso).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
+    // The process that becomes the child: a fork of our zygote (our own
+    // executable), or the caller of a resume in place.
+    let becomes_child = match &body {
+        Body::Caller { pid, .. } => *pid,
+        Body::NewChild { .. } => std::process::id() as i32,
+    };
+    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
     let mut container = None;

@@ -315,6 +315,9 @@ fn pager_dict<'py>(py: Python<'py>, s: &PagerStats) -> PyResult<Bound<'py, PyDic
     let d = PyDict::new(py);
     d.set_item("faults", s.faults)?;
     d.set_item("zero_faults", s.zero_faults)?;
+    d.set_item("remote_faults", s.remote_faults)?;
+    d.set_item("pages_pushed", s.pages_pushed)?;
+    d.set_item("cache_hits", s.cache_hits)?;
     d.set_item("pages_fetched", s.pages_fetched)?;
     d.set_item("bytes_fetched", s.bytes_fetched)?;
     d.set_item("fetches", s.fetches)?;
@@ -372,8 +375,8 @@ impl Resumed {
     /// resp. was killed by a signal), `killed_by_mitosis` (the reason, or
     /// None), `out_of_memory` (killed by the OOM killer at its container's
     /// limit; then `signal` is 9) with `memory_limit_bytes`, `description`
-    /// (in words) and `pager` (faults, zero_faults, pages_fetched,
-    /// bytes_fetched, fetches).
+    /// (in words) and `pager` (faults, zero_faults, remote_faults,
+    /// pages_fetched, bytes_fetched, fetches, pages_pushed, cache_hits).
     fn wait(&mut self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         if let Some(done) = &self.ended {
             return Ok(done.clone_ref(py));
@@ -413,7 +416,7 @@ fn resume(py: Python<'_>, host: &str, id: &str, socket: Option<PathBuf>, contain
     flush_python_stdio(py);
     let socket = socket_or_default(socket);
     let (host, id) = (host.to_string(), id.to_string());
-    let options = mitosis::ResumeOptions { container: container.then(mitosis::ContainerSpec::default), detach: false };
+    let options = mitosis::ResumeOptions { container: container.then(mitosis::ContainerSpec::default), ..Default::default() };
     let started = py
         .detach(move || mitosis::Client::connect(&socket)?.resume_with(&host, &id, [0, 1, 2], &options))
         .map_err(|e| to_py_err(py, e))?;

@@ -51,7 +51,10 @@ pub struct RestorePlan {
 
 impl RestorePlan {
     /// Checks the seed against this host and decides every placement.
-    pub fn new(image: &SeedImage, local_vdso: &VdsoInfo) -> Result<RestorePlan, RestoreError> {
+    /// `process` is the process that becomes the child (as it is before the
+    /// restore): the zygote's fork (our own executable) or the caller of a
+    /// resume in place.
+    pub fn new(image: &SeedImage, local_vdso: &VdsoInfo, process: i32) -> Result<RestorePlan, RestoreError> {
         if image.vdso_hash != local_vdso.hash {
             return Err(RestoreError::Incompatible(format!(
                 "the seed host runs kernel {} whose vDSO differs from this host's (kernel {}); resume it on a host with the same kernel",
@@ -117,13 +120,14 @@ impl RestorePlan {
             placements.push(p);
         }
         let exe_fd = match &image.exe {
-            // Children are forks of the daemon: when the seed runs the daemon's own
-            // binary, /proc/PID/exe is already right (and the kernel refuses to
-            // replace an executable that is still mapped).
+            // When the process already runs the seed's executable (a fork of the
+            // daemon for a seed of our binary, or a resume in place of a seed of
+            // the caller's own program), /proc/PID/exe is already right, and
+            // the kernel refuses to replace an executable that the seed maps again.
             Some((path, identity))
                 if file_identity(path).as_ref() == Some(identity)
                     && image.uid == 0
-                    && own_exe_identity().as_ref() != Some(identity) =>
+                    && exe_identity(process).as_ref() != Some(identity) =>
             {
                 match by_path.iter().find(|(p, _)| p == path) {
                     Some((_, fd)) => Some(*fd),
@@ -163,8 +167,8 @@ impl RestorePlan {
     }
 }
 
-fn own_exe_identity() -> Option<mitosis_proto::image::FileIdentity> {
-    file_identity(std::fs::read_link("/proc/self/exe").ok()?.to_str()?)
+fn exe_identity(pid: i32) -> Option<mitosis_proto::image::FileIdentity> {
+    file_identity(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?)
 }
 
 fn cstring(s: &str) -> Result<CString, RestoreError> {

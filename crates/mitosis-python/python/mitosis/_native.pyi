@@ -66,7 +66,7 @@ class Resumed:
         """Waits for the end (GIL released). Keys: ``status`` (what ``mitosis resume``
         exits with), ``exit_code``, ``signal``, ``killed_by_mitosis`` (a reason or None),
         ``out_of_memory``, ``memory_limit_bytes``, ``description``,
-        ``pager`` (faults, zero_faults, pages_fetched, bytes_fetched, fetches)."""
+        ``pager`` (faults, zero_faults, remote_faults, pages_fetched, bytes_fetched, fetches, pages_pushed, cache_hits)."""
         ...
 
 def fork_prepare(id: str, pin: bool = False, socket: _Socket = None) -> Union[Parent, Child]: ...
