@@ -10,6 +10,13 @@
 //! to (`ip netns exec` mounts a fresh /sys, hiding /sys/fs/cgroup) mounts it
 //! itself under `/run/mitosis/cgroup/`, with the same controllers, which
 //! attaches the very same hierarchy.
+//!
+//! Moving a task into a cgroup (the write to `cgroup.procs`) waits for an
+//! RCU grace period, about 9 ms on these machines, unless the kernel is told
+//! to favor dynamic modifications. The daemon sets `favordynmods` on the
+//! unified hierarchy (it applies to task migrations in every hierarchy,
+//! v1 included), keeping that mount's other options: migrations then cost
+//! tens of microseconds, forks and exits host-wide a little more.
 
 use std::fs;
 use std::io;
@@ -58,9 +65,14 @@ pub struct ContainerCgroup {
     dirs: Vec<(Controller, PathBuf, bool)>,
 }
 
-/// Parses `/proc/self/mountinfo` for cgroup mounts: (mount point, fstype,
+/// Parses `/proc/self/mountinfo` for cgroup mounts: (mount point, is v2,
 /// super options).
 fn cgroup_mounts(mountinfo: &str) -> Vec<(PathBuf, bool, Vec<String>)> {
+    cgroup_mounts_with_flags(mountinfo).into_iter().map(|(p, v2, opts, _)| (p, v2, opts)).collect()
+}
+
+/// [`cgroup_mounts`], with each mount's per-mount options too.
+fn cgroup_mounts_with_flags(mountinfo: &str) -> Vec<(PathBuf, bool, Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else { continue };
@@ -75,7 +87,8 @@ fn cgroup_mounts(mountinfo: &str) -> Vec<(PathBuf, bool, Vec<String>)> {
             _ => continue,
         };
         let opts = rfields[2].split(',').map(str::to_string).collect();
-        out.push((PathBuf::from(fields[4]), v2, opts));
+        let mount_opts = fields[5].split(',').map(str::to_string).collect();
+        out.push((PathBuf::from(fields[4]), v2, opts, mount_opts));
     }
     out
 }
@@ -112,6 +125,9 @@ impl Cgroups {
                     Err(e) => tracing::warn!(controllers = ?ctrls, error = %e, "cannot mount a cgroup hierarchy"),
                 }
             }
+        }
+        if let Err(e) = favor_dynamic_modifications() {
+            tracing::warn!(error = %e, "cannot set favordynmods: moving a child into its cgroups may take an RCU grace period (milliseconds)");
         }
         let mut hierarchies = Vec::new();
         for controller in Controller::ALL {
@@ -198,6 +214,33 @@ impl Cgroups {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// Remounts the (first) unified hierarchy with `favordynmods` added to its
+/// options, unless it has it already (see the module doc).
+fn favor_dynamic_modifications() -> io::Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let Some((path, _, opts, mount_opts)) = cgroup_mounts_with_flags(&info).into_iter().find(|m| m.1) else {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"));
+    };
+    if opts.iter().any(|o| o == "favordynmods") {
+        return Ok(());
+    }
+    let data: Vec<&str> = opts.iter().map(String::as_str).filter(|o| *o != "rw" && *o != "ro").chain(["favordynmods"]).collect();
+    let mut flags = libc::MS_REMOUNT;
+    for (name, flag) in [("nosuid", libc::MS_NOSUID), ("nodev", libc::MS_NODEV), ("noexec", libc::MS_NOEXEC), ("ro", libc::MS_RDONLY)] {
+        if mount_opts.iter().any(|o| o == name) {
+            flags |= flag;
+        }
+    }
+    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let (target, data_c) = (c(&path.to_string_lossy()), c(&data.join(",")));
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, data_c.as_ptr().cast()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    tracing::info!(mount = %path.display(), "set favordynmods on the unified cgroup hierarchy (fast task migrations)");
+    Ok(())
 }
 
 /// Mounts the hierarchy with controllers `ctrls` (empty: cgroup v2) under

@@ -204,6 +204,7 @@ impl Pool {
                 return Err(io::Error::new(io::ErrorKind::NotFound, format!("rootfs {dir} is not a directory")));
             }
         }
+        let t0 = Instant::now();
         let name = format!("{}{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed));
         let cgroup = self.cgroups.create(&name)?;
         let (control_rx, control_tx) = std::io::pipe()?;
@@ -235,6 +236,7 @@ impl Pool {
             let why = if answer.is_empty() { "the namespace holder died".to_string() } else { answer };
             return Err(io::Error::other(format!("cannot set up container {}: {why}", container.name)));
         }
+        tracing::debug!(container = %container.name, us = t0.elapsed().as_micros() as u64, "container created");
         Ok(container)
     }
 

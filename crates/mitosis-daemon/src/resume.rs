@@ -297,6 +297,7 @@ fn start(
     let notice = if in_place { pidfd::getfd(&pidfd, 2).ok().map(std::fs::File::from) } else { None };
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
     let mut pager_thread = None;
+    let push_go = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restored = restore(Child { pid, pidfd: &pidfd, vdso: child_vdso }, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
         let regions = Regions::new(&remote);
         // Eager: everything, in address order; else the recorded working set
@@ -312,7 +313,7 @@ fn start(
             .with_patches(patches)
             .with_notice(notice)
             .with_recorder(recorder.clone())
-            .with_push(push);
+            .with_push(push, push_go.clone());
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
             .spawn(move || pager.run())
@@ -330,6 +331,7 @@ fn start(
         return Err(remote_err(ErrorKind::Internal, why));
     }
     let pager = pager_thread.expect("restore starts the pager before it succeeds");
+    push_go.store(true, std::sync::atomic::Ordering::Relaxed);
     daemon.children.add(Arc::new(ChildRecord {
         pid,
         pidfd: pidfd.clone(),

@@ -180,6 +180,11 @@ pub struct Pager {
     outstanding: std::collections::VecDeque<Outstanding>,
     /// Child ranges still to push, in order.
     push: std::collections::VecDeque<(u64, u64)>,
+    /// Pushing starts once this is set (the daemon has finished restoring
+    /// the child: on few CPUs a push would slow the restore down) and the
+    /// child has faulted once.
+    push_go: Arc<std::sync::atomic::AtomicBool>,
+    push_started: bool,
     /// Current fault window, in pages.
     window_pages: u64,
     /// End of the last fault's (or consumed read-ahead's) window, to tell
@@ -220,6 +225,8 @@ impl Pager {
             buf: Vec::new(),
             outstanding: Default::default(),
             push: Default::default(),
+            push_go: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            push_started: false,
             window_pages: config.window_pages.max(1),
             last_end: None,
             broken: None,
@@ -245,9 +252,11 @@ impl Pager {
     }
 
     /// Pushes these child ranges in, in order, ahead of faults, whenever the
-    /// child does not wait for anything (faults come first).
-    pub fn with_push(mut self, ranges: Vec<(u64, u64)>) -> Pager {
+    /// child does not wait for anything (faults come first), from its first
+    /// fault after `go` is set on.
+    pub fn with_push(mut self, ranges: Vec<(u64, u64)>, go: Arc<std::sync::atomic::AtomicBool>) -> Pager {
         self.push = ranges.into();
+        self.push_go = go;
         self
     }
 
@@ -258,6 +267,7 @@ impl Pager {
             // With pushing to do, only look for events, then go on pushing. (A
             // read-ahead stays on the wire until the child gets to it.)
             let busy = self.broken.is_none()
+                && self.push_started
                 && (!self.push.is_empty() || self.outstanding.front().is_some_and(|o| o.purpose == Purpose::Push));
             let mut fds = [
                 libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -358,7 +368,10 @@ impl Pager {
             }
         }
         match ev {
-            Event::Fault { addr } => self.serve(addr),
+            Event::Fault { addr } => {
+                self.push_started |= self.push_go.load(Ordering::Relaxed);
+                self.serve(addr)
+            }
             Event::Remove { start, end } | Event::Unmap { start, end } => {
                 self.regions.set(start, end, PageState::Zero);
                 Ok(())
@@ -428,6 +441,7 @@ impl Pager {
                         // going, the next window goes out first.
                         self.last_end = Some(self.outstanding[i].window_end);
                         self.outstanding[i].purpose = Purpose::Fault;
+                        self.grow_window();
                         self.read_ahead();
                     }
                     for _ in 0..=i {
@@ -470,6 +484,13 @@ impl Pager {
         (w, addr / w * w)
     }
 
+    /// The child streams through memory: a bigger window costs fewer faults.
+    fn grow_window(&mut self) {
+        if self.config.adaptive {
+            self.window_pages = (self.window_pages * 2).min(self.config.max_window_pages.max(1));
+        }
+    }
+
     /// Whether a fault at `addr` comes right after the last window.
     fn sequential(&self, addr: u64) -> bool {
         self.last_end.is_some_and(|end| addr >= end && addr < end + self.window_pages * PAGE)
@@ -480,13 +501,11 @@ impl Pager {
             return Err(self.unfetchable(addr, reason));
         }
         let sequential = self.sequential(addr);
-        if self.config.adaptive && self.last_end.is_some() {
-            // Grow while the child streams through memory, shrink when it jumps.
-            self.window_pages = if sequential {
-                (self.window_pages * 2).min(self.config.max_window_pages.max(1))
-            } else {
-                (self.window_pages / 2).max(1)
-            };
+        if sequential {
+            self.grow_window();
+        } else if self.config.adaptive && self.last_end.is_some() {
+            // The child jumped: a smaller window wastes less.
+            self.window_pages = (self.window_pages / 2).max(1);
         }
         let (w, lo) = self.window(addr);
         let runs = self.regions.remote_runs(lo, lo + w);

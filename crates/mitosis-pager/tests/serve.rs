@@ -66,8 +66,13 @@ struct Served {
 }
 
 impl Served {
-    /// Maps `pages` anonymous pages served by a pager with the given window.
+    /// Maps `pages` anonymous pages served by a pager with the given fixed window.
     fn new(pages: usize, window: u64) -> Option<Served> {
+        Served::with(pages, PagerConfig { window_pages: window, adaptive: false, max_window_pages: window, read_ahead: true })
+    }
+
+    /// Maps `pages` anonymous pages served by a pager configured so.
+    fn with(pages: usize, config: PagerConfig) -> Option<Served> {
         let uffd = match Uffd::create() {
             Ok(u) => u,
             Err(e) => {
@@ -93,7 +98,7 @@ impl Served {
             uffd,
             Regions::new(&[(base as u64, base as u64 + len as u64)]),
             Box::new(source),
-            PagerConfig { window_pages: window, adaptive: false, max_window_pages: window, read_ahead: true },
+            config,
             counters.clone(),
             Some(pidfd),
         );
@@ -175,4 +180,31 @@ fn dropped_pages_read_zero_never_the_seed() {
     assert_eq!(s.word(3 * 512 + 5), 0);
     assert_eq!(s.word(4 * 512), word_at(s.addr_of(4 * 512)), "pages after the dropped range still come from the seed");
     assert!(s.counters.snapshot().zero_faults >= 2);
+}
+
+#[test]
+fn adaptive_window_grows_on_sequential_touch_and_shrinks_on_random() {
+    let config = PagerConfig { window_pages: 4, adaptive: true, max_window_pages: 64, read_ahead: true };
+    let Some(s) = Served::with(1024, config) else { return };
+    for i in (0..s.words()).step_by(512) {
+        assert_eq!(s.touch(i), word_at(s.addr_of(i)), "word {i}");
+    }
+    let log = s.log.lock().unwrap();
+    let sizes: Vec<u64> = log.requests.iter().map(|r| r.iter().map(|x| x.1).sum::<u64>() / PAGE).collect();
+    assert!(log.requests.len() < 40, "1024 pages in windows growing from 4 to 64 pages: {sizes:?}");
+    assert!(sizes.iter().any(|&n| n == 64), "the window reaches its maximum: {sizes:?}");
+    drop(log);
+
+    let Some(s) = Served::with(1024, config) else { return };
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % s.words() as u64) as usize;
+        assert_eq!(s.word(i), word_at(s.addr_of(i)), "word {i}");
+    }
+    let log = s.log.lock().unwrap();
+    let last: u64 = log.requests.last().unwrap().iter().map(|x| x.1).sum::<u64>() / PAGE;
+    assert!(last <= 2, "random faults shrink the window to a page or two: {last}");
 }

@@ -1,0 +1,143 @@
+//! How a child's memory comes in: every paging mode gives the memory of the
+//! prepare instant, byte for byte (adaptive windows, no prefetch, eager
+//! streaming, the recorded working set pushed, this host's page cache), and
+//! no cache ever serves a page of an older generation of a seed.
+
+mod common;
+
+use common::*;
+
+/// The counters of `resume --profile`'s line on stderr, by the word after each number.
+struct Profile(String);
+
+impl Profile {
+    fn of(out: &Finished) -> Profile {
+        let line = out.stderr.lines().find(|l| l.starts_with("mitosis: resume ")).unwrap_or_else(|| panic!("no profile line: {out}"));
+        Profile(line.to_string())
+    }
+
+    /// The number just before `words` in the line.
+    fn number_before(&self, words: &str) -> u64 {
+        let at = self.0.find(words).unwrap_or_else(|| panic!("{words:?} not in {:?}", self.0));
+        let head = self.0[..at].trim_end();
+        head.rsplit(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap_or_else(|_| panic!("no number before {words:?} in {:?}", self.0))
+    }
+
+    fn pages(&self) -> u64 {
+        self.number_before(" pages in")
+    }
+    fn pushed(&self) -> u64 {
+        self.number_before(" pushed ahead")
+    }
+    fn cache_hits(&self) -> u64 {
+        self.number_before(" from this host's cache")
+    }
+    fn waited(&self) -> u64 {
+        self.number_before(" waited for pages")
+    }
+}
+
+/// One child on b with `args`: touches its working set in `order`, verifies
+/// it against `sum`, exits; returns its profile.
+fn child(c: &Cluster, id: &str, order: &str, sum: &str, args: &[&str]) -> Profile {
+    let mut all = vec!["--profile"];
+    all.extend_from_slice(args);
+    let out = c.resume_on_b_with_args(id, &format!("touch {order}\nverify\nexit 0\n"), &all);
+    assert_eq!(out.code(), Some(0), "{args:?}: {out}\n{}", c.logs());
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{args:?}: {out}");
+    assert_eq!(lines[1], format!("verify ok {sum}"), "{args:?} must give the prepare instant's memory: {out}");
+    let p = Profile::of(&out);
+    eprintln!("{args:?} {order}: {}", p.0);
+    p
+}
+
+#[test]
+fn every_paging_mode_gives_the_prepare_instant_memory() {
+    let Some(c) = Cluster::new("paging-modes") else { return };
+    let mb = 24;
+    let (mut parent, ppid) = c.pattern_in_a(mb);
+    let sum0 = parent.verify();
+    c.prepare_a(ppid, "s");
+    parent.ask("mutate", "mutated");
+    let pages = (mb as u64) << 8;
+
+    // One page per request, nothing pushed, nothing cached or recorded.
+    let p = child(&c, "s", "random", &sum0, &["--no-prefetch", "--no-cache"]);
+    assert_eq!(p.pushed(), 0);
+    assert!(p.pages() >= pages && p.number_before(" requests") >= pages, "{}", p.0);
+    let p = child(&c, "s", "seq", &sum0, &["--no-cache", "--no-working-set"]);
+    assert_eq!((p.pushed(), p.cache_hits()), (0, 0), "{}", p.0);
+    assert!(p.number_before(" requests") < pages / 16, "windows grow on sequential touch: {}", p.0);
+
+    // The first default child records the working set and fills the cache;
+    // the next gets the working set pushed, from the cache.
+    let p = child(&c, "s", "random", &sum0, &[]);
+    assert_eq!(p.pushed(), 0, "no working set recorded yet: {}", p.0);
+    let stats = c.cli(&["stats", "--json", "--socket", c.a.socket().to_str().unwrap()]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    let ws = stats["seeds"][0]["working_set_pages"].as_u64().unwrap();
+    assert!(ws >= pages, "the working set covers what the child touched: {stats}");
+    // (Touched in another order than the first child's, part of it comes
+    // by faults before the push gets there.)
+    let p = child(&c, "s", "seq", &sum0, &[]);
+    assert!(p.pushed() > 0, "the working set is pushed: {}", p.0);
+    assert!(p.cache_hits() >= pages, "from this host's cache: {}", p.0);
+    assert!(p.waited() < pages / 10, "few faults wait for pages: {}", p.0);
+
+    // Eager: everything streamed in (what the child touches first comes by
+    // its faults), from the network and from the cache.
+    let p = child(&c, "s", "random", &sum0, &["--eager", "--no-cache"]);
+    assert!(p.pushed() > pages / 2 && p.cache_hits() == 0, "{}", p.0);
+    let p = child(&c, "s", "seq", &sum0, &["--eager"]);
+    assert!(p.pushed() > 0 && p.pages() >= pages, "{}", p.0);
+    parent.send("exit 0\n");
+}
+
+/// A seed prepared again under the same id: children of the new generation
+/// never get the old generation's pages, from the page cache or from a
+/// pushed working set, and the cache lets the old generation go.
+#[test]
+fn re_prepared_seed_never_serves_old_pages_from_any_cache() {
+    let Some(c) = Cluster::new("paging-generations") else { return };
+    let (mut parent, ppid) = c.pattern_in_a(8);
+    let sum0 = parent.verify();
+    c.prepare_a(ppid, "s");
+    child(&c, "s", "seq", &sum0, &[]);
+    let p = child(&c, "s", "seq", &sum0, &[]);
+    assert!(p.cache_hits() > 0 && p.pushed() > 0, "{}", p.0);
+
+    parent.ask("mutate", "mutated");
+    let sum1 = parent.verify();
+    c.prepare_a(ppid, "s");
+    for args in [&[][..], &["--eager"][..], &[][..]] {
+        let p = child(&c, "s", "seq", &sum1, args);
+        assert!(p.pages() > 0, "{}", p.0);
+    }
+    let stats = c.cli(&["stats", "--json", "--socket", c.b.socket().to_str().unwrap()]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!(stats["cache"]["generations"], 1, "only the new generation stays cached: {stats}");
+    parent.send("exit 0\n");
+}
+
+/// A page cache smaller than a seed evicts and stays within its limit;
+/// children still get the right memory.
+#[test]
+fn small_page_cache_evicts_and_stays_correct() {
+    let Some(c) = Cluster::build("paging-small-cache", KEY, KEY, &[], &["--cache-size", "4M"]) else { return };
+    let (mut p1, pid1) = c.pattern_in_a(8);
+    let (mut p2, pid2) = c.pattern_in_a(8);
+    let (s1, s2) = (p1.verify(), p2.verify());
+    c.prepare_a(pid1, "one");
+    c.prepare_a(pid2, "two");
+    for _ in 0..2 {
+        child(&c, "one", "random", &s1, &[]);
+        child(&c, "two", "seq", &s2, &[]);
+    }
+    let stats = c.cli(&["stats", "--json", "--socket", c.b.socket().to_str().unwrap()]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert!(stats["cache"]["bytes"].as_u64().unwrap() <= 4 << 20, "{stats}");
+    assert!(stats["cache"]["evictions"].as_u64().unwrap() > 0, "{stats}");
+    p1.send("exit 0\n");
+    p2.send("exit 0\n");
+}
