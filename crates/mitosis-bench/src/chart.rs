@@ -28,7 +28,11 @@ const COLOURS: [&str; 6] = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00
 
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 70.0;
+const TOP: f64 = 50.0;
+/// Narrowest chart, so that the title and legend fit beside few groups.
+const MIN_WIDTH: f64 = 720.0;
+/// Height of one legend row.
+const LEGEND_ROW: f64 = 18.0;
 const BOTTOM: f64 = 90.0;
 const PLOT_HEIGHT: f64 = 360.0;
 const GROUP_WIDTH: f64 = 78.0;
@@ -59,9 +63,10 @@ pub fn grouped_bars_log(c: &Chart) -> String {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let (lo_dec, hi_dec) = if values.is_empty() { (0, 1) } else { (lo.log10().floor() as i32, (hi.log10().ceil() as i32).max(lo.log10().floor() as i32 + 1)) };
-    let width = LEFT + RIGHT + GROUP_WIDTH * c.groups.len().max(1) as f64;
-    let height = TOP + PLOT_HEIGHT + BOTTOM;
-    let y_of = |v: f64| TOP + PLOT_HEIGHT * (1.0 - (v.log10() - lo_dec as f64) / (hi_dec - lo_dec) as f64);
+    let width = (LEFT + RIGHT + GROUP_WIDTH * c.groups.len().max(1) as f64).max(MIN_WIDTH);
+    let top = TOP + LEGEND_ROW * c.series.len() as f64;
+    let height = top + PLOT_HEIGHT + BOTTOM;
+    let y_of = |v: f64| top + PLOT_HEIGHT * (1.0 - (v.log10() - lo_dec as f64) / (hi_dec - lo_dec) as f64);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -70,12 +75,11 @@ pub fn grouped_bars_log(c: &Chart) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{:.0}" y="24" font-size="16" text-anchor="middle" font-weight="bold">{}</text>"#, width / 2.0, esc(&c.title));
 
-    // Legend, in one row under the title.
-    let mut x = LEFT;
+    // Legend, one series a row under the title.
     for (i, name) in c.series.iter().enumerate() {
-        let _ = writeln!(s, r#"<rect x="{x:.0}" y="38" width="12" height="12" fill="{}"/>"#, COLOURS[i % COLOURS.len()]);
-        let _ = writeln!(s, r#"<text x="{:.0}" y="49" font-size="12">{}</text>"#, x + 16.0, esc(name));
-        x += 16.0 + 7.0 * name.len() as f64 + 24.0;
+        let y = 38.0 + LEGEND_ROW * i as f64;
+        let _ = writeln!(s, r#"<rect x="{LEFT}" y="{y:.0}" width="12" height="12" fill="{}"/>"#, COLOURS[i % COLOURS.len()]);
+        let _ = writeln!(s, r#"<text x="{:.0}" y="{:.0}" font-size="12">{}</text>"#, LEFT + 18.0, y + 11.0, esc(name));
     }
 
     // Decade grid lines and labels.
@@ -94,15 +98,15 @@ pub fn grouped_bars_log(c: &Chart) -> String {
     let _ = writeln!(
         s,
         r#"<text x="18" y="{:.0}" font-size="13" text-anchor="middle" transform="rotate(-90 18 {:.0})">{}</text>"#,
-        TOP + PLOT_HEIGHT / 2.0,
-        TOP + PLOT_HEIGHT / 2.0,
+        top + PLOT_HEIGHT / 2.0,
+        top + PLOT_HEIGHT / 2.0,
         esc(&c.y_label)
     );
 
     // Bars.
     let n = c.series.len().max(1) as f64;
     let bar = (GROUP_WIDTH - 14.0) / n;
-    let base = TOP + PLOT_HEIGHT;
+    let base = top + PLOT_HEIGHT;
     for (gi, g) in c.groups.iter().enumerate() {
         let gx = LEFT + GROUP_WIDTH * gi as f64 + 7.0;
         for (si, &v) in g.values.iter().enumerate() {
@@ -131,7 +135,7 @@ pub fn grouped_bars_log(c: &Chart) -> String {
         let _ = writeln!(s, r#"<text x="{lx:.1}" y="{:.0}" font-size="12" text-anchor="end" transform="rotate(-35 {lx:.1} {:.0})">{}</text>"#, base + 16.0, base + 16.0, esc(&g.label));
     }
     let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{base}" x2="{:.0}" y2="{base}" stroke="#333" stroke-width="1"/>"##, width - RIGHT);
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="#333" stroke-width="1"/>"##);
+    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#333" stroke-width="1"/>"##);
     s.push_str("</svg>\n");
     s
 }
