@@ -119,7 +119,7 @@ impl Suite {
             out.status.success(),
             "{} lacks a package of the suite: {}\n{SETUP_HINT}",
             self.python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("")
         );
         Ok(())
     }
@@ -668,7 +668,11 @@ fn check_targets(functions: &[FunctionReport]) -> Vec<TargetCheck> {
         check(format!("resume at most {TARGET_RESUME_MS} ms"), f.resume_ms.median, f.resume_ms.median <= TARGET_RESUME_MS);
         if f.init_ms >= TARGET_SPEEDUP_MIN_INIT_MS {
             check(
-                format!("end to end {TARGET_SPEEDUP}x faster than cold start (init >= {TARGET_SPEEDUP_MIN_INIT_MS} ms)"),
+                format!(
+                    "end to end {TARGET_SPEEDUP}x faster than cold start (init >= {TARGET_SPEEDUP_MIN_INIT_MS} ms; \
+                     ceiling cold/warm {:.1}x)",
+                    f.cold_start_ms.median / f.warm_ms.median.max(f64::MIN_POSITIVE)
+                ),
                 f.cold_over_end_to_end,
                 f.cold_over_end_to_end >= TARGET_SPEEDUP,
             );
@@ -733,7 +737,7 @@ fn print_table(r: &Report) {
     );
     println!("targets of the issue (reported, not asserted):");
     for t in &r.targets {
-        println!("  {:<76} {:<12} {:>9.2}  {}", t.target, t.function, t.value, if t.met { "met" } else { "MISSED" });
+        println!("  {:<78} {:<12} {:>9.2}  {}", t.target, t.function, t.value, if t.met { "met" } else { "MISSED" });
     }
 }
 
