@@ -593,6 +593,10 @@ struct FunctionReport {
     resume_daemon_ms: Samples,
     child_ms: Samples,
     end_to_end_ms: Samples,
+    /// End to end minus resume minus child execution: the child's way from
+    /// fork_prepare's return to its handler and from its handler to its
+    /// exit, and the daemon noticing the exit.
+    rest_ms: Samples,
     pages_fetched: Samples,
     fetches: Samples,
     /// Median cold start over median end to end.
@@ -621,6 +625,7 @@ impl FunctionReport {
             seed_rss_mib: Samples::of(&rounds, |r| r.seed.seed.rss_bytes as f64 / 1048576.0),
             resume_ms: Samples::of(&rounds, |r| r.child.resume_ms),
             resume_daemon_ms: Samples::of(&rounds, |r| r.child.timings.total_us as f64 / 1e3),
+            rest_ms: Samples::of(&rounds, |r| r.child.end_to_end_ms - r.child.resume_ms - r.child.child_ms),
             pages_fetched: Samples::of(&rounds, |r| r.child.stats.pages_fetched as f64),
             fetches: Samples::of(&rounds, |r| r.child.stats.fetches as f64),
             cold_start_ms,
@@ -691,7 +696,7 @@ fn print_table(r: &Report) {
     println!("({}; {} cold starts and {} seeds with one remote child each per function)", r.units, r.runs, r.runs);
     println!();
     println!(
-        "{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7}",
+        "{:<12} {:>7} {:>7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8} {:>7}",
         "function",
         "cold",
         "init",
@@ -703,6 +708,7 @@ fn print_table(r: &Report) {
         "resume",
         "(daemon)",
         "child",
+        "rest",
         "e2e",
         "pages",
         "cold/e2e",
@@ -710,7 +716,7 @@ fn print_table(r: &Report) {
     );
     for f in &r.functions {
         println!(
-            "{:<12} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.1} {:>7.2} {:>8.2} {:>8.2} {:>8.1} {:>7.0} {:>7.1}x {:>6.2}x",
+            "{:<12} {:>7.1} {:>7.1} {:>8.2} {:>7.2} {:>8.2} {:>9.2} {:>7.1} {:>7.2} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>7.0} {:>7.1}x {:>6.2}x",
             f.name,
             f.cold_start_ms.median,
             f.init_ms,
@@ -722,6 +728,7 @@ fn print_table(r: &Report) {
             f.resume_ms.median,
             f.resume_daemon_ms.median,
             f.child_ms.median,
+            f.rest_ms.median,
             f.end_to_end_ms.median,
             f.pages_fetched.median,
             f.cold_over_end_to_end,
@@ -733,7 +740,8 @@ fn print_table(r: &Report) {
         "columns: cold = python function.py -run_once=1, spawn to exit (the baseline); init = cold - handler (its first run);\n\
          warm = second run in the same process; prepare = fork_prepare as the function saw it (daemon's own figure);\n\
          resume = resume request to child running; child = first run in the remote child; e2e = resume request to the\n\
-         child's exit; pages = pages the child fetched from host a"
+         child's exit; rest = e2e - resume - child (fork_prepare's return to the handler, output, exit);\n\
+         pages = pages the child fetched from host a"
     );
     println!("targets of the issue (reported, not asserted):");
     for t in &r.targets {
