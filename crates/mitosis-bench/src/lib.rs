@@ -8,13 +8,19 @@
 //!   physical baseline measured in the same run (local fork, raw TCP).
 //! - [`throughput`]: `mitosis bench throughput`, MITOSIS's peak-throughput
 //!   benchmark, beside fork+exit and bare lean containers.
+//! - [`functions`]: `mitosis bench functions`, the serverless function suite
+//!   (`functions/`): cold start, warm start, prepare, remote resume, child
+//!   execution and end-to-end remote fork per function, and a chart
+//!   ([`chart`]).
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
 //!
 //! Benchmarks build their own hosts (network namespaces) and tear them down.
 
+pub mod chart;
 pub mod demo;
+pub mod functions;
 pub mod hosts;
 pub mod micro;
 pub mod throughput;

@@ -316,6 +316,27 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
+    /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
+    Functions {
+        /// Functions to measure (default: all).
+        #[arg(long, value_delimiter = ',')]
+        functions: Vec<String>,
+        /// Cold starts and remote children per function (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+        /// Where to write the chart (SVG).
+        #[arg(long, default_value = "target/bench-functions.svg")]
+        svg: PathBuf,
+        /// The Python of the suite's venv (default: <repo>/.venv/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// The suite's folder (default: functions/ of the repository).
+        #[arg(long)]
+        functions_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -575,6 +596,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bench(Bench::Micro { sizes, runs, json }) => {
             mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json).map(|_| 0)
+        }
+        Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
+            let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
+            mitosis_bench::functions::run(&self_exe()?, &opts).map(|_| 0)
         }
         Command::Workload(w) => Ok(match w {
             Workload::Pattern { mb, self_prepare, socket } => {

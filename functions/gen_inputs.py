@@ -1,0 +1,210 @@
+"""Generates every input file of the function suite under functions/data/.
+
+Run by scripts/setup-functions with the suite's venv (it needs Pillow and
+numpy). Everything is made here, from fixed seeds: no function downloads
+anything at run time. The output is deterministic for given package versions,
+and a stamp file makes a second run with nothing to do return at once.
+
+    python functions/gen_inputs.py [--data DIR] [--force]
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Bump when the inputs change in a way the source hash would not show.
+FORMAT = 1
+# Fixed modification time of the compression input (2020-01-01 00:00 UTC),
+# so that the archive a handler makes does not depend on when setup ran.
+FIXED_MTIME = 1577836800
+
+
+def stamp_text():
+    """What the stamp records: the format, this file's hash, the packages."""
+    import numpy
+    import PIL
+
+    source = open(os.path.abspath(__file__), "rb").read()
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "generator_sha256": hashlib.sha256(source).hexdigest(),
+            "numpy": numpy.__version__,
+            "pillow": PIL.__version__,
+        },
+        sort_keys=True,
+    )
+
+
+# ------------------------------------------------------------------ json --
+
+WORDS = (
+    "mm fs net sched kvm arm64 x86 drm usb pci block crypto bpf io_uring ext4 btrfs xfs nfs "
+    "fix add remove refactor handle avoid use allow introduce rework update correct check "
+    "the a of for in when on with without race leak lock page fault memory buffer queue "
+    "driver device error return path state table entry list tree cache map range limit"
+).split()
+
+
+def sentence(rng, lo, hi):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def make_json(path):
+    """~150 KB: a list of commits of a source tree (what MITOSIS's
+    linux.json holds), with nested authors, parents and touched files."""
+    rng = random.Random(0x150)
+    people = [
+        {"name": f"{rng.choice(['Ann', 'Bo', 'Cy', 'Di', 'Ed', 'Flo', 'Gus'])} {sentence(rng, 1, 1).title()}",
+         "email": f"dev{i}@example.org"}
+        for i in range(40)
+    ]
+    commits = []
+    size = 0
+    i = 0
+    while size < 128_000:
+        sha = hashlib.sha1(f"commit-{i}".encode()).hexdigest()
+        author = rng.choice(people)
+        commit = {
+            "sha": sha,
+            "commit": {
+                "author": {**author, "date": f"2023-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T"
+                           f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"},
+                "committer": rng.choice(people),
+                "message": f"{rng.choice(WORDS)}: {sentence(rng, 4, 12)}\n\n{sentence(rng, 10, 40)}",
+                "comment_count": rng.randint(0, 5),
+                "verification": {"verified": rng.random() < 0.3, "reason": "unsigned"},
+            },
+            "parents": [{"sha": hashlib.sha1(f"commit-{i - 1 - k}".encode()).hexdigest()} for k in range(rng.randint(1, 2))],
+            "stats": {"additions": rng.randint(0, 500), "deletions": rng.randint(0, 300)},
+            "files": [f"{rng.choice(WORDS)}/{rng.choice(WORDS)}_{rng.randint(0, 99)}.c" for _ in range(rng.randint(1, 4))],
+            "score": round(rng.uniform(0, 1), 6),
+        }
+        commits.append(commit)
+        size += len(json.dumps(commit))
+        i += 1
+    with open(path, "w") as f:
+        json.dump(commits, f, indent=1)
+
+
+# ----------------------------------------------------------- compression --
+
+def make_compression_dir(root):
+    """A small source-like tree (~300 KB): text files of varying
+    compressibility in a few subdirectories, with fixed mtimes."""
+    rng = random.Random(0xC0)
+    for d in ("src", "src/core", "docs", "data"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    for n in range(24):
+        d = ("src", "src/core", "docs", "data")[n % 4]
+        lines = []
+        for _ in range(rng.randint(80, 260)):
+            if d == "data":
+                lines.append(",".join(str(rng.randint(0, 99999)) for _ in range(8)))
+            else:
+                lines.append(f"{'    ' * rng.randint(0, 3)}{sentence(rng, 3, 12)}")
+        with open(os.path.join(root, d, f"file{n:02d}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), (FIXED_MTIME, FIXED_MTIME))
+    os.utime(root, (FIXED_MTIME, FIXED_MTIME))
+
+
+# ----------------------------------------------------------------- images --
+
+def synthetic_photo(width, height, seed):
+    """An RGB image with the structure of a photo (smooth light, shapes,
+    texture, sensor noise) so that JPEG sizes are realistic."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            120 + 80 * np.sin(x / width * 3.1 + 0.5) * np.cos(y / height * 2.3),
+            110 + 70 * np.cos(x / width * 1.7 - y / height * 2.9),
+            100 + 90 * np.sin((x + y) / (width + height) * 4.2 + 1.0),
+        ],
+        axis=-1,
+    )
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(60):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        r = int(rng.integers(width // 60, width // 8))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=colour)
+        else:
+            draw.rectangle([x0 - r, y0 - r // 2, x0 + r, y0 + r // 2], fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(radius=max(1, width // 400)))
+    noise = rng.normal(0, 9, (height, width, 3))
+    arr = np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def save_jpeg_near(img, path, target_bytes):
+    """Saves `img` as JPEG with the quality whose size is nearest `target_bytes`."""
+    best = None
+    for quality in range(30, 99, 4):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        size = buf.tell()
+        if best is None or abs(size - target_bytes) < abs(best[0] - target_bytes):
+            best = (size, buf.getvalue())
+    with open(path, "wb") as f:
+        f.write(best[1])
+
+
+# ------------------------------------------------------------------ main --
+
+def generate(data):
+    os.makedirs(data, exist_ok=True)
+    os.makedirs(os.path.join(data, "json"), exist_ok=True)
+    make_json(os.path.join(data, "json", "linux.json"))
+
+    comp = os.path.join(data, "compression", "input")
+    shutil.rmtree(comp, ignore_errors=True)
+    make_compression_dir(comp)
+
+    os.makedirs(os.path.join(data, "image"), exist_ok=True)
+    save_jpeg_near(synthetic_photo(640, 480, 0x1A), os.path.join(data, "image", "image.jpg"), 110_000)
+
+    os.makedirs(os.path.join(data, "recognition"), exist_ok=True)
+    save_jpeg_near(synthetic_photo(2048, 1536, 0x2B), os.path.join(data, "recognition", "image.jpg"), 2_000_000)
+
+    os.makedirs(os.path.join(data, "gzip"), exist_ok=True)
+    with open(os.path.join(data, "gzip", "input.bin"), "wb") as f:
+        f.write(random.Random(0x6A).randbytes(1 << 20))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.path.join(HERE, "data"))
+    parser.add_argument("--force", action="store_true", help="regenerate even when the stamp matches")
+    args = parser.parse_args()
+    stamp_path = os.path.join(args.data, ".stamp")
+    want = stamp_text()
+    if not args.force and os.path.exists(stamp_path) and open(stamp_path).read() == want:
+        print(f"gen_inputs: {args.data} is up to date")
+        return 0
+    if os.path.exists(stamp_path):
+        os.remove(stamp_path)
+    generate(args.data)
+    with open(stamp_path, "w") as f:
+        f.write(want)
+    total = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(args.data) for n in ns)
+    print(f"gen_inputs: wrote {total / 1e6:.1f} MB of inputs to {args.data}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
