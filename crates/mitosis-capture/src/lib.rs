@@ -214,6 +214,15 @@ fn capture_stopped(
     }
     step("snapshot forked");
     let snap_pidfd = pidfd::open(snap_pid).map_err(CaptureError::sys("opening the snapshot's pidfd"))?;
+    // Its own session and process group: a signal to the target's group (a
+    // shell's job control, a supervisor killing the job) must not reach it.
+    let snap_regs = snap.get_regs().map_err(CaptureError::sys("reading the snapshot's registers"))?;
+    let sid = snap
+        .inject_syscall(&snap_regs, gadget, libc::SYS_setsid, &[], no_events)
+        .map_err(CaptureError::sys("moving the snapshot to its own session"))?;
+    if sid < 0 {
+        return Err(CaptureError::Sys { step: "moving the snapshot to its own session", source: SysError::new("setsid", -sid as i32) });
+    }
     // Parked in pause() with every signal blocked: nothing but SIGKILL reaches it.
     // (A stopped snapshot would be sent SIGHUP and SIGCONT by the kernel when its
     // process group is orphaned, for example when the target exits.)

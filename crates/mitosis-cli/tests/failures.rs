@@ -406,3 +406,28 @@ fn seed_host_lost_while_a_child_is_being_restored() {
     assert_eq!(out.code(), Some(69), "an unreachable seed host is status 69: {out}\n{}", c.logs());
     assert!(out.stderr.contains(&proxy.addr), "the message must name the seed host: {out}");
 }
+
+/// A signal to the prepared process's whole process group (a shell's job
+/// control, a supervisor killing a job) does not reach the seed's snapshot;
+/// a snapshot that is killed anyway takes its seed off the list.
+#[test]
+fn seed_survives_its_process_group_and_goes_with_its_snapshot() {
+    let Some(c) = Cluster::new("process-group") else { return };
+    let (mut parent, ppid) = c.pattern_in_a(4);
+    let sum0 = parent.verify();
+    let seed = c.prepare_a(ppid, "grp");
+    // The target leads its own process group (see Proc::spawn).
+    // SAFETY: kill has no memory-safety preconditions; the group is our target's.
+    unsafe { libc::kill(-ppid, libc::SIGKILL) };
+    parent.wait(STEP);
+    assert_snapshot_still_serves(&c, &seed, "grp", sum0);
+
+    let snap = seed["snapshot_pid"].as_i64().unwrap() as i32;
+    // SAFETY: as above; the snapshot is the daemon's, which reaps it.
+    unsafe { libc::kill(snap, libc::SIGKILL) };
+    let sock = c.a.socket().to_str().unwrap().to_string();
+    let listed = || c.cli(&["ls", "--json", "--socket", &sock]).stdout.contains("grp");
+    assert!(wait_until(Duration::from_secs(10), || !listed()), "a seed whose snapshot died is still listed\n{}", c.logs());
+    let out = c.resume_on_b_with("grp", "verify\nexit 0\n");
+    assert_eq!(out.code(), Some(66), "{out}");
+}

@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use mitosis_capture::{prepare, PrepareSpec};
@@ -237,8 +238,9 @@ fn handle_prepare(
             if daemon.seeds.insert(seed).is_some() {
                 tracing::info!(%id, "replaced an older seed with the same id");
             }
-            if let Some(source) = source {
-                drop_when_exited(daemon.clone(), source, id.to_string(), info.generation);
+            match daemon.seeds.get(id).map(|s| s.snapshot.try_clone()) {
+                Some(Ok(snapshot)) => watch_seed(daemon.clone(), snapshot, source, id.to_string(), info.generation),
+                _ => tracing::error!(%id, "cannot watch the seed's snapshot"),
             }
             LocalResponse::Prepared(info)
         }
@@ -256,17 +258,25 @@ fn handle_prepare(
     }
 }
 
-/// Drops seed `id` (if it is still `generation`) once its source process
-/// behind `source` exits: the lifetime of an unpinned seed.
-fn drop_when_exited(daemon: Arc<Daemon>, source: std::os::fd::OwnedFd, id: String, generation: u64) {
-    let spawned = std::thread::Builder::new().name("seed-lifetime".into()).spawn(move || {
-        mitosis_sys::pidfd::wait_exited(&source);
+/// Drops seed `id` (if it is still `generation`) when its snapshot dies (it
+/// was killed: its pages are gone, and listing it would only start children
+/// that die), or when its source process behind `source` exits (the lifetime
+/// of an unpinned seed).
+fn watch_seed(daemon: Arc<Daemon>, snapshot: std::os::fd::OwnedFd, source: Option<std::os::fd::OwnedFd>, id: String, generation: u64) {
+    let spawned = std::thread::Builder::new().name("seed-watch".into()).spawn(move || {
+        let mut fds = [
+            libc::pollfd { fd: snapshot.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: source.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds (a negative fd is ignored).
+        while unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 {}
+        let why = if fds[0].revents != 0 { "its snapshot process died" } else { "its process exited and it was not pinned" };
         if daemon.seeds.remove_generation(&id, generation).is_some() {
-            tracing::info!(%id, "seed dropped: its process exited and it was not pinned");
+            tracing::info!(%id, "seed dropped: {why}");
         }
     });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot watch an unpinned seed's process; it stays until dropped");
+        tracing::error!(error = %e, "cannot watch a seed; it stays until dropped");
     }
 }
 

@@ -72,14 +72,6 @@ pub fn wait_exit(pidfd: &OwnedFd) -> Result<Exit> {
     }
 }
 
-/// Blocks until the process behind `pidfd` (any process, not only a child)
-/// has exited; does not reap it.
-pub fn wait_exited(pidfd: &OwnedFd) {
-    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd; EINTR just polls again.
-    while unsafe { libc::poll(&mut p, 1, -1) } <= 0 {}
-}
-
 /// True when the process behind `pidfd` has exited (does not reap it).
 pub fn has_exited(pidfd: &OwnedFd) -> bool {
     let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
