@@ -14,9 +14,10 @@
 //!    /proc), `brk(0)`, and finally `clone` with exit signal 0, which creates
 //!    the snapshot. Exit signal 0 keeps the snapshot out of the target's
 //!    `wait()` and SIGCHLD.
-//! 4. Point the snapshot's registers at `exit_group(0)` and detach it with
-//!    SIGSTOP, so it sits stopped; if anyone ever continues it, it exits
-//!    instead of running the target's code a second time.
+//! 4. Give the snapshot its own session (an injected `setsid`, so that a
+//!    signal to the target's process group never reaches it) and park it in
+//!    `pause()` with every signal blocked: only SIGKILL ends it, and it never
+//!    runs the target's code a second time.
 //! 5. Restore the target's registers and detach.
 //!
 //! This crate must not serve pages, talk to the network or keep seeds: the

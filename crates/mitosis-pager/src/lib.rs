@@ -157,6 +157,8 @@ struct Outstanding {
     runs: Vec<Run>,
     purpose: Purpose,
     window_end: u64,
+    /// Number of the request (a fault waits for its own).
+    seq: u64,
 }
 
 /// Bytes per push request, and push requests kept on the wire at once: two
@@ -178,6 +180,8 @@ pub struct Pager {
     buf: Vec<u8>,
     /// Requests on the wire, oldest first (answers come in this order).
     outstanding: std::collections::VecDeque<Outstanding>,
+    /// Number of the next request.
+    next_seq: u64,
     /// Child ranges still to push, in order.
     push: std::collections::VecDeque<(u64, u64)>,
     /// Pushing starts once this is set (the daemon has finished restoring
@@ -224,6 +228,7 @@ impl Pager {
             process,
             buf: Vec::new(),
             outstanding: Default::default(),
+            next_seq: 0,
             push: Default::default(),
             push_go: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             push_started: false,
@@ -316,7 +321,9 @@ impl Pager {
         while self.broken.is_none() && self.outstanding.len() < PUSH_DEPTH {
             let Some(runs) = self.next_push_chunk() else { break };
             match self.source.request(&seed_ranges(&runs)) {
-                Ok(()) => self.outstanding.push_back(Outstanding { runs, purpose: Purpose::Push, window_end: 0 }),
+                Ok(()) => {
+                    self.on_the_wire(runs, Purpose::Push, 0);
+                }
                 Err(e) => self.broken = Some(e),
             }
         }
@@ -512,24 +519,27 @@ impl Pager {
         if let Err(e) = self.source.request(&seed_ranges(&runs)) {
             return Err(self.unfetchable(addr, &e));
         }
-        self.outstanding.push_back(Outstanding { runs, purpose: Purpose::Fault, window_end: lo + w });
+        let ours = self.on_the_wire(runs, Purpose::Fault, lo + w);
         self.last_end = Some(lo + w);
         // Ask for the next window before this one goes in (which wakes the
         // child): the network works while the child does.
         if sequential {
             self.read_ahead();
         }
-        // Answers come in order: take everything up to this window's in.
-        while let Some(front) = self.outstanding.front() {
-            let ours = front.purpose == Purpose::Fault;
+        // Answers come in order: take everything up to this window's in
+        // (events handled meanwhile may have taken it in already).
+        while self.outstanding.iter().any(|o| o.seq == ours) {
             self.receive_oldest();
-            if ours {
-                break;
-            }
         }
         match self.regions.lookup(addr).map(|l| l.0) {
             Some(PageState::Served) => Ok(()),
-            _ => Err(self.unfetchable(addr, self.broken.as_deref().unwrap_or("the page did not come"))),
+            Some(PageState::Remote) => Err(self.unfetchable(addr, self.broken.as_deref().unwrap_or("the page did not come"))),
+            // Unmapped or dropped meanwhile (the child is exiting, say): the
+            // kernel retries the access against what is there now.
+            _ => {
+                self.uffd.wake(addr, PAGE);
+                Ok(())
+            }
         }
     }
 
@@ -547,9 +557,19 @@ impl Pager {
             return;
         }
         match self.source.request(&seed_ranges(&runs)) {
-            Ok(()) => self.outstanding.push_back(Outstanding { runs, purpose: Purpose::ReadAhead, window_end: to }),
+            Ok(()) => {
+                self.on_the_wire(runs, Purpose::ReadAhead, to);
+            }
             Err(e) => self.broken = Some(e),
         }
+    }
+
+    /// Records a request just sent; returns its number.
+    fn on_the_wire(&mut self, runs: Vec<Run>, purpose: Purpose, window_end: u64) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outstanding.push_back(Outstanding { runs, purpose, window_end, seq });
+        seq
     }
 
     /// Takes the oldest answer off the wire and installs whatever of it is
