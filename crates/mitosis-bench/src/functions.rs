@@ -518,7 +518,10 @@ fn progress_bar(json: bool, steps: u64) -> ProgressBar {
 #[derive(Debug, Clone, Serialize)]
 struct Round {
     seed: SeedRun,
+    /// The seed's first child: it records the working set and fills host b's page cache.
     child: ChildRun,
+    /// The next child of the same seed on the same host: working set pushed, pages from the cache.
+    second: ChildRun,
 }
 
 /// Measures function `name`: `runs` cold starts, then `runs` rounds of a
@@ -538,14 +541,19 @@ fn measure(suite: &Suite, cluster: &Cluster, name: &str, runs: usize, bar: &Prog
         let seed = prepare_seed(suite, cluster, name, &id)?;
         let guard = SeedGuard::new(cluster, seed.seed.clone());
         let child = remote_child(cluster, name, &id)?;
-        ensure!(
-            child.results == seed.warm_results,
-            "{name}: the child's result {:?} differs from its parent's warm result {:?}",
-            child.results,
-            seed.warm_results
-        );
+        // The seed's host records the working set when the first child ends.
+        std::thread::sleep(Duration::from_millis(50));
+        let second = remote_child(cluster, name, &id)?;
+        for c in [&child, &second] {
+            ensure!(
+                c.results == seed.warm_results,
+                "{name}: a child's result {:?} differs from its parent's warm result {:?}",
+                c.results,
+                seed.warm_results
+            );
+        }
         guard.drop_now()?;
-        rounds.push(Round { seed, child });
+        rounds.push(Round { seed, child, second });
         bar.inc(1);
     }
     for c in &colds {
@@ -603,6 +611,15 @@ struct FunctionReport {
     cold_over_end_to_end: f64,
     /// Median child execution over median warm execution.
     child_over_warm: f64,
+    /// The second child of a seed on the same host (working set pushed,
+    /// pages from the host's page cache).
+    second_child_ms: Samples,
+    second_end_to_end_ms: Samples,
+    second_pages_pushed: Samples,
+    second_remote_faults: Samples,
+    first_remote_faults: Samples,
+    second_child_over_warm: f64,
+    cold_over_second_end_to_end: f64,
     colds: Vec<ColdRun>,
     rounds: Vec<Round>,
 }
@@ -614,7 +631,16 @@ impl FunctionReport {
         let warm_ms = Samples::of(&rounds, |r| r.seed.warm_ms);
         let child_ms = Samples::of(&rounds, |r| r.child.child_ms);
         let end_to_end_ms = Samples::of(&rounds, |r| r.child.end_to_end_ms);
+        let second_child_ms = Samples::of(&rounds, |r| r.second.child_ms);
+        let second_end_to_end_ms = Samples::of(&rounds, |r| r.second.end_to_end_ms);
         FunctionReport {
+            second_child_over_warm: second_child_ms.median / warm_ms.median.max(f64::MIN_POSITIVE),
+            cold_over_second_end_to_end: cold_start_ms.median / second_end_to_end_ms.median.max(f64::MIN_POSITIVE),
+            second_pages_pushed: Samples::of(&rounds, |r| r.second.stats.pages_pushed as f64),
+            second_remote_faults: Samples::of(&rounds, |r| r.second.stats.remote_faults as f64),
+            first_remote_faults: Samples::of(&rounds, |r| r.child.stats.remote_faults as f64),
+            second_child_ms,
+            second_end_to_end_ms,
             name: name.to_string(),
             result: rounds.first().map(|r| r.seed.warm_results.join(" | ")).unwrap_or_default(),
             init_ms: (cold_start_ms.median - cold_handler_ms.median).max(0.0),
@@ -674,18 +700,18 @@ fn check_targets(functions: &[FunctionReport]) -> Vec<TargetCheck> {
         if f.init_ms >= TARGET_SPEEDUP_MIN_INIT_MS {
             check(
                 format!(
-                    "end to end {TARGET_SPEEDUP}x faster than cold start (init >= {TARGET_SPEEDUP_MIN_INIT_MS} ms; \
+                    "end to end (2nd child) {TARGET_SPEEDUP}x faster than cold start (init >= {TARGET_SPEEDUP_MIN_INIT_MS} ms; \
                      ceiling cold/warm {:.1}x)",
                     f.cold_start_ms.median / f.warm_ms.median.max(f64::MIN_POSITIVE)
                 ),
-                f.cold_over_end_to_end,
-                f.cold_over_end_to_end >= TARGET_SPEEDUP,
+                f.cold_over_second_end_to_end,
+                f.cold_over_second_end_to_end >= TARGET_SPEEDUP,
             );
         }
         check(
-            format!("child execution within {TARGET_CHILD_OVER_WARM}x of warm (needs recorded working sets)"),
-            f.child_over_warm,
-            f.child_over_warm <= TARGET_CHILD_OVER_WARM,
+            format!("child execution within {TARGET_CHILD_OVER_WARM}x of warm (2nd child: working set recorded)"),
+            f.second_child_over_warm,
+            f.second_child_over_warm <= TARGET_CHILD_OVER_WARM,
         );
     }
     checks
@@ -696,7 +722,7 @@ fn print_table(r: &Report) {
     println!("({}; {} cold starts and {} seeds with one remote child each per function)", r.units, r.runs, r.runs);
     println!();
     println!(
-        "{:<12} {:>7} {:>7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8} {:>7}",
+        "{:<12} {:>7} {:>7} {:>8} {:>7} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8} {:>7} {:>8} {:>7} {:>11} {:>9} {:>8}",
         "function",
         "cold",
         "init",
@@ -712,11 +738,16 @@ fn print_table(r: &Report) {
         "e2e",
         "pages",
         "cold/e2e",
-        "chld/wm"
+        "chld/wm",
+        "child2",
+        "e2e2",
+        "faults1/2",
+        "cold/e2e2",
+        "chld2/wm"
     );
     for f in &r.functions {
         println!(
-            "{:<12} {:>7.1} {:>7.1} {:>8.2} {:>7.2} {:>8.2} {:>9.2} {:>7.1} {:>7.2} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>7.0} {:>7.1}x {:>6.2}x",
+            "{:<12} {:>7.1} {:>7.1} {:>8.2} {:>7.2} {:>8.2} {:>9.2} {:>7.1} {:>7.2} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>7.0} {:>7.1}x {:>6.2}x {:>8.2} {:>7.1} {:>11} {:>8.1}x {:>7.2}x",
             f.name,
             f.cold_start_ms.median,
             f.init_ms,
@@ -733,6 +764,11 @@ fn print_table(r: &Report) {
             f.pages_fetched.median,
             f.cold_over_end_to_end,
             f.child_over_warm,
+            f.second_child_ms.median,
+            f.second_end_to_end_ms.median,
+            format!("{:.0}/{:.0}", f.first_remote_faults.median, f.second_remote_faults.median),
+            f.cold_over_second_end_to_end,
+            f.second_child_over_warm,
         );
     }
     println!();
@@ -741,7 +777,9 @@ fn print_table(r: &Report) {
          warm = second run in the same process; prepare = fork_prepare as the function saw it (daemon's own figure);\n\
          resume = resume request to child running; child = first run in the remote child; e2e = resume request to the\n\
          child's exit; rest = e2e - resume - child (fork_prepare's return to the handler, output, exit);\n\
-         pages = pages the child fetched from host a"
+         pages = pages the child fetched from host a; child2, e2e2 = the same for the seed's second child on host b\n\
+         (its working set, recorded by the first, pushed in; pages from host b's page cache); faults1/2 = faults that\n\
+         waited for a page, first and second child"
     );
     println!("targets of the issue (reported, not asserted):");
     for t in &r.targets {
@@ -755,7 +793,10 @@ fn chart_svg(r: &Report) -> String {
     let groups: Vec<chart::Group> = r
         .functions
         .iter()
-        .map(|f| chart::Group { label: f.name.clone(), values: vec![f.cold_start_ms.median, f.end_to_end_ms.median, f.warm_ms.median] })
+        .map(|f| chart::Group {
+            label: f.name.clone(),
+            values: vec![f.cold_start_ms.median, f.end_to_end_ms.median, f.second_end_to_end_ms.median, f.warm_ms.median],
+        })
         .collect();
     chart::grouped_bars_log(&chart::Chart {
         title: "mitosis: serverless functions, cold start vs remote fork (two hosts, medians)".into(),
@@ -763,6 +804,7 @@ fn chart_svg(r: &Report) -> String {
         series: vec![
             "cold start (new interpreter)".into(),
             "remote fork, end to end (resume + child run)".into(),
+            "same, 2nd child (working set pushed, host cache)".into(),
             "warm run (same process)".into(),
         ],
         groups,

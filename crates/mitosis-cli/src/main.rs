@@ -152,8 +152,8 @@ enum Command {
         /// File holding the cluster key shared by all daemons (16 bytes or more).
         #[arg(long)]
         key_file: PathBuf,
-        /// Pages fetched around a child's first page fault; the window then doubles
-        /// while faults go on in order (up to --max-window-pages) and halves on random ones.
+        /// Pages fetched around a child's page fault; the window doubles while faults go
+        /// on in order (up to --max-window-pages) and halves back to this on others.
         #[arg(long, default_value_t = 64)]
         window_pages: u64,
         #[arg(long, default_value_t = 512)]

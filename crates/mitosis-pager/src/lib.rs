@@ -55,7 +55,10 @@ pub struct PagerConfig {
     /// Pages fetched around the first fault (aligned window).
     pub window_pages: u64,
     /// Let the window grow (doubling, up to `max_window_pages`) while faults
-    /// go on in order and shrink (halving, down to one page) on random ones.
+    /// go on in order and shrink (halving, back down to `window_pages`) on
+    /// others. It does not go below `window_pages`: programs whose faults are
+    /// not in order still touch the neighbours of what they touch (a Python
+    /// heap), and a full random touch uses every page a window brings.
     pub adaptive: bool,
     pub max_window_pages: u64,
     /// On sequential faults, ask for the next window before it is touched.
@@ -512,7 +515,7 @@ impl Pager {
             self.grow_window();
         } else if self.config.adaptive && self.last_end.is_some() {
             // The child jumped: a smaller window wastes less.
-            self.window_pages = (self.window_pages / 2).max(1);
+            self.window_pages = (self.window_pages / 2).max(self.config.window_pages.max(1));
         }
         let (w, lo) = self.window(addr);
         let runs = self.regions.remote_runs(lo, lo + w);

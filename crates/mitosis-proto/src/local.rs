@@ -93,7 +93,7 @@ pub struct ResumeOptions {
 }
 
 /// How a child's memory comes in. The default: lazily by fault windows that
-/// adapt to the access pattern, with read-ahead; the seed's recorded working
+/// grow while the child streams through memory, with read-ahead; the seed's recorded working
 /// set pushed in ahead of faults; pages found in this host's page cache not
 /// fetched again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
