@@ -215,3 +215,43 @@ fn rootfs_directory_becomes_the_root() {
     assert_eq!(out.code(), Some(64), "{out}");
     assert_nothing_left_on_b(&c);
 }
+
+/// `--isolate-network`: the child has its own network namespace with only
+/// loopback; without it, it sees host b's interfaces. Containers of that
+/// kind are kept warm once asked for.
+#[test]
+fn isolated_network_has_only_loopback() {
+    let Some(c) = Cluster::new("container-net") else { return };
+    let _parent = probe_seed(&c);
+    let out = c.resume_on_b_with("probe", "netdevs\nexit 0\n");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(out.lines(), ["netdevs 2"], "loopback and host b's veth: {out}");
+    for _ in 0..3 {
+        let out = c.resume_on_b_with_args("probe", "netdevs\nexit 0\n", &["--isolate-network"]);
+        assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+        assert_eq!(out.lines(), ["netdevs 1"], "loopback only: {out}");
+    }
+    let warm_kinds = wait_until(Duration::from_secs(10), || {
+        let pool = &c.ps_on_b(false)["pool"];
+        pool["warm"].as_u64().unwrap() == 2 * pool["target"].as_u64().unwrap()
+    });
+    assert!(warm_kinds, "both kinds are kept warm: {}", c.ps_on_b(false));
+    assert_nothing_left_on_b(&c);
+}
+
+/// `mitosis bench throughput` runs end to end (one short loop) and reports
+/// every layer.
+#[test]
+fn throughput_benchmark_reports_every_layer() {
+    if !mitosis_testkit::require_root() {
+        return;
+    }
+    let out = cli(&["bench", "throughput", "--seconds", "1", "--loops", "1", "--json"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {out}"));
+    for layer in ["fork_exit", "bare_container", "latency", "resume"] {
+        assert!(r[layer]["median_us"].as_f64().unwrap() > 0.0, "{layer}: {r}");
+    }
+    assert!(r["throughput_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["failures"], 0, "{r}");
+}

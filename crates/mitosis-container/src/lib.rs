@@ -105,11 +105,16 @@ impl Drop for Container {
     }
 }
 
-/// Warm containers of the default kind, refilled in the background.
+/// Most kinds of containers kept warm (the default kind and the first
+/// others asked for: an own network namespace, a rootfs).
+const WARM_KINDS: usize = 4;
+
+/// Warm containers, `target` of each kind in use, refilled in the background.
 pub struct Pool {
     cgroups: Cgroups,
     spawner: Arc<dyn HolderSpawner>,
-    warm: Mutex<VecDeque<Container>>,
+    /// Per kind, in the order kinds were first asked for (the default first).
+    warm: Mutex<Vec<(HolderSpec, VecDeque<Container>)>>,
     wake: Condvar,
     target: usize,
     next: AtomicU64,
@@ -143,7 +148,7 @@ impl Pool {
             retired,
             cgroups,
             spawner,
-            warm: Mutex::new(VecDeque::new()),
+            warm: Mutex::new(vec![(HolderSpec::default(), VecDeque::new())]),
             wake: Condvar::new(),
             target,
             next: AtomicU64::new(0),
@@ -160,41 +165,62 @@ impl Pool {
 
     fn refill(&self) {
         loop {
-            {
+            let kind = {
                 let mut warm = self.warm.lock().unwrap();
-                while warm.len() >= self.target && !self.stopping.load(Ordering::Relaxed) {
+                loop {
+                    if self.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some((kind, _)) = warm.iter().find(|(_, q)| q.len() < self.target) {
+                        break kind.clone();
+                    }
                     warm = self.wake.wait(warm).unwrap();
                 }
-            }
-            if self.stopping.load(Ordering::Relaxed) {
-                return;
-            }
-            match self.create(&HolderSpec::default()) {
+            };
+            match self.create(&kind) {
                 Ok(c) => {
                     let mut warm = self.warm.lock().unwrap();
                     if self.stopping.load(Ordering::Relaxed) {
                         return;
                     }
-                    warm.push_back(c);
+                    if let Some((_, q)) = warm.iter_mut().find(|(k, _)| *k == kind) {
+                        q.push_back(c);
+                    }
                 }
-                Err(e) => {
+                Err(e) if kind == HolderSpec::default() => {
                     tracing::error!(error = %e, "cannot create a warm container; retrying in 1 s");
                     std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    // That kind (a rootfs gone, say) is made on demand from now on.
+                    tracing::warn!(error = %e, ?kind, "cannot keep containers of this kind warm");
+                    self.warm.lock().unwrap().retain(|(k, _)| *k != kind);
                 }
             }
         }
     }
 
-    /// A container of kind `spec`: a warm one if there is one, else a new one.
+    /// A container of kind `spec`: a warm one if there is one, else a new
+    /// one. A kind asked for the first time is kept warm from then on (up to
+    /// [`WARM_KINDS`] kinds).
     pub fn take(&self, spec: &HolderSpec) -> io::Result<Container> {
-        if *spec == HolderSpec::default() {
-            let c = self.warm.lock().unwrap().pop_front();
-            self.wake.notify_one();
-            if let Some(c) = c {
-                return Ok(c);
+        let taken = {
+            let mut warm = self.warm.lock().unwrap();
+            match warm.iter_mut().find(|(k, _)| k == spec) {
+                Some((_, q)) => q.pop_front(),
+                None => {
+                    if warm.len() < WARM_KINDS {
+                        warm.push((spec.clone(), VecDeque::new()));
+                    }
+                    None
+                }
             }
+        };
+        self.wake.notify_one();
+        match taken {
+            Some(c) => Ok(c),
+            None => self.create(spec),
         }
-        self.create(spec)
     }
 
     /// Makes a new container of kind `spec` (a holder and its cgroups).
@@ -253,7 +279,7 @@ impl Pool {
         let created = self.counters.created.load(Ordering::Relaxed);
         let destroyed = self.counters.destroyed.load(Ordering::Relaxed);
         PoolStats {
-            warm: self.warm.lock().unwrap().len() as u32,
+            warm: self.warm.lock().unwrap().iter().map(|(_, q)| q.len() as u32).sum(),
             target: self.target as u32,
             created,
             destroyed,
@@ -266,20 +292,8 @@ impl Pool {
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.wake.notify_all();
-        let drained: Vec<Container> = self.warm.lock().unwrap().drain(..).collect();
+        let drained: Vec<Container> = self.warm.lock().unwrap().iter_mut().flat_map(|(_, q)| q.drain(..)).collect();
         drop(drained);
         self.cgroups.remove_all();
-    }
-
-    /// Waits (bounded) until the pool is full; for benchmarks and tests.
-    pub fn wait_warm(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.warm.lock().unwrap().len() >= self.target {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        false
     }
 }

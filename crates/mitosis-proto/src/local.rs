@@ -163,7 +163,9 @@ pub struct CacheStats {
 /// Counters of the daemon's container pool (leak checks compare them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
+    /// Warm containers, of every kind.
     pub warm: u32,
+    /// Warm containers kept per kind in use.
     pub target: u32,
     pub created: u64,
     pub destroyed: u64,

@@ -5,6 +5,7 @@
  *   hostname         "hostname <name>"
  *   pid              "pid <getpid()>"
  *   procs            "procs <n>": numeric entries of /proc (processes it can see)
+ *   netdevs          "netdevs <n>": network interfaces it can see (/proc/net/dev)
  *   signal <pid>     "signal <pid> ok" or "signal <pid> <errno name>" (kill(pid, 0))
  *   write <path>     "write <path> ok" or "write <path> <errno name>" (create + write)
  *   alloc <MiB>      "alloc <MiB> ok" after allocating and touching that much memory
@@ -57,6 +58,14 @@ int main(void) {
                 if (e->d_name[0] >= '0' && e->d_name[0] <= '9') n++;
             if (d) closedir(d);
             printf("procs %d\n", n);
+        } else if (strcmp(line, "netdevs") == 0) {
+            int n = 0;
+            char l[256];
+            FILE *f = fopen("/proc/net/dev", "r");
+            while (f && fgets(l, sizeof l, f))
+                if (strchr(l, ':')) n++;
+            if (f) fclose(f);
+            printf("netdevs %d\n", n);
         } else if (sscanf(line, "signal %479s", arg) == 1) {
             int r = kill(atoi(arg), 0);
             printf("signal %s %s\n", arg, r == 0 ? "ok" : err_name(errno));
