@@ -23,7 +23,10 @@
 //! This crate must not serve pages, talk to the network or keep seeds: the
 //! daemon owns the snapshot once [`prepare`] returns.
 
+mod copy;
 mod files;
+
+pub use copy::{copy_memory, CopiedMemory};
 
 use std::os::fd::OwnedFd;
 use std::time::Instant;

@@ -189,6 +189,11 @@ enum Command {
         /// from here is pinned: it stays until `mitosis drop`.
         #[arg(long)]
         until_exit: bool,
+        /// Copy the process's memory into the daemon instead of keeping a
+        /// copy-on-write snapshot process (slower prepare; nothing of the
+        /// process stays behind).
+        #[arg(long)]
+        copy: bool,
         #[command(flatten)]
         socket: SocketArg,
         /// Print the seed as JSON.
@@ -412,8 +417,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             })?;
             Ok(0)
         }
-        Command::Prepare { pid, id, until_exit, socket, json } => {
-            let info = Client::connect(&socket.socket)?.prepare(pid, &id, !until_exit)?;
+        Command::Prepare { pid, id, until_exit, copy, socket, json } => {
+            let info = Client::connect(&socket.socket)?.prepare_with(pid, &id, !until_exit, copy)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {

@@ -337,9 +337,9 @@ fn garbage_on_the_local_socket_gets_a_clear_error() {
     assert!(m.contains("stdin"), "{m}");
     // Only a process itself may ask for a reply slot.
     let prepare =
-        LocalRequest::Prepare { pid: 1, id: "init".into(), reply_slot: Some(ReplySlot { addr: 4096, len: 64 }), pinned: true };
+        LocalRequest::Prepare { pid: 1, id: "init".into(), reply_slot: Some(ReplySlot { addr: 4096, len: 64 }), pinned: true, copy: false };
     expect_local_error(local_exchange(sock, &envelope(PROTOCOL_VERSION, prepare)), ErrorKind::PermissionDenied, "slot");
-    let prepare = LocalRequest::Prepare { pid: 1, id: "bad id".into(), reply_slot: None, pinned: true };
+    let prepare = LocalRequest::Prepare { pid: 1, id: "bad id".into(), reply_slot: None, pinned: true, copy: false };
     expect_local_error(local_exchange(sock, &envelope(PROTOCOL_VERSION, prepare)), ErrorKind::BadRequest, "bad id");
     let drop_req = LocalRequest::Drop { id: "none".into() };
     expect_local_error(local_exchange(sock, &envelope(PROTOCOL_VERSION, drop_req)), ErrorKind::NotFound, "drop");

@@ -162,3 +162,25 @@ fn small_page_cache_evicts_and_stays_correct() {
     p1.send("exit 0\n");
     p2.send("exit 0\n");
 }
+
+/// Prepare in copy mode: the daemon holds the memory, no snapshot process
+/// stays; children get the prepare instant's memory, also after the process
+/// is gone, in every paging mode.
+#[test]
+fn copy_mode_seed_needs_no_snapshot() {
+    let Some(c) = Cluster::new("paging-copy") else { return };
+    let (mut parent, ppid) = c.pattern_in_a(16);
+    let sum0 = parent.verify();
+    let sock = c.a.socket().to_str().unwrap().to_string();
+    let out = c.cli(&["prepare", "--pid", &ppid.to_string(), "--id", "cp", "--copy", "--json", "--socket", &sock]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    let seed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(seed["snapshot_pid"], 0, "{seed}");
+    assert!(seed["copied_bytes"].as_u64().unwrap() >= 16 << 20, "{seed}");
+    parent.ask("mutate", "mutated");
+    child(&c, "cp", "random", &sum0, &["--no-cache"]);
+    parent.send("exit 0\n");
+    parent.wait(STEP);
+    child(&c, "cp", "seq", &sum0, &["--no-cache", "--no-working-set"]);
+    paused_child(&c, "cp", &sum0, &["--eager", "--no-cache"]);
+}

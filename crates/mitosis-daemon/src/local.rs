@@ -18,7 +18,7 @@ use mitosis_sys::fdpass::{self, PeerCred};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::procfs;
 
-use crate::seeds::Seed;
+use crate::seeds::{Seed, SeedMemory};
 use crate::Daemon;
 
 /// Creates the socket (replacing a stale one) reachable by every local user:
@@ -117,8 +117,8 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
             return Ok(());
         }
         match env.request {
-            LocalRequest::Prepare { pid, id, reply_slot, pinned } => {
-                let resp = handle_prepare(daemon, cred, pid, &id, reply_slot, pinned);
+            LocalRequest::Prepare { pid, id, reply_slot, pinned, copy } => {
+                let resp = handle_prepare(daemon, cred, pid, &id, reply_slot, pinned, copy);
                 reply(&mut conn, &resp)?;
             }
             LocalRequest::Resume { from, id, options } => {
@@ -201,6 +201,7 @@ fn handle_prepare(
     id: &str,
     reply_slot: Option<mitosis_proto::local::ReplySlot>,
     pinned: bool,
+    copy: bool,
 ) -> LocalResponse {
     if let Err(e) = validate_seed_id(id) {
         return error(ErrorKind::BadRequest, e);
@@ -226,21 +227,34 @@ fn handle_prepare(
         }
     };
     let spec = PrepareSpec { pid, id, generation: crate::random_u64(), reply_slot };
+    let t0 = std::time::Instant::now();
     match prepare_when_ready(&spec, &daemon.vdso) {
-        Ok(snap) => {
-            let mem = match ProcMem::open(snap.snapshot_pid, false) {
-                Ok(m) => m,
-                Err(e) => return error(ErrorKind::Internal, format!("cannot open the snapshot's memory: {e}")),
+        Ok(mut snap) => {
+            let memory = if copy {
+                let copied = mitosis_capture::copy_memory(snap.snapshot_pid, &snap.image);
+                // The snapshot is not needed any more (nor kept on failure).
+                crate::seeds::end_snapshot(&snap.snapshot_pidfd);
+                match copied {
+                    Ok(c) => SeedMemory::Copied(c),
+                    Err(e) => return error(ErrorKind::Internal, format!("cannot copy the snapshot's memory: {e}")),
+                }
+            } else {
+                match ProcMem::open(snap.snapshot_pid, false) {
+                    Ok(mem) => SeedMemory::Snapshot { pid: snap.snapshot_pid, pidfd: snap.snapshot_pidfd, mem },
+                    Err(e) => return error(ErrorKind::Internal, format!("cannot open the snapshot's memory: {e}")),
+                }
             };
-            let seed = Seed::new(snap.image, snap.snapshot_pid, snap.snapshot_pidfd, mem, pinned);
+            // With the copy (the capture measured itself).
+            snap.image.prepare_us = snap.image.prepare_us.max(t0.elapsed().as_micros() as u64);
+            let seed = Seed::new(snap.image, memory, pinned);
             let info = seed.info();
-            tracing::info!(%id, pid, snapshot = seed.snapshot_pid, us = info.prepare_us, vmas = info.vmas, pinned, "seed prepared");
+            tracing::info!(%id, pid, snapshot = info.snapshot_pid, us = info.prepare_us, vmas = info.vmas, pinned, copied = ?info.copied_bytes, "seed prepared");
+            let snapshot = seed.memory.snapshot().and_then(|s| s.try_clone().ok());
             if daemon.seeds.insert(seed).is_some() {
                 tracing::info!(%id, "replaced an older seed with the same id");
             }
-            match daemon.seeds.get(id).map(|s| s.snapshot.try_clone()) {
-                Some(Ok(snapshot)) => watch_seed(daemon.clone(), snapshot, source, id.to_string(), info.generation),
-                _ => tracing::error!(%id, "cannot watch the seed's snapshot"),
+            if snapshot.is_some() || source.is_some() {
+                watch_seed(daemon.clone(), snapshot, source, id.to_string(), info.generation);
             }
             LocalResponse::Prepared(info)
         }
@@ -262,10 +276,16 @@ fn handle_prepare(
 /// was killed: its pages are gone, and listing it would only start children
 /// that die), or when its source process behind `source` exits (the lifetime
 /// of an unpinned seed).
-fn watch_seed(daemon: Arc<Daemon>, snapshot: std::os::fd::OwnedFd, source: Option<std::os::fd::OwnedFd>, id: String, generation: u64) {
+fn watch_seed(
+    daemon: Arc<Daemon>,
+    snapshot: Option<std::os::fd::OwnedFd>,
+    source: Option<std::os::fd::OwnedFd>,
+    id: String,
+    generation: u64,
+) {
     let spawned = std::thread::Builder::new().name("seed-watch".into()).spawn(move || {
         let mut fds = [
-            libc::pollfd { fd: snapshot.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: snapshot.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: source.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
         ];
         // SAFETY: two valid pollfds (a negative fd is ignored).

@@ -12,7 +12,6 @@ use mitosis_proto::frame::{read_frame, read_msg, write_msg, MAX_CONTROL_FRAME, M
 use mitosis_proto::image::SeedImage;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
-use mitosis_sys::mem;
 
 use crate::Daemon;
 
@@ -103,8 +102,7 @@ fn read_pages(daemon: &Daemon, id: &str, generation: u64, ranges: &[(u64, u64)],
     };
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     buf.resize(total as usize, 0);
-    mem::read_ranges_fully(seed.snapshot_pid, Some(&seed.mem), ranges, buf)
-        .map_err(|e| format!("seed {id:?}: its snapshot cannot be read ({e})"))?;
+    seed.memory.read(ranges, buf).map_err(|e| format!("seed {id:?}: {e}"))?;
     seed.pages_served.fetch_add(total / mitosis_sys::PAGE, Ordering::Relaxed);
     seed.bytes_served.fetch_add(total, Ordering::Relaxed);
     Ok(())

@@ -139,14 +139,25 @@ fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) 
         (_, Ok(Exit::Signal(s))) => ChildEnd::Signaled(s),
         (_, Err(e)) => ChildEnd::KilledByMitosis { reason: format!("lost track of the child: {e}") },
     };
-    tracing::info!(pid, ?end, "child ended");
+    let stats = counters.snapshot();
+    tracing::info!(
+        pid,
+        ?end,
+        faults = stats.faults,
+        waited = stats.remote_faults,
+        pages = stats.pages_fetched,
+        requests = stats.fetches,
+        pushed = stats.pages_pushed,
+        cached = stats.cache_hits,
+        "child ended"
+    );
     // The record holds the other reference to the container: with both gone,
     // the container (namespaces, cgroups) is torn down in the background.
     drop(daemon.children.finish(pid, Some(end.clone())));
     if let Some(c) = container.and_then(|c| Arc::try_unwrap(c).ok()) {
         daemon.pool.retire(c);
     }
-    (end, counters.snapshot())
+    (end, stats)
 }
 
 struct Started {

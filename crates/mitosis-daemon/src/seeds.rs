@@ -6,17 +6,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use mitosis_capture::CopiedMemory;
 use mitosis_proto::image::SeedImage;
 use mitosis_proto::local::{SeedInfo, SeedStats};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::pidfd;
 
-/// A prepared seed: its image and the stopped snapshot holding its memory.
+/// Where a seed's memory is.
+pub enum SeedMemory {
+    /// In the parked copy-on-write snapshot process, read by address.
+    Snapshot { pid: i32, pidfd: OwnedFd, mem: ProcMem },
+    /// Copied into the daemon at prepare (the snapshot is gone).
+    Copied(CopiedMemory),
+}
+
+impl SeedMemory {
+    /// Reads `ranges` back to back into `out`.
+    pub fn read(&self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
+        match self {
+            SeedMemory::Snapshot { pid, mem, .. } => mitosis_sys::mem::read_ranges_fully(*pid, Some(mem), ranges, out)
+                .map_err(|e| format!("its snapshot cannot be read ({e})")),
+            SeedMemory::Copied(c) => {
+                c.read(ranges, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// The snapshot's pidfd, if there is a snapshot.
+    pub fn snapshot(&self) -> Option<&OwnedFd> {
+        match self {
+            SeedMemory::Snapshot { pidfd, .. } => Some(pidfd),
+            SeedMemory::Copied(_) => None,
+        }
+    }
+}
+
+/// A prepared seed: its image and its memory.
 pub struct Seed {
     pub image: Arc<SeedImage>,
-    pub snapshot_pid: i32,
-    pub snapshot: OwnedFd,
-    pub mem: ProcMem,
+    pub memory: SeedMemory,
     pub created: Instant,
     /// Lives until dropped, rather than until its source process exits.
     pub pinned: bool,
@@ -31,12 +60,10 @@ pub struct Seed {
 
 impl Seed {
     /// A seed with no children yet.
-    pub fn new(image: SeedImage, snapshot_pid: i32, snapshot: OwnedFd, mem: ProcMem, pinned: bool) -> Seed {
+    pub fn new(image: SeedImage, memory: SeedMemory, pinned: bool) -> Seed {
         Seed {
             image: Arc::new(image),
-            snapshot_pid,
-            snapshot,
-            mem,
+            memory,
             created: Instant::now(),
             pinned,
             working_set: Mutex::default(),
@@ -74,7 +101,10 @@ impl Seed {
             id: i.id.clone(),
             generation: i.generation,
             source_pid: i.source_pid,
-            snapshot_pid: self.snapshot_pid,
+            snapshot_pid: match &self.memory {
+                SeedMemory::Snapshot { pid, .. } => *pid,
+                SeedMemory::Copied(_) => 0,
+            },
             uid: i.uid,
             mapped_bytes: i.mapped_bytes(),
             rss_bytes: i.rss_bytes,
@@ -82,6 +112,10 @@ impl Seed {
             age_ms: self.created.elapsed().as_millis() as u64,
             prepare_us: i.prepare_us,
             pinned: self.pinned,
+            copied_bytes: match &self.memory {
+                SeedMemory::Snapshot { .. } => None,
+                SeedMemory::Copied(c) => Some(c.bytes()),
+            },
             closed_fds: i.closed_fds.clone(),
         }
     }
@@ -89,14 +123,20 @@ impl Seed {
 
 impl Drop for Seed {
     fn drop(&mut self) {
-        // The snapshot is parked in pause(); SIGKILL ends it. Wait (bounded) until
-        // its memory is freed, so that a prepare right after a drop does not
-        // compete with that teardown.
-        let _ = pidfd::send_signal(&self.snapshot, libc::SIGKILL);
-        let mut p = libc::pollfd { fd: self.snapshot.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, 2000) };
+        if let Some(snapshot) = self.memory.snapshot() {
+            end_snapshot(snapshot);
+        }
     }
+}
+
+/// Ends a snapshot parked in pause() (SIGKILL) and waits (bounded) until its
+/// memory is freed, so that a prepare right after does not compete with that
+/// teardown.
+pub fn end_snapshot(pidfd: &OwnedFd) {
+    let _ = pidfd::send_signal(pidfd, libc::SIGKILL);
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 2000) };
 }
 
 /// Seeds by id. Preparing an id again replaces (and frees) the old seed; readers

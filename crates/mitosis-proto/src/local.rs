@@ -34,8 +34,10 @@ pub enum LocalRequest {
     /// Prepare process `pid` as seed `id`. With `reply_slot`, the process is
     /// the caller itself, blocked reading this connection. A `pinned` seed
     /// lives until it is dropped (MITOSIS's `fork_prepare_ping`); otherwise it
-    /// is dropped when process `pid` exits.
-    Prepare { pid: i32, id: String, reply_slot: Option<ReplySlot>, pinned: bool },
+    /// is dropped when process `pid` exits. With `copy`, the daemon copies
+    /// the snapshot's memory into itself and lets the snapshot go, instead
+    /// of keeping the copy-on-write snapshot process.
+    Prepare { pid: i32, id: String, reply_slot: Option<ReplySlot>, pinned: bool, copy: bool },
     /// Resume seed `id` from the daemon at `from` as a new child on this host.
     Resume { from: String, id: String, options: ResumeOptions },
     /// Resume seed `id` from the daemon at `from` into the calling process,
@@ -189,6 +191,9 @@ pub struct SeedInfo {
     pub prepare_us: u64,
     /// Lives until dropped; otherwise it goes when its source process exits.
     pub pinned: bool,
+    /// Bytes of memory copied into the daemon (prepared with `copy`; there
+    /// is no snapshot process then, and `snapshot_pid` is 0).
+    pub copied_bytes: Option<u64>,
     /// Descriptors children will not get, with what they were.
     pub closed_fds: Vec<(i32, String)>,
 }

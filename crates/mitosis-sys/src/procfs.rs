@@ -146,6 +146,7 @@ pub fn thread_count(pid: impl std::fmt::Display) -> std::io::Result<usize> {
 /// Bits of a `/proc/PID/pagemap` entry.
 pub mod pagemap {
     pub const PRESENT: u64 = 1 << 63;
+    pub const SWAPPED: u64 = 1 << 62;
     pub const FILE_OR_SHARED: u64 = 1 << 61;
 }
 

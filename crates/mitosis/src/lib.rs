@@ -113,7 +113,13 @@ impl Client {
     /// Prepares process `pid` (unmodified; it keeps running) as seed `id`. A
     /// `pinned` seed lives until dropped; otherwise it goes when `pid` exits.
     pub fn prepare(&mut self, pid: i32, id: &str, pinned: bool) -> Result<SeedInfo> {
-        match self.call(LocalRequest::Prepare { pid, id: id.to_string(), reply_slot: None, pinned })? {
+        self.prepare_with(pid, id, pinned, false)
+    }
+
+    /// [`Client::prepare`]; with `copy`, the seed's memory is copied into the
+    /// daemon (the prepare takes longer, no snapshot process stays).
+    pub fn prepare_with(&mut self, pid: i32, id: &str, pinned: bool, copy: bool) -> Result<SeedInfo> {
+        match self.call(LocalRequest::Prepare { pid, id: id.to_string(), reply_slot: None, pinned, copy })? {
             LocalResponse::Prepared(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -265,6 +271,7 @@ pub fn fork_prepare_with(socket: impl AsRef<Path>, id: &str, pinned: bool) -> Re
         id: id.to_string(),
         reply_slot: Some(ReplySlot { addr: buf.as_ptr() as u64, len: buf.len() as u64 }),
         pinned,
+        copy: false,
     };
     client.stream.write_all(&encode(request))?;
     let n = loop {

@@ -4,7 +4,7 @@
  *
  *   selfprep <socket> <id> <pause ms>
  *
- * Sends Prepare{pid: own pid, id, reply_slot: Some(buffer), pinned: true}, sleeps, then
+ * Sends Prepare{pid: own pid, id, reply_slot: Some(buffer), pinned: true, copy: false}, sleeps, then
  * reads the connection: the original gets the daemon's answer and prints
  * "role parent"; a resumed child must find the child marker in the buffer
  * and print "role child". Then answers "alive" to each stdin line.
@@ -53,6 +53,7 @@ int main(int argc, char **argv) {
     n += varint(body + n, (uint64_t)(uintptr_t)reply);
     n += varint(body + n, sizeof reply);
     body[n++] = 1;                                  /* pinned */
+    body[n++] = 0;                                  /* copy */
     unsigned char frame[516];
     uint32_t len = n;
     memcpy(frame, &len, 4);
