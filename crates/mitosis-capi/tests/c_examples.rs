@@ -22,17 +22,12 @@
 //! temporary directory are removed, also when a test fails.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
 
-use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
+use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Host, Proc, TestDir, TwoHosts, STEP};
 
 /// Bound for one step (a resume, a program's run).
-const STEP: Duration = Duration::from_secs(30);
 const KEY: &str = "mitosis-capi-test-cluster-key-0123456789";
 
 /// `target/<profile>/deps`, where this test executable runs from.
@@ -141,104 +136,11 @@ fn needed(exe: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A running program with piped stdout and stderr, in its own process group
-/// (killed on drop). Stdout arrives line by line through a thread, stderr is
-/// collected by another; neither thread is joined, so a pipe kept open by
-/// someone else (a seed's snapshot holds its program's descriptors) cannot
-/// hang a test.
-struct Prog {
-    name: String,
-    guard: ProcessGuard,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    closed: bool,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Prog {
-    fn spawn(name: &str, cmd: &mut Command) -> Prog {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut guard = ProcessGuard::spawn(cmd).unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let stdout = guard.child_mut().stdout.take().expect("piped stdout");
-        let mut err = guard.child_mut().stderr.take().expect("piped stderr");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = err.read(&mut buf) {
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Prog { name: name.to_string(), guard, lines, seen: Vec::new(), closed: false, stderr }
-    }
-
-    fn pid(&self) -> i32 {
-        self.guard.pid()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn describe(&self) -> String {
-        format!("{}: stdout so far:\n{}\nstderr so far:\n{}", self.name, self.seen.join("\n"), self.stderr())
-    }
-
-    /// The next stdout line, or `None` at end of file or after `timeout`.
-    fn line(&mut self, timeout: Duration) -> Option<String> {
-        if self.closed {
-            return None;
-        }
-        match self.lines.recv_timeout(timeout) {
-            Ok(l) => {
-                self.seen.push(l.clone());
-                Some(l)
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                self.closed = true;
-                None
-            }
-            Err(RecvTimeoutError::Timeout) => None,
-        }
-    }
-
-    /// The next stdout line must be `want`.
-    fn expect_line(&mut self, want: &str) {
-        match self.line(STEP) {
-            Some(l) if l == want => {}
-            got => panic!("expected {want:?}, got {got:?}\n{}", self.describe()),
-        }
-    }
-
-    /// Waits until stderr contains `needle`; panics after [`STEP`].
-    fn expect_stderr(&self, needle: &str) {
-        let ok = wait_until(STEP, || self.stderr().contains(needle));
-        assert!(ok, "no {needle:?} on stderr\n{}", self.describe());
-    }
-
-    /// Waits for the exit; returns the status and every stdout line (all of
-    /// them, also those already read).
-    fn finish(&mut self) -> (ExitStatus, Vec<String>) {
-        let status = self
-            .guard
-            .wait_timeout(STEP)
-            .unwrap_or_else(|| panic!("{} did not exit within {STEP:?}\n{}", self.name, self.describe()));
-        // What it wrote is in the pipe; read until end of file or a quiet moment.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && self.line(Duration::from_millis(100)).is_some() {}
-        // Let the stderr thread catch up too.
-        std::thread::sleep(Duration::from_millis(20));
-        (status, self.seen.clone())
-    }
+/// Waits for `p` to exit; returns its status and every stdout line (all of
+/// them, also those already read).
+fn finish_all(p: &mut Proc) -> (ExitStatus, Vec<String>) {
+    let out = p.wait_output(STEP);
+    (out.status, p.seen.clone())
 }
 
 /// Two hosts with a daemon each and the C API installed. Fields drop in
@@ -278,14 +180,18 @@ impl Cluster {
     }
 
     /// Starts `args` inside `host`, with `MITOSIS_SOCKET` set to `daemon`'s socket.
-    fn start(&self, host: &Host, daemon: &Daemon, name: &str, args: &[&str]) -> Prog {
+    fn start(&self, host: &Host, daemon: &Daemon, name: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &host.ns]).args(args).env("MITOSIS_SOCKET", daemon.socket());
-        Prog::spawn(name, &mut cmd)
+        {
+            let mut p = Proc::spawn(name, &mut cmd);
+            p.close_stdin();
+            p
+        }
     }
 
     /// simple_parent on host a as seed `id`; returns once it has prepared.
-    fn parent(&self, exe: &Path, id: &str, pin: bool, interval_ms: u32, ticks: u32) -> Prog {
+    fn parent(&self, exe: &Path, id: &str, pin: bool, interval_ms: u32, ticks: u32) -> Proc {
         let args = [
             exe.to_str().unwrap(),
             &format!("-handler_id={id}"),
@@ -294,14 +200,14 @@ impl Cluster {
             &format!("-ticks={ticks}"),
         ];
         let mut p = self.start(&self.hosts.a, &self.a, &format!("simple_parent {id}"), &args);
-        p.expect_line("time 0");
+        p.expect_line("time 0", STEP);
         let how = if pin { "pinned" } else { "until this process exits" };
-        p.expect_stderr(&format!("simple_parent: parent: prepared seed {id} ({how}, generation "));
+        p.expect_stderr(&format!("simple_parent: parent: prepared seed {id} ({how}, generation "), STEP);
         p
     }
 
     /// simple_child `exe` on host b, resuming seed `id` from host a (by IP, default port).
-    fn child(&self, exe: &Path, id: &str) -> Prog {
+    fn child(&self, exe: &Path, id: &str) -> Proc {
         let args = [exe.to_str().unwrap(), &format!("-host={}", self.hosts.a.ip), &format!("-handler_id={id}")];
         self.start(&self.hosts.b, &self.b, &format!("{} {id}", exe.display()), &args)
     }
@@ -324,7 +230,7 @@ fn times(from: u32, to: u32) -> Vec<String> {
 fn check_child_counts(c: &Cluster, exe: &Path, id: &str, ticks: u32) {
     let mut child = c.child(exe, id);
     let pid = child.pid();
-    let (status, lines) = child.finish();
+    let (status, lines) = finish_all(&mut child);
     let ctx = || format!("{}\n{}", child.describe(), c.logs());
     assert_eq!(status.code(), Some(0), "{}", ctx());
     assert_eq!(lines, times(1, ticks), "the child must count on from the parent's prepare point\n{}", ctx());
@@ -351,12 +257,12 @@ fn simple_parent_and_simple_child_count_across_two_hosts() {
     let ticks = 8;
     let mut parent = c.parent(&parent_exe, "73", true, 50, ticks);
     for t in times(1, 3) {
-        parent.expect_line(&t);
+        parent.expect_line(&t, STEP);
     }
     check_child_counts(&c, &child_exe, "73", ticks);
     check_child_counts(&c, &child_static, "73", ticks);
 
-    let (status, lines) = parent.finish();
+    let (status, lines) = finish_all(&mut parent);
     assert_eq!(status.code(), Some(0), "{}", parent.describe());
     assert_eq!(lines, times(0, ticks), "{}", parent.describe());
     assert!(!parent.stderr().contains("child"), "{}", parent.describe());
@@ -373,7 +279,7 @@ fn pinned_seed_outlives_its_parent_unpinned_one_goes_with_it() {
     let mut pinned = c.parent(&parent_exe, "pinned", true, 50, ticks);
     let mut tied = c.parent(&parent_exe, "tied", false, 50, ticks);
     for p in [&mut pinned, &mut tied] {
-        let (status, lines) = p.finish();
+        let (status, lines) = finish_all(p);
         assert_eq!(status.code(), Some(0), "{}", p.describe());
         assert_eq!(lines, times(0, ticks));
     }
@@ -383,7 +289,7 @@ fn pinned_seed_outlives_its_parent_unpinned_one_goes_with_it() {
     check_child_counts(&c, &child_exe, "pinned", ticks);
 
     let mut gone = c.child(&child_exe, "tied");
-    let (status, lines) = gone.finish();
+    let (status, lines) = finish_all(&mut gone);
     assert_eq!(status.code(), Some(66), "{}", gone.describe());
     assert!(lines.is_empty(), "{}", gone.describe());
     let err = gone.stderr();
@@ -412,7 +318,7 @@ fn error_paths_and_resume_as_a_new_child_from_c() {
     let a_sock = c.a.socket().to_str().unwrap().to_string();
     let args = [check.to_str().unwrap(), &c.hosts.a.ip, "capi-short", "capi-long", &a_sock];
     let mut p = c.start(&c.hosts.b, &c.b, "capi_check", &args);
-    let (status, lines) = p.finish();
+    let (status, lines) = finish_all(&mut p);
     let ctx = || format!("{}\n{}", p.describe(), c.logs());
     assert!(!lines.iter().any(|l| l.starts_with("FAIL")), "{}", ctx());
     assert_eq!(status.code(), Some(0), "{}", ctx());

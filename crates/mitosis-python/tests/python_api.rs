@@ -17,17 +17,14 @@
 //! Every process a test starts is in its own process group, killed on drop,
 //! and every wait has a timeout, so a failing test cleans up after itself.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
+use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Finished, Host, Proc, TestDir, TwoHosts, STEP};
 
 /// Generous bound for one step (a prepare, a resume, a Python start).
-const STEP: Duration = Duration::from_secs(30);
 const KEY: &str = "mitosis-python-test-cluster-key-0123";
 
 /// The repository's root.
@@ -140,159 +137,6 @@ impl Cluster {
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// A finished program: status and everything it printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-    fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-    /// The only stdout line starting with `prefix`; panics unless there is exactly one.
-    fn line(&self, prefix: &str) -> &str {
-        let found: Vec<&str> = self.stdout.lines().filter(|l| l.starts_with(prefix)).collect();
-        assert_eq!(found.len(), 1, "expected one line starting with {prefix:?}:\n{self}");
-        found[0]
-    }
-}
-
-impl std::fmt::Display for Finished {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "status {}\n--- stdout ---\n{}--- stderr ---\n{}", self.status, self.stdout, self.stderr)
-    }
-}
-
-/// A running program with piped stdio, in its own process group (killed on
-/// drop). Stdout is read line by line by a thread, stderr collected by
-/// another; neither is joined (a seed's snapshot keeps copies of its
-/// program's pipes open).
-struct Proc {
-    name: String,
-    guard: ProcessGuard,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    stdout_closed: bool,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut guard = ProcessGuard::spawn(cmd).unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        let child = guard.child_mut();
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut err_pipe = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            loop {
-                let mut buf = Vec::new();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        let s = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string();
-                        if tx.send(s).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let e = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = err_pipe.read(&mut buf) {
-                e.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Proc { name: name.to_string(), guard, stdin, lines, seen: Vec::new(), stdout_closed: false, stderr }
-    }
-
-    fn pid(&self) -> i32 {
-        self.guard.pid()
-    }
-
-    fn send(&mut self, s: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let _ = stdin.write_all(s.as_bytes()).and_then(|()| stdin.flush());
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn describe(&self) -> String {
-        format!("{}: stdout so far:\n{}\nstderr so far:\n{}", self.name, self.seen.join("\n"), self.stderr())
-    }
-
-    /// The next stdout line, or `None` at end of file or after `timeout`.
-    fn line(&mut self, timeout: Duration) -> Option<String> {
-        if self.stdout_closed {
-            return None;
-        }
-        match self.lines.recv_timeout(timeout) {
-            Ok(l) => {
-                self.seen.push(l.clone());
-                Some(l)
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                self.stdout_closed = true;
-                None
-            }
-            Err(RecvTimeoutError::Timeout) => None,
-        }
-    }
-
-    /// The next stdout line, which must start with `prefix`.
-    fn expect_prefix(&mut self, prefix: &str) -> String {
-        match self.line(STEP) {
-            Some(l) if l.starts_with(prefix) => l,
-            Some(l) => panic!("expected a line starting with {prefix:?}, got {l:?}\n{}", self.describe()),
-            None => panic!("no line starting with {prefix:?} within {STEP:?}\n{}", self.describe()),
-        }
-    }
-
-    /// Waits for the exit; returns the status, the stdout lines not read yet
-    /// and all of stderr. Dropping the `Proc` kills its process group, which
-    /// also holds the snapshots of the seeds it prepared (children of its
-    /// pinned seeds need it kept): see [`Proc::wait_output`] for those.
-    fn finish(mut self) -> Finished {
-        self.wait_output()
-    }
-
-    /// [`Proc::finish`] without dropping the process group.
-    fn wait_output(&mut self) -> Finished {
-        let already = self.seen.len();
-        let status = match self.guard.wait_timeout(STEP) {
-            Some(s) => s,
-            None => panic!("{} did not exit within {STEP:?}\n{}", self.name, self.describe()),
-        };
-        // Read what is in the pipe; it may stay open after the exit.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.stdout_closed && Instant::now() < deadline {
-            if self.line(Duration::from_millis(100)).is_none() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        let mut stdout = self.seen[already..].join("\n");
-        if !stdout.is_empty() {
-            stdout.push('\n');
-        }
-        Finished { status, stdout, stderr: self.stderr() }
-    }
 }
 
 /// `key=value` from a line of space-separated fields.
@@ -449,8 +293,8 @@ fn children_on_another_host_see_the_prepared_state() {
 
     // Children wait for a line `go` on their stdin.
     let mut parent = c.python_in(&c.hosts.a, "self-preparing parent", &[&prog, &sock_a, "state", "1", "wait"]);
-    parent.expect_prefix("buffered line before prepare");
-    let pline = parent.expect_prefix("parent ");
+    parent.expect_prefix("buffered line before prepare", STEP);
+    let pline = parent.expect_prefix("parent ", STEP);
     let ppid = parent.pid();
     assert!(pline.starts_with("parent is_child=False "), "{pline}");
     assert_eq!(field(&pline, "source_pid"), ppid.to_string());
@@ -464,7 +308,7 @@ fn children_on_another_host_see_the_prepared_state() {
     // default): pid 2 there.
     let mut child = c.cli_resume_on_b("state");
     child.send("go\n");
-    let out = child.finish();
+    let out = child.finish(STEP);
     assert_eq!(out.code(), Some(7), "the child's own exit status: {out}\n{}", c.logs());
     assert_eq!(out.lines().len(), 1, "the parent's buffered output must not be printed again: {out}");
     let pid = check_child_line(out.lines()[0], ppid, &generation, &addr_a);
@@ -478,7 +322,7 @@ fn children_on_another_host_see_the_prepared_state() {
     let mut resumer = Proc::spawn("mitosis resume --in-place", &mut cmd);
     resumer.send("go\n");
     let resumer_pid = resumer.pid(); // `ip netns exec` execs, it does not fork
-    let out = resumer.finish();
+    let out = resumer.finish(STEP);
     assert_eq!(out.code(), Some(7), "{out}\n{}", c.logs());
     let pid = check_child_line(out.line("child "), ppid, &generation, &addr_a);
     assert_eq!(pid, resumer_pid, "in place: the resumer itself is the child: {out}");
@@ -490,7 +334,7 @@ fn children_on_another_host_see_the_prepared_state() {
     let resumer = c.write("resume.py", RESUME_PY);
     for mode in ["container", "plain"] {
         let args = [resumer.as_str(), &addr_a, "state", &sock_b, mode, "release"];
-        let out = c.python_in(&c.hosts.b, &format!("python resume ({mode})"), &args).finish();
+        let out = c.python_in(&c.hosts.b, &format!("python resume ({mode})"), &args).finish(STEP);
         assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
         assert_eq!(out.lines().len(), 3, "{out}");
         let child_pid = check_child_line(out.line("child "), ppid, &generation, &addr_a);
@@ -516,7 +360,7 @@ fn children_on_another_host_see_the_prepared_state() {
 
     // fork_resume of an unknown seed raises and leaves the process as it was.
     let in_place = c.write("in_place.py", IN_PLACE_PY);
-    let out = c.python_in(&c.hosts.b, "fork_resume", &[&in_place, &addr_a, &sock_b, "no-such-seed"]).finish();
+    let out = c.python_in(&c.hosts.b, "fork_resume", &[&in_place, &addr_a, &sock_b, "no-such-seed"]).finish(STEP);
     assert_eq!(out.code(), Some(3), "{out}");
     let me = field(out.line("resumer "), "getpid").to_string();
     let err = out.line("error ");
@@ -525,26 +369,26 @@ fn children_on_another_host_see_the_prepared_state() {
 
     // The parent is still the parent, with its own (changed) state.
     parent.send("state\n");
-    assert_eq!(parent.expect_prefix("parent-state"), "parent-state len=0 counter=43");
+    assert_eq!(parent.expect_prefix("parent-state", STEP), "parent-state len=0 counter=43");
 
     // drop(), then resuming fails with SeedNotFound / exit status 66.
     let dropper = c.write("drop.py", DROP_PY);
-    let out = c.python_in(&c.hosts.a, "python drop", &[&dropper, &sock_a, "state"]).finish();
+    let out = c.python_in(&c.hosts.a, "python drop", &[&dropper, &sock_a, "state"]).finish(STEP);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(out.line("seeds "), r#"seeds [["state", true]]"#);
     assert_eq!(out.line("seeds-after-drop "), "seeds-after-drop []");
     assert_eq!(out.line("drop-again "), "drop-again SeedNotFound kind=not_found exit_code=66");
     assert_eq!(out.line("no-daemon "), "no-daemon DaemonUnreachable kind=daemon_unreachable exit_code=69");
 
-    let out = c.python_in(&c.hosts.b, "python resume after drop", &[&resumer, &addr_a, "state", &sock_b, "container"]).finish();
+    let out = c.python_in(&c.hosts.b, "python resume after drop", &[&resumer, &addr_a, "state", &sock_b, "container"]).finish(STEP);
     assert_eq!(out.code(), Some(66), "{out}");
     assert_eq!(out.stdout, "error SeedNotFound kind=not_found exit_code=66 isinstance=True\n", "{out}");
-    let out = c.cli_resume_on_b("state").finish();
+    let out = c.cli_resume_on_b("state").finish(STEP);
     assert_eq!(out.code(), Some(66), "{out}");
     assert!(out.stdout.is_empty(), "{out}");
 
     parent.send("exit\n");
-    let out = parent.finish();
+    let out = parent.finish(STEP);
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
@@ -557,30 +401,30 @@ fn unpinned_seed_goes_with_its_process_pinned_one_stays() {
     let seeds_py = c.write("seeds.py", SEEDS_PY);
     let sock_a = c.sock_a();
     let seeds = || {
-        let out = c.python_in(&c.hosts.a, "seeds", &[&seeds_py, &sock_a]).finish();
+        let out = c.python_in(&c.hosts.a, "seeds", &[&seeds_py, &sock_a]).finish(STEP);
         assert_eq!(out.code(), Some(0), "{out}");
         out.stdout.trim().to_string()
     };
 
     let mut tied = c.python_in(&c.hosts.a, "unpinned parent", &[&prog, &sock_a, "tied", "0"]);
     let mut pinned = c.python_in(&c.hosts.a, "pinned parent", &[&prog, &sock_a, "state", "1"]);
-    tied.expect_prefix("buffered line before prepare");
-    pinned.expect_prefix("buffered line before prepare");
-    assert_eq!(field(&tied.expect_prefix("parent "), "pinned"), "False");
-    let pline = pinned.expect_prefix("parent ");
+    tied.expect_prefix("buffered line before prepare", STEP);
+    pinned.expect_prefix("buffered line before prepare", STEP);
+    assert_eq!(field(&tied.expect_prefix("parent ", STEP), "pinned"), "False");
+    let pline = pinned.expect_prefix("parent ", STEP);
     assert_eq!(field(&pline, "pinned"), "True");
     assert_eq!(seeds(), r#"[["state", true], ["tied", false]]"#);
 
     // While its process lives, the unpinned seed resumes like any other.
-    let out = c.cli_resume_on_b("tied").finish();
+    let out = c.cli_resume_on_b("tied").finish(STEP);
     assert_eq!(out.code(), Some(7), "{out}\n{}", c.logs());
 
     for p in [&mut tied, &mut pinned] {
         p.send("exit\n");
     }
-    assert_eq!(tied.wait_output().code(), Some(0));
+    assert_eq!(tied.wait_output(STEP).code(), Some(0));
     // (Only waited for: the pinned seed's snapshot is in this process group.)
-    assert_eq!(pinned.wait_output().code(), Some(0));
+    assert_eq!(pinned.wait_output(STEP).code(), Some(0));
     let mut last = String::new();
     let gone = wait_until(Duration::from_secs(10), || {
         last = seeds();
@@ -588,9 +432,9 @@ fn unpinned_seed_goes_with_its_process_pinned_one_stays() {
     });
     assert!(gone, "the unpinned seed must go with its process: {last}\n{}", c.logs());
 
-    let out = c.cli_resume_on_b("tied").finish();
+    let out = c.cli_resume_on_b("tied").finish(STEP);
     assert_eq!(out.code(), Some(66), "{out}");
-    let out = c.cli_resume_on_b("state").finish();
+    let out = c.cli_resume_on_b("state").finish(STEP);
     assert_eq!(out.code(), Some(7), "the pinned seed outlives its process: {out}\n{}", c.logs());
     check_child_line(out.lines()[0], 0, field(&pline, "generation"), &c.a.addr());
 }
@@ -687,7 +531,7 @@ fn mitosis_function_script_runs_with_the_wrapper() {
     let args = [script.as_str(), "-pin=1", "-handler_id=hw73", "-profile=1", "-exclude_execution=0", &sock_flag];
     // Kept until the end: the pinned seed's snapshot is in its process group.
     let mut parent = c.python_in(&c.hosts.a, "helloworld parent", &args);
-    let out = parent.wait_output();
+    let out = parent.wait_output(STEP);
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     let (ph, prof_parent) = phases(&out, "helloworld", &["hello world", "[helloworld-prepared] id=hw73"]);
     assert_eq!(ph, ["execution", "cold", "execution", "warm", "prepare", "execution", "parent"], "{out}");
@@ -702,7 +546,7 @@ fn mitosis_function_script_runs_with_the_wrapper() {
 
     // The seed is pinned: it outlives the script, and children run the function once.
     for _ in 0..2 {
-        let child = c.cli_resume_on_b("hw73").finish();
+        let child = c.cli_resume_on_b("hw73").finish(STEP);
         assert_eq!(child.code(), Some(0), "{child}\n{}", c.logs());
         let (ph, prof) = phases(&child, "helloworld", &["hello world"]);
         assert_eq!(ph, ["execution", "child"], "only the child's run, nothing of the parent's: {child}");
@@ -715,20 +559,20 @@ fn mitosis_function_script_runs_with_the_wrapper() {
 
     // -run_once: the cold run only; nothing is prepared. --flag=value works too.
     let args = [script.as_str(), "--run_once=true", "-app_name=json", "-handler_id=once", &sock_flag];
-    let out = c.python_in(&c.hosts.a, "run once", &args).finish();
+    let out = c.python_in(&c.hosts.a, "run once", &args).finish(STEP);
     assert_eq!(out.code(), Some(0), "{out}");
     let (ph, prof) = phases(&out, "json", &["hello world"]);
     assert_eq!(ph, ["execution", "cold"], "{out}");
     assert!(prof.is_empty(), "no -profile, no profile lines: {out}");
 
     // Default flags but the socket: app name from the directory, unpinned, no parent run.
-    let out = c.python_in(&c.hosts.a, "defaults", &[&script, &sock_flag]).finish();
+    let out = c.python_in(&c.hosts.a, "defaults", &[&script, &sock_flag]).finish(STEP);
     assert_eq!(out.code(), Some(0), "{out}");
     let (ph, _) = phases(&out, "helloworld", &["hello world", "[helloworld-prepared] id=73"]);
     assert_eq!(ph, ["execution", "cold", "execution", "warm", "prepare"], "{out}");
 
     // No daemon: a message on stderr and the error's exit code (69).
-    let out = c.python_in(&c.hosts.a, "no daemon", &[&script, "-socket=/nonexistent/mitosis.sock"]).finish();
+    let out = c.python_in(&c.hosts.a, "no daemon", &[&script, "-socket=/nonexistent/mitosis.sock"]).finish(STEP);
     assert_eq!(out.code(), Some(69), "{out}");
     assert!(
         out.stderr.contains("mitosis_wrapper: preparing seed '73'") && out.stderr.contains("/nonexistent/mitosis.sock"),
@@ -743,19 +587,19 @@ fn mitosis_function_script_runs_with_the_wrapper() {
             "import threading\nthreading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n\nif __name__ == '__main__':\n",
         ),
     );
-    let out = c.python_in(&c.hosts.a, "threaded", &[&threaded, &sock_flag]).finish();
+    let out = c.python_in(&c.hosts.a, "threaded", &[&threaded, &sock_flag]).finish(STEP);
     assert_eq!(out.code(), Some(65), "{out}");
     assert!(out.stderr.contains("this process has 2 threads"), "{out}");
 
     // -hang=1 keeps the process, hence its unpinned seed, until it is killed.
     let args = [script.as_str(), "-hang=1", "-handler_id=hanging", &sock_flag];
     let mut hanging = c.python_in(&c.hosts.a, "hanging parent", &args);
-    while hanging.expect_prefix("") != "[helloworld-prepared] id=hanging" {}
-    let child = c.cli_resume_on_b("hanging").finish();
+    while hanging.expect_prefix("", STEP) != "[helloworld-prepared] id=hanging" {}
+    let child = c.cli_resume_on_b("hanging").finish(STEP);
     assert_eq!(child.code(), Some(0), "{child}\n{}", c.logs());
     assert_eq!(phases(&child, "helloworld", &["hello world"]).0, ["execution", "child"], "{child}");
     let seeds_py = c.write("seeds.py", SEEDS_PY);
-    let seeds = || c.python_in(&c.hosts.a, "seeds", &[&seeds_py, &c.sock_a()]).finish().stdout;
+    let seeds = || c.python_in(&c.hosts.a, "seeds", &[&seeds_py, &c.sock_a()]).finish(STEP).stdout;
     assert!(seeds().contains(r#"["hanging", false]"#), "{}", seeds());
     drop(hanging);
     assert!(wait_until(Duration::from_secs(10), || !seeds().contains("hanging")), "{}", seeds());
@@ -777,10 +621,10 @@ fn fork_resume_turns_a_python_process_into_the_child() {
     let Some(c) = Cluster::new("py-in-place") else { return };
     let prog = c.write("self_prepare.py", SELF_PREPARE_PY);
     let mut parent = c.python_in(&c.hosts.a, "parent", &[&prog, &c.sock_a(), "state", "1"]);
-    parent.expect_prefix("buffered line before prepare");
-    let pline = parent.expect_prefix("parent ");
+    parent.expect_prefix("buffered line before prepare", STEP);
+    let pline = parent.expect_prefix("parent ", STEP);
     let in_place = c.write("in_place.py", IN_PLACE_PY);
-    let out = c.python_in(&c.hosts.b, "fork_resume", &[&in_place, &c.a.addr(), &c.sock_b(), "no-such-seed", "state"]).finish();
+    let out = c.python_in(&c.hosts.b, "fork_resume", &[&in_place, &c.a.addr(), &c.sock_b(), "no-such-seed", "state"]).finish(STEP);
     assert_eq!(out.code(), Some(7), "{out}\n{}", c.logs());
     let me = field(out.line("resumer "), "getpid").to_string();
     assert!(out.line("error ").starts_with("error SeedNotFound "), "{out}");
@@ -801,7 +645,7 @@ fn run_python(code: &str, args: &[&str], env: &[(&str, &str)]) -> Finished {
             cmd.env_remove(var);
         }
     }
-    Proc::spawn("python -c", &mut cmd).finish()
+    Proc::spawn("python -c", &mut cmd).finish(STEP)
 }
 
 /// The wrapper's flags, gflags-style, and what its import does to the

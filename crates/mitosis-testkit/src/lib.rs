@@ -21,6 +21,7 @@
 //! only listen on those private addresses.
 
 mod dir;
+mod conversation;
 mod netns;
 mod process;
 
@@ -30,6 +31,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use dir::{write_key, TestDir};
+pub use conversation::{Finished, Proc, STEP};
 pub use netns::{Host, TwoHosts};
 pub use process::{Daemon, ProcessGuard};
 
