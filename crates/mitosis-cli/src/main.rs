@@ -210,8 +210,9 @@ enum Command {
     /// The child runs in a lean container unless --no-container is given: its own PID, mount,
     /// UTS and IPC namespaces (it sees only its own processes, and its own hostname), a cgroup
     /// with the given limits, and a root file system that is read-only (the host's, or
-    /// --rootfs) with private /tmp, /dev/shm and /proc. Files the seed had open stay open in the
-    /// child; its working directory must exist inside. The container goes when the child ends.
+    /// --rootfs) with private /tmp, /dev/shm and /proc. As after a fork, the files the seed had
+    /// open stay open in the child, and it keeps the seed's working directory (also one outside
+    /// the container's root). The container goes when the child ends.
     Resume {
         /// The seed host's daemon (ADDR:PORT).
         #[arg(long)]

@@ -190,18 +190,16 @@ fn many_containers_leave_nothing_behind() {
     assert!(pool["created"].as_u64().unwrap() >= 30, "{pool}");
 }
 
-/// `--rootfs DIR` gives the child DIR as its root, read-only; the seed's
-/// working directory must exist there.
+/// `--rootfs DIR` gives the child DIR as its root, read-only (the seed's
+/// working directory, not in DIR, stays the child's, as after a fork).
 #[test]
 fn rootfs_directory_becomes_the_root() {
     let Some(c) = Cluster::new("container-rootfs") else { return };
     let _parent = probe_seed(&c);
     let root = c.dir.path().join("rootfs");
-    let cwd = std::env::current_dir().unwrap();
     for d in ["proc", "tmp", "dev"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::create_dir_all(root.join(cwd.strip_prefix("/").unwrap())).unwrap();
     let mut child = c.resume_on_b_args("probe", &["--rootfs", root.to_str().unwrap()]);
     // /etc does not exist in this root; on the host's (read-only) root it would be EROFS.
     assert_eq!(answer(&mut child, "write /etc/x"), "/etc/x ENOENT");
@@ -254,4 +252,24 @@ fn throughput_benchmark_reports_every_layer() {
     }
     assert!(r["throughput_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["failures"], 0, "{r}");
+}
+
+/// A seed working in a directory of the host's /tmp (private in a
+/// container) runs in a container all the same, in that directory, as a
+/// forked process would.
+#[test]
+fn seed_working_in_tmp_keeps_its_working_directory() {
+    let Some(c) = Cluster::new("container-cwd") else { return };
+    let prog = compile(&c.dir, "probe", &["-O2"]);
+    let work = c.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = format!("cd {} && exec {}", work.display(), prog.display());
+    let (_parent, pid) = c.target_in(&c.hosts.a, "probe in /tmp", &["sh", "-c", &script]);
+    c.prepare_a(pid, "cwd");
+    let mut child = c.resume_on_b("cwd");
+    assert_eq!(answer(&mut child, "pid"), "2", "in a container");
+    assert_eq!(answer(&mut child, "write relative"), "relative ok");
+    assert!(work.join("relative").exists(), "the child writes where its seed worked");
+    child.send("exit 0\n");
+    assert_eq!(child.finish(STEP).code(), Some(0));
 }

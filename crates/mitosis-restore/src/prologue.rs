@@ -35,7 +35,7 @@ impl PrologueExit {
             91 => "could not install the resumer's stdio",
             92 => "could not create a userfaultfd",
             93 => "could not open one of the seed's files",
-            94 => "could not enter the seed's working directory (in a container it must exist in the container's root)",
+            94 => "could not enter the seed's working directory",
             95 => "could not set signal dispositions",
             96 => "could not take the seed's credentials",
             97 => "could not enter its container",
@@ -120,11 +120,11 @@ impl Prologue {
     /// `holder` is its holder's pidfd. Ends parked in `pause()` with every
     /// signal blocked, waiting for the daemon's ptrace.
     ///
-    /// The seed's files (also those its file mappings come from) are opened
-    /// before the child enters its container's mount namespace: like a forked
-    /// process, the child keeps the files its parent had open, seen as the
-    /// daemon saw them when it checked their identity. Its working directory
-    /// is entered inside.
+    /// The seed's files (also those its file mappings come from) and its
+    /// working directory are opened before the child enters its container's
+    /// mount namespace: like a forked process, the child keeps the files and
+    /// the working directory its parent had, seen as the daemon saw them
+    /// when it checked their identity.
     pub fn run(&self, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>) -> ! {
         // SAFETY: only raw syscalls on data prepared before the fork; no allocation.
         unsafe {
@@ -177,6 +177,14 @@ impl Prologue {
                     libc::lseek(f.fd, f.pos as libc::off_t, libc::SEEK_SET);
                 }
             }
+            // The working directory, opened here, entered after the container
+            // is joined: like a forked process, the child keeps its parent's,
+            // also when it is not inside the container's root (a seed working
+            // in /tmp, which is private in a container).
+            let cwd = libc::open(self.plan.cwd.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            if cwd < 0 {
+                fail(PrologueExit::Chdir);
+            }
             if let Some(entry) = &self.container {
                 let Some(holder) = holder else { fail(PrologueExit::Container) };
                 if libc::setns(holder, entry.join_flags) != 0 {
@@ -189,9 +197,10 @@ impl Prologue {
                     }
                 }
             }
-            if libc::chdir(self.plan.cwd.as_ptr()) != 0 {
+            if libc::fchdir(cwd) != 0 {
                 fail(PrologueExit::Chdir);
             }
+            libc::close(cwd);
             for a in &self.actions {
                 if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
                     continue;
