@@ -236,7 +236,9 @@ pub fn holder_main(spec: &HolderSpec, hostname: &str, control: RawFd, ready: Raw
             libc::_exit(1);
         }
         // Close everything else the zygote had, so the holder pins nothing.
-        libc::syscall(libc::SYS_close_range, 0u32, (control - 1).max(0) as u32, 0u32);
+        if control > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (control - 1) as u32, 0u32);
+        }
         libc::syscall(libc::SYS_close_range, (control + 1) as u32, u32::MAX, 0u32);
         let mut byte = [0u8; 1];
         loop {
