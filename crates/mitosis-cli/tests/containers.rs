@@ -122,6 +122,32 @@ fn memory_limit_ends_the_child_by_the_oom_killer() {
     assert_nothing_left_on_b(&c);
 }
 
+/// `--cpus` limits the CPU time a container gets: a child busy for 600 ms
+/// of wall time with `--cpus 0.2` gets well under half of it.
+#[test]
+fn cpu_limit_holds() {
+    let Some(c) = Cluster::new("container-cpu") else { return };
+    let _parent = probe_seed(&c);
+    let out = c.resume_on_b_with_args("probe", "spin 600\nexit 0\n", &["--cpus", "0.2"]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    let cpu_ms: u64 = out.lines()[0].strip_prefix("spin ").unwrap().parse().unwrap();
+    assert!(cpu_ms < 300, "with --cpus 0.2, 600 ms of spinning got {cpu_ms} ms of CPU: {out}");
+    assert_nothing_left_on_b(&c);
+}
+
+/// `--pids` limits the processes of a container (the child counts).
+#[test]
+fn pids_limit_holds() {
+    let Some(c) = Cluster::new("container-pids") else { return };
+    let _parent = probe_seed(&c);
+    let out = c.resume_on_b_with_args("probe", "forks 10\nexit 0\n", &["--pids", "4"]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    assert_eq!(out.lines(), ["forks 3"], "the child and three more: {out}");
+    let out = c.resume_on_b_with("probe", "forks 10\nexit 0\n");
+    assert_eq!(out.lines(), ["forks 10"], "no limit by default: {out}");
+    assert_nothing_left_on_b(&c);
+}
+
 /// Orphans inside a container are reaped by its holder (pid 1): no zombies.
 #[test]
 fn orphans_in_a_container_are_reaped() {

@@ -63,6 +63,10 @@ pub struct Cgroups {
 #[derive(Debug)]
 pub struct ContainerCgroup {
     dirs: Vec<(Controller, PathBuf, bool)>,
+    /// Controllers with a limit set: a child joins these and the memory
+    /// controller (for its accounting and OOM reports), not the others
+    /// (each join costs tens of microseconds and would limit nothing).
+    limited: Vec<Controller>,
 }
 
 /// Parses `/proc/self/mountinfo` for cgroup mounts: (mount point, is v2,
@@ -176,7 +180,7 @@ impl Cgroups {
 
     /// Creates the directories of container `name`.
     pub fn create(&self, name: &str) -> io::Result<ContainerCgroup> {
-        let mut cg = ContainerCgroup { dirs: Vec::new() };
+        let mut cg = ContainerCgroup { dirs: Vec::new(), limited: vec![Controller::Memory] };
         for h in &self.hierarchies {
             let dir = h.base.join(name);
             if !cg.dirs.iter().any(|(_, d, _)| d == &dir) {
@@ -287,7 +291,13 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 impl ContainerCgroup {
     /// Writes the limits; controllers without a limit stay unlimited.
-    pub fn apply(&self, limits: &ContainerLimits) -> io::Result<()> {
+    pub fn apply(&mut self, limits: &ContainerLimits) -> io::Result<()> {
+        if limits.cpu_millis.is_some() {
+            self.limited.push(Controller::Cpu);
+        }
+        if limits.pids.is_some() {
+            self.limited.push(Controller::Pids);
+        }
         for (controller, dir, v2) in &self.dirs {
             let (file, value) = match (controller, v2) {
                 (Controller::Memory, false) => ("memory.limit_in_bytes", limits.memory_bytes.map(|b| b.to_string())),
@@ -311,11 +321,12 @@ impl ContainerCgroup {
         Ok(())
     }
 
-    /// Moves process `pid` into every directory.
+    /// Moves process `pid` into the directories of the memory controller and
+    /// of the controllers with a limit.
     pub fn add(&self, pid: i32) -> io::Result<()> {
         let mut done: Vec<&PathBuf> = Vec::new();
-        for (_, dir, _) in &self.dirs {
-            if done.contains(&dir) {
+        for (controller, dir, _) in &self.dirs {
+            if !self.limited.contains(controller) || done.contains(&dir) {
                 continue;
             }
             write(dir, "cgroup.procs", &pid.to_string())?;

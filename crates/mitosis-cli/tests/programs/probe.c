@@ -9,6 +9,9 @@
  *   signal <pid>     "signal <pid> ok" or "signal <pid> <errno name>" (kill(pid, 0))
  *   write <path>     "write <path> ok" or "write <path> <errno name>" (create + write)
  *   alloc <MiB>      "alloc <MiB> ok" after allocating and touching that much memory
+ *   forks <n>        "forks <k>": how many of n forks succeeded (the children wait for
+ *                    a pipe to close, then exit and are reaped)
+ *   spin <ms>        "spin <cpu ms>": busy for that much wall time, then the CPU time it got
  *   orphan           forks a grandchild that outlives its parent (reaped by the container's
  *                    init), "orphan <pid>"
  *   exit <n>         exits with status n
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *err_name(int e) {
@@ -83,6 +87,26 @@ int main(void) {
                 memset(p, 0x5a, 1 << 20);
             }
             printf("alloc %s ok\n", arg);
+        } else if (sscanf(line, "forks %479s", arg) == 1) {
+            int n = atoi(arg), k = 0, p[2];
+            pid_t kids[64];
+            if (n > 64 || pipe(p) != 0) return 3;
+            for (int i = 0; i < n; i++) {
+                pid_t c = fork();
+                if (c == 0) { char b; close(p[1]); read(p[0], &b, 1); _exit(0); }
+                if (c > 0) kids[k++] = c;
+            }
+            close(p[0]);
+            close(p[1]);
+            for (int i = 0; i < k; i++) waitpid(kids[i], 0, 0);
+            printf("forks %d\n", k);
+        } else if (sscanf(line, "spin %479s", arg) == 1) {
+            struct timespec w0, w, c;
+            clock_gettime(CLOCK_MONOTONIC, &w0);
+            do clock_gettime(CLOCK_MONOTONIC, &w);
+            while ((w.tv_sec - w0.tv_sec) * 1000 + (w.tv_nsec - w0.tv_nsec) / 1000000 < atol(arg));
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c);
+            printf("spin %ld\n", c.tv_sec * 1000 + c.tv_nsec / 1000000);
         } else if (strcmp(line, "orphan") == 0) {
             int p[2];
             if (pipe(p) != 0) return 3;
