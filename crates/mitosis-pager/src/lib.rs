@@ -276,7 +276,7 @@ impl Pager {
             // read-ahead stays on the wire until the child gets to it.)
             let busy = self.broken.is_none()
                 && self.push_started
-                && (!self.push.is_empty() || self.outstanding.front().is_some_and(|o| o.purpose == Purpose::Push));
+                && (!self.push.is_empty() || self.outstanding.iter().any(|o| o.purpose == Purpose::Push));
             let mut fds = [
                 libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.process.as_ref().map_or(-1, |p| p.as_raw_fd()), events: libc::POLLIN, revents: 0 },
@@ -321,7 +321,8 @@ impl Pager {
     /// installs the oldest answer. A failure is kept for the next page that
     /// is actually needed.
     fn pump(&mut self) {
-        while self.broken.is_none() && self.outstanding.len() < PUSH_DEPTH {
+        let pushes = |o: &std::collections::VecDeque<Outstanding>| o.iter().filter(|o| o.purpose == Purpose::Push).count();
+        while self.broken.is_none() && pushes(&self.outstanding) < PUSH_DEPTH {
             let Some(runs) = self.next_push_chunk() else { break };
             match self.source.request(&seed_ranges(&runs)) {
                 Ok(()) => {
@@ -330,7 +331,13 @@ impl Pager {
                 Err(e) => self.broken = Some(e),
             }
         }
-        if self.outstanding.front().is_some_and(|o| o.purpose == Purpose::Push) {
+        // Answers come in order: a read-ahead in front of the pushes is taken
+        // in too (its window was asked for because the child was streaming
+        // through memory: the next fault after it still counts as sequential).
+        if let Some(front) = self.outstanding.front() {
+            if front.purpose == Purpose::ReadAhead {
+                self.last_end = Some(front.window_end);
+            }
             self.receive_oldest();
         }
         if self.broken.is_some() {
