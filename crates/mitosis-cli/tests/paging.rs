@@ -125,7 +125,7 @@ fn re_prepared_seed_never_serves_old_pages_from_any_cache() {
     let sum0 = parent.verify();
     c.prepare_a(ppid, "s");
     child(&c, "s", "seq", &sum0, &[]);
-    let p = child(&c, "s", "seq", &sum0, &[]);
+    let p = paused_child(&c, "s", &sum0, &[]);
     assert!(p.cache_hits() > 0 && p.pushed() > 0, "{}", p.0);
 
     parent.ask("mutate", "mutated");
