@@ -12,6 +12,12 @@
 //! | `touch random`  | `touch <ns>`: one write per page, shuffled order            |
 //! | `fork`          | `fork <ns>`: a local fork()+exit+wait, parent side time     |
 //! | `now`           | `now <CLOCK_MONOTONIC ns>`                                  |
+//! | `latency N`     | `latency <n> <p50> <p90> <p99> <max>` (ns): first touches of |
+//! |                 | N distinct random pages, one at a time, each timed          |
+//! | `local-latency N` | the same on N pages of a fresh anonymous mapping          |
+//! | `resident`      | `resident <CLOCK_MONOTONIC ns> <polls>` once every page of  |
+//! |                 | the working set is resident (polled with `mincore`, which   |
+//! |                 | never faults), or `resident FAILED <why>` after 120 s       |
 //! | `pid`           | `pid <pid>`                                                 |
 //! | `exit <n>`      | exits with status n                                         |
 //!
@@ -84,6 +90,49 @@ impl Memory {
         Ok(sum)
     }
 
+    /// First-touch latency of `n` distinct random pages of the working set.
+    fn latency(&mut self, n: usize) -> Vec<u64> {
+        time_touches(self.base.cast(), self.words / 512, n)
+    }
+
+    /// Page-aligned spans of the working set and the heap vector.
+    fn spans(&self) -> [(usize, usize); 2] {
+        let page = 4096usize;
+        let heap_start = self.heap.as_ptr() as usize / page * page;
+        let heap_end = (self.heap.as_ptr() as usize + self.heap.len() * 8).div_ceil(page) * page;
+        [(self.base as usize, self.words * 8), (heap_start, heap_end - heap_start)]
+    }
+
+    /// Waits until every page of [`Memory::spans`] is resident; returns the
+    /// time it saw that and how many polls it took.
+    fn wait_resident(&self, patience: std::time::Duration) -> Result<(u64, u64), String> {
+        let spans = self.spans();
+        let mut vecs: Vec<Vec<u8>> = spans.iter().map(|s| vec![0u8; s.1 / 4096]).collect();
+        let deadline = crate::now_ns() + patience.as_nanos() as u64;
+        let mut polls = 0u64;
+        loop {
+            polls += 1;
+            let mut all = true;
+            for ((start, len), v) in spans.iter().zip(vecs.iter_mut()) {
+                // SAFETY: `start` is page-aligned, the span is mapped, `v` has one byte per page.
+                let r = unsafe { libc::mincore(*start as *mut libc::c_void, *len, v.as_mut_ptr()) };
+                if r != 0 {
+                    return Err(format!("mincore: {}", std::io::Error::last_os_error()));
+                }
+                all &= v.iter().all(|b| b & 1 != 0);
+            }
+            let now = crate::now_ns();
+            if all {
+                return Ok((now, polls));
+            }
+            if now > deadline {
+                let missing: usize = vecs.iter().map(|v| v.iter().filter(|b| **b & 1 == 0).count()).sum();
+                return Err(format!("{missing} pages still not resident after {patience:?}"));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+
     fn touch(&mut self, random: bool) -> u64 {
         let pages = self.words / 512;
         let mut order: Vec<usize> = (0..pages).collect();
@@ -107,6 +156,53 @@ impl Memory {
         }
         crate::now_ns() - t
     }
+}
+
+/// Touches `n` (at most `pages`) distinct random pages of `base` one at a
+/// time (a read and a write of one word each) and times each touch.
+fn time_touches(base: *mut u8, pages: usize, n: usize) -> Vec<u64> {
+    let n = n.min(pages);
+    let mut order: Vec<usize> = (0..pages).collect();
+    let mut x = 0x1234_5678_9abc_def1u64 ^ crate::now_ns();
+    for i in (1..pages).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order.truncate(n);
+    // Allocated and written before timing: no fault of ours lands in a sample.
+    let mut samples = vec![1u64; n];
+    for (s, &p) in samples.iter_mut().zip(&order) {
+        let t = crate::now_ns();
+        // SAFETY: p < pages, so the word is inside the mapping.
+        unsafe {
+            let w = base.add(p * 4096).cast::<u64>();
+            std::ptr::write_volatile(w, std::ptr::read_volatile(w).wrapping_add(1));
+        }
+        *s = crate::now_ns() - t;
+    }
+    samples
+}
+
+/// First-touch latency of `n` pages of a fresh anonymous mapping (local
+/// zero-fill faults, no pager involved).
+fn local_latency(n: usize) -> Vec<u64> {
+    let bytes = n.max(1) * 4096;
+    // SAFETY: a new anonymous private mapping, unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    assert!(p != libc::MAP_FAILED, "mmap of {bytes} bytes failed");
+    let samples = time_touches(p.cast(), n.max(1), n);
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(p, bytes) };
+    samples
+}
+
+/// `latency <n> <p50> <p90> <p99> <max>` of samples in ns.
+fn latency_line(samples: &[u64]) -> String {
+    let v: Vec<f64> = samples.iter().map(|&s| s as f64).collect();
+    let p = |q: f64| crate::percentile(&v, q) as u64;
+    format!("latency {} {} {} {} {}", v.len(), p(50.0), p(90.0), p(99.0), p(100.0))
 }
 
 fn fork_time() -> u64 {
@@ -169,6 +265,12 @@ pub fn pattern(mb: usize, self_prepare: Option<(&std::path::Path, &str)>) -> i32
             ["touch", how] => say(format!("touch {}", mem.touch(*how == "random"))),
             ["fork"] => say(format!("fork {}", fork_time())),
             ["now"] => say(format!("now {}", crate::now_ns())),
+            ["latency", n] => say(latency_line(&mem.latency(n.parse().unwrap_or(1000)))),
+            ["local-latency", n] => say(latency_line(&local_latency(n.parse().unwrap_or(1000)))),
+            ["resident"] => match mem.wait_resident(std::time::Duration::from_secs(120)) {
+                Ok((t, polls)) => say(format!("resident {t} {polls}")),
+                Err(e) => say(format!("resident FAILED {e}")),
+            },
             ["pid"] => say(format!("pid {}", std::process::id())),
             ["exit", n] => return n.parse().unwrap_or(1),
             _ => say(format!("unknown command {:?}", line.trim())),

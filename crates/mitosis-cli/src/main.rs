@@ -305,7 +305,10 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
-    /// Prepare, resume and touch times per working-set size, beside local fork() and raw TCP.
+    /// Prepare, resume and touch times per working-set size, beside local fork() and raw TCP;
+    /// every paging mode side by side (lazy, second child with the page cache and working set,
+    /// eager, no-prefetch), page-fault latency beside the TCP round trip, resident memory of two
+    /// children, and a Python child's faults with and without the recorded working set.
     Micro {
         /// Working-set sizes in MiB.
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256, 1024])]
@@ -362,6 +365,22 @@ enum Workload {
         to: SocketAddr,
         #[arg(long)]
         mb: usize,
+    },
+    /// TCP round-trip baseline: answer each 16-byte request with --reply bytes.
+    TcpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 4096)]
+        reply: usize,
+    },
+    /// TCP round-trip baseline: --count round trips, print their percentiles (ns).
+    TcpPing {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        #[arg(long, default_value_t = 4096)]
+        reply: usize,
     },
 }
 
@@ -607,6 +626,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Workload::TcpSink { listen } => mitosis_bench::micro::tcp_sink(listen)?,
             Workload::TcpSource { to, mb } => mitosis_bench::micro::tcp_source(to, mb)?,
+            Workload::TcpEcho { listen, reply } => mitosis_bench::modes::tcp_echo(listen, reply)?,
+            Workload::TcpPing { to, count, reply } => mitosis_bench::modes::tcp_ping(to, count, reply)?,
         }),
     }
 }
