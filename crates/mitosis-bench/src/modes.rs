@@ -22,9 +22,11 @@
 //!   `pages_pushed`, not in the rate.) It then touches everything once, which
 //!   must cost no remote fault.
 //! - **resident memory**: while the second child (all touched) is still
-//!   alive, the eager child has all pages too; VmRSS of both / VmRSS of the
-//!   second child alone before the eager one started. Children get private
-//!   copies of every page (no sharing), so this is about 2.
+//!   alive, the eager child has all pages too; the two children's RssAnon
+//!   (the seed's pages they hold) together / the larger one's, and the same
+//!   with VmRSS (which also counts the binary's shared file pages in each).
+//!   Children get private copies of every page (no sharing), so the anon
+//!   ratio is about 2 (it cannot exceed 2).
 //! - **no-prefetch** (`--no-prefetch --no-cache`, sizes up to
 //!   [`NO_PREFETCH_MAX_MB`]): first sequential touch, one page per fault.
 //! - **fault latency** (`--no-prefetch --no-cache`): `latency N` touches N
@@ -280,15 +282,18 @@ pub struct EagerSample {
     pub stats: PagerStats,
 }
 
-/// Resident memory of two children that both touched everything.
+/// Resident memory of two children that both touched everything, both
+/// alive: the second child and the eager one. (VmRSS counts shared file
+/// pages, the binary's, in each; RssAnon is the seed's pages the child got,
+/// which is what sharing would save.)
 #[derive(Serialize, Clone)]
 pub struct RssSample {
     /// VmRSS of the second child alone (before the eager child started).
-    pub one_vm_rss: u64,
-    /// VmRSS of the second child + the eager child, both alive, all touched.
-    pub two_vm_rss: u64,
-    pub one_rss_anon: u64,
-    pub two_rss_anon: u64,
+    pub second_alone_vm_rss: u64,
+    pub second_vm_rss: u64,
+    pub eager_vm_rss: u64,
+    pub second_rss_anon: u64,
+    pub eager_rss_anon: u64,
     /// Host `b`'s page cache (one more copy of the seed's pages), bytes.
     pub page_cache_bytes: u64,
 }
@@ -320,14 +325,14 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
     let mut second = Kid::start(cluster, id, Paging::default(), &["now"])?;
     second.chan.recv_number("now", QUICK).context("second child")?;
     let second_touch = second.chan.ask_number("touch seq", "touch", touch_timeout(mb))?;
-    let (one_vm_rss, one_rss_anon) = rss(second.pid())?;
+    let (second_alone_vm_rss, _) = rss(second.pid())?;
 
     // Eager child, while the second one is alive (for the resident-memory ratio).
     let mut eager = Kid::start(cluster, id, isolated(true, false), &["now", "resident"])?;
     let running = eager.chan.recv_number("now", QUICK).context("eager child")?;
     let line = eager.chan.recv(touch_timeout(mb)).context("eager child: resident")?;
-    let (resident_at, polls) = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["resident", t, p] => (t.parse::<u64>()?, p.parse::<u64>()?),
+    let (resident_at, polls, resident_bytes) = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["resident", t, p, b] => (t.parse::<u64>()?, p.parse::<u64>()?, b.parse::<u64>()?),
         _ => bail!("eager child said {line:?}"),
     };
     let touch_after_ns = eager.chan.ask_number("touch seq", "touch", touch_timeout(mb))?;
@@ -337,9 +342,9 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
     let eager_t0 = eager.t0;
     let eager_stats = eager.finish()?;
     let second_stats = second.finish()?;
-    let heap_bytes = 100_000u64 * 8;
+    ensure!(resident_bytes >= bytes, "the eager child waited for {resident_bytes} bytes, less than its {mb} MiB");
     let eager_sample = EagerSample {
-        bytes: bytes + heap_bytes,
+        bytes: resident_bytes,
         request_to_resident_ns: resident_at.saturating_sub(eager_t0),
         running_to_resident_ns: resident_at.saturating_sub(running),
         polls,
@@ -372,10 +377,11 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         second: TouchSample { first_touch_ns: second_touch, stats: second_stats },
         eager: eager_sample,
         rss: RssSample {
-            one_vm_rss,
-            two_vm_rss: two_vm + second_vm_now,
-            one_rss_anon,
-            two_rss_anon: two_anon + second_anon_now,
+            second_alone_vm_rss,
+            second_vm_rss: second_vm_now,
+            eager_vm_rss: two_vm,
+            second_rss_anon: second_anon_now,
+            eager_rss_anon: two_anon,
             page_cache_bytes,
         },
         no_prefetch,

@@ -15,9 +15,10 @@
 //! | `latency N`     | `latency <n> <p50> <p90> <p99> <max>` (ns): first touches of |
 //! |                 | N distinct random pages, one at a time, each timed          |
 //! | `local-latency N` | the same on N pages of a fresh anonymous mapping          |
-//! | `resident`      | `resident <CLOCK_MONOTONIC ns> <polls>` once every page of  |
-//! |                 | the working set is resident (polled with `mincore`, which   |
-//! |                 | never faults), or `resident FAILED <why>` after 120 s       |
+//! | `resident`      | `resident <CLOCK_MONOTONIC ns> <polls> <bytes>` once every  |
+//! |                 | page of the working set and heap vector (`bytes`) is        |
+//! |                 | resident (polled with `mincore`, which never faults), or    |
+//! |                 | `resident FAILED <why>` after 120 s                         |
 //! | `pid`           | `pid <pid>`                                                 |
 //! | `exit <n>`      | exits with status n                                         |
 //!
@@ -105,7 +106,7 @@ impl Memory {
 
     /// Waits until every page of [`Memory::spans`] is resident; returns the
     /// time it saw that and how many polls it took.
-    fn wait_resident(&self, patience: std::time::Duration) -> Result<(u64, u64), String> {
+    fn wait_resident(&self, patience: std::time::Duration) -> Result<(u64, u64, usize), String> {
         let spans = self.spans();
         let mut vecs: Vec<Vec<u8>> = spans.iter().map(|s| vec![0u8; s.1 / 4096]).collect();
         let deadline = crate::now_ns() + patience.as_nanos() as u64;
@@ -123,7 +124,7 @@ impl Memory {
             }
             let now = crate::now_ns();
             if all {
-                return Ok((now, polls));
+                return Ok((now, polls, spans.iter().map(|s| s.1).sum()));
             }
             if now > deadline {
                 let missing: usize = vecs.iter().map(|v| v.iter().filter(|b| **b & 1 == 0).count()).sum();
@@ -268,7 +269,7 @@ pub fn pattern(mb: usize, self_prepare: Option<(&std::path::Path, &str)>) -> i32
             ["latency", n] => say(latency_line(&mem.latency(n.parse().unwrap_or(1000)))),
             ["local-latency", n] => say(latency_line(&local_latency(n.parse().unwrap_or(1000)))),
             ["resident"] => match mem.wait_resident(std::time::Duration::from_secs(120)) {
-                Ok((t, polls)) => say(format!("resident {t} {polls}")),
+                Ok((t, polls, bytes)) => say(format!("resident {t} {polls} {bytes}")),
                 Err(e) => say(format!("resident FAILED {e}")),
             },
             ["pid"] => say(format!("pid {}", std::process::id())),

@@ -318,6 +318,9 @@ enum Bench {
         runs: usize,
         #[arg(long)]
         json: bool,
+        /// Also write the JSON report (every sample) to this file.
+        #[arg(long)]
+        save_json: Option<PathBuf>,
     },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
@@ -613,8 +616,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json };
             mitosis_bench::throughput::run(&self_exe()?, &opts).map(|_| 0)
         }
-        Command::Bench(Bench::Micro { sizes, runs, json }) => {
-            mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json).map(|_| 0)
+        Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {
+            mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref()).map(|_| 0)
         }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
