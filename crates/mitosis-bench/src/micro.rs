@@ -37,7 +37,7 @@ const TCP_MB: usize = 256;
 const TCP_PORT: u16 = 7100;
 /// Repetitions of one size stop early (after at least one) once another
 /// would likely end past this much time spent on the size.
-const SIZE_BUDGET: Duration = Duration::from_secs(60);
+const SIZE_BUDGET: Duration = Duration::from_secs(100);
 /// How long quick answers (`ready`, `now`, `fork`, raw TCP) may take.
 const QUICK: Duration = Duration::from_secs(30);
 
@@ -415,6 +415,8 @@ struct ModesRow {
     eager_running_mb_s: Samples,
     /// `eager_mb_s` median / raw TCP median.
     eager_of_raw_tcp: f64,
+    /// Rounds whose eager stream stalled (a pager bug): not in the rates.
+    eager_stalled: usize,
     /// A full touch by the eager child once everything is in.
     eager_touch_after_mb_s: Samples,
     /// `--no-prefetch` child (only up to `modes::NO_PREFETCH_MAX_MB`).
@@ -441,7 +443,8 @@ impl ModesRow {
     fn new(mb: usize, rounds: &[RunSample], raw_tcp_mb_s: f64) -> ModesRow {
         let bytes = (mb * MIB) as u64;
         let touch = |ns: u64| mb_per_s(bytes, ns);
-        let eager_mb_s = Samples::of(rounds, |r| mb_per_s(r.modes.eager.bytes, r.modes.eager.request_to_resident_ns));
+        let flowed: Vec<&RunSample> = rounds.iter().filter(|r| r.modes.eager.stalled.is_none()).collect();
+        let eager_mb_s = Samples::of(&flowed, |r| mb_per_s(r.modes.eager.bytes, r.modes.eager.request_to_resident_ns));
         let no_prefetch: Vec<&RunSample> = rounds.iter().filter(|r| r.modes.no_prefetch.is_some()).collect();
         let np = |r: &&RunSample| r.modes.no_prefetch.clone().expect("filtered");
         ModesRow {
@@ -451,7 +454,8 @@ impl ModesRow {
             working_set_pages: Samples::of(rounds, |r| r.modes.working_set_pages as f64),
             eager_of_raw_tcp: eager_mb_s.median / raw_tcp_mb_s.max(f64::MIN_POSITIVE),
             eager_mb_s,
-            eager_running_mb_s: Samples::of(rounds, |r| mb_per_s(r.modes.eager.bytes, r.modes.eager.running_to_resident_ns)),
+            eager_running_mb_s: Samples::of(&flowed, |r| mb_per_s(r.modes.eager.bytes, r.modes.eager.running_to_resident_ns)),
+            eager_stalled: rounds.len() - flowed.len(),
             eager_touch_after_mb_s: Samples::of(rounds, |r| touch(r.modes.eager.touch_after_ns)),
             no_prefetch_mb_s: (!no_prefetch.is_empty()).then(|| Samples::of(&no_prefetch, |r| touch(np(r).first_touch_ns))),
             rss_anon_ratio: Samples::of(rounds, |r| {
@@ -602,12 +606,16 @@ fn check_targets(sizes: &[SizeReport], python: Option<&PythonReport>) -> Vec<Tar
             ));
         }
         if s.mb == TARGET_EAGER_MB {
-            checks.push(TargetCheck::new(
+            let mut eager = TargetCheck::new(
                 format!("eager resume >= {:.0}% of raw TCP (ratio)", TARGET_EAGER_OF_TCP * 100.0),
                 Some(s.mb),
                 m.eager_of_raw_tcp,
                 m.eager_of_raw_tcp >= TARGET_EAGER_OF_TCP,
-            ));
+            );
+            if m.eager_stalled > 0 {
+                eager.note = Some(format!("stream stalled in {} of {} rounds", m.eager_stalled, s.runs));
+            }
+            checks.push(eager);
         }
         checks.push(TargetCheck::new(
             format!("2nd child (cache) full touch >= {TARGET_SECOND_SPEEDUP}x faster"),
@@ -709,12 +717,12 @@ fn print_modes(r: &Report) {
     for s in &r.sizes {
         let m = &s.modes;
         println!(
-            "{:>6} {:>9.0} {:>9.0} {:>7.1}x {:>9.0} {:>6.0}% {:>9.0} {:>9.0} {:>11} {:>7.2}x {:>7.2}x {:>9.0}",
+            "{:>6} {:>9.0} {:>9.0} {:>7.1}x {:>9} {:>6.0}% {:>9.0} {:>9.0} {:>11} {:>7.2}x {:>7.2}x {:>9.0}",
             s.mb,
             m.lazy_first_mb_s.median,
             m.second_mb_s.median,
             m.second_speedup.median,
-            m.eager_mb_s.median,
+            if m.eager_mb_s.samples.is_empty() { "stalled".to_string() } else { format!("{:.0}", m.eager_mb_s.median) },
             m.eager_of_raw_tcp * 100.0,
             m.eager_running_mb_s.median,
             m.eager_touch_after_mb_s.median,
@@ -722,6 +730,12 @@ fn print_modes(r: &Report) {
             m.rss_anon_ratio.median,
             m.rss_vm_ratio.median,
             m.page_cache_bytes.median / MIB as f64,
+        );
+    }
+    for s in r.sizes.iter().filter(|s| s.modes.eager_stalled > 0) {
+        println!(
+            "  ! {} MiB: the eager stream stalled in {} of {} rounds (no page for 5 s; a pager bug, see tests/eager_push_stall.rs); rates are of the others",
+            s.mb, s.modes.eager_stalled, s.runs
         );
     }
     println!("  lazy 1st = default paging, fresh seed; 2nd child = default paging after it (host b's page cache + the recorded");

@@ -10,6 +10,7 @@
 //! | `mutate`        | `mutated` (rewrites everything with another pattern)        |
 //! | `touch seq`     | `touch <ns>`: one write per page, in order                  |
 //! | `touch random`  | `touch <ns>`: one write per page, shuffled order            |
+//! | `touch seq N`   | `touch <ns>`: the first N pages only, in order              |
 //! | `fork`          | `fork <ns>`: a local fork()+exit+wait, parent side time     |
 //! | `now`           | `now <CLOCK_MONOTONIC ns>`                                  |
 //! | `latency N`     | `latency <n> <p50> <p90> <p99> <max>` (ns): first touches of |
@@ -18,7 +19,8 @@
 //! | `resident`      | `resident <CLOCK_MONOTONIC ns> <polls> <bytes>` once every  |
 //! |                 | page of the working set and heap vector (`bytes`) is        |
 //! |                 | resident (polled with `mincore`, which never faults), or    |
-//! |                 | `resident FAILED <why>` after 120 s                         |
+//! |                 | `resident STALLED <resident> <total>` (pages) when none     |
+//! |                 | came for 5 s, or `resident FAILED <why>`                    |
 //! | `pid`           | `pid <pid>`                                                 |
 //! | `exit <n>`      | exits with status n                                         |
 //!
@@ -105,37 +107,59 @@ impl Memory {
     }
 
     /// Waits until every page of [`Memory::spans`] is resident; returns the
-    /// time it saw that and how many polls it took.
-    fn wait_resident(&self, patience: std::time::Duration) -> Result<(u64, u64, usize), String> {
+    /// time it saw that, how many polls it took and the bytes waited for.
+    ///
+    /// A page once resident stays so (no swap, the child frees nothing), so
+    /// each poll goes on from the first page not yet seen resident and stops
+    /// at the next missing one: the polls cost about one `mincore` of the
+    /// whole span in all, and take little CPU from the stream they wait for.
+    fn wait_resident(&self, patience: std::time::Duration) -> Result<(u64, u64, usize), Waited> {
+        const CHUNK: usize = 2048;
         let spans = self.spans();
-        let mut vecs: Vec<Vec<u8>> = spans.iter().map(|s| vec![0u8; s.1 / 4096]).collect();
+        let mut done = [0usize; 2];
+        let mut vec = vec![0u8; CHUNK];
         let deadline = crate::now_ns() + patience.as_nanos() as u64;
         let mut polls = 0u64;
+        let (mut last_resident, mut last_progress) = (0usize, crate::now_ns());
+        /// No new page for this long: the stream stalled.
+        const STALL_NS: u64 = 5_000_000_000;
         loop {
             polls += 1;
-            let mut all = true;
-            for ((start, len), v) in spans.iter().zip(vecs.iter_mut()) {
-                // SAFETY: `start` is page-aligned, the span is mapped, `v` has one byte per page.
-                let r = unsafe { libc::mincore(*start as *mut libc::c_void, *len, v.as_mut_ptr()) };
-                if r != 0 {
-                    return Err(format!("mincore: {}", std::io::Error::last_os_error()));
+            for ((start, len), done) in spans.iter().zip(done.iter_mut()) {
+                let pages = len / 4096;
+                'span: while *done < pages {
+                    let n = CHUNK.min(pages - *done);
+                    let at = start + *done * 4096;
+                    // SAFETY: `at` is page-aligned, the n pages are mapped, `vec` has n bytes or more.
+                    let r = unsafe { libc::mincore(at as *mut libc::c_void, n * 4096, vec.as_mut_ptr()) };
+                    if r != 0 {
+                        return Err(Waited::Failed(format!("mincore: {}", std::io::Error::last_os_error())));
+                    }
+                    for b in &vec[..n] {
+                        if b & 1 == 0 {
+                            break 'span;
+                        }
+                        *done += 1;
+                    }
                 }
-                all &= v.iter().all(|b| b & 1 != 0);
             }
             let now = crate::now_ns();
-            if all {
+            if spans.iter().zip(&done).all(|(s, d)| *d == s.1 / 4096) {
                 return Ok((now, polls, spans.iter().map(|s| s.1).sum()));
             }
-            if now > deadline {
-                let missing: usize = vecs.iter().map(|v| v.iter().filter(|b| **b & 1 == 0).count()).sum();
-                return Err(format!("{missing} pages still not resident after {patience:?}"));
+            let resident: usize = done.iter().sum();
+            if resident != last_resident {
+                (last_resident, last_progress) = (resident, now);
+            }
+            if now > deadline || now - last_progress > STALL_NS {
+                return Err(Waited::Stalled { resident, total: spans.iter().map(|s| s.1 / 4096).sum() });
             }
             std::thread::sleep(std::time::Duration::from_micros(500));
         }
     }
 
-    fn touch(&mut self, random: bool) -> u64 {
-        let pages = self.words / 512;
+    fn touch(&mut self, random: bool, limit: Option<usize>) -> u64 {
+        let pages = limit.unwrap_or(usize::MAX).min(self.words / 512);
         let mut order: Vec<usize> = (0..pages).collect();
         if random {
             let mut x = 0xdead_beafu64;
@@ -206,6 +230,13 @@ fn latency_line(samples: &[u64]) -> String {
     format!("latency {} {} {} {} {}", v.len(), p(50.0), p(90.0), p(99.0), p(100.0))
 }
 
+/// Why [`Memory::wait_resident`] gave up.
+enum Waited {
+    /// No page came for a while (or the patience ran out): pages resident of total.
+    Stalled { resident: usize, total: usize },
+    Failed(String),
+}
+
 fn fork_time() -> u64 {
     let t = crate::now_ns();
     // SAFETY: the child only calls _exit.
@@ -263,14 +294,16 @@ pub fn pattern(mb: usize, self_prepare: Option<(&std::path::Path, &str)>) -> i32
                 mem.fill(mem.salt + 1);
                 say("mutated".into());
             }
-            ["touch", how] => say(format!("touch {}", mem.touch(*how == "random"))),
+            ["touch", how] => say(format!("touch {}", mem.touch(*how == "random", None))),
+            ["touch", "seq", n] => say(format!("touch {}", mem.touch(false, n.parse().ok()))),
             ["fork"] => say(format!("fork {}", fork_time())),
             ["now"] => say(format!("now {}", crate::now_ns())),
             ["latency", n] => say(latency_line(&mem.latency(n.parse().unwrap_or(1000)))),
             ["local-latency", n] => say(latency_line(&local_latency(n.parse().unwrap_or(1000)))),
             ["resident"] => match mem.wait_resident(std::time::Duration::from_secs(120)) {
                 Ok((t, polls, bytes)) => say(format!("resident {t} {polls} {bytes}")),
-                Err(e) => say(format!("resident FAILED {e}")),
+                Err(Waited::Stalled { resident, total }) => say(format!("resident STALLED {resident} {total}")),
+                Err(Waited::Failed(e)) => say(format!("resident FAILED {e}")),
             },
             ["pid"] => say(format!("pid {}", std::process::id())),
             ["exit", n] => return n.parse().unwrap_or(1),
