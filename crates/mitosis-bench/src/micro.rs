@@ -443,6 +443,7 @@ impl ModesRow {
     fn new(mb: usize, rounds: &[RunSample], raw_tcp_mb_s: f64) -> ModesRow {
         let bytes = (mb * MIB) as u64;
         let touch = |ns: u64| mb_per_s(bytes, ns);
+        let rss: Vec<&modes::RssSample> = rounds.iter().filter_map(|r| r.modes.rss.as_ref()).collect();
         let flowed: Vec<&RunSample> = rounds.iter().filter(|r| r.modes.eager.stalled.is_none()).collect();
         let eager_mb_s = Samples::of(&flowed, |r| mb_per_s(r.modes.eager.bytes, r.modes.eager.request_to_resident_ns));
         let no_prefetch: Vec<&RunSample> = rounds.iter().filter(|r| r.modes.no_prefetch.is_some()).collect();
@@ -456,17 +457,13 @@ impl ModesRow {
             eager_mb_s,
             eager_running_mb_s: Samples::of(&flowed, |r| mb_per_s(r.modes.eager.bytes, r.modes.eager.running_to_resident_ns)),
             eager_stalled: rounds.len() - flowed.len(),
-            eager_touch_after_mb_s: Samples::of(rounds, |r| touch(r.modes.eager.touch_after_ns)),
+            eager_touch_after_mb_s: Samples::new(rounds.iter().filter_map(|r| r.modes.eager.touch_after_ns).map(touch).collect()),
             no_prefetch_mb_s: (!no_prefetch.is_empty()).then(|| Samples::of(&no_prefetch, |r| touch(np(r).first_touch_ns))),
-            rss_anon_ratio: Samples::of(rounds, |r| {
-                let x = &r.modes.rss;
+            rss_anon_ratio: Samples::of(&rss, |x| {
                 (x.second_rss_anon + x.eager_rss_anon) as f64 / x.second_rss_anon.max(x.eager_rss_anon).max(1) as f64
             }),
-            rss_vm_ratio: Samples::of(rounds, |r| {
-                let x = &r.modes.rss;
-                (x.second_vm_rss + x.eager_vm_rss) as f64 / x.second_vm_rss.max(x.eager_vm_rss).max(1) as f64
-            }),
-            page_cache_bytes: Samples::of(rounds, |r| r.modes.rss.page_cache_bytes as f64),
+            rss_vm_ratio: Samples::of(&rss, |x| (x.second_vm_rss + x.eager_vm_rss) as f64 / x.second_vm_rss.max(x.eager_vm_rss).max(1) as f64),
+            page_cache_bytes: Samples::of(&rss, |x| x.page_cache_bytes as f64),
             remote_fault: Latency::median_of(&rounds.iter().map(|r| r.modes.remote_fault).collect::<Vec<_>>()),
             local_fault: Latency::median_of(&rounds.iter().map(|r| r.modes.local_fault).collect::<Vec<_>>()),
             stats_lazy_first: StatsMedians::of(rounds, |r| &r.seq.stats),
@@ -629,7 +626,9 @@ fn check_targets(sizes: &[SizeReport], python: Option<&PythonReport>) -> Vec<Tar
         if !rss_met {
             rss.note = Some("children get private copies".into());
         }
-        checks.push(rss);
+        if !m.rss_anon_ratio.samples.is_empty() {
+            checks.push(rss);
+        }
     }
     if let Some(p) = python {
         checks.push(TargetCheck::new(

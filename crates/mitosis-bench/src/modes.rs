@@ -216,11 +216,16 @@ impl Kid {
     }
 
     /// Tells the child to exit; returns its pager counters.
-    pub fn finish(mut self) -> anyhow::Result<PagerStats> {
-        self.chan.send("exit 0")?;
-        let (end, stats) = self.resumed.wait().context("waiting for the child's end")?;
+    pub fn finish(self) -> anyhow::Result<PagerStats> {
+        let (end, stats) = self.end()?;
         ensure!(end == ChildEnd::Exited(0), "the resumed child ended with {end:?}");
         Ok(stats)
+    }
+
+    /// Tells the child to exit; returns how it ended and its pager counters.
+    pub fn end(mut self) -> anyhow::Result<(ChildEnd, PagerStats)> {
+        let _ = self.chan.send("exit 0");
+        Ok(self.resumed.wait().context("waiting for the child's end")?)
     }
 }
 
@@ -280,9 +285,12 @@ pub struct EagerSample {
     pub stalled: Option<(u64, u64)>,
     /// `mincore` polls it made.
     pub polls: u64,
-    /// A full touch after everything came in (no remote fault expected).
-    pub touch_after_ns: u64,
+    /// A full touch after everything came in (no remote fault expected;
+    /// none after a stall).
+    pub touch_after_ns: Option<u64>,
     pub stats: PagerStats,
+    /// How the child ended when its stream had stalled (told to exit).
+    pub end_after_stall: Option<String>,
 }
 
 /// Resident memory of two children that both touched everything, both
@@ -308,7 +316,8 @@ pub struct ModesSample {
     pub working_set_pages: u64,
     pub second: TouchSample,
     pub eager: EagerSample,
-    pub rss: RssSample,
+    /// None when the eager stream stalled.
+    pub rss: Option<RssSample>,
     pub no_prefetch: Option<TouchSample>,
     pub remote_fault: Latency,
     pub local_fault: Latency,
@@ -343,12 +352,20 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         ["resident", t, p, b] => (t.parse::<u64>()?, p.parse::<u64>()?, b.parse::<u64>()?, None),
         _ => bail!("eager child said {line:?}"),
     };
-    let touch_after_ns = eager.chan.ask_number("touch seq", "touch", touch_timeout(mb))?;
-    let (two_vm, two_anon) = rss(eager.pid())?;
-    let (second_vm_now, second_anon_now) = rss(second.pid())?;
-    let page_cache_bytes = Client::connect(cluster.b.socket())?.stats()?.cache.bytes;
     let eager_t0 = eager.t0;
-    let eager_stats = eager.finish()?;
+    let (touch_after_ns, rss_sample, eager_stats, eager_end) = if stalled.is_none() {
+        let touch_after_ns = eager.chan.ask_number("touch seq", "touch", touch_timeout(mb))?;
+        let (eager_vm_rss, eager_rss_anon) = rss(eager.pid())?;
+        let (second_vm_rss, second_rss_anon) = rss(second.pid())?;
+        let page_cache_bytes = Client::connect(cluster.b.socket())?.stats()?.cache.bytes;
+        let rss = RssSample { second_alone_vm_rss, second_vm_rss, eager_vm_rss, second_rss_anon, eager_rss_anon, page_cache_bytes };
+        (Some(touch_after_ns), Some(rss), eager.finish()?, None)
+    } else {
+        // Its missing pages may not come any more (the child can even be
+        // killed at its next fault): no touch, no resident-memory figure.
+        let (end, stats) = eager.end()?;
+        (None, None, stats, Some(end.to_string()))
+    };
     let second_stats = second.finish()?;
     ensure!(resident_bytes >= bytes, "the eager child waited for {resident_bytes} bytes, less than its {mb} MiB");
     let eager_sample = EagerSample {
@@ -359,6 +376,7 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         polls,
         touch_after_ns,
         stats: eager_stats,
+        end_after_stall: eager_end,
     };
 
     let no_prefetch = if mb <= NO_PREFETCH_MAX_MB {
@@ -385,14 +403,7 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         working_set_pages,
         second: TouchSample { first_touch_ns: second_touch, stats: second_stats },
         eager: eager_sample,
-        rss: RssSample {
-            second_alone_vm_rss,
-            second_vm_rss: second_vm_now,
-            eager_vm_rss: two_vm,
-            second_rss_anon: second_anon_now,
-            eager_rss_anon: two_anon,
-            page_cache_bytes,
-        },
+        rss: rss_sample,
         no_prefetch,
         remote_fault,
         local_fault,
