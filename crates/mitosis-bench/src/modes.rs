@@ -8,7 +8,9 @@
 //!
 //! - **second child** (default paging: page cache of host `b` and the
 //!   recorded working set pushed): first sequential touch, timed inside the
-//!   child; speedup = first child's touch time / this one's. It waits until
+//!   child, queued on its stdin with its first command so that it starts as
+//!   soon as the child runs (the push gets no head start); speedup = first
+//!   child's touch time / this one's. It waits until
 //!   daemon `a` reports the working set recorded (the first child reports it
 //!   when it exits, in the background).
 //! - **eager** (`--eager --no-cache --no-working-set`): the child is resumed
@@ -225,7 +227,7 @@ impl Kid {
     /// Tells the child to exit; returns how it ended and its pager counters.
     pub fn end(mut self) -> anyhow::Result<(ChildEnd, PagerStats)> {
         let _ = self.chan.send("exit 0");
-        Ok(self.resumed.wait().context("waiting for the child's end")?)
+        self.resumed.wait().context("waiting for the child's end")
     }
 }
 
@@ -333,10 +335,12 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         progress(&format!("{mb} MiB: no working set recorded within {WORKING_SET_WAIT:?}; the second child gets none"));
     }
 
-    // Second child, default paging: page cache + working set.
-    let mut second = Kid::start(cluster, id, Paging::default(), &["now"])?;
+    // Second child, default paging: page cache + working set. Its touch is
+    // queued with its first command, so that it starts as soon as the child
+    // runs and the push gets no head start (the lazy first child has none to get).
+    let mut second = Kid::start(cluster, id, Paging::default(), &["now", "touch seq"])?;
     second.chan.recv_number("now", QUICK).context("second child")?;
-    let second_touch = second.chan.ask_number("touch seq", "touch", touch_timeout(mb))?;
+    let second_touch = second.chan.recv_number("touch", touch_timeout(mb)).context("second child's touch")?;
     let (second_alone_vm_rss, _) = rss(second.pid())?;
 
     // Eager child, while the second one is alive (for the resident-memory ratio).
