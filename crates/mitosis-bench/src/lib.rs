@@ -5,7 +5,11 @@
 //!   with known patterns, answer commands on stdin, and check themselves.
 //! - [`micro`]: `mitosis bench micro`, MITOSIS's micro benchmark: prepare,
 //!   resume, first and second touch per working-set size, each beside its
-//!   physical baseline measured in the same run (local fork, raw TCP).
+//!   physical baseline measured in the same run (local fork, raw TCP), and
+//!   ([`modes`]) every paging mode side by side: lazy, second child with the
+//!   page cache and working set, eager, no-prefetch, fault latency beside the
+//!   TCP round trip, resident memory of two children, and a Python child's
+//!   faults with and without its seed's recorded working set.
 //! - [`throughput`]: `mitosis bench throughput`, MITOSIS's peak-throughput
 //!   benchmark, beside fork+exit and bare lean containers.
 //! - [`functions`]: `mitosis bench functions`, the serverless function suite
@@ -23,6 +27,7 @@ pub mod demo;
 pub mod functions;
 pub mod hosts;
 pub mod micro;
+pub mod modes;
 pub mod throughput;
 pub mod workload;
 

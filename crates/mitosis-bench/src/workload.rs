@@ -10,8 +10,17 @@
 //! | `mutate`        | `mutated` (rewrites everything with another pattern)        |
 //! | `touch seq`     | `touch <ns>`: one write per page, in order                  |
 //! | `touch random`  | `touch <ns>`: one write per page, shuffled order            |
+//! | `touch seq N`   | `touch <ns>`: the first N pages only, in order              |
 //! | `fork`          | `fork <ns>`: a local fork()+exit+wait, parent side time     |
 //! | `now`           | `now <CLOCK_MONOTONIC ns>`                                  |
+//! | `latency N`     | `latency <n> <p50> <p90> <p99> <max>` (ns): first touches of |
+//! |                 | N distinct random pages, one at a time, each timed          |
+//! | `local-latency N` | the same on N pages of a fresh anonymous mapping          |
+//! | `resident`      | `resident <CLOCK_MONOTONIC ns> <polls> <bytes>` once every  |
+//! |                 | page of the working set and heap vector (`bytes`) is        |
+//! |                 | resident (polled with `mincore`, which never faults), or    |
+//! |                 | `resident STALLED <resident> <total>` (pages) when none     |
+//! |                 | came for 5 s, or `resident FAILED <why>`                    |
 //! | `pid`           | `pid <pid>`                                                 |
 //! | `exit <n>`      | exits with status n                                         |
 //!
@@ -84,8 +93,73 @@ impl Memory {
         Ok(sum)
     }
 
-    fn touch(&mut self, random: bool) -> u64 {
-        let pages = self.words / 512;
+    /// First-touch latency of `n` distinct random pages of the working set.
+    fn latency(&mut self, n: usize) -> Vec<u64> {
+        time_touches(self.base.cast(), self.words / 512, n)
+    }
+
+    /// Page-aligned spans of the working set and the heap vector.
+    fn spans(&self) -> [(usize, usize); 2] {
+        let page = 4096usize;
+        let heap_start = self.heap.as_ptr() as usize / page * page;
+        let heap_end = (self.heap.as_ptr() as usize + self.heap.len() * 8).div_ceil(page) * page;
+        [(self.base as usize, self.words * 8), (heap_start, heap_end - heap_start)]
+    }
+
+    /// Waits until every page of [`Memory::spans`] is resident; returns the
+    /// time it saw that, how many polls it took and the bytes waited for.
+    ///
+    /// A page once resident stays so (no swap, the child frees nothing), so
+    /// each poll goes on from the first page not yet seen resident and stops
+    /// at the next missing one: the polls cost about one `mincore` of the
+    /// whole span in all, and take little CPU from the stream they wait for.
+    fn wait_resident(&self, patience: std::time::Duration) -> Result<(u64, u64, usize), Waited> {
+        const CHUNK: usize = 2048;
+        let spans = self.spans();
+        let mut done = [0usize; 2];
+        let mut vec = vec![0u8; CHUNK];
+        let deadline = crate::now_ns() + patience.as_nanos() as u64;
+        let mut polls = 0u64;
+        let (mut last_resident, mut last_progress) = (0usize, crate::now_ns());
+        /// No new page for this long: the stream stalled.
+        const STALL_NS: u64 = 5_000_000_000;
+        loop {
+            polls += 1;
+            for ((start, len), done) in spans.iter().zip(done.iter_mut()) {
+                let pages = len / 4096;
+                'span: while *done < pages {
+                    let n = CHUNK.min(pages - *done);
+                    let at = start + *done * 4096;
+                    // SAFETY: `at` is page-aligned, the n pages are mapped, `vec` has n bytes or more.
+                    let r = unsafe { libc::mincore(at as *mut libc::c_void, n * 4096, vec.as_mut_ptr()) };
+                    if r != 0 {
+                        return Err(Waited::Failed(format!("mincore: {}", std::io::Error::last_os_error())));
+                    }
+                    for b in &vec[..n] {
+                        if b & 1 == 0 {
+                            break 'span;
+                        }
+                        *done += 1;
+                    }
+                }
+            }
+            let now = crate::now_ns();
+            if spans.iter().zip(&done).all(|(s, d)| *d == s.1 / 4096) {
+                return Ok((now, polls, spans.iter().map(|s| s.1).sum()));
+            }
+            let resident: usize = done.iter().sum();
+            if resident != last_resident {
+                (last_resident, last_progress) = (resident, now);
+            }
+            if now > deadline || now - last_progress > STALL_NS {
+                return Err(Waited::Stalled { resident, total: spans.iter().map(|s| s.1 / 4096).sum() });
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+
+    fn touch(&mut self, random: bool, limit: Option<usize>) -> u64 {
+        let pages = limit.unwrap_or(usize::MAX).min(self.words / 512);
         let mut order: Vec<usize> = (0..pages).collect();
         if random {
             let mut x = 0xdead_beafu64;
@@ -107,6 +181,60 @@ impl Memory {
         }
         crate::now_ns() - t
     }
+}
+
+/// Touches `n` (at most `pages`) distinct random pages of `base` one at a
+/// time (a read and a write of one word each) and times each touch.
+fn time_touches(base: *mut u8, pages: usize, n: usize) -> Vec<u64> {
+    let n = n.min(pages);
+    let mut order: Vec<usize> = (0..pages).collect();
+    let mut x = 0x1234_5678_9abc_def1u64 ^ crate::now_ns();
+    for i in (1..pages).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order.truncate(n);
+    // Allocated and written before timing: no fault of ours lands in a sample.
+    let mut samples = vec![1u64; n];
+    for (s, &p) in samples.iter_mut().zip(&order) {
+        let t = crate::now_ns();
+        // SAFETY: p < pages, so the word is inside the mapping.
+        unsafe {
+            let w = base.add(p * 4096).cast::<u64>();
+            std::ptr::write_volatile(w, std::ptr::read_volatile(w).wrapping_add(1));
+        }
+        *s = crate::now_ns() - t;
+    }
+    samples
+}
+
+/// First-touch latency of `n` pages of a fresh anonymous mapping (local
+/// zero-fill faults, no pager involved).
+fn local_latency(n: usize) -> Vec<u64> {
+    let bytes = n.max(1) * 4096;
+    // SAFETY: a new anonymous private mapping, unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    assert!(p != libc::MAP_FAILED, "mmap of {bytes} bytes failed");
+    let samples = time_touches(p.cast(), n.max(1), n);
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(p, bytes) };
+    samples
+}
+
+/// `latency <n> <p50> <p90> <p99> <max>` of samples in ns.
+fn latency_line(samples: &[u64]) -> String {
+    let v: Vec<f64> = samples.iter().map(|&s| s as f64).collect();
+    let p = |q: f64| crate::percentile(&v, q) as u64;
+    format!("latency {} {} {} {} {}", v.len(), p(50.0), p(90.0), p(99.0), p(100.0))
+}
+
+/// Why [`Memory::wait_resident`] gave up.
+enum Waited {
+    /// No page came for a while (or the patience ran out): pages resident of total.
+    Stalled { resident: usize, total: usize },
+    Failed(String),
 }
 
 fn fork_time() -> u64 {
@@ -166,9 +294,17 @@ pub fn pattern(mb: usize, self_prepare: Option<(&std::path::Path, &str)>) -> i32
                 mem.fill(mem.salt + 1);
                 say("mutated".into());
             }
-            ["touch", how] => say(format!("touch {}", mem.touch(*how == "random"))),
+            ["touch", how] => say(format!("touch {}", mem.touch(*how == "random", None))),
+            ["touch", "seq", n] => say(format!("touch {}", mem.touch(false, n.parse().ok()))),
             ["fork"] => say(format!("fork {}", fork_time())),
             ["now"] => say(format!("now {}", crate::now_ns())),
+            ["latency", n] => say(latency_line(&mem.latency(n.parse().unwrap_or(1000)))),
+            ["local-latency", n] => say(latency_line(&local_latency(n.parse().unwrap_or(1000)))),
+            ["resident"] => match mem.wait_resident(std::time::Duration::from_secs(120)) {
+                Ok((t, polls, bytes)) => say(format!("resident {t} {polls} {bytes}")),
+                Err(Waited::Stalled { resident, total }) => say(format!("resident STALLED {resident} {total}")),
+                Err(Waited::Failed(e)) => say(format!("resident FAILED {e}")),
+            },
             ["pid"] => say(format!("pid {}", std::process::id())),
             ["exit", n] => return n.parse().unwrap_or(1),
             _ => say(format!("unknown command {:?}", line.trim())),

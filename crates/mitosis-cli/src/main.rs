@@ -311,7 +311,10 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
-    /// Prepare, resume and touch times per working-set size, beside local fork() and raw TCP.
+    /// Prepare, resume and touch times per working-set size, beside local fork() and raw TCP;
+    /// every paging mode side by side (lazy, second child with the page cache and working set,
+    /// eager, no-prefetch), page-fault latency beside the TCP round trip, resident memory of two
+    /// children, and a Python child's faults with and without the recorded working set.
     Micro {
         /// Working-set sizes in MiB.
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256, 1024])]
@@ -321,6 +324,9 @@ enum Bench {
         runs: usize,
         #[arg(long)]
         json: bool,
+        /// Also write the JSON report (every sample) to this file.
+        #[arg(long)]
+        save_json: Option<PathBuf>,
     },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
@@ -368,6 +374,22 @@ enum Workload {
         to: SocketAddr,
         #[arg(long)]
         mb: usize,
+    },
+    /// TCP round-trip baseline: answer each 16-byte request with --reply bytes.
+    TcpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 4096)]
+        reply: usize,
+    },
+    /// TCP round-trip baseline: --count round trips, print their percentiles (ns).
+    TcpPing {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        #[arg(long, default_value_t = 4096)]
+        reply: usize,
     },
 }
 
@@ -600,8 +622,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json };
             mitosis_bench::throughput::run(&self_exe()?, &opts).map(|_| 0)
         }
-        Command::Bench(Bench::Micro { sizes, runs, json }) => {
-            mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json).map(|_| 0)
+        Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {
+            mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref()).map(|_| 0)
         }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
@@ -613,6 +635,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Workload::TcpSink { listen } => mitosis_bench::micro::tcp_sink(listen)?,
             Workload::TcpSource { to, mb } => mitosis_bench::micro::tcp_source(to, mb)?,
+            Workload::TcpEcho { listen, reply } => mitosis_bench::modes::tcp_echo(listen, reply)?,
+            Workload::TcpPing { to, count, reply } => mitosis_bench::modes::tcp_ping(to, count, reply)?,
         }),
     }
 }
