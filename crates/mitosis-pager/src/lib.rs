@@ -652,16 +652,37 @@ impl Pager {
         }
         self.regions.set(child, child + len, PageState::Served);
         let mut done = 0u64;
-        loop {
-            match self.uffd.copy(child + done, &chunk[done as usize..]) {
-                CopyResult::Done | CopyResult::Gone => return Ok(()),
-                CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
+        while done < len {
+            // The child's memory events handled meanwhile may have dropped or
+            // moved some of these pages: copy only the ones still ours to fill.
+            let ours = |regions: &Regions, p: u64| regions.lookup(child + p).map(|l| l.0) == Some(PageState::Served);
+            if !ours(&self.regions, done) {
+                done += PAGE;
+                continue;
+            }
+            let mut end = done + PAGE;
+            while end < len && ours(&self.regions, end) {
+                end += PAGE;
+            }
+            match self.uffd.copy(child + done, &chunk[done as usize..end as usize]) {
+                CopyResult::Done => done = end,
+                CopyResult::Gone => return Ok(()),
                 CopyResult::Again { copied } => {
                     done += copied;
                     self.drain_events()?;
                 }
+                // No mapping there any more: unmapped by the child, whose event
+                // is waiting; anything else is an error.
+                CopyResult::Failed(libc::ENOENT) => {
+                    self.drain_events()?;
+                    if ours(&self.regions, done) {
+                        return Err(copy_failed("copy", child + done, libc::ENOENT));
+                    }
+                }
+                CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
             }
         }
+        Ok(())
     }
 
     /// Handles the events the kernel is waiting on before it accepts a copy (EAGAIN).
