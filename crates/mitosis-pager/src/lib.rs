@@ -168,6 +168,8 @@ struct Outstanding {
 /// so that the network fills the next while the last goes in.
 const PUSH_CHUNK: u64 = 1 << 20;
 const PUSH_DEPTH: usize = 2;
+/// Read-ahead windows kept on the wire while a child streams through memory.
+const READ_AHEAD_DEPTH: usize = 1;
 
 /// Serves one process.
 pub struct Pager {
@@ -556,21 +558,30 @@ impl Pager {
     /// Asks for the window after the last one, so that it is on its way
     /// before a sequentially faulting child gets there.
     fn read_ahead(&mut self) {
-        let Some(from) = self.last_end else { return };
-        let ahead = self.outstanding.iter().any(|o| o.purpose == Purpose::ReadAhead);
-        if !self.config.read_ahead || ahead || self.broken.is_some() {
+        let Some(last_end) = self.last_end else { return };
+        if !self.config.read_ahead {
             return;
         }
-        let to = from + self.window_pages * PAGE;
-        let runs = self.regions.remote_runs(from, to);
-        if runs.is_empty() {
-            return;
-        }
-        match self.source.request(&seed_ranges(&runs)) {
-            Ok(()) => {
-                self.on_the_wire(runs, Purpose::ReadAhead, to);
+        // Up to READ_AHEAD_DEPTH windows on the wire past the last one, so
+        // that the seed host reads and sends the next while this host takes
+        // one in.
+        while self.broken.is_none() {
+            let ahead: Vec<u64> = self.outstanding.iter().filter(|o| o.purpose == Purpose::ReadAhead).map(|o| o.window_end).collect();
+            if ahead.len() >= READ_AHEAD_DEPTH {
+                return;
             }
-            Err(e) => self.broken = Some(e),
+            let from = ahead.into_iter().max().unwrap_or(last_end).max(last_end);
+            let to = from + self.window_pages * PAGE;
+            let runs = self.regions.remote_runs(from, to);
+            if runs.is_empty() {
+                return;
+            }
+            match self.source.request(&seed_ranges(&runs)) {
+                Ok(()) => {
+                    self.on_the_wire(runs, Purpose::ReadAhead, to);
+                }
+                Err(e) => self.broken = Some(e),
+            }
         }
     }
 
