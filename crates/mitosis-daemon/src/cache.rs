@@ -80,14 +80,19 @@ impl PageCache {
 
     /// Forgets every generation of `host`/`id` other than `generation`.
     pub fn keep_only(&self, host: &str, id: &str, generation: u64) {
-        let mut inner = self.inner.lock().unwrap();
-        let stale: Vec<Key> =
-            inner.entries.keys().filter(|k| k.host == host && k.id == id && k.generation != generation).cloned().collect();
-        for k in stale {
-            if let Some(e) = inner.entries.remove(&k) {
-                inner.bytes -= e.blocks.len() as u64 * BLOCK_BYTES;
+        let mut gone = Vec::new();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            let stale: Vec<Key> =
+                inner.entries.keys().filter(|k| k.host == host && k.id == id && k.generation != generation).cloned().collect();
+            for k in stale {
+                if let Some(e) = inner.entries.remove(&k) {
+                    inner.bytes -= e.blocks.len() as u64 * BLOCK_BYTES;
+                    gone.push(e);
+                }
             }
         }
+        free_in_background(gone);
     }
 
     /// Copies the page at seed address `page` into `out` if it is cached.
@@ -110,6 +115,12 @@ impl PageCache {
     /// Stores `pages` (seed address, one page of bytes each), evicting the
     /// least recently used other generations if needed.
     fn store(&self, key: &Key, pages: &[(u64, &[u8])]) {
+        let mut evicted = Vec::new();
+        self.store_evicting(key, pages, &mut evicted);
+        free_in_background(evicted);
+    }
+
+    fn store_evicting(&self, key: &Key, pages: &[(u64, &[u8])], evicted: &mut Vec<Entry>) {
         let mut inner = self.inner.lock().unwrap();
         inner.clock += 1;
         let clock = inner.clock;
@@ -122,6 +133,7 @@ impl PageCache {
                     let Some(victim) = victim else { return };
                     let e = inner.entries.remove(&victim).expect("victim exists");
                     inner.bytes -= e.blocks.len() as u64 * BLOCK_BYTES;
+                    evicted.push(e);
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                 }
                 inner.bytes += BLOCK_BYTES;
@@ -149,6 +161,18 @@ impl PageCache {
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Frees evicted generations off the caller's path: giving back a gigabyte
+/// of blocks takes tens of milliseconds, and the caller is a pager serving a
+/// fault, or a resume.
+fn free_in_background(entries: Vec<Entry>) {
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = std::thread::Builder::new().name("cache-free".into()).spawn(move || drop(entries)) {
+        tracing::warn!(error = %e, "freeing evicted cache pages in place");
     }
 }
 
