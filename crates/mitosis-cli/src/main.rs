@@ -528,7 +528,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::json!({ "children": children, "pool": pool }));
             } else {
-                println!("{:<8} {:<20} {:<22} {:<20} {:>10} {:>9}  {}", "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "AGE", "STATE");
+                println!("{:<8} {:<20} {:<22} {:<20} {:>10} {:>9}  STATE", "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "AGE");
                 for c in &children {
                     let state = match &c.end {
                         None if c.detached => "running (detached)".to_string(),

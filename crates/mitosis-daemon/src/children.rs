@@ -94,7 +94,7 @@ impl Children {
         let mut out: Vec<ChildStatus> =
             if all { self.ended.lock().unwrap().iter().filter(|s| visible(s.uid)).cloned().collect() } else { Vec::new() };
         let mut live: Vec<ChildStatus> = self.live().iter().filter(|r| visible(r.uid)).map(|r| r.status(None)).collect();
-        live.sort_by(|a, b| b.age_ms.cmp(&a.age_ms));
+        live.sort_by_key(|s| std::cmp::Reverse(s.age_ms));
         out.extend(live);
         out
     }

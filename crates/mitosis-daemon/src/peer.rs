@@ -108,6 +108,14 @@ fn read_pages(daemon: &Daemon, id: &str, generation: u64, ranges: &[(u64, u64)],
     Ok(())
 }
 
+/// A seed's image and recorded working set as fetched from its host, and
+/// the size of the answer.
+pub struct FetchedSeed {
+    pub image: SeedImage,
+    pub working_set: Vec<(u64, u64)>,
+    pub bytes: u64,
+}
+
 /// An authenticated connection to another daemon.
 pub struct PeerConn {
     reader: BufReader<TcpStream>,
@@ -132,11 +140,11 @@ impl PeerConn {
 
     /// Fetches seed `id`'s image and recorded working set; also returns the
     /// answer's encoded size.
-    pub fn get_seed(&mut self, id: &str) -> Result<(SeedImage, Vec<(u64, u64)>, u64), ProtoError> {
+    pub fn get_seed(&mut self, id: &str) -> Result<FetchedSeed, ProtoError> {
         write_msg(&mut self.writer, &PeerRequest::GetSeed { id: id.to_string() })?;
         let body = read_frame(&mut self.reader, MAX_IMAGE_FRAME)?;
         match postcard::from_bytes(&body).map_err(|_| ProtoError::Decode { what: "PeerResponse" })? {
-            PeerResponse::Seed { image, working_set } => Ok((*image, working_set, body.len() as u64)),
+            PeerResponse::Seed { image, working_set } => Ok(FetchedSeed { image: *image, working_set, bytes: body.len() as u64 }),
             PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
             _ => Err(ProtoError::Unexpected),
         }

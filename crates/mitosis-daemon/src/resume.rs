@@ -224,7 +224,7 @@ fn start(
         ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
         other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),
     })?;
-    let (image, working_set, image_bytes) =
+    let crate::peer::FetchedSeed { image, working_set, bytes: image_bytes } =
         conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
     let fetched = t0.elapsed();
     // Pages of an older generation of this seed are of no use any more.

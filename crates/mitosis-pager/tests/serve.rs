@@ -192,7 +192,7 @@ fn adaptive_window_grows_on_sequential_touch_and_shrinks_back_on_random() {
     let log = s.log.lock().unwrap();
     let sizes: Vec<u64> = log.requests.iter().map(|r| r.iter().map(|x| x.1).sum::<u64>() / PAGE).collect();
     assert!(log.requests.len() < 40, "1024 pages in windows growing from 4 to 64 pages: {sizes:?}");
-    assert!(sizes.iter().any(|&n| n == 64), "the window reaches its maximum: {sizes:?}");
+    assert!(sizes.contains(&64), "the window reaches its maximum: {sizes:?}");
     drop(log);
 
     // Grown first, then random faults: back to the initial window.
