@@ -402,21 +402,56 @@ impl Resumed {
 /// Starts a child of seed `id` from the daemon at `host` ("addr:port") as a
 /// new process on this host, through the local daemon at `socket`.
 ///
-/// As with `mitosis resume`, the child runs in a lean container of default
-/// limits (its own PID, mount, UTS and IPC namespaces: it is pid 2 there)
-/// unless `container=False`. Its stdin, stdout and stderr are the caller's
+/// As with `mitosis resume`, the child runs in a lean container (its own PID,
+/// mount, UTS and IPC namespaces: it is pid 2 there) unless
+/// `container=False`, with the limits `memory` (bytes), `cpus` (a float) and
+/// `pids`, and `hostname` and `isolate_network` as the command's flags of the
+/// same names. `eager=True` streams the whole snapshot in while it runs. Its stdin, stdout and stderr are the caller's
 /// descriptors 0, 1 and 2 (`sys.stdout` and `sys.stderr` are flushed first).
 /// Returns a `Resumed` with `.pid`, `.container`, `.timings` and `.wait()`;
 /// the child is killed if the `Resumed` is garbage-collected before it
 /// ended. The GIL is released while waiting for the daemon. Raises a
 /// `MitosisError` subclass on failure (`SeedNotFound` for an unknown id).
 #[pyfunction]
-#[pyo3(signature = (host, id, socket = None, *, container = true))]
-fn resume(py: Python<'_>, host: &str, id: &str, socket: Option<PathBuf>, container: bool) -> PyResult<Resumed> {
+#[pyo3(signature = (host, id, socket = None, *, container = true, memory = None, cpus = None, pids = None, hostname = None, isolate_network = false, eager = false))]
+#[allow(clippy::too_many_arguments)]
+fn resume(
+    py: Python<'_>,
+    host: &str,
+    id: &str,
+    socket: Option<PathBuf>,
+    container: bool,
+    memory: Option<u64>,
+    cpus: Option<f64>,
+    pids: Option<u32>,
+    hostname: Option<String>,
+    isolate_network: bool,
+    eager: bool,
+) -> PyResult<Resumed> {
+    let shaped = memory.is_some() || cpus.is_some() || pids.is_some() || hostname.is_some() || isolate_network;
+    if !container && shaped {
+        return Err(pyo3::exceptions::PyValueError::new_err("container limits, hostname and isolate_network need container=True"));
+    }
+    let cpu_millis = match cpus {
+        Some(c) if !(0.001..=1024.0).contains(&c) => {
+            return Err(pyo3::exceptions::PyValueError::new_err("cpus must be between 0.001 and 1024"))
+        }
+        c => c.map(|c| (c * 1000.0).round() as u32),
+    };
     flush_python_stdio(py);
     let socket = socket_or_default(socket);
     let (host, id) = (host.to_string(), id.to_string());
-    let options = mitosis::ResumeOptions { container: container.then(mitosis::ContainerSpec::default), ..Default::default() };
+    let spec = mitosis::ContainerSpec {
+        limits: mitosis::ContainerLimits { memory_bytes: memory, cpu_millis, pids },
+        rootfs: None,
+        network: isolate_network,
+        hostname,
+    };
+    let options = mitosis::ResumeOptions {
+        container: container.then_some(spec),
+        paging: mitosis::Paging { eager, ..Default::default() },
+        ..Default::default()
+    };
     let started = py
         .detach(move || mitosis::Client::connect(&socket)?.resume_with(&host, &id, [0, 1, 2], &options))
         .map_err(|e| to_py_err(py, e))?;

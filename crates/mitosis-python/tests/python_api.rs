@@ -208,7 +208,15 @@ if release:
     r_end, w_end = os.pipe()
     os.dup2(r_end, 0)
 try:
-    r = mitosis.resume(host, seed_id, socket=sock, container=(mode == "container"))
+    if mode == "container":
+        r = mitosis.resume(host, seed_id, socket=sock, memory=512 << 20, cpus=1.5, pids=64, hostname="py-child")
+    else:
+        r = mitosis.resume(host, seed_id, socket=sock, container=False)
+        try:
+            mitosis.resume(host, seed_id, socket=sock, container=False, memory=1 << 30)
+            raise SystemExit("limits without a container were accepted")
+        except ValueError:
+            pass
 except mitosis.MitosisError as e:
     print("error %s kind=%s exit_code=%d isinstance=%s" % (type(e).__name__, e.kind, e.exit_code, isinstance(e, mitosis.MitosisError)), flush=True)
     sys.exit(e.exit_code)
