@@ -191,6 +191,9 @@ fn nested_fork_of_a_resumed_child() {
     let mut child = c.resume_on_b_args("s1", &["--no-container"]);
     let cpid = pid_of(&child.ask("pid", "pid "));
     assert_ne!(cpid, ppid);
+    // Sequential faults leave a read-ahead window on the wire: its pages reach
+    // the child after the prepare's fork, so the snapshot must not count them.
+    child.ask("touch seq 300", "touch ");
     let seed2 = prepare_ok(c.b.socket(), cpid, "s2", &c);
     assert_eq!(seed2["source_pid"], cpid);
 

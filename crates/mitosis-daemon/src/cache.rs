@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mitosis_pager::{Counters, PageSource};
+use mitosis_pager::{Counters, FetchError, PageSource};
 use mitosis_proto::local::CacheStats;
 use mitosis_sys::PAGE;
 
@@ -239,8 +239,8 @@ impl PageSource for CachedSource {
         Ok(())
     }
 
-    fn receive(&mut self, out: &mut [u8]) -> Result<(), String> {
-        let p = self.pending.pop_front().ok_or("an answer was taken that was never asked for")?;
+    fn receive(&mut self, out: &mut [u8]) -> Result<(), FetchError> {
+        let p = self.pending.pop_front().ok_or_else(|| FetchError::Broken("an answer was taken that was never asked for".into()))?;
         let mut fetched = std::mem::take(&mut self.scratch);
         fetched.resize(p.missing_bytes as usize, 0);
         if p.missing_bytes > 0 {

@@ -219,8 +219,12 @@ impl mitosis_pager::PageSource for RemoteSource {
         self.conn.send_read_pages(&self.id, self.generation, ranges).map_err(|e| self.explain(e))
     }
 
-    fn receive(&mut self, out: &mut [u8]) -> Result<(), String> {
-        self.conn.receive_pages(out).map_err(|e| self.explain(e))
+    fn receive(&mut self, out: &mut [u8]) -> Result<(), mitosis_pager::FetchError> {
+        self.conn.receive_pages(out).map_err(|e| match e {
+            // An answer: the seed host goes on answering the next requests.
+            ProtoError::Remote(_) => mitosis_pager::FetchError::Refused(self.explain(e)),
+            e => mitosis_pager::FetchError::Broken(self.explain(e)),
+        })
     }
 
     fn duplicate(&self) -> Result<Box<dyn mitosis_pager::PageSource>, String> {

@@ -33,18 +33,32 @@ use mitosis_sys::{pidfd, PAGE};
 
 pub use regions::{PageState, Regions};
 
+/// Why the answer to a request did not come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The source answered that it cannot give these pages (a seed dropped,
+    /// or a page it cannot read, such as a never-touched `PROT_NONE` page of
+    /// a seed that is itself a resumed child); later answers still come.
+    Refused(String),
+    /// The source is gone (connection broken, timeout): nothing more comes.
+    Broken(String),
+}
+
+impl FetchError {
+    pub fn reason(&self) -> &str {
+        match self {
+            FetchError::Refused(r) | FetchError::Broken(r) => r,
+        }
+    }
+}
+
 /// Where a pager gets page contents. Requests are answered in order, so a
 /// pager may send the next request before it takes the previous answer.
 pub trait PageSource: Send {
     /// Asks for `ranges` (page-aligned seed addresses and lengths).
     fn request(&mut self, ranges: &[(u64, u64)]) -> Result<(), String>;
     /// Takes the answer to the oldest outstanding request: its bytes back to back.
-    fn receive(&mut self, out: &mut [u8]) -> Result<(), String>;
-    /// Reads `ranges` back to back into `out`.
-    fn read(&mut self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
-        self.request(ranges)?;
-        self.receive(out)
-    }
+    fn receive(&mut self, out: &mut [u8]) -> Result<(), FetchError>;
     /// An independent source for a forked child's pager.
     fn duplicate(&self) -> Result<Box<dyn PageSource>, String>;
 }
@@ -204,6 +218,12 @@ pub struct Pager {
     broken: Option<String>,
     /// Where to tell why the process is killed, when nobody else will (its stderr).
     notice: Option<std::fs::File>,
+    /// Why the source last refused a request.
+    refused: Option<String>,
+    /// The pages a `UFFDIO_COPY` (or zero page) in progress has yet to put
+    /// in (marked served already), and their state before: a process forked
+    /// meanwhile does not have them.
+    installing: Option<(u64, u64, PageState)>,
 }
 
 /// A run of pages: child address, seed address, length.
@@ -241,6 +261,8 @@ impl Pager {
             last_end: None,
             broken: None,
             notice: None,
+            refused: None,
+            installing: None,
         }
     }
 
@@ -379,6 +401,14 @@ impl Pager {
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), String> {
+        if let Event::Fork { uffd } = ev {
+            // First, with the bookkeeping as of the fork: pages that come in
+            // from now on (the answers on the wire included) go into this
+            // process only, not into the new one.
+            // SAFETY: the kernel installed this descriptor in our table for us to own.
+            let fd = unsafe { OwnedFd::from_raw_fd(uffd) };
+            self.spawn_forked(Uffd::from_fd(fd));
+        }
         if !matches!(ev, Event::Fault { .. }) {
             // The layout changes under the requests on the wire: take their
             // answers in now, while their addresses still mean what they meant.
@@ -399,12 +429,7 @@ impl Pager {
                 self.regions.remap(from, to, len);
                 Ok(())
             }
-            Event::Fork { uffd } => {
-                // SAFETY: the kernel installed this descriptor in our table for us to own.
-                let fd = unsafe { OwnedFd::from_raw_fd(uffd) };
-                self.spawn_forked(Uffd::from_fd(fd));
-                Ok(())
-            }
+            Event::Fork { .. } => Ok(()),
             Event::Unknown(kind) => {
                 tracing::warn!(kind, "unknown userfaultfd event");
                 Ok(())
@@ -424,7 +449,13 @@ impl Pager {
                 return;
             }
         };
-        let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
+        // Pages being copied into this process when it forked are in it only
+        // from now on: in the new process they are still to be fetched.
+        let mut regions = self.regions.clone();
+        if let Some((start, end, before)) = self.installing {
+            regions.replace(start, end, PageState::Served, before);
+        }
+        let pager = Pager::new(uffd, regions, source, self.config, self.counters.clone(), None)
             .with_recorder(self.recorder.clone());
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
@@ -477,12 +508,16 @@ impl Pager {
     }
 
     fn fill_zero(&mut self, addr: u64) -> Result<(), String> {
+        let before = self.regions.lookup(addr).map(|l| l.0);
         self.regions.set(addr, addr + PAGE, PageState::Served);
         match self.uffd.zero(addr, PAGE) {
             CopyResult::Gone | CopyResult::Done => Ok(()),
             CopyResult::Failed(errno) => Err(copy_failed("zero page", addr, errno)),
             CopyResult::Again { .. } => {
-                self.drain_events()?;
+                self.installing = before.map(|b| (addr, addr + PAGE, b));
+                let drained = self.drain_events();
+                self.installing = None;
+                drained?;
                 match self.uffd.zero(addr, PAGE) {
                     CopyResult::Again { .. } => Err(format!("kernel kept refusing a zero page at {addr:#x}")),
                     _ => Ok(()),
@@ -543,9 +578,25 @@ impl Pager {
         while self.outstanding.iter().any(|o| o.seq == ours) {
             self.receive_oldest();
         }
+        if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote) && self.broken.is_none() && runs_pages(&self.refused, w) {
+            // The window was refused (a neighbour the source cannot read):
+            // the faulting page alone.
+            self.refused = None;
+            let runs = self.regions.remote_runs(addr, addr + PAGE);
+            if let Err(e) = self.source.request(&seed_ranges(&runs)) {
+                return Err(self.unfetchable(addr, &e));
+            }
+            let ours = self.on_the_wire(runs, Purpose::Fault, addr + PAGE);
+            while self.outstanding.iter().any(|o| o.seq == ours) {
+                self.receive_oldest();
+            }
+        }
         match self.regions.lookup(addr).map(|l| l.0) {
             Some(PageState::Served) => Ok(()),
-            Some(PageState::Remote) => Err(self.unfetchable(addr, self.broken.as_deref().unwrap_or("the page did not come"))),
+            Some(PageState::Remote) => {
+                let why = self.broken.clone().or(self.refused.take()).unwrap_or_else(|| "the page did not come".into());
+                Err(self.unfetchable(addr, &why))
+            }
             // Unmapped or dropped meanwhile (the child is exiting, say): the
             // kernel retries the access against what is there now.
             _ => {
@@ -599,12 +650,21 @@ impl Pager {
     fn receive_oldest(&mut self) {
         let Some(o) = self.outstanding.pop_front() else { return };
         let mut buf = self.take_buf(&o.runs);
-        if let Err(e) = self.source.receive(&mut buf) {
-            self.broken = Some(e);
-            self.buf = buf;
-            // Later answers on the same stream cannot be trusted either.
-            self.outstanding.clear();
-            return;
+        match self.source.receive(&mut buf) {
+            Ok(()) => {}
+            // Its pages stay remote: a fault on one asks for that page alone.
+            Err(FetchError::Refused(e)) => {
+                self.refused = Some(e);
+                self.buf = buf;
+                return;
+            }
+            Err(FetchError::Broken(e)) => {
+                self.broken = Some(e);
+                self.buf = buf;
+                // Later answers on the same stream cannot come either.
+                self.outstanding.clear();
+                return;
+            }
         }
         if o.purpose == Purpose::Push {
             let pages: u64 = o.runs.iter().map(|r| r.2 / PAGE).sum();
@@ -680,12 +740,18 @@ impl Pager {
                 CopyResult::Gone => return Ok(()),
                 CopyResult::Again { copied } => {
                     done += copied;
-                    self.drain_events()?;
+                    self.installing = Some((child + done, child + len, PageState::Remote));
+                    let drained = self.drain_events();
+                    self.installing = None;
+                    drained?;
                 }
                 // No mapping there any more: unmapped by the child, whose event
                 // is waiting; anything else is an error.
                 CopyResult::Failed(libc::ENOENT) => {
-                    self.drain_events()?;
+                    self.installing = Some((child + done, child + len, PageState::Remote));
+                    let drained = self.drain_events();
+                    self.installing = None;
+                    drained?;
                     if ours(&self.regions, done) {
                         return Err(copy_failed("copy", child + done, libc::ENOENT));
                     }
@@ -705,6 +771,12 @@ impl Pager {
         }
         Ok(())
     }
+}
+
+/// Whether a refused window of `w` bytes is worth asking for again page by
+/// page: it was refused, and it had more than the faulting page.
+fn runs_pages(refused: &Option<String>, w: u64) -> bool {
+    refused.is_some() && w > PAGE
 }
 
 /// Seed addresses and lengths of runs (child address, seed address, length).

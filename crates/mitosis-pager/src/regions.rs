@@ -63,6 +63,21 @@ impl Regions {
         }
     }
 
+    /// Sets the pages of `[start, end)` that are in state `from` to `to`.
+    pub fn replace(&mut self, start: u64, end: u64, from: PageState, to: PageState) {
+        for r in &mut self.regions {
+            let (s, e) = (start.max(r.start), end.min(r.end));
+            if s < e {
+                let (a, b) = (((s - r.start) / PAGE) as usize, ((e - r.start).div_ceil(PAGE)) as usize);
+                for p in &mut r.pages[a..b] {
+                    if *p == from {
+                        *p = to;
+                    }
+                }
+            }
+        }
+    }
+
     /// Records that `[from, from+len)` now lives at `to`.
     pub fn remap(&mut self, from: u64, to: u64, len: u64) {
         let mut moved = Vec::new();
@@ -138,6 +153,16 @@ mod tests {
         r.set(2 * P, 4 * P, PageState::Zero);
         assert_eq!(r.lookup(3 * P).unwrap().0, PageState::Zero);
         assert!(r.remote_runs(0, 8 * P).is_empty());
+    }
+
+    #[test]
+    fn replace_changes_only_pages_in_the_given_state() {
+        let mut r = Regions::new(&[(0, 4 * P)]);
+        r.set(0, 4 * P, PageState::Served);
+        r.set(P, 2 * P, PageState::Zero);
+        r.replace(0, 4 * P, PageState::Served, PageState::Remote);
+        assert_eq!(r.remote_runs(0, 4 * P), vec![(0, 0, P), (2 * P, 2 * P, 2 * P)]);
+        assert_eq!(r.lookup(P).unwrap().0, PageState::Zero, "a dropped page stays dropped");
     }
 
     #[test]
