@@ -92,6 +92,8 @@ from mitosis.errors import (
     VersionMismatch,
 )
 
+from mitosis import errors as _errors
+
 __all__ = [
     "__version__",
     "fork_prepare",
@@ -103,17 +105,4 @@ __all__ = [
     "Parent",
     "Child",
     "Resumed",
-    "MitosisError",
-    "SeedNotFound",
-    "Unsupported",
-    "Unavailable",
-    "DaemonUnreachable",
-    "SeedGone",
-    "PermissionDenied",
-    "AuthFailed",
-    "VersionMismatch",
-    "UsageError",
-    "BadRequest",
-    "ConnectionLost",
-    "InternalError",
-]
+] + _errors.__all__
