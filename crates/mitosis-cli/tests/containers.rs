@@ -27,8 +27,8 @@ fn answer(p: &mut Proc, cmd: &str) -> String {
 }
 
 /// The pool counters and cgroup directories of daemon b show no container
-/// beyond the warm ones, and b has no processes beyond its zygote and the
-/// warm holders.
+/// beyond the warm ones, and b has no processes beyond its zygote, its
+/// janitor and the warm holders.
 fn assert_nothing_left_on_b(c: &Cluster) {
     let settled = wait_until(Duration::from_secs(10), || {
         let ps = c.ps_on_b(false);
@@ -41,8 +41,8 @@ fn assert_nothing_left_on_b(c: &Cluster) {
     assert!(settled, "containers left behind on b: {ps}\n{}", c.logs());
     let warm = ps["pool"]["warm"].as_u64().unwrap() as usize;
     let kids = descendants_of(c.b.pid());
-    // The zygote and the warm holders; no zombies, no stray processes.
-    assert_eq!(kids.len(), warm + 1, "processes under daemon b: {kids:?} with {warm} warm containers");
+    // The zygote, the janitor and the warm holders; no zombies, no stray processes.
+    assert_eq!(kids.len(), warm + 2, "processes under daemon b: {kids:?} with {warm} warm containers");
 }
 
 fn descendants_of(pid: i32) -> Vec<(i32, char)> {

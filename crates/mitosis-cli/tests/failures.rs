@@ -431,3 +431,16 @@ fn seed_survives_its_process_group_and_goes_with_its_snapshot() {
     let out = c.resume_on_b_with("grp", "verify\nexit 0\n");
     assert_eq!(out.code(), Some(66), "{out}");
 }
+
+/// A daemon killed without dropping its seeds (SIGKILL to its whole process
+/// group) does not leave their snapshots behind: its janitor ends them.
+#[test]
+fn snapshots_go_with_a_killed_daemon() {
+    let Some(mut c) = Cluster::new("snapshots-janitor") else { return };
+    let (_parent, ppid) = c.pattern_in_a(16);
+    let seed = c.prepare_a(ppid, "orphaned");
+    let snap = seed["snapshot_pid"].as_i64().unwrap() as i32;
+    assert!(alive(snap));
+    c.a.kill_hard();
+    assert!(wait_until(Duration::from_secs(10), || !alive(snap)), "snapshot {snap} outlived its daemon");
+}

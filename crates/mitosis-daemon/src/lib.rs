@@ -2,7 +2,8 @@
 //!
 //! It owns, for its host:
 //! - the **seeds** prepared here (image + stopped snapshot process), until they
-//!   are dropped or the daemon stops ([`seeds`]);
+//!   are dropped or the daemon stops ([`seeds`]); a [`janitor`] process ends
+//!   the snapshots if the daemon dies without doing so;
 //! - the **peer server**: authenticated TCP for other daemons, which fetch seed
 //!   images and read snapshot pages by address ([`peer`]);
 //! - the **local server**: the Unix socket clients on this host use to
@@ -21,6 +22,7 @@
 
 pub mod cache;
 pub mod children;
+pub mod janitor;
 pub mod local;
 pub mod peer;
 pub mod resume;
@@ -73,6 +75,8 @@ pub enum StartError {
     Vdso(String),
     #[error("cannot start the zygote process")]
     Zygote(#[source] std::io::Error),
+    #[error("cannot start the janitor process")]
+    Janitor(#[source] std::io::Error),
     #[error("cannot set up containers (cgroups)")]
     Containers(#[source] std::io::Error),
 }
@@ -86,6 +90,7 @@ pub struct Daemon {
     pub pool: Arc<mitosis_container::Pool>,
     pub children: children::Children,
     pub cache: Arc<cache::PageCache>,
+    pub janitor: janitor::Janitor,
 }
 
 impl Daemon {
@@ -106,6 +111,7 @@ impl Daemon {
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
         // First, while this process is small and has one thread.
         let spawner = Arc::new(spawner::Spawner::start().map_err(StartError::Zygote)?);
+        let janitor = janitor::Janitor::start().map_err(StartError::Janitor)?;
         let pool = mitosis_container::Pool::start(spawner.clone(), config.container_pool).map_err(StartError::Containers)?;
         let tcp = std::net::TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
@@ -120,6 +126,7 @@ impl Daemon {
             pool,
             children: children::Children::default(),
             cache,
+            janitor,
         });
         tracing::info!(listen = %daemon.config.listen, socket = %daemon.config.socket.display(), "daemon ready");
         let d = daemon.clone();

@@ -240,7 +240,10 @@ fn handle_prepare(
                 }
             } else {
                 match ProcMem::open(snap.snapshot_pid, false) {
-                    Ok(mem) => SeedMemory::Snapshot { pid: snap.snapshot_pid, pidfd: snap.snapshot_pidfd, mem },
+                    Ok(mem) => {
+                        daemon.janitor.watch(&snap.snapshot_pidfd);
+                        SeedMemory::Snapshot { pid: snap.snapshot_pid, pidfd: snap.snapshot_pidfd, mem }
+                    }
                     Err(e) => return error(ErrorKind::Internal, format!("cannot open the snapshot's memory: {e}")),
                 }
             };

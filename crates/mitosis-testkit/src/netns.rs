@@ -85,11 +85,37 @@ fn ns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
+/// The pid in a namespace name `mts<pid>x<n>a|b` of ours.
+fn owner_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("mts")?;
+    let (pid, tail) = rest.split_once('x')?;
+    let n = tail.strip_suffix('a').or_else(|| tail.strip_suffix('b'))?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Deletes the namespaces of test processes that are gone (killed before
+/// their guards ran), once per process.
+fn remove_stale_namespaces() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = owner_of(&name) {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = ip(&["netns", "del", &name]);
+                }
+            }
+        }
+    });
+}
+
 impl TwoHosts {
     /// Creates the two namespaces and the link between them. Needs root.
     pub fn new() -> anyhow::Result<TwoHosts> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
+        remove_stale_namespaces();
 
         // Names are `mts<pid>x<n>a|b`: with pids below 10^7 and n below 1000
         // they fit the 15-byte interface-name limit, since the veth ends are
@@ -156,6 +182,16 @@ impl Drop for TwoHosts {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn owners_of_our_namespace_names() {
+        assert_eq!(owner_of("mts25844x0a"), Some(25844));
+        assert_eq!(owner_of("mts1x12b"), Some(1));
+        assert_eq!(owner_of("mts25844x0c"), None);
+        assert_eq!(owner_of("other"), None);
+        assert_eq!(owner_of("mtsabcx0a"), None);
+    }
+
     use super::*;
     use crate::{require_root, wait_until};
     use std::time::Duration;

@@ -172,6 +172,15 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        // A test or benchmark killed before its guards run must not leave the
+        // daemon running (its janitor then ends its snapshots).
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                Ok(())
+            });
+        }
         let proc = ProcessGuard::spawn(&mut cmd)
             .with_context(|| format!("spawning daemon {name} ({})", bin.display()))?;
         let mut daemon = Daemon {
