@@ -10,7 +10,7 @@
 //! SIGKILLs every snapshot it still knows and exits. Snapshots the daemon
 //! ended itself are gone already; their pidfds make a late kill harmless.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
 use mitosis_sys::{fdpass, pidfd};
@@ -22,23 +22,8 @@ pub struct Janitor {
 impl Janitor {
     /// Forks the janitor. Call while the daemon is still single-threaded.
     pub fn start() -> std::io::Result<Janitor> {
-        let mut pair = [0; 2];
-        // SAFETY: valid out array of two ints.
-        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are new and owned by nobody else.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-        // SAFETY: the caller guarantees that no other thread exists, so the
-        // child may allocate; it never returns from `janitor_main`.
-        match unsafe { libc::fork() } {
-            -1 => Err(std::io::Error::last_os_error()),
-            0 => {
-                drop(ours);
-                janitor_main(theirs)
-            }
-            _ => Ok(Janitor { sock: Mutex::new(ours) }),
-        }
+        let sock = crate::spawner::fork_helper(|theirs| janitor_main(theirs))?;
+        Ok(Janitor { sock: Mutex::new(sock) })
     }
 
     /// Has the janitor end `snapshot` should this daemon die first.

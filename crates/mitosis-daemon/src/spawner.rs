@@ -40,27 +40,38 @@ pub struct Spawner {
     sock: Mutex<OwnedFd>,
 }
 
+/// Forks a helper process of the daemon (the zygote, the janitor) that runs
+/// `main` with its end of a `SOCK_SEQPACKET` pair; returns the daemon's end.
+/// Call while the daemon is still single-threaded (the helper may allocate).
+pub(crate) fn fork_helper(main: impl FnOnce(OwnedFd)) -> std::io::Result<OwnedFd> {
+    let mut pair = [0; 2];
+    // SAFETY: valid out array of two ints.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    // SAFETY: the caller guarantees that no other thread exists, so the child
+    // may use the allocator; `main` never returns.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            drop(ours);
+            main(theirs);
+            // SAFETY: `main` does not return; if it did, the helper must not go on
+            // as a copy of the daemon.
+            unsafe { libc::_exit(127) }
+        }
+        _ => Ok(ours),
+    }
+}
+
 impl Spawner {
     /// Forks the zygote. Call while the daemon is still single-threaded.
     pub fn start() -> std::io::Result<Spawner> {
-        let mut pair = [0; 2];
-        // SAFETY: valid out array of two ints.
-        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are new and owned by nobody else.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
         let parent = std::process::id() as i32;
-        // SAFETY: the caller guarantees that no other thread exists, so the child
-        // may use the allocator; it never returns from `zygote_main`.
-        match unsafe { libc::fork() } {
-            -1 => Err(std::io::Error::last_os_error()),
-            0 => {
-                drop(ours);
-                zygote_main(theirs, parent)
-            }
-            _ => Ok(Spawner { sock: Mutex::new(ours) }),
-        }
+        let sock = fork_helper(|theirs| zygote_main(theirs, parent))?;
+        Ok(Spawner { sock: Mutex::new(sock) })
     }
 
     /// Forks a child that runs `prologue` with `stdio` and `ready`, in the
