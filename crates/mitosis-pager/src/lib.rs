@@ -182,8 +182,6 @@ struct Outstanding {
 /// so that the network fills the next while the last goes in.
 const PUSH_CHUNK: u64 = 1 << 20;
 const PUSH_DEPTH: usize = 2;
-/// Read-ahead windows kept on the wire while a child streams through memory.
-const READ_AHEAD_DEPTH: usize = 1;
 
 /// Serves one process.
 pub struct Pager {
@@ -494,9 +492,8 @@ impl Pager {
                         self.grow_window();
                         self.read_ahead();
                     }
-                    for _ in 0..=i {
-                        self.receive_oldest();
-                    }
+                    let seq = self.outstanding[i].seq;
+                    self.receive_through(seq);
                     if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
                         self.uffd.wake(addr, PAGE);
                         return Ok(());
@@ -562,34 +559,21 @@ impl Pager {
             self.window_pages = (self.window_pages / 2).max(self.config.window_pages.max(1));
         }
         let (w, lo) = self.window(addr);
-        let runs = self.regions.remote_runs(lo, lo + w);
-        if let Err(e) = self.source.request(&seed_ranges(&runs)) {
-            return Err(self.unfetchable(addr, &e));
-        }
-        let ours = self.on_the_wire(runs, Purpose::Fault, lo + w);
+        let ours = self.request_for_fault(addr, lo, lo + w)?;
         self.last_end = Some(lo + w);
         // Ask for the next window before this one goes in (which wakes the
         // child): the network works while the child does.
         if sequential {
             self.read_ahead();
         }
-        // Answers come in order: take everything up to this window's in
-        // (events handled meanwhile may have taken it in already).
-        while self.outstanding.iter().any(|o| o.seq == ours) {
-            self.receive_oldest();
-        }
-        if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote) && self.broken.is_none() && runs_pages(&self.refused, w) {
+        self.receive_through(ours);
+        let still_remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
+        if still_remote && self.broken.is_none() && self.refused.is_some() && w > PAGE {
             // The window was refused (a neighbour the source cannot read):
             // the faulting page alone.
             self.refused = None;
-            let runs = self.regions.remote_runs(addr, addr + PAGE);
-            if let Err(e) = self.source.request(&seed_ranges(&runs)) {
-                return Err(self.unfetchable(addr, &e));
-            }
-            let ours = self.on_the_wire(runs, Purpose::Fault, addr + PAGE);
-            while self.outstanding.iter().any(|o| o.seq == ours) {
-                self.receive_oldest();
-            }
+            let ours = self.request_for_fault(addr, addr, addr + PAGE)?;
+            self.receive_through(ours);
         }
         match self.regions.lookup(addr).map(|l| l.0) {
             Some(PageState::Served) => Ok(()),
@@ -606,33 +590,43 @@ impl Pager {
         }
     }
 
+    /// Asks for the still-remote pages of `[lo, hi)` for a fault at `addr`;
+    /// returns the request's number.
+    fn request_for_fault(&mut self, addr: u64, lo: u64, hi: u64) -> Result<u64, String> {
+        let runs = self.regions.remote_runs(lo, hi);
+        if let Err(e) = self.source.request(&seed_ranges(&runs)) {
+            return Err(self.unfetchable(addr, &e));
+        }
+        Ok(self.on_the_wire(runs, Purpose::Fault, hi))
+    }
+
+    /// Answers come in order: takes everything up to request `seq`'s in
+    /// (events handled meanwhile may have taken it in already).
+    fn receive_through(&mut self, seq: u64) {
+        while self.outstanding.iter().any(|o| o.seq == seq) {
+            self.receive_oldest();
+        }
+    }
+
     /// Asks for the window after the last one, so that it is on its way
-    /// before a sequentially faulting child gets there.
+    /// before a sequentially faulting child gets there. (Two windows ahead
+    /// measured no faster here.)
     fn read_ahead(&mut self) {
-        let Some(last_end) = self.last_end else { return };
-        if !self.config.read_ahead {
+        let Some(from) = self.last_end else { return };
+        let ahead = self.outstanding.iter().any(|o| o.purpose == Purpose::ReadAhead);
+        if !self.config.read_ahead || ahead || self.broken.is_some() {
             return;
         }
-        // Up to READ_AHEAD_DEPTH windows on the wire past the last one, so
-        // that the seed host reads and sends the next while this host takes
-        // one in.
-        while self.broken.is_none() {
-            let ahead: Vec<u64> = self.outstanding.iter().filter(|o| o.purpose == Purpose::ReadAhead).map(|o| o.window_end).collect();
-            if ahead.len() >= READ_AHEAD_DEPTH {
-                return;
+        let to = from + self.window_pages * PAGE;
+        let runs = self.regions.remote_runs(from, to);
+        if runs.is_empty() {
+            return;
+        }
+        match self.source.request(&seed_ranges(&runs)) {
+            Ok(()) => {
+                self.on_the_wire(runs, Purpose::ReadAhead, to);
             }
-            let from = ahead.into_iter().max().unwrap_or(last_end).max(last_end);
-            let to = from + self.window_pages * PAGE;
-            let runs = self.regions.remote_runs(from, to);
-            if runs.is_empty() {
-                return;
-            }
-            match self.source.request(&seed_ranges(&runs)) {
-                Ok(()) => {
-                    self.on_the_wire(runs, Purpose::ReadAhead, to);
-                }
-                Err(e) => self.broken = Some(e),
-            }
+            Err(e) => self.broken = Some(e),
         }
     }
 
@@ -771,12 +765,6 @@ impl Pager {
         }
         Ok(())
     }
-}
-
-/// Whether a refused window of `w` bytes is worth asking for again page by
-/// page: it was refused, and it had more than the faulting page.
-fn runs_pages(refused: &Option<String>, w: u64) -> bool {
-    refused.is_some() && w > PAGE
 }
 
 /// Seed addresses and lengths of runs (child address, seed address, length).
