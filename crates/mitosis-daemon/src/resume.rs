@@ -46,7 +46,10 @@ pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, f
             // The pager serves until the process exits (its parent reaps it, not us).
             let outcome = started.pager.join();
             daemon.children.finish(started.pid, None);
-            report_working_set(daemon, &started.seed, started.recorder.as_deref());
+            // As for a new child: only a child that ran to its end tells what it touched.
+            if matches!(outcome, Ok(Outcome::Exited)) {
+                report_working_set(daemon, &started.seed, started.recorder.as_deref());
+            }
             tracing::info!(pid = started.pid, ?outcome, "process resumed in place ended");
             Ok(())
         }
