@@ -546,10 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         state
                     );
                 }
-                println!(
-                    "containers: {} warm of {}, {} created, {} destroyed, {} cgroup directories",
-                    pool.warm, pool.target, pool.created, pool.destroyed, pool.cgroup_dirs
-                );
+                println!("{pool}");
             }
             Ok(0)
         }
@@ -580,11 +577,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     c.misses,
                     c.evictions
                 );
-                let p = &s.pool;
-                println!(
-                    "children running: {}; containers: {} warm of {}, {} created, {} destroyed",
-                    s.children_running, p.warm, p.target, p.created, p.destroyed
-                );
+                println!("children running: {}; {}", s.children_running, s.pool);
             }
             Ok(0)
         }

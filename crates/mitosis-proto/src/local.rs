@@ -149,6 +149,16 @@ pub struct DaemonStats {
     pub children_running: u64,
 }
 
+impl std::fmt::Display for PoolStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "containers: {} warm of {}, {} created, {} destroyed, {} cgroup directories",
+            self.warm, self.target, self.created, self.destroyed, self.cgroup_dirs
+        )
+    }
+}
+
 /// This host's page cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheStats {
