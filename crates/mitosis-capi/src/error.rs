@@ -151,23 +151,8 @@ impl From<mitosis::Error> for Failure {
             Error::Proto(_) => MITOSIS_E_IO,
             Error::Usage(_) => MITOSIS_E_USAGE,
         };
-        Failure { code, message: chain(&e) }
+        Failure { code, message: mitosis_proto::error_chain(&e) }
     }
-}
-
-/// `e` and its sources, joined by ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.ends_with(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 thread_local! {

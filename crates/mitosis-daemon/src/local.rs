@@ -13,7 +13,7 @@ use mitosis_capture::{prepare, PrepareSpec};
 use mitosis_proto::frame::{write_msg, MAX_CONTROL_FRAME};
 use mitosis_proto::image::validate_seed_id;
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse};
-use mitosis_proto::{ErrorKind, RemoteError, PROTOCOL_VERSION};
+use mitosis_proto::{error_chain, ErrorKind, RemoteError, PROTOCOL_VERSION};
 use mitosis_sys::fdpass::{self, PeerCred};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::procfs;
@@ -269,8 +269,8 @@ fn handle_prepare(
                 | mitosis_capture::CaptureError::NotWaiting { .. } => ErrorKind::Unsupported,
                 mitosis_capture::CaptureError::Sys { .. } => ErrorKind::Internal,
             };
-            tracing::warn!(%id, pid, error = %chain(&e), "prepare failed");
-            error(kind, chain(&e))
+            tracing::warn!(%id, pid, error = %error_chain(&e), "prepare failed");
+            error(kind, error_chain(&e))
         }
     }
 }
@@ -327,16 +327,4 @@ fn prepare_when_ready(spec: &PrepareSpec<'_>, vdso: &mitosis_sys::vdso::VdsoInfo
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
-}
-
-/// An error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

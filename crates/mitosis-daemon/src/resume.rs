@@ -10,14 +10,13 @@ use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::SeedImage;
 use mitosis_container::{Container, HolderSpec};
 use mitosis_proto::local::{ChildEnd, ChildInfo, ContainerSpec, LocalResponse, Paging, ResumeOptions, ResumeTimings, CHILD_MARKER};
-use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
+use mitosis_proto::{error_chain, ErrorKind, ProtoError, RemoteError};
 use mitosis_restore::prologue::{ContainerEntry, Credentials, Prologue, PrologueExit};
 use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
 use mitosis_sys::fdpass::PeerCred;
 use mitosis_sys::pidfd::{self, Exit};
 
 use crate::children::{own_view_pid, ChildRecord};
-use crate::local::chain;
 use crate::peer::{PeerConn, RemoteSource};
 use crate::Daemon;
 
@@ -241,7 +240,7 @@ fn start(
         Body::Caller { pid, .. } => *pid,
         Body::NewChild { .. } => std::process::id() as i32,
     };
-    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
+    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child).map_err(|e| remote_err(ErrorKind::Unsupported, error_chain(&e)))?;
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
     let mut container = None;
@@ -257,7 +256,7 @@ fn start(
             (pid, daemon.vdso.span())
         }
         Body::Caller { pid, conn } => {
-            let at = mitosis_restore::vdso_block_of(pid).map_err(|e| remote_err(ErrorKind::Unsupported, chain(&e)))?;
+            let at = mitosis_restore::vdso_block_of(pid).map_err(|e| remote_err(ErrorKind::Unsupported, error_chain(&e)))?;
             (prologue_in_caller(&image, &plan, pid, conn)?, at)
         }
     };
@@ -402,10 +401,10 @@ fn describe_failure(pidfd: &OwnedFd, e: &RestoreError) -> String {
         (RestoreError::ChildDied(_), Some(Exit::Code(c))) | (RestoreError::Sys { .. }, Some(Exit::Code(c))) => {
             match PrologueExit::describe(c) {
                 Some(why) => format!("the new child failed before restore: {why}"),
-                None => chain(e),
+                None => error_chain(e),
             }
         }
-        _ => chain(e),
+        _ => error_chain(e),
     }
 }
 

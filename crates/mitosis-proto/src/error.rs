@@ -90,3 +90,19 @@ impl ProtoError {
         }
     }
 }
+/// `e` and its causes, joined by ": " (a cause whose text the message has
+/// already is left out): the one-line form of an error for users.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+

@@ -26,7 +26,7 @@ pub mod image;
 pub mod local;
 pub mod peer;
 
-pub use error::{ErrorKind, ProtoError, RemoteError};
+pub use error::{error_chain, ErrorKind, ProtoError, RemoteError};
 
 /// Version of both wire protocols and of the seed image encoding.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -56,21 +56,6 @@ fn kind_name(e: &Error) -> &'static str {
     }
 }
 
-/// The error's message followed by its causes (`a: b: c`).
-fn message_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !msg.contains(&s_text) {
-            msg.push_str(": ");
-            msg.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    msg
-}
-
 /// An instance of `mitosis.errors.<class for kind>`, as a `PyErr`.
 fn mitosis_error(py: Python<'_>, kind: &str, exit_code: i32, message: String) -> PyErr {
     let made = py
@@ -87,7 +72,7 @@ fn mitosis_error(py: Python<'_>, kind: &str, exit_code: i32, message: String) ->
 }
 
 fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
-    mitosis_error(py, kind_name(&e), e.exit_code(), message_chain(&e))
+    mitosis_error(py, kind_name(&e), e.exit_code(), mitosis::error_chain(&e))
 }
 
 /// Fails with `Unsupported` (exit code 65, as `mitosis prepare` of a

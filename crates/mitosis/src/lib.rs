@@ -27,7 +27,7 @@ pub use mitosis_proto::local::{
     ResumeOptions, ResumeTimings, SeedInfo, SeedStats,
 };
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse, ReplySlot, CHILD_MARKER};
-pub use mitosis_proto::{ErrorKind, RemoteError};
+pub use mitosis_proto::{error_chain, ErrorKind, RemoteError};
 use mitosis_proto::PROTOCOL_VERSION;
 
 /// Errors of the client library.
