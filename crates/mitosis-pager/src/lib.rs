@@ -182,6 +182,9 @@ struct Outstanding {
 /// so that the network fills the next while the last goes in.
 const PUSH_CHUNK: u64 = 1 << 20;
 const PUSH_DEPTH: usize = 2;
+/// How long to wait for the event of an unmap that took a mapping away
+/// under a copy (it is sent right after).
+const EVENT_WAIT_MS: i32 = 1000;
 
 /// Serves one process.
 pub struct Pager {
@@ -218,10 +221,6 @@ pub struct Pager {
     notice: Option<std::fs::File>,
     /// Why the source last refused a request.
     refused: Option<String>,
-    /// The pages a `UFFDIO_COPY` (or zero page) in progress has yet to put
-    /// in (marked served already), and their state before: a process forked
-    /// meanwhile does not have them.
-    installing: Option<(u64, u64, PageState)>,
 }
 
 /// A run of pages: child address, seed address, length.
@@ -260,7 +259,6 @@ impl Pager {
             broken: None,
             notice: None,
             refused: None,
-            installing: None,
         }
     }
 
@@ -447,13 +445,7 @@ impl Pager {
                 return;
             }
         };
-        // Pages being copied into this process when it forked are in it only
-        // from now on: in the new process they are still to be fetched.
-        let mut regions = self.regions.clone();
-        if let Some((start, end, before)) = self.installing {
-            regions.replace(start, end, PageState::Served, before);
-        }
-        let pager = Pager::new(uffd, regions, source, self.config, self.counters.clone(), None)
+        let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
             .with_recorder(self.recorder.clone());
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
@@ -506,21 +498,26 @@ impl Pager {
 
     fn fill_zero(&mut self, addr: u64) -> Result<(), String> {
         let before = self.regions.lookup(addr).map(|l| l.0);
-        self.regions.set(addr, addr + PAGE, PageState::Served);
-        match self.uffd.zero(addr, PAGE) {
-            CopyResult::Gone | CopyResult::Done => Ok(()),
-            CopyResult::Failed(errno) => Err(copy_failed("zero page", addr, errno)),
-            CopyResult::Again { .. } => {
-                self.installing = before.map(|b| (addr, addr + PAGE, b));
-                let drained = self.drain_events();
-                self.installing = None;
-                drained?;
-                match self.uffd.zero(addr, PAGE) {
-                    CopyResult::Again { .. } => Err(format!("kernel kept refusing a zero page at {addr:#x}")),
-                    _ => Ok(()),
+        for _ in 0..2 {
+            self.regions.set(addr, addr + PAGE, PageState::Served);
+            match self.uffd.zero(addr, PAGE) {
+                CopyResult::Gone | CopyResult::Done => return Ok(()),
+                CopyResult::Failed(errno) => return Err(copy_failed("zero page", addr, errno)),
+                // As in `copy_in`: the page is as it was while the events are handled.
+                CopyResult::Again { .. } => {
+                    if let Some(b) = before {
+                        self.regions.replace(addr, addr + PAGE, PageState::Served, b);
+                    }
+                    self.drain_events()?;
+                    if self.regions.lookup(addr).map(|l| l.0) != before {
+                        // Served, moved or dropped meanwhile: the kernel retries the access.
+                        self.uffd.wake(addr, PAGE);
+                        return Ok(());
+                    }
                 }
             }
         }
+        Err(format!("kernel kept refusing a zero page at {addr:#x}"))
     }
 
     /// Poisons the page at `addr` (it can never read anything now) and says why.
@@ -666,7 +663,7 @@ impl Pager {
         } else if let Some(r) = &self.recorder {
             r.record(&o.runs);
         }
-        if let Err(e) = self.install(&o.runs, &mut buf, true) {
+        if let Err(e) = self.install(&o.runs, &mut buf) {
             self.broken = Some(e);
         }
         self.buf = buf;
@@ -679,10 +676,10 @@ impl Pager {
         buf
     }
 
-    /// Copies fetched `runs` into the child. With `recheck`, only the pages
-    /// that are still remote at the same seed address go in (the data was
-    /// asked for before the child's latest memory events).
-    fn install(&mut self, runs: &[Run], buf: &mut [u8], recheck: bool) -> Result<(), String> {
+    /// Copies fetched `runs` into the child: the pages still remote at the
+    /// same seed address (the data was asked for before the child's latest
+    /// memory events, and events handled while copying change it again).
+    fn install(&mut self, runs: &[Run], buf: &mut [u8]) -> Result<(), String> {
         let total: u64 = runs.iter().map(|r| r.2).sum();
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         self.counters.pages_fetched.fetch_add(total / PAGE, Ordering::Relaxed);
@@ -691,69 +688,59 @@ impl Pager {
         for &(child, seed, len) in runs {
             let run_buf = &mut buf[off..off + len as usize];
             off += len as usize;
+            let wanted = |regions: &Regions, p: u64| regions.lookup(child + p) == Some((PageState::Remote, seed + p));
             let mut page = 0u64;
             while page < len {
-                // The longest piece from `page` on that is still wanted.
-                let wanted = |p: u64| !recheck || self.regions.lookup(child + p) == Some((PageState::Remote, seed + p));
-                if !wanted(page) {
+                if !wanted(&self.regions, page) {
                     page += PAGE;
                     continue;
                 }
+                // The longest piece from `page` on that is still wanted.
                 let mut end = page + PAGE;
-                while end < len && wanted(end) {
+                while end < len && wanted(&self.regions, end) {
                     end += PAGE;
                 }
-                self.copy_in(child + page, &mut run_buf[page as usize..end as usize])?;
-                page = end;
+                page += self.copy_in(child + page, &mut run_buf[page as usize..end as usize])?;
             }
         }
         Ok(())
     }
 
-    fn copy_in(&mut self, child: u64, chunk: &mut [u8]) -> Result<(), String> {
+    /// Copies `chunk` to `child` and marks it served; returns how many bytes
+    /// went in. When the kernel first wants the child's memory events handled
+    /// (a fork, a remap, an unmap in progress), the part not copied is
+    /// remote again while they are, so that they see it as it is (a new
+    /// process does not have it, a remap moves it as still to be fetched);
+    /// the caller then looks again at what is still wanted.
+    fn copy_in(&mut self, child: u64, chunk: &mut [u8]) -> Result<u64, String> {
         let len = chunk.len() as u64;
         for p in &self.patches {
             apply_patch(chunk, child, p);
         }
         self.regions.set(child, child + len, PageState::Served);
-        let mut done = 0u64;
-        while done < len {
-            // The child's memory events handled meanwhile may have dropped or
-            // moved some of these pages: copy only the ones still ours to fill.
-            let ours = |regions: &Regions, p: u64| regions.lookup(child + p).map(|l| l.0) == Some(PageState::Served);
-            if !ours(&self.regions, done) {
-                done += PAGE;
-                continue;
+        match self.uffd.copy(child, chunk) {
+            CopyResult::Done | CopyResult::Gone => Ok(len),
+            CopyResult::Again { copied } => {
+                self.regions.replace(child + copied, child + len, PageState::Served, PageState::Remote);
+                self.drain_events()?;
+                Ok(copied)
             }
-            let mut end = done + PAGE;
-            while end < len && ours(&self.regions, end) {
-                end += PAGE;
-            }
-            match self.uffd.copy(child + done, &chunk[done as usize..end as usize]) {
-                CopyResult::Done => done = end,
-                CopyResult::Gone => return Ok(()),
-                CopyResult::Again { copied } => {
-                    done += copied;
-                    self.installing = Some((child + done, child + len, PageState::Remote));
-                    let drained = self.drain_events();
-                    self.installing = None;
-                    drained?;
+            // No mapping there any more: the child unmapped or moved it, and
+            // its event comes right after; anything else is an error.
+            CopyResult::Failed(libc::ENOENT) => {
+                self.regions.replace(child, child + len, PageState::Served, PageState::Remote);
+                self.drain_events()?;
+                if self.regions.lookup(child).map(|l| l.0) == Some(PageState::Remote) {
+                    self.uffd.wait_readable(EVENT_WAIT_MS);
+                    self.drain_events()?;
                 }
-                // No mapping there any more: unmapped by the child, whose event
-                // is waiting; anything else is an error.
-                CopyResult::Failed(libc::ENOENT) => {
-                    self.installing = Some((child + done, child + len, PageState::Remote));
-                    let drained = self.drain_events();
-                    self.installing = None;
-                    drained?;
-                    if ours(&self.regions, done) {
-                        return Err(copy_failed("copy", child + done, libc::ENOENT));
-                    }
+                if self.regions.lookup(child).map(|l| l.0) == Some(PageState::Remote) {
+                    return Err(copy_failed("copy", child, libc::ENOENT));
                 }
-                CopyResult::Failed(errno) => return Err(copy_failed("copy", child + done, errno)),
+                Ok(0)
             }
+            CopyResult::Failed(errno) => Err(copy_failed("copy", child, errno)),
         }
-        Ok(())
     }
 
     /// Handles the events the kernel is waiting on before it accepts a copy (EAGAIN).

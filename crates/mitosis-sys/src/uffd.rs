@@ -222,6 +222,13 @@ impl Uffd {
         r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
     }
 
+    /// Waits up to `timeout_ms` until a message can be read.
+    pub fn wait_readable(&self, timeout_ms: i32) {
+        let mut p = libc::pollfd { fd: self.raw(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    }
+
     /// Reads pending messages without blocking (at most `max`).
     pub fn read_events(&self, out: &mut Vec<Event>, max: usize) -> Result<()> {
         const MSG: usize = 32;
