@@ -23,6 +23,7 @@
 //! This crate must not serve pages, talk to the network or keep seeds: the
 //! daemon owns the snapshot once [`prepare`] returns.
 
+pub mod access;
 mod copy;
 mod files;
 
@@ -31,7 +32,7 @@ pub use copy::{copy_memory, CopiedMemory};
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use mitosis_proto::image::{
+use mitosis_proto::image::{IdentityMatch, 
     MmFields, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
@@ -285,6 +286,7 @@ fn capture_stopped(
             .ok()
             .and_then(|p| p.to_str().map(str::to_string))
             .unwrap_or_else(|| "/".into()),
+        cwd_identity: files::identity(&format!("/proc/{pid}/cwd")).unwrap_or_default(),
         exe,
         files,
         closed_fds,
@@ -336,21 +338,24 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
                     ),
                 });
             }
-            file_kind(m)
+            file_kind(pid, m)
         } else if m.inode == 0 {
             VmaKind::Anon
         } else {
-            file_kind(m)
+            file_kind(pid, m)
         };
         out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new() });
     }
     Ok(out)
 }
 
-fn file_kind(m: &MapsEntry) -> VmaKind {
+fn file_kind(pid: i32, m: &MapsEntry) -> VmaKind {
     if m.name.starts_with('/') && !m.name.ends_with(" (deleted)") {
-        if let Some(identity) = files::identity(&m.name) {
-            if identity.ino == m.inode {
+        // The mapped object itself (map_files leads to it), which its path
+        // must still name: children map the file only if it is this one.
+        let mapped = files::identity(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+        if let (Some(identity), Some(named)) = (mapped, files::identity(&m.name)) {
+            if identity.ino == m.inode && identity.matches(&named, IdentityMatch::SameContent) {
                 return VmaKind::File { path: m.name.clone(), offset: m.offset, identity };
             }
         }
@@ -384,4 +389,4 @@ fn mark_written_file_pages(snap_pid: i32, vmas: &mut [Vma]) -> Result<(), SysErr
     Ok(())
 }
 
-pub use files::identity as file_identity;
+pub use files::{from_sys as identity_from_sys, identity as file_identity};

@@ -16,7 +16,6 @@ use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse};
 use mitosis_proto::{error_chain, ErrorKind, RemoteError, PROTOCOL_VERSION};
 use mitosis_sys::fdpass::{self, PeerCred};
 use mitosis_sys::mem::ProcMem;
-use mitosis_sys::procfs;
 
 use crate::seeds::{Seed, SeedMemory};
 use crate::Daemon;
@@ -172,6 +171,11 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
                 };
                 reply(&mut conn, &LocalResponse::Stats(stats))?;
             }
+            // A benchmark hook that makes root build containers and cgroups:
+            // root's alone.
+            LocalRequest::BareContainer { .. } if cred.uid != 0 => {
+                reply(&mut conn, &error(ErrorKind::PermissionDenied, "bare containers (a benchmark) are for root only"))?;
+            }
             LocalRequest::BareContainer { spec } => {
                 reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
             }
@@ -209,12 +213,15 @@ fn handle_prepare(
     if reply_slot.is_some() && pid != cred.pid {
         return error(ErrorKind::PermissionDenied, "only a process itself may ask to be prepared with a reply slot");
     }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    if std::fs::metadata(format!("/proc/{pid}")).is_err() {
         return error(ErrorKind::NotFound, format!("no process {pid}"));
-    };
-    let owner = procfs::parse_status(&status).uid;
-    if cred.uid != 0 && cred.uid != owner {
-        return error(ErrorKind::PermissionDenied, format!("process {pid} belongs to uid {owner}, you are uid {}", cred.uid));
+    }
+    // The daemon's ptrace would pass for anything: the kernel's rules are
+    // applied to the asking process instead.
+    match mitosis_capture::access::may_prepare(cred.pid, cred.uid, pid) {
+        Ok(()) => {}
+        Err(mitosis_capture::access::AccessDenied::NoProcess { pid }) => return error(ErrorKind::NotFound, format!("no process {pid}")),
+        Err(denied) => return error(ErrorKind::PermissionDenied, format!("you (uid {}) may not prepare process {pid}: {denied}", cred.uid)),
     }
     // Opened before the capture, so that an unpinned seed of a process that
     // exits during the prepare is still dropped.

@@ -7,10 +7,14 @@
 //! - [`mem`]: reading and writing another process's memory.
 //! - [`procfs`]: parsers for the `/proc/PID` files capture needs (pure functions,
 //!   tested on fixed text).
+//! - [`fsid`]: opening paths without following symbolic links, and the
+//!   identity (type, device, inode) of what a descriptor refers to.
 //! - [`vdso`]: locating this kernel's vDSO and a `syscall` instruction in it.
 //!
 //! Nothing here knows about seeds, images or the network.
 
+pub mod creds;
+pub mod fsid;
 pub mod mem;
 pub mod pidfd;
 pub mod procfs;
