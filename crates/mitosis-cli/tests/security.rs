@@ -172,3 +172,33 @@ fn unprivileged_bare_container_is_refused() {
     let mut client = mitosis::Client::connect(&sock).unwrap();
     client.bare_container(&Default::default()).unwrap();
 }
+
+/// A child's own fork outlives its parent, and the daemon that serves its
+/// pages is SIGKILLed while it is still reading them: it must die, never
+/// read a zero page for a page it has not got yet. (The janitor keeps its
+/// userfaultfd, so its faults wait, and kills everything in the child's
+/// cgroup.)
+#[test]
+fn grandchild_of_a_killed_daemon_dies_and_never_reads_zeros() {
+    let Some(c) = Cluster::new("grandchild") else { return };
+    let prog = compile(&c.dir, "grandchild", &["-O2"]);
+    let (_seed, pid) = c.target_in(&c.hosts.a, "grandchild seed", &[prog.to_str().unwrap(), "64"]);
+    c.prepare_a(pid, "gc");
+    let mut child = c.resume_on_b_args("gc", &["--no-container", "--no-working-set"]);
+    child.send("fork\n");
+    let forked = child.expect_prefix("forked ", STEP);
+    let gc: i32 = forked["forked ".len()..].trim().parse().unwrap();
+    // It is reading remote pages now.
+    while child.expect_prefix("gc progress ", STEP) != "gc progress 64" {}
+    assert!(alive(gc));
+    mitosis_sys::creds::kill(c.b.pid(), 9).unwrap();
+    assert!(
+        mitosis_testkit::wait_until(std::time::Duration::from_secs(10), || !alive(gc)),
+        "grandchild {gc} outlived the daemon that served its pages"
+    );
+    let mut rest = Vec::new();
+    while let Some(line) = child.line(std::time::Duration::from_secs(2)) {
+        rest.push(line);
+    }
+    assert!(!rest.iter().any(|l| l.starts_with("WRONG") || l.starts_with("gc done")), "the grandchild went on after its pager died: {rest:?}");
+}

@@ -339,6 +339,13 @@ impl ContainerCgroup {
         self.dirs.iter().find(|(ctrl, _, _)| *ctrl == c).map(|(_, d, v2)| (d, *v2))
     }
 
+    /// The `cgroup.procs` file listing every process in the container's
+    /// memory cgroup: the child and all its descendants, which cannot leave
+    /// it (killing them all needs only this file).
+    pub fn procs_file(&self) -> Option<PathBuf> {
+        self.dir_of(Controller::Memory).map(|(d, _)| d.join("cgroup.procs"))
+    }
+
     /// Memory charged to the container now, in bytes.
     pub fn memory_usage(&self) -> Option<u64> {
         let (dir, v2) = self.dir_of(Controller::Memory)?;

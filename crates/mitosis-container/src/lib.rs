@@ -86,6 +86,11 @@ impl Container {
         self.cgroup.memory_usage()
     }
 
+    /// See [`ContainerCgroup::procs_file`].
+    pub fn procs_file(&self) -> Option<std::path::PathBuf> {
+        self.cgroup.procs_file()
+    }
+
     /// Processes of this container killed by the kernel's OOM killer so far.
     pub fn oom_kills(&self) -> u64 {
         self.cgroup.oom_kills()
@@ -221,6 +226,13 @@ impl Pool {
             Some(c) => Ok(c),
             None => self.create(spec),
         }
+    }
+
+    /// A cgroup without limits for a child that runs without a container:
+    /// it holds the child and its descendants together, so that all of them
+    /// can be found and killed should their pager die.
+    pub fn plain_cgroup(&self) -> io::Result<ContainerCgroup> {
+        self.cgroups.create(&format!("{}plain-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// Makes a new container of kind `spec` (a holder and its cgroups).

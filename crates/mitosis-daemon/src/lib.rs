@@ -90,7 +90,7 @@ pub struct Daemon {
     pub pool: Arc<mitosis_container::Pool>,
     pub children: children::Children,
     pub cache: Arc<cache::PageCache>,
-    pub janitor: janitor::Janitor,
+    pub janitor: Arc<janitor::Janitor>,
 }
 
 impl Daemon {
@@ -111,7 +111,7 @@ impl Daemon {
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
         // First, while this process is small and has one thread.
         let spawner = Arc::new(spawner::Spawner::start().map_err(StartError::Zygote)?);
-        let janitor = janitor::Janitor::start().map_err(StartError::Janitor)?;
+        let janitor = Arc::new(janitor::Janitor::start().map_err(StartError::Janitor)?);
         let pool = mitosis_container::Pool::start(spawner.clone(), config.container_pool).map_err(StartError::Containers)?;
         let tcp = std::net::TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;

@@ -45,6 +45,7 @@ pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, f
             // The pager serves until the process exits (its parent reaps it, not us).
             let outcome = started.pager.join();
             daemon.children.finish(started.pid, None);
+            remove_plain_cgroup(started.plain_cgroup);
             // As for a new child: only a child that ran to its end tells what it touched.
             if matches!(outcome, Ok(Outcome::Exited)) {
                 report_working_set(daemon, &started.seed, started.recorder.as_deref());
@@ -106,7 +107,7 @@ pub fn handle(
 /// Waits for a started child to end (killing it if `conn`, its resumer,
 /// goes away), then tears down its pager and container; says how it ended.
 fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
-    let Started { pid, pidfd, pager, counters, container, recorder, seed, .. } = started;
+    let Started { pid, pidfd, pager, counters, container, plain_cgroup, recorder, seed, .. } = started;
     let conn_fd = conn.as_ref().map(|c| c.as_raw_fd()).unwrap_or(-1);
     let mut caller_gone = conn_fd < 0;
     loop {
@@ -159,6 +160,7 @@ fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) 
     if let Some(c) = container.and_then(|c| Arc::try_unwrap(c).ok()) {
         daemon.pool.retire(c);
     }
+    remove_plain_cgroup(plain_cgroup);
     (end, stats)
 }
 
@@ -166,6 +168,8 @@ struct Started {
     mm: mitosis_proto::image::MmFields,
     pid: i32,
     container: Option<Arc<Container>>,
+    /// The cgroup of a child without a container.
+    plain_cgroup: Option<mitosis_container::ContainerCgroup>,
     pidfd: Arc<OwnedFd>,
     pager: std::thread::JoinHandle<Outcome>,
     counters: Arc<Counters>,
@@ -180,6 +184,18 @@ struct SeedRef {
     from: String,
     id: String,
     generation: u64,
+}
+
+/// Removes a plain child's cgroup in the background: processes the child
+/// forked may still live in it a while (the removal retries), or longer (it
+/// is then left to the daemon's stop, which removes its whole subtree).
+fn remove_plain_cgroup(cgroup: Option<mitosis_container::ContainerCgroup>) {
+    let Some(cgroup) = cgroup else { return };
+    let _ = std::thread::Builder::new().name("plain-cgroup".into()).spawn(move || {
+        if let Err(e) = cgroup.remove() {
+            tracing::debug!(error = %e, "a plain child's cgroup stays: processes it forked live on");
+        }
+    });
 }
 
 /// Sends what the child fetched on demand to its seed host as the seed's
@@ -279,7 +295,29 @@ fn start(
             kill_and_reap(&pidfd);
             return Err(remote_err(ErrorKind::Internal, format!("cannot put the child into container {}: {e}", c.name)));
         }
+        daemon.janitor.watch_holder(c.holder_pidfd());
     }
+    // A child without a container gets a cgroup of its own all the same: it
+    // holds the child's descendants too, which the janitor must find should
+    // this daemon die (a forked process can outlive its parent).
+    let plain_cgroup = match &container {
+        Some(_) => None,
+        None => match daemon.pool.plain_cgroup().and_then(|cg| cg.add(pid).map(|()| cg)) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                kill_and_reap(&pidfd);
+                return Err(remote_err(ErrorKind::Internal, format!("cannot give the child a cgroup: {e}")));
+            }
+        },
+    };
+    let procs = container.as_ref().and_then(|c| c.procs_file()).or_else(|| plain_cgroup.as_ref().and_then(|c| c.procs_file()));
+    if let Some(procs) = procs {
+        daemon.janitor.watch_cgroup(&procs);
+    }
+    let keeper: mitosis_pager::Keeper = {
+        let janitor = daemon.janitor.clone();
+        Arc::new(move |uffd: &mitosis_sys::uffd::Uffd| janitor.keep_userfaultfd(uffd))
+    };
     let reply = image.reply_slot.map(|slot| {
         // The pid the child sees itself as (inside its container's PID namespace).
         let info = ChildInfo { seed_id: id.to_string(), seed_host: from.to_string(), generation: image.generation, pid: own_view_pid(pid) };
@@ -334,7 +372,8 @@ fn start(
             .with_patches(patches)
             .with_notice(notice)
             .with_recorder(recorder.clone())
-            .with_push(push, push_go.clone());
+            .with_push(push, push_go.clone())
+            .with_keeper(Some(keeper));
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
             .spawn(move || pager.run())
@@ -368,6 +407,7 @@ fn start(
         mm: image.mm,
         pid,
         container,
+        plain_cgroup,
         recorder,
         seed: SeedRef { from: from.to_string(), id: id.to_string(), generation: image.generation },
         pidfd,

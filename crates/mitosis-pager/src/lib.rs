@@ -221,14 +221,21 @@ pub struct Pager {
     notice: Option<std::fs::File>,
     /// Why the source last refused a request.
     refused: Option<String>,
+    /// Gets every userfaultfd this pager and its forks' pagers serve.
+    keeper: Option<Keeper>,
 }
+
+/// Keeps a copy of each userfaultfd outside this process (the daemon's
+/// janitor), so that should the pager's process die, the memory it served
+/// never falls back to zero pages: faults wait until the process is killed.
+pub type Keeper = Arc<dyn Fn(&Uffd) + Send + Sync>;
 
 /// A run of pages: child address, seed address, length.
 type Run = (u64, u64, u64);
 
 /// Address used to ask the kernel whether a uffd's memory still exists (see
 /// [`Uffd::memory_alive`]); nothing can be mapped below `vm.mmap_min_addr`'s default.
-const PROBE_ADDR: u64 = 4096;
+pub const PROBE_ADDR: u64 = 4096;
 
 impl Pager {
     pub fn new(
@@ -259,7 +266,17 @@ impl Pager {
             broken: None,
             notice: None,
             refused: None,
+            keeper: None,
         }
+    }
+
+    /// Hands this pager's userfaultfd, and each forked process's, to `keeper`.
+    pub fn with_keeper(mut self, keeper: Option<Keeper>) -> Pager {
+        if let Some(k) = &keeper {
+            k(&self.uffd);
+        }
+        self.keeper = keeper;
+        self
     }
 
     pub fn with_patches(mut self, patches: Vec<Patch>) -> Pager {
@@ -446,7 +463,8 @@ impl Pager {
             }
         };
         let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
-            .with_recorder(self.recorder.clone());
+            .with_recorder(self.recorder.clone())
+            .with_keeper(self.keeper.clone());
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
                 tracing::error!(%reason, "pager of a forked child failed");
