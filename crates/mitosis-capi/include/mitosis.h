@@ -221,7 +221,8 @@ int mitosis_child_hook(void (*hook)(void *arg), void *arg);
  * cluster key.
  *
  * On success it does not return: this process continues from the seed's
- * prepare point (where mitosis_fork_prepare returns MITOSIS_CHILD), keeping
+ * prepare point (where mitosis_fork_prepare runs the seed's child hooks,
+ * see mitosis_child_hook, and returns MITOSIS_CHILD), keeping
  * its pid, parent and descriptors 0-2. It returns a negative code only if the
  * resume failed before the takeover, leaving the process as it was:
  * MITOSIS_E_NOT_FOUND, MITOSIS_E_SEED_GONE (seed host unreachable),

@@ -857,3 +857,51 @@ fn prepare_by_pid_warns_that_children_are_clones() {
     target.send("draw\n");
     assert_eq!(field(&target.expect_prefix("random=", STEP), "random"), draws[0], "the parent's next draw too");
 }
+
+/// A `fork_prepare` that fails is, for the interpreter, a fork that failed
+/// (as `os.fork()` raising): the `before` and `after_in_parent` hooks run,
+/// `after_in_child` does not, and the import lock taken for the prepare is
+/// released (another thread can import). `mitosis._child` reseeds OpenSSL
+/// only when Python's OpenSSL binding is loaded, and never loads it. No
+/// daemon, no root needed.
+#[test]
+fn failed_prepare_ends_the_fork_and_child_reseed_needs_no_ssl() {
+    let code = r#"
+import os, sys, threading
+import mitosis, mitosis._child
+os.register_at_fork(before=lambda: print("before"), after_in_parent=lambda: print("after_in_parent"),
+                    after_in_child=lambda: print("after_in_child"))
+try:
+    mitosis.fork_prepare("x", socket="/nonexistent/mitosis.sock")
+except mitosis.DaemonUnreachable as e:
+    print("raised " + e.kind)
+t = threading.Thread(target=lambda: __import__("colorsys"))
+t.start()
+t.join(10)
+print("thread imported" if not t.is_alive() and "colorsys" in sys.modules else "thread blocked in import")
+
+mitosis._child.after_fork_prepare()
+print("_ssl loaded: %s" % ("_ssl" in sys.modules))
+import _ssl
+calls = []
+real = _ssl.RAND_add
+_ssl.RAND_add = lambda data, entropy: calls.append((type(data).__name__, len(data), entropy)) or real(data, entropy)
+mitosis._child.after_fork_prepare()
+mitosis._child.after_fork_prepare()
+print("RAND_add %r" % calls)
+"#;
+    let out = run_python(code, &[], &[]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        out.lines(),
+        [
+            "before",
+            "after_in_parent",
+            "raised daemon_unreachable",
+            "thread imported",
+            "_ssl loaded: False",
+            "RAND_add [('bytes', 32, 32.0), ('bytes', 32, 32.0)]",
+        ],
+        "{out}"
+    );
+}

@@ -278,9 +278,11 @@ fn ensure_single_threaded(what: &str) -> Result<()> {
 /// Replaces the calling process by a child of seed `id` from the daemon at
 /// `from` (MITOSIS's `fork_resume_remote`). On success it does not return: the
 /// process continues from the seed's prepare point, keeping its pid, parent
-/// and stdio. An error before the daemon starts the takeover is returned; a
-/// failure after it kills the process (it is no longer itself). The process
-/// must be single-threaded.
+/// and stdio (for a seed that prepared itself: in its [`fork_prepare`], which
+/// runs the seed's [`on_child`] hooks and returns [`Role::Child`]). An error
+/// before the daemon starts the takeover is returned; a failure after it
+/// kills the process (it is no longer itself). The process must be
+/// single-threaded.
 pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result<std::convert::Infallible> {
     ensure_single_threaded("resumed in place")?;
     let mut client = Client::connect(socket)?;
