@@ -359,3 +359,25 @@ fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
         other => Err(unexpected(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test of the process-wide hook list.
+    #[test]
+    fn child_hooks_run_in_registration_order_and_may_register_more() {
+        static LOG: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+        let log = || LOG.lock().unwrap().clone();
+        on_child(|| LOG.lock().unwrap().push(1));
+        on_child(|| {
+            LOG.lock().unwrap().push(2);
+            on_child(|| LOG.lock().unwrap().push(3));
+        });
+        assert_eq!(log(), [] as [u32; 0], "registering runs nothing");
+        run_child_hooks();
+        assert_eq!(log(), [1, 2], "a hook registered by a hook runs from the next child on");
+        run_child_hooks();
+        assert_eq!(log(), [1, 2, 1, 2, 3]);
+    }
+}
