@@ -51,8 +51,8 @@
  * them from the kernel (getrandom(2), never shared) before it uses them,
  * where mitosis_fork_prepare returns MITOSIS_CHILD, or in a hook registered
  * with mitosis_child_hook. OpenSSL 1.1.1 and 3.x reseed by themselves when
- * the pid differs from the seed's, but a child can have the seed's pid (pid 2
- * of a container prepared again, a resume in place), so call RAND_poll() in
+ * the pid differs from the seed's, but a child can have the seed's pid (pids
+ * are reused once a pinned seed's process is gone), so call RAND_poll() in
  * the child too. Bytes read from getrandom(2) or /dev/urandom are unique
  * without anything done. See "Clone uniqueness" in mitosis's README.
  *

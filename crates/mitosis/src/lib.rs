@@ -86,8 +86,8 @@ pub enum Role {
     /// Like a child of `fork()`, and unlike the parent, it must make its own
     /// random numbers: it starts with the seed's memory, so every userspace
     /// generator (rand's `ThreadRng` and `StdRng`, libc `random()`,
-    /// OpenSSL's DRBGs when the child has the seed's pid, e.g. pid 2 in a
-    /// container, hash-map keys) would give every child of the seed the same
+    /// OpenSSL's DRBGs when the child has the seed's pid, which a reused pid
+    /// can be; hash-map keys) would give every child of the seed the same
     /// sequence, and nothing tells them apart but this value. Reseed them
     /// from the kernel (`getrandom`, which is never shared) here, or in a
     /// hook registered with [`on_child`] (`pthread_atfork` handlers are not

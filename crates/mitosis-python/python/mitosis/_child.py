@@ -8,12 +8,11 @@ in every child the hooks registered with
 
 OpenSSL (1.1.1 and 3.x) reseeds its generators by itself when it runs under
 another pid than before, which is how it notices a ``fork()``. A mitosis child
-usually has another pid than its seed, but not always: a child in a lean
-container is pid 2 there, so the children of a seed that was itself such a
-child (a nested prepare) have their seed's pid, and OpenSSL would go on
-generating the seed's bytes in each of them. So fresh kernel entropy is mixed
-in here, in every child, when Python's OpenSSL binding (``_ssl``, which
-``ssl`` imports) is loaded. When it is not, Python code has not used
+usually has another pid than its seed, but not always: pids are reused, so
+a child started after its pinned seed's process is gone can get that
+process's pid (and every such child then generates the seed's bytes). So
+fresh kernel entropy is mixed in here, in every child, when Python's OpenSSL
+binding (``_ssl``, which ``ssl`` imports) is loaded. When it is not, Python code has not used
 OpenSSL's generator. (A library with its own copy of OpenSSL, such as the
 ``cryptography`` wheels, is not reached: reseed it from an at-fork hook.)
 """
