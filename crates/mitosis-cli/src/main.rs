@@ -442,6 +442,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Prepare { pid, id, until_exit, copy, socket, json } => {
             let info = Client::connect(&socket.socket)?.prepare_with(pid, &id, !until_exit, copy)?;
+            // A process prepared from outside cannot know that it is cloned,
+            // so nothing reseeds its children (stderr: --json stays JSON).
+            eprintln!(
+                "mitosis: warning: every child of seed {id} starts with the random-number state of pid {pid} \
+                 (RNG seeds, key and UUID generators) and cannot tell it is a clone; \
+                 see \"Clone uniqueness\" in the README"
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
