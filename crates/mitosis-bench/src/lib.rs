@@ -22,6 +22,8 @@
 //!
 //! Benchmarks build their own hosts (network namespaces) and tear them down.
 
+#![forbid(unsafe_code)]
+
 pub mod chart;
 pub mod demo;
 pub mod functions;

@@ -23,6 +23,8 @@
 //! This crate must not serve pages, talk to the network or keep seeds: the
 //! daemon owns the snapshot once [`prepare`] returns.
 
+#![forbid(unsafe_code)]
+
 mod copy;
 mod files;
 

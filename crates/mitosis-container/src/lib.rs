@@ -17,6 +17,8 @@
 //! fork children (the daemon's zygote does, calling into [`holder`]) and
 //! knows nothing about seeds, restore or paging.
 
+#![forbid(unsafe_code)]
+
 pub mod cgroup;
 pub mod holder;
 

@@ -21,14 +21,17 @@
 //! The pager owns no sockets itself and knows nothing of the wire protocol:
 //! the daemon hands it a [`PageSource`].
 
+#![forbid(unsafe_code)]
+
 mod regions;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mitosis_proto::local::PagerStats;
 use mitosis_sys::uffd::{CopyResult, Event, Uffd};
+use mitosis_sys::poll::{self, PollFd};
 use mitosis_sys::{pidfd, PAGE};
 
 pub use regions::{PageState, Regions};
@@ -298,25 +301,23 @@ impl Pager {
                 && self.push_started
                 && (!self.push.is_empty() || self.outstanding.iter().any(|o| o.purpose == Purpose::Push));
             let mut fds = [
-                libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.process.as_ref().map_or(-1, |p| p.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+                PollFd::readable(self.uffd.as_fd()),
+                self.process.as_ref().map_or(PollFd::none(), |p| PollFd::readable(p.as_fd())),
             ];
-            // SAFETY: two valid pollfds (a negative fd is ignored by poll).
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, if busy { 0 } else { 1000 }) };
-            if n < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Outcome::Failed(format!("poll failed: {}", std::io::Error::last_os_error()));
-            }
-            if fds[0].revents & libc::POLLIN == 0 {
-                if fds[1].revents != 0 {
+            let n = match poll::poll(&mut fds, if busy { 0 } else { 1000 }) {
+                Ok(n) => n,
+                Err(e) if e.errno == libc::EINTR => continue,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let (uffd_events, process_events) = (fds[0].revents(), fds[1].revents());
+            if uffd_events & libc::POLLIN == 0 {
+                if process_events != 0 {
                     return Outcome::Exited;
                 }
                 if n == 0 && !busy && self.process.is_none() && !self.uffd.memory_alive(PROBE_ADDR) {
                     return Outcome::Exited;
                 }
-                if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                if uffd_events & (libc::POLLERR | libc::POLLHUP) != 0 {
                     return Outcome::Exited;
                 }
                 if busy {
@@ -328,7 +329,7 @@ impl Pager {
             if let Err(e) = self.uffd.read_events(&mut events, 64) {
                 return Outcome::Failed(e.to_string());
             }
-            for &ev in &events {
+            for ev in events.drain(..) {
                 if let Err(reason) = self.handle(ev) {
                     self.kill(&reason);
                     return Outcome::Failed(reason);
@@ -401,16 +402,12 @@ impl Pager {
             // First, with the bookkeeping as of the fork: pages that come in
             // from now on (the answers on the wire included) go into this
             // process only, not into the new one.
-            // SAFETY: the kernel installed this descriptor in our table for us to own.
-            let fd = unsafe { OwnedFd::from_raw_fd(uffd) };
-            self.spawn_forked(Uffd::from_fd(fd));
+            self.spawn_forked(uffd);
+            self.receive_all_outstanding();
+            return Ok(());
         }
         if !matches!(ev, Event::Fault { .. }) {
-            // The layout changes under the requests on the wire: take their
-            // answers in now, while their addresses still mean what they meant.
-            while !self.outstanding.is_empty() {
-                self.receive_oldest();
-            }
+            self.receive_all_outstanding();
         }
         match ev {
             Event::Fault { addr } => {
@@ -425,11 +422,21 @@ impl Pager {
                 self.regions.remap(from, to, len);
                 Ok(())
             }
+            // Handled above (the event owns the new descriptor).
             Event::Fork { .. } => Ok(()),
             Event::Unknown(kind) => {
                 tracing::warn!(kind, "unknown userfaultfd event");
                 Ok(())
             }
+        }
+    }
+
+    /// The layout changes under the requests on the wire (a fork, a remap,
+    /// an unmap): takes their answers in now, while their addresses still
+    /// mean what they meant.
+    fn receive_all_outstanding(&mut self) {
+        while !self.outstanding.is_empty() {
+            self.receive_oldest();
         }
     }
 
