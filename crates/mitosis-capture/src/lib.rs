@@ -194,7 +194,7 @@ fn capture_stopped(
     let altstack = (w[0], w[1] as u32 as i32, w[2]);
     let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
     mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
-    let robust_list = robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
+    let robust_list = mitosis_sys::process::robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
     step("signal handlers and tid address read");
     let brk = tracee
         .inject_syscall(&regs, gadget, libc::SYS_brk, &[0], no_events)
@@ -308,16 +308,6 @@ fn capture_stopped(
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }
 
-fn robust_list(pid: i32) -> Result<(u64, u64), SysError> {
-    let mut head = 0u64;
-    let mut len = 0usize;
-    // SAFETY: two valid out pointers.
-    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut head as *mut u64, &mut len as *mut usize) };
-    if r != 0 {
-        return Err(SysError::last("get_robust_list"));
-    }
-    Ok((head, len as u64))
-}
 
 /// Sorts the target's mappings into what a child can rebuild.
 fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError> {

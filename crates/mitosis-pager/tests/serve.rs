@@ -2,6 +2,8 @@
 //! read-ahead is pipelined, and pages the process drops read as zero after.
 //! Needs the privilege to create a userfaultfd (root); skipped otherwise.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -84,7 +86,7 @@ impl Served {
         let uffd = match Uffd::create() {
             Ok(u) => u,
             Err(e) => {
-                eprintln!("skipped: no userfaultfd here ({e})");
+                mitosis_testkit::skip(format!("no userfaultfd here ({e})"));
                 return None;
             }
         };
