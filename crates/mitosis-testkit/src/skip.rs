@@ -130,6 +130,37 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_counts_skipped_tests_apart_from_passed_ones() {
+        // scripts/test's summary over a skip log and cargo test output: the
+        // skipped test that passed is counted once, as skipped; a test in
+        // another binary with the same name is not; failures stay failures.
+        let dir = crate::TestDir::new("skip-summary");
+        let (log, out) = (dir.path().join("skips"), dir.path().join("out"));
+        record(&log, "programs::avx512", "this CPU has no AVX-512").unwrap();
+        record(&log, "programs::avx512", "this CPU has no AVX-512").unwrap();
+        record(&log, "failures::boom", "needs root").unwrap();
+        std::fs::write(
+            &out,
+            "     Running tests/programs.rs (target/release/deps/programs-0123456789abcdef)\n\
+             test avx512 ... ok\n\
+             test other ... ok\n\
+             test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+             \x20    Running tests/failures.rs (target/release/deps/failures-fedcba9876543210)\n\
+             test avx512 ... ok\n\
+             test boom ... FAILED\n\
+             test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s\n",
+        )
+        .unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-summary");
+        let got = std::process::Command::new(script).arg(&log).arg(&out).output().unwrap();
+        assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            "skipped: programs::avx512: this CPU has no AVX-512\ntests: 2 passed, 1 failed, 1 skipped\n"
+        );
+    }
+
+    #[test]
     fn skip_writes_to_the_log_named_by_the_environment() {
         // In a child process, so that setting the variable races with nothing.
         if std::env::var_os("MITOSIS_SKIP_SELFTEST").is_some() {
