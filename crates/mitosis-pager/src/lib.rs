@@ -22,6 +22,7 @@
 //! the daemon hands it a [`PageSource`].
 
 #![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 mod regions;
 
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use mitosis_proto::local::PagerStats;
 use mitosis_sys::uffd::{CopyResult, Event, Uffd};
 use mitosis_sys::poll::{self, PollFd};
-use mitosis_sys::{pidfd, PAGE};
+use mitosis_sys::{pidfd, usize_of, PAGE};
 
 pub use regions::{PageState, Regions};
 
@@ -679,7 +680,7 @@ impl Pager {
     fn take_buf(&mut self, runs: &[Run]) -> Vec<u8> {
         let total: u64 = runs.iter().map(|r| r.2).sum();
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(total as usize, 0);
+        buf.resize(usize_of(total), 0);
         buf
     }
 
@@ -693,8 +694,8 @@ impl Pager {
         self.counters.bytes_fetched.fetch_add(total, Ordering::Relaxed);
         let mut off = 0usize;
         for &(child, seed, len) in runs {
-            let run_buf = &mut buf[off..off + len as usize];
-            off += len as usize;
+            let run_buf = &mut buf[off..off + usize_of(len)];
+            off += usize_of(len);
             let wanted = |regions: &Regions, p: u64| regions.lookup(child + p) == Some((PageState::Remote, seed + p));
             let mut page = 0u64;
             while page < len {
@@ -707,7 +708,7 @@ impl Pager {
                 while end < len && wanted(&self.regions, end) {
                     end += PAGE;
                 }
-                page += self.copy_in(child + page, &mut run_buf[page as usize..end as usize])?;
+                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)])?;
             }
         }
         Ok(())
@@ -775,7 +776,7 @@ fn apply_patch(chunk: &mut [u8], chunk_addr: u64, p: &Patch) {
     let (ps, pe) = (p.addr, p.addr + p.bytes.len() as u64);
     let (s, e) = (cs.max(ps), ce.min(pe));
     if s < e {
-        chunk[(s - cs) as usize..(e - cs) as usize].copy_from_slice(&p.bytes[(s - ps) as usize..(e - ps) as usize]);
+        chunk[usize_of(s - cs)..usize_of(e - cs)].copy_from_slice(&p.bytes[usize_of(s - ps)..usize_of(e - ps)]);
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use mitosis_pager::{Counters, FetchError, Outcome, PageSource, Pager, PagerConfig, Regions};
 use mitosis_sys::mem::AnonMap;
 use mitosis_sys::uffd::{features, Uffd};
-use mitosis_sys::PAGE;
+use mitosis_sys::{usize_of, PAGE};
 
 /// Page contents derived from the seed address, so that any misplaced page shows.
 fn word_at(seed_addr: u64) -> u64 {
@@ -91,14 +91,14 @@ impl Served {
             }
         };
         uffd.api(features::EVENT_REMOVE | features::EVENT_UNMAP | features::EVENT_REMAP).unwrap();
-        let map = AnonMap::new(pages * PAGE as usize).unwrap();
+        let map = AnonMap::new(pages * usize_of(PAGE)).unwrap();
         let (base, len) = (map.addr(), map.len());
         uffd.register_missing(base, len as u64).unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
         let counters = Arc::new(Counters::default());
         // The pager ends when this process ends; it stands for "the child".
         let watched = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let pidfd = mitosis_sys::pidfd::open(watched.id() as i32).unwrap();
+        let pidfd = mitosis_sys::pidfd::open(i32::try_from(watched.id()).unwrap()).unwrap();
         let source = FakeSource { log: log.clone(), pending: VecDeque::new() };
         let pager = Pager::new(
             uffd,
@@ -169,7 +169,7 @@ fn random_touch_is_served_without_read_ahead() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let i = (x % s.words() as u64) as usize;
+        let i = usize_of(x % s.words() as u64);
         assert_eq!(s.word(i), word_at(s.addr_of(i)), "word {i}");
     }
 }
@@ -178,7 +178,7 @@ fn random_touch_is_served_without_read_ahead() {
 fn dropped_pages_read_zero_never_the_seed() {
     let Some(mut s) = Served::new(64, 8) else { return };
     assert_eq!(s.word(0), word_at(s.addr_of(0)));
-    s.map.discard(0, 4 * PAGE as usize).unwrap();
+    s.map.discard(0, usize_of(4 * PAGE)).unwrap();
     assert_eq!(s.word(0), 0, "a page dropped by the process reads zero afterwards");
     assert_eq!(s.word(3 * 512 + 5), 0);
     assert_eq!(s.word(4 * 512), word_at(s.addr_of(4 * 512)), "pages after the dropped range still come from the seed");
@@ -208,7 +208,7 @@ fn adaptive_window_grows_on_sequential_touch_and_shrinks_back_on_random() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let i = (s.words() / 2 + (x % (s.words() / 2) as u64) as usize).min(s.words() - 1);
+        let i = (s.words() / 2 + usize_of(x % (s.words() / 2) as u64)).min(s.words() - 1);
         assert_eq!(s.word(i), word_at(s.addr_of(i)), "word {i}");
     }
     let log = s.log.lock().unwrap();

@@ -24,6 +24,7 @@
 //! only listen on those private addresses.
 
 #![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 mod dir;
 mod conversation;

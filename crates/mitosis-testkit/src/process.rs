@@ -36,7 +36,8 @@ impl ProcessGuard {
 
     /// The child's pid (also its process group id).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        // Linux pids fit an i32 (pid_max is at most 2^22).
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
     }
 
     /// The underlying child, e.g. to take its pipes. If the caller reaps it
