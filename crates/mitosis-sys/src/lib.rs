@@ -69,13 +69,15 @@ pub const fn usize_of(x: u64) -> usize {
     x as usize
 }
 
-/// The bits of `x` read as two's complement (a register holding `-errno`).
-pub(crate) const fn signed(x: u64) -> i64 {
+/// The bits of register value `x` read as two's complement (a syscall result
+/// of `-errno`, a negative `orig_rax`).
+pub const fn signed(x: u64) -> i64 {
     i64::from_ne_bytes(x.to_ne_bytes())
 }
 
-/// The two's-complement bits of `x` (a syscall number or `-errno` put in a register).
-pub(crate) const fn unsigned(x: i64) -> u64 {
+/// The two's-complement bits of `x` as a register value (a syscall number, or
+/// `-errno` put in a register).
+pub const fn unsigned(x: i64) -> u64 {
     u64::from_ne_bytes(x.to_ne_bytes())
 }
 
