@@ -4,6 +4,8 @@
 //! `mitosis-daemon`, clients use the `mitosis` library, benchmarks and the
 //! demo live in `mitosis-bench`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

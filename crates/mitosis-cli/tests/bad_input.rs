@@ -4,6 +4,8 @@
 //! exit status and a message; no garbage may hurt a daemon, which must go on
 //! serving real requests afterwards.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -488,7 +490,7 @@ fn other_users_are_confined_to_their_own_processes_and_seeds() {
     let Some(c) = Cluster::new("perms") else { return };
     let version = as_nobody(&["--version"]);
     if version.code() != Some(0) {
-        eprintln!("skipped: user nobody cannot run {} ({version})", bin().display());
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
         return;
     }
     let sock_a = c.a.socket().to_str().unwrap().to_string();

@@ -5,6 +5,8 @@
 //!
 //! The seed is `programs/probe.c`, which answers questions about its world.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::time::Duration;

@@ -191,7 +191,7 @@ fn grandchild_of_a_killed_daemon_dies_and_never_reads_zeros() {
     // It is reading remote pages now.
     while child.expect_prefix("gc progress ", STEP) != "gc progress 64" {}
     assert!(alive(gc));
-    mitosis_sys::creds::kill(c.b.pid(), 9).unwrap();
+    mitosis_sys::process::kill(c.b.pid(), libc::SIGKILL).unwrap();
     assert!(
         mitosis_testkit::wait_until(std::time::Duration::from_secs(10), || !alive(gc)),
         "grandchild {gc} outlived the daemon that served its pages"

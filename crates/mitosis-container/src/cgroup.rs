@@ -239,10 +239,7 @@ fn favor_dynamic_modifications() -> io::Result<()> {
     }
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (target, data_c) = (c(&path.to_string_lossy()), c(&data.join(",")));
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    if unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, data_c.as_ptr().cast()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    mitosis_sys::ns::mount(None, &target, None, flags, Some(&data_c)).map_err(|e| io::Error::from_raw_os_error(e.errno))?;
     tracing::info!(mount = %path.display(), "set favordynmods on the unified cgroup hierarchy (fast task migrations)");
     Ok(())
 }
@@ -256,19 +253,8 @@ fn mount_hierarchy(ctrls: &[String]) -> io::Result<PathBuf> {
     let (fstype, data) = if ctrls.is_empty() { ("cgroup2", String::new()) } else { ("cgroup", name.clone()) };
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (src, target, fs_c, data_c) = (c(fstype), c(&at.to_string_lossy()), c(fstype), c(&data));
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fs_c.as_ptr(),
-            0,
-            if data.is_empty() { std::ptr::null() } else { data_c.as_ptr().cast() },
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let data_c = (!data.is_empty()).then_some(data_c.as_c_str());
+    mitosis_sys::ns::mount(Some(&src), &target, Some(&fs_c), 0, data_c).map_err(|e| io::Error::from_raw_os_error(e.errno))?;
     Ok(at)
 }
 

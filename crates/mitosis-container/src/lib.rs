@@ -17,6 +17,9 @@
 //! fork children (the daemon's zygote does, calling into [`holder`]) and
 //! knows nothing about seeds, restore or paging.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod cgroup;
 pub mod holder;
 
@@ -274,7 +277,7 @@ impl Pool {
             let why = if answer.is_empty() { "the namespace holder died".to_string() } else { answer };
             return Err(io::Error::other(format!("cannot set up container {}: {why}", container.name)));
         }
-        tracing::debug!(container = %container.name, us = t0.elapsed().as_micros() as u64, "container created");
+        tracing::debug!(container = %container.name, us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX), "container created");
         Ok(container)
     }
 
@@ -291,8 +294,8 @@ impl Pool {
         let created = self.counters.created.load(Ordering::Relaxed);
         let destroyed = self.counters.destroyed.load(Ordering::Relaxed);
         PoolStats {
-            warm: self.warm.lock().unwrap().iter().map(|(_, q)| q.len() as u32).sum(),
-            target: self.target as u32,
+            warm: self.warm.lock().unwrap().iter().map(|(_, q)| u32::try_from(q.len()).unwrap_or(u32::MAX)).sum(),
+            target: u32::try_from(self.target).unwrap_or(u32::MAX),
             created,
             destroyed,
             cgroup_dirs: self.cgroups.live_directories() as u64,

@@ -24,16 +24,6 @@ pub fn become_user_in_this_thread(uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` to process `pid` (a plain `kill(2)`: the caller must know
-/// `pid` is still the process it means, e.g. its own unreaped child).
-pub fn kill(pid: i32, signal: i32) -> std::io::Result<()> {
-    // SAFETY: kill has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

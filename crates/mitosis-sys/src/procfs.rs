@@ -133,7 +133,7 @@ pub struct StatMm {
 pub fn parse_stat_mm(text: &str) -> Result<StatMm, String> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = text.rsplit_once(')').ok_or("unparsable stat")?.1;
-    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|x| x.parse::<i64>().unwrap_or(0) as u64).collect();
+    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|x| crate::unsigned(x.parse::<i64>().unwrap_or(0))).collect();
     // `rest` starts at field 3 (state), which we skipped; field n is f[n - 4].
     let at = |n: usize| f.get(n - 4).copied().ok_or("short stat");
     Ok(StatMm {

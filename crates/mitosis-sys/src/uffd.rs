@@ -76,12 +76,13 @@ const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
 
 /// One message read from a userfaultfd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Event {
     /// A thread touched a missing page at this address.
     Fault { addr: u64 },
-    /// The process forked; the child's memory is served through this new descriptor.
-    Fork { uffd: RawFd },
+    /// The process forked; the child's memory is served through this new
+    /// descriptor, which the kernel installed in our table for us to own.
+    Fork { uffd: Uffd },
     /// `mremap` moved `[from, from+len)` to `to`.
     Remap { from: u64, to: u64, len: u64 },
     /// `madvise(DONTNEED/REMOVE)` dropped these pages: they now read as zero.
@@ -120,8 +121,9 @@ impl Uffd {
         if fd < 0 {
             return Err(SysError::last("userfaultfd"));
         }
+        let fd = crate::fd_of(fd, "userfaultfd")?;
         // SAFETY: fresh descriptor owned by nobody else.
-        Ok(Uffd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        Ok(Uffd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     pub fn raw(&self) -> RawFd {
@@ -167,7 +169,7 @@ impl Uffd {
             }
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if c.copy > 0 {
-                done += c.copy as u64;
+                done += c.copy.unsigned_abs();
             }
             match errno {
                 libc::EEXIST => done += PAGE,
@@ -199,7 +201,7 @@ impl Uffd {
         }
         match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
             libc::EEXIST => CopyResult::Done,
-            libc::EAGAIN => CopyResult::Again { copied: z.result.max(0) as u64 },
+            libc::EAGAIN => CopyResult::Again { copied: z.result.max(0).unsigned_abs() },
             libc::ESRCH => CopyResult::Gone,
             errno => CopyResult::Failed(errno),
         }
@@ -215,7 +217,7 @@ impl Uffd {
     /// a copy to an address below any mapping fails with ENOENT while the
     /// memory lives and ESRCH once the process has exited.
     pub fn memory_alive(&self, probe_addr: u64) -> bool {
-        let page = [0u8; PAGE as usize];
+        let page = [0u8; crate::usize_of(PAGE)];
         let mut c = Copy { dst: probe_addr, src: page.as_ptr() as u64, len: PAGE, mode: 0, copy: 0 };
         // SAFETY: valid source page; the destination is an address with no registered mapping.
         let r = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
@@ -242,11 +244,17 @@ impl Uffd {
             }
             return Err(e);
         }
-        for m in buf[..n as usize].chunks_exact(MSG) {
+        // n >= 0 here: failures returned above.
+        for m in buf[..n.unsigned_abs()].chunks_exact(MSG) {
             let u64_at = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().unwrap());
             let ev = match m[0] {
                 EVENT_PAGEFAULT => Event::Fault { addr: u64_at(16) & !(PAGE - 1) },
-                EVENT_FORK => Event::Fork { uffd: u32::from_ne_bytes(m[8..12].try_into().unwrap()) as RawFd },
+                EVENT_FORK => {
+                    let raw = RawFd::from_ne_bytes(m[8..12].try_into().unwrap());
+                    // SAFETY: the kernel installed this new descriptor in our
+                    // table while delivering the message; nobody else has it.
+                    Event::Fork { uffd: Uffd(unsafe { OwnedFd::from_raw_fd(raw) }) }
+                }
                 EVENT_REMAP => Event::Remap { from: u64_at(8), to: u64_at(16), len: u64_at(24) },
                 EVENT_REMOVE => Event::Remove { start: u64_at(8), end: u64_at(16) },
                 EVENT_UNMAP => Event::Unmap { start: u64_at(8), end: u64_at(16) },
@@ -261,6 +269,12 @@ impl Uffd {
 impl AsRawFd for Uffd {
     fn as_raw_fd(&self) -> RawFd {
         self.raw()
+    }
+}
+
+impl std::os::fd::AsFd for Uffd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 
