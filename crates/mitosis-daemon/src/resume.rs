@@ -257,7 +257,7 @@ fn start(
         }
         Body::Caller { pid, conn } => {
             let at = mitosis_restore::vdso_block_of(pid).map_err(|e| remote_err(ErrorKind::Unsupported, error_chain(&e)))?;
-            (prologue_in_caller(&image, &plan, pid, conn)?, at)
+            (prologue_in_caller(&image, &plan, pid, cred.uid, conn)?, at)
         }
     };
     let spawned = t0.elapsed();
@@ -474,12 +474,22 @@ fn take_container(daemon: &Daemon, spec: &ContainerSpec) -> Result<Container, Re
 }
 
 /// Has the caller of a resume in place run its prologue; returns its pid once it is parked.
-fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, conn: &mut UnixStream) -> Result<i32, RemoteError> {
+/// Has the caller of a resume in place (process `pid` of user `caller_uid`)
+/// run the prologue itself.
+fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, caller_uid: u32, conn: &mut UnixStream) -> Result<i32, RemoteError> {
     let threads = mitosis_sys::procfs::thread_count(pid).unwrap_or(0);
     if threads != 1 {
         return Err(remote_err(ErrorKind::Unsupported, format!("the caller has {threads} threads; only a single-threaded process can be resumed in place")));
     }
-    let prologue = postcard::to_stdvec(&prologue_for(image, plan, 0, None)).map_err(|e| remote_err(ErrorKind::Internal, e))?;
+    let mut prologue = prologue_for(image, plan, 0, None);
+    if caller_uid != 0 {
+        // A caller other than root resumes a seed of its own user (checked
+        // in `start`) and keeps its own credentials: it could not take the
+        // seed's (setgroups needs CAP_SETGID, so its prologue exited 96),
+        // and a child never gets more than its resumer has.
+        prologue.credentials = None;
+    }
+    let prologue = postcard::to_stdvec(&prologue).map_err(|e| remote_err(ErrorKind::Internal, e))?;
     send(conn, &LocalResponse::InPlace { prologue }).map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let mut byte = [0u8; 1];
     match std::io::Read::read(conn, &mut byte) {
