@@ -214,12 +214,15 @@ impl Cgroups {
     /// Removes the subtrees that daemons which are gone left beside this
     /// daemon's own: `mitosis-<pid>` directories, in the daemon's cgroup of
     /// each hierarchy, whose pid is not a live mitosis daemon (see
-    /// [`is_live_daemon`]). Processes still inside (a dead daemon's holders
+    /// `is_live_daemon`). Processes still inside (a dead daemon's holders
     /// and children die by `PR_SET_PDEATHSIG`, but a stray one may remain)
     /// are killed first; directories are removed children first.
     ///
     /// Several daemons share one cgroup (one per network namespace on a
     /// machine, as in the tests): a live daemon's subtree is never touched.
+    /// Daemons that share a cgroup are assumed to share a PID namespace too
+    /// (a subtree is named by its daemon's pid as that daemon sees it, and
+    /// looked up in this daemon's /proc).
     pub fn sweep_dead_daemons(&self) -> Sweep {
         let own = std::process::id();
         let mut sweep = Sweep::default();
@@ -285,7 +288,7 @@ fn daemon_pid_of_subtree(name: &str) -> Option<u32> {
 /// one held by another daemon is (conservatively) kept: a daemon started in
 /// the same cgroup with that pid even takes the directory over as its own.
 /// A zombie (a killed daemon not yet reaped) is dead.
-pub fn is_live_daemon(pid: u32) -> bool {
+fn is_live_daemon(pid: u32) -> bool {
     let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return false,
