@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use cgroup::{Cgroups, ContainerCgroup};
+pub use cgroup::{Cgroups, ContainerCgroup, Sweep};
 pub use holder::HolderSpec;
 use mitosis_proto::local::{ContainerLimits, PoolStats};
 use mitosis_sys::pidfd;
@@ -300,6 +300,12 @@ impl Pool {
             destroyed,
             cgroup_dirs: self.cgroups.live_directories() as u64,
         }
+    }
+
+    /// Removes the cgroup subtrees of daemons that died without removing
+    /// their own (see [`Cgroups::sweep_dead_daemons`]); for start-up.
+    pub fn sweep_dead_daemons(&self) -> Sweep {
+        self.cgroups.sweep_dead_daemons()
     }
 
     /// Destroys the warm containers and the daemon's cgroup subtree. Containers

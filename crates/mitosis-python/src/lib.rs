@@ -64,7 +64,7 @@ use mitosis::{ChildEnd, Error, ErrorKind, PagerStats, ResumeTimings, Role, SeedI
 /// The `kind` string of an error, as `MitosisError.kind` shows it.
 fn kind_name(e: &Error) -> &'static str {
     match e {
-        Error::Daemon(r) => match r.kind {
+        Error::Daemon(r) | Error::Local(r) => match r.kind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::AuthFailed => "auth_failed",
             ErrorKind::VersionMismatch => "version_mismatch",

@@ -35,7 +35,7 @@ impl PrologueExit {
         Some(match code {
             90 => "the daemon thread that forked it went away",
             91 => "could not install the resumer's stdio",
-            92 => "could not create a userfaultfd",
+            92 => "could not create a userfaultfd (an unprivileged user needs vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd)",
             93 => "could not open one of the seed's files",
             94 => "could not enter the seed's working directory",
             95 => "could not set signal dispositions",
@@ -233,7 +233,8 @@ impl Prologue {
                     fail(PrologueExit::Stdio);
                 }
             }
-            let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) as RawFd;
+            // Also through /dev/userfaultfd, for an unprivileged caller resuming in place.
+            let uffd = mitosis_sys::uffd::create_raw(libc::O_CLOEXEC | libc::O_NONBLOCK).unwrap_or(-1);
             let target = self.plan.uffd_fd;
             if uffd < 0 || (uffd != target && (libc::dup2(uffd, target) < 0 || libc::close(uffd) != 0)) {
                 fail(PrologueExit::Userfaultfd);

@@ -104,6 +104,51 @@ pub enum CopyResult {
     Failed(i32),
 }
 
+/// `USERFAULTFD_IOC_NEW` of `/dev/userfaultfd`: `_IO(0xAA, 0x00)`.
+const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
+
+/// Creates a userfaultfd for the calling process with `flags` (`O_CLOEXEC`,
+/// `O_NONBLOCK`) and returns the raw descriptor, which the caller owns.
+/// Allocation-free and async-signal-safe (raw system calls on a static
+/// path): the restore prologue calls it in a freshly forked child, and in
+/// the caller's own process for a resume in place.
+///
+/// The userfaultfd(2) system call makes a descriptor that also handles
+/// faults of the kernel's own accesses (a `read(2)` into a page not fetched
+/// yet) only for a caller with `CAP_SYS_PTRACE`, or for everyone when
+/// `vm.unprivileged_userfaultfd` is 1; otherwise it fails with EPERM. Then
+/// `/dev/userfaultfd` (Linux 6.1) is tried: it makes the same descriptors
+/// for whoever may open it, which the administrator grants through its
+/// owner, group and mode. If neither works the error is the system call's
+/// EPERM.
+///
+/// `UFFD_USER_MODE_ONLY`, which needs no privilege, is not an option: the
+/// kernel's accesses to a missing page would fail with EFAULT instead of
+/// waiting for the page, so a child's system calls would fail where its
+/// parent's worked.
+pub fn create_raw(flags: i32) -> Result<RawFd> {
+    // SAFETY: plain integer flags; a new descriptor is returned.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd >= 0 {
+        return crate::fd_of(fd, "userfaultfd");
+    }
+    let denied = SysError::last("userfaultfd");
+    if denied.errno != libc::EPERM {
+        return Err(denied);
+    }
+    // SAFETY: a static NUL-terminated path.
+    let dev = unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if dev < 0 {
+        return Err(denied);
+    }
+    // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its plain integer argument.
+    let fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW as _, flags) };
+    let result = if fd < 0 { Err(SysError::last("ioctl(/dev/userfaultfd, USERFAULTFD_IOC_NEW)")) } else { Ok(fd) };
+    // SAFETY: `dev` is ours, opened above; the new userfaultfd does not need it.
+    unsafe { libc::close(dev) };
+    result
+}
+
 /// A userfaultfd descriptor.
 #[derive(Debug)]
 pub struct Uffd(OwnedFd);
@@ -114,14 +159,10 @@ impl Uffd {
         Uffd(fd)
     }
 
-    /// Creates one for the calling process (non-blocking, close-on-exec).
+    /// Creates one for the calling process (non-blocking, close-on-exec),
+    /// as [`create_raw`] does.
     pub fn create() -> Result<Uffd> {
-        // SAFETY: plain flags; returns a new descriptor we own.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        if fd < 0 {
-            return Err(SysError::last("userfaultfd"));
-        }
-        let fd = crate::fd_of(fd, "userfaultfd")?;
+        let fd = create_raw(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
         // SAFETY: fresh descriptor owned by nobody else.
         Ok(Uffd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }

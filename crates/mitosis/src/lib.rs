@@ -53,13 +53,17 @@ pub enum Error {
     Daemon(RemoteError),
     #[error("{0}")]
     Usage(String),
+    /// Refused in this process, before asking the daemon, with the kinds
+    /// (and exit statuses) the daemon gives its own errors.
+    #[error("{0}")]
+    Local(RemoteError),
 }
 
 impl Error {
     /// The exit status `mitosis` uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Daemon(e) => e.kind.exit_code(),
+            Error::Daemon(e) | Error::Local(e) => e.kind.exit_code(),
             Error::Usage(_) => 64,
             Error::Connect { .. } => 69,
             Error::Io(_) | Error::Proto(_) => 70,
@@ -275,6 +279,24 @@ fn ensure_single_threaded(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The prologue that turns this process into the child creates a
+/// userfaultfd for it (see `mitosis_sys::uffd::create_raw`); an
+/// unprivileged user may not be allowed one. Found out here, the caller gets
+/// a reason and 77, rather than the prologue's bare exit status 92 once the
+/// daemon has started the takeover.
+fn ensure_userfaultfd() -> Result<()> {
+    match mitosis_sys::uffd::Uffd::create() {
+        Ok(_) => Ok(()),
+        Err(e) if e.errno == libc::EPERM => Err(Error::Local(RemoteError::new(
+            ErrorKind::PermissionDenied,
+            "resuming in place needs a userfaultfd in this process, which the kernel refuses to this user: \
+             it allows one to root, to every user when sysctl vm.unprivileged_userfaultfd is 1, \
+             and to users who may open /dev/userfaultfd read-write; or resume without --in-place",
+        ))),
+        Err(e) => Err(Error::Local(RemoteError::new(ErrorKind::Unsupported, format!("resuming in place needs a userfaultfd: {e}")))),
+    }
+}
+
 /// Replaces the calling process by a child of seed `id` from the daemon at
 /// `from` (MITOSIS's `fork_resume_remote`). On success it does not return: the
 /// process continues from the seed's prepare point, keeping its pid, parent
@@ -285,6 +307,7 @@ fn ensure_single_threaded(what: &str) -> Result<()> {
 /// single-threaded.
 pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result<std::convert::Infallible> {
     ensure_single_threaded("resumed in place")?;
+    ensure_userfaultfd()?;
     let mut client = Client::connect(socket)?;
     match client.call(LocalRequest::ResumeInPlace { from: from.to_string(), id: id.to_string() })? {
         LocalResponse::InPlace { prologue } => {
