@@ -209,9 +209,9 @@ mod tests {
 
     #[test]
     fn this_process_may_prepare_a_child_of_its_own() {
-        let me = std::process::id() as i32;
+        let me = std::process::id().cast_signed();
         let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
-        let pid = child.id() as i32;
+        let pid = child.id().cast_signed();
         let uid = ProcessFacts::read(me).unwrap().status.uid;
         assert!(descends_from(pid, me));
         assert!(!descends_from(me, pid));

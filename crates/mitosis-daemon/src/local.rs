@@ -180,7 +180,9 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<(
                 reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
             }
             LocalRequest::Kill { id } => {
-                let resp = match daemon.children.find(&id) {
+                // A child that has exited but is still being torn down is not running.
+                let running = daemon.children.find(&id).filter(|c| !mitosis_sys::pidfd::has_exited(&c.pidfd));
+                let resp = match running {
                     None => error(ErrorKind::NotFound, format!("no running child {id:?} on this host")),
                     Some(c) if cred.uid != 0 && cred.uid != c.uid => {
                         error(ErrorKind::PermissionDenied, format!("child {id:?} belongs to uid {}", c.uid))
