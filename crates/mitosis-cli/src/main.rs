@@ -141,7 +141,7 @@ enum Command {
     /// Run this host's daemon in the foreground.
     ///
     /// It keeps the seeds prepared here, serves their pages to other daemons over TCP
-    /// (authenticated with the cluster key), and resumes children on this host.
+    /// (authenticated with the cluster key, encrypted unless --no-encrypt), and resumes children on this host.
     /// SIGTERM or SIGINT stop it: its seeds are dropped and its children killed.
     Daemon {
         /// Address for other daemons (TCP).
@@ -150,8 +150,13 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
         /// File holding the cluster key shared by all daemons (16 bytes or more).
+        /// SIGHUP makes the daemon read it again (key rotation).
         #[arg(long)]
         key_file: PathBuf,
+        /// Authenticate page traffic but do not encrypt it (faster; both daemons
+        /// of a connection must agree).
+        #[arg(long)]
+        no_encrypt: bool,
         /// Pages fetched around a child's page fault; the window doubles while faults go
         /// on in order (up to --max-window-pages) and halves back to this on others.
         #[arg(long, default_value_t = 64)]
@@ -411,6 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             socket,
             key_file,
+            no_encrypt,
             window_pages,
             max_window_pages,
             fixed_window,
@@ -421,9 +427,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             log_level,
         } => {
             init_logging(log_level);
-            let key = std::fs::read(&key_file).with_context(|| format!("cannot read key file {}", key_file.display()))?;
-            let key = mitosis_proto::auth::ClusterKey::from_file_contents(&key)
-                .map_err(|e| anyhow::anyhow!("key file {}: {e}", key_file.display()))?;
+            use mitosis_proto::secure::Protection;
+            let protection = if no_encrypt { Protection::Integrity } else { Protection::Encrypted };
+            let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
             mitosis_daemon::Daemon::run(mitosis_daemon::Config {
                 listen,
                 socket: socket.socket,
