@@ -333,6 +333,18 @@ enum Bench {
         #[arg(long)]
         save_json: Option<PathBuf>,
     },
+    /// Page throughput of one peer connection: encrypted (AES-GCM, ChaCha20-Poly1305),
+    /// integrity only (--no-encrypt) and raw TCP, on loopback in this process.
+    Crypto {
+        /// MiB read per sample.
+        #[arg(long, default_value_t = 512)]
+        mib: usize,
+        /// Samples per mode and window (medians are reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
     Functions {
@@ -624,6 +636,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {
             mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref()).map(|_| 0)
         }
+        Command::Bench(Bench::Crypto { mib, runs, json }) => mitosis_bench::crypto::run(mib, runs, json).map(|_| 0),
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
             mitosis_bench::functions::run(&self_exe()?, &opts).map(|_| 0)

@@ -17,18 +17,14 @@
 //! Two protections, chosen per daemon and checked in the handshake:
 //! - [`Protection::Encrypted`] (the default): Noise transport messages, AES-256-GCM.
 //! - [`Protection::Integrity`] (`mitosis daemon --no-encrypt`): the payload in
-//!   clear and an AES-256-GCM tag over it (GMAC: the payload is the associated
-//!   data of an empty message), keyed with the same per-direction keys that
-//!   Noise's Split() gives, with the same counter nonces.
+//!   clear and a 16-byte keyed BLAKE3 tag over the payload and the record
+//!   counter, keyed with the per-direction keys of Noise's Split().
 //!
 //! # Decision
 //! MEASUREMENT-PENDING
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit};
 
 use crate::ProtoError;
 
@@ -104,14 +100,24 @@ fn rejected() -> io::Error {
 enum Cipher {
     /// Noise transport; `Arc` because both directions share the state.
     Noise(Arc<snow::StatelessTransportState>),
-    Mac(Box<Aes256Gcm>),
+    /// Key of the keyed BLAKE3 MAC.
+    Mac([u8; 32]),
 }
 
-fn gcm_nonce(n: u64) -> aes_gcm::Nonce<aes_gcm::aead::consts::U12> {
-    // As Noise does for AES-GCM: 32 zero bits, then the counter big-endian.
-    let mut b = [0u8; 12];
-    b[4..].copy_from_slice(&n.to_be_bytes());
-    b.into()
+/// The tag of an integrity-only record: keyed BLAKE3 of the payload and the
+/// record counter, cut to [`TAG`] bytes.
+fn mac(key: &[u8; 32], nonce: u64, payload: &[u8]) -> [u8; TAG] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(payload);
+    h.update(&nonce.to_le_bytes());
+    let mut tag = [0u8; TAG];
+    h.finalize_xof().fill(&mut tag);
+    tag
+}
+
+/// Compares without leaking where two tags differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Cipher {
@@ -125,9 +131,8 @@ impl Cipher {
                 out.truncate(start + n);
             }
             Cipher::Mac(k) => {
-                let tag = k.encrypt_in_place_detached(&gcm_nonce(nonce), payload, &mut []).map_err(|_| io::Error::other("gmac"))?;
                 out.extend_from_slice(payload);
-                out.extend_from_slice(&tag);
+                out.extend_from_slice(&mac(k, nonce, payload));
             }
         }
         Ok(())
@@ -141,7 +146,7 @@ impl Cipher {
             Cipher::Noise(t) => t.read_message(nonce, body, out).is_ok(),
             Cipher::Mac(k) => {
                 let (payload, tag) = body.split_at(len);
-                k.decrypt_in_place_detached(&gcm_nonce(nonce), payload, &mut [], tag.into()).is_ok() && {
+                ct_eq(&mac(k, nonce, payload), tag) && {
                     out[..len].copy_from_slice(payload);
                     true
                 }
@@ -150,7 +155,8 @@ impl Cipher {
         if ok {
             Ok(len)
         } else {
-            let n = len.min(out.len());
+            // A cipher may have used the whole record's length of `out`.
+            let n = body.len().min(out.len());
             out[..n].fill(0);
             Err(rejected())
         }
@@ -178,7 +184,7 @@ impl Channel {
                 // Split(): the first key is the initiator's sending key.
                 let (k1, k2) = hs.dangerously_get_raw_split();
                 let (s, r) = if initiator { (k1, k2) } else { (k2, k1) };
-                (Cipher::Mac(Box::new(Aes256Gcm::new(&s.into()))), Cipher::Mac(Box::new(Aes256Gcm::new(&r.into()))))
+                (Cipher::Mac(s), Cipher::Mac(r))
             }
         };
         Ok(Channel { tx: Tx::new(send), rx: Rx::new(recv), protection })
@@ -283,8 +289,9 @@ impl Rx {
             r.read_exact(body)?;
             let nonce = self.nonce;
             self.nonce += 1;
-            if out.len() >= len.saturating_sub(TAG) {
-                // Straight into the caller's buffer, which open() zeroes on failure.
+            if out.len() >= len {
+                // Straight into the caller's buffer (room for the whole body, so
+                // the cipher works in place), which open() zeroes on failure.
                 return self.cipher.open(nonce, body, out).inspect_err(|_| self.failed = true);
             }
             self.plain.resize(MAX_RECORD, 0);
