@@ -45,7 +45,7 @@ const REPLY_LEN: usize = 77;
 const MAX_NOISE_MSG: usize = 256;
 
 /// The Noise protocol the daemons speak (AES-GCM was measured faster than
-/// ChaCha20-Poly1305 on these AES-NI hosts: see `mitosis bench crypto`).
+/// ChaCha20-Poly1305 on these AES-NI hosts: see [`crate::secure`]).
 pub const NOISE_PARAMS: &str = Suite::AesGcm.params();
 
 /// The shared secret of a cluster, read from the daemon's key file.
