@@ -66,3 +66,41 @@ fn read_key(path: &Path) -> Result<ClusterKey, KeyFileError> {
     let bytes = std::fs::read(path).map_err(|source| KeyFileError::Read { path: path.to_path_buf(), source })?;
     ClusterKey::from_file_contents(&bytes).map_err(|why| KeyFileError::Invalid { path: path.to_path_buf(), why })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `a` and `b` complete a handshake with each other.
+    fn agree(a: &ClusterKey, b: &ClusterKey) -> bool {
+        let (mut x, mut y) = std::os::unix::net::UnixStream::pair().unwrap();
+        let b = b.clone();
+        let server = std::thread::spawn(move || mitosis_proto::auth::server_handshake(&mut y, &b, Protection::Encrypted).is_ok());
+        let client = mitosis_proto::auth::client_handshake(&mut x, a, Protection::Encrypted).is_ok();
+        drop(x);
+        client && server.join().unwrap()
+    }
+
+    #[test]
+    fn reload_takes_a_new_key_and_keeps_the_old_one_on_a_bad_file() {
+        let path = std::env::temp_dir().join(format!("mitosis-wirekey-test-{}", std::process::id()));
+        let key = |s: &str| ClusterKey::from_file_contents(s.as_bytes()).unwrap();
+        std::fs::write(&path, "first-cluster-key-0123456789\n").unwrap();
+        let wk = WireKey::from_file(&path, Protection::Encrypted).unwrap();
+        let shared = wk.clone();
+        assert!(agree(&shared.current(), &key("first-cluster-key-0123456789")));
+
+        std::fs::write(&path, "short").unwrap();
+        assert!(matches!(wk.reload(), Err(KeyFileError::Invalid { .. })));
+        assert!(agree(&shared.current(), &key("first-cluster-key-0123456789")), "a bad file changes nothing");
+
+        std::fs::write(&path, "second-cluster-key-0123456789").unwrap();
+        wk.reload().unwrap();
+        assert!(agree(&shared.current(), &key("second-cluster-key-0123456789")), "clones see the new key");
+        assert!(!agree(&shared.current(), &key("first-cluster-key-0123456789")));
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(wk.reload(), Err(KeyFileError::Read { .. })));
+        assert!(agree(&shared.current(), &key("second-cluster-key-0123456789")));
+    }
+}
