@@ -10,10 +10,18 @@
 //!
 //! It reports the page throughput of one connection per window size
 //! (medians of the runs) and each mode's cost relative to raw TCP.
+//!
+//! Then, as root, end to end: two clusters of two hosts, one with encrypting
+//! daemons and one with `--no-encrypt` daemons, each resuming children of a
+//! pattern seed that touch all of it in order, with neither page cache nor
+//! working set (every page crosses the wire), alternating between the
+//! clusters; beside raw TCP between the hosts measured in the same run.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mitosis_proto::auth::{client_handshake_with, server_handshake_with, ClusterKey};
@@ -22,6 +30,7 @@ use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::secure::{Protection, Suite};
 use serde::Serialize;
 
+use crate::hosts::{host_command, Channel, Cluster, HostProcess, Seed};
 use crate::median;
 
 /// The ways of carrying page traffic that are compared.
@@ -70,6 +79,74 @@ struct Report {
     mib_per_sample: usize,
     runs: usize,
     rows: Vec<Row>,
+    end_to_end: Option<EndToEnd>,
+}
+
+/// First touch of a whole seed by children on host b, per daemon protection.
+#[derive(Serialize)]
+struct EndToEnd {
+    seed_mib: usize,
+    raw_tcp_mb_per_s_median: f64,
+    encrypted_mb_per_s_median: f64,
+    encrypted_mb_per_s: Vec<f64>,
+    integrity_mb_per_s_median: f64,
+    integrity_mb_per_s: Vec<f64>,
+}
+
+/// One child of `seed` on b that touches all of it in order with no help;
+/// returns MB/s of that touch.
+fn touch_all(cluster: &Cluster, seed: &Seed, mib: usize) -> anyhow::Result<f64> {
+    let (child_in, mut to_child) = std::io::pipe()?;
+    let (from_child, child_out) = std::io::pipe()?;
+    let paging = mitosis::Paging { no_cache: true, no_working_set: true, ..mitosis::Paging::default() };
+    let resumed = mitosis::Client::connect(cluster.b.socket())?
+        .resume_with(
+            &cluster.a.addr(),
+            seed.id(),
+            [child_in.as_raw_fd(), child_out.as_raw_fd(), 2],
+            &mitosis::ResumeOptions { container: Some(mitosis::ContainerSpec::default()), detach: false, paging },
+        )
+        .context("resuming on host b")?;
+    drop((child_in, child_out));
+    writeln!(to_child, "touch seq")?;
+    let mut chan = Channel::new(to_child, from_child);
+    let ns = chan.recv_number("touch", Duration::from_secs(30) + Duration::from_millis(100 * mib as u64))?;
+    chan.send("exit 0")?;
+    let _ = resumed.wait();
+    Ok((mib << 20) as f64 / ns as f64 * 1e3)
+}
+
+fn end_to_end(bin: &Path, mib: usize, runs: usize) -> anyhow::Result<EndToEnd> {
+    let clusters =
+        [Cluster::start_with_args(bin, "bench-crypto-enc", &[])?, Cluster::start_with_args(bin, "bench-crypto-int", &["--no-encrypt"])?];
+    let raw = crate::micro::raw_tcp(bin, &clusters[0].hosts, runs)?.mb_per_s.median;
+    let mut workloads = Vec::new();
+    let mut seeds = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let mut w = HostProcess::spawn(host_command(&c.hosts.a, bin).args(["workload", "pattern", "--mb", &mib.to_string()]))?;
+        let pid = w.chan.recv_number("ready", Duration::from_secs(30) + Duration::from_millis(20 * mib as u64))?;
+        seeds.push(Seed::prepare(&c.a, i32::try_from(pid)?, &format!("crypto-{i}-{}", std::process::id()))?);
+        workloads.push(w);
+    }
+    let mut samples = [Vec::new(), Vec::new()];
+    for run in 1..=runs.max(1) {
+        for (i, c) in clusters.iter().enumerate() {
+            eprintln!("bench crypto: end to end, {} daemons, run {run}/{runs}", ["encrypting", "--no-encrypt"][i]);
+            samples[i].push(c.run(|c| touch_all(c, &seeds[i], mib))?);
+        }
+    }
+    for mut w in workloads {
+        let _ = w.chan.send("exit 0");
+    }
+    drop(seeds);
+    Ok(EndToEnd {
+        seed_mib: mib,
+        raw_tcp_mb_per_s_median: raw,
+        encrypted_mb_per_s_median: median(&samples[0]),
+        integrity_mb_per_s_median: median(&samples[1]),
+        encrypted_mb_per_s: samples[0].clone(),
+        integrity_mb_per_s: samples[1].clone(),
+    })
 }
 
 fn key() -> ClusterKey {
@@ -153,8 +230,10 @@ fn sample(mode: Mode, window: u64, total: u64) -> anyhow::Result<f64> {
     Ok(mb_s)
 }
 
-/// Runs the benchmark: `mib` MiB per sample, `runs` samples per mode and window.
-pub fn run(mib: usize, runs: usize, json: bool) -> anyhow::Result<()> {
+/// Runs the benchmark: `mib` MiB per sample, `runs` samples per mode and
+/// window; then, as root and unless `e2e_mib` is 0, the end-to-end part with
+/// a seed of `e2e_mib` MiB.
+pub fn run(bin: &Path, mib: usize, runs: usize, e2e_mib: usize, json: bool) -> anyhow::Result<()> {
     let windows: [u64; 3] = [16 << 10, 256 << 10, 2 << 20];
     let total = (mib as u64) << 20;
     let mut rows = Vec::new();
@@ -177,7 +256,15 @@ pub fn run(mib: usize, runs: usize, json: bool) -> anyhow::Result<()> {
             });
         }
     }
-    let report = Report { mib_per_sample: mib, runs, rows };
+    let end_to_end = if e2e_mib == 0 {
+        None
+    } else if crate::hosts::ensure_root("mitosis bench crypto (end to end)").is_err() {
+        eprintln!("bench crypto: not root, skipping the end-to-end part");
+        None
+    } else {
+        Some(end_to_end(bin, e2e_mib, runs)?)
+    };
+    let report = Report { mib_per_sample: mib, runs, rows, end_to_end };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -187,6 +274,14 @@ pub fn run(mib: usize, runs: usize, json: bool) -> anyhow::Result<()> {
     for r in &report.rows {
         let cost = if r.mode == Mode::Raw.name() { "(baseline)".to_string() } else { format!("{:.1}%", r.cost_pct) };
         println!("{:>7} KiB  {:<18} {:>10.0}  {:>16}", r.window_kib, r.mode, r.mb_per_s_median, cost);
+    }
+    if let Some(e) = &report.end_to_end {
+        println!();
+        println!("first touch of a {} MiB seed by a child on host b (no cache, no working set), median of {runs}", e.seed_mib);
+        let pct = |v: f64| 100.0 * v / e.raw_tcp_mb_per_s_median;
+        println!("  raw TCP a -> b          {:>8.0} MB/s  (baseline)", e.raw_tcp_mb_per_s_median);
+        println!("  encrypting daemons      {:>8.0} MB/s  ({:.0}% of raw TCP)", e.encrypted_mb_per_s_median, pct(e.encrypted_mb_per_s_median));
+        println!("  --no-encrypt daemons    {:>8.0} MB/s  ({:.0}% of raw TCP)", e.integrity_mb_per_s_median, pct(e.integrity_mb_per_s_median));
     }
     Ok(())
 }

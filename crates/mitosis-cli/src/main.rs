@@ -334,7 +334,8 @@ enum Bench {
         save_json: Option<PathBuf>,
     },
     /// Page throughput of one peer connection: encrypted (AES-GCM, ChaCha20-Poly1305),
-    /// integrity only (--no-encrypt) and raw TCP, on loopback in this process.
+    /// integrity only (--no-encrypt) and raw TCP, on loopback in this process; then a child's
+    /// first touch between two hosts with encrypting and --no-encrypt daemons, beside raw TCP.
     Crypto {
         /// MiB read per sample.
         #[arg(long, default_value_t = 512)]
@@ -342,6 +343,9 @@ enum Bench {
         /// Samples per mode and window (medians are reported).
         #[arg(long, default_value_t = 7)]
         runs: usize,
+        /// Seed size of the end-to-end part (root only; 0 skips it).
+        #[arg(long, default_value_t = 256)]
+        e2e_mib: usize,
         #[arg(long)]
         json: bool,
     },
@@ -636,7 +640,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {
             mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref()).map(|_| 0)
         }
-        Command::Bench(Bench::Crypto { mib, runs, json }) => mitosis_bench::crypto::run(mib, runs, json).map(|_| 0),
+        Command::Bench(Bench::Crypto { mib, runs, e2e_mib, json }) => {
+            mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)
+        }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
             mitosis_bench::functions::run(&self_exe()?, &opts).map(|_| 0)
