@@ -153,8 +153,9 @@ enum Command {
         /// SIGHUP makes the daemon read it again (key rotation).
         #[arg(long)]
         key_file: PathBuf,
-        /// Authenticate page traffic but do not encrypt it (faster; both daemons
-        /// of a connection must agree).
+        /// Authenticate page traffic but do not encrypt it (both daemons of a
+        /// connection must agree; slower than encryption on hosts with AES hardware, see
+        /// `mitosis bench crypto`).
         #[arg(long)]
         no_encrypt: bool,
         /// Pages fetched around a child's page fault; the window doubles while faults go

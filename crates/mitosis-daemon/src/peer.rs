@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mitosis_proto::auth::{client_handshake, server_handshake};
-use mitosis_proto::secure::{SecureReader, SecureWriter};
 use mitosis_proto::frame::{read_frame, read_msg, write_msg, MAX_CONTROL_FRAME, MAX_IMAGE_FRAME};
 use mitosis_proto::image::SeedImage;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
+use mitosis_proto::secure::{SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
 
 use crate::{Daemon, WireKey};

@@ -21,23 +21,28 @@
 //!   counter, keyed with the per-direction keys of Noise's Split().
 //!
 //! # Decision (measured with `mitosis bench crypto`)
-//! One connection on loopback, `ReadPages` answers of 256 KiB (the pager's
-//! default window) and 2 MiB, medians of 7 runs of 256 MiB, all modes in the
-//! same run (2 vCPUs shared with other work, load about 10):
+//! One run, medians of 7 samples, 2 vCPUs shared with other work. One
+//! connection on loopback, `ReadPages` answers of 256 KiB (the pager's
+//! default window) and 2 MiB:
 //!
-//! | window  | raw TCP   | integrity only   | AES-256-GCM      | ChaCha20-Poly1305 |
-//! |--------:|----------:|-----------------:|-----------------:|------------------:|
-//! | 256 KiB | 1582 MB/s | 450 MB/s (-72%)  | 592 MB/s (-63%)  | 348 MB/s (-78%)   |
-//! | 2 MiB   | 1887 MB/s | 361 MB/s (-81%)  | 475 MB/s (-75%)  | 268 MB/s (-86%)   |
+//! | window  | raw TCP   | integrity only   | AES-256-GCM       | ChaCha20-Poly1305 |
+//! |--------:|----------:|-----------------:|------------------:|------------------:|
+//! | 256 KiB | 3376 MB/s | 827 MB/s (-75%)  | 1279 MB/s (-62%)  | 655 MB/s (-81%)   |
+//! | 2 MiB   | 3274 MB/s | 830 MB/s (-75%)  | 1078 MB/s (-67%)  | 687 MB/s (-79%)   |
+//!
+//! End to end, a child on host b touching all of a 256 MiB seed on host a
+//! (no cache, no working set): raw TCP a -> b 1725 MB/s, encrypting daemons
+//! 591 MB/s, `--no-encrypt` daemons 463 MB/s.
 //!
 //! Protecting the records costs more than 15% of page throughput, but the
 //! cost is the authentication, which is not optional: AES-256-GCM (ring's,
 //! with AES-NI/VAES) authenticates *and* encrypts faster than keyed BLAKE3
 //! only authenticates. So integrity is always on, encryption is an option
 //! that is **on by default**, and `--no-encrypt` (both daemons must agree)
-//! gains nothing on these hosts; it is there for hosts without AES hardware,
-//! where BLAKE3 stays fast and AES does not. AES-GCM beat ChaCha20-Poly1305,
-//! so it is the Noise suite ([`NOISE_PARAMS`](crate::auth::NOISE_PARAMS)).
+//! is slower on these hosts; it is meant for hosts without AES instructions,
+//! where AES-GCM falls back to software and BLAKE3 needs only SIMD (not
+//! measured here). AES-GCM beat ChaCha20-Poly1305, so it is the Noise suite
+//! ([`NOISE_PARAMS`](crate::auth::NOISE_PARAMS)).
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
