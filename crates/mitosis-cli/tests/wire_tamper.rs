@@ -137,6 +137,7 @@ fn resume_through(c: &Cluster, relay: &Relay) -> Finished {
 }
 
 fn assert_killed_for_a_bad_record(out: &Finished, logs: &str) {
+    eprintln!("resume through the attacking relay: {out}");
     assert_eq!(out.code(), Some(69), "the child must be killed by mitosis: {out}\n{logs}");
     assert!(out.stderr.contains("child killed"), "{out}");
     assert!(out.stderr.contains("failed authentication"), "the reason names the bad record: {out}");
