@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mitosis_proto::auth::{client_handshake, ClusterKey};
+use mitosis_proto::secure::{Protection, SecureStream};
 use mitosis_proto::frame::{read_msg, write_msg};
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse, ReplySlot};
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
@@ -145,7 +146,7 @@ fn tcp(addr: &str) -> TcpStream {
 }
 
 /// Reads until end of file (or an error such as a reset); panics on timeout.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+fn read_to_close(s: &mut impl Read) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -160,15 +161,15 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn authenticated(addr: &str) -> TcpStream {
+fn authenticated(addr: &str) -> SecureStream<TcpStream> {
     let mut s = tcp(addr);
     let key = ClusterKey::from_file_contents(KEY.as_bytes()).unwrap();
-    client_handshake(&mut s, &key).expect("handshake with the right key");
-    s
+    client_handshake(&mut s, &key, Protection::Encrypted).expect("handshake with the right key").over(s)
 }
 
-fn peer_call(s: &mut TcpStream, req: &PeerRequest) -> PeerResponse {
+fn peer_call(s: &mut SecureStream<TcpStream>, req: &PeerRequest) -> PeerResponse {
     write_msg(s, req).unwrap();
+    s.flush().unwrap();
     read_msg(s, 256 << 20).expect("an answer")
 }
 
@@ -213,27 +214,32 @@ fn garbage_on_the_peer_port_does_not_hurt_the_daemon() {
         s.write_all(&hello).unwrap();
         let answer = read_to_close(&mut s);
         assert!(answer.len() >= 13 && &answer[..8] == b"MITOSIS1" && answer[12] == 1, "{answer:?}");
-        // A right hello with a wrong proof is refused.
+        // A right hello with a Noise message not made with the key is refused.
         let mut s = tcp(&addr);
         let mut hello = b"MITOSIS1".to_vec();
         hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        hello.extend_from_slice(&[3u8; 32]);
+        hello.push(1); // encrypted
+        hello.extend_from_slice(&[0u8; 31]);
         s.write_all(&hello).unwrap();
-        let mut challenge = [0u8; 77];
-        s.read_exact(&mut challenge).unwrap();
-        assert_eq!(challenge[12], 0);
-        s.write_all(&[0u8; 32]).unwrap();
+        let mut reply = [0u8; 77];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[12], 0);
+        let mut forged = 48u16.to_le_bytes().to_vec();
+        forged.extend_from_slice(&noise(48, 3));
+        s.write_all(&forged).unwrap();
         let answer = read_to_close(&mut s);
         assert_eq!(answer, [2u8], "a wrong proof gets the AUTH status");
 
         // Authenticated garbage: an oversized frame, then an undecodable one.
         let mut s = authenticated(&addr);
         s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        s.flush().unwrap();
         let resp: PeerResponse = read_msg(&mut s, 1 << 20).expect("an error answer");
         expect_peer_error(resp, ErrorKind::BadRequest, "oversized frame");
         read_to_close(&mut s);
         let mut s = authenticated(&addr);
         s.write_all(&[4, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc]).unwrap();
+        s.flush().unwrap();
         let resp: PeerResponse = read_msg(&mut s, 1 << 20).expect("an error answer");
         expect_peer_error(resp, ErrorKind::BadRequest, "undecodable frame");
         read_to_close(&mut s);

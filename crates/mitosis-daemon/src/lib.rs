@@ -28,6 +28,7 @@ pub mod peer;
 pub mod resume;
 pub mod seeds;
 pub mod spawner;
+pub mod wirekey;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use mitosis_pager::PagerConfig;
-use mitosis_proto::auth::ClusterKey;
+pub use wirekey::WireKey;
 use mitosis_sys::vdso::VdsoInfo;
 
 /// How a daemon is run.
@@ -45,7 +46,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Path of the local Unix socket.
     pub socket: PathBuf,
-    pub key: ClusterKey,
+    /// Cluster key (re-read from its file on SIGHUP) and record protection of peer connections.
+    pub key: WireKey,
     /// How children's pagers fetch (window, adaptivity, read-ahead).
     pub pager: mitosis_pager::PagerConfig,
     /// Size limit of this host's page cache (0: no cache).
@@ -95,7 +97,9 @@ pub struct Daemon {
 
 impl Daemon {
     /// Binds both servers and runs until SIGTERM or SIGINT; then kills every
-    /// seed snapshot and child of this daemon and removes the socket.
+    /// seed snapshot and child of this daemon and removes the socket. SIGHUP
+    /// re-reads the cluster key file: new peer connections, both ways, use
+    /// the new key; a file that holds no valid key is logged and the old key kept.
     pub fn run(config: Config) -> Result<(), StartError> {
         // Signals are taken synchronously by the main thread; every thread
         // spawned below inherits the blocked mask.
@@ -105,6 +109,7 @@ impl Daemon {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             set
         };
@@ -138,8 +143,17 @@ impl Daemon {
         std::thread::Builder::new().name("local-accept".into()).spawn(move || local::serve(d, unix)).expect("thread");
 
         let mut sig = 0;
-        // SAFETY: `set` holds the signals blocked above; sigwait stores the one taken.
-        unsafe { libc::sigwait(&set, &mut sig) };
+        loop {
+            // SAFETY: `set` holds the signals blocked above; sigwait stores the one taken.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            if sig != libc::SIGHUP {
+                break;
+            }
+            match daemon.config.key.reload() {
+                Ok(()) => tracing::info!("cluster key reloaded: new peer connections use it"),
+                Err(e) => tracing::error!(error = %mitosis_proto::error_chain(&e), "cluster key not reloaded: keeping the old key"),
+            }
+        }
         tracing::info!(signal = sig, "stopping: killing children and dropping seeds");
         daemon.shutdown();
         Ok(())

@@ -1,19 +1,20 @@
 //! Daemon-to-daemon traffic: the server that serves this host's seeds, and
 //! [`RemoteSource`], the client side used by resumes and pagers.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mitosis_proto::auth::{client_handshake, server_handshake, ClusterKey};
+use mitosis_proto::auth::{client_handshake, server_handshake};
 use mitosis_proto::frame::{read_frame, read_msg, write_msg, MAX_CONTROL_FRAME, MAX_IMAGE_FRAME};
 use mitosis_proto::image::SeedImage;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
+use mitosis_proto::secure::{SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
 
-use crate::Daemon;
+use crate::{Daemon, WireKey};
 
 /// How long a peer may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,10 +37,10 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream) -> Result<(), ProtoError> {
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut stream = conn.try_clone()?;
-    server_handshake(&mut stream, &daemon.config.key)?;
+    let channel = server_handshake(&mut stream, &daemon.config.key.current(), daemon.config.key.protection())?;
     conn.set_read_timeout(None)?;
-    let mut reader = BufReader::with_capacity(64 << 10, conn.try_clone()?);
-    let mut writer = BufWriter::with_capacity(64 << 10, conn);
+    // Records are sealed on flush, after each answer (a full record is sent at once).
+    let (mut reader, mut writer) = channel.split(BufReader::with_capacity(64 << 10, conn.try_clone()?), conn);
     let mut buf = Vec::new();
     loop {
         let req: PeerRequest = match read_msg(&mut reader, MAX_CONTROL_FRAME) {
@@ -116,15 +117,16 @@ pub struct FetchedSeed {
     pub bytes: u64,
 }
 
-/// An authenticated connection to another daemon.
+/// An authenticated connection to another daemon; every byte after the
+/// handshake in authenticated (by default encrypted) records.
 pub struct PeerConn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: SecureReader<BufReader<TcpStream>>,
+    writer: SecureWriter<TcpStream>,
 }
 
 impl PeerConn {
-    /// Connects to `addr` and authenticates both ways with `key`.
-    pub fn connect(addr: &str, key: &ClusterKey, timeout: Duration) -> Result<PeerConn, ProtoError> {
+    /// Connects to `addr` and authenticates both ways with `key`'s current key.
+    pub fn connect(addr: &str, key: &WireKey, timeout: Duration) -> Result<PeerConn, ProtoError> {
         let sa = addr
             .to_socket_addrs()?
             .next()
@@ -134,14 +136,16 @@ impl PeerConn {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut s = stream.try_clone()?;
-        client_handshake(&mut s, key)?;
-        Ok(PeerConn { reader: BufReader::with_capacity(256 << 10, stream.try_clone()?), writer: stream })
+        let channel = client_handshake(&mut s, &key.current(), key.protection())?;
+        let (reader, writer) = channel.split(BufReader::with_capacity(256 << 10, stream.try_clone()?), stream);
+        Ok(PeerConn { reader, writer })
     }
 
     /// Fetches seed `id`'s image and recorded working set; also returns the
     /// answer's encoded size.
     pub fn get_seed(&mut self, id: &str) -> Result<FetchedSeed, ProtoError> {
         write_msg(&mut self.writer, &PeerRequest::GetSeed { id: id.to_string() })?;
+        self.writer.flush()?;
         let body = read_frame(&mut self.reader, MAX_IMAGE_FRAME)?;
         match postcard::from_bytes(&body).map_err(|_| ProtoError::Decode { what: "PeerResponse" })? {
             PeerResponse::Seed { image, working_set } => Ok(FetchedSeed { image: *image, working_set, bytes: body.len() as u64 }),
@@ -153,6 +157,7 @@ impl PeerConn {
     /// Reports the working set of a child of seed `id` at `generation`.
     pub fn record_working_set(&mut self, id: &str, generation: u64, ranges: Vec<(u64, u64)>) -> Result<(), ProtoError> {
         write_msg(&mut self.writer, &PeerRequest::RecordWorkingSet { id: id.to_string(), generation, ranges })?;
+        self.writer.flush()?;
         match read_msg(&mut self.reader, MAX_CONTROL_FRAME)? {
             PeerResponse::Recorded => Ok(()),
             PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
@@ -162,7 +167,9 @@ impl PeerConn {
 
     /// Sends a `ReadPages` without waiting for its answer (answers come in order).
     pub fn send_read_pages(&mut self, id: &str, generation: u64, ranges: &[(u64, u64)]) -> Result<(), ProtoError> {
-        write_msg(&mut self.writer, &PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() })
+        write_msg(&mut self.writer, &PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() })?;
+        self.writer.flush()?;
+        Ok(())
     }
 
     /// Takes the answer to the oldest outstanding `ReadPages` into `out`.
@@ -181,7 +188,7 @@ impl PeerConn {
 /// Pages of one seed generation on another host: the pager's [`PageSource`](mitosis_pager::PageSource).
 pub struct RemoteSource {
     pub addr: String,
-    pub key: ClusterKey,
+    pub key: WireKey,
     pub id: String,
     pub generation: u64,
     pub timeout: Duration,
