@@ -10,6 +10,8 @@
 //! client -> server  PROOF    client proof [32]
 //! server -> client  VERDICT  status u8
 //! ```
+//! Status 0 is OK, 1 another version, 2 a wrong key, 3 busy (the server holds
+//! as many connections as it takes; sent at once, in the CHALLENGE's place).
 //! `server proof = HMAC-SHA256(key, "mitosis-server" | client nonce | server nonce)` and
 //! `client proof = HMAC-SHA256(key, "mitosis-client" | client nonce | server nonce)`.
 //! Both sides prove they hold the key and neither proof can be replayed, since
@@ -28,6 +30,7 @@ const MAGIC: &[u8; 8] = b"MITOSIS1";
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
 const STATUS_AUTH: u8 = 2;
+const STATUS_BUSY: u8 = 3;
 
 /// The shared secret of a cluster, read from the daemon's key file.
 #[derive(Clone)]
@@ -87,6 +90,7 @@ pub fn client_handshake<S: Read + Write>(s: &mut S, key: &ClusterKey) -> Result<
     match ch[12] {
         STATUS_OK => {}
         STATUS_VERSION => return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs }),
+        STATUS_BUSY => return Err(ProtoError::Busy),
         _ => return Err(ProtoError::AuthFailed("server refused the hello")),
     }
     let sn: [u8; 32] = ch[13..45].try_into().unwrap();
@@ -135,6 +139,18 @@ pub fn server_handshake<S: Read + Write>(s: &mut S, key: &ClusterKey) -> Result<
     }
     s.write_all(&[STATUS_OK])?;
     Ok(())
+}
+
+/// Answers a connection the server will not serve (it holds as many as it
+/// takes) in the CHALLENGE's place, without waiting for the HELLO: a client
+/// of any version reads it as a refusal, ours as [`ProtoError::Busy`].
+pub fn refuse_busy<W: Write>(w: &mut W) -> std::io::Result<()> {
+    let mut ch = Vec::with_capacity(77);
+    ch.extend_from_slice(MAGIC);
+    ch.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    ch.push(STATUS_BUSY);
+    ch.extend_from_slice(&[0u8; 64]);
+    w.write_all(&ch)
 }
 
 fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtoError> {
@@ -190,6 +206,14 @@ mod tests {
         a.write_all(&[0x47u8; 44]).unwrap();
         let err = server_handshake(&mut b, &key("0123456789abcdef-key")).unwrap_err();
         assert!(matches!(err, ProtoError::BadMagic));
+    }
+
+    #[test]
+    fn a_busy_server_is_told_clearly() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        refuse_busy(&mut b).unwrap();
+        let err = client_handshake(&mut a, &key("0123456789abcdef-key")).unwrap_err();
+        assert!(matches!(err, ProtoError::Busy), "{err}");
     }
 
     #[test]

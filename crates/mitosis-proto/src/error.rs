@@ -21,6 +21,9 @@ pub enum ErrorKind {
     SeedGone,
     /// The host could not do what was asked (I/O, syscall failure).
     Internal,
+    /// The daemon holds as many connections as it takes (from this user or
+    /// address, or in total); try again later.
+    Busy,
 }
 
 impl ErrorKind {
@@ -35,6 +38,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => 65,      // EX_DATAERR
             ErrorKind::SeedGone => 69,         // EX_UNAVAILABLE
             ErrorKind::Internal => 70,         // EX_SOFTWARE
+            ErrorKind::Busy => 75,             // EX_TEMPFAIL
         }
     }
 }
@@ -72,6 +76,8 @@ pub enum ProtoError {
     AuthFailed(&'static str),
     #[error("peer answered with an unexpected message")]
     Unexpected,
+    #[error("the peer holds as many connections as it takes; try again later")]
+    Busy,
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -83,6 +89,7 @@ impl ProtoError {
             ProtoError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
             ProtoError::AuthFailed(_) => ErrorKind::AuthFailed,
             ProtoError::Remote(r) => r.kind,
+            ProtoError::Busy => ErrorKind::Busy,
             ProtoError::FrameTooLarge { .. } | ProtoError::Decode { .. } | ProtoError::BadMagic => {
                 ErrorKind::BadRequest
             }

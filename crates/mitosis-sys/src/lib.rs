@@ -7,6 +7,7 @@
 //! - [`mem`]: reading and writing another process's memory.
 //! - [`procfs`]: parsers for the `/proc/PID` files capture needs (pure functions,
 //!   tested on fixed text).
+//! - [`rlimit`]: the descriptor limit.
 //! - [`vdso`]: locating this kernel's vDSO and a `syscall` instruction in it.
 //!
 //! Nothing here knows about seeds, images or the network.
@@ -15,6 +16,7 @@ pub mod mem;
 pub mod pidfd;
 pub mod procfs;
 pub mod ptrace;
+pub mod rlimit;
 pub mod uffd;
 pub mod vdso;
 

@@ -99,8 +99,21 @@ impl Client {
     }
 
     fn call(&mut self, request: LocalRequest) -> Result<LocalResponse> {
-        self.stream.write_all(&encode(request))?;
-        self.read()
+        let sent = self.stream.write_all(&encode(request));
+        self.after_send(sent)
+    }
+
+    /// The answer to a request just sent. A daemon that refuses the
+    /// connection (it holds as many as it takes) answers and hangs up at
+    /// once, maybe before the request was written: its answer says why.
+    fn after_send(&mut self, sent: std::io::Result<()>) -> Result<LocalResponse> {
+        match sent {
+            Ok(()) => self.read(),
+            Err(e) => match self.read() {
+                Err(Error::Daemon(refusal)) => Err(Error::Daemon(refusal)),
+                _ => Err(Error::Io(e)),
+            },
+        }
     }
 
     fn read(&mut self) -> Result<LocalResponse> {
@@ -188,9 +201,9 @@ impl Client {
     /// the returned `Resumed` is dropped, and `wait` is not available).
     pub fn resume_with(mut self, from: &str, id: &str, stdio: [RawFd; 3], options: &ResumeOptions) -> Result<Resumed> {
         let frame = encode(LocalRequest::Resume { from: from.to_string(), id: id.to_string(), options: options.clone() });
-        mitosis_sys::fdpass::send_with_fds(&self.stream, &frame, &stdio)
-            .map_err(|e| Error::Io(std::io::Error::from_raw_os_error(e.errno)))?;
-        match self.read()? {
+        let sent = mitosis_sys::fdpass::send_with_fds(&self.stream, &frame, &stdio)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno));
+        match self.after_send(sent)? {
             LocalResponse::Started { pid, timings, container } => Ok(Resumed { client: self, pid, timings, container }),
             other => Err(unexpected(other)),
         }

@@ -79,6 +79,7 @@ from mitosis._native import (
 from mitosis.errors import (
     AuthFailed,
     BadRequest,
+    Busy,
     ConnectionLost,
     DaemonUnreachable,
     InternalError,
