@@ -213,6 +213,24 @@ impl<K: Hash + Eq + Clone> Drop for Permit<K> {
     }
 }
 
+/// Logs refused connections at most once a second (a flood must not flood the log).
+#[derive(Default)]
+pub struct RefusalLog {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    pub fn note(&mut self, why: &dyn std::fmt::Display) {
+        self.since += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            tracing::warn!(refused = self.since, "connection refused: {why}");
+            self.last = Some(std::time::Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
 /// A local uid, as connection caps name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Uid(pub u32);
@@ -223,13 +241,30 @@ impl std::fmt::Display for Uid {
     }
 }
 
-/// A peer's address, as connection caps name it.
+/// A peer's address, as connection caps name it: an IPv4 address (also when
+/// it comes IPv4-mapped), or the /64 of an IPv6 one (what one machine
+/// usually has to choose from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerIp(pub IpAddr);
+pub struct PeerIp(IpAddr);
+
+impl PeerIp {
+    pub fn of(ip: IpAddr) -> PeerIp {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => PeerIp(IpAddr::V4(v4)),
+                None => PeerIp(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
+            },
+            v4 => PeerIp(v4),
+        }
+    }
+}
 
 impl std::fmt::Display for PeerIp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "address {}", self.0)
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "address {v4}"),
+            IpAddr::V6(v6) => write!(f, "addresses {v6}/64"),
+        }
     }
 }
 
@@ -297,7 +332,8 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(340) && took < Duration::from_millis(900), "{took:?}");
-        drop(r);
+        // The dripper stops at its next write, once its peer is gone.
+        let _ = r;
         drop(rx);
         dripper.join().unwrap();
     }
@@ -333,6 +369,16 @@ mod tests {
         assert_eq!(l.held(), 2);
         let _again = l.admit(Some(Uid(1000))).unwrap();
         assert_eq!(l.held(), 3);
+    }
+
+    #[test]
+    fn peers_are_counted_by_ipv4_address_or_ipv6_64() {
+        let ip = |s: &str| PeerIp::of(s.parse().unwrap());
+        assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
+        assert_ne!(ip("10.0.0.1"), ip("10.0.0.2"));
+        assert_eq!(ip("2001:db8::1"), ip("2001:db8::ffff:1"));
+        assert_ne!(ip("2001:db8::1"), ip("2001:db8:0:1::1"));
+        assert_eq!(ip("2001:db8::1").to_string(), "addresses 2001:db8::/64");
     }
 
     #[test]

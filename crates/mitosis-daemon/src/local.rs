@@ -46,7 +46,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     let caps = daemon.config.limits;
     let limiter: Arc<ConnLimiter<Uid>> = ConnLimiter::new(caps.local_per_user, caps.local_total);
-    let mut refused = RefusalLog::default();
+    let mut refused = crate::limits::RefusalLog::default();
     for conn in listener.incoming() {
         let mut conn = match conn {
             Ok(c) => c,
@@ -78,24 +78,6 @@ pub fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a thread for a local client");
-        }
-    }
-}
-
-/// Logs refused connections at most once a second (a flood must not flood the log).
-#[derive(Default)]
-pub(crate) struct RefusalLog {
-    last: Option<std::time::Instant>,
-    since: u64,
-}
-
-impl RefusalLog {
-    pub(crate) fn note(&mut self, why: &dyn std::fmt::Display) {
-        self.since += 1;
-        if self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-            tracing::warn!(refused = self.since, "connection refused: {why}");
-            self.last = Some(std::time::Instant::now());
-            self.since = 0;
         }
     }
 }

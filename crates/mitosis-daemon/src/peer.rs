@@ -25,7 +25,7 @@ pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
     let caps = daemon.config.limits;
     let total: Arc<ConnLimiter<PeerIp>> = ConnLimiter::new(usize::MAX, caps.peer_total);
     let handshakes: Arc<ConnLimiter<PeerIp>> = ConnLimiter::new(caps.handshakes_per_ip, usize::MAX);
-    let mut refused = crate::local::RefusalLog::default();
+    let mut refused = crate::limits::RefusalLog::default();
     for conn in listener.incoming() {
         let mut conn = match conn {
             Ok(c) => c,
@@ -37,7 +37,7 @@ pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
             }
         };
         let Ok(addr) = conn.peer_addr() else { continue };
-        let permits = total.admit(None).and_then(|t| Ok((t, handshakes.admit(Some(PeerIp(addr.ip())))?)));
+        let permits = total.admit(None).and_then(|t| Ok((t, handshakes.admit(Some(PeerIp::of(addr.ip())))?)));
         let (held, handshake) = match permits {
             Ok(p) => p,
             Err(why) => {
