@@ -44,6 +44,17 @@ pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
                 refused.note(&why);
                 // 77 bytes into an empty socket buffer: this does not block.
                 let _ = refuse_busy(&mut conn);
+                // Closing with an unread HELLO would reset the connection,
+                // which may discard the answer before the peer reads it.
+                let _ = conn.set_nonblocking(true);
+                // (A few reads at most: a flood must not hold this thread.)
+                let mut hello = [0u8; 64];
+                for _ in 0..4 {
+                    if !matches!(conn.read(&mut hello), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                let _ = conn.shutdown(std::net::Shutdown::Write);
                 continue;
             }
         };
