@@ -223,7 +223,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    const KINDS: [ErrorKind; 8] = [
+    const KINDS: [ErrorKind; 9] = [
         ErrorKind::NotFound,
         ErrorKind::AuthFailed,
         ErrorKind::VersionMismatch,
@@ -232,6 +232,7 @@ mod tests {
         ErrorKind::Unsupported,
         ErrorKind::SeedGone,
         ErrorKind::Internal,
+        ErrorKind::Busy,
     ];
 
     #[test]
