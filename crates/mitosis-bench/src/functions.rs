@@ -30,7 +30,6 @@
 use std::fs::File;
 use std::io::{IsTerminal, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,16 +207,7 @@ fn python_in(host: &Host, suite: &Suite, name: &str, args: &[String]) -> anyhow:
     let ns = File::open(&ns_path).with_context(|| format!("opening {ns_path}"))?;
     let mut cmd = Command::new(&suite.python);
     cmd.arg(suite.script(name)).args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-    // SAFETY: setns is async-signal-safe; the closure touches only the raw
-    // descriptor of `ns`, which lives (in the closure) until the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    mitosis_sys::process::setns_on_spawn(&mut cmd, ns.into(), libc::CLONE_NEWNET);
     Ok(cmd)
 }
 
@@ -243,18 +233,7 @@ fn read_lines_until(from: impl Into<OwnedFd>, timeout: Duration, last: impl Fn(&
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd { fd: from.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: `pfd` is one valid pollfd that lives across the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("poll");
-        }
-        if r == 0 {
+        if !mitosis_sys::poll::wait_readable(&from, left).context("poll")? {
             bail!("no end of output within {timeout:?}; output so far: {lines:?}");
         }
         let mut chunk = [0u8; 8192];

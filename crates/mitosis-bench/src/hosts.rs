@@ -7,7 +7,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,9 +18,7 @@ use mitosis_testkit::{wait_until, write_key, Daemon, Host, ProcessGuard, TestDir
 
 /// Fails unless the process runs as root (namespaces and ptrace need it).
 pub fn ensure_root(what: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
-    let euid = unsafe { libc::geteuid() };
-    ensure!(euid == 0, "{what} needs root: it creates network namespaces and runs daemons");
+    ensure!(mitosis_sys::process::euid() == 0, "{what} needs root: it creates network namespaces and runs daemons");
     Ok(())
 }
 
@@ -226,17 +224,5 @@ impl Channel {
 /// Waits until `f` can be read without blocking (data or end of file), for
 /// at most `timeout`; returns whether it can.
 fn readable(f: &File, timeout: Duration) -> anyhow::Result<bool> {
-    let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    loop {
-        // SAFETY: `pfd` is one valid pollfd that lives across the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r >= 0 {
-            return Ok(r > 0);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).context("poll");
-        }
-    }
+    mitosis_sys::poll::wait_readable(f, timeout).context("poll")
 }

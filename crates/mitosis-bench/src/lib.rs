@@ -22,6 +22,8 @@
 //!
 //! Benchmarks build their own hosts (network namespaces) and tear them down.
 
+#![forbid(unsafe_code)]
+
 pub mod chart;
 pub mod demo;
 pub mod functions;
@@ -49,10 +51,7 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 
 /// CLOCK_MONOTONIC in nanoseconds (the same clock in every network namespace).
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    mitosis_sys::process::monotonic_ns()
 }
 
 #[cfg(test)]

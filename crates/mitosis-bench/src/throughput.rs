@@ -134,15 +134,8 @@ fn fork_exit_us(runs: usize) -> Vec<f64> {
     (0..runs)
         .map(|_| {
             let t = Instant::now();
-            // SAFETY: the child only calls _exit, which is async-signal-safe.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: leaving the forked child at once.
-                unsafe { libc::_exit(0) };
-            }
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let pid = mitosis_sys::process::fork_exit_child().expect("fork");
+            mitosis_sys::process::wait_pid(pid).expect("waitpid");
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect()

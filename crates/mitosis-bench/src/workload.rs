@@ -30,6 +30,8 @@
 
 use std::io::{BufRead, Write};
 
+use mitosis_sys::mem::AnonMap;
+
 const STACK_WORDS: usize = 512;
 
 fn word(i: u64, salt: u64) -> u64 {
@@ -37,28 +39,21 @@ fn word(i: u64, salt: u64) -> u64 {
 }
 
 struct Memory {
-    base: *mut u64,
-    words: usize,
+    map: AnonMap,
     heap: Vec<u64>,
     salt: u64,
 }
 
 impl Memory {
     fn new(mb: usize) -> Memory {
-        let bytes = mb.max(1) << 20;
-        // SAFETY: anonymous private mapping; checked below.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
-        assert!(p != libc::MAP_FAILED, "mmap of {mb} MiB failed");
-        let mut m = Memory { base: p.cast(), words: bytes / 8, heap: vec![0; 100_000], salt: 1 };
+        let map = AnonMap::new(mb.max(1) << 20).unwrap_or_else(|e| panic!("mmap of {mb} MiB: {e}"));
+        let mut m = Memory { map, heap: vec![0; 100_000], salt: 1 };
         m.fill(1);
         m
     }
 
     fn slice(&mut self) -> &mut [u64] {
-        // SAFETY: the mapping holds `words` u64s for the life of the process.
-        unsafe { std::slice::from_raw_parts_mut(self.base, self.words) }
+        self.map.words_mut()
     }
 
     fn fill(&mut self, salt: u64) {
@@ -95,7 +90,7 @@ impl Memory {
 
     /// First-touch latency of `n` distinct random pages of the working set.
     fn latency(&mut self, n: usize) -> Vec<u64> {
-        time_touches(self.base.cast(), self.words / 512, n)
+        time_touches(&mut self.map, n)
     }
 
     /// Page-aligned spans of the working set and the heap vector.
@@ -103,7 +98,7 @@ impl Memory {
         let page = 4096usize;
         let heap_start = self.heap.as_ptr() as usize / page * page;
         let heap_end = (self.heap.as_ptr() as usize + self.heap.len() * 8).div_ceil(page) * page;
-        [(self.base as usize, self.words * 8), (heap_start, heap_end - heap_start)]
+        [(self.map.addr() as usize, self.map.len()), (heap_start, heap_end - heap_start)]
     }
 
     /// Waits until every page of [`Memory::spans`] is resident; returns the
@@ -130,10 +125,9 @@ impl Memory {
                 'span: while *done < pages {
                     let n = CHUNK.min(pages - *done);
                     let at = start + *done * 4096;
-                    // SAFETY: `at` is page-aligned, the n pages are mapped, `vec` has n bytes or more.
-                    let r = unsafe { libc::mincore(at as *mut libc::c_void, n * 4096, vec.as_mut_ptr()) };
-                    if r != 0 {
-                        return Err(Waited::Failed(format!("mincore: {}", std::io::Error::last_os_error())));
+                    // `at` is page-aligned and the n pages are mapped.
+                    if let Err(e) = mitosis_sys::mem::resident_pages(at as u64, n * 4096, &mut vec) {
+                        return Err(Waited::Failed(e.to_string()));
                     }
                     for b in &vec[..n] {
                         if b & 1 == 0 {
@@ -159,7 +153,7 @@ impl Memory {
     }
 
     fn touch(&mut self, random: bool, limit: Option<usize>) -> u64 {
-        let pages = limit.unwrap_or(usize::MAX).min(self.words / 512);
+        let pages = limit.unwrap_or(usize::MAX).min(self.map.words() / 512);
         let mut order: Vec<usize> = (0..pages).collect();
         if random {
             let mut x = 0xdead_beafu64;
@@ -170,22 +164,18 @@ impl Memory {
                 order.swap(i, (x % (i as u64 + 1)) as usize);
             }
         }
-        let base = self.base;
         let t = crate::now_ns();
         for p in order {
-            // SAFETY: p < pages, so the word is inside the mapping.
-            unsafe {
-                let w = base.add(p * 512);
-                std::ptr::write_volatile(w, std::ptr::read_volatile(w));
-            }
+            self.map.touch(p * 512, 0);
         }
         crate::now_ns() - t
     }
 }
 
-/// Touches `n` (at most `pages`) distinct random pages of `base` one at a
-/// time (a read and a write of one word each) and times each touch.
-fn time_touches(base: *mut u8, pages: usize, n: usize) -> Vec<u64> {
+/// Touches `n` (at most all) distinct random pages of `map` one at a time
+/// (a read and a write of one word each) and times each touch.
+fn time_touches(map: &mut AnonMap, n: usize) -> Vec<u64> {
+    let pages = map.words() / 512;
     let n = n.min(pages);
     let mut order: Vec<usize> = (0..pages).collect();
     let mut x = 0x1234_5678_9abc_def1u64 ^ crate::now_ns();
@@ -200,11 +190,7 @@ fn time_touches(base: *mut u8, pages: usize, n: usize) -> Vec<u64> {
     let mut samples = vec![1u64; n];
     for (s, &p) in samples.iter_mut().zip(&order) {
         let t = crate::now_ns();
-        // SAFETY: p < pages, so the word is inside the mapping.
-        unsafe {
-            let w = base.add(p * 4096).cast::<u64>();
-            std::ptr::write_volatile(w, std::ptr::read_volatile(w).wrapping_add(1));
-        }
+        map.touch(p * 512, 1);
         *s = crate::now_ns() - t;
     }
     samples
@@ -214,13 +200,8 @@ fn time_touches(base: *mut u8, pages: usize, n: usize) -> Vec<u64> {
 /// zero-fill faults, no pager involved).
 fn local_latency(n: usize) -> Vec<u64> {
     let bytes = n.max(1) * 4096;
-    // SAFETY: a new anonymous private mapping, unmapped below.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
-    assert!(p != libc::MAP_FAILED, "mmap of {bytes} bytes failed");
-    let samples = time_touches(p.cast(), n.max(1), n);
-    // SAFETY: the mapping made above, no longer used.
-    unsafe { libc::munmap(p, bytes) };
-    samples
+    let mut map = AnonMap::new(bytes).unwrap_or_else(|e| panic!("mmap of {bytes} bytes: {e}"));
+    time_touches(&mut map, n)
 }
 
 /// `latency <n> <p50> <p90> <p99> <max>` of samples in ns.
@@ -239,16 +220,9 @@ enum Waited {
 
 fn fork_time() -> u64 {
     let t = crate::now_ns();
-    // SAFETY: the child only calls _exit.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: leaving the child at once.
-        unsafe { libc::_exit(0) };
-    }
+    let pid = mitosis_sys::process::fork_exit_child().expect("fork");
     let dt = crate::now_ns() - t;
-    let mut st = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
+    mitosis_sys::process::wait_pid(pid).expect("waitpid");
     dt
 }
 

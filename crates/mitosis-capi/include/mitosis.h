@@ -43,6 +43,19 @@
  * the like are closed. Flush stdio buffers (fflush) before preparing, or
  * every child prints what was buffered again.
  *
+ * Clone uniqueness. Every child starts with the seed's memory, so every
+ * random-number generator kept in memory (rand()/random() and drand48()
+ * state, a seeded PRNG, UUID and nonce generators, OpenSSL's DRBGs) would
+ * produce the same numbers in every child of one seed. pthread_atfork
+ * handlers do not run: a child is not made by fork(). A child must reseed
+ * them from the kernel (getrandom(2), never shared) before it uses them,
+ * where mitosis_fork_prepare returns MITOSIS_CHILD, or in a hook registered
+ * with mitosis_child_hook. OpenSSL 1.1.1 and 3.x reseed by themselves when
+ * the pid differs from the seed's, but a child can have the seed's pid (pids
+ * are reused once a pinned seed's process is gone), so call RAND_poll() in
+ * the child too. Bytes read from getrandom(2) or /dev/urandom are unique
+ * without anything done. See "Clone uniqueness" in mitosis's README.
+ *
  * Errors. Every function that can fail returns an int: >= 0 on success, or
  * one of the negative MITOSIS_E_* codes below. mitosis_strerror(code) gives a
  * static description of a code, mitosis_last_error() the detailed message of
@@ -177,6 +190,31 @@ int mitosis_fork_prepare(mitosis_conn *conn, const char *id, int flags);
  * both sides: the parent's gets the seed's details, each child's its own. */
 int mitosis_fork_prepare_ex(mitosis_conn *conn, const char *id, int flags, mitosis_prepare_info *info);
 
+/* Registers `hook`, to be called as hook(arg) in every child of a later
+ * mitosis_fork_prepare (or mitosis_fork_prepare_ex) of this process, right
+ * before that call returns MITOSIS_CHILD (and before *info is filled), in
+ * registration order; never in the parent. A child resumed in place
+ * (mitosis_fork_resume_remote) continues in its seed's mitosis_fork_prepare,
+ * so it runs the hooks the seed registered. The place to make a child unique
+ * (see "Clone uniqueness" above):
+ *
+ *     static void reseed(void *arg) {
+ *         unsigned seed;
+ *         (void)arg;
+ *         if (getrandom(&seed, sizeof seed, 0) == sizeof seed) srandom(seed);
+ *         RAND_poll();                      // if the program uses OpenSSL
+ *     }
+ *     mitosis_child_hook(reseed, NULL);     // once, before preparing
+ *
+ * A hook runs in the calling thread (the only one: a prepared process is
+ * single-threaded), with SIGPIPE blocked as during every libmitosis call.
+ * It must return (no longjmp, no C++ exception out of it). It may call
+ * mitosis_child_hook; the new hook runs from the next prepare on. Hooks
+ * cannot be removed, and they stay registered in children (for a nested
+ * prepare). `arg` is never touched by the library.
+ * Returns 0, or MITOSIS_E_USAGE if hook is NULL. */
+int mitosis_child_hook(void (*hook)(void *arg), void *arg);
+
 /* ---- resume ---- */
 
 /* Replaces the calling process by a child of seed `id` from the daemon at
@@ -186,7 +224,8 @@ int mitosis_fork_prepare_ex(mitosis_conn *conn, const char *id, int flags, mitos
  * cluster key.
  *
  * On success it does not return: this process continues from the seed's
- * prepare point (where mitosis_fork_prepare returns MITOSIS_CHILD), keeping
+ * prepare point (where mitosis_fork_prepare runs the seed's child hooks,
+ * see mitosis_child_hook, and returns MITOSIS_CHILD), keeping
  * its pid, parent and descriptors 0-2. It returns a negative code only if the
  * resume failed before the takeover, leaving the process as it was:
  * MITOSIS_E_NOT_FOUND, MITOSIS_E_SEED_GONE (seed host unreachable),

@@ -153,7 +153,7 @@ impl From<mitosis::Error> for Failure {
         use mitosis::Error;
         use mitosis_proto::ProtoError;
         let code = match &e {
-            Error::Daemon(r) => code_of_kind(r.kind),
+            Error::Daemon(r) | Error::Local(r) => code_of_kind(r.kind),
             Error::Connect { .. } => MITOSIS_E_CONNECT,
             Error::Io(_) => MITOSIS_E_IO,
             Error::Proto(ProtoError::VersionMismatch { .. }) => MITOSIS_E_VERSION,

@@ -46,7 +46,7 @@
 pub mod error;
 pub mod sigpipe;
 
-use std::ffi::{c_char, c_int, CStr, OsStr};
+use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -284,6 +284,42 @@ pub unsafe extern "C" fn mitosis_fork_prepare_ex(
     })
 }
 
+/// A function and argument given to [`mitosis_child_hook`].
+struct ChildHook {
+    hook: unsafe extern "C" fn(*mut c_void),
+    arg: *mut c_void,
+}
+
+impl ChildHook {
+    fn call(&self) {
+        // SAFETY: per the contract of mitosis_child_hook, which registered it.
+        unsafe { (self.hook)(self.arg) }
+    }
+}
+
+// SAFETY: the library never touches `arg`; it only hands it back to `hook`,
+// in the thread that called mitosis_fork_prepare in a child (the only one
+// there is). mitosis.h makes the caller responsible for `arg` being usable
+// from that thread.
+unsafe impl Send for ChildHook {}
+// SAFETY: as for Send; a shared ChildHook is only ever read.
+unsafe impl Sync for ChildHook {}
+
+/// See `mitosis_child_hook` in mitosis.h.
+///
+/// # Safety
+/// `hook` is NULL or a function that may be called with `arg`, from the
+/// thread that calls mitosis_fork_prepare, in every child of a later prepare.
+#[no_mangle]
+pub unsafe extern "C" fn mitosis_child_hook(hook: Option<unsafe extern "C" fn(*mut c_void)>, arg: *mut c_void) -> c_int {
+    guard("mitosis_child_hook", || {
+        let hook = hook.ok_or_else(|| Failure::usage("hook is NULL"))?;
+        let registered = ChildHook { hook, arg };
+        mitosis::on_child(move || registered.call());
+        Ok(MITOSIS_OK)
+    })
+}
+
 /// See `mitosis_fork_prepare` in mitosis.h.
 ///
 /// # Safety
@@ -505,6 +541,8 @@ mod tests {
             assert_eq!(mitosis_child_resume_us(std::ptr::null()), 0);
             mitosis_child_free(std::ptr::null_mut());
             mitosis_close(std::ptr::null_mut());
+            assert_eq!(mitosis_child_hook(None, std::ptr::null_mut()), MITOSIS_E_USAGE);
+            assert_eq!(last(), "mitosis_child_hook: hook is NULL");
         }
     }
 

@@ -520,3 +520,45 @@ int main(void) {
     return 0;
 }
 "#;
+
+/// `mitosis_child_hook` (tests/programs/child_hook.c): the hooks run in
+/// registration order in every child, before `mitosis_fork_prepare`
+/// returns `MITOSIS_CHILD` (a new child from `mitosis resume`, and a process
+/// resumed in place by simple_child), and never in the parent. The hook
+/// that reseeds random() makes the children draw their own numbers.
+#[test]
+fn child_hooks_run_in_every_child_and_never_in_the_parent() {
+    let Some(c) = Cluster::new("capi-child-hook") else { return };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/child_hook.c");
+    let prog = c.lib.compile(&c.dir, &src, "child_hook", Link::Shared, &[]);
+    let child_exe = c.example("simple_child", Link::Shared);
+
+    // Kept until the end: the pinned seed's snapshot is in its process group.
+    let mut parent = c.start(&c.hosts.a, &c.a, "child_hook parent", &[prog.to_str().unwrap(), "hooked"]);
+    let out = parent.wait_output(STEP);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    let pline = out.line("parent ");
+    assert!(pline.starts_with("parent log= random="), "no hook may run in the parent: {out}");
+    assert_eq!(out.lines().len(), 1, "{out}");
+    let random_of = |line: &str| line.split_whitespace().find_map(|f| f.strip_prefix("random=")).unwrap().to_string();
+    let mut draws = vec![random_of(pline)];
+
+    let resumed = {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin());
+        cmd.args(["resume", "--from", &c.a.addr(), "--id", "hooked", "--socket"]).arg(c.b.socket());
+        let mut p = Proc::spawn("mitosis resume hooked", &mut cmd);
+        p.close_stdin();
+        p.finish(STEP)
+    };
+    let in_place = c.child(&child_exe, "hooked").finish(STEP);
+    for out in [resumed, in_place] {
+        assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+        assert_eq!(out.lines().len(), 1, "{out}");
+        let line = out.line("child ");
+        assert!(line.starts_with("child log=ab:tag random="), "both hooks, in order, before the prepare returned: {out}");
+        let mine = random_of(line);
+        assert!(!draws.contains(&mine), "reseeded in the hook, each child draws its own number: {out} {draws:?}");
+        draws.push(mine);
+    }
+}

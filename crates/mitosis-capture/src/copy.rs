@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 
 use mitosis_proto::image::{SeedImage, VmaKind};
 use mitosis_sys::procfs::pagemap;
-use mitosis_sys::{SysError, PAGE};
+use mitosis_sys::{usize_of, SysError, PAGE};
 
 /// A seed's memory held in the daemon: runs of bytes by address. Addresses
 /// of the seed's mappings outside every run read as zero (pages the snapshot
@@ -26,7 +26,7 @@ impl CopiedMemory {
     pub fn read(&self, ranges: &[(u64, u64)], out: &mut [u8]) {
         let mut off = 0usize;
         for &(addr, len) in ranges {
-            let dst = &mut out[off..off + len as usize];
+            let dst = &mut out[off..off + usize_of(len)];
             dst.fill(0);
             // The first run that ends after `addr`.
             let first = self.runs.partition_point(|(s, b)| s + b.len() as u64 <= addr);
@@ -36,10 +36,10 @@ impl CopiedMemory {
                 }
                 let from = addr.max(*start);
                 let to = (addr + len).min(start + bytes.len() as u64);
-                dst[(from - addr) as usize..(to - addr) as usize]
-                    .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+                dst[usize_of(from - addr)..usize_of(to - addr)]
+                    .copy_from_slice(&bytes[usize_of(from - start)..usize_of(to - start)]);
             }
-            off += len as usize;
+            off += usize_of(len);
         }
     }
 }
@@ -59,7 +59,7 @@ pub fn copy_memory(pid: i32, image: &SeedImage) -> Result<CopiedMemory, SysError
     for v in &image.vmas {
         match v.kind {
             VmaKind::Anon => {
-                entries.resize(v.pages() as usize * 8, 0);
+                entries.resize(usize_of(v.pages()) * 8, 0);
                 pm.read_exact_at(&mut entries, v.start / PAGE * 8)
                     .map_err(|e| SysError::new("read pagemap", e.raw_os_error().unwrap_or(0)))?;
                 for (i, e) in entries.chunks_exact(8).enumerate() {
@@ -76,7 +76,7 @@ pub fn copy_memory(pid: i32, image: &SeedImage) -> Result<CopiedMemory, SysError
     }
     let mut runs = Vec::with_capacity(wanted.len());
     for (start, end) in wanted {
-        let mut bytes = vec![0u8; (end - start) as usize];
+        let mut bytes = vec![0u8; usize_of(end - start)];
         mitosis_sys::mem::read_ranges_fully(pid, None, &[(start, end - start)], &mut bytes)?;
         runs.push((start, bytes));
     }

@@ -1,20 +1,27 @@
 //! Open files and file identities of a target.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
 use mitosis_proto::image::{FileIdentity, OpenFile};
-use mitosis_sys::procfs;
+use mitosis_sys::{fsid, procfs};
 
-/// Identity of the file at `path` on this host, if it is there.
+/// Identity of the file at `path` on this host, if it is there (following
+/// symbolic links: for `/proc/PID/fd/N`, `/proc/PID/cwd` and
+/// `/proc/PID/map_files/...`, the object the process has open).
 pub fn identity(path: &str) -> Option<FileIdentity> {
-    let md = std::fs::metadata(path).ok()?;
-    Some(FileIdentity {
-        dev: md.dev(),
-        ino: md.ino(),
-        size: md.size(),
-        mtime_sec: md.mtime(),
-        mtime_nsec: md.mtime_nsec(),
-    })
+    let path = std::ffi::CString::new(path).ok()?;
+    fsid::identity_of_path(&path).ok().map(from_sys)
+}
+
+/// The wire form of an identity `fstat` gave.
+pub fn from_sys(id: fsid::Identity) -> FileIdentity {
+    FileIdentity {
+        file_type: id.file_type,
+        dev: id.dev,
+        ino: id.ino,
+        rdev: id.rdev,
+        size: id.size,
+        mtime_sec: id.mtime_sec,
+        mtime_nsec: id.mtime_nsec,
+    }
 }
 
 /// The target's descriptors from 3 up: regular files, directories and devices
@@ -30,15 +37,19 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
     for fd in fds.into_iter().filter(|&fd| fd > 2) {
         let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { continue };
         let link = link.to_string_lossy().into_owned();
-        let reopenable = link.starts_with('/')
-            && !link.ends_with(" (deleted)")
-            && std::fs::metadata(&link).map(|m| m.is_file() || m.is_dir() || m.file_type().is_char_device()).unwrap_or(false);
-        if reopenable {
-            let (flags, pos) = procfs::parse_fdinfo(&std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default());
-            let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-            files.push(OpenFile { fd, path: link, flags, pos });
-        } else {
-            closed.push((fd, link));
+        // The identity of the open object itself (the magic link leads to
+        // it), not of whatever its path names now: a child gets this object
+        // again or is not resumed.
+        let opened = identity(&format!("/proc/{pid}/fd/{fd}")).filter(|id| {
+            [fsid::TYPE_REGULAR, fsid::TYPE_DIRECTORY, fsid::TYPE_CHAR_DEVICE].contains(&id.file_type)
+        });
+        match opened {
+            Some(identity) if link.starts_with('/') && !link.ends_with(" (deleted)") => {
+                let (flags, pos) = procfs::parse_fdinfo(&std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default());
+                let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+                files.push(OpenFile { fd, path: link, flags, pos, identity });
+            }
+            _ => closed.push((fd, link)),
         }
     }
     (files, closed)

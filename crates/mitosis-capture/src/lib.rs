@@ -23,6 +23,10 @@
 //! This crate must not serve pages, talk to the network or keep seeds: the
 //! daemon owns the snapshot once [`prepare`] returns.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
+pub mod access;
 mod copy;
 mod files;
 
@@ -32,12 +36,12 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    MmFields, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
+    IdentityMatch, MmFields, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
 use mitosis_sys::ptrace::{idx, Stop, Tracee};
 use mitosis_sys::vdso::{is_vdso_part, VdsoInfo};
-use mitosis_sys::{mem, pidfd, SysError, PAGE};
+use mitosis_sys::{mem, pidfd, usize_of, SysError, PAGE};
 
 const ERESTART_RESTARTBLOCK: i64 = -516;
 
@@ -130,7 +134,7 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
     restored.map_err(CaptureError::sys("restoring the process's registers"))?;
     let mut snap = result?;
     detach.map_err(CaptureError::sys("detaching from the process"))?;
-    snap.image.prepare_us = t0.elapsed().as_micros() as u64;
+    snap.image.prepare_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
     Ok(snap)
 }
 
@@ -143,7 +147,7 @@ fn capture_stopped(
 ) -> Result<Snapshot, CaptureError> {
     let pid = spec.pid;
     let t = Instant::now();
-    let step = |what: &str| tracing::debug!(pid, us = t.elapsed().as_micros() as u64, "prepare: {what}");
+    let step = |what: &str| tracing::debug!(pid, us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX), "prepare: {what}");
     let xstate = tracee.get_xstate().map_err(CaptureError::sys("reading the xsave state"))?;
     let rseq = tracee.rseq().map_err(CaptureError::sys("reading the rseq registration"))?;
     let blocked = tracee.get_sigmask().map_err(CaptureError::sys("reading the signal mask"))?;
@@ -172,7 +176,7 @@ fn capture_stopped(
     let query = |nr: i64, args: &[u64], step: &'static str| -> Result<[u64; 4], CaptureError> {
         let r = tracee.inject_syscall(&regs, gadget, nr, args, no_events).map_err(CaptureError::sys(step))?;
         if r < 0 {
-            return Err(CaptureError::Sys { step, source: SysError::new("injected syscall", -r as i32) });
+            return Err(CaptureError::Sys { step, source: SysError::new("injected syscall", errno_of(r)) });
         }
         let mut b = [0u8; 32];
         mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut b).map_err(CaptureError::sys(step))?;
@@ -189,29 +193,33 @@ fn capture_stopped(
     }
     let tid_address = query(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], "reading the tid address")?[0];
     let w = query(libc::SYS_sigaltstack, &[0, scratch], "reading the alternate signal stack")?;
-    let altstack = (w[0], w[1] as u32 as i32, w[2]);
+    // ss_flags is an int in the low half of its word (SS_AUTODISARM is its sign bit).
+    let altstack = (w[0], i32::from_ne_bytes(u32::try_from(w[1] & 0xffff_ffff).unwrap_or(0).to_ne_bytes()), w[2]);
     let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
     mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
-    let robust_list = robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
+    let robust_list = mitosis_sys::process::robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
     step("signal handlers and tid address read");
-    let brk = tracee
-        .inject_syscall(&regs, gadget, libc::SYS_brk, &[0], no_events)
-        .map_err(CaptureError::sys("reading brk"))? as u64;
+    let brk = mitosis_sys::unsigned(
+        tracee.inject_syscall(&regs, gadget, libc::SYS_brk, &[0], no_events).map_err(CaptureError::sys("reading brk"))?,
+    );
 
     // The snapshot: a clone with exit signal 0 and no shared state.
     let mut child: Option<i32> = None;
     let r = tracee
         .inject_syscall(&regs, gadget, libc::SYS_clone, &[0, 0, 0, 0, 0], |t, ev| {
             if ev == libc::PTRACE_EVENT_CLONE || ev == libc::PTRACE_EVENT_FORK {
-                child = Some(t.event_msg()? as i32);
+                child = i32::try_from(t.event_msg()?).ok();
             }
             Ok(())
         })
         .map_err(CaptureError::sys("forking the snapshot"))?;
     if r < 0 {
-        return Err(CaptureError::Sys { step: "forking the snapshot", source: SysError::new("clone", -r as i32) });
+        return Err(CaptureError::Sys { step: "forking the snapshot", source: SysError::new("clone", errno_of(r)) });
     }
-    let snap_pid = child.unwrap_or(r as i32);
+    let snap_pid = match child {
+        Some(pid) => pid,
+        None => i32::try_from(r).map_err(|_| CaptureError::Sys { step: "forking the snapshot", source: SysError::new("clone", libc::ERANGE) })?,
+    };
     let snap = Tracee::adopt(snap_pid);
     if let Stop::Gone(_) = mitosis_sys::ptrace::wait_stop(snap_pid).map_err(CaptureError::sys("waiting for the snapshot"))? {
         return Err(CaptureError::Unsupported { pid, what: "the snapshot process died at birth".into() });
@@ -225,7 +233,7 @@ fn capture_stopped(
         .inject_syscall(&snap_regs, gadget, libc::SYS_setsid, &[], no_events)
         .map_err(CaptureError::sys("moving the snapshot to its own session"))?;
     if sid < 0 {
-        return Err(CaptureError::Sys { step: "moving the snapshot to its own session", source: SysError::new("setsid", -sid as i32) });
+        return Err(CaptureError::Sys { step: "moving the snapshot to its own session", source: SysError::new("setsid", errno_of(sid)) });
     }
     // Parked in pause() with every signal blocked: nothing but SIGKILL reaches it.
     // (A stopped snapshot would be sent SIGHUP and SIGCONT by the kernel when its
@@ -246,8 +254,8 @@ fn capture_stopped(
     // A sleep interrupted here cannot be restarted in another process (its restart
     // block lives in this task): the child sees it return EINTR, which every
     // sleeping API handles.
-    if regs[idx::ORIG_RAX] as i64 >= 0 && regs[idx::RAX] as i64 == ERESTART_RESTARTBLOCK {
-        image_regs[idx::RAX] = (-libc::EINTR) as i64 as u64;
+    if mitosis_sys::signed(regs[idx::ORIG_RAX]) >= 0 && mitosis_sys::signed(regs[idx::RAX]) == ERESTART_RESTARTBLOCK {
+        image_regs[idx::RAX] = mitosis_sys::unsigned(i64::from(-libc::EINTR));
     }
     step("written file pages found");
     let (files, closed_fds) = files::open_files(pid);
@@ -285,6 +293,7 @@ fn capture_stopped(
             .ok()
             .and_then(|p| p.to_str().map(str::to_string))
             .unwrap_or_else(|| "/".into()),
+        cwd_identity: files::identity(&format!("/proc/{pid}/cwd")).unwrap_or_default(),
         exe,
         files,
         closed_fds,
@@ -293,7 +302,7 @@ fn capture_stopped(
         rss_bytes: status.rss_kb * 1024,
         prepared_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0),
         prepare_us: 0,
         reply_slot: spec.reply_slot,
@@ -306,16 +315,6 @@ fn capture_stopped(
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }
 
-fn robust_list(pid: i32) -> Result<(u64, u64), SysError> {
-    let mut head = 0u64;
-    let mut len = 0usize;
-    // SAFETY: two valid out pointers.
-    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut head as *mut u64, &mut len as *mut usize) };
-    if r != 0 {
-        return Err(SysError::last("get_robust_list"));
-    }
-    Ok((head, len as u64))
-}
 
 /// Sorts the target's mappings into what a child can rebuild.
 fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError> {
@@ -336,21 +335,24 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
                     ),
                 });
             }
-            file_kind(m)
+            file_kind(pid, m)
         } else if m.inode == 0 {
             VmaKind::Anon
         } else {
-            file_kind(m)
+            file_kind(pid, m)
         };
         out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new() });
     }
     Ok(out)
 }
 
-fn file_kind(m: &MapsEntry) -> VmaKind {
+fn file_kind(pid: i32, m: &MapsEntry) -> VmaKind {
     if m.name.starts_with('/') && !m.name.ends_with(" (deleted)") {
-        if let Some(identity) = files::identity(&m.name) {
-            if identity.ino == m.inode {
+        // The mapped object itself (map_files leads to it), which its path
+        // must still name: children map the file only if it is this one.
+        let mapped = files::identity(&format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+        if let (Some(identity), Some(named)) = (mapped, files::identity(&m.name)) {
+            if identity.ino == m.inode && identity.matches(&named, IdentityMatch::SameContent) {
                 return VmaKind::File { path: m.name.clone(), offset: m.offset, identity };
             }
         }
@@ -367,7 +369,7 @@ fn mark_written_file_pages(snap_pid: i32, vmas: &mut [Vma]) -> Result<(), SysErr
         .map_err(|e| SysError::new("open pagemap", e.raw_os_error().unwrap_or(0)))?;
     let mut entries = Vec::new();
     for v in vmas.iter_mut().filter(|v| matches!(v.kind, VmaKind::File { .. })) {
-        entries.resize(v.pages() as usize * 8, 0);
+        entries.resize(usize_of(v.pages()) * 8, 0);
         pm.read_exact_at(&mut entries, v.start / PAGE * 8)
             .map_err(|e| SysError::new("read pagemap", e.raw_os_error().unwrap_or(0)))?;
         for (i, e) in entries.chunks_exact(8).enumerate() {
@@ -384,4 +386,9 @@ fn mark_written_file_pages(snap_pid: i32, vmas: &mut [Vma]) -> Result<(), SysErr
     Ok(())
 }
 
-pub use files::identity as file_identity;
+pub use files::{from_sys as identity_from_sys, identity as file_identity};
+
+/// The errno of a failed injected syscall's result (`-errno`, in -4095..=-1).
+fn errno_of(r: i64) -> i32 {
+    i32::try_from(-r).unwrap_or(libc::EINVAL)
+}

@@ -4,6 +4,9 @@
 //! `mitosis-daemon`, clients use the `mitosis` library, benchmarks and the
 //! demo live in `mitosis-bench`.
 
+#![forbid(unsafe_code)]
+
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +23,8 @@ use mitosis::{ChildEnd, Client};
 /// (the process keeps running); `mitosis resume` on any host starts a child that continues
 /// from exactly that point. Exit status: the child's own status for `resume`; otherwise
 /// 0 on success, 64 usage, 65 unsupported process, 66 unknown seed, 69 seed host or daemon
-/// unreachable, 70 internal error, 76 protocol version mismatch, 77 permission or cluster key refused.
+/// unreachable, 70 internal error, 76 protocol version mismatch, 77 permission or cluster key refused,
+/// 141 stdout closed (e.g. piped into `head`).
 #[derive(Parser)]
 #[command(name = "mitosis", version, about, long_about, propagate_version = true)]
 struct Cli {
@@ -414,13 +418,81 @@ enum Workload {
     },
 }
 
+/// Exit status of a usage error (EX_USAGE), also for the ones clap finds.
+const EXIT_USAGE: u8 = 64;
+
+/// Exit status when stdout is a closed pipe (`mitosis ls | head -c0`):
+/// 128 + SIGPIPE, what a shell reports for a command that SIGPIPE killed,
+/// as it would `ls` or `cat`. The command stops printing, without a message.
+///
+/// mitosis does not take SIGPIPE's default disposition back instead (which
+/// would give the same status): the client's writes to the daemon's socket
+/// would then kill it too, silently, where it now reports the daemon gone.
+const EXIT_STDOUT_CLOSED: u8 = 141;
+
+/// stdout is a closed pipe: the command ends with [`EXIT_STDOUT_CLOSED`].
+#[derive(Debug, thiserror::Error)]
+#[error("stdout is closed")]
+struct StdoutClosed;
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("cannot write to stdout")
+    }
+}
+
+/// `println!` that ends the command when stdout is a closed pipe (see
+/// [`EXIT_STDOUT_CLOSED`]) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).map_err(stdout_error)?
+    };
+}
+
+/// `eprintln!` that ignores a closed stderr: the exit status still tells.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// The benchmarks' tables and the demo (crate `mitosis-bench`) print with
+/// `println!`, which panics on a closed pipe with "failed printing to
+/// stdout: Broken pipe (os error 32)": that panic, and only it, ends the
+/// process with [`EXIT_STDOUT_CLOSED`] as [`out!`] does. Other panics keep
+/// the default report.
+fn exit_quietly_on_closed_stdio() {
+    let default = std::panic::take_hook();
+    let broken_pipe = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.ends_with(&broken_pipe) {
+            std::process::exit(EXIT_STDOUT_CLOSED.into());
+        }
+        default(info)
+    }));
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    exit_quietly_on_closed_stdio();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` exit 0 (their text on stdout); every
+            // other parse error is a usage error, 64 as documented, not
+            // clap's own 2.
+            let _ = e.print();
+            return ExitCode::from(if e.exit_code() == 0 { 0 } else { EXIT_USAGE });
+        }
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::from(EXIT_STDOUT_CLOSED),
         Err(e) => {
             let code = e.downcast_ref::<mitosis::Error>().map(|m| m.exit_code()).unwrap_or(1);
-            eprintln!("mitosis: {e:#}");
+            note!("mitosis: {e:#}");
             ExitCode::from(code as u8)
         }
     }
@@ -481,10 +553,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Prepare { pid, id, until_exit, copy, socket, json } => {
             let info = Client::connect(&socket.socket)?.prepare_with(pid, &id, !until_exit, copy)?;
+            // A process prepared from outside cannot know that it is cloned,
+            // so nothing reseeds its children (stderr: --json stays JSON).
+            eprintln!(
+                "mitosis: warning: every child of seed {id} starts with the random-number state of pid {pid} \
+                 (RNG seeds, key and UUID generators) and cannot tell it is a clone; \
+                 see \"Clone uniqueness\" in the README"
+            );
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                out!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                println!(
+                out!(
                     "prepared seed {} from pid {} in {:.2} ms: {} mappings, {:.1} MiB mapped, {:.1} MiB resident",
                     info.id,
                     info.source_pid,
@@ -494,7 +573,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     info.rss_bytes as f64 / 1048576.0
                 );
                 for (fd, what) in &info.closed_fds {
-                    println!("note: descriptor {fd} ({what}) is closed in children");
+                    out!("note: descriptor {fd} ({what}) is closed in children");
                 }
             }
             Ok(0)
@@ -519,7 +598,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 use std::os::fd::AsRawFd;
                 let stdio = [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()];
                 let resumed = Client::connect(&socket.socket)?.resume_with(&from, &id, stdio, &options)?;
-                println!(
+                out!(
                     "started child {} in {} (log: {})",
                     resumed.pid,
                     resumed.container.as_deref().unwrap_or("no container"),
@@ -533,13 +612,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(r) => r,
                 Err(mitosis::Error::Io(_) | mitosis::Error::Proto(_)) => {
                     // The daemon went away; its children (whose pages it served) went with it.
-                    eprintln!("mitosis: child killed: the local daemon stopped");
+                    note!("mitosis: child killed: the local daemon stopped");
                     return Ok(mitosis::ErrorKind::SeedGone.exit_code());
                 }
                 Err(e) => return Err(e.into()),
             };
             if profile {
-                eprintln!(
+                note!(
                     "mitosis: resume {:.2} ms (image {:.2} ms, {} bytes; fork {:.2} ms; restore {:.2} ms); faults {} ({} zero, {} waited for pages), fetched {} pages in {} requests ({} pushed ahead of faults, {} from this host's cache)",
                     timings.total_us as f64 / 1000.0,
                     timings.fetch_image_us as f64 / 1000.0,
@@ -556,8 +635,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             match &end {
-                ChildEnd::KilledByMitosis { reason } => eprintln!("mitosis: child killed: {reason}"),
-                ChildEnd::OutOfMemory { .. } => eprintln!("mitosis: the child {end}"),
+                ChildEnd::KilledByMitosis { reason } => note!("mitosis: child killed: {reason}"),
+                ChildEnd::OutOfMemory { .. } => note!("mitosis: the child {end}"),
                 _ => {}
             }
             Ok(end.exit_status())
@@ -565,16 +644,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ps { all, socket, json } => {
             let (children, pool) = Client::connect(&socket.socket)?.ps(all)?;
             if json {
-                println!("{}", serde_json::json!({ "children": children, "pool": pool }));
+                out!("{}", serde_json::json!({ "children": children, "pool": pool }));
             } else {
-                println!("{:<8} {:<20} {:<22} {:<20} {:>10} {:>9}  STATE", "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "AGE");
+                out!("{:<8} {:<20} {:<22} {:<20} {:>10} {:>9}  STATE", "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "AGE");
                 for c in &children {
                     let state = match &c.end {
                         None if c.detached => "running (detached)".to_string(),
                         None => "running".to_string(),
                         Some(end) => end.to_string(),
                     };
-                    println!(
+                    out!(
                         "{:<8} {:<20} {:<22} {:<20} {:>8.1}Mi {:>8.1}s  {}",
                         c.pid,
                         c.seed_id,
@@ -585,19 +664,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         state
                     );
                 }
-                println!("{pool}");
+                out!("{pool}");
             }
             Ok(0)
         }
         Command::Stats { socket, json } => {
             let s = Client::connect(&socket.socket)?.stats()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                out!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 let mib = |b: u64| b as f64 / 1048576.0;
-                println!("{:<24} {:>18} {:>9} {:>14} {:>16}", "SEED", "GENERATION", "CHILDREN", "SERVED", "WORKING SET");
+                out!("{:<24} {:>18} {:>9} {:>14} {:>16}", "SEED", "GENERATION", "CHILDREN", "SERVED", "WORKING SET");
                 for seed in &s.seeds {
-                    println!(
+                    out!(
                         "{:<24} {:>18x} {:>9} {:>12.1}Mi {:>10} pages",
                         seed.id,
                         seed.generation,
@@ -607,7 +686,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     );
                 }
                 let c = &s.cache;
-                println!(
+                out!(
                     "page cache: {:.1} of {:.1} MiB, {} seed generations, {} hits, {} misses, {} evictions",
                     mib(c.bytes),
                     mib(c.limit_bytes),
@@ -616,13 +695,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     c.misses,
                     c.evictions
                 );
-                println!("children running: {}; {}", s.children_running, s.pool);
+                out!("children running: {}; {}", s.children_running, s.pool);
             }
             Ok(0)
         }
         Command::Kill { id, socket } => {
             let pid = Client::connect(&socket.socket)?.kill(&id)?;
-            println!("killed child {pid}");
+            out!("killed child {pid}");
             Ok(0)
         }
         Command::Drop { id, socket } => {
@@ -632,11 +711,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls { socket, json } => {
             let seeds = Client::connect(&socket.socket)?.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&seeds)?);
+                out!("{}", serde_json::to_string_pretty(&seeds)?);
             } else {
-                println!("{:<24} {:>8} {:>8} {:>12} {:>12} {:>10}", "ID", "PID", "UID", "MAPPED", "RESIDENT", "AGE");
+                out!("{:<24} {:>8} {:>8} {:>12} {:>12} {:>10}", "ID", "PID", "UID", "MAPPED", "RESIDENT", "AGE");
                 for s in seeds {
-                    println!(
+                    out!(
                         "{:<24} {:>8} {:>8} {:>10.1}Mi {:>10.1}Mi {:>9.1}s",
                         s.id,
                         s.source_pid,

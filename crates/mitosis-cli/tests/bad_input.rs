@@ -4,6 +4,8 @@
 //! exit status and a message; no garbage may hurt a daemon, which must go on
 //! serving real requests afterwards.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -489,7 +491,7 @@ fn other_users_are_confined_to_their_own_processes_and_seeds() {
     let Some(c) = Cluster::build("perms", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
     let version = as_nobody(&["--version"]);
     if version.code() != Some(0) {
-        eprintln!("skipped: user nobody cannot run {} ({version})", bin().display());
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
         return;
     }
     let sock_a = c.a.socket().to_str().unwrap().to_string();
@@ -557,7 +559,7 @@ fn nobody_may_resume_only_from_listed_peers() {
     let Some(c) = Cluster::build("dial", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
     let version = as_nobody(&["--version"]);
     if version.code() != Some(0) {
-        eprintln!("skipped: user nobody cannot run {} ({version})", bin().display());
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
         return;
     }
     let sock_b = c.b.socket().to_str().unwrap().to_string();

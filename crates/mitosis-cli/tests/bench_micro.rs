@@ -4,6 +4,8 @@
 //! Python line when the venv exists) and its JSON has every figure, with
 //! sane values. It checks that the bench works, not how fast anything is.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 use std::time::Instant;
 

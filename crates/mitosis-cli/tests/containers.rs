@@ -5,6 +5,8 @@
 //!
 //! The seed is `programs/probe.c`, which answers questions about its world.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::time::Duration;
@@ -298,4 +300,91 @@ fn seed_working_in_tmp_keeps_its_working_directory() {
     assert!(work.join("relative").exists(), "the child writes where its seed worked");
     child.send("exit 0\n");
     assert_eq!(child.finish(STEP).code(), Some(0));
+}
+
+/// The cgroup subtrees (`mitosis-<pid>` directories) of daemon `pid`, one
+/// per hierarchy it uses, as seen from the test's own mount namespace.
+fn cgroup_subtrees_of(pid: i32) -> Vec<std::path::PathBuf> {
+    let paths = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let (Some(mount), r) = (left.split(' ').nth(4), right.split(' ').collect::<Vec<_>>()) else { continue };
+        let (v2, options): (bool, Vec<&str>) = match (r[0], r.get(2)) {
+            ("cgroup", Some(o)) => (false, o.split(',').collect()),
+            ("cgroup2", _) => (true, Vec::new()),
+            _ => continue,
+        };
+        for l in paths.lines() {
+            let mut it = l.splitn(3, ':');
+            let (Some(_), Some(ctrls), Some(path)) = (it.next(), it.next(), it.next()) else { continue };
+            let ctrls: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+            let same = if v2 { ctrls.is_empty() } else { !ctrls.is_empty() && ctrls.iter().all(|c| options.contains(c)) };
+            let dir = std::path::Path::new(mount).join(path.trim_start_matches('/')).join(format!("mitosis-{pid}"));
+            if same && dir.is_dir() {
+                out.push(dir);
+            }
+        }
+    }
+    out
+}
+
+/// `dir` and every directory below it.
+fn dirs_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(dirs_below(&e.path()));
+        }
+    }
+    out
+}
+
+/// A daemon killed by SIGKILL cannot remove its cgroup subtree (its own and
+/// its containers' directories). The next daemon started in that cgroup
+/// removes it at start-up, killing a process still inside, and leaves the
+/// subtree of the live daemon a (another network namespace, same cgroup)
+/// alone.
+#[test]
+fn a_killed_daemons_cgroups_are_swept_by_the_next_one() {
+    let Some(c) = Cluster::new("container-sweep") else { return };
+    let _parent = probe_seed(&c);
+    let mut child = c.resume_on_b("probe");
+    assert_eq!(answer(&mut child, "pid"), "2", "in a container");
+    let dead = c.b.pid();
+    let subtrees = cgroup_subtrees_of(dead);
+    assert!(!subtrees.is_empty(), "daemon b has no cgroup subtree");
+    let live_a: Vec<_> = cgroup_subtrees_of(c.a.pid()).iter().flat_map(|d| dirs_below(d)).collect();
+    assert!(!live_a.is_empty(), "daemon a has no cgroup subtree");
+
+    // SIGKILL to the daemon process only, as the OOM killer would: its
+    // helpers and containers die by PDEATHSIG. It stays unreaped (its pid
+    // reserved) until the Cluster goes.
+    let killed = std::process::Command::new("kill").args(["-KILL", &dead.to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert_ne!(child.wait(STEP).code(), Some(0), "{}", child.describe());
+    let stale: Vec<_> = subtrees.iter().flat_map(|d| dirs_below(d)).collect();
+    assert!(stale.len() > subtrees.len(), "no container directories under {subtrees:?}");
+    // A process left in one of the dead daemon's container cgroups.
+    let container_dir = stale.iter().find(|d| !subtrees.contains(d)).unwrap();
+    let mut stray = Proc::spawn("stray", std::process::Command::new("sleep").arg("1000"));
+    std::fs::write(container_dir.join("cgroup.procs"), stray.pid().to_string()).unwrap();
+
+    let b2 = mitosis_testkit::Daemon::start(&bin(), &c.hosts.b, &c.dir, "b2", &c.key).expect("restarting daemon b");
+    let log = b2.log();
+    for d in &stale {
+        assert!(!d.exists(), "{} is left after a new daemon started:\n{log}", d.display());
+    }
+    assert!(wait_until(STEP, || !stray.running()), "the process left in {} survived", container_dir.display());
+    assert!(log.contains("removed a dead daemon's cgroup directory") && log.contains(&format!("mitosis-{dead}")), "{log}");
+    assert!(log.contains("killed a process left in a dead daemon's cgroup"), "{log}");
+    for d in &live_a {
+        assert!(d.exists(), "live daemon a's {} was removed:\n{log}", d.display());
+    }
+    assert!(!cgroup_subtrees_of(b2.pid()).is_empty(), "the new daemon has its own subtree");
+    let mut again = resume_proc(&c.a.addr(), "probe", b2.socket());
+    assert_eq!(answer(&mut again, "pid"), "2", "the new daemon resumes into containers");
+    again.send("exit 0\n");
+    assert_eq!(again.finish(STEP).code(), Some(0), "{log}");
 }

@@ -6,6 +6,8 @@
 //! nothing moved, and the pager thread spun in `poll` with a zero timeout
 //! until the child faulted again. The same held for a pushed working set.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::time::{Duration, Instant};

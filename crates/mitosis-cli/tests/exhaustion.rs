@@ -6,6 +6,8 @@
 //! so and closed at once, the ones admitted are closed at their deadline,
 //! and the daemons' memory stays near its baseline.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -63,7 +65,7 @@ fn three_thousand_hostile_connections_on_each_socket_do_not_stop_legitimate_resu
     let Some(c) = Cluster::new("exhaustion") else { return };
     let version = as_nobody(&["--version"]);
     if version.code() != Some(0) {
-        eprintln!("skipped: user nobody cannot run {} ({version})", bin().display());
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
         return;
     }
     let t0 = Instant::now();
@@ -83,11 +85,9 @@ fn three_thousand_hostile_connections_on_each_socket_do_not_stop_legitimate_resu
     eprintln!("baseline VmRSS: a {base_a} KiB, b {base_b} KiB");
 
     // This process and the helper (which inherits the limit) hold thousands of descriptors.
-    let want = (HOSTILE + 1024) as u64;
-    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    if soft < want {
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard.max(want)).unwrap();
-    }
+    let want = HOSTILE as u64 + 1024;
+    let got = mitosis_sys::rlimit::raise_nofile(want).unwrap();
+    assert!(got >= want, "descriptor limit {got}, {want} needed");
 
     // Local: user nobody holds 3,000 connections to b's socket, half of
     // them having announced a 1 MiB request and sent 10 bytes of it.

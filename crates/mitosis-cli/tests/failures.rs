@@ -4,6 +4,8 @@
 //! killed (the resume exits 69 with "child killed: ..."), and it never runs
 //! on wrong data; no child outlives what it depends on.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::process::Command;
@@ -152,9 +154,8 @@ fn killing_the_resumer_kills_the_child() {
     child.ask("pid", "pid ");
     let cpid = c.only_child_on_b();
     assert!(alive(cpid));
-    // SAFETY: kill has no memory-safety preconditions; the pid is our own
-    // unreaped child (the resume command).
-    unsafe { libc::kill(child.pid(), libc::SIGKILL) };
+    // The pid is our own unreaped child (the resume command).
+    mitosis_sys::process::kill(child.pid(), libc::SIGKILL).unwrap();
     child.wait(STEP);
     assert!(wait_until(Duration::from_secs(10), || !alive(cpid)), "child {cpid} outlived its resumer");
 }
@@ -170,9 +171,8 @@ fn killing_the_local_daemon_kills_its_children() {
     let mut child = c.resume_on_b("s");
     child.ask("pid", "pid ");
     let cpid = c.only_child_on_b();
-    // SAFETY: kill has no memory-safety preconditions; the pid is daemon b,
-    // still reserved by its unreaped process.
-    unsafe { libc::kill(c.b.pid(), libc::SIGKILL) };
+    // The pid is daemon b, still reserved by its unreaped process.
+    mitosis_sys::process::kill(c.b.pid(), libc::SIGKILL).unwrap();
     assert!(wait_until(Duration::from_secs(10), || !alive(cpid)), "child {cpid} outlived its daemon");
     let status = child.wait(STEP);
     assert_ne!(status.code(), Some(0), "{}", child.describe());
@@ -329,8 +329,8 @@ fn holding_proxy(host: &mitosis_testkit::Host, port: u16, upstream: String) -> H
     let (listen, ns) = (addr.clone(), std::path::PathBuf::from("/run/netns").join(&host.ns));
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&ns).unwrap();
-        // SAFETY: setns on a valid namespace descriptor; it only moves this thread.
-        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
+        // Only this thread moves.
+        mitosis_sys::ns::setns(&ns, libc::CLONE_NEWNET).unwrap();
         let listener = TcpListener::bind(&listen).unwrap();
         ready_tx.send(()).unwrap();
         let Ok((mut down, _)) = listener.accept() else { return };
@@ -417,14 +417,13 @@ fn seed_survives_its_process_group_and_goes_with_its_snapshot() {
     let sum0 = parent.verify();
     let seed = c.prepare_a(ppid, "grp");
     // The target leads its own process group (see Proc::spawn).
-    // SAFETY: kill has no memory-safety preconditions; the group is our target's.
-    unsafe { libc::kill(-ppid, libc::SIGKILL) };
+    mitosis_sys::process::kill(-ppid, libc::SIGKILL).unwrap();
     parent.wait(STEP);
     assert_snapshot_still_serves(&c, &seed, "grp", sum0);
 
     let snap = seed["snapshot_pid"].as_i64().unwrap() as i32;
-    // SAFETY: as above; the snapshot is the daemon's, which reaps it.
-    unsafe { libc::kill(snap, libc::SIGKILL) };
+    // As above: the snapshot is the daemon's, which reaps it.
+    let _ = mitosis_sys::process::kill(snap, libc::SIGKILL);
     let sock = c.a.socket().to_str().unwrap().to_string();
     let listed = || c.cli(&["ls", "--json", "--socket", &sock]).stdout.contains("grp");
     assert!(wait_until(Duration::from_secs(10), || !listed()), "a seed whose snapshot died is still listed\n{}", c.logs());

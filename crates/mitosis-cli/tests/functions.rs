@@ -8,6 +8,8 @@
 //! developer's machine and fails in CI (`CI=true`). `MITOSIS_FUNCTIONS_PYTHON`
 //! names another interpreter.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,9 +52,9 @@ fn suite() -> Option<Suite> {
     let found = Suite::locate(None, python.as_deref()).and_then(|s| s.check().map(|_| s));
     match found {
         Ok(s) => Some(s),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("the function suite is not set up in CI: {e:#}"),
+        Err(e) if mitosis_testkit::in_ci() => panic!("the function suite is not set up in CI: {e:#}"),
         Err(e) => {
-            eprintln!("skipped: the function suite is not set up: {e:#}");
+            mitosis_testkit::skip(format!("the function suite is not set up: {e:#}"));
             None
         }
     }

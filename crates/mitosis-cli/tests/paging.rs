@@ -3,6 +3,8 @@
 //! streaming, the recorded working set pushed, this host's page cache), and
 //! no cache ever serves a page of an older generation of a seed.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! by pid on host a and resumed on host b; each checks its own state after
 //! the restore.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::process::Command;
@@ -36,7 +38,7 @@ print(json.dumps(compute(int(line))), flush=True)
 #[test]
 fn cpython_prepared_by_pid() {
     let Some(python) = mitosis_testkit::real_python() else {
-        eprintln!("skipped: no python3 interpreter found");
+        mitosis_testkit::skip("no python3 interpreter found");
         return;
     };
     let Some(c) = Cluster::new("cpython") else { return };
@@ -89,7 +91,7 @@ fn avx_registers_and_mxcsr_survive() {
 #[test]
 fn avx512_registers_and_masks_survive() {
     if !(cpu_has("avx512f") && cpu_has("avx512bw")) {
-        eprintln!("skipped: this CPU has no AVX-512");
+        mitosis_testkit::skip("this CPU has no AVX-512");
         return;
     }
     fpu_mode("fpu-avx512", "avx512", &["-mavx"]);

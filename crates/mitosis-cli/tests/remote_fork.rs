@@ -2,6 +2,8 @@
 //! (zdtm style): the `pattern` workload verifies every word of its memory,
 //! heap and stack in the resumed child, while its parent goes on unharmed.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -323,9 +325,8 @@ fn child_killed_by_a_signal_and_profile_output() {
     // In its container the child is pid 2; `mitosis ps` gives its pid here.
     assert_eq!(pid_of(&child.ask("pid", "pid ")), 2);
     let cpid = c.only_child_on_b();
-    // SAFETY: kill has no memory-safety preconditions; cpid is the live child
-    // (it just answered), which only its resumer's daemon can reap.
-    unsafe { libc::kill(cpid, libc::SIGTERM) };
+    // cpid is the live child (it just answered), which only its resumer's daemon can reap.
+    mitosis_sys::process::kill(cpid, libc::SIGTERM).unwrap();
     let out = child.finish(STEP);
     assert_eq!(out.code(), Some(128 + libc::SIGTERM), "{out}\n{}", c.logs());
     assert!(out.stderr.contains("mitosis: resume") && out.stderr.contains("faults"), "--profile output: {out}");
@@ -339,8 +340,8 @@ fn stopped_process_stays_stopped_and_its_children_run() {
     let Some(c) = Cluster::new("stopped") else { return };
     let (mut parent, ppid) = c.pattern_in_a(2);
     let sum = parent.verify();
-    // SAFETY: kill has no memory-safety preconditions; ppid is our live target.
-    unsafe { libc::kill(ppid, libc::SIGSTOP) };
+    // ppid is our live target.
+    mitosis_sys::process::kill(ppid, libc::SIGSTOP).unwrap();
     let stopped = || {
         std::fs::read_to_string(format!("/proc/{ppid}/stat"))
             .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('T'))
@@ -353,8 +354,7 @@ fn stopped_process_stays_stopped_and_its_children_run() {
     let out = c.resume_on_b_with("stopped", "verify\nexit 0\n");
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     assert_eq!(out.stdout, format!("verify ok {sum}\n"));
-    // SAFETY: as above.
-    unsafe { libc::kill(ppid, libc::SIGCONT) };
+    mitosis_sys::process::kill(ppid, libc::SIGCONT).unwrap();
     assert_eq!(parent.verify(), sum);
 }
 
@@ -409,10 +409,7 @@ fn child_looks_like_its_parent_and_its_vdso_clock_works() {
         let c_ = std::fs::read_link(format!("/proc/{cpid}/{what}")).unwrap();
         assert_eq!(c_, p, "/proc/PID/{what} of the child");
     }
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let ours = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let ours = mitosis_sys::process::monotonic_ns();
     let line = child.ask("now", "now ");
     let theirs: u64 = line["now ".len()..].parse().unwrap();
     assert!(theirs >= ours && theirs - ours < 5_000_000_000, "child's CLOCK_MONOTONIC {theirs} vs ours {ours}");

@@ -4,7 +4,9 @@
 //!
 //! Layout: `<mount>/<daemon's cgroup>/mitosis-<daemon pid>/<container>`. A
 //! daemon removes its whole subtree when it stops, so containers never
-//! outlive it in the cgroup tree either.
+//! outlive it in the cgroup tree either. A daemon that was killed (SIGKILL,
+//! OOM) cannot: the next daemon started in the same cgroup sweeps the
+//! subtrees of dead daemons beside its own ([`Cgroups::sweep_dead_daemons`]).
 //!
 //! A daemon whose mount namespace lacks a hierarchy that its process belongs
 //! to (`ip netns exec` mounts a fresh /sys, hiding /sys/fs/cgroup) mounts it
@@ -209,6 +211,41 @@ impl Cgroups {
         }
     }
 
+    /// Removes the subtrees that daemons which are gone left beside this
+    /// daemon's own: `mitosis-<pid>` directories, in the daemon's cgroup of
+    /// each hierarchy, whose pid is not a live mitosis daemon (see
+    /// `is_live_daemon`). Processes still inside (a dead daemon's holders
+    /// and children die by `PR_SET_PDEATHSIG`, but a stray one may remain)
+    /// are killed first; directories are removed children first.
+    ///
+    /// Several daemons share one cgroup (one per network namespace on a
+    /// machine, as in the tests): a live daemon's subtree is never touched.
+    /// Daemons that share a cgroup are assumed to share a PID namespace too
+    /// (a subtree is named by its daemon's pid as that daemon sees it, and
+    /// looked up in this daemon's /proc).
+    pub fn sweep_dead_daemons(&self) -> Sweep {
+        let own = std::process::id();
+        let mut sweep = Sweep::default();
+        let mut parents: Vec<&Path> = Vec::new();
+        for h in &self.hierarchies {
+            match h.base.parent() {
+                Some(p) if !parents.contains(&p) => parents.push(p),
+                _ => {}
+            }
+        }
+        for parent in parents {
+            let Ok(entries) = fs::read_dir(parent) else { continue };
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(daemon_pid_of_subtree) else { continue };
+                if pid == own || !e.path().is_dir() || is_live_daemon(pid) {
+                    continue;
+                }
+                remove_subtree(&e.path(), &mut sweep);
+            }
+        }
+        sweep
+    }
+
     /// Container directories that exist now: the most in any one hierarchy
     /// (each container has one in each), for leak checks.
     pub fn live_directories(&self) -> usize {
@@ -217,6 +254,105 @@ impl Cgroups {
             .map(|h| fs::read_dir(&h.base).map(|d| d.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0))
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// What [`Cgroups::sweep_dead_daemons`] did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Directories removed, children before their parents.
+    pub removed: Vec<PathBuf>,
+    /// Processes that were still inside, killed (SIGKILL) before the removal.
+    pub killed: Vec<i32>,
+    /// Directories that could not be removed, and why.
+    pub failed: Vec<(PathBuf, io::Error)>,
+}
+
+/// The daemon pid of a subtree named `mitosis-<pid>` (container directories,
+/// `mitosis-<pid>-<n>`, live one level further down).
+fn daemon_pid_of_subtree(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("mitosis-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&p| p > 0)
+}
+
+/// Whether `pid` is a live `mitosis daemon` process, whose subtree must be
+/// left alone. In doubt (its /proc files unreadable for another reason than
+/// its absence) the answer is yes: a leaked directory is harmless, removing
+/// a live daemon's would kill its children.
+///
+/// Pid reuse: a dead daemon's pid now held by another program, or by a
+/// thread (`/proc/<tid>` exists too, hence the Tgid check), is not a daemon;
+/// one held by another daemon is (conservatively) kept: a daemon started in
+/// the same cgroup with that pid even takes the directory over as its own.
+/// A zombie (a killed daemon not yet reaped) is dead.
+fn is_live_daemon(pid: u32) -> bool {
+    let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return false,
+        Err(_) => return true,
+    };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    if field("Tgid:").and_then(|t| t.parse::<u32>().ok()) != Some(pid) {
+        return false;
+    }
+    if field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+        return false;
+    }
+    let cmdline = match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return false,
+        Err(_) => return true,
+    };
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+    is_daemon_command_line(&cmdline, exe.as_deref())
+}
+
+/// `argv[0]` or the executable is named `mitosis…` and one argument is the
+/// `daemon` subcommand. The daemon's zygote and janitor are forks with the
+/// same command line; one found under a dead daemon's pid keeps that
+/// subtree, which errs on the safe side.
+fn is_daemon_command_line(cmdline: &[u8], exe: Option<&Path>) -> bool {
+    let mut args = cmdline.split(|&b| b == 0);
+    let argv0 = args.next().unwrap_or_default();
+    let named_mitosis = |name: &[u8]| name.rsplit(|&b| b == b'/').next().is_some_and(|n| n.starts_with(b"mitosis"));
+    let exe_named = exe.and_then(|e| e.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("mitosis"));
+    (named_mitosis(argv0) || exe_named) && args.any(|a| a == b"daemon")
+}
+
+/// Removes `dir` and everything below it, children first, killing the
+/// processes found in each directory.
+fn remove_subtree(dir: &Path, sweep: &mut Sweep) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_subtree(&e.path(), sweep);
+            }
+        }
+    }
+    kill_members(dir, sweep);
+    match remove_dir_retrying(dir) {
+        Ok(()) => sweep.removed.push(dir.to_path_buf()),
+        Err(e) => sweep.failed.push((dir.to_path_buf(), e)),
+    }
+}
+
+/// SIGKILLs the processes listed in `dir/cgroup.procs`. Each pid is pinned
+/// by a pidfd and then seen in the list again, so that a pid reused by a
+/// process outside the cgroup is never signalled.
+fn kill_members(dir: &Path, sweep: &mut Sweep) {
+    let procs = dir.join("cgroup.procs");
+    let members = |text: &str| -> Vec<i32> { text.split_whitespace().filter_map(|p| p.parse().ok()).collect() };
+    for pid in members(&fs::read_to_string(&procs).unwrap_or_default()) {
+        let Ok(pidfd) = mitosis_sys::pidfd::open(pid) else { continue };
+        if !members(&fs::read_to_string(&procs).unwrap_or_default()).contains(&pid) {
+            continue;
+        }
+        if mitosis_sys::pidfd::send_signal(&pidfd, libc::SIGKILL).is_ok() {
+            sweep.killed.push(pid);
+        }
     }
 }
 
@@ -239,10 +375,7 @@ fn favor_dynamic_modifications() -> io::Result<()> {
     }
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (target, data_c) = (c(&path.to_string_lossy()), c(&data.join(",")));
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    if unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, data_c.as_ptr().cast()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    mitosis_sys::ns::mount(None, &target, None, flags, Some(&data_c)).map_err(|e| io::Error::from_raw_os_error(e.errno))?;
     tracing::info!(mount = %path.display(), "set favordynmods on the unified cgroup hierarchy (fast task migrations)");
     Ok(())
 }
@@ -256,19 +389,8 @@ fn mount_hierarchy(ctrls: &[String]) -> io::Result<PathBuf> {
     let (fstype, data) = if ctrls.is_empty() { ("cgroup2", String::new()) } else { ("cgroup", name.clone()) };
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let (src, target, fs_c, data_c) = (c(fstype), c(&at.to_string_lossy()), c(fstype), c(&data));
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fs_c.as_ptr(),
-            0,
-            if data.is_empty() { std::ptr::null() } else { data_c.as_ptr().cast() },
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let data_c = (!data.is_empty()).then_some(data_c.as_c_str());
+    mitosis_sys::ns::mount(Some(&src), &target, Some(&fs_c), 0, data_c).map_err(|e| io::Error::from_raw_os_error(e.errno))?;
     Ok(at)
 }
 
@@ -339,6 +461,13 @@ impl ContainerCgroup {
         self.dirs.iter().find(|(ctrl, _, _)| *ctrl == c).map(|(_, d, v2)| (d, *v2))
     }
 
+    /// The `cgroup.procs` file listing every process in the container's
+    /// memory cgroup: the child and all its descendants, which cannot leave
+    /// it (killing them all needs only this file).
+    pub fn procs_file(&self) -> Option<PathBuf> {
+        self.dir_of(Controller::Memory).map(|(d, _)| d.join("cgroup.procs"))
+    }
+
     /// Memory charged to the container now, in bytes.
     pub fn memory_usage(&self) -> Option<u64> {
         let (dir, v2) = self.dir_of(Controller::Memory)?;
@@ -388,6 +517,27 @@ mod tests {
         assert_eq!(m[0].0, PathBuf::from("/sys/fs/cgroup/cpu"));
         assert!(!m[0].1 && m[0].2.contains(&"cpu".to_string()));
         assert!(m[2].1);
+    }
+
+    #[test]
+    fn recognizes_daemon_subtrees_and_command_lines() {
+        assert_eq!(daemon_pid_of_subtree("mitosis-4242"), Some(4242));
+        for name in ["mitosis-", "mitosis-12-3", "mitosis-x", "other-12", "mitosis-0", "mitosis-+1"] {
+            assert_eq!(daemon_pid_of_subtree(name), None, "{name}");
+        }
+        let exe = Path::new("/usr/bin/mitosis");
+        assert!(is_daemon_command_line(b"/work/target/release/mitosis\0daemon\0--listen\0x\0", None));
+        assert!(is_daemon_command_line(b"mitosis\0--log-level\0debug\0daemon\0", None));
+        assert!(is_daemon_command_line(b"renamed\0daemon\0", Some(exe)));
+        assert!(!is_daemon_command_line(b"/usr/bin/mitosis\0ls\0", Some(exe)));
+        assert!(!is_daemon_command_line(b"sleep\0daemon\0", Some(Path::new("/usr/bin/sleep"))));
+        assert!(!is_daemon_command_line(b"", None));
+    }
+
+    #[test]
+    fn this_test_process_and_absent_pids_are_no_daemons() {
+        assert!(!is_live_daemon(std::process::id()));
+        assert!(!is_live_daemon(u32::MAX - 1));
     }
 
     #[test]

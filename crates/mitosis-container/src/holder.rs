@@ -12,6 +12,7 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
+use mitosis_sys::{after_fork, ns, SysError};
 use serde::{Deserialize, Serialize};
 
 /// What kind of container a holder makes. Containers of the default kind
@@ -96,27 +97,18 @@ fn c(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-fn sys(what: &str, r: libc::c_int) -> Result<(), String> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(format!("{what}: {}", std::io::Error::last_os_error()))
-    }
+/// The message of a failed step: what was done, then the system's error.
+fn failed(what: &str) -> impl FnOnce(SysError) -> String + '_ {
+    move |e| format!("{what}: {}", std::io::Error::from_raw_os_error(e.errno))
 }
 
+/// `mount(2)`; an empty source, type or data is passed as NULL.
 fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
     let (s, t, f, d) = (c(src), c(target), c(fstype), c(data));
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::mount(
-            if src.is_empty() { std::ptr::null() } else { s.as_ptr() },
-            t.as_ptr(),
-            if fstype.is_empty() { std::ptr::null() } else { f.as_ptr() },
-            flags,
-            if data.is_empty() { std::ptr::null() } else { d.as_ptr().cast() },
-        )
-    };
-    sys(&format!("mount {fstype} on {target}"), r)
+    fn some(c: &CString) -> Option<&std::ffi::CStr> {
+        (!c.is_empty()).then_some(c.as_c_str())
+    }
+    ns::mount(some(&s), &t, some(&f), flags, some(&d)).map_err(failed(&format!("mount {fstype} on {target}")))
 }
 
 /// Private /tmp and /dev/shm, and a /proc of the container's PID namespace,
@@ -168,39 +160,18 @@ fn pivot_into(rootfs: &str) -> Result<(), String> {
             mount("tmpfs", &shm, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
         }
     }
-    let root = c(rootfs);
-    let dot = c(".");
-    // SAFETY: plain syscalls on valid strings. pivot_root(".", ".") stacks the
-    // old root on top of the new one; detaching it leaves the new root alone.
-    unsafe {
-        sys("chdir into the rootfs", libc::chdir(root.as_ptr()))?;
-        sys("pivot_root", libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int)?;
-        sys("detaching the old root", libc::umount2(dot.as_ptr(), libc::MNT_DETACH))?;
-        sys("chdir /", libc::chdir(c("/").as_ptr()))?;
-    }
+    // pivot_root(".", ".") stacks the old root on top of the new one;
+    // detaching it leaves the new root alone.
+    ns::chdir(&c(rootfs)).map_err(failed("chdir into the rootfs"))?;
+    ns::pivot_root(c".", c".").map_err(failed("pivot_root"))?;
+    ns::umount(c".", libc::MNT_DETACH).map_err(failed("detaching the old root"))?;
+    ns::chdir(c"/").map_err(failed("chdir /"))?;
     mount("", "/", "", libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, "")
 }
 
 /// Brings the loopback interface of a new network namespace up.
 fn loopback_up() -> Result<(), String> {
-    // SAFETY: an ifreq is plain data; the ioctls read and write only it.
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return sys("socket", -1);
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        let r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req);
-        if r == 0 {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        }
-        let r = if r == 0 { libc::ioctl(s, libc::SIOCSIFFLAGS, &req) } else { r };
-        libc::close(s);
-        sys("bringing up lo", r)
-    }
+    ns::interface_up(b"lo").map_err(failed("bringing up lo"))
 }
 
 fn setup(spec: &HolderSpec, hostname: &str) -> Result<(), String> {
@@ -210,8 +181,7 @@ fn setup(spec: &HolderSpec, hostname: &str) -> Result<(), String> {
         Some(dir) => pivot_into(dir)?,
         None => host_root_read_only()?,
     }
-    // SAFETY: a valid buffer and its length.
-    sys("sethostname", unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) })?;
+    ns::sethostname(hostname.as_bytes()).map_err(failed("sethostname"))?;
     if spec.network {
         loopback_up()?;
     }
@@ -222,32 +192,25 @@ fn setup(spec: &HolderSpec, hostname: &str) -> Result<(), String> {
 /// so it may allocate). Writes "ok" or an error message to `ready` and closes
 /// it; then lives until `control` reaches end of file.
 pub fn holder_main(spec: &HolderSpec, hostname: &str, control: RawFd, ready: RawFd) -> ! {
-    // SAFETY: plain syscalls; the holder never returns from this function.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
-        let answer = match setup(spec, hostname) {
-            Ok(()) => "ok".to_string(),
-            Err(e) => e,
-        };
-        libc::write(ready, answer.as_ptr().cast(), answer.len());
-        libc::close(ready);
-        if answer != "ok" {
-            libc::_exit(1);
-        }
-        // Close everything else the zygote had, so the holder pins nothing.
-        if control > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (control - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (control + 1) as u32, u32::MAX, 0u32);
-        let mut byte = [0u8; 1];
-        loop {
-            let n = libc::read(control, byte.as_mut_ptr().cast(), 1);
-            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
-                libc::_exit(0);
-            }
-        }
+    // Neither can fail with these constant arguments; a holder without them
+    // would still work (the daemon closes `control` when it goes).
+    let _ = after_fork::set_parent_death_signal(libc::SIGKILL);
+    let _ = after_fork::ignore_signal(libc::SIGCHLD);
+    let answer = match setup(spec, hostname) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e,
+    };
+    // The daemon reads this answer; if it cannot arrive, the daemon sees the
+    // pipe close without "ok" and gives up on this holder.
+    let _ = after_fork::write_all(ready, answer.as_bytes());
+    after_fork::close(ready);
+    if answer != "ok" {
+        after_fork::exit(1);
     }
+    // Close everything else the zygote had, so the holder pins nothing.
+    let _ = after_fork::close_all_except(control);
+    after_fork::wait_for_eof(control);
+    after_fork::exit(0)
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@
 //! fork children (the daemon's zygote does, calling into [`holder`]) and
 //! knows nothing about seeds, restore or paging.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 pub mod cgroup;
 pub mod holder;
 
@@ -27,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub use cgroup::{Cgroups, ContainerCgroup};
+pub use cgroup::{Cgroups, ContainerCgroup, Sweep};
 pub use holder::HolderSpec;
 use mitosis_proto::local::{ContainerLimits, PoolStats};
 use mitosis_sys::pidfd;
@@ -84,6 +87,11 @@ impl Container {
 
     pub fn memory_usage(&self) -> Option<u64> {
         self.cgroup.memory_usage()
+    }
+
+    /// See [`ContainerCgroup::procs_file`].
+    pub fn procs_file(&self) -> Option<std::path::PathBuf> {
+        self.cgroup.procs_file()
     }
 
     /// Processes of this container killed by the kernel's OOM killer so far.
@@ -223,6 +231,13 @@ impl Pool {
         }
     }
 
+    /// A cgroup without limits for a child that runs without a container:
+    /// it holds the child and its descendants together, so that all of them
+    /// can be found and killed should their pager die.
+    pub fn plain_cgroup(&self) -> io::Result<ContainerCgroup> {
+        self.cgroups.create(&format!("{}plain-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+
     /// Makes a new container of kind `spec` (a holder and its cgroups).
     pub fn create(&self, spec: &HolderSpec) -> io::Result<Container> {
         if let Some(dir) = &spec.rootfs {
@@ -262,7 +277,7 @@ impl Pool {
             let why = if answer.is_empty() { "the namespace holder died".to_string() } else { answer };
             return Err(io::Error::other(format!("cannot set up container {}: {why}", container.name)));
         }
-        tracing::debug!(container = %container.name, us = t0.elapsed().as_micros() as u64, "container created");
+        tracing::debug!(container = %container.name, us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX), "container created");
         Ok(container)
     }
 
@@ -279,12 +294,18 @@ impl Pool {
         let created = self.counters.created.load(Ordering::Relaxed);
         let destroyed = self.counters.destroyed.load(Ordering::Relaxed);
         PoolStats {
-            warm: self.warm.lock().unwrap().iter().map(|(_, q)| q.len() as u32).sum(),
-            target: self.target as u32,
+            warm: self.warm.lock().unwrap().iter().map(|(_, q)| u32::try_from(q.len()).unwrap_or(u32::MAX)).sum(),
+            target: u32::try_from(self.target).unwrap_or(u32::MAX),
             created,
             destroyed,
             cgroup_dirs: self.cgroups.live_directories() as u64,
         }
+    }
+
+    /// Removes the cgroup subtrees of daemons that died without removing
+    /// their own (see [`Cgroups::sweep_dead_daemons`]); for start-up.
+    pub fn sweep_dead_daemons(&self) -> Sweep {
+        self.cgroups.sweep_dead_daemons()
     }
 
     /// Destroys the warm containers and the daemon's cgroup subtree. Containers

@@ -1,23 +1,44 @@
-//! The janitor: a small process that ends this daemon's snapshots if the
-//! daemon dies without dropping its seeds (SIGKILL, a crash).
+//! The janitor: a small process that cleans up after this daemon if it dies
+//! without doing so itself (SIGKILL, a crash).
 //!
-//! A snapshot is a child of the prepared process, in a session of its own
-//! (so that signals to that process's group never reach it), parked until
-//! its daemon kills it: nothing else would end it. The janitor is forked at
-//! start-up, leaves the daemon's session (a kill of the daemon's process
-//! group must not take it along), and gets a pidfd of every snapshot. When
-//! its socket reaches end of file (the daemon is gone, however it went), it
-//! SIGKILLs every snapshot it still knows and exits. Snapshots the daemon
-//! ended itself are gone already; their pidfds make a late kill harmless.
+//! It is forked at start-up and leaves the daemon's session (a kill of the
+//! daemon's process group must not take it along). The daemon hands it:
+//! - a pidfd of every seed snapshot: a snapshot is parked until its daemon
+//!   kills it, and nothing else would end it;
+//! - a copy of every userfaultfd a pager serves (children and their own
+//!   forks): while the janitor holds one, the kernel keeps it, so that the
+//!   memory it covers never falls back to zero pages once its pager is gone.
+//!   A fault then waits, and the faulting process is killed while it waits:
+//!   a descendant of a child never reads a zero page for a missing one;
+//! - the `cgroup.procs` file of every child's cgroup (its container's, or a
+//!   cgroup of its own for a child without one), which holds the child and
+//!   all its descendants, and the pidfd of every container's holder.
+//!
+//! When its socket reaches end of file (the daemon is gone, however it
+//! went), it SIGKILLs the snapshots, the holders (their PID namespaces die
+//! with them) and every process in those cgroups, then waits until the
+//! memory of every userfaultfd it holds is gone before it closes them and
+//! exits. What the daemon ended itself is gone already: pidfds and empty
+//! cgroups make a late kill harmless.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use mitosis_sys::uffd::Uffd;
 use mitosis_sys::{fdpass, pidfd};
 
 pub struct Janitor {
     sock: Mutex<OwnedFd>,
 }
+
+/// What one message to the janitor is about (its first byte).
+const SNAPSHOT: u8 = b's';
+const USERFAULTFD: u8 = b'u';
+const HOLDER: u8 = b'k';
+const CGROUP: u8 = b'g';
 
 impl Janitor {
     /// Forks the janitor. Call while the daemon is still single-threaded.
@@ -26,12 +47,34 @@ impl Janitor {
         Ok(Janitor { sock: Mutex::new(sock) })
     }
 
+    fn send(&self, message: &[u8], fds: &[i32], what: &str) {
+        let sock = self.sock.lock().unwrap();
+        if let Err(e) = fdpass::send_with_fds(&*sock, message, fds) {
+            tracing::warn!(error = %e, "the janitor cannot take {what}: it is not cleaned up if this daemon is killed");
+        }
+    }
+
     /// Has the janitor end `snapshot` should this daemon die first.
     pub fn watch(&self, snapshot: &OwnedFd) {
-        let sock = self.sock.lock().unwrap();
-        if let Err(e) = fdpass::send_with_fds(&*sock, b"s", &[snapshot.as_raw_fd()]) {
-            tracing::warn!(error = %e, "the janitor cannot take a snapshot: it stays if this daemon is killed");
-        }
+        self.send(&[SNAPSHOT], &[snapshot.as_raw_fd()], "a snapshot");
+    }
+
+    /// Has the janitor keep a copy of `uffd` while its memory lives.
+    pub fn keep_userfaultfd(&self, uffd: &Uffd) {
+        self.send(&[USERFAULTFD], &[uffd.as_raw_fd()], "a userfaultfd");
+    }
+
+    /// Has the janitor kill a container's holder should this daemon die first.
+    pub fn watch_holder(&self, holder: &OwnedFd) {
+        self.send(&[HOLDER], &[holder.as_raw_fd()], "a container");
+    }
+
+    /// Has the janitor kill every process listed in `procs` (a cgroup's
+    /// `cgroup.procs`) should this daemon die first.
+    pub fn watch_cgroup(&self, procs: &std::path::Path) {
+        let mut message = vec![CGROUP];
+        message.extend_from_slice(procs.as_os_str().as_encoded_bytes());
+        self.send(&message, &[], "a cgroup");
     }
 }
 
@@ -44,18 +87,58 @@ fn janitor_main(sock: OwnedFd) -> ! {
         libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
     }
     let mut snapshots: Vec<OwnedFd> = Vec::new();
-    let mut buf = [0u8; 16];
+    let mut holders: Vec<OwnedFd> = Vec::new();
+    let mut uffds: Vec<Uffd> = Vec::new();
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    let mut buf = [0u8; 4096];
     // Ends at end of file (or any error): the daemon is gone.
     while let Ok((n, fds)) = fdpass::recv_with_fds(&sock, &mut buf) {
         if n == 0 {
             break;
         }
+        // What ended meanwhile needs nothing more.
         snapshots.retain(|s| !pidfd::has_exited(s));
-        snapshots.extend(fds);
+        holders.retain(|h| !pidfd::has_exited(h));
+        uffds.retain(|u| u.memory_alive(mitosis_pager::PROBE_ADDR));
+        cgroups.retain(|c| c.exists());
+        match buf[0] {
+            SNAPSHOT => snapshots.extend(fds),
+            HOLDER => holders.extend(fds),
+            USERFAULTFD => uffds.extend(fds.into_iter().map(Uffd::from_fd)),
+            CGROUP => cgroups.push(PathBuf::from(std::ffi::OsStr::from_bytes(&buf[1..n]))),
+            _ => {}
+        }
     }
-    for s in &snapshots {
-        let _ = pidfd::send_signal(s, libc::SIGKILL);
+    for p in snapshots.iter().chain(&holders) {
+        let _ = pidfd::send_signal(p, libc::SIGKILL);
+    }
+    for procs in &cgroups {
+        kill_all_in(procs);
+    }
+    // Only once no process can fault on them any more.
+    while !uffds.is_empty() {
+        uffds.retain(|u| u.memory_alive(mitosis_pager::PROBE_ADDR));
+        std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: leaving the janitor.
     unsafe { libc::_exit(0) }
+}
+
+/// SIGKILLs every process listed in `procs` until none is left (a process
+/// that forks meanwhile is listed in the next round; a killed one cannot fork).
+fn kill_all_in(procs: &std::path::Path) {
+    for _ in 0..500 {
+        let Ok(list) = std::fs::read_to_string(procs) else { return };
+        let pids: Vec<i32> = list.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory-safety preconditions. A listed process
+            // that exited and was reaped just now could have its pid reused by
+            // another: a narrow race, run only once the daemon has died.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

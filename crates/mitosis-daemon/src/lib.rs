@@ -98,7 +98,7 @@ pub struct Daemon {
     pub pool: Arc<mitosis_container::Pool>,
     pub children: children::Children,
     pub cache: Arc<cache::PageCache>,
-    pub janitor: janitor::Janitor,
+    pub janitor: Arc<janitor::Janitor>,
 }
 
 impl Daemon {
@@ -119,8 +119,11 @@ impl Daemon {
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
         // First, while this process is small and has one thread.
         let spawner = Arc::new(spawner::Spawner::start().map_err(StartError::Zygote)?);
-        let janitor = janitor::Janitor::start().map_err(StartError::Janitor)?;
+        let janitor = Arc::new(janitor::Janitor::start().map_err(StartError::Janitor)?);
         let pool = mitosis_container::Pool::start(spawner.clone(), config.container_pool).map_err(StartError::Containers)?;
+        // Before the sockets open: a daemon killed without its shutdown left
+        // its cgroup subtree (and the directories of its containers) behind.
+        sweep_dead_daemons(&pool);
         // One descriptor per connection: the caps, not the descriptor limit,
         // must decide who is refused. Raised after the zygote and the janitor
         // started, so that children keep the limit the daemon was given.
@@ -179,6 +182,23 @@ impl Daemon {
         self.pool.shutdown();
         self.seeds.clear();
         let _ = std::fs::remove_file(&self.config.socket);
+    }
+}
+
+/// Removes the cgroup subtrees of dead daemons, logging what it did.
+fn sweep_dead_daemons(pool: &mitosis_container::Pool) {
+    let sweep = pool.sweep_dead_daemons();
+    for pid in &sweep.killed {
+        tracing::warn!(pid, "killed a process left in a dead daemon's cgroup");
+    }
+    for dir in &sweep.removed {
+        tracing::info!(dir = %dir.display(), "removed a dead daemon's cgroup directory");
+    }
+    for (dir, error) in &sweep.failed {
+        tracing::warn!(dir = %dir.display(), %error, "cannot remove a dead daemon's cgroup directory");
+    }
+    if !sweep.removed.is_empty() {
+        tracing::info!(directories = sweep.removed.len(), processes_killed = sweep.killed.len(), "swept the cgroups of dead daemons");
     }
 }
 

@@ -16,7 +16,6 @@ use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse};
 use mitosis_proto::{error_chain, ErrorKind, RemoteError, PROTOCOL_VERSION};
 use mitosis_sys::fdpass::{self, PeerCred};
 use mitosis_sys::mem::ProcMem;
-use mitosis_sys::procfs;
 
 use crate::limits::{ConnLimiter, Deadline, Limits, Uid};
 use crate::seeds::{Seed, SeedMemory};
@@ -219,11 +218,18 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
                 };
                 reply(&mut conn, &LocalResponse::Stats(stats))?;
             }
+            // A benchmark hook that makes root build containers and cgroups:
+            // root's alone.
+            LocalRequest::BareContainer { .. } if cred.uid != 0 => {
+                reply(&mut conn, &error(ErrorKind::PermissionDenied, "bare containers (a benchmark) are for root only"))?;
+            }
             LocalRequest::BareContainer { spec } => {
                 reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
             }
             LocalRequest::Kill { id } => {
-                let resp = match daemon.children.find(&id) {
+                // A child that has exited but is still being torn down is not running.
+                let running = daemon.children.find(&id).filter(|c| !mitosis_sys::pidfd::has_exited(&c.pidfd));
+                let resp = match running {
                     None => error(ErrorKind::NotFound, format!("no running child {id:?} on this host")),
                     Some(c) if cred.uid != 0 && cred.uid != c.uid => {
                         error(ErrorKind::PermissionDenied, format!("child {id:?} belongs to uid {}", c.uid))
@@ -256,12 +262,15 @@ fn handle_prepare(
     if reply_slot.is_some() && pid != cred.pid {
         return error(ErrorKind::PermissionDenied, "only a process itself may ask to be prepared with a reply slot");
     }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    if std::fs::metadata(format!("/proc/{pid}")).is_err() {
         return error(ErrorKind::NotFound, format!("no process {pid}"));
-    };
-    let owner = procfs::parse_status(&status).uid;
-    if cred.uid != 0 && cred.uid != owner {
-        return error(ErrorKind::PermissionDenied, format!("process {pid} belongs to uid {owner}, you are uid {}", cred.uid));
+    }
+    // The daemon's ptrace would pass for anything: the kernel's rules are
+    // applied to the asking process instead.
+    match mitosis_capture::access::may_prepare(cred.pid, cred.uid, pid) {
+        Ok(()) => {}
+        Err(mitosis_capture::access::AccessDenied::NoProcess { pid }) => return error(ErrorKind::NotFound, format!("no process {pid}")),
+        Err(denied) => return error(ErrorKind::PermissionDenied, format!("you (uid {}) may not prepare process {pid}: {denied}", cred.uid)),
     }
     // Opened before the capture, so that an unpinned seed of a process that
     // exits during the prepare is still dropped.

@@ -11,7 +11,7 @@ use mitosis_proto::image::SeedImage;
 use mitosis_container::{Container, HolderSpec};
 use mitosis_proto::local::{ChildEnd, ChildInfo, ContainerSpec, LocalResponse, Paging, ResumeOptions, ResumeTimings, CHILD_MARKER};
 use mitosis_proto::{error_chain, ErrorKind, ProtoError, RemoteError};
-use mitosis_restore::prologue::{ContainerEntry, Credentials, Prologue, PrologueExit};
+use mitosis_restore::prologue::{ContainerEntry, Credentials, FileFailure, Prologue, PrologueExit};
 use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
 use mitosis_sys::fdpass::PeerCred;
 use mitosis_sys::pidfd::{self, Exit};
@@ -45,6 +45,7 @@ pub fn handle_in_place(daemon: &Daemon, cred: PeerCred, conn: &mut UnixStream, f
             // The pager serves until the process exits (its parent reaps it, not us).
             let outcome = started.pager.join();
             daemon.children.finish(started.pid, None);
+            remove_plain_cgroup(started.plain_cgroup);
             // As for a new child: only a child that ran to its end tells what it touched.
             if matches!(outcome, Ok(Outcome::Exited)) {
                 report_working_set(daemon, &started.seed, started.recorder.as_deref());
@@ -106,7 +107,7 @@ pub fn handle(
 /// Waits for a started child to end (killing it if `conn`, its resumer,
 /// goes away), then tears down its pager and container; says how it ended.
 fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
-    let Started { pid, pidfd, pager, counters, container, recorder, seed, .. } = started;
+    let Started { pid, pidfd, pager, counters, container, plain_cgroup, recorder, seed, .. } = started;
     let conn_fd = conn.as_ref().map(|c| c.as_raw_fd()).unwrap_or(-1);
     let mut caller_gone = conn_fd < 0;
     loop {
@@ -159,6 +160,7 @@ fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) 
     if let Some(c) = container.and_then(|c| Arc::try_unwrap(c).ok()) {
         daemon.pool.retire(c);
     }
+    remove_plain_cgroup(plain_cgroup);
     (end, stats)
 }
 
@@ -166,6 +168,8 @@ struct Started {
     mm: mitosis_proto::image::MmFields,
     pid: i32,
     container: Option<Arc<Container>>,
+    /// The cgroup of a child without a container.
+    plain_cgroup: Option<mitosis_container::ContainerCgroup>,
     pidfd: Arc<OwnedFd>,
     pager: std::thread::JoinHandle<Outcome>,
     counters: Arc<Counters>,
@@ -180,6 +184,18 @@ struct SeedRef {
     from: String,
     id: String,
     generation: u64,
+}
+
+/// Removes a plain child's cgroup in the background: processes the child
+/// forked may still live in it a while (the removal retries), or longer (it
+/// is then left to the daemon's stop, which removes its whole subtree).
+fn remove_plain_cgroup(cgroup: Option<mitosis_container::ContainerCgroup>) {
+    let Some(cgroup) = cgroup else { return };
+    let _ = std::thread::Builder::new().name("plain-cgroup".into()).spawn(move || {
+        if let Err(e) = cgroup.remove() {
+            tracing::debug!(error = %e, "a plain child's cgroup stays: processes it forked live on");
+        }
+    });
 }
 
 /// Sends what the child fetched on demand to its seed host as the seed's
@@ -250,7 +266,16 @@ fn start(
         Body::Caller { pid, .. } => *pid,
         Body::NewChild { .. } => std::process::id() as i32,
     };
-    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child).map_err(|e| remote_err(ErrorKind::Unsupported, error_chain(&e)))?;
+    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child).map_err(|e| {
+        let kind = if matches!(e, RestoreError::Refused(_)) { ErrorKind::PermissionDenied } else { ErrorKind::Unsupported };
+        remote_err(kind, error_chain(&e))
+    })?;
+    let credentials = match &body {
+        // The caller runs the prologue itself, with its own credentials
+        // (which `child_credentials` would only narrow for root).
+        Body::Caller { .. } if cred.uid != 0 => None,
+        _ => child_credentials(cred, &image)?,
+    };
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
     let mut container = None;
@@ -260,14 +285,13 @@ fn start(
             if let Some(spec) = spec {
                 container = Some(Arc::new(take_container(daemon, spec)?));
             }
-            let pid = spawn_child(daemon, &image, &plan, stdio, container.as_deref().zip(spec))
-                .map_err(|e| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}")))?;
+            let pid = spawn_child(daemon, &image, &plan, credentials, stdio, container.as_deref().zip(spec))?;
             // Forked from our zygote, itself a fork of us: its vDSO is where ours is.
             (pid, daemon.vdso.span())
         }
         Body::Caller { pid, conn } => {
             let at = mitosis_restore::vdso_block_of(pid).map_err(|e| remote_err(ErrorKind::Unsupported, error_chain(&e)))?;
-            (prologue_in_caller(&image, &plan, pid, conn)?, at)
+            (prologue_in_caller(&image, &plan, credentials, pid, conn)?, at)
         }
     };
     let spawned = t0.elapsed();
@@ -281,7 +305,29 @@ fn start(
             kill_and_reap(&pidfd);
             return Err(remote_err(ErrorKind::Internal, format!("cannot put the child into container {}: {e}", c.name)));
         }
+        daemon.janitor.watch_holder(c.holder_pidfd());
     }
+    // A child without a container gets a cgroup of its own all the same: it
+    // holds the child's descendants too, which the janitor must find should
+    // this daemon die (a forked process can outlive its parent).
+    let plain_cgroup = match &container {
+        Some(_) => None,
+        None => match daemon.pool.plain_cgroup().and_then(|cg| cg.add(pid).map(|()| cg)) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                kill_and_reap(&pidfd);
+                return Err(remote_err(ErrorKind::Internal, format!("cannot give the child a cgroup: {e}")));
+            }
+        },
+    };
+    let procs = container.as_ref().and_then(|c| c.procs_file()).or_else(|| plain_cgroup.as_ref().and_then(|c| c.procs_file()));
+    if let Some(procs) = procs {
+        daemon.janitor.watch_cgroup(&procs);
+    }
+    let keeper: mitosis_pager::Keeper = {
+        let janitor = daemon.janitor.clone();
+        Arc::new(move |uffd: &mitosis_sys::uffd::Uffd| janitor.keep_userfaultfd(uffd))
+    };
     let reply = image.reply_slot.map(|slot| {
         // The pid the child sees itself as (inside its container's PID namespace).
         let info = ChildInfo { seed_id: id.to_string(), seed_host: from.to_string(), generation: image.generation, pid: own_view_pid(pid) };
@@ -336,7 +382,8 @@ fn start(
             .with_patches(patches)
             .with_notice(notice)
             .with_recorder(recorder.clone())
-            .with_push(push, push_go.clone());
+            .with_push(push, push_go.clone())
+            .with_keeper(Some(keeper));
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
             .spawn(move || pager.run())
@@ -370,6 +417,7 @@ fn start(
         mm: image.mm,
         pid,
         container,
+        plain_cgroup,
         recorder,
         seed: SeedRef { from: from.to_string(), id: id.to_string(), generation: image.generation },
         pidfd,
@@ -418,11 +466,71 @@ fn describe_failure(pidfd: &OwnedFd, e: &RestoreError) -> String {
     }
 }
 
-fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, container: Option<ContainerEntry>) -> Prologue {
-    // SAFETY: getuid has no preconditions.
-    let credentials = (unsafe { libc::getuid() } == 0 && image.uid != 0)
-        .then(|| Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() });
+fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, credentials: Option<Credentials>, container: Option<ContainerEntry>) -> Prologue {
     Prologue { parent, plan: plan.clone(), actions: image.signals.actions.clone(), credentials, container }
+}
+
+/// The credentials a child takes (`None`: it keeps the daemon's, root, for a
+/// seed of root). A child runs as its seed's uid and gid with the seed's
+/// supplementary groups, but never with more than its resumer holds: for a
+/// resumer other than root (whose uid is the seed's, checked before), the
+/// seed's gid must be one of the resumer's groups, and the supplementary
+/// groups are those the seed and the resumer both have.
+fn child_credentials(cred: PeerCred, image: &SeedImage) -> Result<Option<Credentials>, RemoteError> {
+    if !mitosis_sys::creds::is_root() || image.uid == 0 {
+        return Ok(None);
+    }
+    if cred.uid == 0 {
+        return Ok(Some(Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() }));
+    }
+    let held = resumer_groups(cred).ok_or_else(|| {
+        remote_err(ErrorKind::PermissionDenied, format!("cannot read the groups of the resuming process {}", cred.pid))
+    })?;
+    if !held.contains(&image.gid) {
+        return Err(remote_err(
+            ErrorKind::PermissionDenied,
+            format!("seed {:?} runs as gid {}, which you (uid {}) do not hold", image.id, image.gid, cred.uid),
+        ));
+    }
+    let groups = image.groups.iter().copied().filter(|g| held.contains(g)).collect();
+    Ok(Some(Credentials { uid: image.uid, gid: image.gid, groups }))
+}
+
+/// Every group the process behind `cred` holds (real, effective, saved and
+/// supplementary), if it is still that process (its uids are `cred.uid`).
+fn resumer_groups(cred: PeerCred) -> Option<Vec<u32>> {
+    let status = mitosis_sys::procfs::parse_status(&std::fs::read_to_string(format!("/proc/{}/status", cred.pid)).ok()?);
+    let uids = status.uids?;
+    if uids[..3].iter().any(|&u| u != cred.uid) {
+        return None;
+    }
+    let mut groups = status.gids?[..3].to_vec();
+    groups.extend(status.groups);
+    Some(groups)
+}
+
+/// Reads what a prologue wrote on its ready pipe (or the caller's
+/// connection): `Ok` once it is parked, its own report when it failed on
+/// one of the seed's files, or `Err(None)` when it died without one.
+fn read_ready(ready: &mut impl std::io::Read) -> Result<(), Option<FileFailure>> {
+    let mut record = [0u8; 6];
+    let mut got = 0;
+    while got < record.len() {
+        match ready.read(&mut record[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        if record[0] == 1 {
+            return Ok(());
+        }
+    }
+    Err(FileFailure::parse(&record[..got]))
+}
+
+/// The error for a prologue that reported `failure`.
+fn file_refusal(failure: FileFailure, plan: &RestorePlan, credentials: Option<&Credentials>) -> RemoteError {
+    let kind = if failure.errno == libc::ENOENT { ErrorKind::Unsupported } else { ErrorKind::PermissionDenied };
+    remote_err(kind, failure.describe(plan, credentials.map(|c| c.uid)))
 }
 
 /// Starts a container of `spec` with a process that only joins it, lets that
@@ -484,17 +592,23 @@ fn take_container(daemon: &Daemon, spec: &ContainerSpec) -> Result<Container, Re
 }
 
 /// Has the caller of a resume in place run its prologue; returns its pid once it is parked.
-fn prologue_in_caller(image: &SeedImage, plan: &RestorePlan, pid: i32, conn: &mut UnixStream) -> Result<i32, RemoteError> {
+fn prologue_in_caller(
+    image: &SeedImage,
+    plan: &RestorePlan,
+    credentials: Option<Credentials>,
+    pid: i32,
+    conn: &mut UnixStream,
+) -> Result<i32, RemoteError> {
     let threads = mitosis_sys::procfs::thread_count(pid).unwrap_or(0);
     if threads != 1 {
         return Err(remote_err(ErrorKind::Unsupported, format!("the caller has {threads} threads; only a single-threaded process can be resumed in place")));
     }
-    let prologue = postcard::to_stdvec(&prologue_for(image, plan, 0, None)).map_err(|e| remote_err(ErrorKind::Internal, e))?;
+    let prologue = postcard::to_stdvec(&prologue_for(image, plan, 0, credentials.clone(), None)).map_err(|e| remote_err(ErrorKind::Internal, e))?;
     send(conn, &LocalResponse::InPlace { prologue }).map_err(|e| remote_err(ErrorKind::Internal, e))?;
-    let mut byte = [0u8; 1];
-    match std::io::Read::read(conn, &mut byte) {
-        Ok(1) => Ok(pid),
-        _ => Err(remote_err(ErrorKind::Internal, "the caller did not complete its prologue")),
+    match read_ready(conn) {
+        Ok(()) => Ok(pid),
+        Err(Some(failure)) => Err(file_refusal(failure, plan, credentials.as_ref())),
+        Err(None) => Err(remote_err(ErrorKind::Internal, "the caller did not complete its prologue")),
     }
 }
 
@@ -502,21 +616,28 @@ fn spawn_child(
     daemon: &Daemon,
     image: &SeedImage,
     plan: &RestorePlan,
+    credentials: Option<Credentials>,
     stdio: &[OwnedFd],
     container: Option<(&Container, &ContainerSpec)>,
-) -> std::io::Result<i32> {
+) -> Result<i32, RemoteError> {
+    let forked = |e: std::io::Error| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}"));
     let entry = container.map(|(c, spec)| ContainerEntry {
         join_flags: c.spec.join_flags(),
         hostname: spec.hostname.as_ref().and_then(|h| std::ffi::CString::new(h.as_str()).ok()),
     });
-    let prologue = prologue_for(image, plan, std::process::id() as i32, entry);
-    let (mut ready_rx, ready_tx) = std::io::pipe()?;
+    let prologue = prologue_for(image, plan, std::process::id() as i32, credentials.clone(), entry);
+    let (mut ready_rx, ready_tx) = std::io::pipe().map_err(forked)?;
     let stdio = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
     let holder = container.map(|(c, _)| c.holder_pidfd().as_raw_fd());
-    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd(), holder)?;
+    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd(), holder).map_err(forked)?;
     drop(ready_tx);
-    // One byte: parked and ready. End of file: it died (the caller reads its exit code).
-    let mut byte = [0u8; 1];
-    let _ = std::io::Read::read(&mut ready_rx, &mut byte);
+    // Parked and ready, or failed on a file (it exits: reap it here), or it
+    // died otherwise (the caller reads its exit code).
+    if let Err(Some(failure)) = read_ready(&mut ready_rx) {
+        if let Ok(pidfd) = pidfd::open(pid) {
+            let _ = pidfd::wait_exit(&pidfd);
+        }
+        return Err(file_refusal(failure, plan, credentials.as_ref()));
+    }
     Ok(pid)
 }

@@ -21,15 +21,19 @@
 //! The pager owns no sockets itself and knows nothing of the wire protocol:
 //! the daemon hands it a [`PageSource`].
 
+#![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 mod regions;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mitosis_proto::local::PagerStats;
 use mitosis_sys::uffd::{CopyResult, Event, Uffd};
-use mitosis_sys::{pidfd, PAGE};
+use mitosis_sys::poll::{self, PollFd};
+use mitosis_sys::{pidfd, usize_of, PAGE};
 
 pub use regions::{PageState, Regions};
 
@@ -221,14 +225,21 @@ pub struct Pager {
     notice: Option<std::fs::File>,
     /// Why the source last refused a request.
     refused: Option<String>,
+    /// Gets every userfaultfd this pager and its forks' pagers serve.
+    keeper: Option<Keeper>,
 }
+
+/// Keeps a copy of each userfaultfd outside this process (the daemon's
+/// janitor), so that should the pager's process die, the memory it served
+/// never falls back to zero pages: faults wait until the process is killed.
+pub type Keeper = Arc<dyn Fn(&Uffd) + Send + Sync>;
 
 /// A run of pages: child address, seed address, length.
 type Run = (u64, u64, u64);
 
 /// Address used to ask the kernel whether a uffd's memory still exists (see
 /// [`Uffd::memory_alive`]); nothing can be mapped below `vm.mmap_min_addr`'s default.
-const PROBE_ADDR: u64 = 4096;
+pub const PROBE_ADDR: u64 = 4096;
 
 impl Pager {
     pub fn new(
@@ -259,7 +270,17 @@ impl Pager {
             broken: None,
             notice: None,
             refused: None,
+            keeper: None,
         }
+    }
+
+    /// Hands this pager's userfaultfd, and each forked process's, to `keeper`.
+    pub fn with_keeper(mut self, keeper: Option<Keeper>) -> Pager {
+        if let Some(k) = &keeper {
+            k(&self.uffd);
+        }
+        self.keeper = keeper;
+        self
     }
 
     pub fn with_patches(mut self, patches: Vec<Patch>) -> Pager {
@@ -298,25 +319,23 @@ impl Pager {
                 && self.push_started
                 && (!self.push.is_empty() || self.outstanding.iter().any(|o| o.purpose == Purpose::Push));
             let mut fds = [
-                libc::pollfd { fd: self.uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.process.as_ref().map_or(-1, |p| p.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+                PollFd::readable(self.uffd.as_fd()),
+                self.process.as_ref().map_or(PollFd::none(), |p| PollFd::readable(p.as_fd())),
             ];
-            // SAFETY: two valid pollfds (a negative fd is ignored by poll).
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, if busy { 0 } else { 1000 }) };
-            if n < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Outcome::Failed(format!("poll failed: {}", std::io::Error::last_os_error()));
-            }
-            if fds[0].revents & libc::POLLIN == 0 {
-                if fds[1].revents != 0 {
+            let n = match poll::poll(&mut fds, if busy { 0 } else { 1000 }) {
+                Ok(n) => n,
+                Err(e) if e.errno == libc::EINTR => continue,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let (uffd_events, process_events) = (fds[0].revents(), fds[1].revents());
+            if uffd_events & libc::POLLIN == 0 {
+                if process_events != 0 {
                     return Outcome::Exited;
                 }
                 if n == 0 && !busy && self.process.is_none() && !self.uffd.memory_alive(PROBE_ADDR) {
                     return Outcome::Exited;
                 }
-                if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                if uffd_events & (libc::POLLERR | libc::POLLHUP) != 0 {
                     return Outcome::Exited;
                 }
                 if busy {
@@ -328,7 +347,7 @@ impl Pager {
             if let Err(e) = self.uffd.read_events(&mut events, 64) {
                 return Outcome::Failed(e.to_string());
             }
-            for &ev in &events {
+            for ev in events.drain(..) {
                 if let Err(reason) = self.handle(ev) {
                     self.kill(&reason);
                     return Outcome::Failed(reason);
@@ -401,16 +420,12 @@ impl Pager {
             // First, with the bookkeeping as of the fork: pages that come in
             // from now on (the answers on the wire included) go into this
             // process only, not into the new one.
-            // SAFETY: the kernel installed this descriptor in our table for us to own.
-            let fd = unsafe { OwnedFd::from_raw_fd(uffd) };
-            self.spawn_forked(Uffd::from_fd(fd));
+            self.spawn_forked(uffd);
+            self.receive_all_outstanding();
+            return Ok(());
         }
         if !matches!(ev, Event::Fault { .. }) {
-            // The layout changes under the requests on the wire: take their
-            // answers in now, while their addresses still mean what they meant.
-            while !self.outstanding.is_empty() {
-                self.receive_oldest();
-            }
+            self.receive_all_outstanding();
         }
         match ev {
             Event::Fault { addr } => {
@@ -425,11 +440,21 @@ impl Pager {
                 self.regions.remap(from, to, len);
                 Ok(())
             }
+            // Handled above (the event owns the new descriptor).
             Event::Fork { .. } => Ok(()),
             Event::Unknown(kind) => {
                 tracing::warn!(kind, "unknown userfaultfd event");
                 Ok(())
             }
+        }
+    }
+
+    /// The layout changes under the requests on the wire (a fork, a remap,
+    /// an unmap): takes their answers in now, while their addresses still
+    /// mean what they meant.
+    fn receive_all_outstanding(&mut self) {
+        while !self.outstanding.is_empty() {
+            self.receive_oldest();
         }
     }
 
@@ -446,7 +471,8 @@ impl Pager {
             }
         };
         let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
-            .with_recorder(self.recorder.clone());
+            .with_recorder(self.recorder.clone())
+            .with_keeper(self.keeper.clone());
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
                 tracing::error!(%reason, "pager of a forked child failed");
@@ -672,7 +698,7 @@ impl Pager {
     fn take_buf(&mut self, runs: &[Run]) -> Vec<u8> {
         let total: u64 = runs.iter().map(|r| r.2).sum();
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(total as usize, 0);
+        buf.resize(usize_of(total), 0);
         buf
     }
 
@@ -686,8 +712,8 @@ impl Pager {
         self.counters.bytes_fetched.fetch_add(total, Ordering::Relaxed);
         let mut off = 0usize;
         for &(child, seed, len) in runs {
-            let run_buf = &mut buf[off..off + len as usize];
-            off += len as usize;
+            let run_buf = &mut buf[off..off + usize_of(len)];
+            off += usize_of(len);
             let wanted = |regions: &Regions, p: u64| regions.lookup(child + p) == Some((PageState::Remote, seed + p));
             let mut page = 0u64;
             while page < len {
@@ -700,7 +726,7 @@ impl Pager {
                 while end < len && wanted(&self.regions, end) {
                     end += PAGE;
                 }
-                page += self.copy_in(child + page, &mut run_buf[page as usize..end as usize])?;
+                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)])?;
             }
         }
         Ok(())
@@ -768,7 +794,7 @@ fn apply_patch(chunk: &mut [u8], chunk_addr: u64, p: &Patch) {
     let (ps, pe) = (p.addr, p.addr + p.bytes.len() as u64);
     let (s, e) = (cs.max(ps), ce.min(pe));
     if s < e {
-        chunk[(s - cs) as usize..(e - cs) as usize].copy_from_slice(&p.bytes[(s - ps) as usize..(e - ps) as usize]);
+        chunk[usize_of(s - cs)..usize_of(e - cs)].copy_from_slice(&p.bytes[usize_of(s - ps)..usize_of(e - ps)]);
     }
 }
 

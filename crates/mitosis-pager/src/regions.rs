@@ -57,7 +57,7 @@ impl Regions {
         for r in &mut self.regions {
             let (s, e) = (start.max(r.start), end.min(r.end));
             if s < e {
-                let (a, b) = (((s - r.start) / PAGE) as usize, ((e - r.start).div_ceil(PAGE)) as usize);
+                let (a, b) = (mitosis_sys::usize_of((s - r.start) / PAGE), mitosis_sys::usize_of((e - r.start).div_ceil(PAGE)));
                 r.pages[a..b].fill(state);
             }
         }
@@ -68,7 +68,7 @@ impl Regions {
         for r in &mut self.regions {
             let (s, e) = (start.max(r.start), end.min(r.end));
             if s < e {
-                let (a, b) = (((s - r.start) / PAGE) as usize, ((e - r.start).div_ceil(PAGE)) as usize);
+                let (a, b) = (mitosis_sys::usize_of((s - r.start) / PAGE), mitosis_sys::usize_of((e - r.start).div_ceil(PAGE)));
                 for p in &mut r.pages[a..b] {
                     if *p == from {
                         *p = to;

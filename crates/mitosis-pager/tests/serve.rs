@@ -2,12 +2,15 @@
 //! read-ahead is pipelined, and pages the process drops read as zero after.
 //! Needs the privilege to create a userfaultfd (root); skipped otherwise.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use mitosis_pager::{Counters, FetchError, Outcome, PageSource, Pager, PagerConfig, Regions};
+use mitosis_sys::mem::AnonMap;
 use mitosis_sys::uffd::{features, Uffd};
-use mitosis_sys::PAGE;
+use mitosis_sys::{usize_of, PAGE};
 
 /// Page contents derived from the seed address, so that any misplaced page shows.
 fn word_at(seed_addr: u64) -> u64 {
@@ -64,8 +67,8 @@ impl PageSource for FakeSource {
 }
 
 struct Served {
-    base: *mut u64,
-    len: usize,
+    /// The memory served; unmapped (as the last field dropped) after the pager ended.
+    map: AnonMap,
     log: Arc<Mutex<Log>>,
     counters: Arc<Counters>,
     watched: std::process::Child,
@@ -83,34 +86,30 @@ impl Served {
         let uffd = match Uffd::create() {
             Ok(u) => u,
             Err(e) => {
-                eprintln!("skipped: no userfaultfd here ({e})");
+                mitosis_testkit::skip(format!("no userfaultfd here ({e})"));
                 return None;
             }
         };
         uffd.api(features::EVENT_REMOVE | features::EVENT_UNMAP | features::EVENT_REMAP).unwrap();
-        let len = pages * PAGE as usize;
-        // SAFETY: a fresh anonymous mapping, unmapped in Drop.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        uffd.register_missing(base as u64, len as u64).unwrap();
+        let map = AnonMap::new(pages * usize_of(PAGE)).unwrap();
+        let (base, len) = (map.addr(), map.len());
+        uffd.register_missing(base, len as u64).unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
         let counters = Arc::new(Counters::default());
         // The pager ends when this process ends; it stands for "the child".
         let watched = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let pidfd = mitosis_sys::pidfd::open(watched.id() as i32).unwrap();
+        let pidfd = mitosis_sys::pidfd::open(i32::try_from(watched.id()).unwrap()).unwrap();
         let source = FakeSource { log: log.clone(), pending: VecDeque::new() };
         let pager = Pager::new(
             uffd,
-            Regions::new(&[(base as u64, base as u64 + len as u64)]),
+            Regions::new(&[(base, base + len as u64)]),
             Box::new(source),
             config,
             counters.clone(),
             Some(pidfd),
         );
         let pager = Some(std::thread::spawn(move || pager.run()));
-        Some(Served { base: base.cast(), len, log, counters, watched, pager })
+        Some(Served { map, log, counters, watched, pager })
     }
 
     /// Reads word `i` after recording it as the frontier of what was touched.
@@ -122,16 +121,16 @@ impl Served {
     }
 
     fn word(&self, i: usize) -> u64 {
-        // SAFETY: i is inside the mapping; a missing page is served by the pager.
-        unsafe { std::ptr::read_volatile(self.base.add(i)) }
+        // A missing page is served by the pager.
+        self.map.read(i)
     }
 
     fn words(&self) -> usize {
-        self.len / 8
+        self.map.words()
     }
 
     fn addr_of(&self, i: usize) -> u64 {
-        self.base as u64 + i as u64 * 8
+        self.map.addr() + i as u64 * 8
     }
 }
 
@@ -142,8 +141,6 @@ impl Drop for Served {
         if let Some(p) = self.pager.take() {
             assert_eq!(p.join().unwrap(), Outcome::Exited);
         }
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 
@@ -172,17 +169,16 @@ fn random_touch_is_served_without_read_ahead() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let i = (x % s.words() as u64) as usize;
+        let i = usize_of(x % s.words() as u64);
         assert_eq!(s.word(i), word_at(s.addr_of(i)), "word {i}");
     }
 }
 
 #[test]
 fn dropped_pages_read_zero_never_the_seed() {
-    let Some(s) = Served::new(64, 8) else { return };
+    let Some(mut s) = Served::new(64, 8) else { return };
     assert_eq!(s.word(0), word_at(s.addr_of(0)));
-    // SAFETY: dropping the first 4 pages of our own mapping.
-    unsafe { libc::madvise(s.base.cast(), 4 * PAGE as usize, libc::MADV_DONTNEED) };
+    s.map.discard(0, usize_of(4 * PAGE)).unwrap();
     assert_eq!(s.word(0), 0, "a page dropped by the process reads zero afterwards");
     assert_eq!(s.word(3 * 512 + 5), 0);
     assert_eq!(s.word(4 * 512), word_at(s.addr_of(4 * 512)), "pages after the dropped range still come from the seed");
@@ -212,7 +208,7 @@ fn adaptive_window_grows_on_sequential_touch_and_shrinks_back_on_random() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let i = (s.words() / 2 + (x % (s.words() / 2) as u64) as usize).min(s.words() - 1);
+        let i = (s.words() / 2 + usize_of(x % (s.words() / 2) as u64)).min(s.words() - 1);
         assert_eq!(s.word(i), word_at(s.addr_of(i)), "word {i}");
     }
     let log = s.log.lock().unwrap();

@@ -50,14 +50,59 @@ impl Prot {
     }
 }
 
-/// Identity of a file, used to decide whether a host's local copy is the same file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Identity of a file, directory or device: recorded at prepare from the
+/// object the seed has open (not from its path), and compared at resume with
+/// what the path names on the child's host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIdentity {
+    /// `st_mode & S_IFMT`.
+    pub file_type: u32,
     pub dev: u64,
     pub ino: u64,
+    /// Device number, for device nodes.
+    pub rdev: u64,
     pub size: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
+}
+
+/// How strictly an object must match its recorded [`FileIdentity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityMatch {
+    /// The same object: the same type and, for a character device, the same
+    /// device number (a device is the same on every host), otherwise the same
+    /// device and inode. For open descriptors and the working directory,
+    /// whose size and mtime change legitimately while the seed and its
+    /// children write them.
+    SameObject,
+    /// The same object with the same size and modification time: for files
+    /// whose pages a child maps from the local copy, which must hold exactly
+    /// the bytes the seed saw.
+    SameContent,
+}
+
+/// `S_IFCHR`, the file type of character devices.
+pub const FILE_TYPE_CHAR_DEVICE: u32 = 0o020000;
+
+impl FileIdentity {
+    /// Whether `found` is the object recorded in `self`.
+    pub fn matches(&self, found: &FileIdentity, how: IdentityMatch) -> bool {
+        if self.file_type != found.file_type {
+            return false;
+        }
+        let same_object = if self.file_type == FILE_TYPE_CHAR_DEVICE {
+            self.rdev == found.rdev
+        } else {
+            self.dev == found.dev && self.ino == found.ino
+        };
+        same_object
+            && match how {
+                IdentityMatch::SameObject => true,
+                IdentityMatch::SameContent => {
+                    self.size == found.size && self.mtime_sec == found.mtime_sec && self.mtime_nsec == found.mtime_nsec
+                }
+            }
+    }
 }
 
 /// What backs a mapping.
@@ -149,6 +194,9 @@ pub struct OpenFile {
     /// `open(2)` flags as in `/proc/PID/fdinfo` (creation flags removed).
     pub flags: i32,
     pub pos: u64,
+    /// What the descriptor referred to at prepare: a child gets this object
+    /// again or is not resumed.
+    pub identity: FileIdentity,
 }
 
 /// Everything about a prepared process except its lazily served memory.
@@ -171,6 +219,8 @@ pub struct SeedImage {
     pub auxv: Vec<u8>,
     pub signals: SignalState,
     pub cwd: String,
+    /// The working directory's identity at prepare.
+    pub cwd_identity: FileIdentity,
     pub exe: Option<(String, FileIdentity)>,
     pub files: Vec<OpenFile>,
     /// Descriptors of the seed that children do not get, with what they were.
@@ -231,6 +281,23 @@ mod tests {
         assert!(validate_seed_id("").is_err());
         assert!(validate_seed_id("a/b").is_err());
         assert!(validate_seed_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn identities_match_by_object_or_by_content() {
+        let file = FileIdentity { file_type: 0o100000, dev: 8, ino: 42, rdev: 0, size: 10, mtime_sec: 5, mtime_nsec: 1 };
+        let written = FileIdentity { size: 11, mtime_sec: 6, ..file };
+        assert!(file.matches(&file, IdentityMatch::SameContent));
+        assert!(file.matches(&written, IdentityMatch::SameObject));
+        assert!(!file.matches(&written, IdentityMatch::SameContent));
+        assert!(!file.matches(&FileIdentity { ino: 43, ..file }, IdentityMatch::SameObject), "another inode");
+        assert!(!file.matches(&FileIdentity { dev: 9, ..file }, IdentityMatch::SameObject), "another filesystem");
+        let symlink = FileIdentity { file_type: 0o120000, ..file };
+        assert!(!file.matches(&symlink, IdentityMatch::SameObject), "another type");
+        let null = FileIdentity { file_type: FILE_TYPE_CHAR_DEVICE, dev: 5, ino: 4, rdev: 0x103, ..Default::default() };
+        let null_elsewhere = FileIdentity { dev: 6, ino: 99, ..null };
+        assert!(null.matches(&null_elsewhere, IdentityMatch::SameObject), "a device is its device number");
+        assert!(!null.matches(&FileIdentity { rdev: 0x105, ..null }, IdentityMatch::SameObject));
     }
 
     #[test]

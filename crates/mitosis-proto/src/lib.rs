@@ -19,6 +19,8 @@
 //! local request. Peers accept only their own version and answer anything else
 //! with a clear "version mismatch" error naming both versions.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod error;
 pub mod frame;

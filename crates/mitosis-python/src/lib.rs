@@ -23,6 +23,30 @@
 //! * Calls that wait for another process (`resume()`, `Resumed.wait()`)
 //!   release the GIL. `fork_prepare` and `fork_resume` do not: the process is
 //!   single-threaded by requirement, so there is nobody to give it to.
+//! * `fork_prepare` is a fork for the interpreter ([`AsAFork`]): it runs
+//!   CPython's own fork machinery around the prepare, as `os.fork()` does,
+//!   so hooks registered with `os.register_at_fork` run (`before` and
+//!   `after_in_parent` in the parent, `after_in_child` in every child) and
+//!   the interpreter's locks and thread states are reset in children. That
+//!   is what makes children unique: `random` reseeds itself from such a hook,
+//!   and so do other modules and programs. Then `mitosis._child` reseeds
+//!   what has no hook (OpenSSL's generator, see there).
+//!
+//! # The interpreter's fork API
+//!
+//! `PyOS_BeforeFork`, `PyOS_AfterFork_Parent` and `PyOS_AfterFork_Child` are
+//! the C functions `os.fork()` calls around `fork()`. They are in the stable
+//! ABI since Python 3.7 (this module is built for abi3 >= 3.9), and pyo3's
+//! `ffi` declares them in abi3 mode. They are called from Rust, because
+//! nothing in Python may run between them and the prepare: `PyOS_BeforeFork`
+//! takes the import lock (and, from 3.13, the runtime's thread-state lock),
+//! which the child's `PyOS_AfterFork_Child` resets and the parent's
+//! `PyOS_AfterFork_Parent` releases. (Calling them through `ctypes` would
+//! run Python code with those locks held; replaying `os.register_at_fork`
+//! hooks from Python is impossible, the interpreter keeps them private.)
+//! These three calls are this crate's only `unsafe` code: a foreign-function
+//! boundary, like the C API's, that no wrapper in `mitosis-sys` could make
+//! safe without the GIL token that only pyo3 has.
 //!
 //! The crate is built by maturin (`pip install ./crates/mitosis-python`, see
 //! `pyproject.toml`). Cargo builds it too, as part of the workspace: pyo3's
@@ -40,7 +64,7 @@ use mitosis::{ChildEnd, Error, ErrorKind, PagerStats, ResumeTimings, Role, SeedI
 /// The `kind` string of an error, as `MitosisError.kind` shows it.
 fn kind_name(e: &Error) -> &'static str {
     match e {
-        Error::Daemon(r) => match r.kind {
+        Error::Daemon(r) | Error::Local(r) => match r.kind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::AuthFailed => "auth_failed",
             ErrorKind::VersionMismatch => "version_mismatch",
@@ -107,6 +131,63 @@ fn flush_python_stdio(py: Python<'_>) {
                 }
             }
         }
+    }
+}
+
+/// The interpreter's side of a fork (see the crate doc), around a prepare:
+/// [`AsAFork::begin`] runs `PyOS_BeforeFork`; then exactly one of
+/// `PyOS_AfterFork_Child` ([`AsAFork::child`]) or `PyOS_AfterFork_Parent`
+/// ([`AsAFork::parent`], also on drop, so a prepare that failed or panicked
+/// still releases the import lock) runs, as `os.fork()` pairs them. Nothing
+/// may run Python code in between.
+struct AsAFork<'py> {
+    py: Python<'py>,
+    ended: bool,
+}
+
+impl<'py> AsAFork<'py> {
+    fn begin(py: Python<'py>) -> AsAFork<'py> {
+        // SAFETY: called with the GIL held (the `py` token), in a process
+        // checked to be single-threaded, and paired with exactly one
+        // AfterFork call by the returned value (its methods or its drop).
+        unsafe { pyo3::ffi::PyOS_BeforeFork() };
+        AsAFork { py, ended: false }
+    }
+
+    /// This process is the parent (or the prepare failed).
+    fn parent(mut self) {
+        self.end_parent();
+    }
+
+    fn end_parent(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            // SAFETY: the GIL is held (self.py) and PyOS_BeforeFork ran in
+            // begin; `ended` makes this the only AfterFork call for it.
+            unsafe { pyo3::ffi::PyOS_AfterFork_Parent() };
+        }
+    }
+
+    /// This process is a child resumed from the seed: the interpreter's
+    /// after-fork work, then what `mitosis._child` reseeds.
+    fn child(mut self) {
+        self.ended = true;
+        // SAFETY: the GIL is held (self.py), PyOS_BeforeFork ran in begin (in
+        // the seed, whose memory this child has) and this is the only
+        // AfterFork call for it. The child is single-threaded, as the seed
+        // was, which is what PyOS_AfterFork_Child expects of a fork's child.
+        unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
+        let reseeded = self.py.import("mitosis._child").and_then(|m| m.call_method0("after_fork_prepare"));
+        if let Err(e) = reseeded {
+            // As the interpreter does for a failing at-fork hook: report it
+            // and go on; the child is resumed and must run.
+            e.write_unraisable(self.py, None);
+        }
+    }
+}
+
+impl Drop for AsAFork<'_> {
+    fn drop(&mut self) {
+        self.end_parent();
     }
 }
 
@@ -245,6 +326,11 @@ impl Child {
 /// Raises a `MitosisError` subclass on failure. The seed's snapshot is a
 /// stopped copy of this process in its process group: a SIGKILL to the whole
 /// group kills it too.
+///
+/// For the interpreter it is a fork: hooks registered with
+/// `os.register_at_fork` run as around `os.fork()` (`before`, then
+/// `after_in_parent` here, `after_in_child` in every child), so `random` is
+/// reseeded in each child; OpenSSL's generator gets fresh entropy there too.
 #[pyfunction]
 #[pyo3(signature = (id, pin = false, socket = None))]
 fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>) -> PyResult<Py<PyAny>> {
@@ -252,8 +338,15 @@ fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>) ->
     flush_python_stdio(py);
     let socket = socket_or_default(socket);
     // The GIL stays held: the process is single-threaded, and the child must
-    // come back from this exact call with it.
-    match mitosis::fork_prepare_with(&socket, id, pin).map_err(|e| to_py_err(py, e))? {
+    // come back from this exact call with it. No Python code runs between
+    // the fork machinery's begin and its end.
+    let fork = AsAFork::begin(py);
+    let role = mitosis::fork_prepare_with(&socket, id, pin);
+    match role {
+        Ok(Role::Child(_)) => fork.child(),
+        _ => fork.parent(),
+    }
+    match role.map_err(|e| to_py_err(py, e))? {
         Role::Parent(seed) => Ok(Py::new(py, Parent::from(seed))?.into_any()),
         Role::Child(me) => Ok(Py::new(
             py,

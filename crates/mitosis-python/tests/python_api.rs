@@ -715,3 +715,193 @@ for args in (["/fn/json/function.py"],
     assert_eq!(out.code(), Some(64), "{out}");
     assert!(out.stderr.contains("bad value 'maybe' for -pin"), "{out}");
 }
+
+/// Registers at-fork hooks that say where they run, prepares itself with
+/// `fork_prepare`, then draws from `random`, `uuid4` and OpenSSL. Children
+/// print their draw and exit 0; the parent prints its own and waits for a
+/// line on stdin.
+const UNIQUE_PY: &str = r#"
+import os, random, ssl, sys, uuid
+import mitosis
+
+sock, seed_id = sys.argv[1:3]
+
+def hook(where):
+    def run():
+        print("hook %s getpid=%d" % (where, os.getpid()), flush=True)
+    return run
+
+os.register_at_fork(before=hook("before"), after_in_parent=hook("after_in_parent"), after_in_child=hook("after_in_child"))
+# In use before the prepare, as a warm process's generators are.
+random.random(), ssl.RAND_bytes(16)
+me = mitosis.fork_prepare(seed_id, pin=True, socket=sock)
+draw = "random=%r uuid4=%s ssl=%s" % (random.random(), uuid.uuid4(), ssl.RAND_bytes(16).hex())
+if me.is_child:
+    print("child getpid=%d %s" % (os.getpid(), draw), flush=True)
+    os._exit(0)
+print("parent getpid=%d %s" % (os.getpid(), draw), flush=True)
+sys.stdin.readline()
+print("parent exits", flush=True)
+"#;
+
+/// Two children of one `fork_prepare` seed draw different numbers from
+/// `random` (the same ones without the interpreter's fork machinery: they
+/// start with the seed's state), different `uuid4`s and OpenSSL bytes, and
+/// none the parent's. Hooks registered with `os.register_at_fork` run as
+/// around `os.fork()`: `after_in_child` in each child and never in the
+/// parent, `before` and `after_in_parent` in the parent only.
+#[test]
+fn children_of_one_seed_draw_their_own_random_numbers() {
+    let Some(c) = Cluster::new("py-unique") else { return };
+    let prog = c.write("unique.py", UNIQUE_PY);
+    let mut parent = c.python_in(&c.hosts.a, "unique parent", &[&prog, &c.sock_a(), "unique"]);
+    let ppid = parent.pid();
+    assert_eq!(parent.expect_prefix("hook ", STEP), format!("hook before getpid={ppid}"));
+    assert_eq!(parent.expect_prefix("hook ", STEP), format!("hook after_in_parent getpid={ppid}"));
+    let pline = parent.expect_prefix("parent ", STEP);
+
+    let draws = |line: &str| ["random", "uuid4", "ssl"].map(|k| field(line, k).to_string());
+    let mut seen = vec![draws(&pline)];
+    for n in 0..2 {
+        let out = c.cli_resume_on_b("unique").finish(STEP);
+        assert_eq!(out.code(), Some(0), "child {n}: {out}\n{}", c.logs());
+        assert_eq!(out.lines().len(), 2, "the child's hook and draw only: {out}");
+        assert_eq!(out.lines()[0], "hook after_in_child getpid=2", "after_in_child runs in the child: {out}");
+        let mine = draws(out.line("child "));
+        for earlier in &seen {
+            for (k, what) in ["random", "uuid4", "ssl"].iter().enumerate() {
+                assert_ne!(earlier[k], mine[k], "{what}: a child drew what the parent or another child drew: {out}\n{seen:?}");
+            }
+        }
+        seen.push(mine);
+    }
+
+    parent.send("\n");
+    let out = parent.finish(STEP);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(out.stdout, "parent exits\n", "no hook ran in the parent after the prepare: {out}");
+}
+
+/// A program that draws a number from `random` for each line on stdin,
+/// prepared from outside with `mitosis prepare --pid` while blocked reading.
+const DRAW_PY: &str = r#"
+import os, random, sys
+print("ready %d" % os.getpid(), flush=True)
+for line in sys.stdin:
+    print("random=%r" % random.random(), flush=True)
+"#;
+
+/// Waits up to 10 s until `pid` is blocked in read(0, ...).
+fn wait_blocked_reading_stdin(pid: i32) {
+    let blocked = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().take(2).eq(["0", "0x0"]))
+    });
+    assert!(blocked, "process {pid} never blocked in read(0, ...)");
+}
+
+/// `mitosis prepare --pid` warns on stderr, in one line that points to the
+/// README, that the process cannot know it is cloned; stdout stays the seed
+/// (valid JSON with `--json`). Its children do draw the same numbers: the
+/// reason for the warning.
+#[test]
+fn prepare_by_pid_warns_that_children_are_clones() {
+    let Some(c) = Cluster::new("py-clones") else { return };
+    let prog = c.write("draw.py", DRAW_PY);
+    let mut target = c.python_in(&c.hosts.a, "drawing target", &[&prog]);
+    let pid: i32 = target.expect_prefix("ready ", STEP)["ready ".len()..].parse().unwrap();
+    wait_blocked_reading_stdin(pid);
+    let prepare = |id: &str, json: bool| {
+        let mut cmd = Command::new(mitosis_bin());
+        cmd.args(["prepare", "--pid", &pid.to_string(), "--id", id, "--socket", &c.sock_a()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut p = Proc::spawn("mitosis prepare", &mut cmd);
+        p.close_stdin();
+        p.finish(STEP)
+    };
+    let warned = |out: &Finished| {
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("warning")).collect();
+        assert_eq!(lines.len(), 1, "one warning line: {out}");
+        let l = lines[0];
+        assert!(l.starts_with("mitosis: warning: ") && l.contains("random-number state"), "{out}");
+        assert!(l.contains(&pid.to_string()) && l.contains("\"Clone uniqueness\" in the README"), "{out}");
+    };
+
+    let out = prepare("clones", true);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    warned(&out);
+    let seed: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("--json stdout is not JSON ({e}): {out}"));
+    assert_eq!(seed["id"], "clones", "{out}");
+    assert_eq!(seed["source_pid"], pid, "{out}");
+    assert!(!out.stdout.contains("warning"), "{out}");
+
+    let out = prepare("clones-text", false);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    warned(&out);
+    assert!(out.stdout.starts_with("prepared seed clones-text from pid "), "{out}");
+    assert!(!out.stdout.contains("warning"), "{out}");
+
+    let mut draws = Vec::new();
+    for _ in 0..2 {
+        let mut child = c.cli_resume_on_b("clones");
+        child.send("draw\n");
+        child.close_stdin();
+        let out = child.finish(STEP);
+        assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+        draws.push(field(out.line("random="), "random").to_string());
+    }
+    assert_eq!(draws[0], draws[1], "children of a seed prepared by pid start with its random state");
+    target.send("draw\n");
+    assert_eq!(field(&target.expect_prefix("random=", STEP), "random"), draws[0], "the parent's next draw too");
+}
+
+/// A `fork_prepare` that fails is, for the interpreter, a fork that failed
+/// (as `os.fork()` raising): the `before` and `after_in_parent` hooks run,
+/// `after_in_child` does not, and the import lock taken for the prepare is
+/// released (another thread can import). `mitosis._child` reseeds OpenSSL
+/// only when Python's OpenSSL binding is loaded, and never loads it. No
+/// daemon, no root needed.
+#[test]
+fn failed_prepare_ends_the_fork_and_child_reseed_needs_no_ssl() {
+    let code = r#"
+import os, sys, threading
+import mitosis, mitosis._child
+os.register_at_fork(before=lambda: print("before"), after_in_parent=lambda: print("after_in_parent"),
+                    after_in_child=lambda: print("after_in_child"))
+try:
+    mitosis.fork_prepare("x", socket="/nonexistent/mitosis.sock")
+except mitosis.DaemonUnreachable as e:
+    print("raised " + e.kind)
+t = threading.Thread(target=lambda: __import__("colorsys"))
+t.start()
+t.join(10)
+print("thread imported" if not t.is_alive() and "colorsys" in sys.modules else "thread blocked in import")
+
+mitosis._child.after_fork_prepare()
+print("_ssl loaded: %s" % ("_ssl" in sys.modules))
+import _ssl
+calls = []
+real = _ssl.RAND_add
+_ssl.RAND_add = lambda data, entropy: calls.append((type(data).__name__, len(data), entropy)) or real(data, entropy)
+mitosis._child.after_fork_prepare()
+mitosis._child.after_fork_prepare()
+print("RAND_add %r" % calls)
+"#;
+    let out = run_python(code, &[], &[]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        out.lines(),
+        [
+            "before",
+            "after_in_parent",
+            "raised daemon_unreachable",
+            "thread imported",
+            "_ssl loaded: False",
+            "RAND_add [('bytes', 32, 32.0), ('bytes', 32, 32.0)]",
+        ],
+        "{out}"
+    );
+}

@@ -36,6 +36,10 @@ pub use restore::{restore, vdso_block_of, Child};
 pub enum RestoreError {
     #[error("seed cannot be resumed on this host: {0}")]
     Incompatible(String),
+    /// Resuming would give the child something it must not have (a file
+    /// replaced since prepare, a symbolic link swapped in).
+    #[error("resume refused: {0}")]
+    Refused(String),
     #[error("{step}")]
     Sys {
         step: String,

@@ -6,7 +6,8 @@ use std::ffi::CString;
 use serde::{Deserialize, Serialize};
 
 use mitosis_capture::file_identity;
-use mitosis_proto::image::{SeedImage, VmaKind};
+use mitosis_proto::image::{FileIdentity, IdentityMatch, SeedImage, VmaKind};
+use mitosis_sys::fsid;
 use mitosis_sys::vdso::VdsoInfo;
 
 use crate::RestoreError;
@@ -23,13 +24,17 @@ pub enum Placement {
     Kernel,
 }
 
-/// A file the prologue opens at a fixed descriptor number.
+/// A file the prologue opens at a fixed descriptor number: by a path
+/// without symbolic links, with the seed owner's credentials, and only if it
+/// is the object recorded at prepare.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrologueFile {
     pub fd: i32,
     pub path: CString,
     pub flags: i32,
     pub pos: u64,
+    pub expect: FileIdentity,
+    pub how: IdentityMatch,
 }
 
 /// Everything decided about one resume of one seed on this host.
@@ -47,6 +52,7 @@ pub struct RestorePlan {
     /// Descriptor of the executable for `PR_SET_MM_MAP`, if it is the same file here.
     pub exe_fd: Option<i32>,
     pub cwd: CString,
+    pub cwd_expect: FileIdentity,
 }
 
 impl RestorePlan {
@@ -70,21 +76,22 @@ impl RestorePlan {
                 local_vdso.layout()
             )));
         }
-        if !std::path::Path::new(&image.cwd).is_dir() {
-            return Err(RestoreError::Incompatible(format!(
-                "the seed's working directory {} does not exist on this host",
-                image.cwd
-            )));
-        }
+        let cwd = cstring(&image.cwd)?;
+        check_here(&cwd, &image.cwd_identity, IdentityMatch::SameObject)
+            .map_err(|why| why.error(format!("the seed's working directory {}", image.cwd)))?;
         let mut files = Vec::new();
         for f in &image.files {
-            if std::fs::metadata(&f.path).is_err() {
-                return Err(RestoreError::Incompatible(format!(
-                    "descriptor {} of the seed is {}, which does not exist on this host",
-                    f.fd, f.path
-                )));
-            }
-            files.push(PrologueFile { fd: f.fd, path: cstring(&f.path)?, flags: f.flags, pos: f.pos });
+            let path = cstring(&f.path)?;
+            check_here(&path, &f.identity, IdentityMatch::SameObject)
+                .map_err(|why| why.error(format!("descriptor {} of the seed is {}, which", f.fd, f.path)))?;
+            files.push(PrologueFile {
+                fd: f.fd,
+                path,
+                flags: f.flags,
+                pos: f.pos,
+                expect: f.identity,
+                how: IdentityMatch::SameObject,
+            });
         }
         let map_fd_base = image.files.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
         let mut next_fd = map_fd_base;
@@ -95,7 +102,7 @@ impl RestorePlan {
                 VmaKind::Vdso | VmaKind::Vsyscall => Placement::Kernel,
                 VmaKind::Anon | VmaKind::Opaque { .. } => Placement::Remote,
                 VmaKind::File { path, identity, .. } => {
-                    if file_identity(path).as_ref() == Some(identity) {
+                    if local_copy_is(path, identity) {
                         let fd = match by_path.iter().find(|(p, _)| p == path) {
                             Some((_, fd)) => *fd,
                             None => {
@@ -106,6 +113,8 @@ impl RestorePlan {
                                     path: cstring(path)?,
                                     flags: libc::O_RDONLY | libc::O_CLOEXEC,
                                     pos: 0,
+                                    expect: *identity,
+                                    how: IdentityMatch::SameContent,
                                 });
                                 by_path.push((path.clone(), fd));
                                 fd
@@ -125,7 +134,7 @@ impl RestorePlan {
             // the caller's own program), /proc/PID/exe is already right, and
             // the kernel refuses to replace an executable that the seed maps again.
             Some((path, identity))
-                if file_identity(path).as_ref() == Some(identity)
+                if local_copy_is(path, identity)
                     && image.uid == 0
                     && exe_identity(process).as_ref() != Some(identity) =>
             {
@@ -134,7 +143,14 @@ impl RestorePlan {
                     None => {
                         let fd = next_fd;
                         next_fd += 1;
-                        files.push(PrologueFile { fd, path: cstring(path)?, flags: libc::O_RDONLY | libc::O_CLOEXEC, pos: 0 });
+                        files.push(PrologueFile {
+                            fd,
+                            path: cstring(path)?,
+                            flags: libc::O_RDONLY | libc::O_CLOEXEC,
+                            pos: 0,
+                            expect: *identity,
+                            how: IdentityMatch::SameContent,
+                        });
                         Some(fd)
                     }
                 }
@@ -148,7 +164,8 @@ impl RestorePlan {
             map_fd_end: next_fd,
             uffd_fd: next_fd,
             exe_fd,
-            cwd: cstring(&image.cwd)?,
+            cwd,
+            cwd_expect: image.cwd_identity,
         })
     }
 
@@ -165,6 +182,55 @@ impl RestorePlan {
         }
         out
     }
+}
+
+/// What `path` names on this host, reached without any symbolic link.
+fn identity_here(path: &std::ffi::CStr) -> Result<FileIdentity, i32> {
+    let fd = fsid::open_no_symlinks(path, libc::O_PATH | libc::O_CLOEXEC)?;
+    let id = fsid::identity_of_fd(fd);
+    fsid::close(fd);
+    id.map(mitosis_capture::identity_from_sys)
+}
+
+/// Why a path does not name the object recorded at prepare.
+enum Mismatch {
+    /// It is not on this host: the seed cannot run here.
+    Missing(String),
+    /// It is another object, or behind a symbolic link: never given to a child.
+    Replaced(String),
+}
+
+impl Mismatch {
+    /// The error, with `what` (the start of the sentence) before the reason.
+    fn error(self, what: String) -> RestoreError {
+        match self {
+            Mismatch::Missing(why) => RestoreError::Incompatible(format!("{what} {why}")),
+            Mismatch::Replaced(why) => RestoreError::Refused(format!("{what} {why}")),
+        }
+    }
+}
+
+/// Checks that `path` names the object recorded at prepare, reached without
+/// symbolic links; otherwise says what is wrong (the end of a sentence).
+/// The prologue checks again when it opens the path (as the seed's owner):
+/// this check is for a clear message.
+fn check_here(path: &std::ffi::CStr, expect: &FileIdentity, how: IdentityMatch) -> Result<(), Mismatch> {
+    match identity_here(path) {
+        Ok(found) if expect.matches(&found, how) => Ok(()),
+        Ok(_) => Err(Mismatch::Replaced("is no longer the object the seed had open at prepare (it was replaced since)".into())),
+        Err(libc::ENOENT) => Err(Mismatch::Missing("does not exist on this host".into())),
+        Err(libc::ELOOP) => Err(Mismatch::Replaced(
+            "is now reached through a symbolic link (replaced since prepare?), and links are never followed".into(),
+        )),
+        Err(e) => Err(Mismatch::Missing(format!("cannot be looked up: {}", std::io::Error::from_raw_os_error(e)))),
+    }
+}
+
+/// Whether the local file at `path` (reached without symbolic links) holds
+/// exactly the bytes the seed mapped, so that children may map it.
+fn local_copy_is(path: &str, identity: &FileIdentity) -> bool {
+    let Ok(path) = CString::new(path) else { return false };
+    check_here(&path, identity, IdentityMatch::SameContent).is_ok()
 }
 
 fn exe_identity(pid: i32) -> Option<mitosis_proto::image::FileIdentity> {

@@ -10,7 +10,8 @@ use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 
-use mitosis_proto::image::SigAction;
+use mitosis_proto::image::{FileIdentity, IdentityMatch, SigAction};
+use mitosis_sys::fsid;
 
 use crate::plan::RestorePlan;
 
@@ -26,6 +27,7 @@ pub enum PrologueExit {
     Signals = 95,
     Credentials = 96,
     Container = 97,
+    FileChanged = 98,
 }
 
 impl PrologueExit {
@@ -33,14 +35,63 @@ impl PrologueExit {
         Some(match code {
             90 => "the daemon thread that forked it went away",
             91 => "could not install the resumer's stdio",
-            92 => "could not create a userfaultfd",
+            92 => "could not create a userfaultfd (an unprivileged user needs vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd)",
             93 => "could not open one of the seed's files",
             94 => "could not enter the seed's working directory",
             95 => "could not set signal dispositions",
             96 => "could not take the seed's credentials",
             97 => "could not enter its container",
+            98 => "one of the seed's files was replaced between the check and the open (refused)",
             _ => return None,
         })
+    }
+}
+
+/// First byte of the record a prologue that failed on one of its files (or
+/// its working directory) writes on its ready pipe before it exits:
+/// `[FAILURE_MARK, exit code, index u16 LE, errno u16 LE]`, where the index is
+/// into [`RestorePlan::files`] or [`CWD_INDEX`], and errno 0 means that the
+/// path named another object than the one recorded at prepare.
+pub const FAILURE_MARK: u8 = 0xEE;
+pub const CWD_INDEX: u16 = u16::MAX;
+
+/// A failure a prologue reported on its ready pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFailure {
+    pub code: i32,
+    pub index: u16,
+    pub errno: i32,
+}
+
+impl FileFailure {
+    /// Parses the record read from a ready pipe (`None` if it is not one).
+    pub fn parse(bytes: &[u8]) -> Option<FileFailure> {
+        match bytes {
+            [FAILURE_MARK, code, i0, i1, e0, e1, ..] => Some(FileFailure {
+                code: i32::from(*code),
+                index: u16::from_le_bytes([*i0, *i1]),
+                errno: i32::from(u16::from_le_bytes([*e0, *e1])),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Says what went wrong, naming the file.
+    pub fn describe(&self, plan: &RestorePlan, owner: Option<u32>) -> String {
+        let what = if self.index == CWD_INDEX {
+            format!("the seed's working directory {}", plan.cwd.to_string_lossy())
+        } else {
+            match plan.files.get(usize::from(self.index)) {
+                Some(f) => format!("the seed's file {} (descriptor {})", f.path.to_string_lossy(), f.fd),
+                None => "one of the seed's files".to_string(),
+            }
+        };
+        let who = owner.map(|uid| format!(" as the seed's owner (uid {uid})")).unwrap_or_default();
+        match self.errno {
+            0 => format!("{what} was replaced by another object since prepare: refused"),
+            libc::ELOOP => format!("{what} is now reached through a symbolic link: refused, links are never followed"),
+            e => format!("cannot open {what}{who}: {}", std::io::Error::from_raw_os_error(e)),
+        }
     }
 }
 
@@ -77,6 +128,31 @@ pub struct Prologue {
 fn fail(code: PrologueExit) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.
     unsafe { libc::_exit(code as i32) }
+}
+
+/// Tells the daemon which file failed (on `ready`), then exits with `code`.
+fn fail_file(ready: RawFd, code: PrologueExit, index: u16, errno: i32) -> ! {
+    let i = index.to_le_bytes();
+    let e = u16::try_from(errno).unwrap_or(u16::MAX).to_le_bytes();
+    let record = [FAILURE_MARK, code as u8, i[0], i[1], e[0], e[1]];
+    // SAFETY: a write from a stack buffer to a pipe.
+    unsafe { libc::write(ready, record.as_ptr().cast(), record.len()) };
+    fail(code)
+}
+
+/// Opens `path` with `flags` without following symbolic links and checks
+/// that it is the object `expect` (allocation-free); on failure reports the
+/// file on `ready` and exits.
+fn open_checked(path: &std::ffi::CStr, flags: i32, expect: &FileIdentity, how: IdentityMatch, ready: RawFd, index: u16, code: PrologueExit) -> RawFd {
+    let fd = match fsid::open_no_symlinks(path, flags) {
+        Ok(fd) => fd,
+        Err(errno) => fail_file(ready, code, index, errno),
+    };
+    match fsid::identity_of_fd(fd) {
+        Ok(found) if expect.matches(&mitosis_capture::identity_from_sys(found), how) => fd,
+        Ok(_) => fail_file(ready, PrologueExit::FileChanged, index, 0),
+        Err(errno) => fail_file(ready, code, index, errno),
+    }
 }
 
 extern "C" {
@@ -157,16 +233,31 @@ impl Prologue {
                     fail(PrologueExit::Stdio);
                 }
             }
-            let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) as RawFd;
+            // Also through /dev/userfaultfd, for an unprivileged caller resuming in place.
+            let uffd = mitosis_sys::uffd::create_raw(libc::O_CLOEXEC | libc::O_NONBLOCK).unwrap_or(-1);
             let target = self.plan.uffd_fd;
             if uffd < 0 || (uffd != target && (libc::dup2(uffd, target) < 0 || libc::close(uffd) != 0)) {
                 fail(PrologueExit::Userfaultfd);
             }
-            for f in &self.plan.files {
-                let fd = libc::open(f.path.as_ptr(), f.flags);
-                if fd < 0 {
-                    fail(PrologueExit::OpenFile);
+            // The seed's files and working directory are opened with its
+            // owner's file-system credentials (never root's: a user must not
+            // get through a child what the user could not open), by paths
+            // without symbolic links, and only if they are the objects the
+            // seed had at prepare.
+            if let Some(c) = &self.credentials {
+                if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0 {
+                    fail(PrologueExit::Credentials);
                 }
+                libc::setfsgid(c.gid);
+                libc::setfsuid(c.uid);
+                // setfs[ug]id report the previous id, never an error: ask again.
+                if libc::setfsgid(u32::MAX) as u32 != c.gid || libc::setfsuid(u32::MAX) as u32 != c.uid {
+                    fail(PrologueExit::Credentials);
+                }
+            }
+            for (index, f) in self.plan.files.iter().enumerate() {
+                let index = u16::try_from(index).unwrap_or(u16::MAX - 1);
+                let fd = open_checked(&f.path, f.flags, &f.expect, f.how, ready, index, PrologueExit::OpenFile);
                 if fd != f.fd {
                     if libc::dup3(fd, f.fd, f.flags & libc::O_CLOEXEC) < 0 {
                         fail(PrologueExit::OpenFile);
@@ -181,10 +272,15 @@ impl Prologue {
             // is joined: like a forked process, the child keeps its parent's,
             // also when it is not inside the container's root (a seed working
             // in /tmp, which is private in a container).
-            let cwd = libc::open(self.plan.cwd.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
-            if cwd < 0 {
-                fail(PrologueExit::Chdir);
-            }
+            let cwd = open_checked(
+                &self.plan.cwd,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                &self.plan.cwd_expect,
+                IdentityMatch::SameObject,
+                ready,
+                CWD_INDEX,
+                PrologueExit::Chdir,
+            );
             if let Some(entry) = &self.container {
                 let Some(holder) = holder else { fail(PrologueExit::Container) };
                 if libc::setns(holder, entry.join_flags) != 0 {

@@ -38,7 +38,7 @@ fn one(cpu: usize) -> libc::cpu_set_t {
 pub fn current_cpu() -> usize {
     // SAFETY: no arguments.
     let c = unsafe { libc::sched_getcpu() };
-    c.max(0) as usize
+    c.max(0).unsigned_abs() as usize
 }
 
 /// The CPU process `pid` last ran on (field 39 of /proc/PID/stat).
@@ -79,6 +79,6 @@ mod tests {
             let _p = Pin::to(0, cpu).unwrap();
             assert_eq!(current_cpu(), cpu);
         }
-        assert!(last_cpu(std::process::id() as i32).is_some());
+        assert!(last_cpu(i32::try_from(std::process::id()).unwrap()).is_some());
     }
 }

@@ -7,9 +7,15 @@ use crate::{Result, SysError};
 
 const MAX_FDS: usize = 8;
 
+/// A control-message payload size as the u32 the CMSG macros take; at most
+/// [`MAX_FDS`] descriptors, so it always fits.
+fn cmsg_u32(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
 fn cmsg_space() -> usize {
     // SAFETY: CMSG_SPACE is a pure size computation.
-    unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize }
+    unsafe { libc::CMSG_SPACE(cmsg_u32(MAX_FDS * std::mem::size_of::<RawFd>())) as usize }
 }
 
 /// Sends `bytes` with `fds` attached to the first byte.
@@ -24,13 +30,13 @@ pub fn send_with_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> Result
     if !fds.is_empty() {
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: pure size computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(cmsg_u32(std::mem::size_of_val(fds))) } as usize;
         // SAFETY: the control buffer is large enough for one header with `fds`.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+            (*c).cmsg_len = libc::CMSG_LEN(cmsg_u32(std::mem::size_of_val(fds))) as usize;
             std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
         }
     }
@@ -45,7 +51,8 @@ pub fn send_with_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> Result
             }
             return Err(e);
         }
-        sent += n as usize;
+        // n >= 0 here: failures returned above.
+        sent += n.unsigned_abs();
         // Descriptors travel with the first chunk only.
         msg.msg_control = std::ptr::null_mut();
         msg.msg_controllen = 0;
@@ -78,7 +85,7 @@ pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> Result<(usize, Vec<
             }
             return Err(e);
         }
-        break n as usize;
+        break n.unsigned_abs();
     };
     let mut fds = Vec::new();
     // SAFETY: walking the control messages the kernel wrote into `control`.
@@ -108,7 +115,7 @@ pub struct PeerCred {
 
 pub fn peer_cred(sock: &impl AsRawFd) -> Result<PeerCred> {
     let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(0);
     // SAFETY: `c` is a ucred-sized out buffer with its length.
     let r = unsafe {
         libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut len)
@@ -141,6 +148,6 @@ mod tests {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut r, &mut s).unwrap();
         assert_eq!(s, "x");
-        assert_eq!(peer_cred(&a).unwrap().pid, std::process::id() as i32);
+        assert_eq!(peer_cred(&a).unwrap().pid, i32::try_from(std::process::id()).unwrap());
     }
 }

@@ -16,11 +16,11 @@ pub fn read_ranges(pid: i32, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<us
     let mut idx = 0;
     while idx < ranges.len() {
         let batch = &ranges[idx..(idx + MAX_IOV).min(ranges.len())];
-        let want: usize = batch.iter().map(|r| r.1 as usize).sum();
+        let want: usize = batch.iter().map(|r| crate::usize_of(r.1)).sum();
         let local = libc::iovec { iov_base: out[done..].as_mut_ptr().cast(), iov_len: want };
         let remote: Vec<libc::iovec> = batch
             .iter()
-            .map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l as usize })
+            .map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: crate::usize_of(l) })
             .collect();
         // SAFETY: `local` points into `out`, which has room for `want` bytes past `done`
         // (the caller sized it for all ranges); remote iovecs are only read by the kernel.
@@ -34,8 +34,10 @@ pub fn read_ranges(pid: i32, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<us
             }
             return Err(e);
         }
-        done += n as usize;
-        if (n as usize) < want {
+        // n >= 0 here: failures returned above.
+        let n = n.unsigned_abs();
+        done += n;
+        if n < want {
             return Ok(done);
         }
         idx += batch.len();
@@ -73,7 +75,7 @@ impl ProcMem {
 /// Reads `ranges` fully: `process_vm_readv` first, `/proc/PID/mem` for what it could not reach.
 pub fn read_ranges_fully(pid: i32, mem: Option<&ProcMem>, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<()> {
     let got = read_ranges(pid, ranges, out)?;
-    let total: usize = ranges.iter().map(|r| r.1 as usize).sum();
+    let total: usize = ranges.iter().map(|r| crate::usize_of(r.1)).sum();
     if got == total {
         return Ok(());
     }
@@ -87,7 +89,7 @@ pub fn read_ranges_fully(pid: i32, mem: Option<&ProcMem>, ranges: &[(u64, u64)],
     };
     let mut off = 0usize;
     for &(addr, len) in ranges {
-        let len = len as usize;
+        let len = crate::usize_of(len);
         if off + len > got {
             let start = got.max(off);
             let skip = (start - off) as u64;
@@ -105,12 +107,171 @@ mod tests {
     #[test]
     fn reads_own_memory() {
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-        let pid = std::process::id() as i32;
+        let pid = i32::try_from(std::process::id()).unwrap();
         let a = data.as_ptr() as u64;
         let mut out = vec![0u8; 300];
         let n = read_ranges(pid, &[(a + 10, 100), (a + 5000, 200)], &mut out).unwrap();
         assert_eq!(n, 300);
         assert_eq!(&out[..100], &data[10..110]);
         assert_eq!(&out[100..], &data[5000..5200]);
+    }
+}
+
+/// A private anonymous read-write mapping of this process (`mmap`), unmapped
+/// when dropped: the memory the benchmark workloads and pager tests fill,
+/// touch and hand to a pager.
+///
+/// Its pages may be filled behind our back by a userfaultfd (missing pages
+/// only, before any access completes), so word access goes through volatile
+/// reads and writes, and [`AnonMap::words_mut`] needs `&mut self`.
+#[derive(Debug)]
+pub struct AnonMap {
+    base: std::ptr::NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; access follows
+// the usual `&`/`&mut` rules of its methods.
+unsafe impl Send for AnonMap {}
+// SAFETY: shared access only reads (volatile reads of plain words).
+unsafe impl Sync for AnonMap {}
+
+impl AnonMap {
+    /// Maps `len` bytes (rounded up to whole pages), zero-filled on first touch.
+    pub fn new(len: usize) -> Result<AnonMap> {
+        let page = usize::try_from(crate::PAGE).unwrap_or(4096);
+        let len = len.max(1).div_ceil(page) * page;
+        // SAFETY: a new anonymous private mapping at an address the kernel
+        // picks; it overlaps nothing of ours.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(SysError::last("mmap"));
+        }
+        let base = std::ptr::NonNull::new(p.cast::<u64>()).ok_or(SysError::new("mmap", libc::ENOMEM))?;
+        Ok(AnonMap { base, len })
+    }
+
+    /// The start address.
+    pub fn addr(&self) -> u64 {
+        self.base.as_ptr() as u64
+    }
+
+    /// The length in bytes (whole pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The number of 8-byte words.
+    pub fn words(&self) -> usize {
+        self.len / 8
+    }
+
+    /// Reads word `i` (a volatile read: it faults the page in, through a
+    /// pager if one serves it). Panics when `i` is out of range.
+    pub fn read(&self, i: usize) -> u64 {
+        assert!(i < self.words(), "word {i} outside a mapping of {} words", self.words());
+        // SAFETY: `i` is inside the mapping, which lives as long as `self`.
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(i)) }
+    }
+
+    /// Reads word `i` and writes it back plus `add` (volatile both): one
+    /// read and one write fault at most. Panics when `i` is out of range.
+    pub fn touch(&mut self, i: usize, add: u64) {
+        assert!(i < self.words(), "word {i} outside a mapping of {} words", self.words());
+        // SAFETY: `i` is inside the mapping; `&mut self` excludes other access.
+        unsafe {
+            let w = self.base.as_ptr().add(i);
+            std::ptr::write_volatile(w, std::ptr::read_volatile(w).wrapping_add(add));
+        }
+    }
+
+    /// All words, for filling and checking in bulk.
+    pub fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: the mapping holds `words()` initialized (zero-filled or
+        // written) u64s for the life of `self`; `&mut self` makes the slice
+        // the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.words()) }
+    }
+
+    /// Drops the pages of `[offset, offset+len)` (`MADV_DONTNEED`): they
+    /// read as zero (or are missing again for a userfaultfd) afterwards.
+    pub fn discard(&mut self, offset: usize, len: usize) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(SysError::new("madvise", libc::EINVAL));
+        }
+        // SAFETY: the range lies inside our mapping and `&mut self` excludes
+        // any reference into it.
+        let r = unsafe { libc::madvise(self.base.as_ptr().cast::<u8>().add(offset).cast(), len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(SysError::last("madvise"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer referenced.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Which pages of `[addr, addr+len)` of this process are resident
+/// (`mincore`): bit 0 of `out[i]` for page `i`. `addr` must be page-aligned;
+/// unmapped pages fail with ENOMEM. Only queries: it touches no page.
+pub fn resident_pages(addr: u64, len: usize, out: &mut [u8]) -> Result<()> {
+    let page = usize::try_from(crate::PAGE).unwrap_or(4096);
+    if out.len() < len.div_ceil(page) {
+        return Err(SysError::new("mincore", libc::EINVAL));
+    }
+    let addr = usize::try_from(addr).map_err(|_| SysError::new("mincore", libc::EINVAL))?;
+    // SAFETY: mincore reads no memory at `addr` (it asks the kernel about the
+    // page tables) and writes one byte per page into `out`, which has room.
+    if unsafe { libc::mincore(addr as *mut libc::c_void, len, out.as_mut_ptr()) } != 0 {
+        return Err(SysError::last("mincore"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod anon_tests {
+    use super::*;
+
+    #[test]
+    fn anon_map_reads_touches_discards_and_reports_residency() {
+        let mut m = AnonMap::new(3 * 4096 + 1).unwrap();
+        assert_eq!(m.len(), 4 * 4096);
+        assert_eq!(m.addr() % 4096, 0);
+        let mut res = vec![0u8; 4];
+        resident_pages(m.addr(), m.len(), &mut res).unwrap();
+        assert!(res.iter().all(|b| b & 1 == 0), "nothing touched yet: {res:?}");
+        m.touch(512, 5);
+        assert_eq!(m.read(512), 5);
+        resident_pages(m.addr(), m.len(), &mut res).unwrap();
+        assert_eq!(res.iter().map(|b| b & 1).collect::<Vec<_>>(), [0, 1, 0, 0]);
+        m.words_mut().fill(9);
+        assert_eq!(m.read(m.words() - 1), 9);
+        m.discard(4096, 4096).unwrap();
+        assert_eq!((m.read(511), m.read(512), m.read(1024)), (9, 0, 9));
+        assert_eq!(m.discard(4096, 4 * 4096).unwrap_err().errno, libc::EINVAL);
+        assert_eq!(resident_pages(m.addr(), m.len(), &mut [0u8; 2]).unwrap_err().errno, libc::EINVAL);
+        let addr = m.addr();
+        drop(m);
+        // Gone: the kernel says so (unless something else got mapped there).
+        let _ = resident_pages(addr, 4096, &mut [0u8; 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a mapping")]
+    fn anon_map_checks_bounds() {
+        let m = AnonMap::new(4096).unwrap();
+        m.read(512);
     }
 }

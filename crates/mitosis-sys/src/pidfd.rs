@@ -1,6 +1,6 @@
 //! Process file descriptors: handles that cannot be confused by pid reuse.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::{Result, SysError};
 
@@ -12,8 +12,9 @@ pub fn open(pid: i32) -> Result<OwnedFd> {
     if fd < 0 {
         return Err(SysError::last("pidfd_open"));
     }
+    let fd = crate::fd_of(fd, "pidfd_open")?;
     // SAFETY: fd is a new descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Duplicates descriptor `target_fd` of the process behind `pidfd` into ours.
@@ -23,8 +24,9 @@ pub fn getfd(pidfd: &OwnedFd, target_fd: i32) -> Result<OwnedFd> {
     if fd < 0 {
         return Err(SysError::last("pidfd_getfd"));
     }
+    let fd = crate::fd_of(fd, "pidfd_getfd")?;
     // SAFETY: fd is a new descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Sends `sig` to the process behind `pidfd`. A process that is already gone is not an error.
@@ -57,7 +59,7 @@ pub fn wait_exit(pidfd: &OwnedFd) -> Result<Exit> {
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: valid pointer to a siginfo_t; P_PIDFD takes the descriptor as id.
         let r = unsafe {
-            libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED)
+            libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd().unsigned_abs(), &mut info, libc::WEXITED)
         };
         if r < 0 {
             let e = SysError::last("waitid");
@@ -88,7 +90,7 @@ mod tests {
     #[allow(clippy::zombie_processes)] // reaped through its pidfd: that is what is tested
     fn wait_for_a_child() {
         let child = std::process::Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
-        let fd = open(child.id() as i32).unwrap();
+        let fd = open(i32::try_from(child.id()).unwrap()).unwrap();
         assert_eq!(wait_exit(&fd).unwrap(), Exit::Code(7));
         assert!(has_exited(&fd));
     }

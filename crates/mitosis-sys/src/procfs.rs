@@ -55,9 +55,19 @@ fn parse_maps_line(line: &str) -> Result<MapsEntry, String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     pub threads: u32,
+    /// Effective uid and gid: what the process acts as.
     pub uid: u32,
     pub gid: u32,
+    /// Real, effective, saved and filesystem uids; `None` when the line is
+    /// missing or unparsable (never read as root by default).
+    pub uids: Option<[u32; 4]>,
+    pub gids: Option<[u32; 4]>,
     pub groups: Vec<u32>,
+    /// Permitted and effective capability sets.
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    /// Parent's pid (0 for none).
+    pub ppid: i32,
     pub sig_blocked: u64,
     pub sig_ignored: u64,
     pub sig_caught: u64,
@@ -67,7 +77,8 @@ pub struct Status {
 }
 
 pub fn parse_status(text: &str) -> Status {
-    let mut s = Status::default();
+    // Missing lines must never read as root or as holding no capabilities.
+    let mut s = Status { uid: u32::MAX, gid: u32::MAX, cap_permitted: u64::MAX, cap_effective: u64::MAX, ..Status::default() };
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else { continue };
         let v = v.trim();
@@ -75,8 +86,17 @@ pub fn parse_status(text: &str) -> Status {
         match k {
             "Threads" => s.threads = v.parse().unwrap_or(0),
             // Real, effective, saved, fs: the effective id is what the process acts as.
-            "Uid" => s.uid = v.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0),
-            "Gid" => s.gid = v.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0),
+            "Uid" => {
+                s.uids = four_ids(v);
+                s.uid = s.uids.map_or(u32::MAX, |ids| ids[1]);
+            }
+            "Gid" => {
+                s.gids = four_ids(v);
+                s.gid = s.gids.map_or(u32::MAX, |ids| ids[1]);
+            }
+            "CapPrm" => s.cap_permitted = u64::from_str_radix(v, 16).unwrap_or(u64::MAX),
+            "CapEff" => s.cap_effective = u64::from_str_radix(v, 16).unwrap_or(u64::MAX),
+            "PPid" => s.ppid = v.parse().unwrap_or(0),
             "Groups" => s.groups = v.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
             "SigBlk" => s.sig_blocked = u64::from_str_radix(v, 16).unwrap_or(0),
             "SigIgn" => s.sig_ignored = u64::from_str_radix(v, 16).unwrap_or(0),
@@ -87,6 +107,12 @@ pub fn parse_status(text: &str) -> Status {
         }
     }
     s
+}
+
+/// The four ids of a `Uid:` or `Gid:` line (real, effective, saved, filesystem).
+fn four_ids(v: &str) -> Option<[u32; 4]> {
+    let ids: Vec<u32> = v.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    ids.try_into().ok()
 }
 
 /// The memory-layout fields of `/proc/PID/stat` (see proc_pid_stat(5)).
@@ -107,7 +133,7 @@ pub struct StatMm {
 pub fn parse_stat_mm(text: &str) -> Result<StatMm, String> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = text.rsplit_once(')').ok_or("unparsable stat")?.1;
-    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|x| x.parse::<i64>().unwrap_or(0) as u64).collect();
+    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|x| crate::unsigned(x.parse::<i64>().unwrap_or(0))).collect();
     // `rest` starts at field 3 (state), which we skipped; field n is f[n - 4].
     let at = |n: usize| f.get(n - 4).copied().ok_or("short stat");
     Ok(StatMm {
@@ -176,10 +202,23 @@ mod tests {
     fn status_fields() {
         let s = parse_status("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\t6\t5\t5\nGroups:\t4 24 \nThreads:\t3\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180000002\nVmRSS:\t  1234 kB\n");
         assert_eq!((s.threads, s.uid, s.gid), (3, 1001, 6));
+        assert_eq!(s.uids, Some([1000, 1001, 1000, 1000]));
+        assert_eq!(s.gids, Some([5, 6, 5, 5]));
         assert_eq!(s.groups, vec![4, 24]);
         assert_eq!(s.sig_blocked, 0x10000);
         assert_eq!(s.sig_caught, 0x1_8000_0002);
         assert_eq!(s.rss_kb, 1234);
+    }
+
+    #[test]
+    fn missing_or_garbled_ids_are_never_root() {
+        let s = parse_status("Name:\tx\nUid:\t1000 x 1000 1000\nCapPrm:\tzz\n");
+        assert_eq!(s.uids, None);
+        assert_ne!(s.uid, 0);
+        assert_ne!(s.gid, 0);
+        assert_eq!(s.cap_permitted, u64::MAX);
+        let s = parse_status("PPid:\t17\nCapPrm:\t0000000000000400\nCapEff:\t0000000000000000\n");
+        assert_eq!((s.ppid, s.cap_permitted, s.cap_effective), (17, 0x400, 0));
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn wait_stop(pid: i32) -> Result<Stop> {
 impl Tracee {
     /// Attaches to `pid` with `PTRACE_SEIZE` (the process keeps running) and the given options.
     pub fn seize(pid: i32, options: libc::c_int) -> Result<Tracee> {
-        ptrace(libc::PTRACE_SEIZE, pid, 0, options as usize, "ptrace(SEIZE)")?;
+        ptrace(libc::PTRACE_SEIZE, pid, 0, options.unsigned_abs() as usize, "ptrace(SEIZE)")?;
         Ok(Tracee { pid, attached: true, _not_send: PhantomData })
     }
 
@@ -167,7 +167,7 @@ impl Tracee {
     }
 
     pub fn cont(&self, sig: i32) -> Result<()> {
-        ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize, "ptrace(CONT)")?;
+        ptrace(libc::PTRACE_CONT, self.pid, 0, sig.unsigned_abs() as usize, "ptrace(CONT)")?;
         Ok(())
     }
 
@@ -185,7 +185,7 @@ impl Tracee {
     ) -> Result<i64> {
         let mut regs = *base;
         regs[RIP] = gadget;
-        regs[RAX] = nr as u64;
+        regs[RAX] = crate::unsigned(nr);
         // orig_rax = -1 keeps the kernel's syscall-restart logic away from our registers.
         regs[ORIG_RAX] = u64::MAX;
         for (i, a) in args.iter().enumerate() {
@@ -216,13 +216,13 @@ impl Tracee {
             }
         }
         let after = self.get_regs()?;
-        Ok(after[RAX] as i64)
+        Ok(crate::signed(after[RAX]))
     }
 
     /// Detaches, delivering `sig` (0 for none). The tracee continues from its current registers.
     pub fn detach(mut self, sig: i32) -> Result<()> {
         self.attached = false;
-        ptrace(libc::PTRACE_DETACH, self.pid, 0, sig as usize, "ptrace(DETACH)")?;
+        ptrace(libc::PTRACE_DETACH, self.pid, 0, sig.unsigned_abs() as usize, "ptrace(DETACH)")?;
         Ok(())
     }
 }

@@ -76,12 +76,13 @@ const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
 
 /// One message read from a userfaultfd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Event {
     /// A thread touched a missing page at this address.
     Fault { addr: u64 },
-    /// The process forked; the child's memory is served through this new descriptor.
-    Fork { uffd: RawFd },
+    /// The process forked; the child's memory is served through this new
+    /// descriptor, which the kernel installed in our table for us to own.
+    Fork { uffd: Uffd },
     /// `mremap` moved `[from, from+len)` to `to`.
     Remap { from: u64, to: u64, len: u64 },
     /// `madvise(DONTNEED/REMOVE)` dropped these pages: they now read as zero.
@@ -103,6 +104,51 @@ pub enum CopyResult {
     Failed(i32),
 }
 
+/// `USERFAULTFD_IOC_NEW` of `/dev/userfaultfd`: `_IO(0xAA, 0x00)`.
+const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
+
+/// Creates a userfaultfd for the calling process with `flags` (`O_CLOEXEC`,
+/// `O_NONBLOCK`) and returns the raw descriptor, which the caller owns.
+/// Allocation-free and async-signal-safe (raw system calls on a static
+/// path): the restore prologue calls it in a freshly forked child, and in
+/// the caller's own process for a resume in place.
+///
+/// The userfaultfd(2) system call makes a descriptor that also handles
+/// faults of the kernel's own accesses (a `read(2)` into a page not fetched
+/// yet) only for a caller with `CAP_SYS_PTRACE`, or for everyone when
+/// `vm.unprivileged_userfaultfd` is 1; otherwise it fails with EPERM. Then
+/// `/dev/userfaultfd` (Linux 6.1) is tried: it makes the same descriptors
+/// for whoever may open it, which the administrator grants through its
+/// owner, group and mode. If neither works the error is the system call's
+/// EPERM.
+///
+/// `UFFD_USER_MODE_ONLY`, which needs no privilege, is not an option: the
+/// kernel's accesses to a missing page would fail with EFAULT instead of
+/// waiting for the page, so a child's system calls would fail where its
+/// parent's worked.
+pub fn create_raw(flags: i32) -> Result<RawFd> {
+    // SAFETY: plain integer flags; a new descriptor is returned.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd >= 0 {
+        return crate::fd_of(fd, "userfaultfd");
+    }
+    let denied = SysError::last("userfaultfd");
+    if denied.errno != libc::EPERM {
+        return Err(denied);
+    }
+    // SAFETY: a static NUL-terminated path.
+    let dev = unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if dev < 0 {
+        return Err(denied);
+    }
+    // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its plain integer argument.
+    let fd = unsafe { libc::ioctl(dev, USERFAULTFD_IOC_NEW as _, flags) };
+    let result = if fd < 0 { Err(SysError::last("ioctl(/dev/userfaultfd, USERFAULTFD_IOC_NEW)")) } else { Ok(fd) };
+    // SAFETY: `dev` is ours, opened above; the new userfaultfd does not need it.
+    unsafe { libc::close(dev) };
+    result
+}
+
 /// A userfaultfd descriptor.
 #[derive(Debug)]
 pub struct Uffd(OwnedFd);
@@ -113,15 +159,12 @@ impl Uffd {
         Uffd(fd)
     }
 
-    /// Creates one for the calling process (non-blocking, close-on-exec).
+    /// Creates one for the calling process (non-blocking, close-on-exec),
+    /// as [`create_raw`] does.
     pub fn create() -> Result<Uffd> {
-        // SAFETY: plain flags; returns a new descriptor we own.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        if fd < 0 {
-            return Err(SysError::last("userfaultfd"));
-        }
+        let fd = create_raw(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
         // SAFETY: fresh descriptor owned by nobody else.
-        Ok(Uffd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        Ok(Uffd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     pub fn raw(&self) -> RawFd {
@@ -167,7 +210,7 @@ impl Uffd {
             }
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if c.copy > 0 {
-                done += c.copy as u64;
+                done += c.copy.unsigned_abs();
             }
             match errno {
                 libc::EEXIST => done += PAGE,
@@ -199,7 +242,7 @@ impl Uffd {
         }
         match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
             libc::EEXIST => CopyResult::Done,
-            libc::EAGAIN => CopyResult::Again { copied: z.result.max(0) as u64 },
+            libc::EAGAIN => CopyResult::Again { copied: z.result.max(0).unsigned_abs() },
             libc::ESRCH => CopyResult::Gone,
             errno => CopyResult::Failed(errno),
         }
@@ -215,7 +258,7 @@ impl Uffd {
     /// a copy to an address below any mapping fails with ENOENT while the
     /// memory lives and ESRCH once the process has exited.
     pub fn memory_alive(&self, probe_addr: u64) -> bool {
-        let page = [0u8; PAGE as usize];
+        let page = [0u8; crate::usize_of(PAGE)];
         let mut c = Copy { dst: probe_addr, src: page.as_ptr() as u64, len: PAGE, mode: 0, copy: 0 };
         // SAFETY: valid source page; the destination is an address with no registered mapping.
         let r = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
@@ -242,11 +285,17 @@ impl Uffd {
             }
             return Err(e);
         }
-        for m in buf[..n as usize].chunks_exact(MSG) {
+        // n >= 0 here: failures returned above.
+        for m in buf[..n.unsigned_abs()].chunks_exact(MSG) {
             let u64_at = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().unwrap());
             let ev = match m[0] {
                 EVENT_PAGEFAULT => Event::Fault { addr: u64_at(16) & !(PAGE - 1) },
-                EVENT_FORK => Event::Fork { uffd: u32::from_ne_bytes(m[8..12].try_into().unwrap()) as RawFd },
+                EVENT_FORK => {
+                    let raw = RawFd::from_ne_bytes(m[8..12].try_into().unwrap());
+                    // SAFETY: the kernel installed this new descriptor in our
+                    // table while delivering the message; nobody else has it.
+                    Event::Fork { uffd: Uffd(unsafe { OwnedFd::from_raw_fd(raw) }) }
+                }
                 EVENT_REMAP => Event::Remap { from: u64_at(8), to: u64_at(16), len: u64_at(24) },
                 EVENT_REMOVE => Event::Remove { start: u64_at(8), end: u64_at(16) },
                 EVENT_UNMAP => Event::Unmap { start: u64_at(8), end: u64_at(16) },
@@ -261,6 +310,12 @@ impl Uffd {
 impl AsRawFd for Uffd {
     fn as_raw_fd(&self) -> RawFd {
         self.raw()
+    }
+}
+
+impl std::os::fd::AsFd for Uffd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 

@@ -33,7 +33,7 @@ impl VdsoInfo {
         let (_, start, end) =
             parts.iter().find(|p| p.0 == "[vdso]").cloned().ok_or("this process has no [vdso] mapping")?;
         // SAFETY: [vdso] is mapped readable in our own address space for our whole lifetime.
-        let code = unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
+        let code = unsafe { std::slice::from_raw_parts(start as *const u8, crate::usize_of(end - start)) };
         let gadget_offset = code
             .windows(2)
             .position(|w| w == [0x0f, 0x05])

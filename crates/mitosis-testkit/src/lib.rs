@@ -10,7 +10,10 @@
 //! * **daemon processes** — [`Daemon`], a `mitosis daemon` started inside a
 //!   [`Host`] and stopped (SIGTERM, then SIGKILL) when dropped;
 //! * **process cleanup** — [`ProcessGuard`], a child in its own process
-//!   group whose whole group is killed and reaped when dropped.
+//!   group whose whole group is killed and reaped when dropped;
+//! * **skips** — [`skip`] and [`require_root`]: a test that cannot run here
+//!   is recorded as skipped (see `scripts/test`), and under CI a root-only
+//!   test without root fails.
 //!
 //! # Network safety
 //!
@@ -20,10 +23,14 @@
 //! the host's own network namespace, no routes leave the pair, and daemons
 //! only listen on those private addresses.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 mod dir;
 mod conversation;
 mod netns;
 mod process;
+mod skip;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,6 +41,7 @@ pub use dir::{write_key, TestDir};
 pub use conversation::{Finished, Proc, STEP};
 pub use netns::{Host, TwoHosts};
 pub use process::{Daemon, ProcessGuard};
+pub use skip::{in_ci, require_root, skip, test_name, SKIP_LOG_ENV};
 
 /// Calls `f` every 5 ms until it returns `true` (then returns `true`) or
 /// `timeout` has passed (then returns `false`, after one last try).
@@ -48,17 +56,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Returns whether the test runs as root; when not, prints
-/// `skipped: needs root` to stderr. Use as `if !require_root() { return; }`.
-pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
 }
 
 /// The real CPython interpreter behind `python3` on `PATH`.

@@ -49,7 +49,7 @@ fn reserve_subnet(seed: u32) -> anyhow::Result<u8> {
     let mut live = LIVE_SUBNETS.lock().unwrap_or_else(|e| e.into_inner());
     let live = live.get_or_insert_with(HashSet::new);
     for i in 0..250 {
-        let k = ((seed + i) % 250 + 1) as u8;
+        let k = u8::try_from((seed + i) % 250 + 1).unwrap_or(1);
         if live.insert(k) {
             return Ok(k);
         }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use mitosis_sys::process;
 
 use crate::{Host, TestDir};
 
@@ -35,7 +36,8 @@ impl ProcessGuard {
 
     /// The child's pid (also its process group id).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        // Linux pids fit an i32 (pid_max is at most 2^22).
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
     }
 
     /// The underlying child, e.g. to take its pipes. If the caller reaps it
@@ -66,44 +68,19 @@ impl ProcessGuard {
     /// The child's exit status if it has exited, without reaping it.
     /// Fails (ECHILD) once it has been reaped.
     fn peek_exit(&self) -> io::Result<Option<ExitStatus>> {
-        // SAFETY: siginfo_t is plain data for which all-zeroes is valid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the
-        // child waitable, so `Child`'s own bookkeeping is unaffected.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.child.id(),
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: waitid succeeded, so `info` holds SIGCHLD data (or zeroes
-        // when the child is still running, as WNOHANG documents).
-        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-        if pid == 0 {
-            return Ok(None);
-        }
-        // Re-encode as a wait(2) status word.
-        let raw = match info.si_code {
-            libc::CLD_EXITED => (status & 0xff) << 8,
-            libc::CLD_DUMPED => status | 0x80,
-            _ => status,
-        };
-        Ok(Some(ExitStatus::from_raw(raw)))
+        // WNOWAIT leaves the child waitable, so `Child`'s own bookkeeping is
+        // unaffected.
+        let status = process::peek_exit(self.child.id()).map_err(|e| io::Error::from_raw_os_error(e.errno))?;
+        Ok(status.map(ExitStatus::from_raw))
     }
 
     /// Sends `sig` to the child's process group, unless the child has
     /// already been reaped (then the group id may belong to someone else).
     fn signal_group(&self, sig: libc::c_int) {
         if self.peek_exit().is_ok() {
-            // SAFETY: kill has no memory-safety preconditions; the negative
-            // pid names our child's own group, which is still reserved by the
-            // unreaped child.
-            unsafe { libc::kill(-self.pid(), sig) };
+            // The negative pid names our child's own group, which is still
+            // reserved by the unreaped child.
+            let _ = process::kill(-self.pid(), sig);
         }
     }
 
@@ -174,13 +151,7 @@ impl Daemon {
             .stderr(err);
         // A test or benchmark killed before its guards run must not leave the
         // daemon running (its janitor then ends its snapshots).
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-                Ok(())
-            });
-        }
+        process::parent_death_signal_on_spawn(&mut cmd, libc::SIGTERM);
         let proc = ProcessGuard::spawn(&mut cmd)
             .with_context(|| format!("spawning daemon {name} ({})", bin.display()))?;
         let mut daemon = Daemon {
@@ -368,9 +339,8 @@ while True: s.accept()\n' \"$@\"",
         assert_eq!(guard.wait_timeout(Duration::ZERO).unwrap().code(), Some(3));
 
         let mut guard = ProcessGuard::spawn(Command::new("sleep").arg("100")).unwrap();
-        // SAFETY: kill has no memory-safety preconditions; the pid is our
-        // unreaped child.
-        unsafe { libc::kill(guard.pid(), libc::SIGKILL) };
+        // The pid is our unreaped child.
+        process::kill(guard.pid(), libc::SIGKILL).unwrap();
         let status = guard.wait_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));
     }

@@ -13,6 +13,11 @@
 //! [`fork_prepare`] returns [`Role::Parent`] in the caller and [`Role::Child`]
 //! in every child resumed from the seed, on whatever host.
 //!
+//! Every child starts with the seed's memory, random-number generators
+//! included: see [`Role::Child`] for what a child must reseed, and
+//! [`on_child`] for hooks that [`fork_prepare`] runs in every child before it
+//! returns.
+//!
 //! This crate only speaks the local protocol; it never touches another
 //! process or the network.
 
@@ -20,6 +25,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mitosis_proto::frame::{read_msg, MAX_IMAGE_FRAME};
 pub use mitosis_proto::local::{
@@ -47,13 +53,17 @@ pub enum Error {
     Daemon(RemoteError),
     #[error("{0}")]
     Usage(String),
+    /// Refused in this process, before asking the daemon, with the kinds
+    /// (and exit statuses) the daemon gives its own errors.
+    #[error("{0}")]
+    Local(RemoteError),
 }
 
 impl Error {
     /// The exit status `mitosis` uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Daemon(e) => e.kind.exit_code(),
+            Error::Daemon(e) | Error::Local(e) => e.kind.exit_code(),
             Error::Usage(_) => 64,
             Error::Connect { .. } => 69,
             Error::Io(_) | Error::Proto(_) => 70,
@@ -76,7 +86,47 @@ pub enum Role {
     /// The process that prepared; the seed is ready.
     Parent(SeedInfo),
     /// A child resumed from the seed.
+    ///
+    /// Like a child of `fork()`, and unlike the parent, it must make its own
+    /// random numbers: it starts with the seed's memory, so every userspace
+    /// generator (rand's `ThreadRng` and `StdRng`, libc `random()`,
+    /// OpenSSL's DRBGs when the child has the seed's pid, which a reused pid
+    /// can be; hash-map keys) would give every child of the seed the same
+    /// sequence, and nothing tells them apart but this value. Reseed them
+    /// from the kernel (`getrandom`, which is never shared) here, or in a
+    /// hook registered with [`on_child`] (`pthread_atfork` handlers are not
+    /// run: the child was not made by `fork()`). Values read straight from
+    /// the kernel (`OsRng`, `getrandom`, `/dev/urandom`) are unique already.
+    /// See "Clone uniqueness" in the README.
     Child(ChildInfo),
+}
+
+/// A hook registered with [`on_child`].
+type ChildHook = Arc<dyn Fn() + Send + Sync>;
+
+/// The hooks [`fork_prepare`] runs in children, in registration order.
+static CHILD_HOOKS: Mutex<Vec<ChildHook>> = Mutex::new(Vec::new());
+
+/// Registers `hook` to run in every child of a later [`fork_prepare`] (and
+/// of [`fork_prepare_with`]) of this process, right before it returns
+/// [`Role::Child`], after the hooks registered before it: the place to
+/// reseed random-number generators (see [`Role::Child`]). Hooks never run in
+/// the parent. A child resumed in place ([`resume_in_place`]) continues in
+/// its seed's `fork_prepare`, so it runs the seed's hooks. Hooks stay
+/// registered (children inherit them, for a nested prepare); a hook may
+/// register more, which run from the next prepare on.
+pub fn on_child(hook: impl Fn() + Send + Sync + 'static) {
+    CHILD_HOOKS.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::new(hook));
+}
+
+/// Runs the [`on_child`] hooks. The list is copied first, so that a hook may
+/// register another without deadlocking (no other thread can hold the lock:
+/// the seed was single-threaded when it was captured).
+fn run_child_hooks() {
+    let hooks: Vec<ChildHook> = CHILD_HOOKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for hook in hooks {
+        hook();
+    }
 }
 
 /// A connection to the local daemon.
@@ -242,14 +292,35 @@ fn ensure_single_threaded(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The prologue that turns this process into the child creates a
+/// userfaultfd for it (see `mitosis_sys::uffd::create_raw`); an
+/// unprivileged user may not be allowed one. Found out here, the caller gets
+/// a reason and 77, rather than the prologue's bare exit status 92 once the
+/// daemon has started the takeover.
+fn ensure_userfaultfd() -> Result<()> {
+    match mitosis_sys::uffd::Uffd::create() {
+        Ok(_) => Ok(()),
+        Err(e) if e.errno == libc::EPERM => Err(Error::Local(RemoteError::new(
+            ErrorKind::PermissionDenied,
+            "resuming in place needs a userfaultfd in this process, which the kernel refuses to this user: \
+             it allows one to root, to every user when sysctl vm.unprivileged_userfaultfd is 1, \
+             and to users who may open /dev/userfaultfd read-write; or resume without --in-place",
+        ))),
+        Err(e) => Err(Error::Local(RemoteError::new(ErrorKind::Unsupported, format!("resuming in place needs a userfaultfd: {e}")))),
+    }
+}
+
 /// Replaces the calling process by a child of seed `id` from the daemon at
 /// `from` (MITOSIS's `fork_resume_remote`). On success it does not return: the
 /// process continues from the seed's prepare point, keeping its pid, parent
-/// and stdio. An error before the daemon starts the takeover is returned; a
-/// failure after it kills the process (it is no longer itself). The process
-/// must be single-threaded.
+/// and stdio (for a seed that prepared itself: in its [`fork_prepare`], which
+/// runs the seed's [`on_child`] hooks and returns [`Role::Child`]). An error
+/// before the daemon starts the takeover is returned; a failure after it
+/// kills the process (it is no longer itself). The process must be
+/// single-threaded.
 pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result<std::convert::Infallible> {
     ensure_single_threaded("resumed in place")?;
+    ensure_userfaultfd()?;
     let mut client = Client::connect(socket)?;
     match client.call(LocalRequest::ResumeInPlace { from: from.to_string(), id: id.to_string() })? {
         LocalResponse::InPlace { prologue } => {
@@ -273,7 +344,17 @@ pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
 
 /// [`fork_prepare`], choosing the seed's lifetime: a `pinned` seed outlives
 /// this process and stays until it is dropped (MITOSIS's `fork_prepare_ping`).
+/// In a child, the [`on_child`] hooks run before it returns.
 pub fn fork_prepare_with(socket: impl AsRef<Path>, id: &str, pinned: bool) -> Result<Role> {
+    let role = prepare_self(socket.as_ref(), id, pinned)?;
+    if matches!(role, Role::Child(_)) {
+        run_child_hooks();
+    }
+    Ok(role)
+}
+
+/// The prepare of [`fork_prepare_with`]; returns twice, as `fork()` does.
+fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
     ensure_single_threaded("prepared")?;
     let mut client = Client::connect(socket)?;
     // The daemon captures us while we are blocked in the read below. In each
@@ -312,5 +393,27 @@ pub fn fork_prepare_with(socket: impl AsRef<Path>, id: &str, pinned: bool) -> Re
         LocalResponse::Prepared(info) => Ok(Role::Parent(info)),
         LocalResponse::Error(e) => Err(Error::Daemon(e)),
         other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test of the process-wide hook list.
+    #[test]
+    fn child_hooks_run_in_registration_order_and_may_register_more() {
+        static LOG: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+        let log = || LOG.lock().unwrap().clone();
+        on_child(|| LOG.lock().unwrap().push(1));
+        on_child(|| {
+            LOG.lock().unwrap().push(2);
+            on_child(|| LOG.lock().unwrap().push(3));
+        });
+        assert_eq!(log(), [] as [u32; 0], "registering runs nothing");
+        run_child_hooks();
+        assert_eq!(log(), [1, 2], "a hook registered by a hook runs from the next child on");
+        run_child_hooks();
+        assert_eq!(log(), [1, 2, 1, 2, 3]);
     }
 }

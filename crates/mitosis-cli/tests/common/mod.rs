@@ -232,10 +232,8 @@ pub fn in_netns<T: Send + 'static>(host: &Host, f: impl FnOnce() -> T + Send + '
     let path = PathBuf::from("/run/netns").join(&host.ns);
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-        // SAFETY: setns on a valid namespace descriptor; it only changes this
-        // thread's network namespace.
-        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns into {}: {}", path.display(), std::io::Error::last_os_error());
+        // Only this thread's network namespace changes.
+        mitosis_sys::ns::setns(&ns, libc::CLONE_NEWNET).unwrap_or_else(|e| panic!("entering {}: {e}", path.display()));
         f()
     })
     .join()

@@ -42,8 +42,15 @@ What children share with their parent, and what not:
 
 * everything in memory as of the prepare point, including Python's buffers
   (which is why ``fork_prepare`` flushes ``sys.stdout``/``sys.stderr``; data
-  already read ahead into ``sys.stdin``'s buffer is in every child too) and
-  the state of :mod:`random` (reseed in children that need their own numbers);
+  already read ahead into ``sys.stdin``'s buffer is in every child too);
+* but not the random-number state, as after ``os.fork()``: ``fork_prepare``
+  runs the interpreter's fork machinery, so hooks registered with
+  ``os.register_at_fork`` run (``before`` and ``after_in_parent`` in the
+  parent, ``after_in_child`` in every child) and :mod:`random` reseeds
+  itself in each child; OpenSSL's generator gets fresh entropy there when
+  :mod:`ssl` is loaded. Generators without such a hook (your own
+  ``random.Random()``, numpy's) keep the seed's state: register one
+  (``os.register_at_fork(after_in_child=...)``);
 * not sockets, pipes and the like: they are closed in children
   (``Parent.closed_fds`` lists them); descriptors 0-2 are the resumer's.
 
