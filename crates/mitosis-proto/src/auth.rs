@@ -10,7 +10,8 @@
 //! client -> server  PROOF    client proof [32]
 //! server -> client  VERDICT  status u8
 //! ```
-//! Status 0 is OK, 1 another version, 2 a wrong key, 3 busy (the server holds
+//! Status 0 is OK, 1 another version, 2 a wrong key, 4 busy (3 is kept for
+//! the protection-mode mismatch of the encrypted protocol; busy: the server holds
 //! as many connections as it takes; sent at once, in the CHALLENGE's place).
 //! `server proof = HMAC-SHA256(key, "mitosis-server" | client nonce | server nonce)` and
 //! `client proof = HMAC-SHA256(key, "mitosis-client" | client nonce | server nonce)`.
@@ -30,7 +31,7 @@ const MAGIC: &[u8; 8] = b"MITOSIS1";
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
 const STATUS_AUTH: u8 = 2;
-const STATUS_BUSY: u8 = 3;
+const STATUS_BUSY: u8 = 4;
 
 /// The shared secret of a cluster, read from the daemon's key file.
 #[derive(Clone)]
