@@ -384,3 +384,65 @@ fn prepare_when_ready(spec: &PrepareSpec<'_>, vdso: &mitosis_sys::vdso::VdsoInfo
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn limits(idle_ms: u64, request_ms: u64) -> Limits {
+        Limits { local_idle: Duration::from_millis(idle_ms), request: Duration::from_millis(request_ms), ..Limits::default() }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn a_client_that_sends_nothing_is_let_go_after_the_idle_time() {
+        let (_client, conn) = UnixStream::pair().unwrap();
+        let t0 = Instant::now();
+        assert!(read_request(&conn, &limits(150, 5000)).unwrap().is_none());
+        assert!(t0.elapsed() >= Duration::from_millis(140) && t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_request_dripped_byte_by_byte_must_be_whole_by_its_deadline() {
+        let (mut client, conn) = UnixStream::pair().unwrap();
+        // 1 MiB announced, then a byte every 50 ms: never 300 ms of silence.
+        let dripper = std::thread::spawn(move || {
+            let _ = client.write_all(&(1u32 << 20).to_le_bytes());
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(50));
+                if client.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let t0 = Instant::now();
+        let err = read_request(&conn, &limits(5000, 400)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+        drop(conn);
+        dripper.join().unwrap();
+    }
+
+    #[test]
+    fn requests_are_read_one_at_a_time_with_their_descriptors() {
+        let (client, conn) = UnixStream::pair().unwrap();
+        let (_r, w) = std::io::pipe().unwrap();
+        let mut both = frame(b"first");
+        both.extend_from_slice(&frame(b"second"));
+        fdpass::send_with_fds(&client, &both, &[w.as_raw_fd()]).unwrap();
+        let (body, fds) = read_request(&conn, &limits(1000, 1000)).unwrap().unwrap();
+        assert_eq!((body.as_slice(), fds.len()), (&b"first"[..], 1));
+        let (body, fds) = read_request(&conn, &limits(1000, 1000)).unwrap().unwrap();
+        assert_eq!((body.as_slice(), fds.len()), (&b"second"[..], 0));
+        // Over the limit: refused from the length alone.
+        (&client).write_all(&u32::MAX.to_le_bytes()).unwrap();
+        let err = read_request(&conn, &limits(1000, 1000)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+}
