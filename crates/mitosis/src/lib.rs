@@ -400,6 +400,27 @@ fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
 mod tests {
     use super::*;
 
+    /// A daemon over its connection caps answers and hangs up before the
+    /// request is written: the request's write fails, and the answer is
+    /// still the error the caller gets.
+    #[test]
+    fn a_refusal_that_comes_before_the_request_is_the_error() {
+        let dir = std::env::temp_dir().join(format!("mitosis-refusal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut client = Client::connect(&path).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let refusal = RemoteError::new(ErrorKind::Busy, "uid 1000 holds 128 connections; try again later");
+        mitosis_proto::frame::write_msg(&mut conn, &LocalResponse::Error(refusal.clone())).unwrap();
+        drop(conn);
+        match client.list() {
+            Err(Error::Daemon(e)) => assert_eq!(e, refusal),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// The only test of the process-wide hook list.
     #[test]
     fn child_hooks_run_in_registration_order_and_may_register_more() {
