@@ -184,6 +184,27 @@ enum Command {
         /// starting a child in one costs a setns and a few cgroup writes.
         #[arg(long, default_value_t = 4)]
         container_pool: usize,
+        /// The cluster's other daemons (ADDR:PORT,...): the only seed hosts a non-root
+        /// user may resume from (besides this daemon's own --listen address). Root may
+        /// name any address.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Local connections one non-root user may hold at once (over it: refused, exit 75).
+        #[arg(long, default_value_t = 128)]
+        max_local_per_user: usize,
+        /// Local connections held at once, root's included.
+        #[arg(long, default_value_t = 4096)]
+        max_local_connections: usize,
+        /// Peer connections one address may hold at once before they have authenticated.
+        #[arg(long, default_value_t = 64)]
+        max_handshakes_per_ip: usize,
+        /// Peer connections held at once, authenticated or not.
+        #[arg(long, default_value_t = 4096)]
+        max_peer_connections: usize,
+        /// Seconds a local connection may wait before sending a request (a request, once
+        /// its first byte came, must be whole within 5 s; a peer's handshake too).
+        #[arg(long, default_value_t = 10)]
+        local_idle_timeout: u64,
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevel,
     },
@@ -513,6 +534,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache_size,
             fetch_timeout,
             container_pool,
+            peers,
+            max_local_per_user,
+            max_local_connections,
+            max_handshakes_per_ip,
+            max_peer_connections,
+            local_idle_timeout,
             log_level,
         } => {
             init_logging(log_level);
@@ -532,6 +559,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 cache_bytes: cache_size,
                 fetch_timeout: Duration::from_secs(fetch_timeout),
                 container_pool,
+                limits: mitosis_daemon::limits::Limits {
+                    local_per_user: max_local_per_user.max(1),
+                    local_total: max_local_connections.max(1),
+                    handshakes_per_ip: max_handshakes_per_ip.max(1),
+                    peer_total: max_peer_connections.max(1),
+                    local_idle: Duration::from_secs(local_idle_timeout.max(1)),
+                    ..Default::default()
+                },
+                peers: mitosis_daemon::limits::Peers::new(
+                    &peers.iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect::<Vec<_>>(),
+                    listen,
+                ),
             })?;
             Ok(0)
         }

@@ -493,7 +493,8 @@ fn uid_of(pid: i32) -> u32 {
 /// children run as the seed's user.
 #[test]
 fn other_users_are_confined_to_their_own_processes_and_seeds() {
-    let Some(c) = Cluster::new("perms") else { return };
+    // Non-root users may resume only from the cluster's peers.
+    let Some(c) = Cluster::build("perms", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
     let version = as_nobody(&["--version"]);
     if version.code() != Some(0) {
         mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
@@ -553,6 +554,47 @@ fn other_users_are_confined_to_their_own_processes_and_seeds() {
         let out = child.finish(STEP);
         assert_eq!(out.code(), Some(0), "{out}");
     }
+}
+
+/// A non-root user may have its daemon dial only the cluster's peers
+/// (`--peers`): any other address, an open port or a closed one or no
+/// address at all, gets one refusal (77) before any connection is made, so
+/// the daemon is no port scanner. Root may name any address.
+#[test]
+fn nobody_may_resume_only_from_listed_peers() {
+    let Some(c) = Cluster::build("dial", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
+    let version = as_nobody(&["--version"]);
+    if version.code() != Some(0) {
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
+        return;
+    }
+    let sock_b = c.b.socket().to_str().unwrap().to_string();
+    let open_at = format!("{}:7072", c.hosts.a.ip);
+    let closed_at = format!("{}:7071", c.hosts.a.ip);
+    let o = open_at.clone();
+    let listener = in_netns(&c.hosts.a, move || TcpListener::bind(&o).unwrap());
+    listener.set_nonblocking(true).unwrap();
+
+    let mut refusals = Vec::new();
+    for from in [open_at.as_str(), closed_at.as_str(), "not an address"] {
+        let out = as_nobody(&["resume", "--from", from, "--id", "s", "--socket", &sock_b]);
+        assert_eq!(out.code(), Some(77), "{from}: {out}");
+        assert!(out.stdout.is_empty(), "{out}");
+        assert!(out.stderr.contains("--peers") && out.stderr.contains(&c.a.addr()), "the refusal names the peers: {out}");
+        refusals.push(out.stderr.replace(from, "ADDR"));
+    }
+    assert!(refusals.iter().all(|r| *r == refusals[0]), "one refusal for every address: {refusals:#?}");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the daemon connected to an address it refused: {other:?}"),
+    }
+    // Root may name any address (and learns what is there).
+    let out = resume_proc(&closed_at, "s", c.b.socket()).finish(STEP);
+    assert_eq!(out.code(), Some(69), "{out}");
+    assert!(out.stderr.contains("cannot reach seed host"), "{out}");
+    // A listed peer is dialled for nobody: there is no seed "s" there.
+    let out = as_nobody(&["resume", "--from", &c.a.addr(), "--id", "s", "--socket", &sock_b]);
+    assert_eq!(out.code(), Some(66), "{out}\n{}", c.logs());
 }
 
 /// A process another tracer (a debugger) is attached to cannot be prepared:

@@ -132,7 +132,8 @@ fn nobody_cmd(args: &[&str]) -> Command {
 /// becomes the child.
 #[test]
 fn resume_in_place_by_an_unprivileged_user() {
-    let Some(c) = Cluster::new("in-place-nobody") else { return };
+    // Non-root users may resume only from the cluster's peers.
+    let Some(c) = Cluster::build("in-place-nobody", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
     let version = nobody_cmd(&["--version"]).output().unwrap();
     if !version.status.success() {
         eprintln!("skipped: user nobody cannot run {} ({version:?})", bin().display());

@@ -16,6 +16,9 @@
 //! Threads, not async: every connection and every pager is a blocking thread.
 //! ptrace requires that one thread does all of a tracee's operations, and
 //! page faults are served fastest by a thread that blocks on the userfaultfd.
+//! Connections are capped per local uid, per peer address (until it has
+//! authenticated) and in total, and must send a whole request or handshake
+//! before a deadline ([`limits`]), so these threads stay bounded.
 //!
 //! It must not contain capture, restore or paging logic itself: those are the
 //! `mitosis-capture`, `mitosis-restore` and `mitosis-pager` crates.
@@ -23,6 +26,7 @@
 pub mod cache;
 pub mod children;
 pub mod janitor;
+pub mod limits;
 pub mod local;
 pub mod peer;
 pub mod resume;
@@ -56,6 +60,10 @@ pub struct Config {
     pub fetch_timeout: Duration,
     /// Containers of the default kind kept ready.
     pub container_pool: usize,
+    /// Connection caps and deadlines of both servers.
+    pub limits: limits::Limits,
+    /// The seed hosts non-root callers may resume from (`--peers`).
+    pub peers: limits::Peers,
 }
 
 /// Why the daemon could not start.
@@ -121,6 +129,15 @@ impl Daemon {
         // Before the sockets open: a daemon killed without its shutdown left
         // its cgroup subtree (and the directories of its containers) behind.
         sweep_dead_daemons(&pool);
+        // One descriptor per connection: the caps, not the descriptor limit,
+        // must decide who is refused. Raised after the zygote and the janitor
+        // started, so that children keep the limit the daemon was given.
+        let want = (config.limits.local_total + config.limits.peer_total) as u64 + 4096;
+        match mitosis_sys::rlimit::raise_nofile(want) {
+            Ok(got) if got < want => tracing::warn!(limit = got, want, "descriptor limit is below the connection caps; connections over it fail"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+        }
         let tcp = std::net::TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let unix = local::bind(&config.socket)

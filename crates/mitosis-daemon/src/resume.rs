@@ -238,6 +238,16 @@ fn start(
     t0: Instant,
 ) -> Result<Started, RemoteError> {
     let cfg = &daemon.config;
+    // Before any lookup or connection: a non-root caller must not make this
+    // daemon dial where it likes (a port scanner with root's address), so it
+    // gets one answer for every address outside the cluster, open port or not.
+    if cred.uid != 0 && !cfg.peers.allows(from) {
+        return Err(remote_err(ErrorKind::PermissionDenied, format!(
+            "uid {} may resume only from this daemon's peers (--peers: {}); {from:?} is not one of them",
+            cred.uid,
+            if cfg.peers.names().is_empty() { "none configured".to_string() } else { cfg.peers.names().join(",") },
+        )));
+    }
     let mut conn = PeerConn::connect(from, &cfg.key, cfg.fetch_timeout).map_err(|e| match e {
         ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
         other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),

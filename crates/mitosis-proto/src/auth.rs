@@ -39,6 +39,9 @@ const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
 const STATUS_AUTH: u8 = 2;
 const STATUS_MODE: u8 = 3;
+/// The server holds as many connections as it takes (sent at once, in the
+/// REPLY's place, before any handshake work).
+const STATUS_BUSY: u8 = 4;
 const HELLO_LEN: usize = 44;
 const REPLY_LEN: usize = 77;
 /// Longest handshake message accepted (ours are 48 bytes).
@@ -151,6 +154,7 @@ pub fn client_handshake_with<S: Read + Write>(
     match reply[12] {
         STATUS_OK => {}
         STATUS_VERSION => return Err(ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs }),
+        STATUS_BUSY => return Err(ProtoError::Busy),
         STATUS_MODE => {
             return Err(match Protection::from_code(reply[13]) {
                 Some(theirs) => ProtoError::ProtectionMismatch { ours: protection, theirs },
@@ -221,6 +225,17 @@ pub fn server_handshake_with<S: Read + Write>(
     answer.extend_from_slice(&msg[..n]);
     s.write_all(&answer)?;
     Channel::new(hs, protection)
+}
+
+/// Tells a client that this server is busy (status 4 in a REPLY's layout),
+/// without reading its HELLO: the connection is closed next.
+pub fn refuse_busy<W: Write>(w: &mut W) -> std::io::Result<()> {
+    let mut reply = Vec::with_capacity(REPLY_LEN);
+    reply.extend_from_slice(MAGIC);
+    reply.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    reply.push(STATUS_BUSY);
+    reply.resize(REPLY_LEN, 0);
+    w.write_all(&reply)
 }
 
 fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtoError> {
@@ -333,5 +348,13 @@ mod tests {
         old.join().unwrap();
         assert!(matches!(err, ProtoError::VersionMismatch { ours: 3, theirs: 2 }), "{err}");
         assert_eq!(err.to_string(), "protocol version mismatch: we speak 3, peer speaks 2");
+    }
+
+    #[test]
+    fn a_busy_server_is_told_clearly() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        refuse_busy(&mut b).unwrap();
+        let err = client_handshake(&mut a, &key("0123456789abcdef-key"), ENC).err().unwrap();
+        assert!(matches!(err, ProtoError::Busy), "{err}");
     }
 }

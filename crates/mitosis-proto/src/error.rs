@@ -21,6 +21,9 @@ pub enum ErrorKind {
     SeedGone,
     /// The host could not do what was asked (I/O, syscall failure).
     Internal,
+    /// The daemon holds as many connections as it takes (from this user or
+    /// address, or in total); try again later.
+    Busy,
 }
 
 impl ErrorKind {
@@ -35,6 +38,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => 65,      // EX_DATAERR
             ErrorKind::SeedGone => 69,         // EX_UNAVAILABLE
             ErrorKind::Internal => 70,         // EX_SOFTWARE
+            ErrorKind::Busy => 75,             // EX_TEMPFAIL
         }
     }
 }
@@ -78,6 +82,8 @@ pub enum ProtoError {
     Tampered,
     #[error("wire protection mismatch: we use {ours}, peer uses {theirs} (start both daemons with the same --no-encrypt setting)")]
     ProtectionMismatch { ours: crate::secure::Protection, theirs: crate::secure::Protection },
+    #[error("the peer holds as many connections as it takes; try again later")]
+    Busy,
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -89,6 +95,7 @@ impl ProtoError {
             ProtoError::VersionMismatch { .. } | ProtoError::ProtectionMismatch { .. } => ErrorKind::VersionMismatch,
             ProtoError::AuthFailed(_) => ErrorKind::AuthFailed,
             ProtoError::Remote(r) => r.kind,
+            ProtoError::Busy => ErrorKind::Busy,
             ProtoError::FrameTooLarge { .. } | ProtoError::Decode { .. } | ProtoError::BadMagic => {
                 ErrorKind::BadRequest
             }

@@ -8,6 +8,7 @@
 //! - [`procfs`]: parsers for the `/proc/PID` files capture needs (pure functions,
 //!   tested on fixed text).
 //! - [`creds`]: this process's credentials, a thread acting as another user.
+//! - [`rlimit`]: the descriptor limit.
 //! - [`fsid`]: opening paths without following symbolic links, and the
 //!   identity (type, device, inode) of what a descriptor refers to.
 //! - [`vdso`]: locating this kernel's vDSO and a `syscall` instruction in it.
@@ -38,6 +39,7 @@ pub mod mem;
 pub mod pidfd;
 pub mod procfs;
 pub mod ptrace;
+pub mod rlimit;
 pub mod uffd;
 pub mod vdso;
 
