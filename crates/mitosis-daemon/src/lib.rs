@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub use mitosis_pager::PagerConfig;
 pub use wirekey::WireKey;
+use mitosis_sys::signals::SignalSet;
 use mitosis_sys::vdso::VdsoInfo;
 
 /// How a daemon is run.
@@ -85,6 +86,8 @@ pub enum StartError {
     Vdso(String),
     #[error("cannot start the zygote process")]
     Zygote(#[source] std::io::Error),
+    #[error("cannot block the signals the daemon waits for")]
+    Signals(#[source] mitosis_sys::SysError),
     #[error("cannot start the janitor process")]
     Janitor(#[source] std::io::Error),
     #[error("cannot set up containers (cgroups)")]
@@ -111,16 +114,8 @@ impl Daemon {
     pub fn run(config: Config) -> Result<(), StartError> {
         // Signals are taken synchronously by the main thread; every thread
         // spawned below inherits the blocked mask.
-        // SAFETY: plain sigset manipulation on local storage.
-        let set = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGHUP);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            set
-        };
+        let set = SignalSet::of(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(StartError::Signals)?;
+        set.block().map_err(StartError::Signals)?;
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
         // First, while this process is small and has one thread.
         let spawner = Arc::new(spawner::Spawner::start().map_err(StartError::Zygote)?);
@@ -159,18 +154,22 @@ impl Daemon {
         let d = daemon.clone();
         std::thread::Builder::new().name("local-accept".into()).spawn(move || local::serve(d, unix)).expect("thread");
 
-        let mut sig = 0;
-        loop {
-            // SAFETY: `set` holds the signals blocked above; sigwait stores the one taken.
-            unsafe { libc::sigwait(&set, &mut sig) };
+        let sig = loop {
+            let sig = match set.wait() {
+                Ok(sig) => sig,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot wait for signals; stopping");
+                    libc::SIGTERM
+                }
+            };
             if sig != libc::SIGHUP {
-                break;
+                break sig;
             }
             match daemon.config.key.reload() {
                 Ok(()) => tracing::info!("cluster key reloaded: new peer connections use it"),
                 Err(e) => tracing::error!(error = %mitosis_proto::error_chain(&e), "cluster key not reloaded: keeping the old key"),
             }
-        }
+        };
         tracing::info!(signal = sig, "stopping: killing children and dropping seeds");
         daemon.shutdown();
         Ok(())
@@ -182,15 +181,14 @@ impl Daemon {
             // A child's own children are served by this daemon's pagers too.
             for descendant in descendants(pid) {
                 tracing::debug!(pid = descendant, "killing a child's descendant");
-                // SAFETY: plain kill; a reused pid is not possible while its parent (our child) is alive.
-                unsafe { libc::kill(descendant, libc::SIGKILL) };
+                // A reused pid is not possible while its parent (our child) is alive.
+                let _ = mitosis_sys::process::kill(descendant, libc::SIGKILL);
             }
             tracing::debug!(pid, "killing child");
             let _ = mitosis_sys::pidfd::send_signal(&child.pidfd, libc::SIGKILL);
             if let Some(c) = &child.container {
                 // Its namespace goes with its holder.
-                // SAFETY: plain kill of our own (unreaped) child.
-                unsafe { libc::kill(c.holder_pid, libc::SIGKILL) };
+                let _ = mitosis_sys::pidfd::send_signal(c.holder_pidfd(), libc::SIGKILL);
             }
         }
         self.pool.shutdown();

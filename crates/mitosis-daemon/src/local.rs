@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use mitosis_capture::{prepare, PrepareSpec};
@@ -15,6 +15,7 @@ use mitosis_proto::image::validate_seed_id;
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse};
 use mitosis_proto::{error_chain, ErrorKind, RemoteError, PROTOCOL_VERSION};
 use mitosis_sys::fdpass::{self, PeerCred};
+use mitosis_sys::poll::{self, PollFd};
 use mitosis_sys::mem::ProcMem;
 
 use crate::limits::{ConnLimiter, Deadline, Limits, Uid};
@@ -343,13 +344,12 @@ fn watch_seed(
     generation: u64,
 ) {
     let spawned = std::thread::Builder::new().name("seed-watch".into()).spawn(move || {
-        let mut fds = [
-            libc::pollfd { fd: snapshot.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: source.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: two valid pollfds (a negative fd is ignored).
-        while unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 {}
-        let why = if fds[0].revents != 0 { "its snapshot process died" } else { "its process exited and it was not pinned" };
+        fn slot(fd: &Option<OwnedFd>) -> PollFd<'_> {
+            fd.as_ref().map_or(PollFd::none(), |f| PollFd::readable(f.as_fd()))
+        }
+        let mut fds = [slot(&snapshot), slot(&source)];
+        while !matches!(poll::poll(&mut fds, -1), Ok(n) if n > 0) {}
+        let why = if fds[0].revents() != 0 { "its snapshot process died" } else { "its process exited and it was not pinned" };
         if daemon.seeds.remove_generation(&id, generation).is_some() {
             tracing::info!(%id, "seed dropped: {why}");
         }

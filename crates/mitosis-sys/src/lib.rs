@@ -18,6 +18,7 @@
 //!   returns (a container's namespace holder).
 //! - [`ns`]: mounts, `pivot_root`, `setns`, host name, bringing up loopback.
 //! - [`poll`]: waiting for descriptors.
+//! - [`signals`]: blocking a set of signals and waiting for one.
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
 //!
 //! The crate denies undocumented `unsafe` blocks and lossy integer casts
@@ -38,6 +39,7 @@ pub mod fsid;
 pub mod mem;
 pub mod pidfd;
 pub mod procfs;
+pub mod signals;
 pub mod ptrace;
 pub mod rlimit;
 pub mod uffd;
