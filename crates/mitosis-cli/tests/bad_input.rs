@@ -471,17 +471,6 @@ fn shared_memory_is_refused_with_65() {
     assert!(alive(pid));
 }
 
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-
-/// Runs `mitosis <args>` as user nobody.
-fn as_nobody(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(NOBODY[0]);
-    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
-    let mut p = Proc::spawn("mitosis as nobody", &mut cmd);
-    p.close_stdin();
-    p.finish(STEP)
-}
-
 fn uid_of(pid: i32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

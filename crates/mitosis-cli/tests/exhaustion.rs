@@ -33,16 +33,6 @@ fn rss_kb(pid: i32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-
-fn as_nobody(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(NOBODY[0]);
-    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
-    let mut p = Proc::spawn("mitosis as nobody", &mut cmd);
-    p.close_stdin();
-    p.finish(STEP)
-}
-
 /// Whether the daemon has closed `s` (end of file, a reset, or an answer
 /// followed by its close); `false` while it stays silent and open.
 fn closed_by_daemon(mut s: &TcpStream) -> bool {

@@ -116,15 +116,6 @@ fn closed_stdout_ends_a_command_quietly() {
     assert_ne!(child.wait(STEP).code(), Some(0));
 }
 
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-
-/// `NOBODY` running `mitosis <args>`.
-fn nobody_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(NOBODY[0]);
-    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
-    cmd
-}
-
 /// `resume --in-place` by an unprivileged user (nobody, of nobody's own
 /// seed). Where the kernel gives that user no userfaultfd (neither
 /// vm.unprivileged_userfaultfd nor access to /dev/userfaultfd, the default),

@@ -172,6 +172,23 @@ fn tail(s: &str) -> String {
     lines[from..].join("\n")
 }
 
+/// Command prefix that runs a program as user nobody, without groups.
+pub const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// `mitosis <args>` as user nobody, not started yet.
+pub fn nobody_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(NOBODY[0]);
+    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
+    cmd
+}
+
+/// Runs `mitosis <args>` as user nobody (stdin empty) and waits up to [`STEP`].
+pub fn as_nobody(args: &[&str]) -> Finished {
+    let mut p = Proc::spawn("mitosis as nobody", &mut nobody_cmd(args));
+    p.close_stdin();
+    p.finish(STEP)
+}
+
 /// Runs `mitosis <args>` in the root namespace (stdin empty) and waits up to [`STEP`].
 pub fn cli(args: &[&str]) -> Finished {
     let mut cmd = Command::new(bin());
