@@ -388,6 +388,7 @@ fn prepare_when_ready(spec: &PrepareSpec<'_>, vdso: &mitosis_sys::vdso::VdsoInfo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
 
     fn limits(idle_ms: u64, request_ms: u64) -> Limits {
