@@ -377,8 +377,14 @@ fn a_killed_daemons_cgroups_are_swept_by_the_next_one() {
         assert!(!d.exists(), "{} is left after a new daemon started:\n{log}", d.display());
     }
     assert!(wait_until(STEP, || !stray.running()), "the process left in {} survived", container_dir.display());
-    assert!(log.contains("removed a dead daemon's cgroup directory") && log.contains(&format!("mitosis-{dead}")), "{log}");
-    assert!(log.contains("killed a process left in a dead daemon's cgroup"), "{log}");
+    // Every daemon that starts sweeps, and the tests' daemons share one
+    // cgroup: a daemon another test started meanwhile may have swept first
+    // (or the dead daemon's janitor killed the stray); then b2 had nothing
+    // left to say. (The sweep's own unit tests pin what it does.)
+    let swept_by_b2 = log.contains(&format!("mitosis-{dead}"));
+    if swept_by_b2 {
+        assert!(log.contains("removed a dead daemon's cgroup directory"), "{log}");
+    }
     for d in &live_a {
         assert!(d.exists(), "live daemon a's {} was removed:\n{log}", d.display());
     }
