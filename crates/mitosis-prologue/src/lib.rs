@@ -355,9 +355,15 @@ impl Prologue {
                 fail(PrologueExit::Credentials);
             }
         }
-        // The daemon sees end of file instead if this fails, and the exit code then.
+        // Nothing of the forker's stays open but `ready`, closed right after
+        // it said so (the daemon sees end of file instead if the write
+        // fails, and the exit code then): the seed's numbers are below
+        // `high`, and the daemon may take the child over at any moment from
+        // the write on.
+        let _ = after_fork::close_range(high, ready - 1);
+        let _ = after_fork::close_from(ready + 1);
         let _ = after_fork::write_all(ready, &[1]);
-        let _ = after_fork::close_from(high);
+        after_fork::close(ready);
         after_fork::park()
     }
 }
