@@ -135,6 +135,9 @@ fn refuses_what_was_replaced_since_prepare(dir: &Path) {
     refuses(&prologue, PrologueExit::OpenFile, 0, libc::ENOENT);
 }
 
+/// A test: its name and body (given a directory of its own).
+type Test = (&'static str, fn(&Path));
+
 fn main() {
     // A userfaultfd needs root (or a sysctl) here; recorded as a skip (under CI: a failure).
     if !mitosis_testkit::require_root() {
@@ -143,7 +146,7 @@ fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("mitosis-prologue-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let tests: [(&str, fn(&Path)); 2] = [
+    let tests: [Test; 2] = [
         ("parks_with_the_seeds_descriptors_and_cwd", parks_with_the_seeds_descriptors_and_cwd),
         ("refuses_what_was_replaced_since_prepare", refuses_what_was_replaced_since_prepare),
     ];
