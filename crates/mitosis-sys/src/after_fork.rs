@@ -1,6 +1,8 @@
 //! Calls for a freshly forked or cloned process that owns its whole
 //! descriptor table and never returns to the code that forked it (a
-//! container's namespace holder, a zygote's child).
+//! container's namespace holder, a zygote's child running the resume
+//! prologue), or for a single-threaded process about to be replaced by
+//! another (the caller of a resume in place).
 //!
 //! Every function here is allocation-free and async-signal-safe, so it may
 //! run right after `fork` in a multi-threaded parent. They take raw
