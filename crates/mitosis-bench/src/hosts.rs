@@ -41,11 +41,16 @@ impl Cluster {
     /// Creates the hosts and starts a daemon (the binary `bin`) in each.
     /// `name` labels the temporary directory.
     pub fn start(bin: &Path, name: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with_args(bin, name, &[])
+    }
+
+    /// [`Cluster::start`] with extra arguments for both daemons.
+    pub fn start_with_args(bin: &Path, name: &str, daemon_args: &[&str]) -> anyhow::Result<Cluster> {
         let hosts = TwoHosts::new().context("creating the two hosts")?;
         let dir = TestDir::new(name);
         let key = write_key(&dir, "cluster.key", &random_key()?);
-        let a = Daemon::start(bin, &hosts.a, &dir, "a", &key).context("starting the daemon of host a")?;
-        let b = Daemon::start(bin, &hosts.b, &dir, "b", &key).context("starting the daemon of host b")?;
+        let a = Daemon::start_with_args(bin, &hosts.a, &dir, "a", &key, daemon_args).context("starting the daemon of host a")?;
+        let b = Daemon::start_with_args(bin, &hosts.b, &dir, "b", &key, daemon_args).context("starting the daemon of host b")?;
         Ok(Cluster { a, b, hosts, dir })
     }
 

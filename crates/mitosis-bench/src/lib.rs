@@ -16,6 +16,8 @@
 //!   (`functions/`): cold start, warm start, prepare, remote resume, child
 //!   execution and end-to-end remote fork per function, and a chart
 //!   ([`chart`]).
+//! - [`crypto`]: `mitosis bench crypto`, the page throughput of one peer
+//!   connection encrypted, integrity-only and as raw TCP, side by side.
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chart;
+pub mod crypto;
 pub mod demo;
 pub mod functions;
 pub mod hosts;

@@ -151,7 +151,7 @@ fn connect_retrying(to: SocketAddr, patience: Duration) -> anyhow::Result<TcpStr
 
 /// Raw TCP throughput from host `a` to host `b`, `runs` times, as the sink
 /// measured it.
-fn raw_tcp(bin: &Path, hosts: &TwoHosts, runs: usize) -> anyhow::Result<TcpReport> {
+pub(crate) fn raw_tcp(bin: &Path, hosts: &TwoHosts, runs: usize) -> anyhow::Result<TcpReport> {
     let sink_addr = format!("{}:{TCP_PORT}", hosts.b.ip);
     let mut mb_s = Vec::new();
     for run in 1..=runs {
@@ -327,8 +327,8 @@ fn touch_timeout(mb: usize) -> Duration {
 
 /// A sample and its median.
 #[derive(Serialize)]
-struct Samples {
-    median: f64,
+pub(crate) struct Samples {
+    pub(crate) median: f64,
     samples: Vec<f64>,
 }
 
@@ -344,9 +344,9 @@ impl Samples {
 }
 
 #[derive(Serialize)]
-struct TcpReport {
+pub(crate) struct TcpReport {
     bytes: u64,
-    mb_per_s: Samples,
+    pub(crate) mb_per_s: Samples,
 }
 
 /// The figures of one working-set size.

@@ -124,6 +124,9 @@ extern "C" {
  * host) or calling context (a multi-threaded process cannot be prepared or
  * resumed in place). */
 #define MITOSIS_E_USAGE (-11)
+/* The daemon holds as many connections as it takes (from this user, or in
+ * total); try again later. */
+#define MITOSIS_E_BUSY (-12)
 
 /* ---- flags of mitosis_fork_prepare ---- */
 

@@ -34,6 +34,9 @@ pub const MITOSIS_E_IO: c_int = -10;
 /// Invalid argument (NULL pointer, unknown flag, text that is not UTF-8)
 /// or calling context (a multi-threaded process cannot be prepared).
 pub const MITOSIS_E_USAGE: c_int = -11;
+/// The daemon holds as many connections as it takes (from this user, or in
+/// total); try again later.
+pub const MITOSIS_E_BUSY: c_int = -12;
 
 /// One error code: its value, static description and the exit status
 /// (sysexits.h) the `mitosis` command uses for the same failure.
@@ -92,6 +95,12 @@ pub const CODES: &[CodeInfo] = &[
         text: c"invalid argument or calling context",
         exit_code: 64,
     },
+    CodeInfo {
+        code: MITOSIS_E_BUSY,
+        name: "MITOSIS_E_BUSY",
+        text: c"the daemon holds as many connections as it takes; try again later",
+        exit_code: 75,
+    },
 ];
 
 /// The description of `code` (static text).
@@ -122,6 +131,7 @@ pub fn code_of_kind(kind: ErrorKind) -> c_int {
         ErrorKind::Unsupported => MITOSIS_E_UNSUPPORTED,
         ErrorKind::SeedGone => MITOSIS_E_SEED_GONE,
         ErrorKind::Internal => MITOSIS_E_INTERNAL,
+        ErrorKind::Busy => MITOSIS_E_BUSY,
     }
 }
 
@@ -213,7 +223,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    const KINDS: [ErrorKind; 8] = [
+    const KINDS: [ErrorKind; 9] = [
         ErrorKind::NotFound,
         ErrorKind::AuthFailed,
         ErrorKind::VersionMismatch,
@@ -222,6 +232,7 @@ mod tests {
         ErrorKind::Unsupported,
         ErrorKind::SeedGone,
         ErrorKind::Internal,
+        ErrorKind::Busy,
     ];
 
     #[test]

@@ -509,7 +509,7 @@ int main(void) {
     P(MITOSIS_OK); P(MITOSIS_PARENT); P(MITOSIS_CHILD); P(MITOSIS_PIN); P(MITOSIS_DEFAULT_PORT);
     E(MITOSIS_E_NOT_FOUND); E(MITOSIS_E_AUTH); E(MITOSIS_E_VERSION); E(MITOSIS_E_BAD_REQUEST);
     E(MITOSIS_E_PERMISSION); E(MITOSIS_E_UNSUPPORTED); E(MITOSIS_E_SEED_GONE); E(MITOSIS_E_INTERNAL);
-    E(MITOSIS_E_CONNECT); E(MITOSIS_E_IO); E(MITOSIS_E_USAGE);
+    E(MITOSIS_E_CONNECT); E(MITOSIS_E_IO); E(MITOSIS_E_USAGE); E(MITOSIS_E_BUSY);
     printf("sizeof %d\n", (int)sizeof(mitosis_prepare_info));
     printf("offsets %d,%d,%d,%d,%d,%d,%d,%d\n", (int)offsetof(mitosis_prepare_info, role),
            (int)offsetof(mitosis_prepare_info, pid), (int)offsetof(mitosis_prepare_info, generation),

@@ -145,7 +145,7 @@ enum Command {
     /// Run this host's daemon in the foreground.
     ///
     /// It keeps the seeds prepared here, serves their pages to other daemons over TCP
-    /// (authenticated with the cluster key), and resumes children on this host.
+    /// (authenticated with the cluster key, encrypted unless --no-encrypt), and resumes children on this host.
     /// SIGTERM or SIGINT stop it: its seeds are dropped and its children killed.
     Daemon {
         /// Address for other daemons (TCP).
@@ -154,8 +154,14 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
         /// File holding the cluster key shared by all daemons (16 bytes or more).
+        /// SIGHUP makes the daemon read it again (key rotation).
         #[arg(long)]
         key_file: PathBuf,
+        /// Authenticate page traffic but do not encrypt it (both daemons of a
+        /// connection must agree; slower than encryption on hosts with AES hardware, see
+        /// `mitosis bench crypto`).
+        #[arg(long)]
+        no_encrypt: bool,
         /// Pages fetched around a child's page fault; the window doubles while faults go
         /// on in order (up to --max-window-pages) and halves back to this on others.
         #[arg(long, default_value_t = 64)]
@@ -178,6 +184,27 @@ enum Command {
         /// starting a child in one costs a setns and a few cgroup writes.
         #[arg(long, default_value_t = 4)]
         container_pool: usize,
+        /// The cluster's other daemons (ADDR:PORT,...): the only seed hosts a non-root
+        /// user may resume from (besides this daemon's own --listen address). Root may
+        /// name any address.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Local connections one non-root user may hold at once (over it: refused, exit 75).
+        #[arg(long, default_value_t = 128)]
+        max_local_per_user: usize,
+        /// Local connections held at once, root's included.
+        #[arg(long, default_value_t = 4096)]
+        max_local_connections: usize,
+        /// Peer connections one address may hold at once before they have authenticated.
+        #[arg(long, default_value_t = 64)]
+        max_handshakes_per_ip: usize,
+        /// Peer connections held at once, authenticated or not.
+        #[arg(long, default_value_t = 4096)]
+        max_peer_connections: usize,
+        /// Seconds a local connection may wait before sending a request (a request, once
+        /// its first byte came, must be whole within 5 s; a peer's handshake too).
+        #[arg(long, default_value_t = 10)]
+        local_idle_timeout: u64,
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevel,
     },
@@ -332,6 +359,22 @@ enum Bench {
         #[arg(long)]
         save_json: Option<PathBuf>,
     },
+    /// Page throughput of one peer connection: encrypted (AES-GCM, ChaCha20-Poly1305),
+    /// integrity only (--no-encrypt) and raw TCP, on loopback in this process; then a child's
+    /// first touch between two hosts with encrypting and --no-encrypt daemons, beside raw TCP.
+    Crypto {
+        /// MiB read per sample.
+        #[arg(long, default_value_t = 512)]
+        mib: usize,
+        /// Samples per mode and window (medians are reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Seed size of the end-to-end part (root only; 0 skips it).
+        #[arg(long, default_value_t = 256)]
+        e2e_mib: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
     Functions {
@@ -483,6 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             socket,
             key_file,
+            no_encrypt,
             window_pages,
             max_window_pages,
             fixed_window,
@@ -490,12 +534,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache_size,
             fetch_timeout,
             container_pool,
+            peers,
+            max_local_per_user,
+            max_local_connections,
+            max_handshakes_per_ip,
+            max_peer_connections,
+            local_idle_timeout,
             log_level,
         } => {
             init_logging(log_level);
-            let key = std::fs::read(&key_file).with_context(|| format!("cannot read key file {}", key_file.display()))?;
-            let key = mitosis_proto::auth::ClusterKey::from_file_contents(&key)
-                .map_err(|e| anyhow::anyhow!("key file {}: {e}", key_file.display()))?;
+            use mitosis_proto::secure::Protection;
+            let protection = if no_encrypt { Protection::Integrity } else { Protection::Encrypted };
+            let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
             mitosis_daemon::Daemon::run(mitosis_daemon::Config {
                 listen,
                 socket: socket.socket,
@@ -509,6 +559,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 cache_bytes: cache_size,
                 fetch_timeout: Duration::from_secs(fetch_timeout),
                 container_pool,
+                limits: mitosis_daemon::limits::Limits {
+                    local_per_user: max_local_per_user.max(1),
+                    local_total: max_local_connections.max(1),
+                    handshakes_per_ip: max_handshakes_per_ip.max(1),
+                    peer_total: max_peer_connections.max(1),
+                    local_idle: Duration::from_secs(local_idle_timeout.max(1)),
+                    ..Default::default()
+                },
+                peers: mitosis_daemon::limits::Peers::new(
+                    &peers.iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect::<Vec<_>>(),
+                    listen,
+                ),
             })?;
             Ok(0)
         }
@@ -696,6 +758,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {
             mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref()).map(|_| 0)
+        }
+        Command::Bench(Bench::Crypto { mib, runs, e2e_mib, json }) => {
+            mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)
         }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mitosis_proto::auth::{client_handshake, ClusterKey};
+use mitosis_proto::secure::{Protection, SecureStream};
 use mitosis_proto::frame::{read_msg, write_msg};
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse, ReplySlot};
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
@@ -145,7 +146,7 @@ fn tcp(addr: &str) -> TcpStream {
 }
 
 /// Reads until end of file (or an error such as a reset); panics on timeout.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+fn read_to_close(s: &mut impl Read) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -160,15 +161,15 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn authenticated(addr: &str) -> TcpStream {
+fn authenticated(addr: &str) -> SecureStream<TcpStream> {
     let mut s = tcp(addr);
     let key = ClusterKey::from_file_contents(KEY.as_bytes()).unwrap();
-    client_handshake(&mut s, &key).expect("handshake with the right key");
-    s
+    client_handshake(&mut s, &key, Protection::Encrypted).expect("handshake with the right key").over(s)
 }
 
-fn peer_call(s: &mut TcpStream, req: &PeerRequest) -> PeerResponse {
+fn peer_call(s: &mut SecureStream<TcpStream>, req: &PeerRequest) -> PeerResponse {
     write_msg(s, req).unwrap();
+    s.flush().unwrap();
     read_msg(s, 256 << 20).expect("an answer")
 }
 
@@ -213,27 +214,32 @@ fn garbage_on_the_peer_port_does_not_hurt_the_daemon() {
         s.write_all(&hello).unwrap();
         let answer = read_to_close(&mut s);
         assert!(answer.len() >= 13 && &answer[..8] == b"MITOSIS1" && answer[12] == 1, "{answer:?}");
-        // A right hello with a wrong proof is refused.
+        // A right hello with a Noise message not made with the key is refused.
         let mut s = tcp(&addr);
         let mut hello = b"MITOSIS1".to_vec();
         hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        hello.extend_from_slice(&[3u8; 32]);
+        hello.push(1); // encrypted
+        hello.extend_from_slice(&[0u8; 31]);
         s.write_all(&hello).unwrap();
-        let mut challenge = [0u8; 77];
-        s.read_exact(&mut challenge).unwrap();
-        assert_eq!(challenge[12], 0);
-        s.write_all(&[0u8; 32]).unwrap();
+        let mut reply = [0u8; 77];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[12], 0);
+        let mut forged = 48u16.to_le_bytes().to_vec();
+        forged.extend_from_slice(&noise(48, 3));
+        s.write_all(&forged).unwrap();
         let answer = read_to_close(&mut s);
         assert_eq!(answer, [2u8], "a wrong proof gets the AUTH status");
 
         // Authenticated garbage: an oversized frame, then an undecodable one.
         let mut s = authenticated(&addr);
         s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        s.flush().unwrap();
         let resp: PeerResponse = read_msg(&mut s, 1 << 20).expect("an error answer");
         expect_peer_error(resp, ErrorKind::BadRequest, "oversized frame");
         read_to_close(&mut s);
         let mut s = authenticated(&addr);
         s.write_all(&[4, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc]).unwrap();
+        s.flush().unwrap();
         let resp: PeerResponse = read_msg(&mut s, 1 << 20).expect("an error answer");
         expect_peer_error(resp, ErrorKind::BadRequest, "undecodable frame");
         read_to_close(&mut s);
@@ -465,17 +471,6 @@ fn shared_memory_is_refused_with_65() {
     assert!(alive(pid));
 }
 
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-
-/// Runs `mitosis <args>` as user nobody.
-fn as_nobody(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(NOBODY[0]);
-    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
-    let mut p = Proc::spawn("mitosis as nobody", &mut cmd);
-    p.close_stdin();
-    p.finish(STEP)
-}
-
 fn uid_of(pid: i32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -487,7 +482,8 @@ fn uid_of(pid: i32) -> u32 {
 /// children run as the seed's user.
 #[test]
 fn other_users_are_confined_to_their_own_processes_and_seeds() {
-    let Some(c) = Cluster::new("perms") else { return };
+    // Non-root users may resume only from the cluster's peers.
+    let Some(c) = Cluster::build("perms", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
     let version = as_nobody(&["--version"]);
     if version.code() != Some(0) {
         mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
@@ -547,6 +543,47 @@ fn other_users_are_confined_to_their_own_processes_and_seeds() {
         let out = child.finish(STEP);
         assert_eq!(out.code(), Some(0), "{out}");
     }
+}
+
+/// A non-root user may have its daemon dial only the cluster's peers
+/// (`--peers`): any other address, an open port or a closed one or no
+/// address at all, gets one refusal (77) before any connection is made, so
+/// the daemon is no port scanner. Root may name any address.
+#[test]
+fn nobody_may_resume_only_from_listed_peers() {
+    let Some(c) = Cluster::build("dial", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
+    let version = as_nobody(&["--version"]);
+    if version.code() != Some(0) {
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
+        return;
+    }
+    let sock_b = c.b.socket().to_str().unwrap().to_string();
+    let open_at = format!("{}:7072", c.hosts.a.ip);
+    let closed_at = format!("{}:7071", c.hosts.a.ip);
+    let o = open_at.clone();
+    let listener = in_netns(&c.hosts.a, move || TcpListener::bind(&o).unwrap());
+    listener.set_nonblocking(true).unwrap();
+
+    let mut refusals = Vec::new();
+    for from in [open_at.as_str(), closed_at.as_str(), "not an address"] {
+        let out = as_nobody(&["resume", "--from", from, "--id", "s", "--socket", &sock_b]);
+        assert_eq!(out.code(), Some(77), "{from}: {out}");
+        assert!(out.stdout.is_empty(), "{out}");
+        assert!(out.stderr.contains("--peers") && out.stderr.contains(&c.a.addr()), "the refusal names the peers: {out}");
+        refusals.push(out.stderr.replace(from, "ADDR"));
+    }
+    assert!(refusals.iter().all(|r| *r == refusals[0]), "one refusal for every address: {refusals:#?}");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the daemon connected to an address it refused: {other:?}"),
+    }
+    // Root may name any address (and learns what is there).
+    let out = resume_proc(&closed_at, "s", c.b.socket()).finish(STEP);
+    assert_eq!(out.code(), Some(69), "{out}");
+    assert!(out.stderr.contains("cannot reach seed host"), "{out}");
+    // A listed peer is dialled for nobody: there is no seed "s" there.
+    let out = as_nobody(&["resume", "--from", &c.a.addr(), "--id", "s", "--socket", &sock_b]);
+    assert_eq!(out.code(), Some(66), "{out}\n{}", c.logs());
 }
 
 /// A process another tracer (a debugger) is attached to cannot be prepared:

@@ -309,14 +309,16 @@ struct HoldingProxy {
     release: std::sync::mpsc::Sender<bool>,
 }
 
-fn read_raw_frame(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+/// One record of the secure channel as sent (u16 length, body); a request
+/// is one record, since clients flush after each.
+fn read_raw_record(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut len = [0u8; 4];
+    let mut len = [0u8; 2];
     s.read_exact(&mut len)?;
-    let mut frame = len.to_vec();
-    frame.resize(4 + u32::from_le_bytes(len) as usize, 0);
-    s.read_exact(&mut frame[4..])?;
-    Ok(frame)
+    let mut record = len.to_vec();
+    record.resize(2 + u16::from_le_bytes(len) as usize, 0);
+    s.read_exact(&mut record[2..])?;
+    Ok(record)
 }
 
 fn holding_proxy(host: &mitosis_testkit::Host, port: u16, upstream: String) -> HoldingProxy {
@@ -345,15 +347,16 @@ fn holding_proxy(host: &mitosis_testkit::Host, port: u16, upstream: String) -> H
             down.read_exact(&mut b)?;
             up.write_all(&b)
         };
-        // HELLO (44 bytes) and PROOF (32 bytes) of the handshake, then GetSeed.
-        if pass(44, &mut down, &mut up).and_then(|()| pass(32, &mut down, &mut up)).is_err() {
+        // HELLO (44 bytes) and the first Noise message (2 + 48 bytes) of the
+        // handshake, then GetSeed.
+        if pass(44, &mut down, &mut up).and_then(|()| pass(50, &mut down, &mut up)).is_err() {
             return;
         }
-        let Ok(get_seed) = read_raw_frame(&mut down) else { return };
+        let Ok(get_seed) = read_raw_record(&mut down) else { return };
         if up.write_all(&get_seed).is_err() {
             return;
         }
-        let Ok(first_read) = read_raw_frame(&mut down) else { return };
+        let Ok(first_read) = read_raw_record(&mut down) else { return };
         let _ = held_tx.send(());
         if release_rx.recv() == Ok(true) && up.write_all(&first_read).is_ok() {
             let _ = std::io::copy(&mut down, &mut up);

@@ -6,20 +6,8 @@ mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
-
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-
-/// Runs `mitosis <args>` as user nobody.
-fn as_nobody(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(NOBODY[0]);
-    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
-    let mut p = Proc::spawn("mitosis as nobody", &mut cmd);
-    p.close_stdin();
-    p.finish(STEP)
-}
 
 fn chown_nobody(path: &Path) {
     std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();

@@ -16,6 +16,9 @@
 //! Threads, not async: every connection and every pager is a blocking thread.
 //! ptrace requires that one thread does all of a tracee's operations, and
 //! page faults are served fastest by a thread that blocks on the userfaultfd.
+//! Connections are capped per local uid, per peer address (until it has
+//! authenticated) and in total, and must send a whole request or handshake
+//! before a deadline ([`limits`]), so these threads stay bounded.
 //!
 //! It must not contain capture, restore or paging logic itself: those are the
 //! `mitosis-capture`, `mitosis-restore` and `mitosis-pager` crates.
@@ -23,11 +26,13 @@
 pub mod cache;
 pub mod children;
 pub mod janitor;
+pub mod limits;
 pub mod local;
 pub mod peer;
 pub mod resume;
 pub mod seeds;
 pub mod spawner;
+pub mod wirekey;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use mitosis_pager::PagerConfig;
-use mitosis_proto::auth::ClusterKey;
+pub use wirekey::WireKey;
+use mitosis_sys::signals::SignalSet;
 use mitosis_sys::vdso::VdsoInfo;
 
 /// How a daemon is run.
@@ -45,7 +51,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Path of the local Unix socket.
     pub socket: PathBuf,
-    pub key: ClusterKey,
+    /// Cluster key (re-read from its file on SIGHUP) and record protection of peer connections.
+    pub key: WireKey,
     /// How children's pagers fetch (window, adaptivity, read-ahead).
     pub pager: mitosis_pager::PagerConfig,
     /// Size limit of this host's page cache (0: no cache).
@@ -54,6 +61,10 @@ pub struct Config {
     pub fetch_timeout: Duration,
     /// Containers of the default kind kept ready.
     pub container_pool: usize,
+    /// Connection caps and deadlines of both servers.
+    pub limits: limits::Limits,
+    /// The seed hosts non-root callers may resume from (`--peers`).
+    pub peers: limits::Peers,
 }
 
 /// Why the daemon could not start.
@@ -75,6 +86,8 @@ pub enum StartError {
     Vdso(String),
     #[error("cannot start the zygote process")]
     Zygote(#[source] std::io::Error),
+    #[error("cannot block the signals the daemon waits for")]
+    Signals(#[source] mitosis_sys::SysError),
     #[error("cannot start the janitor process")]
     Janitor(#[source] std::io::Error),
     #[error("cannot set up containers (cgroups)")]
@@ -95,19 +108,14 @@ pub struct Daemon {
 
 impl Daemon {
     /// Binds both servers and runs until SIGTERM or SIGINT; then kills every
-    /// seed snapshot and child of this daemon and removes the socket.
+    /// seed snapshot and child of this daemon and removes the socket. SIGHUP
+    /// re-reads the cluster key file: new peer connections, both ways, use
+    /// the new key; a file that holds no valid key is logged and the old key kept.
     pub fn run(config: Config) -> Result<(), StartError> {
         // Signals are taken synchronously by the main thread; every thread
         // spawned below inherits the blocked mask.
-        // SAFETY: plain sigset manipulation on local storage.
-        let set = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            set
-        };
+        let set = SignalSet::of(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).map_err(StartError::Signals)?;
+        set.block().map_err(StartError::Signals)?;
         let vdso = VdsoInfo::of_self().map_err(StartError::Vdso)?;
         // First, while this process is small and has one thread.
         let spawner = Arc::new(spawner::Spawner::start().map_err(StartError::Zygote)?);
@@ -116,6 +124,15 @@ impl Daemon {
         // Before the sockets open: a daemon killed without its shutdown left
         // its cgroup subtree (and the directories of its containers) behind.
         sweep_dead_daemons(&pool);
+        // One descriptor per connection: the caps, not the descriptor limit,
+        // must decide who is refused. Raised after the zygote and the janitor
+        // started, so that children keep the limit the daemon was given.
+        let want = (config.limits.local_total + config.limits.peer_total) as u64 + 4096;
+        match mitosis_sys::rlimit::raise_nofile(want) {
+            Ok(got) if got < want => tracing::warn!(limit = got, want, "descriptor limit is below the connection caps; connections over it fail"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+        }
         let tcp = std::net::TcpListener::bind(config.listen)
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let unix = local::bind(&config.socket)
@@ -137,9 +154,22 @@ impl Daemon {
         let d = daemon.clone();
         std::thread::Builder::new().name("local-accept".into()).spawn(move || local::serve(d, unix)).expect("thread");
 
-        let mut sig = 0;
-        // SAFETY: `set` holds the signals blocked above; sigwait stores the one taken.
-        unsafe { libc::sigwait(&set, &mut sig) };
+        let sig = loop {
+            let sig = match set.wait() {
+                Ok(sig) => sig,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot wait for signals; stopping");
+                    libc::SIGTERM
+                }
+            };
+            if sig != libc::SIGHUP {
+                break sig;
+            }
+            match daemon.config.key.reload() {
+                Ok(()) => tracing::info!("cluster key reloaded: new peer connections use it"),
+                Err(e) => tracing::error!(error = %mitosis_proto::error_chain(&e), "cluster key not reloaded: keeping the old key"),
+            }
+        };
         tracing::info!(signal = sig, "stopping: killing children and dropping seeds");
         daemon.shutdown();
         Ok(())
@@ -151,15 +181,14 @@ impl Daemon {
             // A child's own children are served by this daemon's pagers too.
             for descendant in descendants(pid) {
                 tracing::debug!(pid = descendant, "killing a child's descendant");
-                // SAFETY: plain kill; a reused pid is not possible while its parent (our child) is alive.
-                unsafe { libc::kill(descendant, libc::SIGKILL) };
+                // A reused pid is not possible while its parent (our child) is alive.
+                let _ = mitosis_sys::process::kill(descendant, libc::SIGKILL);
             }
             tracing::debug!(pid, "killing child");
             let _ = mitosis_sys::pidfd::send_signal(&child.pidfd, libc::SIGKILL);
             if let Some(c) = &child.container {
                 // Its namespace goes with its holder.
-                // SAFETY: plain kill of our own (unreaped) child.
-                unsafe { libc::kill(c.holder_pid, libc::SIGKILL) };
+                let _ = mitosis_sys::pidfd::send_signal(c.holder_pidfd(), libc::SIGKILL);
             }
         }
         self.pool.shutdown();

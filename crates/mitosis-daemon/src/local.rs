@@ -6,19 +6,24 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use mitosis_capture::{prepare, PrepareSpec};
-use mitosis_proto::frame::{write_msg, MAX_CONTROL_FRAME};
+use mitosis_proto::frame::{read_payload, write_msg, MAX_CONTROL_FRAME};
 use mitosis_proto::image::validate_seed_id;
 use mitosis_proto::local::{Envelope, LocalRequest, LocalResponse};
 use mitosis_proto::{error_chain, ErrorKind, RemoteError, PROTOCOL_VERSION};
 use mitosis_sys::fdpass::{self, PeerCred};
+use mitosis_sys::poll::{self, PollFd};
 use mitosis_sys::mem::ProcMem;
 
+use crate::limits::{ConnLimiter, Deadline, Limits, Uid};
 use crate::seeds::{Seed, SeedMemory};
 use crate::Daemon;
+
+/// How long a client may leave an answer unread before it is dropped.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Creates the socket (replacing a stale one) reachable by every local user:
 /// authorization is per request, by `SO_PEERCRED`.
@@ -35,15 +40,45 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Accepts local clients, one thread each, within the connection caps: per
+/// non-root uid and in total. A client over a cap is told so and closed at
+/// once, by this thread (no thread is started for it).
 pub fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    let caps = daemon.config.limits;
+    let limiter: Arc<ConnLimiter<Uid>> = ConnLimiter::new(caps.local_per_user, caps.local_total);
+    let mut refused = crate::limits::RefusalLog::default();
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or memory: wait rather than spin.
+                tracing::warn!(error = %e, "cannot accept a local client");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Ok(cred) = fdpass::peer_cred(&conn) else { continue };
+        // Root is not capped per uid (its connections count in the total).
+        let permit = match limiter.admit((cred.uid != 0).then_some(Uid(cred.uid))) {
+            Ok(p) => p,
+            Err(why) => {
+                refused.note(&why);
+                // A few hundred bytes into an empty socket buffer: this does not block.
+                let _ = conn.set_write_timeout(Some(std::time::Duration::from_millis(100)));
+                let _ = reply(&mut conn, &error(ErrorKind::Busy, format!("{why}; try again later")));
+                continue;
+            }
+        };
         let d = daemon.clone();
-        let _ = std::thread::Builder::new().name("local".into()).spawn(move || {
-            if let Err(e) = serve_client(&d, conn) {
+        let spawned = std::thread::Builder::new().name("local".into()).spawn(move || {
+            let _permit = permit;
+            if let Err(e) = serve_client(&d, conn, cred) {
                 tracing::debug!(error = %e, "local client gone");
             }
         });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread for a local client");
+        }
     }
 }
 
@@ -56,46 +91,59 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> LocalResponse {
     LocalResponse::Error(RemoteError::new(kind, message))
 }
 
-/// Reads one request frame and the descriptors sent with it.
-fn read_request(conn: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; 64 << 10];
-    let (n, fds) = fdpass::recv_with_fds(conn, &mut buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+/// Reads one request frame and the descriptors sent with it: its first byte
+/// within `limits.local_idle`, the rest within `limits.request` of that,
+/// into a buffer that grows with what came. `None`: the client hung up, or
+/// sent nothing in time. Only this frame is read (a next request stays in
+/// the socket), and the socket is left without a read timeout.
+fn read_request(conn: &UnixStream, limits: &Limits) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    conn.set_read_timeout(Some(limits.local_idle))?;
+    // The descriptors come with the first byte: received here.
+    let mut head = [0u8; 4];
+    let (n, fds) = match fdpass::recv_with_fds(conn, &mut head) {
+        Ok(r) => r,
+        Err(e) if e.errno == libc::EAGAIN => {
+            tracing::debug!(idle = ?limits.local_idle, "local client idle: closed");
+            return Ok(None);
+        }
+        Err(e) => return Err(std::io::Error::from_raw_os_error(e.errno)),
+    };
     if n == 0 {
         return Ok(None);
     }
-    let mut got = n;
-    while got < 4 {
-        let m = (&*conn).read(&mut buf[got..])?;
-        if m == 0 {
-            return Ok(None);
-        }
-        got += m;
+    let mut r = Deadline::new(conn, limits.request);
+    if let Err(e) = r.read_exact(&mut head[n..]) {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Ok(None),
+            _ => Err(e),
+        };
     }
-    let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as u64;
+    let len = u32::from_le_bytes(head) as u64;
     if len > MAX_CONTROL_FRAME {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("request of {len} bytes is over the limit of {MAX_CONTROL_FRAME} (garbage, or a client of another version)"),
         ));
     }
-    let total = 4 + len as usize;
-    if total > buf.len() {
-        buf.resize(total, 0);
-    }
-    if got < total {
-        (&*conn).read_exact(&mut buf[got..total])?;
-    }
-    buf.truncate(total);
-    buf.drain(..4);
-    Ok(Some((buf, fds)))
+    let body = read_payload(&mut r, len as usize, Vec::new())?;
+    conn.set_read_timeout(None)?;
+    Ok(Some((body, fds)))
 }
 
-fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream) -> std::io::Result<()> {
-    let cred = fdpass::peer_cred(&conn).map_err(|e| std::io::Error::other(e.to_string()))?;
+fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> std::io::Result<()> {
+    // Answers are small; a client that does not read them must not hold us.
+    conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
     loop {
-        let (body, fds) = match read_request(&conn) {
+        let (body, fds) = match read_request(&conn, &daemon.config.limits) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::debug!(uid = cred.uid, "local request not sent in time: closed");
+                let _ = reply(&mut conn, &error(ErrorKind::BadRequest, format!(
+                    "the request did not arrive within {:?} of its first byte", daemon.config.limits.request
+                )));
+                return Ok(());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 reply(&mut conn, &error(ErrorKind::BadRequest, e.to_string()))?;
                 return Ok(());
@@ -296,13 +344,12 @@ fn watch_seed(
     generation: u64,
 ) {
     let spawned = std::thread::Builder::new().name("seed-watch".into()).spawn(move || {
-        let mut fds = [
-            libc::pollfd { fd: snapshot.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: source.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: two valid pollfds (a negative fd is ignored).
-        while unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 {}
-        let why = if fds[0].revents != 0 { "its snapshot process died" } else { "its process exited and it was not pinned" };
+        fn slot(fd: &Option<OwnedFd>) -> PollFd<'_> {
+            fd.as_ref().map_or(PollFd::none(), |f| PollFd::readable(f.as_fd()))
+        }
+        let mut fds = [slot(&snapshot), slot(&source)];
+        while !matches!(poll::poll(&mut fds, -1), Ok(n) if n > 0) {}
+        let why = if fds[0].revents() != 0 { "its snapshot process died" } else { "its process exited and it was not pinned" };
         if daemon.seeds.remove_generation(&id, generation).is_some() {
             tracing::info!(%id, "seed dropped: {why}");
         }
@@ -335,5 +382,67 @@ fn prepare_when_ready(spec: &PrepareSpec<'_>, vdso: &mitosis_sys::vdso::VdsoInfo
             return Err(mitosis_capture::CaptureError::NotWaiting { pid: spec.pid });
         }
         std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn limits(idle_ms: u64, request_ms: u64) -> Limits {
+        Limits { local_idle: Duration::from_millis(idle_ms), request: Duration::from_millis(request_ms), ..Limits::default() }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn a_client_that_sends_nothing_is_let_go_after_the_idle_time() {
+        let (_client, conn) = UnixStream::pair().unwrap();
+        let t0 = Instant::now();
+        assert!(read_request(&conn, &limits(150, 5000)).unwrap().is_none());
+        assert!(t0.elapsed() >= Duration::from_millis(140) && t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_request_dripped_byte_by_byte_must_be_whole_by_its_deadline() {
+        let (mut client, conn) = UnixStream::pair().unwrap();
+        // 1 MiB announced, then a byte every 50 ms: never 300 ms of silence.
+        let dripper = std::thread::spawn(move || {
+            let _ = client.write_all(&(1u32 << 20).to_le_bytes());
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(50));
+                if client.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let t0 = Instant::now();
+        let err = read_request(&conn, &limits(5000, 400)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+        drop(conn);
+        dripper.join().unwrap();
+    }
+
+    #[test]
+    fn requests_are_read_one_at_a_time_with_their_descriptors() {
+        let (client, conn) = UnixStream::pair().unwrap();
+        let (_r, w) = std::io::pipe().unwrap();
+        let mut both = frame(b"first");
+        both.extend_from_slice(&frame(b"second"));
+        fdpass::send_with_fds(&client, &both, &[w.as_raw_fd()]).unwrap();
+        let (body, fds) = read_request(&conn, &limits(1000, 1000)).unwrap().unwrap();
+        assert_eq!((body.as_slice(), fds.len()), (&b"first"[..], 1));
+        let (body, fds) = read_request(&conn, &limits(1000, 1000)).unwrap().unwrap();
+        assert_eq!((body.as_slice(), fds.len()), (&b"second"[..], 0));
+        // Over the limit: refused from the length alone.
+        (&client).write_all(&u32::MAX.to_le_bytes()).unwrap();
+        let err = read_request(&conn, &limits(1000, 1000)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 }

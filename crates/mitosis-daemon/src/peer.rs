@@ -1,45 +1,90 @@
 //! Daemon-to-daemon traffic: the server that serves this host's seeds, and
 //! [`RemoteSource`], the client side used by resumes and pagers.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mitosis_proto::auth::{client_handshake, server_handshake, ClusterKey};
+use mitosis_proto::auth::{client_handshake, refuse_busy, server_handshake};
 use mitosis_proto::frame::{read_frame, read_msg, write_msg, MAX_CONTROL_FRAME, MAX_IMAGE_FRAME};
 use mitosis_proto::image::SeedImage;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
+use mitosis_proto::secure::{SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
 
-use crate::Daemon;
+use crate::limits::{ConnLimiter, Deadline, Permit, PeerIp};
+use crate::{Daemon, WireKey};
 
-/// How long a peer may take to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
+/// Accepts peers, one thread each, within the caps: connections in total, and
+/// per address those that have not authenticated yet (a cluster member's
+/// many authenticated connections are not held against it). A connection
+/// over a cap is told "busy" in the handshake's place and closed at once, by
+/// this thread.
 pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+    let caps = daemon.config.limits;
+    let total: Arc<ConnLimiter<PeerIp>> = ConnLimiter::new(usize::MAX, caps.peer_total);
+    let handshakes: Arc<ConnLimiter<PeerIp>> = ConnLimiter::new(caps.handshakes_per_ip, usize::MAX);
+    let mut refused = crate::limits::RefusalLog::default();
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or memory: wait rather than spin.
+                tracing::warn!(error = %e, "cannot accept a peer");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Ok(addr) = conn.peer_addr() else { continue };
+        let permits = total.admit(None).and_then(|t| Ok((t, handshakes.admit(Some(PeerIp::of(addr.ip())))?)));
+        let (held, handshake) = match permits {
+            Ok(p) => p,
+            Err(why) => {
+                refused.note(&why);
+                // 77 bytes into an empty socket buffer: this does not block.
+                let _ = refuse_busy(&mut conn);
+                // Closing with an unread HELLO would reset the connection,
+                // which may discard the answer before the peer reads it.
+                let _ = conn.set_nonblocking(true);
+                // (A few reads at most: a flood must not hold this thread.)
+                let mut hello = [0u8; 64];
+                for _ in 0..4 {
+                    if !matches!(conn.read(&mut hello), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                continue;
+            }
+        };
         let d = daemon.clone();
-        let _ = std::thread::Builder::new().name("peer".into()).spawn(move || {
-            let who = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            match serve_peer(&d, conn) {
-                Ok(()) | Err(ProtoError::Closed) => tracing::debug!(%who, "peer disconnected"),
-                Err(e) => tracing::warn!(%who, error = %e, "peer dropped"),
+        let spawned = std::thread::Builder::new().name("peer".into()).spawn(move || {
+            let _held = held;
+            match serve_peer(&d, conn, handshake) {
+                Ok(()) | Err(ProtoError::Closed) => tracing::debug!(who = %addr, "peer disconnected"),
+                Err(e) => tracing::warn!(who = %addr, error = %e, "peer dropped"),
             }
         });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread for a peer");
+        }
     }
 }
 
-fn serve_peer(daemon: &Daemon, conn: TcpStream) -> Result<(), ProtoError> {
+/// `handshake`: this connection's place among its address's handshakes,
+/// given back once it has authenticated.
+fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Result<(), ProtoError> {
     conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let mut stream = conn.try_clone()?;
-    server_handshake(&mut stream, &daemon.config.key)?;
+    // The whole handshake within the deadline, however slowly it comes.
+    let mut stream = Deadline::new(conn.try_clone()?, daemon.config.limits.handshake);
+    let channel = server_handshake(&mut stream, &daemon.config.key.current(), daemon.config.key.protection())?;
+    drop(handshake);
     conn.set_read_timeout(None)?;
-    let mut reader = BufReader::with_capacity(64 << 10, conn.try_clone()?);
-    let mut writer = BufWriter::with_capacity(64 << 10, conn);
+    conn.set_write_timeout(None)?;
+    // Records are sealed on flush, after each answer (a full record is sent at once).
+    let (mut reader, mut writer) = channel.split(BufReader::with_capacity(64 << 10, conn.try_clone()?), conn);
     let mut buf = Vec::new();
     loop {
         let req: PeerRequest = match read_msg(&mut reader, MAX_CONTROL_FRAME) {
@@ -116,15 +161,16 @@ pub struct FetchedSeed {
     pub bytes: u64,
 }
 
-/// An authenticated connection to another daemon.
+/// An authenticated connection to another daemon; every byte after the
+/// handshake in authenticated (by default encrypted) records.
 pub struct PeerConn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: SecureReader<BufReader<TcpStream>>,
+    writer: SecureWriter<TcpStream>,
 }
 
 impl PeerConn {
-    /// Connects to `addr` and authenticates both ways with `key`.
-    pub fn connect(addr: &str, key: &ClusterKey, timeout: Duration) -> Result<PeerConn, ProtoError> {
+    /// Connects to `addr` and authenticates both ways with `key`'s current key.
+    pub fn connect(addr: &str, key: &WireKey, timeout: Duration) -> Result<PeerConn, ProtoError> {
         let sa = addr
             .to_socket_addrs()?
             .next()
@@ -134,14 +180,16 @@ impl PeerConn {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut s = stream.try_clone()?;
-        client_handshake(&mut s, key)?;
-        Ok(PeerConn { reader: BufReader::with_capacity(256 << 10, stream.try_clone()?), writer: stream })
+        let channel = client_handshake(&mut s, &key.current(), key.protection())?;
+        let (reader, writer) = channel.split(BufReader::with_capacity(256 << 10, stream.try_clone()?), stream);
+        Ok(PeerConn { reader, writer })
     }
 
     /// Fetches seed `id`'s image and recorded working set; also returns the
     /// answer's encoded size.
     pub fn get_seed(&mut self, id: &str) -> Result<FetchedSeed, ProtoError> {
         write_msg(&mut self.writer, &PeerRequest::GetSeed { id: id.to_string() })?;
+        self.writer.flush()?;
         let body = read_frame(&mut self.reader, MAX_IMAGE_FRAME)?;
         match postcard::from_bytes(&body).map_err(|_| ProtoError::Decode { what: "PeerResponse" })? {
             PeerResponse::Seed { image, working_set } => Ok(FetchedSeed { image: *image, working_set, bytes: body.len() as u64 }),
@@ -153,6 +201,7 @@ impl PeerConn {
     /// Reports the working set of a child of seed `id` at `generation`.
     pub fn record_working_set(&mut self, id: &str, generation: u64, ranges: Vec<(u64, u64)>) -> Result<(), ProtoError> {
         write_msg(&mut self.writer, &PeerRequest::RecordWorkingSet { id: id.to_string(), generation, ranges })?;
+        self.writer.flush()?;
         match read_msg(&mut self.reader, MAX_CONTROL_FRAME)? {
             PeerResponse::Recorded => Ok(()),
             PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
@@ -162,7 +211,9 @@ impl PeerConn {
 
     /// Sends a `ReadPages` without waiting for its answer (answers come in order).
     pub fn send_read_pages(&mut self, id: &str, generation: u64, ranges: &[(u64, u64)]) -> Result<(), ProtoError> {
-        write_msg(&mut self.writer, &PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() })
+        write_msg(&mut self.writer, &PeerRequest::ReadPages { id: id.to_string(), generation, ranges: ranges.to_vec() })?;
+        self.writer.flush()?;
+        Ok(())
     }
 
     /// Takes the answer to the oldest outstanding `ReadPages` into `out`.
@@ -181,7 +232,7 @@ impl PeerConn {
 /// Pages of one seed generation on another host: the pager's [`PageSource`](mitosis_pager::PageSource).
 pub struct RemoteSource {
     pub addr: String,
-    pub key: ClusterKey,
+    pub key: WireKey,
     pub id: String,
     pub generation: u64,
     pub timeout: Duration,

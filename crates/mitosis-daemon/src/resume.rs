@@ -1,6 +1,6 @@
 //! Resuming a seed from another host as a new child on this one.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use mitosis_restore::prologue::{ContainerEntry, Credentials, FileFailure, Prolog
 use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
 use mitosis_sys::fdpass::PeerCred;
 use mitosis_sys::pidfd::{self, Exit};
+use mitosis_sys::poll::{self, PollFd};
 
 use crate::children::{own_view_pid, ChildRecord};
 use crate::peer::{PeerConn, RemoteSource};
@@ -108,22 +109,20 @@ pub fn handle(
 /// goes away), then tears down its pager and container; says how it ended.
 fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
     let Started { pid, pidfd, pager, counters, container, plain_cgroup, recorder, seed, .. } = started;
-    let conn_fd = conn.as_ref().map(|c| c.as_raw_fd()).unwrap_or(-1);
-    let mut caller_gone = conn_fd < 0;
+    let mut caller_gone = conn.is_none();
     loop {
-        let mut fds = [
-            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: if caller_gone { -1 } else { conn_fd }, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
-        ];
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
+        let caller = match &conn {
+            Some(c) if !caller_gone => PollFd::readable_or_hangup(c.as_fd()),
+            _ => PollFd::none(),
+        };
+        let mut fds = [PollFd::readable(pidfd.as_fd()), caller];
+        if poll::poll(&mut fds, -1).is_err() {
             continue;
         }
-        if fds[0].revents != 0 {
+        if fds[0].revents() != 0 {
             break;
         }
-        if fds[1].revents != 0 {
+        if fds[1].revents() != 0 {
             tracing::info!(pid, "resumer went away; killing its child");
             let _ = pidfd::send_signal(&pidfd, libc::SIGKILL);
             caller_gone = true;
@@ -238,6 +237,16 @@ fn start(
     t0: Instant,
 ) -> Result<Started, RemoteError> {
     let cfg = &daemon.config;
+    // Before any lookup or connection: a non-root caller must not make this
+    // daemon dial where it likes (a port scanner with root's address), so it
+    // gets one answer for every address outside the cluster, open port or not.
+    if cred.uid != 0 && !cfg.peers.allows(from) {
+        return Err(remote_err(ErrorKind::PermissionDenied, format!(
+            "uid {} may resume only from this daemon's peers (--peers: {}); {from:?} is not one of them",
+            cred.uid,
+            if cfg.peers.names().is_empty() { "none configured".to_string() } else { cfg.peers.names().join(",") },
+        )));
+    }
     let mut conn = PeerConn::connect(from, &cfg.key, cfg.fetch_timeout).map_err(|e| match e {
         ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
         other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),

@@ -21,6 +21,9 @@ pub enum ErrorKind {
     SeedGone,
     /// The host could not do what was asked (I/O, syscall failure).
     Internal,
+    /// The daemon holds as many connections as it takes (from this user or
+    /// address, or in total); try again later.
+    Busy,
 }
 
 impl ErrorKind {
@@ -35,6 +38,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => 65,      // EX_DATAERR
             ErrorKind::SeedGone => 69,         // EX_UNAVAILABLE
             ErrorKind::Internal => 70,         // EX_SOFTWARE
+            ErrorKind::Busy => 75,             // EX_TEMPFAIL
         }
     }
 }
@@ -57,7 +61,7 @@ impl RemoteError {
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("connection i/o failed")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
     #[error("peer closed the connection")]
     Closed,
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
@@ -72,6 +76,14 @@ pub enum ProtoError {
     AuthFailed(&'static str),
     #[error("peer answered with an unexpected message")]
     Unexpected,
+    /// A record after the handshake failed its check: changed, replayed,
+    /// reordered or dropped on the way. The connection is over.
+    #[error("a wire record failed authentication (tampered, replayed or reordered): connection ended")]
+    Tampered,
+    #[error("wire protection mismatch: we use {ours}, peer uses {theirs} (start both daemons with the same --no-encrypt setting)")]
+    ProtectionMismatch { ours: crate::secure::Protection, theirs: crate::secure::Protection },
+    #[error("the peer holds as many connections as it takes; try again later")]
+    Busy,
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -80,9 +92,10 @@ impl ProtoError {
     /// The error kind to report to a user or the other side.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ProtoError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+            ProtoError::VersionMismatch { .. } | ProtoError::ProtectionMismatch { .. } => ErrorKind::VersionMismatch,
             ProtoError::AuthFailed(_) => ErrorKind::AuthFailed,
             ProtoError::Remote(r) => r.kind,
+            ProtoError::Busy => ErrorKind::Busy,
             ProtoError::FrameTooLarge { .. } | ProtoError::Decode { .. } | ProtoError::BadMagic => {
                 ErrorKind::BadRequest
             }
@@ -90,6 +103,18 @@ impl ProtoError {
         }
     }
 }
+impl From<std::io::Error> for ProtoError {
+    /// I/O errors, except a record layer's refusal, which becomes [`ProtoError::Tampered`]
+    /// (it travels as an `io::Error` through `Read` and `read_exact`).
+    fn from(e: std::io::Error) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<crate::secure::RecordRejected>()) {
+            ProtoError::Tampered
+        } else {
+            ProtoError::Io(e)
+        }
+    }
+}
+
 /// `e` and its causes, joined by ": " (a cause whose text the message has
 /// already is left out): the one-line form of an error for users.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

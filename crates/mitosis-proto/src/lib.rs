@@ -7,8 +7,9 @@
 //! - [`frame`]: length-prefixed frames over any `Read`/`Write` stream, with a
 //!   hard size limit so that garbage can never make a reader allocate without bound.
 //! - [`peer`] and [`local`]: the two protocols spoken on those frames: daemon to
-//!   daemon over TCP (authenticated with a shared cluster key, see [`auth`]),
-//!   and client to daemon over the host-local Unix socket.
+//!   daemon over TCP (a Noise handshake keyed with the shared cluster key, see
+//!   [`auth`], then every byte in authenticated and by default encrypted
+//!   records, see [`secure`]), and client to daemon over the host-local Unix socket.
 //!
 //! It must not make syscalls other than reading and writing the stream it is
 //! handed, so everything here is testable and fuzzable without root.
@@ -27,11 +28,12 @@ pub mod frame;
 pub mod image;
 pub mod local;
 pub mod peer;
+pub mod secure;
 
 pub use error::{error_chain, ErrorKind, ProtoError, RemoteError};
 
 /// Version of both wire protocols and of the seed image encoding.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Size of a page on every host mitosis runs on (x86-64).
 pub const PAGE_SIZE: u64 = 4096;

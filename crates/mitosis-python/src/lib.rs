@@ -73,6 +73,7 @@ fn kind_name(e: &Error) -> &'static str {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::SeedGone => "seed_gone",
             ErrorKind::Internal => "internal",
+            ErrorKind::Busy => "busy",
         },
         Error::Connect { .. } => "daemon_unreachable",
         Error::Io(_) | Error::Proto(_) => "connection_lost",

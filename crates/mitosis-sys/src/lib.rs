@@ -8,6 +8,7 @@
 //! - [`procfs`]: parsers for the `/proc/PID` files capture needs (pure functions,
 //!   tested on fixed text).
 //! - [`creds`]: this process's credentials, a thread acting as another user.
+//! - [`rlimit`]: the descriptor limit.
 //! - [`fsid`]: opening paths without following symbolic links, and the
 //!   identity (type, device, inode) of what a descriptor refers to.
 //! - [`vdso`]: locating this kernel's vDSO and a `syscall` instruction in it.
@@ -20,6 +21,7 @@
 //!   descriptors, signal dispositions, credentials, rseq, parking.
 //! - [`ns`]: mounts, `pivot_root`, `setns`, host name, bringing up loopback.
 //! - [`poll`]: waiting for descriptors.
+//! - [`signals`]: blocking a set of signals and waiting for one.
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
 //!
 //! The crate denies undocumented `unsafe` blocks and lossy integer casts
@@ -40,7 +42,9 @@ pub mod fsid;
 pub mod mem;
 pub mod pidfd;
 pub mod procfs;
+pub mod signals;
 pub mod ptrace;
+pub mod rlimit;
 pub mod runner;
 pub mod uffd;
 pub mod vdso;

@@ -18,6 +18,13 @@ impl<'a> PollFd<'a> {
         PollFd { raw: libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }, _fd: std::marker::PhantomData }
     }
 
+    /// Waits on `fd` for readability or for its peer to shut down its side
+    /// (`POLLIN | POLLRDHUP`: a socket whose other end went away).
+    pub fn readable_or_hangup(fd: BorrowedFd<'a>) -> PollFd<'a> {
+        let raw = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+        PollFd { raw, _fd: std::marker::PhantomData }
+    }
+
     /// A slot poll ignores (a negative descriptor): keeps positions in an array fixed.
     pub fn none() -> PollFd<'static> {
         PollFd { raw: libc::pollfd { fd: -1, events: 0, revents: 0 }, _fd: std::marker::PhantomData }

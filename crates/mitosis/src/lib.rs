@@ -153,8 +153,21 @@ impl Client {
     }
 
     fn call(&mut self, request: LocalRequest) -> Result<LocalResponse> {
-        self.stream.write_all(&encode(request))?;
-        self.read()
+        let sent = self.stream.write_all(&encode(request));
+        self.after_send(sent)
+    }
+
+    /// The answer to a request just sent. A daemon that refuses the
+    /// connection (it holds as many as it takes) answers and hangs up at
+    /// once, maybe before the request was written: its answer says why.
+    fn after_send(&mut self, sent: std::io::Result<()>) -> Result<LocalResponse> {
+        match sent {
+            Ok(()) => self.read(),
+            Err(e) => match self.read() {
+                Err(Error::Daemon(refusal)) => Err(Error::Daemon(refusal)),
+                _ => Err(Error::Io(e)),
+            },
+        }
     }
 
     fn read(&mut self) -> Result<LocalResponse> {
@@ -242,9 +255,9 @@ impl Client {
     /// the returned `Resumed` is dropped, and `wait` is not available).
     pub fn resume_with(mut self, from: &str, id: &str, stdio: [RawFd; 3], options: &ResumeOptions) -> Result<Resumed> {
         let frame = encode(LocalRequest::Resume { from: from.to_string(), id: id.to_string(), options: options.clone() });
-        mitosis_sys::fdpass::send_with_fds(&self.stream, &frame, &stdio)
-            .map_err(|e| Error::Io(std::io::Error::from_raw_os_error(e.errno)))?;
-        match self.read()? {
+        let sent = mitosis_sys::fdpass::send_with_fds(&self.stream, &frame, &stdio)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno));
+        match self.after_send(sent)? {
             LocalResponse::Started { pid, timings, container } => Ok(Resumed { client: self, pid, timings, container }),
             other => Err(unexpected(other)),
         }
@@ -385,6 +398,27 @@ fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon over its connection caps answers and hangs up before the
+    /// request is written: the request's write fails, and the answer is
+    /// still the error the caller gets.
+    #[test]
+    fn a_refusal_that_comes_before_the_request_is_the_error() {
+        let dir = std::env::temp_dir().join(format!("mitosis-refusal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut client = Client::connect(&path).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let refusal = RemoteError::new(ErrorKind::Busy, "uid 1000 holds 128 connections; try again later");
+        mitosis_proto::frame::write_msg(&mut conn, &LocalResponse::Error(refusal.clone())).unwrap();
+        drop(conn);
+        match client.list() {
+            Err(Error::Daemon(e)) => assert_eq!(e, refusal),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The only test of the process-wide hook list.
     #[test]

@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     /* Every code has its own static text and the CLI's exit status. */
     int codes[] = {MITOSIS_E_NOT_FOUND, MITOSIS_E_AUTH,     MITOSIS_E_VERSION,  MITOSIS_E_BAD_REQUEST,
                    MITOSIS_E_PERMISSION, MITOSIS_E_UNSUPPORTED, MITOSIS_E_SEED_GONE, MITOSIS_E_INTERNAL,
-                   MITOSIS_E_CONNECT,   MITOSIS_E_IO,       MITOSIS_E_USAGE};
+                   MITOSIS_E_CONNECT,   MITOSIS_E_IO,       MITOSIS_E_USAGE,     MITOSIS_E_BUSY};
     size_t ncodes = sizeof codes / sizeof codes[0];
     int texts_ok = strcmp(mitosis_strerror(MITOSIS_OK), "success") == 0 &&
                    strcmp(mitosis_strerror(12345 * -1), "unknown mitosis error code") == 0;

@@ -54,7 +54,9 @@ impl Cluster {
         Cluster::build(name, KEY, KEY, &[], &[])
     }
 
-    /// Like [`Cluster::new`] with a key per daemon and extra daemon arguments.
+    /// Like [`Cluster::new`] with a key per daemon and extra daemon arguments,
+    /// in which `{a}` and `{b}` stand for the daemons' peer addresses (e.g.
+    /// `&["--peers", "{a}"]` for daemon b).
     pub fn build(name: &str, key_a: &str, key_b: &str, args_a: &[&str], args_b: &[&str]) -> Option<Cluster> {
         if !require_root() {
             return None;
@@ -63,8 +65,15 @@ impl Cluster {
         let hosts = TwoHosts::new().expect("creating test hosts");
         let key = write_key(&dir, "key", key_a);
         let key_b_path = if key_b == key_a { key.clone() } else { write_key(&dir, "key-b", key_b) };
-        let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, args_a).expect("starting daemon a");
-        let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key_b_path, args_b).expect("starting daemon b");
+        // Every test daemon listens on port 7070 of its host's address.
+        let (addr_a, addr_b) = (format!("{}:7070", hosts.a.ip), format!("{}:7070", hosts.b.ip));
+        let fill = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.replace("{a}", &addr_a).replace("{b}", &addr_b)).collect() };
+        let (args_a, args_b) = (fill(args_a), fill(args_b));
+        let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+        let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+        let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, &args_a).expect("starting daemon a");
+        let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key_b_path, &args_b).expect("starting daemon b");
+        assert_eq!((a.addr(), b.addr()), (addr_a, addr_b), "daemons listen where {{a}} and {{b}} say");
         Some(Cluster { a, b, hosts, key, dir })
     }
 
@@ -161,6 +170,23 @@ fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     let from = lines.len().saturating_sub(60);
     lines[from..].join("\n")
+}
+
+/// Command prefix that runs a program as user nobody, without groups.
+pub const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// `mitosis <args>` as user nobody, not started yet.
+pub fn nobody_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(NOBODY[0]);
+    cmd.args(&NOBODY[1..]).arg(bin()).args(args);
+    cmd
+}
+
+/// Runs `mitosis <args>` as user nobody (stdin empty) and waits up to [`STEP`].
+pub fn as_nobody(args: &[&str]) -> Finished {
+    let mut p = Proc::spawn("mitosis as nobody", &mut nobody_cmd(args));
+    p.close_stdin();
+    p.finish(STEP)
 }
 
 /// Runs `mitosis <args>` in the root namespace (stdin empty) and waits up to [`STEP`].

@@ -86,6 +86,7 @@ from mitosis._native import (
 from mitosis.errors import (
     AuthFailed,
     BadRequest,
+    Busy,
     ConnectionLost,
     DaemonUnreachable,
     InternalError,

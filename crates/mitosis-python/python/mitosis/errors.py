@@ -8,7 +8,7 @@ Every failure is a :class:`MitosisError` with two attributes:
     the exit status the ``mitosis`` command uses for the same failure
     (sysexits.h): 64 usage, 65 process cannot be prepared, 66 unknown seed,
     69 unavailable (daemon or seed host unreachable, seed gone), 70 internal,
-    76 protocol version mismatch, 77 refused.
+    75 busy (try again later), 76 protocol version mismatch, 77 refused.
 
 One subclass per kind::
 
@@ -17,7 +17,8 @@ One subclass per kind::
     ├── Unsupported         unsupported         65
     ├── Unavailable                             69
     │   ├── DaemonUnreachable  daemon_unreachable
-    │   └── SeedGone           seed_gone
+    │   ├── SeedGone           seed_gone
+    │   └── Busy               busy                75
     ├── PermissionDenied    permission_denied   77
     │   └── AuthFailed         auth_failed
     ├── VersionMismatch     version_mismatch    76
@@ -36,6 +37,7 @@ __all__ = [
     "Unavailable",
     "DaemonUnreachable",
     "SeedGone",
+    "Busy",
     "PermissionDenied",
     "AuthFailed",
     "VersionMismatch",
@@ -101,6 +103,14 @@ class SeedGone(Unavailable):
     kind = "seed_gone"
 
 
+class Busy(Unavailable):
+    """The daemon holds as many connections as it takes (from this user, or
+    in total); try again later."""
+
+    kind = "busy"
+    exit_code = 75
+
+
 class PermissionDenied(MitosisError):
     """The caller may not do this (another user's seed or process)."""
 
@@ -155,6 +165,7 @@ _BY_KIND = {
         Unsupported,
         DaemonUnreachable,
         SeedGone,
+        Busy,
         PermissionDenied,
         AuthFailed,
         VersionMismatch,
