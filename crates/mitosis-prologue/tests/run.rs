@@ -135,6 +135,24 @@ fn refuses_what_was_replaced_since_prepare(dir: &Path) {
     refuses(&prologue, PrologueExit::OpenFile, 0, libc::ENOENT);
 }
 
+/// This run's directory, removed also when a test panics.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("mitosis-prologue-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A test: its name and body (given a directory of its own).
 type Test = (&'static str, fn(&Path));
 
@@ -143,9 +161,8 @@ fn main() {
     if !mitosis_testkit::require_root() {
         return;
     }
-    let dir: PathBuf = std::env::temp_dir().join(format!("mitosis-prologue-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = TempDir::new();
+    let dir = guard.0.clone();
     let tests: [Test; 2] = [
         ("parks_with_the_seeds_descriptors_and_cwd", parks_with_the_seeds_descriptors_and_cwd),
         ("refuses_what_was_replaced_since_prepare", refuses_what_was_replaced_since_prepare),
@@ -156,6 +173,6 @@ fn main() {
         test(&sub);
         println!("test {name} ... ok");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(guard);
     println!("test result: ok. {} passed; 0 failed", tests.len());
 }
