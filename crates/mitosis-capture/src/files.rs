@@ -11,18 +11,9 @@ pub fn identity(path: &str) -> Option<FileIdentity> {
     fsid::identity_of_path(&path).ok().map(from_sys)
 }
 
-/// The wire form of an identity `fstat` gave.
-pub fn from_sys(id: fsid::Identity) -> FileIdentity {
-    FileIdentity {
-        file_type: id.file_type,
-        dev: id.dev,
-        ino: id.ino,
-        rdev: id.rdev,
-        size: id.size,
-        mtime_sec: id.mtime_sec,
-        mtime_nsec: id.mtime_nsec,
-    }
-}
+/// The wire form of an identity `fstat` gave: the prologue's, which checks
+/// what capture records.
+pub use mitosis_prologue::identity_from_sys as from_sys;
 
 /// The target's descriptors from 3 up: regular files, directories and devices
 /// are reopened in children; anything else (sockets, pipes, eventfds, ...) is

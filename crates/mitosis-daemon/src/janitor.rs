@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use mitosis_sys::uffd::Uffd;
-use mitosis_sys::{fdpass, pidfd};
+use mitosis_sys::{after_fork, fdpass, pidfd};
 
 pub struct Janitor {
     sock: Mutex<OwnedFd>,
@@ -79,13 +79,10 @@ impl Janitor {
 }
 
 fn janitor_main(sock: OwnedFd) -> ! {
-    // SAFETY: plain syscalls in a single-threaded process.
-    unsafe {
-        libc::setsid();
-        let keep = sock.as_raw_fd() as u32;
-        libc::syscall(libc::SYS_close_range, 0u32, keep.saturating_sub(1), 0u32);
-        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
-    }
+    // Out of the daemon's session and process group, pinning nothing else
+    // the daemon had open. Failures leave it working, only less detached.
+    let _ = mitosis_sys::process::new_session();
+    let _ = after_fork::close_all_except(sock.as_raw_fd());
     let mut snapshots: Vec<OwnedFd> = Vec::new();
     let mut holders: Vec<OwnedFd> = Vec::new();
     let mut uffds: Vec<Uffd> = Vec::new();
@@ -120,8 +117,8 @@ fn janitor_main(sock: OwnedFd) -> ! {
         uffds.retain(|u| u.memory_alive(mitosis_pager::PROBE_ADDR));
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: leaving the janitor.
-    unsafe { libc::_exit(0) }
+    // Leaving the janitor, a copy of the daemon: no destructors of that copy.
+    after_fork::exit(0)
 }
 
 /// SIGKILLs every process listed in `procs` until none is left (a process
@@ -134,10 +131,10 @@ fn kill_all_in(procs: &std::path::Path) {
             return;
         }
         for pid in pids {
-            // SAFETY: kill has no memory-safety preconditions. A listed process
-            // that exited and was reaped just now could have its pid reused by
-            // another: a narrow race, run only once the daemon has died.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // A listed process that exited and was reaped just now could have
+            // its pid reused by another: a narrow race, run only once the
+            // daemon has died.
+            let _ = mitosis_sys::process::kill(pid, libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -1,7 +1,7 @@
 //! The seeds prepared on this host.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -134,9 +134,8 @@ impl Drop for Seed {
 /// teardown.
 pub fn end_snapshot(pidfd: &OwnedFd) {
     let _ = pidfd::send_signal(pidfd, libc::SIGKILL);
-    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, 2000) };
+    // A pidfd is readable once its process has exited.
+    let _ = mitosis_sys::poll::wait_readable(pidfd, std::time::Duration::from_secs(2));
 }
 
 /// Seeds by id. Preparing an id again replaces (and frees) the old seed; readers

@@ -302,7 +302,7 @@ pub enum LocalResponse {
     Exited { end: ChildEnd, stats: PagerStats },
     Dropped { id: String },
     /// What the caller of `ResumeInPlace` must run before the daemon takes it
-    /// over (a postcard `mitosis_restore::prologue::Prologue`).
+    /// over (a postcard `mitosis_prologue::Prologue`).
     InPlace { prologue: Vec<u8> },
     Seeds(Vec<SeedInfo>),
     Children { children: Vec<ChildStatus>, pool: PoolStats },

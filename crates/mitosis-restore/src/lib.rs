@@ -1,10 +1,11 @@
 //! Resume: make a fresh process continue as a seed's child.
 //!
 //! The daemon forks a bare process that runs the [`prologue`] (descriptors,
-//! cwd, signal dispositions, credentials, a userfaultfd) and parks in
-//! `pause()`. Then, from the daemon with ptrace ([`restore`]):
+//! cwd, signal dispositions, credentials, a userfaultfd; crate
+//! `mitosis-prologue`, re-exported here) and parks in `pause()`. Then, from
+//! the daemon with ptrace ([`restore`]):
 //!
-//! 1. a small code blob, the *table runner* ([`stub`]), is placed in a scratch
+//! 1. a small code blob, the *table runner* ([`stub`], `mitosis_sys::runner`), is placed in a scratch
 //!    mapping that collides with nothing of the seed's layout; it executes a
 //!    table of syscalls inside the child without a round trip each:
 //!    unmap everything the child inherited from the daemon, move the vDSO to
@@ -21,12 +22,16 @@
 //! pages are served from the seed like anonymous memory. A seed prepared on a
 //! host whose vDSO differs (another kernel) is refused with a clear error.
 //!
-//! This crate does not serve pages (the pager does) and does not talk to the network.
+//! This crate does not serve pages (the pager does) and does not talk to the
+//! network. Its raw calls are mitosis-sys's (ptrace, process memory,
+//! userfaultfd, the runner): it has no `unsafe` of its own.
+
+#![forbid(unsafe_code)]
 
 pub mod plan;
-pub mod prologue;
 pub mod restore;
-pub mod stub;
+pub use mitosis_prologue as prologue;
+pub use mitosis_sys::runner as stub;
 
 pub use plan::{Placement, RestorePlan};
 pub use restore::{restore, vdso_block_of, Child};

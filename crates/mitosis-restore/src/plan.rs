@@ -5,7 +5,7 @@ use std::ffi::CString;
 
 use serde::{Deserialize, Serialize};
 
-use mitosis_capture::file_identity;
+use mitosis_prologue::{identity_from_sys, PrologueFile, PrologueFiles};
 use mitosis_proto::image::{FileIdentity, IdentityMatch, SeedImage, VmaKind};
 use mitosis_sys::fsid;
 use mitosis_sys::vdso::VdsoInfo;
@@ -24,35 +24,25 @@ pub enum Placement {
     Kernel,
 }
 
-/// A file the prologue opens at a fixed descriptor number: by a path
-/// without symbolic links, with the seed owner's credentials, and only if it
-/// is the object recorded at prepare.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrologueFile {
-    pub fd: i32,
-    pub path: CString,
-    pub flags: i32,
-    pub pos: u64,
-    pub expect: FileIdentity,
-    pub how: IdentityMatch,
-}
-
 /// Everything decided about one resume of one seed on this host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestorePlan {
     /// One entry per image VMA, same order.
     pub placements: Vec<Placement>,
-    /// Files for the seed's descriptors and for file mappings.
-    pub files: Vec<PrologueFile>,
+    /// What the prologue opens (the seed's descriptors, the files of its
+    /// file mappings, its working directory) and where its userfaultfd goes.
+    pub prologue: PrologueFiles,
     /// Descriptors `[map_fd_base, map_fd_end)` exist only to map files and are closed in the table.
     pub map_fd_base: i32,
     pub map_fd_end: i32,
-    /// Descriptor number of the child's userfaultfd until the daemon takes a copy.
-    pub uffd_fd: i32,
     /// Descriptor of the executable for `PR_SET_MM_MAP`, if it is the same file here.
     pub exe_fd: Option<i32>,
-    pub cwd: CString,
-    pub cwd_expect: FileIdentity,
+}
+
+impl AsRef<PrologueFiles> for RestorePlan {
+    fn as_ref(&self) -> &PrologueFiles {
+        &self.prologue
+    }
 }
 
 impl RestorePlan {
@@ -159,13 +149,10 @@ impl RestorePlan {
         };
         Ok(RestorePlan {
             placements,
-            files,
+            prologue: PrologueFiles { files, uffd_fd: next_fd, cwd, cwd_expect: image.cwd_identity },
             map_fd_base,
             map_fd_end: next_fd,
-            uffd_fd: next_fd,
             exe_fd,
-            cwd,
-            cwd_expect: image.cwd_identity,
         })
     }
 
@@ -189,7 +176,7 @@ fn identity_here(path: &std::ffi::CStr) -> Result<FileIdentity, i32> {
     let fd = fsid::open_no_symlinks(path, libc::O_PATH | libc::O_CLOEXEC)?;
     let id = fsid::identity_of_fd(fd);
     fsid::close(fd);
-    id.map(mitosis_capture::identity_from_sys)
+    id.map(identity_from_sys)
 }
 
 /// Why a path does not name the object recorded at prepare.
@@ -233,8 +220,11 @@ fn local_copy_is(path: &str, identity: &FileIdentity) -> bool {
     check_here(&path, identity, IdentityMatch::SameContent).is_ok()
 }
 
-fn exe_identity(pid: i32) -> Option<mitosis_proto::image::FileIdentity> {
-    file_identity(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_str()?)
+/// The identity of the file at the path of the executable process `pid` runs.
+fn exe_identity(pid: i32) -> Option<FileIdentity> {
+    let path = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let path = CString::new(path.to_str()?).ok()?;
+    fsid::identity_of_path(&path).ok().map(identity_from_sys)
 }
 
 fn cstring(s: &str) -> Result<CString, RestoreError> {

@@ -10,7 +10,7 @@ use mitosis_sys::vdso::VdsoInfo;
 use mitosis_sys::{pidfd, SysError, PAGE};
 
 use crate::plan::{Placement, RestorePlan};
-use crate::stub::{self, Table, ENTRY};
+use mitosis_sys::runner::{self as stub, Table, ENTRY};
 use crate::RestoreError;
 
 /// Highest user address plus one on x86-64 with 4-level paging.
@@ -57,7 +57,7 @@ pub fn restore(
     check_xstate(&image.xstate, &local_xstate)?;
 
     let uffd = Uffd::from_fd(
-        pidfd::getfd(child_pidfd, plan.uffd_fd).map_err(RestoreError::sys("taking the child's userfaultfd"))?,
+        pidfd::getfd(child_pidfd, plan.prologue.uffd_fd).map_err(RestoreError::sys("taking the child's userfaultfd"))?,
     );
     uffd.api(features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON)
         .map_err(RestoreError::sys("setting up the userfaultfd"))?;
@@ -121,7 +121,7 @@ pub fn restore(
 
     let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
     let r = tracee
-        .inject_syscall(&base, gadget, libc::SYS_close, &[plan.uffd_fd as u64], no_events)
+        .inject_syscall(&base, gadget, libc::SYS_close, &[plan.prologue.uffd_fd as u64], no_events)
         .map_err(RestoreError::sys("closing the child's userfaultfd"))?;
     check(r, "closing the child's userfaultfd")?;
     if let Some((addr, len, sig)) = image.rseq {

@@ -1,6 +1,8 @@
 //! Calls for a freshly forked or cloned process that owns its whole
 //! descriptor table and never returns to the code that forked it (a
-//! container's namespace holder, a zygote's child).
+//! container's namespace holder, a zygote's child running the resume
+//! prologue), or for a single-threaded process about to be replaced by
+//! another (the caller of a resume in place).
 //!
 //! Every function here is allocation-free and async-signal-safe, so it may
 //! run right after `fork` in a multi-threaded parent. They take raw
@@ -99,6 +101,226 @@ pub fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The pid of this process's parent (`getppid`); 0 when the parent is
+/// outside this process's PID namespace.
+pub fn parent_pid() -> i32 {
+    // SAFETY: getppid has no preconditions, cannot fail and touches no memory.
+    unsafe { libc::getppid() }
+}
+
+/// Proof that [`block_all_signals`] blocked every signal in this thread:
+/// no handler of ours or of a seed can run while it lives, which is what
+/// makes [`set_raw_signal_action`] sound (a fault while blocked kills the
+/// process: the kernel never calls a handler for it). Neither `Send` nor
+/// `Sync`: it speaks of the thread that made it, and nothing in this crate
+/// unblocks signals.
+pub struct AllSignalsBlocked {
+    _this_thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Blocks every signal (those that can be: not SIGKILL and SIGSTOP) in the
+/// calling thread, glibc's internal two (32, 33) included: the raw
+/// `rt_sigprocmask`, since glibc's `sigprocmask` leaves those out.
+pub fn block_all_signals() -> Result<AllSignalsBlocked> {
+    let all: u64 = u64::MAX;
+    // SAFETY: the kernel reads one 8-byte mask from `all` and writes no old
+    // set (NULL).
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, 0usize, 8usize) };
+    if r != 0 {
+        return Err(SysError::last("sigprocmask"));
+    }
+    Ok(AllSignalsBlocked { _this_thread: std::marker::PhantomData })
+}
+
+/// A signal disposition in the kernel's own layout (`struct sigaction` of
+/// `rt_sigaction(2)` on x86-64: handler, flags, restorer, one 64-bit mask),
+/// as a seed image records it: addresses in the seed's address space.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// Installs `action` for `signo` with `rt_sigaction`, addresses as they are
+/// (for a process that becomes another one: the handler addresses are the
+/// seed's, valid once its memory is in place). Requires every signal to be
+/// blocked (the proof): a handler address that means nothing yet is never
+/// called. SIGKILL and SIGSTOP are refused by the kernel (EINVAL).
+pub fn set_raw_signal_action(_blocked: &AllSignalsBlocked, signo: u32, action: &RawSigaction) -> Result<()> {
+    // SAFETY: the kernel reads one RawSigaction (its layout, size 8 for the
+    // mask) and writes no old action (NULL); with every signal blocked the
+    // handler cannot run in this thread (see AllSignalsBlocked).
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, signo, action as *const RawSigaction, 0usize, 8usize) };
+    if r != 0 {
+        return Err(SysError::last("rt_sigaction"));
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` onto the lowest free number at or above `min`, close-on-exec
+/// (`F_DUPFD_CLOEXEC`); returns the new descriptor.
+pub fn dup_at_or_above(fd: RawFd, min: RawFd) -> Result<RawFd> {
+    // SAFETY: fcntl with integer arguments touches no memory.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if r < 0 {
+        return Err(SysError::last("fcntl(F_DUPFD_CLOEXEC)"));
+    }
+    Ok(r)
+}
+
+/// Makes descriptor `to` a copy of `fd` (`dup3`), closing what `to` was;
+/// with `cloexec` the copy is close-on-exec. `fd` and `to` must differ
+/// (EINVAL otherwise).
+pub fn dup_onto(fd: RawFd, to: RawFd, cloexec: bool) -> Result<()> {
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 with integer arguments touches no memory; see the module
+    // docs for whose descriptor `to` may be.
+    if unsafe { libc::dup3(fd, to, flags) } < 0 {
+        return Err(SysError::last("dup3"));
+    }
+    Ok(())
+}
+
+/// Closes descriptors `first..=last` (`close_range`); nothing when `last < first`.
+pub fn close_range(first: RawFd, last: RawFd) -> Result<()> {
+    if last < first {
+        return Ok(());
+    }
+    let (Ok(first), Ok(last)) = (u32::try_from(first), u32::try_from(last)) else {
+        return Err(SysError::new("close_range", libc::EINVAL));
+    };
+    // SAFETY: close_range takes plain integers; see the module docs.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) } != 0 {
+        return Err(SysError::last("close_range"));
+    }
+    Ok(())
+}
+
+/// Closes every descriptor from `first` up (`close_range(first, ~0)`).
+pub fn close_from(first: RawFd) -> Result<()> {
+    close_range(first, RawFd::MAX)
+}
+
+/// Moves the file offset of `fd` to `pos` bytes from the start (`lseek`).
+pub fn seek_to(fd: RawFd, pos: u64) -> Result<()> {
+    let pos = libc::off_t::try_from(pos).map_err(|_| SysError::new("lseek", libc::EINVAL))?;
+    // SAFETY: lseek with integer arguments touches no memory.
+    if unsafe { libc::lseek(fd, pos, libc::SEEK_SET) } < 0 {
+        return Err(SysError::last("lseek"));
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the namespaces `nstype` of descriptor `fd`
+/// (a namespace file, or a pidfd with `CLONE_NEW*` flags); see
+/// [`crate::ns::setns`] for a borrowed descriptor.
+pub fn setns(fd: RawFd, nstype: i32) -> Result<()> {
+    // SAFETY: setns with integer arguments touches no memory.
+    if unsafe { libc::setns(fd, nstype) } != 0 {
+        return Err(SysError::last("setns"));
+    }
+    Ok(())
+}
+
+/// Makes the directory open at `fd` this process's working directory.
+pub fn fchdir(fd: RawFd) -> Result<()> {
+    // SAFETY: fchdir with an integer touches no memory.
+    if unsafe { libc::fchdir(fd) } != 0 {
+        return Err(SysError::last("fchdir"));
+    }
+    Ok(())
+}
+
+/// Sets this process's supplementary groups (`setgroups`; glibc applies it
+/// to every thread, and a forked process has one).
+pub fn set_groups(groups: &[u32]) -> Result<()> {
+    // SAFETY: the kernel reads `groups.len()` gids from a live slice.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+        return Err(SysError::last("setgroups"));
+    }
+    Ok(())
+}
+
+/// Makes files be opened as `uid`/`gid` (`setfsuid`/`setfsgid`), leaving the
+/// real, effective and saved ids as they are. Those calls report the previous
+/// id, never an error, so both are asked again: `EPERM` when they did not
+/// take.
+pub fn set_fs_ids(uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: plain integer arguments; an id of u32::MAX (-1) only queries.
+    let (g, u) = unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX))
+    };
+    if g.cast_unsigned() != gid || u.cast_unsigned() != uid {
+        return Err(SysError::new("setfsuid", libc::EPERM));
+    }
+    Ok(())
+}
+
+/// Sets the real, effective and saved gid, then uid (`setresgid`,
+/// `setresuid`) to `gid` and `uid`: for good, when they are not 0.
+pub fn set_ids(uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+        return Err(SysError::last("setresgid"));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setresuid(uid, uid, uid) } != 0 {
+        return Err(SysError::last("setresuid"));
+    }
+    Ok(())
+}
+
+extern "C" {
+    /// glibc's offset of the rseq area from the thread pointer, and its size
+    /// (exported since glibc 2.35; size 0 when rseq is not registered).
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+const RSEQ_SIG: u32 = 0x5305_3053;
+const RSEQ_FLAG_UNREGISTER: u32 = 1;
+
+/// Unregisters the calling thread's rseq area, which glibc registered in
+/// the thread's own TLS. A forked thread whose memory is about to be
+/// replaced must do so: the kernel would fail to update an unmapped area and
+/// kill the process with SIGSEGV on its next return to user space. The
+/// kernel wants the length it was registered with: glibc's, or 32 (the
+/// original `struct rseq`). Errors when no area is registered.
+pub fn unregister_rseq() -> Result<()> {
+    let tp: usize;
+    // SAFETY: on x86-64 glibc keeps the thread pointer's own address at
+    // fs:0 (the TCB's self pointer); the read changes no state.
+    unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: plain reads of two integers glibc exports and never changes
+    // after start-up.
+    let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
+    let area = tp.wrapping_add_signed(offset);
+    let mut last = SysError::new("rseq", libc::EINVAL);
+    for len in [32u32, size] {
+        // SAFETY: unregistering only compares `area` and `len` with the
+        // registration; the kernel writes nothing of ours.
+        if unsafe { libc::syscall(libc::SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) } == 0 {
+            return Ok(());
+        }
+        last = SysError::last("rseq");
+    }
+    Err(last)
+}
+
+/// Waits forever (`pause` in a loop), for a process that something else
+/// takes over (a ptrace) or kills.
+pub fn park() -> ! {
+    loop {
+        // SAFETY: pause has no arguments and touches no memory.
+        unsafe { libc::pause() };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +367,137 @@ mod tests {
         };
         let status = crate::process::wait_pid(pid).unwrap();
         assert_eq!(libc::WEXITSTATUS(status), 7);
+    }
+
+    #[test]
+    fn descriptor_moves() {
+        let (r, w) = std::io::pipe().unwrap();
+        let high = dup_at_or_above(w.as_raw_fd(), 500).unwrap();
+        assert!(high >= 500);
+        // The copy is close-on-exec, as F_DUPFD_CLOEXEC promises.
+        // SAFETY: test only: F_GETFD reads a flag.
+        assert_eq!(unsafe { libc::fcntl(high, libc::F_GETFD) } & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let onto = high + 1;
+        dup_onto(high, onto, false).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fcntl(onto, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        assert_eq!(dup_onto(onto, onto, true).unwrap_err().errno, libc::EINVAL);
+        write_all(onto, b"z").unwrap();
+        close_range(high, onto).unwrap();
+        assert_eq!(write_all(onto, b"z").unwrap_err().errno, libc::EBADF);
+        assert_eq!(write_all(high, b"z").unwrap_err().errno, libc::EBADF);
+        close_range(onto, high).unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut { r }, &mut got).unwrap();
+        assert_eq!(got, b"z");
+    }
+
+    #[test]
+    fn seeking() {
+        let path = std::env::temp_dir().join(format!("mitosis-sys-seek-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        seek_to(f.as_raw_fd(), 7).unwrap();
+        let mut rest = String::new();
+        f.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "789");
+        let (_r, w) = std::io::pipe().unwrap();
+        assert_eq!(seek_to(w.as_raw_fd(), 1).unwrap_err().errno, libc::ESPIPE);
+        assert_eq!(seek_to(f.as_raw_fd(), u64::MAX).unwrap_err().errno, libc::EINVAL);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn failures_carry_their_errno() {
+        assert_eq!(setns(-1, 0).unwrap_err().errno, libc::EBADF);
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(fchdir(f.as_raw_fd()).unwrap_err().errno, libc::ENOTDIR);
+        assert_eq!(close_range(-1, 3).unwrap_err().errno, libc::EINVAL);
+        assert!(parent_pid() > 0);
+    }
+
+    /// Reads a hex mask line (`SigBlk:`, `SigIgn:`) of /proc/PID/status.
+    fn status_mask(pid: i32, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix(field)).unwrap();
+        u64::from_str_radix(line.trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn a_child_that_blocks_signals_sets_dispositions_and_parks() {
+        // The child blocks everything, ignores SIGUSR1 through a raw action,
+        // unregisters its rseq area (once: a second time finds none), enters
+        // its working directory by descriptor, starts a session, says so and
+        // parks; the test reads its masks and kills it.
+        let dir = std::fs::File::open("/").unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = match block_all_signals() {
+                Ok(blocked) => {
+                    let ignore = RawSigaction { handler: 1, flags: 0, restorer: 0, mask: 0 };
+                    set_raw_signal_action(&blocked, libc::SIGUSR1.unsigned_abs(), &ignore).is_ok()
+                        && set_raw_signal_action(&blocked, libc::SIGKILL.unsigned_abs(), &ignore).is_err()
+                        && unregister_rseq().is_ok()
+                        && unregister_rseq().is_err()
+                        && fchdir(dir.as_raw_fd()).is_ok()
+                        // A new session once; then it leads its group, and may not again.
+                        && crate::process::new_session().is_ok()
+                        && crate::process::new_session().is_err()
+                }
+                Err(_) => false,
+            };
+            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
+            park();
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+        let blocked = status_mask(pid, "SigBlk:");
+        let ignored = status_mask(pid, "SigIgn:");
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        let status = crate::process::wait_pid(pid).unwrap();
+        assert_eq!(&byte, b"y");
+        assert!(libc::WIFSIGNALED(status), "it parked until killed");
+        // Every signal but SIGKILL (9) and SIGSTOP (19), glibc's 32 and 33 too.
+        assert_eq!(blocked, !((1 << 8) | (1 << 18)));
+        assert_ne!(ignored & (1 << (libc::SIGUSR1 - 1)), 0);
+        assert_eq!(cwd, std::path::Path::new("/"));
+    }
+
+    #[test]
+    fn credentials_in_a_forked_child() {
+        if !crate::creds::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        // As root: file-system ids, groups, then all ids to nobody; after
+        // that the child may not go back (setresuid to 0 fails).
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = set_fs_ids(65534, 65534).is_ok()
+                && set_groups(&[65534, 100]).is_ok()
+                && set_ids(65534, 65534).is_ok()
+                && set_ids(0, 0).is_err()
+                && set_groups(&[]).is_err();
+            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
+            park();
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        assert_eq!(&byte, b"y");
+        let field = |f: &str| status.lines().find_map(|l| l.strip_prefix(f)).unwrap().split_whitespace().collect::<Vec<_>>();
+        assert_eq!(field("Uid:"), ["65534"; 4]);
+        assert_eq!(field("Gid:"), ["65534"; 4]);
+        assert_eq!(field("Groups:"), ["100", "65534"]);
     }
 }

@@ -18,6 +18,18 @@ fn cmsg_space() -> usize {
     unsafe { libc::CMSG_SPACE(cmsg_u32(MAX_FDS * std::mem::size_of::<RawFd>())) as usize }
 }
 
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec):
+/// messages keep their boundaries, descriptors travel with them.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut pair = [0; 2];
+    // SAFETY: a valid out array of two ints.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0 {
+        return Err(SysError::last("socketpair"));
+    }
+    // SAFETY: both descriptors are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) })
+}
+
 /// Sends `bytes` with `fds` attached to the first byte.
 pub fn send_with_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
     assert!(fds.len() <= MAX_FDS);
@@ -131,6 +143,18 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn seqpacket_pairs_keep_message_boundaries() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_with_fds(&a, b"one", &[]).unwrap();
+        send_with_fds(&a, b"three", &[]).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(recv_with_fds(&b, &mut buf).unwrap().0, 3);
+        assert_eq!(recv_with_fds(&b, &mut buf).unwrap().0, 5);
+        drop(a);
+        assert_eq!(recv_with_fds(&b, &mut buf).unwrap().0, 0);
+    }
 
     #[test]
     fn descriptors_travel_with_bytes() {

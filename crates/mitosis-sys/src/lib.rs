@@ -12,10 +12,13 @@
 //! - [`fsid`]: opening paths without following symbolic links, and the
 //!   identity (type, device, inode) of what a descriptor refers to.
 //! - [`vdso`]: locating this kernel's vDSO and a `syscall` instruction in it.
-//! - [`process`]: ids, signals, waiting, the monotonic clock, and hooks a
-//!   `Command` runs between fork and exec.
+//! - [`runner`]: the table runner, machine code that executes a table of
+//!   syscalls inside a child being restored.
+//! - [`process`]: ids, signals, waiting, the monotonic clock, forking a
+//!   single-threaded process, and hooks a `Command` runs between fork and exec.
 //! - [`after_fork`]: allocation-free calls for a forked process that never
-//!   returns (a container's namespace holder).
+//!   returns (a container's namespace holder, the resume prologue):
+//!   descriptors, signal dispositions, credentials, rseq, parking.
 //! - [`ns`]: mounts, `pivot_root`, `setns`, host name, bringing up loopback.
 //! - [`poll`]: waiting for descriptors.
 //! - [`signals`]: blocking a set of signals and waiting for one.
@@ -42,6 +45,7 @@ pub mod procfs;
 pub mod signals;
 pub mod ptrace;
 pub mod rlimit;
+pub mod runner;
 pub mod uffd;
 pub mod vdso;
 

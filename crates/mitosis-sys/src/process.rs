@@ -5,7 +5,7 @@
 //! in the forked child of a possibly multi-threaded parent, so they only make
 //! async-signal-safe system calls and never allocate.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -15,6 +15,18 @@ use crate::{Result, SysError};
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
     unsafe { libc::geteuid() }
+}
+
+/// Makes this process the leader of a new session and process group
+/// (`setsid`), so that signals to its old group or terminal miss it; returns
+/// the new session id. Fails (EPERM) for a process group leader.
+pub fn new_session() -> Result<i32> {
+    // SAFETY: setsid takes no arguments and touches no memory.
+    let r = unsafe { libc::setsid() };
+    if r < 0 {
+        return Err(SysError::last("setsid"));
+    }
+    Ok(r)
 }
 
 /// Sends `sig` to `pid` (`kill(2)`: a negative pid names a process group).
@@ -43,6 +55,82 @@ pub fn fork_exit_child() -> Result<i32> {
         unsafe { libc::_exit(0) };
     }
     Ok(pid)
+}
+
+/// What [`fork_single_threaded`] returns on each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the caller: the new process's pid.
+    Parent(i32),
+}
+
+/// Clone flags that would share memory, signal handlers or thread identity
+/// with the new process, or make the kernel write through a pointer: never
+/// for a fork.
+const NOT_A_FORK: i32 = libc::CLONE_VM
+    | libc::CLONE_VFORK
+    | libc::CLONE_THREAD
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_SETTID
+    | libc::CLONE_CHILD_CLEARTID
+    | libc::CLONE_PIDFD;
+
+/// How many threads this process has, from `/proc/self/stat` (field 20),
+/// read into a stack buffer (allocation-free).
+pub fn own_thread_count() -> Result<u64> {
+    let mut buf = [0u8; 1024];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(SysError::last("open(/proc/self/stat)"));
+    }
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let read = SysError::last("read(/proc/self/stat)");
+    crate::after_fork::close(fd);
+    let n = usize::try_from(n).map_err(|_| read)?;
+    parse_stat_threads(&buf[..n]).ok_or(SysError::new("/proc/self/stat", libc::EIO))
+}
+
+/// Field 20 (`num_threads`) of a `/proc/PID/stat` line. The command name
+/// (field 2) may hold spaces and parentheses: fields are counted after its
+/// last `)`, where field 3 starts.
+fn parse_stat_threads(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let field = stat[close + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(17)?;
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// Forks this process (`clone` with `flags` and `SIGCHLD`, never sharing
+/// memory), which must be single-threaded: then the new process, a copy of
+/// its only thread, may use the allocator and locks like any program. With
+/// another thread running the call fails with `EBUSY` and forks nothing (a
+/// child of a multi-threaded process may find a lock held forever).
+/// `flags` may add e.g. `CLONE_PARENT` (the new process is our parent's
+/// child) and `CLONE_NEW*` namespaces; flags that share memory or make the
+/// kernel write through a pointer are refused (`EINVAL`).
+pub fn fork_single_threaded(flags: i32) -> Result<Forked> {
+    if flags & (NOT_A_FORK | libc::CSIGNAL) != 0 {
+        return Err(SysError::new("clone", libc::EINVAL));
+    }
+    // Only this thread could start another, so the answer stays true until the clone.
+    if own_thread_count()? != 1 {
+        return Err(SysError::new("fork of a multi-threaded process", libc::EBUSY));
+    }
+    let flags = u64::from((flags | libc::SIGCHLD).cast_unsigned());
+    // SAFETY: a clone without CLONE_VM is a fork, with no pointer arguments;
+    // the process has a single thread (checked above), so the copy's memory
+    // holds no lock another thread took.
+    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0u64, 0u64, 0u64, 0u64) };
+    match r {
+        0 => Ok(Forked::Child),
+        r if r < 0 => Err(SysError::last("clone")),
+        r => i32::try_from(r).map(Forked::Parent).map_err(|_| SysError::new("clone", libc::EOVERFLOW)),
+    }
 }
 
 /// Waits for child `pid` to end and reaps it; returns its raw wait status.
@@ -106,6 +194,17 @@ pub fn robust_list(pid: i32) -> Result<(u64, u64)> {
         return Err(SysError::last("get_robust_list"));
     }
     Ok((head, len as u64))
+}
+
+/// One `read(2)` system call on `fd` into `buf` (EINTR comes back as an
+/// error, nothing is retried). A self-prepare waits in this very call: its
+/// capture recognizes a process blocked in `read`, and each child resumed
+/// from it returns from the syscall with its own answer in `buf`.
+pub fn read_syscall(fd: &impl AsFd, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length; the descriptor is
+    // borrowed for the call.
+    let n = unsafe { libc::read(fd.as_fd().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| SysError::last("read"))
 }
 
 /// Makes `cmd`'s child receive `sig` when the thread that spawned it dies
@@ -175,6 +274,52 @@ mod tests {
         assert_eq!(kill(pid, 0).unwrap_err().errno, libc::ESRCH);
         // Reaped above: Child agrees there is nothing left to wait for.
         assert!(child.try_wait().is_err());
+    }
+
+    #[test]
+    fn forks_only_a_single_threaded_process() {
+        // The test harness runs tests on threads of their own: refused.
+        assert!(own_thread_count().unwrap() > 1);
+        assert_eq!(fork_single_threaded(0).unwrap_err().errno, libc::EBUSY);
+        assert_eq!(fork_single_threaded(libc::CLONE_VM).unwrap_err().errno, libc::EINVAL);
+        // A forked child has one thread: there it forks a grandchild that
+        // exits 7, and reports it (allocation-free on both sides).
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = match (own_thread_count(), fork_single_threaded(0)) {
+                (Ok(1), Ok(Forked::Child)) => crate::after_fork::exit(7),
+                (Ok(1), Ok(Forked::Parent(grandchild))) => match wait_pid(grandchild) {
+                    Ok(status) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7 => 0,
+                    _ => 2,
+                },
+                _ => 1,
+            };
+            crate::after_fork::exit(code);
+        }
+        assert_eq!(wait_pid(pid).unwrap(), 0);
+    }
+
+    #[test]
+    fn one_read() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut a, b"abc").unwrap();
+        let mut buf = [0u8; 2];
+        assert_eq!(read_syscall(&b, &mut buf).unwrap(), 2);
+        assert_eq!(&buf, b"ab");
+        drop(a);
+        assert_eq!(read_syscall(&b, &mut buf).unwrap(), 1);
+        assert_eq!(read_syscall(&b, &mut buf).unwrap(), 0);
+        let f = std::fs::File::create(std::env::temp_dir().join(format!("mitosis-sys-read-{}", std::process::id()))).unwrap();
+        assert_eq!(read_syscall(&f, &mut buf).unwrap_err().errno, libc::EBADF);
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("mitosis-sys-read-{}", std::process::id())));
+    }
+
+    #[test]
+    fn thread_count_field_of_stat() {
+        let line = b"12 (a) b (c)) S 1 12 12 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 99 1 2";
+        assert_eq!(parse_stat_threads(line), Some(3));
+        assert_eq!(parse_stat_threads(b"12 (x) S 1"), None);
     }
 
     #[test]

@@ -19,7 +19,11 @@
 //! returns.
 //!
 //! This crate only speaks the local protocol; it never touches another
-//! process or the network.
+//! process or the network. For a resume in place it runs the prologue
+//! (crate `mitosis-prologue`) itself, and links neither the capture nor the
+//! restore engine. Its raw calls are mitosis-sys's.
+
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -324,7 +328,7 @@ pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result
     let mut client = Client::connect(socket)?;
     match client.call(LocalRequest::ResumeInPlace { from: from.to_string(), id: id.to_string() })? {
         LocalResponse::InPlace { prologue } => {
-            let prologue: mitosis_restore::prologue::Prologue =
+            let prologue: mitosis_prologue::Prologue =
                 postcard::from_bytes(&prologue).map_err(|_| Error::Usage("undecodable prologue from the daemon".into()))?;
             // Never returns: ends parked until the daemon has rebuilt this process.
             prologue.run([0, 1, 2], client.stream.as_raw_fd(), None)
@@ -369,18 +373,13 @@ fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
     };
     client.stream.write_all(&encode(request))?;
     let n = loop {
-        // A raw read: the child's copy of this exact call returns its answer.
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(client.stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
+        // One read(2): the child's copy of this exact call returns its answer.
+        match mitosis_sys::process::read_syscall(&client.stream, &mut buf) {
+            Err(e) if e.errno == libc::EINTR => continue,
+            Err(e) => return Err(Error::Io(std::io::Error::from_raw_os_error(e.errno))),
+            Ok(n) => break n,
         }
-        break n;
     };
-    if n < 0 {
-        return Err(Error::Io(std::io::Error::last_os_error()));
-    }
-    let n = n as usize;
     if n >= CHILD_MARKER.len() && &buf[..CHILD_MARKER.len()] == CHILD_MARKER {
         let info: ChildInfo = postcard::from_bytes(&buf[CHILD_MARKER.len()..n])
             .map_err(|_| Error::Usage("undecodable child answer".into()))?;

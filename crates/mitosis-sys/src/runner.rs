@@ -5,6 +5,9 @@
 //! starts with `rbx` pointing at the first entry, stores each result in place,
 //! and stops at the first entry whose `nr` is `u64::MAX` or whose result is an
 //! error (`-4095..=-1`), leaving `rbx` on that entry. It needs no stack.
+//!
+//! The code runs in another process (the restore writes it into a child and
+//! points the child's `rip` at it); here it is only bytes to copy.
 
 use std::arch::global_asm;
 
@@ -46,7 +49,7 @@ pub fn code() -> &'static [u8] {
     unsafe {
         let s = &raw const mitosis_table_runner_start;
         let e = &raw const mitosis_table_runner_end;
-        std::slice::from_raw_parts(s, e as usize - s as usize)
+        std::slice::from_raw_parts(s, e.addr() - s.addr())
     }
 }
 
@@ -63,7 +66,7 @@ impl Table {
     /// Adds a syscall; `what` names it in error messages.
     pub fn push(&mut self, nr: i64, args: [u64; 6], what: impl Into<String>) {
         let mut e = [0u64; 7];
-        e[0] = nr as u64;
+        e[0] = crate::unsigned(nr);
         e[1..].copy_from_slice(&args);
         self.entries.push((e, what.into()));
     }
@@ -101,7 +104,7 @@ mod tests {
         let table = t.encode();
         assert_eq!(table.len(), 4 * ENTRY);
         let read = |i: usize, w: usize| u64::from_ne_bytes(table[i * ENTRY + w * 8..][..8].try_into().unwrap());
-        assert_eq!(read(0, 0), libc::SYS_getpid as u64);
+        assert_eq!(read(0, 0), crate::unsigned(libc::SYS_getpid));
         assert_eq!(read(3, 0), u64::MAX);
     }
 }
