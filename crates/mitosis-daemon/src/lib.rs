@@ -23,6 +23,8 @@
 //! It must not contain capture, restore or paging logic itself: those are the
 //! `mitosis-capture`, `mitosis-restore` and `mitosis-pager` crates.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod children;
 pub mod janitor;
