@@ -85,7 +85,6 @@ impl RestorePlan {
         }
         let map_fd_base = image.files.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
         let mut next_fd = map_fd_base;
-        let mut by_path: Vec<(String, i32)> = Vec::new();
         let mut placements = Vec::with_capacity(image.vmas.len());
         for v in &image.vmas {
             let p = match &v.kind {
@@ -93,23 +92,7 @@ impl RestorePlan {
                 VmaKind::Anon | VmaKind::Opaque { .. } => Placement::Remote,
                 VmaKind::File { path, identity, .. } => {
                     if local_copy_is(path, identity) {
-                        let fd = match by_path.iter().find(|(p, _)| p == path) {
-                            Some((_, fd)) => *fd,
-                            None => {
-                                let fd = next_fd;
-                                next_fd += 1;
-                                files.push(PrologueFile {
-                                    fd,
-                                    path: cstring(path)?,
-                                    flags: libc::O_RDONLY | libc::O_CLOEXEC,
-                                    pos: 0,
-                                    expect: *identity,
-                                    how: IdentityMatch::SameContent,
-                                });
-                                by_path.push((path.clone(), fd));
-                                fd
-                            }
-                        };
+                        let fd = read_only_fd(&mut files, &mut next_fd, path, identity)?;
                         Placement::LocalFile { fd }
                     } else {
                         Placement::Remote
@@ -128,22 +111,7 @@ impl RestorePlan {
                     && image.uid == 0
                     && exe_identity(process).as_ref() != Some(identity) =>
             {
-                match by_path.iter().find(|(p, _)| p == path) {
-                    Some((_, fd)) => Some(*fd),
-                    None => {
-                        let fd = next_fd;
-                        next_fd += 1;
-                        files.push(PrologueFile {
-                            fd,
-                            path: cstring(path)?,
-                            flags: libc::O_RDONLY | libc::O_CLOEXEC,
-                            pos: 0,
-                            expect: *identity,
-                            how: IdentityMatch::SameContent,
-                        });
-                        Some(fd)
-                    }
-                }
+                Some(read_only_fd(&mut files, &mut next_fd, path, identity)?)
             }
             _ => None,
         };
@@ -169,6 +137,26 @@ impl RestorePlan {
         }
         out
     }
+}
+
+/// The prologue's read-only descriptor for the local file `path`, which must
+/// hold exactly the bytes recorded in `identity`; opened once however many
+/// mappings (and the executable) use it, at the next free number.
+fn read_only_fd(files: &mut Vec<PrologueFile>, next_fd: &mut i32, path: &str, identity: &FileIdentity) -> Result<i32, RestoreError> {
+    if let Some(f) = files.iter().find(|f| f.how == IdentityMatch::SameContent && f.path.as_bytes() == path.as_bytes()) {
+        return Ok(f.fd);
+    }
+    let fd = *next_fd;
+    *next_fd += 1;
+    files.push(PrologueFile {
+        fd,
+        path: cstring(path)?,
+        flags: libc::O_RDONLY | libc::O_CLOEXEC,
+        pos: 0,
+        expect: *identity,
+        how: IdentityMatch::SameContent,
+    });
+    Ok(fd)
 }
 
 /// What `path` names on this host, reached without any symbolic link.
