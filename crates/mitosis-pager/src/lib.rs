@@ -310,7 +310,29 @@ impl Pager {
     }
 
     /// Serves until the process exits or a page cannot be served.
+    ///
+    /// A process must never run on without its pager (its next missing page
+    /// would wait forever): whenever serving ends while the process still
+    /// lives, for whatever reason, the process is killed with that reason.
     pub fn run(mut self) -> Outcome {
+        let outcome = self.serve_until_done();
+        let still_running = self.process.as_ref().is_some_and(|p| !pidfd::has_exited(p));
+        match outcome {
+            Outcome::Failed(reason) => {
+                self.kill(&reason);
+                Outcome::Failed(reason)
+            }
+            Outcome::Exited if still_running => {
+                let reason = "its pager stopped while it still ran (its userfaultfd reported an error)".to_string();
+                tracing::error!(%reason, "killing a child without a pager");
+                self.kill(&reason);
+                Outcome::Failed(reason)
+            }
+            Outcome::Exited => Outcome::Exited,
+        }
+    }
+
+    fn serve_until_done(&mut self) -> Outcome {
         let mut events = Vec::with_capacity(64);
         loop {
             // With pushing to do, only look for events, then go on pushing. (A
@@ -349,7 +371,6 @@ impl Pager {
             }
             for ev in events.drain(..) {
                 if let Err(reason) = self.handle(ev) {
-                    self.kill(&reason);
                     return Outcome::Failed(reason);
                 }
             }
