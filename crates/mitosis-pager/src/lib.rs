@@ -314,21 +314,37 @@ impl Pager {
     /// A process must never run on without its pager (its next missing page
     /// would wait forever): whenever serving ends while the process still
     /// lives, for whatever reason, the process is killed with that reason.
+    ///
+    /// Nor may anyone wait for a page this pager will never serve: another
+    /// process reading the child's memory (the daemon reads its command
+    /// line for `ps`) would wait forever, since the daemon's janitor keeps
+    /// the userfaultfd open. So a pager that fails poisons every page it has
+    /// not served: such reads then fail at once.
     pub fn run(mut self) -> Outcome {
         let outcome = self.serve_until_done();
         let still_running = self.process.as_ref().is_some_and(|p| !pidfd::has_exited(p));
-        match outcome {
-            Outcome::Failed(reason) => {
-                self.kill(&reason);
-                Outcome::Failed(reason)
-            }
+        let outcome = match outcome {
             Outcome::Exited if still_running => {
                 let reason = "its pager stopped while it still ran (its userfaultfd reported an error)".to_string();
                 tracing::error!(%reason, "killing a child without a pager");
-                self.kill(&reason);
                 Outcome::Failed(reason)
             }
-            Outcome::Exited => Outcome::Exited,
+            other => other,
+        };
+        if let Outcome::Failed(reason) = &outcome {
+            self.kill(reason);
+            self.poison_unserved();
+        }
+        outcome
+    }
+
+    /// Poisons every page not served yet (errors ignored: the memory may be
+    /// gone already).
+    fn poison_unserved(&self) {
+        for (start, end) in self.regions.spans() {
+            for (addr, _, len) in self.regions.remote_runs(start, end) {
+                let _ = self.uffd.poison(addr, len);
+            }
         }
     }
 
