@@ -12,11 +12,11 @@
 //!   a descendant of a child never reads a zero page for a missing one;
 //! - the `cgroup.procs` file of every child's cgroup (its container's, or a
 //!   cgroup of its own for a child without one), which holds the child and
-//!   all its descendants, and the pidfd of every container's holder.
+//!   all its descendants. (A container's holder needs nothing here: it dies
+//!   with the daemon by its parent-death signal, and its PID namespace with it.)
 //!
 //! When its socket reaches end of file (the daemon is gone, however it
-//! went), it SIGKILLs the snapshots, the holders (their PID namespaces die
-//! with them) and every process in those cgroups, then waits until the
+//! went), it SIGKILLs the snapshots and every process in those cgroups, then waits until the
 //! memory of every userfaultfd it holds is gone before it closes them and
 //! exits. What the daemon ended itself is gone already: pidfds and empty
 //! cgroups make a late kill harmless.
@@ -37,7 +37,6 @@ pub struct Janitor {
 /// What one message to the janitor is about (its first byte).
 const SNAPSHOT: u8 = b's';
 const USERFAULTFD: u8 = b'u';
-const HOLDER: u8 = b'k';
 const CGROUP: u8 = b'g';
 
 impl Janitor {
@@ -64,11 +63,6 @@ impl Janitor {
         self.send(&[USERFAULTFD], &[uffd.as_raw_fd()], "a userfaultfd");
     }
 
-    /// Has the janitor kill a container's holder should this daemon die first.
-    pub fn watch_holder(&self, holder: &OwnedFd) {
-        self.send(&[HOLDER], &[holder.as_raw_fd()], "a container");
-    }
-
     /// Has the janitor kill every process listed in `procs` (a cgroup's
     /// `cgroup.procs`) should this daemon die first.
     pub fn watch_cgroup(&self, procs: &std::path::Path) {
@@ -84,7 +78,6 @@ fn janitor_main(sock: OwnedFd) -> ! {
     let _ = mitosis_sys::process::new_session();
     let _ = after_fork::close_all_except(sock.as_raw_fd());
     let mut snapshots: Vec<OwnedFd> = Vec::new();
-    let mut holders: Vec<OwnedFd> = Vec::new();
     let mut uffds: Vec<Uffd> = Vec::new();
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut buf = [0u8; 4096];
@@ -95,18 +88,16 @@ fn janitor_main(sock: OwnedFd) -> ! {
         }
         // What ended meanwhile needs nothing more.
         snapshots.retain(|s| !pidfd::has_exited(s));
-        holders.retain(|h| !pidfd::has_exited(h));
         uffds.retain(|u| u.memory_alive(mitosis_pager::PROBE_ADDR));
         cgroups.retain(|c| c.exists());
         match buf[0] {
             SNAPSHOT => snapshots.extend(fds),
-            HOLDER => holders.extend(fds),
             USERFAULTFD => uffds.extend(fds.into_iter().map(Uffd::from_fd)),
             CGROUP => cgroups.push(PathBuf::from(std::ffi::OsStr::from_bytes(&buf[1..n]))),
             _ => {}
         }
     }
-    for p in snapshots.iter().chain(&holders) {
+    for p in &snapshots {
         let _ = pidfd::send_signal(p, libc::SIGKILL);
     }
     for procs in &cgroups {

@@ -304,7 +304,6 @@ fn start(
             kill_and_reap(&pidfd);
             return Err(remote_err(ErrorKind::Internal, format!("cannot put the child into container {}: {e}", c.name)));
         }
-        daemon.janitor.watch_holder(c.holder_pidfd());
     }
     // A child without a container gets a cgroup of its own all the same: it
     // holds the child's descendants too, which the janitor must find should
@@ -476,7 +475,7 @@ fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, credentials:
 /// seed's gid must be one of the resumer's groups, and the supplementary
 /// groups are those the seed and the resumer both have.
 fn child_credentials(cred: PeerCred, image: &SeedImage) -> Result<Option<Credentials>, RemoteError> {
-    if !mitosis_sys::creds::is_root() || image.uid == 0 {
+    if mitosis_sys::process::euid() != 0 || image.uid == 0 {
         return Ok(None);
     }
     if cred.uid == 0 {

@@ -7,7 +7,7 @@
 //! - [`mem`]: reading and writing another process's memory.
 //! - [`procfs`]: parsers for the `/proc/PID` files capture needs (pure functions,
 //!   tested on fixed text).
-//! - [`creds`]: this process's credentials, a thread acting as another user.
+//! - [`creds`]: a thread acting as another user.
 //! - [`rlimit`]: the descriptor limit.
 //! - [`fsid`]: opening paths without following symbolic links, and the
 //!   identity (type, device, inode) of what a descriptor refers to.
