@@ -39,6 +39,9 @@ const SNAPSHOT: u8 = b's';
 const USERFAULTFD: u8 = b'u';
 const CGROUP: u8 = b'g';
 
+/// The janitor looks for entries whose process ended once it holds this many.
+const PRUNE_MIN: usize = 64;
+
 impl Janitor {
     /// Forks the janitor. Call while the daemon is still single-threaded.
     pub fn start() -> std::io::Result<Janitor> {
@@ -81,15 +84,22 @@ fn janitor_main(sock: OwnedFd) -> ! {
     let mut uffds: Vec<Uffd> = Vec::new();
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut buf = [0u8; 4096];
+    // What ended meanwhile needs nothing more, but looking costs a system
+    // call per entry: done when the lists have doubled since the last look,
+    // so that each message costs O(1) on average and the lists stay within
+    // twice what is alive.
+    let mut prune_at = PRUNE_MIN;
     // Ends at end of file (or any error): the daemon is gone.
     while let Ok((n, fds)) = fdpass::recv_with_fds(&sock, &mut buf) {
         if n == 0 {
             break;
         }
-        // What ended meanwhile needs nothing more.
-        snapshots.retain(|s| !pidfd::has_exited(s));
-        uffds.retain(|u| u.memory_alive(mitosis_pager::PROBE_ADDR));
-        cgroups.retain(|c| c.exists());
+        if snapshots.len() + uffds.len() + cgroups.len() >= prune_at {
+            snapshots.retain(|s| !pidfd::has_exited(s));
+            uffds.retain(|u| u.memory_alive(mitosis_pager::PROBE_ADDR));
+            cgroups.retain(|c| c.exists());
+            prune_at = (2 * (snapshots.len() + uffds.len() + cgroups.len())).max(PRUNE_MIN);
+        }
         match buf[0] {
             SNAPSHOT => snapshots.extend(fds),
             USERFAULTFD => uffds.extend(fds.into_iter().map(Uffd::from_fd)),
