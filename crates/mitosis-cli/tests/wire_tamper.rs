@@ -136,6 +136,15 @@ fn resume_through(c: &Cluster, relay: &Relay) -> Finished {
     p.finish(STEP)
 }
 
+/// Resumes seed "s" through a relay on `port` that applies `attack`: the
+/// relay must have attacked page traffic and the child must be killed for it.
+fn assert_attack_kills_the_child(c: &Cluster, port: u16, attack: Attack) {
+    let r = relay(c, port, attack);
+    let out = resume_through(c, &r);
+    assert!(r.attacked.load(Ordering::SeqCst) >= 1, "the relay saw no page traffic: {out}\n{}", c.logs());
+    assert_killed_for_a_bad_record(&out, &c.logs());
+}
+
 fn assert_killed_for_a_bad_record(out: &Finished, logs: &str) {
     eprintln!("resume through the attacking relay: {out}");
     assert_eq!(out.code(), Some(69), "the child must be killed by mitosis: {out}\n{logs}");
@@ -161,10 +170,7 @@ fn flipped_byte_in_page_traffic_kills_the_child() {
     let Some(c) = Cluster::new("relay-flip") else { return };
     let (_p, pid) = c.pattern_in_a(16);
     c.prepare_a(pid, "s");
-    let r = relay(&c, 7082, Attack::FlipByte);
-    let out = resume_through(&c, &r);
-    assert!(r.attacked.load(Ordering::SeqCst) >= 1, "the relay saw no page traffic: {out}\n{}", c.logs());
-    assert_killed_for_a_bad_record(&out, &c.logs());
+    assert_attack_kills_the_child(&c, 7082, Attack::FlipByte);
 }
 
 #[test]
@@ -172,10 +178,7 @@ fn replayed_record_in_page_traffic_kills_the_child() {
     let Some(c) = Cluster::new("relay-replay") else { return };
     let (_p, pid) = c.pattern_in_a(16);
     c.prepare_a(pid, "s");
-    let r = relay(&c, 7083, Attack::Replay);
-    let out = resume_through(&c, &r);
-    assert!(r.attacked.load(Ordering::SeqCst) >= 1, "the relay saw no page traffic: {out}\n{}", c.logs());
-    assert_killed_for_a_bad_record(&out, &c.logs());
+    assert_attack_kills_the_child(&c, 7083, Attack::Replay);
 }
 
 /// The same attacks on daemons that only authenticate (`--no-encrypt`).
@@ -190,10 +193,7 @@ fn integrity_only_daemons_refuse_tampered_records_too() {
     assert_eq!(fine.code(), Some(0), "{fine}\n{}", c.logs());
     assert_eq!(fine.stdout, format!("verify ok {sum}\n"));
     for (port, attack) in [(7085, Attack::FlipByte), (7086, Attack::Replay)] {
-        let r = relay(&c, port, attack);
-        let out = resume_through(&c, &r);
-        assert!(r.attacked.load(Ordering::SeqCst) >= 1, "no page traffic: {out}\n{}", c.logs());
-        assert_killed_for_a_bad_record(&out, &c.logs());
+        assert_attack_kills_the_child(&c, port, attack);
     }
 }
 
