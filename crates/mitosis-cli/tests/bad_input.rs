@@ -484,9 +484,7 @@ fn uid_of(pid: i32) -> u32 {
 fn other_users_are_confined_to_their_own_processes_and_seeds() {
     // Non-root users may resume only from the cluster's peers.
     let Some(c) = Cluster::build("perms", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
-    let version = as_nobody(&["--version"]);
-    if version.code() != Some(0) {
-        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
+    if !nobody_can_run_mitosis() {
         return;
     }
     let sock_a = c.a.socket().to_str().unwrap().to_string();
@@ -552,9 +550,7 @@ fn other_users_are_confined_to_their_own_processes_and_seeds() {
 #[test]
 fn nobody_may_resume_only_from_listed_peers() {
     let Some(c) = Cluster::build("dial", KEY, KEY, &[], &["--peers", "{a}"]) else { return };
-    let version = as_nobody(&["--version"]);
-    if version.code() != Some(0) {
-        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
+    if !nobody_can_run_mitosis() {
         return;
     }
     let sock_b = c.b.socket().to_str().unwrap().to_string();

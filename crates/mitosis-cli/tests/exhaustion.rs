@@ -53,9 +53,7 @@ fn closed_by_daemon(mut s: &TcpStream) -> bool {
 #[test]
 fn three_thousand_hostile_connections_on_each_socket_do_not_stop_legitimate_resumes() {
     let Some(c) = Cluster::new("exhaustion") else { return };
-    let version = as_nobody(&["--version"]);
-    if version.code() != Some(0) {
-        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
+    if !nobody_can_run_mitosis() {
         return;
     }
     let t0 = Instant::now();

@@ -189,6 +189,18 @@ pub fn as_nobody(args: &[&str]) -> Finished {
     p.finish(STEP)
 }
 
+/// Whether user nobody can run the binary under test (it may sit in a
+/// directory nobody cannot enter); if not, the calling test is recorded as
+/// skipped and should return.
+pub fn nobody_can_run_mitosis() -> bool {
+    let version = as_nobody(&["--version"]);
+    if version.code() != Some(0) {
+        mitosis_testkit::skip(format!("user nobody cannot run {} ({version})", bin().display()));
+        return false;
+    }
+    true
+}
+
 /// Runs `mitosis <args>` in the root namespace (stdin empty) and waits up to [`STEP`].
 pub fn cli(args: &[&str]) -> Finished {
     let mut cmd = Command::new(bin());
