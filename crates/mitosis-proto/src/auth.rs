@@ -322,11 +322,11 @@ mod tests {
         hello.extend_from_slice(&[7u8; 32]);
         a.write_all(&hello).unwrap();
         let err = server_handshake(&mut b, &key("0123456789abcdef-key"), ENC).err().unwrap();
-        assert!(matches!(err, ProtoError::VersionMismatch { theirs: 2, ours: 3 }), "{err}");
+        assert!(matches!(err, ProtoError::VersionMismatch { theirs: 2, ours: PROTOCOL_VERSION }), "{err}");
         let mut ch = [0u8; 77];
         a.read_exact(&mut ch).unwrap();
         assert_eq!(&ch[..8], MAGIC);
-        assert_eq!(u32::from_le_bytes(ch[8..12].try_into().unwrap()), 3);
+        assert_eq!(u32::from_le_bytes(ch[8..12].try_into().unwrap()), PROTOCOL_VERSION);
         assert_eq!(ch[12], STATUS_VERSION);
     }
 
@@ -346,8 +346,8 @@ mod tests {
         });
         let err = client_handshake(&mut a, &key("0123456789abcdef-key"), ENC).err().unwrap();
         old.join().unwrap();
-        assert!(matches!(err, ProtoError::VersionMismatch { ours: 3, theirs: 2 }), "{err}");
-        assert_eq!(err.to_string(), "protocol version mismatch: we speak 3, peer speaks 2");
+        assert!(matches!(err, ProtoError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 }), "{err}");
+        assert_eq!(err.to_string(), format!("protocol version mismatch: we speak {PROTOCOL_VERSION}, peer speaks 2"));
     }
 
     #[test]

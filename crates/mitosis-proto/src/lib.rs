@@ -6,6 +6,8 @@
 //!   get, not how to capture or restore it.
 //! - [`frame`]: length-prefixed frames over any `Read`/`Write` stream, with a
 //!   hard size limit so that garbage can never make a reader allocate without bound.
+//! - [`instance`]: function instances that a gateway starts on a worker's
+//!   daemon, and the runtime's pipe protocol inside them.
 //! - [`peer`] and [`local`]: the two protocols spoken on those frames: daemon to
 //!   daemon over TCP (a Noise handshake keyed with the shared cluster key, see
 //!   [`auth`], then every byte in authenticated and by default encrypted
@@ -26,6 +28,7 @@ pub mod auth;
 pub mod error;
 pub mod frame;
 pub mod image;
+pub mod instance;
 pub mod local;
 pub mod peer;
 pub mod secure;
@@ -33,7 +36,7 @@ pub mod secure;
 pub use error::{error_chain, ErrorKind, ProtoError, RemoteError};
 
 /// Version of both wire protocols and of the seed image encoding.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Size of a page on every host mitosis runs on (x86-64).
 pub const PAGE_SIZE: u64 = 4096;

@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::image::SeedImage;
+use crate::instance::{InstanceSpec, WorkerUsage};
 use crate::RemoteError;
 
 /// Most bytes one `ReadPages` may ask for.
@@ -34,6 +35,13 @@ pub enum PeerRequest {
     ReadPages { id: String, generation: u64, ranges: Vec<(u64, u64)> },
     /// The pages a child of this generation touched (seed addresses, lengths).
     RecordWorkingSet { id: String, generation: u64, ranges: Vec<(u64, u64)> },
+    /// Start a function instance; the connection then carries only its
+    /// traffic (see [`crate::instance`]).
+    StartInstance(InstanceSpec),
+    /// This worker's instances and their memory.
+    ListInstances,
+    /// Forget seed `id` (a function's seed, when the function goes).
+    DropSeed { id: String },
 }
 
 /// Most ranges a recorded working set may have.
@@ -46,12 +54,19 @@ pub enum PeerResponse {
     Recorded,
     /// Followed by exactly `len` raw bytes (not a frame).
     Pages { len: u64 },
+    /// The instance's process runs (pid on the worker), after `start_us`.
+    InstanceStarted { pid: i32, container: Option<String>, start_us: u64 },
+    Instances(WorkerUsage),
+    Dropped,
     Error(RemoteError),
 }
 
 impl PeerRequest {
     /// Checks the bounds of a request before any work is done for it.
     pub fn validate(&self) -> Result<(), String> {
+        if let PeerRequest::StartInstance(spec) = self {
+            spec.validate()?;
+        }
         if let PeerRequest::RecordWorkingSet { ranges, .. } = self {
             if ranges.len() > MAX_WORKING_SET_RANGES {
                 return Err(format!("working set of {} ranges (limit {MAX_WORKING_SET_RANGES})", ranges.len()));

@@ -1,0 +1,296 @@
+//! Function instances: what a gateway asks of a worker's daemon, and how an
+//! instance's requests and answers travel.
+//!
+//! A gateway opens one authenticated peer connection (see [`crate::auth`])
+//! per instance and sends [`crate::peer::PeerRequest::StartInstance`]. The
+//! daemon answers [`crate::peer::PeerResponse::InstanceStarted`] once the
+//! instance's process runs, and from then on the connection carries only that
+//! instance's traffic, as frames of [`InstanceCall`] (gateway to daemon) and
+//! [`InstanceEvent`] (daemon to gateway):
+//!
+//! ```text
+//! gateway                         worker daemon              instance (runtime)
+//!   |-- StartInstance(spec) ---------->|-- exec or resume ------------>|
+//!   |<-------------- InstanceStarted --|                               |
+//!   |<---------- Phase(RuntimeReady) --|<------------- 'P' "runtime" --|
+//!   |<-------------- Phase(InitDone) --|<---------------- 'P' "init" --|
+//!   |<- Phase(Prepared{seed,gen}) -----|<-- 'P' "prepared:<id>:<gen>" -|  (cold start with prepare_as)
+//!   |<----------------- Phase(Ready) --|<--------------- 'P' "ready" --|
+//!   |-- Invoke{body} ----------------->|-- len + body ---------------->|
+//!   |<--------------- Reply{ok,body} --|<----------- 'R'/'E' + body ---|
+//!   |              ...                 |                               |
+//!   |<------------------- Ended{...} --|   (the process ended)         |
+//! ```
+//! Closing the connection (or sending [`InstanceCall::Stop`]) ends the
+//! instance: the daemon kills it and removes its container. An instance
+//! serves one request at a time; the gateway sends the next `Invoke` only
+//! after the previous `Reply`.
+//!
+//! # The runtime's pipe protocol
+//! The daemon gives the instance's process a pipe as stdin and one as stdout
+//! (its stderr goes to a third pipe, whose last [`STDERR_TAIL`] bytes the
+//! daemon keeps for error messages). Every integer is little-endian.
+//! - daemon to runtime, per request: `u32 len`, then `len` bytes of body;
+//! - runtime to daemon: `u8 tag`, `u32 len`, `len` bytes, where the tag is
+//!   [`TAG_PHASE`] (UTF-8 phase name: `runtime`, `init`,
+//!   `prepared:<seed id>:<generation hex>`, `ready`), [`TAG_REPLY`] (the
+//!   handler's answer) or [`TAG_ERROR`] (UTF-8 message: the handler raised).
+//!
+//! A runtime that writes anything else, or more than [`MAX_BODY`] bytes in
+//! one frame, is killed, and the gateway gets `Ended` with the reason.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{read_msg, write_msg, MAX_CONTROL_FRAME};
+use crate::local::ChildEnd;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::ProtoError;
+
+/// Most bytes of one request or answer body.
+pub const MAX_BODY: u64 = 6 << 20;
+/// Most bytes of one instance frame on the peer connection (a body and its envelope).
+pub const MAX_INSTANCE_FRAME: u64 = MAX_BODY + (64 << 10);
+/// Bytes of an instance's stderr kept for error messages.
+pub const STDERR_TAIL: usize = 4096;
+
+/// Tag of a phase frame from the runtime.
+pub const TAG_PHASE: u8 = b'P';
+/// Tag of a handler's answer.
+pub const TAG_REPLY: u8 = b'R';
+/// Tag of a handler's failure (it raised).
+pub const TAG_ERROR: u8 = b'E';
+
+/// Most bytes of a function or instance name, a path or a seed id in a spec.
+pub const MAX_NAME: usize = 256;
+pub const MAX_PATH: usize = 4096;
+
+/// What a gateway asks a worker to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// The gateway's name for the instance (logs, `mitosis ps`).
+    pub name: String,
+    /// The function's name.
+    pub function: String,
+    /// Absolute path, on the worker, of the function's directory (holding `function.py`).
+    pub dir: String,
+    /// How the instance starts.
+    pub start: InstanceStart,
+    /// Its container's memory limit; `None`: unlimited.
+    pub memory_bytes: Option<u64>,
+}
+
+/// How an instance starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceStart {
+    /// A new runtime process (a cold start). With `prepare_as`, the runtime
+    /// prepares itself as seed `prepare_as` on this worker once its
+    /// initialisation is done (and reports `Prepared`), then serves.
+    Cold { prepare_as: Option<String> },
+    /// A remote fork: a child of seed `seed_id` at the daemon `seed_host`.
+    Fork { seed_host: String, seed_id: String },
+}
+
+/// A phase boundary an instance reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// The runtime is up, before the function's module is imported.
+    RuntimeReady,
+    /// The function's module is imported (its initialisation ran).
+    InitDone,
+    /// The runtime prepared itself as this seed.
+    Prepared { seed_id: String, generation: u64 },
+    /// It waits for requests. A forked child reports only this.
+    Ready,
+}
+
+/// Gateway to daemon, after `InstanceStarted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceCall {
+    /// Run the handler with this argument.
+    Invoke { body: Vec<u8> },
+    /// End the instance.
+    Stop,
+}
+
+/// Daemon to gateway, after `InstanceStarted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceEvent {
+    Phase(Phase),
+    /// The answer to the last `Invoke`: `ok` false when the handler raised
+    /// (then `body` is its message, UTF-8).
+    Reply { ok: bool, body: Vec<u8> },
+    /// The instance's process ended (or was killed, `reason` says why); the
+    /// connection closes after this.
+    Ended { end: Option<ChildEnd>, reason: String, stderr_tail: String },
+}
+
+/// One instance as a worker lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    pub name: String,
+    pub function: String,
+    pub pid: i32,
+    /// Its container's memory usage (the memory cgroup's `usage_in_bytes`).
+    pub memory_bytes: u64,
+}
+
+/// What a worker reports of itself (`ListInstances`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerUsage {
+    pub instances: Vec<InstanceUsage>,
+    /// Bytes of this daemon's seeds that are copies held by the daemon
+    /// (`prepare --copy`), which no container's usage counts.
+    pub seed_copy_bytes: u64,
+}
+
+fn valid_name(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_NAME {
+        return Err(format!("{what} must be 1 to {MAX_NAME} bytes"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(format!("{what} {s:?} may hold only letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+impl InstanceSpec {
+    /// Checks a spec before any work is done for it.
+    pub fn validate(&self) -> Result<(), String> {
+        valid_name("an instance name", &self.name)?;
+        valid_name("a function name", &self.function)?;
+        if !self.dir.starts_with('/') || self.dir.len() > MAX_PATH || self.dir.contains('\0') {
+            return Err(format!("the function directory {:?} is not an absolute path", self.dir));
+        }
+        match &self.start {
+            InstanceStart::Cold { prepare_as: Some(id) } => valid_name("a seed id", id)?,
+            InstanceStart::Cold { prepare_as: None } => {}
+            InstanceStart::Fork { seed_host, seed_id } => {
+                valid_name("a seed id", seed_id)?;
+                if seed_host.is_empty() || seed_host.len() > MAX_NAME {
+                    return Err("the seed host must be addr:port".into());
+                }
+            }
+        }
+        if self.memory_bytes.is_some_and(|m| m < (4 << 20)) {
+            return Err("a memory limit under 4 MiB cannot run a runtime".into());
+        }
+        Ok(())
+    }
+}
+
+impl InstanceCall {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            InstanceCall::Invoke { body } if body.len() as u64 > MAX_BODY => {
+                Err(format!("a request body of {} bytes exceeds the limit of {MAX_BODY}", body.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Client side, over an authenticated stream: asks for an instance and
+/// waits for it to run. `Ok` carries the pid, container and start time;
+/// the stream then carries [`InstanceCall`]s and [`InstanceEvent`]s.
+pub fn start_instance<R: Read, W: Write>(
+    reader: &mut R,
+    writer: &mut W,
+    spec: &InstanceSpec,
+) -> Result<(i32, Option<String>, u64), ProtoError> {
+    write_msg(writer, &PeerRequest::StartInstance(spec.clone()))?;
+    writer.flush()?;
+    match read_msg(reader, MAX_CONTROL_FRAME)? {
+        PeerResponse::InstanceStarted { pid, container, start_us } => Ok((pid, container, start_us)),
+        PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
+        _ => Err(ProtoError::Unexpected),
+    }
+}
+
+/// Sends one call to an instance (and flushes it).
+pub fn send_call<W: Write>(writer: &mut W, call: &InstanceCall) -> Result<(), ProtoError> {
+    write_msg(writer, call)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Reads the next event of an instance.
+pub fn read_event<R: Read>(reader: &mut R) -> Result<InstanceEvent, ProtoError> {
+    read_msg(reader, MAX_INSTANCE_FRAME)
+}
+
+/// Reads the next call to an instance (daemon side), within the frame limit.
+pub fn read_call<R: Read>(reader: &mut R) -> Result<InstanceCall, ProtoError> {
+    read_msg(reader, MAX_INSTANCE_FRAME)
+}
+
+/// Sends one event (daemon side, and flushes it).
+pub fn send_event<W: Write>(writer: &mut W, event: &InstanceEvent) -> Result<(), ProtoError> {
+    write_msg(writer, event)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Parses a phase frame's text (see the module doc).
+pub fn parse_phase(text: &str) -> Option<Phase> {
+    match text {
+        "runtime" => Some(Phase::RuntimeReady),
+        "init" => Some(Phase::InitDone),
+        "ready" => Some(Phase::Ready),
+        _ => {
+            let rest = text.strip_prefix("prepared:")?;
+            let (id, generation) = rest.rsplit_once(':')?;
+            let generation = u64::from_str_radix(generation, 16).ok()?;
+            valid_name("a seed id", id).ok()?;
+            Some(Phase::Prepared { seed_id: id.to_string(), generation })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            name: "hello-1".into(),
+            function: "hello".into(),
+            dir: "/srv/fn/hello".into(),
+            start: InstanceStart::Cold { prepare_as: Some("fn-hello-1".into()) },
+            memory_bytes: Some(256 << 20),
+        }
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        assert!(spec().validate().is_ok());
+        let mut s = spec();
+        s.dir = "relative/dir".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.function = "../etc".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.memory_bytes = Some(1 << 20);
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.start = InstanceStart::Fork { seed_host: String::new(), seed_id: "x".into() };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused() {
+        assert!(InstanceCall::Invoke { body: vec![0; MAX_BODY as usize] }.validate().is_ok());
+        assert!(InstanceCall::Invoke { body: vec![0; MAX_BODY as usize + 1] }.validate().is_err());
+    }
+
+    #[test]
+    fn phases_parse() {
+        assert_eq!(parse_phase("init"), Some(Phase::InitDone));
+        assert_eq!(parse_phase("prepared:fn-a:1f"), Some(Phase::Prepared { seed_id: "fn-a".into(), generation: 0x1f }));
+        assert_eq!(parse_phase("prepared:fn a:1f"), None);
+        assert_eq!(parse_phase("prepared:x:zz"), None);
+        assert_eq!(parse_phase("bogus"), None);
+    }
+}
