@@ -136,13 +136,21 @@ pub struct InstanceUsage {
     pub memory_bytes: u64,
 }
 
+/// A seed on a worker and the memory only it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedUsage {
+    pub id: String,
+    /// Bytes of the seed's memory that the daemon holds as its own copy
+    /// (`prepare --copy`), which no container's usage counts (0 for a
+    /// copy-on-write snapshot, whose pages its container's usage counts).
+    pub bytes: u64,
+}
+
 /// What a worker reports of itself (`ListInstances`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerUsage {
     pub instances: Vec<InstanceUsage>,
-    /// Bytes of this daemon's seeds that are copies held by the daemon
-    /// (`prepare --copy`), which no container's usage counts.
-    pub seed_copy_bytes: u64,
+    pub seeds: Vec<SeedUsage>,
 }
 
 fn valid_name(what: &str, s: &str) -> Result<(), String> {
