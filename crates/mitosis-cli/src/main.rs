@@ -16,6 +16,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use mitosis::{ChildEnd, Client};
 
+mod platform;
+
 /// Fast remote fork: prepare a live process once, resume it on any host in milliseconds,
 /// its memory fetched over the network as the child touches it.
 ///
@@ -315,6 +317,10 @@ enum Command {
     },
     /// Two hosts on this machine, a Python seed, three remote children (needs root).
     Demo,
+    Gateway(platform::GatewayArgs),
+    /// Manage and call the gateway's functions: deploy, ls, rm, invoke.
+    #[command(subcommand)]
+    Fn(platform::FnCommand),
     /// Benchmarks that print tables (and JSON with --json).
     #[command(subcommand)]
     Bench(Bench),
@@ -522,6 +528,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Gateway(args) => {
+            init_logging(args.log_level);
+            args.run()
+        }
+        Command::Fn(command) => command.run(),
         Command::Daemon {
             listen,
             socket,

@@ -24,6 +24,7 @@ pub mod http;
 pub mod instance;
 pub mod metrics;
 pub mod pool;
+pub mod run;
 pub mod worker;
 
 pub use function::{FunctionConfig, Policy};

@@ -1,0 +1,228 @@
+//! `mitosis gateway` and `mitosis fn`: the serverless platform's commands
+//! (crate `mitosis-gateway`).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use mitosis_gateway::client::{Client, ClientError};
+use mitosis_gateway::{FunctionConfig, Policy};
+
+/// Run a gateway in the foreground: the HTTP front door of the serverless platform.
+///
+/// It sends each invocation to an idle warm instance of the function (the most recently used
+/// first); if none is idle, it starts one on the least loaded worker, by the function's start
+/// policy: `fork` (default) remote-forks the function's seed (its first instance is a cold start
+/// that prepares itself as the seed once its initialisation is done, and serves too); `cold`
+/// cold-starts every new instance. Idle instances end after the function's keep-alive.
+///
+/// Each worker is a host running `mitosis daemon` with the same cluster key. API:
+/// POST /invoke/{function}; GET, PUT, DELETE /functions/{function}; GET /functions;
+/// GET /metrics (Prometheus); GET /healthz. SIGTERM or SIGINT stop it and end every instance.
+#[derive(clap::Args)]
+pub struct GatewayArgs {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The workers' daemons (ADDR:PORT,...).
+    #[arg(long, value_delimiter = ',', required = true)]
+    workers: Vec<String>,
+    /// Functions registered at start (TOML: [functions.NAME] dir = "...", memory_mb, max_instances,
+    /// keep_alive_s, timeout_s, policy).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The cluster key file the workers' daemons use.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Authenticate traffic to workers but do not encrypt it (as the daemons' --no-encrypt).
+    #[arg(long)]
+    no_encrypt: bool,
+    /// Start policy of functions whose registration names none.
+    #[arg(long, default_value = "fork")]
+    policy: Policy,
+    /// Seconds a new instance may take to be ready (a cold start's imports included).
+    #[arg(long, default_value_t = 120)]
+    start_timeout: u64,
+    #[arg(long, value_enum, default_value = "info")]
+    pub log_level: super::LogLevel,
+}
+
+impl GatewayArgs {
+    pub fn run(self) -> anyhow::Result<i32> {
+        use mitosis_proto::secure::Protection;
+        let bytes = std::fs::read(&self.key_file)
+            .map_err(|e| mitosis::Error::Usage(format!("cannot read the key file {}: {e}", self.key_file.display())))?;
+        let key = mitosis_proto::auth::ClusterKey::from_file_contents(&bytes)
+            .map_err(|e| mitosis::Error::Usage(format!("{}: {e}", self.key_file.display())))?;
+        let protection = if self.no_encrypt { Protection::Integrity } else { Protection::Encrypted };
+        let config = mitosis_gateway::GatewayConfig {
+            workers: self.workers,
+            auth: mitosis_gateway::worker::WorkerAuth { key, protection, connect_timeout: Duration::from_secs(5) },
+            default_policy: self.policy,
+            start_timeout: Duration::from_secs(self.start_timeout),
+            worker_retry: Duration::from_secs(5),
+        };
+        match mitosis_gateway::run::run(config, self.listen, self.config) {
+            Ok(()) => Ok(0),
+            Err(e @ mitosis_gateway::run::RunError::Config(_)) => Err(mitosis::Error::Usage(format!("{e:#}")).into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Exit statuses of `mitosis fn`, by the gateway's answer.
+fn exit_status(e: &ClientError) -> i32 {
+    match e {
+        ClientError::Unreachable { .. } => 69,
+        ClientError::Status { status, .. } => match status {
+            400 | 413 => 65,
+            404 => 66,
+            503 => 69,
+            504 => 75,
+            _ => 70,
+        },
+    }
+}
+
+/// Manage and call the gateway's functions.
+///
+/// Exit status: 0 success; 64 usage; 65 malformed registration or oversized body (HTTP 400,
+/// 413); 66 unknown function (404); 69 gateway unreachable or no worker (503); 70 the handler
+/// raised or its instance died (500); 75 timeout (504).
+#[derive(Subcommand)]
+pub enum FnCommand {
+    /// Register (or replace) a function.
+    Deploy {
+        name: String,
+        /// The function's directory (holding function.py), the same path on every worker.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Memory limit of each instance, MiB.
+        #[arg(long, default_value_t = mitosis_gateway::function::DEFAULT_MEMORY_MB)]
+        memory_mb: u64,
+        #[arg(long, default_value_t = mitosis_gateway::function::DEFAULT_MAX_INSTANCES)]
+        max_instances: u32,
+        /// Seconds an idle instance is kept (0: each instance ends after its request).
+        #[arg(long, default_value_t = mitosis_gateway::function::DEFAULT_KEEP_ALIVE_S)]
+        keep_alive: u64,
+        /// Seconds a request may take.
+        #[arg(long, default_value_t = mitosis_gateway::function::DEFAULT_TIMEOUT_S)]
+        timeout: u64,
+        /// Start policy (default: the gateway's).
+        #[arg(long)]
+        policy: Option<Policy>,
+        #[command(flatten)]
+        gateway: GatewayUrl,
+    },
+    /// List the registered functions with their instances and memory.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayUrl,
+    },
+    /// Remove a function, ending its instances and seed.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        gateway: GatewayUrl,
+    },
+    /// Invoke a function and print its answer (JSON: result, output).
+    Invoke {
+        name: String,
+        /// The handler's argument (default: read from stdin when it is not a terminal; else empty).
+        #[arg(long)]
+        data: Option<String>,
+        /// Print how the instance started (cold, fork, warm) to stderr.
+        #[arg(long)]
+        show_start: bool,
+        #[command(flatten)]
+        gateway: GatewayUrl,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct GatewayUrl {
+    /// The gateway's URL.
+    #[arg(long = "gateway", env = "MITOSIS_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Seconds to wait for the gateway's answer.
+    #[arg(long = "http-timeout", default_value_t = 3600)]
+    http_timeout: u64,
+}
+
+impl GatewayUrl {
+    fn client(&self) -> Client {
+        Client::new(&self.url, Duration::from_secs(self.http_timeout))
+    }
+}
+
+impl FnCommand {
+    pub fn run(self) -> anyhow::Result<i32> {
+        let mut stdout = std::io::stdout();
+        let result = match self {
+            FnCommand::Deploy { name, dir, memory_mb, max_instances, keep_alive, timeout, policy, gateway } => {
+                let dir = std::path::absolute(&dir).unwrap_or(dir).to_string_lossy().into_owned();
+                let config = FunctionConfig { dir, memory_mb, max_instances, keep_alive_s: keep_alive, timeout_s: timeout, policy };
+                gateway.client().deploy(&name, &config).map(|a| {
+                    let what = if a.status == 201 { "registered" } else { "replaced" };
+                    let _ = writeln!(stdout, "{name}: {what}");
+                })
+            }
+            FnCommand::Ls { json, gateway } => gateway.client().list().map(|a| {
+                if json {
+                    let _ = stdout.write_all(&a.body);
+                    let _ = writeln!(stdout);
+                    return;
+                }
+                let all: Vec<serde_json::Value> = serde_json::from_slice(&a.body).unwrap_or_default();
+                let _ = writeln!(stdout, "{:<20} {:<6} {:>7} {:>5} {:>5} {:>10} {:>6}  dir", "function", "policy", "mem MiB", "live", "idle", "keep-alive", "max");
+                for f in all {
+                    let s = |v: &serde_json::Value| v.to_string().trim_matches('"').to_string();
+                    let _ = writeln!(
+                        stdout,
+                        "{:<20} {:<6} {:>7} {:>5} {:>5} {:>9}s {:>6}  {}",
+                        s(&f["name"]),
+                        s(&f["policy"]),
+                        s(&f["config"]["memory_mb"]),
+                        s(&f["instances"]["live"]),
+                        s(&f["instances"]["idle"]),
+                        s(&f["config"]["keep_alive_s"]),
+                        s(&f["config"]["max_instances"]),
+                        s(&f["config"]["dir"]),
+                    );
+                }
+            }),
+            FnCommand::Rm { name, gateway } => gateway.client().remove(&name).map(|_| {
+                let _ = writeln!(stdout, "{name}: removed");
+            }),
+            FnCommand::Invoke { name, data, show_start, gateway } => {
+                let body = match data {
+                    Some(d) => d.into_bytes(),
+                    None if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                        let mut b = Vec::new();
+                        std::io::stdin().read_to_end(&mut b)?;
+                        b
+                    }
+                    None => Vec::new(),
+                };
+                gateway.client().invoke(&name, &body).map(|a| {
+                    if show_start {
+                        eprintln!("start: {}", a.start.as_deref().unwrap_or("?"));
+                    }
+                    let _ = stdout.write_all(&a.body);
+                    let _ = writeln!(stdout);
+                })
+            }
+        };
+        match result {
+            Ok(()) => Ok(0),
+            Err(e) => {
+                eprintln!("mitosis: {e}");
+                Ok(exit_status(&e))
+            }
+        }
+    }
+}
