@@ -28,14 +28,14 @@
 //! `[<app>-prepared] id=<id>`. Handlers print `result: ...` lines.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use mitosis::{ChildEnd, Client, PagerStats, ResumeTimings, SeedInfo};
 use mitosis_testkit::{wait_until, Host, ProcessGuard};
 use serde::Serialize;
@@ -457,7 +457,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     let suite = Suite::locate(opts.functions_dir.as_deref(), opts.python.as_deref())?;
     suite.check()?;
 
-    let bar = progress_bar(opts.json, (names.len() * opts.runs * 2) as u64);
+    let bar = crate::progress(opts.json, (names.len() * opts.runs * 2) as u64);
     bar.set_message("starting hosts a and b with a daemon each");
     let cluster = Cluster::start(bin, "bench-functions")?;
     let rows = cluster.run(|cluster| {
@@ -480,19 +480,6 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
 
 /// The progress bar on stderr: hidden with --json or when stderr is no
 /// terminal.
-fn progress_bar(json: bool, steps: u64) -> ProgressBar {
-    let bar = ProgressBar::new(steps);
-    if json || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    } else {
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-    }
-    bar
-}
-
 /// One round of a function: a seed and one child of it.
 #[derive(Debug, Clone, Serialize)]
 struct Round {

@@ -30,11 +30,30 @@ pub mod chart;
 pub mod crypto;
 pub mod demo;
 pub mod functions;
+pub mod gateway_overhead;
 pub mod hosts;
 pub mod micro;
 pub mod modes;
+pub mod platform;
+pub mod starts;
 pub mod throughput;
 pub mod workload;
+
+/// A progress bar on stderr, hidden under `--json` or when stderr is not a terminal.
+pub fn progress(json: bool, steps: u64) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal;
+    let bar = ProgressBar::new(steps);
+    if json || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    }
+    bar
+}
 
 /// Median of a sample (0 for none).
 pub fn median(v: &[f64]) -> f64 {

@@ -28,6 +28,25 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Runs `f` on a new thread that has entered this host's network
+    /// namespace; threads `f` starts (a tokio runtime's) inherit it. The
+    /// rest of the process stays where it is.
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.ns);
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        let name = format!("in-{}", self.ns);
+        let thread = std::thread::Builder::new().name(name).spawn(move || -> anyhow::Result<T> {
+            mitosis_sys::ns::setns(&ns, libc::CLONE_NEWNET).map_err(|e| anyhow::anyhow!("entering the host's network namespace: {e}"))?;
+            Ok(f())
+        })?;
+        match thread.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
 /// Two hosts `a` (`10.213.<k>.1/24`) and `b` (`10.213.<k>.2/24`) in fresh
 /// network namespaces joined by a veth pair. Both namespaces are deleted on
 /// drop, which also destroys the veth pair.
