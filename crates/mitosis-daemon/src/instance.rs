@@ -236,7 +236,8 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
         let (end, reason) = match killed {
             Some(Kill::Protocol(why)) => (ChildEnd::KilledByMitosis { reason: why.clone() }, why),
             Some(Kill::Stopped) => (ChildEnd::KilledByMitosis { reason: "stopped by the gateway".into() }, "stopped by the gateway".into()),
-            Some(Kill::GatewayGone) | None => {
+            Some(Kill::GatewayGone) => (end, "killed: the gateway closed the connection".into()),
+            None => {
                 let reason = describe(&end);
                 (end, reason)
             }
