@@ -34,7 +34,7 @@ use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Host, TestDir
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The test's functions: (directory name, function.py).
-const FUNCTIONS: [(&str, &str); 4] = [
+const FUNCTIONS: [(&str, &str); 5] = [
     (
         "echo",
         r#"
@@ -80,6 +80,7 @@ def handler(body):
     return {"n": len(DATA), "digest": hashlib.sha256(DATA).hexdigest(), "init": DIGEST, "body": body.decode()}
 "#,
     ),
+    ("broken", "raise RuntimeError('broken at import')\n"),
 ];
 
 /// Two hosts with a daemon each that runs instances as nobody. Fields drop
@@ -452,6 +453,14 @@ fn bad_requests_get_clear_errors_and_the_daemon_serves_on() {
     c.start(&cold("echo", &w.function("echo"))).unwrap_or_else(|e| panic!("start: {e}\n{}", w.logs()));
     c.phases(3);
     assert_eq!(c.invoke_json(b"still")["result"], "still");
+
+    // A function that fails to initialise: its end, with its stderr.
+    let mut broken = Conn::open(ha, &addr);
+    broken.start(&cold("broken", &w.function("broken"))).unwrap();
+    let (end, reason, stderr, before) = broken.ended();
+    assert_eq!(before, vec![InstanceEvent::Phase(Phase::RuntimeReady)]);
+    assert_eq!(end, Some(ChildEnd::Exited(1)), "{reason}: {stderr}");
+    assert!(stderr.contains("RuntimeError: broken at import"), "{stderr}");
 
     // A body over the limit: the instance ends, saying why.
     c.call(&InstanceCall::Invoke { body: vec![0; MAX_BODY as usize + 1] });

@@ -283,7 +283,7 @@ enum Running {
     /// A cold start: the runtime, exec'd in its container.
     Cold { pid: i32, pidfd: Arc<OwnedFd>, container: Arc<Container> },
     /// A fork start: a child resumed from a seed (always in a container).
-    Fork { started: Started, container: Arc<Container> },
+    Fork { started: Box<Started>, container: Arc<Container> },
 }
 
 impl Running {
@@ -338,7 +338,7 @@ impl Running {
             Running::Fork { started, container } => {
                 // Its waiter retires the container once it holds the last reference.
                 drop(container);
-                resume::wait_child(daemon, started, None).0
+                resume::wait_child(daemon, *started, None).0
             }
         }
     }
@@ -388,7 +388,7 @@ fn start(daemon: &Daemon, spec: &InstanceSpec, far: &[OwnedFd; 3]) -> Result<Run
             let started = resume::start(daemon, daemon_cred, seed_host, seed_id, body, &Paging::default(), Instant::now())?;
             resume::fetch_process_strings(started.pid, &started.mm);
             let container = started.container.clone().expect("a fork start asks for a container");
-            Ok(Running::Fork { started, container })
+            Ok(Running::Fork { started: Box::new(started), container })
         }
     }
 }
