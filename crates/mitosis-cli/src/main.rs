@@ -191,6 +191,14 @@ enum Command {
         /// name any address.
         #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
+        /// The user function instances run as (cold starts drop to it; fork starts
+        /// must be of its seeds).
+        #[arg(long, default_value = "nobody")]
+        instance_user: String,
+        /// The Python interpreter of cold-started function instances (with the
+        /// `mitosis` package installed). Default: $MITOSIS_PYTHON, else python3 on PATH.
+        #[arg(long)]
+        python: Option<PathBuf>,
         /// Local connections one non-root user may hold at once (over it: refused, exit 75).
         #[arg(long, default_value_t = 128)]
         max_local_per_user: usize,
@@ -546,6 +554,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             fetch_timeout,
             container_pool,
             peers,
+            instance_user,
+            python,
             max_local_per_user,
             max_local_connections,
             max_handshakes_per_ip,
@@ -557,6 +567,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             use mitosis_proto::secure::Protection;
             let protection = if no_encrypt { Protection::Integrity } else { Protection::Encrypted };
             let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
+            let instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
             mitosis_daemon::Daemon::run(mitosis_daemon::Config {
                 listen,
                 socket: socket.socket,
@@ -582,6 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     &peers.iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect::<Vec<_>>(),
                     listen,
                 ),
+                instances,
             })?;
             Ok(0)
         }

@@ -11,7 +11,10 @@
 //! - the **children** resumed here: a small zygote process forks them
 //!   ([`spawner`]), by default into a lean container from a warm pool
 //!   (`mitosis-container`); the daemon restores them, runs one pager thread
-//!   per child ([`resume`]) and keeps track of them ([`children`]).
+//!   per child ([`resume`]) and keeps track of them ([`children`]);
+//! - the **function instances** a gateway starts over a peer connection: a
+//!   Python runtime started cold or resumed from a seed, in a container, with
+//!   its requests and answers relayed over that connection ([`instance`]).
 //!
 //! Threads, not async: every connection and every pager is a blocking thread.
 //! ptrace requires that one thread does all of a tracee's operations, and
@@ -27,6 +30,7 @@
 
 pub mod cache;
 pub mod children;
+pub mod instance;
 pub mod janitor;
 pub mod limits;
 pub mod local;
@@ -67,6 +71,8 @@ pub struct Config {
     pub limits: limits::Limits,
     /// The seed hosts non-root callers may resume from (`--peers`).
     pub peers: limits::Peers,
+    /// How function instances run (`--instance-user`, `--python`).
+    pub instances: instance::InstanceConfig,
 }
 
 /// Why the daemon could not start.
@@ -104,6 +110,7 @@ pub struct Daemon {
     pub spawner: Arc<spawner::Spawner>,
     pub pool: Arc<mitosis_container::Pool>,
     pub children: children::Children,
+    pub instances: instance::Instances,
     pub cache: Arc<cache::PageCache>,
     pub janitor: Arc<janitor::Janitor>,
 }
@@ -147,6 +154,7 @@ impl Daemon {
             spawner,
             pool,
             children: children::Children::default(),
+            instances: instance::Instances::default(),
             cache,
             janitor,
         });

@@ -260,6 +260,9 @@ fn handle_prepare(
     if let Err(e) = validate_seed_id(id) {
         return error(ErrorKind::BadRequest, e);
     }
+    // A process in a container (a PID namespace of its own) knows itself by
+    // its pid there; the kernel gave us its pid here.
+    let pid = if reply_slot.is_some() && pid != cred.pid && crate::children::own_view_pid(cred.pid) == pid { cred.pid } else { pid };
     if reply_slot.is_some() && pid != cred.pid {
         return error(ErrorKind::PermissionDenied, "only a process itself may ask to be prepared with a reply slot");
     }

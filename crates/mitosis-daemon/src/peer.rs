@@ -1,5 +1,6 @@
-//! Daemon-to-daemon traffic: the server that serves this host's seeds, and
-//! [`RemoteSource`], the client side used by resumes and pagers.
+//! Daemon-to-daemon traffic: the server that serves this host's seeds (and
+//! hands connections that start a function instance to [`crate::instance`]),
+//! and [`RemoteSource`], the client side used by resumes and pagers.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -133,6 +134,16 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Re
                 };
                 write_msg(&mut writer, &resp)?;
             }
+            PeerRequest::StartInstance(spec) => {
+                // The connection belongs to the instance once it has started.
+                if crate::instance::serve(daemon, spec, &mut reader, &mut writer)? {
+                    return Ok(());
+                }
+            }
+            PeerRequest::ListInstances => {
+                write_msg(&mut writer, &PeerResponse::Instances(crate::instance::worker_usage(daemon)))?;
+            }
+            PeerRequest::DropSeed { id } => write_msg(&mut writer, &crate::instance::drop_seed(daemon, &id))?,
         }
         writer.flush()?;
     }

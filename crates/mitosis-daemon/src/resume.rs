@@ -26,10 +26,10 @@ fn send(conn: &mut UnixStream, resp: &LocalResponse) -> std::io::Result<()> {
 }
 
 /// Which process becomes the child.
-enum Body<'a> {
+pub(crate) enum Body<'a> {
     /// A new process forked by the zygote, with the caller's stdio, in a
-    /// container or not.
-    NewChild { stdio: &'a [OwnedFd], container: Option<&'a ContainerSpec>, detach: bool },
+    /// container or not; with `owner`, only a seed of that uid is resumed.
+    NewChild { stdio: &'a [OwnedFd], container: Option<&'a ContainerSpec>, detach: bool, owner: Option<u32> },
     /// The caller itself (resume in place); it runs the prologue we send and
     /// reports ready on the connection.
     Caller { pid: i32, conn: &'a mut UnixStream },
@@ -82,7 +82,7 @@ pub fn handle(
             format!("a resume needs the caller's stdin, stdout and stderr ({} descriptors came)", stdio.len()),
         )));
     }
-    let body = Body::NewChild { stdio: &stdio, container: options.container.as_ref(), detach: options.detach };
+    let body = Body::NewChild { stdio: &stdio, container: options.container.as_ref(), detach: options.detach, owner: None };
     let started = match start(daemon, cred, from, id, body, &options.paging, t0) {
         Ok(s) => s,
         Err(e) => {
@@ -107,7 +107,7 @@ pub fn handle(
 
 /// Waits for a started child to end (killing it if `conn`, its resumer,
 /// goes away), then tears down its pager and container; says how it ended.
-fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
+pub(crate) fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) -> (ChildEnd, mitosis_proto::local::PagerStats) {
     let Started { pid, pidfd, pager, counters, container, plain_cgroup, recorder, seed, .. } = started;
     let mut caller_gone = conn.is_none();
     loop {
@@ -163,16 +163,16 @@ fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut UnixStream>) 
     (end, stats)
 }
 
-struct Started {
-    mm: mitosis_proto::image::MmFields,
-    pid: i32,
-    container: Option<Arc<Container>>,
+pub(crate) struct Started {
+    pub(crate) mm: mitosis_proto::image::MmFields,
+    pub(crate) pid: i32,
+    pub(crate) container: Option<Arc<Container>>,
     /// The cgroup of a child without a container.
     plain_cgroup: Option<mitosis_container::ContainerCgroup>,
-    pidfd: Arc<OwnedFd>,
+    pub(crate) pidfd: Arc<OwnedFd>,
     pager: std::thread::JoinHandle<Outcome>,
     counters: Arc<Counters>,
-    timings: ResumeTimings,
+    pub(crate) timings: ResumeTimings,
     seed: SeedRef,
     /// Records what the child fetches, when its seed has no working set yet.
     recorder: Option<Arc<Recorder>>,
@@ -227,7 +227,7 @@ fn remote_err(kind: ErrorKind, e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(kind, e.to_string())
 }
 
-fn start(
+pub(crate) fn start(
     daemon: &Daemon,
     cred: PeerCred,
     from: &str,
@@ -258,6 +258,11 @@ fn start(
     daemon.cache.keep_only(from, id, image.generation);
     if cred.uid != 0 && cred.uid != image.uid {
         return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, you are uid {}", image.uid, cred.uid)));
+    }
+    if let Body::NewChild { owner: Some(owner), .. } = &body {
+        if image.uid != *owner {
+            return Err(remote_err(ErrorKind::PermissionDenied, format!("seed {id:?} belongs to uid {}, not to uid {owner}", image.uid)));
+        }
     }
     // The process that becomes the child: a fork of our zygote (our own
     // executable), or the caller of a resume in place.
@@ -434,7 +439,7 @@ fn start(
 /// Brings in the pages of the child's command line and environment. The kernel
 /// reads them from outside for `/proc/PID/cmdline` and `environ` (ps, top)
 /// and does not wait for the pager there: they would read empty.
-fn fetch_process_strings(pid: i32, mm: &mitosis_proto::image::MmFields) {
+pub(crate) fn fetch_process_strings(pid: i32, mm: &mitosis_proto::image::MmFields) {
     let (start, end) = (mm.arg_start.min(mm.env_start), mm.arg_end.max(mm.env_end));
     if start == 0 || end <= start || end - start > 1 << 20 {
         return;
@@ -573,7 +578,7 @@ pub fn bare_container(daemon: &Daemon, spec: &ContainerSpec) -> LocalResponse {
 
 /// A container for a child: a warm one from the pool when the spec allows,
 /// with the spec's limits applied.
-fn take_container(daemon: &Daemon, spec: &ContainerSpec) -> Result<Container, RemoteError> {
+pub(crate) fn take_container(daemon: &Daemon, spec: &ContainerSpec) -> Result<Container, RemoteError> {
     if let Some(h) = &spec.hostname {
         if h.is_empty() || h.len() > 64 || h.contains('\0') {
             return Err(remote_err(ErrorKind::BadRequest, format!("hostname {h:?} must be 1-64 bytes")));

@@ -16,8 +16,16 @@
 //! Requests travel over a `SOCK_SEQPACKET` pair: a postcard [`Request`] with
 //! descriptors attached (for a child: its stdin, stdout, stderr, the write
 //! end of its ready pipe, and its container's holder pidfd if any; for a
-//! holder: its control pipe and ready pipe); the answer is the new process's
-//! pid (i32, or -errno).
+//! holder: its control pipe and ready pipe; for a program of a function
+//! instance: its stdin, stdout, stderr, go pipe, status pipe and holder
+//! pidfd); the answer is the new process's pid (i32, or -errno).
+//!
+//! A program ([`Spawner::exec`]) is forked into its container, joins it,
+//! waits for a byte on its go pipe (the daemon sends it once the process is
+//! in the container's cgroups, so that everything it allocates is charged
+//! there), drops to its user, takes its stdio and nothing else, and
+//! `execve`s. Its status pipe is close-on-exec: the daemon reads end of file
+//! once the program runs, or a [`ExecFailure`] record of the step that failed.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
@@ -35,6 +43,69 @@ enum Request {
     /// writes a byte on its ready pipe, waits for one on its go pipe and exits.
     Bare { join_flags: i32 },
     Holder { spec: HolderSpec, name: String },
+    Exec(ExecSpec),
+}
+
+/// A program for [`Spawner::exec`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Absolute path of the executable.
+    pub program: Vec<u8>,
+    /// Its arguments, its name first.
+    pub argv: Vec<Vec<u8>>,
+    /// Its whole environment (`NAME=value`).
+    pub env: Vec<Vec<u8>>,
+    /// Its working directory.
+    pub cwd: Vec<u8>,
+    /// Who it runs as; `None`: as the daemon.
+    pub user: Option<(u32, u32, Vec<u32>)>,
+    /// The namespaces it joins through the holder's pidfd (`HolderSpec::join_flags`).
+    pub join_flags: i32,
+}
+
+/// The step of a program's start that failed, as its status pipe reports it
+/// (`u8` step, `i32` errno, little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecFailure {
+    pub step: ExecStep,
+    pub errno: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStep {
+    JoinContainer = 1,
+    Groups = 2,
+    Ids = 3,
+    Signals = 4,
+    Descriptors = 5,
+    Chdir = 6,
+    Execve = 7,
+}
+
+impl ExecFailure {
+    /// Length of a status record.
+    pub const LEN: usize = 5;
+
+    /// Decodes a status record (`None` for anything else).
+    pub fn parse(record: &[u8]) -> Option<ExecFailure> {
+        let [step, e0, e1, e2, e3] = *record else { return None };
+        let step = match step {
+            1 => ExecStep::JoinContainer,
+            2 => ExecStep::Groups,
+            3 => ExecStep::Ids,
+            4 => ExecStep::Signals,
+            5 => ExecStep::Descriptors,
+            6 => ExecStep::Chdir,
+            7 => ExecStep::Execve,
+            _ => return None,
+        };
+        Some(ExecFailure { step, errno: i32::from_le_bytes([e0, e1, e2, e3]) })
+    }
+
+    fn record(step: ExecStep, errno: i32) -> [u8; ExecFailure::LEN] {
+        let e = errno.to_le_bytes();
+        [step as u8, e[0], e[1], e[2], e[3]]
+    }
 }
 
 pub struct Spawner {
@@ -104,6 +175,15 @@ impl Spawner {
     }
 }
 
+impl Spawner {
+    /// Forks a process into the container of holder pidfd `holder` that
+    /// runs `spec` once a byte comes on `go` (see the module doc), with
+    /// `stdio`; `status` is the write end of its status pipe. Returns its pid.
+    pub fn exec(&self, spec: &ExecSpec, stdio: [RawFd; 3], go: RawFd, status: RawFd, holder: RawFd) -> std::io::Result<i32> {
+        self.call(&Request::Exec(spec.clone()), &[stdio[0], stdio[1], stdio[2], go, status, holder])
+    }
+}
+
 impl mitosis_container::HolderSpawner for Spawner {
     fn spawn_holder(&self, spec: &HolderSpec, name: &str, control: RawFd, ready: RawFd) -> std::io::Result<i32> {
         self.call(&Request::Holder { spec: spec.clone(), name: name.to_string() }, &[control, ready])
@@ -127,6 +207,7 @@ fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
             (Ok(Request::Child(prologue)), 4 | 5) => fork_child(&prologue, &fds, own_pidns.as_fd()),
             (Ok(Request::Holder { spec, name }), 2) => fork_holder(&spec, &name, &fds),
             (Ok(Request::Bare { join_flags }), 3) => fork_bare(join_flags, &fds, own_pidns.as_fd()),
+            (Ok(Request::Exec(spec)), 6) => fork_exec(&spec, &fds, own_pidns.as_fd()),
             _ => -libc::EINVAL,
         };
         drop(fds);
@@ -197,4 +278,73 @@ fn fork_holder(spec: &HolderSpec, name: &str, fds: &[OwnedFd]) -> i32 {
     clone(spec.clone_flags(), || {
         mitosis_container::holder::holder_main(spec, name, fds[0].as_raw_fd(), fds[1].as_raw_fd());
     })
+}
+
+/// Forks the process of a program (fds: stdin, stdout, stderr, go, status,
+/// holder pidfd); see the module doc. Its strings are made here, before the
+/// fork.
+fn fork_exec(spec: &ExecSpec, fds: &[OwnedFd], own_pidns: BorrowedFd<'_>) -> i32 {
+    let Ok(image) = after_fork::ExecImage::new(&spec.program, &spec.argv, &spec.env) else { return -libc::EINVAL };
+    let Ok(cwd) = std::ffi::CString::new(spec.cwd.clone()) else { return -libc::EINVAL };
+    let holder = fds[5].as_fd();
+    fork_into(Some(holder), own_pidns, || exec_child(spec, &image, &cwd, fds))
+}
+
+/// The forked program's process, up to its `execve` (allocation-free).
+fn exec_child(spec: &ExecSpec, image: &after_fork::ExecImage, cwd: &std::ffi::CStr, fds: &[OwnedFd]) {
+    let status = fds[4].as_raw_fd();
+    let fail = |step: ExecStep, e: mitosis_sys::SysError| {
+        // Nobody else can tell the daemon why; it sees the pipe close if this fails.
+        let _ = after_fork::write_all(status, &ExecFailure::record(step, e.errno));
+        after_fork::exit(126)
+    };
+    // (A change of credentials clears it: set again below.)
+    if let Err(e) = after_fork::set_parent_death_signal(libc::SIGKILL) {
+        fail(ExecStep::Signals, e);
+    }
+    if let Err(e) = mitosis_sys::ns::setns(&fds[5], spec.join_flags) {
+        fail(ExecStep::JoinContainer, e);
+    }
+    // No byte: the daemon could not put us in the cgroups, or is gone.
+    if !matches!(after_fork::read_byte(fds[3].as_raw_fd()), Ok(Some(_))) {
+        after_fork::exit(0);
+    }
+    if let Some((uid, gid, groups)) = &spec.user {
+        if let Err(e) = after_fork::set_groups(groups) {
+            fail(ExecStep::Groups, e);
+        }
+        if let Err(e) = after_fork::set_ids(*uid, *gid) {
+            fail(ExecStep::Ids, e);
+        }
+    }
+    if let Err(e) = after_fork::set_parent_death_signal(libc::SIGKILL).and_then(|()| after_fork::reset_signals()) {
+        fail(ExecStep::Signals, e);
+    }
+    // Copies above every number we keep, then onto 0-2 and the status pipe
+    // onto 3 (close-on-exec), then nothing else.
+    let moved = (|| -> mitosis_sys::Result<()> {
+        let high: [RawFd; 4] = [
+            after_fork::dup_at_or_above(fds[0].as_raw_fd(), 10)?,
+            after_fork::dup_at_or_above(fds[1].as_raw_fd(), 10)?,
+            after_fork::dup_at_or_above(fds[2].as_raw_fd(), 10)?,
+            after_fork::dup_at_or_above(status, 10)?,
+        ];
+        after_fork::dup_onto(high[0], 0, false)?;
+        after_fork::dup_onto(high[1], 1, false)?;
+        after_fork::dup_onto(high[2], 2, false)?;
+        after_fork::dup_onto(high[3], 3, true)?;
+        after_fork::close_from(4)
+    })();
+    if let Err(e) = moved {
+        fail(ExecStep::Descriptors, e);
+    }
+    let status = 3;
+    let fail = |step: ExecStep, e: mitosis_sys::SysError| {
+        let _ = after_fork::write_all(status, &ExecFailure::record(step, e.errno));
+        after_fork::exit(126)
+    };
+    if let Err(e) = mitosis_sys::ns::chdir(cwd) {
+        fail(ExecStep::Chdir, e);
+    }
+    fail(ExecStep::Execve, after_fork::exec(image));
 }

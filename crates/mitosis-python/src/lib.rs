@@ -320,7 +320,10 @@ impl Child {
 ///
 /// Returns a `Parent` here and a `Child` in every child resumed from the
 /// seed, on any host: test `.is_child`. An unpinned seed is dropped when this
-/// process exits; with `pin=True` it stays until `drop(id)`. Preparing an
+/// process exits; with `pin=True` it stays until `drop(id)`. With
+/// `copy=True` the daemon copies this process's memory into itself and
+/// keeps no snapshot process, so the seed also outlives this process's
+/// container (where the snapshot would live and die). Preparing an
 /// existing id replaces that seed. The process must be single-threaded
 /// (`Unsupported` otherwise). `sys.stdout` and `sys.stderr` are flushed first.
 /// Raises a `MitosisError` subclass on failure. The seed's snapshot is a
@@ -332,8 +335,8 @@ impl Child {
 /// `after_in_parent` here, `after_in_child` in every child), so `random` is
 /// reseeded in each child; OpenSSL's generator gets fresh entropy there too.
 #[pyfunction]
-#[pyo3(signature = (id, pin = false, socket = None))]
-fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>) -> PyResult<Py<PyAny>> {
+#[pyo3(signature = (id, pin = false, socket = None, copy = false))]
+fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>, copy: bool) -> PyResult<Py<PyAny>> {
     ensure_single_threaded(py, "prepared")?;
     flush_python_stdio(py);
     let socket = socket_or_default(socket);
@@ -341,7 +344,7 @@ fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>) ->
     // come back from this exact call with it. No Python code runs between
     // the fork machinery's begin and its end.
     let fork = AsAFork::begin(py);
-    let role = mitosis::fork_prepare_with(&socket, id, pin);
+    let role = mitosis::fork_prepare_copy(&socket, id, pin, copy);
     match role {
         Ok(Role::Child(_)) => fork.child(),
         _ => fork.parent(),

@@ -275,6 +275,91 @@ pub fn set_ids(uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Reads one byte from `fd` (retrying EINTR): `Some(byte)`, or `None` at
+/// end of file.
+pub fn read_byte(fd: RawFd) -> Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: `byte` is valid for a write of one byte.
+        let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+        match n {
+            1 => return Ok(Some(byte[0])),
+            0 => return Ok(None),
+            _ => {
+                let e = SysError::last("read");
+                if e.errno != libc::EINTR {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Gives a process about to `execve` a program of its own the signal state
+/// a fresh process has: an empty signal mask (the raw `rt_sigprocmask`, so
+/// glibc's internal signals are unblocked too) and the default disposition
+/// for every signal its parent ignored (ignored dispositions survive
+/// `execve`; handlers do not).
+pub fn reset_signals() -> Result<()> {
+    let none: u64 = 0;
+    // SAFETY: the kernel reads one 8-byte mask from `none` and writes no old set.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &none as *const u64, 0usize, 8usize) };
+    if r != 0 {
+        return Err(SysError::last("sigprocmask"));
+    }
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler; signals glibc reserves for
+        // itself are refused (EINVAL), which leaves them as they are.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    Ok(())
+}
+
+/// A program to `execve` and its arguments and environment, made before
+/// forking (building C strings allocates, which a process forked from a
+/// multi-threaded one must not do): the strings and the NULL-terminated
+/// pointer arrays the kernel reads.
+pub struct ExecImage {
+    path: std::ffi::CString,
+    _strings: Vec<std::ffi::CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl ExecImage {
+    /// `path` run with `argv` (its first element is the program's name) and
+    /// exactly the environment `env` (`NAME=value` strings). Fails (EINVAL)
+    /// if a string holds a NUL byte.
+    pub fn new(path: &[u8], argv: &[Vec<u8>], env: &[Vec<u8>]) -> Result<ExecImage> {
+        let c = |b: &[u8]| std::ffi::CString::new(b.to_vec()).map_err(|_| SysError::new("execve", libc::EINVAL));
+        let path = c(path)?;
+        let mut strings = Vec::with_capacity(argv.len() + env.len());
+        for s in argv.iter().chain(env) {
+            strings.push(c(s)?);
+        }
+        // The CStrings' heap buffers do not move when `strings` is moved.
+        let mut ptrs = strings.iter().map(|s| s.as_ptr());
+        let mut argv_ptrs: Vec<*const libc::c_char> = ptrs.by_ref().take(argv.len()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = ptrs.collect();
+        envp.push(std::ptr::null());
+        Ok(ExecImage { path, _strings: strings, argv: argv_ptrs, envp })
+    }
+}
+
+/// Replaces this process's program by `image` (`execve`). Returns only on
+/// failure, with its error.
+pub fn exec(image: &ExecImage) -> SysError {
+    // SAFETY: the path is NUL-terminated, and argv and envp are
+    // NULL-terminated arrays of pointers to NUL-terminated strings that
+    // `image` owns for the duration of the call.
+    unsafe { libc::execve(image.path.as_ptr(), image.argv.as_ptr(), image.envp.as_ptr()) };
+    SysError::last("execve")
+}
+
 extern "C" {
     /// glibc's offset of the rseq area from the thread pointer, and its size
     /// (exported since glibc 2.35; size 0 when rseq is not registered).
@@ -466,6 +551,36 @@ mod tests {
         assert_eq!(blocked, !((1 << 8) | (1 << 18)));
         assert_ne!(ignored & (1 << (libc::SIGUSR1 - 1)), 0);
         assert_eq!(cwd, std::path::Path::new("/"));
+    }
+
+    #[test]
+    fn exec_runs_a_program_with_exactly_its_environment() {
+        let image = ExecImage::new(
+            b"/bin/sh",
+            &[b"sh".to_vec(), b"-c".to_vec(), b"[ \"$ONLY\" = yes ] && [ -z \"$HOME\" ] && read b && [ \"$b\" = go ] && exit 7".to_vec()],
+            &[b"ONLY=yes".to_vec()],
+        )
+        .unwrap();
+        assert!(ExecImage::new(b"/bin/sh", &[b"a\0b".to_vec()], &[]).is_err());
+        let missing = ExecImage::new(b"/nonexistent/program", &[b"x".to_vec()], &[]).unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = exec(&missing).errno == libc::ENOENT
+                && reset_signals().is_ok()
+                && dup_onto(r.as_raw_fd(), 0, false).is_ok()
+                && read_byte(0).is_ok_and(|b| b == Some(b'g'));
+            if ok {
+                exec(&image);
+            }
+            exit(1);
+        }
+        drop(r);
+        write_all(w.as_raw_fd(), b"ggo\n").unwrap();
+        drop(w);
+        let status = crate::process::wait_pid(pid).unwrap();
+        assert_eq!(libc::WEXITSTATUS(status), 7);
     }
 
     #[test]

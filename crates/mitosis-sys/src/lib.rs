@@ -7,7 +7,7 @@
 //! - [`mem`]: reading and writing another process's memory.
 //! - [`procfs`]: parsers for the `/proc/PID` files capture needs (pure functions,
 //!   tested on fixed text).
-//! - [`creds`]: a thread acting as another user.
+//! - [`creds`]: a thread acting as another user; looking up a user's ids.
 //! - [`rlimit`]: the descriptor limit.
 //! - [`fsid`]: opening paths without following symbolic links, and the
 //!   identity (type, device, inode) of what a descriptor refers to.
@@ -18,7 +18,7 @@
 //!   single-threaded process, and hooks a `Command` runs between fork and exec.
 //! - [`after_fork`]: allocation-free calls for a forked process that never
 //!   returns (a container's namespace holder, the resume prologue):
-//!   descriptors, signal dispositions, credentials, rseq, parking.
+//!   descriptors, signal dispositions, credentials, rseq, parking, `execve`.
 //! - [`ns`]: mounts, `pivot_root`, `setns`, host name, bringing up loopback.
 //! - [`poll`]: waiting for descriptors.
 //! - [`signals`]: blocking a set of signals and waiting for one.

@@ -25,6 +25,12 @@ impl<'a> PollFd<'a> {
         PollFd { raw, _fd: std::marker::PhantomData }
     }
 
+    /// Waits only for `fd`'s peer to shut down its side (`POLLRDHUP`; errors
+    /// and hang-ups always come): a socket someone else reads.
+    pub fn hangup(fd: BorrowedFd<'a>) -> PollFd<'a> {
+        PollFd { raw: libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 }, _fd: std::marker::PhantomData }
+    }
+
     /// A slot poll ignores (a negative descriptor): keeps positions in an array fixed.
     pub fn none() -> PollFd<'static> {
         PollFd { raw: libc::pollfd { fd: -1, events: 0, revents: 0 }, _fd: std::marker::PhantomData }

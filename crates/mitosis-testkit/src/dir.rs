@@ -6,7 +6,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A fresh directory `/tmp/mitosis-test-<pid>-<counter>-<name>`.
+/// A fresh directory `/tmp/mitosis-test-<pid>-<counter>-<name>` (or in
+/// another parent, [`TestDir::new_in`]).
 ///
 /// Removed on drop, unless the thread is panicking: then it is kept and its
 /// path printed to stderr so logs and sockets can be inspected.
@@ -18,11 +19,17 @@ pub struct TestDir {
 impl TestDir {
     /// Creates the directory. Panics if it cannot (a test cannot go on).
     pub fn new(name: &str) -> TestDir {
+        TestDir::new_in(Path::new("/tmp"), name)
+    }
+
+    /// [`TestDir::new`] in `parent` instead of /tmp: for files a process in
+    /// a container must see (a container has a /tmp of its own).
+    pub fn new_in(parent: &Path, name: &str) -> TestDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = name.replace('/', "_");
-        let path = PathBuf::from(format!(
-            "/tmp/mitosis-test-{}-{n}-{name}",
+        let path = parent.join(format!(
+            "mitosis-test-{}-{n}-{name}",
             std::process::id()
         ));
         // A leftover from a dead process that had our pid: start clean.

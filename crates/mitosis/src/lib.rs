@@ -350,7 +350,16 @@ pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
 /// this process and stays until it is dropped (MITOSIS's `fork_prepare_ping`).
 /// In a child, the [`on_child`] hooks run before it returns.
 pub fn fork_prepare_with(socket: impl AsRef<Path>, id: &str, pinned: bool) -> Result<Role> {
-    let role = prepare_self(socket.as_ref(), id, pinned)?;
+    fork_prepare_copy(socket, id, pinned, false)
+}
+
+/// [`fork_prepare_with`]; with `copy`, the daemon copies this process's
+/// memory into itself at prepare and lets its snapshot process go (as
+/// `mitosis prepare --copy`): a pinned seed then outlives this process's
+/// whole process tree and container too, since the snapshot (a clone of
+/// this process, in its PID namespace and cgroups) would not.
+pub fn fork_prepare_copy(socket: impl AsRef<Path>, id: &str, pinned: bool, copy: bool) -> Result<Role> {
+    let role = prepare_self(socket.as_ref(), id, pinned, copy)?;
     if matches!(role, Role::Child(_)) {
         run_child_hooks();
     }
@@ -358,7 +367,7 @@ pub fn fork_prepare_with(socket: impl AsRef<Path>, id: &str, pinned: bool) -> Re
 }
 
 /// The prepare of [`fork_prepare_with`]; returns twice, as `fork()` does.
-fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
+fn prepare_self(socket: &Path, id: &str, pinned: bool, copy: bool) -> Result<Role> {
     ensure_single_threaded("prepared")?;
     let mut client = Client::connect(socket)?;
     // The daemon captures us while we are blocked in the read below. In each
@@ -369,7 +378,7 @@ fn prepare_self(socket: &Path, id: &str, pinned: bool) -> Result<Role> {
         id: id.to_string(),
         reply_slot: Some(ReplySlot { addr: buf.as_ptr() as u64, len: buf.len() as u64 }),
         pinned,
-        copy: false,
+        copy,
     };
     client.stream.write_all(&encode(request))?;
     let n = loop {

@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
 
     unsigned char body[512];
     size_t n = 0;
-    n += varint(body + n, 3);                       /* Envelope.version */
+    n += varint(body + n, 4);                       /* Envelope.version (PROTOCOL_VERSION) */
     n += varint(body + n, 0);                       /* LocalRequest::Prepare */
     int32_t pid = getpid();
     n += varint(body + n, ((uint32_t)pid << 1) ^ (uint32_t)(pid >> 31)); /* pid, zigzag */

@@ -18,12 +18,14 @@ memory fetched lazily from the seed's host::
 Functions (``socket`` is the local daemon's socket; default
 ``$MITOSIS_SOCKET`` or ``/run/mitosis/mitosis.sock``):
 
-``fork_prepare(id, pin=False, socket=None)``
+``fork_prepare(id, pin=False, socket=None, copy=False)``
     Prepares the calling process (it must be single-threaded) as seed ``id``.
     Returns a :class:`Parent` in the caller and a :class:`Child` in every
     child resumed from the seed; both have ``is_child``. An unpinned seed is
     dropped when the preparing process exits, a pinned one stays until
-    :func:`drop`. ``sys.stdout`` and ``sys.stderr`` are flushed first, so
+    :func:`drop`. With ``copy=True`` the daemon keeps a copy of the memory
+    instead of a snapshot process (which would die with this process's
+    container). ``sys.stdout`` and ``sys.stderr`` are flushed first, so
     children do not print the parent's buffered output again.
 ``fork_resume(host, id, socket=None)``
     Replaces the calling process by a child of seed ``id`` from the daemon at

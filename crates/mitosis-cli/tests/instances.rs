@@ -1,0 +1,471 @@
+//! Function instances end to end: a tiny gateway in the test talks the
+//! instance protocol (`mitosis_proto::instance`) to a daemon on each of two
+//! hosts, which run the Python runtime (`mitosis.runtime`) as user nobody
+//! in lean containers: cold starts, calls, failures, ends, fork starts from
+//! a seed a cold instance prepared, bad requests, listing and dropping.
+//!
+//! Needs root and the repo's venv (`scripts/setup-python`); skipped
+//! otherwise. Function directories and the daemons' sockets live under
+//! /var/tmp, not /tmp: a container has a /tmp of its own.
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{alive, bin, in_netns, KEY};
+use mitosis_proto::auth::{client_handshake, ClusterKey};
+use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME};
+use mitosis_proto::instance::{
+    read_event, send_call, start_instance, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, Phase, WorkerUsage, MAX_BODY,
+};
+use mitosis_proto::local::ChildEnd;
+use mitosis_proto::peer::{PeerRequest, PeerResponse};
+use mitosis_proto::secure::{Protection, SecureReader, SecureWriter};
+use mitosis_proto::{ErrorKind, ProtoError};
+use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Host, TestDir, TwoHosts};
+
+/// Longest wait for anything (an event, a teardown); never a measurement.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The test's functions: (directory name, function.py).
+const FUNCTIONS: [(&str, &str); 5] = [
+    (
+        "echo",
+        r#"
+from mitosis_wrapper import *  # as the suite's functions do
+
+@tick_execution_time
+def handler(body):
+    return body
+"#,
+    ),
+    (
+        "raiser",
+        r#"
+CALLS = []
+
+def handler(body):
+    CALLS.append(body)
+    if body == b"raise":
+        raise ValueError("asked to raise, call %d" % len(CALLS))
+    print("served", len(CALLS))
+    return {"calls": len(CALLS)}
+"#,
+    ),
+    (
+        "killer",
+        r#"
+import os
+
+def handler():
+    os.kill(os.getpid(), 9)
+"#,
+    ),
+    (
+        "big",
+        r#"
+import hashlib
+
+# A big initialisation: 64 MiB built at import, which every fork gets done.
+DATA = bytes(range(256)) * (1 << 18)
+DIGEST = hashlib.sha256(DATA).hexdigest()
+
+def handler(body):
+    return {"n": len(DATA), "digest": hashlib.sha256(DATA).hexdigest(), "init": DIGEST, "body": body.decode()}
+"#,
+    ),
+    ("broken", "raise RuntimeError('broken at import')\n"),
+];
+
+/// Two hosts with a daemon each that runs instances as nobody. Fields drop
+/// in order: daemons first, then the namespaces, then the directory.
+struct Workers {
+    a: Daemon,
+    b: Daemon,
+    hosts: TwoHosts,
+    dir: TestDir,
+}
+
+impl Workers {
+    fn new(name: &str) -> Option<Workers> {
+        if !require_root() {
+            return None;
+        }
+        if !common::nobody_can_run_mitosis() {
+            return None;
+        }
+        let dir = TestDir::new_in(Path::new("/var/tmp"), name);
+        // Made by root with mode 0755, its files 0644: nobody reads them.
+        let python = nobody_python(&dir)?;
+        for (fname, source) in FUNCTIONS {
+            let fdir = dir.path().join(fname);
+            std::fs::create_dir(&fdir).unwrap();
+            std::fs::write(fdir.join("function.py"), source).unwrap();
+        }
+        let hosts = TwoHosts::new().expect("creating test hosts");
+        let key = write_key(&dir, "key", KEY);
+        let args = ["--instance-user", "nobody", "--python", python.to_str().unwrap()];
+        let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, &args).expect("starting daemon a");
+        let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key, &args).expect("starting daemon b");
+        Some(Workers { a, b, hosts, dir })
+    }
+
+    fn function(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    fn logs(&self) -> String {
+        format!("--- daemon a ---\n{}\n--- daemon b ---\n{}", tail(&self.a.log()), tail(&self.b.log()))
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Whether user nobody can run `python` and import the runtime (a real
+/// `execve`, as the daemon's).
+fn nobody_runs(python: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", r#"exec "$0" -c "import mitosis.runtime""#])
+        .arg(python)
+        .env_clear()
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// An interpreter nobody can run with the repo venv's packages: the venv's
+/// own, or (when it lives where nobody cannot go, as a pyenv build under
+/// /root does) a venv in `dir` on the system's interpreter of the same
+/// version that reads the repo venv's site-packages. `None` (the test is
+/// skipped) when there is neither.
+fn nobody_python(dir: &TestDir) -> Option<PathBuf> {
+    let venv = repo().join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        mitosis_testkit::skip(format!("no venv at {} (run scripts/setup-python)", venv.display()));
+        return None;
+    }
+    if nobody_runs(&python) {
+        return Some(python);
+    }
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap_or_default();
+    let version = cfg.lines().find_map(|l| l.strip_prefix("version")).map(|v| v.trim_start_matches([' ', '=']).trim().to_string());
+    let minor = version.as_deref().and_then(|v| v.rsplit_once('.')).map(|(mm, _)| mm.to_string()).unwrap_or_default();
+    let system = PathBuf::from(format!("/usr/bin/python{minor}"));
+    let site = venv.join(format!("lib/python{minor}/site-packages"));
+    if !minor.is_empty() && system.exists() && site.is_dir() {
+        let shim = dir.path().join("venv");
+        let shim_site = shim.join(format!("lib/python{minor}/site-packages"));
+        std::fs::create_dir_all(shim.join("bin")).unwrap();
+        std::fs::create_dir_all(&shim_site).unwrap();
+        std::os::unix::fs::symlink(&system, shim.join("bin/python")).unwrap();
+        std::fs::write(shim.join("pyvenv.cfg"), "home = /usr/bin\ninclude-system-site-packages = false\n").unwrap();
+        std::fs::write(shim_site.join("mitosis-repo-venv.pth"), format!("{}\n", site.display())).unwrap();
+        let shim_python = shim.join("bin/python");
+        if nobody_runs(&shim_python) {
+            return Some(shim_python);
+        }
+    }
+    mitosis_testkit::skip(format!("user nobody cannot run {} with the mitosis package", python.display()));
+    None
+}
+
+/// A gateway's connection to one daemon.
+struct Conn {
+    reader: SecureReader<BufReader<TcpStream>>,
+    writer: SecureWriter<TcpStream>,
+}
+
+impl Conn {
+    fn open(host: &Host, addr: &str) -> Conn {
+        let addr = addr.to_string();
+        let stream = in_netns(host, move || TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}")));
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let key = ClusterKey::from_file_contents(KEY.as_bytes()).unwrap();
+        let mut s = stream.try_clone().unwrap();
+        let channel = client_handshake(&mut s, &key, Protection::Encrypted).expect("handshake");
+        let (reader, writer) = channel.split(BufReader::new(stream.try_clone().unwrap()), stream);
+        Conn { reader, writer }
+    }
+
+    fn start(&mut self, spec: &InstanceSpec) -> Result<(i32, Option<String>, u64), ProtoError> {
+        start_instance(&mut self.reader, &mut self.writer, spec)
+    }
+
+    fn event(&mut self) -> InstanceEvent {
+        read_event(&mut self.reader).expect("an instance event")
+    }
+
+    fn call(&mut self, call: &InstanceCall) {
+        send_call(&mut self.writer, call).expect("sending a call");
+    }
+
+    /// Invokes the handler and returns its reply (`ok`, body).
+    fn invoke(&mut self, body: &[u8]) -> (bool, Vec<u8>) {
+        self.call(&InstanceCall::Invoke { body: body.to_vec() });
+        match self.event() {
+            InstanceEvent::Reply { ok, body } => (ok, body),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    /// Invokes and parses a successful reply's JSON.
+    fn invoke_json(&mut self, body: &[u8]) -> serde_json::Value {
+        let (ok, reply) = self.invoke(body);
+        let text = String::from_utf8(reply).unwrap();
+        assert!(ok, "the handler failed: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {text}"))
+    }
+
+    fn request(&mut self, req: &PeerRequest) -> PeerResponse {
+        write_msg(&mut self.writer, req).unwrap();
+        std::io::Write::flush(&mut self.writer).unwrap();
+        read_msg(&mut self.reader, MAX_CONTROL_FRAME).expect("an answer")
+    }
+
+    fn phases(&mut self, n: usize) -> Vec<Phase> {
+        (0..n)
+            .map(|_| match self.event() {
+                InstanceEvent::Phase(p) => p,
+                other => panic!("expected a phase, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The `Ended` event (after any other events, which are returned too).
+    fn ended(&mut self) -> (Option<ChildEnd>, String, String, Vec<InstanceEvent>) {
+        let mut before = Vec::new();
+        loop {
+            match self.event() {
+                InstanceEvent::Ended { end, reason, stderr_tail } => return (end, reason, stderr_tail, before),
+                other => before.push(other),
+            }
+        }
+    }
+}
+
+fn spec(name: &str, dir: &str, start: InstanceStart) -> InstanceSpec {
+    InstanceSpec { name: name.into(), function: name.into(), dir: dir.into(), start, memory_bytes: Some(512 << 20) }
+}
+
+fn cold(name: &str, dir: &str) -> InstanceSpec {
+    spec(name, dir, InstanceStart::Cold { prepare_as: None })
+}
+
+fn usage(host: &Host, addr: &str) -> WorkerUsage {
+    match Conn::open(host, addr).request(&PeerRequest::ListInstances) {
+        PeerResponse::Instances(u) => u,
+        other => panic!("expected Instances, got {other:?}"),
+    }
+}
+
+/// Directories named `container` in every cgroup hierarchy mounted here.
+fn cgroup_dirs(container: &str) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts: Vec<PathBuf> = info
+        .lines()
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup")))
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .collect();
+    let mut found = Vec::new();
+    for m in mounts {
+        let mut todo = vec![(m, 0)];
+        while let Some((d, depth)) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    if e.file_name() == container {
+                        found.push(e.path());
+                    } else if depth < 6 {
+                        todo.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn cold_instances_serve_fail_and_end() {
+    let Some(w) = Workers::new("instances-cold") else { return };
+    let (ha, addr) = (&w.hosts.a, w.a.addr());
+
+    // Phases in order, then byte-identical echoes (and bytes that are not UTF-8).
+    let mut echo = Conn::open(ha, &addr);
+    let (pid, container, _) = echo.start(&cold("echo", &w.function("echo"))).unwrap_or_else(|e| panic!("start: {e}\n{}", w.logs()));
+    let container = container.expect("instances run in containers");
+    assert_eq!(echo.phases(3), vec![Phase::RuntimeReady, Phase::InitDone, Phase::Ready], "{}", w.logs());
+    let body = "héllo \"world\"\n\u{1F600} {}[]\\";
+    let reply = echo.invoke_json(body.as_bytes());
+    assert_eq!(reply["result"].as_str(), Some(body));
+    assert!(reply["output"].as_str().unwrap().contains("-execution] duration: "), "{reply}");
+    let reply = echo.invoke_json(&[0xff, 0x00, 0xfe]);
+    assert_eq!(reply["result"]["base64"].as_str(), Some("/wD+"));
+    let big = vec![b'x'; 1 << 20];
+    assert_eq!(echo.invoke_json(&big)["result"].as_str().map(str::len), Some(1 << 20));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534")), "runs as nobody: {status}");
+
+    // A raise fails that request only; stray prints are the request's output.
+    let mut raiser = Conn::open(ha, &addr);
+    raiser.start(&cold("raiser", &w.function("raiser"))).unwrap();
+    raiser.phases(3);
+    assert_eq!(raiser.invoke_json(b"a")["result"]["calls"], 1);
+    let (ok, message) = raiser.invoke(b"raise");
+    let message = String::from_utf8(message).unwrap();
+    assert!(!ok);
+    assert!(message.starts_with("ValueError: asked to raise, call 2\n"), "{message}");
+    assert!(message.contains("Traceback"), "{message}");
+    let reply = raiser.invoke_json(b"b");
+    assert_eq!(reply["result"]["calls"], 3);
+    assert_eq!(reply["output"], "served 3\n");
+
+    // A suite function, unchanged.
+    let mut hello = Conn::open(ha, &addr);
+    let hello_dir = repo().join("functions/helloworld");
+    hello.start(&cold("helloworld", hello_dir.to_str().unwrap())).unwrap();
+    hello.phases(3);
+    assert!(hello.invoke_json(b"")["output"].as_str().unwrap().contains("result: hello world"));
+
+    // Listed, each with the memory of its container.
+    let listed = usage(ha, &addr);
+    for name in ["echo", "raiser", "helloworld"] {
+        let i = listed.instances.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("{name} not listed: {listed:?}"));
+        assert!(i.memory_bytes > 0, "{name} has no memory: {listed:?}");
+    }
+    assert_eq!(listed.instances.iter().find(|i| i.name == "echo").unwrap().pid, pid);
+
+    // An instance that kills itself.
+    let mut killer = Conn::open(ha, &addr);
+    killer.start(&cold("killer", &w.function("killer"))).unwrap();
+    killer.phases(3);
+    killer.call(&InstanceCall::Invoke { body: Vec::new() });
+    let (end, reason, _, before) = killer.ended();
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(end, Some(ChildEnd::Signaled(9)));
+    assert!(reason.contains("signal 9"), "{reason}");
+
+    // Stop: killed, and said so.
+    raiser.call(&InstanceCall::Stop);
+    let (end, reason, _, _) = raiser.ended();
+    assert!(matches!(end, Some(ChildEnd::KilledByMitosis { .. })), "{end:?}");
+    assert!(reason.contains("stopped"), "{reason}");
+
+    // Closing the connection: the process and its cgroups go.
+    assert!(alive(pid));
+    assert!(!cgroup_dirs(&container).is_empty(), "no cgroup directory named {container}");
+    drop(echo);
+    assert!(wait_until(WAIT, || !alive(pid) && cgroup_dirs(&container).is_empty()), "instance {pid} or its cgroups stayed\n{}", w.logs());
+    drop(hello);
+    assert!(wait_until(WAIT, || usage(ha, &addr).instances.is_empty()), "{:?}", usage(ha, &addr));
+}
+
+#[test]
+fn forks_of_a_prepared_instance_compute_what_it_computes() {
+    let Some(w) = Workers::new("instances-fork") else { return };
+    let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
+
+    let mut seed = Conn::open(ha, &addr_a);
+    let s = spec("big-seed", &w.function("big"), InstanceStart::Cold { prepare_as: Some("fn-big".into()) });
+    seed.start(&s).unwrap_or_else(|e| panic!("start: {e}\n{}", w.logs()));
+    let phases = seed.phases(4);
+    assert_eq!(&phases[..2], &[Phase::RuntimeReady, Phase::InitDone], "{}", w.logs());
+    assert!(matches!(&phases[2], Phase::Prepared { seed_id, .. } if seed_id == "fn-big"), "{phases:?}\n{}", w.logs());
+    assert_eq!(phases[3], Phase::Ready);
+    let want = seed.invoke_json(b"same");
+    assert_eq!(want["result"]["n"], 64 << 20);
+
+    let fork = |n: usize| -> Conn {
+        let mut c = Conn::open(hb, &addr_b);
+        let s = spec(&format!("big-{n}"), &w.function("big"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-big".into() });
+        c.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
+        assert_eq!(c.phases(1), vec![Phase::Ready], "{}", w.logs());
+        c
+    };
+    let mut child = fork(1);
+    assert_eq!(child.invoke_json(b"same"), want);
+    assert_eq!(child.invoke_json(b"again")["result"]["body"], "again");
+    let listed = usage(hb, &addr_b);
+    assert!(listed.instances.iter().any(|i| i.name == "big-1" && i.memory_bytes > 0), "{listed:?}");
+    assert!(usage(ha, &addr_a).seed_copy_bytes > 64 << 20, "the seed is a copy held by daemon a");
+
+    // The seed's instance gone (and its container with it): the seed, a
+    // copy, still serves new forks.
+    drop(seed);
+    assert!(wait_until(WAIT, || usage(ha, &addr_a).instances.is_empty()));
+    let mut later = fork(2);
+    assert_eq!(later.invoke_json(b"same"), want);
+    assert_eq!(child.invoke_json(b"same"), want);
+
+    // Dropped: no more forks; a second drop finds nothing.
+    let mut admin = Conn::open(ha, &addr_a);
+    assert_eq!(admin.request(&PeerRequest::DropSeed { id: "fn-big".into() }), PeerResponse::Dropped);
+    match admin.request(&PeerRequest::DropSeed { id: "fn-big".into() }) {
+        PeerResponse::Error(e) => assert_eq!(e.kind, ErrorKind::NotFound),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let mut refused = Conn::open(hb, &addr_b);
+    let s = spec("big-3", &w.function("big"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-big".into() });
+    match refused.start(&s) {
+        Err(ProtoError::Remote(e)) => assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    drop((child, later));
+    assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_daemon_serves_on() {
+    let Some(w) = Workers::new("instances-bad") else { return };
+    let (ha, addr) = (&w.hosts.a, w.a.addr());
+    let mut c = Conn::open(ha, &addr);
+    let refused = |c: &mut Conn, s: InstanceSpec| match c.start(&s) {
+        Err(ProtoError::Remote(e)) => e,
+        other => panic!("{s:?}: expected an error, got {other:?}"),
+    };
+    let e = refused(&mut c, cold("rel", "relative/dir"));
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains("absolute"), "{e:?}");
+    let e = refused(&mut c, cold("nodir", "/nonexistent/mitosis-function"));
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    let e = refused(&mut c, cold("nofile", w.dir.path().to_str().unwrap()));
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("function.py"), "{e:?}");
+    let e = refused(&mut c, spec("noseed", &w.function("echo"), InstanceStart::Fork { seed_host: w.b.addr(), seed_id: "no-such-seed".into() }));
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}");
+    assert!(e.message.contains("no-such-seed"), "{e:?}");
+
+    // The same connection still starts an instance.
+    c.start(&cold("echo", &w.function("echo"))).unwrap_or_else(|e| panic!("start: {e}\n{}", w.logs()));
+    c.phases(3);
+    assert_eq!(c.invoke_json(b"still")["result"], "still");
+
+    // A function that fails to initialise: its end, with its stderr.
+    let mut broken = Conn::open(ha, &addr);
+    broken.start(&cold("broken", &w.function("broken"))).unwrap();
+    let (end, reason, stderr, before) = broken.ended();
+    assert_eq!(before, vec![InstanceEvent::Phase(Phase::RuntimeReady)]);
+    assert_eq!(end, Some(ChildEnd::Exited(1)), "{reason}: {stderr}");
+    assert!(stderr.contains("RuntimeError: broken at import"), "{stderr}");
+
+    // A body over the limit: the instance ends, saying why.
+    c.call(&InstanceCall::Invoke { body: vec![0; MAX_BODY as usize + 1] });
+    let (end, reason, _, _) = c.ended();
+    assert!(matches!(end, Some(ChildEnd::KilledByMitosis { .. })), "{end:?}");
+    assert!(reason.contains("exceeds the limit"), "{reason}");
+    assert!(wait_until(WAIT, || usage(ha, &addr).instances.is_empty()));
+}
