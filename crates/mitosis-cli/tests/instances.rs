@@ -15,7 +15,6 @@ mod common;
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{alive, bin, in_netns, KEY};
@@ -134,53 +133,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-/// Whether user nobody can run `python` and import the runtime (a real
-/// `execve`, as the daemon's).
-fn nobody_runs(python: &Path) -> bool {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", r#"exec "$0" -c "import mitosis.runtime""#])
-        .arg(python)
-        .env_clear()
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// An interpreter nobody can run with the repo venv's packages: the venv's
-/// own, or (when it lives where nobody cannot go, as a pyenv build under
-/// /root does) a venv in `dir` on the system's interpreter of the same
-/// version that reads the repo venv's site-packages. `None` (the test is
-/// skipped) when there is neither.
+/// An interpreter nobody can run with the repo venv's packages (`None`: the test is skipped).
 fn nobody_python(dir: &TestDir) -> Option<PathBuf> {
-    let venv = repo().join(".venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        mitosis_testkit::skip(format!("no venv at {} (run scripts/setup-python)", venv.display()));
-        return None;
-    }
-    if nobody_runs(&python) {
-        return Some(python);
-    }
-    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap_or_default();
-    let version = cfg.lines().find_map(|l| l.strip_prefix("version")).map(|v| v.trim_start_matches([' ', '=']).trim().to_string());
-    let minor = version.as_deref().and_then(|v| v.rsplit_once('.')).map(|(mm, _)| mm.to_string()).unwrap_or_default();
-    let system = PathBuf::from(format!("/usr/bin/python{minor}"));
-    let site = venv.join(format!("lib/python{minor}/site-packages"));
-    if !minor.is_empty() && system.exists() && site.is_dir() {
-        let shim = dir.path().join("venv");
-        let shim_site = shim.join(format!("lib/python{minor}/site-packages"));
-        std::fs::create_dir_all(shim.join("bin")).unwrap();
-        std::fs::create_dir_all(&shim_site).unwrap();
-        std::os::unix::fs::symlink(&system, shim.join("bin/python")).unwrap();
-        std::fs::write(shim.join("pyvenv.cfg"), "home = /usr/bin\ninclude-system-site-packages = false\n").unwrap();
-        std::fs::write(shim_site.join("mitosis-repo-venv.pth"), format!("{}\n", site.display())).unwrap();
-        let shim_python = shim.join("bin/python");
-        if nobody_runs(&shim_python) {
-            return Some(shim_python);
-        }
-    }
-    mitosis_testkit::skip(format!("user nobody cannot run {} with the mitosis package", python.display()));
-    None
+    mitosis_testkit::python::python_for_nobody(&repo().join(".venv"), dir.path()).map_err(mitosis_testkit::skip).ok()
 }
 
 /// A gateway's connection to one daemon.
@@ -401,7 +356,7 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
     assert_eq!(child.invoke_json(b"again")["result"]["body"], "again");
     let listed = usage(hb, &addr_b);
     assert!(listed.instances.iter().any(|i| i.name == "big-1" && i.memory_bytes > 0), "{listed:?}");
-    assert!(usage(ha, &addr_a).seed_copy_bytes > 64 << 20, "the seed is a copy held by daemon a");
+    assert!(usage(ha, &addr_a).seeds.iter().map(|s| s.bytes).sum::<u64>() > 64 << 20, "the seed is a copy held by daemon a");
 
     // The seed's instance gone (and its container with it): the seed, a
     // copy, still serves new forks.

@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use mitosis_container::Container;
 use mitosis_proto::instance::{
-    parse_phase, read_call, send_event, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, InstanceUsage, WorkerUsage,
+    parse_phase, read_call, send_event, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, InstanceUsage, WorkerUsage, SeedUsage,
     MAX_BODY, STDERR_TAIL, TAG_ERROR, TAG_PHASE, TAG_REPLY,
 };
 use mitosis_proto::frame::write_msg;
@@ -153,19 +153,23 @@ impl Instances {
     }
 }
 
-/// `ListInstances`: every live instance and its container's memory, and the
-/// bytes of seeds copied into this daemon (known without any system call).
+/// `ListInstances`: every live instance and its container's memory, and
+/// each seed with the bytes copied into this daemon (known without any
+/// system call; a snapshot seed's pages are counted by its container).
 pub fn worker_usage(daemon: &Daemon) -> WorkerUsage {
-    let seed_copy_bytes = daemon
+    let seeds = daemon
         .seeds
         .list()
         .iter()
-        .map(|s| match &s.memory {
-            crate::seeds::SeedMemory::Copied(c) => c.bytes(),
-            crate::seeds::SeedMemory::Snapshot { .. } => 0,
+        .map(|s| SeedUsage {
+            id: s.image.id.clone(),
+            bytes: match &s.memory {
+                crate::seeds::SeedMemory::Copied(c) => c.bytes(),
+                crate::seeds::SeedMemory::Snapshot { .. } => 0,
+            },
         })
-        .sum();
-    WorkerUsage { instances: daemon.instances.usage(), seed_copy_bytes }
+        .collect();
+    WorkerUsage { instances: daemon.instances.usage(), seeds }
 }
 
 /// `DropSeed`: forgets seed `id`, as a local `Drop` by root does.

@@ -31,6 +31,7 @@ mod conversation;
 mod netns;
 mod process;
 mod skip;
+pub mod python;
 
 use std::path::PathBuf;
 use std::process::Command;
