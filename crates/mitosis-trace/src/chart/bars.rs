@@ -1,10 +1,8 @@
-//! A grouped bar chart with a logarithmic value axis, written as SVG text.
-//!
-//! Written by hand rather than with a plotting library so that it needs no
-//! font files or system libraries: the text is SVG `<text>`, laid out by
-//! whatever displays the chart.
+//! A grouped bar chart with a logarithmic value axis.
 
 use std::fmt::Write;
+
+use super::{esc, short, COLOURS};
 
 /// One group of bars (one per series), e.g. one function.
 #[derive(Debug, Clone)]
@@ -23,9 +21,6 @@ pub struct Chart {
     pub groups: Vec<Group>,
 }
 
-/// Colours of the series (colour-blind safe).
-const COLOURS: [&str; 6] = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"];
-
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 50.0;
@@ -36,24 +31,6 @@ const LEGEND_ROW: f64 = 18.0;
 const BOTTOM: f64 = 90.0;
 const PLOT_HEIGHT: f64 = 360.0;
 const GROUP_WIDTH: f64 = 78.0;
-
-/// Escapes text for SVG.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// A value as a short label (3 significant figures at most).
-fn short(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else if v >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
 
 /// The chart as an SVG document: for each group, one bar per series, heights
 /// on a log10 axis spanning whole decades around the data, each bar labelled
