@@ -21,6 +21,7 @@ pub struct ReplayCommand {
 /// Runs the command: the table (or JSON) on stdout, what was written and
 /// where on stderr.
 pub fn run(cmd: &ReplayCommand) -> Result<Report, Error> {
+    crate::replay::check_gateway(&cmd.replay.gateway)?;
     let horizon = cmd.schedule.skip_s + cmd.schedule.duration.as_secs_f64() * cmd.schedule.scale;
     let trace = cmd.source.load(horizon)?;
     let schedule = Schedule::build(&trace, &cmd.schedule)?;

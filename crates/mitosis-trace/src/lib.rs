@@ -64,7 +64,9 @@ pub const AZURE_CREDIT: &str = "Trace: Azure Public Dataset (Microsoft), CC-BY 4
 /// Where a trace comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TraceSource {
-    File { path: PathBuf, format: formats::Format, seed: u64 },
+    /// A trace file; its format detected from its header when None
+    /// ([`formats::Format::detect`]).
+    File { path: PathBuf, format: Option<formats::Format>, seed: u64 },
     Synthetic(formats::synthetic::Spec),
 }
 
@@ -72,7 +74,13 @@ impl TraceSource {
     /// The trace, generated (if synthetic) over `horizon_s` trace seconds.
     pub fn load(&self, horizon_s: f64) -> Result<formats::Trace, Error> {
         Ok(match self {
-            TraceSource::File { path, format, seed } => formats::load(path, *format, *seed)?,
+            TraceSource::File { path, format, seed } => {
+                let format = match format {
+                    Some(f) => *f,
+                    None => formats::Format::detect(path)?,
+                };
+                formats::load(path, format, *seed)?
+            }
             TraceSource::Synthetic(spec) => spec.generate(horizon_s)?,
         })
     }

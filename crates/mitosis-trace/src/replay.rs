@@ -263,6 +263,11 @@ pub fn replay_blocking(cfg: &ReplayConfig, schedule: &Schedule) -> Result<Replay
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ReplayError::Runtime)?.block_on(replay(cfg, schedule))
 }
 
+/// Fails as [`replay`] would on a gateway URL that is not `http://HOST:PORT`.
+pub fn check_gateway(gateway: &str) -> Result<(), ReplayError> {
+    base_url(gateway).map(|_| ())
+}
+
 /// `http://host:port` without a trailing slash.
 fn base_url(gateway: &str) -> Result<String, ReplayError> {
     let bad = || ReplayError::BadGateway(gateway.to_string());
@@ -299,8 +304,9 @@ fn path_segment(name: &str) -> String {
     s
 }
 
+/// Milliseconds, to the microsecond (records stay short and readable).
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    d.as_micros() as f64 / 1000.0
 }
 
 fn failed(inv: &Invocation, sent: Option<Duration>, latency: Duration, error: String) -> Record {

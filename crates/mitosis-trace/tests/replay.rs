@@ -104,7 +104,7 @@ fn config(server: &Server, timeout: Duration) -> ReplayConfig {
 fn assert_one_record_each(run: &mitosis_trace::ReplayRun, s: &Schedule) {
     assert_eq!(run.records.len(), s.invocations.len());
     for (r, i) in run.records.iter().zip(&s.invocations) {
-        assert_eq!((r.at_ms, r.function.as_str()), (i.at.as_secs_f64() * 1000.0, i.function.as_str()));
+        assert_eq!((r.at_ms, r.function.as_str()), (i.at.as_micros() as f64 / 1000.0, i.function.as_str()));
     }
 }
 

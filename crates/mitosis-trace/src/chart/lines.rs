@@ -52,13 +52,17 @@ fn linear_ticks(hi: f64) -> (f64, Vec<f64>) {
     (top, (0..=n).map(|i| step * i as f64).collect())
 }
 
+/// A tick's label: whole numbers as such, others without trailing zeros.
 fn label(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else {
-        short(v)
+        let s = short(v);
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
     }
 }
 
@@ -171,5 +175,6 @@ mod tests {
         assert_eq!(linear_ticks(9.0), (10.0, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]));
         assert_eq!(linear_ticks(0.0).0, 1.0);
         assert_eq!(linear_ticks(130.0).0, 150.0);
+        assert_eq!([0.0, 0.2, 2.5, 0.001, 40.0].map(label), ["0", "0.2", "2.5", "0.001", "40"]);
     }
 }

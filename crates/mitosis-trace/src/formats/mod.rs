@@ -54,6 +54,19 @@ impl std::str::FromStr for Format {
     }
 }
 
+impl Format {
+    /// The format of a file by its header line: `HashOwner,...` is Azure
+    /// 2019, anything else is taken for Azure 2021 (whose parser then
+    /// checks the header).
+    pub fn detect(path: &Path) -> Result<Format, TraceError> {
+        use std::io::BufRead;
+        let file = std::fs::File::open(path).map_err(|source| TraceError::Read { path: path.to_path_buf(), source })?;
+        let mut header = String::new();
+        std::io::BufReader::new(file).read_line(&mut header).map_err(|source| TraceError::Read { path: path.to_path_buf(), source })?;
+        Ok(if header.starts_with("HashOwner,") { Format::Azure2019 } else { Format::Azure2021 })
+    }
+}
+
 /// A trace file that cannot be read or is malformed.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
