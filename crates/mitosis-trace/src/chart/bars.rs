@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{esc, short, COLOURS};
+use super::{close_svg, esc, open_svg, short, COLOURS, LEFT, LEGEND_ROW, TOP};
 
 /// One group of bars (one per series), e.g. one function.
 #[derive(Debug, Clone)]
@@ -21,13 +21,9 @@ pub struct Chart {
     pub groups: Vec<Group>,
 }
 
-const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 50.0;
 /// Narrowest chart, so that the title and legend fit beside few groups.
 const MIN_WIDTH: f64 = 720.0;
-/// Height of one legend row.
-const LEGEND_ROW: f64 = 18.0;
 const BOTTOM: f64 = 90.0;
 const PLOT_HEIGHT: f64 = 360.0;
 const GROUP_WIDTH: f64 = 78.0;
@@ -44,13 +40,7 @@ pub fn grouped_bars_log(c: &Chart) -> String {
     let top = TOP + LEGEND_ROW * c.series.len() as f64;
     let height = top + PLOT_HEIGHT + BOTTOM;
     let y_of = |v: f64| top + PLOT_HEIGHT * (1.0 - (v.log10() - lo_dec as f64) / (hi_dec - lo_dec) as f64);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{:.0}" y="24" font-size="16" text-anchor="middle" font-weight="bold">{}</text>"#, width / 2.0, esc(&c.title));
+    let mut s = open_svg(width, height, &c.title);
 
     // Legend, one series a row under the title.
     for (i, name) in c.series.iter().enumerate() {
@@ -111,9 +101,7 @@ pub fn grouped_bars_log(c: &Chart) -> String {
         let lx = gx + (GROUP_WIDTH - 14.0) / 2.0;
         let _ = writeln!(s, r#"<text x="{lx:.1}" y="{:.0}" font-size="12" text-anchor="end" transform="rotate(-35 {lx:.1} {:.0})">{}</text>"#, base + 16.0, base + 16.0, esc(&g.label));
     }
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{base}" x2="{:.0}" y2="{base}" stroke="#333" stroke-width="1"/>"##, width - RIGHT);
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#333" stroke-width="1"/>"##);
-    s.push_str("</svg>\n");
+    close_svg(&mut s, LEFT, width - RIGHT, top, base);
     s
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{esc, short, COLOURS};
+use super::{close_svg, esc, open_svg, short, COLOURS, LEFT, LEGEND_ROW, TOP};
 
 /// One line.
 #[derive(Debug, Clone)]
@@ -33,10 +33,7 @@ pub struct LineChart {
     pub note: Option<String>,
 }
 
-const LEFT: f64 = 80.0;
 const RIGHT: f64 = 30.0;
-const TOP: f64 = 50.0;
-const LEGEND_ROW: f64 = 18.0;
 const WIDTH: f64 = 760.0;
 const PLOT_HEIGHT: f64 = 360.0;
 const BOTTOM: f64 = 70.0;
@@ -97,13 +94,7 @@ pub fn line_chart(c: &LineChart) -> String {
     let px = |x: f64| LEFT + plot_w * x_of(x);
     let py = |y: f64| top + PLOT_HEIGHT * (1.0 - y / y_top);
 
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH:.0}" height="{height:.0}" viewBox="0 0 {WIDTH:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{:.0}" y="24" font-size="16" text-anchor="middle" font-weight="bold">{}</text>"#, WIDTH / 2.0, esc(&c.title));
+    let mut s = open_svg(WIDTH, height, &c.title);
     for (i, series) in c.series.iter().enumerate() {
         let y = 38.0 + LEGEND_ROW * i as f64;
         let _ = writeln!(s, r#"<rect x="{LEFT}" y="{:.0}" width="18" height="3" fill="{}"/>"#, y + 5.0, COLOURS[i % COLOURS.len()]);
@@ -135,12 +126,10 @@ pub fn line_chart(c: &LineChart) -> String {
             esc(&series.label)
         );
     }
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{base}" x2="{:.0}" y2="{base}" stroke="#333" stroke-width="1"/>"##, WIDTH - RIGHT);
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#333" stroke-width="1"/>"##);
     if let Some(note) = &c.note {
         let _ = writeln!(s, r##"<text x="{LEFT}" y="{:.0}" font-size="10" fill="#555">{}</text>"##, height - 8.0, esc(note));
     }
-    s.push_str("</svg>\n");
+    close_svg(&mut s, LEFT, WIDTH - RIGHT, top, base);
     s
 }
 
