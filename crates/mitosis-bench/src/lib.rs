@@ -15,7 +15,7 @@
 //! - [`functions`]: `mitosis bench functions`, the serverless function suite
 //!   (`functions/`): cold start, warm start, prepare, remote resume, child
 //!   execution and end-to-end remote fork per function, and a chart
-//!   ([`chart`]).
+//!   ([`chart`], from `mitosis-trace`).
 //! - [`crypto`]: `mitosis bench crypto`, the page throughput of one peer
 //!   connection encrypted, integrity-only and as raw TCP, side by side.
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
@@ -26,7 +26,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod chart;
+pub use mitosis_trace::chart;
 pub mod crypto;
 pub mod demo;
 pub mod functions;

@@ -2,7 +2,7 @@
 //!
 //! This binary only parses arguments and dispatches: the daemon is
 //! `mitosis-daemon`, clients use the `mitosis` library, benchmarks and the
-//! demo live in `mitosis-bench`.
+//! demo live in `mitosis-bench`, trace replay in `mitosis-trace`.
 
 #![forbid(unsafe_code)]
 
@@ -329,12 +329,135 @@ enum Command {
     /// Manage and call the gateway's functions: deploy, ls, rm, invoke.
     #[command(subcommand)]
     Fn(platform::FnCommand),
+    /// Replay a serverless trace against a gateway, open loop, and report latency and memory.
+    ///
+    /// The trace is an Azure Functions file (--trace; 2021 invocations or 2019 per-minute counts,
+    /// told apart by their header unless --format says) or a generated one (--synthetic SPEC).
+    /// Its first --duration seconds (after --skip, at --scale times its rate) become a schedule;
+    /// every request is sent at its scheduled time, whatever became of the earlier ones, as
+    /// `POST /invoke/FUNCTION` to the gateway, and its latency runs from that scheduled time
+    /// (no coordinated omission). Every second the gateway's /metrics gives the memory of its
+    /// instances and seeds.
+    ///
+    /// Trace functions become gateway functions by popularity rank: with `--map helloworld,json`
+    /// the most invoked trace function of the window is sent to helloworld, the next to json, the
+    /// rest dropped (or, with --wrap, assigned round the list again). `--map ID=NAME,...` pairs
+    /// trace ids (or unique prefixes of them) with names, dropping the others. Without --map a
+    /// trace function's id is the gateway function's name (as for `spike:function=json,...`).
+    ///
+    /// SPEC: `functions=N,rate=R,skew=S,cv=C,mu=M,sigma=G,seed=K` (all optional; rate is
+    /// invocations/s over all functions, named f0 (most popular) to fN-1; Zipf popularity of
+    /// exponent skew; inter-arrival CV: 1 Poisson, >1 bursty, 0 fixed; log-normal execution
+    /// times), or `spike:function=F,base=1,peak=50,at=10,for=10,seed=1` (base/s, peak/s from
+    /// second `at` for `for` seconds).
+    ///
+    /// Prints a table of P50/P90/P95/P99 of the successful requests per function, their errors,
+    /// cold/fork/warm starts (the x-mitosis-start header), memory-seconds and peak memory (or
+    /// JSON with --json). With --out DIR also writes one JSON line per request
+    /// (replay-records.jsonl), the memory timeline (replay-memory.csv), summary.json,
+    /// latency-cdf.svg and memory.svg. Exit status: 0 ok (also when requests failed: see the
+    /// table), 64 usage (bad SPEC, --map, URL), 65 malformed trace, 66 trace file missing,
+    /// 69 gateway unreachable, 73 --out not writable.
+    Replay(ReplayArgs),
     /// Benchmarks that print tables (and JSON with --json).
     #[command(subcommand)]
     Bench(Bench),
     /// Programs used by the tests and benchmarks.
     #[command(subcommand, hide = true)]
     Workload(Workload),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["trace", "synthetic"])))]
+struct ReplayArgs {
+    /// The gateway's base URL (plain HTTP).
+    #[arg(long, value_name = "URL")]
+    gateway: String,
+    /// An Azure Functions trace file (CSV).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// The --trace file's format (default: told by its header).
+    #[arg(long, requires = "trace", value_parser = ["azure2021", "azure2019"])]
+    format: Option<String>,
+    /// A generated trace instead of a file (see SPEC above).
+    #[arg(long, value_name = "SPEC")]
+    synthetic: Option<String>,
+    /// Seconds of schedule to replay (the requests scheduled before then).
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    duration: Duration,
+    /// Multiplies the trace's request rate (its offsets are divided by X).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    scale: f64,
+    /// Trace seconds to skip at its start (before scaling).
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    skip: f64,
+    /// Gateway functions by popularity rank (NAME,NAME,...), or TRACEID=NAME,... pairs.
+    #[arg(long, value_name = "LIST")]
+    map: Option<String>,
+    /// Trace functions ranked past the end of --map go round the list again instead of being dropped.
+    #[arg(long, requires = "map")]
+    wrap: bool,
+    /// Seconds a request may take from its scheduled time before it counts as failed.
+    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "30")]
+    timeout: Duration,
+    /// Seed of the random placement of Azure 2019 invocations within their minute.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The body of every request (the handler's argument).
+    #[arg(long, default_value = "{}")]
+    body: String,
+    /// Name of the run in the report and charts (and of its files in --out).
+    #[arg(long, default_value = "replay")]
+    label: String,
+    /// Folder for the records, memory timeline, summary and charts.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the summary as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Positive seconds, fractions allowed ("2.5").
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>().ok().and_then(|v| Duration::try_from_secs_f64(v).ok()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+impl ReplayArgs {
+    fn command(self) -> Result<mitosis_trace::command::ReplayCommand, mitosis_trace::Error> {
+        use mitosis_trace::schedule::{Beyond, FunctionMap, ScheduleOptions};
+        let source = match (self.trace, self.synthetic) {
+            (Some(path), _) => mitosis_trace::TraceSource::File {
+                path,
+                format: self.format.map(|f| f.parse().expect("clap checked the format")),
+                seed: self.seed,
+            },
+            (None, Some(spec)) => mitosis_trace::TraceSource::Synthetic(spec.parse()?),
+            (None, None) => unreachable!("clap requires --trace or --synthetic"),
+        };
+        let map = match self.map.as_deref().map(FunctionMap::parse).transpose()? {
+            Some(FunctionMap::ByRank { names, .. }) => {
+                FunctionMap::ByRank { names, beyond: if self.wrap { Beyond::Wrap } else { Beyond::Drop } }
+            }
+            Some(other) => other,
+            None => FunctionMap::Identity,
+        };
+        Ok(mitosis_trace::command::ReplayCommand {
+            source,
+            schedule: ScheduleOptions { duration: self.duration, scale: self.scale, skip_s: self.skip.max(0.0), map },
+            replay: mitosis_trace::ReplayConfig {
+                label: self.label,
+                timeout: self.timeout,
+                body: self.body.into_bytes().into(),
+                progress: true,
+                ..mitosis_trace::ReplayConfig::new(self.gateway)
+            },
+            out: self.out,
+            json: self.json,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -527,7 +650,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::from(EXIT_STDOUT_CLOSED),
         Err(e) => {
-            let code = e.downcast_ref::<mitosis::Error>().map(|m| m.exit_code()).unwrap_or(1);
+            let code = e
+                .downcast_ref::<mitosis::Error>()
+                .map(|m| m.exit_code())
+                .or_else(|| e.downcast_ref::<mitosis_trace::Error>().map(|t| t.exit_code()))
+                .unwrap_or(1);
             note!("mitosis: {e:#}");
             ExitCode::from(code as u8)
         }
@@ -772,6 +899,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     );
                 }
             }
+            Ok(0)
+        }
+        Command::Replay(args) => {
+            mitosis_trace::command::run(&args.command()?)?;
             Ok(0)
         }
         Command::Demo => mitosis_bench::demo::run(&self_exe()?).map(|_| 0),

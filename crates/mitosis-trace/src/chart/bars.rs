@@ -1,10 +1,8 @@
-//! A grouped bar chart with a logarithmic value axis, written as SVG text.
-//!
-//! Written by hand rather than with a plotting library so that it needs no
-//! font files or system libraries: the text is SVG `<text>`, laid out by
-//! whatever displays the chart.
+//! A grouped bar chart with a logarithmic value axis.
 
 use std::fmt::Write;
+
+use super::{close_svg, esc, open_svg, short, COLOURS, LEFT, LEGEND_ROW, TOP};
 
 /// One group of bars (one per series), e.g. one function.
 #[derive(Debug, Clone)]
@@ -23,37 +21,12 @@ pub struct Chart {
     pub groups: Vec<Group>,
 }
 
-/// Colours of the series (colour-blind safe).
-const COLOURS: [&str; 6] = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"];
-
-const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 50.0;
 /// Narrowest chart, so that the title and legend fit beside few groups.
 const MIN_WIDTH: f64 = 720.0;
-/// Height of one legend row.
-const LEGEND_ROW: f64 = 18.0;
 const BOTTOM: f64 = 90.0;
 const PLOT_HEIGHT: f64 = 360.0;
 const GROUP_WIDTH: f64 = 78.0;
-
-/// Escapes text for SVG.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// A value as a short label (3 significant figures at most).
-fn short(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else if v >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
 
 /// The chart as an SVG document: for each group, one bar per series, heights
 /// on a log10 axis spanning whole decades around the data, each bar labelled
@@ -67,13 +40,7 @@ pub fn grouped_bars_log(c: &Chart) -> String {
     let top = TOP + LEGEND_ROW * c.series.len() as f64;
     let height = top + PLOT_HEIGHT + BOTTOM;
     let y_of = |v: f64| top + PLOT_HEIGHT * (1.0 - (v.log10() - lo_dec as f64) / (hi_dec - lo_dec) as f64);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{:.0}" y="24" font-size="16" text-anchor="middle" font-weight="bold">{}</text>"#, width / 2.0, esc(&c.title));
+    let mut s = open_svg(width, height, &c.title);
 
     // Legend, one series a row under the title.
     for (i, name) in c.series.iter().enumerate() {
@@ -134,9 +101,7 @@ pub fn grouped_bars_log(c: &Chart) -> String {
         let lx = gx + (GROUP_WIDTH - 14.0) / 2.0;
         let _ = writeln!(s, r#"<text x="{lx:.1}" y="{:.0}" font-size="12" text-anchor="end" transform="rotate(-35 {lx:.1} {:.0})">{}</text>"#, base + 16.0, base + 16.0, esc(&g.label));
     }
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{base}" x2="{:.0}" y2="{base}" stroke="#333" stroke-width="1"/>"##, width - RIGHT);
-    let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{base}" stroke="#333" stroke-width="1"/>"##);
-    s.push_str("</svg>\n");
+    close_svg(&mut s, LEFT, width - RIGHT, top, base);
     s
 }
 
