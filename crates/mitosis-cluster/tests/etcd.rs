@@ -198,7 +198,7 @@ async fn connecting_to_no_live_endpoint_fails_clearly() {
         etcd.kill_member(i);
     }
     let timeouts = mitosis_cluster::Timeouts { connect: Duration::from_secs(1), request: Duration::from_secs(1) };
-    match Cluster::connect_with(&[endpoint.clone()], "/test/", timeouts).await {
+    match Cluster::connect_with(std::slice::from_ref(&endpoint), "/test/", timeouts).await {
         Err(e @ ClusterError::Unreachable { .. }) => assert!(e.to_string().contains(&endpoint), "{e}"),
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("connected to a dead cluster"),
