@@ -13,6 +13,22 @@
 //! a seed is only a (function, host, seed id, generation) record.
 //! Membership and consensus are etcd's (leases and transactions): this crate
 //! is no cluster manager of its own.
+//!
+//! # Use
+//!
+//! * A worker: `mitosis daemon --etcd URLS` registers itself (through
+//!   [`register_worker_blocking`]); its record carries a lease of a few
+//!   seconds, refreshed every TTL/3, revoked when the daemon stops.
+//! * A gateway: [`Cluster::connect`], then [`Cluster::watch`] once at start;
+//!   route each invocation from [`ClusterView::snapshot`] (live workers,
+//!   registrations, seeds per function) and wake on
+//!   [`ClusterView::changes`]. Write only on control events, never per
+//!   request: [`Cluster::put_function`] on registration,
+//!   [`Cluster::put_seed`] after preparing a seed on a worker (it goes under
+//!   that worker's lease, so it vanishes with the worker),
+//!   [`Cluster::delete_seed`] when dropping one. A worker that re-registers
+//!   after its lease expired comes back with no seeds in etcd: whoever
+//!   placed them puts them again if they still exist on it.
 
 #![forbid(unsafe_code)]
 

@@ -205,3 +205,30 @@ async fn connecting_to_no_live_endpoint_fails_clearly() {
     }
     assert!(matches!(Cluster::connect(&[], "/test/").await, Err(ClusterError::NoEndpoints)));
 }
+
+#[tokio::test]
+async fn a_view_cut_off_past_a_compaction_reloads() {
+    let Some((_dir, mut etcd)) = etcd("cluster-compaction") else { return };
+    // Logs the view's warnings (resume, reload) to the test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("mitosis_cluster=info").try_init();
+    // The view reaches etcd through member 0 only; the writer through the others.
+    let view = Cluster::connect(&[etcd.endpoint(0)], "/test/").await.unwrap().watch().await.unwrap();
+    let writer = Cluster::connect(&etcd.endpoints()[1..], "/test/").await.unwrap();
+    writer.put_function("before", "1").await.unwrap();
+    seen(&view, "the first function", |s| s.functions.contains_key("before")).await;
+
+    etcd.kill_member(0);
+    writer.put_function("during", "2").await.unwrap();
+    writer.delete_function("before").await.unwrap();
+    // History up to now is dropped: the view cannot resume from its revision.
+    let mut admin = etcd_client::Client::connect(&etcd.endpoints()[1..], None).await.unwrap();
+    let revision = admin.get("/", None).await.unwrap().header().unwrap().revision();
+    admin.compact(revision, None).await.unwrap();
+    etcd.restart_member(0).unwrap();
+
+    let state = view
+        .wait_for(SEEN_WITHIN, |s| s.functions.len() == 1 && s.functions.contains_key("during"))
+        .await
+        .unwrap_or_else(|| panic!("the view did not catch up after the compaction: {:#?}", view.snapshot()));
+    assert!(state.revision >= revision, "{state:#?}");
+}

@@ -35,6 +35,11 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     data: PathBuf,
+    /// `--initial-cluster` (every member's peer URL).
+    initial: String,
+    token: String,
+    /// Where the members' logs go.
+    logs: PathBuf,
 }
 
 impl EtcdCluster {
@@ -59,7 +64,8 @@ impl EtcdCluster {
         let data = PathBuf::from(format!("/dev/shm/{token}"));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-        let mut cluster = EtcdCluster { members: Vec::new(), data };
+        let mut cluster =
+            EtcdCluster { members: Vec::new(), data, initial: String::new(), token: String::new(), logs: PathBuf::new() };
         // All ports are taken while every listener is still open, so that
         // no two members are handed the same port.
         let ports = free_ports(members * 2)?;
@@ -73,30 +79,11 @@ impl EtcdCluster {
         }
         let initial: Vec<String> =
             cluster.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
-        let initial = initial.join(",");
+        cluster.initial = initial.join(",");
+        cluster.token = token;
+        cluster.logs = dir.path().to_path_buf();
         for i in 0..members {
-            let m = &cluster.members[i];
-            let log_path = dir.path().join(format!("etcd-{i}.log"));
-            let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-            let client = format!("http://127.0.0.1:{}", m.client_port);
-            let peer = format!("http://127.0.0.1:{}", m.peer_port);
-            let mut cmd = Command::new(ETCD_BINARY);
-            cmd.arg("--name")
-                .arg(&m.name)
-                .arg("--data-dir")
-                .arg(cluster.data.join(&m.name))
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", &token])
-                .args(["--logger", "zap", "--log-outputs", "stderr"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            // A test binary killed outright leaves no etcd behind.
-            mitosis_sys::process::parent_death_signal_on_spawn(&mut cmd, libc::SIGKILL);
-            let proc = ProcessGuard::spawn(&mut cmd).with_context(|| format!("starting {ETCD_BINARY}"))?;
-            cluster.members[i].proc = Some(proc);
+            cluster.spawn(i)?;
         }
         for i in 0..members {
             let port = cluster.members[i].client_port;
@@ -106,7 +93,7 @@ impl EtcdCluster {
             });
             let exited = cluster.members[i].proc.as_mut().and_then(|p| p.wait_timeout(Duration::ZERO));
             if !healthy || exited.is_some() {
-                let log = std::fs::read_to_string(dir.path().join(format!("etcd-{i}.log"))).unwrap_or_default();
+                let log = std::fs::read_to_string(cluster.log_path(i)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(
@@ -134,6 +121,54 @@ impl EtcdCluster {
     pub fn kill_member(&mut self, i: usize) {
         // Dropping the guard kills the member's process group and reaps it.
         self.members[i].proc = None;
+    }
+
+    /// Starts killed member `i` again on its old data and ports, and waits
+    /// until it is healthy (it rejoins the cluster it was in).
+    pub fn restart_member(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_member(i);
+        self.spawn(i)?;
+        let port = self.members[i].client_port;
+        if !wait_until(HEALTHY_WITHIN, || is_healthy(port)) {
+            bail!("restarted etcd member {i} was not healthy within {HEALTHY_WITHIN:?} (see {})", self.log_path(i).display());
+        }
+        Ok(())
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.logs.join(format!("etcd-{i}.log"))
+    }
+
+    /// Starts member `i`'s process (on its data dir: a restarted member
+    /// ignores the bootstrap flags and rejoins).
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let log_path = self.log_path(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new(ETCD_BINARY);
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(self.data.join(&m.name))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // A test binary killed outright leaves no etcd behind.
+        mitosis_sys::process::parent_death_signal_on_spawn(&mut cmd, libc::SIGKILL);
+        let proc = ProcessGuard::spawn(&mut cmd).with_context(|| format!("starting {ETCD_BINARY}"))?;
+        self.members[i].proc = Some(proc);
+        Ok(())
     }
 
     /// Whether member `i` answers `/health` as healthy right now.
