@@ -2,9 +2,12 @@
 //!
 //! This binary only parses arguments and dispatches: the daemon is
 //! `mitosis-daemon`, clients use the `mitosis` library, benchmarks and the
-//! demo live in `mitosis-bench`, trace replay in `mitosis-trace`.
+//! demo live in `mitosis-bench`, trace replay in `mitosis-trace`, the
+//! daemon's membership in etcd is `mitosis-cluster` (started by `registrar`).
 
 #![forbid(unsafe_code)]
+
+mod registrar;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -215,6 +218,19 @@ enum Command {
         /// its first byte came, must be whole within 5 s; a peer's handshake too).
         #[arg(long, default_value_t = 10)]
         local_idle_timeout: u64,
+        #[command(flatten)]
+        etcd: registrar::EtcdArgs,
+        #[arg(long, value_enum, default_value = "info")]
+        log_level: LogLevel,
+    },
+    /// The daemon's membership in etcd, started by `mitosis daemon --etcd`.
+    #[command(hide = true)]
+    EtcdRegistrar {
+        #[command(flatten)]
+        etcd: registrar::EtcdArgs,
+        /// The daemon's listener: registered once it accepts connections.
+        #[arg(long)]
+        wait_for: SocketAddr,
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevel,
     },
@@ -688,6 +704,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             max_handshakes_per_ip,
             max_peer_connections,
             local_idle_timeout,
+            etcd,
             log_level,
         } => {
             init_logging(log_level);
@@ -695,7 +712,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let protection = if no_encrypt { Protection::Integrity } else { Protection::Encrypted };
             let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
             let instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
-            mitosis_daemon::Daemon::run(mitosis_daemon::Config {
+            // Started before the daemon (whose run blocks), it registers
+            // once the daemon's listener answers.
+            let registrar = registrar::start(&etcd, listen, log_level.name())?;
+            let ran = mitosis_daemon::Daemon::run(mitosis_daemon::Config {
                 listen,
                 socket: socket.socket,
                 key,
@@ -721,8 +741,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     listen,
                 ),
                 instances,
-            })?;
+            });
+            if let Some(registrar) = registrar {
+                registrar.stop();
+            }
+            ran?;
             Ok(0)
+        }
+        Command::EtcdRegistrar { etcd, wait_for, log_level } => {
+            init_logging(log_level);
+            registrar::run(&etcd, wait_for)
         }
         Command::Prepare { pid, id, until_exit, copy, socket, json } => {
             let info = Client::connect(&socket.socket)?.prepare_with(pid, &id, !until_exit, copy)?;
@@ -936,14 +964,21 @@ fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find the mitosis binary")
 }
 
+impl LogLevel {
+    /// The name `--log-level` takes.
+    fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 fn init_logging(level: LogLevel) {
-    let filter = match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-    };
+    let filter = level.name();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)

@@ -11,6 +11,8 @@
 //!   [`Host`] and stopped (SIGTERM, then SIGKILL) when dropped;
 //! * **process cleanup** — [`ProcessGuard`], a child in its own process
 //!   group whose whole group is killed and reaped when dropped;
+//! * **etcd clusters** — [`EtcdCluster`], N etcd members on loopback
+//!   ports with their data on tmpfs, killed and removed when dropped;
 //! * **skips** — [`skip`] and [`require_root`]: a test that cannot run here
 //!   is recorded as skipped (see `scripts/test`), and under CI a root-only
 //!   test without root fails.
@@ -21,12 +23,14 @@
 //! it assigns (`10.213.<k>.1` / `10.213.<k>.2`) lives on a veth pair whose
 //! both ends are inside namespaces it just created; nothing is configured in
 //! the host's own network namespace, no routes leave the pair, and daemons
-//! only listen on those private addresses.
+//! only listen on those private addresses. etcd members listen on 127.0.0.1
+//! only.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 mod dir;
+mod etcd;
 mod conversation;
 mod netns;
 mod process;
@@ -39,6 +43,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use dir::{write_key, TestDir};
+pub use etcd::{EtcdCluster, ETCD_BINARY};
 pub use conversation::{Finished, Proc, STEP};
 pub use netns::{Host, TwoHosts};
 pub use process::{Daemon, ProcessGuard};
