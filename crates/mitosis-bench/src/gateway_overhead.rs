@@ -183,7 +183,9 @@ fn start_direct(
         memory_bytes: Some(512 << 20),
     };
     let (worker, auth) = (worker.to_string(), auth.clone());
-    let started = rt.block_on(tokio::task::spawn_blocking(move || Instance::start(&worker, &auth, &spec, Duration::from_secs(120), || {})))??;
+    let started = rt.block_on(async {
+        tokio::task::spawn_blocking(move || Instance::start(&worker, &auth, &spec, Duration::from_secs(120), || {})).await
+    })??;
     Ok(started.instance)
 }
 

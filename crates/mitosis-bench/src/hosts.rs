@@ -46,8 +46,13 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra arguments for both daemons.
     pub fn start_with_args(bin: &Path, name: &str, daemon_args: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::start_in(bin, TestDir::new(name), daemon_args)
+    }
+
+    /// [`Cluster::start_with_args`] keeping the key, sockets and logs in
+    /// `dir` (one outside /tmp when containers must see the sockets).
+    pub fn start_in(bin: &Path, dir: TestDir, daemon_args: &[&str]) -> anyhow::Result<Cluster> {
         let hosts = TwoHosts::new().context("creating the two hosts")?;
-        let dir = TestDir::new(name);
         let key = write_key(&dir, "cluster.key", &random_key()?);
         let a = Daemon::start_with_args(bin, &hosts.a, &dir, "a", &key, daemon_args).context("starting the daemon of host a")?;
         let b = Daemon::start_with_args(bin, &hosts.b, &dir, "b", &key, daemon_args).context("starting the daemon of host b")?;

@@ -30,8 +30,13 @@ impl Workers {
     /// Starts both hosts' daemons as workers (the binary `bin`).
     pub fn start(bin: &Path, name: &str, suite: Suite) -> anyhow::Result<Workers> {
         crate::hosts::ensure_root(name)?;
-        let python = suite.python.to_string_lossy().into_owned();
-        let cluster = Cluster::start_with_args(bin, name, &["--instance-user", INSTANCE_USER, "--python", &python])?;
+        // Not under /tmp: a container has a /tmp of its own, and instances
+        // must reach their daemon's socket (to prepare) and their interpreter.
+        let dir = mitosis_testkit::TestDir::new_in(Path::new("/var/tmp"), name);
+        let venv = suite.python.parent().and_then(Path::parent).context("the suite's python is not in a venv")?;
+        let python = mitosis_testkit::python::python_for_nobody(venv, dir.path()).map_err(|e| anyhow::anyhow!(e))?;
+        let python = python.to_string_lossy().into_owned();
+        let cluster = Cluster::start_in(bin, dir, &["--instance-user", INSTANCE_USER, "--python", &python])?;
         Ok(Workers { cluster, suite })
     }
 

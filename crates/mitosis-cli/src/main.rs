@@ -478,6 +478,8 @@ impl ReplayArgs {
 
 #[derive(Subcommand)]
 enum Bench {
+    #[command(flatten)]
+    Platform(platform::PlatformBench),
     /// Peak throughput: N loops resuming children of one seed for S seconds, beside
     /// fork+exit and bare lean containers.
     Throughput {
@@ -944,6 +946,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(Bench::Crypto { mib, runs, e2e_mib, json }) => {
             mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)
         }
+        Command::Bench(Bench::Platform(b)) => b.run(&self_exe()?),
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
             mitosis_bench::functions::run(&self_exe()?, &opts).map(|_| 0)

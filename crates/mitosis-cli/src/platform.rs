@@ -226,3 +226,78 @@ impl FnCommand {
         }
     }
 }
+
+/// The platform's benchmarks (`mitosis bench gateway|starts|spike`); each needs root,
+/// scripts/setup-functions, and runs two worker hosts with a gateway on this machine.
+#[derive(Subcommand)]
+pub enum PlatformBench {
+    /// What the gateway adds to a warm instance's call (beside a direct call of the same
+    /// instance), and invocations per second through it with closed-loop clients.
+    Gateway {
+        #[arg(long, default_value = "helloworld")]
+        function: String,
+        /// Sequential calls per path.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Concurrent clients of the throughput runs.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 8])]
+        clients: Vec<usize>,
+        /// Seconds per throughput run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// New instances per function of the suite: cold start, remote fork and warm, request to
+    /// response through the gateway, and the start overheads (minus the warm run).
+    Starts {
+        /// Functions (default: all 13).
+        #[arg(long, value_delimiter = ',')]
+        functions: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// MITOSIS's load-spike experiment: one function's rate jumps from --base/s to --peak/s at
+    /// --at for --for seconds; the same open-loop schedule under cold (no keep-alive), cold with
+    /// a 600 s keep-alive (a warm pool) and fork; P50, P99 and memory-seconds of each.
+    Spike {
+        #[arg(long, default_value = "json")]
+        function: String,
+        #[arg(long, default_value_t = 1.0)]
+        base: f64,
+        #[arg(long, default_value_t = 50.0)]
+        peak: f64,
+        #[arg(long, default_value_t = 10.0)]
+        at: f64,
+        #[arg(long = "for", default_value_t = 10.0)]
+        for_s: f64,
+        /// Length of the schedule, seconds.
+        #[arg(long, default_value_t = 40.0)]
+        seconds: f64,
+        /// Where the records, memory timelines, summary and charts go.
+        #[arg(long, default_value = "target/bench-spike")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl PlatformBench {
+    pub fn run(self, bin: &std::path::Path) -> anyhow::Result<i32> {
+        match self {
+            PlatformBench::Gateway { function, calls, clients, seconds, json } => {
+                mitosis_bench::gateway_overhead::run(bin, &mitosis_bench::gateway_overhead::Options { function, calls, clients, seconds, json })?
+            }
+            PlatformBench::Starts { functions, runs, json } => {
+                mitosis_bench::starts::run(bin, &mitosis_bench::starts::Options { functions, runs, json })?
+            }
+            PlatformBench::Spike { function, base, peak, at, for_s, seconds, out, json } => mitosis_bench::spike::run(
+                bin,
+                &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
+            )?,
+        }
+        Ok(0)
+    }
+}
