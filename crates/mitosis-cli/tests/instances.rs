@@ -14,10 +14,10 @@ mod common;
 
 use std::io::BufReader;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{alive, bin, in_netns, KEY};
+use common::{alive, in_netns, repo, Workers, KEY};
 use mitosis_proto::auth::{client_handshake, ClusterKey};
 use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME};
 use mitosis_proto::instance::{
@@ -27,7 +27,7 @@ use mitosis_proto::local::ChildEnd;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::secure::{Protection, SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError};
-use mitosis_testkit::{require_root, wait_until, write_key, Daemon, Host, TestDir, TwoHosts};
+use mitosis_testkit::{wait_until, Host};
 
 /// Longest wait for anything (an event, a teardown); never a measurement.
 const WAIT: Duration = Duration::from_secs(60);
@@ -81,62 +81,6 @@ def handler(body):
     ),
     ("broken", "raise RuntimeError('broken at import')\n"),
 ];
-
-/// Two hosts with a daemon each that runs instances as nobody. Fields drop
-/// in order: daemons first, then the namespaces, then the directory.
-struct Workers {
-    a: Daemon,
-    b: Daemon,
-    hosts: TwoHosts,
-    dir: TestDir,
-}
-
-impl Workers {
-    fn new(name: &str) -> Option<Workers> {
-        if !require_root() {
-            return None;
-        }
-        if !common::nobody_can_run_mitosis() {
-            return None;
-        }
-        let dir = TestDir::new_in(Path::new("/var/tmp"), name);
-        // Made by root with mode 0755, its files 0644: nobody reads them.
-        let python = nobody_python(&dir)?;
-        for (fname, source) in FUNCTIONS {
-            let fdir = dir.path().join(fname);
-            std::fs::create_dir(&fdir).unwrap();
-            std::fs::write(fdir.join("function.py"), source).unwrap();
-        }
-        let hosts = TwoHosts::new().expect("creating test hosts");
-        let key = write_key(&dir, "key", KEY);
-        let args = ["--instance-user", "nobody", "--python", python.to_str().unwrap()];
-        let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, &args).expect("starting daemon a");
-        let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key, &args).expect("starting daemon b");
-        Some(Workers { a, b, hosts, dir })
-    }
-
-    fn function(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().unwrap().to_string()
-    }
-
-    fn logs(&self) -> String {
-        format!("--- daemon a ---\n{}\n--- daemon b ---\n{}", tail(&self.a.log()), tail(&self.b.log()))
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// An interpreter nobody can run with the repo venv's packages (`None`: the test is skipped).
-fn nobody_python(dir: &TestDir) -> Option<PathBuf> {
-    mitosis_testkit::python::python_for_nobody(&repo().join(".venv"), dir.path()).map_err(mitosis_testkit::skip).ok()
-}
 
 /// A gateway's connection to one daemon.
 struct Conn {
@@ -256,7 +200,7 @@ fn cgroup_dirs(container: &str) -> Vec<PathBuf> {
 
 #[test]
 fn cold_instances_serve_fail_and_end() {
-    let Some(w) = Workers::new("instances-cold") else { return };
+    let Some(w) = Workers::new("instances-cold", &FUNCTIONS) else { return };
     let (ha, addr) = (&w.hosts.a, w.a.addr());
 
     // Phases in order, then byte-identical echoes (and bytes that are not UTF-8).
@@ -331,7 +275,7 @@ fn cold_instances_serve_fail_and_end() {
 
 #[test]
 fn forks_of_a_prepared_instance_compute_what_it_computes() {
-    let Some(w) = Workers::new("instances-fork") else { return };
+    let Some(w) = Workers::new("instances-fork", &FUNCTIONS) else { return };
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
 
     let mut seed = Conn::open(ha, &addr_a);
@@ -385,7 +329,7 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
 
 #[test]
 fn bad_requests_get_clear_errors_and_the_daemon_serves_on() {
-    let Some(w) = Workers::new("instances-bad") else { return };
+    let Some(w) = Workers::new("instances-bad", &FUNCTIONS) else { return };
     let (ha, addr) = (&w.hosts.a, w.a.addr());
     let mut c = Conn::open(ha, &addr);
     let refused = |c: &mut Conn, s: InstanceSpec| match c.start(&s) {

@@ -79,7 +79,7 @@ impl Cluster {
 
     /// Both daemons' logs, for failure messages.
     pub fn logs(&self) -> String {
-        format!("--- daemon a log ---\n{}\n--- daemon b log ---\n{}", tail(&self.a.log()), tail(&self.b.log()))
+        format!("--- daemon a log ---\n{}\n--- daemon b log ---\n{}", tail(&self.a.log(), 60), tail(&self.b.log(), 60))
     }
 
     /// Starts `args` (a program and its arguments) inside host `host`.
@@ -163,13 +163,6 @@ impl Cluster {
     pub fn cli(&self, args: &[&str]) -> Finished {
         cli(args)
     }
-}
-
-/// The end of a long log.
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    let from = lines.len().saturating_sub(60);
-    lines[from..].join("\n")
 }
 
 /// Command prefix that runs a program as user nobody, without groups.
@@ -258,15 +251,7 @@ pub fn cpu_has(flag: &str) -> bool {
 /// Runs `f` in a thread that has entered `host`'s network namespace (only
 /// that thread does, so the test process itself stays where it is).
 pub fn in_netns<T: Send + 'static>(host: &Host, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = PathBuf::from("/run/netns").join(&host.ns);
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-        // Only this thread's network namespace changes.
-        mitosis_sys::ns::setns(&ns, libc::CLONE_NEWNET).unwrap_or_else(|e| panic!("entering {}: {e}", path.display()));
-        f()
-    })
-    .join()
-    .expect("thread in a test host panicked")
+    host.run_inside(f).unwrap_or_else(|e| panic!("running inside {}: {e:#}", host.ns))
 }
 
 /// Waits up to 10 s until `pid` is blocked in `read(0, ...)` (per
@@ -303,4 +288,71 @@ pub fn wait_blocked_in_syscall(pid: i32) -> u64 {
     });
     assert!(ok, "process {pid} never blocked in a system call");
     nr
+}
+
+/// Two hosts with a daemon each that runs function instances as nobody,
+/// and function directories written by the test. Fields drop in order:
+/// daemons first, then the namespaces, then the directory (under
+/// /var/tmp, not /tmp: a container has a /tmp of its own).
+pub struct Workers {
+    pub a: Daemon,
+    pub b: Daemon,
+    pub hosts: TwoHosts,
+    pub dir: TestDir,
+}
+
+impl Workers {
+    /// `None` (the test is skipped) without root, or when nobody cannot
+    /// run mitosis or a Python with the repo venv's packages.
+    pub fn new(name: &str, functions: &[(&str, &str)]) -> Option<Workers> {
+        Workers::with_args(name, functions, &[])
+    }
+
+    /// [`Workers::new`] with more daemon arguments.
+    pub fn with_args(name: &str, functions: &[(&str, &str)], extra: &[&str]) -> Option<Workers> {
+        if !require_root() || !nobody_can_run_mitosis() {
+            return None;
+        }
+        let dir = TestDir::new_in(Path::new("/var/tmp"), name);
+        // Made by root with mode 0755, its files 0644: nobody reads them.
+        let venv = repo().join(".venv");
+        let python = mitosis_testkit::python::python_for_nobody(&venv, dir.path()).map_err(mitosis_testkit::skip).ok()?;
+        for (fname, source) in functions {
+            let fdir = dir.path().join(fname);
+            std::fs::create_dir(&fdir).unwrap();
+            std::fs::write(fdir.join("function.py"), source).unwrap();
+        }
+        let hosts = TwoHosts::new().expect("creating test hosts");
+        let key = write_key(&dir, "key", KEY);
+        let mut args = vec!["--instance-user", "nobody", "--python", python.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, &args).expect("starting daemon a");
+        let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key, &args).expect("starting daemon b");
+        Some(Workers { a, b, hosts, dir })
+    }
+
+    /// The directory of the test's function `name`.
+    pub fn function(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("key")
+    }
+
+    /// The last lines of both daemons' logs.
+    pub fn logs(&self) -> String {
+        format!("--- daemon a ---\n{}\n--- daemon b ---\n{}", tail(&self.a.log(), 40), tail(&self.b.log(), 40))
+    }
+}
+
+/// The last `n` lines of `s` (of a long log).
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
