@@ -35,6 +35,7 @@ pub mod hosts;
 pub mod micro;
 pub mod modes;
 pub mod platform;
+pub mod replay;
 pub mod spike;
 pub mod starts;
 pub mod throughput;

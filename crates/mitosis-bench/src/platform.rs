@@ -67,6 +67,15 @@ impl Workers {
         FunctionConfig::new(self.suite.dir.join(name).to_string_lossy().into_owned())
     }
 
+    /// Writes a function of the benchmark's own (`function.py` = `source`)
+    /// into the workers' directory and returns its registration.
+    pub fn own_function(&self, name: &str, source: &str) -> anyhow::Result<FunctionConfig> {
+        let dir = self.cluster.dir.path().join("functions").join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("function.py"), source).with_context(|| format!("writing {}", dir.display()))?;
+        Ok(FunctionConfig::new(dir.to_string_lossy().into_owned()))
+    }
+
     /// Runs `f` inside host `a`'s network namespace, with a tokio runtime
     /// whose threads are there too, and a gateway over both workers serving
     /// HTTP on that host's loopback (its URL is passed to `f`).

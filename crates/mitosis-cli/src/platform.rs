@@ -263,7 +263,9 @@ pub enum PlatformBench {
     /// --at for --for seconds; the same open-loop schedule under cold (no keep-alive), cold with
     /// a 600 s keep-alive (a warm pool) and fork; P50, P99 and memory-seconds of each.
     Spike {
-        #[arg(long, default_value = "json")]
+        /// The function: `spiky` (the benchmark's own: a 64 MiB initialisation, a handler that
+        /// waits 100 ms and reads 1% of it) or one of the suite's.
+        #[arg(long, default_value = "spiky")]
         function: String,
         #[arg(long, default_value_t = 1.0)]
         base: f64,
@@ -278,6 +280,20 @@ pub enum PlatformBench {
         seconds: f64,
         /// Where the records, memory timelines, summary and charts go.
         #[arg(long, default_value = "target/bench-spike")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A FaaSMem-shaped open-loop replay of the suite's functions (synthetic trace, mapped by
+    /// popularity rank, the most invoked onto the lightest handler), through a fork and a cold
+    /// gateway at once over the same workers; a table per policy, records and charts in --out.
+    Replay {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// The synthetic trace (grammar: `mitosis replay --help`).
+        #[arg(long, default_value = mitosis_bench::replay::DEFAULT_SPEC)]
+        spec: String,
+        #[arg(long, default_value = "target/bench-replay")]
         out: PathBuf,
         #[arg(long)]
         json: bool,
@@ -297,6 +313,9 @@ impl PlatformBench {
                 bin,
                 &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
             )?,
+            PlatformBench::Replay { minutes, spec, out, json } => {
+                mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, spec, out, json })?
+            }
         }
         Ok(0)
     }

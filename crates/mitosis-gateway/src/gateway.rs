@@ -481,7 +481,9 @@ impl Gateway {
             let mut control = w.control.lock().unwrap_or_else(|e| e.into_inner());
             match with_control(&mut control, &w.addr, &self.config.auth, |c| c.list_instances()) {
                 Ok(usage) => {
-                    for i in usage.instances {
+                    // Only this gateway's instances (another may share the workers).
+                    let ours = format!("-{}-", self.nonce);
+                    for i in usage.instances.into_iter().filter(|i| i.name.contains(&ours)) {
                         per_function.entry(i.function).or_default().instances_bytes += i.memory_bytes;
                     }
                     for s in usage.seeds {
