@@ -9,11 +9,15 @@ use mitosis_sys::{usize_of, SysError, PAGE};
 
 /// A seed's memory held in the daemon: runs of bytes by address. Addresses
 /// of the seed's mappings outside every run read as zero (pages the snapshot
-/// never had: untouched anonymous memory).
+/// never had: untouched anonymous memory), except the pages the snapshot
+/// itself could not read (a file mapping past its file's end, where the seed
+/// would get SIGBUS): asking for those is an error, never zeros.
 #[derive(Debug, Default)]
 pub struct CopiedMemory {
     /// (start address, bytes), sorted by address, not overlapping.
     runs: Vec<(u64, Vec<u8>)>,
+    /// Page addresses the snapshot could not read, sorted.
+    unreadable: Vec<u64>,
 }
 
 impl CopiedMemory {
@@ -22,8 +26,16 @@ impl CopiedMemory {
         self.runs.iter().map(|r| r.1.len() as u64).sum()
     }
 
-    /// Copies `ranges` back to back into `out` (zero where nothing was copied).
-    pub fn read(&self, ranges: &[(u64, u64)], out: &mut [u8]) {
+    /// Copies `ranges` back to back into `out` (zero where nothing was
+    /// copied); fails, naming the page, if a range holds a page the snapshot
+    /// could not read.
+    pub fn read(&self, ranges: &[(u64, u64)], out: &mut [u8]) -> Result<(), u64> {
+        for &(addr, len) in ranges {
+            let first = self.unreadable.partition_point(|&p| p < addr);
+            if let Some(&page) = self.unreadable.get(first).filter(|&&p| p < addr + len) {
+                return Err(page);
+            }
+        }
         let mut off = 0usize;
         for &(addr, len) in ranges {
             let dst = &mut out[off..off + usize_of(len)];
@@ -41,6 +53,7 @@ impl CopiedMemory {
             }
             off += usize_of(len);
         }
+        Ok(())
     }
 }
 
@@ -75,12 +88,42 @@ pub fn copy_memory(pid: i32, image: &SeedImage) -> Result<CopiedMemory, SysError
         }
     }
     let mut runs = Vec::with_capacity(wanted.len());
+    let mut unreadable = Vec::new();
     for (start, end) in wanted {
         let mut bytes = vec![0u8; usize_of(end - start)];
-        mitosis_sys::mem::read_ranges_fully(pid, None, &[(start, end - start)], &mut bytes)?;
-        runs.push((start, bytes));
+        match mitosis_sys::mem::read_ranges_fully(pid, None, &[(start, end - start)], &mut bytes) {
+            Ok(()) => runs.push((start, bytes)),
+            // Some page of the run cannot be read (EIO: a file mapping past
+            // its file's end): the run is copied page by page around it.
+            Err(e) if e.errno == libc::EIO || e.errno == libc::EFAULT => {
+                copy_by_page(pid, start, end, &mut runs, &mut unreadable)?;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(CopiedMemory { runs })
+    Ok(CopiedMemory { runs, unreadable })
+}
+
+/// Copies `start..end` one page at a time: readable pages into runs, the
+/// others' addresses into `unreadable`.
+fn copy_by_page(pid: i32, start: u64, end: u64, runs: &mut Vec<(u64, Vec<u8>)>, unreadable: &mut Vec<u64>) -> Result<(), SysError> {
+    let mut page = vec![0u8; usize_of(PAGE)];
+    let mut run: Option<(u64, Vec<u8>)> = None;
+    for addr in (start..end).step_by(usize_of(PAGE)) {
+        match mitosis_sys::mem::read_ranges_fully(pid, None, &[(addr, PAGE)], &mut page) {
+            Ok(()) => match &mut run {
+                Some((_, bytes)) => bytes.extend_from_slice(&page),
+                None => run = Some((addr, page.clone())),
+            },
+            Err(e) if e.errno == libc::EIO || e.errno == libc::EFAULT => {
+                runs.extend(run.take());
+                unreadable.push(addr);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    runs.extend(run);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -89,16 +132,18 @@ mod tests {
 
     #[test]
     fn reads_runs_and_zero_between_them() {
-        let m = CopiedMemory { runs: vec![(0x1000, vec![1; 0x1000]), (0x3000, vec![3; 0x2000])] };
+        let m = CopiedMemory { runs: vec![(0x1000, vec![1; 0x1000]), (0x3000, vec![3; 0x2000])], unreadable: vec![0x9000] };
         let mut out = vec![9u8; 0x5000];
-        m.read(&[(0x1000, 0x5000)], &mut out);
+        m.read(&[(0x1000, 0x5000)], &mut out).unwrap();
         assert!(out[..0x1000].iter().all(|&b| b == 1));
         assert!(out[0x1000..0x2000].iter().all(|&b| b == 0), "a page never copied reads zero");
         assert!(out[0x2000..0x4000].iter().all(|&b| b == 3));
         assert!(out[0x4000..].iter().all(|&b| b == 0));
         let mut two = vec![0u8; 0x2000];
-        m.read(&[(0x4000, 0x1000), (0x1000, 0x1000)], &mut two);
+        m.read(&[(0x4000, 0x1000), (0x1000, 0x1000)], &mut two).unwrap();
         assert!(two[..0x1000].iter().all(|&b| b == 3) && two[0x1000..].iter().all(|&b| b == 1));
         assert_eq!(m.bytes(), 0x3000);
+        let mut page = vec![0u8; 0x2000];
+        assert_eq!(m.read(&[(0x8000, 0x2000)], &mut page), Err(0x9000), "an unreadable page is an error, never zeros");
     }
 }

@@ -291,3 +291,25 @@ fn files_descriptors_and_file_mappings() {
     let expected = theirs.replace("pipe=open", "pipe=closed");
     assert_eq!(out.stdout, format!("{expected}\n"), "the child sees what its parent sees: {out}");
 }
+
+/// A file mapping longer than its file (its tail would be SIGBUS in the
+/// seed): a copy-mode prepare copies what can be read instead of failing,
+/// and the child reads the backed page as its parent does. (Python's numpy
+/// and Pillow map such files; their copy-mode prepares failed with EIO.)
+#[test]
+fn copy_mode_prepare_of_a_mapping_past_its_file_end() {
+    let Some(c) = Cluster::new("pasteof") else { return };
+    let prog = compile(&c.dir, "pasteof", &["-O2"]);
+    let file = c.dir.path().join("one-page.bin");
+    std::fs::write(&file, (0..4096u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<u8>>()).unwrap();
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "pasteof", &[prog.to_str().unwrap(), file.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(ppid);
+    let sock = c.a.socket().to_str().unwrap().to_string();
+    let out = c.cli(&["prepare", "--pid", &ppid.to_string(), "--id", "pasteof", "--copy", "--json", "--socket", &sock]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    parent.send("check\n");
+    let theirs = parent.expect_prefix("check ", STEP);
+    let child = c.resume_on_b_with("pasteof", "check\n");
+    assert_eq!(child.code(), Some(0), "{child}\n{}", c.logs());
+    assert_eq!(child.stdout, format!("{theirs}\n"), "the child reads the mapped page as its parent does");
+}

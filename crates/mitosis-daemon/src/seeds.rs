@@ -26,10 +26,9 @@ impl SeedMemory {
         match self {
             SeedMemory::Snapshot { pid, mem, .. } => mitosis_sys::mem::read_ranges_fully(*pid, Some(mem), ranges, out)
                 .map_err(|e| format!("its snapshot cannot be read ({e})")),
-            SeedMemory::Copied(c) => {
-                c.read(ranges, out);
-                Ok(())
-            }
+            SeedMemory::Copied(c) => c
+                .read(ranges, out)
+                .map_err(|page| format!("page {page:#x} could not be read from the seed when it was copied (past the end of its file?)")),
         }
     }
 
