@@ -193,7 +193,7 @@ enum Origin {
     /// On this host.
     Own(Arc<crate::seeds::Seed>),
     /// On another host, reached through this connection.
-    Peer(PeerConn),
+    Peer(Box<PeerConn>),
 }
 
 /// Removes a plain child's cgroup in the background: processes the child
@@ -294,7 +294,7 @@ pub(crate) fn start(
         })?;
         let crate::peer::FetchedSeed { image, working_set, bytes } =
             conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
-        (Origin::Peer(conn), image, working_set, bytes)
+        (Origin::Peer(Box::new(conn)), image, working_set, bytes)
     };
     let fetched = t0.elapsed();
     // Pages of an older generation of this seed are of no use any more.
@@ -401,7 +401,7 @@ pub(crate) fn start(
                 id: id.to_string(),
                 generation: image.generation,
                 timeout: cfg.fetch_timeout,
-                conn,
+                conn: *conn,
             };
             if daemon.cache.enabled() && !paging.no_cache {
                 Box::new(crate::cache::CachedSource::new(remote_source, daemon.cache.clone(), counters.clone()))
