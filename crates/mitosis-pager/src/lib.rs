@@ -873,6 +873,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_recorder_stops_at_its_take() {
+        let r = Recorder::default();
+        r.record(&[(0x1000, 0x1000, PAGE), (0x5000, 0x5000, 2 * PAGE)]);
+        assert_eq!(r.take(), vec![(0x1000, PAGE), (0x5000, 2 * PAGE)]);
+        r.record(&[(0x9000, 0x9000, PAGE)]);
+        assert!(r.take().is_empty(), "what comes after the take is not the working set");
+    }
+
+    #[test]
     fn patches_apply_across_chunk_edges() {
         let mut chunk = vec![0u8; 8];
         apply_patch(&mut chunk, 100, &Patch { addr: 98, bytes: vec![1, 2, 3, 4] });
