@@ -368,3 +368,61 @@ fn bad_requests_get_clear_errors_and_the_daemon_serves_on() {
     assert!(reason.contains("exceeds the limit"), "{reason}");
     assert!(wait_until(WAIT, || usage(ha, &addr).instances.is_empty()));
 }
+
+/// The seed's recorded working set, in pages, as `mitosis stats` on `daemon` shows it.
+fn working_set_pages(daemon: &Daemon, id: &str) -> u64 {
+    let out = std::process::Command::new(bin())
+        .args(["stats", "--json", "--socket"])
+        .arg(daemon.socket())
+        .output()
+        .expect("running mitosis stats");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let seeds = stats["seeds"].as_array().cloned().unwrap_or_default();
+    seeds.iter().find(|s| s["id"] == id).and_then(|s| s["working_set_pages"].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn a_fork_reports_its_working_set_at_its_first_answer_and_forks_on_the_seed_host_read_it_in_place() {
+    let Some(w) = Workers::new("instances-working-set") else { return };
+    let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
+    let mut seed = Conn::open(ha, &addr_a);
+    let s = spec("echo-seed", &w.function("echo"), InstanceStart::Cold { prepare_as: Some("fn-echo".into()) });
+    seed.start(&s).unwrap_or_else(|e| panic!("start: {e}\n{}", w.logs()));
+    assert_eq!(seed.phases(4)[3], Phase::Ready, "{}", w.logs());
+    assert_eq!(working_set_pages(&w.a, "fn-echo"), 0, "no child yet");
+
+    let fork = |host: &Host, addr: &str, n: usize| -> Conn {
+        let mut c = Conn::open(host, addr);
+        let s = spec(&format!("echo-{n}"), &w.function("echo"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-echo".into() });
+        c.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
+        assert_eq!(c.phases(1), vec![Phase::Ready], "{}", w.logs());
+        c
+    };
+    // The first fork's answer makes the working set, while it lives on.
+    let mut first = fork(hb, &addr_b, 1);
+    assert_eq!(first.invoke_json(b"one")["result"], "one");
+    assert!(wait_until(WAIT, || working_set_pages(&w.a, "fn-echo") > 0), "no working set recorded\n{}", w.logs());
+    assert_eq!(first.invoke_json(b"two")["result"], "two");
+
+    // Forks on the seed host itself (pages read in place) and on the other
+    // (pages from the seed host and its cache), with the working set pushed.
+    let mut own = fork(ha, &addr_a, 2);
+    let mut other = fork(hb, &addr_b, 3);
+    for (c, body) in [(&mut own, "own"), (&mut other, "other")] {
+        assert_eq!(c.invoke_json(body.as_bytes())["result"], body, "{}", w.logs());
+        assert_eq!(c.invoke_json(b"again")["result"], "again");
+    }
+    assert_eq!(first.invoke_json(b"three")["result"], "three");
+
+    // Dropped: a fork on the seed host is refused like any other.
+    let mut admin = Conn::open(ha, &addr_a);
+    assert_eq!(admin.request(&PeerRequest::DropSeed { id: "fn-echo".into() }), PeerResponse::Dropped);
+    let mut refused = Conn::open(ha, &addr_a);
+    let s = spec("echo-4", &w.function("echo"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-echo".into() });
+    match refused.start(&s) {
+        Err(ProtoError::Remote(e)) => assert_eq!(e.kind, ErrorKind::NotFound, "{e:?}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    drop((first, own, other, seed));
+    assert!(wait_until(WAIT, || usage(ha, &addr_a).instances.is_empty() && usage(hb, &addr_b).instances.is_empty()));
+}

@@ -31,6 +31,7 @@ use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -223,16 +224,19 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     }
     let socket = writer.get_ref().try_clone()?;
     let pidfd = running.pidfd_arc();
+    let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
     std::thread::scope(|scope| {
         let verdict = &verdict;
         let calls_pidfd = &*pidfd;
+        let timeline = &timeline;
         let calls = std::thread::Builder::new()
             .name(format!("calls-{pid}"))
-            .spawn_scoped(scope, move || take_calls(reader, stdin, calls_pidfd, verdict));
+            .spawn_scoped(scope, move || take_calls(reader, stdin, calls_pidfd, verdict, timeline));
         if calls.is_err() {
             verdict.kill(&pidfd, Kill::Protocol("the daemon cannot start a thread for the instance's calls".into()));
         }
-        let output = relay(&running, stdout, stderr, &socket, writer, verdict);
+        let mut milestone = |m: Milestone| on_milestone(daemon, &running, timeline, m);
+        let output = relay(&running, stdout, stderr, &socket, writer, verdict, &mut milestone);
         daemon.instances.remove(pid);
         let killed = verdict.take();
         let gateway_gone = matches!(killed, Some(Kill::GatewayGone)) || !output.gateway_ok;
@@ -529,9 +533,56 @@ impl Verdict {
     }
 }
 
+/// When an instance's first steps happened, from its `StartInstance` on
+/// (for the debug log: where a start's time goes).
+struct Timeline {
+    t0: Instant,
+    /// When the first `Invoke` came (`u64::MAX`: not yet).
+    first_call_us: AtomicU64,
+}
+
+impl Timeline {
+    fn us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+}
+
+/// A step of the instance the relay saw.
+enum Milestone {
+    /// It reported `ready`.
+    Ready,
+    /// It answered its first request.
+    FirstReply,
+}
+
+fn on_milestone(daemon: &Daemon, running: &Running, timeline: &Timeline, m: Milestone) {
+    let pid = running.pid();
+    let kind = match running {
+        Running::Cold { .. } => "cold",
+        Running::Fork { .. } => "fork",
+    };
+    let (faults, fault_wait_us, pushed) = match running {
+        Running::Fork { started, .. } => {
+            let c = &started.counters;
+            (c.faults.load(Ordering::Relaxed), c.fault_wait_us.load(Ordering::Relaxed), c.pages_pushed.load(Ordering::Relaxed))
+        }
+        Running::Cold { .. } => (0, 0, 0),
+    };
+    match m {
+        Milestone::Ready => tracing::debug!(pid, kind, at_us = timeline.us(), faults, fault_wait_us, pushed, "instance ready"),
+        Milestone::FirstReply => {
+            let call = timeline.first_call_us.load(Ordering::Relaxed);
+            tracing::debug!(pid, kind, at_us = timeline.us(), call_at_us = call, faults, fault_wait_us, pushed, "instance answered its first request");
+            if let Running::Fork { started, .. } = running {
+                started.report_working_set_now(daemon);
+            }
+        }
+    }
+}
+
 /// The connection's reader: each `Invoke` goes to the instance's stdin;
 /// `Stop`, a bad call or the end of the connection kills the instance.
-fn take_calls(reader: &mut PeerReader, mut stdin: std::io::PipeWriter, pidfd: &OwnedFd, verdict: &Verdict) {
+fn take_calls(reader: &mut PeerReader, mut stdin: std::io::PipeWriter, pidfd: &OwnedFd, verdict: &Verdict, timeline: &Timeline) {
     loop {
         let call = match read_call(reader) {
             Ok(c) => c,
@@ -545,6 +596,7 @@ fn take_calls(reader: &mut PeerReader, mut stdin: std::io::PipeWriter, pidfd: &O
         }
         match call {
             InstanceCall::Invoke { body } => {
+                let _ = timeline.first_call_us.compare_exchange(u64::MAX, timeline.us(), Ordering::Relaxed, Ordering::Relaxed);
                 let mut frame = Vec::with_capacity(4 + body.len());
                 frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
                 frame.extend_from_slice(&body);
@@ -572,6 +624,7 @@ fn relay(
     socket: &TcpStream,
     writer: &mut PeerWriter,
     verdict: &Verdict,
+    milestone: &mut dyn FnMut(Milestone),
 ) -> Output {
     let pidfd = running.pidfd();
     let mut frames = RuntimeFrames::default();
@@ -579,6 +632,7 @@ fn relay(
     let mut buf = vec![0u8; 64 << 10];
     let (mut out_open, mut err_open, mut watch_socket, mut gateway_ok) = (true, true, true, true);
     // Reads what stdout holds and sends the events in it; false once it is closed (or ignored).
+    let mut answered = false;
     let mut pump_stdout = |stdout: &mut std::io::PipeReader, buf: &mut [u8], gateway_ok: &mut bool| -> bool {
         let n = match stdout.read(buf) {
             Ok(0) | Err(_) => return false,
@@ -592,6 +646,14 @@ fn relay(
                     if *gateway_ok && send_event(writer, &event).is_err() {
                         *gateway_ok = false;
                         verdict.kill(pidfd, Kill::GatewayGone);
+                    }
+                    match event {
+                        InstanceEvent::Phase(mitosis_proto::instance::Phase::Ready) => milestone(Milestone::Ready),
+                        InstanceEvent::Reply { .. } if !answered => {
+                            answered = true;
+                            milestone(Milestone::FirstReply);
+                        }
+                        _ => {}
                     }
                 }
                 Some(Err(why)) => {

@@ -34,6 +34,7 @@ pub mod instance;
 pub mod janitor;
 pub mod limits;
 pub mod local;
+pub mod own_seed;
 pub mod peer;
 pub mod resume;
 pub mod seeds;

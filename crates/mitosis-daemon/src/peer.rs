@@ -77,11 +77,13 @@ pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
 /// `handshake`: this connection's place among its address's handshakes,
 /// given back once it has authenticated.
 fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Result<(), ProtoError> {
+    let t0 = std::time::Instant::now();
     conn.set_nodelay(true)?;
     // The whole handshake within the deadline, however slowly it comes.
     let mut stream = Deadline::new(conn.try_clone()?, daemon.config.limits.handshake);
     let channel = server_handshake(&mut stream, &daemon.config.key.current(), daemon.config.key.protection())?;
     drop(handshake);
+    tracing::debug!(handshake_us = t0.elapsed().as_micros() as u64, "peer authenticated");
     conn.set_read_timeout(None)?;
     conn.set_write_timeout(None)?;
     // Records are sealed on flush, after each answer (a full record is sent at once).

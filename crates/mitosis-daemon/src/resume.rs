@@ -151,6 +151,7 @@ pub(crate) fn wait_child(daemon: &Daemon, started: Started, conn: Option<&mut Un
         requests = stats.fetches,
         pushed = stats.pages_pushed,
         cached = stats.cache_hits,
+        fault_wait_us = counters.fault_wait_us.load(std::sync::atomic::Ordering::Relaxed),
         "child ended"
     );
     // The record holds the other reference to the container: with both gone,
@@ -171,7 +172,7 @@ pub(crate) struct Started {
     plain_cgroup: Option<mitosis_container::ContainerCgroup>,
     pub(crate) pidfd: Arc<OwnedFd>,
     pager: std::thread::JoinHandle<Outcome>,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) timings: ResumeTimings,
     seed: SeedRef,
     /// Records what the child fetches, when its seed has no working set yet.
@@ -183,6 +184,16 @@ struct SeedRef {
     from: String,
     id: String,
     generation: u64,
+    /// A seed of this host (`from` is this daemon).
+    own: bool,
+}
+
+/// Where a resume's seed is.
+enum Origin {
+    /// On this host.
+    Own(Arc<crate::seeds::Seed>),
+    /// On another host, reached through this connection.
+    Peer(Box<PeerConn>),
 }
 
 /// Removes a plain child's cgroup in the background: processes the child
@@ -195,6 +206,16 @@ fn remove_plain_cgroup(cgroup: Option<mitosis_container::ContainerCgroup>) {
             tracing::debug!(error = %e, "a plain child's cgroup stays: processes it forked live on");
         }
     });
+}
+
+impl Started {
+    /// The child answered its first request: what it fetched until now (its
+    /// runtime's start and one request) is its seed's working set. Sent now
+    /// rather than at its end: an instance may live for minutes, and every
+    /// fork of the seed meanwhile would get no push.
+    pub(crate) fn report_working_set_now(&self, daemon: &Daemon) {
+        report_working_set(daemon, &self.seed, self.recorder.as_deref());
+    }
 }
 
 /// Sends what the child fetched on demand to its seed host as the seed's
@@ -211,6 +232,15 @@ fn report_working_set(daemon: &Daemon, seed: &SeedRef, recorder: Option<&Recorde
     }
     ranges.truncate(mitosis_proto::peer::MAX_WORKING_SET_RANGES);
     if ranges.is_empty() {
+        return;
+    }
+    if seed.own {
+        if let Some(s) = daemon.seeds.get(&seed.id).filter(|s| s.image.generation == seed.generation) {
+            let pages: u64 = ranges.iter().map(|r| r.1 / mitosis_sys::PAGE).sum();
+            if s.record_working_set(ranges) {
+                tracing::info!(id = %seed.id, pages, "working set recorded");
+            }
+        }
         return;
     }
     let (from, id, generation) = (seed.from.clone(), seed.id.clone(), seed.generation);
@@ -247,12 +277,25 @@ pub(crate) fn start(
             if cfg.peers.names().is_empty() { "none configured".to_string() } else { cfg.peers.names().join(",") },
         )));
     }
-    let mut conn = PeerConn::connect(from, &cfg.key, cfg.fetch_timeout).map_err(|e| match e {
-        ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
-        other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),
-    })?;
-    let crate::peer::FetchedSeed { image, working_set, bytes: image_bytes } =
-        conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
+    // A seed of this very host is read in place; another host's through a connection.
+    let (origin, image, working_set, image_bytes) = if crate::own_seed::is_own_address(daemon, from) {
+        let seed = daemon
+            .seeds
+            .get(id)
+            .ok_or_else(|| remote_err(ErrorKind::NotFound, format!("seed host {from}: no seed {id:?} on this host")))?;
+        seed.children_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let working_set = seed.working_set.lock().unwrap().to_vec();
+        let image = (*seed.image).clone();
+        (Origin::Own(seed), image, working_set, 0)
+    } else {
+        let mut conn = PeerConn::connect(from, &cfg.key, cfg.fetch_timeout).map_err(|e| match e {
+            ProtoError::Io(io) => remote_err(ErrorKind::SeedGone, format!("cannot reach seed host {from}: {io}")),
+            other => RemoteError::new(other.kind(), format!("seed host {from}: {other}")),
+        })?;
+        let crate::peer::FetchedSeed { image, working_set, bytes } =
+            conn.get_seed(id).map_err(|e| RemoteError::new(e.kind(), format!("seed host {from}: {e}")))?;
+        (Origin::Peer(Box::new(conn)), image, working_set, bytes)
+    };
     let fetched = t0.elapsed();
     // Pages of an older generation of this seed are of no use any more.
     daemon.cache.keep_only(from, id, image.generation);
@@ -283,12 +326,14 @@ pub(crate) fn start(
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
     let mut container = None;
+    let mut container_taken = t0.elapsed();
     let detached = matches!(body, Body::NewChild { detach: true, .. });
     let (pid, child_vdso) = match body {
         Body::NewChild { stdio, container: spec, .. } => {
             if let Some(spec) = spec {
                 container = Some(Arc::new(take_container(daemon, spec)?));
             }
+            container_taken = t0.elapsed();
             let pid = spawn_child(daemon, &image, &plan, credentials, stdio, container.as_deref().zip(spec))?;
             // Forked from our zygote, itself a fork of us: its vDSO is where ours is.
             (pid, daemon.vdso.span())
@@ -323,6 +368,7 @@ pub(crate) fn start(
             }
         },
     };
+    let added = t0.elapsed();
     let procs = container.as_ref().and_then(|c| c.procs_file()).or_else(|| plain_cgroup.as_ref().and_then(|c| c.procs_file()));
     if let Some(procs) = procs {
         daemon.janitor.watch_cgroup(&procs);
@@ -345,18 +391,24 @@ pub(crate) fn start(
         }
     }
     let counters = Arc::new(Counters::default());
-    let remote_source = RemoteSource {
-        addr: from.to_string(),
-        key: cfg.key.clone(),
-        id: id.to_string(),
-        generation: image.generation,
-        timeout: cfg.fetch_timeout,
-        conn,
-    };
-    let source: Box<dyn PageSource> = if daemon.cache.enabled() && !paging.no_cache {
-        Box::new(crate::cache::CachedSource::new(remote_source, daemon.cache.clone(), counters.clone()))
-    } else {
-        Box::new(remote_source)
+    let own = matches!(origin, Origin::Own(_));
+    let source: Box<dyn PageSource> = match origin {
+        Origin::Own(seed) => Box::new(crate::own_seed::OwnSeedSource::new(&seed)),
+        Origin::Peer(conn) => {
+            let remote_source = RemoteSource {
+                addr: from.to_string(),
+                key: cfg.key.clone(),
+                id: id.to_string(),
+                generation: image.generation,
+                timeout: cfg.fetch_timeout,
+                conn: *conn,
+            };
+            if daemon.cache.enabled() && !paging.no_cache {
+                Box::new(crate::cache::CachedSource::new(remote_source, daemon.cache.clone(), counters.clone()))
+            } else {
+                Box::new(remote_source)
+            }
+        }
     };
     let pager_config = if paging.no_prefetch {
         PagerConfig { window_pages: 1, adaptive: false, max_window_pages: 1, read_ahead: false }
@@ -365,6 +417,14 @@ pub(crate) fn start(
     };
     let use_working_set = !paging.no_working_set && !paging.no_prefetch;
     let recorder = (use_working_set && working_set.is_empty()).then(|| Arc::new(Recorder::default()));
+    let push_pages: u64 = if use_working_set { working_set.iter().map(|r| r.1 / mitosis_sys::PAGE).sum() } else { 0 };
+    // The child that records its seed's working set fetches one page per
+    // fault, and more only while it streams through memory (the window grows
+    // on faults in order): a page served with a window but never touched
+    // would be recorded all the same and pushed to every later child. (A
+    // Python runtime touches about a third of its 64-page windows' pages.)
+    // This one child waits for more, smaller faults.
+    let pager_config = if recorder.is_some() { PagerConfig { window_pages: 1, ..pager_config } } else { pager_config };
     let watch = pidfd.try_clone().map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let notice = if in_place { pidfd::getfd(&pidfd, 2).ok().map(std::fs::File::from) } else { None };
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
@@ -416,13 +476,27 @@ pub(crate) fn start(
         detached,
     }));
     let total = t0.elapsed();
+    let us = |d: std::time::Duration| d.as_micros() as u64;
+    tracing::debug!(
+        pid,
+        own,
+        get_seed_us = us(fetched),
+        container_us = us(container_taken.saturating_sub(fetched)),
+        spawn_us = us(spawned.saturating_sub(container_taken)),
+        cgroup_us = us(added.saturating_sub(spawned)),
+        restore_us = us(total.saturating_sub(added)),
+        total_us = us(total),
+        image_bytes,
+        working_set_pages = push_pages,
+        "resume timeline"
+    );
     Ok(Started {
         mm: image.mm,
         pid,
         container,
         plain_cgroup,
         recorder,
-        seed: SeedRef { from: from.to_string(), id: id.to_string(), generation: image.generation },
+        seed: SeedRef { from: from.to_string(), id: id.to_string(), generation: image.generation, own },
         pidfd,
         pager,
         counters,

@@ -100,6 +100,9 @@ pub struct Counters {
     pub fetches: AtomicU64,
     pub pages_pushed: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Microseconds the child spent waiting in faults (from the pager's
+    /// reading of the fault to its wake-up): for the daemon's debug log.
+    pub fault_wait_us: AtomicU64,
 }
 
 impl Counters {
@@ -120,10 +123,18 @@ impl Counters {
 
 /// The seed pages a child fetched because it touched them (fault windows and
 /// their read-ahead, not pushes): what later children of the seed get pushed.
-/// Shared by a child's pager and its forked children's pagers.
+/// Shared by a child's pager and its forked children's pagers. It records
+/// until it is taken once (the daemon takes it when the child has answered
+/// its first request, or at its end): later fetches are not part of it.
 #[derive(Debug, Default)]
 pub struct Recorder {
-    ranges: std::sync::Mutex<Vec<(u64, u64)>>,
+    state: std::sync::Mutex<RecorderState>,
+}
+
+#[derive(Debug, Default)]
+struct RecorderState {
+    ranges: Vec<(u64, u64)>,
+    taken: bool,
 }
 
 /// Most ranges a recorder keeps (a working set beyond it is cut off).
@@ -131,17 +142,23 @@ const RECORD_LIMIT: usize = 1 << 16;
 
 impl Recorder {
     fn record(&self, runs: &[Run]) {
-        let mut r = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.taken {
+            return;
+        }
         for &(_, seed, len) in runs {
-            if r.len() < RECORD_LIMIT {
-                r.push((seed, len));
+            if st.ranges.len() < RECORD_LIMIT {
+                st.ranges.push((seed, len));
             }
         }
     }
 
-    /// The recorded seed ranges in the order they were first fetched.
+    /// The recorded seed ranges in the order they were first fetched; the
+    /// recording ends here (a second take is empty).
     pub fn take(&self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut *self.ranges.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.taken = true;
+        std::mem::take(&mut st.ranges)
     }
 }
 
@@ -183,8 +200,15 @@ struct Outstanding {
 }
 
 /// Bytes per push request, and push requests kept on the wire at once: two
-/// so that the network fills the next while the last goes in.
+/// so that the network fills the next while the last goes in. Answers come
+/// in order, so a fault asked for behind pushes waits for them: the first
+/// [`PUSH_SMALL_BYTES`] of a push (a working set, in the order its recording
+/// child touched it, while the child starts) go in small requests, so that
+/// a fault waits for half a megabyte at most; the rest of a long push (an
+/// eager resume) in big ones.
+const PUSH_CHUNK_SMALL: u64 = 128 << 10;
 const PUSH_CHUNK: u64 = 1 << 20;
+const PUSH_SMALL_BYTES: u64 = 4 << 20;
 const PUSH_DEPTH: usize = 2;
 /// How long to wait for the event of an unmap that took a mapping away
 /// under a copy (it is sent right after).
@@ -213,6 +237,8 @@ pub struct Pager {
     /// child has faulted once.
     push_go: Arc<std::sync::atomic::AtomicBool>,
     push_started: bool,
+    /// Bytes asked for by pushes so far.
+    push_asked: u64,
     /// Current fault window, in pages.
     window_pages: u64,
     /// End of the last fault's (or consumed read-ahead's) window, to tell
@@ -265,6 +291,7 @@ impl Pager {
             push: Default::default(),
             push_go: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             push_started: false,
+            push_asked: 0,
             window_pages: config.window_pages.max(1),
             last_end: None,
             broken: None,
@@ -421,13 +448,14 @@ impl Pager {
         }
     }
 
-    /// The still-remote pages of the next [`PUSH_CHUNK`] bytes of the push list.
+    /// The still-remote pages of the next chunk of the push list.
     fn next_push_chunk(&mut self) -> Option<Vec<Run>> {
         let mut runs = Vec::new();
         let mut bytes = 0;
-        while bytes < PUSH_CHUNK {
+        let chunk = if self.push_asked < PUSH_SMALL_BYTES { PUSH_CHUNK_SMALL } else { PUSH_CHUNK };
+        while bytes < chunk {
             let Some((start, len)) = self.push.pop_front() else { break };
-            let take = len.min(PUSH_CHUNK - bytes);
+            let take = len.min(chunk - bytes);
             if take < len {
                 self.push.push_front((start + take, len - take));
             }
@@ -439,6 +467,7 @@ impl Pager {
                 break;
             }
         }
+        self.push_asked += bytes;
         (!runs.is_empty()).then_some(runs)
     }
 
@@ -467,7 +496,11 @@ impl Pager {
         match ev {
             Event::Fault { addr } => {
                 self.push_started |= self.push_go.load(Ordering::Relaxed);
-                self.serve(addr)
+                let t = std::time::Instant::now();
+                let served = self.serve(addr);
+                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.counters.fault_wait_us.fetch_add(us, Ordering::Relaxed);
+                served
             }
             Event::Remove { start, end } | Event::Unmap { start, end } => {
                 self.regions.set(start, end, PageState::Zero);
@@ -838,6 +871,15 @@ fn apply_patch(chunk: &mut [u8], chunk_addr: u64, p: &Patch) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorder_stops_at_its_take() {
+        let r = Recorder::default();
+        r.record(&[(0x1000, 0x1000, PAGE), (0x5000, 0x5000, 2 * PAGE)]);
+        assert_eq!(r.take(), vec![(0x1000, PAGE), (0x5000, 2 * PAGE)]);
+        r.record(&[(0x9000, 0x9000, PAGE)]);
+        assert!(r.take().is_empty(), "what comes after the take is not the working set");
+    }
 
     #[test]
     fn patches_apply_across_chunk_edges() {
