@@ -258,13 +258,18 @@ impl Gateway {
         self.workers.read().unwrap_or_else(|e| e.into_inner()).iter().map(|w| w.addr.clone()).collect()
     }
 
-    /// The least loaded worker that is up, other than those in `skip`.
-    fn pick_worker(&self, skip: &[String]) -> Option<Arc<Worker>> {
+    /// The least loaded worker that is up, other than those in `skip`; of
+    /// equally loaded ones `prefer` (a fork's seed host, whose daemon reads
+    /// the seed's pages in place), else the next in turn.
+    fn pick_worker(&self, skip: &[String], prefer: Option<&str>) -> Option<Arc<Worker>> {
         let now = Instant::now();
         let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
         let up: Vec<&Arc<Worker>> = workers.iter().filter(|w| w.is_up(now) && !skip.contains(&w.addr)).collect();
         let least = up.iter().map(|w| w.load.load(Ordering::Relaxed)).min()?;
         let tied: Vec<&&Arc<Worker>> = up.iter().filter(|w| w.load.load(Ordering::Relaxed) == least).collect();
+        if let Some(w) = tied.iter().find(|w| Some(w.addr.as_str()) == prefer) {
+            return Some((**w).clone());
+        }
         let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % tied.len();
         Some((*tied[i]).clone())
     }
@@ -410,8 +415,12 @@ impl Gateway {
     /// Tries the least loaded worker first, then the others.
     async fn start_on_some_worker(self: &Arc<Gateway>, pool: &Arc<FunctionPool>, start: InstanceStart) -> Result<Started, InvokeError> {
         let mut tried = Vec::new();
+        let seed_host = match &start {
+            InstanceStart::Fork { seed_host, .. } => Some(seed_host.clone()),
+            InstanceStart::Cold { .. } => None,
+        };
         loop {
-            let Some(worker) = self.pick_worker(&tried) else {
+            let Some(worker) = self.pick_worker(&tried, seed_host.as_deref()) else {
                 return Err(match tried.is_empty() {
                     true => InvokeError::NoWorker,
                     false => InvokeError::Start {
