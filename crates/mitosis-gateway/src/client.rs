@@ -21,6 +21,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// `x-mitosis-start`, for invocations.
     pub start: Option<String>,
+    /// `x-mitosis-worker`, for invocations.
+    pub worker: Option<String>,
 }
 
 /// The gateway at `base` (`http://host:port`).
@@ -38,7 +40,8 @@ impl Client {
     fn finish(&self, url: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Answer, ClientError> {
         let mut resp = r.map_err(|e| ClientError::Unreachable { url: url.to_string(), message: e.to_string() })?;
         let status = resp.status().as_u16();
-        let start = resp.headers().get("x-mitosis-start").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (start, worker) = (header("x-mitosis-start"), header("x-mitosis-worker"));
         let body = resp
             .body_mut()
             .with_config()
@@ -52,7 +55,7 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
             return Err(ClientError::Status { status, message });
         }
-        Ok(Answer { status, body, start })
+        Ok(Answer { status, body, start, worker })
     }
 
     pub fn deploy(&self, name: &str, config: &FunctionConfig) -> Result<Answer, ClientError> {

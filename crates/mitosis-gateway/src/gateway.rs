@@ -226,7 +226,7 @@ impl Gateway {
     /// How the ids of `pool`'s seeds begin. With shared cluster state they
     /// carry the registration's tag, so that no gateway forks from a seed
     /// of a replaced registration.
-    fn seed_prefix(&self, pool: &FunctionPool) -> String {
+    pub fn seed_prefix(&self, pool: &FunctionPool) -> String {
         match self.cluster() {
             Some(_) => format!("fn-{}-{}-", pool.name, pool.config.tag()),
             None => format!("fn-{}-", pool.name),

@@ -32,6 +32,7 @@ use serde_json::json;
 
 use crate::function::{validate_name, FunctionConfig};
 use crate::gateway::Gateway;
+use crate::pool::SeedState;
 
 /// The router of the API over `gateway`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -94,12 +95,22 @@ async fn invoke(State(g): State<Arc<Gateway>>, Path(function): Path<String>, bod
 fn describe(g: &Gateway, name: &str) -> Option<serde_json::Value> {
     let f = g.function(name)?;
     let m = g.memory_of(name);
+    let seed = match f.seed() {
+        SeedState::Ready { worker, id, shared, .. } => json!({ "worker": worker, "id": id, "shared": shared }),
+        _ => serde_json::Value::Null,
+    };
+    // With etcd: the seeds other gateways published that this one may fork from.
+    let cluster_seeds: Option<Vec<serde_json::Value>> = g.cluster().map(|c| {
+        c.shared_seeds(name, &g.seed_prefix(&f)).into_iter().map(|(worker, id, _)| json!({ "worker": worker, "id": id })).collect()
+    });
     Some(json!({
         "name": name,
         "config": f.config,
         "policy": f.policy,
         "instances": f.counts(),
         "memory": { "instances_bytes": m.instances_bytes, "seed_bytes": m.seed_bytes },
+        "seed": seed,
+        "cluster_seeds": cluster_seeds,
     }))
 }
 
