@@ -300,3 +300,26 @@ impl ClusterSync for EtcdSync {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_from_etcd_are_checked_like_the_apis() {
+        let config = FunctionConfig::new("/srv/f");
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(parse_registration("f", &json).unwrap(), config);
+        assert!(parse_registration("f", "{not json").is_err());
+        assert!(parse_registration("f", r#"{"dir": "relative"}"#).is_err());
+        assert!(parse_registration("../f", &json).is_err());
+    }
+
+    #[test]
+    fn equal_registrations_have_equal_tags() {
+        let a = FunctionConfig::new("/srv/f");
+        assert_eq!(a.tag(), FunctionConfig::new("/srv/f").tag());
+        assert_ne!(a.tag(), FunctionConfig::new("/srv/g").tag());
+        assert_eq!(a.tag().len(), 16);
+    }
+}
