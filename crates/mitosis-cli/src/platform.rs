@@ -20,15 +20,30 @@ use mitosis_gateway::{FunctionConfig, Policy};
 ///
 /// Each worker is a host running `mitosis daemon` with the same cluster key. API:
 /// POST /invoke/{function}; GET, PUT, DELETE /functions/{function}; GET /functions;
-/// GET /metrics (Prometheus); GET /healthz. SIGTERM or SIGINT stop it and end every instance.
+/// GET /workers; GET /metrics (Prometheus); GET /healthz. SIGTERM or SIGINT stop it and end
+/// every instance.
+///
+/// With --etcd, the cluster's state lives in etcd and several gateways share it: the workers are
+/// the daemons registered there (`mitosis daemon --etcd ... --advertise ADDR`), plus any
+/// --workers; registrations (PUT/DELETE /functions/{function}) are stored there and applied by
+/// every gateway; seeds are published there per function and forked from by any gateway. Each
+/// gateway routes from its own watched copy: no request waits on etcd. A worker that dies leaves
+/// within 2 TTLs (at once if its daemon's registrar can revoke): its instances end, with an error
+/// answer for those busy, and new ones start on the other workers.
 #[derive(clap::Args)]
 pub struct GatewayArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The workers' daemons (ADDR:PORT,...).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// The workers' daemons (ADDR:PORT,...); with --etcd, workers besides those registered there.
+    #[arg(long, value_delimiter = ',', required_unless_present = "etcd")]
     workers: Vec<String>,
+    /// etcd endpoints (URL,...): keep the cluster's state (workers, functions, seeds) there.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of the cluster's state in etcd (as the daemons' --etcd-prefix).
+    #[arg(long, default_value = mitosis_cluster::DEFAULT_PREFIX)]
+    etcd_prefix: String,
     /// Functions registered at start (TOML: [functions.NAME] dir = "...", memory_mb, max_instances,
     /// keep_alive_s, timeout_s, policy).
     #[arg(long)]
@@ -57,14 +72,21 @@ impl GatewayArgs {
         let key = mitosis_proto::auth::ClusterKey::from_file_contents(&bytes)
             .map_err(|e| mitosis::Error::Usage(format!("{}: {e}", self.key_file.display())))?;
         let protection = if self.no_encrypt { Protection::Integrity } else { Protection::Encrypted };
+        let workers: Vec<String> = self.workers.iter().map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
+        let endpoints: Vec<String> = self.etcd.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if workers.is_empty() && endpoints.is_empty() {
+            return Err(mitosis::Error::Usage("give --workers, --etcd, or both".into()).into());
+        }
+        let etcd = (!endpoints.is_empty())
+            .then(|| mitosis_gateway::cluster::EtcdOptions { endpoints, prefix: self.etcd_prefix.clone() });
         let config = mitosis_gateway::GatewayConfig {
-            workers: self.workers,
+            workers,
             auth: mitosis_gateway::worker::WorkerAuth { key, protection, connect_timeout: Duration::from_secs(5) },
             default_policy: self.policy,
             start_timeout: Duration::from_secs(self.start_timeout),
             worker_retry: Duration::from_secs(5),
         };
-        match mitosis_gateway::run::run(config, self.listen, self.config) {
+        match mitosis_gateway::run::run(config, self.listen, self.config, etcd) {
             Ok(()) => Ok(0),
             Err(e @ mitosis_gateway::run::RunError::Config(_)) => Err(mitosis::Error::Usage(format!("{e:#}")).into()),
             Err(e) => Err(e.into()),

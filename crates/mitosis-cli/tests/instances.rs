@@ -17,7 +17,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{alive, in_netns, repo, Workers, KEY};
+use common::{alive, bin, in_netns, repo, Workers, KEY};
 use mitosis_proto::auth::{client_handshake, ClusterKey};
 use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME};
 use mitosis_proto::instance::{
@@ -27,7 +27,7 @@ use mitosis_proto::local::ChildEnd;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::secure::{Protection, SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError};
-use mitosis_testkit::{wait_until, Host};
+use mitosis_testkit::{wait_until, Daemon, Host};
 
 /// Longest wait for anything (an event, a teardown); never a measurement.
 const WAIT: Duration = Duration::from_secs(60);
@@ -383,7 +383,7 @@ fn working_set_pages(daemon: &Daemon, id: &str) -> u64 {
 
 #[test]
 fn a_fork_reports_its_working_set_at_its_first_answer_and_forks_on_the_seed_host_read_it_in_place() {
-    let Some(w) = Workers::new("instances-working-set") else { return };
+    let Some(w) = Workers::new("instances-working-set", &FUNCTIONS) else { return };
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
     let mut seed = Conn::open(ha, &addr_a);
     let s = spec("echo-seed", &w.function("echo"), InstanceStart::Cold { prepare_as: Some("fn-echo".into()) });

@@ -27,6 +27,16 @@ impl Default for Timeouts {
     }
 }
 
+/// What a write of a registration did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The etcd revision after the write: a [`crate::ClusterView`] whose
+    /// `revision` is at least this one has seen it.
+    pub revision: i64,
+    /// Whether the key held a value before.
+    pub existed: bool,
+}
+
 /// A client of the cluster's etcd, for one schema prefix. Cheap to clone
 /// (clones share the connections).
 #[derive(Clone)]
@@ -88,28 +98,34 @@ impl Cluster {
         self.schema.prefix()
     }
 
-    /// Stores function `name`'s registration (opaque to this crate).
-    pub async fn put_function(&self, name: &str, registration: &str) -> Result<(), ClusterError> {
+    /// Stores function `name`'s registration (opaque to this crate); says
+    /// at which revision, and whether it replaced one.
+    pub async fn put_function(&self, name: &str, registration: &str) -> Result<Written, ClusterError> {
         let key = self.schema.function(name)?;
         let value = registration.to_string();
-        self.request("put function", |mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { c.put(key, value, None).await }
-        })
-        .await?;
-        Ok(())
+        let answer = self
+            .request("put function", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, Some(PutOptions::new().with_prev_key())).await }
+            })
+            .await?;
+        let revision = answer.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Written { revision, existed: answer.prev_key().is_some() })
     }
 
     /// Removes function `name`'s registration (its seeds are left to their
-    /// owner: [`Cluster::delete_seed`]).
-    pub async fn delete_function(&self, name: &str) -> Result<(), ClusterError> {
+    /// owner: [`Cluster::delete_seed`]); says at which revision, and whether
+    /// there was one.
+    pub async fn delete_function(&self, name: &str) -> Result<Written, ClusterError> {
         let key = self.schema.function(name)?;
-        self.request("delete function", |mut c| {
-            let key = key.clone();
-            async move { c.delete(key, None).await }
-        })
-        .await?;
-        Ok(())
+        let answer = self
+            .request("delete function", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        let revision = answer.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Written { revision, existed: answer.deleted() > 0 })
     }
 
     /// Stores `seed` under the lease of the worker it lives on, so that it

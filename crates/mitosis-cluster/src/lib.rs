@@ -40,7 +40,7 @@ pub mod schema;
 mod view;
 
 pub use blocking::{register_worker_blocking, BlockingRegistration};
-pub use client::{Cluster, Timeouts};
+pub use client::{Cluster, Timeouts, Written};
 pub use error::ClusterError;
 pub use lease::WorkerLease;
 pub use schema::{SeedRecord, WorkerRecord, DEFAULT_PREFIX};

@@ -23,6 +23,8 @@ pub struct Answer {
     pub start: Option<String>,
     /// `x-mitosis-instance`, for invocations.
     pub instance: Option<String>,
+    /// `x-mitosis-worker`, for invocations.
+    pub worker: Option<String>,
 }
 
 /// The gateway at `base` (`http://host:port`).
@@ -41,7 +43,7 @@ impl Client {
         let mut resp = r.map_err(|e| ClientError::Unreachable { url: url.to_string(), message: e.to_string() })?;
         let status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (start, instance) = (header("x-mitosis-start"), header("x-mitosis-instance"));
+        let (start, instance, worker) = (header("x-mitosis-start"), header("x-mitosis-instance"), header("x-mitosis-worker"));
         let body = resp
             .body_mut()
             .with_config()
@@ -55,7 +57,7 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
             return Err(ClientError::Status { status, message });
         }
-        Ok(Answer { status, body, start, instance })
+        Ok(Answer { status, body, start, instance, worker })
     }
 
     pub fn deploy(&self, name: &str, config: &FunctionConfig) -> Result<Answer, ClientError> {

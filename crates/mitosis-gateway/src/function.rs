@@ -114,6 +114,14 @@ impl FunctionConfig {
         Ok(())
     }
 
+    /// A short digest of the registration (FNV-1a of its JSON): equal
+    /// registrations have equal tags on every gateway of one build.
+    pub fn tag(&self) -> String {
+        let json = serde_json::to_string(self).expect("a FunctionConfig is plain data and always serializes");
+        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        format!("{hash:016x}")
+    }
+
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.keep_alive_s)
     }

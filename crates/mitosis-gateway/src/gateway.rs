@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use mitosis_proto::instance::{InstanceSpec, InstanceStart};
@@ -92,6 +94,31 @@ impl InvokeError {
     }
 }
 
+/// A boxed future, for the [`ClusterSync`] methods that wait on etcd.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the gateway tells shared cluster state (etcd: [`crate::cluster`])
+/// and asks of it. The seed methods are called on seed changes and must not
+/// wait (they write in the background); the function methods are the HTTP
+/// API's registrations, which answer once the write is done. No method is
+/// called on an invocation's path but [`ClusterSync::shared_seeds`], which
+/// reads a cache.
+pub trait ClusterSync: Send + Sync {
+    /// Seeds of `function` that other gateways published, whose ids start
+    /// with `prefix` (made from the same registration) and that are not
+    /// known to be unusable: (worker, seed id, generation).
+    fn shared_seeds(&self, function: &str, prefix: &str) -> Vec<(String, String, u64)>;
+    /// This gateway prepared seed `id` of `function` on `worker`.
+    fn seed_ready(&self, function: &str, worker: &str, id: &str, generation: u64);
+    /// This gateway no longer forks from `seed` (a [`SeedState::Ready`]);
+    /// `unusable`: a fork from it failed.
+    fn seed_gone(&self, function: &str, seed: &SeedState, unusable: bool);
+    /// Stores a registration; resolves once this gateway applies it: true if it is new.
+    fn put_function<'a>(&'a self, name: &'a str, config: &'a FunctionConfig) -> BoxFuture<'a, Result<bool, crate::cluster::SyncError>>;
+    /// Removes a registration; resolves once this gateway applies it: false if there was none.
+    fn delete_function<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, crate::cluster::SyncError>>;
+}
+
 /// A worker as the gateway sees it.
 struct Worker {
     addr: String,
@@ -106,6 +133,13 @@ impl Worker {
     fn is_up(&self, now: Instant) -> bool {
         self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|t| now >= t)
     }
+}
+
+/// A worker as `GET /workers` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStatus {
+    pub addr: String,
+    pub up: bool,
 }
 
 /// Memory of a function's instances and seed, as last polled from the workers.
@@ -126,6 +160,8 @@ pub struct Gateway {
     nonce: String,
     next: AtomicU64,
     round_robin: AtomicUsize,
+    /// Shared cluster state, when the gateway runs with etcd.
+    cluster: OnceLock<Arc<dyn ClusterSync>>,
 }
 
 impl Gateway {
@@ -142,6 +178,7 @@ impl Gateway {
             nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
             next: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
+            cluster: OnceLock::new(),
         })
     }
 
@@ -167,6 +204,45 @@ impl Gateway {
                 let _ = tokio::task::spawn_blocking(move || g2.poll_memory()).await;
             }
         });
+    }
+
+    /// Makes the gateway keep its seeds in step with shared cluster state
+    /// (once, before serving; false if it already had one).
+    pub fn set_cluster(&self, sync: Arc<dyn ClusterSync>) -> bool {
+        self.cluster.set(sync).is_ok()
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterSync>> {
+        self.cluster.get()
+    }
+
+    /// Tells the cluster state that `function` no longer forks from `seed`.
+    fn seed_gone(&self, function: &str, seed: Option<SeedState>, unusable: bool) {
+        if let (Some(c), Some(seed)) = (self.cluster(), seed) {
+            c.seed_gone(function, &seed, unusable);
+        }
+    }
+
+    /// How the ids of `pool`'s seeds begin. With shared cluster state they
+    /// carry the registration's tag, so that no gateway forks from a seed
+    /// of a replaced registration.
+    pub fn seed_prefix(&self, pool: &FunctionPool) -> String {
+        match self.cluster() {
+            Some(_) => format!("fn-{}-{}-", pool.name, pool.config.tag()),
+            None => format!("fn-{}-", pool.name),
+        }
+    }
+
+    /// Takes a seed another gateway published for `pool` (on a worker that
+    /// is up), if there is one; true if the pool's seed may have changed.
+    fn adopt_shared_seed(&self, pool: &FunctionPool) -> bool {
+        let Some(c) = self.cluster() else { return false };
+        let now = Instant::now();
+        let found = c.shared_seeds(&pool.name, &self.seed_prefix(pool)).into_iter().find(|(w, _, _)| self.worker(w).is_some_and(|w| w.is_up(now)));
+        let Some((worker, id, generation)) = found else { return false };
+        tracing::debug!(function = %pool.name, seed = %id, %worker, "forking from another gateway's seed");
+        pool.adopt_seed(SeedState::Ready { worker, id, generation, shared: true });
+        true
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -213,9 +289,11 @@ impl Gateway {
         for (_, worker) in pool.live() {
             self.placed_gone(&worker);
         }
-        if let SeedState::Ready { worker, id, .. } = pool.remove() {
-            self.drop_seed(&worker, &id);
+        let seed = pool.remove();
+        if let SeedState::Ready { worker, id, shared: false, .. } = &seed {
+            self.drop_seed(worker, id);
         }
+        self.seed_gone(&pool.name, Some(seed).filter(|s| *s != SeedState::None), false);
     }
 
     fn drop_seed(&self, worker: &str, id: &str) {
@@ -235,7 +313,8 @@ impl Gateway {
         self.workers.read().unwrap_or_else(|e| e.into_inner()).iter().find(|w| w.addr == addr).cloned()
     }
 
-    /// Replaces the set of workers (from etcd); workers that are gone lose their seeds.
+    /// Replaces the set of workers (from etcd); workers that are gone lose
+    /// their seeds and instances (busy ones get an error answer).
     pub fn set_workers(&self, addrs: &[String]) {
         let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<String> = workers.iter().filter(|w| !addrs.contains(&w.addr)).map(|w| w.addr.clone()).collect();
@@ -249,9 +328,20 @@ impl Gateway {
         for g in gone {
             tracing::info!(worker = %g, "worker left the cluster");
             for f in self.pools() {
-                f.forget_seed_on(&g);
+                let ended = f.end_instances_on(&g);
+                if ended > 0 {
+                    tracing::info!(function = %f.name, worker = %g, ended, "ended the instances on a worker that left");
+                }
+                self.seed_gone(&f.name, f.forget_seed_on(&g), false);
             }
         }
+    }
+
+    /// Each worker's address and whether it is up (not passed over after a failure).
+    pub fn workers_status(&self) -> Vec<WorkerStatus> {
+        let now = Instant::now();
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        workers.iter().map(|w| WorkerStatus { addr: w.addr.clone(), up: w.is_up(now) }).collect()
     }
 
     pub fn worker_addrs(&self) -> Vec<String> {
@@ -285,7 +375,7 @@ impl Gateway {
             *w.down_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.config.worker_retry);
         }
         for f in self.pools() {
-            f.forget_seed_on(addr);
+            self.seed_gone(&f.name, f.forget_seed_on(addr), false);
         }
     }
 
@@ -356,8 +446,9 @@ impl Gateway {
             let start = match (pool.policy, pool.seed()) {
                 (Policy::Cold, _) => InstanceStart::Cold { prepare_as: None },
                 (Policy::Fork, SeedState::Ready { worker, id, .. }) => InstanceStart::Fork { seed_host: worker, seed_id: id },
+                (Policy::Fork, SeedState::None) if self.adopt_shared_seed(pool) => continue,
                 (Policy::Fork, SeedState::None) if pool.begin_seeding() => {
-                    InstanceStart::Cold { prepare_as: Some(format!("fn-{}-{}-{}", pool.name, self.nonce, self.next_id())) }
+                    InstanceStart::Cold { prepare_as: Some(format!("{}{}-{}", self.seed_prefix(pool), self.nonce, self.next_id())) }
                 }
                 (Policy::Fork, _) => {
                     // Another request is making the seed: a fork from it comes sooner than a cold start.
@@ -380,11 +471,13 @@ impl Gateway {
                 Ok(started) => {
                     if seeding {
                         match &started.prepared {
-                            Some((id, generation)) => pool.set_seed(SeedState::Ready {
-                                worker: started.instance.worker.clone(),
-                                id: id.clone(),
-                                generation: *generation,
-                            }),
+                            Some((id, generation)) => {
+                                let worker = started.instance.worker.clone();
+                                if let Some(c) = self.cluster() {
+                                    c.seed_ready(&pool.name, &worker, id, *generation);
+                                }
+                                pool.set_seed(SeedState::Ready { worker, id: id.clone(), generation: *generation, shared: false });
+                            }
                             None => pool.set_seed(SeedState::None),
                         }
                     }
@@ -399,7 +492,8 @@ impl Gateway {
                     if let (Some(id), InvokeError::Start { error: StartError::Refused { .. }, .. }) = (&forking, &e) {
                         // The seed is gone or unusable: the next start makes a new one.
                         tracing::warn!(function = %pool.name, seed = %id, error = %e, "a fork failed; the function gets a new seed");
-                        pool.forget_seed(id);
+                        let forgotten = pool.forget_seed(id);
+                        self.seed_gone(&pool.name, forgotten, true);
                         continue;
                     }
                     return Err(e);

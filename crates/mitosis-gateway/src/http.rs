@@ -7,8 +7,13 @@
 //! | `GET /functions/{function}` | one registration and its instances' counts | 200 JSON, 404 |
 //! | `PUT /functions/{function}` | registers or replaces (JSON [`FunctionConfig`]) | 201 new, 200 replaced, 400 malformed |
 //! | `DELETE /functions/{function}` | removes it, ending its instances and seed | 204, 404 |
+//! | `GET /workers` | the workers this gateway places instances on | 200 JSON (`addr`, `up`) |
 //! | `GET /metrics` | Prometheus text | 200 |
 //! | `GET /healthz` | liveness | 200 `ok` |
+//!
+//! With etcd ([`crate::cluster`]), `PUT` and `DELETE` write the
+//! registration there and answer once this gateway has applied the write
+//! (503 if etcd did not take it, or the gateway did not see it in time).
 //!
 //! Successful invocations carry `x-mitosis-start` (`cold`, `fork` or
 //! `warm`), `x-mitosis-instance` and `x-mitosis-worker`.
@@ -27,6 +32,7 @@ use serde_json::json;
 
 use crate::function::{validate_name, FunctionConfig};
 use crate::gateway::Gateway;
+use crate::pool::SeedState;
 
 /// The router of the API over `gateway`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -35,6 +41,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/invoke/{function}", post(invoke))
         .route("/functions", get(list))
         .route("/functions/{function}", get(show).put(register).delete(remove))
+        .route("/workers", get(workers))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (see `mitosis gateway --help`)") })
@@ -88,12 +95,22 @@ async fn invoke(State(g): State<Arc<Gateway>>, Path(function): Path<String>, bod
 fn describe(g: &Gateway, name: &str) -> Option<serde_json::Value> {
     let f = g.function(name)?;
     let m = g.memory_of(name);
+    let seed = match f.seed() {
+        SeedState::Ready { worker, id, shared, .. } => json!({ "worker": worker, "id": id, "shared": shared }),
+        _ => serde_json::Value::Null,
+    };
+    // With etcd: the seeds other gateways published that this one may fork from.
+    let cluster_seeds: Option<Vec<serde_json::Value>> = g.cluster().map(|c| {
+        c.shared_seeds(name, &g.seed_prefix(&f)).into_iter().map(|(worker, id, _)| json!({ "worker": worker, "id": id })).collect()
+    });
     Some(json!({
         "name": name,
         "config": f.config,
         "policy": f.policy,
         "instances": f.counts(),
         "memory": { "instances_bytes": m.instances_bytes, "seed_bytes": m.seed_bytes },
+        "seed": seed,
+        "cluster_seeds": cluster_seeds,
     }))
 }
 
@@ -124,17 +141,34 @@ async fn register(State(g): State<Arc<Gateway>>, Path(function): Path<String>, b
     if let Err(m) = config.validate() {
         return error(StatusCode::BAD_REQUEST, m);
     }
-    let created = g.register(&function, config);
+    let created = match g.cluster() {
+        Some(c) => match c.put_function(&function, &config).await {
+            Ok(created) => created,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+        None => g.register(&function, config),
+    };
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     (status, axum::Json(describe(&g, &function))).into_response()
 }
 
 async fn remove(State(g): State<Arc<Gateway>>, Path(function): Path<String>) -> Response {
-    if g.unregister(&function) {
+    let removed = match g.cluster() {
+        Some(c) => match c.delete_function(&function).await {
+            Ok(removed) => removed,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        },
+        None => g.unregister(&function),
+    };
+    if removed {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no function {function:?} is registered"))
     }
+}
+
+async fn workers(State(g): State<Arc<Gateway>>) -> Response {
+    axum::Json(g.workers_status()).into_response()
 }
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {

@@ -7,7 +7,8 @@
 //! how a new instance starts ([`function::Policy`]: a remote fork of the
 //! function's seed, or a cold start), the HTTP API ([`http`]) and its metrics
 //! ([`metrics`]). [`client`] is the blocking HTTP client that `mitosis fn`
-//! uses.
+//! uses. By default the registry and the workers live in the gateway's
+//! memory; with etcd ([`cluster`]) they are shared by several gateways.
 //!
 //! A worker is a host running `mitosis daemon`; the gateway reaches it on its
 //! peer port with the cluster key, one connection per instance (see
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod function;
 pub mod gateway;
 pub mod http;
@@ -28,4 +30,4 @@ pub mod run;
 pub mod worker;
 
 pub use function::{FunctionConfig, Policy};
-pub use gateway::{Gateway, GatewayConfig, InvokeError, Invoked, StartKind};
+pub use gateway::{ClusterSync, Gateway, GatewayConfig, InvokeError, Invoked, StartKind, WorkerStatus};

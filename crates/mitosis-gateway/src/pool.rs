@@ -25,8 +25,10 @@ pub enum SeedState {
     None,
     /// That cold start is under way; new instances wait for it.
     Seeding,
-    /// Forks come from seed `id` at worker `worker`.
-    Ready { worker: String, id: String, generation: u64 },
+    /// Forks come from seed `id` at worker `worker`. `shared`: another
+    /// gateway prepared it (found in the cluster's view, `crate::cluster`);
+    /// this one forks from it but never drops it.
+    Ready { worker: String, id: String, generation: u64, shared: bool },
 }
 
 struct Idle {
@@ -241,24 +243,53 @@ impl FunctionPool {
         self.seed_changed.notify_waiters();
     }
 
-    /// Clears the seed if it is still `id` (a fork from it failed).
-    pub fn forget_seed(&self, id: &str) {
+    /// Takes `seed` (another gateway's) if the function has none; false if it has one by now.
+    pub fn adopt_seed(&self, seed: SeedState) -> bool {
         let mut inner = self.lock();
-        if matches!(&inner.seed, SeedState::Ready { id: current, .. } if current == id) {
-            inner.seed = SeedState::None;
+        let adopted = !inner.removed && inner.seed == SeedState::None;
+        if adopted {
+            inner.seed = seed;
         }
         drop(inner);
         self.seed_changed.notify_waiters();
+        adopted
     }
 
-    /// Clears a seed that lives on `worker` (the worker is gone).
-    pub fn forget_seed_on(&self, worker: &str) {
+    /// Clears the seed if it is still `id` (a fork from it failed); returns it.
+    pub fn forget_seed(&self, id: &str) -> Option<SeedState> {
+        self.forget_seed_if(|_, i| i == id)
+    }
+
+    /// Clears a seed that lives on `worker` (the worker is gone); returns it.
+    pub fn forget_seed_on(&self, worker: &str) -> Option<SeedState> {
+        self.forget_seed_if(|w, _| w == worker)
+    }
+
+    fn forget_seed_if(&self, gone: impl Fn(&str, &str) -> bool) -> Option<SeedState> {
         let mut inner = self.lock();
-        if matches!(&inner.seed, SeedState::Ready { worker: w, .. } if w == worker) {
-            inner.seed = SeedState::None;
-        }
+        let forgotten = match &inner.seed {
+            SeedState::Ready { worker, id, .. } if gone(worker, id) => Some(std::mem::replace(&mut inner.seed, SeedState::None)),
+            _ => None,
+        };
         drop(inner);
         self.seed_changed.notify_waiters();
+        forgotten
+    }
+
+    /// Ends the instances on `worker` (it left the cluster): idle ones at
+    /// once; busy ones too, so that their requests get an error answer now
+    /// rather than whenever the worker's connection times out.
+    pub fn end_instances_on(&self, worker: &str) -> usize {
+        let mut inner = self.lock();
+        let gone: Vec<Arc<Instance>> = inner.live.values().filter(|i| i.worker == worker).cloned().collect();
+        for i in &gone {
+            inner.live.remove(&i.name);
+            i.kill();
+        }
+        inner.idle.retain(|i| i.instance.worker != worker);
+        drop(inner);
+        self.freed.notify_waiters();
+        gone.len()
     }
 }
 

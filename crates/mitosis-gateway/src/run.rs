@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use crate::cluster::{EtcdOptions, EtcdSync};
 use crate::function::FunctionsFile;
 use crate::gateway::{Gateway, GatewayConfig};
 
@@ -17,13 +19,23 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use the cluster state in etcd")]
+    Etcd(#[source] mitosis_cluster::ClusterError),
+    #[error("cannot store function {name} of the functions file in etcd")]
+    Register {
+        name: String,
+        #[source]
+        source: crate::cluster::SyncError,
+    },
     #[error("the gateway's runtime failed")]
     Runtime(#[source] std::io::Error),
 }
 
 /// Binds `listen`, registers the functions of `functions_file`, and serves
-/// until SIGTERM or SIGINT; then every instance is ended.
-pub fn run(config: GatewayConfig, listen: SocketAddr, functions_file: Option<PathBuf>) -> Result<(), RunError> {
+/// until SIGTERM or SIGINT; then every instance is ended. With `etcd`, the
+/// workers and registrations are the cluster's (the file's functions are
+/// stored there at start).
+pub fn run(config: GatewayConfig, listen: SocketAddr, functions_file: Option<PathBuf>, etcd: Option<EtcdOptions>) -> Result<(), RunError> {
     let functions = match &functions_file {
         Some(path) => FunctionsFile::load(path)?,
         None => FunctionsFile::default(),
@@ -32,14 +44,32 @@ pub fn run(config: GatewayConfig, listen: SocketAddr, functions_file: Option<Pat
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| RunError::Listen { addr: listen, source })?;
         let gateway = Gateway::new(config);
+        let sync = match &etcd {
+            Some(options) => Some(EtcdSync::start(&gateway, options).await.map_err(RunError::Etcd)?),
+            None => None,
+        };
         for (name, f) in functions.functions {
-            gateway.register(&name, f);
+            match &sync {
+                Some(s) => {
+                    crate::gateway::ClusterSync::put_function(&**s, &name, &f).await.map_err(|source| RunError::Register { name: name.clone(), source })?;
+                }
+                None => {
+                    gateway.register(&name, f);
+                }
+            }
         }
         gateway.start_background();
-        tracing::info!(%listen, workers = ?gateway.worker_addrs(), "gateway serving");
+        tracing::info!(%listen, workers = ?gateway.worker_addrs(), etcd = etcd.is_some(), "gateway serving");
         crate::http::serve(gateway.clone(), listener, shutdown_signal()).await.map_err(RunError::Runtime)?;
+        if let Some(s) = &sync {
+            s.stop(Duration::ZERO).await;
+        }
         for f in gateway.functions() {
             gateway.unregister(&f.name);
+        }
+        if let Some(s) = &sync {
+            // The seeds just dropped leave etcd too.
+            s.stop(Duration::from_secs(3)).await;
         }
         tracing::info!("gateway stopped");
         Ok(())
@@ -57,4 +87,3 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
 }
-
