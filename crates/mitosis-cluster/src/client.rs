@@ -225,7 +225,10 @@ impl Cluster {
         let mut pause = Duration::from_millis(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let error = match tokio::time::timeout(left, call(self.client.clone())).await {
+            // One attempt may not take the whole budget: an attempt sent to a
+            // member that just died (or lost its leader) can hang until its
+            // connection is found dead, while the others would answer.
+            let error = match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), call(self.client.clone())).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(source)) => ClusterError::Etcd { op, source },
                 Err(_) => ClusterError::Timeout { op, timeout: budget },
@@ -239,3 +242,7 @@ impl Cluster {
         }
     }
 }
+
+/// Longest single attempt of a request (see `request_within`); an election
+/// after a member's death takes about a second.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
