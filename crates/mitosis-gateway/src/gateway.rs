@@ -286,9 +286,8 @@ impl Gateway {
     }
 
     fn retire(&self, pool: &FunctionPool) {
-        for (_, worker) in pool.live() {
-            self.placed_gone(&worker);
-        }
+        // Each killed instance's reader thread then takes it off its
+        // worker's load (`on_end`), as for an instance that ended by itself.
         let seed = pool.remove();
         if let SeedState::Ready { worker, id, shared: false, .. } = &seed {
             self.drop_seed(worker, id);
