@@ -180,25 +180,39 @@ impl Keeper {
     }
 
     /// Waits for the next tick and refreshes the lease, or registers anew
-    /// if it expired.
+    /// if it expired. A refresh that fails (the member it went to just
+    /// died) is tried again at once, on a new stream, a few times within
+    /// the period: waiting for the next tick let a 2 s lease expire while
+    /// the channel still tried the dead member.
     async fn step(&mut self, tick: &mut tokio::time::Interval, period: Duration) {
         tick.tick().await;
-        match self.refresh(period).await {
-            Ok(Refresh::Alive) => {}
-            Ok(Refresh::Expired) => {
-                self.stream = None;
-                match self.cluster.grant_and_put(&self.key, &self.addr, self.ttl).await {
-                    Ok(lease) => {
-                        tracing::warn!(addr = %self.addr, old = self.lease, new = lease, "worker lease had expired; registered again");
-                        self.lease = lease;
-                        self.lease_tx.send_replace(lease);
+        let until = tokio::time::Instant::now() + period;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(50));
+            match self.refresh(left).await {
+                Ok(Refresh::Alive) => return,
+                Ok(Refresh::Expired) => {
+                    self.stream = None;
+                    match self.cluster.grant_and_put(&self.key, &self.addr, self.ttl).await {
+                        Ok(lease) => {
+                            tracing::warn!(addr = %self.addr, old = self.lease, new = lease, "worker lease had expired; registered again");
+                            self.lease = lease;
+                            self.lease_tx.send_replace(lease);
+                        }
+                        Err(e) => tracing::warn!(addr = %self.addr, error = %e, "worker lease expired and registering again failed; retrying"),
                     }
-                    Err(e) => tracing::warn!(addr = %self.addr, error = %e, "worker lease expired and registering again failed; retrying"),
+                    return;
                 }
-            }
-            Err(e) => {
-                self.stream = None;
-                tracing::warn!(addr = %self.addr, lease = self.lease, error = %e, "cannot refresh the worker's lease; retrying");
+                Err(e) => {
+                    self.stream = None;
+                    tracing::warn!(addr = %self.addr, lease = self.lease, error = %e, "cannot refresh the worker's lease; retrying");
+                    if tokio::time::Instant::now() + pause >= until {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
             }
         }
     }
