@@ -18,6 +18,10 @@
 //!   ([`chart`], from `mitosis-trace`).
 //! - [`crypto`]: `mitosis bench crypto`, the page throughput of one peer
 //!   connection encrypted, integrity-only and as raw TCP, side by side.
+//! - [`rpc`]: `mitosis bench rpc` (empty peer requests, latency and
+//!   throughput per number of clients, pipelined and not, beside a raw TCP
+//!   echo) and `mitosis stress rpc` (checksummed random payloads from many
+//!   clients, every answer checked), MITOSIS's RPC stress programs.
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
@@ -36,6 +40,7 @@ pub mod micro;
 pub mod modes;
 pub mod platform;
 pub mod replay;
+pub mod rpc;
 pub mod spike;
 pub mod starts;
 pub mod throughput;

@@ -62,7 +62,7 @@ pub const LATENCY_PAGES: usize = 2000;
 /// Round trips per TCP RTT baseline run.
 const RTT_COUNT: usize = 5000;
 /// Request and answer sizes of the RTT baseline (a one-page fetch).
-const RTT_REQUEST: usize = 16;
+pub const RTT_REQUEST: usize = 16;
 const RTT_REPLY: usize = 4096;
 /// Port of the RTT baseline's echo server, on host `a`.
 const RTT_PORT: u16 = 7101;
@@ -77,21 +77,41 @@ fn progress(msg: &str) {
 
 // ------------------------------------------------------------ TCP RTT --
 
-/// The `tcp-echo` workload: accepts one connection on `listen`; for each
-/// [`RTT_REQUEST`]-byte request answers `reply` bytes, until end of file.
-pub fn tcp_echo(listen: SocketAddr, reply: usize) -> anyhow::Result<i32> {
+/// The `tcp-echo` workload: accepts `connections` connections on `listen`
+/// (a thread each); for each [`RTT_REQUEST`]-byte request answers `reply`
+/// bytes, until every connection has reached end of file.
+pub fn tcp_echo(listen: SocketAddr, reply: usize, connections: usize) -> anyhow::Result<i32> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     println!("listening");
     std::io::stdout().flush()?;
-    let (mut conn, _) = listener.accept().context("accepting the pinger")?;
+    let mut served = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (conn, _) = listener.accept().context("accepting a pinger")?;
+        served.push(std::thread::spawn(move || echo(conn, reply)));
+    }
+    for s in served {
+        s.join().map_err(|_| anyhow::anyhow!("an echo thread panicked"))??;
+    }
+    Ok(0)
+}
+
+/// Answers `conn`'s requests until end of file. Answers to requests that
+/// came together go out together (flushed when no further request is
+/// buffered), as the daemon does for pipelined peer requests.
+fn echo(conn: std::net::TcpStream, reply: usize) -> anyhow::Result<()> {
     conn.set_nodelay(true)?;
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, conn.try_clone()?);
+    let mut writer = std::io::BufWriter::with_capacity(64 << 10, conn);
     let answer = vec![0x5au8; reply];
     let mut req = [0u8; RTT_REQUEST];
     loop {
-        match conn.read_exact(&mut req) {
-            Ok(()) => conn.write_all(&answer).context("answering")?,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(0),
+        match reader.read_exact(&mut req) {
+            Ok(()) => writer.write_all(&answer).context("answering")?,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e).context("reading a request"),
+        }
+        if reader.buffer().is_empty() {
+            writer.flush().context("answering")?;
         }
     }
 }

@@ -378,6 +378,10 @@ enum Command {
     /// Benchmarks that print tables (and JSON with --json).
     #[command(subcommand)]
     Bench(Bench),
+    /// Stress programs: print a line every second and a summary; exit 1 on any wrong
+    /// answer or error.
+    #[command(subcommand)]
+    Stress(Stress),
     /// Programs used by the tests and benchmarks.
     #[command(subcommand, hide = true)]
     Workload(Workload),
@@ -530,6 +534,24 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Empty peer requests (Ping -> Pong, authenticated and encrypted) from host b to the
+    /// daemon of host a: requests/s per number of client connections, one request
+    /// outstanding and pipelined, and the latency of one request; each beside the same
+    /// clients against a raw TCP echo server in the same run. Targets: one request at most
+    /// 1.2x the raw TCP round trip, at least 100K requests/s pipelined.
+    Rpc {
+        /// Numbers of client connections.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16])]
+        clients: Vec<usize>,
+        /// Requests in flight per pipelined connection.
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+        /// Measured seconds per configuration and server.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
     Functions {
@@ -550,6 +572,39 @@ enum Bench {
         /// The suite's folder (default: functions/ of the repository).
         #[arg(long)]
         functions_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Stress {
+    /// Many clients call the peer protocol for S seconds, one request outstanding each, and
+    /// check every answer: with --checksum a 2048-byte random payload and its BLAKE3 checksum,
+    /// made by the daemon per request; else empty requests. Prints `passed: <us>us, thpt: <n>
+    /// requests/s` every second (MITOSIS's line), any wrong answer or error as an `ERROR`
+    /// line, and a summary. Exit status 0 when every answer was right, no error happened and
+    /// at least one request was answered; 1 otherwise.
+    ///
+    /// Without --peer (root): against the daemon of a fresh test host a, from host b.
+    Rpc {
+        /// Ask for checksummed random payloads and check them.
+        #[arg(long)]
+        checksum: bool,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// A daemon's peer address (ADDR:PORT) instead of a fresh test cluster.
+        #[arg(long, requires = "key_file")]
+        peer: Option<String>,
+        /// The cluster key of --peer's daemon.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The daemon runs with --no-encrypt.
+        #[arg(long)]
+        no_encrypt: bool,
+        /// Print the report (every second's sample) as JSON; the lines go to stderr.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -583,6 +638,9 @@ enum Workload {
         listen: SocketAddr,
         #[arg(long, default_value_t = 4096)]
         reply: usize,
+        /// Connections to accept (each served by a thread) before exiting when all end.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
     },
     /// TCP round-trip baseline: --count round trips, print their percentiles (ns).
     TcpPing {
@@ -947,6 +1005,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)
         }
         Command::Bench(Bench::Platform(b)) => b.run(&self_exe()?),
+        Command::Bench(Bench::Rpc { clients, depth, seconds, json }) => {
+            let opts = mitosis_bench::rpc::BenchOptions { clients, depth, seconds, json };
+            mitosis_bench::rpc::bench(&self_exe()?, &opts).map(|_| 0)
+        }
+        Command::Stress(Stress::Rpc { checksum, clients, seconds, peer, key_file, no_encrypt, json }) => {
+            let opts = mitosis_bench::rpc::StressOptions { checksum, clients, seconds, peer, key_file, no_encrypt, json };
+            mitosis_bench::rpc::stress(&self_exe()?, &opts)
+        }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
             mitosis_bench::functions::run(&self_exe()?, &opts).map(|_| 0)
@@ -957,7 +1023,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Workload::TcpSink { listen } => mitosis_bench::micro::tcp_sink(listen)?,
             Workload::TcpSource { to, mb } => mitosis_bench::micro::tcp_source(to, mb)?,
-            Workload::TcpEcho { listen, reply } => mitosis_bench::modes::tcp_echo(listen, reply)?,
+            Workload::TcpEcho { listen, reply, connections } => mitosis_bench::modes::tcp_echo(listen, reply, connections)?,
             Workload::TcpPing { to, count, reply } => mitosis_bench::modes::tcp_ping(to, count, reply)?,
         }),
     }

@@ -104,6 +104,9 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Re
             writer.flush()?;
             continue;
         }
+        // Only these small answers wait for the next request's: a pager's
+        // pipelined `ReadPages` are faults waiting, each for its own answer.
+        let may_wait = matches!(req, PeerRequest::Ping | PeerRequest::Checksummed { .. });
         match req {
             PeerRequest::GetSeed { id } => {
                 let resp = match daemon.seeds.get(&id) {
@@ -146,8 +149,30 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Re
                 write_msg(&mut writer, &PeerResponse::Instances(crate::instance::worker_usage(daemon)))?;
             }
             PeerRequest::DropSeed { id } => write_msg(&mut writer, &crate::instance::drop_seed(daemon, &id))?,
+            PeerRequest::Ping => write_msg(&mut writer, &PeerResponse::Pong)?,
+            PeerRequest::Checksummed { seq } => write_msg(&mut writer, &checksummed(seq))?,
         }
-        writer.flush()?;
+        // A pipelining client has sent more already: its answers go out
+        // together, in one record, once every request that came is answered.
+        if !(may_wait && more_buffered(&reader)) {
+            writer.flush()?;
+        }
+    }
+}
+
+/// Whether bytes of a further request are already here (opened, or
+/// received and not yet opened). A partial record is the rest of a write the
+/// client has made, so waiting for it before flushing cannot deadlock.
+fn more_buffered(reader: &SecureReader<BufReader<TcpStream>>) -> bool {
+    reader.opened_unread() > 0 || !reader.get_ref().buffer().is_empty()
+}
+
+/// The answer to `Checksummed { seq }`: a fresh random payload and its checksum.
+fn checksummed(seq: u64) -> PeerResponse {
+    let mut payload = vec![0u8; mitosis_proto::peer::CHECKSUMMED_PAYLOAD];
+    match getrandom::getrandom(&mut payload) {
+        Ok(()) => PeerResponse::checksummed(seq, payload),
+        Err(e) => PeerResponse::Error(RemoteError::new(ErrorKind::Internal, format!("no random bytes: {e}"))),
     }
 }
 

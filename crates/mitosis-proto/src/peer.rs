@@ -15,6 +15,19 @@
 //! Pages are served by address from the seed's snapshot; `ranges` lists
 //! page-aligned `(address, length)` pairs and the answer holds their bytes
 //! back to back in the same order.
+//!
+//! Two requests exist for measuring and stressing the protocol itself
+//! (`mitosis bench rpc`, `mitosis stress rpc`), and touch no seed:
+//! ```text
+//!   |-- Ping ------------------------------>|  (the empty request)
+//!   |<----------------------------- Pong ---|
+//!   |-- Checksummed{seq} ------------------>|
+//!   |<-- Checksummed{seq, payload, checksum}|  (CHECKSUMMED_PAYLOAD random bytes,
+//!                                              checksum = BLAKE3(seq LE || payload))
+//! ```
+//! The server draws a fresh random payload for every `Checksummed`; the
+//! client recomputes the checksum with [`check_checksummed`]. Either may be
+//! pipelined: answers come in the order of the requests.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +55,14 @@ pub enum PeerRequest {
     ListInstances,
     /// Forget seed `id` (a function's seed, when the function goes).
     DropSeed { id: String },
+    /// The empty request; answered with `Pong`.
+    Ping,
+    /// A random payload and its checksum, tagged with `seq`.
+    Checksummed { seq: u64 },
 }
+
+/// Bytes of random payload in a `Checksummed` answer (MITOSIS's default).
+pub const CHECKSUMMED_PAYLOAD: usize = 2048;
 
 /// Most ranges a recorded working set may have.
 pub const MAX_WORKING_SET_RANGES: usize = 1 << 16;
@@ -59,6 +79,57 @@ pub enum PeerResponse {
     Instances(WorkerUsage),
     Dropped,
     Error(RemoteError),
+    /// The answer to `Ping`.
+    Pong,
+    /// The answer to `Checksummed { seq }`: `checksum` is [`checksum`] of `seq` and `payload`.
+    Checksummed { seq: u64, payload: Vec<u8>, checksum: [u8; 32] },
+}
+
+/// BLAKE3 of `seq` (little endian) followed by `payload`.
+pub fn checksum(seq: u64, payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+impl PeerResponse {
+    /// The `Checksummed` answer for `seq` carrying `payload`.
+    pub fn checksummed(seq: u64, payload: Vec<u8>) -> PeerResponse {
+        let checksum = checksum(seq, &payload);
+        PeerResponse::Checksummed { seq, payload, checksum }
+    }
+}
+
+/// Why a `Checksummed` answer is not the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChecksumMismatch {
+    #[error("answer for request {got}, expected {want}")]
+    WrongSeq { want: u64, got: u64 },
+    #[error("payload of {got} bytes, expected {CHECKSUMMED_PAYLOAD}")]
+    WrongLength { got: usize },
+    #[error("checksum does not match the payload of request {seq}")]
+    BadChecksum { seq: u64 },
+    #[error("not a Checksummed answer")]
+    NotChecksummed,
+}
+
+/// Checks that `resp` answers `Checksummed { seq: want }`: same seq, a
+/// payload of [`CHECKSUMMED_PAYLOAD`] bytes, and a checksum that matches it.
+pub fn check_checksummed(want: u64, resp: &PeerResponse) -> Result<(), ChecksumMismatch> {
+    let PeerResponse::Checksummed { seq, payload, checksum: sum } = resp else {
+        return Err(ChecksumMismatch::NotChecksummed);
+    };
+    if *seq != want {
+        return Err(ChecksumMismatch::WrongSeq { want, got: *seq });
+    }
+    if payload.len() != CHECKSUMMED_PAYLOAD {
+        return Err(ChecksumMismatch::WrongLength { got: payload.len() });
+    }
+    if checksum(*seq, payload) != *sum {
+        return Err(ChecksumMismatch::BadChecksum { seq: *seq });
+    }
+    Ok(())
 }
 
 impl PeerRequest {
@@ -106,5 +177,23 @@ mod tests {
         assert!(unaligned.validate().is_err());
         let huge = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(0, 1 << 40)] };
         assert!(huge.validate().is_err());
+    }
+
+    #[test]
+    fn checksummed_answers_are_checked() {
+        let payload: Vec<u8> = (0..CHECKSUMMED_PAYLOAD).map(|i| (i * 7) as u8).collect();
+        let good = PeerResponse::checksummed(42, payload);
+        assert_eq!(check_checksummed(42, &good), Ok(()));
+        assert_eq!(check_checksummed(43, &good), Err(ChecksumMismatch::WrongSeq { want: 43, got: 42 }));
+        // Through the wire encoding and back, then one bit of the payload flipped.
+        let mut wire: PeerResponse = postcard::from_bytes(&postcard::to_stdvec(&good).unwrap()).unwrap();
+        assert_eq!(check_checksummed(42, &wire), Ok(()));
+        if let PeerResponse::Checksummed { payload, .. } = &mut wire {
+            payload[1000] ^= 0x10;
+        }
+        assert_eq!(check_checksummed(42, &wire), Err(ChecksumMismatch::BadChecksum { seq: 42 }));
+        let short = PeerResponse::checksummed(1, vec![0; 16]);
+        assert_eq!(check_checksummed(1, &short), Err(ChecksumMismatch::WrongLength { got: 16 }));
+        assert_eq!(check_checksummed(1, &PeerResponse::Pong), Err(ChecksumMismatch::NotChecksummed));
     }
 }

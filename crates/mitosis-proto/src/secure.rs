@@ -386,6 +386,12 @@ impl<R> SecureReader<R> {
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
+
+    /// Bytes of an opened record not yet read (a server that still has some
+    /// holds more of a pipelined request, and may hold back its answers).
+    pub fn opened_unread(&self) -> usize {
+        self.rx.plain.len() - self.rx.pos
+    }
 }
 
 /// The sending half of a channel: writes are sealed into records when a
