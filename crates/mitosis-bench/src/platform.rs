@@ -22,6 +22,9 @@ pub const INSTANCE_USER: &str = "nobody";
 
 /// Worker hosts with their daemons, and the suite.
 pub struct Workers {
+    /// The instances' interpreter (and the mount that keeps its packages in
+    /// reach); dropped first, before the cluster's directory goes.
+    _python: mitosis_testkit::python::NobodyPython,
     pub cluster: Cluster,
     pub suite: Suite,
 }
@@ -35,9 +38,9 @@ impl Workers {
         let dir = mitosis_testkit::TestDir::new_in(Path::new("/var/tmp"), name);
         let venv = suite.python.parent().and_then(Path::parent).context("the suite's python is not in a venv")?;
         let python = mitosis_testkit::python::python_for_nobody(venv, dir.path()).map_err(|e| anyhow::anyhow!(e))?;
-        let python = python.to_string_lossy().into_owned();
-        let cluster = Cluster::start_in(bin, dir, &["--instance-user", INSTANCE_USER, "--python", &python])?;
-        Ok(Workers { cluster, suite })
+        let interpreter = python.python.to_string_lossy().into_owned();
+        let cluster = Cluster::start_in(bin, dir, &["--instance-user", INSTANCE_USER, "--python", &interpreter])?;
+        Ok(Workers { _python: python, cluster, suite })
     }
 
     pub fn key_file(&self) -> PathBuf {

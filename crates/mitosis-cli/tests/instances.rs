@@ -17,7 +17,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{alive, bin, in_netns, repo, Workers, KEY};
+use common::{alive, bin, in_netns, Workers, KEY};
 use mitosis_proto::auth::{client_handshake, ClusterKey};
 use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME};
 use mitosis_proto::instance::{
@@ -235,8 +235,8 @@ fn cold_instances_serve_fail_and_end() {
 
     // A suite function, unchanged.
     let mut hello = Conn::open(ha, &addr);
-    let hello_dir = repo().join("functions/helloworld");
-    hello.start(&cold("helloworld", hello_dir.to_str().unwrap())).unwrap();
+    let hello_dir = w.suite_function("helloworld");
+    hello.start(&cold("helloworld", &hello_dir)).unwrap();
     hello.phases(3);
     assert!(hello.invoke_json(b"")["output"].as_str().unwrap().contains("result: hello world"));
 

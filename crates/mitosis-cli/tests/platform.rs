@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, in_netns, repo, tail, Workers};
+use common::{bin, in_netns, tail, Workers};
 use mitosis_gateway::client::{Answer, Client, ClientError};
 use mitosis_gateway::{FunctionConfig, Policy};
 use mitosis_testkit::{wait_until, Host, ProcessGuard};
@@ -141,7 +141,7 @@ fn every_policy_gives_the_same_results() {
     p.deploy("viafork", p.config(Policy::Fork, 0));
     p.deploy("viacold", p.config(Policy::Cold, 0));
     p.deploy("viawarm", p.config(Policy::Fork, 600));
-    let hello = repo().join("functions/helloworld").to_string_lossy().into_owned();
+    let hello = p.workers.suite_function("helloworld");
     p.deploy("hello", FunctionConfig { keep_alive_s: 0, ..FunctionConfig::new(hello) });
     let logs = p.logs();
     let (starts, bodies, hello_outputs) = p.with(|g| {

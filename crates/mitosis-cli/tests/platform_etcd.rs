@@ -127,6 +127,8 @@ struct Platform {
     etcd: EtcdCluster,
     hosts: TwoHosts,
     function_dir: String,
+    /// The instances' interpreter (and the mount that keeps its packages in reach).
+    _python: mitosis_testkit::python::NobodyPython,
     dir: TestDir,
 }
 
@@ -167,7 +169,7 @@ impl Platform {
                 "--instance-user",
                 "nobody",
                 "--python",
-                python.to_str().unwrap(),
+                python.python.to_str().unwrap(),
                 "--etcd",
                 &endpoints,
                 "--etcd-prefix",
@@ -182,7 +184,7 @@ impl Platform {
         let (a, b) = (daemon(&hosts.a, "a"), daemon(&hosts.b, "b"));
         let gateways = (1..=2).map(|i| start_gateway(&hosts.a, &dir, &key, &endpoints, i)).collect();
         let function_dir = fdir.to_str().unwrap().to_string();
-        let p = Platform { gateways, a, b, _relays: relays, etcd, hosts, function_dir, dir };
+        let p = Platform { gateways, a, b, _relays: relays, etcd, hosts, function_dir, _python: python, dir };
         for i in 0..2 {
             let up = wait_until(WAIT, || p.call(i, |c| c.get("/healthz")).is_ok());
             assert!(up, "gateway {} did not answer at {}\n{}", i + 1, p.gateways[i].1, p.logs());

@@ -298,6 +298,9 @@ pub struct Workers {
     pub a: Daemon,
     pub b: Daemon,
     pub hosts: TwoHosts,
+    /// The instances' interpreter (and the mount that keeps its packages in
+    /// reach), undone before the directory goes.
+    pub python: mitosis_testkit::python::NobodyPython,
     pub dir: TestDir,
 }
 
@@ -324,11 +327,12 @@ impl Workers {
         }
         let hosts = TwoHosts::new().expect("creating test hosts");
         let key = write_key(&dir, "key", KEY);
-        let mut args = vec!["--instance-user", "nobody", "--python", python.to_str().unwrap()];
+        let interpreter = python.python.to_str().unwrap().to_string();
+        let mut args = vec!["--instance-user", "nobody", "--python", &interpreter];
         args.extend_from_slice(extra);
         let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, &args).expect("starting daemon a");
         let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key, &args).expect("starting daemon b");
-        Some(Workers { a, b, hosts, dir })
+        Some(Workers { a, b, hosts, python, dir })
     }
 
     /// The directory of the test's function `name`.
@@ -338,6 +342,16 @@ impl Workers {
 
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("key")
+    }
+
+    /// The suite's function `name` (`functions/<name>/function.py`), copied
+    /// next to the test's own: the repository may be under /tmp, which a
+    /// container has of its own. Returns its directory.
+    pub fn suite_function(&self, name: &str) -> String {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(repo().join("functions").join(name).join("function.py"), dir.join("function.py")).unwrap();
+        dir.to_str().unwrap().to_string()
     }
 
     /// The last lines of both daemons' logs.
