@@ -145,8 +145,7 @@ impl Platform {
             return None;
         }
         let dir = TestDir::new_in(Path::new("/var/tmp"), name);
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
-        let python = match mitosis_testkit::python::python_for_nobody(&repo.join(".venv"), dir.path()) {
+        let python = match mitosis_testkit::python::python_for_nobody(&common::repo().join(".venv"), dir.path()) {
             Ok(p) => p,
             Err(e) => {
                 skip(e);
