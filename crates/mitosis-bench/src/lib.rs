@@ -22,6 +22,9 @@
 //!   throughput per number of clients, pipelined and not, beside a raw TCP
 //!   echo) and `mitosis stress rpc` (checksummed random payloads from many
 //!   clients, every answer checked), MITOSIS's RPC stress programs.
+//! - [`live_fuzz`]: `mitosis stress fuzz`, random and mutated frames
+//!   against running daemons' peer port and local socket, with held
+//!   slow-loris connections and real remote forks beside them.
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
@@ -36,6 +39,7 @@ pub mod demo;
 pub mod functions;
 pub mod gateway_overhead;
 pub mod hosts;
+pub mod live_fuzz;
 pub mod micro;
 pub mod modes;
 pub mod platform;

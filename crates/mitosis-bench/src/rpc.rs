@@ -570,7 +570,7 @@ fn stress_client(id: usize, connect: &dyn Fn() -> anyhow::Result<RpcClient>, che
     }
 }
 
-fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
+pub(crate) fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     ClusterKey::from_file_contents(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

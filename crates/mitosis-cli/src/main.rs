@@ -606,6 +606,47 @@ enum Stress {
         #[arg(long)]
         json: bool,
     },
+    /// A bounded live fuzz of running daemons: random and mutated frames on connections of
+    /// their own against the peer port (before authentication; after it too with
+    /// --key-file) and the local socket (as user nobody: as root, mutated requests would be
+    /// real orders), while --hold connections per target are held open and fed a byte a
+    /// second (slow-loris), and a well-formed request every half second must get a
+    /// well-formed answer. Prints `passed: <us>us, thpt: <n> inputs/s, ...` every second,
+    /// every failure as an `ERROR` line, then a table of what became of the inputs.
+    ///
+    /// Without --peer and --socket (root): against a fresh two-host cluster, with real
+    /// remote forks beside the garbage (children of a seed on host a resumed on host b,
+    /// each checking every byte of its memory), and afterwards both daemons must be back
+    /// to their descriptors and threads of before and near their memory. Exit status 0
+    /// when every check held; 1 otherwise.
+    Fuzz {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Threads sending inputs, per kind of input.
+        #[arg(long, default_value_t = 2)]
+        senders: usize,
+        /// Connections held open per target (slow-loris).
+        #[arg(long, default_value_t = 1000)]
+        hold: usize,
+        /// Seed of the inputs (default: random, printed in the report).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A daemon's peer address (ADDR:PORT) to fuzz.
+        #[arg(long)]
+        peer: Option<String>,
+        /// The cluster key of --peer's daemon: also fuzz behind authentication.
+        #[arg(long, requires = "peer")]
+        key_file: Option<PathBuf>,
+        /// The daemon runs with --no-encrypt.
+        #[arg(long)]
+        no_encrypt: bool,
+        /// A daemon's local socket to fuzz (as user nobody).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the report (every second's sample) as JSON; the lines go to stderr.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1012,6 +1053,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Stress(Stress::Rpc { checksum, clients, seconds, peer, key_file, no_encrypt, json }) => {
             let opts = mitosis_bench::rpc::StressOptions { checksum, clients, seconds, peer, key_file, no_encrypt, json };
             mitosis_bench::rpc::stress(&self_exe()?, &opts)
+        }
+        Command::Stress(Stress::Fuzz { seconds, senders, hold, seed, peer, key_file, no_encrypt, socket, json }) => {
+            let opts = mitosis_bench::live_fuzz::FuzzOptions { peer, key_file, no_encrypt, socket, seconds, senders, hold, seed, json };
+            mitosis_bench::live_fuzz::run(&self_exe()?, &opts)
         }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };

@@ -89,7 +89,9 @@ fn handshake_state(suite: Suite, key: &ClusterKey, prologue: &[u8], initiator: b
     hs.map_err(|_| ProtoError::AuthFailed("cannot set up the Noise handshake"))
 }
 
-fn hello(protection: Protection) -> [u8; HELLO_LEN] {
+/// The HELLO a client of this version sends first, offering `protection`
+/// (also what fuzzers and probes start from).
+pub fn hello(protection: Protection) -> [u8; HELLO_LEN] {
     let mut h = [0u8; HELLO_LEN];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
