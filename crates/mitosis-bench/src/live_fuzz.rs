@@ -225,6 +225,9 @@ struct DaemonCheck {
     before: Footprint,
     /// The highest resident memory of the run's first half.
     plateau_kb: u64,
+    /// The most threads seen during the run: one per admitted connection,
+    /// so the connection caps bound it, not the 1,000s held.
+    peak_threads: u64,
     after: Footprint,
     settled: bool,
 }
@@ -451,7 +454,8 @@ fn fuzz(targets: &Targets, opts: &FuzzOptions, seed: u64, resumer: Option<&Resum
                 "daemon {name} did not come back: before {before:?}, after {now:?}, memory plateau of the first half {plateau_kb} KiB"
             ));
         }
-        after.push(DaemonCheck { name, before: *before, plateau_kb, after: now, settled });
+        let peak_threads = samples.iter().filter_map(|t| t.daemons.get(i)).map(|f| f.threads).max().unwrap_or(0);
+        after.push(DaemonCheck { name, before: *before, plateau_kb, peak_threads, after: now, settled });
     }
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let report = FuzzReport {
@@ -500,12 +504,13 @@ fn print_report(r: &FuzzReport) {
     println!("  held connections opened (slow-loris, reopened when closed): {}", r.held_opened);
     for d in &r.daemons {
         println!(
-            "  daemon {}: fds {} -> {}, threads {} -> {}, VmRSS {} -> {} KiB (first half's plateau {} KiB): {}",
+            "  daemon {}: fds {} -> {}, threads {} -> {} (at most {} during the run), VmRSS {} -> {} KiB (first half's plateau {} KiB): {}",
             d.name,
             d.before.fds,
             d.after.fds,
             d.before.threads,
             d.after.threads,
+            d.peak_threads,
             d.before.rss_kb,
             d.after.rss_kb,
             d.plateau_kb,
