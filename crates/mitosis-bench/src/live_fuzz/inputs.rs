@@ -30,8 +30,8 @@ pub(super) fn connect_tcp(addr: &str) -> std::io::Result<TcpStream> {
 }
 
 /// One sender: inputs of `kind` until `deadline`.
-pub(super) fn sender(kind: Kind, targets: &Targets, mut rng: StdRng, (uid, gid): (u32, u32), deadline: Instant, counters: &Counters) {
-    if kind == Kind::Local {
+pub(super) fn sender(kind: Kind, targets: &Targets, mut rng: StdRng, deadline: Instant, counters: &Counters) {
+    if let (Kind::Local, Some((uid, gid))) = (kind, targets.local_as) {
         if let Err(e) = mitosis_sys::creds::become_user_in_this_thread(uid, gid) {
             counters.error(&format!("cannot act as user nobody: {e}"));
             return;

@@ -113,7 +113,7 @@ impl Kind {
         match self {
             Kind::PeerPreAuth => "peer, unauthenticated",
             Kind::PeerPostAuth => "peer, authenticated",
-            Kind::Local => "local socket, as nobody",
+            Kind::Local => "local socket, unprivileged",
         }
     }
 }
@@ -277,6 +277,9 @@ pub(super) struct Targets {
     pub(super) key: Option<ClusterKey>,
     pub(super) protection: Protection,
     pub(super) socket: Option<PathBuf>,
+    /// The user (uid, gid) the local connections act as: nobody when this
+    /// runs as root (a thread's own credentials), else this process's user.
+    pub(super) local_as: Option<(u32, u32)>,
 }
 
 /// `mitosis stress fuzz`; the exit status.
@@ -290,7 +293,7 @@ pub fn run(bin: &Path, opts: &FuzzOptions) -> anyhow::Result<i32> {
             None => None,
         };
         let peer = opts.peer.clone().map(|addr| PeerTarget { addr, strangers_from: None, members_from: None });
-        let targets = Targets { peer, key, protection, socket: opts.socket.clone() };
+        let targets = Targets { peer, key, protection, socket: opts.socket.clone(), local_as: unprivileged_user()? };
         let report = fuzz(&targets, opts, seed, None, Vec::new())?;
         return finish(report, opts);
     }
@@ -316,6 +319,7 @@ pub fn run(bin: &Path, opts: &FuzzOptions) -> anyhow::Result<i32> {
             key: Some(key),
             protection,
             socket: Some(c.b.socket().to_path_buf()),
+            local_as: unprivileged_user()?,
         };
         let report = fuzz(&targets, opts, seed, Some(&resumer), daemons)?;
         seed_of_children.drop_and_wait(Duration::from_secs(30))?;
@@ -323,6 +327,17 @@ pub fn run(bin: &Path, opts: &FuzzOptions) -> anyhow::Result<i32> {
         Ok(report)
     })?;
     finish(report, opts)
+}
+
+/// Who the local connections act as: user nobody when this runs as root
+/// (as root, mutated requests would be real orders); otherwise this
+/// process's own user, unprivileged already.
+fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
+    if mitosis_sys::process::euid() != 0 {
+        return Ok(None);
+    }
+    let nobody = mitosis_sys::creds::lookup_user("nobody").context("the local socket is fuzzed as user nobody")?;
+    Ok(Some((nobody.uid, nobody.gid)))
 }
 
 /// Real remote forks beside the garbage: a child of `seed` on host b checks
@@ -375,7 +390,6 @@ fn fuzz(targets: &Targets, opts: &FuzzOptions, seed: u64, resumer: Option<&Resum
         kinds.push(Kind::Local);
     }
     ensure!(!kinds.is_empty(), "nothing to fuzz: give --peer and/or --socket");
-    let nobody = mitosis_sys::creds::lookup_user("nobody").context("the local socket is fuzzed as user nobody")?;
     let samples = Mutex::new(Vec::new());
     std::thread::scope(|s| -> anyhow::Result<()> {
         let (counters, stop) = (&counters, &stop);
@@ -384,13 +398,13 @@ fn fuzz(targets: &Targets, opts: &FuzzOptions, seed: u64, resumer: Option<&Resum
             for _ in 0..opts.senders {
                 n += 1;
                 let rng = StdRng::seed_from_u64(seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-                let (targets, uid_gid) = (targets.clone(), (nobody.uid, nobody.gid));
-                s.spawn(move || sender(kind, &targets, rng, uid_gid, deadline, counters));
+                let targets = targets.clone();
+                s.spawn(move || sender(kind, &targets, rng, deadline, counters));
             }
         }
         let holders = targets.clone();
         let hold = opts.hold;
-        s.spawn(move || holder(&holders, hold, (nobody.uid, nobody.gid), stop, counters));
+        s.spawn(move || holder(&holders, hold, stop, counters));
         let live = targets.clone();
         s.spawn(move || liveness(&live, stop, counters));
         if let Some(r) = resumer {

@@ -44,7 +44,7 @@ impl Held {
 
 /// Holds `n` connections on each target, a byte a second on each, opening
 /// again those the daemon has let go.
-pub(super) fn holder(t: &Targets, n: usize, (uid, gid): (u32, u32), stop: &AtomicBool, counters: &Counters) {
+pub(super) fn holder(t: &Targets, n: usize, stop: &AtomicBool, counters: &Counters) {
     if n == 0 {
         return;
     }
@@ -65,13 +65,15 @@ pub(super) fn holder(t: &Targets, n: usize, (uid, gid): (u32, u32), stop: &Atomi
             Some(host) => host.run_inside(open).unwrap_or_default(),
         }
     };
-    let socket = t.socket.clone();
+    let (socket, local_as) = (t.socket.clone(), t.local_as);
     // Unix connections as nobody, from a thread of nobody's.
     let open_unix = |count: usize| -> Vec<Held> {
         let Some(path) = socket.clone() else { return Vec::new() };
         std::thread::spawn(move || -> Vec<Held> {
-            if mitosis_sys::creds::become_user_in_this_thread(uid, gid).is_err() {
-                return Vec::new();
+            if let Some((uid, gid)) = local_as {
+                if mitosis_sys::creds::become_user_in_this_thread(uid, gid).is_err() {
+                    return Vec::new();
+                }
             }
             (0..count)
                 .filter_map(|_| {
