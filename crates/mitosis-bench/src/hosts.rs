@@ -164,6 +164,61 @@ impl Drop for Seed {
     }
 }
 
+/// A `pattern` workload prepared on host a whose children, resumed on host
+/// b in a lean container, check every byte of their memory (and their heap
+/// and stack) against the seed's own check: the real page path, end to end.
+/// Dropping it drops the seed, then kills the workload.
+pub struct CheckedSeed {
+    seed: Seed,
+    workload: HostProcess,
+    /// The seed's own `verify` answer, which every child must give.
+    want: String,
+}
+
+impl CheckedSeed {
+    /// Starts a workload of `mb` MiB on host a with `bin` and prepares it as seed `id`.
+    pub fn prepare(cluster: &Cluster, bin: &Path, mb: u64, id: &str) -> anyhow::Result<CheckedSeed> {
+        let mut workload = HostProcess::spawn(host_command(&cluster.hosts.a, bin).args(["workload", "pattern", "--mb", &mb.to_string()]))?;
+        let pid = workload.chan.recv_number("ready", Duration::from_secs(60)).context("workload start")? as i32;
+        workload.chan.send("verify")?;
+        let want = workload.chan.recv(Duration::from_secs(60)).context("the seed's own verify")?;
+        ensure!(want.starts_with("verify ok "), "the seed's own memory check: {want}");
+        let seed = Seed::prepare(&cluster.a, pid, id)?;
+        Ok(CheckedSeed { seed, workload, want })
+    }
+
+    /// Resumes one child on host b and fails unless it exits 0 having found
+    /// its memory exactly as the seed's.
+    pub fn resume_checked(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (stdin_rx, mut stdin_tx) = std::io::pipe()?;
+        stdin_tx.write_all(b"verify\nexit 0\n")?;
+        drop(stdin_tx);
+        let (mut stdout_rx, stdout_tx) = std::io::pipe()?;
+        let options = mitosis::ResumeOptions { container: Some(mitosis::ContainerSpec::default()), ..Default::default() };
+        let resumed = Client::connect(cluster.b.socket())?.resume_with(
+            &cluster.a.addr(),
+            self.seed.id(),
+            [stdin_rx.as_raw_fd(), stdout_tx.as_raw_fd(), 2],
+            &options,
+        )?;
+        drop((stdin_rx, stdout_tx));
+        let (end, _) = resumed.wait()?;
+        let mut out = String::new();
+        stdout_rx.read_to_string(&mut out)?;
+        ensure!(end == mitosis::ChildEnd::Exited(0), "the child {end}; it printed {out:?}");
+        ensure!(out.trim_end() == self.want, "the child's memory check says {:?}, the seed's {:?}", out.trim_end(), self.want);
+        Ok(())
+    }
+
+    /// Drops the seed (waiting for its snapshot to go) and ends the workload.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        let CheckedSeed { seed, ref mut workload, .. } = self;
+        seed.drop_and_wait(Duration::from_secs(30))?;
+        workload.chan.send("exit 0")
+    }
+}
+
 /// Whether process `pid` has exited (is gone or a zombie, its memory freed).
 fn has_exited(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

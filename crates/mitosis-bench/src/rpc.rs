@@ -14,8 +14,9 @@
 //! - **stress**: `clients` connections for `seconds`, each request answered
 //!   with a fresh random payload and its checksum (`--checksum`; else
 //!   `Ping`), every answer checked; MITOSIS's line every second and a
-//!   summary. Against a cluster of its own (root), or `--peer` a daemon
-//!   (with `--key-file`).
+//!   summary. Against a cluster of its own (root), where children checking
+//!   every byte of the pages they fetched run beside the RPCs (the real page
+//!   path, [`CheckedSeed`]), or `--peer` a daemon (with `--key-file`).
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -32,7 +33,7 @@ use mitosis_proto::secure::{Protection, SecureReader, SecureWriter};
 use mitosis_testkit::Host;
 use serde::Serialize;
 
-use crate::hosts::{ensure_root, host_command, Cluster, HostProcess};
+use crate::hosts::{ensure_root, host_command, CheckedSeed, Cluster, HostProcess};
 use crate::modes::RTT_REQUEST;
 use crate::{median, now_ns, percentile};
 
@@ -50,6 +51,8 @@ const WARMUP: Duration = Duration::from_millis(300);
 const SETTLE: Duration = Duration::from_secs(3);
 /// First port of the raw TCP echo servers on host `a` (one per configuration).
 const ECHO_PORT: u16 = 7110;
+/// The seed of the children that check the page path beside `stress rpc` (MiB).
+const PAGE_PATH_SEED_MB: u64 = 8;
 /// Connect, handshake and answer timeout of every connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -426,6 +429,9 @@ struct StressReport {
     requests: u64,
     mismatches: u64,
     errors: u64,
+    /// Children resumed beside the RPCs that found all their memory right
+    /// (a run against its own cluster only).
+    children_checked: Option<u64>,
     passed: bool,
 }
 
@@ -434,6 +440,7 @@ struct Counters {
     requests: AtomicU64,
     mismatches: AtomicU64,
     errors: AtomicU64,
+    children: AtomicU64,
 }
 
 /// `mitosis stress rpc`: exit status 0 when every answer was right, there
@@ -444,7 +451,7 @@ pub fn stress(bin: &Path, opts: &StressOptions) -> anyhow::Result<i32> {
         Some(addr) => {
             let key_file = opts.key_file.as_deref().context("--peer needs --key-file")?;
             let protection = if opts.no_encrypt { Protection::Integrity } else { Protection::Encrypted };
-            stress_against(Origin::Here, addr, read_key(key_file)?, protection, opts)
+            stress_against(Origin::Here, addr, read_key(key_file)?, protection, opts, None)
         }
         None => {
             ensure_root("mitosis stress rpc (without --peer)")?;
@@ -453,13 +460,30 @@ pub fn stress(bin: &Path, opts: &StressOptions) -> anyhow::Result<i32> {
             let key = read_key(&cluster.dir.path().join("cluster.key"))?;
             let protection = if opts.no_encrypt { Protection::Integrity } else { Protection::Encrypted };
             let origin = Origin::Inside(cluster.hosts.b.clone());
-            let code = cluster.run(|c| stress_against(origin, &c.a.addr(), key, protection, opts))?;
+            let code = cluster.run(|c| {
+                // The real page path beside the RPCs: children that check
+                // every byte of the pages they fetched.
+                let seed = CheckedSeed::prepare(c, bin, PAGE_PATH_SEED_MB, &format!("stress-rpc-{}", std::process::id()))?;
+                let child = || seed.resume_checked(c);
+                let code = stress_against(origin, &c.a.addr(), key, protection, opts, Some(&child))?;
+                seed.finish()?;
+                Ok(code)
+            })?;
             Ok(code)
         }
     }
 }
 
-fn stress_against(origin: Origin, addr: &str, key: ClusterKey, protection: Protection, opts: &StressOptions) -> anyhow::Result<i32> {
+/// Runs the clients until the run's end; `page_path` (if any) resumes one
+/// checked child, over and over beside them.
+fn stress_against(
+    origin: Origin,
+    addr: &str,
+    key: ClusterKey,
+    protection: Protection,
+    opts: &StressOptions,
+    page_path: Option<&(dyn Fn() -> anyhow::Result<()> + Sync)>,
+) -> anyhow::Result<i32> {
     let counters = Arc::new(Counters::default());
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(opts.seconds);
@@ -470,6 +494,36 @@ fn stress_against(origin: Origin, addr: &str, key: ClusterKey, protection: Prote
             std::thread::spawn(move || stress_client(id, &|| connect(&addr), checksum, deadline, &counters))
         })
         .collect();
+    std::thread::scope(|s| -> anyhow::Result<i32> {
+        if let Some(child) = page_path {
+            let counters = &counters;
+            s.spawn(move || {
+                while Instant::now() < deadline {
+                    match child() {
+                        Ok(()) => {
+                            counters.children.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("ERROR page path: {e:#}");
+                        }
+                    }
+                }
+            });
+        }
+        report_stress(clients, &counters, t0, deadline, opts, page_path.is_some())
+    })
+}
+
+/// Prints a line a second until `deadline`, then the summary; the exit status.
+fn report_stress(
+    clients: Vec<std::thread::JoinHandle<()>>,
+    counters: &Counters,
+    t0: Instant,
+    deadline: Instant,
+    opts: &StressOptions,
+    page_path: bool,
+) -> anyhow::Result<i32> {
     let mut samples = Vec::new();
     let (mut last_t, mut last_n) = (t0, 0u64);
     while Instant::now() < deadline {
@@ -500,20 +554,26 @@ fn stress_against(origin: Origin, addr: &str, key: ClusterKey, protection: Prote
         requests: counters.requests.load(Ordering::Relaxed),
         mismatches: counters.mismatches.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
+        children_checked: page_path.then(|| counters.children.load(Ordering::Relaxed)),
         passed: false,
     };
-    let report = StressReport { passed: report.mismatches == 0 && report.errors == 0 && report.requests > 0, ..report };
+    let page_path_ran = report.children_checked.is_none_or(|n| n > 0);
+    let report = StressReport { passed: report.mismatches == 0 && report.errors == 0 && report.requests > 0 && page_path_ran, ..report };
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "requests: {}, mismatches: {}, errors: {} ({} clients, {} s{}): {}",
+            "requests: {}, mismatches: {}, errors: {} ({} clients, {} s{}{}): {}",
             report.requests,
             report.mismatches,
             report.errors,
             report.clients,
             report.seconds,
             if report.checksum { format!(", {CHECKSUMMED_PAYLOAD} B checksummed payloads") } else { String::new() },
+            match report.children_checked {
+                Some(n) => format!(", {n} remote children checked every byte of their {PAGE_PATH_SEED_MB} MiB"),
+                None => String::new(),
+            },
             if report.passed { "PASSED" } else { "FAILED" }
         );
     }

@@ -584,7 +584,10 @@ enum Stress {
     /// line, and a summary. Exit status 0 when every answer was right, no error happened and
     /// at least one request was answered; 1 otherwise.
     ///
-    /// Without --peer (root): against the daemon of a fresh test host a, from host b.
+    /// Without --peer (root): against the daemon of a fresh test host a, from host b, with the
+    /// real page path beside the RPCs: children of an 8 MiB seed on host a, resumed on host b
+    /// one after another, each checking every byte of the pages it fetched; a child that
+    /// fails or finds a wrong byte is an error.
     Rpc {
         /// Ask for checksummed random payloads and check them.
         #[arg(long)]

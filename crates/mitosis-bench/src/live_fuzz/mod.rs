@@ -41,22 +41,19 @@
 //! Exit status 0 when every check held; 1 otherwise. With `--seed` a run's
 //! inputs are the same again (as far as timing allows).
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use mitosis::Client;
 use mitosis_proto::auth::ClusterKey;
-use mitosis_proto::local::{ContainerSpec, ResumeOptions};
 use mitosis_proto::secure::Protection;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::hosts::{ensure_root, host_command, Cluster, HostProcess, Seed};
+use crate::hosts::{ensure_root, CheckedSeed, Cluster};
 
 mod inputs;
 mod watch;
@@ -302,16 +299,11 @@ pub fn run(bin: &Path, opts: &FuzzOptions) -> anyhow::Result<i32> {
     let cluster = Cluster::start_with_args(bin, "stress-fuzz", daemon_args)?;
     let report = cluster.run(|c| {
         let key = crate::rpc::read_key(&c.dir.path().join("cluster.key"))?;
-        let mut workload = HostProcess::spawn(host_command(&c.hosts.a, bin).args(["workload", "pattern", "--mb", &SEED_MB.to_string()]))?;
-        let pid = workload.chan.recv_number("ready", Duration::from_secs(60)).context("workload start")? as i32;
-        workload.chan.send("verify")?;
-        let want = workload.chan.recv(Duration::from_secs(60)).context("the seed's own verify")?;
-        ensure!(want.starts_with("verify ok "), "the seed's own memory check: {want}");
-        let seed_of_children = Seed::prepare(&c.a, pid, &format!("fuzz-{}", std::process::id()))?;
-        let resumer = Resumer { cluster: c, seed: &seed_of_children, want };
+        let seed_of_children = CheckedSeed::prepare(c, bin, SEED_MB, &format!("fuzz-{}", std::process::id()))?;
+        let resumer = || seed_of_children.resume_checked(c);
         // Warm-up: the first resumes fill pools and caches that belong to the baseline.
         for _ in 0..3 {
-            resumer.one().context("a warm-up resume")?;
+            resumer().context("a warm-up resume")?;
         }
         let daemons = vec![("a", c.a.pid()), ("b", c.b.pid())];
         let targets = Targets {
@@ -322,8 +314,7 @@ pub fn run(bin: &Path, opts: &FuzzOptions) -> anyhow::Result<i32> {
             local_as: unprivileged_user()?,
         };
         let report = fuzz(&targets, opts, seed, Some(&resumer), daemons)?;
-        seed_of_children.drop_and_wait(Duration::from_secs(30))?;
-        workload.chan.send("exit 0")?;
+        seed_of_children.finish()?;
         Ok(report)
     })?;
     finish(report, opts)
@@ -340,40 +331,15 @@ fn unprivileged_user() -> anyhow::Result<Option<(u32, u32)>> {
     Ok(Some((nobody.uid, nobody.gid)))
 }
 
-/// Real remote forks beside the garbage: a child of `seed` on host b checks
-/// all of its memory.
-struct Resumer<'a> {
-    cluster: &'a Cluster,
-    seed: &'a Seed,
-    /// The seed's own `verify` answer.
-    want: String,
-}
-
-impl Resumer<'_> {
-    fn one(&self) -> anyhow::Result<()> {
-        use std::os::fd::AsRawFd;
-        let (stdin_rx, mut stdin_tx) = std::io::pipe()?;
-        stdin_tx.write_all(b"verify\nexit 0\n")?;
-        drop(stdin_tx);
-        let (mut stdout_rx, stdout_tx) = std::io::pipe()?;
-        let options = ResumeOptions { container: Some(ContainerSpec::default()), ..Default::default() };
-        let resumed = Client::connect(self.cluster.b.socket())?.resume_with(
-            &self.cluster.a.addr(),
-            self.seed.id(),
-            [stdin_rx.as_raw_fd(), stdout_tx.as_raw_fd(), 2],
-            &options,
-        )?;
-        drop((stdin_rx, stdout_tx));
-        let (end, _) = resumed.wait()?;
-        let mut out = String::new();
-        stdout_rx.read_to_string(&mut out)?;
-        ensure!(end == mitosis::ChildEnd::Exited(0), "the child {end}; it printed {out:?}");
-        ensure!(out.trim_end() == self.want, "the child's memory check says {:?}, the seed's {:?}", out.trim_end(), self.want);
-        Ok(())
-    }
-}
-
-fn fuzz(targets: &Targets, opts: &FuzzOptions, seed: u64, resumer: Option<&Resumer>, daemons: Vec<(&'static str, i32)>) -> anyhow::Result<FuzzReport> {
+/// Runs the fuzz; `resumer` (if any) starts one checked remote child, over
+/// and over beside it.
+fn fuzz(
+    targets: &Targets,
+    opts: &FuzzOptions,
+    seed: u64,
+    resumer: Option<&(dyn Fn() -> anyhow::Result<()> + Sync)>,
+    daemons: Vec<(&'static str, i32)>,
+) -> anyhow::Result<FuzzReport> {
     let before: Vec<Footprint> = daemons.iter().map(|(_, pid)| Footprint::of(*pid)).collect::<anyhow::Result<_>>()?;
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
@@ -410,7 +376,7 @@ fn fuzz(targets: &Targets, opts: &FuzzOptions, seed: u64, resumer: Option<&Resum
         if let Some(r) = resumer {
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match r.one() {
+                    match r() {
                         Ok(()) => {
                             counters.resumes_ok.fetch_add(1, Ordering::Relaxed);
                         }
