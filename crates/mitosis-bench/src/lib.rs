@@ -25,6 +25,8 @@
 //! - [`live_fuzz`]: `mitosis stress fuzz`, random and mutated frames
 //!   against running daemons' peer port and local socket, with held
 //!   slow-loris connections and real remote forks beside them.
+//! - [`kernel_log`]: what the kernel logged while a stress program ran
+//!   (MITOSIS's "clean kernel log").
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
@@ -39,6 +41,7 @@ pub mod demo;
 pub mod functions;
 pub mod gateway_overhead;
 pub mod hosts;
+pub mod kernel_log;
 pub mod live_fuzz;
 pub mod micro;
 pub mod modes;

@@ -34,6 +34,7 @@ use mitosis_testkit::Host;
 use serde::Serialize;
 
 use crate::hosts::{ensure_root, host_command, CheckedSeed, Cluster, HostProcess};
+use crate::kernel_log::{KernelLog, KernelLogReport};
 use crate::modes::RTT_REQUEST;
 use crate::{median, now_ns, percentile};
 
@@ -432,6 +433,8 @@ struct StressReport {
     /// Children resumed beside the RPCs that found all their memory right
     /// (a run against its own cluster only).
     children_checked: Option<u64>,
+    /// What the kernel logged during the run.
+    kernel_log: KernelLogReport,
     passed: bool,
 }
 
@@ -485,6 +488,7 @@ fn stress_against(
     page_path: Option<&(dyn Fn() -> anyhow::Result<()> + Sync)>,
 ) -> anyhow::Result<i32> {
     let counters = Arc::new(Counters::default());
+    let kernel_log = KernelLog::mark();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(opts.seconds);
     let connect = Arc::new(move |addr: &str| RpcClient::over(origin.connect(addr)?, &key, protection));
@@ -511,7 +515,7 @@ fn stress_against(
                 }
             });
         }
-        report_stress(clients, &counters, t0, deadline, opts, page_path.is_some())
+        report_stress(clients, &counters, t0, deadline, opts, page_path.is_some(), kernel_log)
     })
 }
 
@@ -523,6 +527,7 @@ fn report_stress(
     deadline: Instant,
     opts: &StressOptions,
     page_path: bool,
+    mut kernel_log: KernelLog,
 ) -> anyhow::Result<i32> {
     let mut samples = Vec::new();
     let (mut last_t, mut last_n) = (t0, 0u64);
@@ -555,13 +560,19 @@ fn report_stress(
         mismatches: counters.mismatches.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
         children_checked: page_path.then(|| counters.children.load(Ordering::Relaxed)),
+        kernel_log: kernel_log.since(),
         passed: false,
     };
+    for failure in &report.kernel_log.kernel_failures {
+        eprintln!("ERROR the kernel logged: {failure}");
+    }
     let page_path_ran = report.children_checked.is_none_or(|n| n > 0);
-    let report = StressReport { passed: report.mismatches == 0 && report.errors == 0 && report.requests > 0 && page_path_ran, ..report };
+    let passed = report.mismatches == 0 && report.errors == 0 && report.requests > 0 && page_path_ran && report.kernel_log.kernel_clean();
+    let report = StressReport { passed, ..report };
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        println!("{}", report.kernel_log.summary());
         println!(
             "requests: {}, mismatches: {}, errors: {} ({} clients, {} s{}{}): {}",
             report.requests,

@@ -38,7 +38,8 @@
 //! per-thread arenas, so a daemon's memory rises to a plateau under any load;
 //! a leak keeps rising past it.
 //!
-//! Exit status 0 when every check held; 1 otherwise. With `--seed` a run's
+//! The kernel must log no failure of its own meanwhile (see
+//! [`crate::kernel_log`]). Exit status 0 when every check held; 1 otherwise. With `--seed` a run's
 //! inputs are the same again (as far as timing allows).
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::hosts::{ensure_root, CheckedSeed, Cluster};
+use crate::kernel_log::{KernelLog, KernelLogReport};
 
 mod inputs;
 mod watch;
@@ -252,6 +254,8 @@ struct FuzzReport {
     resumes_ok: u64,
     errors: u64,
     daemons: Vec<DaemonCheck>,
+    /// What the kernel logged during the run.
+    kernel_log: KernelLogReport,
     passed: bool,
 }
 
@@ -341,6 +345,7 @@ fn fuzz(
     daemons: Vec<(&'static str, i32)>,
 ) -> anyhow::Result<FuzzReport> {
     let before: Vec<Footprint> = daemons.iter().map(|(_, pid)| Footprint::of(*pid)).collect::<anyhow::Result<_>>()?;
+    let mut kernel_log = KernelLog::mark();
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
@@ -452,11 +457,18 @@ fn fuzz(
         resumes_ok: l(&counters.resumes_ok),
         errors: l(&counters.errors),
         daemons: after,
+        kernel_log: kernel_log.since(),
         passed: false,
     };
     // Every kind of input must have reached the daemon: a run whose inputs
     // were all refused at the door (or never connected) proves nothing.
-    let passed = report.errors == 0 && report.kinds.iter().all(|k| k.inputs > 0) && report.liveness_checks > 0;
+    for failure in &report.kernel_log.kernel_failures {
+        eprintln!("ERROR the kernel logged: {failure}");
+    }
+    let passed = report.errors == 0
+        && report.kinds.iter().all(|k| k.inputs > 0)
+        && report.liveness_checks > 0
+        && report.kernel_log.kernel_clean();
     Ok(FuzzReport { passed, ..report })
 }
 
@@ -499,7 +511,8 @@ fn print_report(r: &FuzzReport) {
         );
     }
     println!(
-        "inputs: {}, liveness checks: {}, resumes ok: {}, errors: {}: {}",
+        "{}\ninputs: {}, liveness checks: {}, resumes ok: {}, errors: {}: {}",
+        r.kernel_log.summary(),
         r.inputs,
         r.liveness_checks,
         r.resumes_ok,
