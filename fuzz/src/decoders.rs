@@ -152,15 +152,28 @@ const REPLY_LEN: usize = 77;
 
 /// The opening handshake (`auth`): a server reading a client's bytes, a
 /// client reading a server's, a client told "busy", and the key file
-/// parser. Nobody without the cluster key gets a channel; each side sends
-/// only the fixed layouts (HELLO, REPLY, a status byte, a short Noise message).
+/// parser. Nobody without the cluster key gets a channel whose records they
+/// can make (a replayed client handshake gets one, whose records it cannot
+/// make); each side sends only the fixed layouts (HELLO, REPLY, a status
+/// byte, a short Noise message).
 pub fn handshake(data: &[u8]) {
     let key = ClusterKey::from_file_contents(FUZZ_KEY).unwrap();
     for protection in [Protection::Encrypted, Protection::Integrity] {
         // Server side: the input is what a client sent.
         let mut s = Scripted { incoming: data, sent: Vec::new() };
         match server_handshake(&mut s, &key, protection) {
-            Ok(_) => panic!("a server handshake succeeded without the cluster key"),
+            // Only a first Noise message made with the key gets here: one
+            // replayed from a real client (a seed of the corpus is one).
+            // The session's keys are new all the same (the server's
+            // ephemeral key is), so no record that follows is accepted.
+            Ok(channel) => {
+                assert_eq!(s.sent.len(), REPLY_LEN + 1 + 2 + 48, "server sent {} bytes", s.sent.len());
+                let (mut reader, _) = channel.split(s.incoming, io::sink());
+                let mut delivered = Vec::new();
+                let end = reader.read_to_end(&mut delivered);
+                assert!(delivered.is_empty(), "a replayed handshake's records were accepted");
+                assert!(end.is_err() || s.incoming.is_empty(), "records after a replayed handshake were not refused");
+            }
             Err(e) => assert!(
                 matches!(
                     e,
@@ -175,8 +188,12 @@ pub fn handshake(data: &[u8]) {
                 "server: {e:?}"
             ),
         }
-        // Nothing, a REPLY, or a REPLY and the AUTH status.
-        assert!([0, REPLY_LEN, REPLY_LEN + 1].contains(&s.sent.len()), "server sent {} bytes", s.sent.len());
+        // Nothing, a REPLY, a REPLY and the AUTH status, or (a replay) all of the server's handshake.
+        assert!(
+            [0, REPLY_LEN, REPLY_LEN + 1, REPLY_LEN + 1 + 2 + 48].contains(&s.sent.len()),
+            "server sent {} bytes",
+            s.sent.len()
+        );
         if !s.sent.is_empty() {
             assert_eq!(&s.sent[..8], MAGIC);
             assert_eq!(u32::from_le_bytes(s.sent[8..12].try_into().unwrap()), PROTOCOL_VERSION);
