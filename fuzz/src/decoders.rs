@@ -27,15 +27,18 @@ use mitosis_proto::instance::{
     parse_phase, phase_text, read_call, read_event, runtime_frame, InstanceEvent, RuntimeFrames, MAX_BODY,
     MAX_INSTANCE_FRAME, TAG_PHASE,
 };
-use mitosis_proto::local::{ChildInfo, Envelope, LocalResponse, CHILD_MARKER};
+use mitosis_proto::local::{ChildEnd, ChildInfo, Envelope, LocalResponse, CHILD_MARKER};
 use mitosis_proto::peer::{check_checksummed, PeerRequest, PeerResponse};
 use mitosis_proto::secure::{Channel, Protection, MAX_RECORD};
 use mitosis_proto::{ProtoError, PROTOCOL_VERSION};
 use serde::{de::DeserializeOwned, Serialize};
 
+/// What a target does with one input.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets: name (the directory of its corpus and the binary's
 /// name) and what it does with one input.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("handshake", handshake),
     ("record", record),
@@ -404,7 +407,12 @@ pub fn local_request(data: &[u8]) {
 pub fn local_response(data: &[u8]) {
     read_stream(data, MAX_IMAGE_FRAME, |r| read_msg::<_, LocalResponse>(r, MAX_IMAGE_FRAME), |resp| {
         if let LocalResponse::Exited { end, .. } = &resp {
-            let _ = end.exit_status();
+            // What `mitosis resume` exits with: the child's own code, else a
+            // status a shell can tell (no overflow, also in release builds).
+            let status = end.exit_status();
+            if !matches!(end, ChildEnd::Exited(_)) {
+                assert!((1..=255).contains(&status), "exit status {status} for {end:?}");
+            }
             let _ = end.to_string();
         }
         assert_round_trip(&resp);
@@ -421,7 +429,10 @@ pub fn local_response(data: &[u8]) {
 pub fn seed_image(data: &[u8]) {
     if let Ok(image) = postcard::from_bytes::<SeedImage>(data) {
         if image.validate().is_ok() {
-            let _ = image.mapped_bytes();
+            // The sizes of a valid image need no wrapping arithmetic (also
+            // checked in release builds, where overflow would wrap).
+            let exact = image.vmas.iter().try_fold(0u64, |sum, v| sum.checked_add(v.end.checked_sub(v.start)?));
+            assert_eq!(exact, Some(image.mapped_bytes()), "a valid image's mappings do not add up");
             for v in &image.vmas {
                 let _ = (v.len(), v.pages(), v.is_stack(), v.prot.bits());
             }
