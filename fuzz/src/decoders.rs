@@ -96,9 +96,10 @@ fn read_stream<T>(
     }
 }
 
-/// Length-prefixed frames (`frame::read_frame`, `read_payload`) under both
-/// limits: a frame that reads is exactly the bytes announced, and the same
-/// when part of its payload had already arrived.
+/// Length-prefixed frames (`frame::read_frame`, `read_payload`) under the
+/// daemon's limit, the client's and a tiny one: a frame that reads is
+/// exactly the bytes announced, and the same when part of its payload had
+/// already arrived; a frame over the limit is refused by its header.
 pub fn frame(data: &[u8]) {
     for limit in [MAX_CONTROL_FRAME, MAX_IMAGE_FRAME, 16] {
         let mut r = data;
