@@ -37,8 +37,8 @@ use std::time::Instant;
 
 use mitosis_container::Container;
 use mitosis_proto::instance::{
-    parse_phase, read_call, send_event, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, InstanceUsage, WorkerUsage, SeedUsage,
-    MAX_BODY, STDERR_TAIL, TAG_ERROR, TAG_PHASE, TAG_REPLY,
+    read_call, send_event, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, InstanceUsage, RuntimeFrames, WorkerUsage,
+    SeedUsage, STDERR_TAIL,
 };
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::local::{ChildEnd, ContainerLimits, ContainerSpec, Paging};
@@ -640,7 +640,7 @@ fn relay(
         };
         frames.push(&buf[..n]);
         loop {
-            match frames.next() {
+            match frames.next_event() {
                 None => return true,
                 Some(Ok(event)) => {
                     if *gateway_ok && send_event(writer, &event).is_err() {
@@ -727,45 +727,6 @@ fn relay(
     Output { stderr: tail.text(), gateway_ok }
 }
 
-/// Frames of the runtime's stdout (`u8 tag, u32 len, bytes`) as they come.
-#[derive(Default)]
-struct RuntimeFrames {
-    buf: Vec<u8>,
-}
-
-impl RuntimeFrames {
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The next whole frame as an event, `Err` for a frame the protocol
-    /// does not allow (as soon as its header shows it), `None` for not yet.
-    fn next(&mut self) -> Option<Result<InstanceEvent, String>> {
-        let &tag = self.buf.first()?;
-        if ![TAG_PHASE, TAG_REPLY, TAG_ERROR].contains(&tag) {
-            return Some(Err(format!("the instance wrote a frame with the unknown tag {tag:#04x} on its stdout")));
-        }
-        let len = u32::from_le_bytes(self.buf.get(1..5)?.try_into().ok()?) as u64;
-        if len > MAX_BODY {
-            return Some(Err(format!("the instance wrote a frame of {len} bytes (the limit is {MAX_BODY})")));
-        }
-        let end = 5 + len as usize;
-        if self.buf.len() < end {
-            return None;
-        }
-        let body = self.buf[5..end].to_vec();
-        self.buf.drain(..end);
-        Some(match tag {
-            TAG_PHASE => match std::str::from_utf8(&body).ok().and_then(parse_phase) {
-                Some(phase) => Ok(InstanceEvent::Phase(phase)),
-                None => Err(format!("the instance reported an unknown phase {:?}", String::from_utf8_lossy(&body))),
-            },
-            TAG_REPLY => Ok(InstanceEvent::Reply { ok: true, body }),
-            _ => Ok(InstanceEvent::Reply { ok: false, body }),
-        })
-    }
-}
-
 /// The last [`STDERR_TAIL`] bytes of a stream.
 #[derive(Default)]
 struct Tail {
@@ -789,48 +750,6 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mitosis_proto::instance::Phase;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        f.extend_from_slice(body);
-        f
-    }
-
-    #[test]
-    fn frames_are_decoded_as_they_come() {
-        let mut frames = RuntimeFrames::default();
-        let mut all = frame(TAG_PHASE, b"init");
-        all.extend(frame(TAG_REPLY, b"{\"result\": 1}"));
-        all.extend(frame(TAG_ERROR, b"ValueError: no"));
-        // Byte by byte: nothing before a frame is whole.
-        let mut events = Vec::new();
-        for b in &all {
-            frames.push(std::slice::from_ref(b));
-            while let Some(e) = frames.next() {
-                events.push(e.unwrap());
-            }
-        }
-        assert_eq!(events, vec![
-            InstanceEvent::Phase(Phase::InitDone),
-            InstanceEvent::Reply { ok: true, body: b"{\"result\": 1}".to_vec() },
-            InstanceEvent::Reply { ok: false, body: b"ValueError: no".to_vec() },
-        ]);
-    }
-
-    #[test]
-    fn bad_frames_are_refused_at_their_header() {
-        let mut frames = RuntimeFrames::default();
-        frames.push(b"X");
-        assert!(frames.next().unwrap().unwrap_err().contains("unknown tag 0x58"));
-        let mut frames = RuntimeFrames::default();
-        frames.push(&[TAG_REPLY, 0xff, 0xff, 0xff, 0x7f]);
-        assert!(frames.next().unwrap().unwrap_err().contains("limit"));
-        let mut frames = RuntimeFrames::default();
-        frames.push(&frame(TAG_PHASE, b"warming"));
-        assert!(frames.next().unwrap().unwrap_err().contains("unknown phase"));
-    }
 
     #[test]
     fn the_tail_keeps_the_last_bytes() {

@@ -230,7 +230,10 @@ impl PeerConn {
         self.writer.flush()?;
         let body = read_frame(&mut self.reader, MAX_IMAGE_FRAME)?;
         match postcard::from_bytes(&body).map_err(|_| ProtoError::Decode { what: "PeerResponse" })? {
-            PeerResponse::Seed { image, working_set } => Ok(FetchedSeed { image: *image, working_set, bytes: body.len() as u64 }),
+            PeerResponse::Seed { image, working_set } => {
+                image.validate().map_err(ProtoError::InvalidImage)?;
+                Ok(FetchedSeed { image: *image, working_set, bytes: body.len() as u64 })
+            }
             PeerResponse::Error(e) => Err(ProtoError::Remote(e)),
             _ => Err(ProtoError::Unexpected),
         }

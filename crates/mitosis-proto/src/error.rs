@@ -70,6 +70,9 @@ pub enum ProtoError {
     Decode { what: &'static str },
     #[error("protocol version mismatch: we speak {ours}, peer speaks {theirs}")]
     VersionMismatch { ours: u32, theirs: u32 },
+    /// A seed image that decoded but fails [`SeedImage::validate`](crate::image::SeedImage::validate).
+    #[error("invalid seed image: {0}")]
+    InvalidImage(String),
     #[error("peer is not a mitosis daemon (bad magic)")]
     BadMagic,
     #[error("authentication failed: {0}")]
@@ -96,7 +99,10 @@ impl ProtoError {
             ProtoError::AuthFailed(_) => ErrorKind::AuthFailed,
             ProtoError::Remote(r) => r.kind,
             ProtoError::Busy => ErrorKind::Busy,
-            ProtoError::FrameTooLarge { .. } | ProtoError::Decode { .. } | ProtoError::BadMagic => {
+            ProtoError::FrameTooLarge { .. }
+            | ProtoError::Decode { .. }
+            | ProtoError::InvalidImage(_)
+            | ProtoError::BadMagic => {
                 ErrorKind::BadRequest
             }
             _ => ErrorKind::SeedGone,

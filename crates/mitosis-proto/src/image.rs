@@ -249,9 +249,52 @@ pub struct SeedImage {
 }
 
 impl SeedImage {
-    /// Bytes of address space the child will have mapped.
+    /// Bytes of address space the child will have mapped (of a
+    /// [valid](SeedImage::validate) image: mappings of another may overlap).
     pub fn mapped_bytes(&self) -> u64 {
         self.vmas.iter().map(Vma::len).sum()
+    }
+
+    /// Checks what every user of an image takes for granted, before it is
+    /// used: a receiver calls this on an image that came off the wire, so
+    /// that garbage from a seed host is a clear error, not arithmetic on
+    /// nonsense (a mapping that ends before it starts). The seed id follows
+    /// [`validate_seed_id`]; mappings are page aligned, not empty, in
+    /// ascending order and do not overlap; written runs are page aligned,
+    /// not empty and inside their mapping; descriptors are distinct and
+    /// between 0 and `i32::MAX - 1`; a reply slot does not wrap around.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_seed_id(&self.id)?;
+        let mut previous_end = 0u64;
+        for (i, v) in self.vmas.iter().enumerate() {
+            let range = format!("mapping {i} ({:#x}-{:#x})", v.start, v.end);
+            if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
+                return Err(format!("{range} is empty or not page aligned"));
+            }
+            if v.start < previous_end {
+                return Err(format!("{range} overlaps or precedes the mapping before it"));
+            }
+            previous_end = v.end;
+            if let Some(&(s, e)) = v.written.iter().find(|&&(s, e)| {
+                s >= e || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 || s < v.start || e > v.end
+            }) {
+                return Err(format!("{range} has a written run {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
+            }
+        }
+        let mut fds: Vec<i32> = self.files.iter().map(|f| f.fd).collect();
+        if let Some(fd) = fds.iter().find(|&&fd| !(0..i32::MAX).contains(&fd)) {
+            return Err(format!("descriptor {fd} is out of range"));
+        }
+        fds.sort_unstable();
+        if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("descriptor {} is listed twice", w[0]));
+        }
+        if let Some(slot) = self.reply_slot {
+            if slot.addr.checked_add(slot.len).is_none() {
+                return Err(format!("the reply slot {:#x}+{:#x} wraps around", slot.addr, slot.len));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -298,6 +341,77 @@ mod tests {
         let null_elsewhere = FileIdentity { dev: 6, ino: 99, ..null };
         assert!(null.matches(&null_elsewhere, IdentityMatch::SameObject), "a device is its device number");
         assert!(!null.matches(&FileIdentity { rdev: 0x105, ..null }, IdentityMatch::SameObject));
+    }
+
+    fn image() -> SeedImage {
+        let vma = |start: u64, end: u64| Vma {
+            start,
+            end,
+            prot: Prot { read: true, write: true, exec: false },
+            kind: VmaKind::Anon,
+            name: String::new(),
+            written: Vec::new(),
+        };
+        SeedImage {
+            id: "fn-a".into(),
+            generation: 1,
+            source_pid: 10,
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            regs: Registers { words: [0; USER_REGS_WORDS] },
+            xstate: vec![],
+            vmas: vec![vma(0x1000, 0x3000), vma(0x3000, 0x4000)],
+            mm: MmFields::default(),
+            auxv: vec![],
+            signals: SignalState::default(),
+            cwd: "/".into(),
+            cwd_identity: FileIdentity::default(),
+            exe: None,
+            files: vec![],
+            closed_fds: vec![],
+            vdso_hash: 0,
+            kernel: String::new(),
+            rss_bytes: 0,
+            prepared_unix_ms: 0,
+            prepare_us: 0,
+            reply_slot: None,
+            rseq: None,
+            robust_list: (0, 0),
+            tid_address: 0,
+            altstack: (0, 0, 0),
+        }
+    }
+
+    #[test]
+    fn images_are_validated() {
+        let good = image();
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(good.mapped_bytes(), 0x3000);
+        let mut backwards = image();
+        backwards.vmas[0].end = 0;
+        assert!(backwards.validate().unwrap_err().contains("empty or not page aligned"));
+        let mut overlapping = image();
+        overlapping.vmas[1].start = 0x2000;
+        assert!(overlapping.validate().unwrap_err().contains("overlaps"));
+        let mut unaligned = image();
+        unaligned.vmas[1].end = 0x4001;
+        assert!(unaligned.validate().is_err());
+        let mut outside = image();
+        outside.vmas[0].written = vec![(0x2000, 0x4000)];
+        assert!(outside.validate().unwrap_err().contains("written run"));
+        let mut fds = image();
+        let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, identity: FileIdentity::default() };
+        fds.files = vec![file(1), file(1)];
+        assert!(fds.validate().unwrap_err().contains("twice"));
+        fds.files = vec![file(i32::MAX)];
+        assert!(fds.validate().unwrap_err().contains("out of range"));
+        let mut slot = image();
+        slot.reply_slot = Some(crate::local::ReplySlot { addr: u64::MAX, len: 2 });
+        assert!(slot.validate().unwrap_err().contains("wraps"));
+        let mut id = image();
+        id.id = "a/b".into();
+        assert!(id.validate().is_err());
     }
 
     #[test]

@@ -256,6 +256,75 @@ pub fn parse_phase(text: &str) -> Option<Phase> {
     }
 }
 
+/// The runtime's frames on its stdout (`u8 tag, u32 len, bytes`, see the
+/// module doc), decoded as the bytes come: the daemon pushes what each read
+/// of the pipe gave and takes the events out. It holds at most one frame of
+/// [`MAX_BODY`] bytes plus what came after it in the same read.
+#[derive(Debug, Default)]
+pub struct RuntimeFrames {
+    buf: Vec<u8>,
+}
+
+impl RuntimeFrames {
+    /// Appends bytes read from the runtime's stdout.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame as an event, `Err` for a frame the protocol
+    /// does not allow (as soon as its header shows it: the runtime is then
+    /// killed, so nothing is read after it), `None` for not yet.
+    pub fn next_event(&mut self) -> Option<Result<InstanceEvent, String>> {
+        let &tag = self.buf.first()?;
+        if ![TAG_PHASE, TAG_REPLY, TAG_ERROR].contains(&tag) {
+            return Some(Err(format!("the instance wrote a frame with the unknown tag {tag:#04x} on its stdout")));
+        }
+        let len = u32::from_le_bytes(self.buf.get(1..5)?.try_into().ok()?) as u64;
+        if len > MAX_BODY {
+            return Some(Err(format!("the instance wrote a frame of {len} bytes (the limit is {MAX_BODY})")));
+        }
+        let end = 5 + len as usize;
+        if self.buf.len() < end {
+            return None;
+        }
+        let body = self.buf[5..end].to_vec();
+        self.buf.drain(..end);
+        Some(match tag {
+            TAG_PHASE => match std::str::from_utf8(&body).ok().and_then(parse_phase) {
+                Some(phase) => Ok(InstanceEvent::Phase(phase)),
+                None => Err(format!("the instance reported an unknown phase {:?}", String::from_utf8_lossy(&body))),
+            },
+            TAG_REPLY => Ok(InstanceEvent::Reply { ok: true, body }),
+            _ => Ok(InstanceEvent::Reply { ok: false, body }),
+        })
+    }
+
+    /// Bytes pushed and not yet taken as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// One frame of the runtime's pipe protocol: `tag`, `u32` length, `body`
+/// (what a runtime writes on its stdout, and the inverse of [`RuntimeFrames`]).
+pub fn runtime_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(5 + body.len());
+    f.push(tag);
+    f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// The text of a phase frame (the inverse of [`parse_phase`]).
+pub fn phase_text(phase: &Phase) -> String {
+    match phase {
+        Phase::RuntimeReady => "runtime".into(),
+        Phase::InitDone => "init".into(),
+        Phase::Ready => "ready".into(),
+        Phase::Prepared { seed_id, generation } => format!("prepared:{seed_id}:{generation:x}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +369,52 @@ mod tests {
         assert_eq!(parse_phase("prepared:fn a:1f"), None);
         assert_eq!(parse_phase("prepared:x:zz"), None);
         assert_eq!(parse_phase("bogus"), None);
+    }
+
+    #[test]
+    fn runtime_frames_are_decoded_as_they_come() {
+        let mut frames = RuntimeFrames::default();
+        let mut all = runtime_frame(TAG_PHASE, b"init");
+        all.extend(runtime_frame(TAG_REPLY, b"{\"result\": 1}"));
+        all.extend(runtime_frame(TAG_ERROR, b"ValueError: no"));
+        // Byte by byte: nothing before a frame is whole.
+        let mut events = Vec::new();
+        for b in &all {
+            frames.push(std::slice::from_ref(b));
+            while let Some(e) = frames.next_event() {
+                events.push(e.unwrap());
+            }
+        }
+        assert_eq!(events, vec![
+            InstanceEvent::Phase(Phase::InitDone),
+            InstanceEvent::Reply { ok: true, body: b"{\"result\": 1}".to_vec() },
+            InstanceEvent::Reply { ok: false, body: b"ValueError: no".to_vec() },
+        ]);
+        assert_eq!(frames.buffered(), 0);
+    }
+
+    #[test]
+    fn bad_runtime_frames_are_refused_at_their_header() {
+        let mut frames = RuntimeFrames::default();
+        frames.push(b"X");
+        assert!(frames.next_event().unwrap().unwrap_err().contains("unknown tag 0x58"));
+        let mut frames = RuntimeFrames::default();
+        frames.push(&[TAG_REPLY, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(frames.next_event().unwrap().unwrap_err().contains("limit"));
+        let mut frames = RuntimeFrames::default();
+        frames.push(&runtime_frame(TAG_PHASE, b"warming"));
+        assert!(frames.next_event().unwrap().unwrap_err().contains("unknown phase"));
+    }
+
+    #[test]
+    fn phase_texts_parse_back() {
+        for phase in [
+            Phase::RuntimeReady,
+            Phase::InitDone,
+            Phase::Ready,
+            Phase::Prepared { seed_id: "fn-a".into(), generation: 0x1f },
+        ] {
+            assert_eq!(parse_phase(&phase_text(&phase)), Some(phase));
+        }
     }
 }

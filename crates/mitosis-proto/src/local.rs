@@ -250,7 +250,9 @@ impl ChildEnd {
     pub fn exit_status(&self) -> i32 {
         match self {
             ChildEnd::Exited(c) => *c,
-            ChildEnd::Signaled(s) => 128 + s,
+            // A signal number off the wire is not trusted to exist: any
+            // gives a status in 128..=255 (an i32::MAX overflowed here).
+            ChildEnd::Signaled(s) => 128 + (*s).clamp(0, 127),
             ChildEnd::KilledByMitosis { .. } => crate::ErrorKind::SeedGone.exit_code(),
             ChildEnd::OutOfMemory { .. } => 128 + 9,
         }
