@@ -246,6 +246,19 @@ impl Cgroups {
         sweep
     }
 
+    /// The daemon's subtrees, one per hierarchy (v2 controllers share one):
+    /// what [`remove_tree`] is to remove should the daemon die without
+    /// removing them itself (its janitor does).
+    pub fn subtrees(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for h in &self.hierarchies {
+            if !out.contains(&h.base) {
+                out.push(h.base.clone());
+            }
+        }
+        out
+    }
+
     /// Container directories that exist now: the most in any one hierarchy
     /// (each container has one in each), for leak checks.
     pub fn live_directories(&self) -> usize {
@@ -320,6 +333,17 @@ fn is_daemon_command_line(cmdline: &[u8], exe: Option<&Path>) -> bool {
     let named_mitosis = |name: &[u8]| name.rsplit(|&b| b == b'/').next().is_some_and(|n| n.starts_with(b"mitosis"));
     let exe_named = exe.and_then(|e| e.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("mitosis"));
     (named_mitosis(argv0) || exe_named) && args.any(|a| a == b"daemon")
+}
+
+/// Removes cgroup directory `dir` and everything below it, children first,
+/// SIGKILLing the processes found in each directory first (see
+/// `kill_members`): for a subtree whose daemon is gone.
+pub fn remove_tree(dir: &Path) -> Sweep {
+    let mut sweep = Sweep::default();
+    if dir.is_dir() {
+        remove_subtree(dir, &mut sweep);
+    }
+    sweep
 }
 
 /// Removes `dir` and everything below it, children first, killing the
