@@ -100,7 +100,7 @@ fn a_cut_link_kills_the_child_within_2_s_and_others_go_on() {
 
     assert_no_child_left_on_b(&c);
     // With the link back, b resumes from a again.
-    drop(cut);
+    assert!(cut.restore(&c.hosts.b), "a is not reachable again");
     let again = c.resume_on_b_with("far", "verify\nexit 0\n");
     assert_eq!(again.code(), Some(0), "{again}\n{}", c.logs());
     assert_eq!(again.stdout, format!("verify ok {sum_a}\n"));

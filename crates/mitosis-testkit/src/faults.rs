@@ -38,6 +38,25 @@ impl LinkCut {
     }
 }
 
+impl LinkCut {
+    /// Brings the link back up and waits (up to 10 s) until the host
+    /// answers a ping from `from` again (addresses are resolved anew).
+    pub fn restore(self, from: &Host) -> bool {
+        let host = self.host.clone();
+        drop(self);
+        crate::wait_until(std::time::Duration::from_secs(10), || ping(from, &host))
+    }
+}
+
+/// Whether `to` answers one ping from `from` within a second.
+fn ping(from: &Host, to: &Host) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &from.ns, "ping", "-c1", "-W1", &to.ip])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 impl Drop for LinkCut {
     fn drop(&mut self) {
         // The namespace may be gone already (then so is the link).
@@ -167,14 +186,6 @@ mod tests {
     use super::*;
     use crate::{require_root, TestDir, TwoHosts};
 
-    fn ping(from: &Host, to: &Host) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &from.ns, "ping", "-c1", "-W1", &to.ip])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
     #[test]
     fn a_cut_link_comes_back_on_drop() {
         if !require_root() {
@@ -184,8 +195,7 @@ mod tests {
         assert!(crate::wait_until(std::time::Duration::from_secs(5), || ping(&hosts.a, &hosts.b)));
         let cut = LinkCut::new(&hosts.a).unwrap();
         assert!(!ping(&hosts.b, &hosts.a));
-        drop(cut);
-        assert!(crate::wait_until(std::time::Duration::from_secs(5), || ping(&hosts.b, &hosts.a)));
+        assert!(cut.restore(&hosts.b));
     }
 
     #[test]
