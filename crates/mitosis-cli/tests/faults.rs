@@ -84,6 +84,7 @@ fn a_cut_link_kills_the_child_within_2_s_and_others_go_on() {
     let took = t.elapsed();
     eprintln!("cut link: resumer exited {:.0} ms after the cut", took.as_secs_f64() * 1000.0);
     let out = child.finish(STEP);
+    eprintln!("cut link: {}", out.stderr.trim());
     assert_killed_with(&out, "stopped answering", &[pid_line.as_str()], &c.logs());
     assert!(out.stderr.contains(&c.a.addr()), "the reason names the seed host: {out}");
     assert!(took < FAULT_TO_EXIT_BOUND, "the resumer exited {took:?} after the cut\n{out}");

@@ -106,10 +106,11 @@ impl WatchedStream {
         Ok((waited >= self.deadline).then_some(Stall::NoAnswer { waited }))
     }
 
-    fn probe(&mut self, on: bool) -> io::Result<()> {
-        if self.probing != on {
-            net::set_keepalive(&self.stream, on).map_err(os)?;
-            self.probing = on;
+    /// Turns keepalive on for a wait that outlasted a poll slice.
+    fn start_probing(&mut self) -> io::Result<()> {
+        if !self.probing {
+            net::set_keepalive(&self.stream, true).map_err(os)?;
+            self.probing = true;
         }
         Ok(())
     }
@@ -123,15 +124,17 @@ impl Read for WatchedStream {
                 // Data, end of file or an error: the read does not block.
                 Ok(true) => {
                     let got = self.stream.read(buf);
-                    if got.as_ref().is_ok_and(|&n| n > 0) {
-                        self.probe(false)?;
+                    // The bytes read must reach the caller: should keepalive
+                    // not go off, it stays on (a probe a second, no harm).
+                    if self.probing && got.as_ref().is_ok_and(|&n| n > 0) && net::set_keepalive(&self.stream, false).is_ok() {
+                        self.probing = false;
                     }
                     return got;
                 }
                 Ok(false) => {}
                 Err(e) => return Err(os(e)),
             }
-            self.probe(true)?;
+            self.start_probing()?;
             if let Some(stall) = self.verdict(start.elapsed())? {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, stall));
             }
