@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mitosis_testkit::{cgroup_subtrees_of, dirs_below, wait_until, LinkCut, SlowLink, SmallTmpfs};
+use mitosis_testkit::{cgroup_subtrees_of, dirs_below, wait_until, LinkCut, Paused, SlowLink, SmallTmpfs};
 
 /// Issue 13's bound from a fault to the resumer's exit is 2 s; this leaves
 /// room for a loaded test machine and still fails the 10 s fetch timeout.
@@ -127,6 +127,53 @@ fn a_slow_link_delivers_every_page_and_kills_nobody() {
     assert_eq!(out.stdout, format!("verify ok {sum}\n"));
     // Not a performance bound: without it the test would test nothing.
     assert!(took > Duration::from_secs(2), "the link was not slow ({took:?}): nothing was tested");
+}
+
+/// The seed host's daemon hangs (SIGSTOP) while a child pages from it: its
+/// kernel still acknowledges b's requests and probes, so b waits instead of
+/// giving the host up. Hung for longer than the silence after which a dead
+/// host is given up, the child goes on once the daemon does; hung past
+/// `--fetch-timeout` (4 s here), the child is killed saying so.
+#[test]
+fn a_hung_seed_daemon_is_waited_for_until_the_fetch_timeout() {
+    let Some(c) = Cluster::build("hung-seed", KEY, KEY, &[], &["--window-pages", "1", "--fetch-timeout", "4"]) else { return };
+    let (mut parent, ppid) = c.pattern_in_a(256);
+    let sum = parent.verify();
+    c.prepare_a(ppid, "big");
+
+    // Every page from a: not from b's page cache, none pushed ahead.
+    let paging_child = || {
+        let mut child = c.resume_on_b_args("big", &["--no-cache", "--no-working-set"]);
+        let pid_line = child.ask("pid", "pid ");
+        child.send("touch random\n");
+        if let Some(l) = child.line(Duration::from_millis(300)) {
+            panic!("the touch ended ({l:?}) too early to test anything\n{}", child.describe());
+        }
+        (child, pid_line)
+    };
+    let (mut child, _) = paging_child();
+    let hung = Paused::new(c.a.pid()).expect("stopping daemon a");
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(hung);
+    let touched = child.expect_prefix("touch ", STEP);
+    assert_eq!(child.verify(), sum, "after {touched:?}");
+    child.send("exit 0\n");
+    assert_eq!(child.finish(STEP).code(), Some(0));
+
+    let (mut child, pid_line) = paging_child();
+    let hung = Paused::new(c.a.pid()).expect("stopping daemon a");
+    let t = Instant::now();
+    child.wait(STEP);
+    let took = t.elapsed();
+    drop(hung);
+    eprintln!("hung seed daemon (--fetch-timeout 4): resumer exited {:.0} ms after the daemon stopped", took.as_secs_f64() * 1000.0);
+    let out = child.finish(STEP);
+    assert_killed_with(&out, "did not answer within 4s", &[pid_line.as_str()], &c.logs());
+    assert!(took >= Duration::from_millis(3500), "a live seed host was given up after {took:?}\n{out}");
+    assert_no_child_left_on_b(&c);
+    // Continued, daemon a serves on.
+    let again = c.resume_on_b_with("big", "verify\nexit 0\n");
+    assert_eq!((again.code(), again.stdout.clone()), (Some(0), format!("verify ok {sum}\n")), "{again}\n{}", c.logs());
 }
 
 /// The seed host dies (SIGKILL to its daemon's group) while a child pages

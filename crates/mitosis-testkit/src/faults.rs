@@ -1,6 +1,6 @@
 //! Faults a test inflicts on its own hosts, each undone when its guard drops:
-//! a cut link ([`LinkCut`]), a slow link ([`SlowLink`], `tc tbf`), a small
-//! full filesystem ([`SmallTmpfs`]); and where a daemon's cgroups are
+//! a cut link ([`LinkCut`]), a slow link ([`SlowLink`], `tc tbf`), a hung
+//! process ([`Paused`]), a small full filesystem ([`SmallTmpfs`]); and where a daemon's cgroups are
 //! ([`cgroup_subtrees_of`]), to see what a killed one left.
 //!
 //! They only ever touch the veth ends inside a test's own namespaces
@@ -85,6 +85,28 @@ impl SlowLink {
 impl Drop for SlowLink {
     fn drop(&mut self) {
         let _ = run("tc", &["-n", &self.host.ns, "qdisc", "del", "dev", &self.host.ns, "root"]);
+    }
+}
+
+/// A process stopped (SIGSTOP) as a hung program would be: its kernel still
+/// acknowledges what comes over its connections, it answers nothing.
+/// Continued (SIGCONT) on drop.
+#[derive(Debug)]
+pub struct Paused {
+    pid: i32,
+}
+
+impl Paused {
+    /// Stops `pid`.
+    pub fn new(pid: i32) -> anyhow::Result<Paused> {
+        mitosis_sys::process::kill(pid, libc::SIGSTOP).map_err(|e| anyhow::anyhow!("stopping {pid}: {e}"))?;
+        Ok(Paused { pid })
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = mitosis_sys::process::kill(self.pid, libc::SIGCONT);
     }
 }
 
