@@ -571,4 +571,31 @@ mod tests {
         assert_eq!(own[1].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
         assert_eq!(own[2], (vec![], "/x".to_string()));
     }
+
+    #[test]
+    fn subtrees_are_listed_once_per_directory() {
+        let h = |controller, base: &str, v2| Hierarchy { controller, base: PathBuf::from(base), v2 };
+        let cgroups = Cgroups {
+            hierarchies: vec![
+                h(Controller::Memory, "/sys/fs/cgroup/memory/x/mitosis-7", false),
+                h(Controller::Cpu, "/sys/fs/cgroup/unified/x/mitosis-7", true),
+                h(Controller::Pids, "/sys/fs/cgroup/unified/x/mitosis-7", true),
+            ],
+        };
+        assert_eq!(cgroups.subtrees(), vec![PathBuf::from("/sys/fs/cgroup/memory/x/mitosis-7"), PathBuf::from("/sys/fs/cgroup/unified/x/mitosis-7")]);
+    }
+
+    #[test]
+    fn remove_tree_removes_children_first_and_skips_what_is_gone() {
+        // Plain directories stand in for cgroups (no `cgroup.procs`: nothing to kill).
+        let base = std::env::temp_dir().join(format!("mitosis-remove-tree-{}", std::process::id()));
+        fs::create_dir_all(base.join("mitosis-7-0")).unwrap();
+        fs::create_dir_all(base.join("mitosis-7-plain-1/nested")).unwrap();
+        let sweep = remove_tree(&base);
+        assert!(!base.exists());
+        assert!(sweep.failed.is_empty() && sweep.killed.is_empty(), "{:?}", sweep.failed);
+        assert_eq!(sweep.removed.len(), 4);
+        assert_eq!(sweep.removed.last(), Some(&base), "the subtree itself last");
+        assert!(remove_tree(&base).removed.is_empty(), "already gone: nothing to do");
+    }
 }
