@@ -1,7 +1,7 @@
 //! Faults injected between test hosts while children page: the link cut,
-//! the link made slow (`tc tbf`), the seed host or the resuming host's
-//! daemon killed, a full disk for `--log`, memory pressure at `--memory`, a
-//! seed dropped under 20 children.
+//! the link made slow (`tc tbf`), the seed host's daemon hung (SIGSTOP),
+//! the seed host or the resuming host's daemon killed, a full disk for
+//! `--log`, memory pressure at `--memory`, a seed dropped under 20 children.
 //!
 //! The rules under test: a child that can no longer get a page is killed
 //! with the reason and its resumer exits 69, within 2 s of the fault
