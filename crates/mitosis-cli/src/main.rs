@@ -182,7 +182,10 @@ enum Command {
         /// Size of this host's page cache of other hosts' seed pages (0 disables it).
         #[arg(long, value_parser = parse_size, default_value = "1G")]
         cache_size: u64,
-        /// Seconds a page fetch may take before the child is killed.
+        /// Seconds a page fetch may go without a byte from a seed host that is still
+        /// reachable (its kernel acknowledges) before the child is killed. A seed
+        /// host that stops answering altogether (a cut link, a dead machine) is given up
+        /// after about 1.5 s of silence, whatever this says.
         #[arg(long, default_value_t = 10)]
         fetch_timeout: u64,
         /// Lean containers kept ready (namespace holders and cgroups), so that

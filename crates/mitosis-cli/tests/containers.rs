@@ -358,6 +358,12 @@ fn a_killed_daemons_cgroups_are_swept_by_the_next_one() {
     let live_a: Vec<_> = cgroup_subtrees_of(c.a.pid()).iter().flat_map(|d| dirs_below(d)).collect();
     assert!(!live_a.is_empty(), "daemon a has no cgroup subtree");
 
+    // Its janitor would remove the directories itself (see faults.rs): it
+    // is killed first, as when the OOM killer takes both, so that the sweep
+    // is what is tested here.
+    let janitor = c.b.janitor_pid().expect("daemon b's janitor");
+    mitosis_sys::process::kill(janitor, libc::SIGKILL).unwrap();
+    assert!(wait_until(STEP, || !alive(janitor)), "the janitor {janitor} survived SIGKILL");
     // SIGKILL to the daemon process only, as the OOM killer would: its
     // helpers and containers die by PDEATHSIG. It stays unreaped (its pid
     // reserved) until the Cluster goes.

@@ -246,6 +246,19 @@ impl Cgroups {
         sweep
     }
 
+    /// The daemon's subtrees, one per hierarchy (v2 controllers share one):
+    /// what [`remove_tree`] is to remove should the daemon die without
+    /// removing them itself (its janitor does).
+    pub fn subtrees(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for h in &self.hierarchies {
+            if !out.contains(&h.base) {
+                out.push(h.base.clone());
+            }
+        }
+        out
+    }
+
     /// Container directories that exist now: the most in any one hierarchy
     /// (each container has one in each), for leak checks.
     pub fn live_directories(&self) -> usize {
@@ -320,6 +333,17 @@ fn is_daemon_command_line(cmdline: &[u8], exe: Option<&Path>) -> bool {
     let named_mitosis = |name: &[u8]| name.rsplit(|&b| b == b'/').next().is_some_and(|n| n.starts_with(b"mitosis"));
     let exe_named = exe.and_then(|e| e.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("mitosis"));
     (named_mitosis(argv0) || exe_named) && args.any(|a| a == b"daemon")
+}
+
+/// Removes cgroup directory `dir` and everything below it, children first,
+/// SIGKILLing the processes found in each directory first (see
+/// `kill_members`): for a subtree whose daemon is gone.
+pub fn remove_tree(dir: &Path) -> Sweep {
+    let mut sweep = Sweep::default();
+    if dir.is_dir() {
+        remove_subtree(dir, &mut sweep);
+    }
+    sweep
 }
 
 /// Removes `dir` and everything below it, children first, killing the
@@ -546,5 +570,32 @@ mod tests {
         assert_eq!(own[0], (vec!["memory".to_string()], "/a/b".to_string()));
         assert_eq!(own[1].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
         assert_eq!(own[2], (vec![], "/x".to_string()));
+    }
+
+    #[test]
+    fn subtrees_are_listed_once_per_directory() {
+        let h = |controller, base: &str, v2| Hierarchy { controller, base: PathBuf::from(base), v2 };
+        let cgroups = Cgroups {
+            hierarchies: vec![
+                h(Controller::Memory, "/sys/fs/cgroup/memory/x/mitosis-7", false),
+                h(Controller::Cpu, "/sys/fs/cgroup/unified/x/mitosis-7", true),
+                h(Controller::Pids, "/sys/fs/cgroup/unified/x/mitosis-7", true),
+            ],
+        };
+        assert_eq!(cgroups.subtrees(), vec![PathBuf::from("/sys/fs/cgroup/memory/x/mitosis-7"), PathBuf::from("/sys/fs/cgroup/unified/x/mitosis-7")]);
+    }
+
+    #[test]
+    fn remove_tree_removes_children_first_and_skips_what_is_gone() {
+        // Plain directories stand in for cgroups (no `cgroup.procs`: nothing to kill).
+        let base = std::env::temp_dir().join(format!("mitosis-remove-tree-{}", std::process::id()));
+        fs::create_dir_all(base.join("mitosis-7-0")).unwrap();
+        fs::create_dir_all(base.join("mitosis-7-plain-1/nested")).unwrap();
+        let sweep = remove_tree(&base);
+        assert!(!base.exists());
+        assert!(sweep.failed.is_empty() && sweep.killed.is_empty(), "{:?}", sweep.failed);
+        assert_eq!(sweep.removed.len(), 4);
+        assert_eq!(sweep.removed.last(), Some(&base), "the subtree itself last");
+        assert!(remove_tree(&base).removed.is_empty(), "already gone: nothing to do");
     }
 }

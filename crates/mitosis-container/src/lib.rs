@@ -302,6 +302,11 @@ impl Pool {
         }
     }
 
+    /// The daemon's cgroup subtrees (see [`Cgroups::subtrees`]).
+    pub fn subtrees(&self) -> Vec<std::path::PathBuf> {
+        self.cgroups.subtrees()
+    }
+
     /// Removes the cgroup subtrees of daemons that died without removing
     /// their own (see [`Cgroups::sweep_dead_daemons`]); for start-up.
     pub fn sweep_dead_daemons(&self) -> Sweep {

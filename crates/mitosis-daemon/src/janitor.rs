@@ -14,12 +14,20 @@
 //!   cgroup of its own for a child without one), which holds the child and
 //!   all its descendants. (A container's holder needs nothing here: it dies
 //!   with the daemon by its parent-death signal, and its PID namespace with it.)
+//! - the daemon's cgroup subtrees (`.../mitosis-<pid>`, one per hierarchy),
+//!   which hold every container's and child's cgroup directories, warm
+//!   containers' included.
 //!
 //! When its socket reaches end of file (the daemon is gone, however it
-//! went), it SIGKILLs the snapshots and every process in those cgroups, then waits until the
-//! memory of every userfaultfd it holds is gone before it closes them and
-//! exits. What the daemon ended itself is gone already: pidfds and empty
-//! cgroups make a late kill harmless.
+//! went), it SIGKILLs the snapshots and every process in those cgroups, then
+//! removes the daemon's cgroup subtrees (killing whatever is still inside,
+//! removing directories children first, each once its processes are gone),
+//! then waits until the memory of every userfaultfd it holds is gone before
+//! it closes them and exits. What the daemon ended itself is gone already:
+//! pidfds and empty cgroups make a late kill harmless. So a killed daemon
+//! leaves no cgroup directory behind, whether or not another daemon starts
+//! later (one that does also sweeps dead daemons' subtrees: see
+//! `mitosis_container::Cgroups::sweep_dead_daemons`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -38,6 +46,7 @@ pub struct Janitor {
 const SNAPSHOT: u8 = b's';
 const USERFAULTFD: u8 = b'u';
 const CGROUP: u8 = b'g';
+const SUBTREE: u8 = b't';
 
 /// The janitor looks for entries whose process ended once it holds this many.
 const PRUNE_MIN: usize = 64;
@@ -73,6 +82,16 @@ impl Janitor {
         message.extend_from_slice(procs.as_os_str().as_encoded_bytes());
         self.send(&message, &[], "a cgroup");
     }
+
+    /// Has the janitor remove the daemon's cgroup subtrees `dirs` (and
+    /// everything in them) should this daemon die first.
+    pub fn watch_subtrees(&self, dirs: &[PathBuf]) {
+        for dir in dirs {
+            let mut message = vec![SUBTREE];
+            message.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+            self.send(&message, &[], "the daemon's cgroup subtree");
+        }
+    }
 }
 
 fn janitor_main(sock: OwnedFd) -> ! {
@@ -83,6 +102,7 @@ fn janitor_main(sock: OwnedFd) -> ! {
     let mut snapshots: Vec<OwnedFd> = Vec::new();
     let mut uffds: Vec<Uffd> = Vec::new();
     let mut cgroups: Vec<PathBuf> = Vec::new();
+    let mut subtrees: Vec<PathBuf> = Vec::new();
     let mut buf = [0u8; 4096];
     // What ended meanwhile needs nothing more, but looking costs a system
     // call per entry: done when the lists have doubled since the last look,
@@ -104,6 +124,7 @@ fn janitor_main(sock: OwnedFd) -> ! {
             SNAPSHOT => snapshots.extend(fds),
             USERFAULTFD => uffds.extend(fds.into_iter().map(Uffd::from_fd)),
             CGROUP => cgroups.push(PathBuf::from(std::ffi::OsStr::from_bytes(&buf[1..n]))),
+            SUBTREE => subtrees.push(PathBuf::from(std::ffi::OsStr::from_bytes(&buf[1..n]))),
             _ => {}
         }
     }
@@ -112,6 +133,12 @@ fn janitor_main(sock: OwnedFd) -> ! {
     }
     for procs in &cgroups {
         kill_all_in(procs);
+    }
+    // Their processes are gone (or going: a directory is removed once its
+    // last one has exited); warm containers' holders die by their
+    // parent-death signal, and are killed here should one linger.
+    for dir in &subtrees {
+        let _ = mitosis_container::cgroup::remove_tree(dir);
     }
     // Only once no process can fault on them any more.
     while !uffds.is_empty() {

@@ -33,6 +33,7 @@ pub mod children;
 pub mod instance;
 pub mod janitor;
 pub mod limits;
+pub mod liveness;
 pub mod local;
 pub mod own_seed;
 pub mod peer;
@@ -134,6 +135,8 @@ impl Daemon {
         // Before the sockets open: a daemon killed without its shutdown left
         // its cgroup subtree (and the directories of its containers) behind.
         sweep_dead_daemons(&pool);
+        // Should this daemon be killed, its janitor removes them.
+        janitor.watch_subtrees(&pool.subtrees());
         // One descriptor per connection: the caps, not the descriptor limit,
         // must decide who is refused. Raised after the zygote and the janitor
         // started, so that children keep the limit the daemon was given.

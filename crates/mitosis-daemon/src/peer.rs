@@ -1,6 +1,7 @@
 //! Daemon-to-daemon traffic: the server that serves this host's seeds (and
 //! hands connections that start a function instance to [`crate::instance`]),
-//! and [`RemoteSource`], the client side used by resumes and pagers.
+//! and [`RemoteSource`], the client side used by resumes and pagers (whose
+//! reads notice a seed host that stopped answering: [`crate::liveness`]).
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -16,6 +17,7 @@ use mitosis_proto::secure::{SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError, RemoteError};
 
 use crate::limits::{ConnLimiter, Deadline, Permit, PeerIp};
+use crate::liveness::{Stall, WatchedStream};
 use crate::{Daemon, WireKey};
 
 /// Accepts peers, one thread each, within the caps: connections in total, and
@@ -74,6 +76,13 @@ pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
     }
 }
 
+/// Silence after which an authenticated client is probed, between probes,
+/// and the probes left unanswered before its connection is dropped (about
+/// 20 s in all; an idle client costs a probe every 10 s).
+const SERVER_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const SERVER_KEEPALIVE_PROBES: u32 = 5;
+
 /// `handshake`: this connection's place among its address's handshakes,
 /// given back once it has authenticated.
 fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Result<(), ProtoError> {
@@ -86,6 +95,13 @@ fn serve_peer(daemon: &Daemon, conn: TcpStream, handshake: Permit<PeerIp>) -> Re
     tracing::debug!(handshake_us = t0.elapsed().as_micros() as u64, "peer authenticated");
     conn.set_read_timeout(None)?;
     conn.set_write_timeout(None)?;
+    // A client whose host went away without closing (a cut link) would hold
+    // this thread forever: the kernel gives the connection up once its
+    // keepalive probes go unanswered. A live client's kernel answers them,
+    // however long the connection is idle.
+    mitosis_sys::net::set_keepalive_timing(&conn, SERVER_KEEPALIVE_IDLE, SERVER_KEEPALIVE_INTERVAL, SERVER_KEEPALIVE_PROBES)
+        .and_then(|()| mitosis_sys::net::set_keepalive(&conn, true))
+        .map_err(|e| ProtoError::Io(std::io::Error::from_raw_os_error(e.errno)))?;
     // Records are sealed on flush, after each answer (a full record is sent at once).
     let (mut reader, mut writer) = channel.split(BufReader::with_capacity(64 << 10, conn.try_clone()?), conn);
     let mut buf = Vec::new();
@@ -200,9 +216,12 @@ pub struct FetchedSeed {
 }
 
 /// An authenticated connection to another daemon; every byte after the
-/// handshake in authenticated (by default encrypted) records.
+/// handshake in authenticated (by default encrypted) records. Its reads are
+/// watched for a peer that stopped answering ([`crate::liveness`]): they fail
+/// within about [`crate::liveness::SILENCE`] of a cut link, and after the
+/// connection's timeout for a peer whose kernel answers but whose daemon does not.
 pub struct PeerConn {
-    reader: SecureReader<BufReader<TcpStream>>,
+    reader: SecureReader<BufReader<WatchedStream>>,
     writer: SecureWriter<TcpStream>,
 }
 
@@ -219,7 +238,11 @@ impl PeerConn {
         stream.set_write_timeout(Some(timeout))?;
         let mut s = stream.try_clone()?;
         let channel = client_handshake(&mut s, &key.current(), key.protection())?;
-        let (reader, writer) = channel.split(BufReader::with_capacity(256 << 10, stream.try_clone()?), stream);
+        // From here on the watch decides how long a read may wait (the
+        // socket's own timeout would cut a slow record in half).
+        stream.set_read_timeout(None)?;
+        let watched = WatchedStream::new(stream.try_clone()?, timeout)?;
+        let (reader, writer) = channel.split(BufReader::with_capacity(256 << 10, watched), stream);
         Ok(PeerConn { reader, writer })
     }
 
@@ -296,6 +319,7 @@ impl RemoteSource {
 
     fn explain(&self, e: ProtoError) -> String {
         match e {
+            ProtoError::Io(io) if Stall::of(&io).is_some() => format!("seed host {} {io}", self.addr),
             ProtoError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut => {
                 format!("seed host {} did not answer within {:?}", self.addr, self.timeout)
             }

@@ -21,6 +21,8 @@
 //!   descriptors, signal dispositions, credentials, rseq, parking, `execve`.
 //! - [`ns`]: mounts, `pivot_root`, `setns`, host name, bringing up loopback.
 //! - [`poll`]: waiting for descriptors.
+//! - [`net`]: TCP keepalive and user timeout, and a connection's health
+//!   (`TCP_INFO`): whether a peer stopped answering.
 //! - [`signals`]: blocking a set of signals and waiting for one.
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
 //!
@@ -28,7 +30,7 @@
 //! (`clippy::cast_possible_truncation`, `cast_sign_loss`, `cast_possible_wrap`):
 //! every conversion here either cannot lose bits or says why it may.
 //!
-//! Nothing here knows about seeds, images or the network.
+//! Nothing here knows about seeds, images or the wire protocol.
 
 #![deny(
     clippy::undocumented_unsafe_blocks,
@@ -106,5 +108,6 @@ pub mod fdpass;
 pub mod affinity;
 pub mod after_fork;
 pub mod ns;
+pub mod net;
 pub mod poll;
 pub mod process;

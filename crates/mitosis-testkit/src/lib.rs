@@ -13,6 +13,9 @@
 //!   group whose whole group is killed and reaped when dropped;
 //! * **etcd clusters** — [`EtcdCluster`], N etcd members on loopback
 //!   ports with their data on tmpfs, killed and removed when dropped;
+//! * **faults** — [`LinkCut`], [`SlowLink`], [`Paused`] and [`SmallTmpfs`]:
+//!   a cut or slow (`tc tbf`) test link, a hung process and a full
+//!   filesystem, undone on drop;
 //! * **skips** — [`skip`] and [`require_root`]: a test that cannot run here
 //!   is recorded as skipped (see `scripts/test`), and under CI a root-only
 //!   test without root fails.
@@ -31,6 +34,7 @@
 
 mod dir;
 mod etcd;
+mod faults;
 mod conversation;
 mod netns;
 mod process;
@@ -44,6 +48,7 @@ use std::time::{Duration, Instant};
 
 pub use dir::{write_key, TestDir};
 pub use etcd::{EtcdCluster, ETCD_BINARY};
+pub use faults::{cgroup_subtrees_of, dirs_below, LinkCut, Paused, SlowLink, SmallTmpfs};
 pub use conversation::{Finished, Proc, STEP};
 pub use netns::{Host, TwoHosts};
 pub use process::{Daemon, ProcessGuard};

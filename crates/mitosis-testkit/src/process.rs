@@ -204,6 +204,24 @@ impl Daemon {
         self.proc.pid()
     }
 
+    /// The pid of the daemon's janitor (the helper that cleans up after a
+    /// killed daemon): the one child of the daemon that leads a session of
+    /// its own (the janitor leaves the daemon's; the zygote does not).
+    pub fn janitor_pid(&self) -> Option<i32> {
+        let pid = self.pid();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let children: Vec<i32> = tasks
+            .flatten()
+            .flat_map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<i32>>())
+            .collect();
+        children.into_iter().find(|&c| {
+            // `pid (comm) state ppid pgrp session ...`
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            fields.get(3).and_then(|s| s.parse::<i32>().ok()) == Some(c)
+        })
+    }
+
     /// SIGKILLs the daemon's whole process group and reaps it, simulating a
     /// crash.
     pub fn kill_hard(&mut self) {
