@@ -28,8 +28,8 @@ mod platform;
 /// (the process keeps running); `mitosis resume` on any host starts a child that continues
 /// from exactly that point. Exit status: the child's own status for `resume`; otherwise
 /// 0 on success, 64 usage, 65 unsupported process, 66 unknown seed, 69 seed host or daemon
-/// unreachable, 70 internal error, 76 protocol version mismatch, 77 permission or cluster key refused,
-/// 141 stdout closed (e.g. piped into `head`).
+/// unreachable, 70 internal error, 73 an output file (`resume --log`) cannot be created, 76 protocol
+/// version mismatch, 77 permission or cluster key refused, 141 stdout closed (e.g. piped into `head`).
 #[derive(Parser)]
 #[command(name = "mitosis", version, about, long_about, propagate_version = true)]
 struct Cli {
@@ -712,6 +712,19 @@ const EXIT_USAGE: u8 = 64;
 /// would then kill it too, silently, where it now reports the daemon gone.
 const EXIT_STDOUT_CLOSED: u8 = 141;
 
+/// Exit status when an output file cannot be created (EX_CANTCREAT): a
+/// detached child's `--log` on a full or read-only disk. No child is started.
+const EXIT_CANNOT_CREATE: u8 = 73;
+
+/// An output file that cannot be created: the command ends with [`EXIT_CANNOT_CREATE`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open log file {path}")]
+struct CannotCreate {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
 /// stdout is a closed pipe: the command ends with [`EXIT_STDOUT_CLOSED`].
 #[derive(Debug, thiserror::Error)]
 #[error("stdout is closed")]
@@ -772,6 +785,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::from(EXIT_STDOUT_CLOSED),
+        Err(e) if e.downcast_ref::<CannotCreate>().is_some() => {
+            note!("mitosis: {e:#}");
+            ExitCode::from(EXIT_CANNOT_CREATE)
+        }
         Err(e) => {
             let code = e
                 .downcast_ref::<mitosis::Error>()
@@ -901,7 +918,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     .create(true)
                     .append(true)
                     .open(&log)
-                    .with_context(|| format!("cannot open log file {}", log.display()))?;
+                    .map_err(|source| CannotCreate { path: log.display().to_string(), source })?;
                 let null = std::fs::File::open("/dev/null")?;
                 use std::os::fd::AsRawFd;
                 let stdio = [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()];

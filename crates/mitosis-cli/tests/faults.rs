@@ -262,7 +262,7 @@ fn a_full_disk_for_the_log_is_a_clear_error() {
     let log = full.path().join("child.log");
     let t = Instant::now();
     let out = c.cli(&["resume", "--from", &c.a.addr(), "--id", "s", "--socket", &sock, "--detach", "--log", log.to_str().unwrap()]);
-    assert_ne!(out.code(), Some(0), "{out}");
+    assert_eq!(out.code(), Some(73), "cannot create its output (EX_CANTCREAT): {out}");
     assert!(out.stderr.contains("cannot open log file") && out.stderr.contains("No space left on device"), "{out}");
     assert!(t.elapsed() < STEP, "{out}");
     assert!(c.ps_on_b(false)["children"].as_array().unwrap().is_empty(), "a child started without its log");
