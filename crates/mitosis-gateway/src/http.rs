@@ -20,13 +20,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use http_body_util::BodyExt;
 use mitosis_proto::instance::MAX_BODY;
 use serde_json::json;
 
@@ -63,12 +64,39 @@ fn body_error(rejection: BytesRejection) -> Response {
     error(status, message)
 }
 
-async fn invoke(State(g): State<Arc<Gateway>>, Path(function): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
+/// How much of an oversized request body is read (and thrown away) before
+/// the 413 goes out; past it the connection is closed under the client.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Reads an invocation's body, of at most [`MAX_BODY`] bytes. A longer one
+/// is read on to its end (up to [`DRAIN_LIMIT`]) before the 413 is sent:
+/// closing the connection while the client still sends would show it a
+/// broken pipe or a reset, never the answer that says why.
+async fn read_invocation_body(mut body: Body) -> Result<Vec<u8>, Response> {
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
+        let Some(data) = frame.data_ref() else { continue };
+        total += data.len() as u64;
+        if total <= MAX_BODY {
+            kept.extend_from_slice(data);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if total > MAX_BODY {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds the limit of {MAX_BODY} bytes")));
+    }
+    Ok(kept)
+}
+
+async fn invoke(State(g): State<Arc<Gateway>>, Path(function): Path<String>, body: Body) -> Response {
+    let body = match read_invocation_body(body).await {
         Ok(b) => b,
-        Err(r) => return body_error(r),
+        Err(answer) => return answer,
     };
-    match g.invoke(&function, body.to_vec()).await {
+    match g.invoke(&function, body).await {
         Ok(done) => {
             let mut resp = (StatusCode::OK, done.body).into_response();
             let h = resp.headers_mut();
