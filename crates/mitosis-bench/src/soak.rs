@@ -38,10 +38,12 @@ use serde::Serialize;
 use crate::hosts::{ensure_root, Cluster};
 use crate::stress_fork::{
     c_verdict, common_rules, compile_parent, drive, flatness, footprint_before, fork_exit_median_us, left_behind, live_snapshots,
-    print_rules, random_u64, run_child, verify_line, Attempt, Budget, CParent, Ended, Flatness, LoopsRun, Outcome, ResourceSample,
+    print_rules, random_u64, all_passed, run_child, verify_line, Attempt, Budget, CParent, Ended, Flatness, LoopsRun, Outcome, ResourceSample,
     Rule, Sampler, Teardown,
 };
 
+/// How long a loop waits after a resume was refused (the id had no seed).
+const REFUSED_BACKOFF: Duration = Duration::from_millis(10);
 /// How long a child may take.
 const CHILD_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -227,7 +229,7 @@ pub fn soak(bin: &Path, opts: &SoakOptions) -> anyhow::Result<i32> {
         format!("{} drops, {} re-prepares, {} replaces; {} generations", c.drops, c.reprepares, c.replaces, c.generations.len()),
     ));
     report.rules = rules;
-    report.passed = report.rules.iter().all(|r| r.passed);
+    report.passed = all_passed(&report.rules);
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -279,7 +281,9 @@ fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, id: &str, opts: &SoakOptio
 fn judge(attempt: Attempt, lineage: &Mutex<Lineage>) -> Outcome {
     match attempt {
         Attempt::Refused(mitosis::Error::Daemon(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::SeedGone) => {
-            Outcome::Expected(format!("resume refused with {}: {}", e.kind.exit_code(), e.message))
+            // Back off as a client would, rather than spin through the budget.
+            std::thread::sleep(REFUSED_BACKOFF);
+            Outcome::Refused(format!("resume refused with {}: {}", e.kind.exit_code(), e.message))
         }
         Attempt::Ended(Ended { end: ChildEnd::KilledByMitosis { reason }, .. }) if !reason.is_empty() => {
             Outcome::Expected(format!("killed by mitosis (exit status 69): {reason}"))
@@ -302,8 +306,8 @@ fn print_soak_summary(r: &SoakReport) {
         r.resumes, r.loops, run.elapsed_s, r.c_parent_mib, r.churn_ms.0, r.churn_ms.1, r.fork_exit_median_us
     );
     println!(
-        "  children: {} right, {} failed as expected, {} wrong, {} failed unexpectedly",
-        run.good, run.expected_failures, run.wrong, run.failed
+        "  children: {} right, {} killed as expected (generation gone), {} resumes refused as expected (no seed), {} wrong, {} failed unexpectedly",
+        run.good, run.expected_failures, run.expected_refusals, run.wrong, run.failed
     );
     println!(
         "  containers/s: median {:.2}, lowest {:.2} (second {}); latency median {:.2} ms, p99 {:.2} ms",
