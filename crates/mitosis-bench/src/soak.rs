@@ -73,6 +73,18 @@ struct Churn {
     generations: Vec<u64>,
     /// Every generation's key, in order.
     keys: Vec<String>,
+    /// Every change, in order, to line up with the children's samples.
+    events: Vec<ChurnEvent>,
+}
+
+/// One change of the seed.
+#[derive(Debug, Clone, Serialize)]
+struct ChurnEvent {
+    /// When it began, ms from the loops' start (within a millisecond).
+    at_ms: f64,
+    op: &'static str,
+    /// How long it took (drop: the drop, the pause and the prepare after it).
+    took_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,22 +103,26 @@ struct SoakReport {
     passed: bool,
 }
 
-/// The seed id's owner and the keys of every generation so far.
+/// The seed id's owner and what the churn did. The keys of every
+/// generation are kept apart (`Keys`), so that judging a child never waits
+/// for a prepare in progress.
 struct Lineage {
     parents: [CParent; 2],
     owner: usize,
-    keys: HashSet<u64>,
     snapshots: Vec<i32>,
     churn: Churn,
 }
 
+/// The keys of every generation so far (only ever grows).
+type Keys = Mutex<HashSet<u64>>;
+
 impl Lineage {
     /// Fills parent `which` with a new key and prepares it as `id`.
-    fn prepare(&mut self, cluster: &Cluster, which: usize, id: &str, fill: bool) -> anyhow::Result<()> {
+    fn prepare(&mut self, cluster: &Cluster, which: usize, id: &str, fill: bool, keys: &Keys) -> anyhow::Result<()> {
         if fill {
             let key = random_u64();
             // Known before any child can see it.
-            self.keys.insert(key);
+            keys.lock().unwrap().insert(key);
             self.parents[which].fill(key)?;
         }
         let info = Client::connect(cluster.a.socket())?
@@ -153,26 +169,28 @@ pub fn soak(bin: &Path, opts: &SoakOptions) -> anyhow::Result<i32> {
         let (k0, k1) = (random_u64(), random_u64());
         say(&format!("two C parents of {} MiB on host a", opts.mib));
         let parents = [CParent::start(cluster, &program, opts.mib, k0)?, CParent::start(cluster, &program, opts.mib, k1)?];
-        let mut lineage = Lineage { parents, owner: 0, keys: HashSet::from([k0, k1]), snapshots: Vec::new(), churn: Churn::default() };
-        lineage.prepare(cluster, 0, &id, false)?;
+        let keys: Keys = Mutex::new(HashSet::from([k0, k1]));
+        let mut lineage = Lineage { parents, owner: 0, snapshots: Vec::new(), churn: Churn::default() };
+        lineage.prepare(cluster, 0, &id, false, &keys)?;
         let lineage = Mutex::new(lineage);
         // A key no generation has: children told to expect it must all fail.
         let wrong_key = loop {
             let k = random_u64();
-            if !lineage.lock().unwrap().keys.contains(&k) {
+            if !keys.lock().unwrap().contains(&k) {
                 break k;
             }
         };
         let stop = AtomicBool::new(false);
         say(&format!("{} resumes over {} loops, the seed churned every {}-{} ms", opts.resumes, opts.loops, opts.churn_min_ms, opts.churn_max_ms));
+        let t0 = Instant::now();
         let (run, churned) = std::thread::scope(|scope| {
-            let churner = scope.spawn(|| churn(cluster, &lineage, &id, opts, &stop));
+            let churner = scope.spawn(|| churn(cluster, &lineage, &keys, &id, opts, &stop, t0));
             let budget = Budget::count(opts.resumes);
             let run = drive("soak", opts.loops, &budget, opts.json, &sampler, |o| matches!(o, Outcome::Good | Outcome::Expected(_)), &|l| {
                 let err = cluster.dir.path().join(format!("soak-loop{l}.stderr"));
                 let line = if opts.expect_wrong_pattern { verify_line(wrong_key) } else { "verify self\n".to_string() };
                 let attempt = run_child(cluster, &id, Some(&line), &err, CHILD_PATIENCE);
-                judge(attempt, &lineage)
+                judge(attempt, &keys)
             });
             stop.store(true, Ordering::Relaxed);
             let churned = churner.join().map_err(|_| anyhow::anyhow!("the churn thread panicked"))?;
@@ -241,7 +259,7 @@ pub fn soak(bin: &Path, opts: &SoakOptions) -> anyhow::Result<i32> {
 
 /// The churn thread: until `stop`, drop, re-prepare or replace the seed at
 /// random intervals. Leaves the seed prepared.
-fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, id: &str, opts: &SoakOptions, stop: &AtomicBool) -> anyhow::Result<()> {
+fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, keys: &Keys, id: &str, opts: &SoakOptions, stop: &AtomicBool, t0: Instant) -> anyhow::Result<()> {
     let mut dice = Dice(random_u64() | 1);
     let sleep = |ms: u64| {
         let until = Instant::now() + Duration::from_millis(ms);
@@ -254,31 +272,38 @@ fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, id: &str, opts: &SoakOptio
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let began = Instant::now();
         let mut l = lineage.lock().unwrap();
         let owner = l.owner;
-        match dice.next() % 3 {
+        let op = match dice.next() % 3 {
             0 => {
                 Client::connect(cluster.a.socket())?.drop_seed(id).with_context(|| format!("dropping {id}"))?;
                 l.churn.drops += 1;
                 // Resumes meanwhile find no seed (an expected failure).
                 drop(l);
                 sleep(dice.between(0, opts.churn_min_ms / 2 + 1));
-                lineage.lock().unwrap().prepare(cluster, owner, id, true)?;
+                l = lineage.lock().unwrap();
+                l.prepare(cluster, owner, id, true, keys)?;
+                "drop"
             }
             1 => {
                 l.churn.reprepares += 1;
-                l.prepare(cluster, owner, id, true)?;
+                l.prepare(cluster, owner, id, true, keys)?;
+                "re-prepare"
             }
             _ => {
                 l.churn.replaces += 1;
-                l.prepare(cluster, 1 - owner, id, true)?;
+                l.prepare(cluster, 1 - owner, id, true, keys)?;
+                "replace"
             }
-        }
+        };
+        let at_ms = began.duration_since(t0).as_secs_f64() * 1e3;
+        l.churn.events.push(ChurnEvent { at_ms, op, took_ms: began.elapsed().as_secs_f64() * 1e3 });
     }
 }
 
 /// The outcome of a soak child.
-fn judge(attempt: Attempt, lineage: &Mutex<Lineage>) -> Outcome {
+fn judge(attempt: Attempt, keys: &Keys) -> Outcome {
     match attempt {
         Attempt::Refused(mitosis::Error::Daemon(e)) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::SeedGone) => {
             // Back off as a client would, rather than spin through the budget.
@@ -289,7 +314,7 @@ fn judge(attempt: Attempt, lineage: &Mutex<Lineage>) -> Outcome {
             Outcome::Expected(format!("killed by mitosis (exit status 69): {reason}"))
         }
         Attempt::Ended(Ended { end: ChildEnd::Exited(0), stdout, .. }) => match c_verdict(&stdout) {
-            Ok(k) if lineage.lock().unwrap().keys.contains(&k) => Outcome::Good,
+            Ok(k) if keys.lock().unwrap().contains(&k) => Outcome::Good,
             Ok(k) => Outcome::Wrong(format!("the child's memory is all of key {k:016x}, which no generation had")),
             Err(why) => Outcome::Wrong(why),
         },

@@ -625,8 +625,9 @@ enum Stress {
     /// left behind (processes under the daemons, their container cgroups, the run's network
     /// namespaces, the daemons' mounts, seed snapshots); each daemon's resident memory (less
     /// its page cache) and open descriptors, sampled 4 times a second, grew at most 10% between
-    /// the first and last minute (runs under 3 minutes: first and last third; medians). Exit
-    /// status 0 when every rule passed, 1 otherwise.
+    /// the first and last minute (runs under 3 minutes: first and last third; medians; under
+    /// 30 s of samples it is printed SKIP, not judged). Exit status 0 when every rule passed, 1
+    /// otherwise.
     ///
     /// The defaults are the long run (the C parent and 13 functions, 60 s each: about 20
     /// minutes); CI runs a few seconds of `c` and of `python:helloworld`.
@@ -667,10 +668,13 @@ enum Stress {
     /// generation or process is a wrong result. A child whose generation went away must fail
     /// loudly (killed by mitosis with a reason, exit status 69; or its resume refused with 66
     /// or 69): an expected failure, counted apart. Prints `[soak] Throughput: ...` every second
-    /// (children that ended right or failed as expected), then PASS or FAIL per rule: those of
-    /// `stress fork` with zero wrong results and zero unexpected failures, all resumes done,
-    /// and the seed churned at least once each way. Exit status 0 when every rule passed, 1
-    /// otherwise.
+    /// (children that ran and ended right or were killed as expected; resumes refused while the
+    /// id had no seed are counted apart, and the loop waits 10 ms after one), then PASS or FAIL
+    /// per rule: those of `stress fork` with zero wrong results and zero unexpected failures,
+    /// all resumes done, and the seed churned at least once each way. Exit status 0 when every
+    /// rule passed, 1 otherwise.
+    ///
+    /// The defaults are the long run (about 4 minutes here); CI runs 200 resumes.
     Soak {
         /// Loops resuming children at the same time.
         #[arg(long, default_value_t = 4)]
