@@ -162,7 +162,12 @@ fn stress_fork_with_a_python_function_checks_every_childs_result() {
     if !mitosis_testkit::require_root() || !suite_ready() {
         return;
     }
-    let out = stress(&["stress", "fork", "--workload", "python:helloworld", "--seconds", "3", "--loops", "2"]);
+    let mut args = vec!["stress", "fork", "--workload", "python:helloworld", "--seconds", "3", "--loops", "2"];
+    let python = std::env::var("MITOSIS_FUNCTIONS_PYTHON").ok();
+    if let Some(p) = &python {
+        args.extend(["--python", p.as_str()]);
+    }
+    let out = stress(&args);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_throughput_lines(&out, "helloworld", 3);
     let (passed, detail) = rule(&out, "no wrong result");
