@@ -27,6 +27,12 @@
 //!   slow-loris connections and real remote forks beside them.
 //! - [`kernel_log`]: what the kernel logged while a stress program ran
 //!   (MITOSIS's "clean kernel log").
+//! - [`stress_fork`]: `mitosis stress fork`, MITOSIS's remote-fork stress
+//!   tests (a C parent and the Python functions, every child checked), with
+//!   pass rules checked by the program: steady throughput, no wrong result,
+//!   no failed resume, nothing left behind, daemons' memory and descriptors
+//!   flat; and [`soak`], `mitosis stress soak`: thousands of checked resumes
+//!   while the seed is dropped, prepared again and replaced.
 //! - [`demo`]: `mitosis demo`, two hosts, a Python seed, three children.
 //! - [`hosts`]: what both share: two hosts with a daemon each, seeds,
 //!   programs in a host and line conversations with them.
@@ -48,8 +54,10 @@ pub mod modes;
 pub mod platform;
 pub mod replay;
 pub mod rpc;
+pub mod soak;
 pub mod spike;
 pub mod starts;
+pub mod stress_fork;
 pub mod throughput;
 pub mod workload;
 

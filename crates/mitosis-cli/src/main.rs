@@ -653,6 +653,98 @@ enum Stress {
         #[arg(long)]
         json: bool,
     },
+    /// MITOSIS's remote-fork stress test, stricter. On a fresh cluster of two test hosts (root):
+    /// for each workload, a seed on host a and --loops loops on host b resuming its children
+    /// over and over for --seconds. Workloads: `c`, a C parent (crates/mitosis-bench/programs/
+    /// stress_parent.c, compiled with the system cc) whose memory (--mib) holds a known
+    /// pattern and whose every child checks every word of every page; `python:<fn>`, a
+    /// function of the suite (functions/) prepared after its initialisation, whose every child
+    /// runs the handler and must print its parent's result; `python:all`; `all` (the C parent,
+    /// then every function). Comma-separated.
+    ///
+    /// Prints `[name] Throughput: X containers/sec, latency Y ms` every second (a child counts
+    /// in each second by the share of its run in that second; latency: resume request to the
+    /// child's exit, median of the second's children), every wrong result or failure as an
+    /// `ERROR` line, a table beside same-run baselines (local fork+exit; the C program started
+    /// locally, or the function's cold start) and PASS or FAIL per rule: no second under 50%
+    /// of the workload's median (after the warm-up: the seconds in which its first child ran,
+    /// fetching its pages over the network); zero wrong results; zero failed resumes; nothing
+    /// left behind (processes under the daemons, their container cgroups, the run's network
+    /// namespaces, the daemons' mounts, seed snapshots); each daemon's resident memory (less
+    /// its page cache) and open descriptors, sampled 4 times a second, grew at most 10% between
+    /// the first and last minute (runs under 3 minutes: first and last third; medians; under
+    /// 30 s of samples it is printed SKIP, not judged). Exit status 0 when every rule passed, 1
+    /// otherwise.
+    ///
+    /// The defaults are the long run (the C parent and 13 functions, 60 s each: about 20
+    /// minutes); CI runs a few seconds of `c` and of `python:helloworld`.
+    Fork {
+        /// Loops resuming children at the same time.
+        #[arg(long, default_value_t = 4)]
+        loops: usize,
+        /// Seconds of children per workload.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// c, python:<function>, python:all or all; comma-separated.
+        #[arg(long, default_value = "all")]
+        workload: String,
+        /// Memory of the C parent, in MiB, every page checked by every child.
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// Print the report (every second's sample, every child, every resource sample) as
+        /// JSON; the per-second lines go to stderr.
+        #[arg(long)]
+        json: bool,
+        /// The venv's Python (default: .venv/bin/python of the repository).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// The suite's folder (default: functions/ of the repository).
+        #[arg(long)]
+        functions_dir: Option<PathBuf>,
+        /// Checks the checker: C children are told to expect another pattern, so every one
+        /// must report wrong bytes and the run must fail.
+        #[arg(long, hide = true)]
+        expect_wrong_pattern: bool,
+    },
+    /// Soak test: --resumes children of one seed id (on a fresh two-host cluster, root), every
+    /// child checking every word of its memory, while a churn thread, every --churn-min-ms to
+    /// --churn-max-ms at random, drops the seed (and prepares it again a moment later), prepares
+    /// it again with its memory refilled with a new key (a new generation), or replaces it with
+    /// the other of two C parents under the same id. A child checks its pages against the key
+    /// in its own memory, and that key must be one some generation had: a page of another
+    /// generation or process is a wrong result. A child whose generation went away must fail
+    /// loudly (killed by mitosis with a reason, exit status 69; or its resume refused with 66
+    /// or 69): an expected failure, counted apart. Prints `[soak] Throughput: ...` every second
+    /// (children that ran and ended right or were killed as expected; resumes refused while the
+    /// id had no seed are counted apart, and the loop waits 10 ms after one), then PASS or FAIL
+    /// per rule: those of `stress fork` with zero wrong results and zero unexpected failures,
+    /// all resumes done, and the seed churned at least once each way. Exit status 0 when every
+    /// rule passed, 1 otherwise.
+    ///
+    /// The defaults are the long run (about 4 minutes here); CI runs 200 resumes.
+    Soak {
+        /// Loops resuming children at the same time.
+        #[arg(long, default_value_t = 4)]
+        loops: usize,
+        /// Children in all.
+        #[arg(long, default_value_t = 10_000)]
+        resumes: usize,
+        /// Memory of each C parent, in MiB.
+        #[arg(long, default_value_t = 16)]
+        mib: u64,
+        /// Shortest wait between two changes of the seed, ms.
+        #[arg(long, default_value_t = 100)]
+        churn_min_ms: u64,
+        /// Longest wait between two changes of the seed, ms.
+        #[arg(long, default_value_t = 1000)]
+        churn_max_ms: u64,
+        /// Print the report (every second's sample, every child) as JSON; the lines go to stderr.
+        #[arg(long)]
+        json: bool,
+        /// Checks the checker: children are told to expect a key no generation had.
+        #[arg(long, hide = true)]
+        expect_wrong_pattern: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1080,6 +1172,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Stress(Stress::Fuzz { seconds, senders, hold, seed, peer, key_file, no_encrypt, socket, json }) => {
             let opts = mitosis_bench::live_fuzz::FuzzOptions { peer, key_file, no_encrypt, socket, seconds, senders, hold, seed, json };
             mitosis_bench::live_fuzz::run(&self_exe()?, &opts)
+        }
+        Command::Stress(Stress::Fork { loops, seconds, workload, mib, json, python, functions_dir, expect_wrong_pattern }) => {
+            let workloads = match mitosis_bench::stress_fork::parse_workloads(&workload) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("mitosis: {e:#}");
+                    return Ok(64);
+                }
+            };
+            let opts =
+                mitosis_bench::stress_fork::ForkOptions { loops, seconds, workloads, mib, json, python, functions_dir, expect_wrong_pattern };
+            mitosis_bench::stress_fork::fork(&self_exe()?, &opts)
+        }
+        Command::Stress(Stress::Soak { loops, resumes, mib, churn_min_ms, churn_max_ms, json, expect_wrong_pattern }) => {
+            let opts = mitosis_bench::soak::SoakOptions { loops, resumes, mib, churn_min_ms, churn_max_ms, json, expect_wrong_pattern };
+            mitosis_bench::soak::soak(&self_exe()?, &opts)
         }
         Command::Bench(Bench::Functions { functions, runs, json, svg, python, functions_dir }) => {
             let opts = mitosis_bench::functions::Options { functions, runs, json, svg, python, functions_dir };
