@@ -25,6 +25,7 @@
 //! that ended as they must (right bytes, or the loud failure of a dropped
 //! generation).
 
+use crate::kernel_log::{KernelLog, KernelLogReport};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +100,8 @@ struct SoakReport {
     resources: Vec<ResourceSample>,
     flatness: Vec<Flatness>,
     left_behind: Vec<String>,
+    /// What the kernel logged during the run.
+    kernel_log: KernelLogReport,
     rules: Vec<Rule>,
     passed: bool,
 }
@@ -154,6 +157,7 @@ impl Dice {
 /// `mitosis stress soak`: exit status 0 when every rule passed, 1 otherwise.
 pub fn soak(bin: &Path, opts: &SoakOptions) -> anyhow::Result<i32> {
     ensure_root("mitosis stress soak")?;
+    let mut kernel_log = KernelLog::mark();
     ensure!(opts.loops > 0 && opts.resumes > 0 && opts.mib > 0, "--loops, --resumes and --mib must be at least 1");
     ensure!(opts.churn_min_ms <= opts.churn_max_ms, "--churn-min-ms must not exceed --churn-max-ms");
     let say = |m: &str| eprintln!("stress soak: {m}");
@@ -225,18 +229,21 @@ pub fn soak(bin: &Path, opts: &SoakOptions) -> anyhow::Result<i32> {
             run,
             resources,
             left_behind: leaks,
+            kernel_log: KernelLogReport::default(),
             rules: Vec::new(),
             passed: false,
         })
     })?;
     drop(cluster);
     report.left_behind.extend(teardown.remains());
+    report.kernel_log = kernel_log.since();
     let mut rules = common_rules(
         std::slice::from_ref(&report.run),
         "no wrong result (every child's bytes right)",
         "no unexpected failure",
         &report.left_behind,
         &report.flatness,
+        &report.kernel_log,
     );
     let done = report.run.children.len();
     rules.push(Rule::new(format!("all {} resumes done", report.resumes), done == report.resumes, format!("{done} done")));

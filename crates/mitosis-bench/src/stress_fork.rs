@@ -44,6 +44,7 @@ mod checks;
 mod cparent;
 mod loops;
 
+use crate::kernel_log::{KernelLog, KernelLogReport};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -190,6 +191,8 @@ struct ForkReport {
     resources: Vec<ResourceSample>,
     flatness: Vec<Flatness>,
     left_behind: Vec<String>,
+    /// What the kernel logged during the run.
+    kernel_log: KernelLogReport,
     rules: Vec<Rule>,
     passed: bool,
 }
@@ -197,6 +200,7 @@ struct ForkReport {
 /// `mitosis stress fork`: exit status 0 when every rule passed, 1 otherwise.
 pub fn fork(bin: &Path, opts: &ForkOptions) -> anyhow::Result<i32> {
     ensure_root("mitosis stress fork")?;
+    let mut kernel_log = KernelLog::mark();
     ensure!(opts.loops > 0 && opts.seconds > 0 && opts.mib > 0, "--loops, --seconds and --mib must be at least 1");
     let say = |m: &str| eprintln!("stress fork: {m}");
     let suite = if opts.workloads.iter().any(|w| matches!(w, Workload::Python(_))) {
@@ -288,6 +292,7 @@ pub fn fork(bin: &Path, opts: &ForkOptions) -> anyhow::Result<i32> {
             resources,
             flatness: flat,
             left_behind: leaks,
+            kernel_log: KernelLogReport::default(),
             rules: Vec::new(),
             passed: false,
         })
@@ -295,7 +300,9 @@ pub fn fork(bin: &Path, opts: &ForkOptions) -> anyhow::Result<i32> {
     drop(cluster);
     report.left_behind.extend(teardown.remains());
     let runs: Vec<LoopsRun> = report.workloads.iter().map(|w| w.run.clone()).collect();
-    report.rules = common_rules(&runs, "no wrong result (bytes or digest)", "no failed resume", &report.left_behind, &report.flatness);
+    report.kernel_log = kernel_log.since();
+    report.rules =
+        common_rules(&runs, "no wrong result (bytes or digest)", "no failed resume", &report.left_behind, &report.flatness, &report.kernel_log);
     report.passed = all_passed(&report.rules);
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -14,6 +14,7 @@ use mitosis::Client;
 use serde::Serialize;
 
 use super::loops::LoopsRun;
+use crate::kernel_log::KernelLogReport;
 use crate::hosts::Cluster;
 use crate::median;
 
@@ -404,7 +405,14 @@ pub(crate) fn all_passed(rules: &[Rule]) -> bool {
 
 /// The rules every stress run shares, from its workloads' loops, the leak
 /// checks and the resource samples.
-pub(crate) fn common_rules(runs: &[LoopsRun], wrong_name: &str, failed_name: &str, leaks: &[String], flat: &[Flatness]) -> Vec<Rule> {
+pub(crate) fn common_rules(
+    runs: &[LoopsRun],
+    wrong_name: &str,
+    failed_name: &str,
+    leaks: &[String],
+    flat: &[Flatness],
+    kernel: &KernelLogReport,
+) -> Vec<Rule> {
     let mut rules = Vec::new();
     for r in runs {
         let floor = STEADY_SHARE * r.median_per_s;
@@ -433,6 +441,16 @@ pub(crate) fn common_rules(runs: &[LoopsRun], wrong_name: &str, failed_name: &st
         leaks.is_empty(),
         if leaks.is_empty() { "as before the run; all gone after teardown".into() } else { leaks.join("; ") },
     ));
+    let kernel_rule = "clean kernel log (no kernel bug, oops or warning during the run)";
+    if kernel.readable {
+        let detail = match kernel.kernel_failures.first() {
+            Some(first) => format!("{}; first: {first}", kernel.summary()),
+            None => kernel.summary(),
+        };
+        rules.push(Rule::new(kernel_rule, kernel.kernel_clean(), detail));
+    } else {
+        rules.push(Rule { rule: kernel_rule.into(), passed: None, detail: kernel.summary() });
+    }
     for f in flat {
         let rule = format!("daemon {} flat (grew at most {:.0}%): {}", f.daemon, FLAT_TOLERANCE * 100.0, f.what);
         let figures = format!("{:.0} -> {:.0} ({:+.1}%), medians of the {}", f.first, f.last, f.change * 100.0, f.windows);
