@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mitosis_testkit::wait_until;
+use mitosis_testkit::{cgroup_subtrees_of, dirs_below, wait_until};
 
 /// A prepared probe on host a, seed id `probe`.
 fn probe_seed(c: &Cluster) -> Proc {
@@ -300,45 +300,6 @@ fn seed_working_in_tmp_keeps_its_working_directory() {
     assert!(work.join("relative").exists(), "the child writes where its seed worked");
     child.send("exit 0\n");
     assert_eq!(child.finish(STEP).code(), Some(0));
-}
-
-/// The cgroup subtrees (`mitosis-<pid>` directories) of daemon `pid`, one
-/// per hierarchy it uses, as seen from the test's own mount namespace.
-fn cgroup_subtrees_of(pid: i32) -> Vec<std::path::PathBuf> {
-    let paths = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut out = Vec::new();
-    for line in mounts.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let (Some(mount), r) = (left.split(' ').nth(4), right.split(' ').collect::<Vec<_>>()) else { continue };
-        let (v2, options): (bool, Vec<&str>) = match (r[0], r.get(2)) {
-            ("cgroup", Some(o)) => (false, o.split(',').collect()),
-            ("cgroup2", _) => (true, Vec::new()),
-            _ => continue,
-        };
-        for l in paths.lines() {
-            let mut it = l.splitn(3, ':');
-            let (Some(_), Some(ctrls), Some(path)) = (it.next(), it.next(), it.next()) else { continue };
-            let ctrls: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
-            let same = if v2 { ctrls.is_empty() } else { !ctrls.is_empty() && ctrls.iter().all(|c| options.contains(c)) };
-            let dir = std::path::Path::new(mount).join(path.trim_start_matches('/')).join(format!("mitosis-{pid}"));
-            if same && dir.is_dir() {
-                out.push(dir);
-            }
-        }
-    }
-    out
-}
-
-/// `dir` and every directory below it.
-fn dirs_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(dirs_below(&e.path()));
-        }
-    }
-    out
 }
 
 /// A daemon killed by SIGKILL cannot remove its cgroup subtree (its own and

@@ -24,17 +24,6 @@ use mitosis_testkit::{cgroup_subtrees_of, dirs_below, wait_until, LinkCut, Pause
 /// room for a loaded test machine and still fails the 10 s fetch timeout.
 const FAULT_TO_EXIT_BOUND: Duration = Duration::from_secs(4);
 
-/// Asserts that `out` is the end of a child killed by mitosis with a reason
-/// containing `reason`: status 69, and nothing on stdout but `allowed`.
-fn assert_killed_with(out: &Finished, reason: &str, allowed: &[&str], logs: &str) {
-    assert_eq!(out.code(), Some(69), "the child must be killed by mitosis: {out}\n{logs}");
-    assert!(out.stderr.contains("child killed"), "{out}");
-    assert!(out.stderr.contains(reason), "the reason must say {reason:?}: {out}");
-    for l in out.lines() {
-        assert!(allowed.contains(&l), "the killed child must not answer ({l:?}): {out}");
-    }
-}
-
 /// A pattern process on host b prepared on daemon b as `id`, and a child of
 /// it resumed on b from b itself (its pages never cross the test link).
 fn local_child_on_b(c: &Cluster, id: &str) -> (Proc, String, Proc) {
@@ -85,7 +74,7 @@ fn a_cut_link_kills_the_child_within_2_s_and_others_go_on() {
     eprintln!("cut link: resumer exited {:.0} ms after the cut", took.as_secs_f64() * 1000.0);
     let out = child.finish(STEP);
     eprintln!("cut link: {}", out.stderr.trim());
-    assert_killed_with(&out, "stopped answering", &[pid_line.as_str()], &c.logs());
+    assert_killed_by_mitosis(&out, "stopped answering", &[pid_line.as_str()], &c.logs());
     assert!(out.stderr.contains(&c.a.addr()), "the reason names the seed host: {out}");
     assert!(took < FAULT_TO_EXIT_BOUND, "the resumer exited {took:?} after the cut\n{out}");
 
@@ -168,7 +157,7 @@ fn a_hung_seed_daemon_is_waited_for_until_the_fetch_timeout() {
     drop(hung);
     eprintln!("hung seed daemon (--fetch-timeout 4): resumer exited {:.0} ms after the daemon stopped", took.as_secs_f64() * 1000.0);
     let out = child.finish(STEP);
-    assert_killed_with(&out, "did not answer within 4s", &[pid_line.as_str()], &c.logs());
+    assert_killed_by_mitosis(&out, "did not answer within 4s", &[pid_line.as_str()], &c.logs());
     assert!(took >= Duration::from_millis(3500), "a live seed host was given up after {took:?}\n{out}");
     assert_no_child_left_on_b(&c);
     // Continued, daemon a serves on.
@@ -177,8 +166,8 @@ fn a_hung_seed_daemon_is_waited_for_until_the_fetch_timeout() {
 }
 
 /// The seed host dies (SIGKILL to its daemon's group) while a child pages
-/// from it: its kernel closes the connection, the child is killed at once.
-/// (`failures.rs` checks what the child does; this the time it takes.)
+/// from it, one page per fault: its kernel closes the connection, the child
+/// is killed at once, with the reason, and never answers with wrong data.
 #[test]
 fn a_killed_seed_host_is_detected_at_once() {
     let Some(mut c) = Cluster::build("kill-seed-fast", KEY, KEY, &[], &["--window-pages", "1"]) else { return };
@@ -196,7 +185,7 @@ fn a_killed_seed_host_is_detected_at_once() {
     let took = t.elapsed();
     eprintln!("killed seed host: resumer exited {:.0} ms after the kill", took.as_secs_f64() * 1000.0);
     let out = child.finish(STEP);
-    assert_killed_with(&out, &c.a.addr(), &[pid_line.as_str()], &c.logs());
+    assert_killed_by_mitosis(&out, &c.a.addr(), &[pid_line.as_str()], &c.logs());
     assert!(took < FAULT_TO_EXIT_BOUND, "the resumer exited {took:?} after the kill\n{out}");
     assert_no_child_left_on_b(&c);
 }
@@ -384,7 +373,7 @@ fn a_seed_dropped_under_20_children() {
             }
             _ => {
                 // Possibly on its way out, after verifying: the right sum.
-                assert_killed_with(&out, "dropped", &[format!("verify ok {sum}").as_str()], &c.logs());
+                assert_killed_by_mitosis(&out, "dropped", &[format!("verify ok {sum}").as_str()], &c.logs());
                 killed += 1;
             }
         }

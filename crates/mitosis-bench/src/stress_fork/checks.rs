@@ -158,38 +158,6 @@ pub(crate) struct Footprint {
     pub netns: Vec<String>,
 }
 
-/// The daemons' cgroup subtrees, as this process sees them (`mitosis-<pid>`
-/// under the daemon's cgroup in each hierarchy mounted here).
-pub(crate) fn cgroup_subtrees(daemon_pid: i32) -> Vec<PathBuf> {
-    let own = std::fs::read_to_string(format!("/proc/{daemon_pid}/cgroup")).unwrap_or_default();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in own.lines() {
-        let mut it = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (it.next(), it.next(), it.next()) else { continue };
-        for m in mounts.lines() {
-            let Some((pre, post)) = m.split_once(" - ") else { continue };
-            let pre: Vec<&str> = pre.split_whitespace().collect();
-            let post: Vec<&str> = post.split_whitespace().collect();
-            if pre.len() < 5 || post.len() < 3 || pre[3] != "/" {
-                continue;
-            }
-            let fits = if ctrls.is_empty() {
-                post[0] == "cgroup2"
-            } else {
-                post[0] == "cgroup" && ctrls.split(',').all(|c| post[2].split(',').any(|o| o == c))
-            };
-            if fits {
-                let dir = Path::new(pre[4]).join(path.trim_start_matches('/')).join(format!("mitosis-{daemon_pid}"));
-                if dir.is_dir() && !out.contains(&dir) {
-                    out.push(dir);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Descendants of `pid`: "comm" of each.
 fn descendants(pid: i32) -> Vec<String> {
     let mut parent_of = Vec::new();
@@ -250,7 +218,7 @@ impl Footprint {
         let mut f = Footprint { processes: BTreeMap::new(), cgroup_dirs: BTreeMap::new(), mounts: BTreeMap::new(), netns: own_namespaces() };
         for (name, pid) in [("a", cluster.a.pid()), ("b", cluster.b.pid())] {
             f.processes.insert(name.into(), descendants(pid));
-            let dirs = cgroup_subtrees(pid)
+            let dirs = mitosis_testkit::cgroup_subtrees_of(pid)
                 .iter()
                 .map(|d| std::fs::read_dir(d).map(|r| r.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0))
                 .max()
@@ -333,7 +301,7 @@ pub(crate) struct Teardown {
 impl Teardown {
     pub(crate) fn of(cluster: &Cluster) -> Teardown {
         let daemons = vec![cluster.a.pid(), cluster.b.pid()];
-        Teardown { subtrees: daemons.iter().flat_map(|&p| cgroup_subtrees(p)).collect(), daemons }
+        Teardown { subtrees: daemons.iter().flat_map(|&p| mitosis_testkit::cgroup_subtrees_of(p)).collect(), daemons }
     }
 
     /// What is still there (call after dropping the cluster).

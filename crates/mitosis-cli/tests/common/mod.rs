@@ -370,3 +370,15 @@ pub fn tail(s: &str, n: usize) -> String {
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
+
+/// Asserts that `out` is the end of a child killed by mitosis: status 69,
+/// "child killed" and `reason` on stderr, and no answer to any
+/// memory-reading command on stdout (only the lines in `allowed` may appear).
+pub fn assert_killed_by_mitosis(out: &Finished, reason: &str, allowed: &[&str], logs: &str) {
+    assert_eq!(out.code(), Some(69), "the child must be killed by mitosis: {out}\n{logs}");
+    assert!(out.stderr.contains("child killed"), "{out}");
+    assert!(out.stderr.contains(reason), "the reason must say {reason:?}: {out}");
+    for l in out.lines() {
+        assert!(allowed.contains(&l), "the killed child must not answer ({l:?}): {out}");
+    }
+}
