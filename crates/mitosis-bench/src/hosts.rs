@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use mitosis::{Client, SeedInfo};
+use serde::Serialize;
 use mitosis_testkit::{wait_until, write_key, Daemon, Host, ProcessGuard, TestDir, TwoHosts};
 
 /// Fails unless the process runs as root (namespaces and ptrace need it).
@@ -216,6 +217,26 @@ impl CheckedSeed {
         let CheckedSeed { seed, ref mut workload, .. } = self;
         seed.drop_and_wait(Duration::from_secs(30))?;
         workload.chan.send("exit 0")
+    }
+}
+
+/// A process's open descriptors, threads and resident memory, from /proc.
+#[derive(Serialize, Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub fds: u64,
+    pub threads: u64,
+    pub rss_kb: u64,
+}
+
+impl ProcessUsage {
+    /// Reads them for process `pid` (an error once it is gone).
+    pub fn of(pid: i32) -> anyhow::Result<ProcessUsage> {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("process {pid} is gone"))?.count() as u64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid} is gone"))?;
+        let field = |name: &str| -> u64 {
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        Ok(ProcessUsage { fds, threads: field("Threads:"), rss_kb: field("VmRSS:") })
     }
 }
 

@@ -54,7 +54,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::hosts::{ensure_root, CheckedSeed, Cluster};
+use crate::hosts::{ensure_root, CheckedSeed, Cluster, ProcessUsage};
 use crate::kernel_log::{KernelLog, KernelLogReport};
 
 mod inputs;
@@ -194,41 +194,22 @@ impl Counters {
     }
 }
 
-/// A daemon's descriptors, threads and resident memory.
-#[derive(Serialize, Clone, Copy, Default, Debug)]
-struct Footprint {
-    fds: u64,
-    threads: u64,
-    rss_kb: u64,
-}
-
-impl Footprint {
-    fn of(pid: i32) -> anyhow::Result<Footprint> {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("daemon {pid} is gone"))?.count() as u64;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let field = |name: &str| -> u64 {
-            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
-        Ok(Footprint { fds, threads: field("Threads:"), rss_kb: field("VmRSS:") })
-    }
-
-    /// Whether `self` (after the run) is back to the descriptors and threads
-    /// of `before`, with no more memory than `plateau_kb` (+ the slack).
-    fn settled(&self, before: &Footprint, plateau_kb: u64) -> bool {
-        self.fds <= before.fds + FD_SLACK && self.threads <= before.threads && self.rss_kb <= plateau_kb + RSS_SLACK / 1024
-    }
+/// Whether a daemon's usage `after` the run is back to the descriptors and
+/// threads of `before`, with no more memory than `plateau_kb` (+ the slack).
+fn settled(after: &ProcessUsage, before: &ProcessUsage, plateau_kb: u64) -> bool {
+    after.fds <= before.fds + FD_SLACK && after.threads <= before.threads && after.rss_kb <= plateau_kb + RSS_SLACK / 1024
 }
 
 #[derive(Serialize)]
 struct DaemonCheck {
     name: &'static str,
-    before: Footprint,
+    before: ProcessUsage,
     /// The highest resident memory of the run's first half.
     plateau_kb: u64,
     /// The most threads seen during the run: one per admitted connection,
     /// so the connection caps bound it, not the 1,000s held.
     peak_threads: u64,
-    after: Footprint,
+    after: ProcessUsage,
     settled: bool,
 }
 
@@ -237,7 +218,7 @@ struct Tick {
     passed_us: u64,
     inputs_per_s: u64,
     /// The daemons' footprints at the end of this second (self-made cluster only).
-    daemons: Vec<Footprint>,
+    daemons: Vec<ProcessUsage>,
 }
 
 #[derive(Serialize)]
@@ -344,7 +325,7 @@ fn fuzz(
     resumer: Option<&(dyn Fn() -> anyhow::Result<()> + Sync)>,
     daemons: Vec<(&'static str, i32)>,
 ) -> anyhow::Result<FuzzReport> {
-    let before: Vec<Footprint> = daemons.iter().map(|(_, pid)| Footprint::of(*pid)).collect::<anyhow::Result<_>>()?;
+    let before: Vec<ProcessUsage> = daemons.iter().map(|(_, pid)| ProcessUsage::of(*pid)).collect::<anyhow::Result<_>>()?;
     let mut kernel_log = KernelLog::mark();
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
@@ -396,7 +377,7 @@ fn fuzz(
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             let (now, n) = (Instant::now(), counters.inputs());
             let passed_us = now.duration_since(last_t).as_micros() as u64;
-            let footprints: Vec<Footprint> = daemons.iter().map(|(_, pid)| Footprint::of(*pid).unwrap_or_default()).collect();
+            let footprints: Vec<ProcessUsage> = daemons.iter().map(|(_, pid)| ProcessUsage::of(*pid).unwrap_or_default()).collect();
             let tick = Tick { passed_us, inputs_per_s: ((n - last_n) as f64 * 1e6 / passed_us.max(1) as f64) as u64, daemons: footprints };
             let mut line = format!(
                 "passed: {}us, thpt: {} inputs/s, resumes ok: {}, errors: {}",
@@ -428,20 +409,20 @@ fn fuzz(
     let mut after = Vec::new();
     for (i, ((name, pid), before)) in daemons.iter().zip(&before).enumerate() {
         let plateau_kb = first_half.iter().filter_map(|t| t.daemons.get(i)).map(|f| f.rss_kb).chain([before.rss_kb]).max().unwrap_or(0);
-        let mut now = Footprint::of(*pid)?;
+        let mut now = ProcessUsage::of(*pid)?;
         mitosis_testkit::wait_until(SETTLE, || {
             std::thread::sleep(Duration::from_millis(200));
-            now = Footprint::of(*pid).unwrap_or(now);
-            now.settled(before, plateau_kb)
+            now = ProcessUsage::of(*pid).unwrap_or(now);
+            settled(&now, before, plateau_kb)
         });
-        let settled = now.settled(before, plateau_kb);
-        if !settled {
+        let back = settled(&now, before, plateau_kb);
+        if !back {
             counters.error(&format!(
                 "daemon {name} did not come back: before {before:?}, after {now:?}, memory plateau of the first half {plateau_kb} KiB"
             ));
         }
         let peak_threads = samples.iter().filter_map(|t| t.daemons.get(i)).map(|f| f.threads).max().unwrap_or(0);
-        after.push(DaemonCheck { name, before: *before, plateau_kb, peak_threads, after: now, settled });
+        after.push(DaemonCheck { name, before: *before, plateau_kb, peak_threads, after: now, settled: back });
     }
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let report = FuzzReport {

@@ -94,11 +94,9 @@ impl Sampler {
 }
 
 fn resources_of(name: &'static str, pid: i32, socket: &Path, t_s: f64) -> Option<ResourceSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let usage = crate::hosts::ProcessUsage::of(pid).ok()?;
     let cache_kib = Client::connect(socket).and_then(|mut c| c.stats()).map(|s| s.cache.bytes / 1024).unwrap_or(0);
-    Some(ResourceSample { t_s, daemon: name, rss_kib, cache_kib, fds })
+    Some(ResourceSample { t_s, daemon: name, rss_kib: usage.rss_kb, cache_kib, fds: usage.fds })
 }
 
 /// One daemon's figure in the first and the last window.
