@@ -187,10 +187,43 @@ impl Drop for EtcdCluster {
 }
 
 /// `count` distinct free TCP ports on 127.0.0.1.
+/// Ports members listen on: below Linux's ephemeral range (32768 and up by
+/// default), from which the kernel picks the source port of every outgoing
+/// connection. A port found free there and let go until etcd binds it
+/// could be taken meanwhile by any connection made on this machine, such as
+/// another cluster's members connecting to their peers (seen: "bind:
+/// address already in use"); below it, only a listener asking for it by
+/// number can.
+const MEMBER_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// `count` ports of [`MEMBER_PORTS`] free on 127.0.0.1 now, never handed out
+/// before by this process (clusters started at the same time get distinct
+/// ones).
 fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>().context("finding free ports")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let span = MEMBER_PORTS.end - MEMBER_PORTS.start;
+    // Each test process starts at its own place in the range.
+    let start = u16::try_from(std::process::id() % u32::from(span)).expect("below span, a u16");
+    let mut listeners = Vec::new();
+    for i in 0..span {
+        if listeners.len() == count {
+            break;
+        }
+        let port = MEMBER_PORTS.start + (start + i) % span;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    if listeners.len() < count {
+        bail!("only {} free ports in {MEMBER_PORTS:?} on 127.0.0.1, {count} needed", listeners.len());
+    }
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>().context("finding free ports")?;
+    handed_out.extend(&ports);
+    Ok(ports)
 }
 
 /// One `GET /health` on 127.0.0.1:`port`: etcd answers `{"health":"true"}`
