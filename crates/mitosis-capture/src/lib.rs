@@ -36,7 +36,8 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    IdentityMatch, MmFields, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
+    IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, Vma,
+    VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
 use mitosis_sys::ptrace::{idx, Stop, Tracee};
@@ -260,6 +261,7 @@ fn capture_stopped(
     step("written file pages found");
     let (files, closed_fds) = files::open_files(pid);
     step("open files read");
+    let properties = process_properties(pid)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(str::to_string))
@@ -310,11 +312,26 @@ fn capture_stopped(
         robust_list,
         tid_address,
         altstack,
+        properties,
     };
     step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }
 
+
+/// The stopped target's umask and resource limits (its status is read again
+/// here: the one read before the stop may be older than the prepare instant).
+fn process_properties(pid: i32) -> Result<ProcessProperties, CaptureError> {
+    let umask = procfs::parse_status(&read_proc(pid, "status")?)
+        .umask
+        .ok_or_else(|| CaptureError::Unsupported { pid, what: "its /proc status has no Umask line (Linux 4.7 or later is needed)".into() })?;
+    let rlimits = mitosis_sys::rlimit::of_process(pid)
+        .map_err(CaptureError::sys("reading the resource limits"))?
+        .into_iter()
+        .map(|(resource, soft, hard)| ResourceLimit { resource, soft, hard })
+        .collect();
+    Ok(ProcessProperties { umask, rlimits })
+}
 
 /// Sorts the target's mappings into what a child can rebuild.
 fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError> {

@@ -10,6 +10,7 @@ use mitosis_sys::vdso::VdsoInfo;
 use mitosis_sys::{pidfd, SysError, PAGE};
 
 use crate::plan::{Placement, RestorePlan};
+use crate::prologue::{LIMITS_SET_BY_RESTORE, LIMIT_NAMES};
 use mitosis_sys::runner::{self as stub, Table, ENTRY};
 use crate::RestoreError;
 
@@ -113,6 +114,8 @@ pub fn restore(
         });
     }
 
+    set_layout_limits(&tracee, &base, own_gadget, &mem, blob_addr, pid, image)?;
+
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
         uffd.register_missing(s, e - s).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
@@ -152,6 +155,42 @@ pub fn restore(
     tracee.set_xstate(&image.xstate).map_err(RestoreError::sys("setting the seed's FPU/SSE/AVX state"))?;
     tracee.set_sigmask(image.signals.blocked).map_err(RestoreError::sys("setting the seed's signal mask"))?;
     tracee.detach(0).map_err(RestoreError::sys("starting the child"))?;
+    Ok(())
+}
+
+/// Sets the seed's limits of [`LIMITS_SET_BY_RESTORE`] in the child, now
+/// that its layout is mapped and nothing more will be (a lower address
+/// space, data or stack limit must not refuse the restore's own mappings).
+/// `slot` is scratch memory of the child for the `struct rlimit64`. The
+/// rule is the prologue's: a hard limit the child may not raise to stays
+/// the child's own (the highest allowed), with a warning in the log.
+fn set_layout_limits(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, slot: u64, pid: i32, image: &SeedImage) -> Result<(), RestoreError> {
+    let no_events = |_: &Tracee, _: i32| Ok(());
+    let set = |resource: u32, soft: u64, hard: u64| -> Result<i64, RestoreError> {
+        let step = || format!("setting the seed's {}", LIMIT_NAMES[resource as usize]);
+        let mut bytes = soft.to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&hard.to_ne_bytes());
+        mem.write_all_at(&bytes, slot).map_err(RestoreError::sys(step()))?;
+        tracee
+            .inject_syscall(base, gadget, libc::SYS_prlimit64, &[0, u64::from(resource), slot, 0], no_events)
+            .map_err(RestoreError::sys(step()))
+    };
+    for l in image.properties.rlimits.iter().filter(|l| LIMITS_SET_BY_RESTORE.contains(&l.resource)) {
+        let name = LIMIT_NAMES[l.resource as usize];
+        let r = set(l.resource, l.soft, l.hard)?;
+        if r != -i64::from(libc::EPERM) {
+            check(r, &format!("setting the seed's {name}"))?;
+            continue;
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(|e| RestoreError::ChildDied(e.to_string()))?;
+        let own = mitosis_sys::procfs::parse_limits(&text).map_err(RestoreError::Incompatible)?;
+        let (_, _, own_hard) = own[l.resource as usize];
+        if l.hard <= own_hard {
+            check(r, &format!("setting the seed's {name}"))?;
+        }
+        tracing::warn!(pid, seed_hard = l.hard, kept_hard = own_hard, "the seed's hard {name} is above what the child may set: it keeps its own");
+        check(set(l.resource, l.soft.min(own_hard), own_hard)?, &format!("setting the seed's {name}"))?;
+    }
     Ok(())
 }
 
