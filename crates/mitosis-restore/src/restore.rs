@@ -114,8 +114,6 @@ pub fn restore(
         });
     }
 
-    set_layout_limits(&tracee, &base, own_gadget, &mem, blob_addr, pid, image)?;
-
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
         uffd.register_missing(s, e - s).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
@@ -123,6 +121,7 @@ pub fn restore(
     start_pager(uffd, remote)?;
 
     let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
+    set_layout_limits(&tracee, &base, gadget, &mem, blob_addr, pid, image)?;
     let r = tracee
         .inject_syscall(&base, gadget, libc::SYS_close, &[plan.prologue.uffd_fd as u64], no_events)
         .map_err(RestoreError::sys("closing the child's userfaultfd"))?;

@@ -1,0 +1,43 @@
+//! Process properties a child takes from its seed (zdtm style: our own C
+//! program, tests/programs/props.c, reports its state after a resume on
+//! another host): umask and every resource limit, in a container and
+//! without one. The program's address space and data limits sit a little
+//! above what it uses, so a restore that applied them before mapping the
+//! seed's layout would fail.
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use common::*;
+
+const INPUT: &str = "report\ncreate\nalloc\nexit\n";
+
+fn properties_carried(name: &str, extra: &[&str]) {
+    let Some(c) = Cluster::new(name) else { return };
+    let prog = compile(&c.dir, "props", &["-O2"]);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "props", &[prog.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(ppid);
+    c.prepare_a(ppid, "props");
+    let out = c.resume_on_b_with_args("props", INPUT, extra);
+    parent.send(INPUT);
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    // What the seed set is what it reports (the test cannot pass on two equally wrong reports).
+    for line in ["umask 0027\n", "limit 7 200 300\n", "limit 4 4096 1048576\n", "limit 12 100000 200000\n", "create mode 0640\n", "alloc refused\n"] {
+        assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
+    }
+    assert_eq!(out.stdout, expected.stdout, "the child's properties differ from its seed's: {out}\n{}", c.logs());
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(!out.stderr.contains("warning"), "no limit had to be kept lower: {out}");
+}
+
+#[test]
+fn umask_and_resource_limits_in_a_container() {
+    properties_carried("props-ct", &[]);
+}
+
+#[test]
+fn umask_and_resource_limits_without_a_container() {
+    properties_carried("props-noct", &["--no-container"]);
+}
