@@ -58,7 +58,7 @@ pub enum PrologueExit {
 /// Resource limits the prologue leaves alone: the restore sets them once the
 /// seed's layout is mapped, because they limit the mappings the restore
 /// makes (`RLIMIT_DATA`, `RLIMIT_AS`) or the stack it maps (`RLIMIT_STACK`).
-pub const LIMITS_SET_BY_RESTORE: [u32; 3] = [libc::RLIMIT_DATA as u32, libc::RLIMIT_AS as u32, libc::RLIMIT_STACK as u32];
+pub const LIMITS_SET_BY_RESTORE: [u32; 3] = [libc::RLIMIT_DATA, libc::RLIMIT_AS, libc::RLIMIT_STACK];
 
 /// The kernel's name of each resource limit, by number.
 pub const LIMIT_NAMES: [&str; 16] = [

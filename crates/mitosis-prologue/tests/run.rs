@@ -34,10 +34,10 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
         properties: ProcessProperties {
             umask: 0o027,
             rlimits: vec![
-                ResourceLimit { resource: libc::RLIMIT_CORE as u32, soft: 4096, hard: 8192 },
-                ResourceLimit { resource: libc::RLIMIT_NOFILE as u32, soft: 5, hard: 64 },
+                ResourceLimit { resource: libc::RLIMIT_CORE, soft: 4096, hard: 8192 },
+                ResourceLimit { resource: libc::RLIMIT_NOFILE, soft: 5, hard: 64 },
                 // Left to the restore: the child keeps the forker's.
-                ResourceLimit { resource: libc::RLIMIT_AS as u32, soft: 1 << 20, hard: 1 << 20 },
+                ResourceLimit { resource: libc::RLIMIT_AS, soft: 1 << 20, hard: 1 << 20 },
             ],
         },
     }
@@ -105,10 +105,10 @@ fn parks_with_the_seeds_descriptors_and_cwd(dir: &Path) {
     // The seed's umask and limits, also one (NOFILE 5) below a descriptor
     // it holds (6); the address space limit is the forker's.
     assert!(status.contains("Umask:\t0027\n"), "{status}");
-    assert_eq!(limits[libc::RLIMIT_CORE as usize], (libc::RLIMIT_CORE as u32, 4096, 8192));
-    assert_eq!(limits[libc::RLIMIT_NOFILE as usize], (libc::RLIMIT_NOFILE as u32, 5, 64));
-    let own = mitosis_sys::rlimit::prlimit(0, libc::RLIMIT_AS as u32).unwrap();
-    assert_eq!(limits[libc::RLIMIT_AS as usize], (libc::RLIMIT_AS as u32, own.0, own.1));
+    assert_eq!(limits[libc::RLIMIT_CORE as usize], (libc::RLIMIT_CORE, 4096, 8192));
+    assert_eq!(limits[libc::RLIMIT_NOFILE as usize], (libc::RLIMIT_NOFILE, 5, 64));
+    let own = mitosis_sys::rlimit::prlimit(0, libc::RLIMIT_AS).unwrap();
+    assert_eq!(limits[libc::RLIMIT_AS as usize], (libc::RLIMIT_AS, own.0, own.1));
 }
 
 fn refuses(prologue: &Prologue, code: PrologueExit, index: u16, errno: i32) {

@@ -607,8 +607,8 @@ mod tests {
     #[test]
     fn limits_and_umask_in_a_forked_child() {
         // CAP_SYS_RESOURCE (bit 24) lets a process raise a hard limit again.
-        let may_raise = status_mask(std::process::id() as i32, "CapEff:") & (1 << 24) != 0;
-        let core = libc::RLIMIT_CORE as u32;
+        let may_raise = status_mask(std::process::id().cast_signed(), "CapEff:") & (1 << 24) != 0;
+        let core = libc::RLIMIT_CORE;
         let (r, w) = std::io::pipe().unwrap();
         // SAFETY: test only: the child below makes only allocation-free calls.
         let pid = unsafe { libc::fork() };
