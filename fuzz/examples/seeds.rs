@@ -119,6 +119,11 @@ fn image() -> SeedImage {
                 ResourceLimit { resource: 3, soft: 8 << 20, hard: RLIM_INFINITY },
                 ResourceLimit { resource: 7, soft: 64, hard: 128 },
             ],
+            oom_score_adj: 300,
+            dumpable: 1,
+            thp_disabled: true,
+            personality: 0x0040000,
+            child_subreaper: true,
         },
     }
 }

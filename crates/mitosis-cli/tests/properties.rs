@@ -1,7 +1,8 @@
 //! Process properties a child takes from its seed (zdtm style: our own C
 //! program, tests/programs/props.c, reports its state after a resume on
-//! another host): umask and every resource limit, in a container and
-//! without one. The program's address space and data limits sit a little
+//! another host): umask, every resource limit, oom_score_adj, dumpable
+//! state, THP setting, personality and child-subreaper flag, in a container
+//! and without one. The program's address space and data limits sit a little
 //! above what it uses, so a restore that applied them before mapping the
 //! seed's layout would fail.
 
@@ -10,6 +11,9 @@
 mod common;
 
 use common::*;
+
+/// A personality flag the seed adds (`sys/personality.h`).
+const ADDR_COMPAT_LAYOUT: u32 = 0x0200000;
 
 const INPUT: &str = "report\ncreate\nalloc\nexit\n";
 
@@ -24,20 +28,23 @@ fn properties_carried(name: &str, extra: &[&str]) {
     let expected = parent.finish(STEP);
     assert_eq!(expected.code(), Some(0), "{expected}");
     // What the seed set is what it reports (the test cannot pass on two equally wrong reports).
-    for line in ["umask 0027\n", "limit 7 200 300\n", "limit 4 4096 1048576\n", "limit 12 100000 200000\n", "create mode 0640\n", "alloc refused\n"] {
+    for line in ["umask 0027\n", "limit 7 200 300\n", "limit 4 4096 1048576\n", "limit 12 100000 200000\n", "create mode 0640\n", "alloc refused\n",
+        "oom_score_adj 500\n", "dumpable 0\n", "thp_disable 1\n", "subreaper 1\n"] {
         assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
     }
+    let personality = expected.stdout.lines().find_map(|l| l.strip_prefix("personality 0x")).and_then(|p| u32::from_str_radix(p, 16).ok());
+    assert!(personality.is_some_and(|p| p & ADDR_COMPAT_LAYOUT != 0), "the seed reports its personality: {expected}");
     assert_eq!(out.stdout, expected.stdout, "the child's properties differ from its seed's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(!out.stderr.contains("warning"), "no limit had to be kept lower: {out}");
 }
 
 #[test]
-fn umask_and_resource_limits_in_a_container() {
+fn process_properties_in_a_container() {
     properties_carried("props-ct", &[]);
 }
 
 #[test]
-fn umask_and_resource_limits_without_a_container() {
+fn process_properties_without_a_container() {
     properties_carried("props-noct", &["--no-container"]);
 }

@@ -8,7 +8,9 @@
 //! credentials (by paths without symbolic links, and only if they are the
 //! objects recorded at prepare), enters its container, sets the seed's
 //! signal dispositions, credentials, resource limits (but those of
-//! [`LIMITS_SET_BY_RESTORE`]) and umask, reports on its ready descriptor and
+//! [`LIMITS_SET_BY_RESTORE`]), umask, dumpable state, THP setting and
+//! child-subreaper flag (personality and oom_score_adj are the restore's),
+//! reports on its ready descriptor and
 //! parks in `pause()` with every signal blocked, waiting for the daemon's
 //! ptrace. On failure it exits with a [`PrologueExit`] code, having first
 //! reported a [`FileFailure`] when a file was the cause.
@@ -52,7 +54,7 @@ pub enum PrologueExit {
     Credentials = 96,
     Container = 97,
     FileChanged = 98,
-    Limits = 99,
+    Properties = 99,
 }
 
 /// Resource limits the prologue leaves alone: the restore sets them once the
@@ -99,7 +101,7 @@ impl PrologueExit {
             96 => "could not take the seed's credentials",
             97 => "could not enter its container",
             98 => "one of the seed's files was replaced between the check and the open (refused)",
-            99 => "could not set the seed's resource limits",
+            99 => "could not set the seed's resource limits or process flags",
             _ => return None,
         })
     }
@@ -405,10 +407,21 @@ impl Prologue {
         // close it (the kernel checks limits when a resource is taken).
         for l in &self.properties.rlimits {
             if !LIMITS_SET_BY_RESTORE.contains(&l.resource) && set_limit_or_warn(l.resource, l.soft, l.hard, 2).is_err() {
-                fail(PrologueExit::Limits);
+                fail(PrologueExit::Properties);
             }
         }
         after_fork::set_umask(self.properties.umask);
+        // After the credentials, which reset it. The kernel does not let a
+        // process set 2 (dumpable by root only): such a seed's child is not
+        // dumpable at all, which keeps it from its user just the same.
+        let p = &self.properties;
+        let dumpable = if p.dumpable == 1 { 1 } else { 0 };
+        if after_fork::set_dumpable(dumpable).is_err()
+            || after_fork::set_thp_disabled(p.thp_disabled).is_err()
+            || after_fork::set_child_subreaper(p.child_subreaper).is_err()
+        {
+            fail(PrologueExit::Properties);
+        }
         let _ = after_fork::write_all(ready, &[1]);
         after_fork::close(ready);
         after_fork::park()
@@ -466,7 +479,7 @@ mod tests {
             actions: vec![],
             credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3] }),
             container: Some(ContainerEntry { join_flags: libc::CLONE_NEWNS, hostname: Some(c"h".to_owned()) }),
-            properties: ProcessProperties { umask: 0o27, rlimits: vec![] },
+            properties: ProcessProperties { umask: 0o27, dumpable: 1, ..ProcessProperties::default() },
         };
         let back: Prologue = postcard::from_bytes(&postcard::to_stdvec(&p).unwrap()).unwrap();
         assert_eq!((back.parent, back.plan.uffd_fd, back.credentials.unwrap().groups), (7, 3, vec![3]));

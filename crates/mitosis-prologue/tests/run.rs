@@ -39,6 +39,12 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
                 // Left to the restore: the child keeps the forker's.
                 ResourceLimit { resource: libc::RLIMIT_AS, soft: 1 << 20, hard: 1 << 20 },
             ],
+            dumpable: 1,
+            thp_disabled: true,
+            child_subreaper: true,
+            // The restore's: the child keeps the forker's.
+            oom_score_adj: 300,
+            personality: 0x0040000,
         },
     }
 }
@@ -105,6 +111,7 @@ fn parks_with_the_seeds_descriptors_and_cwd(dir: &Path) {
     // The seed's umask and limits, also one (NOFILE 5) below a descriptor
     // it holds (6); the address space limit is the forker's.
     assert!(status.contains("Umask:\t0027\n"), "{status}");
+    assert!(status.contains("THP_enabled:\t0\n"), "{status}");
     assert_eq!(limits[libc::RLIMIT_CORE as usize], (libc::RLIMIT_CORE, 4096, 8192));
     assert_eq!(limits[libc::RLIMIT_NOFILE as usize], (libc::RLIMIT_NOFILE, 5, 64));
     let own = mitosis_sys::rlimit::prlimit(0, libc::RLIMIT_AS).unwrap();

@@ -275,14 +275,36 @@ pub struct ProcessProperties {
     pub umask: u32,
     /// Every resource limit of the seed, each resource once.
     pub rlimits: Vec<ResourceLimit>,
+    /// `/proc/PID/oom_score_adj`, -1000 to 1000.
+    pub oom_score_adj: i32,
+    /// `PR_GET_DUMPABLE`: 0 (not dumpable), 1 (dumpable) or 2 (dumpable by
+    /// root only: what a credential change leaves under `fs.suid_dumpable` 2).
+    pub dumpable: u32,
+    /// `PR_SET_THP_DISABLE` is in force (`/proc/PID/status` `THP_enabled: 0`).
+    pub thp_disabled: bool,
+    /// `personality(2)` (`/proc/PID/personality`); never `0xffffffff`,
+    /// which asks for the current one.
+    pub personality: u32,
+    /// `PR_SET_CHILD_SUBREAPER` is in force.
+    pub child_subreaper: bool,
 }
 
 impl ProcessProperties {
-    /// Checks the umask's range and that each limit names a known resource
-    /// once, with its soft limit at most its hard limit.
+    /// Checks the ranges of the umask, oom_score_adj, dumpable state and
+    /// personality, and that each limit names a known resource once, with
+    /// its soft limit at most its hard limit.
     pub fn validate(&self) -> Result<(), String> {
         if self.umask > 0o777 {
             return Err(format!("umask {:#o} has bits outside 0o777", self.umask));
+        }
+        if !(-1000..=1000).contains(&self.oom_score_adj) {
+            return Err(format!("oom_score_adj {} is outside -1000..=1000", self.oom_score_adj));
+        }
+        if self.dumpable > 2 {
+            return Err(format!("dumpable state {} is not 0, 1 or 2", self.dumpable));
+        }
+        if self.personality == u32::MAX {
+            return Err("personality 0xffffffff is a query, not a personality".into());
         }
         let mut seen = 0u32;
         for l in &self.rlimits {
@@ -437,6 +459,11 @@ mod tests {
             properties: ProcessProperties {
                 umask: 0o022,
                 rlimits: vec![ResourceLimit { resource: 7, soft: 1024, hard: 4096 }, ResourceLimit { resource: 4, soft: 0, hard: RLIM_INFINITY }],
+                oom_score_adj: -500,
+                dumpable: 1,
+                thp_disabled: true,
+                personality: 0x0040000,
+                child_subreaper: true,
             },
         }
     }
@@ -473,6 +500,15 @@ mod tests {
         let mut umask = image();
         umask.properties.umask = 0o1022;
         assert!(umask.validate().unwrap_err().contains("umask"));
+        let mut oom = image();
+        oom.properties.oom_score_adj = 1001;
+        assert!(oom.validate().unwrap_err().contains("oom_score_adj"));
+        let mut dumpable = image();
+        dumpable.properties.dumpable = 3;
+        assert!(dumpable.validate().unwrap_err().contains("dumpable"));
+        let mut persona = image();
+        persona.properties.personality = u32::MAX;
+        assert!(persona.validate().unwrap_err().contains("personality"));
         let mut limits = image();
         limits.properties.rlimits[1].resource = RLIMIT_COUNT;
         assert!(limits.validate().unwrap_err().contains("not a known resource"));

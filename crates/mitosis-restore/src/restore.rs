@@ -122,6 +122,13 @@ pub fn restore(
 
     let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
     set_layout_limits(&tracee, &base, gadget, &mem, blob_addr, pid, image)?;
+    // After the layout too: READ_IMPLIES_EXEC would add PROT_EXEC to the
+    // restore's own mappings.
+    let r = tracee
+        .inject_syscall(&base, gadget, libc::SYS_personality, &[u64::from(image.properties.personality)], no_events)
+        .map_err(RestoreError::sys("setting the seed's personality"))?;
+    check(r, "setting the seed's personality")?;
+    set_oom_score_adj(pid, image.properties.oom_score_adj)?;
     let r = tracee
         .inject_syscall(&base, gadget, libc::SYS_close, &[plan.prologue.uffd_fd as u64], no_events)
         .map_err(RestoreError::sys("closing the child's userfaultfd"))?;
@@ -191,6 +198,27 @@ fn set_layout_limits(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, s
         check(set(l.resource, l.soft.min(own_hard), own_hard)?, &format!("setting the seed's {name}"))?;
     }
     Ok(())
+}
+
+/// Gives child `pid` the seed's oom_score_adj (from the daemon: the child
+/// may be neither dumpable nor able to open its own /proc). Lowering it
+/// below the lowest value a privileged process set needs
+/// `CAP_SYS_RESOURCE` (EACCES): the rule of the resource limits, the child
+/// keeps its own, with a warning in the log.
+fn set_oom_score_adj(pid: i32, value: i32) -> Result<(), RestoreError> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    match std::fs::write(&path, value.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let own = std::fs::read_to_string(&path).unwrap_or_default();
+            tracing::warn!(pid, seed = value, kept = own.trim(), "the seed's oom_score_adj is below what the child may set: it keeps its own");
+            Ok(())
+        }
+        Err(e) => Err(RestoreError::Sys {
+            step: "setting the seed's oom_score_adj".into(),
+            source: SysError::new("write oom_score_adj", e.raw_os_error().unwrap_or(libc::EIO)),
+        }),
+    }
 }
 
 /// Where process `pid` has its vDSO block (start, end).

@@ -448,6 +448,38 @@ pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<LimitSet> {
     }
 }
 
+/// Sets whether this process is dumpable (`PR_SET_DUMPABLE`: 0 or 1; the
+/// kernel refuses 2, which only a credential change under
+/// `fs.suid_dumpable` 2 gives). A change of effective ids resets it, so it
+/// is set after them.
+pub fn set_dumpable(dumpable: u32) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(dumpable), 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_DUMPABLE)"));
+    }
+    Ok(())
+}
+
+/// Disables transparent huge pages for this process (`PR_SET_THP_DISABLE`
+/// 1) or enables them again (0); children inherit it.
+pub fn set_thp_disabled(disabled: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(disabled), 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_THP_DISABLE)"));
+    }
+    Ok(())
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): its
+/// orphaned descendants are reparented to it instead of to init.
+pub fn set_child_subreaper(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on), 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_CHILD_SUBREAPER)"));
+    }
+    Ok(())
+}
+
 /// Waits forever (`pause` in a loop), for a process that something else
 /// takes over (a ptrace) or kills.
 pub fn park() -> ! {
@@ -635,6 +667,36 @@ mod tests {
         assert!(status.contains("Umask:\t0027\n"), "{status}");
         let core_limits = crate::procfs::parse_limits(&limits).unwrap()[core as usize];
         assert_eq!(core_limits, if may_raise { (core, 3000, 9000) } else { (core, 2000, 2000) });
+    }
+
+    #[test]
+    fn prctl_flags_in_a_forked_child() {
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut subreaper: libc::c_int = 0;
+            let set = set_dumpable(0).is_ok() && set_thp_disabled(true).is_ok() && set_child_subreaper(true).is_ok();
+            // SAFETY: test only: PR_GET_CHILD_SUBREAPER writes one int to `subreaper`; the others take no pointer.
+            let ok = set
+                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 0
+                && unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } == 1
+                && unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int, 0, 0, 0) } == 0
+                && subreaper == 1
+                && set_dumpable(2).is_err()
+                && set_dumpable(1).is_ok()
+                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 1;
+            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
+            park();
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        assert_eq!(&byte, b"y");
+        assert_eq!(crate::procfs::parse_status(&status).thp_enabled, Some(false));
     }
 
     #[test]

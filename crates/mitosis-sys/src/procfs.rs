@@ -76,6 +76,8 @@ pub struct Status {
     pub ns_pid: i32,
     /// File mode creation mask (`Umask`, octal; Linux 4.7 and later).
     pub umask: Option<u32>,
+    /// `THP_enabled`: false when `PR_SET_THP_DISABLE` is in force (Linux 5.0 and later).
+    pub thp_enabled: Option<bool>,
 }
 
 pub fn parse_status(text: &str) -> Status {
@@ -106,6 +108,7 @@ pub fn parse_status(text: &str) -> Status {
             "VmRSS" => s.rss_kb = first().parse().unwrap_or(0),
             "NSpid" => s.ns_pid = v.split_whitespace().last().and_then(|x| x.parse().ok()).unwrap_or(0),
             "Umask" => s.umask = u32::from_str_radix(v, 8).ok(),
+            "THP_enabled" => s.thp_enabled = v.parse::<u8>().ok().map(|x| x != 0),
             _ => {}
         }
     }
@@ -249,6 +252,8 @@ mod tests {
         assert_eq!(s.rss_kb, 1234);
         assert_eq!(s.umask, None, "no Umask line");
         assert_eq!(parse_status("Umask:\t0027\n").umask, Some(0o027));
+        assert_eq!(parse_status("THP_enabled:\t0\n").thp_enabled, Some(false));
+        assert_eq!(s.thp_enabled, None);
     }
 
     #[test]

@@ -1,14 +1,19 @@
-/* Process properties across a remote fork: umask and resource limits.
+/* Process properties across a remote fork.
  *
  *   props     sets umask 0027; lowers RLIMIT_NOFILE (soft and hard),
  *             RLIMIT_CORE, RLIMIT_STACK (soft), RLIMIT_NPROC (soft),
  *             RLIMIT_MSGQUEUE, RLIMIT_FSIZE (soft), RLIMIT_DATA and
  *             RLIMIT_AS (both to a little above what it uses now, so that a
  *             restore that set them before mapping the seed would fail);
- *             prints "ready <pid>" and answers stdin lines:
+ *             raises oom_score_adj to 500; makes itself not dumpable,
+ *             disables THP, adds ADDR_COMPAT_LAYOUT to its personality and
+ *             becomes a child subreaper; prints "ready <pid>" and answers
+ *             stdin lines:
  *
  *   report    "umask <octal>", then "limit <resource> <soft> <hard>" for
- *             every resource 0-15 (-1 for unlimited), then "report done"
+ *             every resource 0-15 (-1 for unlimited), "oom_score_adj <n>",
+ *             "dumpable <n>", "thp_disable <n>", "personality <hex>",
+ *             "subreaper <n>", then "report done"
  *   create    creates /dev/shm/mitosis-props-<pid> with mode 0666, prints
  *             "create mode <octal>" (what the umask left), removes it
  *   alloc     maps 256 MiB: "alloc refused" (the address space limit holds)
@@ -21,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -59,6 +66,13 @@ int main(void) {
         perror("setrlimit");
         return 1;
     }
+    FILE *oom = fopen("/proc/self/oom_score_adj", "w");
+    if (!oom || fprintf(oom, "500\n") < 0 || fclose(oom) || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) ||
+        prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) || personality(personality(0xffffffff) | ADDR_COMPAT_LAYOUT) < 0 ||
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) {
+        perror("process flags");
+        return 1;
+    }
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -73,6 +87,17 @@ int main(void) {
                 if (getrlimit(r, &l)) printf("limit %d error\n", r);
                 else printf("limit %d %lld %lld\n", r, shown(l.rlim_cur), shown(l.rlim_max));
             }
+            char oom[32] = "";
+            FILE *f = fopen("/proc/self/oom_score_adj", "r");
+            if (!f || !fgets(oom, sizeof oom, f)) strcpy(oom, "unreadable\n");
+            if (f) fclose(f);
+            int subreaper = -1;
+            prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0);
+            printf("oom_score_adj %s", oom);
+            printf("dumpable %d\n", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+            printf("thp_disable %d\n", prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0));
+            printf("personality %#x\n", personality(0xffffffff));
+            printf("subreaper %d\n", subreaper);
             printf("report done\n");
         } else if (!strcmp(line, "create")) {
             char path[64];
