@@ -1,7 +1,7 @@
 /* Process properties across a remote fork.
  *
  *   props     sets umask 0027; lowers RLIMIT_NOFILE (soft and hard),
- *             RLIMIT_CORE, RLIMIT_STACK (soft), RLIMIT_NPROC (soft),
+ *             RLIMIT_CORE, RLIMIT_STACK (4 MiB, 64 MiB), RLIMIT_NPROC (soft),
  *             RLIMIT_MSGQUEUE, RLIMIT_FSIZE (soft), RLIMIT_DATA and
  *             RLIMIT_AS (both to a little above what it uses now, so that a
  *             restore that set them before mapping the seed would fail);
@@ -60,7 +60,7 @@ int main(void) {
     const rlim_t slack = 64ull << 20;
     rlim_t as = (status_kb("VmSize:") << 10) + slack;
     rlim_t data = (status_kb("VmData:") << 10) + slack;
-    if (lower(RLIMIT_NOFILE, 200, 300) || lower(RLIMIT_CORE, 4096, 1 << 20) || lower(RLIMIT_STACK, 4 << 20, 0) ||
+    if (lower(RLIMIT_NOFILE, 200, 300) || lower(RLIMIT_CORE, 4096, 1 << 20) || lower(RLIMIT_STACK, 4 << 20, 64 << 20) ||
         lower(RLIMIT_NPROC, 4000, 0) || lower(RLIMIT_MSGQUEUE, 100000, 200000) || lower(RLIMIT_FSIZE, 1ull << 30, 0) ||
         lower(RLIMIT_DATA, data, data + slack) || lower(RLIMIT_AS, as, as + slack)) {
         perror("setrlimit");
