@@ -15,7 +15,8 @@ use mitosis_proto::auth::{client_handshake, refuse_busy, server_handshake, Clust
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, MmFields, OpenFile, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind, USER_REGS_WORDS,
+    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, Vma,
+    VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
     runtime_frame, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, InstanceUsage, Phase, SeedUsage, WorkerUsage,
@@ -112,6 +113,18 @@ fn image() -> SeedImage {
         robust_list: (0x60_0200, 24),
         tid_address: 0x60_0300,
         altstack: (0, 2, 0),
+        properties: ProcessProperties {
+            umask: 0o027,
+            rlimits: vec![
+                ResourceLimit { resource: 3, soft: 8 << 20, hard: RLIM_INFINITY },
+                ResourceLimit { resource: 7, soft: 64, hard: 128 },
+            ],
+            oom_score_adj: 300,
+            dumpable: 1,
+            thp_disabled: true,
+            personality: 0x0040000,
+            child_subreaper: true,
+        },
     }
 }
 

@@ -36,7 +36,8 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    IdentityMatch, MmFields, Prot, Registers, SeedImage, SigAction, SignalState, Vma, VmaKind,
+    IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, Vma,
+    VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
 use mitosis_sys::ptrace::{idx, Stop, Tracee};
@@ -195,6 +196,14 @@ fn capture_stopped(
     let w = query(libc::SYS_sigaltstack, &[0, scratch], "reading the alternate signal stack")?;
     // ss_flags is an int in the low half of its word (SS_AUTODISARM is its sign bit).
     let altstack = (w[0], i32::from_ne_bytes(u32::try_from(w[1] & 0xffff_ffff).unwrap_or(0).to_ne_bytes()), w[2]);
+    // Neither is in /proc.
+    let subreaper = query(libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, scratch], "reading the child subreaper flag")?;
+    let child_subreaper = subreaper[0] & 0xffff_ffff != 0;
+    let dumpable = tracee
+        .inject_syscall(&regs, gadget, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64], no_events)
+        .map_err(CaptureError::sys("reading the dumpable state"))?;
+    let dumpable = u32::try_from(dumpable)
+        .map_err(|_| CaptureError::Sys { step: "reading the dumpable state", source: SysError::new("injected syscall", errno_of(dumpable)) })?;
     let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
     mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
     let robust_list = mitosis_sys::process::robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
@@ -260,6 +269,7 @@ fn capture_stopped(
     step("written file pages found");
     let (files, closed_fds) = files::open_files(pid);
     step("open files read");
+    let properties = process_properties(pid, dumpable, child_subreaper)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(str::to_string))
@@ -310,11 +320,36 @@ fn capture_stopped(
         robust_list,
         tid_address,
         altstack,
+        properties,
     };
     step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }
 
+
+/// The stopped target's umask, resource limits, oom_score_adj, THP and
+/// personality settings from /proc (its status is read again here: the one
+/// read before the stop may be older than the prepare instant), with the
+/// `dumpable` state and `child_subreaper` flag it answered to injected calls.
+fn process_properties(pid: i32, dumpable: u32, child_subreaper: bool) -> Result<ProcessProperties, CaptureError> {
+    let unsupported = |what: &str| CaptureError::Unsupported { pid, what: what.to_string() };
+    let status = procfs::parse_status(&read_proc(pid, "status")?);
+    let umask = status.umask.ok_or_else(|| unsupported("its /proc status has no Umask line (Linux 4.7 or later is needed)"))?;
+    let thp_enabled =
+        status.thp_enabled.ok_or_else(|| unsupported("its /proc status has no THP_enabled line (Linux 5.0 or later is needed)"))?;
+    let oom_score_adj = read_proc(pid, "oom_score_adj")?
+        .trim()
+        .parse()
+        .map_err(|_| unsupported("its oom_score_adj cannot be parsed"))?;
+    let personality = u32::from_str_radix(read_proc(pid, "personality")?.trim(), 16)
+        .map_err(|_| unsupported("its personality cannot be parsed"))?;
+    let rlimits = mitosis_sys::rlimit::of_process(pid)
+        .map_err(CaptureError::sys("reading the resource limits"))?
+        .into_iter()
+        .map(|(resource, soft, hard)| ResourceLimit { resource, soft, hard })
+        .collect();
+    Ok(ProcessProperties { umask, rlimits, oom_score_adj, dumpable, thp_disabled: !thp_enabled, personality, child_subreaper })
+}
 
 /// Sorts the target's mappings into what a child can rebuild.
 fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError> {

@@ -165,7 +165,8 @@ fn self_prepare_through_the_library() {
 #[test]
 fn self_prepare_caller_paused_before_its_read() {
     let Some(c) = Cluster::new("self-prepare-pause") else { return };
-    let prog = compile(&c.dir, "selfprep", &["-O2"]);
+    let version = format!("-DPROTOCOL_VERSION={}", mitosis_proto::PROTOCOL_VERSION);
+    let prog = compile(&c.dir, "selfprep", &["-O2", &version]);
     let sock = c.a.socket().to_str().unwrap().to_string();
     for pause_ms in ["0", "300"] {
         let id = format!("pause{pause_ms}");

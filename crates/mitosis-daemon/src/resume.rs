@@ -552,7 +552,14 @@ fn describe_failure(pidfd: &OwnedFd, e: &RestoreError) -> String {
 }
 
 fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, credentials: Option<Credentials>, container: Option<ContainerEntry>) -> Prologue {
-    Prologue { parent, plan: plan.prologue.clone(), actions: image.signals.actions.clone(), credentials, container }
+    Prologue {
+        parent,
+        plan: plan.prologue.clone(),
+        actions: image.signals.actions.clone(),
+        credentials,
+        container,
+        properties: image.properties.clone(),
+    }
 }
 
 /// The credentials a child takes (`None`: it keeps the daemon's, root, for a

@@ -7,7 +7,10 @@
 //! opens the seed's files and working directory with the seed owner's
 //! credentials (by paths without symbolic links, and only if they are the
 //! objects recorded at prepare), enters its container, sets the seed's
-//! signal dispositions and credentials, reports on its ready descriptor and
+//! signal dispositions, credentials, resource limits (but those of
+//! [`LIMITS_SET_BY_RESTORE`]), umask, dumpable state, THP setting and
+//! child-subreaper flag (personality and oom_score_adj are the restore's),
+//! reports on its ready descriptor and
 //! parks in `pause()` with every signal blocked, waiting for the daemon's
 //! ptrace. On failure it exits with a [`PrologueExit`] code, having first
 //! reported a [`FileFailure`] when a file was the cause.
@@ -34,8 +37,8 @@ use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 
-use mitosis_proto::image::{FileIdentity, IdentityMatch, SigAction};
-use mitosis_sys::after_fork::{self, RawSigaction};
+use mitosis_proto::image::{FileIdentity, IdentityMatch, ProcessProperties, SigAction};
+use mitosis_sys::after_fork::{self, LimitSet, RawSigaction};
 use mitosis_sys::fsid;
 
 /// Exit codes of a failed prologue.
@@ -51,6 +54,39 @@ pub enum PrologueExit {
     Credentials = 96,
     Container = 97,
     FileChanged = 98,
+    Properties = 99,
+}
+
+/// Resource limits the prologue leaves alone: the restore sets them once the
+/// seed's layout is mapped, because they limit the mappings the restore
+/// makes (`RLIMIT_DATA`, `RLIMIT_AS`) or the stack it maps (`RLIMIT_STACK`).
+pub const LIMITS_SET_BY_RESTORE: [u32; 3] = [libc::RLIMIT_DATA, libc::RLIMIT_AS, libc::RLIMIT_STACK];
+
+/// The kernel's name of each resource limit, by number.
+pub const LIMIT_NAMES: [&str; 16] = [
+    "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS", "RLIMIT_NPROC",
+    "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
+];
+
+/// Sets the seed's limit `(resource, soft, hard)` in this process where the
+/// kernel allows it. A hard limit above what this process may set (raising
+/// one needs `CAP_SYS_RESOURCE`) is not a failure: the child keeps the
+/// highest hard limit it has, and `warn` (the resumer's stderr) says so,
+/// because a child that works with less room than its seed is better than no
+/// child, and silence would hide why.
+fn set_limit_or_warn(resource: u32, soft: u64, hard: u64, warn: RawFd) -> Result<(), ()> {
+    match after_fork::set_rlimit(resource, soft, hard) {
+        Ok(LimitSet::Exact) => Ok(()),
+        Ok(LimitSet::HardKept { .. }) => {
+            let name = LIMIT_NAMES.get(resource as usize).copied().unwrap_or("a resource limit");
+            let _ = after_fork::write_all(warn, b"mitosis: warning: the seed's hard limit of ");
+            let _ = after_fork::write_all(warn, name.as_bytes());
+            let _ = after_fork::write_all(warn, b" is above what this child may set (raising it needs CAP_SYS_RESOURCE): it keeps this host's\n");
+            Ok(())
+        }
+        Err(_) => Err(()),
+    }
 }
 
 impl PrologueExit {
@@ -65,6 +101,7 @@ impl PrologueExit {
             96 => "could not take the seed's credentials",
             97 => "could not enter its container",
             98 => "one of the seed's files was replaced between the check and the open (refused)",
+            99 => "could not set the seed's resource limits or process flags",
             _ => return None,
         })
     }
@@ -201,6 +238,8 @@ pub struct Prologue {
     pub actions: Vec<SigAction>,
     pub credentials: Option<Credentials>,
     pub container: Option<ContainerEntry>,
+    /// The seed's umask and resource limits (but [`LIMITS_SET_BY_RESTORE`]).
+    pub properties: ProcessProperties,
 }
 
 fn fail(code: PrologueExit) -> ! {
@@ -362,6 +401,27 @@ impl Prologue {
         // the write on.
         let _ = after_fork::close_range(high, ready - 1);
         let _ = after_fork::close_from(ready + 1);
+        // Limits last, after the credentials (RLIMIT_NPROC counts the
+        // seed's owner's processes) and once only `ready` is left of the
+        // forker's descriptors; a limit below a descriptor in use does not
+        // close it (the kernel checks limits when a resource is taken).
+        for l in &self.properties.rlimits {
+            if !LIMITS_SET_BY_RESTORE.contains(&l.resource) && set_limit_or_warn(l.resource, l.soft, l.hard, 2).is_err() {
+                fail(PrologueExit::Properties);
+            }
+        }
+        after_fork::set_umask(self.properties.umask);
+        // After the credentials, which reset it. The kernel does not let a
+        // process set 2 (dumpable by root only): such a seed's child is not
+        // dumpable at all, which keeps it from its user just the same.
+        let p = &self.properties;
+        let dumpable = if p.dumpable == 1 { 1 } else { 0 };
+        if after_fork::set_dumpable(dumpable).is_err()
+            || after_fork::set_thp_disabled(p.thp_disabled).is_err()
+            || after_fork::set_child_subreaper(p.child_subreaper).is_err()
+        {
+            fail(PrologueExit::Properties);
+        }
         let _ = after_fork::write_all(ready, &[1]);
         after_fork::close(ready);
         after_fork::park()
@@ -419,9 +479,11 @@ mod tests {
             actions: vec![],
             credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3] }),
             container: Some(ContainerEntry { join_flags: libc::CLONE_NEWNS, hostname: Some(c"h".to_owned()) }),
+            properties: ProcessProperties { umask: 0o27, dumpable: 1, ..ProcessProperties::default() },
         };
         let back: Prologue = postcard::from_bytes(&postcard::to_stdvec(&p).unwrap()).unwrap();
         assert_eq!((back.parent, back.plan.uffd_fd, back.credentials.unwrap().groups), (7, 3, vec![3]));
         assert_eq!(back.container.unwrap().hostname.as_deref(), Some(c"h"));
+        assert_eq!(back.properties.umask, 0o27);
     }
 }

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use mitosis_prologue::{identity_from_sys, FileFailure, Prologue, PrologueExit, PrologueFile, PrologueFiles, CWD_INDEX};
-use mitosis_proto::image::IdentityMatch;
+use mitosis_proto::image::{IdentityMatch, ProcessProperties, ResourceLimit};
 use mitosis_sys::process::{fork_single_threaded, Forked};
 use mitosis_sys::{fsid, process};
 
@@ -31,6 +31,21 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
         actions: vec![],
         credentials: None,
         container: None,
+        properties: ProcessProperties {
+            umask: 0o027,
+            rlimits: vec![
+                ResourceLimit { resource: libc::RLIMIT_CORE, soft: 4096, hard: 8192 },
+                ResourceLimit { resource: libc::RLIMIT_NOFILE, soft: 5, hard: 64 },
+                // Left to the restore: the child keeps the forker's.
+                ResourceLimit { resource: libc::RLIMIT_AS, soft: 1 << 20, hard: 1 << 20 },
+            ],
+            dumpable: 1,
+            thp_disabled: true,
+            child_subreaper: true,
+            // The restore's: the child keeps the forker's.
+            oom_score_adj: 300,
+            personality: 0x0040000,
+        },
     }
 }
 
@@ -78,6 +93,7 @@ fn parks_with_the_seeds_descriptors_and_cwd(dir: &Path) {
     let (fd5, fd6, cwd) = (link("fd/5"), link("fd/6"), link("cwd"));
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/5")).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let limits = mitosis_sys::procfs::parse_limits(&std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap()).unwrap();
     let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().map(|e| e.unwrap().file_name()).collect();
     process::kill(pid, libc::SIGKILL).unwrap();
     let end = process::wait_pid(pid).unwrap();
@@ -92,6 +108,14 @@ fn parks_with_the_seeds_descriptors_and_cwd(dir: &Path) {
     assert_eq!(fds, [0, 1, 2, 5, 6]);
     let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap().trim();
     assert_eq!(blocked, "fffffffffffbfeff");
+    // The seed's umask and limits, also one (NOFILE 5) below a descriptor
+    // it holds (6); the address space limit is the forker's.
+    assert!(status.contains("Umask:\t0027\n"), "{status}");
+    assert!(status.contains("THP_enabled:\t0\n"), "{status}");
+    assert_eq!(limits[libc::RLIMIT_CORE as usize], (libc::RLIMIT_CORE, 4096, 8192));
+    assert_eq!(limits[libc::RLIMIT_NOFILE as usize], (libc::RLIMIT_NOFILE, 5, 64));
+    let own = mitosis_sys::rlimit::prlimit(0, libc::RLIMIT_AS).unwrap();
+    assert_eq!(limits[libc::RLIMIT_AS as usize], (libc::RLIMIT_AS, own.0, own.1));
 }
 
 fn refuses(prologue: &Prologue, code: PrologueExit, index: u16, errno: i32) {

@@ -246,6 +246,81 @@ pub struct SeedImage {
     pub tid_address: u64,
     /// Alternate signal stack (`stack_t`: sp, flags, size); flags has `SS_DISABLE` when none.
     pub altstack: (u64, i32, u64),
+    /// Per-process properties a child takes from its seed (umask, resource limits).
+    pub properties: ProcessProperties,
+}
+
+/// Number of resource limits Linux has (`RLIM_NLIMITS`: `RLIMIT_CPU` = 0 to
+/// `RLIMIT_RTTIME` = 15).
+pub const RLIMIT_COUNT: u32 = 16;
+
+/// `RLIM_INFINITY`: no limit.
+pub const RLIM_INFINITY: u64 = u64::MAX;
+
+/// One resource limit of the seed (`struct rlimit64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimit {
+    /// `RLIMIT_*` number, below [`RLIMIT_COUNT`].
+    pub resource: u32,
+    /// Soft limit ([`RLIM_INFINITY`] for none), at most `hard`.
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Process-wide properties of the seed that are not memory, registers,
+/// signals or files, captured at prepare and set in each child.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessProperties {
+    /// File mode creation mask (`/proc/PID/status` `Umask:`), at most `0o777`.
+    pub umask: u32,
+    /// Every resource limit of the seed, each resource once.
+    pub rlimits: Vec<ResourceLimit>,
+    /// `/proc/PID/oom_score_adj`, -1000 to 1000.
+    pub oom_score_adj: i32,
+    /// `PR_GET_DUMPABLE`: 0 (not dumpable), 1 (dumpable) or 2 (dumpable by
+    /// root only: what a credential change leaves under `fs.suid_dumpable` 2).
+    pub dumpable: u32,
+    /// `PR_SET_THP_DISABLE` is in force (`/proc/PID/status` `THP_enabled: 0`).
+    pub thp_disabled: bool,
+    /// `personality(2)` (`/proc/PID/personality`); never `0xffffffff`,
+    /// which asks for the current one.
+    pub personality: u32,
+    /// `PR_SET_CHILD_SUBREAPER` is in force.
+    pub child_subreaper: bool,
+}
+
+impl ProcessProperties {
+    /// Checks the ranges of the umask, oom_score_adj, dumpable state and
+    /// personality, and that each limit names a known resource once, with
+    /// its soft limit at most its hard limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.umask > 0o777 {
+            return Err(format!("umask {:#o} has bits outside 0o777", self.umask));
+        }
+        if !(-1000..=1000).contains(&self.oom_score_adj) {
+            return Err(format!("oom_score_adj {} is outside -1000..=1000", self.oom_score_adj));
+        }
+        if self.dumpable > 2 {
+            return Err(format!("dumpable state {} is not 0, 1 or 2", self.dumpable));
+        }
+        if self.personality == u32::MAX {
+            return Err("personality 0xffffffff is a query, not a personality".into());
+        }
+        let mut seen = 0u32;
+        for l in &self.rlimits {
+            if l.resource >= RLIMIT_COUNT {
+                return Err(format!("resource limit {} is not a known resource", l.resource));
+            }
+            if seen & (1 << l.resource) != 0 {
+                return Err(format!("resource limit {} is listed twice", l.resource));
+            }
+            seen |= 1 << l.resource;
+            if l.soft > l.hard {
+                return Err(format!("resource limit {} has a soft limit {} above its hard limit {}", l.resource, l.soft, l.hard));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SeedImage {
@@ -262,7 +337,8 @@ impl SeedImage {
     /// [`validate_seed_id`]; mappings are page aligned, not empty, in
     /// ascending order and do not overlap; written runs are page aligned,
     /// not empty and inside their mapping; descriptors are distinct and
-    /// between 0 and `i32::MAX - 1`; a reply slot does not wrap around.
+    /// between 0 and `i32::MAX - 1`; a reply slot does not wrap around; the
+    /// process properties pass [`ProcessProperties::validate`].
     pub fn validate(&self) -> Result<(), String> {
         validate_seed_id(&self.id)?;
         let mut previous_end = 0u64;
@@ -294,7 +370,7 @@ impl SeedImage {
                 return Err(format!("the reply slot {:#x}+{:#x} wraps around", slot.addr, slot.len));
             }
         }
-        Ok(())
+        self.properties.validate()
     }
 }
 
@@ -380,6 +456,15 @@ mod tests {
             robust_list: (0, 0),
             tid_address: 0,
             altstack: (0, 0, 0),
+            properties: ProcessProperties {
+                umask: 0o022,
+                rlimits: vec![ResourceLimit { resource: 7, soft: 1024, hard: 4096 }, ResourceLimit { resource: 4, soft: 0, hard: RLIM_INFINITY }],
+                oom_score_adj: -500,
+                dumpable: 1,
+                thp_disabled: true,
+                personality: 0x0040000,
+                child_subreaper: true,
+            },
         }
     }
 
@@ -412,6 +497,25 @@ mod tests {
         let mut id = image();
         id.id = "a/b".into();
         assert!(id.validate().is_err());
+        let mut umask = image();
+        umask.properties.umask = 0o1022;
+        assert!(umask.validate().unwrap_err().contains("umask"));
+        let mut oom = image();
+        oom.properties.oom_score_adj = 1001;
+        assert!(oom.validate().unwrap_err().contains("oom_score_adj"));
+        let mut dumpable = image();
+        dumpable.properties.dumpable = 3;
+        assert!(dumpable.validate().unwrap_err().contains("dumpable"));
+        let mut persona = image();
+        persona.properties.personality = u32::MAX;
+        assert!(persona.validate().unwrap_err().contains("personality"));
+        let mut limits = image();
+        limits.properties.rlimits[1].resource = RLIMIT_COUNT;
+        assert!(limits.validate().unwrap_err().contains("not a known resource"));
+        limits.properties.rlimits[1].resource = 7;
+        assert!(limits.validate().unwrap_err().contains("twice"));
+        limits.properties.rlimits[1] = ResourceLimit { resource: 3, soft: 9, hard: 8 };
+        assert!(limits.validate().unwrap_err().contains("above its hard limit"));
     }
 
     #[test]

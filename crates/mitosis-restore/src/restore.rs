@@ -10,6 +10,7 @@ use mitosis_sys::vdso::VdsoInfo;
 use mitosis_sys::{pidfd, SysError, PAGE};
 
 use crate::plan::{Placement, RestorePlan};
+use crate::prologue::{LIMITS_SET_BY_RESTORE, LIMIT_NAMES};
 use mitosis_sys::runner::{self as stub, Table, ENTRY};
 use crate::RestoreError;
 
@@ -120,6 +121,14 @@ pub fn restore(
     start_pager(uffd, remote)?;
 
     let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
+    set_layout_limits(&tracee, &base, gadget, &mem, blob_addr, pid, image)?;
+    // After the layout too: READ_IMPLIES_EXEC would add PROT_EXEC to the
+    // restore's own mappings.
+    let r = tracee
+        .inject_syscall(&base, gadget, libc::SYS_personality, &[u64::from(image.properties.personality)], no_events)
+        .map_err(RestoreError::sys("setting the seed's personality"))?;
+    check(r, "setting the seed's personality")?;
+    set_oom_score_adj(pid, image.properties.oom_score_adj)?;
     let r = tracee
         .inject_syscall(&base, gadget, libc::SYS_close, &[plan.prologue.uffd_fd as u64], no_events)
         .map_err(RestoreError::sys("closing the child's userfaultfd"))?;
@@ -153,6 +162,63 @@ pub fn restore(
     tracee.set_sigmask(image.signals.blocked).map_err(RestoreError::sys("setting the seed's signal mask"))?;
     tracee.detach(0).map_err(RestoreError::sys("starting the child"))?;
     Ok(())
+}
+
+/// Sets the seed's limits of [`LIMITS_SET_BY_RESTORE`] in the child, now
+/// that its layout is mapped and nothing more will be (a lower address
+/// space, data or stack limit must not refuse the restore's own mappings).
+/// `slot` is scratch memory of the child for the `struct rlimit64`. The
+/// rule is the prologue's: a hard limit the child may not raise to stays
+/// the child's own (the highest allowed), with a warning in the log.
+fn set_layout_limits(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, slot: u64, pid: i32, image: &SeedImage) -> Result<(), RestoreError> {
+    let no_events = |_: &Tracee, _: i32| Ok(());
+    let set = |resource: u32, soft: u64, hard: u64| -> Result<i64, RestoreError> {
+        let step = || format!("setting the seed's {}", LIMIT_NAMES[resource as usize]);
+        let mut bytes = soft.to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&hard.to_ne_bytes());
+        mem.write_all_at(&bytes, slot).map_err(RestoreError::sys(step()))?;
+        tracee
+            .inject_syscall(base, gadget, libc::SYS_prlimit64, &[0, u64::from(resource), slot, 0], no_events)
+            .map_err(RestoreError::sys(step()))
+    };
+    for l in image.properties.rlimits.iter().filter(|l| LIMITS_SET_BY_RESTORE.contains(&l.resource)) {
+        let name = LIMIT_NAMES[l.resource as usize];
+        let r = set(l.resource, l.soft, l.hard)?;
+        if r != -i64::from(libc::EPERM) {
+            check(r, &format!("setting the seed's {name}"))?;
+            continue;
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(|e| RestoreError::ChildDied(e.to_string()))?;
+        let own = mitosis_sys::procfs::parse_limits(&text).map_err(RestoreError::Incompatible)?;
+        let (_, _, own_hard) = own[l.resource as usize];
+        if l.hard <= own_hard {
+            check(r, &format!("setting the seed's {name}"))?;
+        }
+        tracing::warn!(pid, seed_hard = l.hard, kept_hard = own_hard, "the seed's hard {name} is above what the child may set: it keeps its own");
+        check(set(l.resource, l.soft.min(own_hard), own_hard)?, &format!("setting the seed's {name}"))?;
+    }
+    Ok(())
+}
+
+/// Gives child `pid` the seed's oom_score_adj (from the daemon: the child
+/// may be neither dumpable nor able to open its own /proc). Lowering it
+/// below the lowest value a privileged process set needs
+/// `CAP_SYS_RESOURCE` (EACCES): the rule of the resource limits, the child
+/// keeps its own, with a warning in the log.
+fn set_oom_score_adj(pid: i32, value: i32) -> Result<(), RestoreError> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    match std::fs::write(&path, value.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let own = std::fs::read_to_string(&path).unwrap_or_default();
+            tracing::warn!(pid, seed = value, kept = own.trim(), "the seed's oom_score_adj is below what the child may set: it keeps its own");
+            Ok(())
+        }
+        Err(e) => Err(RestoreError::Sys {
+            step: "setting the seed's oom_score_adj".into(),
+            source: SysError::new("write oom_score_adj", e.raw_os_error().unwrap_or(libc::EIO)),
+        }),
+    }
 }
 
 /// Where process `pid` has its vDSO block (start, end).

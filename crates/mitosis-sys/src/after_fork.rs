@@ -397,6 +397,89 @@ pub fn unregister_rseq() -> Result<()> {
     Err(last)
 }
 
+/// Sets this process's file mode creation mask (`umask`; only the
+/// permission bits, `0o777`, count). Cannot fail.
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask takes an integer and touches no memory.
+    unsafe { libc::umask(mask & 0o777) };
+}
+
+/// What [`set_rlimit`] set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSet {
+    /// Exactly the limits asked for.
+    Exact,
+    /// The hard limit asked for is above what this process may set (raising
+    /// a hard limit needs `CAP_SYS_RESOURCE`, and `RLIMIT_NOFILE` never goes
+    /// above the kernel's `nr_open`): the hard limit stayed as it was, the
+    /// highest allowed, and the soft limit is the one asked for or that.
+    HardKept { hard: u64 },
+}
+
+/// Sets this process's `resource` limit to (`soft`, `hard`), `soft <= hard`
+/// (`prlimit64` on itself). When the kernel refuses the hard limit (EPERM),
+/// keeps the current hard limit and sets the soft limit at most to it
+/// ([`LimitSet::HardKept`]): the highest limits this process may have.
+/// Lowering a limit below what is in use (open descriptors, mapped memory)
+/// succeeds: the kernel checks limits when a resource is taken, not here.
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<LimitSet> {
+    let set = |soft: u64, hard: u64| {
+        let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: `new` is a valid rlimit64 the kernel only reads; no old limit is asked for.
+        let r = unsafe { libc::syscall(libc::SYS_prlimit64, 0, resource, &new as *const libc::rlimit64, std::ptr::null_mut::<libc::rlimit64>()) };
+        if r != 0 {
+            return Err(SysError::last("prlimit64"));
+        }
+        Ok(())
+    };
+    match set(soft, hard) {
+        Ok(()) => Ok(LimitSet::Exact),
+        Err(e) if e.errno == libc::EPERM => {
+            let mut now = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: no new limit; `now` is a valid, writable rlimit64.
+            let r = unsafe { libc::syscall(libc::SYS_prlimit64, 0, resource, std::ptr::null::<libc::rlimit64>(), &mut now as *mut libc::rlimit64) };
+            if r != 0 || hard <= now.rlim_max {
+                return Err(e);
+            }
+            set(soft.min(now.rlim_max), now.rlim_max)?;
+            Ok(LimitSet::HardKept { hard: now.rlim_max })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets whether this process is dumpable (`PR_SET_DUMPABLE`: 0 or 1; the
+/// kernel refuses 2, which only a credential change under
+/// `fs.suid_dumpable` 2 gives). A change of effective ids resets it, so it
+/// is set after them.
+pub fn set_dumpable(dumpable: u32) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(dumpable), 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_DUMPABLE)"));
+    }
+    Ok(())
+}
+
+/// Disables transparent huge pages for this process (`PR_SET_THP_DISABLE`
+/// 1) or enables them again (0); children inherit it.
+pub fn set_thp_disabled(disabled: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(disabled), 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_THP_DISABLE)"));
+    }
+    Ok(())
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): its
+/// orphaned descendants are reparented to it instead of to init.
+pub fn set_child_subreaper(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on), 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_CHILD_SUBREAPER)"));
+    }
+    Ok(())
+}
+
 /// Waits forever (`pause` in a loop), for a process that something else
 /// takes over (a ptrace) or kills.
 pub fn park() -> ! {
@@ -551,6 +634,69 @@ mod tests {
         assert_eq!(blocked, !((1 << 8) | (1 << 18)));
         assert_ne!(ignored & (1 << (libc::SIGUSR1 - 1)), 0);
         assert_eq!(cwd, std::path::Path::new("/"));
+    }
+
+    #[test]
+    fn limits_and_umask_in_a_forked_child() {
+        // CAP_SYS_RESOURCE (bit 24) lets a process raise a hard limit again.
+        let may_raise = status_mask(std::process::id().cast_signed(), "CapEff:") & (1 << 24) != 0;
+        let core = libc::RLIMIT_CORE;
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            set_umask(0o1027);
+            let lowered = set_rlimit(core, 1000, 2000) == Ok(LimitSet::Exact);
+            let raised = set_rlimit(core, 3000, 9000);
+            let expected = if may_raise { LimitSet::Exact } else { LimitSet::HardKept { hard: 2000 } };
+            let ok = lowered
+                && raised == Ok(expected)
+                && set_rlimit(core, 2, 1).map_err(|e| e.errno) == Err(libc::EINVAL)
+                && set_rlimit(99, 1, 1).is_err();
+            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
+            park();
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        assert_eq!(&byte, b"y");
+        assert!(status.contains("Umask:\t0027\n"), "{status}");
+        let core_limits = crate::procfs::parse_limits(&limits).unwrap()[core as usize];
+        assert_eq!(core_limits, if may_raise { (core, 3000, 9000) } else { (core, 2000, 2000) });
+    }
+
+    #[test]
+    fn prctl_flags_in_a_forked_child() {
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut subreaper: libc::c_int = 0;
+            let set = set_dumpable(0).is_ok() && set_thp_disabled(true).is_ok() && set_child_subreaper(true).is_ok();
+            // SAFETY: test only: PR_GET_CHILD_SUBREAPER writes one int to `subreaper`; the others take no pointer.
+            let ok = set
+                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 0
+                && unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } == 1
+                && unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int, 0, 0, 0) } == 0
+                && subreaper == 1
+                && set_dumpable(2).is_err()
+                && set_dumpable(1).is_ok()
+                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 1;
+            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
+            park();
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        assert_eq!(&byte, b"y");
+        assert_eq!(crate::procfs::parse_status(&status).thp_enabled, Some(false));
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct Status {
     pub rss_kb: u64,
     /// The pid in the innermost PID namespace (last of `NSpid`); 0 if absent.
     pub ns_pid: i32,
+    /// File mode creation mask (`Umask`, octal; Linux 4.7 and later).
+    pub umask: Option<u32>,
+    /// `THP_enabled`: false when `PR_SET_THP_DISABLE` is in force (Linux 5.0 and later).
+    pub thp_enabled: Option<bool>,
 }
 
 pub fn parse_status(text: &str) -> Status {
@@ -103,6 +107,8 @@ pub fn parse_status(text: &str) -> Status {
             "SigCgt" => s.sig_caught = u64::from_str_radix(v, 16).unwrap_or(0),
             "VmRSS" => s.rss_kb = first().parse().unwrap_or(0),
             "NSpid" => s.ns_pid = v.split_whitespace().last().and_then(|x| x.parse().ok()).unwrap_or(0),
+            "Umask" => s.umask = u32::from_str_radix(v, 8).ok(),
+            "THP_enabled" => s.thp_enabled = v.parse::<u8>().ok().map(|x| x != 0),
             _ => {}
         }
     }
@@ -176,6 +182,31 @@ pub mod pagemap {
     pub const FILE_OR_SHARED: u64 = 1 << 61;
 }
 
+/// Parses `/proc/PID/limits` into `(resource, soft, hard)` for each of the
+/// 16 resources, in `RLIMIT_*` order (the kernel prints them in that order,
+/// `unlimited` for `RLIM_INFINITY`). Errors on any other shape.
+pub fn parse_limits(text: &str) -> Result<Vec<(u32, u64, u64)>, String> {
+    // The kernel's fixed names, in resource-number order.
+    const NAMES: [&str; 16] = [
+        "Max cpu time", "Max file size", "Max data size", "Max stack size", "Max core file size", "Max resident set",
+        "Max processes", "Max open files", "Max locked memory", "Max address space", "Max file locks",
+        "Max pending signals", "Max msgqueue size", "Max nice priority", "Max realtime priority", "Max realtime timeout",
+    ];
+    let value = |v: &str| if v == "unlimited" { Ok(u64::MAX) } else { v.parse::<u64>().map_err(|_| format!("bad limit {v:?}")) };
+    let rows: Vec<&str> = text.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    if rows.len() != NAMES.len() {
+        return Err(format!("{} limit lines, expected {}", rows.len(), NAMES.len()));
+    }
+    let mut out = Vec::with_capacity(NAMES.len());
+    for ((resource, name), row) in (0u32..).zip(NAMES).zip(rows) {
+        let rest = row.strip_prefix(name).ok_or_else(|| format!("expected {name:?}, got {row:?}"))?;
+        let mut words = rest.split_whitespace();
+        let (Some(soft), Some(hard)) = (words.next(), words.next()) else { return Err(format!("short limit line {row:?}")) };
+        out.push((resource, value(soft)?, value(hard)?));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +230,17 @@ mod tests {
     }
 
     #[test]
+    fn limits_table() {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let all = parse_limits(&text).unwrap();
+        assert_eq!(all.len(), 16);
+        assert!(all.iter().enumerate().all(|(i, l)| l.0 as usize == i && l.1 <= l.2));
+        let cut: String = text.lines().take(10).map(|l| format!("{l}\n")).collect();
+        assert!(parse_limits(&cut).is_err());
+        assert!(parse_limits(&text.replace("Max open files", "Max open filez")).is_err());
+    }
+
+    #[test]
     fn status_fields() {
         let s = parse_status("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\t6\t5\t5\nGroups:\t4 24 \nThreads:\t3\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180000002\nVmRSS:\t  1234 kB\n");
         assert_eq!((s.threads, s.uid, s.gid), (3, 1001, 6));
@@ -208,6 +250,10 @@ mod tests {
         assert_eq!(s.sig_blocked, 0x10000);
         assert_eq!(s.sig_caught, 0x1_8000_0002);
         assert_eq!(s.rss_kb, 1234);
+        assert_eq!(s.umask, None, "no Umask line");
+        assert_eq!(parse_status("Umask:\t0027\n").umask, Some(0o027));
+        assert_eq!(parse_status("THP_enabled:\t0\n").thp_enabled, Some(false));
+        assert_eq!(s.thp_enabled, None);
     }
 
     #[test]

@@ -10,6 +10,10 @@
  * and print "role child". Then answers "alive" to each stdin line.
  */
 #define _GNU_SOURCE
+/* The test passes mitosis_proto::PROTOCOL_VERSION (-DPROTOCOL_VERSION=N). */
+#ifndef PROTOCOL_VERSION
+#error "compile with -DPROTOCOL_VERSION=<mitosis_proto::PROTOCOL_VERSION>"
+#endif
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,7 +45,7 @@ int main(int argc, char **argv) {
 
     unsigned char body[512];
     size_t n = 0;
-    n += varint(body + n, 4);                       /* Envelope.version (PROTOCOL_VERSION) */
+    n += varint(body + n, PROTOCOL_VERSION);        /* Envelope.version */
     n += varint(body + n, 0);                       /* LocalRequest::Prepare */
     int32_t pid = getpid();
     n += varint(body + n, ((uint32_t)pid << 1) ^ (uint32_t)(pid >> 31)); /* pid, zigzag */

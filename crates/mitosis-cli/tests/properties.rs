@@ -1,0 +1,88 @@
+//! Process properties a child takes from its seed (zdtm style: our own C
+//! program, tests/programs/props.c, reports its state after a resume on
+//! another host): umask, every resource limit, oom_score_adj, dumpable
+//! state, THP setting, personality and child-subreaper flag, in a container
+//! and without one. The program's address space and data limits sit a little
+//! above what it uses, so a restore that applied them before mapping the
+//! seed's layout would fail.
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use common::*;
+
+/// A personality flag the seed adds (`sys/personality.h`).
+const ADDR_COMPAT_LAYOUT: u32 = 0x0200000;
+
+const INPUT: &str = "report\ncreate\nalloc\nexit\n";
+
+fn properties_carried(name: &str, extra: &[&str]) {
+    let Some(c) = Cluster::new(name) else { return };
+    let prog = compile(&c.dir, "props", &["-O2"]);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "props", &[prog.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(ppid);
+    c.prepare_a(ppid, "props");
+    let out = c.resume_on_b_with_args("props", INPUT, extra);
+    parent.send(INPUT);
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    // What the seed set is what it reports (the test cannot pass on two equally wrong reports).
+    for line in ["umask 0027\n", "limit 7 200 300\n", "limit 4 4096 1048576\n", "limit 12 100000 200000\n", "create mode 0640\n", "alloc refused\n",
+        "oom_score_adj 500\n", "dumpable 0\n", "thp_disable 1\n", "subreaper 1\n"] {
+        assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
+    }
+    let personality = expected.stdout.lines().find_map(|l| l.strip_prefix("personality 0x")).and_then(|p| u32::from_str_radix(p, 16).ok());
+    assert!(personality.is_some_and(|p| p & ADDR_COMPAT_LAYOUT != 0), "the seed reports its personality: {expected}");
+    assert_eq!(out.stdout, expected.stdout, "the child's properties differ from its seed's: {out}\n{}", c.logs());
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(!out.stderr.contains("warning"), "no limit had to be kept lower: {out}");
+}
+
+/// Lowers the hard limits `limits` (`prlimit` options) of process `pid`
+/// and of all its descendants (a daemon's zygote and what it forks).
+fn lower_hard_limits_of_tree(pid: i32, limits: &[&str]) {
+    let out = std::process::Command::new("prlimit").arg("--pid").arg(pid.to_string()).args(limits).output().expect("running prlimit");
+    assert!(out.status.success(), "prlimit on {pid}: {}", String::from_utf8_lossy(&out.stderr));
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            lower_hard_limits_of_tree(child, limits);
+        }
+    }
+}
+
+/// The seed's hard limits are above what children on host b may have
+/// (daemon b and its zygote run with lower ones, and without
+/// CAP_SYS_RESOURCE nothing raises them): the child gets the highest it
+/// may have, and says so: RLIMIT_CORE (set by the prologue) on the
+/// resume's stderr, RLIMIT_STACK (set by the restore) in daemon b's log.
+/// Everything else is the seed's.
+#[test]
+fn hard_limits_above_the_childs_are_kept_with_a_warning() {
+    let Some(c) = Cluster::new("props-lower") else { return };
+    lower_hard_limits_of_tree(c.b.pid(), &["--core=2048:2048", "--stack=:33554432"]);
+    let prog = compile(&c.dir, "props", &["-O2"]);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "props", &[prog.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(ppid);
+    c.prepare_a(ppid, "props");
+    let out = c.resume_on_b_with_args("props", INPUT, &["--no-container"]);
+    parent.send(INPUT);
+    let expected = parent.finish(STEP);
+    assert!(expected.stdout.contains("limit 3 4194304 67108864\n") && expected.stdout.contains("limit 4 4096 1048576\n"), "{expected}");
+    let kept = expected.stdout.replace("limit 3 4194304 67108864\n", "limit 3 4194304 33554432\n").replace("limit 4 4096 1048576\n", "limit 4 2048 2048\n");
+    assert_eq!(out.stdout, kept, "the child has the highest limits it may have, the seed's otherwise: {out}\n{}", c.logs());
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stderr.contains("warning: the seed's hard limit of RLIMIT_CORE is above what this child may set"), "{out}");
+    assert!(c.b.log().contains("the seed's hard RLIMIT_STACK is above what the child may set"), "{}", c.logs());
+}
+
+#[test]
+fn process_properties_in_a_container() {
+    properties_carried("props-ct", &[]);
+}
+
+#[test]
+fn process_properties_without_a_container() {
+    properties_carried("props-noct", &["--no-container"]);
+}
