@@ -32,13 +32,7 @@ fn answer(p: &mut Proc, cmd: &str) -> String {
 /// beyond the warm ones, and b has no processes beyond its zygote, its
 /// janitor and the warm holders.
 fn assert_nothing_left_on_b(c: &Cluster) {
-    let settled = wait_until(Duration::from_secs(10), || {
-        let ps = c.ps_on_b(false);
-        let pool = &ps["pool"];
-        let warm = pool["warm"].as_u64().unwrap();
-        let live = pool["created"].as_u64().unwrap() - pool["destroyed"].as_u64().unwrap();
-        ps["children"].as_array().unwrap().is_empty() && live == warm && pool["cgroup_dirs"].as_u64().unwrap() == warm
-    });
+    let settled = b_settles_to_warm_containers(c);
     let ps = c.ps_on_b(false);
     assert!(settled, "containers left behind on b: {ps}\n{}", c.logs());
     let warm = ps["pool"]["warm"].as_u64().unwrap() as usize;

@@ -38,13 +38,7 @@ fn local_child_on_b(c: &Cluster, id: &str) -> (Proc, String, Proc) {
 
 /// Waits until b runs no child and no container beyond the warm ones.
 fn assert_no_child_left_on_b(c: &Cluster) {
-    let settled = wait_until(Duration::from_secs(10), || {
-        let ps = c.ps_on_b(false);
-        let pool = &ps["pool"];
-        let warm = pool["warm"].as_u64().unwrap();
-        let live = pool["created"].as_u64().unwrap() - pool["destroyed"].as_u64().unwrap();
-        ps["children"].as_array().unwrap().is_empty() && live == warm && pool["cgroup_dirs"].as_u64().unwrap() == warm
-    });
+    let settled = b_settles_to_warm_containers(c);
     assert!(settled, "children or containers left behind on b: {}\n{}", c.ps_on_b(false), c.logs());
 }
 

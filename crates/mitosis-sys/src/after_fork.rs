@@ -592,6 +592,24 @@ mod tests {
         u64::from_str_radix(line.trim(), 16).unwrap()
     }
 
+    /// Forks a child that runs `check` (allocation-free calls only), reports
+    /// its verdict and parks: returns the verdict and the parked child's pid,
+    /// whose /proc the test reads before it kills and reaps the child.
+    fn in_parked_child(check: impl FnOnce() -> bool) -> (bool, i32) {
+        let (r, w) = std::io::pipe().unwrap();
+        // SAFETY: test only: the child below makes only allocation-free calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = check();
+            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
+            park();
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+        (&byte == b"y", pid)
+    }
+
     #[test]
     fn a_child_that_blocks_signals_sets_dispositions_and_parks() {
         // The child blocks everything, ignores SIGUSR1 through a raw action,
@@ -599,11 +617,8 @@ mod tests {
         // its working directory by descriptor, starts a session, says so and
         // parks; the test reads its masks and kills it.
         let dir = std::fs::File::open("/").unwrap();
-        let (r, w) = std::io::pipe().unwrap();
-        // SAFETY: test only: the child below makes only allocation-free calls.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = match block_all_signals() {
+        let (ok, pid) = in_parked_child(|| {
+            match block_all_signals() {
                 Ok(blocked) => {
                     let ignore = RawSigaction { handler: 1, flags: 0, restorer: 0, mask: 0 };
                     set_raw_signal_action(&blocked, libc::SIGUSR1.unsigned_abs(), &ignore).is_ok()
@@ -616,19 +631,14 @@ mod tests {
                         && crate::process::new_session().is_err()
                 }
                 Err(_) => false,
-            };
-            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
-            park();
-        }
-        drop(w);
-        let mut byte = [0u8; 1];
-        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+            }
+        });
         let blocked = status_mask(pid, "SigBlk:");
         let ignored = status_mask(pid, "SigIgn:");
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
         crate::process::kill(pid, libc::SIGKILL).unwrap();
         let status = crate::process::wait_pid(pid).unwrap();
-        assert_eq!(&byte, b"y");
+        assert!(ok, "the child's own checks failed");
         assert!(libc::WIFSIGNALED(status), "it parked until killed");
         // Every signal but SIGKILL (9) and SIGSTOP (19), glibc's 32 and 33 too.
         assert_eq!(blocked, !((1 << 8) | (1 << 18)));
@@ -641,29 +651,21 @@ mod tests {
         // CAP_SYS_RESOURCE (bit 24) lets a process raise a hard limit again.
         let may_raise = status_mask(std::process::id().cast_signed(), "CapEff:") & (1 << 24) != 0;
         let core = libc::RLIMIT_CORE;
-        let (r, w) = std::io::pipe().unwrap();
-        // SAFETY: test only: the child below makes only allocation-free calls.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
+        let (ok, pid) = in_parked_child(|| {
             set_umask(0o1027);
             let lowered = set_rlimit(core, 1000, 2000) == Ok(LimitSet::Exact);
             let raised = set_rlimit(core, 3000, 9000);
             let expected = if may_raise { LimitSet::Exact } else { LimitSet::HardKept { hard: 2000 } };
-            let ok = lowered
+            lowered
                 && raised == Ok(expected)
                 && set_rlimit(core, 2, 1).map_err(|e| e.errno) == Err(libc::EINVAL)
-                && set_rlimit(99, 1, 1).is_err();
-            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
-            park();
-        }
-        drop(w);
-        let mut byte = [0u8; 1];
-        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+                && set_rlimit(99, 1, 1).is_err()
+        });
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         crate::process::kill(pid, libc::SIGKILL).unwrap();
         crate::process::wait_pid(pid).unwrap();
-        assert_eq!(&byte, b"y");
+        assert!(ok, "the child's own checks failed");
         assert!(status.contains("Umask:\t0027\n"), "{status}");
         let core_limits = crate::procfs::parse_limits(&limits).unwrap()[core as usize];
         assert_eq!(core_limits, if may_raise { (core, 3000, 9000) } else { (core, 2000, 2000) });
@@ -671,31 +673,23 @@ mod tests {
 
     #[test]
     fn prctl_flags_in_a_forked_child() {
-        let (r, w) = std::io::pipe().unwrap();
-        // SAFETY: test only: the child below makes only allocation-free calls.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
+        let (ok, pid) = in_parked_child(|| {
             let mut subreaper: libc::c_int = 0;
             let set = set_dumpable(0).is_ok() && set_thp_disabled(true).is_ok() && set_child_subreaper(true).is_ok();
             // SAFETY: test only: PR_GET_CHILD_SUBREAPER writes one int to `subreaper`; the others take no pointer.
-            let ok = set
+            set
                 && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 0
                 && unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } == 1
                 && unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int, 0, 0, 0) } == 0
                 && subreaper == 1
                 && set_dumpable(2).is_err()
                 && set_dumpable(1).is_ok()
-                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 1;
-            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
-            park();
-        }
-        drop(w);
-        let mut byte = [0u8; 1];
-        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 1
+        });
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         crate::process::kill(pid, libc::SIGKILL).unwrap();
         crate::process::wait_pid(pid).unwrap();
-        assert_eq!(&byte, b"y");
+        assert!(ok, "the child's own checks failed");
         assert_eq!(crate::procfs::parse_status(&status).thp_enabled, Some(false));
     }
 
@@ -737,25 +731,17 @@ mod tests {
         }
         // As root: file-system ids, groups, then all ids to nobody; after
         // that the child may not go back (setresuid to 0 fails).
-        let (r, w) = std::io::pipe().unwrap();
-        // SAFETY: test only: the child below makes only allocation-free calls.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = set_fs_ids(65534, 65534).is_ok()
+        let (ok, pid) = in_parked_child(|| {
+            set_fs_ids(65534, 65534).is_ok()
                 && set_groups(&[65534, 100]).is_ok()
                 && set_ids(65534, 65534).is_ok()
                 && set_ids(0, 0).is_err()
-                && set_groups(&[]).is_err();
-            let _ = write_all(w.as_raw_fd(), if ok { b"y" } else { b"n" });
-            park();
-        }
-        drop(w);
-        let mut byte = [0u8; 1];
-        std::io::Read::read_exact(&mut { r }, &mut byte).unwrap();
+                && set_groups(&[]).is_err()
+        });
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         crate::process::kill(pid, libc::SIGKILL).unwrap();
         crate::process::wait_pid(pid).unwrap();
-        assert_eq!(&byte, b"y");
+        assert!(ok, "the child's own checks failed");
         let field = |f: &str| status.lines().find_map(|l| l.strip_prefix(f)).unwrap().split_whitespace().collect::<Vec<_>>();
         assert_eq!(field("Uid:"), ["65534"; 4]);
         assert_eq!(field("Gid:"), ["65534"; 4]);

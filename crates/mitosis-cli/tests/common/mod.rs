@@ -382,3 +382,16 @@ pub fn assert_killed_by_mitosis(out: &Finished, reason: &str, allowed: &[&str], 
         assert!(allowed.contains(&l), "the killed child must not answer ({l:?}): {out}");
     }
 }
+
+/// Waits up to 10 s until daemon b runs no child and holds no container
+/// (counted by its pool, and as cgroup directories) beyond its warm ones;
+/// whether it got there.
+pub fn b_settles_to_warm_containers(c: &Cluster) -> bool {
+    mitosis_testkit::wait_until(Duration::from_secs(10), || {
+        let ps = c.ps_on_b(false);
+        let pool = &ps["pool"];
+        let warm = pool["warm"].as_u64().unwrap();
+        let live = pool["created"].as_u64().unwrap() - pool["destroyed"].as_u64().unwrap();
+        ps["children"].as_array().unwrap().is_empty() && live == warm && pool["cgroup_dirs"].as_u64().unwrap() == warm
+    })
+}
