@@ -49,7 +49,7 @@ impl LinkCut {
 }
 
 /// Whether `to` answers one ping from `from` within a second.
-fn ping(from: &Host, to: &Host) -> bool {
+pub(crate) fn ping(from: &Host, to: &Host) -> bool {
     Command::new("ip")
         .args(["netns", "exec", &from.ns, "ping", "-c1", "-W1", &to.ip])
         .output()

@@ -212,6 +212,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::faults::ping;
     use crate::{require_root, wait_until};
     use std::time::Duration;
 
@@ -220,14 +221,6 @@ mod tests {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|l| l.split_whitespace().next() == Some(name))
-    }
-
-    fn ping(from: &Host, to: &Host) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &from.ns, "ping", "-c1", "-W1", &to.ip])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
     }
 
     #[test]
