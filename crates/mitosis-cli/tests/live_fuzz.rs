@@ -3,7 +3,8 @@
 //! and local socket (as user nobody), 1,000 slow-loris connections held on
 //! each, while real remote forks run beside them and must all succeed; then
 //! both daemons must be back to their descriptors and threads of before, and
-//! their memory no higher than the plateau of the run's first half.
+//! their memory within 16 MiB of before (they run with one glibc arena, so
+//! that freed memory is reused and a leak shows).
 //! Only correctness is asserted; the figures belong to the stress program.
 
 #![forbid(unsafe_code)]
@@ -58,8 +59,10 @@ fn garbage_on_both_sockets_leaves_remote_forks_and_the_daemons_whole() {
     let peak = |i: usize| daemons[i]["peak_threads"].as_u64().unwrap();
     assert!(peak(0) < 128, "daemon a: {}", daemons[0]);
     assert!(peak(1) < 256, "daemon b: {}", daemons[1]);
-    // No leak: descriptors and threads back, memory within the first half's plateau.
+    // No leak: descriptors, threads and memory back.
     for d in daemons {
+        let kb = |when: &str| d[when]["rss_kb"].as_u64().unwrap();
+        assert!(kb("after") <= kb("before") + (16 << 10), "{d}");
         assert_eq!(d["settled"], true, "{d}");
         assert!(d["after"]["fds"].as_u64() <= Some(d["before"]["fds"].as_u64().unwrap() + 8), "{d}");
         assert!(d["after"]["threads"].as_u64() <= d["before"]["threads"].as_u64(), "{d}");
