@@ -181,3 +181,49 @@ fn numpy_with_openblas_threads() {
     assert_eq!(out.stdout, expected.stdout, "{out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
 }
+
+/// A multi-threaded seed prepared with `--copy` (the daemon keeps a copy of
+/// its memory, no snapshot process), and a nested fork: a child of it on
+/// host b, itself prepared there, has a child on host a. Every generation
+/// checks its threads as the seed does.
+#[test]
+fn copied_and_nested_threads() {
+    let Some(c) = Cluster::new("mt-nested") else { return };
+    let prog = compile_mt(&c);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "mt", &[prog.to_str().unwrap()]);
+    let sock_a = c.a.socket().to_str().unwrap().to_string();
+    let out = c.cli(&["prepare", "--pid", &ppid.to_string(), "--id", "mtc", "--copy", "--json", "--socket", &sock_a]);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    let seed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(seed["copied_bytes"].as_u64().is_some_and(|b| b > 0), "{seed}");
+    assert!(seed["threads"].as_u64().is_some_and(|n| (9..=10).contains(&n)), "{seed}");
+    parent.send("check\n");
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    let expected_child = without_tid_lines(&expected.stdout).replace("epoll ok\n", "epoll FAIL epoll_wait: its epoll descriptor is gone\n");
+
+    // The first generation, on b, in a container: prepared again there
+    // while its threads wait (by its host pid), before it is told to check.
+    let child = c.resume_on_b("mtc");
+    assert!(
+        mitosis_testkit::wait_until(std::time::Duration::from_secs(10), || c.ps_on_b(false)["children"].as_array().is_some_and(|a| a.len() == 1)),
+        "the child never ran: {}",
+        c.logs()
+    );
+    let child_pid = c.only_child_on_b();
+    assert!(mitosis_testkit::wait_until(std::time::Duration::from_secs(10), || {
+        mitosis_sys::procfs::thread_count(child_pid).is_ok_and(|n| n >= 9)
+    }));
+    let nested = prepare_ok(c.b.socket(), child_pid, "mtn", &c);
+    assert!(nested["threads"].as_u64().is_some_and(|n| (9..=10).contains(&n)), "{nested}");
+    let grandchild = resume_proc(&c.b.addr(), "mtn", c.a.socket());
+    // The grandchild first: the nested seed's snapshot lives in the child's
+    // container, which goes when the child ends.
+    for (who, mut p) in [("grandchild", grandchild), ("child", child)] {
+        p.send("check\n");
+        p.close_stdin();
+        let out = p.finish(STEP);
+        assert_eq!(out.code(), Some(0), "{who}: {out}\n{}", c.logs());
+        assert_eq!(without_tid_lines(&out.stdout), expected_child, "{who}'s threads: {out}\n{}", c.logs());
+    }
+}
