@@ -227,3 +227,26 @@ fn copied_and_nested_threads() {
         assert_eq!(without_tid_lines(&out.stdout), expected_child, "{who}'s threads: {out}\n{}", c.logs());
     }
 }
+
+/// Prepares of a process whose spawner thread creates and joins a thread
+/// all the time catch it anywhere: before, inside or after a clone, or
+/// while the short-lived thread exits (then the seed has 10 threads). Every
+/// child of every one of them checks its threads like the seed.
+#[test]
+fn prepares_catch_threads_being_created_and_exiting() {
+    let Some(c) = Cluster::new("mt-churn") else { return };
+    let prog = compile_mt(&c);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "mt", &[prog.to_str().unwrap()]);
+    let ids: Vec<String> = (0..8).map(|i| format!("churn{i}")).collect();
+    let counts: Vec<u64> = ids.iter().map(|id| c.prepare_a(ppid, id)["threads"].as_u64().unwrap()).collect();
+    assert!(counts.iter().all(|n| (9..=10).contains(n)), "{counts:?}");
+    parent.send("check\n");
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    let expected_child = without_tid_lines(&expected.stdout).replace("epoll ok\n", "epoll FAIL epoll_wait: its epoll descriptor is gone\n");
+    for (id, n) in ids.iter().zip(&counts) {
+        let out = c.resume_on_b_with(id, "check\n");
+        assert_eq!(out.code(), Some(0), "{id} ({n} threads): {out}\n{}", c.logs());
+        assert_eq!(without_tid_lines(&out.stdout), expected_child, "{id} ({n} threads): {out}\n{}", c.logs());
+    }
+}
