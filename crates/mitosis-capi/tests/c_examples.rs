@@ -562,3 +562,34 @@ fn child_hooks_run_in_every_child_and_never_in_the_parent() {
         draws.push(mine);
     }
 }
+
+/// `mitosis_fork_prepare` called from a second thread while a third counts:
+/// every child (a new one from `mitosis resume`, and a single-threaded
+/// process resumed in place) has the seed's threads, the counter goes on,
+/// and the hooks run in the thread that called the prepare.
+#[test]
+fn fork_prepare_from_a_thread_in_c() {
+    let Some(c) = Cluster::new("capi-threaded") else { return };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/child_hook.c");
+    let prog = c.lib.compile(&c.dir, &src, "child_hook", Link::Shared, &["-pthread"]);
+    let child_exe = c.example("simple_child", Link::Shared);
+    let mut parent = c.start(&c.hosts.a, &c.a, "child_hook parent", &[prog.to_str().unwrap(), "threaded", "thread"]);
+    let out = parent.wait_output(STEP);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    // After the prepare the preparing thread has ended: main and the counter.
+    assert!(out.line("parent ").ends_with(" threads=2 counting=1"), "{out}");
+    let resumed = {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin());
+        cmd.args(["resume", "--from", &c.a.addr(), "--id", "threaded", "--socket"]).arg(c.b.socket());
+        let mut p = Proc::spawn("mitosis resume threaded", &mut cmd);
+        p.close_stdin();
+        p.finish(STEP)
+    };
+    let in_place = c.child(&child_exe, "threaded").finish(STEP);
+    for out in [resumed, in_place] {
+        assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+        let line = out.line("child ");
+        assert!(line.starts_with("child log=ab:tag ") && line.ends_with(" threads=2 counting=1"), "{out}\n{}", c.logs());
+    }
+}
