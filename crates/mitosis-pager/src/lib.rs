@@ -210,6 +210,9 @@ const PUSH_CHUNK_SMALL: u64 = 128 << 10;
 const PUSH_CHUNK: u64 = 1 << 20;
 const PUSH_SMALL_BYTES: u64 = 4 << 20;
 const PUSH_DEPTH: usize = 2;
+/// Faults of other threads read and asked for while one fault's page is on
+/// the wire ([`Pager::ask_for_faults_behind`]).
+const MAX_FAULTS_BEHIND: usize = 64;
 /// How long to wait for the event of an unmap that took a mapping away
 /// under a copy (it is sent right after).
 const EVENT_WAIT_MS: i32 = 1000;
@@ -253,6 +256,9 @@ pub struct Pager {
     refused: Option<String>,
     /// Gets every userfaultfd this pager and its forks' pagers serve.
     keeper: Option<Keeper>,
+    /// Faults read while another was being fetched (their requests already
+    /// on the wire), served next, in order.
+    deferred: std::collections::VecDeque<Event>,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -298,6 +304,7 @@ impl Pager {
             notice: None,
             refused: None,
             keeper: None,
+            deferred: Default::default(),
         }
     }
 
@@ -378,6 +385,12 @@ impl Pager {
     fn serve_until_done(&mut self) -> Outcome {
         let mut events = Vec::with_capacity(64);
         loop {
+            if let Some(ev) = self.deferred.pop_front() {
+                if let Err(reason) = self.handle(ev) {
+                    return Outcome::Failed(reason);
+                }
+                continue;
+            }
             // With pushing to do, only look for events, then go on pushing. (A
             // read-ahead stays on the wire until the child gets to it.)
             let busy = self.broken.is_none()
@@ -659,6 +672,7 @@ impl Pager {
         if sequential {
             self.read_ahead();
         }
+        self.ask_for_faults_behind();
         self.receive_through(ours);
         let still_remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
         if still_remote && self.broken.is_none() && self.refused.is_some() && w > PAGE {
@@ -679,6 +693,42 @@ impl Pager {
             _ => {
                 self.uffd.wake(addr, PAGE);
                 Ok(())
+            }
+        }
+    }
+
+    /// Other threads of the child fault while this fault's page is on the
+    /// wire: their faults are read now and their windows asked for at once,
+    /// so that each thread waits for its own page (and those asked for
+    /// before it, which travel together), not for a round trip per thread
+    /// before it. They are served next, in order ([`Pager::deferred`]). A
+    /// memory event (an unmap, a fork...) stops the reading and is handled
+    /// at once, as it would be next in line; a failure to ask is left to
+    /// the fault's own fetch.
+    fn ask_for_faults_behind(&mut self) {
+        let mut one = Vec::with_capacity(1);
+        for _ in 0..MAX_FAULTS_BEHIND {
+            one.clear();
+            if self.uffd.read_events(&mut one, 1).is_err() {
+                return;
+            }
+            let Some(ev) = one.pop() else { return };
+            let Event::Fault { addr } = ev else {
+                if let Err(reason) = self.handle(ev) {
+                    self.broken.get_or_insert(reason);
+                }
+                return;
+            };
+            self.deferred.push_back(ev);
+            let remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
+            let on_the_wire = self.outstanding.iter().any(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2));
+            if remote && !on_the_wire && self.broken.is_none() {
+                let (w, lo) = self.window(addr);
+                let runs = self.regions.remote_runs(lo, lo + w);
+                if self.source.request(&seed_ranges(&runs)).is_err() {
+                    return;
+                }
+                self.on_the_wire(runs, Purpose::Fault, lo + w);
             }
         }
     }
