@@ -104,7 +104,13 @@ fn resume_and_check(cluster: &Cluster, seed: &Seed, threads: usize, container: b
     let timings = resumed.timings.clone();
     writeln!(to_child, "check")?;
     let mut chan = Channel::new(to_child, from_child);
-    let line = chan.recv(Duration::from_secs(30))?;
+    let line = match chan.recv(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(e) => {
+            let end = resumed.wait();
+            anyhow::bail!("the child of the {threads}-thread seed did not answer ({e:#}); it ended {end:?}");
+        }
+    };
     let want = format!("check {threads} {}", threads - 1);
     ensure!(line == want, "the child of the {threads}-thread seed answered {line:?}, not {want:?}");
     chan.send("exit")?;

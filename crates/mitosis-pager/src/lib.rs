@@ -605,19 +605,36 @@ impl Pager {
         }
     }
 
+    /// Fills the page at `addr` with zeros. The kernel refuses (EAGAIN)
+    /// while a memory event of another thread is under way (its
+    /// `madvise`/`munmap` waits for us to read the event, and then still has
+    /// to run): the events are handled and the fill retried, for up to
+    /// [`EVENT_WAIT_MS`].
     fn fill_zero(&mut self, addr: u64) -> Result<(), String> {
         let before = self.regions.lookup(addr).map(|l| l.0);
-        for _ in 0..2 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(EVENT_WAIT_MS.unsigned_abs().into());
+        while std::time::Instant::now() < deadline {
             self.regions.set(addr, addr + PAGE, PageState::Served);
             match self.uffd.zero(addr, PAGE) {
                 CopyResult::Gone | CopyResult::Done => return Ok(()),
+                // Unmapped since the fault (another thread's munmap, whose
+                // event comes right after): nothing to fill; the faulting
+                // thread retries against what is there now.
+                CopyResult::Failed(libc::ENOENT) => {
+                    self.drain_events()?;
+                    self.uffd.wake(addr, PAGE);
+                    return Ok(());
+                }
                 CopyResult::Failed(errno) => return Err(copy_failed("zero page", addr, errno)),
                 // As in `copy_in`: the page is as it was while the events are handled.
                 CopyResult::Again { .. } => {
                     if let Some(b) = before {
                         self.regions.replace(addr, addr + PAGE, PageState::Served, b);
                     }
-                    self.drain_events()?;
+                    if self.drain_events()? == 0 {
+                        // Read already: the other thread has yet to finish its call.
+                        std::thread::yield_now();
+                    }
                     if self.regions.lookup(addr).map(|l| l.0) != before {
                         // Served, moved or dropped meanwhile: the kernel retries the access.
                         self.uffd.wake(addr, PAGE);
@@ -626,7 +643,7 @@ impl Pager {
                 }
             }
         }
-        Err(format!("kernel kept refusing a zero page at {addr:#x}"))
+        Err(format!("kernel kept refusing a zero page at {addr:#x} for {EVENT_WAIT_MS} ms"))
     }
 
     /// Poisons the page at `addr` (it can never read anything now) and says why.
@@ -636,9 +653,23 @@ impl Pager {
     }
 
     /// Size and start of the aligned window of the current size around `addr`.
+    /// The window a fault at `addr` fetches: its page alone while the
+    /// daemon is still restoring the child (the restore's touches, each
+    /// thread's control block, are scattered: a window each would fetch
+    /// their neighbours one after another before the child runs), else the
+    /// aligned window around it.
     fn window(&self, addr: u64) -> (u64, u64) {
+        if self.restoring() {
+            return (PAGE, addr);
+        }
         let w = self.window_pages * PAGE;
         (w, addr / w * w)
+    }
+
+    /// The daemon has not finished restoring the child yet (it lets pushes
+    /// go when it has).
+    fn restoring(&self) -> bool {
+        !self.push_go.load(Ordering::Relaxed)
     }
 
     /// The child streams through memory: a bigger window costs fewer faults.
@@ -657,7 +688,7 @@ impl Pager {
         if let Some(reason) = &self.broken {
             return Err(self.unfetchable(addr, reason));
         }
-        let sequential = self.sequential(addr);
+        let sequential = self.sequential(addr) && !self.restoring();
         if sequential {
             self.grow_window();
         } else if self.config.adaptive && self.last_end.is_some() {
@@ -890,13 +921,15 @@ impl Pager {
     }
 
     /// Handles the events the kernel is waiting on before it accepts a copy (EAGAIN).
-    fn drain_events(&mut self) -> Result<(), String> {
+    /// Returns how many events there were.
+    fn drain_events(&mut self) -> Result<usize, String> {
         let mut pending = Vec::new();
         self.uffd.read_events(&mut pending, 64).map_err(|e| e.to_string())?;
+        let n = pending.len();
         for ev in pending {
             self.handle(ev)?;
         }
-        Ok(())
+        Ok(n)
     }
 }
 

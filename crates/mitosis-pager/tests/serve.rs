@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mitosis_pager::{Counters, FetchError, Outcome, PageSource, Pager, PagerConfig, Regions};
@@ -83,6 +84,11 @@ impl Served {
 
     /// Maps `pages` anonymous pages served by a pager configured so.
     fn with(pages: usize, config: PagerConfig) -> Option<Served> {
+        Served::restored_when(pages, config, Arc::new(AtomicBool::new(true)))
+    }
+
+    /// [`Served::with`], the restore of "the child" ending when `restored` is set.
+    fn restored_when(pages: usize, config: PagerConfig, restored: Arc<AtomicBool>) -> Option<Served> {
         let uffd = match Uffd::create() {
             Ok(u) => u,
             Err(e) => {
@@ -107,7 +113,8 @@ impl Served {
             config,
             counters.clone(),
             Some(pidfd),
-        );
+        )
+        .with_push(Vec::new(), restored);
         let pager = Some(std::thread::spawn(move || pager.run()));
         Some(Served { map, log, counters, watched, pager })
     }
@@ -233,4 +240,55 @@ fn refused_window_falls_back_to_the_faulting_page() {
     // (Which of pages 4 and 6 share a window with page 5 depends on where the
     // mapping starts: at least one of them does.)
     assert!(singles >= 1, "a page came alone after its window was refused: {:x?}", log.requests);
+}
+
+/// While the daemon is still restoring the child (each thread's control
+/// block, its rseq area: scattered touches), a fault fetches its page alone;
+/// once the restore is over, windows again.
+#[test]
+fn faults_during_the_restore_fetch_their_page_alone() {
+    let restored = Arc::new(AtomicBool::new(false));
+    let config = PagerConfig { window_pages: 16, adaptive: false, max_window_pages: 16, read_ahead: true };
+    let Some(s) = Served::restored_when(256, config, restored.clone()) else { return };
+    for page in [3usize, 40, 41, 200] {
+        assert_eq!(s.word(page * 512), word_at(s.addr_of(page * 512)), "page {page}");
+    }
+    let sizes = |log: &Log| -> Vec<u64> { log.requests.iter().map(|r| r.iter().map(|x| x.1).sum::<u64>() / PAGE).collect() };
+    assert_eq!(sizes(&s.log.lock().unwrap()), [1, 1, 1, 1], "one page per fault while restoring");
+    restored.store(true, Ordering::Relaxed);
+    assert_eq!(s.word(100 * 512), word_at(s.addr_of(100 * 512)));
+    let log = s.log.lock().unwrap();
+    assert!(sizes(&log).last().is_some_and(|&n| n > 1), "a window after the restore: {:?}", sizes(&log));
+}
+
+/// Eight threads fault at once on pages far apart: every one gets its own
+/// page right, and each page is fetched once.
+#[test]
+fn concurrent_faults_of_several_threads() {
+    let Some(s) = Served::new(1024, 4) else { return };
+    let go = std::sync::Barrier::new(8);
+    let map = &s.map;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8usize)
+            .map(|t| {
+                let go = &go;
+                scope.spawn(move || {
+                    go.wait();
+                    // Each thread its own window: pages t*128 .. t*128+4.
+                    (0..4usize).map(|p| (t * 128 + p) * 512 + t).map(|i| (i, map.read(i))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            for (i, word) in t.join().unwrap() {
+                assert_eq!(word, word_at(s.addr_of(i)), "word {i}");
+            }
+        }
+    });
+    let log = s.log.lock().unwrap();
+    let mut pages: Vec<u64> = log.requests.iter().flatten().flat_map(|&(a, l)| (0..l / PAGE).map(move |i| a + i * PAGE)).collect();
+    let n = pages.len();
+    pages.sort_unstable();
+    pages.dedup();
+    assert_eq!(pages.len(), n, "no page was fetched twice: {:x?}", log.requests);
 }
