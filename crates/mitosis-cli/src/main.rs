@@ -3,10 +3,12 @@
 //! This binary only parses arguments and dispatches: the daemon is
 //! `mitosis-daemon`, clients use the `mitosis` library, benchmarks and the
 //! demo live in `mitosis-bench`, trace replay in `mitosis-trace`, the
-//! daemon's membership in etcd is `mitosis-cluster` (started by `registrar`).
+//! daemon's membership in etcd is `mitosis-cluster` (started by `registrar`),
+//! the memory node is `mitosis-memnode` (`memnode`).
 
 #![forbid(unsafe_code)]
 
+mod memnode;
 mod registrar;
 
 use std::io::Write;
@@ -226,6 +228,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevel,
     },
+    Memnode(memnode::MemnodeArgs),
     /// The daemon's membership in etcd, started by `mitosis daemon --etcd`.
     #[command(hide = true)]
     EtcdRegistrar {
@@ -964,6 +967,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ran?;
             Ok(0)
         }
+        Command::Memnode(args) => args.run(),
         Command::EtcdRegistrar { etcd, wait_for, log_level } => {
             init_logging(log_level);
             registrar::run(&etcd, wait_for)

@@ -52,6 +52,7 @@ pub type PageDigest = [u8; DIGEST_LEN];
 
 /// How a memory node stores pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
     Lz4,
