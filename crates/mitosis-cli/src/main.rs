@@ -558,6 +558,23 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The memory node (`mitosis memnode`) on host a, its client on host b: put and get
+    /// throughput (MiB/s) and per-request latency with 4 KiB and 64 KiB runs, one request
+    /// outstanding, for each way it stores pages (none, lz4, zstd), every page got back
+    /// compared with what was put; the compression ratio on the present anonymous pages of a
+    /// live Python process's heap, and each codec alone on one core. Beside them in the same
+    /// run: raw TCP bulk throughput over the same veth, the raw TCP round trip of each run size,
+    /// and memcpy of the same bytes. Needs root.
+    Memnode {
+        /// Runs per configuration (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// MiB put and got per run with 64 KiB runs (a quarter with 4 KiB runs).
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
     Functions {
@@ -1165,6 +1182,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)
         }
         Command::Bench(Bench::Platform(b)) => b.run(&self_exe()?),
+        Command::Bench(Bench::Memnode { runs, mib, json }) => {
+            mitosis_bench::memnode::run(&self_exe()?, &mitosis_bench::memnode::Options { runs, mib, json }).map(|_| 0)
+        }
         Command::Bench(Bench::Rpc { clients, depth, seconds, json }) => {
             let opts = mitosis_bench::rpc::BenchOptions { clients, depth, seconds, json };
             mitosis_bench::rpc::bench(&self_exe()?, &opts).map(|_| 0)

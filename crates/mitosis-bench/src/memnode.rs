@@ -1,0 +1,508 @@
+//! `mitosis bench memnode`: the memory node (crate `mitosis-memnode`) over
+//! the veth between two hosts, for each way it stores pages (none, lz4,
+//! zstd): put and get throughput and per-request latency with runs of 4 KiB
+//! and 64 KiB, one request outstanding, every page got back compared with
+//! what was put; and the compression ratio on real pages, the present
+//! anonymous pages of a live Python process's heap (read through
+//! `/proc/PID/mem`).
+//!
+//! Beside them, in the same run: raw TCP bulk throughput over the same veth
+//! (`tcp-source` / `tcp-sink`), the raw TCP round trip of a 16-byte request
+//! answered with a run's bytes over the same path (a thread in each host, no
+//! protocol), memcpy of the same bytes in the same run sizes, and each codec
+//! alone on one core. Medians over `runs` runs.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use mitosis_memnode::codec::{decode, encode, PAGE};
+use mitosis_memnode::MemnodeClient;
+use mitosis_proto::auth::ClusterKey;
+use mitosis_proto::memnode::Compression;
+use mitosis_proto::secure::Protection;
+use mitosis_testkit::{write_key, Host, Memnode, ProcessGuard, TestDir, TwoHosts};
+use serde::Serialize;
+
+use crate::hosts::ensure_root;
+use crate::{median, percentile};
+
+/// The run sizes measured.
+const RUN_SIZES: [usize; 2] = [4 << 10, 64 << 10];
+const COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
+/// Port of the raw TCP round-trip server on host a.
+const ECHO_PORT: u16 = 7120;
+/// Most bytes of the Python process's pages used.
+const MAX_HEAP_BYTES: usize = 128 << 20;
+/// Round trips per run size in the raw TCP baseline.
+const ECHO_ROUND_TRIPS: usize = 2000;
+const MIB: f64 = 1048576.0;
+
+/// What to measure.
+pub struct Options {
+    /// Runs per configuration (medians are reported).
+    pub runs: usize,
+    /// MiB put and got per run with 64 KiB runs (a quarter of it, at least
+    /// 4 MiB, with 4 KiB runs: their requests take as long as larger ones).
+    pub mib: usize,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Latency {
+    fn of(samples_ns: &[f64]) -> Latency {
+        Latency { p50_us: percentile(samples_ns, 50.0) / 1e3, p99_us: percentile(samples_ns, 99.0) / 1e3 }
+    }
+}
+
+/// One run size with one compression: medians of the runs.
+#[derive(Serialize)]
+struct Row {
+    compression: Compression,
+    run_bytes: usize,
+    bytes_per_run: usize,
+    put_mib_s: f64,
+    get_mib_s: f64,
+    /// Medians over the runs of each run's percentiles.
+    put_latency: Latency,
+    get_latency: Latency,
+    put_mib_s_samples: Vec<f64>,
+    get_mib_s_samples: Vec<f64>,
+}
+
+/// The Python pages stored with one compression.
+#[derive(Serialize)]
+struct Ratio {
+    compression: Compression,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    ratio: f64,
+    /// One core, in this process: compress and decompress every page.
+    codec_compress_mib_s: f64,
+    codec_decompress_mib_s: f64,
+}
+
+#[derive(Serialize)]
+struct Baselines {
+    raw_tcp_mib_s: f64,
+    raw_tcp_mib_s_samples: Vec<f64>,
+    /// Per run size: memcpy MiB/s and the raw TCP round trip (16 bytes asked, the run's bytes answered).
+    per_run_size: Vec<RunBaseline>,
+}
+
+#[derive(Serialize)]
+struct RunBaseline {
+    run_bytes: usize,
+    memcpy_mib_s: f64,
+    tcp_round_trip: Latency,
+    /// The run's bytes over one round trip at its median.
+    tcp_round_trip_mib_s: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    runs: usize,
+    python_pid_pages: u64,
+    python_heap_bytes: u64,
+    baselines: Baselines,
+    rows: Vec<Row>,
+    ratios: Vec<Ratio>,
+}
+
+fn progress(msg: &str) {
+    eprintln!("bench memnode: {msg}");
+}
+
+pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
+    ensure_root("mitosis bench memnode")?;
+    let runs = opts.runs.max(1);
+    progress("reading a live Python process's heap");
+    let heap = Arc::new(python_heap_pages()?);
+    let heap_pages = (heap.len() / PAGE) as u64;
+    ensure!(heap_pages >= 256, "the Python process had only {heap_pages} present anonymous pages");
+    let dir = TestDir::new("bench-memnode");
+    let hosts = TwoHosts::new().context("creating the two hosts")?;
+    let key_text = random_key()?;
+    let key_path = write_key(&dir, "cluster.key", &key_text);
+    let key = ClusterKey::from_file_contents(key_text.as_bytes()).map_err(anyhow::Error::msg)?;
+
+    progress("raw TCP baseline");
+    let tcp = crate::micro::raw_tcp(bin, &hosts, runs)?;
+    let tcp_mib: Vec<f64> = tcp_samples_mib(&tcp);
+    let mut per_run_size = Vec::new();
+    let echo = start_echo(&hosts.a)?;
+    for &size in &RUN_SIZES {
+        let volume = volume_for(size, opts.mib);
+        let memcpy = median(&(0..runs).map(|_| memcpy_mib_s(&heap, size, volume)).collect::<Vec<_>>());
+        let addr = format!("{}:{ECHO_PORT}", hosts.a.ip);
+        let rtts = hosts.b.run_inside(move || echo_round_trips(&addr, size, ECHO_ROUND_TRIPS))??;
+        let lat = Latency::of(&rtts);
+        let mib_s = size as f64 / MIB / (lat.p50_us / 1e6);
+        per_run_size.push(RunBaseline { run_bytes: size, memcpy_mib_s: memcpy, tcp_round_trip: lat, tcp_round_trip_mib_s: mib_s });
+    }
+    drop(echo);
+
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for compression in COMPRESSIONS {
+        let name = compression.name();
+        let node = Memnode::start(bin, &hosts.a, &dir, &format!("memnode-{name}"), &key_path, &["--capacity", "8G", "--compress", name])?;
+        let addr = node.addr();
+        progress(&format!("{name}: compression ratio on {:.1} MiB of Python heap", heap.len() as f64 / MIB));
+        let (raw_bytes, stored_bytes) = {
+            let (heap, key, addr) = (heap.clone(), key.clone(), addr.clone());
+            hosts.b.run_inside(move || store_heap(&addr, &key, &heap))??
+        };
+        let (codec_compress_mib_s, codec_decompress_mib_s) = codec_speed(compression, &heap)?;
+        ratios.push(Ratio {
+            compression,
+            raw_bytes,
+            stored_bytes,
+            ratio: raw_bytes as f64 / stored_bytes.max(1) as f64,
+            codec_compress_mib_s,
+            codec_decompress_mib_s,
+        });
+        for &size in &RUN_SIZES {
+            let volume = volume_for(size, opts.mib);
+            progress(&format!("{name}: {} KiB runs, {} MiB per run, {runs} runs", size >> 10, volume >> 20));
+            let (heap, key, addr) = (heap.clone(), key.clone(), addr.clone());
+            let samples = hosts.b.run_inside(move || -> anyhow::Result<Vec<Sample>> {
+                let mut client = MemnodeClient::connect(&addr, &key, Protection::Encrypted, std::time::Duration::from_secs(10))?;
+                let payload = cycled(&heap, volume);
+                (0..runs).map(|r| one_run(&mut client, &payload, size, r)).collect()
+            })??;
+            rows.push(Row::of(compression, size, volume, &samples));
+        }
+        ensure!(node.log().lines().all(|l| !l.contains("panicked")), "the memory node panicked:\n{}", node.log());
+    }
+    let report = Report {
+        runs,
+        python_pid_pages: heap_pages,
+        python_heap_bytes: heap.len() as u64,
+        baselines: Baselines { raw_tcp_mib_s: median(&tcp_mib), raw_tcp_mib_s_samples: tcp_mib, per_run_size },
+        rows,
+        ratios,
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Raw TCP samples in MiB/s (the micro benchmark measures MB/s).
+fn tcp_samples_mib(tcp: &crate::micro::TcpReport) -> Vec<f64> {
+    tcp.mb_per_s.samples().iter().map(|mb| mb * 1e6 / MIB).collect()
+}
+
+/// Bytes put and got per run with runs of `size`.
+fn volume_for(size: usize, mib: usize) -> usize {
+    let mib = mib.max(4);
+    if size < (64 << 10) {
+        (mib / 4).max(4) << 20
+    } else {
+        mib << 20
+    }
+}
+
+/// `heap` repeated to `len` bytes.
+fn cycled(heap: &[u8], len: usize) -> Vec<u8> {
+    heap.iter().copied().cycle().take(len).collect()
+}
+
+struct Sample {
+    put_mib_s: f64,
+    get_mib_s: f64,
+    put_ns: Vec<f64>,
+    get_ns: Vec<f64>,
+}
+
+impl Row {
+    fn of(compression: Compression, size: usize, volume: usize, samples: &[Sample]) -> Row {
+        let put: Vec<f64> = samples.iter().map(|s| s.put_mib_s).collect();
+        let get: Vec<f64> = samples.iter().map(|s| s.get_mib_s).collect();
+        let lat = |f: &dyn Fn(&Sample) -> &Vec<f64>| {
+            let per_run: Vec<Latency> = samples.iter().map(|s| Latency::of(f(s))).collect();
+            Latency {
+                p50_us: median(&per_run.iter().map(|l| l.p50_us).collect::<Vec<_>>()),
+                p99_us: median(&per_run.iter().map(|l| l.p99_us).collect::<Vec<_>>()),
+            }
+        };
+        Row {
+            compression,
+            run_bytes: size,
+            bytes_per_run: volume,
+            put_mib_s: median(&put),
+            get_mib_s: median(&get),
+            put_latency: lat(&|s| &s.put_ns),
+            get_latency: lat(&|s| &s.get_ns),
+            put_mib_s_samples: put,
+            get_mib_s_samples: get,
+        }
+    }
+}
+
+/// Puts `payload` in runs of `size`, one request each, gets it back the
+/// same way, checks every byte and drops the instance.
+fn one_run(client: &mut MemnodeClient, payload: &[u8], size: usize, run: usize) -> anyhow::Result<Sample> {
+    let instance = format!("bench-{size}-{run}");
+    let base = 0x5555_0000_0000u64;
+    let n = payload.len() / size;
+    let mut put_ns = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for (i, chunk) in payload.chunks_exact(size).enumerate() {
+        let t = Instant::now();
+        client.put(&instance, &[(base + (i * size) as u64, chunk)])?;
+        put_ns.push(t.elapsed().as_nanos() as f64);
+    }
+    let put_s = t0.elapsed().as_secs_f64();
+    let mut got = vec![0u8; payload.len()];
+    let mut get_ns = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for (i, chunk) in got.chunks_exact_mut(size).enumerate() {
+        let t = Instant::now();
+        client.get(&instance, &[(base + (i * size) as u64, size as u64)], chunk)?;
+        get_ns.push(t.elapsed().as_nanos() as f64);
+    }
+    let get_s = t0.elapsed().as_secs_f64();
+    ensure!(got == payload, "pages got back differ from those put ({instance})");
+    let (pages, _) = client.drop_instance(&instance)?;
+    ensure!(pages == (payload.len() / PAGE) as u64, "dropped {pages} pages of {}", payload.len() / PAGE);
+    let mib = payload.len() as f64 / MIB;
+    Ok(Sample { put_mib_s: mib / put_s, get_mib_s: mib / get_s, put_ns, get_ns })
+}
+
+/// Puts the heap's pages (1 MiB requests), reads the node's raw and stored
+/// bytes, gets every page back and compares, drops them.
+fn store_heap(addr: &str, key: &ClusterKey, heap: &[u8]) -> anyhow::Result<(u64, u64)> {
+    let mut client = MemnodeClient::connect(addr, key, Protection::Encrypted, std::time::Duration::from_secs(10))?;
+    let step = 1 << 20;
+    for (i, chunk) in heap.chunks(step).enumerate() {
+        client.put("python-heap", &[((i * step) as u64, chunk)])?;
+    }
+    let stats = client.stats()?;
+    let mut back = vec![0u8; heap.len()];
+    for (i, chunk) in back.chunks_mut(step).enumerate() {
+        client.get("python-heap", &[((i * step) as u64, chunk.len() as u64)], chunk)?;
+    }
+    ensure!(back == heap, "the heap's pages came back different");
+    client.drop_instance("python-heap")?;
+    Ok((stats.raw_bytes, stats.stored_bytes))
+}
+
+/// One core compressing and decompressing every page of `heap` (MiB/s of pages).
+fn codec_speed(compression: Compression, heap: &[u8]) -> anyhow::Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let encoded = heap.chunks_exact(PAGE).map(|p| encode(compression, p)).collect::<Result<Vec<_>, _>>()?;
+    let enc_s = t0.elapsed().as_secs_f64();
+    let mut out = vec![0u8; PAGE];
+    let t0 = Instant::now();
+    for ((enc, bytes), page) in encoded.iter().zip(heap.chunks_exact(PAGE)) {
+        decode(*enc, bytes, &mut out)?;
+        ensure!(out == page, "a page did not decode to itself");
+    }
+    let dec_s = t0.elapsed().as_secs_f64();
+    let mib = heap.len() as f64 / MIB;
+    Ok((mib / enc_s, mib / dec_s))
+}
+
+/// memcpy of `volume` bytes of `heap` in chunks of `size` (MiB/s).
+fn memcpy_mib_s(heap: &[u8], size: usize, volume: usize) -> f64 {
+    let src = cycled(heap, volume);
+    let mut dst = vec![0u8; volume];
+    let t0 = Instant::now();
+    for (d, s) in dst.chunks_exact_mut(size).zip(src.chunks_exact(size)) {
+        d.copy_from_slice(std::hint::black_box(s));
+    }
+    std::hint::black_box(&dst);
+    volume as f64 / MIB / t0.elapsed().as_secs_f64()
+}
+
+/// A raw TCP server in host `a`: answers each 8-byte request (a length)
+/// with that many bytes. It serves until the returned guard is dropped
+/// (the listener's thread ends when its next accept fails after a shutdown).
+struct Echo {
+    listener: Arc<TcpListener>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Wake the accept with one last connection that asks for nothing.
+        if let Ok(addr) = self.listener.local_addr() {
+            let _ = TcpStream::connect(addr);
+        }
+    }
+}
+
+fn start_echo(host: &Host) -> anyhow::Result<Echo> {
+    let addr = format!("{}:{ECHO_PORT}", host.ip);
+    let listener = host.run_inside(move || TcpListener::bind(&addr))?.context("binding the raw TCP round-trip server")?;
+    let listener = Arc::new(listener);
+    let l = listener.clone();
+    std::thread::spawn(move || {
+        // One client at a time: the benchmark's.
+        while let Ok((mut conn, _)) = l.accept() {
+            let _ = conn.set_nodelay(true);
+            let mut req = [0u8; 8];
+            let mut buf = Vec::new();
+            let mut served = false;
+            while conn.read_exact(&mut req).is_ok() {
+                served = true;
+                buf.resize(u64::from_le_bytes(req) as usize, 0x5a);
+                if conn.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+            if !served {
+                return; // the wake-up connection of Echo's drop
+            }
+        }
+    });
+    Ok(Echo { listener })
+}
+
+/// `count` round trips of an 8-byte request answered with `size` bytes (ns each).
+fn echo_round_trips(addr: &str, size: usize, count: usize) -> anyhow::Result<Vec<f64>> {
+    let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    conn.set_nodelay(true)?;
+    let mut buf = vec![0u8; size];
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count + count / 10 {
+        let t = Instant::now();
+        conn.write_all(&(size as u64).to_le_bytes())?;
+        conn.read_exact(&mut buf)?;
+        out.push(t.elapsed().as_nanos() as f64);
+    }
+    // The first tenth warms up.
+    Ok(out.split_off(count / 10))
+}
+
+/// 32 random bytes, hex: a fresh cluster key.
+fn random_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The Python program whose heap is measured: records like a function's
+/// (dicts of ints, strings, floats, lists), some JSON text of them.
+const PYTHON_HEAP: &str = r#"
+import json, random, sys
+random.seed(7)
+records = [{"id": i, "user": "user%06d" % i, "email": "u%d@example.com" % i,
+            "score": random.random(), "tags": ["t%d" % (i % 13), "x%d" % (i % 7)],
+            "active": i % 3 == 0} for i in range(150000)]
+text = json.dumps(records[:30000])
+index = {r["user"]: r for r in records}
+sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stdin.read()
+"#;
+
+/// The present pages of the private anonymous writable mappings of a live
+/// Python process running [`PYTHON_HEAP`], back to back (at most
+/// [`MAX_HEAP_BYTES`]).
+fn python_heap_pages() -> anyhow::Result<Vec<u8>> {
+    let python = mitosis_testkit::real_python().context("no python3 on PATH: the compression ratio needs a live Python process")?;
+    let mut cmd = Command::new(&python);
+    cmd.args(["-S", "-c", PYTHON_HEAP]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut guard = ProcessGuard::spawn(&mut cmd).context("starting python")?;
+    let pid = guard.pid();
+    let mut line = [0u8; 6];
+    guard.child_mut().stdout.as_mut().context("python's stdout")?.read_exact(&mut line).context("waiting for python")?;
+    ensure!(&line == b"ready\n", "python said {:?}", String::from_utf8_lossy(&line));
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let maps = mitosis_sys::procfs::parse_maps(&maps).map_err(anyhow::Error::msg)?;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).context("opening python's pagemap")?;
+    let mem = mitosis_sys::mem::ProcMem::open(pid, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut pages = Vec::new();
+    let mut page = vec![0u8; PAGE];
+    for m in maps.iter().filter(|m| m.write && !m.shared && (m.name.is_empty() || m.name == "[heap]")) {
+        let n = ((m.end - m.start) / PAGE as u64) as usize;
+        let mut entries = vec![0u8; n * 8];
+        pagemap.read_exact_at(&mut entries, m.start / PAGE as u64 * 8).context("reading python's pagemap")?;
+        for (i, e) in entries.chunks_exact(8).enumerate() {
+            let entry = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            if entry & mitosis_sys::procfs::pagemap::PRESENT == 0 {
+                continue;
+            }
+            mem.read_exact_at(&mut page, m.start + (i * PAGE) as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
+            pages.extend_from_slice(&page);
+            if pages.len() >= MAX_HEAP_BYTES {
+                return Ok(pages);
+            }
+        }
+    }
+    if pages.is_empty() {
+        bail!("python {pid} had no present anonymous pages");
+    }
+    Ok(pages)
+}
+
+fn print_report(r: &Report) {
+    let b = &r.baselines;
+    println!(
+        "Memory node, client on host b, node on host a (veth), one request outstanding; medians of {} runs.",
+        r.runs
+    );
+    println!(
+        "Pages: the present anonymous pages of a live Python process's heap ({:.1} MiB, {} pages), repeated.",
+        r.python_heap_bytes as f64 / MIB,
+        r.python_pid_pages
+    );
+    println!("Raw TCP bulk a -> b (same veth, same run): {:.0} MiB/s", b.raw_tcp_mib_s);
+    println!();
+    println!("| run | memcpy | raw TCP round trip p50 / p99 (its MiB/s) |");
+    println!("|---|---:|---:|");
+    for s in &b.per_run_size {
+        println!(
+            "| {} KiB | {:.0} MiB/s | {:.1} / {:.1} µs ({:.0} MiB/s) |",
+            s.run_bytes >> 10,
+            s.memcpy_mib_s,
+            s.tcp_round_trip.p50_us,
+            s.tcp_round_trip.p99_us,
+            s.tcp_round_trip_mib_s
+        );
+    }
+    println!();
+    println!("| run | stored | put MiB/s | get MiB/s | put p50 / p99 | get p50 / p99 | get / raw TCP bulk |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for row in &r.rows {
+        println!(
+            "| {} KiB | {} | {:.0} | {:.0} | {:.1} / {:.1} µs | {:.1} / {:.1} µs | {:.2} |",
+            row.run_bytes >> 10,
+            row.compression,
+            row.put_mib_s,
+            row.get_mib_s,
+            row.put_latency.p50_us,
+            row.put_latency.p99_us,
+            row.get_latency.p50_us,
+            row.get_latency.p99_us,
+            row.get_mib_s / b.raw_tcp_mib_s.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!();
+    println!("| stored | Python heap as put | stored | ratio | codec alone, one core: compress / decompress |");
+    println!("|---|---:|---:|---:|---:|");
+    for q in &r.ratios {
+        println!(
+            "| {} | {:.1} MiB | {:.1} MiB | {:.2} | {:.0} / {:.0} MiB/s |",
+            q.compression,
+            q.raw_bytes as f64 / MIB,
+            q.stored_bytes as f64 / MIB,
+            q.ratio,
+            q.codec_compress_mib_s,
+            q.codec_decompress_mib_s
+        );
+    }
+}
