@@ -267,7 +267,8 @@ fn one_run(client: &mut MemnodeClient, payload: &[u8], size: usize, run: usize) 
         put_ns.push(t.elapsed().as_nanos() as f64);
     }
     let put_s = t0.elapsed().as_secs_f64();
-    let mut got = vec![0u8; payload.len()];
+    // Touched before, as the memcpy baseline's destination.
+    let mut got = vec![1u8; payload.len()];
     let mut get_ns = Vec::with_capacity(n);
     let t0 = Instant::now();
     for (i, chunk) in got.chunks_exact_mut(size).enumerate() {
@@ -320,7 +321,9 @@ fn codec_speed(compression: Compression, heap: &[u8]) -> anyhow::Result<(f64, f6
 /// memcpy of `volume` bytes of `heap` in chunks of `size` (MiB/s).
 fn memcpy_mib_s(heap: &[u8], size: usize, volume: usize) -> f64 {
     let src = cycled(heap, volume);
-    let mut dst = vec![0u8; volume];
+    // Touched before: a first touch of fresh memory (tens of µs a page on this
+    // VM) is not what is measured.
+    let mut dst = vec![1u8; volume];
     let t0 = Instant::now();
     for (d, s) in dst.chunks_exact_mut(size).zip(src.chunks_exact(size)) {
         d.copy_from_slice(std::hint::black_box(s));

@@ -39,7 +39,7 @@ fn connect(addr: SocketAddr) -> MemnodeClient {
 
 /// Pages that differ from each other and from run to run.
 fn pattern(pages: usize, salt: u64) -> Vec<u8> {
-    (0..pages * PAGE / 8).flat_map(|i| (i as u64 * 0x9e37_79b9 ^ salt).to_le_bytes()).collect()
+    (0..pages * PAGE / 8).flat_map(|i| ((i as u64 * 0x9e37_79b9) ^ salt).to_le_bytes()).collect()
 }
 
 #[test]
