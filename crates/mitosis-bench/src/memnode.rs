@@ -10,7 +10,9 @@
 //! (`tcp-source` / `tcp-sink`), the raw TCP round trip of a 16-byte request
 //! answered with a run's bytes over the same path (a thread in each host, no
 //! protocol), memcpy of the same bytes in the same run sizes, and each codec
-//! alone on one core. Medians over `runs` runs.
+//! alone on one core. The whole heap is also put and got in 1 MiB requests
+//! (256 pages each), the batches a fault-in path would send. Medians over
+//! `runs` runs.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,6 +39,8 @@ const RUN_SIZES: [usize; 2] = [4 << 10, 64 << 10];
 const COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
 /// Port of the raw TCP round-trip server on host a.
 const ECHO_PORT: u16 = 7120;
+/// Bytes per request when the whole heap is put and got (256 pages).
+const BATCH_BYTES: usize = 1 << 20;
 /// Most bytes of the Python process's pages used.
 const MAX_HEAP_BYTES: usize = 128 << 20;
 /// Round trips per run size in the raw TCP baseline.
@@ -90,6 +94,11 @@ struct Ratio {
     /// One core, in this process: compress and decompress every page.
     codec_compress_mib_s: f64,
     codec_decompress_mib_s: f64,
+    /// The whole heap in 1 MiB requests, one outstanding (medians of the runs).
+    batch_put_mib_s: f64,
+    batch_get_mib_s: f64,
+    batch_put_mib_s_samples: Vec<f64>,
+    batch_get_mib_s_samples: Vec<f64>,
 }
 
 #[derive(Serialize)]
@@ -159,10 +168,11 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         let node = Memnode::start(bin, &hosts.a, &dir, &format!("memnode-{name}"), &key_path, &["--capacity", "8G", "--compress", name])?;
         let addr = node.addr();
         progress(&format!("{name}: compression ratio on {:.1} MiB of Python heap", heap.len() as f64 / MIB));
-        let (raw_bytes, stored_bytes) = {
+        let heap_runs = {
             let (heap, key, addr) = (heap.clone(), key.clone(), addr.clone());
-            hosts.b.run_inside(move || store_heap(&addr, &key, &heap))??
+            hosts.b.run_inside(move || store_heap(&addr, &key, &heap, runs))??
         };
+        let (raw_bytes, stored_bytes) = (heap_runs.raw_bytes, heap_runs.stored_bytes);
         let (codec_compress_mib_s, codec_decompress_mib_s) = codec_speed(compression, &heap)?;
         ratios.push(Ratio {
             compression,
@@ -171,6 +181,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             ratio: raw_bytes as f64 / stored_bytes.max(1) as f64,
             codec_compress_mib_s,
             codec_decompress_mib_s,
+            batch_put_mib_s: median(&heap_runs.put_mib_s),
+            batch_get_mib_s: median(&heap_runs.get_mib_s),
+            batch_put_mib_s_samples: heap_runs.put_mib_s,
+            batch_get_mib_s_samples: heap_runs.get_mib_s,
         });
         for &size in &RUN_SIZES {
             let volume = volume_for(size, opts.mib);
@@ -284,22 +298,43 @@ fn one_run(client: &mut MemnodeClient, payload: &[u8], size: usize, run: usize) 
     Ok(Sample { put_mib_s: mib / put_s, get_mib_s: mib / get_s, put_ns, get_ns })
 }
 
-/// Puts the heap's pages (1 MiB requests), reads the node's raw and stored
-/// bytes, gets every page back and compares, drops them.
-fn store_heap(addr: &str, key: &ClusterKey, heap: &[u8]) -> anyhow::Result<(u64, u64)> {
+/// Puts the heap's pages in 1 MiB requests (256 pages each), reads the
+/// node's raw and stored bytes, gets every page back the same way and
+/// compares, drops them; `runs` times. Returns the bytes of the first run
+/// and the put and get MiB/s of every run.
+fn store_heap(addr: &str, key: &ClusterKey, heap: &[u8], runs: usize) -> anyhow::Result<HeapRuns> {
     let mut client = MemnodeClient::connect(addr, key, Protection::Encrypted, std::time::Duration::from_secs(10))?;
-    let step = 1 << 20;
-    for (i, chunk) in heap.chunks(step).enumerate() {
-        client.put("python-heap", &[((i * step) as u64, chunk)])?;
+    let step = BATCH_BYTES;
+    let mib = heap.len() as f64 / MIB;
+    let mut out = HeapRuns { raw_bytes: 0, stored_bytes: 0, put_mib_s: Vec::new(), get_mib_s: Vec::new() };
+    let mut back = vec![1u8; heap.len()];
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        for (i, chunk) in heap.chunks(step).enumerate() {
+            client.put("python-heap", &[((i * step) as u64, chunk)])?;
+        }
+        out.put_mib_s.push(mib / t0.elapsed().as_secs_f64());
+        let stats = client.stats()?;
+        if out.raw_bytes == 0 {
+            (out.raw_bytes, out.stored_bytes) = (stats.raw_bytes, stats.stored_bytes);
+        }
+        let t0 = Instant::now();
+        for (i, chunk) in back.chunks_mut(step).enumerate() {
+            client.get("python-heap", &[((i * step) as u64, chunk.len() as u64)], chunk)?;
+        }
+        out.get_mib_s.push(mib / t0.elapsed().as_secs_f64());
+        ensure!(back == heap, "the heap's pages came back different");
+        client.drop_instance("python-heap")?;
     }
-    let stats = client.stats()?;
-    let mut back = vec![0u8; heap.len()];
-    for (i, chunk) in back.chunks_mut(step).enumerate() {
-        client.get("python-heap", &[((i * step) as u64, chunk.len() as u64)], chunk)?;
-    }
-    ensure!(back == heap, "the heap's pages came back different");
-    client.drop_instance("python-heap")?;
-    Ok((stats.raw_bytes, stats.stored_bytes))
+    Ok(out)
+}
+
+/// What [`store_heap`] measured.
+struct HeapRuns {
+    raw_bytes: u64,
+    stored_bytes: u64,
+    put_mib_s: Vec<f64>,
+    get_mib_s: Vec<f64>,
 }
 
 /// One core compressing and decompressing every page of `heap` (MiB/s of pages).
@@ -495,17 +530,19 @@ fn print_report(r: &Report) {
         );
     }
     println!();
-    println!("| stored | Python heap as put | stored | ratio | codec alone, one core: compress / decompress |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| stored | Python heap as put | stored | ratio | codec alone, one core: compress / decompress | heap in 1 MiB requests: put / get |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for q in &r.ratios {
         println!(
-            "| {} | {:.1} MiB | {:.1} MiB | {:.2} | {:.0} / {:.0} MiB/s |",
+            "| {} | {:.1} MiB | {:.1} MiB | {:.2} | {:.0} / {:.0} MiB/s | {:.0} / {:.0} MiB/s |",
             q.compression,
             q.raw_bytes as f64 / MIB,
             q.stored_bytes as f64 / MIB,
             q.ratio,
             q.codec_compress_mib_s,
-            q.codec_decompress_mib_s
+            q.codec_decompress_mib_s,
+            q.batch_put_mib_s,
+            q.batch_get_mib_s
         );
     }
 }
