@@ -7,10 +7,11 @@
 //! `/proc/PID/mem`).
 //!
 //! Beside them, in the same run: raw TCP bulk throughput over the same veth
-//! (`tcp-source` / `tcp-sink`), the raw TCP round trip of a 16-byte request
+//! (`tcp-source` / `tcp-sink`), the raw TCP round trip of an 8-byte request
 //! answered with a run's bytes over the same path (a thread in each host, no
-//! protocol), memcpy of the same bytes in the same run sizes, and each codec
-//! alone on one core. The whole heap is also put and got in 1 MiB requests
+//! protocol), measured right before each run of the memory node, memcpy of
+//! the same bytes in the same run sizes, and, on one core, each codec and
+//! the page digests alone. The whole heap is also put and got in 1 MiB requests
 //! (256 pages each), the batches a fault-in path would send. Medians over
 //! `runs` runs.
 
@@ -43,8 +44,8 @@ const ECHO_PORT: u16 = 7120;
 const BATCH_BYTES: usize = 1 << 20;
 /// Most bytes of the Python process's pages used.
 const MAX_HEAP_BYTES: usize = 128 << 20;
-/// Round trips per run size in the raw TCP baseline.
-const ECHO_ROUND_TRIPS: usize = 2000;
+/// Raw TCP round trips measured right before each run of the memory node.
+const ECHO_ROUND_TRIPS: usize = 500;
 const MIB: f64 = 1048576.0;
 
 /// What to measure.
@@ -80,6 +81,11 @@ struct Row {
     /// Medians over the runs of each run's percentiles.
     put_latency: Latency,
     get_latency: Latency,
+    /// The raw TCP round trip of a run's bytes, measured right before each
+    /// run over the same path (medians over the runs of each run's percentiles).
+    tcp_round_trip: Latency,
+    /// The run's bytes over one raw round trip at its median.
+    tcp_round_trip_mib_s: f64,
     put_mib_s_samples: Vec<f64>,
     get_mib_s_samples: Vec<f64>,
 }
@@ -105,17 +111,16 @@ struct Ratio {
 struct Baselines {
     raw_tcp_mib_s: f64,
     raw_tcp_mib_s_samples: Vec<f64>,
-    /// Per run size: memcpy MiB/s and the raw TCP round trip (16 bytes asked, the run's bytes answered).
+    /// Per run size: memcpy of the same bytes in chunks of that size.
     per_run_size: Vec<RunBaseline>,
+    /// One core making the page digests every put and get checks (BLAKE3).
+    digest_mib_s: f64,
 }
 
 #[derive(Serialize)]
 struct RunBaseline {
     run_bytes: usize,
     memcpy_mib_s: f64,
-    tcp_round_trip: Latency,
-    /// The run's bytes over one round trip at its median.
-    tcp_round_trip_mib_s: f64,
 }
 
 #[derive(Serialize)]
@@ -149,17 +154,14 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     let tcp = crate::micro::raw_tcp(bin, &hosts, runs)?;
     let tcp_mib: Vec<f64> = tcp_samples_mib(&tcp);
     let mut per_run_size = Vec::new();
-    let echo = start_echo(&hosts.a)?;
     for &size in &RUN_SIZES {
         let volume = volume_for(size, opts.mib);
         let memcpy = median(&(0..runs).map(|_| memcpy_mib_s(&heap, size, volume)).collect::<Vec<_>>());
-        let addr = format!("{}:{ECHO_PORT}", hosts.a.ip);
-        let rtts = hosts.b.run_inside(move || echo_round_trips(&addr, size, ECHO_ROUND_TRIPS))??;
-        let lat = Latency::of(&rtts);
-        let mib_s = size as f64 / MIB / (lat.p50_us / 1e6);
-        per_run_size.push(RunBaseline { run_bytes: size, memcpy_mib_s: memcpy, tcp_round_trip: lat, tcp_round_trip_mib_s: mib_s });
+        per_run_size.push(RunBaseline { run_bytes: size, memcpy_mib_s: memcpy });
     }
-    drop(echo);
+    let digest_mib_s = median(&(0..runs).map(|_| digest_mib_s(&heap)).collect::<Vec<_>>());
+    let _echo = start_echo(&hosts.a)?;
+    let echo_addr = format!("{}:{ECHO_PORT}", hosts.a.ip);
 
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
@@ -189,11 +191,16 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         for &size in &RUN_SIZES {
             let volume = volume_for(size, opts.mib);
             progress(&format!("{name}: {} KiB runs, {} MiB per run, {runs} runs", size >> 10, volume >> 20));
-            let (heap, key, addr) = (heap.clone(), key.clone(), addr.clone());
+            let (heap, key, addr, echo_addr) = (heap.clone(), key.clone(), addr.clone(), echo_addr.clone());
             let samples = hosts.b.run_inside(move || -> anyhow::Result<Vec<Sample>> {
                 let mut client = MemnodeClient::connect(&addr, &key, Protection::Encrypted, std::time::Duration::from_secs(10))?;
                 let payload = cycled(&heap, volume);
-                (0..runs).map(|r| one_run(&mut client, &payload, size, r)).collect()
+                (0..runs)
+                    .map(|r| {
+                        let rtt_ns = echo_round_trips(&echo_addr, size, ECHO_ROUND_TRIPS)?;
+                        Ok(Sample { rtt_ns, ..one_run(&mut client, &payload, size, r)? })
+                    })
+                    .collect()
             })??;
             rows.push(Row::of(compression, size, volume, &samples));
         }
@@ -203,7 +210,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         runs,
         python_pid_pages: heap_pages,
         python_heap_bytes: heap.len() as u64,
-        baselines: Baselines { raw_tcp_mib_s: median(&tcp_mib), raw_tcp_mib_s_samples: tcp_mib, per_run_size },
+        baselines: Baselines { raw_tcp_mib_s: median(&tcp_mib), raw_tcp_mib_s_samples: tcp_mib, per_run_size, digest_mib_s },
         rows,
         ratios,
     };
@@ -240,6 +247,7 @@ struct Sample {
     get_mib_s: f64,
     put_ns: Vec<f64>,
     get_ns: Vec<f64>,
+    rtt_ns: Vec<f64>,
 }
 
 impl Row {
@@ -253,7 +261,11 @@ impl Row {
                 p99_us: median(&per_run.iter().map(|l| l.p99_us).collect::<Vec<_>>()),
             }
         };
+        let tcp_round_trip = lat(&|s| &s.rtt_ns);
+        let tcp_round_trip_mib_s = size as f64 / MIB / (tcp_round_trip.p50_us / 1e6).max(f64::MIN_POSITIVE);
         Row {
+            tcp_round_trip,
+            tcp_round_trip_mib_s,
             compression,
             run_bytes: size,
             bytes_per_run: volume,
@@ -295,7 +307,7 @@ fn one_run(client: &mut MemnodeClient, payload: &[u8], size: usize, run: usize) 
     let (pages, _) = client.drop_instance(&instance)?;
     ensure!(pages == (payload.len() / PAGE) as u64, "dropped {pages} pages of {}", payload.len() / PAGE);
     let mib = payload.len() as f64 / MIB;
-    Ok(Sample { put_mib_s: mib / put_s, get_mib_s: mib / get_s, put_ns, get_ns })
+    Ok(Sample { put_mib_s: mib / put_s, get_mib_s: mib / get_s, put_ns, get_ns, rtt_ns: Vec::new() })
 }
 
 /// Puts the heap's pages in 1 MiB requests (256 pages each), reads the
@@ -351,6 +363,15 @@ fn codec_speed(compression: Compression, heap: &[u8]) -> anyhow::Result<(f64, f6
     let dec_s = t0.elapsed().as_secs_f64();
     let mib = heap.len() as f64 / MIB;
     Ok((mib / enc_s, mib / dec_s))
+}
+
+/// One core making the digest of every page of `heap` (MiB/s).
+fn digest_mib_s(heap: &[u8]) -> f64 {
+    let t0 = Instant::now();
+    for (i, page) in heap.chunks_exact(PAGE).enumerate() {
+        std::hint::black_box(mitosis_proto::memnode::page_digest("bench", (i * PAGE) as u64, page));
+    }
+    heap.len() as f64 / MIB / t0.elapsed().as_secs_f64()
 }
 
 /// memcpy of `volume` bytes of `heap` in chunks of `size` (MiB/s).
@@ -500,24 +521,14 @@ fn print_report(r: &Report) {
     );
     println!("Raw TCP bulk a -> b (same veth, same run): {:.0} MiB/s", b.raw_tcp_mib_s);
     println!();
-    println!("| run | memcpy | raw TCP round trip p50 / p99 (its MiB/s) |");
-    println!("|---|---:|---:|");
-    for s in &b.per_run_size {
-        println!(
-            "| {} KiB | {:.0} MiB/s | {:.1} / {:.1} µs ({:.0} MiB/s) |",
-            s.run_bytes >> 10,
-            s.memcpy_mib_s,
-            s.tcp_round_trip.p50_us,
-            s.tcp_round_trip.p99_us,
-            s.tcp_round_trip_mib_s
-        );
-    }
+    let memcpy: Vec<String> = b.per_run_size.iter().map(|m| format!("{} KiB chunks {:.0} MiB/s", m.run_bytes >> 10, m.memcpy_mib_s)).collect();
+    println!("memcpy of the same bytes: {}; page digests (BLAKE3), one core: {:.0} MiB/s", memcpy.join(", "), b.digest_mib_s);
     println!();
-    println!("| run | stored | put MiB/s | get MiB/s | put p50 / p99 | get p50 / p99 | get / raw TCP bulk |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| run | stored | put MiB/s | get MiB/s | put p50 / p99 | get p50 / p99 | raw TCP round trip p50 / p99 (same run) | get / raw TCP bulk |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for row in &r.rows {
         println!(
-            "| {} KiB | {} | {:.0} | {:.0} | {:.1} / {:.1} µs | {:.1} / {:.1} µs | {:.2} |",
+            "| {} KiB | {} | {:.0} | {:.0} | {:.1} / {:.1} µs | {:.1} / {:.1} µs | {:.1} / {:.1} µs | {:.2} |",
             row.run_bytes >> 10,
             row.compression,
             row.put_mib_s,
@@ -526,6 +537,8 @@ fn print_report(r: &Report) {
             row.put_latency.p99_us,
             row.get_latency.p50_us,
             row.get_latency.p99_us,
+            row.tcp_round_trip.p50_us,
+            row.tcp_round_trip.p99_us,
             row.get_mib_s / b.raw_tcp_mib_s.max(f64::MIN_POSITIVE)
         );
     }
