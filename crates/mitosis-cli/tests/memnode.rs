@@ -257,3 +257,41 @@ fn garbage_gets_clear_errors_while_another_client_keeps_working() {
     assert_eq!(v["bad_requests"].as_u64(), Some(answers.len() as u64), "{v}");
     assert!(!s.node.log().contains("panicked"), "{}", s.node.log());
 }
+
+/// `mitosis memnode ARGS` on this host: (exit status, stderr).
+fn memnode_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin()).arg("memnode").args(args).output().expect("running mitosis memnode");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn usage_errors_are_64_and_a_taken_address_is_69() {
+    let dir = TestDir::new("memnode-usage");
+    let key = write_key(&dir, "key", KEY);
+    let short = write_key(&dir, "short", "too-short");
+    let key_arg = key.to_str().unwrap();
+    let (code, err) = memnode_cli(&[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--listen") && err.contains("--capacity"), "{err}");
+    let (code, err) = memnode_cli(&["--listen", "127.0.0.1:0", "--key-file", key_arg, "--capacity", "12Q"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("unknown unit"), "{err}");
+    let (code, err) = memnode_cli(&["--listen", "127.0.0.1:0", "--key-file", key_arg, "--capacity", "1M", "--compress", "gzip"]);
+    assert_eq!(code, 64, "{err}");
+    let missing = dir.path().join("no-such-key");
+    let (code, err) = memnode_cli(&["--listen", "127.0.0.1:0", "--key-file", missing.to_str().unwrap(), "--capacity", "1M"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("cannot read key file"), "{err}");
+    let (code, err) = memnode_cli(&["--listen", "127.0.0.1:0", "--key-file", short.to_str().unwrap(), "--capacity", "1M"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("at least 16 bytes"), "{err}");
+    // An address another socket holds (on loopback).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, err) = memnode_cli(&["--listen", &addr, "--key-file", key_arg, "--capacity", "1M"]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    // `stats` with a key file it cannot read.
+    let (code, err) = memnode_cli(&["stats", "--peer", &addr, "--key-file", missing.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+}
