@@ -55,6 +55,9 @@ pub struct MemnodeArgs {
     /// Peer connections held at once; over it a peer is told "busy" and closed.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Peer connections one address may hold at once before they have authenticated.
+    #[arg(long, default_value_t = 64)]
+    max_handshakes_per_ip: usize,
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
 }
@@ -140,6 +143,7 @@ impl MemnodeArgs {
                 let store = Arc::new(Store::new(capacity, compression));
                 let mut config = ServerConfig::new(key, protection(self.no_encrypt));
                 config.max_connections = self.max_connections.max(1);
+                config.max_handshakes_per_ip = self.max_handshakes_per_ip.max(1);
                 tracing::info!(%listen, capacity, %compression, "memory node serving");
                 let e = mitosis_memnode::serve(listener, store, config);
                 Err(anyhow::Error::new(e).context(format!("accepting peers on {listen}")))

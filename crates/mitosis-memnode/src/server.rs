@@ -3,7 +3,10 @@
 //! thread per connection.
 //!
 //! Bad input never reaches the store: a connection that does not complete
-//! the handshake within [`ServerConfig::handshake_timeout`] is dropped; an
+//! the handshake within [`ServerConfig::handshake_timeout`] is dropped, and
+//! one address holds at most [`ServerConfig::max_handshakes_per_ip`]
+//! connections in their handshake at once (over it, or over
+//! [`ServerConfig::max_connections`] in all, a peer is told "busy"); an
 //! authenticated peer's undecodable or oversized frame, or a put out of
 //! bounds (whose payload can then not be trusted), is answered with a
 //! `BadRequest` error and its connection closed; other requests out of
@@ -11,9 +14,10 @@
 //! connections never notice.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mitosis_proto::auth::{refuse_busy, server_handshake, ClusterKey};
@@ -34,13 +38,16 @@ pub struct ServerConfig {
     pub protection: Protection,
     /// Connections held at once; over it a peer is told "busy" and closed.
     pub max_connections: usize,
+    /// Connections from one address still in their handshake at once (a
+    /// member's many authenticated connections are not held against it).
+    pub max_handshakes_per_ip: usize,
     /// How long a peer's whole handshake may take.
     pub handshake_timeout: Duration,
 }
 
 impl ServerConfig {
     pub fn new(key: ClusterKey, protection: Protection) -> ServerConfig {
-        ServerConfig { key, protection, max_connections: 1024, handshake_timeout: Duration::from_secs(5) }
+        ServerConfig { key, protection, max_connections: 1024, max_handshakes_per_ip: 64, handshake_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -55,6 +62,7 @@ const KEEPALIVE_PROBES: u32 = 5;
 pub fn serve(listener: TcpListener, store: Arc<Store>, config: ServerConfig) -> std::io::Error {
     let config = Arc::new(config);
     let held = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(Handshakes::default());
     loop {
         let mut conn = match listener.accept() {
             Ok((c, _)) => c,
@@ -67,17 +75,20 @@ pub fn serve(listener: TcpListener, store: Arc<Store>, config: ServerConfig) -> 
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
             Err(e) => return e,
         };
-        let who = conn.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        if held.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
+        let Ok(peer) = conn.peer_addr() else { continue };
+        let who = peer.to_string();
+        let over_total = held.fetch_add(1, Ordering::AcqRel) >= config.max_connections;
+        if over_total || !handshakes.admit(peer.ip(), config.max_handshakes_per_ip) {
             held.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(%who, "refused a peer: as many connections as allowed are held");
+            tracing::warn!(%who, "refused a peer: as many connections as allowed are held (in total, or in handshake from its address)");
             let _ = refuse_busy(&mut conn);
             let _ = conn.shutdown(std::net::Shutdown::Write);
             continue;
         }
-        let (store, config, held) = (store.clone(), config.clone(), held.clone());
+        let (store, config, held, handshakes) = (store.clone(), config.clone(), held.clone(), handshakes.clone());
         let spawned = std::thread::Builder::new().name("memnode-peer".into()).spawn(move || {
-            match serve_peer(&store, &config, conn) {
+            let mut in_handshake = Some(HandshakeSlot { table: &handshakes, ip: peer.ip() });
+            match serve_peer(&store, &config, conn, &mut in_handshake) {
                 Ok(()) | Err(ProtoError::Closed) => tracing::debug!(%who, "peer disconnected"),
                 Err(e) => tracing::warn!(%who, error = %mitosis_proto::error_chain(&e), "peer dropped"),
             }
@@ -97,9 +108,46 @@ fn refuse(store: &Store, writer: &mut SecureWriter<TcpStream>, why: String) -> R
     Ok(())
 }
 
-fn serve_peer(store: &Store, config: &ServerConfig, conn: TcpStream) -> Result<(), ProtoError> {
+/// Connections in their handshake, per address.
+#[derive(Default)]
+struct Handshakes(Mutex<HashMap<IpAddr, usize>>);
+
+impl Handshakes {
+    /// Counts one more from `ip`, unless it already has `cap`.
+    fn admit(&self, ip: IpAddr, cap: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+}
+
+/// One connection's place among its address's handshakes, given back on drop.
+struct HandshakeSlot<'a> {
+    table: &'a Handshakes,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// `in_handshake` is given back (emptied) once the peer has authenticated.
+fn serve_peer(store: &Store, config: &ServerConfig, conn: TcpStream, in_handshake: &mut Option<HandshakeSlot>) -> Result<(), ProtoError> {
     conn.set_nodelay(true)?;
     let channel = server_handshake(&mut Deadline::new(&conn, config.handshake_timeout), &config.key, config.protection)?;
+    in_handshake.take();
     conn.set_read_timeout(None)?;
     conn.set_write_timeout(None)?;
     mitosis_sys::net::set_keepalive_timing(&conn, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES)

@@ -238,3 +238,38 @@ fn a_wrong_page_from_the_node_is_refused() {
     // The connection is not trusted any more.
     assert!(matches!(c.get("i", &[(0x1000, PAGE as u64)], &mut out), Err(MemnodeError::Broken)));
 }
+
+/// Connections that never finish their handshake hold their address's
+/// handshake places; one more is told "busy"; once they go, it is served.
+#[test]
+fn one_address_holds_few_handshakes_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = Arc::new(Store::new(1 << 20, Compression::Lz4));
+    let mut config = ServerConfig::new(key(KEY), Protection::Encrypted);
+    config.max_handshakes_per_ip = 2;
+    std::thread::spawn(move || mitosis_memnode::serve(listener, store, config));
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The server counts them once it has accepted them.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let busy = loop {
+        match MemnodeClient::connect(&addr.to_string(), &key(KEY), Protection::Encrypted, TIMEOUT) {
+            Err(e) if e.kind() == ErrorKind::Busy => break e,
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("expected busy, got {:?}", other.err()),
+        }
+    };
+    assert_eq!(busy.kind().exit_code(), 75, "{busy}");
+    drop(silent);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match MemnodeClient::connect(&addr.to_string(), &key(KEY), Protection::Encrypted, TIMEOUT) {
+            Ok(mut c) => {
+                c.put("i", &[(0, &pattern(1, 1))]).unwrap();
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
