@@ -5,8 +5,7 @@ Initialisation imports Chameleon and compiles the template; the handler
 renders it for a 200-row, 200-column table and prints a digest of the HTML.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import hashlib

@@ -6,8 +6,7 @@ handler compresses it into a fresh temporary directory, decompresses the
 result to check it, and prints the sizes and a digest of the compressed file.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import gzip

@@ -6,8 +6,7 @@ Initialisation imports Pillow; the handler opens functions/data/image/image.jpg
 into a fresh temporary directory and prints a digest of the saved files.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import hashlib

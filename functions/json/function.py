@@ -5,8 +5,7 @@ gen_inputs.py); the handler parses it with json.loads, serialises it again
 with json.dumps and prints a digest of the serialised text.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import hashlib

@@ -1,13 +1,12 @@
 """linpack (FaaSMem, from FunctionBench's linpack): solve a dense linear
-system A x = b with numpy (LAPACK, single-threaded OpenBLAS).
+system A x = b with numpy (LAPACK, OpenBLAS with its threads).
 
 Initialisation imports numpy; the handler makes a random 1000 x 1000 system
 from a fixed seed, solves it, checks the residual and prints the rate in
 MFLOP/s-independent terms (the residual and a digest of x).
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import hashlib

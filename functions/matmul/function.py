@@ -1,13 +1,12 @@
 """matmul (FaaSMem, from FunctionBench's matmul): multiply two 1000 x 1000
-matrices with numpy (single-threaded OpenBLAS).
+matrices with numpy (OpenBLAS, with its threads).
 
 Initialisation imports numpy; the handler makes the two matrices from a
 fixed seed, multiplies them, spot-checks entries against dot products and
 prints a digest of the product.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import hashlib

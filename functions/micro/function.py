@@ -6,8 +6,7 @@ the first -touch_ratio percent (default 100) of the pages and prints their
 sum, which it checks against what initialisation wrote.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import mmap

@@ -5,8 +5,7 @@ Initialisation imports python-igraph and builds the graph
 PageRank of every vertex and prints the top vertices and a digest.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import array

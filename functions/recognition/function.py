@@ -3,7 +3,7 @@
 MITOSIS runs torchvision's ResNet-50 with random weights on a 2 MB JPEG.
 Here the same network (bottleneck blocks [3, 4, 6, 3], 25.6 M parameters,
 1000 classes) is written in numpy, with convolutions as im2col matrix
-products on single-threaded OpenBLAS, and its weights are fixed seeded
+products on OpenBLAS (with its threads), and its weights are fixed seeded
 random numbers: He-initialised convolutions and batch-norm statistics that
 initialisation folds into the convolutions, as an inference engine does.
 
@@ -14,8 +14,7 @@ center-crops (224 x 224) and normalises the image, runs the network,
 applies softmax and prints the top-5 classes and a digest of the logits.
 """
 
-# First: the wrapper sets OPENBLAS_NUM_THREADS=1 and the like before any
-# numerical library loads (only single-threaded processes can be prepared).
+# The wrapper first: its flags, timing lines and prepare (mitosis_wrapper).
 from mitosis_wrapper import *  # noqa: E402,F401,F403
 
 import hashlib

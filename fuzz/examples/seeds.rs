@@ -15,7 +15,7 @@ use mitosis_proto::auth::{client_handshake, refuse_busy, server_handshake, Clust
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, Vma,
+    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, Vma,
     VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
@@ -126,6 +126,20 @@ fn image() -> SeedImage {
             personality: 0x0040000,
             child_subreaper: true,
         },
+        comm: "python3".into(),
+        threads: vec![ThreadState {
+            tid: 1235,
+            regs: Registers { words: [7; USER_REGS_WORDS] },
+            xstate: vec![0; 64],
+            blocked: 1 << 1,
+            rseq: None,
+            robust_list: (0x60_0400, 24),
+            tid_address: 0x60_0500,
+            altstack: (0, 2, 0),
+            comm: "worker".into(),
+        }],
+        reply_tid: 1234,
+        tcb_tid_offset: Some(0x2d0),
     }
 }
 
@@ -148,6 +162,7 @@ fn seed_info() -> SeedInfo {
         pinned: true,
         copied_bytes: Some(4096),
         closed_fds: vec![(4, "socket:[1234]".into())],
+        threads: 2,
     }
 }
 

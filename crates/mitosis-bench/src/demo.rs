@@ -131,7 +131,7 @@ struct Parent {
 fn start_python(cluster: &Cluster, python: &Path, script: &Path) -> anyhow::Result<Parent> {
     let t0 = Instant::now();
     let mut process = HostProcess::spawn(
-        host_command(&cluster.hosts.a, python).arg(script).arg(TABLE_ENTRIES.to_string()).env("OPENBLAS_NUM_THREADS", "1"),
+        host_command(&cluster.hosts.a, python).arg(script).arg(TABLE_ENTRIES.to_string()),
     )?;
     let pid = process.chan.recv_number("ready", PATIENCE).context("starting the Python program")?;
     let cold_start = t0.elapsed();

@@ -110,7 +110,6 @@ impl Suite {
         ensure!(self.dir.join("data/.stamp").is_file(), "the inputs in {} were not generated: {SETUP_HINT}", self.dir.join("data").display());
         let out = Command::new(&self.python)
             .args(["-c", "import mitosis_wrapper, numpy, igraph, PIL, pyaes, chameleon"])
-            .env("OPENBLAS_NUM_THREADS", "1")
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {}", self.python.display()))?;

@@ -62,6 +62,7 @@ pub mod soak;
 pub mod spike;
 pub mod starts;
 pub mod stress_fork;
+pub mod threads;
 pub mod throughput;
 pub mod workload;
 

@@ -544,7 +544,7 @@ pub fn python_working_set(cluster: &Cluster, python: &Path, runs: usize) -> anyh
     std::fs::write(&script, PYTHON_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
     progress(&format!("Python working set: starting {} on host a ({PYTHON_ENTRIES}-entry dict)", python.display()));
     let mut parent = HostProcess::spawn(
-        host_command(&cluster.hosts.a, python).arg(&script).arg(PYTHON_ENTRIES.to_string()).env("OPENBLAS_NUM_THREADS", "1"),
+        host_command(&cluster.hosts.a, python).arg(&script).arg(PYTHON_ENTRIES.to_string()),
     )?;
     let pid = parent.chan.recv_number("ready", Duration::from_secs(120)).context("starting the Python seed")?;
     let id = format!("micro-python-{}", std::process::id());

@@ -34,8 +34,9 @@
  * with the same cluster key. The local daemon is reached through a Unix
  * socket: the path given to mitosis_open, else $MITOSIS_SOCKET, else
  * /run/mitosis/mitosis.sock. Root may prepare and resume anything; another
- * user only its own processes and seeds. A process that prepares itself or
- * is resumed in place must be single-threaded.
+ * user only its own processes and seeds. A process that prepares itself may
+ * have threads (every one is prepared, and goes on in each child); one that
+ * is resumed in place must be single-threaded (it becomes the child).
  *
  * What a child gets: registers (with FPU/vector state), all memory at the
  * same addresses, signal dispositions and mask, cwd, regular files reopened
@@ -206,8 +207,8 @@ int mitosis_fork_prepare_ex(mitosis_conn *conn, const char *id, int flags, mitos
  *     }
  *     mitosis_child_hook(reseed, NULL);     // once, before preparing
  *
- * A hook runs in the calling thread (the only one: a prepared process is
- * single-threaded), with SIGPIPE blocked as during every libmitosis call.
+ * A hook runs in the thread that called mitosis_fork_prepare (the seed's
+ * other threads go on meanwhile), with SIGPIPE blocked as during every libmitosis call.
  * It must return (no longjmp, no C++ exception out of it). It may call
  * mitosis_child_hook; the new hook runs from the next prepare on. Hooks
  * cannot be removed, and they stay registered in children (for a nested

@@ -298,8 +298,8 @@ impl ChildHook {
 }
 
 // SAFETY: the library never touches `arg`; it only hands it back to `hook`,
-// in the thread that called mitosis_fork_prepare in a child (the only one
-// there is). mitosis.h makes the caller responsible for `arg` being usable
+// in the thread that called mitosis_fork_prepare in a child (the seed's
+// other threads, if it had any, go on where they were). mitosis.h makes the caller responsible for `arg` being usable
 // from that thread.
 unsafe impl Send for ChildHook {}
 // SAFETY: as for Send; a shared ChildHook is only ever read.

@@ -333,7 +333,7 @@ fn error_paths_and_resume_as_a_new_child_from_c() {
         "NULL id",
         "unknown flag",
         "invalid seed id",
-        "multi-threaded prepare",
+        "multi-threaded resume in place",
         "resume in place, unknown seed",
         "resume, unknown seed",
         "resume from an unreachable seed host",

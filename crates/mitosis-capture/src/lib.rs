@@ -1,4 +1,4 @@
-//! Prepare: turn a running, single-threaded x86-64 process into a *seed*.
+//! Prepare: turn a running x86-64 process, every thread of it, into a *seed*.
 //!
 //! A seed is two things: a [`SeedImage`] (registers, xsave state, memory
 //! layout, signal state, files: everything except page contents) and a
@@ -7,18 +7,27 @@
 //! address. The target keeps running unharmed.
 //!
 //! How (all from outside, with ptrace; the target needs no cooperation):
-//! 1. `PTRACE_SEIZE` + `PTRACE_INTERRUPT`; refuse multi-threaded targets.
-//! 2. Read registers, xsave state and the signal mask; read `/proc/PID/*`.
+//! 1. `PTRACE_SEIZE` + `PTRACE_INTERRUPT` of every thread, until no new
+//!    thread appears ([`threads`]); a thread that cannot be stopped (in
+//!    `vfork()`, traced by someone else) fails the prepare, naming it.
+//! 2. Read registers, xsave state and the signal mask of each thread; read
+//!    `/proc/PID/*`.
 //! 3. Inject a few syscalls through a `syscall` instruction of the vDSO:
 //!    `rt_sigaction` for each caught signal (handler addresses are not in
-//!    /proc), `brk(0)`, and finally `clone` with exit signal 0, which creates
+//!    /proc), each thread's tid address and alternate signal stack,
+//!    `brk(0)`, and finally `clone` with exit signal 0, which creates
 //!    the snapshot. Exit signal 0 keeps the snapshot out of the target's
 //!    `wait()` and SIGCHLD.
 //! 4. Give the snapshot its own session (an injected `setsid`, so that a
 //!    signal to the target's process group never reaches it) and park it in
 //!    `pause()` with every signal blocked: only SIGKILL ends it, and it never
 //!    runs the target's code a second time.
-//! 5. Restore the target's registers and detach.
+//! 5. Restore every thread's registers and detach.
+//!
+//! The snapshot is a copy of the leader only (a fork copies one thread),
+//! but its memory is everyone's, taken while every thread was stopped: the
+//! other threads' state is in the image ([`ThreadState`]), and children
+//! recreate them.
 //!
 //! This crate must not serve pages, talk to the network or keep seeds: the
 //! daemon owns the snapshot once [`prepare`] returns.
@@ -29,6 +38,7 @@
 pub mod access;
 mod copy;
 mod files;
+pub mod threads;
 
 pub use copy::{copy_memory, CopiedMemory};
 
@@ -36,13 +46,13 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, Vma,
-    VmaKind,
+    IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState,
+    Vma, VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
-use mitosis_sys::ptrace::{idx, Stop, Tracee};
+use mitosis_sys::ptrace::{idx, Regs, Stop, Tracee};
 use mitosis_sys::vdso::{is_vdso_part, VdsoInfo};
-use mitosis_sys::{mem, pidfd, usize_of, SysError, PAGE};
+use mitosis_sys::{pidfd, usize_of, SysError, PAGE};
 
 const ERESTART_RESTARTBLOCK: i64 = -516;
 
@@ -51,8 +61,6 @@ const ERESTART_RESTARTBLOCK: i64 = -516;
 pub enum CaptureError {
     #[error("process {pid} does not exist or cannot be read")]
     NoProcess { pid: i32 },
-    #[error("process {pid} has {threads} threads; only single-threaded processes can be prepared (numpy users: set OPENBLAS_NUM_THREADS=1)")]
-    MultiThreaded { pid: i32, threads: u32 },
     #[error("process {pid} cannot be prepared: {what}")]
     Unsupported { pid: i32, what: String },
     /// A process preparing itself is not (yet) blocked reading the daemon's answer.
@@ -96,57 +104,69 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
     let t0 = Instant::now();
     let pid = spec.pid;
     let status = procfs::parse_status(&read_proc(pid, "status")?);
-    if status.threads != 1 {
-        return Err(CaptureError::MultiThreaded { pid, threads: status.threads });
+    if u32::try_from(pid).ok() == Some(std::process::id()) {
+        return Err(CaptureError::Unsupported { pid, what: "it is this daemon itself, whose threads cannot trace each other".into() });
     }
     // Tracer and target on one CPU: every injected syscall is a round trip.
     // The target gets its own CPU set back before it runs again (guards drop on return).
     let cpu = mitosis_sys::affinity::last_cpu(pid).unwrap_or_else(mitosis_sys::affinity::current_cpu);
     let _pin_self = mitosis_sys::affinity::Pin::to(0, cpu).ok();
     let _pin_target = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
-    let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK).map_err(|e| {
-        if e.errno == libc::EPERM {
-            CaptureError::Unsupported { pid, what: "it is already traced with ptrace (by a debugger, or by another prepare in progress)".into() }
-        } else {
-            CaptureError::Sys { step: "attaching with ptrace", source: e }
-        }
-    })?;
-    let pending = tracee.interrupt().map_err(CaptureError::sys("stopping the process"))?;
-    // Threads may have been created between the check and the stop.
-    let threads = procfs::parse_status(&read_proc(pid, "status")?).threads;
-    if threads != 1 {
-        return Err(CaptureError::MultiThreaded { pid, threads });
-    }
-    let regs = tracee.get_regs().map_err(CaptureError::sys("reading registers"))?;
-    if let Some(slot) = spec.reply_slot {
-        // A self-prepare must catch the caller inside read(fd, slot): that is the
-        // call whose return value tells each child that it is a child.
-        let in_read = regs[mitosis_proto::image::reg::ORIG_RAX] == libc::SYS_read as u64
-            && regs[mitosis_proto::image::reg::RSI] == slot.addr;
-        if !in_read {
-            let _ = tracee.detach(pending.unwrap_or(0));
-            return Err(CaptureError::NotWaiting { pid });
-        }
-    }
-    let result = capture_stopped(spec, vdso, &tracee, &status, regs);
+    let set = threads::seize_all(pid, 0)?;
+    // Only now: a clone event while the threads were being stopped would
+    // have auto-attached the new thread behind the set's back.
+    set.leader
+        .tracee
+        .set_options(libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK)
+        .map_err(CaptureError::sys("attaching with ptrace"))?;
+    let reply_tid: Option<i32> = match spec.reply_slot {
+        None => Some(pid),
+        // A self-prepare must catch the caller (any of its threads) inside
+        // read(fd, slot): that is the call whose return value tells each
+        // child that it is a child.
+        Some(slot) => set
+            .all()
+            .find(|s| {
+                s.regs[mitosis_proto::image::reg::ORIG_RAX] == libc::SYS_read as u64
+                    && s.regs[mitosis_proto::image::reg::RSI] == slot.addr
+            })
+            .map(|s| s.tracee.pid()),
+    };
+    let Some(reply_tid) = reply_tid else {
+        let _ = set.release();
+        return Err(CaptureError::NotWaiting { pid });
+    };
+    let result = capture_stopped(spec, vdso, &set, &status, reply_tid);
     // Whatever happened, the target continues exactly where it was.
-    let restored = tracee.set_regs(&regs);
-    let detach = tracee.detach(pending.unwrap_or(0));
-    restored.map_err(CaptureError::sys("restoring the process's registers"))?;
+    let released = set.release();
     let mut snap = result?;
-    detach.map_err(CaptureError::sys("detaching from the process"))?;
+    released?;
     snap.image.prepare_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
     Ok(snap)
+}
+
+/// The registers a child gets of a thread stopped with `regs`. A sleep
+/// interrupted here cannot be restarted in another process (its restart
+/// block lives in this task): the child sees it return EINTR, which every
+/// sleeping API handles.
+pub(crate) fn child_view_of(regs: Regs) -> Regs {
+    let mut out = regs;
+    if mitosis_sys::signed(regs[idx::ORIG_RAX]) >= 0 && mitosis_sys::signed(regs[idx::RAX]) == ERESTART_RESTARTBLOCK {
+        out[idx::RAX] = mitosis_sys::unsigned(i64::from(-libc::EINTR));
+    }
+    out
 }
 
 fn capture_stopped(
     spec: &PrepareSpec<'_>,
     vdso: &VdsoInfo,
-    tracee: &Tracee,
+    set: &threads::ThreadSet,
     status: &procfs::Status,
-    regs: [u64; 27],
+    reply_tid: i32,
 ) -> Result<Snapshot, CaptureError> {
     let pid = spec.pid;
+    let tracee = &set.leader.tracee;
+    let regs = set.leader.regs;
     let t = Instant::now();
     let step = |what: &str| tracing::debug!(pid, us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX), "prepare: {what}");
     let xstate = tracee.get_xstate().map_err(CaptureError::sys("reading the xsave state"))?;
@@ -169,45 +189,16 @@ fn capture_stopped(
     step("state and /proc read");
     // Handler addresses of caught signals are only visible from inside.
     let mut actions = Vec::new();
-    let scratch = (regs[idx::RSP] - 128 - 64) & !15;
-    let mut saved = [0u8; 32];
-    mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut saved)
-        .map_err(CaptureError::sys("reading the stack below the red zone"))?;
-    // Runs syscall `nr` in the target and returns the words it wrote at `scratch`.
-    let query = |nr: i64, args: &[u64], step: &'static str| -> Result<[u64; 4], CaptureError> {
-        let r = tracee.inject_syscall(&regs, gadget, nr, args, no_events).map_err(CaptureError::sys(step))?;
-        if r < 0 {
-            return Err(CaptureError::Sys { step, source: SysError::new("injected syscall", errno_of(r)) });
-        }
-        let mut b = [0u8; 32];
-        mem::read_ranges_fully(pid, None, &[(scratch, 32)], &mut b).map_err(CaptureError::sys(step))?;
-        Ok(std::array::from_fn(|i| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())))
-    };
-    for signo in 1..=64u32 {
-        let bit = 1u64 << (signo - 1);
-        if status.sig_caught & bit != 0 {
-            let w = query(libc::SYS_rt_sigaction, &[signo as u64, 0, scratch, 8], "reading a signal handler")?;
-            actions.push(SigAction { signo, handler: w[0], flags: w[1], restorer: w[2], mask: w[3] });
-        } else if status.sig_ignored & bit != 0 {
-            actions.push(SigAction { signo, handler: libc::SIG_IGN as u64, flags: 0, restorer: 0, mask: 0 });
-        }
-    }
-    let tid_address = query(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], "reading the tid address")?[0];
-    let w = query(libc::SYS_sigaltstack, &[0, scratch], "reading the alternate signal stack")?;
-    // ss_flags is an int in the low half of its word (SS_AUTODISARM is its sign bit).
-    let altstack = (w[0], i32::from_ne_bytes(u32::try_from(w[1] & 0xffff_ffff).unwrap_or(0).to_ne_bytes()), w[2]);
-    // Neither is in /proc.
-    let subreaper = query(libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, scratch], "reading the child subreaper flag")?;
-    let child_subreaper = subreaper[0] & 0xffff_ffff != 0;
-    let dumpable = tracee
-        .inject_syscall(&regs, gadget, libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64], no_events)
-        .map_err(CaptureError::sys("reading the dumpable state"))?;
-    let dumpable = u32::try_from(dumpable)
-        .map_err(|_| CaptureError::Sys { step: "reading the dumpable state", source: SysError::new("injected syscall", errno_of(dumpable)) })?;
-    let mem = mem::ProcMem::open(pid, true).map_err(CaptureError::sys("restoring the stack"))?;
-    mem.write_all_at(&saved, scratch).map_err(CaptureError::sys("restoring the stack"))?;
+    let scratch = threads::Scratch::save(pid, &regs)?;
+    let queried = query_leader(&threads::Probe::new(tracee, pid, regs, gadget, &scratch), status, &mut actions).and_then(|leader| {
+        let cpu = mitosis_sys::affinity::current_cpu();
+        let others: Result<Vec<ThreadState>, CaptureError> = set.others.iter().map(|s| threads::thread_state(pid, s, gadget, &scratch, cpu)).collect();
+        Ok((leader, others?))
+    });
+    scratch.restore()?;
+    let (LeaderAnswers { tid_address, altstack, child_subreaper, dumpable }, thread_states) = queried?;
     let robust_list = mitosis_sys::process::robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
-    step("signal handlers and tid address read");
+    step("signal handlers, tid addresses and threads read");
     let brk = mitosis_sys::unsigned(
         tracee.inject_syscall(&regs, gadget, libc::SYS_brk, &[0], no_events).map_err(CaptureError::sys("reading brk"))?,
     );
@@ -259,14 +250,11 @@ fn capture_stopped(
     let mut vmas = vmas;
     mark_written_file_pages(snap_pid, &mut vmas).map_err(CaptureError::sys("finding written file pages"))?;
 
-    let mut image_regs = regs;
-    // A sleep interrupted here cannot be restarted in another process (its restart
-    // block lives in this task): the child sees it return EINTR, which every
-    // sleeping API handles.
-    if mitosis_sys::signed(regs[idx::ORIG_RAX]) >= 0 && mitosis_sys::signed(regs[idx::RAX]) == ERESTART_RESTARTBLOCK {
-        image_regs[idx::RAX] = mitosis_sys::unsigned(i64::from(-libc::EINTR));
-    }
+    let image_regs = child_view_of(regs);
     step("written file pages found");
+    let fs_bases: Vec<(i32, u64)> = set.all().map(|s| (s.tracee.pid(), s.regs[idx::FS_BASE])).collect();
+    let tcb_tid_offset = threads::tcb_tid_offset(pid, &fs_bases);
+    step("thread control blocks read");
     let (files, closed_fds) = files::open_files(pid);
     step("open files read");
     let properties = process_properties(pid, dumpable, child_subreaper)?;
@@ -321,11 +309,46 @@ fn capture_stopped(
         tid_address,
         altstack,
         properties,
+        comm: threads::comm_of(pid, pid),
+        threads: thread_states,
+        reply_tid,
+        tcb_tid_offset,
     };
     step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
 }
 
+
+/// What the leader answers to injected calls (none of it is in /proc).
+struct LeaderAnswers {
+    tid_address: u64,
+    altstack: (u64, i32, u64),
+    child_subreaper: bool,
+    dumpable: u32,
+}
+
+/// Asks the stopped leader what is not in /proc: the handlers of caught
+/// signals (into `actions`), its tid address and alternate signal stack,
+/// the child-subreaper flag and the dumpable state.
+fn query_leader(probe: &threads::Probe<'_>, status: &procfs::Status, actions: &mut Vec<SigAction>) -> Result<LeaderAnswers, CaptureError> {
+    let scratch = probe.scratch;
+    for signo in 1..=64u32 {
+        let bit = 1u64 << (signo - 1);
+        if status.sig_caught & bit != 0 {
+            let w = probe.query(libc::SYS_rt_sigaction, &[signo as u64, 0, scratch, 8], "reading a signal handler")?;
+            actions.push(SigAction { signo, handler: w[0], flags: w[1], restorer: w[2], mask: w[3] });
+        } else if status.sig_ignored & bit != 0 {
+            actions.push(SigAction { signo, handler: libc::SIG_IGN as u64, flags: 0, restorer: 0, mask: 0 });
+        }
+    }
+    let (tid_address, altstack) = probe.tid_address_and_altstack()?;
+    let subreaper = probe.query(libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, scratch], "reading the child subreaper flag")?;
+    let child_subreaper = subreaper[0] & 0xffff_ffff != 0;
+    let dumpable = probe.call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64], "reading the dumpable state")?;
+    let dumpable = u32::try_from(dumpable)
+        .map_err(|_| CaptureError::Sys { step: "reading the dumpable state", source: SysError::new("injected syscall", libc::ERANGE) })?;
+    Ok(LeaderAnswers { tid_address, altstack, child_subreaper, dumpable })
+}
 
 /// The stopped target's umask, resource limits, oom_score_adj, THP and
 /// personality settings from /proc (its status is read again here: the one

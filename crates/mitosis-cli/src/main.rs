@@ -575,6 +575,23 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Multi-threaded seeds: prepare on host a and resume on host b of a C program with 1, 2,
+    /// 8, 32 and 64 threads (extra ones blocked in a futex), each child checking its threads,
+    /// beside a local fork+exit in the same run; reports microseconds per extra thread.
+    /// Targets: at most 50 µs per extra thread on prepare, 100 µs on resume.
+    Threads {
+        /// Thread counts; the first must be 1 (the others are compared with it).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 8, 32, 64])]
+        counts: Vec<usize>,
+        /// Prepares and resumes per thread count (medians are reported).
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+        /// Resume without a container (fresh tids; glibc's cached tids are rewritten).
+        #[arg(long)]
+        no_container: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The serverless function suite (functions/): cold and warm start, prepare, remote resume,
     /// child execution and end-to-end remote fork per function (needs scripts/setup-functions).
     Functions {
@@ -1002,10 +1019,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 out!("{}", serde_json::to_string_pretty(&info)?);
             } else {
                 out!(
-                    "prepared seed {} from pid {} in {:.2} ms: {} mappings, {:.1} MiB mapped, {:.1} MiB resident",
+                    "prepared seed {} from pid {} in {:.2} ms: {} thread{}, {} mappings, {:.1} MiB mapped, {:.1} MiB resident",
                     info.id,
                     info.source_pid,
                     info.prepare_us as f64 / 1000.0,
+                    info.threads,
+                    if info.threads == 1 { "" } else { "s" },
                     info.vmas,
                     info.mapped_bytes as f64 / 1048576.0,
                     info.rss_bytes as f64 / 1048576.0
@@ -1151,13 +1170,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 out!("{}", serde_json::to_string_pretty(&seeds)?);
             } else {
-                out!("{:<24} {:>8} {:>8} {:>12} {:>12} {:>10}", "ID", "PID", "UID", "MAPPED", "RESIDENT", "AGE");
+                out!("{:<24} {:>8} {:>8} {:>7} {:>12} {:>12} {:>10}", "ID", "PID", "UID", "THREADS", "MAPPED", "RESIDENT", "AGE");
                 for s in seeds {
                     out!(
-                        "{:<24} {:>8} {:>8} {:>10.1}Mi {:>10.1}Mi {:>9.1}s",
+                        "{:<24} {:>8} {:>8} {:>7} {:>10.1}Mi {:>10.1}Mi {:>9.1}s",
                         s.id,
                         s.source_pid,
                         s.uid,
+                        s.threads,
                         s.mapped_bytes as f64 / 1048576.0,
                         s.rss_bytes as f64 / 1048576.0,
                         s.age_ms as f64 / 1000.0
@@ -1184,6 +1204,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(Bench::Platform(b)) => b.run(&self_exe()?),
         Command::Bench(Bench::Memnode { runs, mib, json }) => {
             mitosis_bench::memnode::run(&self_exe()?, &mitosis_bench::memnode::Options { runs, mib, json }).map(|_| 0)
+        }
+        Command::Bench(Bench::Threads { counts, runs, no_container, json }) => {
+            let opts = mitosis_bench::threads::Options { counts, runs, no_container, json };
+            mitosis_bench::threads::run(&self_exe()?, &opts).map(|_| 0)
         }
         Command::Bench(Bench::Rpc { clients, depth, seconds, json }) => {
             let opts = mitosis_bench::rpc::BenchOptions { clients, depth, seconds, json };

@@ -75,29 +75,44 @@ fn wrong_cluster_key_is_77() {
     assert_eq!(out.stdout, format!("verify ok {sum}\n"));
 }
 
+/// A thread that cannot be captured makes the prepare fail with 65 and a
+/// message naming it, and the process goes on unharmed: a thread another
+/// tracer (a debugger) is attached to, a thread waiting in vfork() for its
+/// child. The daemon itself is refused too.
 #[test]
-fn multi_threaded_process_is_refused_with_65() {
+fn threads_that_cannot_be_captured_are_refused_unharmed() {
     let Some(c) = Cluster::new("threads") else { return };
     let prog = compile(&c.dir, "threads", &["-O2", "-pthread"]);
-    let (mut p, pid) = c.target_in(&c.hosts.a, "threads", &[prog.to_str().unwrap(), "3"]);
     let sock = c.a.socket().to_str().unwrap().to_string();
-    let pid_s = pid.to_string();
-    let out = c.cli(&["prepare", "--pid", &pid_s, "--id", "mt", "--socket", &sock]);
+    let prepare = |pid: i32, id: &str| c.cli(&["prepare", "--pid", &pid.to_string(), "--id", id, "--socket", &sock]);
+
+    let (mut p, pid) = c.target_in(&c.hosts.a, "threads", &[prog.to_str().unwrap(), "3"]);
+    let other = mitosis_sys::procfs::thread_ids(pid).unwrap().into_iter().find(|&t| t != pid).unwrap();
+    let tracer = compile(&c.dir, "tracer", &["-O2"]);
+    let mut t = Proc::spawn("tracer", Command::new(&tracer).arg(other.to_string()));
+    t.expect_prefix("traced", STEP);
+    let out = prepare(pid, "mt");
     assert_eq!(out.code(), Some(65), "{out}");
-    assert!(out.stderr.contains("3 threads"), "the message must give the thread count: {out}");
+    assert!(out.stderr.contains(&format!("thread {other} is already traced with ptrace")), "the message names the thread: {out}");
     assert!(out.stdout.is_empty());
-    // The refused process is unharmed and nothing was kept.
     p.ask("hello", "still here");
     let ls = c.cli(&["ls", "--json", "--socket", &sock]);
-    assert_eq!(ls.stdout.trim(), "[]", "{ls}");
-    let out = c.resume_on_b_with("mt", "");
-    assert_eq!(out.code(), Some(66), "{out}");
+    assert_eq!(ls.stdout.trim(), "[]", "nothing was kept: {ls}");
+    drop(t);
+    // Without the debugger, the same process is prepared, every thread.
+    let seed = c.prepare_a(pid, "mt");
+    assert_eq!(seed["threads"], 3, "{seed}");
+    p.ask("hello", "still here");
 
-    // The daemon itself is multi-threaded: refused the same way, and unhurt.
-    let daemon_pid = c.a.pid().to_string();
-    let out = c.cli(&["prepare", "--pid", &daemon_pid, "--id", "daemon", "--socket", &sock]);
+    let (mut v, vpid) = c.target_in(&c.hosts.a, "vfork", &[prog.to_str().unwrap(), "1", "vfork"]);
+    let out = prepare(vpid, "vf");
     assert_eq!(out.code(), Some(65), "{out}");
-    assert!(out.stderr.contains("threads"), "{out}");
+    assert!(out.stderr.contains("did not stop") && out.stderr.contains("vfork()"), "{out}");
+    v.ask("hello", "still here");
+
+    let out = prepare(c.a.pid(), "daemon");
+    assert_eq!(out.code(), Some(65), "{out}");
+    assert!(out.stderr.contains("this daemon itself"), "{out}");
     assert_a_still_serves(&c, "after-threads");
 }
 

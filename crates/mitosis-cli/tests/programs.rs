@@ -43,7 +43,7 @@ fn cpython_prepared_by_pid() {
     };
     let Some(c) = Cluster::new("cpython") else { return };
     let py = python.to_str().unwrap();
-    let (mut parent, ppid) = c.target_in(&c.hosts.a, "python", &["env", "OPENBLAS_NUM_THREADS=1", py, "-c", PY_SCRIPT]);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "python", &[py, "-c", PY_SCRIPT]);
     wait_blocked_in_read_stdin(ppid);
     let seed = c.prepare_a(ppid, "py");
     assert_eq!(seed["source_pid"], ppid);

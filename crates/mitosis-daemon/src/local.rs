@@ -324,8 +324,7 @@ fn handle_prepare(
         Err(e) => {
             let kind = match e {
                 mitosis_capture::CaptureError::NoProcess { .. } => ErrorKind::NotFound,
-                mitosis_capture::CaptureError::MultiThreaded { .. }
-                | mitosis_capture::CaptureError::Unsupported { .. }
+                mitosis_capture::CaptureError::Unsupported { .. }
                 | mitosis_capture::CaptureError::NotWaiting { .. } => ErrorKind::Unsupported,
                 mitosis_capture::CaptureError::Sys { .. } => ErrorKind::Internal,
             };
@@ -363,18 +362,22 @@ fn watch_seed(
 }
 
 /// Prepares `spec.pid`; a process preparing itself is first given time to
-/// block in its read of our answer (it sends the request just before).
+/// block in its read of our answer (it sends the request just before), in
+/// whichever of its threads asked.
 fn prepare_when_ready(spec: &PrepareSpec<'_>, vdso: &mitosis_sys::vdso::VdsoInfo) -> Result<mitosis_capture::Snapshot, mitosis_capture::CaptureError> {
     let Some(slot) = spec.reply_slot else { return prepare(spec, vdso) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        // `/proc/PID/syscall` reads "0 <fd> <buf> ..." while the process sits in read(2).
-        let waiting = std::fs::read_to_string(format!("/proc/{}/syscall", spec.pid))
-            .map(|s| {
-                let f: Vec<&str> = s.split_whitespace().collect();
-                f.first() == Some(&"0") && f.get(2).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()) == Some(slot.addr)
-            })
-            .unwrap_or(false);
+        // `/proc/PID/task/TID/syscall` reads "0 <fd> <buf> ..." while the thread sits in read(2).
+        let in_read = |tid: i32| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", spec.pid))
+                .map(|s| {
+                    let f: Vec<&str> = s.split_whitespace().collect();
+                    f.first() == Some(&"0") && f.get(2).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()) == Some(slot.addr)
+                })
+                .unwrap_or(false)
+        };
+        let waiting = mitosis_sys::procfs::thread_ids(spec.pid).unwrap_or_default().into_iter().any(in_read);
         if waiting {
             match prepare(spec, vdso) {
                 Err(mitosis_capture::CaptureError::NotWaiting { .. }) => {}

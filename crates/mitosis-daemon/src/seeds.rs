@@ -116,6 +116,7 @@ impl Seed {
                 SeedMemory::Copied(c) => Some(c.bytes()),
             },
             closed_fds: i.closed_fds.clone(),
+            threads: u32::try_from(i.threads.len() + 1).unwrap_or(u32::MAX),
         }
     }
 }

@@ -248,6 +248,48 @@ pub struct SeedImage {
     pub altstack: (u64, i32, u64),
     /// Per-process properties a child takes from its seed (umask, resource limits).
     pub properties: ProcessProperties,
+    /// The thread group leader's name (`comm`).
+    pub comm: String,
+    /// Every thread but the leader (whose state is the fields above), in the
+    /// order children create them.
+    pub threads: Vec<ThreadState>,
+    /// The thread of a self-prepare that waits in `read()` for the answer
+    /// (its tid; the leader's is `source_pid`): in each child, its `read`
+    /// returns the [`crate::local::ReplySlot`]'s length.
+    pub reply_tid: i32,
+    /// Where glibc caches each thread's tid in its thread control block, as
+    /// an offset from the thread's `fs_base`: found at prepare (the same
+    /// offset holds each thread's tid in every thread of a multi-threaded
+    /// seed). A child whose threads got other tids than the seed's has the
+    /// cached ones rewritten there. `None` when it could not be told.
+    pub tcb_tid_offset: Option<u32>,
+}
+
+/// Most threads a seed may have: a bound for images off the wire.
+pub const MAX_THREADS: usize = 4096;
+
+/// One thread of a multi-threaded seed (not the leader): what it needs to
+/// go on in a child exactly where it was stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadState {
+    /// Its tid on the seed host (inside the seed's PID namespace).
+    pub tid: i32,
+    /// General registers, with `fs_base` (its thread-local storage).
+    pub regs: Registers,
+    /// `NT_X86_XSTATE`, the leader's layout.
+    pub xstate: Vec<u8>,
+    /// Blocked signals.
+    pub blocked: u64,
+    /// Registered rseq area (address, length, signature).
+    pub rseq: Option<(u64, u32, u32)>,
+    /// `set_robust_list` head and length.
+    pub robust_list: (u64, u64),
+    /// `set_tid_address` pointer (glibc: the tid field `pthread_join` waits on).
+    pub tid_address: u64,
+    /// Alternate signal stack (`stack_t`: sp, flags, size).
+    pub altstack: (u64, i32, u64),
+    /// Its name (`comm`, at most 15 bytes).
+    pub comm: String,
 }
 
 /// Number of resource limits Linux has (`RLIM_NLIMITS`: `RLIMIT_CPU` = 0 to
@@ -370,7 +412,41 @@ impl SeedImage {
                 return Err(format!("the reply slot {:#x}+{:#x} wraps around", slot.addr, slot.len));
             }
         }
+        self.validate_threads()?;
         self.properties.validate()
+    }
+
+    /// At most [`MAX_THREADS`] threads, each with a distinct positive tid
+    /// other than the leader's, an xsave area of the leader's size and a
+    /// name of at most 15 bytes; the reply thread is one of them.
+    fn validate_threads(&self) -> Result<(), String> {
+        if self.threads.len() > MAX_THREADS {
+            return Err(format!("{} threads, more than {MAX_THREADS}", self.threads.len()));
+        }
+        let mut tids: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
+        tids.push(self.source_pid);
+        if let Some(t) = tids.iter().find(|&&t| t <= 0) {
+            return Err(format!("thread id {t} is not positive"));
+        }
+        tids.sort_unstable();
+        if let Some(w) = tids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("thread id {} is listed twice", w[0]));
+        }
+        if self.comm.len() > 15 {
+            return Err(format!("thread name {:?} is longer than 15 bytes", self.comm));
+        }
+        for t in &self.threads {
+            if t.xstate.len() != self.xstate.len() {
+                return Err(format!("thread {} has an xsave area of {} bytes, the leader {}", t.tid, t.xstate.len(), self.xstate.len()));
+            }
+            if t.comm.len() > 15 {
+                return Err(format!("thread {} has a name {:?} longer than 15 bytes", t.tid, t.comm));
+            }
+        }
+        if tids.binary_search(&self.reply_tid).is_err() {
+            return Err(format!("the reply thread {} is not one of the seed's threads", self.reply_tid));
+        }
+        Ok(())
     }
 }
 
@@ -465,6 +541,24 @@ mod tests {
                 personality: 0x0040000,
                 child_subreaper: true,
             },
+            comm: "python3".into(),
+            threads: vec![thread(11), thread(12)],
+            reply_tid: 10,
+            tcb_tid_offset: Some(0x2d0),
+        }
+    }
+
+    fn thread(tid: i32) -> ThreadState {
+        ThreadState {
+            tid,
+            regs: Registers { words: [0; USER_REGS_WORDS] },
+            xstate: vec![],
+            blocked: 0,
+            rseq: None,
+            robust_list: (0, 0),
+            tid_address: 0,
+            altstack: (0, 2, 0),
+            comm: "worker".into(),
         }
     }
 
@@ -516,6 +610,33 @@ mod tests {
         assert!(limits.validate().unwrap_err().contains("twice"));
         limits.properties.rlimits[1] = ResourceLimit { resource: 3, soft: 9, hard: 8 };
         assert!(limits.validate().unwrap_err().contains("above its hard limit"));
+    }
+
+    #[test]
+    fn threads_are_validated() {
+        let mut twice = image();
+        twice.threads[1].tid = 11;
+        assert!(twice.validate().unwrap_err().contains("thread id 11 is listed twice"));
+        let mut leader = image();
+        leader.threads[0].tid = 10;
+        assert!(leader.validate().unwrap_err().contains("listed twice"), "a thread with the leader's tid");
+        let mut negative = image();
+        negative.threads[0].tid = -3;
+        assert!(negative.validate().unwrap_err().contains("not positive"));
+        let mut xstate = image();
+        xstate.threads[1].xstate = vec![0; 64];
+        assert!(xstate.validate().unwrap_err().contains("xsave area"));
+        let mut name = image();
+        name.threads[0].comm = "x".repeat(16);
+        assert!(name.validate().unwrap_err().contains("longer than 15 bytes"));
+        let mut reply = image();
+        reply.reply_tid = 13;
+        assert!(reply.validate().unwrap_err().contains("reply thread"));
+        reply.reply_tid = 12;
+        assert_eq!(reply.validate(), Ok(()));
+        let mut many = image();
+        many.threads = (0..=MAX_THREADS as i32).map(|i| thread(100 + i)).collect();
+        assert!(many.validate().unwrap_err().contains("more than"));
     }
 
     #[test]

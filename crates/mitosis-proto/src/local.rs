@@ -206,6 +206,8 @@ pub struct SeedInfo {
     pub copied_bytes: Option<u64>,
     /// Descriptors children will not get, with what they were.
     pub closed_fds: Vec<(i32, String)>,
+    /// Threads of the seed (each is recreated in every child).
+    pub threads: u32,
 }
 
 /// First bytes of what a self-prepared child's `read` returns, followed by a

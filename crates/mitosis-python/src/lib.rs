@@ -100,8 +100,8 @@ fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
     mitosis_error(py, kind_name(&e), e.exit_code(), mitosis::error_chain(&e))
 }
 
-/// Fails with `Unsupported` (exit code 65, as `mitosis prepare` of a
-/// multi-threaded process) unless the calling process has one thread.
+/// Fails with `Unsupported` (exit code 65) unless the calling process has
+/// one thread: a process resumed in place is replaced by the child.
 fn ensure_single_threaded(py: Python<'_>, what: &str) -> PyResult<()> {
     let threads = mitosis_sys::procfs::thread_count("self").unwrap_or(1);
     if threads == 1 {
@@ -169,14 +169,27 @@ impl<'py> AsAFork<'py> {
 
     /// This process is a child resumed from the seed: the interpreter's
     /// after-fork work, then what `mitosis._child` reseeds.
+    ///
+    /// A child of a multi-threaded seed has all of the seed's threads, each
+    /// going on where it was; `PyOS_AfterFork_Child` would delete every
+    /// thread state but this one (a fork's child has one thread). The
+    /// interpreter is told it is the parent instead (which releases what
+    /// `PyOS_BeforeFork` took and runs the `after_in_parent` hooks), and
+    /// `mitosis._child` reseeds `random` itself, the one hook of the
+    /// standard library that a child must not miss.
     fn child(mut self) {
-        self.ended = true;
-        // SAFETY: the GIL is held (self.py), PyOS_BeforeFork ran in begin (in
-        // the seed, whose memory this child has) and this is the only
-        // AfterFork call for it. The child is single-threaded, as the seed
-        // was, which is what PyOS_AfterFork_Child expects of a fork's child.
-        unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
-        let reseeded = self.py.import("mitosis._child").and_then(|m| m.call_method0("after_fork_prepare"));
+        let threaded = mitosis_sys::procfs::thread_count("self").unwrap_or(1) > 1;
+        if threaded {
+            self.end_parent();
+        } else {
+            self.ended = true;
+            // SAFETY: the GIL is held (self.py), PyOS_BeforeFork ran in begin (in
+            // the seed, whose memory this child has) and this is the only
+            // AfterFork call for it. The child is single-threaded, as the seed
+            // was, which is what PyOS_AfterFork_Child expects of a fork's child.
+            unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
+        }
+        let reseeded = self.py.import("mitosis._child").and_then(|m| m.call_method1("after_fork_prepare", (threaded,)));
         if let Err(e) = reseeded {
             // As the interpreter does for a failing at-fork hook: report it
             // and go on; the child is resumed and must run.
@@ -229,6 +242,9 @@ struct Parent {
     /// Descriptors that children will not get, as (fd, what it was).
     #[pyo3(get)]
     closed_fds: Vec<(i32, String)>,
+    /// Threads of this process at the prepare (each goes on in every child).
+    #[pyo3(get)]
+    threads: u32,
 }
 
 #[pymethods]
@@ -273,6 +289,7 @@ impl From<SeedInfo> for Parent {
             snapshot_pid: s.snapshot_pid,
             pinned: s.pinned,
             closed_fds: s.closed_fds,
+            threads: s.threads,
         }
     }
 }
@@ -324,8 +341,9 @@ impl Child {
 /// `copy=True` the daemon copies this process's memory into itself and
 /// keeps no snapshot process, so the seed also outlives this process's
 /// container (where the snapshot would live and die). Preparing an
-/// existing id replaces that seed. The process must be single-threaded
-/// (`Unsupported` otherwise). `sys.stdout` and `sys.stderr` are flushed first.
+/// existing id replaces that seed. Every thread is prepared, and goes on
+/// in each child where it was (see `AsAFork::child` for the interpreter's
+/// side). `sys.stdout` and `sys.stderr` are flushed first.
 /// Raises a `MitosisError` subclass on failure. The seed's snapshot is a
 /// stopped copy of this process in its process group: a SIGKILL to the whole
 /// group kills it too.
@@ -337,11 +355,11 @@ impl Child {
 #[pyfunction]
 #[pyo3(signature = (id, pin = false, socket = None, copy = false))]
 fn fork_prepare(py: Python<'_>, id: &str, pin: bool, socket: Option<PathBuf>, copy: bool) -> PyResult<Py<PyAny>> {
-    ensure_single_threaded(py, "prepared")?;
     flush_python_stdio(py);
     let socket = socket_or_default(socket);
-    // The GIL stays held: the process is single-threaded, and the child must
-    // come back from this exact call with it. No Python code runs between
+    // The GIL stays held: other Python threads wait for it (in the seed and
+    // in every child), and the child must come back from this exact call
+    // with it. No Python code runs between
     // the fork machinery's begin and its end.
     let fork = AsAFork::begin(py);
     let role = mitosis::fork_prepare_copy(&socket, id, pin, copy);
@@ -559,8 +577,8 @@ fn drop_seed(py: Python<'_>, id: &str, socket: Option<PathBuf>) -> PyResult<()> 
 
 /// This host's seeds (daemon at `socket`; a non-root caller sees its own),
 /// as a list of dicts with the keys id, generation, source_pid, snapshot_pid,
-/// uid, mapped_bytes, rss_bytes, vmas, age_ms, prepare_us, pinned and
-/// closed_fds, sorted by id.
+/// uid, mapped_bytes, rss_bytes, vmas, age_ms, prepare_us, pinned,
+/// closed_fds and threads, sorted by id.
 #[pyfunction]
 #[pyo3(signature = (socket = None))]
 fn seeds<'py>(py: Python<'py>, socket: Option<PathBuf>) -> PyResult<Bound<'py, PyList>> {
@@ -581,6 +599,7 @@ fn seeds<'py>(py: Python<'py>, socket: Option<PathBuf>) -> PyResult<Bound<'py, P
         d.set_item("prepare_us", s.prepare_us)?;
         d.set_item("pinned", s.pinned)?;
         d.set_item("closed_fds", s.closed_fds.clone())?;
+        d.set_item("threads", s.threads)?;
         out.append(d)?;
     }
     Ok(out)

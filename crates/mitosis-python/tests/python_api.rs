@@ -587,7 +587,7 @@ fn mitosis_function_script_runs_with_the_wrapper() {
         "{out}"
     );
 
-    // A thread: refused with 65 (the code of `mitosis prepare` for it), saying why.
+    // A function with a thread of its own is prepared like any other.
     let threaded = c.write(
         "threaded/function.py",
         &HELLOWORLD_PY.replace(
@@ -596,8 +596,8 @@ fn mitosis_function_script_runs_with_the_wrapper() {
         ),
     );
     let out = c.python_in(&c.hosts.a, "threaded", &[&threaded, &sock_flag]).finish(STEP);
-    assert_eq!(out.code(), Some(65), "{out}");
-    assert!(out.stderr.contains("this process has 2 threads"), "{out}");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("[threaded-prepared] id=73"), "{out}");
 
     // -hang=1 keeps the process, hence its unpinned seed, until it is killed.
     let args = [script.as_str(), "-hang=1", "-handler_id=hanging", &sock_flag];
@@ -680,8 +680,8 @@ for args in (["/fn/json/function.py"],
     let json = |prefix: &str| -> serde_json::Value { serde_json::from_str(&out.line(prefix)[prefix.len()..]).unwrap() };
     assert_eq!(
         json("env "),
-        serde_json::json!({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "4", "NUMEXPR_NUM_THREADS": "1"}),
-        "setdefault: an existing value stays"
+        serde_json::json!({"OPENBLAS_NUM_THREADS": null, "MKL_NUM_THREADS": null, "OMP_NUM_THREADS": "4", "NUMEXPR_NUM_THREADS": null}),
+        "the import leaves thread counts alone: multi-threaded processes are prepared"
     );
     let argv = json("argv ");
     assert_eq!((argv["handler_id"].as_str(), argv["pin"].as_i64()), (Some("h1"), Some(1)), "{argv}");
@@ -904,4 +904,65 @@ print("RAND_add %r" % calls)
         ],
         "{out}"
     );
+}
+
+/// `fork_prepare` called from a worker thread while another thread counts:
+/// every thread is prepared, the caller comes back as the child in the
+/// child (in that same worker thread), and the counting thread goes on
+/// from where it was. `random` is reseeded in each child (the interpreter
+/// runs its parent hooks in a child that keeps all its threads).
+const THREADED_PY: &str = r#"
+import os, random, sys, threading, time
+import mitosis
+
+sock, seed_id = sys.argv[1:3]
+count = 0
+stop = False
+def counter():
+    global count
+    while not stop:
+        count += 1
+        if count % 500 == 0:
+            time.sleep(0.001)
+threading.Thread(target=counter, name="counter", daemon=True).start()
+while count < 1000:
+    time.sleep(0.01)
+random.random()
+result = {}
+def preparer():
+    result["me"] = mitosis.fork_prepare(seed_id, pin=True, socket=sock)
+t = threading.Thread(target=preparer, name="preparer")
+t.start()
+t.join()
+me = result["me"]
+at = count
+time.sleep(0.2)
+names = sorted(x.name for x in threading.enumerate())
+line = "threads=%s counting=%s from_seed=%s random=%r" % (",".join(names), count > at, at >= 1000, random.random())
+if me.is_child:
+    print("child %s" % line, flush=True)
+    os._exit(0)
+print("parent threads=%d %s" % (me.threads, line), flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn fork_prepare_from_a_thread_while_others_run() {
+    let Some(c) = Cluster::new("py-threaded") else { return };
+    let prog = c.write("threaded.py", THREADED_PY);
+    let mut parent = c.python_in(&c.hosts.a, "threaded parent", &[&prog, &c.sock_a(), "threaded"]);
+    let pline = parent.expect_prefix("parent ", STEP);
+    assert!(pline.starts_with("parent threads=3 threads=MainThread,counter counting=True from_seed=True "), "{pline}");
+    let mut draws = vec![field(&pline, "random").to_string()];
+    for n in 0..2 {
+        let out = c.cli_resume_on_b("threaded").finish(STEP);
+        assert_eq!(out.code(), Some(0), "child {n}: {out}\n{}", c.logs());
+        let line = out.line("child ");
+        assert!(line.starts_with("child threads=MainThread,counter counting=True from_seed=True "), "{out}");
+        let mine = field(line, "random").to_string();
+        assert!(!draws.contains(&mine), "a child drew what the parent or another child drew: {out}");
+        draws.push(mine);
+    }
+    parent.send("\n");
+    assert_eq!(parent.finish(STEP).code(), Some(0));
 }

@@ -14,8 +14,12 @@
 //! 2. the daemon registers the anonymous mappings with the child's
 //!    userfaultfd (their pages are then fetched on first touch by the pager),
 //!    writes the seed's privately written file pages, unmaps the scratch area;
-//! 3. registers, xsave state and signal mask are set with ptrace, and the child
-//!    is let go. It continues from the instruction where the seed was prepared.
+//! 3. the seed's other threads are created in the child ([`threads`]: `clone3`
+//!    asking for each seed tid, each thread's kernel state by a table it runs
+//!    itself);
+//! 4. registers, xsave state and signal mask of every thread are set with
+//!    ptrace, and the child is let go. It continues from the instruction
+//!    where the seed was prepared, every thread where it was.
 //!
 //! Decisions of [`plan`]: a file mapping is taken from the local file only when
 //! device, inode, size and mtime all match the seed host's file; otherwise its
@@ -30,6 +34,7 @@
 
 pub mod plan;
 pub mod restore;
+pub mod threads;
 pub use mitosis_prologue as prologue;
 pub use mitosis_sys::runner as stub;
 

@@ -10,6 +10,7 @@ use mitosis_sys::vdso::VdsoInfo;
 use mitosis_sys::{pidfd, SysError, PAGE};
 
 use crate::plan::{Placement, RestorePlan};
+use crate::threads;
 use crate::prologue::{LIMITS_SET_BY_RESTORE, LIMIT_NAMES};
 use mitosis_sys::runner::{self as stub, Table, ENTRY};
 use crate::RestoreError;
@@ -50,7 +51,7 @@ pub fn restore(
     // both get their previous CPUs back when the guards drop on return.
     let cpu = mitosis_sys::affinity::current_cpu();
     let _pin_self = mitosis_sys::affinity::Pin::to(0, cpu).ok();
-    let _pin_child = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
+    let pin_child = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
     let tracee = Tracee::seize(pid, libc::PTRACE_O_EXITKILL).map_err(RestoreError::sys("attaching to the new child"))?;
     tracee.interrupt().map_err(|e| RestoreError::ChildDied(e.to_string()))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading the child's registers"))?;
@@ -72,7 +73,8 @@ pub fn restore(
     // Scratch layout: [runner code][prctl_mm_map + auxv][syscall table].
     let code = stub::code();
     let code_len = round_up(code.len() as u64, 64);
-    let blob_len = round_up(STACK_T_SLOT + MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
+    let thread_slot_at = round_up(STACK_T_SLOT + MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
+    let blob_len = thread_slot_at + threads::SLOT_BYTES * image.threads.len() as u64;
     // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
     // run, robust list, tid address, altstack, prctl, close, end marker.
     let written: usize = image.vmas.iter().map(|v| v.written.len()).sum();
@@ -83,7 +85,6 @@ pub fn restore(
     let table_addr = blob_addr + blob_len;
     let blob = mm_map_blob(image, plan, blob_addr);
     let table = build_table(image, plan, (scratch, scratch + scratch_len), (own_vdso_start, own_vdso_end), blob_addr);
-    let entries = table.entries.len();
     let mut image_bytes = code.to_vec();
     image_bytes.resize(code_len as usize, 0xcc);
     image_bytes.extend_from_slice(&blob);
@@ -93,26 +94,8 @@ pub fn restore(
     let mem = ProcMem::open(pid, true).map_err(RestoreError::sys("opening the child's memory"))?;
     mem.write_all_at(&image_bytes, scratch).map_err(RestoreError::sys("writing the table runner"))?;
 
-    let mut run = base;
-    run[idx::RIP] = scratch;
-    run[idx::RBX] = table_addr;
-    run[idx::ORIG_RAX] = u64::MAX;
-    tracee.set_regs(&run).map_err(RestoreError::sys("starting the table runner"))?;
-    tracee.cont(0).map_err(RestoreError::sys("starting the table runner"))?;
-    match mitosis_sys::ptrace::wait_stop(pid).map_err(RestoreError::sys("waiting for the table runner"))? {
-        Stop::Signal(libc::SIGTRAP) => {}
-        Stop::Gone(status) => return Err(RestoreError::ChildDied(format!("wait status {status:#x}"))),
-        other => return Err(RestoreError::ChildDied(format!("unexpected stop {other:?} in the table runner"))),
-    }
-    let after = tracee.get_regs().map_err(RestoreError::sys("reading the table runner's result"))?;
-    let at = ((after[idx::RBX] - table_addr) / ENTRY as u64) as usize;
-    if at < entries {
-        let errno = -(after[idx::RAX] as i64) as i32;
-        return Err(RestoreError::Sys {
-            step: format!("restore step {} of {} ({})", at + 1, entries, table.entries[at].1),
-            source: SysError::new("syscall in the child", errno),
-        });
-    }
+    run_table(&tracee, &base, scratch, table_addr, &table, "restore step")?;
+
 
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
@@ -147,20 +130,104 @@ pub fn restore(
             .map_err(RestoreError::sys("registering the seed's rseq area"))?;
         check(r, "registering the seed's rseq area")?;
     }
+    let cx = threads::ThreadContext {
+        leader: &tracee,
+        base: &base,
+        gadget,
+        mem: &mem,
+        pid,
+        slot: blob_addr + thread_slot_at,
+        runner: scratch,
+        reply_len,
+    };
+    let finished = threads::create(&cx, image).and_then(|threads| {
+        if image.tcb_tid_offset.is_some() {
+            let leader_tid = threads::pid_inside(pid)?;
+            if leader_tid != image.source_pid {
+                threads::rewrite_cached_tid(&cx, image, image.regs.words[idx::FS_BASE], leader_tid)?;
+            }
+        }
+        finish_leader(&tracee, &base, gadget, image, reply_len, (scratch, scratch_len))?;
+        Ok(threads)
+    });
+    let threads = match finished {
+        Ok(threads) => threads,
+        Err(e) => {
+            // Threads let go half set up would run garbage: the child dies first.
+            let _ = mitosis_sys::process::kill(pid, libc::SIGKILL);
+            return Err(e);
+        }
+    };
+    if !image.threads.is_empty() {
+        tracing::debug!(
+            pid,
+            threads = image.threads.len(),
+            kept_tids = threads.kept_tids,
+            clone_us = threads.clone_us,
+            setup_us = threads.setup_us,
+            "threads recreated"
+        );
+    }
+    tracee.detach(0).map_err(RestoreError::sys("starting the child"))?;
+    threads.start(pin_child.as_ref())
+}
+
+/// The leader's last steps: unmap the scratch area, then its registers,
+/// xsave state and signal mask.
+fn finish_leader(tracee: &Tracee, base: &Regs, gadget: u64, image: &SeedImage, reply_len: Option<u64>, scratch: (u64, u64)) -> Result<(), RestoreError> {
     let r = tracee
-        .inject_syscall(&base, gadget, libc::SYS_munmap, &[scratch, scratch_len], no_events)
+        .inject_syscall(base, gadget, libc::SYS_munmap, &[scratch.0, scratch.1], |_, _| Ok(()))
         .map_err(RestoreError::sys("unmapping the table runner"))?;
     check(r, "unmapping the table runner")?;
-
     let mut regs: Regs = image.regs.words;
-    if let Some(len) = reply_len {
+    if let (Some(len), true) = (reply_len, image.reply_tid == image.source_pid) {
         regs[reg::RAX] = len;
         regs[reg::ORIG_RAX] = u64::MAX;
     }
     tracee.set_regs(&regs).map_err(RestoreError::sys("setting the seed's registers"))?;
     tracee.set_xstate(&image.xstate).map_err(RestoreError::sys("setting the seed's FPU/SSE/AVX state"))?;
-    tracee.set_sigmask(image.signals.blocked).map_err(RestoreError::sys("setting the seed's signal mask"))?;
-    tracee.detach(0).map_err(RestoreError::sys("starting the child"))?;
+    tracee.set_sigmask(image.signals.blocked).map_err(RestoreError::sys("setting the seed's signal mask"))
+}
+
+/// Runs `table` (already written at `table_addr`) in stopped thread
+/// `tracee` with the table runner at `runner`, from registers `base`, and
+/// waits for its end; a failed entry is an error naming it (`step` and its
+/// number).
+pub(crate) fn run_table(tracee: &Tracee, base: &Regs, runner: u64, table_addr: u64, table: &Table, step: &str) -> Result<(), RestoreError> {
+    start_table(tracee, base, runner, table_addr)?;
+    table_result(tracee, table_addr, table, step)
+}
+
+/// Starts stopped thread `tracee` running the table at `table_addr` (see
+/// [`run_table`]) without waiting for it.
+pub(crate) fn start_table(tracee: &Tracee, base: &Regs, runner: u64, table_addr: u64) -> Result<(), RestoreError> {
+    let mut run = *base;
+    run[idx::RIP] = runner;
+    run[idx::RBX] = table_addr;
+    run[idx::ORIG_RAX] = u64::MAX;
+    tracee.set_regs(&run).map_err(RestoreError::sys("starting the table runner"))?;
+    tracee.cont(0).map_err(RestoreError::sys("starting the table runner"))
+}
+
+/// Waits for the table [`start_table`] started in `tracee` to end; a
+/// failed entry is an error naming it.
+pub(crate) fn table_result(tracee: &Tracee, table_addr: u64, table: &Table, step: &str) -> Result<(), RestoreError> {
+    let tid = tracee.pid();
+    match mitosis_sys::ptrace::wait_stop(tid).map_err(RestoreError::sys("waiting for the table runner"))? {
+        Stop::Signal(libc::SIGTRAP) => {}
+        Stop::Gone(status) => return Err(RestoreError::ChildDied(format!("wait status {status:#x}"))),
+        other => return Err(RestoreError::ChildDied(format!("unexpected stop {other:?} in the table runner"))),
+    }
+    let after = tracee.get_regs().map_err(RestoreError::sys("reading the table runner's result"))?;
+    let entries = table.entries.len();
+    let at = usize::try_from((after[idx::RBX].wrapping_sub(table_addr)) / ENTRY as u64).unwrap_or(usize::MAX);
+    if at < entries {
+        let errno = i32::try_from(-mitosis_sys::signed(after[idx::RAX])).unwrap_or(libc::EINVAL);
+        return Err(RestoreError::Sys {
+            step: format!("{step} {} of {} ({})", at + 1, entries, table.entries[at].1),
+            source: SysError::new("syscall in the child", errno),
+        });
+    }
     Ok(())
 }
 

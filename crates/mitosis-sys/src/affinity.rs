@@ -60,6 +60,12 @@ impl Pin {
         set(pid, &one(cpu))?;
         Ok(Pin { pid, before })
     }
+
+    /// Gives thread `tid` the CPUs the pinned thread had before: for a
+    /// thread it created while pinned, which inherited the pin.
+    pub fn unpin_also(&self, tid: i32) -> Result<()> {
+        set(tid, &self.before)
+    }
 }
 
 impl Drop for Pin {
@@ -76,8 +82,24 @@ mod tests {
     fn pins_and_unpins_this_thread() {
         let cpu = current_cpu();
         {
-            let _p = Pin::to(0, cpu).unwrap();
+            let p = Pin::to(0, cpu).unwrap();
             assert_eq!(current_cpu(), cpu);
+            // A thread created while pinned inherits the pin, until unpinned too.
+            let (said, heard) = std::sync::mpsc::channel();
+            let (go, wait) = std::sync::mpsc::channel::<()>();
+            let other = std::thread::spawn(move || {
+                // SAFETY: counting the bits of an initialized cpu set.
+                said.send((crate::process::gettid(), unsafe { libc::CPU_COUNT(&get(0).unwrap()) })).unwrap();
+                wait.recv().unwrap();
+                get(0).unwrap()
+            });
+            let (tid, pinned) = heard.recv().unwrap();
+            p.unpin_also(tid).unwrap();
+            go.send(()).unwrap();
+            let after = other.join().unwrap();
+            // SAFETY: comparing two initialized cpu sets.
+            let inherited = (pinned, unsafe { libc::CPU_EQUAL(&after, &p.before) });
+            assert_eq!(inherited, (1, true));
         }
         assert!(last_cpu(i32::try_from(std::process::id()).unwrap()).is_some());
     }

@@ -184,6 +184,25 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+const ARCH_GET_FS: libc::c_int = 0x1003;
+
+/// The calling thread's `fs_base` (x86-64: where its thread control block is).
+pub fn fs_base() -> Result<u64> {
+    let mut base = 0u64;
+    // SAFETY: ARCH_GET_FS writes one unsigned long to the valid pointer.
+    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_FS, &mut base as *mut u64) };
+    if r != 0 {
+        return Err(SysError::last("arch_prctl(ARCH_GET_FS)"));
+    }
+    Ok(base)
+}
+
 /// The robust futex list of thread `pid`: (head address, length).
 pub fn robust_list(pid: i32) -> Result<(u64, u64)> {
     let mut head = 0u64;
@@ -244,6 +263,16 @@ pub fn setns_on_spawn(cmd: &mut Command, ns: OwnedFd, nstype: i32) {
 mod tests {
     use super::*;
     use std::process::Stdio;
+
+    #[test]
+    fn thread_id_and_fs_base_are_per_thread() {
+        let main = (gettid(), fs_base().unwrap());
+        let other = std::thread::spawn(|| (gettid(), fs_base().unwrap())).join().unwrap();
+        assert_ne!(main.0, other.0);
+        assert_ne!(main.1, other.1);
+        assert!(main.1 != 0 && other.1 != 0);
+        assert!(std::fs::metadata(format!("/proc/self/task/{}", main.0)).is_ok());
+    }
 
     #[test]
     fn fork_wait_and_peek() {

@@ -175,6 +175,16 @@ pub fn thread_count(pid: impl std::fmt::Display) -> std::io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?.count())
 }
 
+/// The thread ids of process `pid`, from `/proc/PID/task`, in ascending
+/// order.
+pub fn thread_ids(pid: i32) -> std::io::Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
 /// Bits of a `/proc/PID/pagemap` entry.
 pub mod pagemap {
     pub const PRESENT: u64 = 1 << 63;

@@ -1,5 +1,7 @@
-//! ptrace of single-threaded processes: attach without disturbing, read and
-//! write the complete CPU state, and run single syscalls inside the tracee.
+//! ptrace of threads: attach without disturbing, read and write the complete
+//! CPU state, and run single syscalls inside the tracee. A [`Tracee`] is one
+//! thread (the kernel traces threads, not processes): a multi-threaded
+//! process is seized thread by thread.
 //!
 //! All calls on one [`Tracee`] must come from the thread that attached it
 //! (a ptrace rule); the type is therefore neither `Send` nor `Sync`.
@@ -64,14 +66,47 @@ pub fn wait_stop(pid: i32) -> Result<Stop> {
         }
         break;
     }
+    Ok(stop_of(status))
+}
+
+/// Waits until `pid` stops or exits, or `deadline` passes (`None`): for a
+/// thread that may never stop, such as one waiting in `vfork()` for its
+/// child, where only SIGKILL is noticed. Polls with `WNOHANG`, sleeping
+/// 20 µs doubling to 2 ms between tries, so a thread that stops at once
+/// costs no sleep.
+pub fn wait_stop_until(pid: i32, deadline: std::time::Instant) -> Result<Option<Stop>> {
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r < 0 {
+            let e = SysError::last("waitpid");
+            if e.errno == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r > 0 {
+            return Ok(Some(stop_of(status)));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(2));
+    }
+}
+
+fn stop_of(status: i32) -> Stop {
     if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-        return Ok(Stop::Gone(status));
+        return Stop::Gone(status);
     }
     let event = (status >> 16) & 0xff;
     if event != 0 {
-        return Ok(Stop::Event(event));
+        return Stop::Event(event);
     }
-    Ok(Stop::Signal(libc::WSTOPSIG(status)))
+    Stop::Signal(libc::WSTOPSIG(status))
 }
 
 impl Tracee {
@@ -93,13 +128,34 @@ impl Tracee {
     /// Stops the tracee (`PTRACE_INTERRUPT`) and waits until it is in a ptrace stop.
     /// Returns a signal that arrived meanwhile and must be re-delivered at detach.
     pub fn interrupt(&self) -> Result<Option<i32>> {
+        self.request_stop()?;
+        Self::stopped_as(wait_stop(self.pid)?)
+    }
+
+    /// Asks the tracee to stop (`PTRACE_INTERRUPT`) without waiting: to stop
+    /// several threads at once, then wait for each ([`wait_stop_until`],
+    /// [`Tracee::stopped_as`]).
+    pub fn request_stop(&self) -> Result<()> {
         ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0, "ptrace(INTERRUPT)")?;
-        match wait_stop(self.pid)? {
+        Ok(())
+    }
+
+    /// What the stop that followed [`Tracee::request_stop`] means: `Ok(None)`
+    /// for the requested stop, `Ok(Some(sig))` for a signal that arrived
+    /// meanwhile (to re-deliver at detach), an error if the thread exited.
+    pub fn stopped_as(stop: Stop) -> Result<Option<i32>> {
+        match stop {
             Stop::Event(_) => Ok(None),
             Stop::Signal(sig) if sig == libc::SIGTRAP || sig == libc::SIGSTOP => Ok(None),
             Stop::Signal(sig) => Ok(Some(sig)),
             Stop::Gone(_) => Err(SysError::new("ptrace(INTERRUPT): process exited", libc::ESRCH)),
         }
+    }
+
+    /// Changes the ptrace options (`PTRACE_O_*`) of a stopped tracee.
+    pub fn set_options(&self, options: libc::c_int) -> Result<()> {
+        ptrace(libc::PTRACE_SETOPTIONS, self.pid, 0, options.unsigned_abs() as usize, "ptrace(SETOPTIONS)")?;
+        Ok(())
     }
 
     pub fn get_regs(&self) -> Result<Regs> {
@@ -244,4 +300,37 @@ pub mod idx {
     pub const RIP: usize = super::RIP;
     pub const RSP: usize = 19;
     pub const RDI: usize = 14;
+    /// The thread-local storage base (`arch_prctl(ARCH_SET_FS)`).
+    pub const FS_BASE: usize = 21;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A child that sleeps, killed and reaped on drop.
+    struct Sleeper(std::process::Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn stops_are_requested_then_awaited_with_a_deadline() {
+        let child = Sleeper(std::process::Command::new("sleep").arg("30").spawn().unwrap());
+        let pid = i32::try_from(child.0.id()).unwrap();
+        let t = Tracee::seize(pid, 0).unwrap();
+        // Nothing asked yet: the deadline passes without a stop.
+        assert_eq!(wait_stop_until(pid, Instant::now() + Duration::from_millis(30)).unwrap(), None);
+        t.request_stop().unwrap();
+        let stop = wait_stop_until(pid, Instant::now() + Duration::from_secs(5)).unwrap().expect("the sleeper stops");
+        assert_eq!(Tracee::stopped_as(stop).unwrap(), None, "the requested stop, no signal to re-deliver: {stop:?}");
+        t.set_options(libc::PTRACE_O_TRACECLONE).unwrap();
+        assert!(Tracee::stopped_as(Stop::Gone(0)).is_err());
+        t.detach(0).unwrap();
+    }
 }

@@ -124,8 +124,10 @@ pub fn on_child(hook: impl Fn() + Send + Sync + 'static) {
 }
 
 /// Runs the [`on_child`] hooks. The list is copied first, so that a hook may
-/// register another without deadlocking (no other thread can hold the lock:
-/// the seed was single-threaded when it was captured).
+/// register another without deadlocking. (Another thread of a
+/// multi-threaded seed that held the lock at the prepare holds it in the
+/// child too, and goes on and lets it go: unlike a fork, a child keeps
+/// every thread.)
 fn run_child_hooks() {
     let hooks: Vec<ChildHook> = CHILD_HOOKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
     for hook in hooks {
@@ -287,7 +289,8 @@ fn unexpected(r: LocalResponse) -> Error {
     Error::Usage(format!("daemon answered with an unexpected message: {r:?}"))
 }
 
-/// Remote fork works on single-threaded processes only (for now).
+/// A process resumed in place is replaced by the child: it must have one
+/// thread (the child's threads are the seed's).
 fn ensure_single_threaded(what: &str) -> Result<()> {
     let threads = mitosis_sys::procfs::thread_count("self").unwrap_or(1);
     if threads != 1 {
@@ -340,8 +343,9 @@ pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result
 /// Prepares the calling process as seed `id` with the daemon at `socket`.
 /// Returns [`Role::Parent`] here and [`Role::Child`] in every resumed child.
 /// The seed is dropped when this process exits (MITOSIS's `fork_prepare`);
-/// see [`fork_prepare_with`] for a pinned one. The process must be
-/// single-threaded.
+/// see [`fork_prepare_with`] for a pinned one. Every thread of the process
+/// is prepared (it may be called from any of them) and goes on in each
+/// child.
 pub fn fork_prepare(socket: impl AsRef<Path>, id: &str) -> Result<Role> {
     fork_prepare_with(socket, id, false)
 }
@@ -368,7 +372,6 @@ pub fn fork_prepare_copy(socket: impl AsRef<Path>, id: &str, pinned: bool, copy:
 
 /// The prepare of [`fork_prepare_with`]; returns twice, as `fork()` does.
 fn prepare_self(socket: &Path, id: &str, pinned: bool, copy: bool) -> Result<Role> {
-    ensure_single_threaded("prepared")?;
     let mut client = Client::connect(socket)?;
     // The daemon captures us while we are blocked in the read below. In each
     // child that read returns the child's answer, written into this buffer.

@@ -112,11 +112,11 @@ int main(int argc, char **argv) {
     r = mitosis_fork_prepare(conn, "bad/id", 0);
     CHECK("invalid seed id", r == MITOSIS_E_BAD_REQUEST && has(mitosis_last_error(), "bad/id"), "r=%d", r);
 
-    /* A second thread: this process cannot be prepared. */
+    /* A second thread: this process cannot be replaced by a child in place. */
     pthread_t th;
     if (pipe(pipe_fds) != 0 || pthread_create(&th, NULL, blocked_thread, NULL) != 0) return 1;
-    r = mitosis_fork_prepare(conn, "mt", MITOSIS_PIN);
-    CHECK("multi-threaded prepare", r == MITOSIS_E_USAGE && has(mitosis_last_error(), "threads"), "r=%d", r);
+    r = mitosis_fork_resume_remote(conn, host, "mt");
+    CHECK("multi-threaded resume in place", r == MITOSIS_E_USAGE && has(mitosis_last_error(), "threads"), "r=%d", r);
     close(pipe_fds[1]);
     pthread_join(th, NULL);
     close(pipe_fds[0]);

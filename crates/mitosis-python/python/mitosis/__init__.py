@@ -19,7 +19,8 @@ Functions (``socket`` is the local daemon's socket; default
 ``$MITOSIS_SOCKET`` or ``/run/mitosis/mitosis.sock``):
 
 ``fork_prepare(id, pin=False, socket=None, copy=False)``
-    Prepares the calling process (it must be single-threaded) as seed ``id``.
+    Prepares the calling process (every thread; it may be called from any
+    of them) as seed ``id``.
     Returns a :class:`Parent` in the caller and a :class:`Child` in every
     child resumed from the seed; both have ``is_child``. An unpinned seed is
     dropped when the preparing process exits, a pinned one stays until

@@ -21,8 +21,18 @@ import os
 import sys
 
 
-def after_fork_prepare():
-    """Called by ``fork_prepare`` in every child, after the at-fork hooks."""
+def after_fork_prepare(threaded=False):
+    """Called by ``fork_prepare`` in every child, after the at-fork hooks.
+
+    ``threaded``: the seed had several threads, which all go on in the child,
+    so the interpreter ran its *parent* at-fork hooks (its child hooks assume
+    that only the calling thread survived a fork): :mod:`random`'s reseeding
+    hook did not run, and runs here.
+    """
+    if threaded:
+        random = sys.modules.get("random")
+        if random is not None:
+            random.seed()
     _ssl = sys.modules.get("_ssl")
     if _ssl is not None and hasattr(_ssl, "RAND_add"):
         # RAND_add reseeds OpenSSL's primary generator with these bytes; the

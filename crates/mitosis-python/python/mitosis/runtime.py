@@ -28,8 +28,7 @@ A function is a directory holding ``function.py``:
   on ``sys.path`` and the working directory, and ``sys.argv`` is
   ``[<dir>/function.py]``. The MITOSIS suite's functions
   (``from mitosis_wrapper import *``) work unchanged;
-* the process must stay single-threaded until it is prepared (a seed), and
-  the container's file system is read-only except ``/tmp``.
+* the container's file system is read-only except ``/tmp``.
 
 The answer to a request is UTF-8 JSON ``{"result": ..., "output": "..."}``;
 a failure's is the text ``"<ExceptionType>: <message>\\n<traceback>"``.

@@ -20,12 +20,6 @@ with at most its import line changed: drop ``sys.path.append("../../common")``
 
 run as ``python function.py -exclude_execution=0 -handler_id=73 -pin=1 -profile=1 -app_name="json"``.
 
-On import
----------
-``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_NUM_THREADS`` and
-``NUMEXPR_NUM_THREADS`` are set to ``1`` unless already set
-(``os.environ.setdefault``): only a single-threaded process can be prepared.
-
 Flags
 -----
 Parsed from ``sys.argv`` gflags-style at import: ``-name=value`` or
@@ -83,16 +77,13 @@ during the phase, and for ``prepare`` the seed (``seed_id``, ``generation``,
 ``closed_fds``), for ``child`` the child (``seed_id``, ``seed_host``,
 ``generation``).
 
-When preparing fails (daemon not running, several threads, ...) a message
+When preparing fails (daemon not running, a thread that cannot be captured, ...) a message
 ``mitosis_wrapper: ...`` goes to stderr and the process exits with the
 error's exit code (:attr:`mitosis.MitosisError.exit_code`: 69 when the daemon
 is unreachable, 65 when the process cannot be prepared, ...).
 """
 
 import os
-
-for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 
 import functools
 import json
