@@ -12,8 +12,8 @@
 //! protocol), measured right before each run of the memory node, memcpy of
 //! the same bytes in the same run sizes, and, on one core, each codec and
 //! the page digests alone. The whole heap is also put and got in 1 MiB requests
-//! (256 pages each), the batches a fault-in path would send. Medians over
-//! `runs` runs.
+//! (256 pages each), the batches a fault-in path would send, and 64 KiB
+//! runs from 4 connections at once (aggregate). Medians over `runs` runs.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -40,6 +40,8 @@ const RUN_SIZES: [usize; 2] = [4 << 10, 64 << 10];
 const COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
 /// Port of the raw TCP round-trip server on host a.
 const ECHO_PORT: u16 = 7120;
+/// Connections at once in the parallel measurement.
+const PARALLEL_CLIENTS: usize = 4;
 /// Bytes per request when the whole heap is put and got (256 pages).
 const BATCH_BYTES: usize = 1 << 20;
 /// Most bytes of the Python process's pages used.
@@ -131,6 +133,99 @@ struct Report {
     baselines: Baselines,
     rows: Vec<Row>,
     ratios: Vec<Ratio>,
+    parallel: Vec<Parallel>,
+}
+
+/// 64 KiB runs from [`PARALLEL_CLIENTS`] connections at once, each putting
+/// then getting its own share (medians of the runs' aggregate MiB/s).
+#[derive(Serialize)]
+struct Parallel {
+    compression: Compression,
+    clients: usize,
+    bytes_per_client: usize,
+    put_mib_s: f64,
+    get_mib_s: f64,
+    put_mib_s_samples: Vec<f64>,
+    get_mib_s_samples: Vec<f64>,
+}
+
+impl Parallel {
+    fn of(compression: Compression, volume: usize, samples: &[(f64, f64)]) -> Parallel {
+        let put: Vec<f64> = samples.iter().map(|s| s.0).collect();
+        let get: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        Parallel {
+            compression,
+            clients: PARALLEL_CLIENTS,
+            bytes_per_client: volume / PARALLEL_CLIENTS,
+            put_mib_s: median(&put),
+            get_mib_s: median(&get),
+            put_mib_s_samples: put,
+            get_mib_s_samples: get,
+        }
+    }
+}
+
+/// `runs` times: [`PARALLEL_CLIENTS`] connections, started together, each
+/// puts its share of `volume` in 64 KiB runs and then gets it back (checked),
+/// with a barrier between the phases; aggregate put and get MiB/s, the
+/// phases timed from the barrier to the last client done.
+fn parallel_runs(addr: &str, key: &ClusterKey, heap: &[u8], volume: usize, runs: usize) -> anyhow::Result<Vec<(f64, f64)>> {
+    use std::sync::Barrier;
+    let size = 64 << 10;
+    let share = (volume / PARALLEL_CLIENTS / size).max(1) * size;
+    let payload = Arc::new(cycled(heap, share));
+    let mut clients = (0..PARALLEL_CLIENTS)
+        .map(|_| MemnodeClient::connect(addr, key, Protection::Encrypted, std::time::Duration::from_secs(10)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for run in 0..runs {
+        let barrier = Arc::new(Barrier::new(PARALLEL_CLIENTS + 1));
+        let workers: Vec<_> = clients
+            .drain(..)
+            .enumerate()
+            .map(|(i, mut c)| {
+                let (barrier, payload) = (barrier.clone(), payload.clone());
+                std::thread::spawn(move || -> anyhow::Result<MemnodeClient> {
+                    let instance = format!("parallel-{run}-{i}");
+                    let base = 0x5555_0000_0000u64;
+                    // Every barrier is passed whatever happened, so that a failed
+                    // client ends the run with its error instead of stalling it.
+                    let mut got = vec![1u8; payload.len()];
+                    barrier.wait();
+                    let put = payload
+                        .chunks_exact(size)
+                        .enumerate()
+                        .try_for_each(|(k, chunk)| c.put(&instance, &[(base + (k * size) as u64, chunk)]).map(|_| ()));
+                    barrier.wait();
+                    barrier.wait();
+                    let get = put.and_then(|()| {
+                        got.chunks_exact_mut(size)
+                            .enumerate()
+                            .try_for_each(|(k, chunk)| c.get(&instance, &[(base + (k * size) as u64, size as u64)], chunk))
+                    });
+                    barrier.wait();
+                    get?;
+                    ensure!(got[..] == payload[..], "pages got back differ from those put ({instance})");
+                    c.drop_instance(&instance)?;
+                    Ok(c)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        barrier.wait();
+        let put_s = t0.elapsed().as_secs_f64();
+        barrier.wait();
+        let t0 = Instant::now();
+        barrier.wait();
+        let get_s = t0.elapsed().as_secs_f64();
+        for w in workers {
+            clients.push(w.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+        }
+        let mib = (share * PARALLEL_CLIENTS) as f64 / MIB;
+        out.push((mib / put_s, mib / get_s));
+    }
+    Ok(out)
 }
 
 fn progress(msg: &str) {
@@ -165,6 +260,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
+    let mut parallel = Vec::new();
     for compression in COMPRESSIONS {
         let name = compression.name();
         let node = Memnode::start(bin, &hosts.a, &dir, &format!("memnode-{name}"), &key_path, &["--capacity", "8G", "--compress", name])?;
@@ -204,6 +300,11 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             })??;
             rows.push(Row::of(compression, size, volume, &samples));
         }
+        progress(&format!("{name}: 64 KiB runs from {PARALLEL_CLIENTS} connections at once, {runs} runs"));
+        let (heap, key, addr2) = (heap.clone(), key.clone(), addr.clone());
+        let volume = volume_for(64 << 10, opts.mib);
+        let samples = hosts.b.run_inside(move || parallel_runs(&addr2, &key, &heap, volume, runs))??;
+        parallel.push(Parallel::of(compression, volume, &samples));
         ensure!(node.log().lines().all(|l| !l.contains("panicked")), "the memory node panicked:\n{}", node.log());
     }
     let report = Report {
@@ -213,6 +314,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         baselines: Baselines { raw_tcp_mib_s: median(&tcp_mib), raw_tcp_mib_s_samples: tcp_mib, per_run_size, digest_mib_s },
         rows,
         ratios,
+        parallel,
     };
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -540,6 +642,19 @@ fn print_report(r: &Report) {
             row.tcp_round_trip.p50_us,
             row.tcp_round_trip.p99_us,
             row.get_mib_s / b.raw_tcp_mib_s.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!();
+    println!("| 64 KiB runs | connections at once | put MiB/s | get MiB/s | get / raw TCP bulk |");
+    println!("|---|---:|---:|---:|---:|");
+    for p in &r.parallel {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} |",
+            p.compression,
+            p.clients,
+            p.put_mib_s,
+            p.get_mib_s,
+            p.get_mib_s / b.raw_tcp_mib_s.max(f64::MIN_POSITIVE)
         );
     }
     println!();
