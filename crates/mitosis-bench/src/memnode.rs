@@ -7,16 +7,18 @@
 //! `/proc/PID/mem`).
 //!
 //! Beside them, in the same run: raw TCP bulk throughput over the same veth
-//! (`tcp-source` / `tcp-sink`), the raw TCP round trip of an 8-byte request
-//! answered with a run's bytes over the same path (a thread in each host, no
-//! protocol), measured right before each run of the memory node, memcpy of
+//! (`tcp-source` / `tcp-sink`), the raw TCP round trip of a 16-byte request
+//! answered with a run's bytes over the same path (the `tcp-echo` workload,
+//! a process in host a like the node, and a thread of the client's process
+//! in host b; no protocol), measured right before each run of the memory
+//! node, memcpy of
 //! the same bytes in the same run sizes, and, on one core, each codec and
 //! the page digests alone. The whole heap is also put and got in 1 MiB requests
 //! (256 pages each), the batches a fault-in path would send, and 64 KiB
 //! runs from 4 connections at once (aggregate). Medians over `runs` runs.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -32,13 +34,14 @@ use mitosis_proto::secure::Protection;
 use mitosis_testkit::{write_key, Host, Memnode, ProcessGuard, TestDir, TwoHosts};
 use serde::Serialize;
 
-use crate::hosts::ensure_root;
+use crate::hosts::{ensure_root, host_command, HostProcess};
+use crate::modes::RTT_REQUEST;
 use crate::{median, percentile};
 
 /// The run sizes measured.
 const RUN_SIZES: [usize; 2] = [4 << 10, 64 << 10];
 const COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
-/// Port of the raw TCP round-trip server on host a.
+/// First port of the raw TCP round-trip servers on host a (one per row).
 const ECHO_PORT: u16 = 7120;
 /// Connections at once in the parallel measurement.
 const PARALLEL_CLIENTS: usize = 4;
@@ -255,8 +258,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         per_run_size.push(RunBaseline { run_bytes: size, memcpy_mib_s: memcpy });
     }
     let digest_mib_s = median(&(0..runs).map(|_| digest_mib_s(&heap)).collect::<Vec<_>>());
-    let _echo = start_echo(&hosts.a)?;
-    let echo_addr = format!("{}:{ECHO_PORT}", hosts.a.ip);
+    let mut echo_port = ECHO_PORT;
 
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
@@ -287,6 +289,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         for &size in &RUN_SIZES {
             let volume = volume_for(size, opts.mib);
             progress(&format!("{name}: {} KiB runs, {} MiB per run, {runs} runs", size >> 10, volume >> 20));
+            // A port per row: the previous row's server may still be closing.
+            let _echo = start_echo(bin, &hosts.a, echo_port, size, runs)?;
+            let echo_addr = format!("{}:{echo_port}", hosts.a.ip);
+            echo_port += 1;
             let (heap, key, addr, echo_addr) = (heap.clone(), key.clone(), addr.clone(), echo_addr.clone());
             let samples = hosts.b.run_inside(move || -> anyhow::Result<Vec<Sample>> {
                 let mut client = MemnodeClient::connect(&addr, &key, Protection::Encrypted, std::time::Duration::from_secs(10))?;
@@ -490,50 +496,30 @@ fn memcpy_mib_s(heap: &[u8], size: usize, volume: usize) -> f64 {
     volume as f64 / MIB / t0.elapsed().as_secs_f64()
 }
 
-/// A raw TCP server in host `a`: answers each 8-byte request (a length)
-/// with that many bytes. It serves until the returned guard is dropped
-/// (the listener's thread ends when its next accept fails after a shutdown).
-struct Echo {
-    listener: Arc<TcpListener>,
+/// The raw TCP round-trip server for one row: the `tcp-echo` workload, a
+/// process of its own in host `a` like the memory node, answering each
+/// [`RTT_REQUEST`]-byte request with `size` bytes, for `connections`
+/// connections (one per run); killed on drop if still running.
+fn start_echo(bin: &Path, host: &Host, port: u16, size: usize, connections: usize) -> anyhow::Result<HostProcess> {
+    let listen = format!("{}:{port}", host.ip);
+    let (size, connections) = (size.to_string(), connections.to_string());
+    let mut echo = HostProcess::spawn(host_command(host, bin).args([
+        "workload",
+        "tcp-echo",
+        "--listen",
+        &listen,
+        "--reply",
+        &size,
+        "--connections",
+        &connections,
+    ]))?;
+    let line = echo.chan.recv(std::time::Duration::from_secs(10)).context("starting the raw TCP round-trip server")?;
+    ensure!(line == "listening", "the raw TCP round-trip server said {line:?}");
+    Ok(echo)
 }
 
-impl Drop for Echo {
-    fn drop(&mut self) {
-        // Wake the accept with one last connection that asks for nothing.
-        if let Ok(addr) = self.listener.local_addr() {
-            let _ = TcpStream::connect(addr);
-        }
-    }
-}
-
-fn start_echo(host: &Host) -> anyhow::Result<Echo> {
-    let addr = format!("{}:{ECHO_PORT}", host.ip);
-    let listener = host.run_inside(move || TcpListener::bind(&addr))?.context("binding the raw TCP round-trip server")?;
-    let listener = Arc::new(listener);
-    let l = listener.clone();
-    std::thread::spawn(move || {
-        // One client at a time: the benchmark's.
-        while let Ok((mut conn, _)) = l.accept() {
-            let _ = conn.set_nodelay(true);
-            let mut req = [0u8; 8];
-            let mut buf = Vec::new();
-            let mut served = false;
-            while conn.read_exact(&mut req).is_ok() {
-                served = true;
-                buf.resize(u64::from_le_bytes(req) as usize, 0x5a);
-                if conn.write_all(&buf).is_err() {
-                    break;
-                }
-            }
-            if !served {
-                return; // the wake-up connection of Echo's drop
-            }
-        }
-    });
-    Ok(Echo { listener })
-}
-
-/// `count` round trips of an 8-byte request answered with `size` bytes (ns each).
+/// `count` round trips of an [`RTT_REQUEST`]-byte request answered with
+/// `size` bytes (ns each), on a connection of its own.
 fn echo_round_trips(addr: &str, size: usize, count: usize) -> anyhow::Result<Vec<f64>> {
     let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     conn.set_nodelay(true)?;
@@ -541,7 +527,7 @@ fn echo_round_trips(addr: &str, size: usize, count: usize) -> anyhow::Result<Vec
     let mut out = Vec::with_capacity(count);
     for _ in 0..count + count / 10 {
         let t = Instant::now();
-        conn.write_all(&(size as u64).to_le_bytes())?;
+        conn.write_all(&[7u8; RTT_REQUEST])?;
         conn.read_exact(&mut buf)?;
         out.push(t.elapsed().as_nanos() as f64);
     }

@@ -217,6 +217,7 @@ fn serve_peer(store: &Store, config: &ServerConfig, conn: TcpStream, in_handshak
                         write_msg(&mut writer, &MemnodeResponse::Pages { len: total as u64, digests: got.digests })?;
                         writer.write_all(&pages)?;
                         writer.flush()?;
+                        release_if_large(&mut pages);
                         continue;
                     }
                     Err(e) => MemnodeResponse::Error(e.to_remote()),
@@ -231,5 +232,17 @@ fn serve_peer(store: &Store, config: &ServerConfig, conn: TcpStream, in_handshak
         };
         write_msg(&mut writer, &answer)?;
         writer.flush()?;
+        release_if_large(&mut payload);
+        release_if_large(&mut pages);
+    }
+}
+
+/// Buffers a connection keeps between requests; a larger one (a big batch)
+/// is given back, so that idle connections do not each hold up to 64 MiB.
+const KEPT_BUFFER: usize = 4 << 20;
+
+fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEPT_BUFFER {
+        *buf = Vec::new();
     }
 }
