@@ -26,6 +26,7 @@ use mitosis_proto::local::{
     CacheStats, ChildEnd, ChildInfo, ChildStatus, ContainerLimits, ContainerSpec, DaemonStats, Envelope, LocalRequest,
     LocalResponse, PagerStats, Paging, PoolStats, ReplySlot, ResumeOptions, ResumeTimings, SeedInfo, SeedStats, CHILD_MARKER,
 };
+use mitosis_proto::memnode::{Compression, InstanceUsage as MemnodeInstance, MemnodeRequest, MemnodeResponse, MemnodeStats, MEMNODE_MAGIC};
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::secure::Protection;
 use mitosis_proto::PROTOCOL_VERSION;
@@ -271,6 +272,44 @@ fn main() {
     c.frame("peer_response", "error", &PeerResponse::Error(RemoteError::new(ErrorKind::NotFound, "no seed \"x\" on this host")));
     c.frame("peer_response", "pong", &PeerResponse::Pong);
     c.frame("peer_response", "checksummed", &PeerResponse::checksummed(42, (0..64u8).collect()));
+
+    // memnode_request: every request, and a put with its pages after it.
+    let runs = vec![(0x5555_0000_0000u64, 0x2000u64), (0x7ffd_0000_0000, 0x1000)];
+    c.frame("memnode_request", "hello", &MemnodeRequest::Hello { magic: MEMNODE_MAGIC });
+    let put = MemnodeRequest::Put { instance: "worker-b/fn-7".into(), runs: runs.clone(), digests: vec![[7; 16]; 3] };
+    let mut put_bytes = Vec::new();
+    write_msg(&mut put_bytes, &put).unwrap();
+    put_bytes.extend_from_slice(&[0x5a; 3 * 4096]);
+    c.put("memnode_request", "put", &put_bytes);
+    c.frame("memnode_request", "get", &MemnodeRequest::Get { instance: "worker-b/fn-7".into(), runs: runs.clone() });
+    c.frame("memnode_request", "drop-instance", &MemnodeRequest::DropInstance { instance: "worker-b/fn-7".into() });
+    c.frame("memnode_request", "stats", &MemnodeRequest::Stats);
+
+    // memnode_response: every answer.
+    c.frame("memnode_response", "hello", &MemnodeResponse::Hello { capacity: 1 << 30, compression: Compression::Lz4 });
+    c.frame("memnode_response", "stored", &MemnodeResponse::Stored { pages: 3, instance_pages: 3, instance_used_bytes: 2000 });
+    c.frame("memnode_response", "full", &MemnodeResponse::Full { needed: 12288, used: 1 << 20, capacity: 1 << 20 });
+    c.frame("memnode_response", "pages", &MemnodeResponse::Pages { len: 8192, digests: vec![[1; 16], [2; 16]] });
+    c.frame("memnode_response", "dropped", &MemnodeResponse::Dropped { pages: 3, raw_bytes: 12288 });
+    c.frame("memnode_response", "stats", &MemnodeResponse::Stats(MemnodeStats {
+        compression: Compression::Zstd,
+        capacity_bytes: 1 << 30,
+        used_bytes: 5000,
+        pages: 3,
+        raw_bytes: 12288,
+        stored_bytes: 4808,
+        instances: 1,
+        per_instance: vec![MemnodeInstance { instance: "worker-b/fn-7".into(), pages: 3, raw_bytes: 12288, stored_bytes: 4808 }],
+        puts: 1,
+        pages_put: 3,
+        gets: 2,
+        pages_served: 3,
+        misses: 1,
+        drops: 0,
+        refusals: 1,
+        bad_requests: 2,
+    }));
+    c.frame("memnode_response", "error", &MemnodeResponse::Error(RemoteError::new(ErrorKind::NotFound, "page 0x1000 of instance \"i\" was never put on this memory node")));
 
     // local_request: every request, in its envelope.
     let env = |request| Envelope { version: PROTOCOL_VERSION, request };

@@ -28,6 +28,7 @@ use mitosis_proto::instance::{
     MAX_INSTANCE_FRAME, TAG_PHASE,
 };
 use mitosis_proto::local::{ChildEnd, ChildInfo, Envelope, LocalResponse, CHILD_MARKER};
+use mitosis_proto::memnode::{MemnodeRequest, MemnodeResponse};
 use mitosis_proto::peer::{check_checksummed, PeerRequest, PeerResponse};
 use mitosis_proto::secure::{Channel, Protection, MAX_RECORD};
 use mitosis_proto::{ProtoError, PROTOCOL_VERSION};
@@ -44,6 +45,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("record", record),
     ("peer_request", peer_request),
     ("peer_response", peer_response),
+    ("memnode_request", memnode_request),
+    ("memnode_response", memnode_response),
     ("local_request", local_request),
     ("local_response", local_response),
     ("seed_image", seed_image),
@@ -392,6 +395,25 @@ pub fn peer_response(data: &[u8]) {
             assert_round_trip(&resp);
         });
     }
+}
+
+/// What a memory node does with a peer's requests (`mitosis_memnode::server`):
+/// a frame within `MAX_CONTROL_FRAME`, decoded, validated; a put's payload
+/// length is what its runs announce, bounded once it validates.
+pub fn memnode_request(data: &[u8]) {
+    read_stream(data, MAX_CONTROL_FRAME, |r| read_msg::<_, MemnodeRequest>(r, MAX_CONTROL_FRAME), |req| {
+        if req.validate().is_ok() {
+            assert!(req.payload_len() <= mitosis_proto::memnode::MAX_BATCH_BYTES, "a valid request announces too much");
+        }
+        assert_round_trip(&req);
+    });
+}
+
+/// What a memory node's client (`mitosis_memnode::client`) does with its answers.
+pub fn memnode_response(data: &[u8]) {
+    read_stream(data, MAX_CONTROL_FRAME, |r| read_msg::<_, MemnodeResponse>(r, MAX_CONTROL_FRAME), |resp| {
+        assert_round_trip(&resp);
+    });
 }
 
 /// What a daemon does with a local client's requests: a frame within

@@ -22,6 +22,9 @@
 //!   throughput per number of clients, pipelined and not, beside a raw TCP
 //!   echo) and `mitosis stress rpc` (checksummed random payloads from many
 //!   clients, every answer checked), MITOSIS's RPC stress programs.
+//! - [`memnode`]: `mitosis bench memnode`, the memory node's put and get
+//!   throughput and latency per compression, beside raw TCP and memcpy, and
+//!   the compression ratio on a live Python process's heap.
 //! - [`live_fuzz`]: `mitosis stress fuzz`, random and mutated frames
 //!   against running daemons' peer port and local socket, with held
 //!   slow-loris connections and real remote forks beside them.
@@ -49,6 +52,7 @@ pub mod gateway_overhead;
 pub mod hosts;
 pub mod kernel_log;
 pub mod live_fuzz;
+pub mod memnode;
 pub mod micro;
 pub mod modes;
 pub mod platform;

@@ -337,6 +337,10 @@ impl Samples {
         Samples { median: median(&samples), samples }
     }
 
+    pub(crate) fn samples(&self) -> &[f64] {
+        &self.samples
+    }
+
     /// The samples `f` extracts from `items`.
     fn of<T>(items: &[T], f: impl Fn(&T) -> f64) -> Samples {
         Samples::new(items.iter().map(f).collect())

@@ -3,10 +3,12 @@
 //! This binary only parses arguments and dispatches: the daemon is
 //! `mitosis-daemon`, clients use the `mitosis` library, benchmarks and the
 //! demo live in `mitosis-bench`, trace replay in `mitosis-trace`, the
-//! daemon's membership in etcd is `mitosis-cluster` (started by `registrar`).
+//! daemon's membership in etcd is `mitosis-cluster` (started by `registrar`),
+//! the memory node is `mitosis-memnode` (`memnode`).
 
 #![forbid(unsafe_code)]
 
+mod memnode;
 mod registrar;
 
 use std::io::Write;
@@ -226,6 +228,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevel,
     },
+    Memnode(memnode::MemnodeArgs),
     /// The daemon's membership in etcd, started by `mitosis daemon --etcd`.
     #[command(hide = true)]
     EtcdRegistrar {
@@ -552,6 +555,23 @@ enum Bench {
         /// Measured seconds per configuration and server.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The memory node (`mitosis memnode`) on host a, its client on host b: put and get
+    /// throughput (MiB/s) and per-request latency with 4 KiB and 64 KiB runs, one request
+    /// outstanding, for each way it stores pages (none, lz4, zstd), every page got back
+    /// compared with what was put; the compression ratio on the present anonymous pages of a
+    /// live Python process's heap, and each codec alone on one core. Beside them in the same
+    /// run: raw TCP bulk throughput over the same veth, the raw TCP round trip of each run size,
+    /// and memcpy of the same bytes. Needs root.
+    Memnode {
+        /// Runs per configuration (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// MiB put and got per run with 64 KiB runs (a quarter with 4 KiB runs).
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
         #[arg(long)]
         json: bool,
     },
@@ -981,6 +1001,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ran?;
             Ok(0)
         }
+        Command::Memnode(args) => args.run(),
         Command::EtcdRegistrar { etcd, wait_for, log_level } => {
             init_logging(log_level);
             registrar::run(&etcd, wait_for)
@@ -1181,6 +1202,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)
         }
         Command::Bench(Bench::Platform(b)) => b.run(&self_exe()?),
+        Command::Bench(Bench::Memnode { runs, mib, json }) => {
+            mitosis_bench::memnode::run(&self_exe()?, &mitosis_bench::memnode::Options { runs, mib, json }).map(|_| 0)
+        }
         Command::Bench(Bench::Threads { counts, runs, no_container, json }) => {
             let opts = mitosis_bench::threads::Options { counts, runs, no_container, json };
             mitosis_bench::threads::run(&self_exe()?, &opts).map(|_| 0)

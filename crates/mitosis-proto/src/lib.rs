@@ -12,6 +12,8 @@
 //!   daemon over TCP (a Noise handshake keyed with the shared cluster key, see
 //!   [`auth`], then every byte in authenticated and by default encrypted
 //!   records, see [`secure`]), and client to daemon over the host-local Unix socket.
+//! - [`memnode`]: a worker's daemon to a memory node (offloaded pages), over
+//!   the same handshake and records as [`peer`].
 //!
 //! It must not make syscalls other than reading and writing the stream it is
 //! handed, so everything here is testable and fuzzable without root.
@@ -30,6 +32,7 @@ pub mod frame;
 pub mod image;
 pub mod instance;
 pub mod local;
+pub mod memnode;
 pub mod peer;
 pub mod secure;
 

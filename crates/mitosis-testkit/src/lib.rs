@@ -8,7 +8,8 @@
 //! * **test hosts** — [`TwoHosts`], two private network namespaces joined by
 //!   a veth pair, each seen as a [`Host`] with its own address;
 //! * **daemon processes** — [`Daemon`], a `mitosis daemon` started inside a
-//!   [`Host`] and stopped (SIGTERM, then SIGKILL) when dropped;
+//!   [`Host`] and stopped (SIGTERM, then SIGKILL) when dropped, and
+//!   [`Memnode`], a `mitosis memnode`, killed when dropped;
 //! * **process cleanup** — [`ProcessGuard`], a child in its own process
 //!   group whose whole group is killed and reaped when dropped;
 //! * **etcd clusters** — [`EtcdCluster`], N etcd members on loopback
@@ -35,6 +36,7 @@
 mod dir;
 mod etcd;
 mod faults;
+mod memnode;
 mod conversation;
 mod netns;
 mod process;
@@ -50,6 +52,7 @@ pub use dir::{write_key, TestDir};
 pub use etcd::{EtcdCluster, ETCD_BINARY};
 pub use faults::{cgroup_subtrees_of, dirs_below, LinkCut, Paused, SlowLink, SmallTmpfs};
 pub use conversation::{Finished, Proc, STEP};
+pub use memnode::Memnode;
 pub use netns::{Host, TwoHosts};
 pub use process::{Daemon, ProcessGuard};
 pub use skip::{in_ci, require_root, skip, test_name, SKIP_LOG_ENV};
