@@ -55,7 +55,7 @@ pub(crate) use checks::{
     all_passed, common_rules, flatness, footprint_before, left_behind, live_snapshots, print_rules, Flatness, ResourceSample, Rule,
     Sampler, Teardown,
 };
-pub(crate) use cparent::{c_verdict, compile_parent, random_u64, verify_line, CParent};
+pub(crate) use cparent::{c_verdict, compile_c, compile_parent, random_u64, verify_line, CParent};
 pub(crate) use loops::{drive, judge_attempt, run_child, Attempt, Budget, Ended, LoopsRun, Outcome};
 
 use crate::functions::{self, Suite, FUNCTIONS};

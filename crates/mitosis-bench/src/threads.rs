@@ -16,8 +16,7 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
@@ -73,20 +72,6 @@ struct Parent {
     pid: i32,
 }
 
-fn compile(dir: &Path) -> anyhow::Result<PathBuf> {
-    let src = dir.join("threads_parent.c");
-    let out = dir.join("threads_parent");
-    std::fs::write(&src, SOURCE).with_context(|| format!("writing {}", src.display()))?;
-    let res = Command::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .context("running cc, the system C compiler (install gcc or clang)")?;
-    ensure!(res.status.success(), "compiling {}: {}", src.display(), String::from_utf8_lossy(&res.stderr));
-    Ok(out)
-}
-
 /// Resumes a child of `seed` on b, checks its threads, lets it exit.
 /// Returns (restore µs, whole resume µs) as daemon b measured them.
 fn resume_and_check(cluster: &Cluster, seed: &Seed, threads: usize, container: bool) -> anyhow::Result<(f64, f64)> {
@@ -124,7 +109,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     ensure!(opts.counts.first() == Some(&1), "the thread counts must start with 1 (the others are compared with it)");
     ensure!(opts.counts.iter().all(|&n| (1..=1024).contains(&n)), "thread counts are 1 to 1024");
     let cluster = Cluster::start(bin, "bench-threads")?;
-    let program = compile(cluster.dir.path())?;
+    let program = crate::stress_fork::compile_c(cluster.dir.path(), "threads_parent", SOURCE, &["-pthread"])?;
     let mut parents = Vec::new();
     for &threads in &opts.counts {
         let mut proc = HostProcess::spawn(host_command(&cluster.hosts.a, &program).arg(threads.to_string()))?;

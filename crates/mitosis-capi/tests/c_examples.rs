@@ -543,14 +543,7 @@ fn child_hooks_run_in_every_child_and_never_in_the_parent() {
     let random_of = |line: &str| line.split_whitespace().find_map(|f| f.strip_prefix("random=")).unwrap().to_string();
     let mut draws = vec![random_of(pline)];
 
-    let resumed = {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin());
-        cmd.args(["resume", "--from", &c.a.addr(), "--id", "hooked", "--socket"]).arg(c.b.socket());
-        let mut p = Proc::spawn("mitosis resume hooked", &mut cmd);
-        p.close_stdin();
-        p.finish(STEP)
-    };
+    let resumed = resume_on_b(&c, "hooked");
     let in_place = c.child(&child_exe, "hooked").finish(STEP);
     for out in [resumed, in_place] {
         assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
@@ -561,6 +554,16 @@ fn child_hooks_run_in_every_child_and_never_in_the_parent() {
         assert!(!draws.contains(&mine), "reseeded in the hook, each child draws its own number: {out} {draws:?}");
         draws.push(mine);
     }
+}
+
+/// `mitosis resume` of seed `id` from host a in host b, stdin closed, to its end.
+fn resume_on_b(c: &Cluster, id: &str) -> mitosis_testkit::Finished {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin());
+    cmd.args(["resume", "--from", &c.a.addr(), "--id", id, "--socket"]).arg(c.b.socket());
+    let mut p = Proc::spawn(&format!("mitosis resume {id}"), &mut cmd);
+    p.close_stdin();
+    p.finish(STEP)
 }
 
 /// `mitosis_fork_prepare` called from a second thread while a third counts:
@@ -578,14 +581,7 @@ fn fork_prepare_from_a_thread_in_c() {
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     // After the prepare the preparing thread has ended: main and the counter.
     assert!(out.line("parent ").ends_with(" threads=2 counting=1"), "{out}");
-    let resumed = {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &c.hosts.b.ns]).arg(mitosis_bin());
-        cmd.args(["resume", "--from", &c.a.addr(), "--id", "threaded", "--socket"]).arg(c.b.socket());
-        let mut p = Proc::spawn("mitosis resume threaded", &mut cmd);
-        p.close_stdin();
-        p.finish(STEP)
-    };
+    let resumed = resume_on_b(&c, "threaded");
     let in_place = c.child(&child_exe, "threaded").finish(STEP);
     for out in [resumed, in_place] {
         assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());

@@ -18,11 +18,19 @@ const PARENT_SOURCE: &str = include_str!("../../programs/stress_parent.c");
 
 /// Writes the C parent's source into `dir` and compiles it with `cc`.
 pub(crate) fn compile_parent(dir: &Path) -> anyhow::Result<PathBuf> {
-    let src = dir.join("stress_parent.c");
-    let out = dir.join("stress_parent");
-    std::fs::write(&src, PARENT_SOURCE).with_context(|| format!("writing {}", src.display()))?;
+    compile_c(dir, "stress_parent", PARENT_SOURCE, &[])
+}
+
+/// Writes C program `name`'s `source` into `dir` and compiles it there with
+/// the system `cc` (`-O2 -Wall` and `flags`); returns the executable.
+pub(crate) fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> anyhow::Result<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    let out = dir.join(name);
+    std::fs::write(&src, source).with_context(|| format!("writing {}", src.display()))?;
     let res = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
+        .args(["-O2", "-Wall"])
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(&src)
         .output()
