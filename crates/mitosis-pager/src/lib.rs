@@ -425,11 +425,10 @@ impl Pager {
             if let Err(e) = self.uffd.read_events(&mut events, 64) {
                 return Outcome::Failed(e.to_string());
             }
-            for ev in events.drain(..) {
-                if let Err(reason) = self.handle(ev) {
-                    return Outcome::Failed(reason);
-                }
-            }
+            // Several threads may have faulted: all their pages are asked
+            // for first, then the events are handled in order (above).
+            self.ask_for_leading_faults(&events);
+            self.deferred.extend(events.drain(..));
         }
     }
 
@@ -728,6 +727,43 @@ impl Pager {
         }
     }
 
+    /// Several threads faulted (two faults or more read at once): asks for
+    /// the windows of the faults at the head of `events` (up to the first
+    /// other event, which may change what the pages hold) that are not on
+    /// the wire yet, without waiting for any, so that they travel together.
+    /// A lone fault is left to [`Pager::fetch_window`], whose window follows
+    /// the child's access pattern.
+    fn ask_for_leading_faults(&mut self, events: &[Event]) {
+        let leading = events.iter().take_while(|e| matches!(e, Event::Fault { .. })).count();
+        if leading < 2 {
+            return;
+        }
+        for ev in &events[..leading] {
+            let Event::Fault { addr } = *ev else { return };
+            if !self.ask_for_fault(addr) {
+                return;
+            }
+        }
+    }
+
+    /// Asks for the window of a fault at `addr` unless its page is not
+    /// remote or already on the wire; false if the source failed (the
+    /// fault's own fetch then reports it).
+    fn ask_for_fault(&mut self, addr: u64) -> bool {
+        let remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
+        let on_the_wire = self.outstanding.iter().any(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2));
+        if !remote || on_the_wire || self.broken.is_some() {
+            return true;
+        }
+        let (w, lo) = self.window(addr);
+        let runs = self.regions.remote_runs(lo, lo + w);
+        if self.source.request(&seed_ranges(&runs)).is_err() {
+            return false;
+        }
+        self.on_the_wire(runs, Purpose::Fault, lo + w);
+        true
+    }
+
     /// Other threads of the child fault while this fault's page is on the
     /// wire: their faults are read now and their windows asked for at once,
     /// so that each thread waits for its own page (and those asked for
@@ -751,15 +787,8 @@ impl Pager {
                 return;
             };
             self.deferred.push_back(ev);
-            let remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
-            let on_the_wire = self.outstanding.iter().any(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2));
-            if remote && !on_the_wire && self.broken.is_none() {
-                let (w, lo) = self.window(addr);
-                let runs = self.regions.remote_runs(lo, lo + w);
-                if self.source.request(&seed_ranges(&runs)).is_err() {
-                    return;
-                }
-                self.on_the_wire(runs, Purpose::Fault, lo + w);
+            if !self.ask_for_fault(addr) {
+                return;
             }
         }
     }
