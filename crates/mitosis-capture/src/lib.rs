@@ -29,6 +29,7 @@
 pub mod access;
 mod copy;
 mod files;
+mod shared;
 
 pub use copy::{copy_memory, CopiedMemory};
 
@@ -154,6 +155,7 @@ fn capture_stopped(
     let blocked = tracee.get_sigmask().map_err(CaptureError::sys("reading the signal mask"))?;
     let maps = procfs::parse_maps(&read_proc(pid, "maps")?).map_err(|what| CaptureError::Unsupported { pid, what })?;
     let vmas = classify_vmas(pid, &maps)?;
+    let shared_anon = shared::read_shared_anon(pid, &maps)?;
     let vdso_start = maps
         .iter()
         .find(|m| m.name == "[vdso]")
@@ -244,6 +246,7 @@ fn capture_stopped(
     if sid < 0 {
         return Err(CaptureError::Sys { step: "moving the snapshot to its own session", source: SysError::new("setsid", errno_of(sid)) });
     }
+    shared::privatize(&snap, &snap_regs, gadget, &shared_anon)?;
     // Parked in pause() with every signal blocked: nothing but SIGKILL reaches it.
     // (A stopped snapshot would be sent SIGHUP and SIGCONT by the kernel when its
     // process group is orphaned, for example when the target exits.)
@@ -360,6 +363,8 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
             VmaKind::Vdso
         } else if m.name == "[vsyscall]" {
             VmaKind::Vsyscall
+        } else if shared::is_shared_anon(m) {
+            VmaKind::SharedAnon
         } else if m.shared {
             if m.write || m.inode == 0 {
                 return Err(CaptureError::Unsupported {

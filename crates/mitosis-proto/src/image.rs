@@ -120,6 +120,12 @@ pub enum VmaKind {
     Vdso,
     /// `[vsyscall]`: fixed by the kernel, never restored.
     Vsyscall,
+    /// Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`, or a shared
+    /// mapping of `/dev/zero`) that no other process mapped at prepare. A
+    /// child maps fresh shared anonymous memory there, shared again with its
+    /// own forks; its pages are served from the seed like anonymous memory
+    /// (the snapshot holds a private copy taken at the prepare instant).
+    SharedAnon,
 }
 
 /// One mapping of the seed, at its original address.

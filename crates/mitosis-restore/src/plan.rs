@@ -89,7 +89,7 @@ impl RestorePlan {
         for v in &image.vmas {
             let p = match &v.kind {
                 VmaKind::Vdso | VmaKind::Vsyscall => Placement::Kernel,
-                VmaKind::Anon | VmaKind::Opaque { .. } => Placement::Remote,
+                VmaKind::Anon | VmaKind::SharedAnon | VmaKind::Opaque { .. } => Placement::Remote,
                 VmaKind::File { path, identity, .. } => {
                     if local_copy_is(path, identity) {
                         let fd = read_only_fd(&mut files, &mut next_fd, path, identity)?;

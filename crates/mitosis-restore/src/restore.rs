@@ -324,7 +324,9 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
                 }
             }
             Placement::Remote => {
-                let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+                // Shared anonymous memory is shared again with the child's own forks.
+                let sharing = if v.kind == VmaKind::SharedAnon { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let mut flags = sharing | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if v.is_stack() {
                     flags |= libc::MAP_GROWSDOWN;
                 }
