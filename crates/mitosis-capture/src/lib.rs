@@ -28,6 +28,7 @@
 
 pub mod access;
 mod copy;
+mod fds;
 mod files;
 mod shared;
 
@@ -270,7 +271,8 @@ fn capture_stopped(
         image_regs[idx::RAX] = mitosis_sys::unsigned(i64::from(-libc::EINTR));
     }
     step("written file pages found");
-    let (files, closed_fds) = files::open_files(pid);
+    let (files, mut closed_fds) = files::open_files(pid);
+    let carried = fds::carry(pid, &mut closed_fds)?;
     step("open files read");
     let properties = process_properties(pid, dumpable, child_subreaper)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -324,6 +326,7 @@ fn capture_stopped(
         tid_address,
         altstack,
         properties,
+        carried,
     };
     step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })

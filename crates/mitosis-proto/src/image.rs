@@ -254,6 +254,10 @@ pub struct SeedImage {
     pub altstack: (u64, i32, u64),
     /// Per-process properties a child takes from its seed (umask, resource limits).
     pub properties: ProcessProperties,
+    /// Descriptors whose whole state is inside the seed (pipes with both
+    /// ends in it, eventfds, timerfds, signalfds, epoll instances): each
+    /// child gets them recreated at the same numbers.
+    pub carried: Vec<crate::descriptors::CarriedObject>,
 }
 
 /// Number of resource limits Linux has (`RLIM_NLIMITS`: `RLIMIT_CPU` = 0 to
@@ -363,7 +367,10 @@ impl SeedImage {
                 return Err(format!("{range} has a written run {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
             }
         }
-        let mut fds: Vec<i32> = self.files.iter().map(|f| f.fd).collect();
+        for object in &self.carried {
+            object.validate()?;
+        }
+        let mut fds: Vec<i32> = self.files.iter().map(|f| f.fd).chain(self.carried.iter().flat_map(|o| o.numbers())).collect();
         if let Some(fd) = fds.iter().find(|&&fd| !(0..i32::MAX).contains(&fd)) {
             return Err(format!("descriptor {fd} is out of range"));
         }
@@ -462,6 +469,7 @@ mod tests {
             robust_list: (0, 0),
             tid_address: 0,
             altstack: (0, 0, 0),
+            carried: vec![],
             properties: ProcessProperties {
                 umask: 0o022,
                 rlimits: vec![ResourceLimit { resource: 7, soft: 1024, hard: 4096 }, ResourceLimit { resource: 4, soft: 0, hard: RLIM_INFINITY }],
@@ -497,6 +505,15 @@ mod tests {
         assert!(fds.validate().unwrap_err().contains("twice"));
         fds.files = vec![file(i32::MAX)];
         assert!(fds.validate().unwrap_err().contains("out of range"));
+        use crate::descriptors::{CarriedObject, FdNumber, ObjectEnd, ObjectKind};
+        let signalfd = |fd| CarriedObject { kind: ObjectKind::SignalFd { mask: 1 }, ends: vec![ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: 2 }] };
+        fds.files = vec![file(3)];
+        fds.carried = vec![signalfd(4)];
+        assert_eq!(fds.validate(), Ok(()));
+        fds.carried = vec![signalfd(3)];
+        assert!(fds.validate().unwrap_err().contains("twice"), "a carried descriptor has the number of a reopened file");
+        fds.carried = vec![CarriedObject { ends: vec![], ..signalfd(4) }];
+        assert!(fds.validate().unwrap_err().contains("ends"));
         let mut slot = image();
         slot.reply_slot = Some(crate::local::ReplySlot { addr: u64::MAX, len: 2 });
         assert!(slot.validate().unwrap_err().contains("wraps"));

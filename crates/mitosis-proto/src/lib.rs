@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod error;
 pub mod frame;
+pub mod descriptors;
 pub mod image;
 pub mod instance;
 pub mod local;

@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+mod fds;
 pub mod plan;
 pub mod restore;
 pub use mitosis_prologue as prologue;

@@ -1,0 +1,185 @@
+//! Descriptors a child gets recreated from its seed: kernel objects whose
+//! whole state is inside the seed (a pipe with both ends in it and the
+//! bytes in its buffer, an eventfd's counter, a timerfd's clock and
+//! remaining time, a signalfd's mask, an epoll instance's watch set).
+//! Capture records them; the restore recreates each in the child at the
+//! same descriptor numbers, with the same flags. Anything else that is not
+//! a file to reopen is closed in children and listed in
+//! [`crate::image::SeedImage::closed_fds`].
+
+use serde::{Deserialize, Serialize};
+
+/// Largest pipe buffer a seed may carry (the kernel's own ceiling for
+/// `F_SETPIPE_SZ` is `fs.pipe-max-size`, 1 MiB by default; root may go
+/// beyond it, but not past this).
+pub const MAX_PIPE_CAPACITY: u32 = 1 << 28;
+
+/// One descriptor number of a carried object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdNumber {
+    pub fd: i32,
+    /// `FD_CLOEXEC`: the only per-descriptor flag.
+    pub cloexec: bool,
+}
+
+/// One open file description of a carried object, and the descriptor
+/// numbers that refer to it (duplicates share it, as after `dup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEnd {
+    pub fds: Vec<FdNumber>,
+    /// File status flags that `fcntl(F_SETFL)` sets (`O_NONBLOCK`,
+    /// `O_APPEND`, `O_DIRECT`, `O_NOATIME`).
+    pub status_flags: i32,
+    /// Access mode: `O_RDONLY`, `O_WRONLY` or `O_RDWR`.
+    pub access: i32,
+}
+
+/// A watch of an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollWatch {
+    /// The descriptor number the watch was added under (the kernel keys a
+    /// watch by it: `EPOLL_CTL_MOD` and `DEL` name it).
+    pub fd: i32,
+    /// A descriptor of the seed (and of the child) whose file the watch
+    /// watches: `fd` itself, unless the seed closed `fd` or gave its number
+    /// to another file after adding the watch (the watch lives as long as
+    /// its file is open).
+    pub file_fd: i32,
+    /// `EPOLLIN`, `EPOLLET`, ... as registered.
+    pub events: u32,
+    /// The user data the seed registered (`epoll_event.data`).
+    pub data: u64,
+}
+
+/// What kind of object, with its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    /// A pipe whose two ends are both the seed's: `ends[0]` reads (from
+    /// `pipe`), `ends[1]` writes (from `pipe`), further ends are more open
+    /// file descriptions of either (opened through `/proc/PID/fd`).
+    Pipe {
+        /// Buffer size (`F_GETPIPE_SZ`).
+        capacity: u32,
+        /// Bytes in the buffer at prepare, oldest first.
+        data: Vec<u8>,
+    },
+    /// An eventfd: its counter and whether it counts as a semaphore.
+    EventFd { count: u64, semaphore: bool },
+    /// A timerfd: its clock, time left to the next expiry (0: disarmed),
+    /// interval, and expirations not read yet.
+    TimerFd { clock: i32, value_ns: u64, interval_ns: u64, ticks: u64 },
+    /// A signalfd and the signals it reads (bit n-1 for signal n).
+    SignalFd { mask: u64 },
+    /// An epoll instance and its watches (of the seed's descriptors that
+    /// children get; a watch of one that is closed in children is dropped
+    /// with it, as the kernel drops the watch of a closed file).
+    Epoll { watches: Vec<EpollWatch> },
+}
+
+/// A kernel object a child gets recreated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedObject {
+    pub kind: ObjectKind,
+    /// Its open file descriptions: two or more for a pipe, one otherwise.
+    pub ends: Vec<ObjectEnd>,
+}
+
+impl CarriedObject {
+    /// Every descriptor number of the object.
+    pub fn numbers(&self) -> impl Iterator<Item = i32> + '_ {
+        self.ends.iter().flat_map(|e| e.fds.iter().map(|n| n.fd))
+    }
+
+    /// Checks the object on its own: the number of ends its kind has, each
+    /// with at least one descriptor and an access mode; a pipe's first two
+    /// ends read and write, and its data fits its capacity; a timer's clock
+    /// is one timerfd takes.
+    pub fn validate(&self) -> Result<(), String> {
+        let ends_ok = match &self.kind {
+            ObjectKind::Pipe { .. } => {
+                self.ends.len() >= 2 && self.ends[0].access == libc_o::RDONLY && self.ends[1].access == libc_o::WRONLY
+            }
+            _ => self.ends.len() == 1,
+        };
+        let bad_end = self.ends.iter().any(|e| e.fds.is_empty() || ![libc_o::RDONLY, libc_o::WRONLY, libc_o::RDWR].contains(&e.access));
+        if !ends_ok || bad_end {
+            return Err(format!("a carried {} has {} ends, not the ones its kind has (each with a descriptor and an access mode)", self.kind_name(), self.ends.len()));
+        }
+        match &self.kind {
+            ObjectKind::Pipe { capacity, data } if *capacity == 0 || *capacity > MAX_PIPE_CAPACITY || data.len() > *capacity as usize => {
+                return Err(format!("a carried pipe holds {} bytes in a buffer of {capacity}", data.len()));
+            }
+            // CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME, and their _ALARM forms.
+            ObjectKind::TimerFd { clock, .. } if ![0, 1, 7, 8, 9].contains(clock) => {
+                return Err(format!("a carried timerfd has clock {clock}, which timerfd does not take"));
+            }
+            ObjectKind::EventFd { count, .. } if *count == u64::MAX => {
+                return Err("a carried eventfd's counter is 2^64-1, above its maximum".into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The kind's name, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ObjectKind::Pipe { .. } => "pipe",
+            ObjectKind::EventFd { .. } => "eventfd",
+            ObjectKind::TimerFd { .. } => "timerfd",
+            ObjectKind::SignalFd { .. } => "signalfd",
+            ObjectKind::Epoll { .. } => "epoll instance",
+        }
+    }
+}
+
+/// Access modes (`O_ACCMODE` values of `open(2)`, the same on every Linux).
+pub mod libc_o {
+    pub const RDONLY: i32 = 0;
+    pub const WRONLY: i32 = 1;
+    pub const RDWR: i32 = 2;
+}
+
+/// The highest descriptor number of `objects`, if any.
+pub fn highest_fd(objects: &[CarriedObject]) -> Option<i32> {
+    objects.iter().flat_map(CarriedObject::numbers).max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(fd: i32) -> ObjectEnd {
+        ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: libc_o::RDWR }
+    }
+
+    fn pipe_end(fd: i32, access: i32) -> ObjectEnd {
+        ObjectEnd { access, ..end(fd) }
+    }
+
+    #[test]
+    fn objects_are_validated() {
+        let ends = vec![pipe_end(3, libc_o::RDONLY), pipe_end(4, libc_o::WRONLY), pipe_end(6, libc_o::RDWR)];
+        let pipe = CarriedObject { kind: ObjectKind::Pipe { capacity: 4096, data: vec![1; 10] }, ends };
+        assert_eq!(pipe.validate(), Ok(()));
+        assert_eq!(pipe.numbers().collect::<Vec<_>>(), [3, 4, 6]);
+        assert_eq!(highest_fd(std::slice::from_ref(&pipe)), Some(6));
+        let one_end = CarriedObject { ends: vec![pipe_end(3, libc_o::RDONLY)], ..pipe.clone() };
+        assert!(one_end.validate().unwrap_err().contains("ends"));
+        let swapped = CarriedObject { ends: vec![pipe_end(3, libc_o::WRONLY), pipe_end(4, libc_o::RDONLY)], ..pipe.clone() };
+        assert!(swapped.validate().is_err(), "the first end reads, the second writes");
+        let odd_access = CarriedObject { ends: vec![pipe_end(3, libc_o::RDONLY), pipe_end(4, libc_o::WRONLY), pipe_end(5, 3)], ..pipe.clone() };
+        assert!(odd_access.validate().is_err());
+        let overfull = CarriedObject { kind: ObjectKind::Pipe { capacity: 4, data: vec![1; 5] }, ..pipe.clone() };
+        let two_ends = CarriedObject { ends: vec![end(3), end(4)], kind: ObjectKind::EventFd { count: 1, semaphore: false } };
+        assert!(two_ends.validate().is_err());
+        assert!(overfull.validate().unwrap_err().contains("5 bytes"));
+        let no_fd = CarriedObject { kind: ObjectKind::SignalFd { mask: 1 }, ends: vec![ObjectEnd { fds: vec![], ..end(3) }] };
+        assert!(no_fd.validate().is_err());
+        let timer = CarriedObject { kind: ObjectKind::TimerFd { clock: 3, value_ns: 1, interval_ns: 0, ticks: 0 }, ends: vec![end(5)] };
+        assert!(timer.validate().unwrap_err().contains("clock 3"));
+        let counter = CarriedObject { kind: ObjectKind::EventFd { count: u64::MAX, semaphore: false }, ends: vec![end(5)] };
+        assert!(counter.validate().is_err());
+        assert_eq!(highest_fd(&[]), None);
+    }
+}
