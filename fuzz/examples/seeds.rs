@@ -131,13 +131,13 @@ fn image() -> SeedImage {
             CarriedObject {
                 kind: ObjectKind::Pipe { capacity: 65536, data: b"queued".to_vec() },
                 ends: vec![
-                    ObjectEnd { fds: vec![FdNumber { fd: 5, cloexec: false }], status_flags: 0, access: 0 },
-                    ObjectEnd { fds: vec![FdNumber { fd: 6, cloexec: true }, FdNumber { fd: 9, cloexec: false }], status_flags: 0o4000, access: 1 },
+                    ObjectEnd { fds: vec![FdNumber { fd: 5, cloexec: false }], status_flags: 0, access: 0, pos: 0 },
+                    ObjectEnd { fds: vec![FdNumber { fd: 6, cloexec: true }, FdNumber { fd: 9, cloexec: false }], status_flags: 0o4000, access: 1, pos: 0 },
                 ],
             },
             CarriedObject {
                 kind: ObjectKind::Epoll { watches: vec![EpollWatch { fd: 5, file_fd: 5, events: 1, data: 0xdead }] },
-                ends: vec![ObjectEnd { fds: vec![FdNumber { fd: 7, cloexec: true }], status_flags: 0, access: 2 }],
+                ends: vec![ObjectEnd { fds: vec![FdNumber { fd: 7, cloexec: true }], status_flags: 0, access: 2, pos: 0 }],
             },
         ],
     }

@@ -12,8 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
-use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind};
+use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind, MAX_UNLINKED_FILE_BYTES};
 use mitosis_sys::{fdstate, pidfd, procfs};
 
 use crate::CaptureError;
@@ -32,6 +33,8 @@ struct Candidate {
 /// What a descriptor's `/proc/PID/fd` link says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Sort {
+    /// A regular file no directory names (device, inode), or a memfd.
+    Unlinked(u64, u64),
     Pipe(u64),
     EventFd,
     TimerFd,
@@ -58,8 +61,10 @@ fn sort_of(link: &str) -> Option<Sort> {
 /// stdio).
 pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<CarriedObject>, CaptureError> {
     let mut by_sort: BTreeMap<Sort, Vec<Candidate>> = BTreeMap::new();
+    let mut links: BTreeMap<i32, &str> = BTreeMap::new();
     for (fd, link) in closed.iter() {
-        let Some(sort) = sort_of(link) else { continue };
+        let Some(sort) = sort_of(link).or_else(|| unlinked_file(pid, *fd, link)) else { continue };
+        links.insert(*fd, link);
         let Ok(fdinfo) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else { continue };
         let (flags, _) = procfs::parse_fdinfo(&fdinfo);
         by_sort.entry(sort).or_default().push(Candidate { fd: *fd, flags, fdinfo });
@@ -72,8 +77,21 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
     let target = pidfd::open(pid).map_err(CaptureError::sys("opening the process's pidfd"))?;
     let mut objects = Vec::new();
     let mut epolls = Vec::new();
+    let mut file_bytes = 0u64;
     for (sort, candidates) in by_sort {
         match sort {
+            Sort::Unlinked(..) => {
+                let link = links.get(&candidates[0].fd).copied().unwrap_or_default();
+                // Opened anew for reading (the seed's may be write-only): positioned reads only.
+                let path = format!("/proc/{pid}/fd/{}", candidates[0].fd);
+                let file = std::fs::File::open(&path).map_err(|e| CaptureError::Sys {
+                    step: "opening an unlinked file of the process",
+                    source: mitosis_sys::SysError::new("open", e.raw_os_error().unwrap_or(libc::EIO)),
+                })?;
+                let Some(kind) = unlinked_contents(&file, link, &mut file_bytes)? else { continue };
+                let ends = descriptions(pid, candidates)?.iter().map(|g| end(g)).collect();
+                objects.push(CarriedObject { kind, ends });
+            }
             Sort::Pipe(_) => {
                 let mut groups = descriptions(pid, candidates)?;
                 let access = |g: &Vec<Candidate>| g[0].flags & libc::O_ACCMODE;
@@ -129,7 +147,58 @@ fn end(group: &[Candidate]) -> ObjectEnd {
         fds: group.iter().map(|c| FdNumber { fd: c.fd, cloexec: c.flags & libc::O_CLOEXEC != 0 }).collect(),
         status_flags: group[0].flags & SETTABLE_STATUS_FLAGS,
         access: group[0].flags & libc::O_ACCMODE,
+        pos: procfs::parse_fdinfo(&group[0].fdinfo).1,
     }
+}
+
+/// `Some` for descriptor `fd` of `pid` (link `link`) when it is a regular
+/// file that no directory names (unlinked, or made with `O_TMPFILE`), or a
+/// memfd: the whole file is the seed's.
+fn unlinked_file(pid: i32, fd: i32, link: &str) -> Option<Sort> {
+    let path = link.strip_suffix(" (deleted)")?;
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let memfd = path.starts_with("/memfd:");
+    (meta.is_file() && (meta.nlink() == 0 || memfd) && path.starts_with('/')).then_some(Sort::Unlinked(meta.dev(), meta.ino()))
+}
+
+/// An unlinked file's kind with its content, read through `file` (opened
+/// through the seed's descriptor's /proc link), or `None` when the
+/// seed's budget `used` for such contents would be exceeded (the file is
+/// then closed in children, and prepare says so).
+fn unlinked_contents(file: &std::fs::File, link: &str, used: &mut u64) -> Result<Option<ObjectKind>, CaptureError> {
+    let step = "reading an unlinked file of the process";
+    let io = |e: std::io::Error| CaptureError::Sys { step, source: mitosis_sys::SysError::new("read", e.raw_os_error().unwrap_or(libc::EIO)) };
+    let meta = file.metadata().map_err(io)?;
+    let runs = mitosis_sys::mem::data_runs(file, 0, meta.len()).map_err(CaptureError::sys(step))?;
+    let bytes: u64 = runs.iter().map(|r| r.1 - r.0).sum();
+    if *used + bytes > MAX_UNLINKED_FILE_BYTES {
+        return Ok(None);
+    }
+    *used += bytes;
+    let mut data = Vec::with_capacity(runs.len());
+    for (start, end) in runs {
+        let mut chunk = vec![0u8; mitosis_sys::usize_of(end - start)];
+        file.read_exact_at(&mut chunk, start).map_err(io)?;
+        data.push((start, chunk));
+    }
+    let path = link.strip_suffix(" (deleted)").unwrap_or(link);
+    let (dir, memfd_name) = match path.strip_prefix("/memfd:") {
+        Some(name) => (None, Some(name.to_string())),
+        None => (Some(std::path::Path::new(path).parent().map_or("/".into(), |d| d.to_string_lossy().into_owned())), None),
+    };
+    let seals = if memfd_name.is_some() { fdstate::seals(file).map_err(CaptureError::sys(step))? } else { 0 };
+    Ok(Some(ObjectKind::UnlinkedFile {
+        dir,
+        memfd_name,
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        seals,
+        atime: (meta.atime(), meta.atime_nsec()),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        data,
+    }))
 }
 
 /// The watches of epoll instance `efd` (its fdinfo text) whose files are

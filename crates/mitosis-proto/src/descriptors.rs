@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 /// beyond it, but not past this).
 pub const MAX_PIPE_CAPACITY: u32 = 1 << 28;
 
+/// Most bytes of unlinked files' contents one seed carries (beyond it, such
+/// files are closed in children, with a note at prepare).
+pub const MAX_UNLINKED_FILE_BYTES: u64 = 64 << 20;
+
 /// One descriptor number of a carried object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdNumber {
@@ -32,6 +36,8 @@ pub struct ObjectEnd {
     pub status_flags: i32,
     /// Access mode: `O_RDONLY`, `O_WRONLY` or `O_RDWR`.
     pub access: i32,
+    /// File position (of an unlinked file; 0 for the others).
+    pub pos: u64,
 }
 
 /// A watch of an epoll instance.
@@ -74,13 +80,35 @@ pub enum ObjectKind {
     /// children get; a watch of one that is closed in children is dropped
     /// with it, as the kernel drops the watch of a closed file).
     Epoll { watches: Vec<EpollWatch> },
+    /// A regular file no directory names any more (unlinked, or made with
+    /// `O_TMPFILE`), or a memfd, with its content: a child gets its own.
+    UnlinkedFile {
+        /// The directory a child makes it in (`O_TMPFILE`): the one the
+        /// seed's file was in. `None` for a memfd.
+        dir: Option<String>,
+        /// The memfd's name (what follows `memfd:`), for a memfd.
+        memfd_name: Option<String>,
+        size: u64,
+        /// Permission bits (`st_mode & 0o7777`), owner and group.
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        /// A memfd's seals (`F_GET_SEALS`).
+        seals: u32,
+        /// Access and modification times (seconds, nanoseconds).
+        atime: (i64, i64),
+        mtime: (i64, i64),
+        /// Runs `(offset, bytes)` that hold data, in order; the rest reads as zero.
+        data: Vec<(u64, Vec<u8>)>,
+    },
 }
 
 /// A kernel object a child gets recreated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarriedObject {
     pub kind: ObjectKind,
-    /// Its open file descriptions: two or more for a pipe, one otherwise.
+    /// Its open file descriptions: two or more for a pipe, one or more for
+    /// an unlinked file, one otherwise.
     pub ends: Vec<ObjectEnd>,
 }
 
@@ -99,6 +127,7 @@ impl CarriedObject {
             ObjectKind::Pipe { .. } => {
                 self.ends.len() >= 2 && self.ends[0].access == libc_o::RDONLY && self.ends[1].access == libc_o::WRONLY
             }
+            ObjectKind::UnlinkedFile { .. } => !self.ends.is_empty(),
             _ => self.ends.len() == 1,
         };
         let bad_end = self.ends.iter().any(|e| e.fds.is_empty() || ![libc_o::RDONLY, libc_o::WRONLY, libc_o::RDWR].contains(&e.access));
@@ -116,6 +145,22 @@ impl CarriedObject {
             ObjectKind::EventFd { count, .. } if *count == u64::MAX => {
                 return Err("a carried eventfd's counter is 2^64-1, above its maximum".into());
             }
+            ObjectKind::UnlinkedFile { dir, memfd_name, size, data, .. } => {
+                if dir.is_some() == memfd_name.is_some() {
+                    return Err("a carried unlinked file is either in a directory or a memfd".into());
+                }
+                let mut end = 0u64;
+                for (at, bytes) in data {
+                    let run_end = at.checked_add(bytes.len() as u64).filter(|&e| *at >= end && e <= *size);
+                    let Some(run_end) = run_end else {
+                        return Err(format!("a carried unlinked file of {size} bytes has a run at {at} that overlaps or passes its end"));
+                    };
+                    end = run_end;
+                }
+                if data.iter().map(|r| r.1.len() as u64).sum::<u64>() > MAX_UNLINKED_FILE_BYTES {
+                    return Err(format!("a carried unlinked file holds more than {MAX_UNLINKED_FILE_BYTES} bytes"));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -129,6 +174,7 @@ impl CarriedObject {
             ObjectKind::TimerFd { .. } => "timerfd",
             ObjectKind::SignalFd { .. } => "signalfd",
             ObjectKind::Epoll { .. } => "epoll instance",
+            ObjectKind::UnlinkedFile { .. } => "unlinked file",
         }
     }
 }
@@ -150,7 +196,7 @@ mod tests {
     use super::*;
 
     fn end(fd: i32) -> ObjectEnd {
-        ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: libc_o::RDWR }
+        ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: libc_o::RDWR, pos: 0 }
     }
 
     fn pipe_end(fd: i32, access: i32) -> ObjectEnd {
@@ -181,5 +227,24 @@ mod tests {
         let counter = CarriedObject { kind: ObjectKind::EventFd { count: u64::MAX, semaphore: false }, ends: vec![end(5)] };
         assert!(counter.validate().is_err());
         assert_eq!(highest_fd(&[]), None);
+        let file = |dir: Option<&str>, data: Vec<(u64, Vec<u8>)>| CarriedObject {
+            kind: ObjectKind::UnlinkedFile {
+                dir: dir.map(String::from),
+                memfd_name: None,
+                size: 100,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                seals: 0,
+                atime: (1, 2),
+                mtime: (3, 4),
+                data,
+            },
+            ends: vec![end(3)],
+        };
+        assert_eq!(file(Some("/tmp"), vec![(0, vec![1; 10]), (50, vec![2; 50])]).validate(), Ok(()));
+        assert!(file(None, vec![]).validate().is_err(), "neither a directory nor a memfd");
+        assert!(file(Some("/tmp"), vec![(0, vec![1; 10]), (5, vec![2; 5])]).validate().is_err(), "overlapping runs");
+        assert!(file(Some("/tmp"), vec![(90, vec![1; 20])]).validate().is_err(), "past the end");
     }
 }

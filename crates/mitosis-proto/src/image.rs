@@ -506,7 +506,7 @@ mod tests {
         fds.files = vec![file(i32::MAX)];
         assert!(fds.validate().unwrap_err().contains("out of range"));
         use crate::descriptors::{CarriedObject, FdNumber, ObjectEnd, ObjectKind};
-        let signalfd = |fd| CarriedObject { kind: ObjectKind::SignalFd { mask: 1 }, ends: vec![ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: 2 }] };
+        let signalfd = |fd| CarriedObject { kind: ObjectKind::SignalFd { mask: 1 }, ends: vec![ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: 2, pos: 0 }] };
         fds.files = vec![file(3)];
         fds.carried = vec![signalfd(4)];
         assert_eq!(fds.validate(), Ok(()));

@@ -35,13 +35,14 @@ const TFD_IOC_SET_TICKS: u64 = (1 << 30) | (8 << 16) | ((b'T' as u64) << 8);
 const EPOLL_CTL_ADD: u64 = 1;
 
 /// Runs syscalls in the stopped child, with `slot` as scratch memory for
-/// their in- and out-parameters (at least 32 bytes).
+/// their in- and out-parameters (`slot_len` bytes, at least 64).
 pub(crate) struct Injector<'a> {
     pub tracee: &'a Tracee,
     pub base: &'a Regs,
     pub gadget: u64,
     pub mem: &'a ProcMem,
     pub slot: u64,
+    pub slot_len: u64,
 }
 
 impl Injector<'_> {
@@ -56,7 +57,19 @@ impl Injector<'_> {
     }
 
     fn put(&self, bytes: &[u8], what: &str) -> Result<(), RestoreError> {
+        if bytes.len() as u64 > self.slot_len {
+            return Err(RestoreError::Incompatible(format!("{what}: a path of {} bytes does not fit the restore's scratch memory", bytes.len())));
+        }
         self.mem.write_all_at(bytes, self.slot).map_err(RestoreError::sys(what.to_string()))
+    }
+
+    /// Opens `path` in the child (`openat` from its working directory).
+    fn open(&self, path: &str, flags: i32, mode: u32, what: &str) -> Result<i64, RestoreError> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        self.put(&bytes, what)?;
+        let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+        self.call(libc::SYS_openat, &[at_cwd, self.slot, u64::from(flags.unsigned_abs()), u64::from(mode)], what)
     }
 
     /// A descriptor the child got from a creating call, moved to the lowest
@@ -75,7 +88,17 @@ fn fd_arg(fd: i32) -> u64 {
 /// Recreates `objects` in the child `child` (traced and stopped; see
 /// [`Injector`]) at their numbers; `staging` is above every number the
 /// seed uses and every descriptor the child has.
-pub(crate) fn recreate(child: &Injector<'_>, child_pidfd: &OwnedFd, objects: &[CarriedObject], staging: i32) -> Result<(), RestoreError> {
+/// `owner_may_change`: the child runs as root, and unlinked files get
+/// their seed's owner and group (otherwise they are the child's own);
+/// `cwd`: the seed's working directory (the child's).
+pub(crate) fn recreate(
+    child: &Injector<'_>,
+    child_pidfd: &OwnedFd,
+    objects: &[CarriedObject],
+    staging: i32,
+    owner_may_change: bool,
+    cwd: &str,
+) -> Result<(), RestoreError> {
     // Each object's ends at their staging numbers.
     let mut staged: Vec<Vec<i32>> = Vec::with_capacity(objects.len());
     for o in objects {
@@ -94,13 +117,9 @@ pub(crate) fn recreate(child: &Injector<'_>, child_pidfd: &OwnedFd, objects: &[C
                 let mut ends = vec![read, write];
                 // More open file descriptions of the pipe, as the seed made them.
                 for end in &o.ends[2..] {
-                    let mut path = format!("/proc/self/fd/{read}").into_bytes();
-                    path.push(0);
-                    child.put(&path, &what)?;
                     // Non-blocking: the status flags are set below, as for every end.
                     let flags = end.access | libc::O_CLOEXEC | libc::O_NONBLOCK;
-                    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-                    let fd = child.call(libc::SYS_openat, &[at_cwd, child.slot, u64::from(flags.unsigned_abs()), 0], &what)?;
+                    let fd = child.open(&format!("/proc/self/fd/{read}"), flags, 0, &what)?;
                     ends.push(child.stage(fd, staging, &what)?);
                 }
                 ends
@@ -147,6 +166,66 @@ pub(crate) fn recreate(child: &Injector<'_>, child_pidfd: &OwnedFd, objects: &[C
             ObjectKind::Epoll { .. } => {
                 let fd = child.call(libc::SYS_epoll_create1, &[u64::from(libc::EPOLL_CLOEXEC.unsigned_abs())], &what)?;
                 vec![child.stage(fd, staging, &what)?]
+            }
+            ObjectKind::UnlinkedFile { dir, memfd_name, size, mode, uid, gid, seals, atime, mtime, data } => {
+                let made = match (dir, memfd_name) {
+                    // Made by the child, as the seed's owner: where the seed's file was.
+                    // The working directory by ".": in a container the child keeps its seed's,
+                    // also where its path names another directory (a private /tmp).
+                    (Some(dir), _) => {
+                        let dir = if dir == cwd { "." } else { dir.as_str() };
+                        child.open(dir, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600, &what).or_else(|e| {
+                        tracing::warn!(dir, error = %e, "the seed's unlinked file cannot be made in its directory here: the child gets a memfd instead");
+                        memfd(child, "mitosis-unlinked", &what)
+                    })?
+                    }
+                    (None, Some(name)) => memfd(child, name, &what)?,
+                    (None, None) => return Err(RestoreError::Incompatible(format!("{what}: neither a directory nor a memfd"))),
+                };
+                let master = child.stage(made, staging, &what)?;
+                let copy = std::fs::File::from(pidfd::getfd(child_pidfd, master).map_err(RestoreError::sys(what.clone()))?);
+                let io = |e: std::io::Error| RestoreError::Sys { step: what.clone(), source: SysError::new("write", e.raw_os_error().unwrap_or(libc::EIO)) };
+                use std::os::unix::fs::{FileExt, PermissionsExt};
+                for (at, bytes) in data {
+                    copy.write_all_at(bytes, *at).map_err(io)?;
+                }
+                copy.set_len(*size).map_err(io)?;
+                // The owner first: a change of owner clears the set-user and set-group-ID bits.
+                // (Otherwise the file is the child's own, made with its credentials.)
+                if owner_may_change {
+                    std::os::unix::fs::fchown(&copy, Some(*uid), Some(*gid)).map_err(io)?;
+                }
+                copy.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777)).map_err(io)?;
+                // Last of the content: the writes above changed them.
+                let time = |(sec, nsec): (i64, i64)| {
+                    let since = std::time::Duration::new(sec.unsigned_abs(), u32::try_from(nsec).unwrap_or(0));
+                    if sec >= 0 { std::time::UNIX_EPOCH + since } else { std::time::UNIX_EPOCH - since }
+                };
+                copy.set_times(std::fs::FileTimes::new().set_accessed(time(*atime)).set_modified(time(*mtime))).map_err(io)?;
+                // The first read-write description is the one made above (a memfd made by
+                // memfd_create can be executed while it is open for writing; one opened
+                // again cannot), every other one is opened anew through the file's /proc
+                // link (also a read-only one).
+                let mut ends = Vec::with_capacity(o.ends.len());
+                let mut master_used = false;
+                for end in &o.ends {
+                    let fd = if end.access == libc::O_RDWR && !master_used {
+                        master_used = true;
+                        master
+                    } else {
+                        let fd = child.open(&format!("/proc/self/fd/{master}"), end.access | libc::O_CLOEXEC, 0, &what)?;
+                        child.stage(fd, staging, &what)?
+                    };
+                    child.call(libc::SYS_lseek, &[fd_arg(fd), end.pos, libc::SEEK_SET as u64], &what)?;
+                    ends.push(fd);
+                }
+                if !master_used {
+                    child.call(libc::SYS_close, &[fd_arg(master)], &what)?;
+                }
+                if *seals != 0 {
+                    mitosis_sys::fdstate::add_seals(&copy, *seals).map_err(RestoreError::sys(what.clone()))?;
+                }
+                ends
             }
         };
         staged.push(ends);
@@ -203,6 +282,16 @@ pub(crate) fn recreate(child: &Injector<'_>, child_pidfd: &OwnedFd, objects: &[C
         }
     }
     Ok(())
+}
+
+/// A new memfd of the child named `name` (sealing allowed: the seed's seals
+/// are added once it is filled).
+fn memfd(child: &Injector<'_>, name: &str, what: &str) -> Result<i64, RestoreError> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.push(0);
+    child.put(&bytes, what)?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    child.call(libc::SYS_memfd_create, &[child.slot, u64::from(flags)], what)
 }
 
 /// Writes `bytes` into the child's descriptor `fd` through a copy of it.

@@ -1,7 +1,7 @@
 //! Reading the state of another process's descriptors without changing
 //! it: whether two of its descriptors are one open file, or one is the
 //! file an epoll watch watches (`kcmp`), and the bytes in a pipe's buffer
-//! (duplicated with `tee`, never consumed).
+//! (duplicated with `tee`, never consumed); a memfd's seals.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
@@ -56,6 +56,22 @@ fn fcntl_int(fd: &impl AsRawFd, cmd: i32, arg: i32, op: &'static str) -> Result<
         return Err(SysError::last(op));
     }
     Ok(r)
+}
+
+/// A memfd's seals (`F_GET_SEALS`); 0 for a file that has none to give
+/// (not a memfd: `EINVAL`).
+pub fn seals(fd: &impl AsFd) -> Result<u32> {
+    match fcntl_int(&fd.as_fd(), libc::F_GET_SEALS, 0, "fcntl(F_GET_SEALS)") {
+        Ok(s) => Ok(s.unsigned_abs()),
+        Err(e) if e.errno == libc::EINVAL => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds `seals` to a memfd (`F_ADD_SEALS`).
+pub fn add_seals(fd: &impl AsFd, seals: u32) -> Result<()> {
+    let seals = i32::try_from(seals).map_err(|_| SysError::new("fcntl(F_ADD_SEALS)", libc::EINVAL))?;
+    fcntl_int(&fd.as_fd(), libc::F_ADD_SEALS, seals, "fcntl(F_ADD_SEALS)").map(|_| ())
 }
 
 /// Bytes waiting to be read from a pipe, socket or terminal (`FIONREAD`).
@@ -141,6 +157,17 @@ mod tests {
         let (_, empty_w) = pipe().unwrap();
         let (empty_r, _) = (pipe().unwrap().0, empty_w);
         assert_eq!(pipe_contents(&empty_r).unwrap().1, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn seals_are_read_and_added() {
+        // SAFETY: memfd_create with a valid name returns a new descriptor of ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"sealed".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)) };
+        assert_eq!(seals(&fd).unwrap(), 0);
+        add_seals(&fd, (libc::F_SEAL_GROW | libc::F_SEAL_SHRINK).unsigned_abs()).unwrap();
+        assert_eq!(seals(&fd).unwrap(), (libc::F_SEAL_GROW | libc::F_SEAL_SHRINK).unsigned_abs());
+        let (r, _w) = pipe().unwrap();
+        assert_eq!(seals(&r).unwrap(), 0, "not a memfd");
     }
 
     #[test]

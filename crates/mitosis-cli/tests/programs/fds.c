@@ -16,6 +16,13 @@
  *               21 the pipe's read end opened again (/proc/self/fd/10:
  *                  another open file description, blocking)
  *               22 a timerfd with a 1 h interval that expired once, not read
+ *               23 a memfd "mitosis-fds" holding "memfd-content" at 5000
+ *                  (a hole before it), sealed against growing and shrinking,
+ *                  position 7
+ *               24 a file of the working directory, unlinked, write-only,
+ *                  mode 0640, 3 bytes then 64 KiB of "u" from offset 1 MiB,
+ *                  mtime 1234567890, position 100; 25 the same file opened
+ *                  again read-only (/proc/self/fd/24), position 1 MiB
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 3 to 63>", then one line per object with its
@@ -32,6 +39,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
@@ -111,6 +120,17 @@ int main(void) {
     struct itimerspec hourly = {.it_interval = {3600, 0}, .it_value = {0, 1000000}};
     if (timerfd_settime(22, 0, &hourly, NULL)) { perror("timerfd_settime"); return 1; }
     usleep(20000);
+    at(memfd_create("mitosis-fds", MFD_ALLOW_SEALING), 23);
+    if (pwrite(23, "memfd-content", 13, 5000) != 13 || fcntl(23, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) ||
+        lseek(23, 7, SEEK_SET) != 7) { perror("memfd"); return 1; }
+    at(open("fds-unlinked", O_WRONLY | O_CREAT | O_TRUNC, 0600), 24);
+    static char u[65536];
+    memset(u, 'u', sizeof u);
+    if (write(24, "abc", 3) != 3 || pwrite(24, u, sizeof u, 1 << 20) != sizeof u || fchmod(24, 0640)) { perror("file"); return 1; }
+    struct timespec times[2] = {{1234567890, 0}, {1234567890, 500}};
+    if (futimens(24, times) || lseek(24, 100, SEEK_SET) != 100) { perror("file"); return 1; }
+    at(open("/proc/self/fd/24", O_RDONLY), 25);
+    if (lseek(25, 1 << 20, SEEK_SET) != 1 << 20 || unlink("fds-unlinked")) { perror("file"); return 1; }
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -157,6 +177,22 @@ int main(void) {
             printf("expired interval timer %ld rearmed %s ticks %lld\n", (long)cur.it_interval.tv_sec,
                    cur.it_value.tv_sec > 3000 ? "yes" : "no",
                    read(22, &v, 8) == 8 ? (long long)v : -1ll);
+            char mem[16] = "";
+            struct stat st;
+            fstat(23, &st);
+            printf("memfd size %lld seals %#x pos %lld content %s", (long long)st.st_size, fcntl(23, F_GET_SEALS),
+                   (long long)lseek(23, 0, SEEK_CUR), pread(23, mem, 13, 5000) == 13 && !memcmp(mem, "memfd-content", 13) ? "as written" : "differs");
+            printf(", hole %s\n", pread(23, mem, 8, 100) == 8 && !memcmp(mem, "\0\0\0\0\0\0\0\0", 8) ? "zero" : "not zero");
+            fstat(24, &st);
+            printf("unlinked size %lld mode %04o links %ld mtime %lld.%09ld write-only %d pos %lld %lld\n", (long long)st.st_size,
+                   st.st_mode & 07777, (long)st.st_nlink, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                   (fcntl(24, F_GETFL) & O_ACCMODE) == O_WRONLY, (long long)lseek(24, 0, SEEK_CUR), (long long)lseek(25, 0, SEEK_CUR));
+            static char back[65536];
+            long r1 = read(25, back, sizeof back), r0 = pread(25, mem, 3, 0);
+            char where[64] = "";
+            readlink("/proc/self/fd/24", where, sizeof where - 1);
+            printf("unlinked in %s\n", strstr(where, "memfd:") ? "a memfd" : "a directory");
+            printf("unlinked content %s\n", r1 == sizeof back && !memcmp(back, u, sizeof u) && r0 == 3 && !memcmp(mem, "abc", 3) ? "as written" : "differs");
             raise(SIGUSR2);
             struct signalfd_siginfo si;
             printf("signalfd %d\n", read(17, &si, sizeof si) == sizeof si ? (int)si.ssi_signo : -1);
