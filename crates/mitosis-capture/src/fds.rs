@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind, MAX_UNLINKED_FILE_BYTES};
+use mitosis_proto::descriptors::{
+    CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind, MAX_UNLINKED_FILE_BYTES, SOCKET_OPTIONS, SOCKET_PROTOCOLS,
+};
 use mitosis_sys::{fdstate, pidfd, procfs};
 
 use crate::CaptureError;
@@ -35,6 +37,8 @@ struct Candidate {
 enum Sort {
     /// A regular file no directory names (device, inode), or a memfd.
     Unlinked(u64, u64),
+    /// A socket (its inode).
+    Socket(u64),
     Pipe(u64),
     EventFd,
     TimerFd,
@@ -45,6 +49,9 @@ enum Sort {
 fn sort_of(link: &str) -> Option<Sort> {
     if let Some(ino) = link.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')) {
         return ino.parse().ok().map(Sort::Pipe);
+    }
+    if let Some(ino) = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+        return ino.parse().ok().map(Sort::Socket);
     }
     Some(match link {
         "anon_inode:[eventfd]" => Sort::EventFd,
@@ -80,6 +87,12 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
     let mut file_bytes = 0u64;
     for (sort, candidates) in by_sort {
         match sort {
+            Sort::Socket(_) => {
+                let copy = take(&target, candidates[0].fd)?;
+                let Some(kind) = inet_socket(&copy) else { continue };
+                let ends = descriptions(pid, candidates)?.iter().map(|g| end(g)).collect();
+                objects.push(CarriedObject { kind, ends });
+            }
             Sort::Unlinked(..) => {
                 let link = links.get(&candidates[0].fd).copied().unwrap_or_default();
                 // Opened anew for reading (the seed's may be write-only): positioned reads only.
@@ -149,6 +162,34 @@ fn end(group: &[Candidate]) -> ObjectEnd {
         access: group[0].flags & libc::O_ACCMODE,
         pos: procfs::parse_fdinfo(&group[0].fdinfo).1,
     }
+}
+
+/// A TCP or UDP socket over IPv4 or IPv6 without a connection (through a
+/// copy of it), or `None` for any other socket: those stay closed in
+/// children (a connection's peer stays on the seed's host).
+fn inet_socket(socket: &OwnedFd) -> Option<ObjectKind> {
+    let int = |level, name| fdstate::sockopt_int(socket, level, name).ok();
+    let domain = int(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let kind = int(libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let protocol = int(libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    let carried = [libc::AF_INET, libc::AF_INET6].contains(&domain)
+        && [libc::SOCK_STREAM, libc::SOCK_DGRAM].contains(&kind)
+        && SOCKET_PROTOCOLS.contains(&protocol);
+    if !carried {
+        return None;
+    }
+    // A UDP socket's peer is only a default destination; a TCP one is a connection.
+    let peer = fdstate::socket_address(socket, true).ok();
+    if peer.is_some() && kind == libc::SOCK_STREAM {
+        return None;
+    }
+    let listening = int(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0;
+    let address = fdstate::socket_address(socket, false).ok()?;
+    // Port 0: not bound (binding to port 0 gets a port of the kernel's choosing).
+    let bound = (address.len() >= 4 && address[2..4] != [0, 0]).then_some(address);
+    // Those the socket has (IP options on an IPv6 socket, TCP options on a TCP one).
+    let options = SOCKET_OPTIONS.iter().filter_map(|&(level, name)| Some((level, name, int(level, name)?))).collect();
+    Some(ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer })
 }
 
 /// `Some` for descriptor `fd` of `pid` (link `link`) when it is a regular
@@ -307,7 +348,8 @@ mod tests {
         assert_eq!(sort_of("pipe:[1234]"), Some(Sort::Pipe(1234)));
         assert_eq!(sort_of("anon_inode:[eventfd]"), Some(Sort::EventFd));
         assert_eq!(sort_of("anon_inode:[eventpoll]"), Some(Sort::Epoll));
-        assert_eq!(sort_of("socket:[99]"), None);
+        assert_eq!(sort_of("socket:[99]"), Some(Sort::Socket(99)));
+        assert_eq!(sort_of("/tmp/file (deleted)"), None, "unlinked files are told by their metadata");
         assert_eq!(sort_of("anon_inode:inotify"), None);
     }
 

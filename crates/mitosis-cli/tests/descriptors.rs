@@ -8,7 +8,9 @@
 //! number since given to another file) and one watching it; each at its
 //! number with its close-on-exec and non-blocking flags; a sealed memfd
 //! with a hole, and an unlinked file (write-only, mode, mtime, content
-//! past a hole, positions) with a second, read-only description.
+//! past a hole, positions) with a second, read-only description; a
+//! listening TCP socket and two UDP sockets, one bound, one connected to
+//! it, each working in the child on its own host.
 
 #![forbid(unsafe_code)]
 
@@ -28,7 +30,7 @@ fn carried(name: &str, extra: &[&str]) {
     assert_eq!(expected.code(), Some(0), "{expected}");
     // What the seed opened is what it reports (the test cannot pass on two equally wrong reports).
     for line in [
-        "fds 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25\n",
+        "fds 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28\n",
         "second read description nonblock 0\n",
         "fd 19 anon_inode:[eventfd]\n",
         "flags cloexec 0100000000 nonblock 1000101100\n",
@@ -45,6 +47,8 @@ fn carried(name: &str, extra: &[&str]) {
         "unlinked size 1114112 mode 0640 links 0 mtime 1234567890.000000500 write-only 1 pos 100 1048576\n",
         "unlinked in a directory\n",
         "unlinked content as written\n",
+        "tcp listening 1 reuseaddr 1 nodelay 1 on 127.0.0.1 with a port, accepts yes\n",
+        "udp connected to the bound one 1, broadcast 1, delivers 1\n",
         "signalfd 12\n",
     ] {
         assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
@@ -53,7 +57,7 @@ fn carried(name: &str, extra: &[&str]) {
     assert_eq!(out.code(), Some(0), "{out}");
     // (A test harness may leak a descriptor of its own into the seed, above 20.)
     let closed: Vec<i64> = prepared["closed_fds"].as_array().expect("closed_fds").iter().filter_map(|c| c[0].as_i64()).collect();
-    assert!(closed.iter().all(|fd| !(10..=25).contains(fd)), "prepare lists none of them as closed: {prepared}");
+    assert!(closed.iter().all(|fd| !(10..=28).contains(fd)), "prepare lists none of them as closed: {prepared}");
 }
 
 #[test]

@@ -101,7 +101,44 @@ pub enum ObjectKind {
         /// Runs `(offset, bytes)` that hold data, in order; the rest reads as zero.
         data: Vec<(u64, Vec<u8>)>,
     },
+    /// A TCP or UDP socket (IPv4 or IPv6) without a connection: made anew
+    /// on the child's host, bound to the same address if it was (in the
+    /// child's network namespace), listening if it was, a UDP socket
+    /// connected to the same address if it was (a default destination, no
+    /// connection).
+    InetSocket {
+        /// `AF_INET` or `AF_INET6`.
+        domain: i32,
+        /// `SOCK_STREAM` or `SOCK_DGRAM`.
+        kind: i32,
+        protocol: i32,
+        /// Integer options `(level, name, value)` of [`SOCKET_OPTIONS`] as the seed had them.
+        options: Vec<(i32, i32, i32)>,
+        /// The bound address (a raw `sockaddr_in` or `sockaddr_in6`), if bound.
+        bound: Option<Vec<u8>>,
+        listening: bool,
+        /// A UDP socket's peer (`connect`), if it has one.
+        peer: Option<Vec<u8>>,
+    },
 }
+
+/// The integer socket options a carried socket keeps, `(level, name)`:
+/// `SO_REUSEADDR`, `SO_REUSEPORT`, `SO_KEEPALIVE`, `SO_BROADCAST`,
+/// `SO_OOBINLINE`, `SO_DONTROUTE`, `SO_PRIORITY`, `SO_RCVLOWAT`,
+/// `SO_RCVBUF`, `SO_SNDBUF`, `SO_MARK`, `SO_NO_CHECK`, `SO_PASSCRED`;
+/// `IP_TOS`, `IP_TTL`, `IP_FREEBIND`, `IP_TRANSPARENT`, `IP_PKTINFO`;
+/// `IPV6_V6ONLY`, `IPV6_FREEBIND`, `IPV6_RECVPKTINFO`; `TCP_NODELAY`,
+/// `TCP_CORK`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT` (numbers of
+/// Linux on every architecture mitosis runs on).
+pub const SOCKET_OPTIONS: [(i32, i32); 26] = [
+    (1, 2), (1, 15), (1, 9), (1, 6), (1, 10), (1, 5), (1, 12), (1, 18), (1, 8), (1, 7), (1, 36), (1, 11), (1, 16),
+    (0, 1), (0, 2), (0, 15), (0, 19), (0, 8),
+    (41, 26), (41, 78), (41, 49),
+    (6, 1), (6, 3), (6, 4), (6, 5), (6, 6),
+];
+
+/// Protocols of carried sockets: the type's default, TCP, UDP, UDP-Lite.
+pub const SOCKET_PROTOCOLS: [i32; 4] = [0, 6, 17, 136];
 
 /// A kernel object a child gets recreated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +182,22 @@ impl CarriedObject {
             ObjectKind::EventFd { count, .. } if *count == u64::MAX => {
                 return Err("a carried eventfd's counter is 2^64-1, above its maximum".into());
             }
+            ObjectKind::InetSocket { domain, kind, protocol, options, bound, peer, .. } => {
+                if ![2, 10].contains(domain) || ![1, 2].contains(kind) || !SOCKET_PROTOCOLS.contains(protocol) {
+                    return Err(format!(
+                        "a carried socket has domain {domain}, type {kind} and protocol {protocol}: only TCP and UDP over IPv4 and IPv6 are carried"
+                    ));
+                }
+                if peer.is_some() && *kind != 2 {
+                    return Err("a carried stream socket has a peer: connections are not carried".into());
+                }
+                if let Some((level, name, _)) = options.iter().find(|(l, n, _)| !SOCKET_OPTIONS.contains(&(*l, *n))) {
+                    return Err(format!("a carried socket has option {name} of level {level}, which is not one that is carried"));
+                }
+                if bound.iter().chain(peer.iter()).any(|b| b.len() < 2 || b.len() > 128) {
+                    return Err("a carried socket's address is not a socket address".into());
+                }
+            }
             ObjectKind::UnlinkedFile { dir, memfd_name, size, data, .. } => {
                 if dir.is_some() == memfd_name.is_some() {
                     return Err("a carried unlinked file is either in a directory or a memfd".into());
@@ -175,6 +228,7 @@ impl CarriedObject {
             ObjectKind::SignalFd { .. } => "signalfd",
             ObjectKind::Epoll { .. } => "epoll instance",
             ObjectKind::UnlinkedFile { .. } => "unlinked file",
+            ObjectKind::InetSocket { .. } => "socket",
         }
     }
 }
@@ -246,5 +300,17 @@ mod tests {
         assert!(file(None, vec![]).validate().is_err(), "neither a directory nor a memfd");
         assert!(file(Some("/tmp"), vec![(0, vec![1; 10]), (5, vec![2; 5])]).validate().is_err(), "overlapping runs");
         assert!(file(Some("/tmp"), vec![(90, vec![1; 20])]).validate().is_err(), "past the end");
+        let socket = |domain, options: Vec<(i32, i32, i32)>| CarriedObject {
+            kind: ObjectKind::InetSocket { domain, kind: 1, protocol: 0, options, bound: Some(vec![2, 0, 0, 80]), listening: true, peer: None },
+            ends: vec![end(3)],
+        };
+        assert_eq!(socket(2, vec![(1, 2, 1), (6, 1, 1)]).validate(), Ok(()));
+        assert!(socket(1, vec![]).validate().is_err(), "AF_UNIX is not carried this way");
+        assert!(socket(2, vec![(1, 25, 1)]).validate().is_err(), "SO_BINDTODEVICE is not an option carried");
+        let connected = CarriedObject {
+            kind: ObjectKind::InetSocket { domain: 2, kind: 1, protocol: 6, options: vec![], bound: None, listening: false, peer: Some(vec![2, 0, 0, 80]) },
+            ends: vec![end(3)],
+        };
+        assert!(connected.validate().unwrap_err().contains("connections are not carried"));
     }
 }

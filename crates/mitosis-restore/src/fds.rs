@@ -81,13 +81,15 @@ impl Injector<'_> {
     }
 }
 
+/// A descriptor or other non-negative int as a syscall argument.
 fn fd_arg(fd: i32) -> u64 {
     u64::from(fd.unsigned_abs())
 }
 
 /// Recreates `objects` in the child `child` (traced and stopped; see
 /// [`Injector`]) at their numbers; `staging` is above every number the
-/// seed uses and every descriptor the child has.
+/// seed uses and the child's userfaultfd (anything the child still has
+/// there is closed first).
 /// `owner_may_change`: the child runs as root, and unlinked files get
 /// their seed's owner and group (otherwise they are the child's own);
 /// `cwd`: the seed's working directory (the child's).
@@ -99,6 +101,11 @@ pub(crate) fn recreate(
     owner_may_change: bool,
     cwd: &str,
 ) -> Result<(), RestoreError> {
+    // Nothing of the child's may sit at or above `staging` but what is made
+    // here: the prologue's ready descriptor is still open when the daemon
+    // took the child over between the prologue's report and its close (seen
+    // as a stray pipe in children).
+    child.call(libc::SYS_close_range, &[fd_arg(staging), u64::from(u32::MAX), 0], "closing the prologue's leftover descriptors")?;
     // Each object's ends at their staging numbers.
     let mut staged: Vec<Vec<i32>> = Vec::with_capacity(objects.len());
     for o in objects {
@@ -166,6 +173,40 @@ pub(crate) fn recreate(
             ObjectKind::Epoll { .. } => {
                 let fd = child.call(libc::SYS_epoll_create1, &[u64::from(libc::EPOLL_CLOEXEC.unsigned_abs())], &what)?;
                 vec![child.stage(fd, staging, &what)?]
+            }
+            ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer } => {
+                let flags = kind | libc::SOCK_CLOEXEC;
+                let fd = child.call(libc::SYS_socket, &[fd_arg(*domain), u64::from(flags.unsigned_abs()), fd_arg(*protocol)], &what)?;
+                let fd = child.stage(fd, staging, &what)?;
+                for &(level, name, value) in options {
+                    set_option(child, fd, level, name, value, &what)?;
+                }
+                if let Some(address) = bound {
+                    child.put(address, &what)?;
+                    let len = address.len() as u64;
+                    child.call(libc::SYS_bind, &[fd_arg(fd), child.slot, len], &what).map_err(|e| {
+                        RestoreError::Incompatible(format!(
+                            "the seed's socket (descriptor {}) was bound to {}, which cannot be bound on this host: {e}",
+                            o.ends[0].fds[0].fd,
+                            describe_address(address)
+                        ))
+                    })?;
+                }
+                if *listening {
+                    // The seed's backlog is not visible from outside: the kernel's ceiling.
+                    child.call(libc::SYS_listen, &[fd_arg(fd), fd_arg(libc::SOMAXCONN)], &what)?;
+                }
+                if let Some(address) = peer {
+                    child.put(address, &what)?;
+                    child.call(libc::SYS_connect, &[fd_arg(fd), child.slot, address.len() as u64], &what).map_err(|e| {
+                        RestoreError::Incompatible(format!(
+                            "the seed's UDP socket (descriptor {}) sent to {} by default, which this host cannot: {e}",
+                            o.ends[0].fds[0].fd,
+                            describe_address(address)
+                        ))
+                    })?;
+                }
+                vec![fd]
             }
             ObjectKind::UnlinkedFile { dir, memfd_name, size, mode, uid, gid, seals, atime, mtime, data } => {
                 let made = match (dir, memfd_name) {
@@ -282,6 +323,45 @@ pub(crate) fn recreate(
         }
     }
     Ok(())
+}
+
+/// Gives the child's socket `fd` the seed's `value` of an integer option,
+/// where a fresh socket's differs (setting a buffer size that is already
+/// the default would still turn off the kernel's automatic sizing). An
+/// option the child may not set (one that needs a capability) is left as
+/// it is, with a warning in the log.
+fn set_option(child: &Injector<'_>, fd: i32, level: i32, name: i32, value: i32, what: &str) -> Result<(), RestoreError> {
+    let mut query = [0u8; 12];
+    query[8..].copy_from_slice(&4u32.to_ne_bytes());
+    child.put(&query, what)?;
+    child.call(libc::SYS_getsockopt, &[fd_arg(fd), fd_arg(level), fd_arg(name), child.slot, child.slot + 8], what)?;
+    let mut now = [0u8; 4];
+    child.mem.read_exact_at(&mut now, child.slot).map_err(RestoreError::sys(what.to_string()))?;
+    if i32::from_ne_bytes(now) == value {
+        return Ok(());
+    }
+    // The kernel doubles a buffer size it is given (and reports the double).
+    let given = if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) { value / 2 } else { value };
+    child.put(&given.to_ne_bytes(), what)?;
+    if let Err(e) = child.call(libc::SYS_setsockopt, &[fd_arg(fd), fd_arg(level), fd_arg(name), child.slot, 4], what) {
+        tracing::warn!(level, name, value, error = %e, "the child's socket keeps its own value of an option of the seed's");
+    }
+    Ok(())
+}
+
+/// A socket address for messages (`sockaddr_in` / `sockaddr_in6` bytes).
+fn describe_address(address: &[u8]) -> String {
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    match address.first().copied().map(i32::from) {
+        Some(libc::AF_INET) if address.len() >= 8 => {
+            format!("{}:{}", std::net::Ipv4Addr::new(address[4], address[5], address[6], address[7]), port(address))
+        }
+        Some(libc::AF_INET6) if address.len() >= 24 => {
+            let ip: [u8; 16] = address[8..24].try_into().expect("16 bytes");
+            format!("[{}]:{}", std::net::Ipv6Addr::from(ip), port(address))
+        }
+        _ => format!("{address:?}"),
+    }
 }
 
 /// A new memfd of the child named `name` (sealing allowed: the seed's seals

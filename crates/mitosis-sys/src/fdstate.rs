@@ -74,6 +74,37 @@ pub fn add_seals(fd: &impl AsFd, seals: u32) -> Result<()> {
     fcntl_int(&fd.as_fd(), libc::F_ADD_SEALS, seals, "fcntl(F_ADD_SEALS)").map(|_| ())
 }
 
+/// An integer socket option of `fd` (`getsockopt`).
+pub fn sockopt_int(fd: &impl AsFd, level: i32, name: i32) -> Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the kernel writes at most `len` bytes to `value` and the length to `len`.
+    let r = unsafe { libc::getsockopt(fd.as_fd().as_raw_fd(), level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    if r != 0 {
+        return Err(SysError::last("getsockopt"));
+    }
+    Ok(value)
+}
+
+/// The address a socket is bound to, as the kernel's raw `sockaddr` bytes
+/// (`getsockname`); `peer` asks for the connected peer's instead
+/// (`getpeername`, `ENOTCONN` when there is none).
+pub fn socket_address(fd: &impl AsFd, peer: bool) -> Result<Vec<u8>> {
+    // SAFETY: sockaddr_storage is plain bytes; all zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>()).unwrap_or(128);
+    let raw = fd.as_fd().as_raw_fd();
+    let at = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: the kernel writes at most `len` bytes to `storage` and the length to `len`.
+    let r = unsafe { if peer { libc::getpeername(raw, at, &mut len) } else { libc::getsockname(raw, at, &mut len) } };
+    if r != 0 {
+        return Err(SysError::last(if peer { "getpeername" } else { "getsockname" }));
+    }
+    let len = usize::try_from(len).unwrap_or(0).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `storage` is `size_of::<sockaddr_storage>()` initialized bytes and `len` is at most that.
+    Ok(unsafe { std::slice::from_raw_parts((&storage as *const libc::sockaddr_storage).cast::<u8>(), len) }.to_vec())
+}
+
 /// Bytes waiting to be read from a pipe, socket or terminal (`FIONREAD`).
 pub fn readable_bytes(fd: &impl AsFd) -> Result<usize> {
     let mut n: libc::c_int = 0;
@@ -157,6 +188,19 @@ mod tests {
         let (_, empty_w) = pipe().unwrap();
         let (empty_r, _) = (pipe().unwrap().0, empty_w);
         assert_eq!(pipe_contents(&empty_r).unwrap().1, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn socket_options_and_addresses_are_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(sockopt_int(&listener, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap(), 1);
+        assert_eq!(sockopt_int(&listener, libc::SOL_SOCKET, libc::SO_TYPE).unwrap(), libc::SOCK_STREAM);
+        let name = socket_address(&listener, false).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(name.len(), std::mem::size_of::<libc::sockaddr_in>());
+        assert_eq!(u16::from_be_bytes([name[2], name[3]]), port);
+        assert_eq!(&name[4..8], &[127, 0, 0, 1]);
+        assert_eq!(socket_address(&listener, true).unwrap_err().errno, libc::ENOTCONN);
     }
 
     #[test]

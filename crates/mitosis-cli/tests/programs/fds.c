@@ -23,6 +23,10 @@
  *                  mode 0640, 3 bytes then 64 KiB of "u" from offset 1 MiB,
  *                  mtime 1234567890, position 100; 25 the same file opened
  *                  again read-only (/proc/self/fd/24), position 1 MiB
+ *               26 a TCP socket listening on 127.0.0.1 (a port the kernel
+ *                  chose), SO_REUSEADDR and TCP_NODELAY set
+ *               27 a UDP socket bound to 127.0.0.1 (a chosen port); 28 a UDP
+ *                  socket connected to it, SO_BROADCAST set
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 3 to 63>", then one line per object with its
@@ -38,7 +42,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/eventfd.h>
@@ -131,6 +139,17 @@ int main(void) {
     if (futimens(24, times) || lseek(24, 100, SEEK_SET) != 100) { perror("file"); return 1; }
     at(open("/proc/self/fd/24", O_RDONLY), 25);
     if (lseek(25, 1 << 20, SEEK_SET) != 1 << 20 || unlink("fds-unlinked")) { perror("file"); return 1; }
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof lo;
+    int one = 1;
+    at(socket(AF_INET, SOCK_STREAM, 0), 26);
+    if (setsockopt(26, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) || setsockopt(26, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
+        bind(26, (struct sockaddr *)&lo, sizeof lo) || listen(26, 8)) { perror("tcp"); return 1; }
+    at(socket(AF_INET, SOCK_DGRAM, 0), 27);
+    struct sockaddr_in udp;
+    if (bind(27, (struct sockaddr *)&lo, sizeof lo) || getsockname(27, (struct sockaddr *)&udp, &len)) { perror("udp"); return 1; }
+    at(socket(AF_INET, SOCK_DGRAM, 0), 28);
+    if (setsockopt(28, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) || connect(28, (struct sockaddr *)&udp, sizeof udp)) { perror("udp"); return 1; }
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -193,6 +212,27 @@ int main(void) {
             readlink("/proc/self/fd/24", where, sizeof where - 1);
             printf("unlinked in %s\n", strstr(where, "memfd:") ? "a memfd" : "a directory");
             printf("unlinked content %s\n", r1 == sizeof back && !memcmp(back, u, sizeof u) && r0 == 3 && !memcmp(mem, "abc", 3) ? "as written" : "differs");
+            struct sockaddr_in name, peer;
+            socklen_t nl = sizeof name, pl = sizeof peer;
+            int listening = 0, reuse = 0, nodelay = 0, bcast = 0;
+            socklen_t il = sizeof(int);
+            getsockopt(26, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il);
+            getsockopt(26, SOL_SOCKET, SO_REUSEADDR, &reuse, &il);
+            getsockopt(26, IPPROTO_TCP, TCP_NODELAY, &nodelay, &il);
+            getsockopt(28, SOL_SOCKET, SO_BROADCAST, &bcast, &il);
+            getsockname(26, (struct sockaddr *)&name, &nl);
+            int c = socket(AF_INET, SOCK_STREAM, 0), a = -1;
+            if (connect(c, (struct sockaddr *)&name, nl) == 0) a = accept(26, NULL, NULL);
+            printf("tcp listening %d reuseaddr %d nodelay %d on 127.0.0.1 %s, accepts %s\n", listening, reuse, nodelay,
+                   name.sin_addr.s_addr == htonl(INADDR_LOOPBACK) && name.sin_port ? "with a port" : "without a port", a >= 0 ? "yes" : "no");
+            close(c);
+            if (a >= 0) close(a);
+            nl = sizeof name;
+            getsockname(27, (struct sockaddr *)&name, &nl);
+            int peered = getpeername(28, (struct sockaddr *)&peer, &pl) == 0 && peer.sin_port == name.sin_port;
+            char dgram[8] = "";
+            int delivered = send(28, "dgram", 5, 0) == 5 && recv(27, dgram, sizeof dgram, 0) == 5 && !memcmp(dgram, "dgram", 5);
+            printf("udp connected to the bound one %d, broadcast %d, delivers %d\n", peered, bcast, delivered);
             raise(SIGUSR2);
             struct signalfd_siginfo si;
             printf("signalfd %d\n", read(17, &si, sizeof si) == sizeof si ? (int)si.ssi_signo : -1);

@@ -3,8 +3,8 @@
  *
  * Reads the first 100 bytes of data.txt (its descriptor stays open at
  * offset 100), maps map.bin privately and writes two of its pages, maps
- * replaced.bin privately read-only, opens a UDP socket (children do not get
- * it); prints "ready <pid>". On a line "check" it prints
+ * replaced.bin privately read-only, opens a Unix datagram socket (children
+ * do not get it); prints "ready <pid>". On a line "check" it prints
  *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> socket=<open|closed>"
  */
 #define _GNU_SOURCE
@@ -48,7 +48,7 @@ int main(int argc, char **argv) {
     if (m == MAP_FAILED || r == MAP_FAILED) return 1;
     memset(m + 3 * 4096, 0x33, 4096);
     memset(m + 100 * 4096 + 17, 0x77, 100);
-    int sock = socket(AF_INET, SOCK_DGRAM, 0);
+    int sock = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (sock < 0) return 1;
     printf("ready %d\n", getpid());
     fflush(stdout);
