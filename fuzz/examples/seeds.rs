@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use mitosis_proto::auth::{client_handshake, refuse_busy, server_handshake, ClusterKey};
+use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind};
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
@@ -86,6 +87,7 @@ fn image() -> SeedImage {
                 name: "/memfd:x (deleted)".into(),
                 written: vec![],
             },
+            Vma { start: 0x7f00_0000_1000, end: 0x7f00_0000_2000, prot: rw, kind: VmaKind::SharedAnon, name: "/dev/zero (deleted)".into(), written: vec![] },
             Vma { start: 0x7fff_f000_0000, end: 0x7fff_f000_2000, prot: rw, kind: VmaKind::Vdso, name: "[vdso]".into(), written: vec![] },
             Vma {
                 start: 0xffff_ffff_ff60_0000,
@@ -140,6 +142,19 @@ fn image() -> SeedImage {
         }],
         reply_tid: 1234,
         tcb_tid_offset: Some(0x2d0),
+        carried: vec![
+            CarriedObject {
+                kind: ObjectKind::Pipe { capacity: 65536, data: b"queued".to_vec() },
+                ends: vec![
+                    ObjectEnd { fds: vec![FdNumber { fd: 5, cloexec: false }], status_flags: 0, access: 0, pos: 0 },
+                    ObjectEnd { fds: vec![FdNumber { fd: 6, cloexec: true }, FdNumber { fd: 9, cloexec: false }], status_flags: 0o4000, access: 1, pos: 0 },
+                ],
+            },
+            CarriedObject {
+                kind: ObjectKind::Epoll { watches: vec![EpollWatch { fd: 5, file_fd: 5, events: 1, data: 0xdead }] },
+                ends: vec![ObjectEnd { fds: vec![FdNumber { fd: 7, cloexec: true }], status_flags: 0, access: 2, pos: 0 }],
+            },
+        ],
     }
 }
 

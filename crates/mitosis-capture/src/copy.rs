@@ -71,7 +71,8 @@ pub fn copy_memory(pid: i32, image: &SeedImage) -> Result<CopiedMemory, SysError
     let mut entries = Vec::new();
     for v in &image.vmas {
         match v.kind {
-            VmaKind::Anon => {
+            // The snapshot holds shared anonymous memory as a private copy.
+            VmaKind::Anon | VmaKind::SharedAnon => {
                 entries.resize(usize_of(v.pages()) * 8, 0);
                 pm.read_exact_at(&mut entries, v.start / PAGE * 8)
                     .map_err(|e| SysError::new("read pagemap", e.raw_os_error().unwrap_or(0)))?;

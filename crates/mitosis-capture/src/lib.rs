@@ -37,8 +37,10 @@
 
 pub mod access;
 mod copy;
+mod fds;
 mod files;
 pub mod threads;
+mod shared;
 
 pub use copy::{copy_memory, CopiedMemory};
 
@@ -174,6 +176,7 @@ fn capture_stopped(
     let blocked = tracee.get_sigmask().map_err(CaptureError::sys("reading the signal mask"))?;
     let maps = procfs::parse_maps(&read_proc(pid, "maps")?).map_err(|what| CaptureError::Unsupported { pid, what })?;
     let vmas = classify_vmas(pid, &maps)?;
+    let shared_anon = shared::read_shared_anon(pid, &maps)?;
     let vdso_start = maps
         .iter()
         .find(|m| m.name == "[vdso]")
@@ -235,6 +238,7 @@ fn capture_stopped(
     if sid < 0 {
         return Err(CaptureError::Sys { step: "moving the snapshot to its own session", source: SysError::new("setsid", errno_of(sid)) });
     }
+    shared::privatize(&snap, &snap_regs, gadget, &shared_anon)?;
     // Parked in pause() with every signal blocked: nothing but SIGKILL reaches it.
     // (A stopped snapshot would be sent SIGHUP and SIGCONT by the kernel when its
     // process group is orphaned, for example when the target exits.)
@@ -255,7 +259,8 @@ fn capture_stopped(
     let fs_bases: Vec<(i32, u64)> = set.all().map(|s| (s.tracee.pid(), s.regs[idx::FS_BASE])).collect();
     let tcb_tid_offset = threads::tcb_tid_offset(pid, &fs_bases);
     step("thread control blocks read");
-    let (files, closed_fds) = files::open_files(pid);
+    let (files, mut closed_fds) = files::open_files(pid);
+    let carried = fds::carry(pid, &mut closed_fds)?;
     step("open files read");
     let properties = process_properties(pid, dumpable, child_subreaper)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -313,6 +318,7 @@ fn capture_stopped(
         threads: thread_states,
         reply_tid,
         tcb_tid_offset,
+        carried,
     };
     step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })
@@ -383,6 +389,8 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
             VmaKind::Vdso
         } else if m.name == "[vsyscall]" {
             VmaKind::Vsyscall
+        } else if shared::is_shared_anon(m) {
+            VmaKind::SharedAnon
         } else if m.shared {
             if m.write || m.inode == 0 {
                 return Err(CaptureError::Unsupported {

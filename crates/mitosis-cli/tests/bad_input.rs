@@ -473,7 +473,7 @@ fn daemon_refuses_short_or_missing_key_files() {
     assert!(out.stderr.contains("key file"), "{out}");
 }
 
-/// Shared writable memory cannot be given to children: refused with 65.
+/// Memory shared with a process that stays behind cannot be given to children: refused with 65.
 #[test]
 fn shared_memory_is_refused_with_65() {
     let Some(c) = Cluster::new("shared") else { return };
@@ -482,7 +482,7 @@ fn shared_memory_is_refused_with_65() {
     let pid_s = pid.to_string();
     let out = c.cli(&["prepare", "--pid", &pid_s, "--id", "shm", "--socket", c.a.socket().to_str().unwrap()]);
     assert_eq!(out.code(), Some(65), "{out}");
-    assert!(out.stderr.contains("shared mapping"), "{out}");
+    assert!(out.stderr.contains("shared anonymous memory") && out.stderr.contains("is also mapped by process"), "{out}");
     assert!(alive(pid));
 }
 

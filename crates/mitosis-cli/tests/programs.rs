@@ -275,8 +275,8 @@ fn files_descriptors_and_file_mappings() {
     let seed = c.prepare_a(ppid, "files");
     let closed = seed["closed_fds"].as_array().unwrap();
     assert!(
-        closed.iter().any(|e| e[1].as_str().unwrap_or("").starts_with("pipe:")),
-        "the pipe must be reported as closed in children: {seed}"
+        closed.iter().any(|e| e[1].as_str().unwrap_or("").starts_with("socket:")),
+        "the socket must be reported as closed in children: {seed}"
     );
     // replaced.bin is replaced by another file (new inode) after the prepare.
     let tmp = data_dir.join("replaced.new");
@@ -287,8 +287,8 @@ fn files_descriptors_and_file_mappings() {
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     parent.send("check\n");
     let theirs = parent.expect_prefix("check ", STEP);
-    assert!(theirs.ends_with("pipe=open"), "{theirs}");
-    let expected = theirs.replace("pipe=open", "pipe=closed");
+    assert!(theirs.ends_with("socket=open"), "{theirs}");
+    let expected = theirs.replace("socket=open", "socket=closed");
     assert_eq!(out.stdout, format!("{expected}\n"), "the child sees what its parent sees: {out}");
 }
 

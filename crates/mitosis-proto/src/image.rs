@@ -120,6 +120,12 @@ pub enum VmaKind {
     Vdso,
     /// `[vsyscall]`: fixed by the kernel, never restored.
     Vsyscall,
+    /// Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`, or a shared
+    /// mapping of `/dev/zero`) that no other process mapped at prepare. A
+    /// child maps fresh shared anonymous memory there, shared again with its
+    /// own forks; its pages are served from the seed like anonymous memory
+    /// (the snapshot holds a private copy taken at the prepare instant).
+    SharedAnon,
 }
 
 /// One mapping of the seed, at its original address.
@@ -263,6 +269,10 @@ pub struct SeedImage {
     /// seed). A child whose threads got other tids than the seed's has the
     /// cached ones rewritten there. `None` when it could not be told.
     pub tcb_tid_offset: Option<u32>,
+    /// Descriptors whose whole state is inside the seed (pipes with both
+    /// ends in it, eventfds, timerfds, signalfds, epoll instances): each
+    /// child gets them recreated at the same numbers.
+    pub carried: Vec<crate::descriptors::CarriedObject>,
 }
 
 /// Most threads a seed may have: a bound for images off the wire.
@@ -399,7 +409,10 @@ impl SeedImage {
                 return Err(format!("{range} has a written run {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
             }
         }
-        let mut fds: Vec<i32> = self.files.iter().map(|f| f.fd).collect();
+        for object in &self.carried {
+            object.validate()?;
+        }
+        let mut fds: Vec<i32> = self.files.iter().map(|f| f.fd).chain(self.carried.iter().flat_map(|o| o.numbers())).collect();
         if let Some(fd) = fds.iter().find(|&&fd| !(0..i32::MAX).contains(&fd)) {
             return Err(format!("descriptor {fd} is out of range"));
         }
@@ -532,6 +545,7 @@ mod tests {
             robust_list: (0, 0),
             tid_address: 0,
             altstack: (0, 0, 0),
+            carried: vec![],
             properties: ProcessProperties {
                 umask: 0o022,
                 rlimits: vec![ResourceLimit { resource: 7, soft: 1024, hard: 4096 }, ResourceLimit { resource: 4, soft: 0, hard: RLIM_INFINITY }],
@@ -585,6 +599,15 @@ mod tests {
         assert!(fds.validate().unwrap_err().contains("twice"));
         fds.files = vec![file(i32::MAX)];
         assert!(fds.validate().unwrap_err().contains("out of range"));
+        use crate::descriptors::{CarriedObject, FdNumber, ObjectEnd, ObjectKind};
+        let signalfd = |fd| CarriedObject { kind: ObjectKind::SignalFd { mask: 1 }, ends: vec![ObjectEnd { fds: vec![FdNumber { fd, cloexec: false }], status_flags: 0, access: 2, pos: 0 }] };
+        fds.files = vec![file(3)];
+        fds.carried = vec![signalfd(4)];
+        assert_eq!(fds.validate(), Ok(()));
+        fds.carried = vec![signalfd(3)];
+        assert!(fds.validate().unwrap_err().contains("twice"), "a carried descriptor has the number of a reopened file");
+        fds.carried = vec![CarriedObject { ends: vec![], ..signalfd(4) }];
+        assert!(fds.validate().unwrap_err().contains("ends"));
         let mut slot = image();
         slot.reply_slot = Some(crate::local::ReplySlot { addr: u64::MAX, len: 2 });
         assert!(slot.validate().unwrap_err().contains("wraps"));

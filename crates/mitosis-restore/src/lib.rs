@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+mod fds;
 pub mod plan;
 pub mod restore;
 pub mod threads;

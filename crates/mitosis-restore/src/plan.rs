@@ -83,13 +83,15 @@ impl RestorePlan {
                 how: IdentityMatch::SameObject,
             });
         }
-        let map_fd_base = image.files.iter().map(|f| f.fd + 1).max().unwrap_or(3).max(3);
+        // Above every number the seed's descriptors take, reopened or recreated.
+        let highest = image.files.iter().map(|f| f.fd).max().max(mitosis_proto::descriptors::highest_fd(&image.carried));
+        let map_fd_base = highest.map_or(3, |fd| fd + 1).max(3);
         let mut next_fd = map_fd_base;
         let mut placements = Vec::with_capacity(image.vmas.len());
         for v in &image.vmas {
             let p = match &v.kind {
                 VmaKind::Vdso | VmaKind::Vsyscall => Placement::Kernel,
-                VmaKind::Anon | VmaKind::Opaque { .. } => Placement::Remote,
+                VmaKind::Anon | VmaKind::SharedAnon | VmaKind::Opaque { .. } => Placement::Remote,
                 VmaKind::File { path, identity, .. } => {
                     if local_copy_is(path, identity) {
                         let fd = read_only_fd(&mut files, &mut next_fd, path, identity)?;

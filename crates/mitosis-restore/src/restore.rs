@@ -112,6 +112,9 @@ pub fn restore(
         .map_err(RestoreError::sys("setting the seed's personality"))?;
     check(r, "setting the seed's personality")?;
     set_oom_score_adj(pid, image.properties.oom_score_adj)?;
+    // The table has run: the scratch area from the blob on is free for the descriptors' parameters.
+    let injector = crate::fds::Injector { tracee: &tracee, base: &base, gadget, mem: &mem, slot: blob_addr, slot_len: scratch + scratch_len - blob_addr };
+    crate::fds::recreate(&injector, child_pidfd, &image.carried, plan.prologue.uffd_fd + 1, image.uid == 0, &image.cwd)?;
     let r = tracee
         .inject_syscall(&base, gadget, libc::SYS_close, &[plan.prologue.uffd_fd as u64], no_events)
         .map_err(RestoreError::sys("closing the child's userfaultfd"))?;
@@ -391,7 +394,9 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
                 }
             }
             Placement::Remote => {
-                let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+                // Shared anonymous memory is shared again with the child's own forks.
+                let sharing = if v.kind == VmaKind::SharedAnon { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let mut flags = sharing | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if v.is_stack() {
                     flags |= libc::MAP_GROWSDOWN;
                 }

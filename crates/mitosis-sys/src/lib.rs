@@ -9,6 +9,8 @@
 //!   tested on fixed text).
 //! - [`creds`]: a thread acting as another user; looking up a user's ids.
 //! - [`rlimit`]: the descriptor limit.
+//! - [`fdstate`]: another process's descriptors without changing them:
+//!   `kcmp` of two descriptors, a pipe's buffered bytes (`tee`).
 //! - [`fsid`]: opening paths without following symbolic links, and the
 //!   identity (type, device, inode) of what a descriptor refers to.
 //! - [`vdso`]: locating this kernel's vDSO and a `syscall` instruction in it.
@@ -40,6 +42,7 @@
 )]
 
 pub mod creds;
+pub mod fdstate;
 pub mod fsid;
 pub mod mem;
 pub mod pidfd;

@@ -275,3 +275,56 @@ mod anon_tests {
         m.read(512);
     }
 }
+
+/// The runs `(start, end)` of `[start, end)` of `file` that hold data
+/// (`lseek` with `SEEK_DATA` and `SEEK_HOLE`): a sparse file's or a shared
+/// memory object's pages that were ever written, without reading (or, for
+/// shared memory, allocating) the holes. A file system that does not know
+/// holes reports everything up to the file's end as data.
+pub fn data_runs(file: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let seek = |at: u64, whence: i32| -> Result<Option<u64>> {
+        let at = i64::try_from(at).map_err(|_| SysError::new("lseek", libc::EINVAL))?;
+        // SAFETY: lseek takes integers and moves only the offset of our own descriptor.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+        match u64::try_from(r) {
+            Ok(r) => Ok(Some(r)),
+            // No data at or after `at` (SEEK_DATA past the last data).
+            Err(_) if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            Err(_) => Err(SysError::last("lseek")),
+        }
+    };
+    let mut runs = Vec::new();
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, libc::SEEK_DATA)? else { break };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        runs.push((data, hole));
+        at = hole;
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod data_run_tests {
+    use super::*;
+
+    #[test]
+    fn data_runs_skip_holes_of_a_sparse_memfd() {
+        // SAFETY: memfd_create with a valid name; the descriptor is owned by the File.
+        let fd = unsafe { libc::memfd_create(c"holes".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(16 * 4096).unwrap();
+        f.write_all_at(b"x", 2 * 4096 + 5).unwrap();
+        f.write_all_at(&[7u8; 8192], 9 * 4096).unwrap();
+        assert_eq!(data_runs(&f, 0, 16 * 4096).unwrap(), [(2 * 4096, 3 * 4096), (9 * 4096, 11 * 4096)]);
+        assert_eq!(data_runs(&f, 10 * 4096, 16 * 4096).unwrap(), [(10 * 4096, 11 * 4096)]);
+        assert_eq!(data_runs(&f, 0, 9 * 4096 + 4096).unwrap(), [(2 * 4096, 3 * 4096), (9 * 4096, 10 * 4096)]);
+        assert!(data_runs(&f, 12 * 4096, 16 * 4096).unwrap().is_empty());
+    }
+}

@@ -3,12 +3,13 @@
  *
  * Reads the first 100 bytes of data.txt (its descriptor stays open at
  * offset 100), maps map.bin privately and writes two of its pages, maps
- * replaced.bin privately read-only, opens a pipe; prints "ready <pid>". On a
- * line "check" it prints
- *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> pipe=<open|closed>"
+ * replaced.bin privately read-only, opens a Unix datagram socket (children
+ * do not get it); prints "ready <pid>". On a line "check" it prints
+ *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> socket=<open|closed>"
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -47,8 +48,8 @@ int main(int argc, char **argv) {
     if (m == MAP_FAILED || r == MAP_FAILED) return 1;
     memset(m + 3 * 4096, 0x33, 4096);
     memset(m + 100 * 4096 + 17, 0x77, 100);
-    int pipefd[2];
-    if (pipe(pipefd) != 0) return 1;
+    int sock = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (sock < 0) return 1;
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[64];
@@ -58,8 +59,8 @@ int main(int argc, char **argv) {
             ssize_t n = read(data, next, 20);
             for (int i = 0; i < 20; i++)
                 if (next[i] == '\n') next[i] = '|';
-            printf("check %zd:%s map=%llx replaced=%llx pipe=%s\n", n, next, (unsigned long long)sum(m, map_len),
-                   (unsigned long long)sum(r, rep_len), fcntl(pipefd[0], F_GETFD) < 0 ? "closed" : "open");
+            printf("check %zd:%s map=%llx replaced=%llx socket=%s\n", n, next, (unsigned long long)sum(m, map_len),
+                   (unsigned long long)sum(r, rep_len), fcntl(sock, F_GETFD) < 0 ? "closed" : "open");
             fflush(stdout);
         }
     }

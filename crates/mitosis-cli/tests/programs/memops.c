@@ -14,8 +14,9 @@
  *            by 16 MiB, checks old and new parts, shrinks it back; prints
  *            where the heap ended
  *   exit     exits 0
- * "memops shared" instead makes a shared anonymous mapping (which mitosis
- * refuses to prepare) and waits.
+ * "memops shared" instead makes a shared anonymous mapping, forks a helper
+ * that keeps it (memory shared with a process that stays behind, which
+ * mitosis refuses to prepare) and waits.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -63,8 +64,11 @@ static void *verify_quarter(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "shared")) {
+        /* Shared with a helper process that stays behind. */
         char *s = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         s[0] = 1;
+        if (fork() == 0)
+            for (;;) pause();
         printf("ready %d\n", getpid());
         fflush(stdout);
         char line[64];

@@ -1,0 +1,71 @@
+//! Descriptors whose whole state is inside the seed, recreated in a child
+//! on another host (zdtm style: our own C program, tests/programs/fds.c,
+//! reports each one's state after the resume): a pipe with both ends and
+//! 100000 bytes in its 256 KiB buffer, a dup of its write end and a second
+//! open file description of its read end, eventfds (a counter, a
+//! semaphore), an armed timerfd, an expired one and an expired interval
+//! timer, a signalfd, an epoll instance with three watches (one under a
+//! number since given to another file) and one watching it; each at its
+//! number with its close-on-exec and non-blocking flags; a sealed memfd
+//! with a hole, and an unlinked file (write-only, mode, mtime, content
+//! past a hole, positions) with a second, read-only description; a
+//! listening TCP socket and two UDP sockets, one bound, one connected to
+//! it, each working in the child on its own host.
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use common::*;
+
+fn carried(name: &str, extra: &[&str]) {
+    let Some(c) = Cluster::new(name) else { return };
+    let prog = compile(&c.dir, "fds", &["-O2"]);
+    let (mut parent, pid) = c.target_in(&c.hosts.a, "fds", &[prog.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(pid);
+    let prepared = c.prepare_a(pid, "fds");
+    let out = c.resume_on_b_with_args("fds", "report\nexit\n", extra);
+    parent.send("report\nexit\n");
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    // What the seed opened is what it reports (the test cannot pass on two equally wrong reports).
+    for line in [
+        "fds 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28\n",
+        "second read description nonblock 0\n",
+        "fd 19 anon_inode:[eventfd]\n",
+        "flags cloexec 0100000000 nonblock 1000101100\n",
+        "nested epoll 1 data 5\n",
+        "epoll 3 data 0x19 0x4d 0xabc\n",
+        "pipe capacity 262144\n",
+        "pipe 100000 bytes as written, then EAGAIN\n",
+        "eventfd 42\n",
+        "semaphore reads 3\n",
+        "timer interval 1.500000000 armed yes\n",
+        "expired timer ticks 1\n",
+        "expired interval timer 3600 rearmed yes ticks 1\n",
+        "memfd size 5013 seals 0x6 pos 7 content as written, hole zero\n",
+        "unlinked size 1114112 mode 0640 links 0 mtime 1234567890.000000500 write-only 1 pos 100 1048576\n",
+        "unlinked in a directory\n",
+        "unlinked content as written\n",
+        "tcp listening 1 reuseaddr 1 nodelay 1 on 127.0.0.1 with a port, accepts yes\n",
+        "udp connected to the bound one 1, broadcast 1, delivers 1\n",
+        "signalfd 12\n",
+    ] {
+        assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
+    }
+    assert_eq!(out.stdout, expected.stdout, "the child's descriptors differ from its seed's: {out}\n{}", c.logs());
+    assert_eq!(out.code(), Some(0), "{out}");
+    // (A test harness may leak a descriptor of its own into the seed, above 20.)
+    let closed: Vec<i64> = prepared["closed_fds"].as_array().expect("closed_fds").iter().filter_map(|c| c[0].as_i64()).collect();
+    assert!(closed.iter().all(|fd| !(10..=28).contains(fd)), "prepare lists none of them as closed: {prepared}");
+}
+
+#[test]
+fn descriptors_recreated_in_a_container() {
+    carried("fds-ct", &[]);
+}
+
+#[test]
+fn descriptors_recreated_without_a_container() {
+    carried("fds-noct", &["--no-container"]);
+}
