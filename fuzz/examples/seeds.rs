@@ -16,7 +16,7 @@ use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd,
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, Vma,
+    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, PendingSignal, Vma,
     VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
@@ -139,6 +139,7 @@ fn image() -> SeedImage {
             tid_address: 0x60_0500,
             altstack: (0, 2, 0),
             comm: "worker".into(),
+            pending: vec![],
         }],
         reply_tid: 1234,
         tcb_tid_offset: Some(0x2d0),
@@ -155,6 +156,8 @@ fn image() -> SeedImage {
                 ends: vec![ObjectEnd { fds: vec![FdNumber { fd: 7, cloexec: true }], status_flags: 0, access: 2, pos: 0 }],
             },
         ],
+        pending: vec![PendingSignal { info: [10i32.to_ne_bytes().to_vec(), vec![0; 124]].concat() }],
+        shared_pending: vec![],
     }
 }
 

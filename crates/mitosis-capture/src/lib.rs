@@ -319,6 +319,8 @@ fn capture_stopped(
         reply_tid,
         tcb_tid_offset,
         carried,
+        pending: threads::pending_of(&set.leader, false)?,
+        shared_pending: threads::pending_of(&set.leader, true)?,
     };
     step("image built");
     Ok(Snapshot { image, snapshot_pid: snap_pid, snapshot_pidfd: snap_pidfd })

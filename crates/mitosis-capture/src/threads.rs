@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mitosis_proto::image::{Registers, ThreadState};
+use mitosis_proto::image::{PendingSignal, Registers, ThreadState};
 use mitosis_sys::mem;
 use mitosis_sys::procfs;
-use mitosis_sys::ptrace::{idx, wait_stop_until, Regs, Tracee};
+use mitosis_sys::ptrace::{idx, wait_stop_until, Regs, SigInfo, Tracee};
 use mitosis_sys::SysError;
 
 use crate::CaptureError;
@@ -33,6 +33,9 @@ const MAX_ROUNDS: usize = 64;
 pub(crate) struct Stopped {
     pub tracee: Tracee,
     pub pending: Option<i32>,
+    /// That signal's `siginfo_t`: children get it queued, as the target
+    /// gets it delivered when it is let go.
+    pub stop_info: Option<SigInfo>,
     /// Its registers at the stop: what it gets back when it is let go.
     pub regs: Regs,
 }
@@ -105,7 +108,11 @@ pub(crate) fn seize_all(pid: i32, options: libc::c_int) -> Result<ThreadSet, Cap
             match Tracee::stopped_as(stop) {
                 Ok(pending) => {
                     let regs = t.get_regs().map_err(CaptureError::sys("reading registers"))?;
-                    stopped.insert(tid, Stopped { tracee: t, pending, regs });
+                    let stop_info = match pending {
+                        Some(_) => Some(t.stop_siginfo().map_err(CaptureError::sys("reading a signal that arrived"))?),
+                        None => None,
+                    };
+                    stopped.insert(tid, Stopped { tracee: t, pending, stop_info, regs });
                 }
                 // It exited between the seize and the stop: not part of the seed.
                 Err(_) => gone.push(tid),
@@ -244,7 +251,18 @@ pub(crate) fn thread_state(pid: i32, s: &Stopped, gadget: u64, scratch: &Scratch
         tid_address,
         altstack,
         comm: comm_of(pid, tid),
+        pending: pending_of(s, false)?,
     })
+}
+
+/// The signals pending for stopped thread `s` (with `shared`, for its whole
+/// process), and the one that arrived while it was being stopped.
+pub(crate) fn pending_of(s: &Stopped, shared: bool) -> Result<Vec<PendingSignal>, CaptureError> {
+    let mut infos = s.tracee.pending_signals(shared).map_err(CaptureError::sys("reading pending signals"))?;
+    if !shared {
+        infos.extend(s.stop_info);
+    }
+    Ok(infos.into_iter().map(|i| PendingSignal { info: i.to_vec() }).collect())
 }
 
 /// The name of thread `tid` (`comm`), at most 15 bytes.

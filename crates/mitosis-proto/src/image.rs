@@ -273,6 +273,34 @@ pub struct SeedImage {
     /// ends in it, eventfds, timerfds, signalfds, epoll instances): each
     /// child gets them recreated at the same numbers.
     pub carried: Vec<crate::descriptors::CarriedObject>,
+    /// Signals pending for the leader thread itself, and for the whole
+    /// process, at prepare ([`PendingSignal`]s, oldest first).
+    pub pending: Vec<PendingSignal>,
+    pub shared_pending: Vec<PendingSignal>,
+}
+
+/// A pending signal: its raw `siginfo_t` (128 bytes; the signal number is
+/// its first `int`), queued again in each child as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSignal {
+    pub info: Vec<u8>,
+}
+
+impl PendingSignal {
+    /// Bytes of a `siginfo_t`.
+    pub const BYTES: usize = 128;
+
+    /// Its signal number (1-64 in a valid one).
+    pub fn signo(&self) -> i32 {
+        self.info.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.info.len() != Self::BYTES || !(1..=64).contains(&self.signo()) {
+            return Err(format!("a pending signal is {} bytes with signal {} (128 bytes, 1 to 64 expected)", self.info.len(), self.signo()));
+        }
+        Ok(())
+    }
 }
 
 /// Most threads a seed may have: a bound for images off the wire.
@@ -300,6 +328,8 @@ pub struct ThreadState {
     pub altstack: (u64, i32, u64),
     /// Its name (`comm`, at most 15 bytes).
     pub comm: String,
+    /// Signals pending for this thread, oldest first.
+    pub pending: Vec<PendingSignal>,
 }
 
 /// Number of resource limits Linux has (`RLIM_NLIMITS`: `RLIMIT_CPU` = 0 to
@@ -456,6 +486,13 @@ impl SeedImage {
                 return Err(format!("thread {} has a name {:?} longer than 15 bytes", t.tid, t.comm));
             }
         }
+        let most = MAX_THREADS * 64;
+        let pending: Vec<&PendingSignal> =
+            self.pending.iter().chain(&self.shared_pending).chain(self.threads.iter().flat_map(|t| &t.pending)).collect();
+        if pending.len() > most {
+            return Err(format!("{} pending signals, more than {most}", pending.len()));
+        }
+        pending.iter().try_for_each(|p| p.validate())?;
         if tids.binary_search(&self.reply_tid).is_err() {
             return Err(format!("the reply thread {} is not one of the seed's threads", self.reply_tid));
         }
@@ -546,6 +583,8 @@ mod tests {
             tid_address: 0,
             altstack: (0, 0, 0),
             carried: vec![],
+            pending: vec![signal(10)],
+            shared_pending: vec![],
             properties: ProcessProperties {
                 umask: 0o022,
                 rlimits: vec![ResourceLimit { resource: 7, soft: 1024, hard: 4096 }, ResourceLimit { resource: 4, soft: 0, hard: RLIM_INFINITY }],
@@ -573,7 +612,14 @@ mod tests {
             tid_address: 0,
             altstack: (0, 2, 0),
             comm: "worker".into(),
+            pending: vec![],
         }
+    }
+
+    fn signal(signo: i32) -> PendingSignal {
+        let mut info = vec![0u8; PendingSignal::BYTES];
+        info[..4].copy_from_slice(&signo.to_ne_bytes());
+        PendingSignal { info }
     }
 
     #[test]
@@ -657,6 +703,12 @@ mod tests {
         assert!(reply.validate().unwrap_err().contains("reply thread"));
         reply.reply_tid = 12;
         assert_eq!(reply.validate(), Ok(()));
+        let mut short = image();
+        short.threads[0].pending = vec![PendingSignal { info: vec![10, 0, 0, 0] }];
+        assert!(short.validate().unwrap_err().contains("pending signal is 4 bytes"));
+        let mut nosig = image();
+        nosig.shared_pending = vec![signal(65)];
+        assert!(nosig.validate().unwrap_err().contains("signal 65"));
         let mut many = image();
         many.threads = (0..=MAX_THREADS as i32).map(|i| thread(100 + i)).collect();
         assert!(many.validate().unwrap_err().contains("more than"));

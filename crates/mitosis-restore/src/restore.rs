@@ -144,6 +144,7 @@ pub fn restore(
         reply_len,
     };
     let finished = threads::create(&cx, image).and_then(|threads| {
+        threads::queue_leader_signals(&cx, image, blob_addr)?;
         if image.tcb_tid_offset.is_some() {
             let leader_tid = threads::pid_inside(pid)?;
             if leader_tid != image.source_pid {

@@ -20,7 +20,7 @@
 //! mutex ownership go on working. Tids a program stored itself stay the
 //! seed's.
 
-use mitosis_proto::image::{reg, SeedImage, ThreadState};
+use mitosis_proto::image::{reg, PendingSignal, SeedImage, ThreadState};
 use mitosis_sys::mem::{self, ProcMem};
 use mitosis_sys::ptrace::{idx, wait_stop, Regs, Stop, Tracee};
 use mitosis_sys::runner::{Table, ENTRY};
@@ -101,9 +101,11 @@ pub(crate) fn create(cx: &ThreadContext<'_>, image: &SeedImage) -> Result<Thread
     for (i, (t, tracee)) in image.threads.iter().zip(&out.tracees).enumerate() {
         tables.push(start_table(cx, slot_of(cx, i), tracee, t)?);
     }
+    let tgid = if image.threads.iter().any(|t| !t.pending.is_empty()) { pid_inside(cx.pid)? } else { 0 };
     for (i, ((t, tracee), table)) in image.threads.iter().zip(&out.tracees).zip(&tables).enumerate() {
         let what = format!("thread {} ({}) step", t.tid, t.comm);
         crate::restore::table_result(tracee, slot_of(cx, i) + TABLE_AT, table, &what)?;
+        queue_signals(cx, tracee, slot_of(cx, i) + STACK_T_AT, (tgid, Some(tids_here[i])), &t.pending)?;
         finish(cx, tracee, image, t)?;
     }
     for (t, &tid_here) in image.threads.iter().zip(&tids_here) {
@@ -115,6 +117,48 @@ pub(crate) fn create(cx: &ThreadContext<'_>, image: &SeedImage) -> Result<Thread
     }
     out.setup_us = us(t0);
     Ok(out)
+}
+
+/// Queues again, in stopped thread `tracee`, signals that were pending at
+/// the prepare, with their `siginfo_t`s as they were: to itself
+/// (`rt_tgsigqueueinfo` with `target` = (tgid, Some(its tid))), or, from the
+/// leader, to the whole process (`(tgid, None)`, `rt_sigqueueinfo`). The
+/// kernel lets only a thread queue such a `siginfo_t` to itself (the
+/// leader's tid is its process's id). `buf` is 128 bytes of the child's
+/// scratch memory. Leaves the thread's registers to be set after.
+pub(crate) fn queue_signals(cx: &ThreadContext<'_>, tracee: &Tracee, buf: u64, target: (i32, Option<i32>), signals: &[PendingSignal]) -> Result<(), RestoreError> {
+    if signals.is_empty() {
+        return Ok(());
+    }
+    let base = tracee.get_regs().map_err(RestoreError::sys("reading registers to queue pending signals"))?;
+    let (tgid, tid) = target;
+    for s in signals {
+        let signo = u64::try_from(s.signo()).unwrap_or(0);
+        cx.mem.write_all_at(&s.info, buf).map_err(RestoreError::sys("writing a pending signal"))?;
+        let (nr, args) = match tid {
+            Some(tid) => (libc::SYS_rt_tgsigqueueinfo, vec![tgid.unsigned_abs().into(), tid.unsigned_abs().into(), signo, buf]),
+            None => (libc::SYS_rt_sigqueueinfo, vec![tgid.unsigned_abs().into(), signo, buf]),
+        };
+        let r = tracee.inject_syscall(&base, cx.gadget, nr, &args, |_, _| Ok(())).map_err(RestoreError::sys("queueing a pending signal"))?;
+        if r < 0 {
+            return Err(RestoreError::Sys {
+                step: format!("queueing pending signal {signo}"),
+                source: SysError::new("syscall in the child", i32::try_from(-r).unwrap_or(libc::EINVAL)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The leader's own pending signals and the process's, queued from the
+/// leader (see [`queue_signals`]).
+pub(crate) fn queue_leader_signals(cx: &ThreadContext<'_>, image: &SeedImage, buf: u64) -> Result<(), RestoreError> {
+    if image.pending.is_empty() && image.shared_pending.is_empty() {
+        return Ok(());
+    }
+    let tgid = pid_inside(cx.pid)?;
+    queue_signals(cx, cx.leader, buf, (tgid, Some(tgid)), &image.pending)?;
+    queue_signals(cx, cx.leader, buf, (tgid, None), &image.shared_pending)
 }
 
 /// Thread `i`'s part of the scratch memory.

@@ -19,6 +19,21 @@ const NT_X86_XSTATE: libc::c_int = 0x202;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+/// Size of a `siginfo_t`.
+pub const SIGINFO_BYTES: usize = 128;
+
+/// A raw `siginfo_t`: the signal number is its first `int`.
+pub type SigInfo = [u8; SIGINFO_BYTES];
+
+/// `struct ptrace_peeksiginfo_args`.
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
 
 /// General purpose registers as the kernel's `user_regs_struct`.
 pub type Regs = [u64; USER_REGS_WORDS];
@@ -216,6 +231,34 @@ impl Tracee {
         Ok((addr != 0).then_some((addr, conf[2], conf[3])))
     }
 
+    /// The signals pending for the tracee, oldest first: its own queue
+    /// (thread-directed), or with `shared` its process's.
+    pub fn pending_signals(&self, shared: bool) -> Result<Vec<SigInfo>> {
+        const BATCH: usize = 32;
+        let mut out = Vec::new();
+        let mut buf = vec![[0u8; SIGINFO_BYTES]; BATCH];
+        loop {
+            let args = PeekSiginfoArgs {
+                off: out.len() as u64,
+                flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+                nr: BATCH as i32,
+            };
+            let n = ptrace(PTRACE_PEEKSIGINFO, self.pid, &args as *const _ as usize, buf.as_mut_ptr() as usize, "ptrace(PEEKSIGINFO)")?;
+            let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+            out.extend_from_slice(&buf[..n]);
+            if n < BATCH {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The `siginfo_t` of the signal the tracee is stopped for.
+    pub fn stop_siginfo(&self) -> Result<SigInfo> {
+        let mut info = [0u8; SIGINFO_BYTES];
+        ptrace(libc::PTRACE_GETSIGINFO, self.pid, 0, info.as_mut_ptr() as usize, "ptrace(GETSIGINFO)")?;
+        Ok(info)
+    }
+
     pub fn event_msg(&self) -> Result<u64> {
         let mut msg: libc::c_ulong = 0;
         ptrace(libc::PTRACE_GETEVENTMSG, self.pid, 0, &mut msg as *mut _ as usize, "ptrace(GETEVENTMSG)")?;
@@ -331,6 +374,12 @@ mod tests {
         assert_eq!(Tracee::stopped_as(stop).unwrap(), None, "the requested stop, no signal to re-deliver: {stop:?}");
         t.set_options(libc::PTRACE_O_TRACECLONE).unwrap();
         assert!(Tracee::stopped_as(Stop::Gone(0)).is_err());
+        // A signal sent to the stopped thread waits in its own queue.
+        assert!(t.pending_signals(false).unwrap().is_empty());
+        crate::process::kill(pid, libc::SIGUSR2).unwrap();
+        let signo = |i: &SigInfo| i32::from_ne_bytes(i[..4].try_into().unwrap());
+        let shared = t.pending_signals(true).unwrap();
+        assert_eq!(shared.iter().map(signo).collect::<Vec<_>>(), [libc::SIGUSR2], "kill() queues for the process");
         t.detach(0).unwrap();
     }
 }

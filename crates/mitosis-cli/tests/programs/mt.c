@@ -18,6 +18,9 @@
  *     counter  runs an LCG in registers, counting its steps
  *     spawner  creates and joins short-lived threads
  *
+ *   Pending at the prepare: SIGUSR2 for the futex thread (thread-directed)
+ *   and SIGRTMIN+1 with value 42 for the process, both blocked everywhere.
+ *
  *   The check (all from the reader): wake the futex thread and the
  *   condition, unlock the mutex, tell the rest to stop; every thread then
  *   checks itself (its registers' pattern, its thread-local value and
@@ -179,6 +182,12 @@ static void *futex_thread(void *arg) {
         if (!same(&in, &out)) bad = "vector registers changed across futex()";
         if (r < 0 && r != -EAGAIN && r != -EINTR) bad = "futex() failed";
     }
+    /* Its own pending signal, sent before the prepare. */
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    struct timespec now = {0, 0};
+    if (!bad && sigtimedwait(&usr2, NULL, &now) != SIGUSR2) bad = "its pending SIGUSR2 was lost";
     finish(FUTEX, bad);
     return NULL;
 }
@@ -306,6 +315,13 @@ static void *reader_thread(void *arg) {
     const char *bad = NULL;
     if (!same(&in, &out)) bad = "vector registers changed across read()";
     if (n <= 0 || strncmp(line, "check", 5)) bad = "no check command";
+    /* The process's pending signal, with its value. */
+    sigset_t rt;
+    sigemptyset(&rt);
+    sigaddset(&rt, SIGRTMIN + 1);
+    siginfo_t si;
+    struct timespec now = {0, 0};
+    if (!bad && (sigtimedwait(&rt, &si, &now) != SIGRTMIN + 1 || si.si_value.sival_int != 42)) bad = "the process's pending signal was lost";
     /* Wake everyone. */
     __atomic_store_n(&futex_go, 1, __ATOMIC_SEQ_CST);
     futex(&futex_go, FUTEX_WAKE_PRIVATE, 1);
@@ -335,6 +351,12 @@ int main(void) {
     struct sigaction sa = {0};
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, NULL);
+    /* Blocked in every thread (they inherit it): they stay pending. */
+    sigset_t held_signals;
+    sigemptyset(&held_signals);
+    sigaddset(&held_signals, SIGUSR2);
+    sigaddset(&held_signals, SIGRTMIN + 1);
+    pthread_sigmask(SIG_BLOCK, &held_signals, NULL);
     start(MAIN);
     epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     int idle = eventfd(0, EFD_CLOEXEC);
@@ -348,6 +370,8 @@ int main(void) {
     for (int i = FUTEX; i < THREADS; i++)
         if (pthread_create(&handles[i], NULL, bodies[i], NULL)) return 3;
     while (atomic_load(&started) < THREADS) usleep(100);
+    union sigval v = {.sival_int = 42};
+    if (pthread_kill(handles[FUTEX], SIGUSR2) || sigqueue(getpid(), SIGRTMIN + 1, v)) return 4;
     printf("ready %d\n", getpid());
     fflush(stdout);
     bank in, out;
