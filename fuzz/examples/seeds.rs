@@ -141,7 +141,8 @@ fn image() -> SeedImage {
             comm: "worker".into(),
             pending: vec![],
         }],
-        reply_tid: 1234,
+        leader_tid: 1234,
+        reply_thread: Some(0),
         tcb_tid_offset: Some(0x2d0),
         carried: vec![
             CarriedObject {

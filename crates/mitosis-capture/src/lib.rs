@@ -121,24 +121,25 @@ pub fn prepare(spec: &PrepareSpec<'_>, vdso: &VdsoInfo) -> Result<Snapshot, Capt
         .tracee
         .set_options(libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK)
         .map_err(CaptureError::sys("attaching with ptrace"))?;
-    let reply_tid: Option<i32> = match spec.reply_slot {
-        None => Some(pid),
+    // None: the leader; Some(i): the i-th of the other threads.
+    let reply_thread: Option<Option<u32>> = match spec.reply_slot {
+        None => Some(None),
         // A self-prepare must catch the caller (any of its threads) inside
         // read(fd, slot): that is the call whose return value tells each
         // child that it is a child.
         Some(slot) => set
             .all()
-            .find(|s| {
+            .position(|s| {
                 s.regs[mitosis_proto::image::reg::ORIG_RAX] == libc::SYS_read as u64
                     && s.regs[mitosis_proto::image::reg::RSI] == slot.addr
             })
-            .map(|s| s.tracee.pid()),
+            .map(|i| i.checked_sub(1).and_then(|i| u32::try_from(i).ok())),
     };
-    let Some(reply_tid) = reply_tid else {
+    let Some(reply_thread) = reply_thread else {
         let _ = set.release();
         return Err(CaptureError::NotWaiting { pid });
     };
-    let result = capture_stopped(spec, vdso, &set, &status, reply_tid);
+    let result = capture_stopped(spec, vdso, &set, &status, reply_thread);
     // Whatever happened, the target continues exactly where it was.
     let released = set.release();
     let mut snap = result?;
@@ -164,7 +165,7 @@ fn capture_stopped(
     vdso: &VdsoInfo,
     set: &threads::ThreadSet,
     status: &procfs::Status,
-    reply_tid: i32,
+    reply_thread: Option<u32>,
 ) -> Result<Snapshot, CaptureError> {
     let pid = spec.pid;
     let tracee = &set.leader.tracee;
@@ -256,7 +257,7 @@ fn capture_stopped(
 
     let image_regs = child_view_of(regs);
     step("written file pages found");
-    let fs_bases: Vec<(i32, u64)> = set.all().map(|s| (s.tracee.pid(), s.regs[idx::FS_BASE])).collect();
+    let fs_bases: Vec<(i32, u64)> = set.all().map(|s| (s.tid_inside, s.regs[idx::FS_BASE])).collect();
     let tcb_tid_offset = threads::tcb_tid_offset(pid, &fs_bases);
     step("thread control blocks read");
     let (files, mut closed_fds) = files::open_files(pid);
@@ -316,7 +317,8 @@ fn capture_stopped(
         properties,
         comm: threads::comm_of(pid, pid),
         threads: thread_states,
-        reply_tid,
+        leader_tid: set.leader.tid_inside,
+        reply_thread,
         tcb_tid_offset,
         carried,
         pending: threads::pending_of(&set.leader, false)?,

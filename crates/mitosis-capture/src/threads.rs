@@ -38,6 +38,9 @@ pub(crate) struct Stopped {
     pub stop_info: Option<SigInfo>,
     /// Its registers at the stop: what it gets back when it is let go.
     pub regs: Regs,
+    /// Its tid inside the target's own PID namespace (what the target
+    /// knows it as: a process in a container sees other numbers than we do).
+    pub tid_inside: i32,
 }
 
 /// Every thread of the target, stopped: the leader first.
@@ -112,7 +115,8 @@ pub(crate) fn seize_all(pid: i32, options: libc::c_int) -> Result<ThreadSet, Cap
                         Some(_) => Some(t.stop_siginfo().map_err(CaptureError::sys("reading a signal that arrived"))?),
                         None => None,
                     };
-                    stopped.insert(tid, Stopped { tracee: t, pending, stop_info, regs });
+                    let tid_inside = tid_inside(pid, tid)?;
+                    stopped.insert(tid, Stopped { tracee: t, pending, stop_info, regs, tid_inside });
                 }
                 // It exited between the seize and the stop: not part of the seed.
                 Err(_) => gone.push(tid),
@@ -120,6 +124,16 @@ pub(crate) fn seize_all(pid: i32, options: libc::c_int) -> Result<ThreadSet, Cap
         }
     }
     Err(CaptureError::Unsupported { pid, what: format!("it keeps creating threads: the set was not stable after {MAX_ROUNDS} rounds") })
+}
+
+/// Thread `tid`'s id inside its own PID namespace (`NSpid`'s last field).
+fn tid_inside(pid: i32, tid: i32) -> Result<i32, CaptureError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(|_| CaptureError::NoProcess { pid })?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        .ok_or_else(|| CaptureError::Unsupported { pid, what: format!("thread {tid} has no NSpid line in /proc") })
 }
 
 /// What a thread that does not stop is doing, from `/proc`.
@@ -242,7 +256,7 @@ pub(crate) fn thread_state(pid: i32, s: &Stopped, gadget: u64, scratch: &Scratch
     let robust_list = mitosis_sys::process::robust_list(tid).map_err(CaptureError::sys("reading a thread's robust futex list"))?;
     let (tid_address, altstack) = Probe::new(t, pid, s.regs, gadget, scratch).tid_address_and_altstack()?;
     Ok(ThreadState {
-        tid,
+        tid: s.tid_inside,
         regs: Registers { words: crate::child_view_of(s.regs) },
         xstate,
         blocked,

@@ -247,3 +247,37 @@ fn prepares_catch_threads_being_created_and_exiting() {
         assert_eq!(without_tid_lines(&out.stdout), expected_child, "{id} ({n} threads): {out}\n{}", c.logs());
     }
 }
+
+/// A seed that runs in a PID namespace of its own (as a function instance
+/// in a container does) knows its threads by that namespace's tids: those
+/// are what a child recreates, or rewrites in glibc where they are taken.
+#[test]
+fn threads_of_a_seed_in_its_own_pid_namespace() {
+    let Some(c) = Cluster::new("mt-pidns") else { return };
+    let prog = compile_mt(&c);
+    // mt is process 2 of the new namespace (the shell is its init).
+    let script = format!("{}; true", prog.display());
+    let (mut parent, inside) = c.target_in(&c.hosts.a, "mt", &["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", &script]);
+    let host_pid = host_pid_of(inside, "mt").expect("the seed's pid on this host");
+    assert_ne!(host_pid, inside);
+    let seed = c.prepare_a(host_pid, "mtns");
+    assert!(seed["threads"].as_u64().is_some_and(|n| (9..=10).contains(&n)), "{seed}");
+    let out = c.resume_on_b_with("mtns", "check\n");
+    parent.send("check\n");
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    assert_eq!(without_tid_lines(&out.stdout), without_tid_lines(&expected.stdout), "{out}\n{}", c.logs());
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+/// The host pid of the process named `comm` whose pid in its own (nested)
+/// PID namespace is `inside`.
+fn host_pid_of(inside: i32, comm: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_string();
+        let nspid: Vec<i32> = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (name == comm && nspid.len() >= 2 && nspid.last() == Some(&inside)).then_some(pid)
+    })
+}

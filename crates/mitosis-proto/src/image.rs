@@ -259,10 +259,13 @@ pub struct SeedImage {
     /// Every thread but the leader (whose state is the fields above), in the
     /// order children create them.
     pub threads: Vec<ThreadState>,
-    /// The thread of a self-prepare that waits in `read()` for the answer
-    /// (its tid; the leader's is `source_pid`): in each child, its `read`
-    /// returns the [`crate::local::ReplySlot`]'s length.
-    pub reply_tid: i32,
+    /// The leader's tid (its pid) inside the seed's own PID namespace: what
+    /// the seed's glibc cached (`source_pid` is the seed host's view).
+    pub leader_tid: i32,
+    /// The thread of a self-prepare that waits in `read()` for the answer:
+    /// `None` for the leader, else its index in `threads`. In each child, its
+    /// `read` returns the [`crate::local::ReplySlot`]'s length.
+    pub reply_thread: Option<u32>,
     /// Where glibc caches each thread's tid in its thread control block, as
     /// an offset from the thread's `fs_base`: found at prepare (the same
     /// offset holds each thread's tid in every thread of a multi-threaded
@@ -310,7 +313,7 @@ pub const MAX_THREADS: usize = 4096;
 /// go on in a child exactly where it was stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadState {
-    /// Its tid on the seed host (inside the seed's PID namespace).
+    /// Its tid inside the seed's PID namespace (what the seed knows it as).
     pub tid: i32,
     /// General registers, with `fs_base` (its thread-local storage).
     pub regs: Registers,
@@ -467,7 +470,7 @@ impl SeedImage {
             return Err(format!("{} threads, more than {MAX_THREADS}", self.threads.len()));
         }
         let mut tids: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
-        tids.push(self.source_pid);
+        tids.push(self.leader_tid);
         if let Some(t) = tids.iter().find(|&&t| t <= 0) {
             return Err(format!("thread id {t} is not positive"));
         }
@@ -493,8 +496,8 @@ impl SeedImage {
             return Err(format!("{} pending signals, more than {most}", pending.len()));
         }
         pending.iter().try_for_each(|p| p.validate())?;
-        if tids.binary_search(&self.reply_tid).is_err() {
-            return Err(format!("the reply thread {} is not one of the seed's threads", self.reply_tid));
+        if let Some(i) = self.reply_thread.filter(|&i| usize::try_from(i).map_or(true, |i| i >= self.threads.len())) {
+            return Err(format!("the reply thread {i} is not one of the seed's {} threads", self.threads.len()));
         }
         Ok(())
     }
@@ -596,7 +599,8 @@ mod tests {
             },
             comm: "python3".into(),
             threads: vec![thread(11), thread(12)],
-            reply_tid: 10,
+            leader_tid: 10,
+            reply_thread: None,
             tcb_tid_offset: Some(0x2d0),
         }
     }
@@ -699,9 +703,9 @@ mod tests {
         name.threads[0].comm = "x".repeat(16);
         assert!(name.validate().unwrap_err().contains("longer than 15 bytes"));
         let mut reply = image();
-        reply.reply_tid = 13;
+        reply.reply_thread = Some(2);
         assert!(reply.validate().unwrap_err().contains("reply thread"));
-        reply.reply_tid = 12;
+        reply.reply_thread = Some(1);
         assert_eq!(reply.validate(), Ok(()));
         let mut short = image();
         short.threads[0].pending = vec![PendingSignal { info: vec![10, 0, 0, 0] }];

@@ -147,7 +147,7 @@ pub fn restore(
         threads::queue_leader_signals(&cx, image, blob_addr)?;
         if image.tcb_tid_offset.is_some() {
             let leader_tid = threads::pid_inside(pid)?;
-            if leader_tid != image.source_pid {
+            if leader_tid != image.leader_tid {
                 threads::rewrite_cached_tid(&cx, image, image.regs.words[idx::FS_BASE], leader_tid)?;
             }
         }
@@ -184,7 +184,7 @@ fn finish_leader(tracee: &Tracee, base: &Regs, gadget: u64, image: &SeedImage, r
         .map_err(RestoreError::sys("unmapping the table runner"))?;
     check(r, "unmapping the table runner")?;
     let mut regs: Regs = image.regs.words;
-    if let (Some(len), true) = (reply_len, image.reply_tid == image.source_pid) {
+    if let (Some(len), None) = (reply_len, image.reply_thread) {
         regs[reg::RAX] = len;
         regs[reg::ORIG_RAX] = u64::MAX;
     }

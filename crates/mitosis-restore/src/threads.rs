@@ -106,7 +106,7 @@ pub(crate) fn create(cx: &ThreadContext<'_>, image: &SeedImage) -> Result<Thread
         let what = format!("thread {} ({}) step", t.tid, t.comm);
         crate::restore::table_result(tracee, slot_of(cx, i) + TABLE_AT, table, &what)?;
         queue_signals(cx, tracee, slot_of(cx, i) + STACK_T_AT, (tgid, Some(tids_here[i])), &t.pending)?;
-        finish(cx, tracee, image, t)?;
+        finish(cx, tracee, image, i, t)?;
     }
     for (t, &tid_here) in image.threads.iter().zip(&tids_here) {
         if tid_here == t.tid {
@@ -278,11 +278,11 @@ fn start_table(cx: &ThreadContext<'_>, slot: u64, tracee: &Tracee, t: &ThreadSta
     Ok(table)
 }
 
-/// Gives thread `tracee`, whose table ran, seed thread `t`'s registers,
-/// xsave state and signal mask.
-fn finish(cx: &ThreadContext<'_>, tracee: &Tracee, image: &SeedImage, t: &ThreadState) -> Result<(), RestoreError> {
+/// Gives thread `tracee`, whose table ran, seed thread `t`'s (the
+/// `index`th) registers, xsave state and signal mask.
+fn finish(cx: &ThreadContext<'_>, tracee: &Tracee, image: &SeedImage, index: usize, t: &ThreadState) -> Result<(), RestoreError> {
     let mut regs: Regs = t.regs.words;
-    if let (Some(len), true) = (cx.reply_len, image.reply_tid == t.tid) {
+    if let (Some(len), true) = (cx.reply_len, image.reply_thread.and_then(|r| usize::try_from(r).ok()) == Some(index)) {
         regs[reg::RAX] = len;
         regs[reg::ORIG_RAX] = u64::MAX;
     }

@@ -234,19 +234,19 @@ impl Tracee {
     /// The signals pending for the tracee, oldest first: its own queue
     /// (thread-directed), or with `shared` its process's.
     pub fn pending_signals(&self, shared: bool) -> Result<Vec<SigInfo>> {
-        const BATCH: usize = 32;
+        const BATCH: i32 = 32;
         let mut out = Vec::new();
-        let mut buf = vec![[0u8; SIGINFO_BYTES]; BATCH];
+        let mut buf = vec![[0u8; SIGINFO_BYTES]; BATCH.unsigned_abs() as usize];
         loop {
             let args = PeekSiginfoArgs {
                 off: out.len() as u64,
                 flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
-                nr: BATCH as i32,
+                nr: BATCH,
             };
             let n = ptrace(PTRACE_PEEKSIGINFO, self.pid, &args as *const _ as usize, buf.as_mut_ptr() as usize, "ptrace(PEEKSIGINFO)")?;
-            let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+            let n = usize::try_from(n).unwrap_or(0).min(buf.len());
             out.extend_from_slice(&buf[..n]);
-            if n < BATCH {
+            if n < buf.len() {
                 return Ok(out);
             }
         }
