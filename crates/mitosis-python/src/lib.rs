@@ -143,15 +143,20 @@ fn flush_python_stdio(py: Python<'_>) {
 struct AsAFork<'py> {
     py: Python<'py>,
     ended: bool,
+    /// `mitosis._child`, imported before the prepare: a child may not see
+    /// the files it was imported from (a container has a /tmp of its own).
+    child_module: Option<PyResult<Bound<'py, pyo3::types::PyModule>>>,
 }
 
 impl<'py> AsAFork<'py> {
     fn begin(py: Python<'py>) -> AsAFork<'py> {
-        // SAFETY: called with the GIL held (the `py` token), in a process
-        // checked to be single-threaded, and paired with exactly one
-        // AfterFork call by the returned value (its methods or its drop).
+        // Before PyOS_BeforeFork, which takes the import lock.
+        let child_module = py.import("mitosis._child");
+        // SAFETY: called with the GIL held (the `py` token) and paired with
+        // exactly one AfterFork call by the returned value (its methods or
+        // its drop).
         unsafe { pyo3::ffi::PyOS_BeforeFork() };
-        AsAFork { py, ended: false }
+        AsAFork { py, ended: false, child_module: Some(child_module) }
     }
 
     /// This process is the parent (or the prepare failed).
@@ -189,7 +194,8 @@ impl<'py> AsAFork<'py> {
             // was, which is what PyOS_AfterFork_Child expects of a fork's child.
             unsafe { pyo3::ffi::PyOS_AfterFork_Child() };
         }
-        let reseeded = self.py.import("mitosis._child").and_then(|m| m.call_method1("after_fork_prepare", (threaded,)));
+        let child_module = self.child_module.take().unwrap_or_else(|| self.py.import("mitosis._child"));
+        let reseeded = child_module.and_then(|m| m.call_method1("after_fork_prepare", (threaded,)));
         if let Err(e) = reseeded {
             // As the interpreter does for a failing at-fork hook: report it
             // and go on; the child is resumed and must run.
