@@ -131,14 +131,17 @@ int main(void) {
     at(memfd_create("mitosis-fds", MFD_ALLOW_SEALING), 23);
     if (pwrite(23, "memfd-content", 13, 5000) != 13 || fcntl(23, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) ||
         lseek(23, 7, SEEK_SET) != 7) { perror("memfd"); return 1; }
-    at(open("fds-unlinked", O_WRONLY | O_CREAT | O_TRUNC, 0600), 24);
+    /* Named after this process: tests of this program run side by side in one directory. */
+    char unlinked[64];
+    snprintf(unlinked, sizeof unlinked, "fds-unlinked-%d", (int)getpid());
+    at(open(unlinked, O_WRONLY | O_CREAT | O_TRUNC, 0600), 24);
     static char u[65536];
     memset(u, 'u', sizeof u);
     if (write(24, "abc", 3) != 3 || pwrite(24, u, sizeof u, 1 << 20) != sizeof u || fchmod(24, 0640)) { perror("file"); return 1; }
     struct timespec times[2] = {{1234567890, 0}, {1234567890, 500}};
     if (futimens(24, times) || lseek(24, 100, SEEK_SET) != 100) { perror("file"); return 1; }
     at(open("/proc/self/fd/24", O_RDONLY), 25);
-    if (lseek(25, 1 << 20, SEEK_SET) != 1 << 20 || unlink("fds-unlinked")) { perror("file"); return 1; }
+    if (lseek(25, 1 << 20, SEEK_SET) != 1 << 20 || unlink(unlinked)) { perror("file"); return 1; }
     struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof lo;
     int one = 1;
