@@ -129,11 +129,10 @@ pub(crate) fn seize_all(pid: i32, options: libc::c_int) -> Result<ThreadSet, Cap
 /// Thread `tid`'s id inside its own PID namespace (`NSpid`'s last field).
 fn tid_inside(pid: i32, tid: i32) -> Result<i32, CaptureError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(|_| CaptureError::NoProcess { pid })?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|v| v.split_whitespace().last()?.parse().ok())
-        .ok_or_else(|| CaptureError::Unsupported { pid, what: format!("thread {tid} has no NSpid line in /proc") })
+    match procfs::parse_status(&status).ns_pid {
+        0 => Err(CaptureError::Unsupported { pid, what: format!("thread {tid} has no NSpid line in /proc") }),
+        inside => Ok(inside),
+    }
 }
 
 /// What a thread that does not stop is doing, from `/proc`.

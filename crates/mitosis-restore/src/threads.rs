@@ -296,11 +296,10 @@ fn finish(cx: &ThreadContext<'_>, tracee: &Tracee, image: &SeedImage, index: usi
 /// the leader's tid as the child's glibc must cache it.
 pub(crate) fn pid_inside(pid: i32) -> Result<i32, RestoreError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| RestoreError::ChildDied(e.to_string()))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|v| v.split_whitespace().last()?.parse().ok())
-        .ok_or_else(|| RestoreError::ChildDied(format!("no NSpid line for process {pid}")))
+    match mitosis_sys::procfs::parse_status(&status).ns_pid {
+        0 => Err(RestoreError::ChildDied(format!("no NSpid line for process {pid}"))),
+        inside => Ok(inside),
+    }
 }
 
 #[cfg(test)]
