@@ -265,7 +265,9 @@ pub fn soak(bin: &Path, opts: &SoakOptions) -> anyhow::Result<i32> {
 }
 
 /// The churn thread: until `stop`, drop, re-prepare or replace the seed at
-/// random intervals. Leaves the seed prepared.
+/// random intervals. The three come in rounds, each once per round in a
+/// random order, so that even a short run has every kind (a free draw of
+/// ten missed one kind in one run of twenty). Leaves the seed prepared.
 fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, keys: &Keys, id: &str, opts: &SoakOptions, stop: &AtomicBool, t0: Instant) -> anyhow::Result<()> {
     let mut dice = Dice(random_u64() | 1);
     let sleep = |ms: u64| {
@@ -274,7 +276,16 @@ fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, keys: &Keys, id: &str, opt
             std::thread::sleep(Duration::from_millis(5));
         }
     };
+    let mut round: Vec<u64> = Vec::new();
     loop {
+        if round.is_empty() {
+            round = vec![0, 1, 2];
+            let first = dice.between(0, 2) as usize;
+            round.swap(0, first);
+            let second = dice.between(1, 2) as usize;
+            round.swap(1, second);
+        }
+        let kind = round.pop().unwrap_or(0);
         sleep(dice.between(opts.churn_min_ms, opts.churn_max_ms));
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -282,7 +293,7 @@ fn churn(cluster: &Cluster, lineage: &Mutex<Lineage>, keys: &Keys, id: &str, opt
         let began = Instant::now();
         let mut l = lineage.lock().unwrap();
         let owner = l.owner;
-        let op = match dice.next() % 3 {
+        let op = match kind {
             0 => {
                 Client::connect(cluster.a.socket())?.drop_seed(id).with_context(|| format!("dropping {id}"))?;
                 l.churn.drops += 1;

@@ -365,19 +365,33 @@ impl Pager {
             }
             other => other,
         };
-        if let Outcome::Failed(reason) = &outcome {
-            self.kill(reason);
-            self.poison_unserved();
+        match &outcome {
+            Outcome::Failed(reason) => {
+                self.kill(reason);
+                self.settle_unserved();
+            }
+            // The child has exited, but its memory lives on while someone
+            // reads it from outside (the daemon bringing in its command
+            // line, a debugger): their next fault would wait for this pager
+            // for ever, since the janitor keeps the userfaultfd open.
+            Outcome::Exited if self.uffd.memory_alive(PROBE_ADDR) => self.settle_unserved(),
+            Outcome::Exited => {}
         }
         outcome
     }
 
-    /// Poisons every page not served yet (errors ignored: the memory may be
-    /// gone already).
-    fn poison_unserved(&self) {
+    /// Leaves no page that a fault would wait for once this pager is gone:
+    /// pages not served yet are poisoned (a touch raises SIGBUS, a read from
+    /// outside fails with EFAULT: never a wrong page), and dropped ones are
+    /// filled with the zeros they hold. Either wakes a fault waiting there
+    /// now. Errors are ignored: the memory may be gone already.
+    fn settle_unserved(&self) {
         for (start, end) in self.regions.spans() {
             for (addr, _, len) in self.regions.remote_runs(start, end) {
                 let _ = self.uffd.poison(addr, len);
+            }
+            for (addr, _, len) in self.regions.runs_in(start, end, PageState::Zero) {
+                let _ = self.uffd.zero(addr, len);
             }
         }
     }

@@ -105,6 +105,11 @@ impl Regions {
     /// Runs of remote pages inside `[lo, hi)`: (child address, seed address, length).
     /// A run never crosses a region edge: one `UFFDIO_COPY` must stay inside one mapping.
     pub fn remote_runs(&self, lo: u64, hi: u64) -> Vec<(u64, u64, u64)> {
+        self.runs_in(lo, hi, PageState::Remote)
+    }
+
+    /// Runs of pages in `state` inside `[lo, hi)`, as [`Regions::remote_runs`].
+    pub fn runs_in(&self, lo: u64, hi: u64, state: PageState) -> Vec<(u64, u64, u64)> {
         let mut runs: Vec<(u64, u64, u64)> = Vec::new();
         let mut addr = lo;
         let mut last_region = usize::MAX;
@@ -112,7 +117,7 @@ impl Regions {
             if let Some(i) = self.find(addr) {
                 let r = &self.regions[i];
                 let page = ((addr - r.start) / PAGE) as usize;
-                if r.pages[page] == PageState::Remote {
+                if r.pages[page] == state {
                     let seed = r.seed_start + (addr - r.start);
                     match runs.last_mut() {
                         Some(run) if last_region == i && run.0 + run.2 == addr => run.2 += PAGE,
@@ -153,6 +158,7 @@ mod tests {
         r.set(2 * P, 4 * P, PageState::Zero);
         assert_eq!(r.lookup(3 * P).unwrap().0, PageState::Zero);
         assert!(r.remote_runs(0, 8 * P).is_empty());
+        assert_eq!(r.runs_in(0, 8 * P, PageState::Zero), vec![(2 * P, 2 * P, 2 * P)]);
     }
 
     #[test]

@@ -292,3 +292,30 @@ fn concurrent_faults_of_several_threads() {
     pages.dedup();
     assert_eq!(pages.len(), n, "no page was fetched twice: {:x?}", log.requests);
 }
+
+/// The child exits while its memory lives on (the daemon reads its command
+/// line from outside, holding it): a read of a page never served fails once
+/// the pager has ended, and does not wait for it for ever nor read zeros; a
+/// page the child had dropped reads the zeros it holds.
+#[test]
+fn after_the_child_exits_unserved_pages_fail_and_dropped_ones_read_zero() {
+    let Some(mut s) = Served::new(64, 1) else { return };
+    assert_eq!(s.word(0), word_at(s.addr_of(0)));
+    assert_eq!(s.word(512), word_at(s.addr_of(512)));
+    s.map.discard(usize_of(PAGE), usize_of(PAGE)).unwrap();
+    // Let the pager take the drop in before "the child" goes.
+    assert_eq!(s.word(2 * 512), word_at(s.addr_of(2 * 512)));
+    s.watched.kill().unwrap();
+    s.watched.wait().unwrap();
+    let pager = s.pager.take().unwrap();
+    assert_eq!(pager.join().unwrap(), Outcome::Exited);
+    let me = i32::try_from(std::process::id()).unwrap();
+    let page = |i: u64| (s.map.addr() + i * PAGE, PAGE);
+    let mut bytes = vec![0xAAu8; usize_of(PAGE)];
+    let unserved = mitosis_sys::mem::read_ranges(me, &[page(5)], &mut bytes);
+    assert!(!matches!(unserved, Ok(n) if n > 0), "a page never served read {unserved:?} after its pager ended");
+    assert_eq!(mitosis_sys::mem::read_ranges(me, &[page(1)], &mut bytes).unwrap(), usize_of(PAGE));
+    assert!(bytes.iter().all(|&b| b == 0), "a dropped page reads zero");
+    assert_eq!(mitosis_sys::mem::read_ranges(me, &[page(0)], &mut bytes).unwrap(), usize_of(PAGE));
+    assert_eq!(u64::from_ne_bytes(bytes[..8].try_into().unwrap()), word_at(s.addr_of(0)), "a served page keeps its bytes");
+}
