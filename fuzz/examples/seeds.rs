@@ -16,7 +16,7 @@ use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd,
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, PendingSignal, Vma,
+    FileIdentity, IntervalTimer, MmFields, OpenFile, PosixTimer, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, TimerNotify, PendingSignal, Vma,
     VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
@@ -127,6 +127,9 @@ fn image() -> SeedImage {
             thp_disabled: true,
             personality: 0x0040000,
             child_subreaper: true,
+            interval_timers: vec![IntervalTimer { which: 1, value_us: 900, interval_us: 0 }],
+            posix_timers: vec![PosixTimer { id: 0, clock: 0, notify: TimerNotify::Process, signo: 14, value: 7, left_ns: 1_000_000, interval_ns: 0 }],
+            membarrier: 1 << 4,
         },
         comm: "python3".into(),
         threads: vec![ThreadState {

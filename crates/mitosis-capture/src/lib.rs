@@ -41,6 +41,7 @@ mod fds;
 mod files;
 pub mod threads;
 mod shared;
+mod timers;
 
 pub use copy::{copy_memory, CopiedMemory};
 
@@ -194,13 +195,15 @@ fn capture_stopped(
     // Handler addresses of caught signals are only visible from inside.
     let mut actions = Vec::new();
     let scratch = threads::Scratch::save(pid, &regs)?;
-    let queried = query_leader(&threads::Probe::new(tracee, pid, regs, gadget, &scratch), status, &mut actions).and_then(|leader| {
+    let probe = threads::Probe::new(tracee, pid, regs, gadget, &scratch);
+    let queried = query_leader(&probe, status, &mut actions).and_then(|leader| {
+        let clocks = timers::read(&probe, pid, set)?;
         let cpu = mitosis_sys::affinity::current_cpu();
         let others: Result<Vec<ThreadState>, CaptureError> = set.others.iter().map(|s| threads::thread_state(pid, s, gadget, &scratch, cpu)).collect();
-        Ok((leader, others?))
+        Ok((leader, clocks, others?))
     });
     scratch.restore()?;
-    let (LeaderAnswers { tid_address, altstack, child_subreaper, dumpable }, thread_states) = queried?;
+    let (LeaderAnswers { tid_address, altstack, child_subreaper, dumpable }, clocks, thread_states) = queried?;
     let robust_list = mitosis_sys::process::robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
     step("signal handlers, tid addresses and threads read");
     let brk = mitosis_sys::unsigned(
@@ -263,7 +266,12 @@ fn capture_stopped(
     let (files, mut closed_fds) = files::open_files(pid);
     let carried = fds::carry(pid, &mut closed_fds)?;
     step("open files read");
-    let properties = process_properties(pid, dumpable, child_subreaper)?;
+    let properties = ProcessProperties {
+        interval_timers: clocks.interval_timers,
+        posix_timers: clocks.posix_timers,
+        membarrier: clocks.membarrier,
+        ..process_properties(pid, dumpable, child_subreaper)?
+    };
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(str::to_string))
@@ -381,7 +389,7 @@ fn process_properties(pid: i32, dumpable: u32, child_subreaper: bool) -> Result<
         .into_iter()
         .map(|(resource, soft, hard)| ResourceLimit { resource, soft, hard })
         .collect();
-    Ok(ProcessProperties { umask, rlimits, oom_score_adj, dumpable, thp_disabled: !thp_enabled, personality, child_subreaper })
+    Ok(ProcessProperties { umask, rlimits, oom_score_adj, dumpable, thp_disabled: !thp_enabled, personality, child_subreaper, ..ProcessProperties::default() })
 }
 
 /// Sorts the target's mappings into what a child can rebuild.

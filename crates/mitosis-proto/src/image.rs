@@ -372,6 +372,58 @@ pub struct ProcessProperties {
     pub personality: u32,
     /// `PR_SET_CHILD_SUBREAPER` is in force.
     pub child_subreaper: bool,
+    /// The armed interval timers (`setitimer`), each kind at most once.
+    pub interval_timers: Vec<IntervalTimer>,
+    /// The POSIX timers (`timer_create`), armed or not, by id.
+    pub posix_timers: Vec<PosixTimer>,
+    /// `membarrier` registrations (`MEMBARRIER_CMD_GET_REGISTRATIONS`: a
+    /// mask of `MEMBARRIER_CMD_REGISTER_*` commands).
+    pub membarrier: u32,
+}
+
+/// Interval timer kinds (`ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`).
+pub const INTERVAL_TIMER_KINDS: u32 = 3;
+
+/// An armed interval timer: what `getitimer` said at the prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalTimer {
+    /// `ITIMER_*`, below [`INTERVAL_TIMER_KINDS`].
+    pub which: u32,
+    /// Time left until it fires, in microseconds (not 0: it is armed).
+    pub value_us: u64,
+    /// Its period after that (0: once).
+    pub interval_us: u64,
+}
+
+/// How a POSIX timer tells its process that it fired (`sigev_notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerNotify {
+    /// `SIGEV_NONE`: it is only read.
+    Nothing,
+    /// `SIGEV_SIGNAL`: a signal to the process.
+    Process,
+    /// `SIGEV_THREAD_ID`: a signal to the thread with this tid (as the
+    /// seed knows it; glibc's `SIGEV_THREAD` timers are these, to its
+    /// helper thread).
+    Thread(i32),
+}
+
+/// A POSIX timer of the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// Its id (`timer_t`), which the child keeps.
+    pub id: i32,
+    /// `CLOCK_*` it counts on.
+    pub clock: i32,
+    pub notify: TimerNotify,
+    /// The signal it sends (0 with [`TimerNotify::Nothing`]).
+    pub signo: i32,
+    /// `sigev_value`, handed to the handler.
+    pub value: u64,
+    /// Time left until it fires, in nanoseconds (0: disarmed).
+    pub left_ns: u64,
+    /// Its period (0: once).
+    pub interval_ns: u64,
 }
 
 impl ProcessProperties {
@@ -390,6 +442,21 @@ impl ProcessProperties {
         }
         if self.personality == u32::MAX {
             return Err("personality 0xffffffff is a query, not a personality".into());
+        }
+        let mut kinds = 0u32;
+        for t in &self.interval_timers {
+            if t.which >= INTERVAL_TIMER_KINDS || kinds & (1 << t.which) != 0 {
+                return Err(format!("interval timer {} is unknown or listed twice", t.which));
+            }
+            kinds |= 1 << t.which;
+        }
+        let mut ids: Vec<i32> = self.posix_timers.iter().map(|t| t.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) || ids.first().is_some_and(|&id| id < 0) {
+            return Err("POSIX timer ids are negative or listed twice".into());
+        }
+        if self.posix_timers.iter().any(|t| !(0..=64).contains(&t.signo)) {
+            return Err("a POSIX timer's signal is not a signal".into());
         }
         let mut seen = 0u32;
         for l in &self.rlimits {
@@ -596,6 +663,17 @@ mod tests {
                 thp_disabled: true,
                 personality: 0x0040000,
                 child_subreaper: true,
+                interval_timers: vec![IntervalTimer { which: 0, value_us: 2_500_000, interval_us: 1_000_000 }],
+                posix_timers: vec![PosixTimer {
+                    id: 3,
+                    clock: 1,
+                    notify: TimerNotify::Thread(12),
+                    signo: 34,
+                    value: 0xdead,
+                    left_ns: 5_000,
+                    interval_ns: 0,
+                }],
+                membarrier: 1 << 4,
             },
             comm: "python3".into(),
             threads: vec![thread(11), thread(12)],

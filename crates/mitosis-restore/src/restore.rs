@@ -9,7 +9,7 @@ use mitosis_sys::uffd::{features, Uffd};
 use mitosis_sys::vdso::VdsoInfo;
 use mitosis_sys::{pidfd, SysError, PAGE};
 
-use crate::plan::{Placement, RestorePlan};
+use crate::plan::{Placement, RestorePlan, RestorePrivilege};
 use crate::threads;
 use crate::prologue::{LIMITS_SET_BY_RESTORE, LIMIT_NAMES};
 use mitosis_sys::runner::{self as stub, Table, ENTRY};
@@ -95,7 +95,11 @@ pub fn restore(
     mem.write_all_at(&image_bytes, scratch).map_err(RestoreError::sys("writing the table runner"))?;
 
     run_table(&tracee, &base, scratch, table_addr, &table, "restore step")?;
-
+    // The layout stands, with the seed's vDSO: its gadget from now on.
+    let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
+    if plan.privilege == RestorePrivilege::CheckpointRestore {
+        drop_capabilities(&tracee, &base, gadget, &mem, blob_addr)?;
+    }
 
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
@@ -103,7 +107,6 @@ pub fn restore(
     }
     start_pager(uffd, remote)?;
 
-    let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
     set_layout_limits(&tracee, &base, gadget, &mem, blob_addr, pid, image)?;
     // After the layout too: READ_IMPLIES_EXEC would add PROT_EXEC to the
     // restore's own mappings.
@@ -144,6 +147,7 @@ pub fn restore(
         reply_len,
     };
     let finished = threads::create(&cx, image).and_then(|threads| {
+        crate::timers::recreate(&cx, image, &threads.tids, blob_addr)?;
         threads::queue_leader_signals(&cx, image, blob_addr)?;
         if image.tcb_tid_offset.is_some() {
             let leader_tid = threads::pid_inside(pid)?;
@@ -269,6 +273,21 @@ fn set_layout_limits(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, s
         check(set(l.resource, l.soft.min(own_hard), own_hard)?, &format!("setting the seed's {name}"))?;
     }
     Ok(())
+}
+
+/// Drops every capability of the child (the one its prologue kept to give
+/// it the seed's executable), with `capset` run by the child itself at
+/// `slot` (scratch memory); it is the seed's uid's again, and a failure
+/// fails the restore: no seed code ever runs with it.
+fn drop_capabilities(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, slot: u64) -> Result<(), RestoreError> {
+    let step = "dropping the capability kept for the restore";
+    let mut bytes = mitosis_sys::after_fork::CAPABILITY_VERSION_3.to_ne_bytes().to_vec();
+    bytes.resize(8 + 24, 0);
+    mem.write_all_at(&bytes, slot).map_err(RestoreError::sys(step))?;
+    let r = tracee
+        .inject_syscall(base, gadget, libc::SYS_capset, &[slot, slot + 8], |_: &Tracee, _: i32| Ok(()))
+        .map_err(RestoreError::sys(step))?;
+    check(r, step)
 }
 
 /// Gives child `pid` the seed's oom_score_adj (from the daemon: the child
