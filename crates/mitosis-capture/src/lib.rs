@@ -49,8 +49,8 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState,
-    Vma, VmaKind,
+    vma_flags, IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState,
+    ThreadState, Vma, VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
 use mitosis_sys::ptrace::{idx, Regs, Stop, Tracee};
@@ -419,7 +419,17 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         } else {
             file_kind(pid, m)
         };
-        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new() });
+        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new(), flags: 0 });
+    }
+    let smaps = read_proc(pid, "smaps")?;
+    let mut flags = procfs::parse_smaps_flags(&smaps).into_iter().peekable();
+    for v in &mut out {
+        while flags.peek().is_some_and(|f| f.0 < v.start) {
+            flags.next();
+        }
+        if let Some((_, names)) = flags.peek().filter(|f| f.0 == v.start) {
+            v.flags = vma_flags::NAMES.iter().filter(|(name, _)| names.contains(name)).fold(0, |all, (_, bit)| all | bit);
+        }
     }
     Ok(out)
 }

@@ -39,7 +39,9 @@ fn properties_carried(name: &str, args: &[&str], extra: &[&str]) {
         "oom_score_adj 500\n", "dumpable 0\n", "thp_disable 1\n", "subreaper 1\n", "groups 2: 4242 4343\n",
         // Interval timers (which, interval, hundreds of seconds left), POSIX
         // timers 0 and 2 (1 was deleted), the membarrier registration.
-        "itimer 0 1000 20\n", "itimer 1 0 30\n", "timer 0 10 40\n", "timer 2 0 0\n", "membarrier 16\n"] {
+        "itimer 0 1000 20\n", "itimer 1 0 30\n", "timer 0 10 40\n", "timer 2 0 0\n", "membarrier 16\n",
+        // Mappings with advice and a lock, and one wiped on fork.
+        "advised lo dd hg\n", "wiped 90 wf\n"] {
         assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
     }
     assert!(expected.stdout.contains(&format!("exe {}\n", prog.display())), "{expected}");
@@ -48,7 +50,9 @@ fn properties_carried(name: &str, args: &[&str], extra: &[&str]) {
     }
     let personality = expected.stdout.lines().find_map(|l| l.strip_prefix("personality 0x")).and_then(|p| u32::from_str_radix(p, 16).ok());
     assert!(personality.is_some_and(|p| p & ADDR_COMPAT_LAYOUT != 0), "the seed reports its personality: {expected}");
-    assert_eq!(out.stdout, expected.stdout, "the child's properties differ from its seed's: {out}\n{}", c.logs());
+    // A child is a fork: memory the seed marked MADV_WIPEONFORK reads zero.
+    let expected = expected.stdout.replace("wiped 90 wf\n", "wiped 0 wf\n");
+    assert_eq!(out.stdout, expected, "the child's properties differ from its seed's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(!out.stderr.contains("warning"), "no limit had to be kept lower: {out}");
 }
@@ -84,7 +88,11 @@ fn hard_limits_above_the_childs_are_kept_with_a_warning() {
     parent.send(INPUT);
     let expected = parent.finish(STEP);
     assert!(expected.stdout.contains("limit 3 4194304 67108864\n") && expected.stdout.contains("limit 4 4096 1048576\n"), "{expected}");
-    let kept = expected.stdout.replace("limit 3 4194304 67108864\n", "limit 3 4194304 33554432\n").replace("limit 4 4096 1048576\n", "limit 4 2048 2048\n");
+    let kept = expected
+        .stdout
+        .replace("limit 3 4194304 67108864\n", "limit 3 4194304 33554432\n")
+        .replace("limit 4 4096 1048576\n", "limit 4 2048 2048\n")
+        .replace("wiped 90 wf\n", "wiped 0 wf\n");
     assert_eq!(out.stdout, kept, "the child has the highest limits it may have, the seed's otherwise: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stderr.contains("warning: the seed's hard limit of RLIMIT_CORE is above what this child may set"), "{out}");

@@ -140,6 +140,43 @@ pub struct Vma {
     /// For file mappings: runs `(start, end)` of pages the process wrote (private
     /// copies that differ from the file).
     pub written: Vec<(u64, u64)>,
+    /// Its `VmFlags` that the child's mapping takes too ([`vma_flags`]).
+    pub flags: u32,
+}
+
+/// Flags of a mapping (`/proc/PID/smaps` `VmFlags`) that a child keeps.
+pub mod vma_flags {
+    /// `lo`: locked (`mlock`); the child locks it as it faults (`MLOCK_ONFAULT`).
+    pub const LOCKED: u32 = 1 << 0;
+    /// `nr`: `MAP_NORESERVE`.
+    pub const NORESERVE: u32 = 1 << 1;
+    /// `dp`: `MAP_DROPPABLE`. The kernel may drop its pages at any time, and
+    /// a userfaultfd cannot serve it: the child's reads zero.
+    pub const DROPPABLE: u32 = 1 << 2;
+    /// `sr`, `rr`: `MADV_SEQUENTIAL`, `MADV_RANDOM`.
+    pub const SEQUENTIAL: u32 = 1 << 3;
+    pub const RANDOM: u32 = 1 << 4;
+    /// `dc`: `MADV_DONTFORK`.
+    pub const DONTFORK: u32 = 1 << 5;
+    /// `dd`: `MADV_DONTDUMP`.
+    pub const DONTDUMP: u32 = 1 << 6;
+    /// `mg`: `MADV_MERGEABLE` (KSM).
+    pub const MERGEABLE: u32 = 1 << 7;
+    /// `hg`, `nh`: `MADV_HUGEPAGE`, `MADV_NOHUGEPAGE`.
+    pub const HUGEPAGE: u32 = 1 << 8;
+    pub const NOHUGEPAGE: u32 = 1 << 9;
+    /// `wf`: `MADV_WIPEONFORK`. A child is a fork: it reads zero there, as
+    /// after `fork()` (how OpenSSL and others notice a fork and reseed).
+    pub const WIPEONFORK: u32 = 1 << 10;
+    /// Every flag above, with its `VmFlags` name.
+    pub const NAMES: [(&str, u32); 11] = [
+        ("lo", LOCKED), ("nr", NORESERVE), ("dp", DROPPABLE), ("sr", SEQUENTIAL), ("rr", RANDOM), ("dc", DONTFORK),
+        ("dd", DONTDUMP), ("mg", MERGEABLE), ("hg", HUGEPAGE), ("nh", NOHUGEPAGE), ("wf", WIPEONFORK),
+    ];
+    /// The `madvise` advice each advice flag is set with.
+    pub const ADVICE: [(u32, i32); 8] = [
+        (SEQUENTIAL, 2), (RANDOM, 1), (DONTFORK, 10), (DONTDUMP, 16), (MERGEABLE, 12), (HUGEPAGE, 14), (NOHUGEPAGE, 15), (WIPEONFORK, 18),
+    ];
 }
 
 impl Vma {
@@ -154,6 +191,10 @@ impl Vma {
     }
     pub fn is_stack(&self) -> bool {
         self.name == "[stack]"
+    }
+    /// Its pages are never the seed's: a child reads zero there.
+    pub fn zero_in_child(&self) -> bool {
+        self.flags & (vma_flags::WIPEONFORK | vma_flags::DROPPABLE) != 0
     }
 }
 
@@ -623,6 +664,7 @@ mod tests {
             kind: VmaKind::Anon,
             name: String::new(),
             written: Vec::new(),
+            flags: 0,
         };
         SeedImage {
             id: "fn-a".into(),

@@ -150,6 +150,7 @@ impl RestorePlan {
         let mut out = Vec::new();
         for (v, p) in image.vmas.iter().zip(&self.placements) {
             match p {
+                Placement::Remote if v.zero_in_child() => {}
                 Placement::Remote => out.push((v.start, v.end)),
                 Placement::LocalFile { .. } => out.extend_from_slice(&v.written),
                 Placement::Kernel => {}

@@ -2,7 +2,7 @@
 
 use std::os::fd::OwnedFd;
 
-use mitosis_proto::image::{reg, SeedImage, VmaKind};
+use mitosis_proto::image::{reg, vma_flags, SeedImage, VmaKind};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::ptrace::{idx, Regs, Stop, Tracee};
 use mitosis_sys::uffd::{features, Uffd};
@@ -19,6 +19,10 @@ use crate::RestoreError;
 const USER_TOP: u64 = 0x7fff_ffff_f000;
 const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+/// `mmap` flag of memory the kernel may drop under pressure (Linux 6.11).
+const MAP_DROPPABLE: i32 = 0x08;
+/// `mlock2` flag: lock pages as they are faulted in.
+const MLOCK_ONFAULT: u64 = 1;
 /// Offset of the xfeatures mask (XCR0) in the software-reserved bytes of an xsave area.
 const XSAVE_SW_XFEATURES: usize = 464 + 8;
 
@@ -108,6 +112,8 @@ pub fn restore(
     start_pager(uffd, remote)?;
 
     set_layout_limits(&tracee, &base, gadget, &mem, blob_addr, pid, image)?;
+    // After the limits: the seed's RLIMIT_MEMLOCK allowed its locks.
+    advise_mappings(&tracee, &base, gadget, pid, image, plan);
     // After the layout too: READ_IMPLIES_EXEC would add PROT_EXEC to the
     // restore's own mappings.
     let r = tracee
@@ -275,6 +281,33 @@ fn set_layout_limits(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, s
     Ok(())
 }
 
+/// Gives the child's mappings the seed's advice (`madvise`) and locks
+/// (`mlock2` with `MLOCK_ONFAULT`: locking at once would fetch every page).
+/// Each is a hint or a residency promise, not content: one the kernel
+/// refuses here (no KSM, a lower lock limit) is logged, and the child goes on
+/// without it.
+fn advise_mappings(tracee: &Tracee, base: &Regs, gadget: u64, pid: i32, image: &SeedImage, plan: &RestorePlan) {
+    for (v, p) in image.vmas.iter().zip(&plan.placements) {
+        if v.flags == 0 || matches!(p, Placement::Kernel) {
+            continue;
+        }
+        let mut calls: Vec<(i64, [u64; 3], &str)> = vma_flags::ADVICE
+            .iter()
+            .filter(|(flag, _)| v.flags & flag != 0)
+            .map(|&(_, advice)| (libc::SYS_madvise, [v.start, v.len(), advice.unsigned_abs().into()], "madvise"))
+            .collect();
+        if v.flags & vma_flags::LOCKED != 0 {
+            calls.push((libc::SYS_mlock2, [v.start, v.len(), MLOCK_ONFAULT], "mlock2"));
+        }
+        for (nr, args, name) in calls {
+            let r = tracee.inject_syscall(base, gadget, nr, &args, |_, _| Ok(()));
+            if !matches!(r, Ok(0)) {
+                tracing::warn!(pid, start = format!("{:#x}", v.start), call = name, arg = args[2], result = ?r, "the child's mapping goes without the seed's advice or lock");
+            }
+        }
+    }
+}
+
 /// Drops every capability of the child (the one its prologue kept to give
 /// it the seed's executable), with `capset` run by the child itself at
 /// `slot` (scratch memory); it is the seed's uid's again, and a failure
@@ -415,10 +448,17 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
             }
             Placement::Remote => {
                 // Shared anonymous memory is shared again with the child's own forks.
-                let sharing = if v.kind == VmaKind::SharedAnon { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let sharing = match v.kind {
+                    VmaKind::SharedAnon => libc::MAP_SHARED,
+                    _ if v.flags & vma_flags::DROPPABLE != 0 => MAP_DROPPABLE,
+                    _ => libc::MAP_PRIVATE,
+                };
                 let mut flags = sharing | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if v.is_stack() {
                     flags |= libc::MAP_GROWSDOWN;
+                }
+                if v.flags & vma_flags::NORESERVE != 0 {
+                    flags |= libc::MAP_NORESERVE;
                 }
                 t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, u64::MAX, 0], what);
             }

@@ -12,7 +12,9 @@
  *             ITIMER_VIRTUAL (3050 s); creates POSIX timers 0, 1 and 2 and
  *             deletes 1 (0: SIGEV_NONE, armed 4050 s then every 10 s; 2:
  *             SIGRTMIN with value 77, disarmed); registers for private
- *             expedited membarrier; with argument "user" it then becomes
+ *             expedited membarrier; maps 64 KiB "advised" (MADV_DONTDUMP,
+ *             MADV_HUGEPAGE, mlock) and 4 KiB "wiped" (MADV_WIPEONFORK,
+ *             filled with 0x5a); with argument "user" it then becomes
  *             uid and gid 65534 (nobody); prints "ready <pid>" and answers
  *             stdin lines:
  *
@@ -22,7 +24,8 @@
  *             "subreaper <n>", "uid <n>", "groups <n>: <gid>...",
  *             "exe <path>", "capeff <hex>", "itimer <which> <interval s>
  *             <value in 100 s>", "timer <id> <interval s> <value in 100 s>",
- *             "membarrier <registrations>", then "report done"
+ *             "membarrier <registrations>", "advised <VmFlags kept>",
+ *             "wiped <first byte> <VmFlags kept>", then "report done"
  *   create    creates /dev/shm/mitosis-props-<pid> with mode 0666, prints
  *             "create mode <octal>" (what the umask left), removes it
  *   alloc     maps 256 MiB: "alloc refused" (the address space limit holds)
@@ -85,6 +88,36 @@ static int arm_clocks(void) {
     return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) ? -1 : 0;
 }
 
+static unsigned char *advised, *wiped;
+
+static int map_advised(void) {
+    advised = mmap(NULL, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    wiped = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (advised == MAP_FAILED || wiped == MAP_FAILED) return -1;
+    memset(advised, 1, 64 << 10);
+    memset(wiped, 0x5a, 4096);
+    return madvise(advised, 64 << 10, MADV_DONTDUMP) || madvise(advised, 64 << 10, MADV_HUGEPAGE) || mlock(advised, 64 << 10) ||
+           madvise(wiped, 4096, MADV_WIPEONFORK);
+}
+
+/* The VmFlags of the mapping at `at` that a child keeps, in smaps order. */
+static void print_flags(const void *at) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int ours = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long start, end;
+        if (sscanf(line, "%lx-%lx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' ')) ours = start == (unsigned long)at;
+        else if (ours && !strncmp(line, "VmFlags:", 8)) {
+            for (char *t = strtok(line + 8, " \n"); t; t = strtok(NULL, " \n"))
+                if (strstr("lo nr dp sr rr dc dd mg hg nh wf", t)) printf(" %s", t);
+            break;
+        }
+    }
+    if (f) fclose(f);
+    printf("\n");
+}
+
 static void report_identity(void) {
     gid_t groups[64];
     int n = getgroups(64, groups);
@@ -114,6 +147,10 @@ static void report_clocks(void) {
             printf("timer %ld %ld %ld\n", id, (long)v.it_interval.tv_sec, (long)v.it_value.tv_sec / 100);
     }
     printf("membarrier %ld\n", syscall(SYS_membarrier, 1 << 9, 0, 0));
+    printf("advised");
+    print_flags(advised);
+    printf("wiped %d", wiped[0]);
+    print_flags(wiped);
 }
 
 int main(int argc, char **argv) {
@@ -135,7 +172,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     gid_t groups[] = {4242, 4343};
-    if (setgroups(2, groups) || arm_clocks()) {
+    if (setgroups(2, groups) || arm_clocks() || map_advised()) {
         perror("groups and clocks");
         return 1;
     }
