@@ -144,18 +144,22 @@ fn prot_none_page_at_the_start_of_a_fault_window() {
 
 /// Signal mask, dispositions, handler flags and the alternate signal stack
 /// are the same in the child as in the parent (as after fork(2)), and a
-/// handler runs on the same kind of stack.
+/// handler runs on the same kind of stack. A blocked, pending SIGTRAP with a
+/// handler survives in both (a tracer's traps must not reset the handler).
 fn signal_state(name: &str, mode: &str) {
     let Some(c) = Cluster::new(name) else { return };
     let prog = compile(&c.dir, "signals", &["-O2"]);
     let (mut parent, ppid) = c.target_in(&c.hosts.a, "signals", &[prog.to_str().unwrap(), mode]);
     wait_blocked_in_read_stdin(ppid);
     c.prepare_a(ppid, "sig");
-    let input = "state\nraise\nraise\nexit\n";
+    let input = "state\nraise\nraise\ntrap\nexit\n";
     let out = c.resume_on_b_with("sig", input);
     parent.send(input);
     let expected = parent.finish(STEP);
     assert_eq!(expected.code(), Some(0), "{expected}");
+    // The seed kept its SIGTRAP handler and pending SIGTRAP through the
+    // prepare's injected calls, and reports them.
+    assert!(expected.stdout.contains("trap pending 1\ntrap handled 2\n"), "{expected}");
     assert_eq!(out.stdout, expected.stdout, "the child's signal state differs from its parent's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
 }

@@ -21,6 +21,8 @@ const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 /// `mmap` flag of memory the kernel may drop under pressure (Linux 6.11).
 const MAP_DROPPABLE: i32 = 0x08;
+/// SIGTRAP's bit in a signal mask.
+const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
 /// `mlock2` flag: lock pages as they are faulted in.
 const MLOCK_ONFAULT: u64 = 1;
 /// Offset of the xfeatures mask (XCR0) in the software-reserved bytes of an xsave area.
@@ -58,6 +60,12 @@ pub fn restore(
     let pin_child = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
     let tracee = Tracee::seize(pid, libc::PTRACE_O_EXITKILL).map_err(RestoreError::sys("attaching to the new child"))?;
     tracee.interrupt().map_err(|e| RestoreError::ChildDied(e.to_string()))?;
+    // The prologue blocked every signal, and gave SIGTRAP the seed's
+    // handler. The traps of the table runner and of injected calls are
+    // forced signals, and the kernel resets the handler of a forced signal
+    // that is blocked: SIGTRAP is unblocked until the seed's mask is set
+    // (ptrace stops each trap; the handler never runs here).
+    tracee.set_sigmask(!SIGTRAP_BIT).map_err(RestoreError::sys("unblocking SIGTRAP for the restore"))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading the child's registers"))?;
     let local_xstate = tracee.get_xstate().map_err(RestoreError::sys("reading the child's xsave state"))?;
     check_xstate(&image.xstate, &local_xstate)?;

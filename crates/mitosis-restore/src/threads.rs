@@ -134,6 +134,11 @@ pub(crate) fn queue_signals(cx: &ThreadContext<'_>, tracee: &Tracee, buf: u64, t
     if signals.is_empty() {
         return Ok(());
     }
+    // Every signal blocked until the seed's mask is set, so that none of
+    // them is delivered here (to this restore's ptrace stops); the injected
+    // calls then step from syscall stop to syscall stop, no trap (see
+    // `Tracee::inject_syscall`).
+    tracee.set_sigmask(u64::MAX).map_err(RestoreError::sys("blocking signals to queue pending ones"))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading registers to queue pending signals"))?;
     let (tgid, tid) = target;
     for s in signals {
