@@ -419,7 +419,15 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         } else {
             file_kind(pid, m)
         };
-        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new(), flags: 0 });
+        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new(), flags: 0, guards: Vec::new() });
+    }
+    if let (Some(first), Some(last)) = (out.first().map(|v| v.start), out.iter().rev().find(|v| v.kind != VmaKind::Vsyscall).map(|v| v.end)) {
+        let guards = mitosis_sys::mem::guard_regions(pid, first, last).map_err(CaptureError::sys("finding guard regions"))?;
+        for (s, e) in guards {
+            for v in out.iter_mut().filter(|v| v.start < e && s < v.end) {
+                v.guards.push((s.max(v.start), e.min(v.end)));
+            }
+        }
     }
     let smaps = read_proc(pid, "smaps")?;
     let mut flags = procfs::parse_smaps_flags(&smaps).into_iter().peekable();

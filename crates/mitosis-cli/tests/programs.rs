@@ -129,13 +129,27 @@ fn x87_and_sse_computation_continues_after_resume() {
 /// of Rust's signal stack, which lands there with randomized layouts).
 #[test]
 fn prot_none_page_at_the_start_of_a_fault_window() {
-    let Some(c) = Cluster::new("guard") else { return };
+    guarded("guard", &[], &[]);
+}
+
+/// A guard region (`MADV_GUARD_INSTALL`) in the middle of the seed's memory
+/// is a guard region in the child, and an eager resume, which streams every
+/// page in, does not try to read it (its snapshot cannot be read there).
+#[test]
+fn guard_region_is_a_guard_again_and_has_no_pages_to_fetch() {
+    guarded("guard-region", &["region"], &["--eager"]);
+}
+
+fn guarded(name: &str, args: &[&str], resume: &[&str]) {
+    let Some(c) = Cluster::new(name) else { return };
     let prog = compile(&c.dir, "guard", &["-O2"]);
-    let (mut parent, ppid) = c.target_in(&c.hosts.a, "guard", &[prog.to_str().unwrap()]);
+    let mut argv = vec![prog.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "guard", &argv);
     wait_blocked_in_read_stdin(ppid);
     c.prepare_a(ppid, "guard");
 
-    let out = c.resume_on_b_with("guard", "go\n");
+    let out = c.resume_on_b_with_args("guard", "go\n", resume);
     parent.send("go\n");
     let expected = parent.expect_prefix("guard ok ", STEP);
     assert_eq!(out.stdout, format!("{expected}\n"), "{out}\n{}", c.logs());

@@ -142,6 +142,10 @@ pub struct Vma {
     pub written: Vec<(u64, u64)>,
     /// Its `VmFlags` that the child's mapping takes too ([`vma_flags`]).
     pub flags: u32,
+    /// Guard regions inside it (`MADV_GUARD_INSTALL`): `(start, end)` runs,
+    /// page aligned, in order. The child gets them as guards again; they
+    /// have no pages to fetch.
+    pub guards: Vec<(u64, u64)>,
 }
 
 /// Flags of a mapping (`/proc/PID/smaps` `VmFlags`) that a child keeps.
@@ -544,10 +548,12 @@ impl SeedImage {
                 return Err(format!("{range} overlaps or precedes the mapping before it"));
             }
             previous_end = v.end;
-            if let Some(&(s, e)) = v.written.iter().find(|&&(s, e)| {
-                s >= e || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 || s < v.start || e > v.end
-            }) {
+            let bad_run = |&&(s, e): &&(u64, u64)| s >= e || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 || s < v.start || e > v.end;
+            if let Some(&(s, e)) = v.written.iter().find(bad_run) {
                 return Err(format!("{range} has a written run {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
+            }
+            if let Some(&(s, e)) = v.guards.iter().find(bad_run) {
+                return Err(format!("{range} has a guard region {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
             }
         }
         for object in &self.carried {
@@ -665,6 +671,7 @@ mod tests {
             name: String::new(),
             written: Vec::new(),
             flags: 0,
+            guards: Vec::new(),
         };
         SeedImage {
             id: "fn-a".into(),
@@ -763,6 +770,9 @@ mod tests {
         let mut outside = image();
         outside.vmas[0].written = vec![(0x2000, 0x4000)];
         assert!(outside.validate().unwrap_err().contains("written run"));
+        let mut guard_outside = image();
+        guard_outside.vmas[0].guards = vec![(0x1000, 0x1800)];
+        assert!(guard_outside.validate().unwrap_err().contains("guard region"));
         let mut fds = image();
         let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, identity: FileIdentity::default() };
         fds.files = vec![file(1), file(1)];

@@ -151,7 +151,19 @@ impl RestorePlan {
         for (v, p) in image.vmas.iter().zip(&self.placements) {
             match p {
                 Placement::Remote if v.zero_in_child() => {}
-                Placement::Remote => out.push((v.start, v.end)),
+                Placement::Remote => {
+                    // Guard regions have no pages: the ranges around them.
+                    let mut from = v.start;
+                    for &(s, e) in &v.guards {
+                        if s > from {
+                            out.push((from, s));
+                        }
+                        from = e;
+                    }
+                    if from < v.end {
+                        out.push((from, v.end));
+                    }
+                }
                 Placement::LocalFile { .. } => out.extend_from_slice(&v.written),
                 Placement::Kernel => {}
             }

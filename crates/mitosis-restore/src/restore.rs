@@ -89,7 +89,7 @@ pub fn restore(
     let blob_len = thread_slot_at + threads::SLOT_BYTES * image.threads.len() as u64;
     // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
     // run, robust list, tid address, altstack, prctl, close, end marker.
-    let written: usize = image.vmas.iter().map(|v| v.written.len()).sum();
+    let written: usize = image.vmas.iter().map(|v| v.written.len() + v.guards.len()).sum();
     let max_entries = (image.vmas.len() + written + 12) as u64;
     let scratch_len = round_up(code_len + blob_len + max_entries * ENTRY as u64, PAGE);
     let scratch = place_scratch(&tracee, &base, own_gadget, image, (own_vdso_start, own_vdso_end), scratch_len)?;
@@ -470,6 +470,16 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
                 }
                 t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, u64::MAX, 0], what);
             }
+        }
+    }
+    // Guard regions, once every mapping stands.
+    for (v, p) in image.vmas.iter().zip(&plan.placements) {
+        if matches!(p, Placement::Kernel) {
+            continue;
+        }
+        for &(s, e) in &v.guards {
+            let advice = mitosis_sys::mem::MADV_GUARD_INSTALL.unsigned_abs().into();
+            t.push(libc::SYS_madvise, [s, e - s, advice, 0, 0, 0], format!("install guard region {s:#x}-{e:#x}"));
         }
     }
     let (head, len) = image.robust_list;
