@@ -16,7 +16,7 @@ use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd,
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, IntervalTimer, MmFields, OpenFile, PosixTimer, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, TimerNotify, PendingSignal, Vma,
+    FileIdentity, FileLock, IntervalTimer, LockKind, MmFields, OpenFile, PosixTimer, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, TimerNotify, PendingSignal, Vma,
     VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
@@ -110,7 +110,14 @@ fn image() -> SeedImage {
         cwd: "/srv/fn".into(),
         cwd_identity: FileIdentity { file_type: 0o040000, ..identity },
         exe: Some(("/usr/bin/python3".into(), identity)),
-        files: vec![OpenFile { fd: 3, path: "/srv/fn/data".into(), flags: 0o2, pos: 17, identity }],
+        files: vec![OpenFile {
+            fd: 3,
+            path: "/srv/fn/data".into(),
+            flags: 0o2,
+            pos: 17,
+            identity,
+            locks: vec![FileLock { kind: LockKind::Posix, write: true, start: 0, end: Some(99) }],
+        }],
         closed_fds: vec![(4, "socket:[1234]".into())],
         vdso_hash: 0xfeed,
         kernel: "6.18.0".into(),

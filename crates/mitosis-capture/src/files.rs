@@ -1,6 +1,6 @@
 //! Open files and file identities of a target.
 
-use mitosis_proto::image::{FileIdentity, OpenFile};
+use mitosis_proto::image::{FileIdentity, FileLock, LockKind, OpenFile};
 use mitosis_sys::{fsid, procfs};
 
 /// Identity of the file at `path` on this host, if it is there (following
@@ -14,6 +14,27 @@ pub fn identity(path: &str) -> Option<FileIdentity> {
 /// The wire form of an identity `fstat` gave: the prologue's, which checks
 /// what capture records.
 pub use mitosis_prologue::identity_from_sys as from_sys;
+
+/// The locks and lease held through a descriptor, from its fdinfo; an
+/// error for a kind a child cannot take again (an NFS delegation).
+fn locks_of(fdinfo: &str) -> Result<Vec<FileLock>, String> {
+    let mut locks = Vec::new();
+    for l in procfs::parse_fdinfo_locks(fdinfo)? {
+        let kind = match l.kind.as_str() {
+            "POSIX" => LockKind::Posix,
+            "OFDLCK" => LockKind::OpenFileDescription,
+            "FLOCK" => LockKind::Flock,
+            "LEASE" => LockKind::Lease,
+            other => return Err(format!("it holds a {other} lock, which a child cannot take again")),
+        };
+        // A lease being given up (a break in progress) is gone by the time a child could take it.
+        if l.access == "UNLCK" {
+            continue;
+        }
+        locks.push(FileLock { kind, write: l.access == "WRITE", start: l.start, end: l.end });
+    }
+    Ok(locks)
+}
 
 /// The target's descriptors from 3 up: regular files, directories and devices
 /// are reopened in children; anything else (sockets, pipes, eventfds, ...) is
@@ -36,9 +57,13 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
         });
         match opened {
             Some(identity) if link.starts_with('/') && !link.ends_with(" (deleted)") => {
-                let (flags, pos) = procfs::parse_fdinfo(&std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default());
+                let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+                let (flags, pos) = procfs::parse_fdinfo(&fdinfo);
                 let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-                files.push(OpenFile { fd, path: link, flags, pos, identity });
+                match locks_of(&fdinfo) {
+                    Ok(locks) => files.push(OpenFile { fd, path: link, flags, pos, identity, locks }),
+                    Err(why) => closed.push((fd, format!("{link} ({why})"))),
+                }
             }
             _ => closed.push((fd, link)),
         }

@@ -243,6 +243,17 @@ fn capture_stopped(
         return Err(CaptureError::Sys { step: "moving the snapshot to its own session", source: SysError::new("setsid", errno_of(sid)) });
     }
     shared::privatize(&snap, &snap_regs, gadget, &shared_anon)?;
+    // It serves memory only: it closes every descriptor, which it shares
+    // with the target (a fork's table). Held there, they would outlive the
+    // target: a pipe's write end keeps its reader from end of file, a
+    // listening socket keeps its port, a lease its file (and the seed's own
+    // lease would block a child opening that file).
+    let closed = snap
+        .inject_syscall(&snap_regs, gadget, libc::SYS_close_range, &[0, u64::from(u32::MAX), 0], no_events)
+        .map_err(CaptureError::sys("closing the snapshot's descriptors"))?;
+    if closed < 0 {
+        return Err(CaptureError::Sys { step: "closing the snapshot's descriptors", source: SysError::new("close_range", errno_of(closed)) });
+    }
     // Parked in pause() with every signal blocked: nothing but SIGKILL reaches it.
     // (A stopped snapshot would be sent SIGHUP and SIGCONT by the kernel when its
     // process group is orphaned, for example when the target exits.)

@@ -474,7 +474,14 @@ pub(crate) fn start(
         if let Some(Ok(Outcome::Failed(reason))) = pager_thread.map(|t| t.join()) {
             return Err(remote_err(ErrorKind::SeedGone, format!("child killed: {reason}")));
         }
-        return Err(remote_err(ErrorKind::Internal, why));
+        // What this host cannot give the child (a lock another process
+        // holds, a timer id the kernel cannot keep) is the seed's, not ours.
+        let kind = match e {
+            RestoreError::Incompatible(_) => ErrorKind::Unsupported,
+            RestoreError::Refused(_) => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Internal,
+        };
+        return Err(remote_err(kind, why));
     }
     let pager = pager_thread.expect("restore starts the pager before it succeeds");
     push_go.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -248,6 +248,34 @@ pub struct OpenFile {
     /// What the descriptor referred to at prepare: a child gets this object
     /// again or is not resumed.
     pub identity: FileIdentity,
+    /// The locks and lease the seed held through it: the child takes them
+    /// again or is not resumed (it would believe it holds them).
+    pub locks: Vec<FileLock>,
+}
+
+/// What kind of lock a [`FileLock`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// A POSIX record lock (`fcntl(F_SETLK)`), the process's.
+    Posix,
+    /// An open file description lock (`F_OFD_SETLK`).
+    OpenFileDescription,
+    /// A whole-file `flock`.
+    Flock,
+    /// A lease (`F_SETLEASE`).
+    Lease,
+}
+
+/// A lock or lease on an open file (`/proc/PID/fdinfo` `lock:` lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub kind: LockKind,
+    /// A write (exclusive) lock or lease, else a read (shared) one.
+    pub write: bool,
+    /// First byte and last byte (`None`: to the end of the file) of a
+    /// record lock; 0 and `None` for the others.
+    pub start: u64,
+    pub end: Option<u64>,
 }
 
 /// Everything about a prepared process except its lazily served memory.
@@ -774,7 +802,7 @@ mod tests {
         guard_outside.vmas[0].guards = vec![(0x1000, 0x1800)];
         assert!(guard_outside.validate().unwrap_err().contains("guard region"));
         let mut fds = image();
-        let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, identity: FileIdentity::default() };
+        let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, locks: Vec::new(), identity: FileIdentity::default() };
         fds.files = vec![file(1), file(1)];
         assert!(fds.validate().unwrap_err().contains("twice"));
         fds.files = vec![file(i32::MAX)];

@@ -46,7 +46,7 @@ pub(crate) struct Injector<'a> {
 }
 
 impl Injector<'_> {
-    fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<i64, RestoreError> {
+    pub(crate) fn call(&self, nr: i64, args: &[u64], what: &str) -> Result<i64, RestoreError> {
         let no_events = |_: &Tracee, _: i32| Ok(());
         let r = self.tracee.inject_syscall(self.base, self.gadget, nr, args, no_events).map_err(RestoreError::sys(what.to_string()))?;
         if r < 0 {
@@ -56,7 +56,7 @@ impl Injector<'_> {
         Ok(r)
     }
 
-    fn put(&self, bytes: &[u8], what: &str) -> Result<(), RestoreError> {
+    pub(crate) fn put(&self, bytes: &[u8], what: &str) -> Result<(), RestoreError> {
         if bytes.len() as u64 > self.slot_len {
             return Err(RestoreError::Incompatible(format!("{what}: a path of {} bytes does not fit the restore's scratch memory", bytes.len())));
         }

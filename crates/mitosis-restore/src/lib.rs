@@ -36,6 +36,7 @@ mod fds;
 pub mod plan;
 pub mod restore;
 pub mod threads;
+mod locks;
 mod timers;
 pub use mitosis_prologue as prologue;
 pub use mitosis_sys::runner as stub;

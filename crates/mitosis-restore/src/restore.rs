@@ -132,6 +132,7 @@ pub fn restore(
     // The table has run: the scratch area from the blob on is free for the descriptors' parameters.
     let injector = crate::fds::Injector { tracee: &tracee, base: &base, gadget, mem: &mem, slot: blob_addr, slot_len: scratch + scratch_len - blob_addr };
     crate::fds::recreate(&injector, child_pidfd, &image.carried, plan.prologue.uffd_fd + 1, image.uid == 0, &image.cwd)?;
+    crate::locks::take(&injector, &image.files)?;
     let r = tracee
         .inject_syscall(&base, gadget, libc::SYS_close, &[plan.prologue.uffd_fd as u64], no_events)
         .map_err(RestoreError::sys("closing the child's userfaultfd"))?;
