@@ -153,6 +153,11 @@ pub struct PrologueFiles {
     pub uffd_fd: i32,
     pub cwd: CString,
     pub cwd_expect: FileIdentity,
+    /// The seed's working directory had been deleted: the prologue makes an
+    /// empty directory at `cwd` (a path free on this host), or at this path
+    /// (in /tmp) if the child may not make one there, enters it and removes
+    /// it, so that the child's is a deleted directory too.
+    pub cwd_deleted: Option<CString>,
 }
 
 /// A failure a prologue reported on its ready pipe.
@@ -359,15 +364,31 @@ impl Prologue {
         // is joined: like a forked process, the child keeps its parent's,
         // also when it is not inside the container's root (a seed working
         // in /tmp, which is private in a container).
-        let cwd = open_checked(
-            &self.plan.cwd,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            &self.plan.cwd_expect,
-            IdentityMatch::SameObject,
-            ready,
-            CWD_INDEX,
-            PrologueExit::Chdir,
-        );
+        let cwd = if let Some(elsewhere) = &self.plan.cwd_deleted {
+            let path = if after_fork::make_dir(&self.plan.cwd, 0o700).is_ok() {
+                &self.plan.cwd
+            } else if after_fork::make_dir(elsewhere, 0o700).is_ok() {
+                elsewhere
+            } else {
+                fail(PrologueExit::Chdir)
+            };
+            let fd = fsid::open_no_symlinks(path, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            let removed = after_fork::remove_dir(path);
+            match fd {
+                Ok(fd) if removed.is_ok() => fd,
+                _ => fail(PrologueExit::Chdir),
+            }
+        } else {
+            open_checked(
+                &self.plan.cwd,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                &self.plan.cwd_expect,
+                IdentityMatch::SameObject,
+                ready,
+                CWD_INDEX,
+                PrologueExit::Chdir,
+            )
+        };
         if let Some(entry) = &self.container {
             let Some(holder) = holder else { fail(PrologueExit::Container) };
             if after_fork::setns(holder, entry.join_flags).is_err() {
@@ -458,6 +479,7 @@ mod tests {
             uffd_fd: 6,
             cwd: c"/srv".to_owned(),
             cwd_expect: FileIdentity::default(),
+            cwd_deleted: None,
         };
         let r = FileFailure::record(PrologueExit::OpenFile, 0, libc::EACCES);
         let f = FileFailure::parse(&r).unwrap();
@@ -487,7 +509,7 @@ mod tests {
     fn inputs_survive_postcard() {
         let p = Prologue {
             parent: 7,
-            plan: PrologueFiles { files: vec![], uffd_fd: 3, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default() },
+            plan: PrologueFiles { files: vec![], uffd_fd: 3, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default(), cwd_deleted: None },
             actions: vec![],
             credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3], keep_for_restore: 0 }),
             container: Some(ContainerEntry { join_flags: libc::CLONE_NEWNS, hostname: Some(c"h".to_owned()) }),

@@ -27,6 +27,7 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
             uffd_fd: 6,
             cwd: cstr(cwd),
             cwd_expect,
+            cwd_deleted: None,
         },
         actions: vec![],
         credentials: None,

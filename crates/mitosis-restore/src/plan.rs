@@ -83,9 +83,22 @@ impl RestorePlan {
                 local_vdso.layout()
             )));
         }
-        let cwd = cstring(&image.cwd)?;
-        check_here(&cwd, &image.cwd_identity, IdentityMatch::SameObject)
-            .map_err(|why| why.error(format!("the seed's working directory {}", image.cwd)))?;
+        // A deleted working directory is made again, empty, and deleted
+        // again by the prologue, at its path if that is free here, else
+        // beside it, else (the child may not write there) in /tmp: the
+        // child's getcwd then names that.
+        let (cwd, cwd_deleted) = match image.cwd.strip_suffix(" (deleted)") {
+            Some(path) => {
+                let elsewhere = free_path_near(&format!("/tmp/mitosis-deleted-cwd-{}", image.id));
+                (cstring(&free_path_near(path))?, Some(cstring(&elsewhere)?))
+            }
+            None => {
+                let cwd = cstring(&image.cwd)?;
+                check_here(&cwd, &image.cwd_identity, IdentityMatch::SameObject)
+                    .map_err(|why| why.error(format!("the seed's working directory {}", image.cwd)))?;
+                (cwd, None)
+            }
+        };
         let mut files = Vec::new();
         for f in &image.files {
             let path = cstring(&f.path)?;
@@ -136,7 +149,7 @@ impl RestorePlan {
         };
         Ok(RestorePlan {
             placements,
-            prologue: PrologueFiles { files, uffd_fd: next_fd, cwd, cwd_expect: image.cwd_identity },
+            prologue: PrologueFiles { files, uffd_fd: next_fd, cwd, cwd_expect: image.cwd_identity, cwd_deleted },
             map_fd_base,
             map_fd_end: next_fd,
             exe_fd,
@@ -239,6 +252,18 @@ fn check_here(path: &std::ffi::CStr, expect: &FileIdentity, how: IdentityMatch) 
 fn local_copy_is(path: &str, identity: &FileIdentity) -> bool {
     let Ok(path) = CString::new(path) else { return false };
     check_here(&path, identity, IdentityMatch::SameContent).is_ok()
+}
+
+/// `path` if nothing is there on this host, else a free name beside it.
+fn free_path_near(path: &str) -> String {
+    let free = |p: &str| std::fs::symlink_metadata(p).is_err();
+    if free(path) {
+        return path.to_string();
+    }
+    (1..)
+        .map(|n| format!("{path}.mitosis-{}-{n}", std::process::id()))
+        .find(|p| free(p))
+        .unwrap_or_else(|| path.to_string())
 }
 
 /// The identity of the file at the path of the executable process `pid` runs.

@@ -225,6 +225,24 @@ pub fn setns(fd: RawFd, nstype: i32) -> Result<()> {
     Ok(())
 }
 
+/// Creates directory `path` with `mode` (less the umask).
+pub fn make_dir(path: &std::ffi::CStr, mode: u32) -> Result<()> {
+    // SAFETY: `path` is a valid C string the kernel only reads.
+    if unsafe { libc::mkdir(path.as_ptr(), mode) } != 0 {
+        return Err(SysError::last("mkdir"));
+    }
+    Ok(())
+}
+
+/// Removes the empty directory `path`.
+pub fn remove_dir(path: &std::ffi::CStr) -> Result<()> {
+    // SAFETY: as above.
+    if unsafe { libc::rmdir(path.as_ptr()) } != 0 {
+        return Err(SysError::last("rmdir"));
+    }
+    Ok(())
+}
+
 /// Makes the directory open at `fd` this process's working directory.
 pub fn fchdir(fd: RawFd) -> Result<()> {
     // SAFETY: fchdir with an integer touches no memory.

@@ -14,7 +14,8 @@
  *             SIGRTMIN with value 77, disarmed); registers for private
  *             expedited membarrier; maps 64 KiB "advised" (MADV_DONTDUMP,
  *             MADV_HUGEPAGE, mlock) and 4 KiB "wiped" (MADV_WIPEONFORK,
- *             filled with 0x5a); with argument "user" it then becomes
+ *             filled with 0x5a); works in a directory it made and removed
+ *             (its cwd is deleted); with argument "user" it then becomes
  *             uid and gid 65534 (nobody); prints "ready <pid>" and answers
  *             stdin lines:
  *
@@ -25,7 +26,8 @@
  *             "exe <path>", "capeff <hex>", "itimer <which> <interval s>
  *             <value in 100 s>", "timer <id> <interval s> <value in 100 s>",
  *             "membarrier <registrations>", "advised <VmFlags kept>",
- *             "wiped <first byte> <VmFlags kept>", then "report done"
+ *             "wiped <first byte> <VmFlags kept>", "cwd <readlink of
+ *             /proc/self/cwd>", then "report done"
  *   create    creates /dev/shm/mitosis-props-<pid> with mode 0666, prints
  *             "create mode <octal>" (what the umask left), removes it
  *   alloc     maps 256 MiB: "alloc refused" (the address space limit holds)
@@ -151,6 +153,10 @@ static void report_clocks(void) {
     print_flags(advised);
     printf("wiped %d", wiped[0]);
     print_flags(wiped);
+    char cwd[4096];
+    ssize_t n = readlink("/proc/self/cwd", cwd, sizeof cwd - 1);
+    cwd[n < 0 ? 0 : n] = 0;
+    printf("cwd %s\n", cwd);
 }
 
 int main(int argc, char **argv) {
@@ -174,6 +180,13 @@ int main(int argc, char **argv) {
     gid_t groups[] = {4242, 4343};
     if (setgroups(2, groups) || arm_clocks() || map_advised()) {
         perror("groups and clocks");
+        return 1;
+    }
+    char gone[64], up[80];
+    snprintf(gone, sizeof gone, "props-cwd-%d", getpid());
+    snprintf(up, sizeof up, "../%s", gone);
+    if (mkdir(gone, 0700) || chdir(gone) || rmdir(up)) {
+        perror("deleting the working directory");
         return 1;
     }
     if (argc > 1 && !strcmp(argv[1], "user") && (setgid(65534) || setuid(65534))) {
