@@ -143,6 +143,7 @@ fn image() -> SeedImage {
             interval_timers: vec![IntervalTimer { which: 1, value_us: 900, interval_us: 0 }],
             posix_timers: vec![PosixTimer { id: 0, clock: 0, notify: TimerNotify::Process, signo: 14, value: 7, left_ns: 1_000_000, interval_ns: 0 }],
             membarrier: 1 << 4,
+            loginuid: Some(1000),
         },
         comm: "python3".into(),
         threads: vec![ThreadState {

@@ -400,7 +400,19 @@ fn process_properties(pid: i32, dumpable: u32, child_subreaper: bool) -> Result<
         .into_iter()
         .map(|(resource, soft, hard)| ResourceLimit { resource, soft, hard })
         .collect();
-    Ok(ProcessProperties { umask, rlimits, oom_score_adj, dumpable, thp_disabled: !thp_enabled, personality, child_subreaper, ..ProcessProperties::default() })
+    // u32::MAX (-1) means none was ever set.
+    let loginuid = read_proc(pid, "loginuid")?.trim().parse::<u32>().ok().filter(|&uid| uid != u32::MAX);
+    Ok(ProcessProperties {
+        umask,
+        rlimits,
+        oom_score_adj,
+        dumpable,
+        thp_disabled: !thp_enabled,
+        personality,
+        child_subreaper,
+        loginuid,
+        ..ProcessProperties::default()
+    })
 }
 
 /// Sorts the target's mappings into what a child can rebuild.

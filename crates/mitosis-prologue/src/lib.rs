@@ -336,6 +336,15 @@ impl Prologue {
             }
             Err(_) => fail(PrologueExit::Userfaultfd),
         }
+        // The seed's audit login uid, while the child may still set it
+        // (root's CAP_AUDIT_CONTROL, and its own /proc file: before the
+        // file-system ids change): one the kernel refuses (an immutable
+        // one of this host) stays this host's, with a warning.
+        if let Some(uid) = self.properties.loginuid {
+            if after_fork::set_loginuid(uid).is_err() {
+                let _ = after_fork::write_all(2, b"mitosis: warning: the child keeps this host's audit login uid: the kernel refused the seed's\n");
+            }
+        }
         // The seed's files and working directory are opened with its
         // owner's file-system credentials (never root's: a user must not
         // get through a child what the user could not open), by paths

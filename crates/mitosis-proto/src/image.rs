@@ -452,6 +452,8 @@ pub struct ProcessProperties {
     /// `membarrier` registrations (`MEMBARRIER_CMD_GET_REGISTRATIONS`: a
     /// mask of `MEMBARRIER_CMD_REGISTER_*` commands).
     pub membarrier: u32,
+    /// The audit login uid (`/proc/PID/loginuid`), if one is set.
+    pub loginuid: Option<u32>,
 }
 
 /// Interval timer kinds (`ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`).
@@ -751,6 +753,7 @@ mod tests {
                     interval_ns: 0,
                 }],
                 membarrier: 1 << 4,
+                loginuid: Some(1000),
             },
             comm: "python3".into(),
             threads: vec![thread(11), thread(12)],

@@ -225,6 +225,31 @@ pub fn setns(fd: RawFd, nstype: i32) -> Result<()> {
     Ok(())
 }
 
+/// Sets this process's audit login uid (`/proc/self/loginuid`: only the
+/// process itself may, with `CAP_AUDIT_CONTROL`).
+pub fn set_loginuid(uid: u32) -> Result<()> {
+    // The decimal digits of `uid`, without allocating.
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut rest = uid;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // SAFETY: a constant C string path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/loginuid".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(SysError::last("open /proc/self/loginuid"));
+    }
+    let written = write_all(fd, &digits[at..]);
+    close(fd);
+    written
+}
+
 /// Creates directory `path` with `mode` (less the umask).
 pub fn make_dir(path: &std::ffi::CStr, mode: u32) -> Result<()> {
     // SAFETY: `path` is a valid C string the kernel only reads.
@@ -803,6 +828,20 @@ mod tests {
         assert_eq!(field("Uid:"), ["65534"; 4]);
         assert_eq!(field("Gid:"), ["65534"; 4]);
         assert_eq!(field("Groups:"), ["100", "65534"]);
+    }
+
+    #[test]
+    fn loginuid_of_a_forked_child() {
+        if crate::process::euid() != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (ok, pid) = in_parked_child(|| set_loginuid(4_000_123).is_ok());
+        let loginuid = std::fs::read_to_string(format!("/proc/{pid}/loginuid")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        assert!(ok);
+        assert_eq!(loginuid.trim(), "4000123");
     }
 
     #[test]

@@ -14,7 +14,8 @@
  *             SIGRTMIN with value 77, disarmed); registers for private
  *             expedited membarrier; maps 64 KiB "advised" (MADV_DONTDUMP,
  *             MADV_HUGEPAGE, mlock) and 4 KiB "wiped" (MADV_WIPEONFORK,
- *             filled with 0x5a); works in a directory it made and removed
+ *             filled with 0x5a); sets its audit login uid to 4242; works
+ *             in a directory it made and removed
  *             (its cwd is deleted); with argument "user" it then becomes
  *             uid and gid 65534 (nobody); prints "ready <pid>" and answers
  *             stdin lines:
@@ -27,7 +28,7 @@
  *             <value in 100 s>", "timer <id> <interval s> <value in 100 s>",
  *             "membarrier <registrations>", "advised <VmFlags kept>",
  *             "wiped <first byte> <VmFlags kept>", "cwd <readlink of
- *             /proc/self/cwd>", then "report done"
+ *             /proc/self/cwd>", "loginuid <n>", then "report done"
  *   create    creates /dev/shm/mitosis-props-<pid> with mode 0666, prints
  *             "create mode <octal>" (what the umask left), removes it
  *   alloc     maps 256 MiB: "alloc refused" (the address space limit holds)
@@ -157,6 +158,11 @@ static void report_clocks(void) {
     ssize_t n = readlink("/proc/self/cwd", cwd, sizeof cwd - 1);
     cwd[n < 0 ? 0 : n] = 0;
     printf("cwd %s\n", cwd);
+    char login[32] = "";
+    FILE *f = fopen("/proc/self/loginuid", "r");
+    if (!f || !fgets(login, sizeof login, f)) strcpy(login, "unreadable");
+    if (f) fclose(f);
+    printf("loginuid %s\n", login);
 }
 
 int main(int argc, char **argv) {
@@ -180,6 +186,11 @@ int main(int argc, char **argv) {
     gid_t groups[] = {4242, 4343};
     if (setgroups(2, groups) || arm_clocks() || map_advised()) {
         perror("groups and clocks");
+        return 1;
+    }
+    FILE *login = fopen("/proc/self/loginuid", "w");
+    if (!login || fprintf(login, "4242") < 0 || fclose(login)) {
+        perror("loginuid");
         return 1;
     }
     char gone[64], up[80];
