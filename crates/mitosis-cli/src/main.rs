@@ -242,7 +242,7 @@ enum Command {
     },
     /// Prepare a running process as a seed (ptrace; the process keeps running).
     Prepare {
-        /// The process (single-threaded).
+        /// The process (every thread of it is prepared, all stopped at one instant).
         #[arg(long)]
         pid: i32,
         /// Name of the seed: 1-128 of [A-Za-z0-9._-]. Preparing an id again replaces the seed.
