@@ -85,7 +85,8 @@ pub fn copy_memory(pid: i32, image: &SeedImage) -> Result<CopiedMemory, SysError
                 }
             }
             VmaKind::File { .. } | VmaKind::Opaque { .. } => push(v.start, v.end),
-            VmaKind::Vdso | VmaKind::Vsyscall => {}
+            // Mapped from the file itself in a child: nothing to copy.
+            VmaKind::Vdso | VmaKind::Vsyscall | VmaKind::SharedFile { .. } => {}
         }
     }
     let mut runs = Vec::with_capacity(wanted.len());

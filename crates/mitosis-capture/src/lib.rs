@@ -427,16 +427,18 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         } else if shared::is_shared_anon(m) {
             VmaKind::SharedAnon
         } else if m.shared {
-            if m.write || m.inode == 0 {
-                return Err(CaptureError::Unsupported {
-                    pid,
-                    what: format!(
-                        "shared mapping {:#x}-{:#x} {} cannot be given to children (only private memory and read-only shared files can)",
-                        m.start, m.end, if m.name.is_empty() { "(anonymous)" } else { &m.name }
-                    ),
-                });
+            match file_kind(pid, m) {
+                VmaKind::File { path, offset, identity } => VmaKind::SharedFile { path, offset, identity, may_write: false },
+                _ => {
+                    return Err(CaptureError::Unsupported {
+                        pid,
+                        what: format!(
+                            "shared mapping {:#x}-{:#x} {} cannot be given to children (only private memory, shared anonymous memory and shared mappings of files that are still there can)",
+                            m.start, m.end, if m.name.is_empty() { "(anonymous)" } else { &m.name }
+                        ),
+                    })
+                }
             }
-            file_kind(pid, m)
         } else if m.inode == 0 {
             VmaKind::Anon
         } else {
@@ -460,6 +462,9 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         }
         if let Some((_, names)) = flags.peek().filter(|f| f.0 == v.start) {
             v.flags = vma_flags::NAMES.iter().filter(|(name, _)| names.contains(name)).fold(0, |all, (_, bit)| all | bit);
+            if let VmaKind::SharedFile { may_write, .. } = &mut v.kind {
+                *may_write = names.contains(&"mw");
+            }
         }
     }
     Ok(out)

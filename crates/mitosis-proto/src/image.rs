@@ -113,6 +113,13 @@ pub enum VmaKind {
     /// A private mapping of a regular file. Clean pages come from the local file
     /// when it is the same file; written pages ([`Vma::written`]) from the seed.
     File { path: String, offset: u64, identity: FileIdentity },
+    /// A shared mapping of a regular file (`MAP_SHARED`): the child maps the
+    /// same file shared again, so that it sees what the file holds now and
+    /// what it writes goes to the file, as after fork(); it must be the same
+    /// file (object) on the child's host, else the resume is refused.
+    /// `may_write`: the seed could make it writable (`VM_MAYWRITE`: its
+    /// descriptor was open for writing), so the child opens it read-write.
+    SharedFile { path: String, offset: u64, identity: FileIdentity, may_write: bool },
     /// A private mapping of something that cannot be reopened by path (deleted
     /// file, memfd, device): all its pages are served from the seed like anon memory.
     Opaque { name: String },

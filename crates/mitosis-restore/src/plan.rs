@@ -124,11 +124,24 @@ impl RestorePlan {
                 VmaKind::Anon | VmaKind::SharedAnon | VmaKind::Opaque { .. } => Placement::Remote,
                 VmaKind::File { path, identity, .. } => {
                     if local_copy_is(path, identity) {
-                        let fd = read_only_fd(&mut files, &mut next_fd, path, identity)?;
+                        let fd = mapping_fd(&mut files, &mut next_fd, path, identity, libc::O_RDONLY, IdentityMatch::SameContent)?;
                         Placement::LocalFile { fd }
                     } else {
                         Placement::Remote
                     }
+                }
+                // Shared with the file: only the file itself will do, with
+                // whatever it holds now (as after fork()), so the same object
+                // rather than the same content.
+                VmaKind::SharedFile { path, identity, may_write, .. } => {
+                    if !is_here(path, identity, IdentityMatch::SameObject) {
+                        return Err(RestoreError::Incompatible(format!(
+                            "the seed maps {path} shared ({:#x}-{:#x}), and that file is not the same here (or not here at all): a child must map the very file",
+                            v.start, v.end
+                        )));
+                    }
+                    let access = if *may_write { libc::O_RDWR } else { libc::O_RDONLY };
+                    Placement::LocalFile { fd: mapping_fd(&mut files, &mut next_fd, path, identity, access, IdentityMatch::SameObject)? }
                 }
             };
             placements.push(p);
@@ -143,7 +156,7 @@ impl RestorePlan {
                     && privilege != RestorePrivilege::Unprivileged
                     && exe_identity(process).as_ref() != Some(identity) =>
             {
-                Some(read_only_fd(&mut files, &mut next_fd, path, identity)?)
+                Some(mapping_fd(&mut files, &mut next_fd, path, identity, libc::O_RDONLY, IdentityMatch::SameContent)?)
             }
             _ => None,
         };
@@ -185,11 +198,19 @@ impl RestorePlan {
     }
 }
 
-/// The prologue's read-only descriptor for the local file `path`, which must
-/// hold exactly the bytes recorded in `identity`; opened once however many
-/// mappings (and the executable) use it, at the next free number.
-fn read_only_fd(files: &mut Vec<PrologueFile>, next_fd: &mut i32, path: &str, identity: &FileIdentity) -> Result<i32, RestoreError> {
-    if let Some(f) = files.iter().find(|f| f.how == IdentityMatch::SameContent && f.path.as_bytes() == path.as_bytes()) {
+/// The prologue's descriptor for the local file `path` opened with `access`,
+/// which must match `identity` as `how` says; opened once however many
+/// mappings (and the executable) use it alike, at the next free number.
+fn mapping_fd(
+    files: &mut Vec<PrologueFile>,
+    next_fd: &mut i32,
+    path: &str,
+    identity: &FileIdentity,
+    access: i32,
+    how: IdentityMatch,
+) -> Result<i32, RestoreError> {
+    let flags = access | libc::O_CLOEXEC;
+    if let Some(f) = files.iter().find(|f| f.how == how && f.path.as_bytes() == path.as_bytes() && f.flags == flags) {
         return Ok(f.fd);
     }
     let fd = *next_fd;
@@ -197,10 +218,10 @@ fn read_only_fd(files: &mut Vec<PrologueFile>, next_fd: &mut i32, path: &str, id
     files.push(PrologueFile {
         fd,
         path: cstring(path)?,
-        flags: libc::O_RDONLY | libc::O_CLOEXEC,
+        flags,
         pos: 0,
         expect: *identity,
-        how: IdentityMatch::SameContent,
+        how,
     });
     Ok(fd)
 }
@@ -250,8 +271,13 @@ fn check_here(path: &std::ffi::CStr, expect: &FileIdentity, how: IdentityMatch) 
 /// Whether the local file at `path` (reached without symbolic links) holds
 /// exactly the bytes the seed mapped, so that children may map it.
 fn local_copy_is(path: &str, identity: &FileIdentity) -> bool {
+    is_here(path, identity, IdentityMatch::SameContent)
+}
+
+/// Whether the file at `path` on this host matches `identity` as `how` says.
+fn is_here(path: &str, identity: &FileIdentity, how: IdentityMatch) -> bool {
     let Ok(path) = CString::new(path) else { return false };
-    check_here(&path, identity, IdentityMatch::SameContent).is_ok()
+    check_here(&path, identity, how).is_ok()
 }
 
 /// `path` if nothing is there on this host, else a free name beside it.

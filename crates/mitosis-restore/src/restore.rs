@@ -443,11 +443,12 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
         match *p {
             Placement::Kernel => {}
             Placement::LocalFile { fd } => {
-                let offset = match &v.kind {
-                    VmaKind::File { offset, .. } => *offset,
-                    _ => 0,
+                let (offset, sharing) = match &v.kind {
+                    VmaKind::File { offset, .. } => (*offset, libc::MAP_PRIVATE),
+                    VmaKind::SharedFile { offset, .. } => (*offset, libc::MAP_SHARED),
+                    _ => (0, libc::MAP_PRIVATE),
                 };
-                let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE;
+                let flags = sharing | libc::MAP_FIXED_NOREPLACE;
                 t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, fd as u64, offset], what);
                 // Pages the seed wrote become anonymous, served by the pager.
                 for &(s, e) in &v.written {
