@@ -39,8 +39,10 @@ pub mod access;
 mod copy;
 mod fds;
 mod files;
+mod inotify;
 pub mod threads;
 mod shared;
+mod unix;
 
 pub use copy::{copy_memory, CopiedMemory};
 

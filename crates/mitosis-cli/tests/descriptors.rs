@@ -11,6 +11,12 @@
 //! past a hole, positions) with a second, read-only description; a
 //! listening TCP socket and two UDP sockets, one bound, one connected to
 //! it, each working in the child on its own host.
+//!
+//! And (tests/programs/unixfds.c) Unix socket pairs of each type with
+//! messages queued both ways (boundaries and a shutdown kept), Unix
+//! sockets listening on a path and on an abstract name, a bound datagram
+//! one and an unbound one, a fifo with buffered bytes opened twice, an
+//! unlinked fifo, and an inotify watch that fires in the child.
 
 #![forbid(unsafe_code)]
 
@@ -68,4 +74,53 @@ fn descriptors_recreated_in_a_container() {
 #[test]
 fn descriptors_recreated_without_a_container() {
     carried("fds-noct", &["--no-container"]);
+}
+
+fn unix_carried(name: &str, extra: &[&str]) {
+    let Some(c) = Cluster::new(name) else { return };
+    let prog = compile(&c.dir, "unixfds", &["-O2"]);
+    let (mut parent, pid) = c.target_in(&c.hosts.a, "unixfds", &[prog.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(pid);
+    let prepared = c.prepare_a(pid, "unixfds");
+    // The seed reports and exits first: its socket file is then a stale one
+    // that the child's bind replaces, and its fifo is there for the child's.
+    parent.send("report\nexit\n");
+    let expected = parent.finish(STEP);
+    assert_eq!(expected.code(), Some(0), "{expected}");
+    let out = c.resume_on_b_with_args("unixfds", "report\ncleanup\nexit\n", extra);
+    for line in [
+        "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43\n",
+        "flags cloexec 01 nonblock 101\n",
+        "stream 30 100000 bytes as written, then EAGAIN\n",
+        "stream 31 13 \"hello from 30\"\n",
+        "stream pair connected 1\n",
+        "seqpacket 33 3 0 3000 0 0\n",
+        "seqpacket 32 4 \"back\", sends no\n",
+        "dgram 35 1a 2b 3c 100d 5000e; sndbuf of 34 200000\n",
+        "dgram pair connected 1\n",
+        "path listener type 1 listening 1 file 1 mode 0600 accepts 1\n",
+        "abstract listener type 5 listening 1 named 1 accepts 1\n",
+        "abstract dgram delivers 1\n",
+        "unbound type 1 name length 2 listening 0\n",
+        "fifo 1 mode 0640 rdwr 1 capacity 65536 5000 bytes as written\n",
+        "fifo ends one fifo 1\n",
+        "ghost fifo 1 links 0 \"ghost\"\n",
+        "inotify event wd 2 mask 0x100 name as made, nonblock 1\n",
+    ] {
+        assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
+    }
+    assert_eq!(out.stdout, expected.stdout, "the child's descriptors differ from its seed's: {out}\n{}", c.logs());
+    assert_eq!(out.code(), Some(0), "{out}");
+    let closed: Vec<i64> = prepared["closed_fds"].as_array().expect("closed_fds").iter().filter_map(|c| c[0].as_i64()).collect();
+    assert!(closed.iter().all(|fd| !(30..=43).contains(fd)), "prepare lists none of them as closed: {prepared}");
+}
+
+#[test]
+fn unix_sockets_fifos_and_inotify_recreated_in_a_container() {
+    unix_carried("unixfds-ct", &[]);
+}
+
+#[test]
+fn unix_sockets_fifos_and_inotify_recreated_without_a_container() {
+    unix_carried("unixfds-noct", &["--no-container"]);
 }
