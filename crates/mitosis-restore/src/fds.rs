@@ -400,6 +400,14 @@ fn describe_address(address: &[u8]) -> String {
     }
 }
 
+/// What went wrong in an injected call, for a message: the errno too.
+fn cause(e: &RestoreError) -> String {
+    match e {
+        RestoreError::Sys { source, .. } => source.to_string(),
+        e => e.to_string(),
+    }
+}
+
 /// `RCV_SHUTDOWN` and `SEND_SHUTDOWN` bits of a socket (`sk_shutdown`).
 const RCV_SHUTDOWN: u8 = 1;
 const SEND_SHUTDOWN: u8 = 2;
@@ -515,13 +523,13 @@ fn bind_unix(child: &Injector<'_>, fd: i32, name: &[u8], unlinked: bool, file_mo
     };
     let shown = String::from_utf8_lossy(path).replace('\0', "@");
     let cannot = |e: RestoreError| {
-        RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, which cannot be bound on this host: {e}"))
+        RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, which cannot be bound on this host: {}", cause(&e)))
     };
     match bind() {
         Ok(_) => {}
         Err(RestoreError::Sys { source, .. }) if is_path && source.errno == libc::EADDRINUSE => {
             if file_type(child, path, what)? != Some(libc::S_IFSOCK) {
-                return Err(cannot(RestoreError::Incompatible("a file that is not a socket is there".into())));
+                return Err(RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, where this host has a file that is not a socket")));
             }
             unlink(child, path, what)?;
             bind().map_err(cannot)?;
@@ -558,24 +566,39 @@ fn fifo(
     staging: i32,
     what: &str,
 ) -> Result<Vec<i32>, RestoreError> {
-    let kind = file_type(child, path.as_bytes(), what)?;
     let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-    match kind {
-        Some(libc::S_IFIFO) if !unlinked => {}
-        None => {
-            let mut bytes = path.as_bytes().to_vec();
-            bytes.push(0);
-            child.put(&bytes, what)?;
-            let make = |e| RestoreError::Incompatible(format!("the seed's fifo {path} cannot be made on this host: {e}"));
-            child.call(libc::SYS_mknodat, &[at_cwd, child.slot, u64::from(libc::S_IFIFO | (mode & 0o7777)), 0], what).map_err(make)?;
-            // The mode as the seed had it, whatever the child's umask.
-            child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what).map_err(make)?;
+    let make = |path: &str| -> Result<(), RestoreError> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        child.put(&bytes, what)?;
+        child.call(libc::SYS_mknodat, &[at_cwd, child.slot, u64::from(libc::S_IFIFO | (mode & 0o7777)), 0], what)?;
+        // The mode as the seed had it, whatever the child's umask.
+        child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what).map(|_| ())
+    };
+    let cannot = |e: RestoreError| RestoreError::Incompatible(format!("the seed's fifo {path} cannot be made on this host: {}", cause(&e)));
+    let path = if unlinked {
+        // No one can open it by its name: where it is made does not matter,
+        // so it is made in /tmp when its own directory will not have it (read-only in a container).
+        match make(path) {
+            Ok(()) => path.to_string(),
+            Err(e) => {
+                static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let elsewhere = format!("/tmp/.mitosis-fifo-{}-{n}", std::process::id());
+                tracing::debug!(path, error = %cause(&e), elsewhere, "the seed's unlinked fifo is made in /tmp");
+                make(&elsewhere).map_err(cannot)?;
+                elsewhere
+            }
         }
-        Some(_) if unlinked => {
-            return Err(RestoreError::Incompatible(format!("the seed's unlinked fifo {path} cannot be made again on this host: a file is there")));
+    } else {
+        match file_type(child, path.as_bytes(), what)? {
+            Some(libc::S_IFIFO) => {}
+            None => make(path).map_err(cannot)?,
+            Some(_) => return Err(RestoreError::Incompatible(format!("the seed's fifo {path} is not a fifo on this host"))),
         }
-        Some(_) => return Err(RestoreError::Incompatible(format!("the seed's fifo {path} is not a fifo on this host"))),
-    }
+        path.to_string()
+    };
+    let path = path.as_str();
     let keeper = child.open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, what)?;
     let keeper = child.stage(keeper, staging, what)?;
     child.call(libc::SYS_fcntl, &[fd_arg(keeper), libc::F_SETPIPE_SZ as u64, u64::from(capacity)], what)?;

@@ -181,13 +181,29 @@ fn parse_reply(b: &[u8]) -> Result<Option<UnixSocketInfo>> {
 /// earlier call) is stepped over: the kernel skips an empty message it has
 /// marked peeked when peeking at an offset, and there is no other way to
 /// see past the head of a datagram queue.
+///
+/// `SO_PASSCRED` is on while a message queue is peeked at (and put back
+/// after): every message then comes with its sender's credentials, which
+/// tells an empty message from the end of a `SOCK_SEQPACKET` stream whose
+/// sender shut down (both read as 0 bytes).
 pub fn peek_queue(fd: &impl AsFd, stream: bool) -> Result<Vec<Vec<u8>>> {
     let fd = fd.as_fd();
-    let old = crate::fdstate::sockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    let old_offset = crate::fdstate::sockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    let old_passcred = crate::fdstate::sockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PASSCRED)?;
+    if !stream {
+        set_int(&fd, libc::SO_PASSCRED, 1)?;
+    }
     let result = peek_all(&fd, stream);
-    set_int(&fd, libc::SO_PEEK_OFF, old)?;
+    set_int(&fd, libc::SO_PEEK_OFF, old_offset)?;
+    if !stream {
+        set_int(&fd, libc::SO_PASSCRED, old_passcred)?;
+    }
     result
 }
+
+/// Most messages one queue is read for (a bound on the loop, far above
+/// what socket buffers hold).
+const MAX_MESSAGES: usize = 1 << 20;
 
 fn set_int(fd: &impl AsFd, name: i32, value: i32) -> Result<()> {
     let len = libc::socklen_t::try_from(std::mem::size_of::<i32>()).unwrap_or(4);
@@ -225,7 +241,8 @@ fn peek_all(fd: &impl AsFd, stream: bool) -> Result<Vec<Vec<u8>>> {
             return Err(e);
         }
         let n = usize::try_from(n).unwrap_or(0);
-        if close_passed_descriptors(&msg) {
+        let (descriptors, credentials) = control_messages(&msg);
+        if descriptors {
             return Err(SysError::new("recvmsg(MSG_PEEK): a message carries descriptors", libc::EBADMSG));
         }
         if !stream && n > buf.len() {
@@ -233,9 +250,12 @@ fn peek_all(fd: &impl AsFd, stream: bool) -> Result<Vec<Vec<u8>>> {
             buf.resize(n, 0);
             continue;
         }
-        if stream && n == 0 {
+        if n == 0 && (stream || !credentials) {
             // The peer shut down its sending side and the queue is empty.
             return Ok(out);
+        }
+        if out.len() >= MAX_MESSAGES {
+            return Err(SysError::new("recvmsg(MSG_PEEK): too many messages", libc::E2BIG));
         }
         out.push(buf[..n].to_vec());
         offset = offset.checked_add(i32::try_from(n).map_err(|_| SysError::new("recvmsg(MSG_PEEK)", libc::EOVERFLOW))?).ok_or(SysError::new(
@@ -245,13 +265,16 @@ fn peek_all(fd: &impl AsFd, stream: bool) -> Result<Vec<Vec<u8>>> {
     }
 }
 
-/// Closes the descriptors a peek received (`SCM_RIGHTS`); whether there were any.
-fn close_passed_descriptors(msg: &libc::msghdr) -> bool {
+/// Closes the descriptors a peek received (`SCM_RIGHTS`); whether there
+/// were any, and whether credentials came (`SCM_CREDENTIALS`).
+fn control_messages(msg: &libc::msghdr) -> (bool, bool) {
     let mut found = false;
+    let mut credentials = false;
     // SAFETY: `msg` was filled in by recvmsg; the CMSG macros walk its control buffer within `msg_controllen`.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
+            credentials |= (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS;
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 found = true;
                 let data = libc::CMSG_DATA(c).cast::<i32>();
@@ -264,7 +287,7 @@ fn close_passed_descriptors(msg: &libc::msghdr) -> bool {
         }
     }
     // Truncated control data may have held descriptors too.
-    found || msg.msg_flags & libc::MSG_CTRUNC != 0
+    (found || msg.msg_flags & libc::MSG_CTRUNC != 0, credentials)
 }
 
 /// Sends `bytes` as one message on socket `fd` without blocking
@@ -312,6 +335,18 @@ mod tests {
             let n = unsafe { libc::recv(b.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             assert_eq!(&buf[..usize::try_from(n).unwrap()], b"one");
         }
+    }
+
+    #[test]
+    fn the_end_of_a_shut_seqpacket_stream_is_not_an_empty_message() {
+        let (a, b) = pair(libc::SOCK_SEQPACKET);
+        send_nonblocking(&a, b"one").unwrap();
+        send_nonblocking(&a, b"").unwrap();
+        // SAFETY: shutdown takes integers.
+        assert_eq!(unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_WR) }, 0);
+        let queue = peek_queue(&b, false).unwrap();
+        assert_eq!(queue.iter().map(Vec::len).collect::<Vec<_>>(), [3, 0]);
+        assert_eq!(crate::fdstate::sockopt_int(&b, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap(), 0, "put back");
     }
 
     #[test]
