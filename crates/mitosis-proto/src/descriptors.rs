@@ -460,7 +460,7 @@ mod tests {
         let tcp_option = CarriedObject { kind: ObjectKind::UnixPair { kind: 1, sides: vec![UnixSide { options: vec![(6, 1, 1)], ..side(vec![]) }, side(vec![])] }, ..pair };
         assert!(tcp_option.validate().unwrap_err().contains("level 6"));
         let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
-            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, backlog, shutdown: 0 },
+            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, backlog, shutdown: 0 },
             ends: vec![end(5)],
         };
         assert_eq!(lone(1, Some(b"\0abstract".to_vec()), Some(16)).validate(), Ok(()));

@@ -9,6 +9,10 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use crate::{Result, SysError};
 
+/// `NLM_F_REQUEST`, `NLMSG_ERROR`, `AF_UNIX` in the widths of their fields.
+const NLM_F_REQUEST: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const AF_UNIX: u8 = 1;
 /// `SOCK_DIAG_BY_FAMILY`.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `unix_diag` request flags (`UDIAG_SHOW_*`).
@@ -96,11 +100,11 @@ fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
         let mut req = Vec::with_capacity(40);
         req.extend_from_slice(&40u32.to_ne_bytes());
         req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
         req.extend_from_slice(&seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
         // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie (none).
-        req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+        req.extend_from_slice(&[AF_UNIX, 0, 0, 0]);
         req.extend_from_slice(&u32::MAX.to_ne_bytes());
         req.extend_from_slice(&inode.to_ne_bytes());
         req.extend_from_slice(&(SHOW_NAME | SHOW_VFS | SHOW_PEER | SHOW_RQLEN).to_ne_bytes());
@@ -135,7 +139,7 @@ fn parse_reply(b: &[u8]) -> Result<Option<UnixSocketInfo>> {
     let len = usize::try_from(u32_at(b, 0).ok_or_else(bad)?).map_err(|_| bad())?;
     let kind = u16_at(b, 4).ok_or_else(bad)?;
     let b = b.get(..len).ok_or_else(bad)?;
-    if kind == libc::NLMSG_ERROR as u16 {
+    if kind == NLMSG_ERROR {
         let errno = i32::from_ne_bytes(b.get(16..20).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
         return match -errno {
             0 | libc::ENOENT => Ok(None),
@@ -303,6 +307,13 @@ pub fn send_nonblocking(fd: &impl AsFd, bytes: &[u8]) -> Result<usize> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn field_constants_are_libcs() {
+        assert_eq!(i32::from(NLM_F_REQUEST), libc::NLM_F_REQUEST);
+        assert_eq!(i32::from(NLMSG_ERROR), libc::NLMSG_ERROR);
+        assert_eq!(i32::from(AF_UNIX), libc::AF_UNIX);
+    }
+
     fn pair(kind: i32) -> (OwnedFd, OwnedFd) {
         let mut fds = [0i32; 2];
         // SAFETY: socketpair writes two ints to `fds`.
@@ -408,7 +419,7 @@ mod tests {
         assert_eq!((infos[0].peer, infos[1].peer), (Some(inode(&b)), Some(inode(&a))));
         assert_eq!((infos[0].shutdown, infos[1].shutdown), (2, 1));
         assert_eq!(infos[0].queued, 5);
-        assert_eq!(infos[0].kind, libc::SOCK_STREAM as u8);
+        assert_eq!(i32::from(infos[0].kind), libc::SOCK_STREAM);
         assert_eq!(infos[0].name, None);
         let name = infos[2].name.clone().unwrap();
         assert!(name.starts_with(b"\0mitosis-diag-test-"), "{name:?}");
