@@ -1,14 +1,16 @@
 //! Unix sockets whose whole state is inside the target, recorded so that
 //! children get them recreated: pairs whose two sockets are both the
-//! target's and unnamed (`socketpair`), with what is queued on each side,
-//! and sockets that are not connected (unbound, bound, listening).
+//! target's and unnamed (`socketpair`), with what is queued on each side;
+//! sockets that are not connected (unbound, bound, listening); connections
+//! between two of its sockets made through one of its listeners (accepted,
+//! or still waiting in the listener's queue).
 //!
 //! Which socket is whose peer, its name and state come from the kernel's
 //! socket diagnostics (`unix_diag`, asked in the socket's own network
 //! namespace); queued messages are peeked through a copy of the socket
 //! taken with `pidfd_getfd`, never consumed. A socket connected to one
-//! outside the target (or to a named one: an accepted connection) stays
-//! closed in children, as TCP connections do, and prepare lists it.
+//! outside the target stays closed in children, as TCP connections do, and
+//! prepare lists it.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -29,42 +31,90 @@ pub(crate) struct UnixCandidate {
 
 /// `TCP_CLOSE`: the state of a socket that is neither connected nor listening.
 const STATE_CLOSE: u8 = 7;
+/// `TCP_ESTABLISHED`: a connected socket's state.
+const STATE_ESTABLISHED: u8 = 1;
 
 /// The carried objects of `sockets` (Unix sockets of `pid`); those that are
 /// not carried are left out (they stay in the closed list).
 pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<CarriedObject>, CaptureError> {
     let infos = describe(&sockets)?;
     let by_inode: BTreeMap<u64, usize> = sockets.iter().enumerate().map(|(i, s)| (s.inode, i)).collect();
-    let mut objects = Vec::new();
+    // The target's listeners (carried: not connected), by name, and the
+    // clients waiting in their queues: (listener's name, place in its queue).
+    let listening = |info: &UnixSocketInfo| info.state == unixsock::STATE_LISTEN && info.peer.is_none();
+    let listeners: Vec<&UnixSocketInfo> = sockets.iter().filter_map(|s| infos.get(&s.inode)).filter(|i| listening(i)).collect();
+    let mut waiting: BTreeMap<u32, (Vec<u8>, usize)> = BTreeMap::new();
+    for l in &listeners {
+        if let Some(name) = &l.name {
+            for (place, &client) in l.pending.iter().enumerate() {
+                waiting.insert(client, (name.clone(), place));
+            }
+        }
+    }
+    let mut lone = Vec::new();
+    let mut pairs = Vec::new();
+    let mut accepted = Vec::new();
+    let mut pending = Vec::new();
     let mut paired = vec![false; sockets.len()];
     for (i, socket) in sockets.iter().enumerate() {
         let Some(info) = infos.get(&socket.inode) else { continue };
         let fd = socket.end.fds[0].fd;
+        let kind = i32::from(info.kind);
+        let stream = kind == libc::SOCK_STREAM;
         match info.peer {
             Some(peer) => {
                 if paired[i] {
                     continue;
                 }
-                // Both sockets the target's, each the other's peer, neither named.
+                // Both sockets the target's, each the other's peer.
                 let Some(&j) = by_inode.get(&u64::from(peer)) else { continue };
                 let Some(other) = infos.get(&u64::from(peer)) else { continue };
-                if other.peer != Some(info.inode) || info.name.is_some() || other.name.is_some() || other.kind != info.kind {
+                if other.peer != Some(info.inode) || other.kind != info.kind {
                     continue;
                 }
+                // Unnamed both (a socketpair), or a client and the server side
+                // accepted from a listener of the target (it shows the listener's name).
+                let (client, server) = match (&info.name, &other.name) {
+                    (None, None) => (i, j),
+                    (None, Some(name)) | (Some(name), None) if listeners.iter().any(|l| l.name.as_ref() == Some(name)) => {
+                        if info.name.is_none() { (i, j) } else { (j, i) }
+                    }
+                    _ => continue,
+                };
                 paired[i] = true;
                 paired[j] = true;
-                let kind = i32::from(info.kind);
-                let stream = kind == libc::SOCK_STREAM;
-                let (Some(mine), Some(theirs)) = (side(&socket.copy, info, stream, fd)?, side(&sockets[j].copy, other, stream, fd)?) else { continue };
-                objects.push(CarriedObject {
-                    kind: ObjectKind::UnixPair { kind, sides: vec![mine, theirs] },
-                    ends: vec![socket.end.clone(), sockets[j].end.clone()],
-                });
+                let (ci, si) = (&infos[&sockets[client].inode], &infos[&sockets[server].inode]);
+                let (Some(c), Some(s)) = (side(&sockets[client].copy, ci, stream, fd)?, side(&sockets[server].copy, si, stream, fd)?) else { continue };
+                let ends = vec![sockets[client].end.clone(), sockets[server].end.clone()];
+                match &si.name {
+                    None => pairs.push(CarriedObject { kind: ObjectKind::UnixPair { kind, sides: vec![c, s] }, ends }),
+                    Some(listener) => accepted.push(CarriedObject {
+                        kind: ObjectKind::UnixConnection { kind, listener: listener.clone(), accepted: true, sides: vec![c, s] },
+                        ends,
+                    }),
+                }
+            }
+            // A client waiting in a listener's queue of the target.
+            None if info.state == STATE_ESTABLISHED && info.name.is_none() && waiting.contains_key(&info.inode) => {
+                if info.backlog_or_unread > 0 {
+                    tracing::warn!(pid, fd, "a Unix socket waiting to be accepted has sent bytes, which are not carried: it is closed in children");
+                    continue;
+                }
+                let Some(c) = side(&socket.copy, info, stream, fd)? else { continue };
+                let (listener, place) = waiting[&info.inode].clone();
+                pending.push((
+                    (listener.clone(), place),
+                    CarriedObject {
+                        kind: ObjectKind::UnixConnection { kind, listener, accepted: false, sides: vec![c] },
+                        ends: vec![socket.end.clone()],
+                    },
+                ));
             }
             None if [STATE_CLOSE, unixsock::STATE_LISTEN].contains(&info.state) => {
                 let listening = info.state == unixsock::STATE_LISTEN;
-                if listening && info.queued > 0 {
-                    tracing::warn!(pid, fd, pending = info.queued, "connections pending on a listening Unix socket are not carried: a child's has none");
+                let carried_pending = info.pending.iter().filter(|c| by_inode.contains_key(&u64::from(**c))).count();
+                if listening && info.pending.len() > carried_pending {
+                    tracing::warn!(pid, fd, pending = info.pending.len() - carried_pending, "connections pending on a listening Unix socket from clients outside the process are not carried");
                 } else if !listening && info.queued > 0 {
                     tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unconnected Unix socket are not carried: a child's has none");
                 }
@@ -75,9 +125,9 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
                     },
                     _ => (false, None),
                 };
-                objects.push(CarriedObject {
+                lone.push(CarriedObject {
                     kind: ObjectKind::UnixSocket {
-                        kind: i32::from(info.kind),
+                        kind,
                         options: options(&socket.copy),
                         name: info.name.clone(),
                         name_unlinked,
@@ -92,7 +142,13 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
             None => {}
         }
     }
-    Ok(objects)
+    // Sockets whose path was unlinked first: a child binds and unlinks them
+    // before a socket that still has the path binds it for good. Listeners
+    // before the connections made through them, accepted ones before those
+    // still waiting (an accept takes the oldest), these in queue order.
+    lone.sort_by_key(|o| !matches!(o.kind, ObjectKind::UnixSocket { name_unlinked: true, .. }));
+    pending.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(lone.into_iter().chain(pairs).chain(accepted).chain(pending.into_iter().map(|(_, o)| o)).collect())
 }
 
 /// What the kernel says of each of `sockets`, by inode, asked in each

@@ -14,7 +14,8 @@
 //!
 //! And (tests/programs/unixfds.c) Unix socket pairs of each type with
 //! messages queued both ways (boundaries and a shutdown kept), Unix
-//! sockets listening on a path and on an abstract name, a bound datagram
+//! sockets listening on a path (with a connection accepted from it and one
+//! waiting) and on an abstract name, a bound datagram
 //! one and an unbound one, a fifo with buffered bytes opened twice, an
 //! unlinked fifo, and an inotify watch that fires in the child.
 
@@ -94,7 +95,7 @@ fn unix_carried(name: &str, dir: &str, extra: &[&str]) {
     assert_eq!(expected.code(), Some(0), "{expected}");
     let out = c.resume_on_b_with_args("unixfds", if seed_cleans_up { "report\nexit\n" } else { "report\ncleanup\nexit\n" }, extra);
     for line in [
-        "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43\n",
+        "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46\n",
         "flags cloexec 01 nonblock 101\n",
         "stream 30 100000 bytes as written, then EAGAIN\n",
         "stream 31 13 \"hello from 30\"\n",
@@ -103,6 +104,8 @@ fn unix_carried(name: &str, dir: &str, extra: &[&str]) {
         "seqpacket 32 4 \"back\", sends no\n",
         "dgram 35 1a 2b 3c 100d 5000e; sndbuf of 34 200000\n",
         "dgram pair connected 1\n",
+        "accepted 45 \"to server\" 44 \"to client\" named as the listener 1\n",
+        "waiting 46 accepted 1 delivers 1\n",
         "path listener type 1 listening 1 file 1 mode 0600 accepts 1\n",
         "abstract listener type 5 listening 1 named 1 accepts 1\n",
         "abstract dgram delivers 1\n",
@@ -117,7 +120,7 @@ fn unix_carried(name: &str, dir: &str, extra: &[&str]) {
     assert_eq!(out.stdout, expected.stdout, "the child's descriptors differ from its seed's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
     let closed: Vec<i64> = prepared["closed_fds"].as_array().expect("closed_fds").iter().filter_map(|c| c[0].as_i64()).collect();
-    assert!(closed.iter().all(|fd| !(30..=43).contains(fd)), "prepare lists none of them as closed: {prepared}");
+    assert!(closed.iter().all(|fd| !(30..=46).contains(fd)), "prepare lists none of them as closed: {prepared}");
 }
 
 #[test]

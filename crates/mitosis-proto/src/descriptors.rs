@@ -164,6 +164,14 @@ pub enum ObjectKind {
     /// is `sides[i]`. A child gets a pair again, each side with what was
     /// queued on it and its shutdown bits.
     UnixPair { kind: i32, sides: Vec<UnixSide> },
+    /// A connection between Unix sockets of the seed made through one of the
+    /// seed's listening sockets (bound to `listener`; a child recreates it
+    /// first, as a [`ObjectKind::UnixSocket`]): `ends[0]` and `sides[0]` are
+    /// the client (unnamed); `ends[1]` and `sides[1]` the server side when
+    /// `accepted` (it shows the listener's name), absent when the
+    /// connection still waits in the listener's queue (the child's waits
+    /// there too, in the same order).
+    UnixConnection { kind: i32, listener: Vec<u8>, accepted: bool, sides: Vec<UnixSide> },
     /// A Unix socket that is not connected: unbound, bound to a path or an
     /// abstract name (bound again on the child's host, an abstract name in
     /// the child's network namespace), perhaps listening (with no pending
@@ -248,6 +256,10 @@ impl CarriedObject {
             }
             ObjectKind::UnlinkedFile { .. } | ObjectKind::Fifo { .. } => !self.ends.is_empty(),
             ObjectKind::UnixPair { sides, .. } => self.ends.len() == 2 && sides.len() == 2,
+            ObjectKind::UnixConnection { accepted, sides, .. } => {
+                let n = if *accepted { 2 } else { 1 };
+                self.ends.len() == n && sides.len() == n
+            }
             _ => self.ends.len() == 1,
         };
         let bad_end = self.ends.iter().any(|e| e.fds.is_empty() || ![libc_o::RDONLY, libc_o::WRONLY, libc_o::RDWR].contains(&e.access));
@@ -288,6 +300,21 @@ impl CarriedObject {
                 let bytes: usize = sides.iter().flat_map(|s| s.queue.iter().map(Vec::len)).sum();
                 if bytes > MAX_SOCKET_QUEUE_BYTES {
                     return Err(format!("a carried Unix socket pair holds {bytes} queued bytes, more than {MAX_SOCKET_QUEUE_BYTES}"));
+                }
+                for side in sides {
+                    unix_options_ok(&side.options)?;
+                }
+            }
+            ObjectKind::UnixConnection { kind, listener, sides, .. } => {
+                if ![1, 5].contains(kind) {
+                    return Err(format!("a carried Unix connection has type {kind}: only stream and seqpacket sockets listen"));
+                }
+                if listener.is_empty() || listener.len() > 108 {
+                    return Err("a carried Unix connection's listener name is not a sun_path".into());
+                }
+                let bytes: usize = sides.iter().flat_map(|s| s.queue.iter().map(Vec::len)).sum();
+                if bytes > MAX_SOCKET_QUEUE_BYTES {
+                    return Err(format!("a carried Unix connection holds {bytes} queued bytes, more than {MAX_SOCKET_QUEUE_BYTES}"));
                 }
                 for side in sides {
                     unix_options_ok(&side.options)?;
@@ -354,6 +381,7 @@ impl CarriedObject {
             ObjectKind::InetSocket { .. } => "socket",
             ObjectKind::UnixPair { .. } => "Unix socket pair",
             ObjectKind::UnixSocket { .. } => "Unix socket",
+            ObjectKind::UnixConnection { .. } => "Unix connection",
             ObjectKind::Fifo { .. } => "fifo",
             ObjectKind::Inotify { .. } => "inotify instance",
         }
@@ -459,6 +487,14 @@ mod tests {
         assert!(odd_type.validate().unwrap_err().contains("type 3"));
         let tcp_option = CarriedObject { kind: ObjectKind::UnixPair { kind: 1, sides: vec![UnixSide { options: vec![(6, 1, 1)], ..side(vec![]) }, side(vec![])] }, ..pair };
         assert!(tcp_option.validate().unwrap_err().contains("level 6"));
+        let connection = |kind, accepted, ends: Vec<ObjectEnd>| CarriedObject {
+            kind: ObjectKind::UnixConnection { kind, listener: b"/tmp/l\0".to_vec(), accepted, sides: ends.iter().map(|_| side(vec![])).collect() },
+            ends,
+        };
+        assert_eq!(connection(1, true, vec![end(3), end(4)]).validate(), Ok(()));
+        assert_eq!(connection(5, false, vec![end(3)]).validate(), Ok(()));
+        assert!(connection(1, false, vec![end(3), end(4)]).validate().is_err(), "a pending connection has no server side");
+        assert!(connection(2, true, vec![end(3), end(4)]).validate().is_err(), "datagram sockets do not connect through a listener");
         let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
             kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, backlog, shutdown: 0 },
             ends: vec![end(5)],

@@ -221,6 +221,32 @@ pub(crate) fn recreate(
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
+            ObjectKind::UnixConnection { kind, listener, accepted, sides } => {
+                // The listener was made before (capture puts it first); the client
+                // non-blocking (its flags are set below), so that a full queue fails, not waits.
+                let made = objects.iter().zip(&staged).find_map(|(l, ends)| match &l.kind {
+                    ObjectKind::UnixSocket { name: Some(name), backlog: Some(_), .. } if name == listener => Some(ends[0]),
+                    _ => None,
+                });
+                let Some(listening) = made else {
+                    return Err(RestoreError::Incompatible(format!("{what}: its listener is not among the seed's sockets")));
+                };
+                let flags = kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                let client = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
+                let client = child.stage(client, staging, &what)?;
+                let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                address.extend_from_slice(listener);
+                child.put(&address, &what)?;
+                child.call(libc::SYS_connect, &[fd_arg(client), child.slot, address.len() as u64], &what)?;
+                let mut ends = vec![client];
+                if *accepted {
+                    let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                    let server = child.call(libc::SYS_accept4, &[fd_arg(listening), 0, 0, fd_arg(flags)], &what)?;
+                    ends.push(child.stage(server, staging, &what)?);
+                }
+                unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
+                ends
+            }
             ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, backlog, shutdown } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
@@ -412,7 +438,7 @@ fn cause(e: &RestoreError) -> String {
 const RCV_SHUTDOWN: u8 = 1;
 const SEND_SHUTDOWN: u8 = 2;
 
-/// Gives the child's new socket pair `ends` the seed's options, queued
+/// Gives the child's new socket pair `ends` (or lone client) the seed's options, queued
 /// messages (each side's sent from the other, in order, through copies of
 /// the child's sockets taken by the daemon; never blocking) and shutdown
 /// bits (last: a socket shut for sending sends nothing more).
@@ -423,7 +449,8 @@ fn unix_pair_state(child: &Injector<'_>, child_pidfd: &OwnedFd, ends: &[i32], ki
         }
     }
     for (i, side) in sides.iter().enumerate() {
-        if side.queue.is_empty() {
+        // (A socket waiting to be accepted has nothing queued: no one could send to it.)
+        if side.queue.is_empty() || ends.len() < 2 {
             continue;
         }
         let sender = pidfd::getfd(child_pidfd, ends[1 - i]).map_err(RestoreError::sys(what.to_string()))?;

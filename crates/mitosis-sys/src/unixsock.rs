@@ -19,11 +19,13 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SHOW_NAME: u32 = 0x01;
 const SHOW_VFS: u32 = 0x02;
 const SHOW_PEER: u32 = 0x04;
+const SHOW_ICONS: u32 = 0x08;
 const SHOW_RQLEN: u32 = 0x10;
 /// `unix_diag` attributes (`UNIX_DIAG_*`).
 const ATTR_NAME: u16 = 0;
 const ATTR_VFS: u16 = 1;
 const ATTR_PEER: u16 = 2;
+const ATTR_ICONS: u16 = 3;
 const ATTR_RQLEN: u16 = 4;
 const ATTR_SHUTDOWN: u16 = 6;
 /// `SIOCGSKNS`: a descriptor of a socket's network namespace.
@@ -51,6 +53,10 @@ pub struct UnixSocketInfo {
     pub queued: u32,
     /// A listening socket's backlog (otherwise bytes sent and not yet read).
     pub backlog_or_unread: u32,
+    /// A listening socket's connections not accepted yet, in the order
+    /// `accept` takes them: the inodes of their clients (whose `peer`, the
+    /// server side not accepted yet, has no inode and shows as `None`).
+    pub pending: Vec<u32>,
 }
 
 /// A descriptor of the network namespace socket `fd` lives in (`SIOCGSKNS`).
@@ -107,7 +113,7 @@ fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
         req.extend_from_slice(&[AF_UNIX, 0, 0, 0]);
         req.extend_from_slice(&u32::MAX.to_ne_bytes());
         req.extend_from_slice(&inode.to_ne_bytes());
-        req.extend_from_slice(&(SHOW_NAME | SHOW_VFS | SHOW_PEER | SHOW_RQLEN).to_ne_bytes());
+        req.extend_from_slice(&(SHOW_NAME | SHOW_VFS | SHOW_PEER | SHOW_ICONS | SHOW_RQLEN).to_ne_bytes());
         req.extend_from_slice(&[0xff; 8]);
         // SAFETY: a buffer valid for reads of its length.
         if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
@@ -164,6 +170,7 @@ fn parse_reply(b: &[u8]) -> Result<Option<UnixSocketInfo>> {
                 info.backlog_or_unread = u32_at(payload, 4).ok_or_else(bad)?;
             }
             ATTR_SHUTDOWN => info.shutdown = *payload.first().ok_or_else(bad)?,
+            ATTR_ICONS => info.pending = payload.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect(),
             _ => {}
         }
         if attr_len < 4 {
@@ -373,6 +380,27 @@ mod tests {
     }
 
     #[test]
+    fn pending_connections_are_listed_in_accept_order() {
+        let path = std::env::temp_dir().join(format!("mitosis-diag-pending-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let first = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let second = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let (first, second, listener) = (OwnedFd::from(first), OwnedFd::from(second), OwnedFd::from(listener));
+        let netns = netns_of(&listener).unwrap();
+        let infos = describe(&netns, &[inode(&listener), inode(&first), inode(&second)]).unwrap();
+        assert_eq!(infos[0].pending.len(), 2);
+        assert_eq!(infos[0].queued, 2);
+        // The clients, in connect order; a pending server side has no inode, so a client's peer shows none.
+        assert_eq!(infos[0].pending, [inode(&first), inode(&second)]);
+        assert_eq!((infos[1].peer, infos[1].state), (None, 1));
+        let name = infos[0].name.clone().unwrap();
+        assert!(name.starts_with(path.as_os_str().as_encoded_bytes()), "{name:?}");
+        assert!(infos[0].file.is_some(), "a path name has a socket file");
+    }
+
+    #[test]
     fn passed_descriptors_are_refused_and_not_leaked() {
         let (a, b) = pair(libc::SOCK_DGRAM);
         let (extra, _) = pair(libc::SOCK_DGRAM);
@@ -394,9 +422,11 @@ mod tests {
             libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
             assert_eq!(libc::sendmsg(a.as_raw_fd(), &msg, 0), 4);
         }
-        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
         assert_eq!(peek_queue(&b, false).unwrap_err().errno, libc::EBADMSG);
-        assert_eq!(std::fs::read_dir("/proc/self/fd").unwrap().count(), before);
+        // No descriptor of ours but `extra` is the passed socket (the peek's copy was closed).
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        let copies = std::fs::read_dir("/proc/self/fd").unwrap().filter(|e| e.as_ref().is_ok_and(|e| std::fs::read_link(e.path()).ok().as_ref() == Some(&link))).count();
+        assert_eq!(copies, 1);
     }
 
     #[test]
@@ -424,6 +454,7 @@ mod tests {
         let name = infos[2].name.clone().unwrap();
         assert!(name.starts_with(b"\0mitosis-diag-test-"), "{name:?}");
         assert_eq!(infos[2].state, STATE_LISTEN);
+        assert!(infos[2].pending.is_empty());
         assert!(infos[2].backlog_or_unread > 0, "the backlog: {infos:?}");
     }
 }

@@ -26,6 +26,9 @@
  *                  IN_CREATE under watch descriptor 2 (watch 1, of "/",
  *                  added first and removed; its pending IN_IGNORED event
  *                  read)
+ *               44 a client connected to 36, accepted as 45: "to server"
+ *                  waits on 45, "to client" on 44
+ *               46 a client connected to 36, waiting to be accepted
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 30 to 63>", then one line per object with its
@@ -176,6 +179,15 @@ int main(int argc, char **argv) {
     if (first != 1 || second != 2 || inotify_rm_watch(43, first)) { perror("inotify"); return 1; }
     if (read(43, events, sizeof events) <= 0) { perror("inotify read"); return 1; }
 
+    struct sockaddr_un listener = {.sun_family = AF_UNIX};
+    strcpy(listener.sun_path, path);
+    at(socket(AF_UNIX, SOCK_STREAM, 0), 44);
+    if (connect(44, (struct sockaddr *)&listener, sizeof listener)) { perror("connect"); return 1; }
+    at(accept(36, NULL, NULL), 45);
+    if (write(44, "to server", 9) != 9 || write(45, "to client", 9) != 9) { perror("connection"); return 1; }
+    at(socket(AF_UNIX, SOCK_STREAM, 0), 46);
+    if (connect(46, (struct sockaddr *)&listener, sizeof listener)) { perror("connect"); return 1; }
+
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -211,6 +223,20 @@ int main(int argc, char **argv) {
             }
             printf("; sndbuf of 34 %d\n", sockint(34, SO_SNDBUF));
             printf("dgram pair connected %d\n", send(35, "q", 1, 0) == 1 && recv(34, small, 1, MSG_DONTWAIT) == 1 && small[0] == 'q');
+            /* The connections through 36: accepted, and waiting. */
+            r = recv(45, small, sizeof small, MSG_DONTWAIT);
+            long r2 = recv(44, small + 32, 32, MSG_DONTWAIT);
+            struct sockaddr_un n36, n45;
+            socklen_t l36 = sizeof n36, l45 = sizeof n45;
+            getsockname(36, (struct sockaddr *)&n36, &l36);
+            getsockname(45, (struct sockaddr *)&n45, &l45);
+            printf("accepted 45 \"%.*s\" 44 \"%.*s\" named as the listener %d\n", r > 0 ? (int)r : 0, small, r2 > 0 ? (int)r2 : 0, small + 32,
+                   l36 == l45 && !memcmp(&n36, &n45, l36));
+            int waiting = accept(36, NULL, NULL);
+            char x = 0;
+            printf("waiting 46 accepted %d delivers %d\n", waiting >= 0,
+                   waiting >= 0 && write(46, "w", 1) == 1 && read(waiting, &x, 1) == 1 && x == 'w');
+            if (waiting >= 0) close(waiting);
             /* The lone sockets. */
             struct stat st;
             int bound = stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
