@@ -251,7 +251,7 @@ fn fifo_contents(pid: i32, fd: i32, link: &str) -> Result<ObjectKind, CaptureErr
         Some(path) => (path, true),
         None => (link, false),
     };
-    Ok(ObjectKind::Fifo { path: path.to_string(), mode: meta.mode() & 0o7777, unlinked, capacity, data })
+    Ok(ObjectKind::Fifo { path: path.to_string(), mode: meta.mode() & 0o7777, unlinked, identity: (meta.dev(), meta.ino()), capacity, data })
 }
 
 /// An unlinked file's kind with its content, read through `file` (opened

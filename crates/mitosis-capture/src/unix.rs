@@ -110,6 +110,12 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
                     },
                 ));
             }
+            // Its peer closed (a stream or seqpacket socket is then shut both
+            // ways; a client waiting to be accepted elsewhere is not).
+            None if info.state == STATE_ESTABLISHED && info.name.is_none() && (!stream && kind != libc::SOCK_SEQPACKET || info.shutdown == 3) => {
+                let Some(side) = side(&socket.copy, info, stream, fd)? else { continue };
+                lone.push(CarriedObject { kind: ObjectKind::UnixOrphan { kind, side }, ends: vec![socket.end.clone()] });
+            }
             None if [STATE_CLOSE, unixsock::STATE_LISTEN].contains(&info.state) => {
                 let listening = info.state == unixsock::STATE_LISTEN;
                 let carried_pending = info.pending.iter().filter(|c| by_inode.contains_key(&u64::from(**c))).count();
@@ -118,9 +124,9 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
                 } else if !listening && info.queued > 0 {
                     tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unconnected Unix socket are not carried: a child's has none");
                 }
-                let (name_unlinked, file_mode) = match (&info.name, info.file) {
-                    (Some(name), Some((inode, _))) if name.first() != Some(&0) => match socket_file_mode(pid, name, inode) {
-                        Some(mode) => (false, Some(mode)),
+                let (name_unlinked, file) = match (&info.name, info.file) {
+                    (Some(name), Some((inode, _))) if name.first() != Some(&0) => match socket_file(pid, name, inode) {
+                        Some(file) => (false, Some(file)),
                         None => (true, None),
                     },
                     _ => (false, None),
@@ -131,7 +137,8 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
                         options: options(&socket.copy),
                         name: info.name.clone(),
                         name_unlinked,
-                        file_mode,
+                        file_mode: file.map(|f| f.0),
+                        file_owner: file.map(|f| f.1),
                         backlog: listening.then_some(info.backlog_or_unread),
                         shutdown: info.shutdown,
                     },
@@ -197,14 +204,14 @@ fn options(copy: &OwnedFd) -> Vec<(i32, i32, i32)> {
         .collect()
 }
 
-/// The permission bits of the socket file of inode `inode` when path name
-/// `name` (relative ones from the target's working directory) still leads
-/// to it on this host, as the target sees it; `None` when it does not
-/// (unlinked, or replaced).
-fn socket_file_mode(pid: i32, name: &[u8], inode: u32) -> Option<u32> {
+/// The permission bits, owner and group of the socket file of inode
+/// `inode` when path name `name` (relative ones from the target's working
+/// directory) still leads to it on this host, as the target sees it;
+/// `None` when it does not (unlinked, or replaced).
+fn socket_file(pid: i32, name: &[u8], inode: u32) -> Option<(u32, (u32, u32))> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let path = String::from_utf8_lossy(name.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
     let seen = if path.starts_with('/') { format!("/proc/{pid}/root{path}") } else { format!("/proc/{pid}/cwd/{path}") };
     let meta = std::fs::symlink_metadata(seen).ok()?;
-    (meta.file_type().is_socket() && meta.ino() == u64::from(inode)).then(|| meta.permissions().mode() & 0o7777)
+    (meta.file_type().is_socket() && meta.ino() == u64::from(inode)).then(|| (meta.permissions().mode() & 0o7777, (meta.uid(), meta.gid())))
 }

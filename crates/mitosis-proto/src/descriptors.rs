@@ -172,6 +172,10 @@ pub enum ObjectKind {
     /// connection still waits in the listener's queue (the child's waits
     /// there too, in the same order).
     UnixConnection { kind: i32, listener: Vec<u8>, accepted: bool, sides: Vec<UnixSide> },
+    /// A Unix socket whose peer was closed, with what is still queued on it
+    /// (read before the end of file): a child gets one end of a new pair,
+    /// filled from the other end, which is then closed.
+    UnixOrphan { kind: i32, side: UnixSide },
     /// A Unix socket that is not connected: unbound, bound to a path or an
     /// abstract name (bound again on the child's host, an abstract name in
     /// the child's network namespace), perhaps listening (with no pending
@@ -188,6 +192,8 @@ pub enum ObjectKind {
         name_unlinked: bool,
         /// Permission bits of the bound socket file (a path name not unlinked).
         file_mode: Option<u32>,
+        /// Its owner and group (given to a child's when it runs as root).
+        file_owner: Option<(u32, u32)>,
         /// A listening socket's backlog.
         backlog: Option<u32>,
         /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits.
@@ -203,6 +209,10 @@ pub enum ObjectKind {
         /// The path no longer names the fifo on the seed's host (unlinked):
         /// a child's is made there, opened and unlinked again.
         unlinked: bool,
+        /// The fifo's device and inode on the seed's host: a child that
+        /// opens the very same fifo (on the seed's host, which the seed's
+        /// snapshot keeps open) finds the bytes there already.
+        identity: (u64, u64),
         /// Buffer size (`F_GETPIPE_SZ`) and the bytes in it, oldest first.
         capacity: u32,
         data: Vec<u8>,
@@ -305,6 +315,15 @@ impl CarriedObject {
                     unix_options_ok(&side.options)?;
                 }
             }
+            ObjectKind::UnixOrphan { kind, side } => {
+                if !UNIX_SOCKET_TYPES.contains(kind) {
+                    return Err(format!("a carried Unix socket has type {kind}"));
+                }
+                if side.queue.iter().map(Vec::len).sum::<usize>() > MAX_SOCKET_QUEUE_BYTES {
+                    return Err(format!("a carried Unix socket holds more than {MAX_SOCKET_QUEUE_BYTES} queued bytes"));
+                }
+                unix_options_ok(&side.options)?;
+            }
             ObjectKind::UnixConnection { kind, listener, sides, .. } => {
                 if ![1, 5].contains(kind) {
                     return Err(format!("a carried Unix connection has type {kind}: only stream and seqpacket sockets listen"));
@@ -382,6 +401,7 @@ impl CarriedObject {
             ObjectKind::UnixPair { .. } => "Unix socket pair",
             ObjectKind::UnixSocket { .. } => "Unix socket",
             ObjectKind::UnixConnection { .. } => "Unix connection",
+            ObjectKind::UnixOrphan { .. } => "Unix socket",
             ObjectKind::Fifo { .. } => "fifo",
             ObjectKind::Inotify { .. } => "inotify instance",
         }
@@ -495,15 +515,18 @@ mod tests {
         assert_eq!(connection(5, false, vec![end(3)]).validate(), Ok(()));
         assert!(connection(1, false, vec![end(3), end(4)]).validate().is_err(), "a pending connection has no server side");
         assert!(connection(2, true, vec![end(3), end(4)]).validate().is_err(), "datagram sockets do not connect through a listener");
+        let orphan = CarriedObject { kind: ObjectKind::UnixOrphan { kind: 1, side: side(vec![vec![1]]) }, ends: vec![end(3)] };
+        assert_eq!(orphan.validate(), Ok(()));
+        assert!(CarriedObject { ends: vec![end(3), end(4)], ..orphan }.validate().is_err());
         let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
-            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, backlog, shutdown: 0 },
+            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, backlog, shutdown: 0 },
             ends: vec![end(5)],
         };
         assert_eq!(lone(1, Some(b"\0abstract".to_vec()), Some(16)).validate(), Ok(()));
         assert!(lone(2, None, Some(16)).validate().is_err(), "a datagram socket does not listen");
         assert!(lone(1, Some(vec![b'x'; 109]), None).validate().is_err());
         let fifo = |path: &str, capacity, data: Vec<u8>| CarriedObject {
-            kind: ObjectKind::Fifo { path: path.into(), mode: 0o600, unlinked: false, capacity, data },
+            kind: ObjectKind::Fifo { path: path.into(), mode: 0o600, unlinked: false, identity: (1, 2), capacity, data },
             ends: vec![pipe_end(6, libc_o::RDONLY), pipe_end(7, libc_o::WRONLY)],
         };
         assert_eq!(fifo("/tmp/f", 4096, vec![1; 10]).validate(), Ok(()));

@@ -221,6 +221,20 @@ pub(crate) fn recreate(
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
+            ObjectKind::UnixOrphan { kind, side } => {
+                // One end of a new pair, filled from the other, which is then closed.
+                let flags = kind | libc::SOCK_CLOEXEC;
+                child.call(libc::SYS_socketpair, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0, child.slot], &what)?;
+                let mut pair = [0u8; 8];
+                child.mem.read_exact_at(&mut pair, child.slot).map_err(RestoreError::sys(what.clone()))?;
+                let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
+                let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
+                let ends = [child.stage(first.into(), staging, &what)?, child.stage(second.into(), staging, &what)?];
+                let other = UnixSide { options: Vec::new(), queue: Vec::new(), shutdown: 0 };
+                unix_pair_state(child, child_pidfd, &ends, *kind, &[side.clone(), other], &what)?;
+                child.call(libc::SYS_close, &[fd_arg(ends[1])], &what)?;
+                vec![ends[0]]
+            }
             ObjectKind::UnixConnection { kind, listener, accepted, sides } => {
                 // The listener was made before (capture puts it first); the client
                 // non-blocking (its flags are set below), so that a full queue fails, not waits.
@@ -247,7 +261,7 @@ pub(crate) fn recreate(
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
-            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, backlog, shutdown } => {
+            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
@@ -255,7 +269,8 @@ pub(crate) fn recreate(
                     set_option(child, fd, level, name, value, &what)?;
                 }
                 if let Some(name) = name {
-                    bind_unix(child, fd, name, *name_unlinked, *file_mode, &what)?;
+                    let owner = file_owner.filter(|_| owner_may_change);
+                    bind_unix(child, fd, name, *name_unlinked, *file_mode, owner, &what)?;
                 }
                 if let Some(backlog) = backlog {
                     child.call(libc::SYS_listen, &[fd_arg(fd), u64::from(*backlog)], &what)?;
@@ -263,7 +278,10 @@ pub(crate) fn recreate(
                 shut_down(child, fd, *shutdown, &what)?;
                 vec![fd]
             }
-            ObjectKind::Fifo { path, mode, unlinked, capacity, data } => fifo(child, child_pidfd, o, path, *mode, *unlinked, *capacity, data, staging, &what)?,
+            ObjectKind::Fifo { path, mode, unlinked, identity, capacity, data } => {
+                let bytes = FifoBytes { identity: *identity, capacity: *capacity, data };
+                fifo(child, child_pidfd, o, path, *mode, *unlinked, &bytes, staging, &what)?
+            }
             ObjectKind::Inotify { watches } => {
                 let fd = child.call(libc::SYS_inotify_init1, &[u64::from(libc::IN_CLOEXEC.unsigned_abs())], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
@@ -537,8 +555,17 @@ fn unlink(child: &Injector<'_>, path: &[u8], what: &str) -> Result<(), RestoreEr
 /// a process that is gone, or by this seed on this host) is unlinked first;
 /// any other file there is an error. `unlinked`: the seed's socket file was
 /// unlinked, and the child's is too once bound; `file_mode`: the permission
-/// bits the child's socket file gets (the seed's, whatever the umask).
-fn bind_unix(child: &Injector<'_>, fd: i32, name: &[u8], unlinked: bool, file_mode: Option<u32>, what: &str) -> Result<(), RestoreError> {
+/// bits the child's socket file gets (the seed's, whatever the umask);
+/// `owner`: its owner and group, when the child may give them.
+fn bind_unix(
+    child: &Injector<'_>,
+    fd: i32,
+    name: &[u8],
+    unlinked: bool,
+    file_mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+    what: &str,
+) -> Result<(), RestoreError> {
     let is_path = name.first() != Some(&0);
     // The path without the terminating zero the kernel keeps.
     let path: &[u8] = if is_path { name.split(|&b| b == 0).next().unwrap_or_default() } else { name };
@@ -565,12 +592,19 @@ fn bind_unix(child: &Injector<'_>, fd: i32, name: &[u8], unlinked: bool, file_mo
     }
     if is_path && unlinked {
         unlink(child, path, what)?;
-    } else if let (true, Some(mode)) = (is_path, file_mode) {
+    } else if is_path {
         let mut bytes = path.to_vec();
         bytes.push(0);
         child.put(&bytes, what)?;
         let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-        child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what)?;
+        // The owner first: a change of owner clears the set-user and set-group-ID bits.
+        if let Some((uid, gid)) = owner {
+            let nofollow = u64::from(libc::AT_SYMLINK_NOFOLLOW.unsigned_abs());
+            child.call(libc::SYS_fchownat, &[at_cwd, child.slot, u64::from(uid), u64::from(gid), nofollow], what)?;
+        }
+        if let Some(mode) = file_mode {
+            child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what)?;
+        }
     }
     Ok(())
 }
@@ -580,6 +614,9 @@ fn bind_unix(child: &Injector<'_>, fd: i32, name: &[u8], unlinked: bool, file_mo
 /// a keeper opened read-write first, so that no open waits for the other
 /// side and the buffer lives while it is filled, then each end opened
 /// through the keeper's /proc link with its access mode.
+/// A fifo that is the seed's own (same device and inode: the child is on
+/// the seed's host, whose snapshot keeps it open) holds the seed's bytes
+/// already, and is left as it is.
 #[allow(clippy::too_many_arguments, reason = "the fields of one carried fifo")]
 fn fifo(
     child: &Injector<'_>,
@@ -588,11 +625,11 @@ fn fifo(
     path: &str,
     mode: u32,
     unlinked: bool,
-    capacity: u32,
-    data: &[u8],
+    bytes: &FifoBytes<'_>,
     staging: i32,
     what: &str,
 ) -> Result<Vec<i32>, RestoreError> {
+    let FifoBytes { identity, capacity, data } = *bytes;
     let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
     let make = |path: &str| -> Result<(), RestoreError> {
         let mut bytes = path.as_bytes().to_vec();
@@ -628,8 +665,17 @@ fn fifo(
     let path = path.as_str();
     let keeper = child.open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, what)?;
     let keeper = child.stage(keeper, staging, what)?;
-    child.call(libc::SYS_fcntl, &[fd_arg(keeper), libc::F_SETPIPE_SZ as u64, u64::from(capacity)], what)?;
-    if !data.is_empty() {
+    // struct stat of x86-64: st_dev at 0, st_ino at 8.
+    child.call(libc::SYS_fstat, &[fd_arg(keeper), child.slot], what)?;
+    let mut id = [0u8; 16];
+    child.mem.read_exact_at(&mut id, child.slot).map_err(RestoreError::sys(what.to_string()))?;
+    let same = (u64::from_ne_bytes(id[..8].try_into().expect("8 bytes")), u64::from_ne_bytes(id[8..].try_into().expect("8 bytes"))) == identity;
+    if same {
+        tracing::debug!(path, "the seed's own fifo: its bytes are in it already");
+    } else {
+        child.call(libc::SYS_fcntl, &[fd_arg(keeper), libc::F_SETPIPE_SZ as u64, u64::from(capacity)], what)?;
+    }
+    if !data.is_empty() && !same {
         let copy = pidfd::getfd(child_pidfd, keeper).map_err(RestoreError::sys(what.to_string()))?;
         let waiting = mitosis_sys::fdstate::readable_bytes(&copy).map_err(RestoreError::sys(what.to_string()))?;
         if waiting > 0 {
@@ -647,6 +693,13 @@ fn fifo(
         unlink(child, path.as_bytes(), what)?;
     }
     Ok(ends)
+}
+
+/// What a carried fifo holds, and which fifo it was.
+struct FifoBytes<'a> {
+    identity: (u64, u64),
+    capacity: u32,
+    data: &'a [u8],
 }
 
 /// `IN_DONT_FOLLOW` and `IN_MASK_CREATE` (fail on a file watched already).

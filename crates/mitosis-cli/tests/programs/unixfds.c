@@ -29,6 +29,8 @@
  *               44 a client connected to 36, accepted as 45: "to server"
  *                  waits on 45, "to client" on 44
  *               46 a client connected to 36, waiting to be accepted
+ *               47 a SOCK_STREAM socket whose peer wrote "last words" and
+ *                  closed
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 30 to 63>", then one line per object with its
@@ -188,6 +190,10 @@ int main(int argc, char **argv) {
     at(socket(AF_UNIX, SOCK_STREAM, 0), 46);
     if (connect(46, (struct sockaddr *)&listener, sizeof listener)) { perror("connect"); return 1; }
 
+    pair(SOCK_STREAM, 47, 48);
+    if (write(48, "last words", 10) != 10) { perror("orphan"); return 1; }
+    close(48);
+
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -237,6 +243,9 @@ int main(int argc, char **argv) {
             printf("waiting 46 accepted %d delivers %d\n", waiting >= 0,
                    waiting >= 0 && write(46, "w", 1) == 1 && read(waiting, &x, 1) == 1 && x == 'w');
             if (waiting >= 0) close(waiting);
+            r = recv(47, small, sizeof small, MSG_DONTWAIT);
+            r2 = recv(47, small + 32, 32, MSG_DONTWAIT);
+            printf("orphan 47 \"%.*s\" then %ld\n", r > 0 ? (int)r : 0, small, r2);
             /* The lone sockets. */
             struct stat st;
             int bound = stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
