@@ -66,10 +66,19 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
                 if paired[i] {
                     continue;
                 }
-                // Both sockets the target's, each the other's peer.
                 let Some(&j) = by_inode.get(&u64::from(peer)) else { continue };
                 let Some(other) = infos.get(&u64::from(peer)) else { continue };
-                if other.peer != Some(info.inode) || other.kind != info.kind {
+                // A datagram socket sending by default to a named one of the
+                // target (or to itself): not a pair, unless both are unnamed.
+                let unnamed_pair = other.peer == Some(info.inode) && info.name.is_none() && other.name.is_none() && j != i;
+                if kind == libc::SOCK_DGRAM && !unnamed_pair {
+                    if let Some(target) = &other.name {
+                        lone.push(lone_socket(pid, socket, info, Some(target.clone())));
+                    }
+                    continue;
+                }
+                // Both sockets the target's, each the other's peer.
+                if other.peer != Some(info.inode) || other.kind != info.kind || j == i {
                     continue;
                 }
                 // Unnamed both (a socketpair), or a client and the server side
@@ -116,34 +125,14 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
                 let Some(side) = side(&socket.copy, info, stream, fd)? else { continue };
                 lone.push(CarriedObject { kind: ObjectKind::UnixOrphan { kind, side }, ends: vec![socket.end.clone()] });
             }
-            None if [STATE_CLOSE, unixsock::STATE_LISTEN].contains(&info.state) => {
+            // (A named datagram socket that another connected to shows as connected too.)
+            None if [STATE_CLOSE, unixsock::STATE_LISTEN].contains(&info.state) || kind == libc::SOCK_DGRAM => {
                 let listening = info.state == unixsock::STATE_LISTEN;
                 let carried_pending = info.pending.iter().filter(|c| by_inode.contains_key(&u64::from(**c))).count();
                 if listening && info.pending.len() > carried_pending {
                     tracing::warn!(pid, fd, pending = info.pending.len() - carried_pending, "connections pending on a listening Unix socket from clients outside the process are not carried");
-                } else if !listening && info.queued > 0 {
-                    tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unconnected Unix socket are not carried: a child's has none");
                 }
-                let (name_unlinked, file) = match (&info.name, info.file) {
-                    (Some(name), Some((inode, _))) if name.first() != Some(&0) => match socket_file(pid, name, inode) {
-                        Some(file) => (false, Some(file)),
-                        None => (true, None),
-                    },
-                    _ => (false, None),
-                };
-                lone.push(CarriedObject {
-                    kind: ObjectKind::UnixSocket {
-                        kind,
-                        options: options(&socket.copy),
-                        name: info.name.clone(),
-                        name_unlinked,
-                        file_mode: file.map(|f| f.0),
-                        file_owner: file.map(|f| f.1),
-                        backlog: listening.then_some(info.backlog_or_unread),
-                        shutdown: info.shutdown,
-                    },
-                    ends: vec![socket.end.clone()],
-                });
+                lone.push(lone_socket(pid, socket, info, None));
             }
             // Connected once, its peer gone: not carried.
             None => {}
@@ -156,6 +145,37 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
     lone.sort_by_key(|o| !matches!(o.kind, ObjectKind::UnixSocket { name_unlinked: true, .. }));
     pending.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(lone.into_iter().chain(pairs).chain(accepted).chain(pending.into_iter().map(|(_, o)| o)).collect())
+}
+
+/// A Unix socket made again on its own: unbound, bound, listening, or a
+/// datagram socket sending to `peer_name` by default.
+fn lone_socket(pid: i32, socket: &UnixCandidate, info: &UnixSocketInfo, peer_name: Option<Vec<u8>>) -> CarriedObject {
+    let fd = socket.end.fds[0].fd;
+    let listening = info.state == unixsock::STATE_LISTEN;
+    if !listening && info.queued > 0 {
+        tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unconnected Unix socket are not carried: a child's has none");
+    }
+    let (name_unlinked, file) = match (&info.name, info.file) {
+        (Some(name), Some((inode, _))) if name.first() != Some(&0) => match socket_file(pid, name, inode) {
+            Some(file) => (false, Some(file)),
+            None => (true, None),
+        },
+        _ => (false, None),
+    };
+    CarriedObject {
+        kind: ObjectKind::UnixSocket {
+            kind: i32::from(info.kind),
+            options: options(&socket.copy),
+            name: info.name.clone(),
+            name_unlinked,
+            file_mode: file.map(|f| f.0),
+            file_owner: file.map(|f| f.1),
+            backlog: listening.then_some(info.backlog_or_unread),
+            peer_name,
+            shutdown: info.shutdown,
+        },
+        ends: vec![socket.end.clone()],
+    }
 }
 
 /// What the kernel says of each of `sockets`, by inode, asked in each

@@ -15,7 +15,7 @@
 //! And (tests/programs/unixfds.c) Unix socket pairs of each type with
 //! messages queued both ways (boundaries and a shutdown kept), Unix
 //! sockets listening on a path (with a connection accepted from it and one
-//! waiting) and on an abstract name, a socket whose peer closed, a bound datagram
+//! waiting) and on an abstract name, a socket whose peer closed, a bound datagram one with another sending to it by default
 //! one and an unbound one, a fifo with buffered bytes opened twice, an
 //! unlinked fifo, and an inotify watch that fires in the child.
 
@@ -78,7 +78,7 @@ fn descriptors_recreated_without_a_container() {
 }
 
 /// What tests/programs/unixfds.c reports of its descriptors as it made them.
-const UNIX_REPORT: &str = "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47
+const UNIX_REPORT: &str = "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 49
 flags cloexec 01 nonblock 101
 stream 30 100000 bytes as written, then EAGAIN
 stream 31 13 \"hello from 30\"
@@ -93,6 +93,7 @@ orphan 47 \"last words\" then 0
 path listener type 1 listening 1 file 1 mode 0600 accepts 1
 abstract listener type 5 listening 1 named 1 accepts 1
 abstract dgram delivers 1
+dgram 49 sends to 38 1
 unbound type 1 name length 2 listening 0
 fifo 1 mode 0640 rdwr 1 capacity 65536 5000 bytes as written
 fifo ends one fifo 1
@@ -129,7 +130,7 @@ fn unix_carried(name: &str, dir: &str, extra: &[&str]) {
     assert_eq!(out.stdout, UNIX_REPORT, "the child's descriptors differ from its seed's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
     let closed: Vec<i64> = prepared["closed_fds"].as_array().expect("closed_fds").iter().filter_map(|c| c[0].as_i64()).collect();
-    assert!(closed.iter().all(|fd| !(30..=47).contains(fd)), "prepare lists none of them as closed: {prepared}");
+    assert!(closed.iter().all(|fd| !(30..=49).contains(fd)), "prepare lists none of them as closed: {prepared}");
 }
 
 #[test]

@@ -196,6 +196,10 @@ pub enum ObjectKind {
         file_owner: Option<(u32, u32)>,
         /// A listening socket's backlog.
         backlog: Option<u32>,
+        /// The name of the seed's socket a datagram socket sends to by
+        /// default (`connect`; perhaps its own): connected again once every
+        /// socket is bound.
+        peer_name: Option<Vec<u8>>,
         /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits.
         shutdown: u8,
     },
@@ -339,7 +343,13 @@ impl CarriedObject {
                     unix_options_ok(&side.options)?;
                 }
             }
-            ObjectKind::UnixSocket { kind, options, name, backlog, .. } => {
+            ObjectKind::UnixSocket { kind, options, name, backlog, peer_name, .. } => {
+                if peer_name.is_some() && *kind != 2 {
+                    return Err("a carried Unix stream socket has a peer: its connection is carried otherwise".into());
+                }
+                if peer_name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 108) {
+                    return Err("a carried Unix socket's peer name is not a sun_path".into());
+                }
                 if !UNIX_SOCKET_TYPES.contains(kind) {
                     return Err(format!("a carried Unix socket has type {kind}"));
                 }
@@ -519,7 +529,7 @@ mod tests {
         assert_eq!(orphan.validate(), Ok(()));
         assert!(CarriedObject { ends: vec![end(3), end(4)], ..orphan }.validate().is_err());
         let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
-            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, backlog, shutdown: 0 },
+            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, peer_name: None, backlog, shutdown: 0 },
             ends: vec![end(5)],
         };
         assert_eq!(lone(1, Some(b"\0abstract".to_vec()), Some(16)).validate(), Ok(()));

@@ -261,7 +261,7 @@ pub(crate) fn recreate(
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
-            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown } => {
+            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown, .. } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
@@ -361,6 +361,16 @@ pub(crate) fn recreate(
             child.call(libc::SYS_fcntl, &[fd_arg(end.fds[0].fd), libc::F_SETFL as u64, u64::from(end.status_flags.unsigned_abs())], &what)?;
             child.call(libc::SYS_close, &[fd_arg(at)], &what)?;
         }
+    }
+    // Datagram sockets sending to a socket of the seed by default, once every socket is bound.
+    for o in objects {
+        let ObjectKind::UnixSocket { peer_name: Some(peer), .. } = &o.kind else { continue };
+        let fd = o.ends[0].fds[0].fd;
+        let what = format!("connecting the seed's datagram socket {fd} again");
+        let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        address.extend_from_slice(peer);
+        child.put(&address, &what)?;
+        child.call(libc::SYS_connect, &[fd_arg(fd), child.slot, address.len() as u64], &what)?;
     }
     for o in objects {
         let ObjectKind::Epoll { watches } = &o.kind else { continue };

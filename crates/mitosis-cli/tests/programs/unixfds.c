@@ -31,6 +31,7 @@
  *               46 a client connected to 36, waiting to be accepted
  *               47 a SOCK_STREAM socket whose peer wrote "last words" and
  *                  closed
+ *               49 a SOCK_DGRAM socket connected to 38 (sending to it by default)
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 30 to 63>", then one line per object with its
@@ -194,6 +195,10 @@ int main(int argc, char **argv) {
     if (write(48, "last words", 10) != 10) { perror("orphan"); return 1; }
     close(48);
 
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 49);
+    al = abstract(&addr, dgram_name);
+    if (connect(49, (struct sockaddr *)&addr, al)) { perror("connect dgram"); return 1; }
+
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -262,6 +267,8 @@ int main(int argc, char **argv) {
             int sent = sendto(s, "to-38", 5, 0, (struct sockaddr *)&addr, al) == 5;
             close(s);
             printf("abstract dgram delivers %d\n", sent && recv(38, small, sizeof small, MSG_DONTWAIT) == 5 && !memcmp(small, "to-38", 5));
+            sent = send(49, "by default", 10, 0) == 10;
+            printf("dgram 49 sends to 38 %d\n", sent && recv(38, small, sizeof small, MSG_DONTWAIT) == 10 && !memcmp(small, "by default", 10));
             nl = sizeof got_name;
             getsockname(39, (struct sockaddr *)&got_name, &nl);
             printf("unbound type %d name length %d listening %d\n", sockint(39, SO_TYPE), (int)nl, sockint(39, SO_ACCEPTCONN));
