@@ -3,7 +3,9 @@
 //! target's and unnamed (`socketpair`), with what is queued on each side;
 //! sockets that are not connected (unbound, bound, listening); connections
 //! between two of its sockets made through one of its listeners (accepted,
-//! or still waiting in the listener's queue).
+//! or still waiting in the listener's queue); sockets whose peer closed,
+//! with what is still queued on them; datagram sockets sending by default
+//! to a named socket of the target.
 //!
 //! Which socket is whose peer, its name and state come from the kernel's
 //! socket diagnostics (`unix_diag`, asked in the socket's own network
