@@ -16,7 +16,7 @@ use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, InotifyWat
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, MmFields, OpenFile, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, PendingSignal, Vma,
+    FileIdentity, IntervalTimer, MmFields, OpenFile, PosixTimer, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, TimerNotify, PendingSignal, Vma,
     VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
@@ -77,8 +77,10 @@ fn image() -> SeedImage {
                 kind: VmaKind::File { path: "/usr/bin/python3".into(), offset: 0, identity },
                 name: "/usr/bin/python3".into(),
                 written: vec![(0x40_1000, 0x40_2000)],
+                flags: 0,
+                guards: vec![],
             },
-            Vma { start: 0x60_0000, end: 0x70_0000, prot: rw, kind: VmaKind::Anon, name: "[heap]".into(), written: vec![] },
+            Vma { start: 0x60_0000, end: 0x70_0000, prot: rw, kind: VmaKind::Anon, name: "[heap]".into(), written: vec![], flags: 1 << 8, guards: vec![(0x60_1000, 0x60_2000)] },
             Vma {
                 start: 0x7f00_0000_0000,
                 end: 0x7f00_0000_1000,
@@ -86,9 +88,11 @@ fn image() -> SeedImage {
                 kind: VmaKind::Opaque { name: "/memfd:x (deleted)".into() },
                 name: "/memfd:x (deleted)".into(),
                 written: vec![],
+                flags: 0,
+                guards: vec![],
             },
-            Vma { start: 0x7f00_0000_1000, end: 0x7f00_0000_2000, prot: rw, kind: VmaKind::SharedAnon, name: "/dev/zero (deleted)".into(), written: vec![] },
-            Vma { start: 0x7fff_f000_0000, end: 0x7fff_f000_2000, prot: rw, kind: VmaKind::Vdso, name: "[vdso]".into(), written: vec![] },
+            Vma { start: 0x7f00_0000_1000, end: 0x7f00_0000_2000, prot: rw, kind: VmaKind::SharedAnon, name: "/dev/zero (deleted)".into(), written: vec![], flags: 0, guards: vec![] },
+            Vma { start: 0x7fff_f000_0000, end: 0x7fff_f000_2000, prot: rw, kind: VmaKind::Vdso, name: "[vdso]".into(), written: vec![], flags: 0, guards: vec![] },
             Vma {
                 start: 0xffff_ffff_ff60_0000,
                 end: 0xffff_ffff_ff60_1000,
@@ -96,6 +100,8 @@ fn image() -> SeedImage {
                 kind: VmaKind::Vsyscall,
                 name: "[vsyscall]".into(),
                 written: vec![],
+                flags: 0,
+                guards: vec![],
             },
         ],
         mm: MmFields { start_code: 0x40_0000, end_code: 0x40_2000, brk: 0x60_1000, ..MmFields::default() },
@@ -127,6 +133,9 @@ fn image() -> SeedImage {
             thp_disabled: true,
             personality: 0x0040000,
             child_subreaper: true,
+            interval_timers: vec![IntervalTimer { which: 1, value_us: 900, interval_us: 0 }],
+            posix_timers: vec![PosixTimer { id: 0, clock: 0, notify: TimerNotify::Process, signo: 14, value: 7, left_ns: 1_000_000, interval_ns: 0 }],
+            membarrier: 1 << 4,
         },
         comm: "python3".into(),
         threads: vec![ThreadState {

@@ -42,6 +42,7 @@ mod files;
 mod inotify;
 pub mod threads;
 mod shared;
+mod timers;
 mod unix;
 
 pub use copy::{copy_memory, CopiedMemory};
@@ -50,8 +51,8 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use mitosis_proto::image::{
-    IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState,
-    Vma, VmaKind,
+    vma_flags, IdentityMatch, MmFields, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState,
+    ThreadState, Vma, VmaKind,
 };
 use mitosis_sys::procfs::{self, pagemap, MapsEntry};
 use mitosis_sys::ptrace::{idx, Regs, Stop, Tracee};
@@ -196,13 +197,15 @@ fn capture_stopped(
     // Handler addresses of caught signals are only visible from inside.
     let mut actions = Vec::new();
     let scratch = threads::Scratch::save(pid, &regs)?;
-    let queried = query_leader(&threads::Probe::new(tracee, pid, regs, gadget, &scratch), status, &mut actions).and_then(|leader| {
+    let probe = threads::Probe::new(tracee, pid, regs, gadget, &scratch);
+    let queried = query_leader(&probe, status, &mut actions).and_then(|leader| {
+        let clocks = timers::read(&probe, pid, set)?;
         let cpu = mitosis_sys::affinity::current_cpu();
         let others: Result<Vec<ThreadState>, CaptureError> = set.others.iter().map(|s| threads::thread_state(pid, s, gadget, &scratch, cpu)).collect();
-        Ok((leader, others?))
+        Ok((leader, clocks, others?))
     });
     scratch.restore()?;
-    let (LeaderAnswers { tid_address, altstack, child_subreaper, dumpable }, thread_states) = queried?;
+    let (LeaderAnswers { tid_address, altstack, child_subreaper, dumpable }, clocks, thread_states) = queried?;
     let robust_list = mitosis_sys::process::robust_list(pid).map_err(CaptureError::sys("reading the robust futex list"))?;
     step("signal handlers, tid addresses and threads read");
     let brk = mitosis_sys::unsigned(
@@ -265,7 +268,12 @@ fn capture_stopped(
     let (files, mut closed_fds) = files::open_files(pid);
     let carried = fds::carry(pid, &mut closed_fds)?;
     step("open files read");
-    let properties = process_properties(pid, dumpable, child_subreaper)?;
+    let properties = ProcessProperties {
+        interval_timers: clocks.interval_timers,
+        posix_timers: clocks.posix_timers,
+        membarrier: clocks.membarrier,
+        ..process_properties(pid, dumpable, child_subreaper)?
+    };
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.to_str().map(str::to_string))
@@ -383,7 +391,7 @@ fn process_properties(pid: i32, dumpable: u32, child_subreaper: bool) -> Result<
         .into_iter()
         .map(|(resource, soft, hard)| ResourceLimit { resource, soft, hard })
         .collect();
-    Ok(ProcessProperties { umask, rlimits, oom_score_adj, dumpable, thp_disabled: !thp_enabled, personality, child_subreaper })
+    Ok(ProcessProperties { umask, rlimits, oom_score_adj, dumpable, thp_disabled: !thp_enabled, personality, child_subreaper, ..ProcessProperties::default() })
 }
 
 /// Sorts the target's mappings into what a child can rebuild.
@@ -413,7 +421,25 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         } else {
             file_kind(pid, m)
         };
-        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new() });
+        out.push(Vma { start: m.start, end: m.end, prot, kind, name: m.name.clone(), written: Vec::new(), flags: 0, guards: Vec::new() });
+    }
+    if let (Some(first), Some(last)) = (out.first().map(|v| v.start), out.iter().rev().find(|v| v.kind != VmaKind::Vsyscall).map(|v| v.end)) {
+        let guards = mitosis_sys::mem::guard_regions(pid, first, last).map_err(CaptureError::sys("finding guard regions"))?;
+        for (s, e) in guards {
+            for v in out.iter_mut().filter(|v| v.start < e && s < v.end) {
+                v.guards.push((s.max(v.start), e.min(v.end)));
+            }
+        }
+    }
+    let smaps = read_proc(pid, "smaps")?;
+    let mut flags = procfs::parse_smaps_flags(&smaps).into_iter().peekable();
+    for v in &mut out {
+        while flags.peek().is_some_and(|f| f.0 < v.start) {
+            flags.next();
+        }
+        if let Some((_, names)) = flags.peek().filter(|f| f.0 == v.start) {
+            v.flags = vma_flags::NAMES.iter().filter(|(name, _)| names.contains(name)).fold(0, |all, (_, bit)| all | bit);
+        }
     }
     Ok(out)
 }

@@ -129,13 +129,27 @@ fn x87_and_sse_computation_continues_after_resume() {
 /// of Rust's signal stack, which lands there with randomized layouts).
 #[test]
 fn prot_none_page_at_the_start_of_a_fault_window() {
-    let Some(c) = Cluster::new("guard") else { return };
+    guarded("guard", &[], &[]);
+}
+
+/// A guard region (`MADV_GUARD_INSTALL`) in the middle of the seed's memory
+/// is a guard region in the child, and an eager resume, which streams every
+/// page in, does not try to read it (its snapshot cannot be read there).
+#[test]
+fn guard_region_is_a_guard_again_and_has_no_pages_to_fetch() {
+    guarded("guard-region", &["region"], &["--eager"]);
+}
+
+fn guarded(name: &str, args: &[&str], resume: &[&str]) {
+    let Some(c) = Cluster::new(name) else { return };
     let prog = compile(&c.dir, "guard", &["-O2"]);
-    let (mut parent, ppid) = c.target_in(&c.hosts.a, "guard", &[prog.to_str().unwrap()]);
+    let mut argv = vec![prog.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "guard", &argv);
     wait_blocked_in_read_stdin(ppid);
     c.prepare_a(ppid, "guard");
 
-    let out = c.resume_on_b_with("guard", "go\n");
+    let out = c.resume_on_b_with_args("guard", "go\n", resume);
     parent.send("go\n");
     let expected = parent.expect_prefix("guard ok ", STEP);
     assert_eq!(out.stdout, format!("{expected}\n"), "{out}\n{}", c.logs());
@@ -144,18 +158,22 @@ fn prot_none_page_at_the_start_of_a_fault_window() {
 
 /// Signal mask, dispositions, handler flags and the alternate signal stack
 /// are the same in the child as in the parent (as after fork(2)), and a
-/// handler runs on the same kind of stack.
+/// handler runs on the same kind of stack. A blocked, pending SIGTRAP with a
+/// handler survives in both (a tracer's traps must not reset the handler).
 fn signal_state(name: &str, mode: &str) {
     let Some(c) = Cluster::new(name) else { return };
     let prog = compile(&c.dir, "signals", &["-O2"]);
     let (mut parent, ppid) = c.target_in(&c.hosts.a, "signals", &[prog.to_str().unwrap(), mode]);
     wait_blocked_in_read_stdin(ppid);
     c.prepare_a(ppid, "sig");
-    let input = "state\nraise\nraise\nexit\n";
+    let input = "state\nraise\nraise\ntrap\nexit\n";
     let out = c.resume_on_b_with("sig", input);
     parent.send(input);
     let expected = parent.finish(STEP);
     assert_eq!(expected.code(), Some(0), "{expected}");
+    // The seed kept its SIGTRAP handler and pending SIGTRAP through the
+    // prepare's injected calls, and reports them.
+    assert!(expected.stdout.contains("trap pending 1\ntrap handled 2\n"), "{expected}");
     assert_eq!(out.stdout, expected.stdout, "the child's signal state differs from its parent's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
 }

@@ -12,7 +12,7 @@ use mitosis_container::{Container, HolderSpec};
 use mitosis_proto::local::{ChildEnd, ChildInfo, ContainerSpec, LocalResponse, Paging, ResumeOptions, ResumeTimings, CHILD_MARKER};
 use mitosis_proto::{error_chain, ErrorKind, ProtoError, RemoteError};
 use mitosis_restore::prologue::{ContainerEntry, Credentials, FileFailure, Prologue, PrologueExit};
-use mitosis_restore::{restore, Child, RestoreError, RestorePlan};
+use mitosis_restore::{restore, Child, RestoreError, RestorePlan, RestorePrivilege};
 use mitosis_sys::fdpass::PeerCred;
 use mitosis_sys::pidfd::{self, Exit};
 use mitosis_sys::poll::{self, PollFd};
@@ -316,16 +316,21 @@ pub(crate) fn start(
         Body::Caller { pid, .. } => *pid,
         Body::NewChild { .. } => std::process::id() as i32,
     };
-    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child).map_err(|e| {
-        let kind = if matches!(e, RestoreError::Refused(_)) { ErrorKind::PermissionDenied } else { ErrorKind::Unsupported };
-        remote_err(kind, error_chain(&e))
-    })?;
     let credentials = match &body {
         // The caller runs the prologue itself, with its own credentials
         // (which `child_credentials` would only narrow for root).
         Body::Caller { .. } if cred.uid != 0 => None,
         _ => child_credentials(cred, &image)?,
     };
+    let privilege = match &credentials {
+        Some(c) if c.uid == 0 => RestorePrivilege::Root,
+        Some(c) if c.keep_for_restore != 0 => RestorePrivilege::CheckpointRestore,
+        _ => RestorePrivilege::Unprivileged,
+    };
+    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child, privilege).map_err(|e| {
+        let kind = if matches!(e, RestoreError::Refused(_)) { ErrorKind::PermissionDenied } else { ErrorKind::Unsupported };
+        remote_err(kind, error_chain(&e))
+    })?;
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
     let mut container = None;
@@ -562,18 +567,22 @@ fn prologue_for(image: &SeedImage, plan: &RestorePlan, parent: i32, credentials:
     }
 }
 
-/// The credentials a child takes (`None`: it keeps the daemon's, root, for a
-/// seed of root). A child runs as its seed's uid and gid with the seed's
-/// supplementary groups, but never with more than its resumer holds: for a
-/// resumer other than root (whose uid is the seed's, checked before), the
-/// seed's gid must be one of the resumer's groups, and the supplementary
-/// groups are those the seed and the resumer both have.
+/// The credentials a child takes (`None`: it keeps the daemon's, for a
+/// daemon that is not root). A child runs as its seed's uid and gid with the
+/// seed's supplementary groups, but never with more than its resumer holds:
+/// for a resumer other than root (whose uid is the seed's, checked before),
+/// the seed's gid must be one of the resumer's groups, and the supplementary
+/// groups are those the seed and the resumer both have. (A seed of root has
+/// a resumer of root.) A child of a seed other than root keeps
+/// `CAP_CHECKPOINT_RESTORE` for its restore only, which drops it before any
+/// of the seed's code runs: it lets the child take the seed's executable.
 fn child_credentials(cred: PeerCred, image: &SeedImage) -> Result<Option<Credentials>, RemoteError> {
-    if mitosis_sys::process::euid() != 0 || image.uid == 0 {
+    if mitosis_sys::process::euid() != 0 {
         return Ok(None);
     }
+    let keep_for_restore = if image.uid == 0 { 0 } else { mitosis_sys::after_fork::CHECKPOINT_RESTORE_CAPABILITY };
     if cred.uid == 0 {
-        return Ok(Some(Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone() }));
+        return Ok(Some(Credentials { uid: image.uid, gid: image.gid, groups: image.groups.clone(), keep_for_restore }));
     }
     let held = resumer_groups(cred).ok_or_else(|| {
         remote_err(ErrorKind::PermissionDenied, format!("cannot read the groups of the resuming process {}", cred.pid))
@@ -585,7 +594,7 @@ fn child_credentials(cred: PeerCred, image: &SeedImage) -> Result<Option<Credent
         ));
     }
     let groups = image.groups.iter().copied().filter(|g| held.contains(g)).collect();
-    Ok(Some(Credentials { uid: image.uid, gid: image.gid, groups }))
+    Ok(Some(Credentials { uid: image.uid, gid: image.gid, groups, keep_for_restore }))
 }
 
 /// Every group the process behind `cred` holds (real, effective, saved and

@@ -216,6 +216,10 @@ pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// Capabilities (a `CAP_*` bit mask) a child of a seed other than root
+    /// keeps across the change of ids, for its restore only: the restore
+    /// drops them before any of the seed's code runs.
+    pub keep_for_restore: u64,
 }
 
 /// The container a child joins: the namespaces of the holder whose pidfd is
@@ -390,7 +394,15 @@ impl Prologue {
             }
         }
         if let Some(c) = &self.credentials {
-            if after_fork::set_groups(&c.groups).is_err() || after_fork::set_ids(c.uid, c.gid).is_err() {
+            // Groups first: only root may set them.
+            let set = after_fork::set_groups(&c.groups).and_then(|()| {
+                if c.keep_for_restore != 0 && c.uid != 0 {
+                    after_fork::set_ids_keeping(c.uid, c.gid, c.keep_for_restore)
+                } else {
+                    after_fork::set_ids(c.uid, c.gid)
+                }
+            });
+            if set.is_err() {
                 fail(PrologueExit::Credentials);
             }
         }
@@ -477,7 +489,7 @@ mod tests {
             parent: 7,
             plan: PrologueFiles { files: vec![], uffd_fd: 3, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default() },
             actions: vec![],
-            credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3] }),
+            credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3], keep_for_restore: 0 }),
             container: Some(ContainerEntry { join_flags: libc::CLONE_NEWNS, hostname: Some(c"h".to_owned()) }),
             properties: ProcessProperties { umask: 0o27, dumpable: 1, ..ProcessProperties::default() },
         };

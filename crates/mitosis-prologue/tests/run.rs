@@ -45,6 +45,7 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
             // The restore's: the child keeps the forker's.
             oom_score_adj: 300,
             personality: 0x0040000,
+            ..ProcessProperties::default()
         },
     }
 }

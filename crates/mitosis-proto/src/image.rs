@@ -140,6 +140,47 @@ pub struct Vma {
     /// For file mappings: runs `(start, end)` of pages the process wrote (private
     /// copies that differ from the file).
     pub written: Vec<(u64, u64)>,
+    /// Its `VmFlags` that the child's mapping takes too ([`vma_flags`]).
+    pub flags: u32,
+    /// Guard regions inside it (`MADV_GUARD_INSTALL`): `(start, end)` runs,
+    /// page aligned, in order. The child gets them as guards again; they
+    /// have no pages to fetch.
+    pub guards: Vec<(u64, u64)>,
+}
+
+/// Flags of a mapping (`/proc/PID/smaps` `VmFlags`) that a child keeps.
+pub mod vma_flags {
+    /// `lo`: locked (`mlock`); the child locks it as it faults (`MLOCK_ONFAULT`).
+    pub const LOCKED: u32 = 1 << 0;
+    /// `nr`: `MAP_NORESERVE`.
+    pub const NORESERVE: u32 = 1 << 1;
+    /// `dp`: `MAP_DROPPABLE`. The kernel may drop its pages at any time, and
+    /// a userfaultfd cannot serve it: the child's reads zero.
+    pub const DROPPABLE: u32 = 1 << 2;
+    /// `sr`, `rr`: `MADV_SEQUENTIAL`, `MADV_RANDOM`.
+    pub const SEQUENTIAL: u32 = 1 << 3;
+    pub const RANDOM: u32 = 1 << 4;
+    /// `dc`: `MADV_DONTFORK`.
+    pub const DONTFORK: u32 = 1 << 5;
+    /// `dd`: `MADV_DONTDUMP`.
+    pub const DONTDUMP: u32 = 1 << 6;
+    /// `mg`: `MADV_MERGEABLE` (KSM).
+    pub const MERGEABLE: u32 = 1 << 7;
+    /// `hg`, `nh`: `MADV_HUGEPAGE`, `MADV_NOHUGEPAGE`.
+    pub const HUGEPAGE: u32 = 1 << 8;
+    pub const NOHUGEPAGE: u32 = 1 << 9;
+    /// `wf`: `MADV_WIPEONFORK`. A child is a fork: it reads zero there, as
+    /// after `fork()` (how OpenSSL and others notice a fork and reseed).
+    pub const WIPEONFORK: u32 = 1 << 10;
+    /// Every flag above, with its `VmFlags` name.
+    pub const NAMES: [(&str, u32); 11] = [
+        ("lo", LOCKED), ("nr", NORESERVE), ("dp", DROPPABLE), ("sr", SEQUENTIAL), ("rr", RANDOM), ("dc", DONTFORK),
+        ("dd", DONTDUMP), ("mg", MERGEABLE), ("hg", HUGEPAGE), ("nh", NOHUGEPAGE), ("wf", WIPEONFORK),
+    ];
+    /// The `madvise` advice each advice flag is set with.
+    pub const ADVICE: [(u32, i32); 8] = [
+        (SEQUENTIAL, 2), (RANDOM, 1), (DONTFORK, 10), (DONTDUMP, 16), (MERGEABLE, 12), (HUGEPAGE, 14), (NOHUGEPAGE, 15), (WIPEONFORK, 18),
+    ];
 }
 
 impl Vma {
@@ -154,6 +195,10 @@ impl Vma {
     }
     pub fn is_stack(&self) -> bool {
         self.name == "[stack]"
+    }
+    /// Its pages are never the seed's: a child reads zero there.
+    pub fn zero_in_child(&self) -> bool {
+        self.flags & (vma_flags::WIPEONFORK | vma_flags::DROPPABLE) != 0
     }
 }
 
@@ -372,6 +417,58 @@ pub struct ProcessProperties {
     pub personality: u32,
     /// `PR_SET_CHILD_SUBREAPER` is in force.
     pub child_subreaper: bool,
+    /// The armed interval timers (`setitimer`), each kind at most once.
+    pub interval_timers: Vec<IntervalTimer>,
+    /// The POSIX timers (`timer_create`), armed or not, by id.
+    pub posix_timers: Vec<PosixTimer>,
+    /// `membarrier` registrations (`MEMBARRIER_CMD_GET_REGISTRATIONS`: a
+    /// mask of `MEMBARRIER_CMD_REGISTER_*` commands).
+    pub membarrier: u32,
+}
+
+/// Interval timer kinds (`ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`).
+pub const INTERVAL_TIMER_KINDS: u32 = 3;
+
+/// An armed interval timer: what `getitimer` said at the prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalTimer {
+    /// `ITIMER_*`, below [`INTERVAL_TIMER_KINDS`].
+    pub which: u32,
+    /// Time left until it fires, in microseconds (not 0: it is armed).
+    pub value_us: u64,
+    /// Its period after that (0: once).
+    pub interval_us: u64,
+}
+
+/// How a POSIX timer tells its process that it fired (`sigev_notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerNotify {
+    /// `SIGEV_NONE`: it is only read.
+    Nothing,
+    /// `SIGEV_SIGNAL`: a signal to the process.
+    Process,
+    /// `SIGEV_THREAD_ID`: a signal to the thread with this tid (as the
+    /// seed knows it; glibc's `SIGEV_THREAD` timers are these, to its
+    /// helper thread).
+    Thread(i32),
+}
+
+/// A POSIX timer of the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// Its id (`timer_t`), which the child keeps.
+    pub id: i32,
+    /// `CLOCK_*` it counts on.
+    pub clock: i32,
+    pub notify: TimerNotify,
+    /// The signal it sends (0 with [`TimerNotify::Nothing`]).
+    pub signo: i32,
+    /// `sigev_value`, handed to the handler.
+    pub value: u64,
+    /// Time left until it fires, in nanoseconds (0: disarmed).
+    pub left_ns: u64,
+    /// Its period (0: once).
+    pub interval_ns: u64,
 }
 
 impl ProcessProperties {
@@ -390,6 +487,21 @@ impl ProcessProperties {
         }
         if self.personality == u32::MAX {
             return Err("personality 0xffffffff is a query, not a personality".into());
+        }
+        let mut kinds = 0u32;
+        for t in &self.interval_timers {
+            if t.which >= INTERVAL_TIMER_KINDS || kinds & (1 << t.which) != 0 {
+                return Err(format!("interval timer {} is unknown or listed twice", t.which));
+            }
+            kinds |= 1 << t.which;
+        }
+        let mut ids: Vec<i32> = self.posix_timers.iter().map(|t| t.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) || ids.first().is_some_and(|&id| id < 0) {
+            return Err("POSIX timer ids are negative or listed twice".into());
+        }
+        if self.posix_timers.iter().any(|t| !(0..=64).contains(&t.signo)) {
+            return Err("a POSIX timer's signal is not a signal".into());
         }
         let mut seen = 0u32;
         for l in &self.rlimits {
@@ -436,10 +548,12 @@ impl SeedImage {
                 return Err(format!("{range} overlaps or precedes the mapping before it"));
             }
             previous_end = v.end;
-            if let Some(&(s, e)) = v.written.iter().find(|&&(s, e)| {
-                s >= e || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 || s < v.start || e > v.end
-            }) {
+            let bad_run = |&&(s, e): &&(u64, u64)| s >= e || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 || s < v.start || e > v.end;
+            if let Some(&(s, e)) = v.written.iter().find(bad_run) {
                 return Err(format!("{range} has a written run {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
+            }
+            if let Some(&(s, e)) = v.guards.iter().find(bad_run) {
+                return Err(format!("{range} has a guard region {s:#x}-{e:#x} that is empty, not page aligned or outside it"));
             }
         }
         for object in &self.carried {
@@ -556,6 +670,8 @@ mod tests {
             kind: VmaKind::Anon,
             name: String::new(),
             written: Vec::new(),
+            flags: 0,
+            guards: Vec::new(),
         };
         SeedImage {
             id: "fn-a".into(),
@@ -596,6 +712,17 @@ mod tests {
                 thp_disabled: true,
                 personality: 0x0040000,
                 child_subreaper: true,
+                interval_timers: vec![IntervalTimer { which: 0, value_us: 2_500_000, interval_us: 1_000_000 }],
+                posix_timers: vec![PosixTimer {
+                    id: 3,
+                    clock: 1,
+                    notify: TimerNotify::Thread(12),
+                    signo: 34,
+                    value: 0xdead,
+                    left_ns: 5_000,
+                    interval_ns: 0,
+                }],
+                membarrier: 1 << 4,
             },
             comm: "python3".into(),
             threads: vec![thread(11), thread(12)],
@@ -643,6 +770,9 @@ mod tests {
         let mut outside = image();
         outside.vmas[0].written = vec![(0x2000, 0x4000)];
         assert!(outside.validate().unwrap_err().contains("written run"));
+        let mut guard_outside = image();
+        guard_outside.vmas[0].guards = vec![(0x1000, 0x1800)];
+        assert!(guard_outside.validate().unwrap_err().contains("guard region"));
         let mut fds = image();
         let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, identity: FileIdentity::default() };
         fds.files = vec![file(1), file(1)];

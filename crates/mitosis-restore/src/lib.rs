@@ -36,10 +36,11 @@ mod fds;
 pub mod plan;
 pub mod restore;
 pub mod threads;
+mod timers;
 pub use mitosis_prologue as prologue;
 pub use mitosis_sys::runner as stub;
 
-pub use plan::{Placement, RestorePlan};
+pub use plan::{Placement, RestorePlan, RestorePrivilege};
 pub use restore::{restore, vdso_block_of, Child};
 
 /// Why a child could not be restored.

@@ -37,6 +37,23 @@ pub struct RestorePlan {
     pub map_fd_end: i32,
     /// Descriptor of the executable for `PR_SET_MM_MAP`, if it is the same file here.
     pub exe_fd: Option<i32>,
+    /// What the child may do during its restore beyond its seed's own rights.
+    pub privilege: RestorePrivilege,
+}
+
+/// The rights a child holds while it is restored, which decide whether it
+/// can take its seed's executable as `/proc/PID/exe` (`PR_SET_MM_MAP` with
+/// an `exe_fd` needs `CAP_CHECKPOINT_RESTORE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestorePrivilege {
+    /// A child of a seed of root: root throughout.
+    Root,
+    /// A child of another seed that kept `CAP_CHECKPOINT_RESTORE` across
+    /// its prologue's change of ids; the restore drops it right after the
+    /// layout, before anything else (and before any of the seed's code runs).
+    CheckpointRestore,
+    /// Neither (a daemon that is not root, a resume in place by its caller).
+    Unprivileged,
 }
 
 impl AsRef<PrologueFiles> for RestorePlan {
@@ -50,7 +67,7 @@ impl RestorePlan {
     /// `process` is the process that becomes the child (as it is before the
     /// restore): the zygote's fork (our own executable) or the caller of a
     /// resume in place.
-    pub fn new(image: &SeedImage, local_vdso: &VdsoInfo, process: i32) -> Result<RestorePlan, RestoreError> {
+    pub fn new(image: &SeedImage, local_vdso: &VdsoInfo, process: i32, privilege: RestorePrivilege) -> Result<RestorePlan, RestoreError> {
         if image.vdso_hash != local_vdso.hash {
             return Err(RestoreError::Incompatible(format!(
                 "the seed host runs kernel {} whose vDSO differs from this host's (kernel {}); resume it on a host with the same kernel",
@@ -110,7 +127,7 @@ impl RestorePlan {
             // the kernel refuses to replace an executable that the seed maps again.
             Some((path, identity))
                 if local_copy_is(path, identity)
-                    && image.uid == 0
+                    && privilege != RestorePrivilege::Unprivileged
                     && exe_identity(process).as_ref() != Some(identity) =>
             {
                 Some(read_only_fd(&mut files, &mut next_fd, path, identity)?)
@@ -123,6 +140,7 @@ impl RestorePlan {
             map_fd_base,
             map_fd_end: next_fd,
             exe_fd,
+            privilege,
         })
     }
 
@@ -132,7 +150,20 @@ impl RestorePlan {
         let mut out = Vec::new();
         for (v, p) in image.vmas.iter().zip(&self.placements) {
             match p {
-                Placement::Remote => out.push((v.start, v.end)),
+                Placement::Remote if v.zero_in_child() => {}
+                Placement::Remote => {
+                    // Guard regions have no pages: the ranges around them.
+                    let mut from = v.start;
+                    for &(s, e) in &v.guards {
+                        if s > from {
+                            out.push((from, s));
+                        }
+                        from = e;
+                    }
+                    if from < v.end {
+                        out.push((from, v.end));
+                    }
+                }
                 Placement::LocalFile { .. } => out.extend_from_slice(&v.written),
                 Placement::Kernel => {}
             }

@@ -2,14 +2,14 @@
 
 use std::os::fd::OwnedFd;
 
-use mitosis_proto::image::{reg, SeedImage, VmaKind};
+use mitosis_proto::image::{reg, vma_flags, SeedImage, VmaKind};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::ptrace::{idx, Regs, Stop, Tracee};
 use mitosis_sys::uffd::{features, Uffd};
 use mitosis_sys::vdso::VdsoInfo;
 use mitosis_sys::{pidfd, SysError, PAGE};
 
-use crate::plan::{Placement, RestorePlan};
+use crate::plan::{Placement, RestorePlan, RestorePrivilege};
 use crate::threads;
 use crate::prologue::{LIMITS_SET_BY_RESTORE, LIMIT_NAMES};
 use mitosis_sys::runner::{self as stub, Table, ENTRY};
@@ -19,6 +19,12 @@ use crate::RestoreError;
 const USER_TOP: u64 = 0x7fff_ffff_f000;
 const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+/// `mmap` flag of memory the kernel may drop under pressure (Linux 6.11).
+const MAP_DROPPABLE: i32 = 0x08;
+/// SIGTRAP's bit in a signal mask.
+const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
+/// `mlock2` flag: lock pages as they are faulted in.
+const MLOCK_ONFAULT: u64 = 1;
 /// Offset of the xfeatures mask (XCR0) in the software-reserved bytes of an xsave area.
 const XSAVE_SW_XFEATURES: usize = 464 + 8;
 
@@ -54,6 +60,12 @@ pub fn restore(
     let pin_child = mitosis_sys::affinity::Pin::to(pid, cpu).ok();
     let tracee = Tracee::seize(pid, libc::PTRACE_O_EXITKILL).map_err(RestoreError::sys("attaching to the new child"))?;
     tracee.interrupt().map_err(|e| RestoreError::ChildDied(e.to_string()))?;
+    // The prologue blocked every signal, and gave SIGTRAP the seed's
+    // handler. The traps of the table runner and of injected calls are
+    // forced signals, and the kernel resets the handler of a forced signal
+    // that is blocked: SIGTRAP is unblocked until the seed's mask is set
+    // (ptrace stops each trap; the handler never runs here).
+    tracee.set_sigmask(!SIGTRAP_BIT).map_err(RestoreError::sys("unblocking SIGTRAP for the restore"))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading the child's registers"))?;
     let local_xstate = tracee.get_xstate().map_err(RestoreError::sys("reading the child's xsave state"))?;
     check_xstate(&image.xstate, &local_xstate)?;
@@ -77,7 +89,7 @@ pub fn restore(
     let blob_len = thread_slot_at + threads::SLOT_BYTES * image.threads.len() as u64;
     // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
     // run, robust list, tid address, altstack, prctl, close, end marker.
-    let written: usize = image.vmas.iter().map(|v| v.written.len()).sum();
+    let written: usize = image.vmas.iter().map(|v| v.written.len() + v.guards.len()).sum();
     let max_entries = (image.vmas.len() + written + 12) as u64;
     let scratch_len = round_up(code_len + blob_len + max_entries * ENTRY as u64, PAGE);
     let scratch = place_scratch(&tracee, &base, own_gadget, image, (own_vdso_start, own_vdso_end), scratch_len)?;
@@ -95,7 +107,11 @@ pub fn restore(
     mem.write_all_at(&image_bytes, scratch).map_err(RestoreError::sys("writing the table runner"))?;
 
     run_table(&tracee, &base, scratch, table_addr, &table, "restore step")?;
-
+    // The layout stands, with the seed's vDSO: its gadget from now on.
+    let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
+    if plan.privilege == RestorePrivilege::CheckpointRestore {
+        drop_capabilities(&tracee, &base, gadget, &mem, blob_addr)?;
+    }
 
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
@@ -103,8 +119,9 @@ pub fn restore(
     }
     start_pager(uffd, remote)?;
 
-    let gadget = vdso_span(image).map(|_| seed_gadget(image, vdso)).unwrap_or(own_gadget);
     set_layout_limits(&tracee, &base, gadget, &mem, blob_addr, pid, image)?;
+    // After the limits: the seed's RLIMIT_MEMLOCK allowed its locks.
+    advise_mappings(&tracee, &base, gadget, pid, image, plan);
     // After the layout too: READ_IMPLIES_EXEC would add PROT_EXEC to the
     // restore's own mappings.
     let r = tracee
@@ -144,6 +161,7 @@ pub fn restore(
         reply_len,
     };
     let finished = threads::create(&cx, image).and_then(|threads| {
+        crate::timers::recreate(&cx, image, &threads.tids, blob_addr)?;
         threads::queue_leader_signals(&cx, image, blob_addr)?;
         if image.tcb_tid_offset.is_some() {
             let leader_tid = threads::pid_inside(pid)?;
@@ -271,6 +289,48 @@ fn set_layout_limits(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, s
     Ok(())
 }
 
+/// Gives the child's mappings the seed's advice (`madvise`) and locks
+/// (`mlock2` with `MLOCK_ONFAULT`: locking at once would fetch every page).
+/// Each is a hint or a residency promise, not content: one the kernel
+/// refuses here (no KSM, a lower lock limit) is logged, and the child goes on
+/// without it.
+fn advise_mappings(tracee: &Tracee, base: &Regs, gadget: u64, pid: i32, image: &SeedImage, plan: &RestorePlan) {
+    for (v, p) in image.vmas.iter().zip(&plan.placements) {
+        if v.flags == 0 || matches!(p, Placement::Kernel) {
+            continue;
+        }
+        let mut calls: Vec<(i64, [u64; 3], &str)> = vma_flags::ADVICE
+            .iter()
+            .filter(|(flag, _)| v.flags & flag != 0)
+            .map(|&(_, advice)| (libc::SYS_madvise, [v.start, v.len(), advice.unsigned_abs().into()], "madvise"))
+            .collect();
+        if v.flags & vma_flags::LOCKED != 0 {
+            calls.push((libc::SYS_mlock2, [v.start, v.len(), MLOCK_ONFAULT], "mlock2"));
+        }
+        for (nr, args, name) in calls {
+            let r = tracee.inject_syscall(base, gadget, nr, &args, |_, _| Ok(()));
+            if !matches!(r, Ok(0)) {
+                tracing::warn!(pid, start = format!("{:#x}", v.start), call = name, arg = args[2], result = ?r, "the child's mapping goes without the seed's advice or lock");
+            }
+        }
+    }
+}
+
+/// Drops every capability of the child (the one its prologue kept to give
+/// it the seed's executable), with `capset` run by the child itself at
+/// `slot` (scratch memory); it is the seed's uid's again, and a failure
+/// fails the restore: no seed code ever runs with it.
+fn drop_capabilities(tracee: &Tracee, base: &Regs, gadget: u64, mem: &ProcMem, slot: u64) -> Result<(), RestoreError> {
+    let step = "dropping the capability kept for the restore";
+    let mut bytes = mitosis_sys::after_fork::CAPABILITY_VERSION_3.to_ne_bytes().to_vec();
+    bytes.resize(8 + 24, 0);
+    mem.write_all_at(&bytes, slot).map_err(RestoreError::sys(step))?;
+    let r = tracee
+        .inject_syscall(base, gadget, libc::SYS_capset, &[slot, slot + 8], |_: &Tracee, _: i32| Ok(()))
+        .map_err(RestoreError::sys(step))?;
+    check(r, step)
+}
+
 /// Gives child `pid` the seed's oom_score_adj (from the daemon: the child
 /// may be neither dumpable nor able to open its own /proc). Lowering it
 /// below the lowest value a privileged process set needs
@@ -396,13 +456,30 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
             }
             Placement::Remote => {
                 // Shared anonymous memory is shared again with the child's own forks.
-                let sharing = if v.kind == VmaKind::SharedAnon { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+                let sharing = match v.kind {
+                    VmaKind::SharedAnon => libc::MAP_SHARED,
+                    _ if v.flags & vma_flags::DROPPABLE != 0 => MAP_DROPPABLE,
+                    _ => libc::MAP_PRIVATE,
+                };
                 let mut flags = sharing | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if v.is_stack() {
                     flags |= libc::MAP_GROWSDOWN;
                 }
+                if v.flags & vma_flags::NORESERVE != 0 {
+                    flags |= libc::MAP_NORESERVE;
+                }
                 t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, u64::MAX, 0], what);
             }
+        }
+    }
+    // Guard regions, once every mapping stands.
+    for (v, p) in image.vmas.iter().zip(&plan.placements) {
+        if matches!(p, Placement::Kernel) {
+            continue;
+        }
+        for &(s, e) in &v.guards {
+            let advice = mitosis_sys::mem::MADV_GUARD_INSTALL.unsigned_abs().into();
+            t.push(libc::SYS_madvise, [s, e - s, advice, 0, 0, 0], format!("install guard region {s:#x}-{e:#x}"));
         }
     }
     let (head, len) = image.robust_list;

@@ -47,6 +47,9 @@ const _: () = assert!(NAME_AT + 16 <= TABLE_AT && TABLE_AT.is_multiple_of(8));
 pub(crate) struct Threads {
     /// The recreated threads, in image order.
     pub tracees: Vec<Tracee>,
+    /// Each thread's tid at the seed and in the child (inside its PID
+    /// namespace), in image order.
+    pub tids: Vec<(i32, i32)>,
     /// How many kept their seed tid.
     pub kept_tids: usize,
     /// Time spent creating the threads and setting them up, in microseconds.
@@ -80,7 +83,7 @@ pub(crate) struct ThreadContext<'a> {
 /// the other: create every thread; start every thread's table; then wait
 /// for each and give it its registers.
 pub(crate) fn create(cx: &ThreadContext<'_>, image: &SeedImage) -> Result<Threads, RestoreError> {
-    let mut out = Threads { tracees: Vec::with_capacity(image.threads.len()), kept_tids: 0, clone_us: 0, setup_us: 0 };
+    let mut out = Threads { tracees: Vec::with_capacity(image.threads.len()), tids: Vec::new(), kept_tids: 0, clone_us: 0, setup_us: 0 };
     let us = |t: std::time::Instant| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
     if image.threads.is_empty() {
         return Ok(out);
@@ -108,6 +111,7 @@ pub(crate) fn create(cx: &ThreadContext<'_>, image: &SeedImage) -> Result<Thread
         queue_signals(cx, tracee, slot_of(cx, i) + STACK_T_AT, (tgid, Some(tids_here[i])), &t.pending)?;
         finish(cx, tracee, image, i, t)?;
     }
+    out.tids = image.threads.iter().map(|t| t.tid).zip(tids_here.iter().copied()).collect();
     for (t, &tid_here) in image.threads.iter().zip(&tids_here) {
         if tid_here == t.tid {
             out.kept_tids += 1;
@@ -130,6 +134,11 @@ pub(crate) fn queue_signals(cx: &ThreadContext<'_>, tracee: &Tracee, buf: u64, t
     if signals.is_empty() {
         return Ok(());
     }
+    // Every signal blocked until the seed's mask is set, so that none of
+    // them is delivered here (to this restore's ptrace stops); the injected
+    // calls then step from syscall stop to syscall stop, no trap (see
+    // `Tracee::inject_syscall`).
+    tracee.set_sigmask(u64::MAX).map_err(RestoreError::sys("blocking signals to queue pending ones"))?;
     let base = tracee.get_regs().map_err(RestoreError::sys("reading registers to queue pending signals"))?;
     let (tgid, tid) = target;
     for s in signals {

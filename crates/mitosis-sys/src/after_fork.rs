@@ -275,6 +275,45 @@ pub fn set_ids(uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
+/// `CAP_CHECKPOINT_RESTORE` as a capability mask: what a child of a seed
+/// other than root keeps during its restore, to give it the seed's
+/// executable (`PR_SET_MM_MAP`'s `exe_fd`).
+pub const CHECKPOINT_RESTORE_CAPABILITY: u64 = 1 << 40;
+
+/// `capset`'s header version for 64-bit capability sets.
+pub const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// [`set_ids`] for a process that is root now, keeping the capabilities in
+/// `keep` (a bit mask of `CAP_*` numbers) permitted and effective across the
+/// change, and nothing else: `PR_SET_KEEPCAPS` around the change, then
+/// `capset`. (Without it a change away from uid 0 clears them all.)
+pub fn set_ids_keeping(uid: u32, gid: u32, keep: u64) -> Result<()> {
+    // SAFETY: prctl with integer arguments touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(SysError::last("prctl(PR_SET_KEEPCAPS)"));
+    }
+    let changed = set_ids(uid, gid);
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    changed?;
+    set_capabilities(keep)
+}
+
+/// Makes `caps` (a bit mask of `CAP_*` numbers) this thread's permitted and
+/// effective capabilities, and none inheritable (`capset`; only ever a
+/// subset of what it holds).
+pub fn set_capabilities(caps: u64) -> Result<()> {
+    let header = [CAPABILITY_VERSION_3, 0u32];
+    let (low, high) = ((caps & 0xffff_ffff) as u32, (caps >> 32) as u32);
+    // Two {effective, permitted, inheritable} triples: bits 0-31, then 32-63.
+    let data = [low, low, 0, high, high, 0];
+    // SAFETY: the kernel reads an 8-byte header and two 12-byte triples from live arrays.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) } != 0 {
+        return Err(SysError::last("capset"));
+    }
+    Ok(())
+}
+
 /// Reads one byte from `fd` (retrying EINTR): `Some(byte)`, or `None` at
 /// end of file.
 pub fn read_byte(fd: RawFd) -> Result<Option<u8>> {
@@ -746,5 +785,30 @@ mod tests {
         assert_eq!(field("Uid:"), ["65534"; 4]);
         assert_eq!(field("Gid:"), ["65534"; 4]);
         assert_eq!(field("Groups:"), ["100", "65534"]);
+    }
+
+    #[test]
+    fn credentials_keeping_one_capability() {
+        if crate::process::euid() != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        const CHECKPOINT_RESTORE: u64 = CHECKPOINT_RESTORE_CAPABILITY;
+        let (ok, pid) = in_parked_child(|| set_ids_keeping(65534, 65534, CHECKPOINT_RESTORE).is_ok());
+        let kept = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        let (dropped, pid) = in_parked_child(|| set_ids_keeping(65534, 65534, CHECKPOINT_RESTORE).is_ok() && set_capabilities(0).is_ok());
+        let none = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        crate::process::kill(pid, libc::SIGKILL).unwrap();
+        crate::process::wait_pid(pid).unwrap();
+        assert!(ok && dropped, "the child's own calls failed");
+        let field = |status: &str, f: &str| status.lines().find_map(|l| l.strip_prefix(f)).unwrap().trim().to_string();
+        assert_eq!(field(&kept, "Uid:").split_whitespace().collect::<Vec<_>>(), ["65534"; 4]);
+        for f in ["CapPrm:", "CapEff:"] {
+            assert_eq!(field(&kept, f), format!("{CHECKPOINT_RESTORE:016x}"), "{f}");
+            assert_eq!(field(&none, f), "0000000000000000", "{f} after the drop");
+        }
+        assert_eq!(field(&kept, "CapInh:"), "0000000000000000");
     }
 }

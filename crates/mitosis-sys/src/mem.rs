@@ -214,6 +214,88 @@ impl AnonMap {
         }
         Ok(())
     }
+
+    /// Makes `[offset, offset+len)` a guard region (`MADV_GUARD_INSTALL`,
+    /// Linux 6.13): any access there raises SIGSEGV.
+    pub fn guard(&mut self, offset: usize, len: usize) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(SysError::new("madvise", libc::EINVAL));
+        }
+        // SAFETY: as in `discard`; no reference into the range survives (&mut self).
+        let r = unsafe { libc::madvise(self.base.as_ptr().cast::<u8>().add(offset).cast(), len, MADV_GUARD_INSTALL) };
+        if r != 0 {
+            return Err(SysError::last("madvise(MADV_GUARD_INSTALL)"));
+        }
+        Ok(())
+    }
+}
+
+/// `madvise` advice that installs guard regions (Linux 6.13).
+pub const MADV_GUARD_INSTALL: i32 = 102;
+
+/// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = 0xC060_6610;
+/// `PAGE_IS_GUARD`: a page of a guard region (Linux 6.14).
+const PAGE_IS_GUARD: u64 = 1 << 8;
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// The guard regions (`MADV_GUARD_INSTALL`) of process `pid` in
+/// `[start, end)`, as ranges, from its page tables (`PAGEMAP_SCAN` on its
+/// `/proc/PID/pagemap`).
+pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|e| SysError::new("open pagemap", e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut regions = [[0u64; 3]; 64];
+    let mut from = start;
+    while from < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start: from,
+            end,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: PAGE_IS_GUARD,
+            category_anyof_mask: 0,
+            return_mask: PAGE_IS_GUARD,
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `regions`,
+        // room for `vec_len` page_region structs (three u64 each).
+        let n = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&pagemap), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            return Err(SysError::last("ioctl(PAGEMAP_SCAN)"));
+        }
+        for r in &regions[..n.unsigned_abs() as usize] {
+            match out.last_mut() {
+                Some(last) if last.1 == r[0] => last.1 = r[1],
+                _ => out.push((r[0], r[1])),
+            }
+        }
+        if arg.walk_end <= from {
+            break;
+        }
+        from = arg.walk_end;
+    }
+    Ok(out)
 }
 
 impl Drop for AnonMap {
@@ -326,5 +408,23 @@ mod data_run_tests {
         assert_eq!(data_runs(&f, 10 * 4096, 16 * 4096).unwrap(), [(10 * 4096, 11 * 4096)]);
         assert_eq!(data_runs(&f, 0, 9 * 4096 + 4096).unwrap(), [(2 * 4096, 3 * 4096), (9 * 4096, 10 * 4096)]);
         assert!(data_runs(&f, 12 * 4096, 16 * 4096).unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn guard_regions_are_found_in_the_page_tables() {
+        let mut map = AnonMap::new(16 * 4096).unwrap();
+        map.words_mut()[0] = 1;
+        map.guard(4 * 4096, 2 * 4096).unwrap();
+        map.guard(9 * 4096, 4096).unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let found = guard_regions(me, map.addr(), map.addr() + 16 * 4096).unwrap();
+        let base = map.addr();
+        assert_eq!(found, [(base + 4 * 4096, base + 6 * 4096), (base + 9 * 4096, base + 10 * 4096)]);
+        assert!(guard_regions(me, base, base + 4 * 4096).unwrap().is_empty());
     }
 }

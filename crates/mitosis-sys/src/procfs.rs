@@ -217,9 +217,104 @@ pub fn parse_limits(text: &str) -> Result<Vec<(u32, u64, u64)>, String> {
     Ok(out)
 }
 
+/// The `VmFlags` of every mapping in `/proc/PID/smaps`: (start, its flag
+/// names).
+pub fn parse_smaps_flags(text: &str) -> Vec<(u64, Vec<&str>)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(s) = start.take() {
+                out.push((s, flags.split_whitespace().collect()));
+            }
+        } else if let Some((range, _)) = line.split_once(' ') {
+            // A mapping's first line starts with "start-end"; field lines with "Name:".
+            if let Some((s, _)) = range.split_once('-').filter(|_| !range.ends_with(':')) {
+                start = u64::from_str_radix(s, 16).ok();
+            }
+        }
+    }
+    out
+}
+
+/// One POSIX timer of `/proc/PID/timers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcTimer {
+    pub id: i32,
+    /// The signal it sends and its `sigev_value`.
+    pub signo: i32,
+    pub value: u64,
+    /// `sigev_notify` without `SIGEV_THREAD_ID`: `SIGEV_SIGNAL`, `SIGEV_NONE`
+    /// or `SIGEV_THREAD`.
+    pub notify: i32,
+    /// Directed at one thread (`SIGEV_THREAD_ID`), whose id is `target`;
+    /// else `target` is the process (ids as the reader's /proc shows them).
+    pub to_thread: bool,
+    pub target: i32,
+    pub clock: i32,
+}
+
+/// Parses `/proc/PID/timers`: blocks of `ID:`, `signal: N/VALUE`,
+/// `notify: KIND/pid.N` (or `tid.N`) and `ClockID:` lines.
+pub fn parse_timers(text: &str) -> Result<Vec<ProcTimer>, String> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    while let Some(first) = lines.next() {
+        let field = |line: Option<&str>, name: &str| -> Result<String, String> {
+            let line = line.ok_or_else(|| format!("a timer without its {name} line"))?;
+            line.strip_prefix(name).map(|v| v.trim().to_string()).ok_or_else(|| format!("expected {name:?}, got {line:?}"))
+        };
+        let bad = |what: &str, v: &str| format!("bad {what} {v:?} in /proc timers");
+        let id = field(Some(first), "ID:")?;
+        let signal = field(lines.next(), "signal:")?;
+        let notify = field(lines.next(), "notify:")?;
+        let clock = field(lines.next(), "ClockID:")?;
+        let (signo, value) = signal.split_once('/').ok_or_else(|| bad("signal", &signal))?;
+        let (kind, target) = notify.split_once('/').ok_or_else(|| bad("notify", &notify))?;
+        let (to_thread, target) = match target.split_once('.') {
+            Some(("tid", n)) => (true, n),
+            Some(("pid", n)) => (false, n),
+            _ => return Err(bad("notify target", target)),
+        };
+        out.push(ProcTimer {
+            id: id.parse().map_err(|_| bad("id", &id))?,
+            signo: signo.parse().map_err(|_| bad("signal", signo))?,
+            value: u64::from_str_radix(value, 16).map_err(|_| bad("sigev_value", value))?,
+            notify: match kind {
+                "signal" => libc::SIGEV_SIGNAL,
+                "none" => libc::SIGEV_NONE,
+                "thread" => libc::SIGEV_THREAD,
+                other => return Err(bad("notify kind", other)),
+            },
+            to_thread,
+            target: target.parse().map_err(|_| bad("notify target", target))?,
+            clock: clock.parse().map_err(|_| bad("clock", &clock))?,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smaps_flags() {
+        let text = "7f00-7f10 rw-p 00000000 00:00 0 \nSize:                 64 kB\nVmFlags: rd wr mr mw me lo dc \n7f20-7f30 r--p 00000000 08:01 5   /usr/lib/x\nRss: 4 kB\nVmFlags: rd mr me wf\n";
+        assert_eq!(parse_smaps_flags(text), vec![(0x7f00, vec!["rd", "wr", "mr", "mw", "me", "lo", "dc"]), (0x7f20, vec!["rd", "mr", "me", "wf"])]);
+    }
+
+    #[test]
+    fn timers_blocks() {
+        let text = "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.100\nClockID: 0\nID: 3\nsignal: 34/000055d0c0de0010\nnotify: signal/tid.101\nClockID: 1\n";
+        let t = parse_timers(text).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0], ProcTimer { id: 0, signo: 14, value: 0, notify: libc::SIGEV_SIGNAL, to_thread: false, target: 100, clock: 0 });
+        assert_eq!((t[1].id, t[1].value, t[1].to_thread, t[1].target, t[1].clock), (3, 0x55d0_c0de_0010, true, 101, 1));
+        assert!(parse_timers("").unwrap().is_empty());
+        assert!(parse_timers("ID: 1\nsignal: 14/0\n").is_err(), "a cut block is an error");
+        assert!(parse_timers("ID: 1\nsignal: x/0\nnotify: none/pid.1\nClockID: 1\n").is_err());
+    }
 
     #[test]
     fn maps_lines() {

@@ -124,6 +124,9 @@ fn stop_of(status: i32) -> Stop {
     Stop::Signal(libc::WSTOPSIG(status))
 }
 
+/// SIGTRAP's bit in a signal mask.
+const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
+
 impl Tracee {
     /// Attaches to `pid` with `PTRACE_SEIZE` (the process keeps running) and the given options.
     pub fn seize(pid: i32, options: libc::c_int) -> Result<Tracee> {
@@ -274,8 +277,29 @@ impl Tracee {
     /// instruction (`gadget`) and single-stepping over it. `base` is the
     /// register set to start from; the caller restores the real registers later.
     /// `on_event` sees every `PTRACE_EVENT_*` stop on the way (fork events).
+    ///
+    /// A single-step trap is a forced SIGTRAP, and the kernel resets the
+    /// handler of a forced signal that the thread blocks: a tracee that
+    /// blocks SIGTRAP (and may have a handler for it, or one pending) is run
+    /// from syscall-entry stop to syscall-exit stop instead (`PTRACE_SYSCALL`:
+    /// no signal at all, one round trip more).
     pub fn inject_syscall(
         &self,
+        base: &Regs,
+        gadget: u64,
+        nr: i64,
+        args: &[u64],
+        on_event: impl FnMut(&Tracee, i32) -> Result<()>,
+    ) -> Result<i64> {
+        let request = if self.get_sigmask()? & SIGTRAP_BIT != 0 { libc::PTRACE_SYSCALL } else { libc::PTRACE_SINGLESTEP };
+        self.inject_with(request, base, gadget, nr, args, on_event)
+    }
+
+    /// [`Tracee::inject_syscall`], stepping with `request`: one SIGTRAP stop
+    /// for `PTRACE_SINGLESTEP`, two (entry and exit) for `PTRACE_SYSCALL`.
+    fn inject_with(
+        &self,
+        request: libc::c_uint,
         base: &Regs,
         gadget: u64,
         nr: i64,
@@ -291,13 +315,21 @@ impl Tracee {
             regs[ARG_REGS[i]] = *a;
         }
         self.set_regs(&regs)?;
-        ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0, 0, "ptrace(SINGLESTEP)")?;
+        let what = if request == libc::PTRACE_SYSCALL { "ptrace(SYSCALL)" } else { "ptrace(SINGLESTEP)" };
+        let mut traps_left = if request == libc::PTRACE_SYSCALL { 2 } else { 1 };
+        ptrace(request, self.pid, 0, 0, what)?;
         loop {
             match wait_stop(self.pid)? {
-                Stop::Signal(libc::SIGTRAP) => break,
+                Stop::Signal(libc::SIGTRAP) => {
+                    traps_left -= 1;
+                    if traps_left == 0 {
+                        break;
+                    }
+                    ptrace(request, self.pid, 0, 0, what)?;
+                }
                 Stop::Event(ev) => {
                     on_event(self, ev)?;
-                    ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0, 0, "ptrace(SINGLESTEP)")?;
+                    ptrace(request, self.pid, 0, 0, what)?;
                 }
                 Stop::Signal(sig) => {
                     // A signal raced with the injection. Injected syscalls run with the

@@ -6,11 +6,15 @@
  *                       must run on the normal stack)
  *
  * Both block SIGUSR2, ignore SIGPIPE, and install the SIGUSR1 handler with
- * SA_RESTART|SA_SIGINFO|SA_ONSTACK and SIGINT in its mask; then print
- * "ready <pid>" and answer stdin lines:
+ * SA_RESTART|SA_SIGINFO|SA_ONSTACK and SIGINT in its mask; install a SIGTRAP
+ * handler, block SIGTRAP and leave one pending (the traps of a tracer's
+ * single steps are forced SIGTRAPs, which reset a blocked handler); then
+ * print "ready <pid>" and answer stdin lines:
  *   state   "state <description of mask, dispositions, altstack>"
  *   raise   raise(SIGUSR1); the handler prints "usr1 <where it ran>", then
  *           "raised <count>"
+ *   trap    "trap pending <0|1>", then unblocks SIGTRAP (the pending one is
+ *           handled), raises another and blocks it again: "trap handled <n>"
  *   exit    exit 0
  */
 #define _GNU_SOURCE
@@ -43,6 +47,23 @@ static void handler(int sig, siginfo_t *info, void *uc) {
         where = "usr1 on-unknown-stack\n";
     count++;
     write(1, where, strlen(where));
+}
+
+static volatile sig_atomic_t traps;
+static void on_trap(int sig) { (void)sig; traps++; }
+
+static void trap(void) {
+    sigset_t pending, only;
+    sigpending(&pending);
+    printf("trap pending %d\n", sigismember(&pending, SIGTRAP));
+    fflush(stdout);
+    sigemptyset(&only);
+    sigaddset(&only, SIGTRAP);
+    sigprocmask(SIG_UNBLOCK, &only, NULL);
+    raise(SIGTRAP);
+    sigprocmask(SIG_BLOCK, &only, NULL);
+    printf("trap handled %d\n", (int)traps);
+    fflush(stdout);
 }
 
 static void state(void) {
@@ -89,7 +110,10 @@ int main(int argc, char **argv) {
     sigset_t block;
     sigemptyset(&block);
     sigaddset(&block, SIGUSR2);
+    sigaddset(&block, SIGTRAP);
     sigprocmask(SIG_BLOCK, &block, NULL);
+    signal(SIGTRAP, on_trap);
+    raise(SIGTRAP);
 
     printf("ready %d\n", getpid());
     fflush(stdout);
@@ -101,6 +125,8 @@ int main(int argc, char **argv) {
             raise(SIGUSR1);
             printf("raised %d\n", (int)count);
             fflush(stdout);
+        } else if (!strncmp(line, "trap", 4)) {
+            trap();
         } else if (!strncmp(line, "exit", 4)) {
             return 0;
         }
