@@ -101,7 +101,8 @@ fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
     // SAFETY: a new descriptor that nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut out = Vec::new();
-    let mut reply = vec![0u8; 16384];
+    // Room for a listener with a full queue of the largest backlog (4 bytes a connection).
+    let mut reply = vec![0u8; 1 << 18];
     for (seq, &inode) in (1u32..).zip(inodes) {
         let mut req = Vec::with_capacity(40);
         req.extend_from_slice(&40u32.to_ne_bytes());
