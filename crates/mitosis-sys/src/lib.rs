@@ -28,7 +28,8 @@
 //! - [`signals`]: blocking a set of signals and waiting for one.
 //! - [`unixsock`]: Unix sockets of another process: diagnostics (peer,
 //!   name, state), peeking at queued messages, sending without blocking.
-//! - [`fdstate::inotify_open_handle`]: the file an inotify watch watches.
+//! - [`fdstate::open_by_handle`]: the file a file handle names (an inotify
+//!   watch's).
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
 //!
 //! The crate denies undocumented `unsafe` blocks and lossy integer casts
