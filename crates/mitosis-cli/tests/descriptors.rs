@@ -15,7 +15,8 @@
 //! And (tests/programs/unixfds.c) Unix socket pairs of each type with
 //! messages queued both ways (boundaries and a shutdown kept), Unix
 //! sockets listening on a path (with a connection accepted from it and one
-//! waiting) and on an abstract name, a socket whose peer closed, a bound datagram one with another sending to it by default
+//! waiting) and on an abstract name, a socket whose peer closed, a bound datagram one with another sending to it by default, a socket connected to
+//! another process's (closed in the child, listed at prepare)
 //! one and an unbound one, a fifo with buffered bytes opened twice, an
 //! unlinked fifo, and an inotify watch that fires in the child.
 
@@ -77,7 +78,8 @@ fn descriptors_recreated_without_a_container() {
     carried("fds-noct", &["--no-container"]);
 }
 
-/// What tests/programs/unixfds.c reports of its descriptors as it made them.
+/// What tests/programs/unixfds.c reports of its descriptors as it made
+/// them (then whether its socket connected to another process is open).
 const UNIX_REPORT: &str = "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 49
 flags cloexec 01 nonblock 101
 stream 30 100000 bytes as written, then EAGAIN
@@ -99,8 +101,12 @@ fifo 1 mode 0640 rdwr 1 capacity 65536 5000 bytes as written
 fifo ends one fifo 1
 ghost fifo 1 links 0 \"ghost\"
 inotify event wd 2 mask 0x100, nonblock 1
-report done
 ";
+
+/// [`UNIX_REPORT`] and its last lines.
+fn unix_report(outside_open: bool) -> String {
+    format!("{UNIX_REPORT}outside 50 open {}\nreport done\n", u8::from(outside_open))
+}
 
 /// `dir`: where the seed binds its socket, makes its fifos and watches.
 ///
@@ -124,13 +130,15 @@ fn unix_carried(name: &str, dir: &str, extra: &[&str]) {
     let seed = parent.finish(STEP);
     assert_eq!(seed.code(), Some(0), "{seed}");
     if in_tmp {
-        assert_eq!(seed.stdout, UNIX_REPORT, "the seed's own report");
+        assert_eq!(seed.stdout, unix_report(true), "the seed's own report");
     }
     let out = c.resume_on_b_with_args("unixfds", if in_tmp { "report\nexit\n" } else { "report\ncleanup\nexit\n" }, extra);
-    assert_eq!(out.stdout, UNIX_REPORT, "the child's descriptors differ from its seed's: {out}\n{}", c.logs());
+    // Its socket connected to another process's is closed: the peer stays behind.
+    assert_eq!(out.stdout, unix_report(false), "the child's descriptors differ from its seed's: {out}\n{}", c.logs());
     assert_eq!(out.code(), Some(0), "{out}");
     let closed: Vec<i64> = prepared["closed_fds"].as_array().expect("closed_fds").iter().filter_map(|c| c[0].as_i64()).collect();
     assert!(closed.iter().all(|fd| !(30..=49).contains(fd)), "prepare lists none of them as closed: {prepared}");
+    assert!(closed.contains(&50), "prepare lists the socket connected to another process as closed: {prepared}");
 }
 
 #[test]

@@ -32,6 +32,10 @@
  *               47 a SOCK_STREAM socket whose peer wrote "last words" and
  *                  closed
  *               49 a SOCK_DGRAM socket connected to 38 (sending to it by default)
+ *               50 a SOCK_STREAM socket connected to a socket of another
+ *                  process (a child that accepted it, and dies with this
+ *                  process): not listed by "report", which says whether it
+ *                  is open
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 30 to 63>", then one line per object with its
@@ -48,7 +52,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/inotify.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -84,7 +90,8 @@ static void list_fds(void) {
     closedir(d);
     printf("fds");
     for (int i = 30; i < 64; i++)
-        if (seen[i]) printf(" %d", i);
+        if (i != 50)
+            if (seen[i]) printf(" %d", i);
     printf("\n");
 }
 
@@ -199,6 +206,24 @@ int main(int argc, char **argv) {
     al = abstract(&addr, dgram_name);
     if (connect(49, (struct sockaddr *)&addr, al)) { perror("connect dgram"); return 1; }
 
+    char outside[80];
+    snprintf(outside, sizeof outside, "%s-outside", name);
+    int helper_sk = socket(AF_UNIX, SOCK_STREAM, 0);
+    al = abstract(&addr, outside);
+    if (bind(helper_sk, (struct sockaddr *)&addr, al) || listen(helper_sk, 1)) { perror("outside"); return 1; }
+    pid_t self = getpid();
+    if (fork() == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != self) _exit(0);
+        int c = accept(helper_sk, NULL, NULL);
+        char b;
+        while (read(c, &b, 1) > 0) {}
+        _exit(0);
+    }
+    at(socket(AF_UNIX, SOCK_STREAM, 0), 50);
+    if (connect(50, (struct sockaddr *)&addr, al)) { perror("connect outside"); return 1; }
+    close(helper_sk);
+
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -303,6 +328,7 @@ int main(int argc, char **argv) {
                 }
             }
             printf("inotify %s wd %d mask %#x, nonblock %d\n", found ? "event" : "nothing", wd, mask, nonblock(43));
+            printf("outside 50 open %d\n", fcntl(50, F_GETFD) >= 0);
             printf("report done\n");
         } else if (!strcmp(line, "cleanup")) {
             cleanup = 1;
