@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use mitosis_proto::auth::{client_handshake, refuse_busy, server_handshake, ClusterKey};
-use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind};
+use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, InotifyWatch, ObjectEnd, ObjectKind, UnixSide};
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
@@ -172,6 +172,23 @@ fn image() -> SeedImage {
             CarriedObject {
                 kind: ObjectKind::Epoll { watches: vec![EpollWatch { fd: 5, file_fd: 5, events: 1, data: 0xdead }] },
                 ends: vec![ObjectEnd { fds: vec![FdNumber { fd: 7, cloexec: true }], status_flags: 0, access: 2, pos: 0 }],
+            },
+            CarriedObject {
+                kind: ObjectKind::UnixPair {
+                    kind: 5,
+                    sides: vec![
+                        UnixSide { options: vec![(1, 7, 212_992)], queue: vec![b"one".to_vec(), vec![]], shutdown: 0 },
+                        UnixSide { options: vec![], queue: vec![], shutdown: 2 },
+                    ],
+                },
+                ends: vec![
+                    ObjectEnd { fds: vec![FdNumber { fd: 10, cloexec: false }], status_flags: 0, access: 2, pos: 0 },
+                    ObjectEnd { fds: vec![FdNumber { fd: 11, cloexec: true }], status_flags: 0o4000, access: 2, pos: 0 },
+                ],
+            },
+            CarriedObject {
+                kind: ObjectKind::Inotify { watches: vec![InotifyWatch { wd: 2, path: "/srv/fn/hello".into(), mask: 0x100 }] },
+                ends: vec![ObjectEnd { fds: vec![FdNumber { fd: 12, cloexec: true }], status_flags: 0o4000, access: 0, pos: 0 }],
             },
         ],
         pending: vec![PendingSignal { info: [10i32.to_ne_bytes().to_vec(), vec![0; 124]].concat() }],

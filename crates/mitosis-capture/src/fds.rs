@@ -1,7 +1,9 @@
 //! Descriptors whose whole state is inside the target, recorded so that
 //! children get them recreated (see `mitosis_proto::descriptors`): pipes
 //! with both ends in the target and their buffered bytes, eventfds,
-//! timerfds, signalfds, and epoll instances with their watch sets.
+//! timerfds, signalfds, epoll instances with their watch sets, fifos
+//! (reopened by path in children) with their buffered bytes; Unix sockets
+//! ([`crate::unix`]) and inotify instances ([`crate::inotify`]).
 //!
 //! State comes from `/proc/PID/fdinfo` while the target is stopped; a
 //! pipe's bytes are read through a copy of its read end taken with
@@ -44,6 +46,9 @@ enum Sort {
     TimerFd,
     SignalFd,
     Epoll,
+    /// A fifo (device, inode).
+    Fifo(u64, u64),
+    Inotify,
 }
 
 fn sort_of(link: &str) -> Option<Sort> {
@@ -58,6 +63,7 @@ fn sort_of(link: &str) -> Option<Sort> {
         "anon_inode:[timerfd]" => Sort::TimerFd,
         "anon_inode:[signalfd]" => Sort::SignalFd,
         "anon_inode:[eventpoll]" => Sort::Epoll,
+        "anon_inode:inotify" => Sort::Inotify,
         _ => return None,
     })
 }
@@ -70,7 +76,7 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
     let mut by_sort: BTreeMap<Sort, Vec<Candidate>> = BTreeMap::new();
     let mut links: BTreeMap<i32, &str> = BTreeMap::new();
     for (fd, link) in closed.iter() {
-        let Some(sort) = sort_of(link).or_else(|| unlinked_file(pid, *fd, link)) else { continue };
+        let Some(sort) = sort_of(link).or_else(|| unlinked_file(pid, *fd, link)).or_else(|| fifo(pid, *fd, link)) else { continue };
         links.insert(*fd, link);
         let Ok(fdinfo) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else { continue };
         let (flags, _) = procfs::parse_fdinfo(&fdinfo);
@@ -85,11 +91,18 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
     let mut objects = Vec::new();
     let mut epolls = Vec::new();
     let mut file_bytes = 0u64;
+    let mut unix_sockets = Vec::new();
     for (sort, candidates) in by_sort {
         match sort {
-            Sort::Socket(_) => {
+            Sort::Socket(inode) => {
                 let copy = take(&target, candidates[0].fd)?;
-                let Some(kind) = inet_socket(&copy) else { continue };
+                let Some(kind) = inet_socket(&copy) else {
+                    if fdstate::sockopt_int(&copy, libc::SOL_SOCKET, libc::SO_DOMAIN).ok() == Some(libc::AF_UNIX) {
+                        // One socket is one open file description (a socket cannot be opened again).
+                        unix_sockets.push(crate::unix::UnixCandidate { inode, end: end(&candidates), copy });
+                    }
+                    continue;
+                };
                 let ends = descriptions(pid, candidates)?.iter().map(|g| end(g)).collect();
                 objects.push(CarriedObject { kind, ends });
             }
@@ -121,6 +134,18 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
                 let ends = [reader, writer].iter().chain(groups.iter()).map(|g| end(g)).collect();
                 objects.push(CarriedObject { kind: ObjectKind::Pipe { capacity, data }, ends });
             }
+            Sort::Fifo(..) => {
+                let link = links.get(&candidates[0].fd).copied().unwrap_or_default();
+                let groups = descriptions(pid, candidates)?;
+                let kind = fifo_contents(pid, groups[0][0].fd, link)?;
+                objects.push(CarriedObject { kind, ends: groups.iter().map(|g| end(g)).collect() });
+            }
+            Sort::Inotify => {
+                for group in descriptions(pid, candidates)? {
+                    let watches = crate::inotify::watches(pid, group[0].fd, &group[0].fdinfo);
+                    objects.push(CarriedObject { kind: ObjectKind::Inotify { watches }, ends: vec![end(&group)] });
+                }
+            }
             Sort::Epoll => epolls.extend(descriptions(pid, candidates)?),
             sort => {
                 for group in descriptions(pid, candidates)? {
@@ -138,6 +163,7 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
             }
         }
     }
+    objects.extend(crate::unix::carry(pid, unix_sockets)?);
     // Watches are kept of the files a child has: carried ones.
     let carried: Vec<i32> = objects.iter().flat_map(CarriedObject::numbers).chain(epolls.iter().flatten().map(|c| c.fd)).collect();
     for group in epolls {
@@ -200,6 +226,32 @@ fn unlinked_file(pid: i32, fd: i32, link: &str) -> Option<Sort> {
     let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let memfd = path.starts_with("/memfd:");
     (meta.is_file() && (meta.nlink() == 0 || memfd) && path.starts_with('/')).then_some(Sort::Unlinked(meta.dev(), meta.ino()))
+}
+
+/// `Some` for descriptor `fd` of `pid` (link `link`) when it is a fifo
+/// (a named pipe; an unnamed pipe's link is `pipe:[N]`).
+fn fifo(pid: i32, fd: i32, link: &str) -> Option<Sort> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    (meta.file_type().is_fifo() && link.starts_with('/')).then_some(Sort::Fifo(meta.dev(), meta.ino()))
+}
+
+/// A fifo's kind with its buffered bytes, read through a reader of our own
+/// (opened through descriptor `fd`'s /proc link: the seed may hold only a
+/// writer) without consuming them.
+fn fifo_contents(pid: i32, fd: i32, link: &str) -> Result<ObjectKind, CaptureError> {
+    let step = "reading a fifo's buffered bytes";
+    let io = |e: std::io::Error| CaptureError::Sys { step, source: mitosis_sys::SysError::new("open", e.raw_os_error().unwrap_or(libc::EIO)) };
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a reader's open of a fifo waits for no writer.
+    let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(format!("/proc/{pid}/fd/{fd}")).map_err(io)?;
+    let meta = reader.metadata().map_err(io)?;
+    let (capacity, data) = fdstate::pipe_contents(&reader).map_err(CaptureError::sys(step))?;
+    let (path, unlinked) = match link.strip_suffix(" (deleted)") {
+        Some(path) => (path, true),
+        None => (link, false),
+    };
+    Ok(ObjectKind::Fifo { path: path.to_string(), mode: meta.mode() & 0o7777, unlinked, identity: (meta.dev(), meta.ino()), capacity, data })
 }
 
 /// An unlinked file's kind with its content, read through `file` (opened
@@ -350,7 +402,9 @@ mod tests {
         assert_eq!(sort_of("anon_inode:[eventpoll]"), Some(Sort::Epoll));
         assert_eq!(sort_of("socket:[99]"), Some(Sort::Socket(99)));
         assert_eq!(sort_of("/tmp/file (deleted)"), None, "unlinked files are told by their metadata");
-        assert_eq!(sort_of("anon_inode:inotify"), None);
+        assert_eq!(sort_of("anon_inode:inotify"), Some(Sort::Inotify));
+        assert_eq!(sort_of("anon_inode:[fanotify]"), None);
+        assert_eq!(sort_of("/tmp/fifo"), None, "fifos are told by their metadata");
     }
 
     #[test]

@@ -39,9 +39,11 @@ pub mod access;
 mod copy;
 mod fds;
 mod files;
+mod inotify;
 pub mod threads;
 mod shared;
 mod timers;
+mod unix;
 
 pub use copy::{copy_memory, CopiedMemory};
 

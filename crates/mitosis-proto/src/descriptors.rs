@@ -3,7 +3,11 @@
 //! bytes in its buffer, an eventfd's counter, a timerfd's clock and
 //! remaining time, a signalfd's mask, an epoll instance's watch set).
 //! Capture records them; the restore recreates each in the child at the
-//! same descriptor numbers, with the same flags. Anything else that is not
+//! same descriptor numbers, with the same flags; also Unix socket pairs
+//! with both ends in the seed (with the messages queued each way), Unix
+//! sockets that are not connected (unbound, bound, listening), fifos open
+//! in the seed (reopened by path, with their buffered bytes), and inotify
+//! instances with their watches. Anything else that is not
 //! a file to reopen is closed in children and listed in
 //! [`crate::image::SeedImage::closed_fds`].
 
@@ -17,6 +21,41 @@ pub const MAX_PIPE_CAPACITY: u32 = 1 << 28;
 /// Most bytes of unlinked files' contents one seed carries (beyond it, such
 /// files are closed in children, with a note at prepare).
 pub const MAX_UNLINKED_FILE_BYTES: u64 = 64 << 20;
+
+/// Most bytes queued in one carried Unix socket pair (both ways).
+pub const MAX_SOCKET_QUEUE_BYTES: usize = 1 << 28;
+
+/// Highest watch descriptor of a carried inotify watch (a child gets its
+/// watch descriptors by adding and removing watches until the number
+/// comes up: one step per number below it).
+pub const MAX_INOTIFY_WD: i32 = 1 << 16;
+
+/// Socket types of carried Unix sockets: `SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`.
+pub const UNIX_SOCKET_TYPES: [i32; 3] = [1, 2, 5];
+
+/// One socket of a carried Unix socket pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixSide {
+    /// Integer options of [`SOCKET_OPTIONS`] of level `SOL_SOCKET`, as the seed had them.
+    pub options: Vec<(i32, i32, i32)>,
+    /// What waits to be read on this socket (sent by the other), oldest
+    /// first: one entry per message of a `SOCK_DGRAM` or `SOCK_SEQPACKET`
+    /// pair (boundaries kept), chunks of the byte stream of a `SOCK_STREAM` one.
+    pub queue: Vec<Vec<u8>>,
+    /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits (from `shutdown`).
+    pub shutdown: u8,
+}
+
+/// A watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// Its watch descriptor (what events name it by): a child's is the same.
+    pub wd: i32,
+    /// The watched file's path on the seed's host, as the seed sees it.
+    pub path: String,
+    /// `IN_*` event and flag bits, as `inotify_add_watch` takes them.
+    pub mask: u32,
+}
 
 /// One descriptor number of a carried object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +159,71 @@ pub enum ObjectKind {
         /// A UDP socket's peer (`connect`), if it has one.
         peer: Option<Vec<u8>>,
     },
+    /// Both sockets of a Unix socket pair (`socketpair`, or a connection
+    /// whose two ends are both the seed's and have no names): `ends[i]`
+    /// is `sides[i]`. A child gets a pair again, each side with what was
+    /// queued on it and its shutdown bits.
+    UnixPair { kind: i32, sides: Vec<UnixSide> },
+    /// A connection between Unix sockets of the seed made through one of the
+    /// seed's listening sockets (bound to `listener`; a child recreates it
+    /// first, as a [`ObjectKind::UnixSocket`]): `ends[0]` and `sides[0]` are
+    /// the client (unnamed); `ends[1]` and `sides[1]` the server side when
+    /// `accepted` (it shows the listener's name), absent when the
+    /// connection still waits in the listener's queue (the child's waits
+    /// there too, in the same order).
+    UnixConnection { kind: i32, listener: Vec<u8>, accepted: bool, sides: Vec<UnixSide> },
+    /// A Unix socket whose peer was closed, with what is still queued on it
+    /// (read before the end of file): a child gets one end of a new pair,
+    /// filled from the other end, which is then closed.
+    UnixOrphan { kind: i32, side: UnixSide },
+    /// A Unix socket that is not connected: unbound, bound to a path or an
+    /// abstract name (bound again on the child's host, an abstract name in
+    /// the child's network namespace), perhaps listening (with no pending
+    /// connections: those are the other ends of connections, not carried).
+    UnixSocket {
+        kind: i32,
+        /// Integer options of [`SOCKET_OPTIONS`] of level `SOL_SOCKET`.
+        options: Vec<(i32, i32, i32)>,
+        /// The `sun_path` bytes it is bound to (an abstract name starts
+        /// with 0), if bound.
+        name: Option<Vec<u8>>,
+        /// The bound path no longer names the socket on the seed's host
+        /// (unlinked): a child's is unlinked again once bound.
+        name_unlinked: bool,
+        /// Permission bits of the bound socket file (a path name not unlinked).
+        file_mode: Option<u32>,
+        /// Its owner and group (given to a child's when it runs as root).
+        file_owner: Option<(u32, u32)>,
+        /// A listening socket's backlog.
+        backlog: Option<u32>,
+        /// The name of the seed's socket a datagram socket sends to by
+        /// default (`connect`; perhaps its own): connected again once every
+        /// socket is bound.
+        peer_name: Option<Vec<u8>>,
+        /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits.
+        shutdown: u8,
+    },
+    /// A fifo (named pipe) the seed has open, with what is buffered in it:
+    /// a child opens the same path on its host (made with `mkfifo` and the
+    /// seed's mode when missing) with each end's access mode.
+    Fifo {
+        path: String,
+        /// Permission bits of the seed's fifo.
+        mode: u32,
+        /// The path no longer names the fifo on the seed's host (unlinked):
+        /// a child's is made there, opened and unlinked again.
+        unlinked: bool,
+        /// The fifo's device and inode on the seed's host: a child that
+        /// opens the very same fifo (on the seed's host, which the seed's
+        /// snapshot keeps open) finds the bytes there already.
+        identity: (u64, u64),
+        /// Buffer size (`F_GETPIPE_SZ`) and the bytes in it, oldest first.
+        capacity: u32,
+        data: Vec<u8>,
+    },
+    /// An inotify instance and its watches, in the order of their watch
+    /// descriptors (pending events are not carried).
+    Inotify { watches: Vec<InotifyWatch> },
 }
 
 /// The integer socket options a carried socket keeps, `(level, name)`:
@@ -164,7 +268,12 @@ impl CarriedObject {
             ObjectKind::Pipe { .. } => {
                 self.ends.len() >= 2 && self.ends[0].access == libc_o::RDONLY && self.ends[1].access == libc_o::WRONLY
             }
-            ObjectKind::UnlinkedFile { .. } => !self.ends.is_empty(),
+            ObjectKind::UnlinkedFile { .. } | ObjectKind::Fifo { .. } => !self.ends.is_empty(),
+            ObjectKind::UnixPair { sides, .. } => self.ends.len() == 2 && sides.len() == 2,
+            ObjectKind::UnixConnection { accepted, sides, .. } => {
+                let n = if *accepted { 2 } else { 1 };
+                self.ends.len() == n && sides.len() == n
+            }
             _ => self.ends.len() == 1,
         };
         let bad_end = self.ends.iter().any(|e| e.fds.is_empty() || ![libc_o::RDONLY, libc_o::WRONLY, libc_o::RDWR].contains(&e.access));
@@ -198,6 +307,76 @@ impl CarriedObject {
                     return Err("a carried socket's address is not a socket address".into());
                 }
             }
+            ObjectKind::UnixPair { kind, sides } => {
+                if !UNIX_SOCKET_TYPES.contains(kind) {
+                    return Err(format!("a carried Unix socket pair has type {kind}"));
+                }
+                let bytes: usize = sides.iter().flat_map(|s| s.queue.iter().map(Vec::len)).sum();
+                if bytes > MAX_SOCKET_QUEUE_BYTES {
+                    return Err(format!("a carried Unix socket pair holds {bytes} queued bytes, more than {MAX_SOCKET_QUEUE_BYTES}"));
+                }
+                for side in sides {
+                    unix_options_ok(&side.options)?;
+                }
+            }
+            ObjectKind::UnixOrphan { kind, side } => {
+                if !UNIX_SOCKET_TYPES.contains(kind) {
+                    return Err(format!("a carried Unix socket has type {kind}"));
+                }
+                if side.queue.iter().map(Vec::len).sum::<usize>() > MAX_SOCKET_QUEUE_BYTES {
+                    return Err(format!("a carried Unix socket holds more than {MAX_SOCKET_QUEUE_BYTES} queued bytes"));
+                }
+                unix_options_ok(&side.options)?;
+            }
+            ObjectKind::UnixConnection { kind, listener, sides, .. } => {
+                if ![1, 5].contains(kind) {
+                    return Err(format!("a carried Unix connection has type {kind}: only stream and seqpacket sockets listen"));
+                }
+                if listener.is_empty() || listener.len() > 108 {
+                    return Err("a carried Unix connection's listener name is not a sun_path".into());
+                }
+                let bytes: usize = sides.iter().flat_map(|s| s.queue.iter().map(Vec::len)).sum();
+                if bytes > MAX_SOCKET_QUEUE_BYTES {
+                    return Err(format!("a carried Unix connection holds {bytes} queued bytes, more than {MAX_SOCKET_QUEUE_BYTES}"));
+                }
+                for side in sides {
+                    unix_options_ok(&side.options)?;
+                }
+            }
+            ObjectKind::UnixSocket { kind, options, name, backlog, peer_name, .. } => {
+                if peer_name.is_some() && *kind != 2 {
+                    return Err("a carried Unix stream socket has a peer: its connection is carried otherwise".into());
+                }
+                if peer_name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 108) {
+                    return Err("a carried Unix socket's peer name is not a sun_path".into());
+                }
+                if !UNIX_SOCKET_TYPES.contains(kind) {
+                    return Err(format!("a carried Unix socket has type {kind}"));
+                }
+                if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 108) {
+                    return Err("a carried Unix socket's name is not a sun_path".into());
+                }
+                if backlog.is_some() && *kind == 2 {
+                    return Err("a carried datagram socket is listening".into());
+                }
+                unix_options_ok(options)?;
+            }
+            ObjectKind::Fifo { path, capacity, data, .. } => {
+                if !path.starts_with('/') {
+                    return Err(format!("a carried fifo's path {path:?} is not absolute"));
+                }
+                if *capacity == 0 || *capacity > MAX_PIPE_CAPACITY || data.len() > *capacity as usize {
+                    return Err(format!("a carried fifo holds {} bytes in a buffer of {capacity}", data.len()));
+                }
+            }
+            ObjectKind::Inotify { watches } => {
+                if watches.windows(2).any(|w| w[0].wd >= w[1].wd) || watches.first().is_some_and(|w| w.wd < 1) || watches.last().is_some_and(|w| w.wd > MAX_INOTIFY_WD) {
+                    return Err("a carried inotify instance's watch descriptors are not positive and increasing".into());
+                }
+                if let Some(w) = watches.iter().find(|w| !w.path.starts_with('/')) {
+                    return Err(format!("a carried inotify watch's path {:?} is not absolute", w.path));
+                }
+            }
             ObjectKind::UnlinkedFile { dir, memfd_name, size, data, .. } => {
                 if dir.is_some() == memfd_name.is_some() {
                     return Err("a carried unlinked file is either in a directory or a memfd".into());
@@ -229,7 +408,21 @@ impl CarriedObject {
             ObjectKind::Epoll { .. } => "epoll instance",
             ObjectKind::UnlinkedFile { .. } => "unlinked file",
             ObjectKind::InetSocket { .. } => "socket",
+            ObjectKind::UnixPair { .. } => "Unix socket pair",
+            ObjectKind::UnixSocket { .. } => "Unix socket",
+            ObjectKind::UnixConnection { .. } => "Unix connection",
+            ObjectKind::UnixOrphan { .. } => "Unix socket",
+            ObjectKind::Fifo { .. } => "fifo",
+            ObjectKind::Inotify { .. } => "inotify instance",
         }
+    }
+}
+
+/// Options of a Unix socket: socket-level ones of [`SOCKET_OPTIONS`].
+fn unix_options_ok(options: &[(i32, i32, i32)]) -> Result<(), String> {
+    match options.iter().find(|(l, n, _)| *l != 1 || !SOCKET_OPTIONS.contains(&(*l, *n))) {
+        Some((level, name, _)) => Err(format!("a carried Unix socket has option {name} of level {level}, which is not one that is carried")),
+        None => Ok(()),
     }
 }
 
@@ -312,5 +505,49 @@ mod tests {
             ends: vec![end(3)],
         };
         assert!(connected.validate().unwrap_err().contains("connections are not carried"));
+    }
+
+    #[test]
+    fn unix_sockets_fifos_and_inotify_instances_are_validated() {
+        let side = |queue: Vec<Vec<u8>>| UnixSide { options: vec![(1, 7, 4096)], queue, shutdown: 0 };
+        let pair = CarriedObject { kind: ObjectKind::UnixPair { kind: 5, sides: vec![side(vec![vec![1; 3], vec![]]), side(vec![])] }, ends: vec![end(3), end(4)] };
+        assert_eq!(pair.validate(), Ok(()));
+        assert!(CarriedObject { ends: vec![end(3)], ..pair.clone() }.validate().is_err(), "a pair has two ends");
+        let odd_type = CarriedObject { kind: ObjectKind::UnixPair { kind: 3, sides: vec![side(vec![]), side(vec![])] }, ..pair.clone() };
+        assert!(odd_type.validate().unwrap_err().contains("type 3"));
+        let tcp_option = CarriedObject { kind: ObjectKind::UnixPair { kind: 1, sides: vec![UnixSide { options: vec![(6, 1, 1)], ..side(vec![]) }, side(vec![])] }, ..pair };
+        assert!(tcp_option.validate().unwrap_err().contains("level 6"));
+        let connection = |kind, accepted, ends: Vec<ObjectEnd>| CarriedObject {
+            kind: ObjectKind::UnixConnection { kind, listener: b"/tmp/l\0".to_vec(), accepted, sides: ends.iter().map(|_| side(vec![])).collect() },
+            ends,
+        };
+        assert_eq!(connection(1, true, vec![end(3), end(4)]).validate(), Ok(()));
+        assert_eq!(connection(5, false, vec![end(3)]).validate(), Ok(()));
+        assert!(connection(1, false, vec![end(3), end(4)]).validate().is_err(), "a pending connection has no server side");
+        assert!(connection(2, true, vec![end(3), end(4)]).validate().is_err(), "datagram sockets do not connect through a listener");
+        let orphan = CarriedObject { kind: ObjectKind::UnixOrphan { kind: 1, side: side(vec![vec![1]]) }, ends: vec![end(3)] };
+        assert_eq!(orphan.validate(), Ok(()));
+        assert!(CarriedObject { ends: vec![end(3), end(4)], ..orphan }.validate().is_err());
+        let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
+            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, peer_name: None, backlog, shutdown: 0 },
+            ends: vec![end(5)],
+        };
+        assert_eq!(lone(1, Some(b"\0abstract".to_vec()), Some(16)).validate(), Ok(()));
+        assert!(lone(2, None, Some(16)).validate().is_err(), "a datagram socket does not listen");
+        assert!(lone(1, Some(vec![b'x'; 109]), None).validate().is_err());
+        let fifo = |path: &str, capacity, data: Vec<u8>| CarriedObject {
+            kind: ObjectKind::Fifo { path: path.into(), mode: 0o600, unlinked: false, identity: (1, 2), capacity, data },
+            ends: vec![pipe_end(6, libc_o::RDONLY), pipe_end(7, libc_o::WRONLY)],
+        };
+        assert_eq!(fifo("/tmp/f", 4096, vec![1; 10]).validate(), Ok(()));
+        assert!(fifo("f", 4096, vec![]).validate().is_err(), "a relative path");
+        assert!(fifo("/tmp/f", 4, vec![1; 5]).validate().is_err());
+        let watch = |wd, path: &str| InotifyWatch { wd, path: path.into(), mask: 0x100 };
+        let inotify = |watches| CarriedObject { kind: ObjectKind::Inotify { watches }, ends: vec![end(8)] };
+        assert_eq!(inotify(vec![watch(1, "/tmp"), watch(3, "/etc")]).validate(), Ok(()));
+        assert!(inotify(vec![watch(3, "/tmp"), watch(1, "/etc")]).validate().is_err(), "out of order");
+        assert!(inotify(vec![watch(0, "/tmp")]).validate().is_err());
+        assert!(inotify(vec![watch(MAX_INOTIFY_WD + 1, "/tmp")]).validate().is_err());
+        assert!(inotify(vec![watch(1, "tmp")]).validate().is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Recreating the seed's carried descriptors in the child (pipes with their
 //! bytes, eventfds, timerfds, signalfds, epoll instances with their
-//! watches; see `mitosis_proto::descriptors`).
+//! watches, unlinked files, sockets, Unix socket pairs with their queued
+//! messages, fifos with their bytes, inotify instances with their watches;
+//! see `mitosis_proto::descriptors`).
 //!
 //! Where, decided: here, by syscalls injected into the child once its
 //! layout stands, not in the prologue. The objects must be the child's own
@@ -23,7 +25,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use mitosis_proto::descriptors::{CarriedObject, ObjectKind};
+use mitosis_proto::descriptors::{CarriedObject, InotifyWatch, ObjectKind, UnixSide};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::ptrace::{Regs, Tracee};
 use mitosis_sys::{pidfd, SysError};
@@ -208,6 +210,84 @@ pub(crate) fn recreate(
                 }
                 vec![fd]
             }
+            ObjectKind::UnixPair { kind, sides } => {
+                let flags = kind | libc::SOCK_CLOEXEC;
+                child.call(libc::SYS_socketpair, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0, child.slot], &what)?;
+                let mut pair = [0u8; 8];
+                child.mem.read_exact_at(&mut pair, child.slot).map_err(RestoreError::sys(what.clone()))?;
+                let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
+                let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
+                let ends = vec![child.stage(first.into(), staging, &what)?, child.stage(second.into(), staging, &what)?];
+                unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
+                ends
+            }
+            ObjectKind::UnixOrphan { kind, side } => {
+                // One end of a new pair, filled from the other, which is then closed.
+                let flags = kind | libc::SOCK_CLOEXEC;
+                child.call(libc::SYS_socketpair, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0, child.slot], &what)?;
+                let mut pair = [0u8; 8];
+                child.mem.read_exact_at(&mut pair, child.slot).map_err(RestoreError::sys(what.clone()))?;
+                let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
+                let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
+                let ends = [child.stage(first.into(), staging, &what)?, child.stage(second.into(), staging, &what)?];
+                let other = UnixSide { options: Vec::new(), queue: Vec::new(), shutdown: 0 };
+                unix_pair_state(child, child_pidfd, &ends, *kind, &[side.clone(), other], &what)?;
+                child.call(libc::SYS_close, &[fd_arg(ends[1])], &what)?;
+                vec![ends[0]]
+            }
+            ObjectKind::UnixConnection { kind, listener, accepted, sides } => {
+                // The listener was made before (capture puts it first); the client
+                // non-blocking (its flags are set below), so that a full queue fails, not waits.
+                let made = objects.iter().zip(&staged).find_map(|(l, ends)| match &l.kind {
+                    ObjectKind::UnixSocket { name: Some(name), backlog: Some(_), .. } if name == listener => Some(ends[0]),
+                    _ => None,
+                });
+                let Some(listening) = made else {
+                    return Err(RestoreError::Incompatible(format!("{what}: its listener is not among the seed's sockets")));
+                };
+                let flags = kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                let client = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
+                let client = child.stage(client, staging, &what)?;
+                let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                address.extend_from_slice(listener);
+                child.put(&address, &what)?;
+                child.call(libc::SYS_connect, &[fd_arg(client), child.slot, address.len() as u64], &what)?;
+                let mut ends = vec![client];
+                if *accepted {
+                    let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                    let server = child.call(libc::SYS_accept4, &[fd_arg(listening), 0, 0, fd_arg(flags)], &what)?;
+                    ends.push(child.stage(server, staging, &what)?);
+                }
+                unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
+                ends
+            }
+            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown, .. } => {
+                let flags = kind | libc::SOCK_CLOEXEC;
+                let fd = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
+                let fd = child.stage(fd, staging, &what)?;
+                for &(level, name, value) in options {
+                    set_option(child, fd, level, name, value, &what)?;
+                }
+                if let Some(name) = name {
+                    let owner = file_owner.filter(|_| owner_may_change);
+                    bind_unix(child, fd, name, *name_unlinked, *file_mode, owner, &what)?;
+                }
+                if let Some(backlog) = backlog {
+                    child.call(libc::SYS_listen, &[fd_arg(fd), u64::from(*backlog)], &what)?;
+                }
+                shut_down(child, fd, *shutdown, &what)?;
+                vec![fd]
+            }
+            ObjectKind::Fifo { path, mode, unlinked, identity, capacity, data } => {
+                let bytes = FifoBytes { identity: *identity, capacity: *capacity, data };
+                fifo(child, child_pidfd, o, path, *mode, *unlinked, &bytes, staging, &what)?
+            }
+            ObjectKind::Inotify { watches } => {
+                let fd = child.call(libc::SYS_inotify_init1, &[u64::from(libc::IN_CLOEXEC.unsigned_abs())], &what)?;
+                let fd = child.stage(fd, staging, &what)?;
+                inotify_watches(child, child_pidfd, fd, watches, &what)?;
+                vec![fd]
+            }
             ObjectKind::UnlinkedFile { dir, memfd_name, size, mode, uid, gid, seals, atime, mtime, data } => {
                 let made = match (dir, memfd_name) {
                     // Made by the child, as the seed's owner: where the seed's file was.
@@ -281,6 +361,16 @@ pub(crate) fn recreate(
             child.call(libc::SYS_fcntl, &[fd_arg(end.fds[0].fd), libc::F_SETFL as u64, u64::from(end.status_flags.unsigned_abs())], &what)?;
             child.call(libc::SYS_close, &[fd_arg(at)], &what)?;
         }
+    }
+    // Datagram sockets sending to a socket of the seed by default, once every socket is bound.
+    for o in objects {
+        let ObjectKind::UnixSocket { peer_name: Some(peer), .. } = &o.kind else { continue };
+        let fd = o.ends[0].fds[0].fd;
+        let what = format!("connecting the seed's datagram socket {fd} again");
+        let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        address.extend_from_slice(peer);
+        child.put(&address, &what)?;
+        child.call(libc::SYS_connect, &[fd_arg(fd), child.slot, address.len() as u64], &what)?;
     }
     for o in objects {
         let ObjectKind::Epoll { watches } = &o.kind else { continue };
@@ -362,6 +452,310 @@ fn describe_address(address: &[u8]) -> String {
         }
         _ => format!("{address:?}"),
     }
+}
+
+/// What went wrong in an injected call, for a message: the errno too.
+fn cause(e: &RestoreError) -> String {
+    match e {
+        RestoreError::Sys { source, .. } => source.to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// `RCV_SHUTDOWN` and `SEND_SHUTDOWN` bits of a socket (`sk_shutdown`).
+const RCV_SHUTDOWN: u8 = 1;
+const SEND_SHUTDOWN: u8 = 2;
+
+/// Gives the child's new socket pair `ends` (or lone client) the seed's options, queued
+/// messages (each side's sent from the other, in order, through copies of
+/// the child's sockets taken by the daemon; never blocking) and shutdown
+/// bits (last: a socket shut for sending sends nothing more).
+fn unix_pair_state(child: &Injector<'_>, child_pidfd: &OwnedFd, ends: &[i32], kind: i32, sides: &[UnixSide], what: &str) -> Result<(), RestoreError> {
+    for (side, &fd) in sides.iter().zip(ends) {
+        for &(level, name, value) in &side.options {
+            set_option(child, fd, level, name, value, what)?;
+        }
+    }
+    for (i, side) in sides.iter().enumerate() {
+        // (A socket waiting to be accepted has nothing queued: no one could send to it.)
+        if side.queue.is_empty() || ends.len() < 2 {
+            continue;
+        }
+        let sender = pidfd::getfd(child_pidfd, ends[1 - i]).map_err(RestoreError::sys(what.to_string()))?;
+        let full = |sent: usize| {
+            RestoreError::Incompatible(format!(
+                "{what}: {} queued bytes do not fit the socket's buffers on this host (sent {sent})",
+                side.queue.iter().map(Vec::len).sum::<usize>()
+            ))
+        };
+        let mut sent = 0;
+        if kind == libc::SOCK_STREAM {
+            let bytes = side.queue.concat();
+            while sent < bytes.len() {
+                match mitosis_sys::unixsock::send_nonblocking(&sender, &bytes[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.errno == libc::EAGAIN => return Err(full(sent)),
+                    Err(e) => return Err(RestoreError::sys(what.to_string())(e)),
+                }
+            }
+        } else {
+            for message in &side.queue {
+                match mitosis_sys::unixsock::send_nonblocking(&sender, message) {
+                    Ok(n) if n == message.len() => sent += n,
+                    Ok(_) => return Err(full(sent)),
+                    Err(e) if [libc::EAGAIN, libc::EMSGSIZE].contains(&e.errno) => return Err(full(sent)),
+                    Err(e) => return Err(RestoreError::sys(what.to_string())(e)),
+                }
+            }
+        }
+    }
+    for (side, &fd) in sides.iter().zip(ends) {
+        shut_down(child, fd, side.shutdown, what)?;
+    }
+    Ok(())
+}
+
+/// Shuts the child's socket `fd` down as the seed's was (`RCV_SHUTDOWN`,
+/// `SEND_SHUTDOWN` bits; on a connected stream or seqpacket socket each
+/// also shuts its peer's other way, as the seed's shutdown did).
+fn shut_down(child: &Injector<'_>, fd: i32, bits: u8, what: &str) -> Result<(), RestoreError> {
+    if bits & SEND_SHUTDOWN != 0 {
+        child.call(libc::SYS_shutdown, &[fd_arg(fd), fd_arg(libc::SHUT_WR)], what)?;
+    }
+    if bits & RCV_SHUTDOWN != 0 {
+        child.call(libc::SYS_shutdown, &[fd_arg(fd), fd_arg(libc::SHUT_RD)], what)?;
+    }
+    Ok(())
+}
+
+/// `S_IFMT` of the child's file named `path` (not following a final
+/// symbolic link), or `None` when there is none (`newfstatat` in the child;
+/// `st_mode` is at byte 24 of x86-64's `struct stat`).
+fn file_type(child: &Injector<'_>, path: &[u8], what: &str) -> Result<Option<u32>, RestoreError> {
+    let mut bytes = path.to_vec();
+    bytes.push(0);
+    let stat_at = (bytes.len() as u64).next_multiple_of(8);
+    if stat_at + 144 > child.slot_len {
+        return Err(RestoreError::Incompatible(format!("{what}: a path of {} bytes does not fit the restore's scratch memory", path.len())));
+    }
+    child.put(&bytes, what)?;
+    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+    let flags = u64::from(libc::AT_SYMLINK_NOFOLLOW.unsigned_abs());
+    match child.call(libc::SYS_newfstatat, &[at_cwd, child.slot, child.slot + stat_at, flags], what) {
+        Ok(_) => {}
+        Err(RestoreError::Sys { source, .. }) if source.errno == libc::ENOENT => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut mode = [0u8; 4];
+    child.mem.read_exact_at(&mut mode, child.slot + stat_at + 24).map_err(RestoreError::sys(what.to_string()))?;
+    Ok(Some(u32::from_ne_bytes(mode) & libc::S_IFMT))
+}
+
+/// Removes the child's file named `path` (`unlinkat` in the child).
+fn unlink(child: &Injector<'_>, path: &[u8], what: &str) -> Result<(), RestoreError> {
+    let mut bytes = path.to_vec();
+    bytes.push(0);
+    child.put(&bytes, what)?;
+    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+    child.call(libc::SYS_unlinkat, &[at_cwd, child.slot, 0], what).map(|_| ())
+}
+
+/// Binds the child's Unix socket `fd` to the seed's name `name`
+/// (`sun_path` bytes). A path name whose file is a socket already (left by
+/// a process that is gone, or by this seed on this host) is unlinked first;
+/// any other file there is an error. `unlinked`: the seed's socket file was
+/// unlinked, and the child's is too once bound; `file_mode`: the permission
+/// bits the child's socket file gets (the seed's, whatever the umask);
+/// `owner`: its owner and group, when the child may give them.
+fn bind_unix(
+    child: &Injector<'_>,
+    fd: i32,
+    name: &[u8],
+    unlinked: bool,
+    file_mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+    what: &str,
+) -> Result<(), RestoreError> {
+    let is_path = name.first() != Some(&0);
+    // The path without the terminating zero the kernel keeps.
+    let path: &[u8] = if is_path { name.split(|&b| b == 0).next().unwrap_or_default() } else { name };
+    let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    address.extend_from_slice(name);
+    let bind = || {
+        child.put(&address, what)?;
+        child.call(libc::SYS_bind, &[fd_arg(fd), child.slot, address.len() as u64], what)
+    };
+    let shown = String::from_utf8_lossy(path).replace('\0', "@");
+    let cannot = |e: RestoreError| {
+        RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, which cannot be bound on this host: {}", cause(&e)))
+    };
+    match bind() {
+        Ok(_) => {}
+        Err(RestoreError::Sys { source, .. }) if is_path && source.errno == libc::EADDRINUSE => {
+            if file_type(child, path, what)? != Some(libc::S_IFSOCK) {
+                return Err(RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, where this host has a file that is not a socket")));
+            }
+            unlink(child, path, what)?;
+            bind().map_err(cannot)?;
+        }
+        Err(e) => return Err(cannot(e)),
+    }
+    if is_path && unlinked {
+        unlink(child, path, what)?;
+    } else if is_path {
+        let mut bytes = path.to_vec();
+        bytes.push(0);
+        child.put(&bytes, what)?;
+        let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+        // The owner first: a change of owner clears the set-user and set-group-ID bits.
+        if let Some((uid, gid)) = owner {
+            let nofollow = u64::from(libc::AT_SYMLINK_NOFOLLOW.unsigned_abs());
+            child.call(libc::SYS_fchownat, &[at_cwd, child.slot, u64::from(uid), u64::from(gid), nofollow], what)?;
+        }
+        if let Some(mode) = file_mode {
+            child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what)?;
+        }
+    }
+    Ok(())
+}
+
+/// The child's ends of the seed's fifo at `path` (made there with `mode`
+/// when missing, or when the seed's was unlinked, then unlinked again):
+/// a keeper opened read-write first, so that no open waits for the other
+/// side and the buffer lives while it is filled, then each end opened
+/// through the keeper's /proc link with its access mode.
+/// A fifo that is the seed's own (same device and inode: the child is on
+/// the seed's host, whose snapshot keeps it open) holds the seed's bytes
+/// already, and is left as it is.
+#[allow(clippy::too_many_arguments, reason = "the fields of one carried fifo")]
+fn fifo(
+    child: &Injector<'_>,
+    child_pidfd: &OwnedFd,
+    o: &CarriedObject,
+    path: &str,
+    mode: u32,
+    unlinked: bool,
+    bytes: &FifoBytes<'_>,
+    staging: i32,
+    what: &str,
+) -> Result<Vec<i32>, RestoreError> {
+    let FifoBytes { identity, capacity, data } = *bytes;
+    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+    let make = |path: &str| -> Result<(), RestoreError> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        child.put(&bytes, what)?;
+        child.call(libc::SYS_mknodat, &[at_cwd, child.slot, u64::from(libc::S_IFIFO | (mode & 0o7777)), 0], what)?;
+        // The mode as the seed had it, whatever the child's umask.
+        child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what).map(|_| ())
+    };
+    let cannot = |e: RestoreError| RestoreError::Incompatible(format!("the seed's fifo {path} cannot be made on this host: {}", cause(&e)));
+    let path = if unlinked {
+        // No one can open it by its name: where it is made does not matter,
+        // so it is made in /tmp when its own directory will not have it (read-only in a container).
+        match make(path) {
+            Ok(()) => path.to_string(),
+            Err(e) => {
+                static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let elsewhere = format!("/tmp/.mitosis-fifo-{}-{n}", std::process::id());
+                tracing::debug!(path, error = %cause(&e), elsewhere, "the seed's unlinked fifo is made in /tmp");
+                make(&elsewhere).map_err(cannot)?;
+                elsewhere
+            }
+        }
+    } else {
+        match file_type(child, path.as_bytes(), what)? {
+            Some(libc::S_IFIFO) => {}
+            None => make(path).map_err(cannot)?,
+            Some(_) => return Err(RestoreError::Incompatible(format!("the seed's fifo {path} is not a fifo on this host"))),
+        }
+        path.to_string()
+    };
+    let path = path.as_str();
+    let keeper = child.open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, what)?;
+    let keeper = child.stage(keeper, staging, what)?;
+    // struct stat of x86-64: st_dev at 0, st_ino at 8.
+    child.call(libc::SYS_fstat, &[fd_arg(keeper), child.slot], what)?;
+    let mut id = [0u8; 16];
+    child.mem.read_exact_at(&mut id, child.slot).map_err(RestoreError::sys(what.to_string()))?;
+    let same = (u64::from_ne_bytes(id[..8].try_into().expect("8 bytes")), u64::from_ne_bytes(id[8..].try_into().expect("8 bytes"))) == identity;
+    if same {
+        tracing::debug!(path, "the seed's own fifo: its bytes are in it already");
+    } else {
+        child.call(libc::SYS_fcntl, &[fd_arg(keeper), libc::F_SETPIPE_SZ as u64, u64::from(capacity)], what)?;
+    }
+    if !data.is_empty() && !same {
+        let copy = pidfd::getfd(child_pidfd, keeper).map_err(RestoreError::sys(what.to_string()))?;
+        let waiting = mitosis_sys::fdstate::readable_bytes(&copy).map_err(RestoreError::sys(what.to_string()))?;
+        if waiting > 0 {
+            tracing::warn!(path, waiting, "the fifo on this host already holds bytes: the seed's are put after them");
+        }
+        fill(child_pidfd, keeper, data, what)?;
+    }
+    let mut ends = Vec::with_capacity(o.ends.len());
+    for end in &o.ends {
+        let fd = child.open(&format!("/proc/self/fd/{keeper}"), end.access | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, what)?;
+        ends.push(child.stage(fd, staging, what)?);
+    }
+    child.call(libc::SYS_close, &[fd_arg(keeper)], what)?;
+    if unlinked {
+        unlink(child, path.as_bytes(), what)?;
+    }
+    Ok(ends)
+}
+
+/// What a carried fifo holds, and which fifo it was.
+struct FifoBytes<'a> {
+    identity: (u64, u64),
+    capacity: u32,
+    data: &'a [u8],
+}
+
+/// `IN_DONT_FOLLOW` and `IN_MASK_CREATE` (fail on a file watched already).
+const IN_DONT_FOLLOW: u32 = 0x0200_0000;
+const IN_MASK_CREATE: u32 = 0x1000_0000;
+
+/// Adds the seed's `watches` to the child's inotify instance `fd`, each
+/// under its own watch descriptor: the kernel hands out the next number up
+/// on each add, so a watch is added and removed again until its number
+/// comes up. A watch whose path cannot be watched on this host (missing,
+/// not allowed, the file of an earlier watch) is dropped with a warning.
+/// The events the removals queued are read away at the end (the seed's
+/// pending events are not carried).
+fn inotify_watches(child: &Injector<'_>, child_pidfd: &OwnedFd, fd: i32, watches: &[InotifyWatch], what: &str) -> Result<(), RestoreError> {
+    for w in watches {
+        let mut path = w.path.as_bytes().to_vec();
+        path.push(0);
+        child.put(&path, what)?;
+        let mask = u64::from(w.mask | IN_DONT_FOLLOW | IN_MASK_CREATE);
+        loop {
+            let wd = match child.call(libc::SYS_inotify_add_watch, &[fd_arg(fd), child.slot, mask], what) {
+                Ok(wd) => wd,
+                Err(RestoreError::Sys { source, .. }) => {
+                    tracing::warn!(path = w.path, wd = w.wd, error = %source, "an inotify watch of the seed cannot be had on this host: it is dropped");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if wd == i64::from(w.wd) {
+                break;
+            }
+            child.call(libc::SYS_inotify_rm_watch, &[fd_arg(fd), wd.unsigned_abs()], what)?;
+            if wd > i64::from(w.wd) {
+                tracing::warn!(path = w.path, wd = w.wd, "an inotify watch descriptor of the seed cannot be had again: the watch is dropped");
+                break;
+            }
+        }
+    }
+    let copy = pidfd::getfd(child_pidfd, fd).map_err(RestoreError::sys(what.to_string()))?;
+    let waiting = mitosis_sys::fdstate::readable_bytes(&copy).map_err(RestoreError::sys(what.to_string()))?;
+    if waiting > 0 {
+        let mut discard = vec![0u8; waiting];
+        std::io::Read::read(&mut std::fs::File::from(copy), &mut discard)
+            .map_err(|e| RestoreError::Sys { step: what.to_string(), source: SysError::new("read", e.raw_os_error().unwrap_or(libc::EIO)) })?;
+    }
+    Ok(())
 }
 
 /// A new memfd of the child named `name` (sealing allowed: the seed's seals

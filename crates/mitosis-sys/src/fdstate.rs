@@ -1,7 +1,8 @@
 //! Reading the state of another process's descriptors without changing
 //! it: whether two of its descriptors are one open file, or one is the
 //! file an epoll watch watches (`kcmp`), and the bytes in a pipe's buffer
-//! (duplicated with `tee`, never consumed); a memfd's seals.
+//! (duplicated with `tee`, never consumed); a memfd's seals; the file a
+//! file handle names (an inotify watch's).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
@@ -166,6 +167,33 @@ pub fn pipe_contents(read_end: &impl AsFd) -> Result<(u32, Vec<u8>)> {
     Ok((capacity_u32, data))
 }
 
+/// Opens (`O_PATH`) the file that file handle `handle` of type
+/// `handle_type` names on the filesystem `mount` is on
+/// (`open_by_handle_at`; needs `CAP_DAC_READ_SEARCH`): what an inotify
+/// watch watches, whose handle its fdinfo shows.
+pub fn open_by_handle(mount: &impl AsFd, handle_type: i32, handle: &[u8]) -> Result<OwnedFd> {
+    let len = u32::try_from(handle.len()).map_err(|_| SysError::new("open_by_handle_at", libc::EINVAL))?;
+    // struct file_handle: handle_bytes, handle_type, then the bytes, 4-aligned.
+    let mut raw = vec![0u32; 2 + handle.len().div_ceil(4)];
+    raw[0] = len;
+    raw[1] = handle_type.cast_unsigned();
+    for (i, chunk) in handle.chunks(4).enumerate() {
+        let mut word = [0u8; 4];
+        word[..chunk.len()].copy_from_slice(chunk);
+        raw[2 + i] = u32::from_ne_bytes(word);
+    }
+    // SAFETY: `raw` holds a struct file_handle of `len` bytes, alive across the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_open_by_handle_at, mount.as_fd().as_raw_fd(), raw.as_mut_ptr(), libc::O_PATH | libc::O_CLOEXEC)
+    };
+    if r < 0 {
+        return Err(SysError::last("open_by_handle_at"));
+    }
+    let fd = crate::fd_of(r, "open_by_handle_at")?;
+    // SAFETY: a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +229,24 @@ mod tests {
         assert_eq!(u16::from_be_bytes([name[2], name[3]]), port);
         assert_eq!(&name[4..8], &[127, 0, 0, 1]);
         assert_eq!(socket_address(&listener, true).unwrap_err().errno, libc::ENOTCONN);
+    }
+
+    #[test]
+    fn a_file_is_opened_again_by_its_handle() {
+        let dir = std::env::temp_dir();
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let mut raw = vec![0u32; 2 + 32];
+        raw[0] = 128;
+        let mut mount_id = 0;
+        // SAFETY: `raw` has room for a handle of 128 bytes; the path is a C string.
+        let r = unsafe { libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, path.as_ptr(), raw.as_mut_ptr(), &mut mount_id, 0) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let bytes: Vec<u8> = raw[2..].iter().flat_map(|w| w.to_ne_bytes()).take(raw[0] as usize).collect();
+        let mount = std::fs::File::open(&dir).unwrap();
+        let opened = open_by_handle(&mount, raw[1].cast_signed(), &bytes).unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).unwrap();
+        assert_eq!(link, dir.canonicalize().unwrap());
+        assert!(open_by_handle(&mount, raw[1].cast_signed(), &bytes[..bytes.len() - 1]).is_err(), "a handle cut short");
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //! - [`net`]: TCP keepalive and user timeout, and a connection's health
 //!   (`TCP_INFO`): whether a peer stopped answering.
 //! - [`signals`]: blocking a set of signals and waiting for one.
+//! - [`unixsock`]: Unix sockets of another process: diagnostics (peer,
+//!   name, state), peeking at queued messages, sending without blocking.
+//! - [`fdstate::open_by_handle`]: the file a file handle names (an inotify
+//!   watch's).
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
 //!
 //! The crate denies undocumented `unsafe` blocks and lossy integer casts
@@ -52,6 +56,7 @@ pub mod ptrace;
 pub mod rlimit;
 pub mod runner;
 pub mod uffd;
+pub mod unixsock;
 pub mod vdso;
 
 /// An errno with the operation that produced it.
