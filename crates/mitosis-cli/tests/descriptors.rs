@@ -118,7 +118,7 @@ fn unix_report(outside_open: bool) -> String {
 /// In the working directory, without a container: the seed exits without
 /// touching anything, as zdtm's are killed. Its socket file is then a stale
 /// one to the child, whose bind replaces it; its fifo is the very fifo the
-/// child opens (the seed's snapshot keeps it open, with the seed's bytes).
+/// child opens, empty once the seed is gone, and given the seed's bytes.
 fn unix_carried(name: &str, dir: &str, extra: &[&str]) {
     let Some(c) = Cluster::new(name) else { return };
     let prog = compile(&c.dir, "unixfds", &["-O2"]);

@@ -214,8 +214,8 @@ pub enum ObjectKind {
         /// a child's is made there, opened and unlinked again.
         unlinked: bool,
         /// The fifo's device and inode on the seed's host: a child that
-        /// opens the very same fifo (on the seed's host, which the seed's
-        /// snapshot keeps open) finds the bytes there already.
+        /// opens the very same fifo (on the seed's host) while it still
+        /// holds bytes shares them with whoever keeps it open.
         identity: (u64, u64),
         /// Buffer size (`F_GETPIPE_SZ`) and the bytes in it, oldest first.
         capacity: u32,

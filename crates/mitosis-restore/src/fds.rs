@@ -625,8 +625,10 @@ fn bind_unix(
 /// side and the buffer lives while it is filled, then each end opened
 /// through the keeper's /proc link with its access mode.
 /// A fifo that is the seed's own (same device and inode: the child is on
-/// the seed's host, whose snapshot keeps it open) holds the seed's bytes
-/// already, and is left as it is.
+/// the seed's host) and still holds bytes, because the seed or another
+/// process keeps it open, is shared with them as after fork(); once nobody
+/// holds it open its bytes are gone, and the child's are the seed's at
+/// prepare again.
 #[allow(clippy::too_many_arguments, reason = "the fields of one carried fifo")]
 fn fifo(
     child: &Injector<'_>,
@@ -679,19 +681,26 @@ fn fifo(
     child.call(libc::SYS_fstat, &[fd_arg(keeper), child.slot], what)?;
     let mut id = [0u8; 16];
     child.mem.read_exact_at(&mut id, child.slot).map_err(RestoreError::sys(what.to_string()))?;
-    let same = (u64::from_ne_bytes(id[..8].try_into().expect("8 bytes")), u64::from_ne_bytes(id[8..].try_into().expect("8 bytes"))) == identity;
-    if same {
-        tracing::debug!(path, "the seed's own fifo: its bytes are in it already");
-    } else {
+    // A fifo made just now is new, whatever inode number it was given
+    // (the kernel reuses the unlinked one's).
+    let same = !unlinked
+        && (u64::from_ne_bytes(id[..8].try_into().expect("8 bytes")), u64::from_ne_bytes(id[8..].try_into().expect("8 bytes"))) == identity;
+    if !same {
         child.call(libc::SYS_fcntl, &[fd_arg(keeper), libc::F_SETPIPE_SZ as u64, u64::from(capacity)], what)?;
     }
-    if !data.is_empty() && !same {
+    if !data.is_empty() {
         let copy = pidfd::getfd(child_pidfd, keeper).map_err(RestoreError::sys(what.to_string()))?;
         let waiting = mitosis_sys::fdstate::readable_bytes(&copy).map_err(RestoreError::sys(what.to_string()))?;
-        if waiting > 0 {
-            tracing::warn!(path, waiting, "the fifo on this host already holds bytes: the seed's are put after them");
+        if same && waiting > 0 {
+            // Still open on the seed's host (by the seed or its peers): the
+            // child shares it with them, as a fork()ed one would.
+            tracing::debug!(path, waiting, "the seed's own fifo still holds bytes: the child shares it");
+        } else {
+            if waiting > 0 {
+                tracing::warn!(path, waiting, "the fifo on this host already holds bytes: the seed's are put after them");
+            }
+            fill(child_pidfd, keeper, data, what)?;
         }
-        fill(child_pidfd, keeper, data, what)?;
     }
     let mut ends = Vec::with_capacity(o.ends.len());
     for end in &o.ends {
