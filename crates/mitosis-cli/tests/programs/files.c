@@ -3,8 +3,8 @@
  *
  * Reads the first 100 bytes of data.txt (its descriptor stays open at
  * offset 100), maps map.bin privately and writes two of its pages, maps
- * replaced.bin privately read-only, opens a Unix datagram socket (children
- * do not get it); prints "ready <pid>". On a line "check" it prints
+ * replaced.bin privately read-only, opens an unbound Unix datagram socket
+ * (children get it again); prints "ready <pid>". On a line "check" it prints
  *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> socket=<open|closed>"
  */
 #define _GNU_SOURCE
