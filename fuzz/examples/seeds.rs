@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use mitosis_proto::auth::{client_handshake, refuse_busy, server_handshake, ClusterKey};
-use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, InotifyWatch, ObjectEnd, ObjectKind, UnixSide};
+use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, InotifyWatch, ObjectEnd, ObjectKind, SocketExtras, UnixSide};
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
@@ -177,8 +177,8 @@ fn image() -> SeedImage {
                 kind: ObjectKind::UnixPair {
                     kind: 5,
                     sides: vec![
-                        UnixSide { options: vec![(1, 7, 212_992)], queue: vec![b"one".to_vec(), vec![]], shutdown: 0 },
-                        UnixSide { options: vec![], queue: vec![], shutdown: 2 },
+                        UnixSide { options: vec![(1, 7, 212_992)], queue: vec![b"one".to_vec(), vec![]], shutdown: 0, extras: SocketExtras { linger: Some((1, 7)), filter: vec![6, 0, 0, 0, 0xff, 0xff, 0, 0], ..SocketExtras::default() } },
+                        UnixSide { options: vec![], queue: vec![], shutdown: 2, extras: SocketExtras::default() },
                     ],
                 },
                 ends: vec![

@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use mitosis_proto::descriptors::{
-    CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind, MAX_UNLINKED_FILE_BYTES, SOCKET_OPTIONS, SOCKET_PROTOCOLS,
+    CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind, SocketExtras, MAX_UNLINKED_FILE_BYTES, SOCKET_OPTIONS, SOCKET_PROTOCOLS,
 };
 use mitosis_sys::{fdstate, pidfd, procfs};
 
@@ -215,7 +215,29 @@ fn inet_socket(socket: &OwnedFd) -> Option<ObjectKind> {
     let bound = (address.len() >= 4 && address[2..4] != [0, 0]).then_some(address);
     // Those the socket has (IP options on an IPv6 socket, TCP options on a TCP one).
     let options = SOCKET_OPTIONS.iter().filter_map(|&(level, name)| Some((level, name, int(level, name)?))).collect();
-    Some(ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer })
+    Some(ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer, extras: socket_extras(socket) })
+}
+
+/// The options of a socket (through a copy of it) that are not integers:
+/// linger, bound device, timeouts and filter. One the kernel will not tell
+/// (not this kind of socket) is left as a new socket has it.
+pub(crate) fn socket_extras(socket: &OwnedFd) -> SocketExtras {
+    let bytes = |name, max| fdstate::sockopt_bytes(socket, libc::SOL_SOCKET, name, max).ok();
+    let int_at = |b: &[u8], at: usize| b.get(at..at + 4).map_or(0, |v| i32::from_ne_bytes(v.try_into().expect("4 bytes")));
+    let long_at = |b: &[u8], at: usize| b.get(at..at + 8).map_or(0, |v| i64::from_ne_bytes(v.try_into().expect("8 bytes")));
+    // struct timeval: seconds, then microseconds, 8 bytes each on x86-64.
+    let timeout_us = |name| bytes(name, 16).map_or(0, |t| u64::try_from(long_at(&t, 0) * 1_000_000 + long_at(&t, 8)).unwrap_or(0));
+    let linger = bytes(libc::SO_LINGER, 8).map(|l| (int_at(&l, 0), int_at(&l, 4))).filter(|l| l.0 != 0);
+    let device = bytes(libc::SO_BINDTODEVICE, 16)
+        .map(|d| String::from_utf8_lossy(d.split(|&b| b == 0).next().unwrap_or_default()).into_owned())
+        .filter(|d| !d.is_empty());
+    SocketExtras {
+        linger,
+        device,
+        receive_timeout_us: timeout_us(libc::SO_RCVTIMEO),
+        send_timeout_us: timeout_us(libc::SO_SNDTIMEO),
+        filter: fdstate::socket_filter(socket).unwrap_or_default(),
+    }
 }
 
 /// `Some` for descriptor `fd` of `pid` (link `link`) when it is a regular

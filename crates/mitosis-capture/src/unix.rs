@@ -168,6 +168,7 @@ fn lone_socket(pid: i32, socket: &UnixCandidate, info: &UnixSocketInfo, peer_nam
         kind: ObjectKind::UnixSocket {
             kind: i32::from(info.kind),
             options: options(&socket.copy),
+            extras: crate::fds::socket_extras(&socket.copy),
             name: info.name.clone(),
             name_unlinked,
             file_mode: file.map(|f| f.0),
@@ -214,7 +215,7 @@ fn side(copy: &OwnedFd, info: &UnixSocketInfo, stream: bool, fd: i32) -> Result<
         }
         Err(e) => return Err(CaptureError::sys("peeking at a Unix socket's queued messages")(e)),
     };
-    Ok(Some(UnixSide { options: options(copy), queue, shutdown: info.shutdown }))
+    Ok(Some(UnixSide { options: options(copy), queue, shutdown: info.shutdown, extras: crate::fds::socket_extras(copy) }))
 }
 
 /// The socket-level options of [`SOCKET_OPTIONS`] the socket has.

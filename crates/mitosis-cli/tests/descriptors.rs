@@ -10,7 +10,8 @@
 //! with a hole, and an unlinked file (write-only, mode, mtime, content
 //! past a hole, positions) with a second, read-only description; a
 //! listening TCP socket and two UDP sockets, one bound, one connected to
-//! it, each working in the child on its own host.
+//! it (with a filter, linger, a receive timeout and a buffer lock), each
+//! working in the child on its own host.
 //!
 //! And (tests/programs/unixfds.c) Unix socket pairs of each type with
 //! messages queued both ways (boundaries and a shutdown kept), Unix
@@ -57,6 +58,7 @@ fn carried(name: &str, extra: &[&str]) {
         "unlinked content as written\n",
         "tcp listening 1 reuseaddr 1 nodelay 1 on 127.0.0.1 with a port, accepts yes\n",
         "udp connected to the bound one 1, broadcast 1, delivers 1\n",
+        "udp filter 2 entries, linger 1 7, receive timeout 2.500000, buffer lock 1\n",
         "signalfd 12\n",
     ] {
         assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");

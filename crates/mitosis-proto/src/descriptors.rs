@@ -44,6 +44,39 @@ pub struct UnixSide {
     pub queue: Vec<Vec<u8>>,
     /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits (from `shutdown`).
     pub shutdown: u8,
+    pub extras: SocketExtras,
+}
+
+/// Longest classic BPF program a socket filter has (`BPF_MAXINSNS`).
+pub const MAX_SOCKET_FILTER_ENTRIES: usize = 4096;
+
+/// The socket options that are not integers, as the seed's socket had them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketExtras {
+    /// `SO_LINGER` (`l_onoff`, `l_linger` in seconds) when it is on.
+    pub linger: Option<(i32, i32)>,
+    /// `SO_BINDTODEVICE`: the network interface it is bound to.
+    pub device: Option<String>,
+    /// `SO_RCVTIMEO` and `SO_SNDTIMEO` in microseconds (0: none).
+    pub receive_timeout_us: u64,
+    pub send_timeout_us: u64,
+    /// The classic BPF program attached (`SO_ATTACH_FILTER`), as raw
+    /// `struct sock_filter` entries of 8 bytes; empty when none.
+    pub filter: Vec<u8>,
+}
+
+impl SocketExtras {
+    /// Checks what a child would give the kernel: a device name that fits
+    /// `IFNAMSIZ`, a filter of whole entries within `BPF_MAXINSNS`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.device.as_ref().is_some_and(|d| d.is_empty() || d.len() > 15 || d.contains('\0')) {
+            return Err("a carried socket's device is not an interface name".into());
+        }
+        if !self.filter.len().is_multiple_of(8) || self.filter.len() > MAX_SOCKET_FILTER_ENTRIES * 8 {
+            return Err(format!("a carried socket's filter has {} bytes: not whole entries within {MAX_SOCKET_FILTER_ENTRIES}", self.filter.len()));
+        }
+        Ok(())
+    }
 }
 
 /// A watch of an inotify instance.
@@ -158,6 +191,7 @@ pub enum ObjectKind {
         listening: bool,
         /// A UDP socket's peer (`connect`), if it has one.
         peer: Option<Vec<u8>>,
+        extras: SocketExtras,
     },
     /// Both sockets of a Unix socket pair (`socketpair`, or a connection
     /// whose two ends are both the seed's and have no names): `ends[i]`
@@ -202,6 +236,7 @@ pub enum ObjectKind {
         peer_name: Option<Vec<u8>>,
         /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits.
         shutdown: u8,
+        extras: SocketExtras,
     },
     /// A fifo (named pipe) the seed has open, with what is buffered in it:
     /// a child opens the same path on its host (made with `mkfifo` and the
@@ -232,13 +267,16 @@ pub enum ObjectKind {
 /// `SO_RCVBUF`, `SO_SNDBUF`, `SO_MARK`, `SO_NO_CHECK`, `SO_PASSCRED`;
 /// `IP_TOS`, `IP_TTL`, `IP_FREEBIND`, `IP_TRANSPARENT`, `IP_PKTINFO`;
 /// `IPV6_V6ONLY`, `IPV6_FREEBIND`, `IPV6_RECVPKTINFO`; `TCP_NODELAY`,
-/// `TCP_CORK`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT` (numbers of
-/// Linux on every architecture mitosis runs on).
-pub const SOCKET_OPTIONS: [(i32, i32); 26] = [
+/// `TCP_CORK`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`;
+/// `SO_PASSSEC`, and last `SO_BUF_LOCK` (setting a buffer size locks it:
+/// the seed's lock bits are set after its sizes). Numbers of Linux on every
+/// architecture mitosis runs on.
+pub const SOCKET_OPTIONS: [(i32, i32); 28] = [
     (1, 2), (1, 15), (1, 9), (1, 6), (1, 10), (1, 5), (1, 12), (1, 18), (1, 8), (1, 7), (1, 36), (1, 11), (1, 16),
     (0, 1), (0, 2), (0, 15), (0, 19), (0, 8),
     (41, 26), (41, 78), (41, 49),
     (6, 1), (6, 3), (6, 4), (6, 5), (6, 6),
+    (1, 34), (1, 72),
 ];
 
 /// Protocols of carried sockets: the type's default, TCP, UDP, UDP-Lite.
@@ -291,7 +329,8 @@ impl CarriedObject {
             ObjectKind::EventFd { count, .. } if *count == u64::MAX => {
                 return Err("a carried eventfd's counter is 2^64-1, above its maximum".into());
             }
-            ObjectKind::InetSocket { domain, kind, protocol, options, bound, peer, .. } => {
+            ObjectKind::InetSocket { domain, kind, protocol, options, bound, peer, extras, .. } => {
+                extras.validate()?;
                 if ![2, 10].contains(domain) || ![1, 2].contains(kind) || !SOCKET_PROTOCOLS.contains(protocol) {
                     return Err(format!(
                         "a carried socket has domain {domain}, type {kind} and protocol {protocol}: only TCP and UDP over IPv4 and IPv6 are carried"
@@ -316,6 +355,7 @@ impl CarriedObject {
                     return Err(format!("a carried Unix socket pair holds {bytes} queued bytes, more than {MAX_SOCKET_QUEUE_BYTES}"));
                 }
                 for side in sides {
+                    side.extras.validate()?;
                     unix_options_ok(&side.options)?;
                 }
             }
@@ -326,6 +366,7 @@ impl CarriedObject {
                 if side.queue.iter().map(Vec::len).sum::<usize>() > MAX_SOCKET_QUEUE_BYTES {
                     return Err(format!("a carried Unix socket holds more than {MAX_SOCKET_QUEUE_BYTES} queued bytes"));
                 }
+                side.extras.validate()?;
                 unix_options_ok(&side.options)?;
             }
             ObjectKind::UnixConnection { kind, listener, sides, .. } => {
@@ -340,10 +381,12 @@ impl CarriedObject {
                     return Err(format!("a carried Unix connection holds {bytes} queued bytes, more than {MAX_SOCKET_QUEUE_BYTES}"));
                 }
                 for side in sides {
+                    side.extras.validate()?;
                     unix_options_ok(&side.options)?;
                 }
             }
-            ObjectKind::UnixSocket { kind, options, name, backlog, peer_name, .. } => {
+            ObjectKind::UnixSocket { kind, options, name, backlog, peer_name, extras, .. } => {
+                extras.validate()?;
                 if peer_name.is_some() && *kind != 2 {
                     return Err("a carried Unix stream socket has a peer: its connection is carried otherwise".into());
                 }
@@ -494,22 +537,31 @@ mod tests {
         assert!(file(Some("/tmp"), vec![(0, vec![1; 10]), (5, vec![2; 5])]).validate().is_err(), "overlapping runs");
         assert!(file(Some("/tmp"), vec![(90, vec![1; 20])]).validate().is_err(), "past the end");
         let socket = |domain, options: Vec<(i32, i32, i32)>| CarriedObject {
-            kind: ObjectKind::InetSocket { domain, kind: 1, protocol: 0, options, bound: Some(vec![2, 0, 0, 80]), listening: true, peer: None },
+            kind: ObjectKind::InetSocket { domain, kind: 1, protocol: 0, options, bound: Some(vec![2, 0, 0, 80]), listening: true, peer: None, extras: SocketExtras::default() },
             ends: vec![end(3)],
         };
         assert_eq!(socket(2, vec![(1, 2, 1), (6, 1, 1)]).validate(), Ok(()));
         assert!(socket(1, vec![]).validate().is_err(), "AF_UNIX is not carried this way");
         assert!(socket(2, vec![(1, 25, 1)]).validate().is_err(), "SO_BINDTODEVICE is not an option carried");
         let connected = CarriedObject {
-            kind: ObjectKind::InetSocket { domain: 2, kind: 1, protocol: 6, options: vec![], bound: None, listening: false, peer: Some(vec![2, 0, 0, 80]) },
+            kind: ObjectKind::InetSocket { domain: 2, kind: 1, protocol: 6, options: vec![], bound: None, listening: false, peer: Some(vec![2, 0, 0, 80]), extras: SocketExtras::default() },
             ends: vec![end(3)],
         };
         assert!(connected.validate().unwrap_err().contains("connections are not carried"));
+        let with = |extras: SocketExtras| CarriedObject {
+            kind: ObjectKind::InetSocket { domain: 2, kind: 2, protocol: 0, options: vec![], bound: None, listening: false, peer: None, extras },
+            ends: vec![end(3)],
+        };
+        let filter = vec![6, 0, 0, 0, 0xff, 0xff, 0, 0];
+        assert_eq!(with(SocketExtras { linger: Some((1, 7)), device: Some("lo".into()), filter: filter.clone(), ..SocketExtras::default() }).validate(), Ok(()));
+        assert!(with(SocketExtras { filter: filter[..7].to_vec(), ..SocketExtras::default() }).validate().unwrap_err().contains("filter"), "not whole entries");
+        assert!(with(SocketExtras { filter: filter.repeat(4097), ..SocketExtras::default() }).validate().is_err(), "above BPF_MAXINSNS");
+        assert!(with(SocketExtras { device: Some("a-name-too-long-for-ifnamsiz".into()), ..SocketExtras::default() }).validate().is_err());
     }
 
     #[test]
     fn unix_sockets_fifos_and_inotify_instances_are_validated() {
-        let side = |queue: Vec<Vec<u8>>| UnixSide { options: vec![(1, 7, 4096)], queue, shutdown: 0 };
+        let side = |queue: Vec<Vec<u8>>| UnixSide { options: vec![(1, 7, 4096)], queue, shutdown: 0, extras: SocketExtras::default() };
         let pair = CarriedObject { kind: ObjectKind::UnixPair { kind: 5, sides: vec![side(vec![vec![1; 3], vec![]]), side(vec![])] }, ends: vec![end(3), end(4)] };
         assert_eq!(pair.validate(), Ok(()));
         assert!(CarriedObject { ends: vec![end(3)], ..pair.clone() }.validate().is_err(), "a pair has two ends");
@@ -529,7 +581,7 @@ mod tests {
         assert_eq!(orphan.validate(), Ok(()));
         assert!(CarriedObject { ends: vec![end(3), end(4)], ..orphan }.validate().is_err());
         let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
-            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, peer_name: None, backlog, shutdown: 0 },
+            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, peer_name: None, backlog, shutdown: 0, extras: SocketExtras::default() },
             ends: vec![end(5)],
         };
         assert_eq!(lone(1, Some(b"\0abstract".to_vec()), Some(16)).validate(), Ok(()));

@@ -25,7 +25,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use mitosis_proto::descriptors::{CarriedObject, InotifyWatch, ObjectKind, UnixSide};
+use mitosis_proto::descriptors::{CarriedObject, InotifyWatch, ObjectKind, SocketExtras, UnixSide};
 use mitosis_sys::mem::ProcMem;
 use mitosis_sys::ptrace::{Regs, Tracee};
 use mitosis_sys::{pidfd, SysError};
@@ -176,13 +176,15 @@ pub(crate) fn recreate(
                 let fd = child.call(libc::SYS_epoll_create1, &[u64::from(libc::EPOLL_CLOEXEC.unsigned_abs())], &what)?;
                 vec![child.stage(fd, staging, &what)?]
             }
-            ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer } => {
+            ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer, extras } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(*domain), u64::from(flags.unsigned_abs()), fd_arg(*protocol)], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
                 for &(level, name, value) in options {
                     set_option(child, fd, level, name, value, &what)?;
                 }
+                // Before the bind: a device binding decides which addresses are free.
+                set_extras(child, fd, extras, &what)?;
                 if let Some(address) = bound {
                     child.put(address, &what)?;
                     let len = address.len() as u64;
@@ -230,7 +232,7 @@ pub(crate) fn recreate(
                 let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
                 let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
                 let ends = [child.stage(first.into(), staging, &what)?, child.stage(second.into(), staging, &what)?];
-                let other = UnixSide { options: Vec::new(), queue: Vec::new(), shutdown: 0 };
+                let other = UnixSide { options: Vec::new(), queue: Vec::new(), shutdown: 0, extras: SocketExtras::default() };
                 unix_pair_state(child, child_pidfd, &ends, *kind, &[side.clone(), other], &what)?;
                 child.call(libc::SYS_close, &[fd_arg(ends[1])], &what)?;
                 vec![ends[0]]
@@ -261,13 +263,14 @@ pub(crate) fn recreate(
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
-            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown, .. } => {
+            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown, extras, .. } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
                 for &(level, name, value) in options {
                     set_option(child, fd, level, name, value, &what)?;
                 }
+                set_extras(child, fd, extras, &what)?;
                 if let Some(name) = name {
                     let owner = file_owner.filter(|_| owner_may_change);
                     bind_unix(child, fd, name, *name_unlinked, *file_mode, owner, &what)?;
@@ -509,8 +512,53 @@ fn unix_pair_state(child: &Injector<'_>, child_pidfd: &OwnedFd, ends: &[i32], ki
             }
         }
     }
+    // After the queues: a filter would judge the messages put back.
     for (side, &fd) in sides.iter().zip(ends) {
+        set_extras(child, fd, &side.extras, what)?;
         shut_down(child, fd, side.shutdown, what)?;
+    }
+    Ok(())
+}
+
+/// Gives the child's socket `fd` the seed's options that are not integers.
+/// One this host will not take (an interface it lacks, a device binding
+/// the child may not make) is left as a new socket has it, with a warning,
+/// as an integer option is.
+fn set_extras(child: &Injector<'_>, fd: i32, extras: &SocketExtras, what: &str) -> Result<(), RestoreError> {
+    let set = |name: i32, value: &[u8]| -> Result<(), RestoreError> {
+        child.put(value, what)?;
+        let args = [fd_arg(fd), fd_arg(libc::SOL_SOCKET), fd_arg(name), child.slot, value.len() as u64];
+        if let Err(e) = child.call(libc::SYS_setsockopt, &args, what) {
+            tracing::warn!(name, error = %e, "the child's socket keeps its own value of an option of the seed's");
+        }
+        Ok(())
+    };
+    if let Some((on, seconds)) = extras.linger {
+        set(libc::SO_LINGER, &[on.to_ne_bytes(), seconds.to_ne_bytes()].concat())?;
+    }
+    if let Some(device) = &extras.device {
+        set(libc::SO_BINDTODEVICE, device.as_bytes())?;
+    }
+    // struct timeval: seconds, then microseconds.
+    let timeval = |us: u64| [(us / 1_000_000).to_ne_bytes(), (us % 1_000_000).to_ne_bytes()].concat();
+    if extras.receive_timeout_us != 0 {
+        set(libc::SO_RCVTIMEO, &timeval(extras.receive_timeout_us))?;
+    }
+    if extras.send_timeout_us != 0 {
+        set(libc::SO_SNDTIMEO, &timeval(extras.send_timeout_us))?;
+    }
+    if !extras.filter.is_empty() {
+        // struct sock_fprog (entry count, then a pointer) with the program after it.
+        let entries = u16::try_from(extras.filter.len() / 8).map_err(|_| RestoreError::Incompatible(format!("{what}: the seed's socket filter is too long")))?;
+        let mut fprog = [0u8; 16].to_vec();
+        fprog[..2].copy_from_slice(&entries.to_ne_bytes());
+        fprog[8..].copy_from_slice(&(child.slot + 16).to_ne_bytes());
+        fprog.extend_from_slice(&extras.filter);
+        child.put(&fprog, what)?;
+        let args = [fd_arg(fd), fd_arg(libc::SOL_SOCKET), fd_arg(libc::SO_ATTACH_FILTER), child.slot, 16];
+        child.call(libc::SYS_setsockopt, &args, what).map_err(|e| {
+            RestoreError::Incompatible(format!("{what}: the seed's socket filter cannot be attached on this host: {e}"))
+        })?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! it: whether two of its descriptors are one open file, or one is the
 //! file an epoll watch watches (`kcmp`), and the bytes in a pipe's buffer
 //! (duplicated with `tee`, never consumed); a memfd's seals; the file a
-//! file handle names (an inotify watch's).
+//! file handle names (an inotify watch's); a socket's options and filter.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
@@ -85,6 +85,50 @@ pub fn sockopt_int(fd: &impl AsFd, level: i32, name: i32) -> Result<i32> {
         return Err(SysError::last("getsockopt"));
     }
     Ok(value)
+}
+
+/// A socket option of `fd` as the kernel's bytes (`getsockopt`), at most
+/// `max` of them: for options that are structures or strings
+/// (`SO_LINGER`, `SO_BINDTODEVICE`, `SO_RCVTIMEO`).
+pub fn sockopt_bytes(fd: &impl AsFd, level: i32, name: i32, max: usize) -> Result<Vec<u8>> {
+    let mut value = vec![0u8; max];
+    let mut len = libc::socklen_t::try_from(max).map_err(|_| SysError::new("getsockopt", libc::EINVAL))?;
+    // SAFETY: the kernel writes at most `len` bytes to `value` and the length to `len`.
+    let r = unsafe { libc::getsockopt(fd.as_fd().as_raw_fd(), level, name, value.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return Err(SysError::last("getsockopt"));
+    }
+    value.truncate(usize::try_from(len).unwrap_or(0).min(max));
+    Ok(value)
+}
+
+/// `SO_GET_FILTER` (the same number as `SO_ATTACH_FILTER`).
+const SO_GET_FILTER: i32 = libc::SO_ATTACH_FILTER;
+
+/// The classic BPF program attached to socket `fd` (`SO_ATTACH_FILTER`), as
+/// its raw `struct sock_filter` entries (8 bytes each); empty when it has
+/// none. The kernel counts this option's length in entries, not bytes.
+pub fn socket_filter(fd: &impl AsFd) -> Result<Vec<u8>> {
+    let raw = fd.as_fd().as_raw_fd();
+    let mut count: libc::socklen_t = 0;
+    // SAFETY: with a length of 0 the kernel writes only the entry count to `count`.
+    let r = unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, SO_GET_FILTER, std::ptr::null_mut(), &mut count) };
+    if r != 0 {
+        return Err(SysError::last("getsockopt(SO_GET_FILTER)"));
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let entries = usize::try_from(count).map_err(|_| SysError::new("getsockopt(SO_GET_FILTER)", libc::EINVAL))?;
+    let mut program = vec![0u8; entries * 8];
+    let mut len = count;
+    // SAFETY: the kernel writes at most `len` entries of 8 bytes to `program`.
+    let r = unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, SO_GET_FILTER, program.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return Err(SysError::last("getsockopt(SO_GET_FILTER)"));
+    }
+    program.truncate(usize::try_from(len).unwrap_or(0).min(entries) * 8);
+    Ok(program)
 }
 
 /// The address a socket is bound to, as the kernel's raw `sockaddr` bytes
@@ -216,6 +260,22 @@ mod tests {
         let (_, empty_w) = pipe().unwrap();
         let (empty_r, _) = (pipe().unwrap().0, empty_w);
         assert_eq!(pipe_contents(&empty_r).unwrap().1, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn structured_options_and_a_socket_filter_are_read() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(socket_filter(&socket).unwrap(), Vec::<u8>::new(), "no filter yet");
+        let linger = sockopt_bytes(&socket, libc::SOL_SOCKET, libc::SO_LINGER, 8).unwrap();
+        assert_eq!(linger, vec![0u8; 8], "linger off");
+        // "accept everything" twice: ret #0xffff.
+        let program: Vec<u8> = [[6u8, 0, 0, 0, 0xff, 0xff, 0, 0]; 2].concat();
+        let fprog = libc::sock_fprog { len: 2, filter: program.as_ptr().cast_mut().cast() };
+        let size = libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>()).unwrap();
+        // SAFETY: fprog points at two valid entries that outlive the call.
+        let r = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&fprog as *const libc::sock_fprog).cast(), size) };
+        assert_eq!(r, 0);
+        assert_eq!(socket_filter(&socket).unwrap(), program);
     }
 
     #[test]

@@ -25,8 +25,10 @@
  *                  again read-only (/proc/self/fd/24), position 1 MiB
  *               26 a TCP socket listening on 127.0.0.1 (a port the kernel
  *                  chose), SO_REUSEADDR and TCP_NODELAY set
- *               27 a UDP socket bound to 127.0.0.1 (a chosen port); 28 a UDP
- *                  socket connected to it, SO_BROADCAST set
+ *               27 a UDP socket bound to 127.0.0.1 (a chosen port), with a
+ *                  two-instruction filter that accepts everything; 28 a UDP
+ *                  socket connected to it, SO_BROADCAST, SO_LINGER (7 s),
+ *                  SO_RCVTIMEO (2.5 s) and SO_BUF_LOCK (send) set
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 3 to 63>", then one line per object with its
@@ -47,6 +49,13 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <linux/filter.h>
+#ifndef SO_BUF_LOCK
+#define SO_BUF_LOCK 72
+#endif
+#ifndef SO_GET_FILTER
+#define SO_GET_FILTER SO_ATTACH_FILTER
+#endif
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/eventfd.h>
@@ -153,6 +162,15 @@ int main(void) {
     if (bind(27, (struct sockaddr *)&lo, sizeof lo) || getsockname(27, (struct sockaddr *)&udp, &len)) { perror("udp"); return 1; }
     at(socket(AF_INET, SOCK_DGRAM, 0), 28);
     if (setsockopt(28, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) || connect(28, (struct sockaddr *)&udp, sizeof udp)) { perror("udp"); return 1; }
+    struct sock_filter accept_all[2] = {{BPF_RET | BPF_K, 0, 0, 0xffff}, {BPF_RET | BPF_K, 0, 0, 0xffff}};
+    struct sock_fprog program = {.len = 2, .filter = accept_all};
+    struct linger linger = {.l_onoff = 1, .l_linger = 7};
+    struct timeval timeout = {.tv_sec = 2, .tv_usec = 500000};
+    int send_lock = 1;
+    if (setsockopt(27, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof program) ||
+        setsockopt(28, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) ||
+        setsockopt(28, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) ||
+        setsockopt(28, SOL_SOCKET, SO_BUF_LOCK, &send_lock, sizeof send_lock)) { perror("socket options"); return 1; }
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -236,6 +254,16 @@ int main(void) {
             char dgram[8] = "";
             int delivered = send(28, "dgram", 5, 0) == 5 && recv(27, dgram, sizeof dgram, 0) == 5 && !memcmp(dgram, "dgram", 5);
             printf("udp connected to the bound one %d, broadcast %d, delivers %d\n", peered, bcast, delivered);
+            socklen_t entries = 0, ll = sizeof linger, tl = sizeof timeout;
+            getsockopt(27, SOL_SOCKET, SO_GET_FILTER, NULL, &entries);
+            memset(&linger, 0, sizeof linger);
+            memset(&timeout, 0, sizeof timeout);
+            send_lock = 0;
+            getsockopt(28, SOL_SOCKET, SO_LINGER, &linger, &ll);
+            getsockopt(28, SOL_SOCKET, SO_RCVTIMEO, &timeout, &tl);
+            getsockopt(28, SOL_SOCKET, SO_BUF_LOCK, &send_lock, &il);
+            printf("udp filter %u entries, linger %d %d, receive timeout %ld.%06ld, buffer lock %d\n", entries, linger.l_onoff,
+                   linger.l_linger, (long)timeout.tv_sec, (long)timeout.tv_usec, send_lock);
             raise(SIGUSR2);
             struct signalfd_siginfo si;
             printf("signalfd %d\n", read(17, &si, sizeof si) == sizeof si ? (int)si.ssi_signo : -1);
