@@ -36,7 +36,8 @@ fn locks_of(fdinfo: &str) -> Result<Vec<FileLock>, String> {
     Ok(locks)
 }
 
-/// The target's descriptors from 3 up: regular files, directories and devices
+/// The target's descriptors from 3 up: regular files, directories, devices and
+/// symbolic links (held by `O_PATH`)
 /// are reopened in children; anything else (sockets, pipes, eventfds, ...) is
 /// closed in children and listed, so that the user is told at prepare.
 /// Descriptors 0-2 are always the resumer's stdio.
@@ -53,13 +54,17 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
         // it), not of whatever its path names now: a child gets this object
         // again or is not resumed.
         let opened = identity(&format!("/proc/{pid}/fd/{fd}")).filter(|id| {
-            [fsid::TYPE_REGULAR, fsid::TYPE_DIRECTORY, fsid::TYPE_CHAR_DEVICE].contains(&id.file_type)
+            [fsid::TYPE_REGULAR, fsid::TYPE_DIRECTORY, fsid::TYPE_CHAR_DEVICE, fsid::TYPE_SYMLINK].contains(&id.file_type)
         });
         match opened {
             Some(identity) if link.starts_with('/') && !link.ends_with(" (deleted)") => {
                 let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
                 let (flags, pos) = procfs::parse_fdinfo(&fdinfo);
-                let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+                let mut flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+                if identity.file_type == fsid::TYPE_SYMLINK {
+                    // Only an O_PATH descriptor holds a link itself; opened again so.
+                    flags |= libc::O_PATH | libc::O_NOFOLLOW;
+                }
                 match locks_of(&fdinfo) {
                     Ok(locks) => files.push(OpenFile { fd, path: link, flags, pos, identity, locks }),
                     Err(why) => closed.push((fd, format!("{link} ({why})"))),

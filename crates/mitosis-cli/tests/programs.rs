@@ -303,7 +303,7 @@ fn files_descriptors_and_file_mappings() {
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     parent.send("check\n");
     let theirs = parent.expect_prefix("check ", STEP);
-    assert!(theirs.ends_with("socket=open"), "{theirs}");
+    assert!(theirs.ends_with("socket=open link=symlink:data.txt"), "{theirs}");
     assert_eq!(out.stdout, format!("{theirs}\n"), "the child sees what its parent sees: {out}");
 }
 

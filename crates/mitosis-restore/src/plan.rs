@@ -226,9 +226,11 @@ fn mapping_fd(
     Ok(fd)
 }
 
-/// What `path` names on this host, reached without any symbolic link.
-fn identity_here(path: &std::ffi::CStr) -> Result<FileIdentity, i32> {
-    let fd = fsid::open_no_symlinks(path, libc::O_PATH | libc::O_CLOEXEC)?;
+/// What `path` names on this host, reached without any symbolic link (but
+/// the last part when `of_link`: then the link itself).
+fn identity_here(path: &std::ffi::CStr, of_link: bool) -> Result<FileIdentity, i32> {
+    let link = if of_link { libc::O_NOFOLLOW } else { 0 };
+    let fd = fsid::open_no_symlinks(path, libc::O_PATH | libc::O_CLOEXEC | link)?;
     let id = fsid::identity_of_fd(fd);
     fsid::close(fd);
     id.map(identity_from_sys)
@@ -257,7 +259,8 @@ impl Mismatch {
 /// The prologue checks again when it opens the path (as the seed's owner):
 /// this check is for a clear message.
 fn check_here(path: &std::ffi::CStr, expect: &FileIdentity, how: IdentityMatch) -> Result<(), Mismatch> {
-    match identity_here(path) {
+    // A symbolic link the seed held itself (O_PATH) is the last part of its path.
+    match identity_here(path, expect.file_type == fsid::TYPE_SYMLINK) {
         Ok(found) if expect.matches(&found, how) => Ok(()),
         Ok(_) => Err(Mismatch::Replaced("is no longer the object the seed had open at prepare (it was replaced since)".into())),
         Err(libc::ENOENT) => Err(Mismatch::Missing("does not exist on this host".into())),

@@ -18,6 +18,8 @@ use std::os::fd::RawFd;
 pub const TYPE_REGULAR: u32 = libc::S_IFREG;
 pub const TYPE_DIRECTORY: u32 = libc::S_IFDIR;
 pub const TYPE_CHAR_DEVICE: u32 = libc::S_IFCHR;
+/// A symbolic link itself, held by an `O_PATH | O_NOFOLLOW` descriptor.
+pub const TYPE_SYMLINK: u32 = libc::S_IFLNK;
 
 /// What an open object is, as `fstat` tells it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

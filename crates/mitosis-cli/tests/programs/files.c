@@ -4,8 +4,11 @@
  * Reads the first 100 bytes of data.txt (its descriptor stays open at
  * offset 100), maps map.bin privately and writes two of its pages, maps
  * replaced.bin privately read-only, opens an unbound Unix datagram socket
- * (children get it again); prints "ready <pid>". On a line "check" it prints
- *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> socket=<open|closed>"
+ * (children get it again), makes the symbolic link link -> data.txt and
+ * holds it by an O_PATH | O_NOFOLLOW descriptor; prints "ready <pid>". On a
+ * line "check" it prints
+ *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> socket=<open|closed>
+ *    link=<symlink|not>:<its target>"
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -50,6 +53,10 @@ int main(int argc, char **argv) {
     memset(m + 100 * 4096 + 17, 0x77, 100);
     int sock = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (sock < 0) return 1;
+    snprintf(path, sizeof path, "%s/link", dir);
+    if (symlink("data.txt", path)) return 1;
+    int link = open(path, O_PATH | O_NOFOLLOW);
+    if (link < 0) return 1;
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[64];
@@ -59,8 +66,12 @@ int main(int argc, char **argv) {
             ssize_t n = read(data, next, 20);
             for (int i = 0; i < 20; i++)
                 if (next[i] == '\n') next[i] = '|';
-            printf("check %zd:%s map=%llx replaced=%llx socket=%s\n", n, next, (unsigned long long)sum(m, map_len),
-                   (unsigned long long)sum(r, rep_len), fcntl(sock, F_GETFD) < 0 ? "closed" : "open");
+            char target[64] = "";
+            struct stat st;
+            readlinkat(link, "", target, sizeof target - 1);
+            int is_link = fstat(link, &st) == 0 && S_ISLNK(st.st_mode);
+            printf("check %zd:%s map=%llx replaced=%llx socket=%s link=%s:%s\n", n, next, (unsigned long long)sum(m, map_len),
+                   (unsigned long long)sum(r, rep_len), fcntl(sock, F_GETFD) < 0 ? "closed" : "open", is_link ? "symlink" : "not", target);
             fflush(stdout);
         }
     }
