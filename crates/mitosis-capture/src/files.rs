@@ -57,7 +57,11 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
             [fsid::TYPE_REGULAR, fsid::TYPE_DIRECTORY, fsid::TYPE_CHAR_DEVICE, fsid::TYPE_SYMLINK].contains(&id.file_type)
         });
         match opened {
-            Some(identity) if link.starts_with('/') && !link.ends_with(" (deleted)") => {
+            // A deleted directory too (its path keeps the mark): a child gets
+            // an empty deleted one, as a deleted working directory.
+            Some(identity)
+                if link.starts_with('/') && (!link.ends_with(" (deleted)") || identity.file_type == fsid::TYPE_DIRECTORY) =>
+            {
                 let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
                 let (flags, pos) = procfs::parse_fdinfo(&fdinfo);
                 let mut flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);

@@ -41,7 +41,9 @@ fn properties_carried(name: &str, args: &[&str], extra: &[&str]) {
         // timers 0 and 2 (1 was deleted), the membarrier registration.
         "itimer 0 1000 20\n", "itimer 1 0 30\n", "timer 0 10 40\n", "timer 2 0 0\n", "membarrier 16\n",
         // Mappings with advice and a lock, and one wiped on fork.
-        "advised lo dd hg\n", "wiped 90 wf\n"] {
+        "advised lo dd hg\n", "wiped 90 wf\n",
+        // A deleted directory held open.
+        "dirfd directory 1 links 0 deleted 1\n"] {
         assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
     }
     assert!(expected.stdout.contains(&format!("exe {}\n", prog.display())), "{expected}");

@@ -140,6 +140,11 @@ pub struct PrologueFile {
     pub pos: u64,
     pub expect: FileIdentity,
     pub how: IdentityMatch,
+    /// The seed's directory had been deleted: the prologue makes an empty
+    /// directory at `path` (a path free on this host), or at this path (in
+    /// /tmp) if the child may not make one there, opens it and removes it,
+    /// so that the child's descriptor is of a deleted directory too.
+    pub deleted_dir: Option<CString>,
 }
 
 /// The part of a resume plan the prologue acts on (the restore plan builds
@@ -262,6 +267,29 @@ fn fail_file(ready: RawFd, code: PrologueExit, index: u16, errno: i32) -> ! {
     fail(code)
 }
 
+/// A descriptor (opened with `flags`) of a deleted, empty directory: made at
+/// `path`, or at `elsewhere` when the child may not make one there, opened
+/// and removed again (allocation-free).
+fn deleted_directory(path: &CStr, elsewhere: &CStr, flags: i32) -> Result<RawFd, ()> {
+    let made = if after_fork::make_dir(path, 0o700).is_ok() {
+        path
+    } else if after_fork::make_dir(elsewhere, 0o700).is_ok() {
+        elsewhere
+    } else {
+        return Err(());
+    };
+    let fd = fsid::open_no_symlinks(made, flags | libc::O_DIRECTORY);
+    let removed = after_fork::remove_dir(made);
+    match fd {
+        Ok(fd) if removed.is_ok() => Ok(fd),
+        Ok(fd) => {
+            fsid::close(fd);
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
 /// Opens `path` with `flags` without following symbolic links and checks
 /// that it is the object `expect` (allocation-free); on failure reports the
 /// file on `ready` and exits.
@@ -357,7 +385,10 @@ impl Prologue {
         }
         for (index, f) in self.plan.files.iter().enumerate() {
             let index = u16::try_from(index).unwrap_or(u16::MAX - 1);
-            let fd = open_checked(&f.path, f.flags, &f.expect, f.how, ready, index, PrologueExit::OpenFile);
+            let fd = match &f.deleted_dir {
+                Some(elsewhere) => deleted_directory(&f.path, elsewhere, f.flags).unwrap_or_else(|()| fail(PrologueExit::OpenFile)),
+                None => open_checked(&f.path, f.flags, &f.expect, f.how, ready, index, PrologueExit::OpenFile),
+            };
             if fd != f.fd {
                 if after_fork::dup_onto(fd, f.fd, f.flags & libc::O_CLOEXEC != 0).is_err() {
                     fail(PrologueExit::OpenFile);
@@ -374,19 +405,8 @@ impl Prologue {
         // also when it is not inside the container's root (a seed working
         // in /tmp, which is private in a container).
         let cwd = if let Some(elsewhere) = &self.plan.cwd_deleted {
-            let path = if after_fork::make_dir(&self.plan.cwd, 0o700).is_ok() {
-                &self.plan.cwd
-            } else if after_fork::make_dir(elsewhere, 0o700).is_ok() {
-                elsewhere
-            } else {
-                fail(PrologueExit::Chdir)
-            };
-            let fd = fsid::open_no_symlinks(path, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
-            let removed = after_fork::remove_dir(path);
-            match fd {
-                Ok(fd) if removed.is_ok() => fd,
-                _ => fail(PrologueExit::Chdir),
-            }
+            deleted_directory(&self.plan.cwd, elsewhere, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .unwrap_or_else(|()| fail(PrologueExit::Chdir))
         } else {
             open_checked(
                 &self.plan.cwd,
@@ -484,6 +504,7 @@ mod tests {
                 pos: 0,
                 expect: FileIdentity::default(),
                 how: IdentityMatch::SameObject,
+                deleted_dir: None,
             }],
             uffd_fd: 6,
             cwd: c"/srv".to_owned(),

@@ -101,9 +101,21 @@ impl RestorePlan {
         };
         let mut files = Vec::new();
         for f in &image.files {
-            let path = cstring(&f.path)?;
-            check_here(&path, &f.identity, IdentityMatch::SameObject)
-                .map_err(|why| why.error(format!("descriptor {} of the seed is {}, which", f.fd, f.path)))?;
+            // A deleted directory is made again, empty, and deleted again
+            // by the prologue, as a deleted working directory is.
+            let deleted = f.path.strip_suffix(" (deleted)").filter(|_| f.identity.file_type == fsid::TYPE_DIRECTORY);
+            let (path, deleted_dir) = match deleted {
+                Some(path) => {
+                    let elsewhere = free_path_near(&format!("/tmp/mitosis-deleted-dir-{}-{}", image.id, f.fd));
+                    (cstring(&free_path_near(path))?, Some(cstring(&elsewhere)?))
+                }
+                None => {
+                    let path = cstring(&f.path)?;
+                    check_here(&path, &f.identity, IdentityMatch::SameObject)
+                        .map_err(|why| why.error(format!("descriptor {} of the seed is {}, which", f.fd, f.path)))?;
+                    (path, None)
+                }
+            };
             files.push(PrologueFile {
                 fd: f.fd,
                 path,
@@ -111,6 +123,7 @@ impl RestorePlan {
                 pos: f.pos,
                 expect: f.identity,
                 how: IdentityMatch::SameObject,
+                deleted_dir,
             });
         }
         // Above every number the seed's descriptors take, reopened or recreated.
@@ -222,6 +235,7 @@ fn mapping_fd(
         pos: 0,
         expect: *identity,
         how,
+        deleted_dir: None,
     });
     Ok(fd)
 }

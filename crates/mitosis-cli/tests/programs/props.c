@@ -16,7 +16,8 @@
  *             MADV_HUGEPAGE, mlock) and 4 KiB "wiped" (MADV_WIPEONFORK,
  *             filled with 0x5a); sets its audit login uid to 4242; works
  *             in a directory it made and removed
- *             (its cwd is deleted); with argument "user" it then becomes
+ *             (its cwd is deleted), holds another deleted directory open
+ *             as descriptor 40; with argument "user" it then becomes
  *             uid and gid 65534 (nobody); prints "ready <pid>" and answers
  *             stdin lines:
  *
@@ -28,7 +29,8 @@
  *             <value in 100 s>", "timer <id> <interval s> <value in 100 s>",
  *             "membarrier <registrations>", "advised <VmFlags kept>",
  *             "wiped <first byte> <VmFlags kept>", "cwd <readlink of
- *             /proc/self/cwd>", "loginuid <n>", then "report done"
+ *             /proc/self/cwd>", "loginuid <n>", "dirfd directory <0|1>
+ *             links <n> deleted <0|1>", then "report done"
  *   create    creates /dev/shm/mitosis-props-<pid> with mode 0666, prints
  *             "create mode <octal>" (what the umask left), removes it
  *   alloc     maps 256 MiB: "alloc refused" (the address space limit holds)
@@ -163,6 +165,12 @@ static void report_clocks(void) {
     if (!f || !fgets(login, sizeof login, f)) strcpy(login, "unreadable");
     if (f) fclose(f);
     printf("loginuid %s\n", login);
+    struct stat dir;
+    char held[4096];
+    n = readlink("/proc/self/fd/40", held, sizeof held - 1);
+    held[n < 0 ? 0 : n] = 0;
+    int is_dir = fstat(40, &dir) == 0 && S_ISDIR(dir.st_mode);
+    printf("dirfd directory %d links %ld deleted %d\n", is_dir, (long)dir.st_nlink, strstr(held, " (deleted)") != NULL);
 }
 
 int main(int argc, char **argv) {
@@ -194,6 +202,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     char gone[64], up[80];
+    snprintf(gone, sizeof gone, "props-dir-%d", getpid());
+    int held = mkdir(gone, 0700) ? -1 : open(gone, O_RDONLY | O_DIRECTORY);
+    if (held < 0 || dup2(held, 40) != 40 || close(held) || rmdir(gone)) {
+        perror("holding a deleted directory");
+        return 1;
+    }
     snprintf(gone, sizeof gone, "props-cwd-%d", getpid());
     snprintf(up, sizeof up, "../%s", gone);
     if (mkdir(gone, 0700) || chdir(gone) || rmdir(up)) {
