@@ -164,6 +164,121 @@ def save_jpeg_near(img, path, target_bytes):
         f.write(best[1])
 
 
+# -------------------------------------------------------------------- web --
+
+WEB_PAGES = 50
+WEB_PAGE_BYTES = 4 << 20
+# Fixed date of the saved pages (the FIXED_MTIME instant).
+WEB_DATE = "Wed, 1 Jan 2020 00:00:00 -0000"
+
+
+def mhtml_part(boundary, headers, body):
+    """One part of a multipart/related MHTML document (CRLF line ends)."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return f"--{boundary}\r\n{head}\r\n".encode() + body + b"\r\n"
+
+
+def base64_lines(data):
+    """Base64 in lines of 76 characters, as MIME wants."""
+    import base64
+
+    text = base64.b64encode(data)
+    return b"\r\n".join(text[i:i + 76] for i in range(0, len(text), 76))
+
+
+def make_web_page(n, rng, images):
+    """Page `n`: a web page saved as MHTML (what a browser's "save page as
+    a single file" writes): an HTML document (quoted-printable), its style
+    sheet and the JPEG images it shows (base64), exactly WEB_PAGE_BYTES long."""
+    import binascii
+
+    site = "https://www.example.org"
+    boundary = f"----MultipartBoundary--{hashlib.sha1(f'page-{n}'.encode()).hexdigest()[:40]}----"
+    url = f"{site}/articles/{n:02d}.html"
+    css = "\n".join(
+        f".{rng.choice(WORDS)}-{i} {{ margin: {rng.randint(0, 24)}px; color: #{rng.randrange(1 << 24):06x};"
+        f" font-size: {rng.randint(10, 32)}px; }}"
+        for i in range(1500)
+    ).encode()
+    shown = rng.sample(range(len(images)), 8)
+    parts = [mhtml_part(boundary, [("Content-Type", "text/css"), ("Content-Transfer-Encoding", "quoted-printable"),
+                                   ("Content-Location", f"{site}/static/site.css")], binascii.b2a_qp(css).replace(b"\n", b"\r\n"))]
+    for i in shown:
+        parts.append(mhtml_part(boundary, [("Content-Type", "image/jpeg"), ("Content-Transfer-Encoding", "base64"),
+                                           ("Content-Location", f"{site}/media/photo-{i:02d}.jpg")], base64_lines(images[i])))
+    # The HTML fills the page up to its size, less a margin that the
+    # Subject line takes up exactly.
+    closing = f"--{boundary}--\r\n".encode()
+    html_headers = [("Content-Type", "text/html"), ("Content-ID", f"<frame-{n:02d}@mhtml.blink>"),
+                    ("Content-Transfer-Encoding", "quoted-printable"), ("Content-Location", url)]
+    fixed = sum(len(p) for p in parts) + len(closing) + len(mhtml_part(boundary, html_headers, b""))
+    budget = WEB_PAGE_BYTES - fixed - 600  # the top headers and the Subject's margin
+    paragraphs = [f"<html><head><title>Article {n}</title><link rel=\"stylesheet\" href=\"{site}/static/site.css\">"
+                  "</head><body>"]
+    encoded_estimate = 0
+    while encoded_estimate < budget - 2000:
+        kind = rng.random()
+        if kind < 0.1:
+            p = f"<h2>{' '.join(rng.choices(WORDS, k=rng.randint(3, 8)))}</h2>"
+        elif kind < 0.2:
+            i = rng.choice(shown)
+            p = f"<figure><img src=\"{site}/media/photo-{i:02d}.jpg\"><figcaption>{' '.join(rng.choices(WORDS, k=6))}</figcaption></figure>"
+        else:
+            p = f"<p class=\"{rng.choice(WORDS)}-{rng.randrange(1500)}\">{' '.join(rng.choices(WORDS, k=rng.randint(40, 160)))}.</p>"
+        paragraphs.append(p)
+        # Quoted-printable adds a soft line break ("=" CRLF) per 75 characters.
+        encoded_estimate += len(p) + 1 + 3 * (len(p) // 75 + 1)
+    top = ("From: <Saved by Blink>\r\n"
+           f"Snapshot-Content-Location: {url}\r\n"
+           "Subject: {subject}\r\n"
+           f"Date: {WEB_DATE}\r\n"
+           "MIME-Version: 1.0\r\n"
+           "Content-Type: multipart/related;\r\n"
+           "\ttype=\"text/html\";\r\n"
+           f"\tboundary=\"{boundary}\"\r\n\r\n\r\n")
+
+    def room_left():
+        """Encodes the page as it is; the bytes left for the Subject."""
+        html = binascii.b2a_qp("\n".join(paragraphs + ["</body></html>"]).encode()).replace(b"\n", b"\r\n")
+        body = mhtml_part(boundary, html_headers, html) + b"".join(parts) + closing
+        return WEB_PAGE_BYTES - len(body) - len(top.format(subject="")), body
+
+    room, body = room_left()
+    while not 20 <= room <= 400:
+        if room < 20:
+            paragraphs.pop()
+        else:
+            paragraphs.append(f"<p>{' '.join(rng.choices(WORDS, k=max(1, (room - 200) // 7)))}.</p>")
+        room, body = room_left()
+    subject = f"Article {n}: " + " ".join(rng.choices(WORDS, k=200))
+    page = top.format(subject=subject[:room]).encode() + body
+    assert len(page) == WEB_PAGE_BYTES
+    return page
+
+
+def make_web(root):
+    """WEB_PAGES pages of WEB_PAGE_BYTES of MHTML (page-NN.mhtml) and
+    manifest.json: each page's size and SHA3-512."""
+    rng = random.Random(0x3EB)
+    images = []
+    for i in range(12):
+        width = rng.choice((960, 1024, 1152))
+        buf = io.BytesIO()
+        synthetic_photo(width, width * 3 // 4, 0x3EB0 + i).save(buf, "JPEG", quality=92)
+        images.append(buf.getvalue())
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    manifest = {}
+    for n in range(WEB_PAGES):
+        page = make_web_page(n, rng, images)
+        name = f"page-{n:02d}.mhtml"
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(page)
+        manifest[name] = {"bytes": len(page), "sha3_512": hashlib.sha3_512(page).hexdigest()}
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+
+
 # ------------------------------------------------------------------ main --
 
 def generate(data):
@@ -184,6 +299,8 @@ def generate(data):
     os.makedirs(os.path.join(data, "gzip"), exist_ok=True)
     with open(os.path.join(data, "gzip", "input.bin"), "wb") as f:
         f.write(random.Random(0x6A).randbytes(1 << 20))
+
+    make_web(os.path.join(data, "web"))
 
 
 def main():

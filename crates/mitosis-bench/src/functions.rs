@@ -45,7 +45,7 @@ use crate::hosts::{ensure_root, Cluster};
 use crate::median;
 
 /// The suite, in the order of the table: MITOSIS's functions, then FaaSMem's.
-pub const FUNCTIONS: [&str; 13] = [
+pub const FUNCTIONS: [&str; 16] = [
     "helloworld",
     "json",
     "pyaes",
@@ -59,6 +59,9 @@ pub const FUNCTIONS: [&str; 13] = [
     "matmul",
     "linpack",
     "gzip",
+    "bert",
+    "graph",
+    "web",
 ];
 
 /// How long one Python process (cold start, seed, child) may take.

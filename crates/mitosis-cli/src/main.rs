@@ -713,7 +713,7 @@ enum Stress {
     /// 30 s of samples it is printed SKIP, not judged). Exit status 0 when every rule passed, 1
     /// otherwise.
     ///
-    /// The defaults are the long run (the C parent and 13 functions, 60 s each: about 20
+    /// The defaults are the long run (the C parent and 16 functions, 60 s each: about 25
     /// minutes); CI runs a few seconds of `c` and of `python:helloworld`.
     Fork {
         /// Loops resuming children at the same time.

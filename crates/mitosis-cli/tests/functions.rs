@@ -19,18 +19,21 @@ use mitosis_testkit::require_root;
 
 /// Functions whose result line is fixed by the suite's own code and inputs
 /// (pure Python or exact integer arithmetic), with that line.
-const EXACT: [(&str, &str); 5] = [
+const EXACT: [(&str, &str); 6] = [
     ("helloworld", "result: hello world"),
     ("json", "result: 179 records, 128414 chars, sha256 6d0602700b2a5007"),
     ("pyaes", "result: 22000 bytes, sha256 b1ece5b000bf475c"),
     ("chameleon", "result: 2020041 chars, sha256 96b188825e8f9094"),
     // 4096 pages, page p holding (7p + 1) mod 256: sixteen times 0 + ... + 255.
     ("micro", "result: touched 4096 of 4096 pages, sum 522240"),
+    // Barabasi(100000, 50) from Python's seeded generator (igraph pinned):
+    // its BFS from vertex 0, order and parents.
+    ("graph", "result: 100000 vertices, 4998725 edges, levels [1, 2972, 96531, 496], sha256 40cb662c3490788e"),
 ];
 
 /// The beginning of the result line of the others (their digests depend on
 /// zlib, libjpeg, libm or BLAS; each handler checks its own result).
-const PREFIX: [(&str, &str); 8] = [
+const PREFIX: [(&str, &str); 10] = [
     ("compression", "result: 28 entries, "),
     ("image", "result: 640x480 rotated 3 times, sha256 "),
     ("pagerank", "result: top "),
@@ -39,11 +42,16 @@ const PREFIX: [(&str, &str); 8] = [
     ("matmul", "result: 1000x1000, trace "),
     ("linpack", "result: n 1000, normalised residual "),
     ("gzip", "result: 1048576 -> "),
+    // BERT-base: 109,482,240 parameters, hidden states of 128 tokens.
+    ("bert", "result: 12 layers, 109482240 parameters, 128x768 states, pooled[0] "),
+    // 50 pages of exactly 4 MiB (their JPEGs depend on Pillow's libjpeg).
+    ("web", "result: 50 pages, 209715200 bytes, sha3_512 "),
 ];
 
 /// Remote-forked in the test: a pure-Python one, a C-library one with a
-/// large heap, and the numpy network.
-const REMOTE: [&str; 4] = ["json", "pyaes", "pagerank", "recognition"];
+/// large heap, the numpy network, and 200 MiB of Python bytes objects
+/// (web's pages, every byte of which the child's handler hashes).
+const REMOTE: [&str; 5] = ["json", "pyaes", "pagerank", "recognition", "web"];
 
 /// The suite, or `None` (after saying why) when it is not set up here;
 /// panics in CI, which must have set it up.
