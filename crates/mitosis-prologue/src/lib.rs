@@ -163,6 +163,10 @@ pub struct PrologueFiles {
     /// (in /tmp) if the child may not make one there, enters it and removes
     /// it, so that the child's is a deleted directory too.
     pub cwd_deleted: Option<CString>,
+    /// The deleted working directory is the very directory this descriptor
+    /// of the seed's holds (a [`PrologueFile::deleted_dir`]): the child
+    /// enters that one, so that the two are one directory again.
+    pub cwd_held_by: Option<i32>,
 }
 
 /// A failure a prologue reported on its ready pipe.
@@ -384,10 +388,16 @@ impl Prologue {
             }
         }
         for (index, f) in self.plan.files.iter().enumerate() {
+            // Descriptors of one deleted directory hold one made again: the
+            // later ones copies of the first.
+            let made_before = self.plan.files[..index]
+                .iter()
+                .find(|b| b.deleted_dir.is_some() && b.expect.dev == f.expect.dev && b.expect.ino == f.expect.ino);
             let index = u16::try_from(index).unwrap_or(u16::MAX - 1);
-            let fd = match &f.deleted_dir {
-                Some(elsewhere) => deleted_directory(&f.path, elsewhere, f.flags).unwrap_or_else(|()| fail(PrologueExit::OpenFile)),
-                None => open_checked(&f.path, f.flags, &f.expect, f.how, ready, index, PrologueExit::OpenFile),
+            let fd = match (&f.deleted_dir, made_before) {
+                (Some(_), Some(first)) => after_fork::dup_at_or_above(first.fd, self.plan.uffd_fd + 1).unwrap_or_else(|_| fail(PrologueExit::OpenFile)),
+                (Some(elsewhere), None) => deleted_directory(&f.path, elsewhere, f.flags).unwrap_or_else(|()| fail(PrologueExit::OpenFile)),
+                (None, _) => open_checked(&f.path, f.flags, &f.expect, f.how, ready, index, PrologueExit::OpenFile),
             };
             if fd != f.fd {
                 if after_fork::dup_onto(fd, f.fd, f.flags & libc::O_CLOEXEC != 0).is_err() {
@@ -404,7 +414,10 @@ impl Prologue {
         // is joined: like a forked process, the child keeps its parent's,
         // also when it is not inside the container's root (a seed working
         // in /tmp, which is private in a container).
-        let cwd = if let Some(elsewhere) = &self.plan.cwd_deleted {
+        let cwd = if let Some(fd) = self.plan.cwd_held_by {
+            // Kept open as the seed's descriptor: entered through a copy.
+            after_fork::dup_at_or_above(fd, self.plan.uffd_fd + 1).unwrap_or_else(|_| fail(PrologueExit::Chdir))
+        } else if let Some(elsewhere) = &self.plan.cwd_deleted {
             deleted_directory(&self.plan.cwd, elsewhere, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
                 .unwrap_or_else(|()| fail(PrologueExit::Chdir))
         } else {
@@ -510,6 +523,7 @@ mod tests {
             cwd: c"/srv".to_owned(),
             cwd_expect: FileIdentity::default(),
             cwd_deleted: None,
+            cwd_held_by: None,
         };
         let r = FileFailure::record(PrologueExit::OpenFile, 0, libc::EACCES);
         let f = FileFailure::parse(&r).unwrap();
@@ -539,7 +553,7 @@ mod tests {
     fn inputs_survive_postcard() {
         let p = Prologue {
             parent: 7,
-            plan: PrologueFiles { files: vec![], uffd_fd: 3, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default(), cwd_deleted: None },
+            plan: PrologueFiles { files: vec![], uffd_fd: 3, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default(), cwd_deleted: None, cwd_held_by: None },
             actions: vec![],
             credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3], keep_for_restore: 0 }),
             container: Some(ContainerEntry { join_flags: libc::CLONE_NEWNS, hostname: Some(c"h".to_owned()) }),

@@ -28,6 +28,7 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
             cwd: cstr(cwd),
             cwd_expect,
             cwd_deleted: None,
+            cwd_held_by: None,
         },
         actions: vec![],
         credentials: None,

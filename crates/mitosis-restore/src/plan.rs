@@ -126,6 +126,9 @@ impl RestorePlan {
                 deleted_dir,
             });
         }
+        // A deleted working directory the seed also holds open is that one.
+        let same_object = |f: &&PrologueFile| f.expect.dev == image.cwd_identity.dev && f.expect.ino == image.cwd_identity.ino;
+        let cwd_held_by = cwd_deleted.as_ref().and_then(|_| files.iter().filter(|f| f.deleted_dir.is_some()).find(same_object)).map(|f| f.fd);
         // Above every number the seed's descriptors take, reopened or recreated.
         let highest = image.files.iter().map(|f| f.fd).max().max(mitosis_proto::descriptors::highest_fd(&image.carried));
         let map_fd_base = highest.map_or(3, |fd| fd + 1).max(3);
@@ -175,7 +178,7 @@ impl RestorePlan {
         };
         Ok(RestorePlan {
             placements,
-            prologue: PrologueFiles { files, uffd_fd: next_fd, cwd, cwd_expect: image.cwd_identity, cwd_deleted },
+            prologue: PrologueFiles { files, uffd_fd: next_fd, cwd, cwd_expect: image.cwd_identity, cwd_deleted, cwd_held_by },
             map_fd_base,
             map_fd_end: next_fd,
             exe_fd,

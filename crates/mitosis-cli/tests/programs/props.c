@@ -16,8 +16,9 @@
  *             MADV_HUGEPAGE, mlock) and 4 KiB "wiped" (MADV_WIPEONFORK,
  *             filled with 0x5a); sets its audit login uid to 4242; works
  *             in a directory it made and removed
- *             (its cwd is deleted), holds another deleted directory open
- *             as descriptor 40; with argument "user" it then becomes
+ *             (its cwd is deleted, also held open as descriptor 41), holds
+ *             another deleted directory open as descriptor 40; with
+ *             argument "user" it then becomes
  *             uid and gid 65534 (nobody); prints "ready <pid>" and answers
  *             stdin lines:
  *
@@ -30,7 +31,8 @@
  *             "membarrier <registrations>", "advised <VmFlags kept>",
  *             "wiped <first byte> <VmFlags kept>", "cwd <readlink of
  *             /proc/self/cwd>", "loginuid <n>", "dirfd directory <0|1>
- *             links <n> deleted <0|1>", then "report done"
+ *             links <n> deleted <0|1>", "cwd held by 41 <0|1>", then
+ *             "report done"
  *   create    creates /dev/shm/mitosis-props-<pid> with mode 0666, prints
  *             "create mode <octal>" (what the umask left), removes it
  *   alloc     maps 256 MiB: "alloc refused" (the address space limit holds)
@@ -171,6 +173,9 @@ static void report_clocks(void) {
     held[n < 0 ? 0 : n] = 0;
     int is_dir = fstat(40, &dir) == 0 && S_ISDIR(dir.st_mode);
     printf("dirfd directory %d links %ld deleted %d\n", is_dir, (long)dir.st_nlink, strstr(held, " (deleted)") != NULL);
+    struct stat here;
+    int same = stat("/proc/self/cwd", &here) == 0 && fstat(41, &dir) == 0 && here.st_dev == dir.st_dev && here.st_ino == dir.st_ino;
+    printf("cwd held by 41 %d\n", same);
 }
 
 int main(int argc, char **argv) {
@@ -210,7 +215,7 @@ int main(int argc, char **argv) {
     }
     snprintf(gone, sizeof gone, "props-cwd-%d", getpid());
     snprintf(up, sizeof up, "../%s", gone);
-    if (mkdir(gone, 0700) || chdir(gone) || rmdir(up)) {
+    if (mkdir(gone, 0700) || chdir(gone) || rmdir(up) || dup2(open(".", O_RDONLY | O_DIRECTORY), 41) != 41) {
         perror("deleting the working directory");
         return 1;
     }
