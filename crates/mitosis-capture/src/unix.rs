@@ -154,15 +154,25 @@ pub(crate) fn carry(pid: i32, sockets: Vec<UnixCandidate>) -> Result<Vec<Carried
 fn lone_socket(pid: i32, socket: &UnixCandidate, info: &UnixSocketInfo, peer_name: Option<Vec<u8>>) -> CarriedObject {
     let fd = socket.end.fds[0].fd;
     let listening = info.state == unixsock::STATE_LISTEN;
-    if !listening && info.queued > 0 {
-        tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unconnected Unix socket are not carried: a child's has none");
-    }
     let (name_unlinked, file) = match (&info.name, info.file) {
         (Some(name), Some((inode, _))) if name.first() != Some(&0) => match socket_file(pid, name, inode) {
             Some(file) => (false, Some(file)),
             None => (true, None),
         },
         _ => (false, None),
+    };
+    // Only by its name can a child's socket be sent its messages again.
+    let by_name = i32::from(info.kind) == libc::SOCK_DGRAM && info.name.is_some() && !name_unlinked;
+    let queue = match (listening || info.queued == 0, by_name) {
+        (true, _) => Vec::new(),
+        (false, true) => unixsock::peek_queue(&socket.copy, false).unwrap_or_else(|e| {
+            tracing::warn!(pid, fd, error = %e, "messages queued on a Unix datagram socket cannot be read (descriptors in flight?): a child's has none");
+            Vec::new()
+        }),
+        (false, false) => {
+            tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unnamed Unix socket are not carried: a child's has none");
+            Vec::new()
+        }
     };
     CarriedObject {
         kind: ObjectKind::UnixSocket {
@@ -176,6 +186,7 @@ fn lone_socket(pid: i32, socket: &UnixCandidate, info: &UnixSocketInfo, peer_nam
             backlog: listening.then_some(info.backlog_or_unread),
             peer_name,
             shutdown: info.shutdown,
+            queue,
         },
         ends: vec![socket.end.clone()],
     }

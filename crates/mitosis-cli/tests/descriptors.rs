@@ -16,7 +16,9 @@
 //! And (tests/programs/unixfds.c) Unix socket pairs of each type with
 //! messages queued both ways (boundaries and a shutdown kept), Unix
 //! sockets listening on a path (with a connection accepted from it and one
-//! waiting) and on an abstract name, a socket whose peer closed, a bound datagram one with another sending to it by default, a socket connected to
+//! waiting) and on an abstract name, a socket whose peer closed, a bound
+//! datagram one with another sending to it by default (two messages
+//! waiting), a socket connected to
 //! another process's (closed in the child, listed at prepare)
 //! one and an unbound one, a fifo with buffered bytes opened twice, an
 //! unlinked fifo, and an inotify watch that fires in the child.
@@ -96,6 +98,7 @@ waiting 46 accepted 1 delivers 1
 orphan 47 \"last words\" then 0
 path listener type 1 listening 1 file 1 mode 0600 accepts 1
 abstract listener type 5 listening 1 named 1 accepts 1
+dgram 38 queued 11 waiting one, 11 waiting two, then -1
 abstract dgram delivers 1
 dgram 49 sends to 38 1
 unbound type 1 name length 2 listening 0

@@ -237,6 +237,10 @@ pub enum ObjectKind {
         /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits.
         shutdown: u8,
         extras: SocketExtras,
+        /// Messages waiting on a datagram socket bound to a name that still
+        /// leads to it, oldest first: a child's is sent them again by name
+        /// (from an unnamed socket) once bound.
+        queue: Vec<Vec<u8>>,
     },
     /// A fifo (named pipe) the seed has open, with what is buffered in it:
     /// a child opens the same path on its host (made with `mkfifo` and the
@@ -385,8 +389,14 @@ impl CarriedObject {
                     unix_options_ok(&side.options)?;
                 }
             }
-            ObjectKind::UnixSocket { kind, options, name, backlog, peer_name, extras, .. } => {
+            ObjectKind::UnixSocket { kind, options, name, backlog, peer_name, extras, queue, name_unlinked, .. } => {
                 extras.validate()?;
+                if !queue.is_empty() && (*kind != 2 || name.is_none() || *name_unlinked) {
+                    return Err("a carried Unix socket has messages queued but is not a datagram socket with a name".into());
+                }
+                if queue.iter().map(Vec::len).sum::<usize>() > MAX_SOCKET_QUEUE_BYTES {
+                    return Err(format!("a carried Unix socket holds more than {MAX_SOCKET_QUEUE_BYTES} queued bytes"));
+                }
                 if peer_name.is_some() && *kind != 2 {
                     return Err("a carried Unix stream socket has a peer: its connection is carried otherwise".into());
                 }
@@ -581,7 +591,7 @@ mod tests {
         assert_eq!(orphan.validate(), Ok(()));
         assert!(CarriedObject { ends: vec![end(3), end(4)], ..orphan }.validate().is_err());
         let lone = |kind, name: Option<Vec<u8>>, backlog| CarriedObject {
-            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, peer_name: None, backlog, shutdown: 0, extras: SocketExtras::default() },
+            kind: ObjectKind::UnixSocket { kind, options: vec![], name, name_unlinked: false, file_mode: None, file_owner: None, peer_name: None, backlog, shutdown: 0, extras: SocketExtras::default(), queue: vec![] },
             ends: vec![end(5)],
         };
         assert_eq!(lone(1, Some(b"\0abstract".to_vec()), Some(16)).validate(), Ok(()));

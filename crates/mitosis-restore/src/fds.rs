@@ -263,7 +263,7 @@ pub(crate) fn recreate(
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
-            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown, extras, .. } => {
+            ObjectKind::UnixSocket { kind, options, name, name_unlinked, file_mode, file_owner, backlog, shutdown, extras, queue, .. } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
@@ -274,6 +274,7 @@ pub(crate) fn recreate(
                 if let Some(name) = name {
                     let owner = file_owner.filter(|_| owner_may_change);
                     bind_unix(child, fd, name, *name_unlinked, *file_mode, owner, &what)?;
+                    send_by_name(child, name, queue, &what)?;
                 }
                 if let Some(backlog) = backlog {
                     child.call(libc::SYS_listen, &[fd_arg(fd), u64::from(*backlog)], &what)?;
@@ -518,6 +519,37 @@ fn unix_pair_state(child: &Injector<'_>, child_pidfd: &OwnedFd, ends: &[i32], ki
         shut_down(child, fd, side.shutdown, what)?;
     }
     Ok(())
+}
+
+/// Sends `messages` to the child's datagram socket bound to `name`, in
+/// order, from a new unnamed socket of the child's (resolved in its own
+/// namespaces, never blocking): its queue as the seed's was.
+fn send_by_name(child: &Injector<'_>, name: &[u8], messages: &[Vec<u8>], what: &str) -> Result<(), RestoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let flags = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+    let sender = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], what)?;
+    let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    address.extend_from_slice(name);
+    let sent = messages.iter().try_for_each(|message| {
+        let mut slot = address.clone();
+        slot.extend_from_slice(message);
+        child.put(&slot, what)?;
+        let args = [
+            u64::from_ne_bytes(sender.to_ne_bytes()),
+            child.slot + address.len() as u64,
+            message.len() as u64,
+            libc::MSG_DONTWAIT as u64,
+            child.slot,
+            address.len() as u64,
+        ];
+        child.call(libc::SYS_sendto, &args, what).map(|_| ()).map_err(|e| {
+            RestoreError::Incompatible(format!("{what}: the seed's {} queued messages do not fit the socket here: {}", messages.len(), cause(&e)))
+        })
+    });
+    child.call(libc::SYS_close, &[u64::from_ne_bytes(sender.to_ne_bytes())], what)?;
+    sent
 }
 
 /// Gives the child's socket `fd` the seed's options that are not integers.

@@ -16,7 +16,7 @@
  *               37 a SOCK_SEQPACKET socket bound to the abstract name
  *                  unixfds-<pid> (\0 first), listening
  *               38 a SOCK_DGRAM socket bound to the abstract name
- *                  unixfds-<pid>-dgram
+ *                  unixfds-<pid>-dgram, with two messages from 49 waiting
  *               39 a SOCK_STREAM socket, unbound
  *               40 the fifo NAME.fifo (mode 0640) opened read-write, holding
  *                  5000 patterned bytes; 41 the same fifo opened read-only
@@ -205,6 +205,7 @@ int main(int argc, char **argv) {
     at(socket(AF_UNIX, SOCK_DGRAM, 0), 49);
     al = abstract(&addr, dgram_name);
     if (connect(49, (struct sockaddr *)&addr, al)) { perror("connect dgram"); return 1; }
+    if (send(49, "waiting one", 11, 0) != 11 || send(49, "waiting two", 11, 0) != 11) { perror("queue dgram"); return 1; }
 
     char outside[80];
     snprintf(outside, sizeof outside, "%s-outside", name);
@@ -287,6 +288,9 @@ int main(int argc, char **argv) {
             al = abstract(&addr, name);
             printf("abstract listener type %d listening %d named %d accepts %d\n", sockint(37, SO_TYPE), sockint(37, SO_ACCEPTCONN),
                    nl == al && !memcmp(&got_name, &addr, al), accepts(37, SOCK_SEQPACKET));
+            char first[32] = "", second[32] = "";
+            ssize_t q1 = recv(38, first, sizeof first - 1, MSG_DONTWAIT), q2 = recv(38, second, sizeof second - 1, MSG_DONTWAIT);
+            printf("dgram 38 queued %zd %s, %zd %s, then %zd\n", q1, first, q2, second, recv(38, small, sizeof small, MSG_DONTWAIT));
             int s = socket(AF_UNIX, SOCK_DGRAM, 0);
             al = abstract(&addr, dgram_name);
             int sent = sendto(s, "to-38", 5, 0, (struct sockaddr *)&addr, al) == 5;
