@@ -18,10 +18,10 @@
 //! sockets listening on a path (with a connection accepted from it and one
 //! waiting) and on an abstract name, a socket whose peer closed, a bound
 //! datagram one with another sending to it by default (two messages
-//! waiting), a socket connected to
-//! another process's (closed in the child, listed at prepare)
-//! one and an unbound one, a fifo with buffered bytes opened twice, an
-//! unlinked fifo, and an inotify watch that fires in the child.
+//! waiting), an unbound one, a socket connected to another process's
+//! (closed in the child, listed at prepare), a fifo with buffered bytes
+//! opened twice, an unlinked fifo, and an inotify watch that fires in the
+//! child.
 
 #![forbid(unsafe_code)]
 
