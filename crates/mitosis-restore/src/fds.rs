@@ -110,6 +110,10 @@ pub(crate) fn recreate(
     child.call(libc::SYS_close_range, &[fd_arg(staging), u64::from(u32::MAX), 0], "closing the prologue's leftover descriptors")?;
     // Each object's ends at their staging numbers.
     let mut staged: Vec<Vec<i32>> = Vec::with_capacity(objects.len());
+    let shared_ports = reuseport_addresses(objects);
+    // Sockets bound with SO_REUSEPORT on for the moment (the seed turned it
+    // off once its sockets shared the port): turned off once all are bound.
+    let mut reuseport_off: Vec<i32> = Vec::new();
     for o in objects {
         let what = format!("recreating the seed's {} (descriptor {})", o.kind_name(), o.ends[0].fds[0].fd);
         let cloexec = u64::from(libc::O_CLOEXEC.unsigned_abs());
@@ -186,6 +190,11 @@ pub(crate) fn recreate(
                 // Before the bind: a device binding decides which addresses are free.
                 set_extras(child, fd, extras, &what)?;
                 if let Some(address) = bound {
+                    let reuseport = options.iter().any(|&(l, n, v)| (l, n) == (libc::SOL_SOCKET, libc::SO_REUSEPORT) && v != 0);
+                    if !reuseport && shared_ports.contains(&(*domain, address.as_slice())) {
+                        set_option(child, fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, &what)?;
+                        reuseport_off.push(o.ends[0].fds[0].fd);
+                    }
                     child.put(address, &what)?;
                     let len = address.len() as u64;
                     child.call(libc::SYS_bind, &[fd_arg(fd), child.slot, len], &what).map_err(|e| {
@@ -366,6 +375,9 @@ pub(crate) fn recreate(
             child.call(libc::SYS_close, &[fd_arg(at)], &what)?;
         }
     }
+    for &fd in &reuseport_off {
+        set_option(child, fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0, &format!("turning SO_REUSEPORT off again on the seed's socket {fd}"))?;
+    }
     // Datagram sockets sending to a socket of the seed by default, once every socket is bound.
     for o in objects {
         let ObjectKind::UnixSocket { peer_name: Some(peer), .. } = &o.kind else { continue };
@@ -519,6 +531,23 @@ fn unix_pair_state(child: &Injector<'_>, child_pidfd: &OwnedFd, ends: &[i32], ki
         shut_down(child, fd, side.shutdown, what)?;
     }
     Ok(())
+}
+
+/// The addresses `(domain, raw sockaddr)` that carried TCP and UDP sockets
+/// with `SO_REUSEPORT` on are bound to: the seed's other sockets bound there
+/// had it on when they were bound, whatever they have now.
+fn reuseport_addresses(objects: &[CarriedObject]) -> Vec<(i32, &[u8])> {
+    objects
+        .iter()
+        .filter_map(|o| match &o.kind {
+            ObjectKind::InetSocket { domain, options, bound: Some(address), .. }
+                if options.iter().any(|&(l, n, v)| (l, n) == (libc::SOL_SOCKET, libc::SO_REUSEPORT) && v != 0) =>
+            {
+                Some((*domain, address.as_slice()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Sends `messages` to the child's datagram socket bound to `name`, in
