@@ -29,8 +29,9 @@
  *                  two-instruction filter that accepts everything; 28 a UDP
  *                  socket connected to it, SO_BROADCAST, SO_LINGER (7 s),
  *                  SO_RCVTIMEO (2.5 s) and SO_BUF_LOCK (send) set
- *               29 a TCP socket listening on 26's port: both were bound
- *                  with SO_REUSEPORT, which 26 then turned off
+ *               29 and 30 TCP sockets listening on one port: both were
+ *                  bound with SO_REUSEPORT, which 29 then turned off (no
+ *                  connection is made to them: either could take it)
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 3 to 63>", then one line per object with its
@@ -158,13 +159,15 @@ int main(void) {
     int one = 1;
     at(socket(AF_INET, SOCK_STREAM, 0), 26);
     if (setsockopt(26, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) || setsockopt(26, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
-        setsockopt(26, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) || bind(26, (struct sockaddr *)&lo, sizeof lo) || listen(26, 8)) { perror("tcp"); return 1; }
+        bind(26, (struct sockaddr *)&lo, sizeof lo) || listen(26, 8)) { perror("tcp"); return 1; }
     struct sockaddr_in shared;
     socklen_t shared_len = sizeof shared;
     int zero = 0;
     at(socket(AF_INET, SOCK_STREAM, 0), 29);
-    if (getsockname(26, (struct sockaddr *)&shared, &shared_len) || setsockopt(29, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
-        bind(29, (struct sockaddr *)&shared, shared_len) || listen(29, 8) || setsockopt(26, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero)) {
+    at(socket(AF_INET, SOCK_STREAM, 0), 30);
+    if (setsockopt(29, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) || bind(29, (struct sockaddr *)&lo, sizeof lo) || listen(29, 8) ||
+        getsockname(29, (struct sockaddr *)&shared, &shared_len) || setsockopt(30, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
+        bind(30, (struct sockaddr *)&shared, shared_len) || listen(30, 8) || setsockopt(29, SOL_SOCKET, SO_REUSEPORT, &zero, sizeof zero)) {
         perror("tcp port shared");
         return 1;
     }
@@ -267,13 +270,16 @@ int main(void) {
             printf("udp connected to the bound one %d, broadcast %d, delivers %d\n", peered, bcast, delivered);
             struct sockaddr_in second;
             socklen_t sl = sizeof second;
-            int reuse26 = -1, reuse29 = -1;
+            int reuse29 = -1, reuse30 = -1, listening29 = 0, listening30 = 0;
             nl = sizeof name;
-            getsockname(26, (struct sockaddr *)&name, &nl);
-            getsockname(29, (struct sockaddr *)&second, &sl);
-            getsockopt(26, SOL_SOCKET, SO_REUSEPORT, &reuse26, &il);
+            getsockname(29, (struct sockaddr *)&name, &nl);
+            getsockname(30, (struct sockaddr *)&second, &sl);
             getsockopt(29, SOL_SOCKET, SO_REUSEPORT, &reuse29, &il);
-            printf("tcp reuseport 26 %d 29 %d, one port %d\n", reuse26, reuse29, name.sin_port == second.sin_port && name.sin_port != 0);
+            getsockopt(30, SOL_SOCKET, SO_REUSEPORT, &reuse30, &il);
+            getsockopt(29, SOL_SOCKET, SO_ACCEPTCONN, &listening29, &il);
+            getsockopt(30, SOL_SOCKET, SO_ACCEPTCONN, &listening30, &il);
+            printf("tcp reuseport 29 %d 30 %d, listening %d %d, one port %d\n", reuse29, reuse30, listening29, listening30,
+                   name.sin_port == second.sin_port && name.sin_port != 0);
             socklen_t entries = 0, ll = sizeof linger, tl = sizeof timeout;
             getsockopt(27, SOL_SOCKET, SO_GET_FILTER, NULL, &entries);
             memset(&linger, 0, sizeof linger);
