@@ -222,25 +222,13 @@ pub(crate) fn recreate(
                 vec![fd]
             }
             ObjectKind::UnixPair { kind, sides } => {
-                let flags = kind | libc::SOCK_CLOEXEC;
-                child.call(libc::SYS_socketpair, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0, child.slot], &what)?;
-                let mut pair = [0u8; 8];
-                child.mem.read_exact_at(&mut pair, child.slot).map_err(RestoreError::sys(what.clone()))?;
-                let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
-                let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
-                let ends = vec![child.stage(first.into(), staging, &what)?, child.stage(second.into(), staging, &what)?];
+                let ends = socket_pair(child, *kind, staging, &what)?.to_vec();
                 unix_pair_state(child, child_pidfd, &ends, *kind, sides, &what)?;
                 ends
             }
             ObjectKind::UnixOrphan { kind, side } => {
                 // One end of a new pair, filled from the other, which is then closed.
-                let flags = kind | libc::SOCK_CLOEXEC;
-                child.call(libc::SYS_socketpair, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0, child.slot], &what)?;
-                let mut pair = [0u8; 8];
-                child.mem.read_exact_at(&mut pair, child.slot).map_err(RestoreError::sys(what.clone()))?;
-                let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
-                let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
-                let ends = [child.stage(first.into(), staging, &what)?, child.stage(second.into(), staging, &what)?];
+                let ends = socket_pair(child, *kind, staging, &what)?;
                 let other = UnixSide { options: Vec::new(), queue: Vec::new(), shutdown: 0, extras: SocketExtras::default() };
                 unix_pair_state(child, child_pidfd, &ends, *kind, &[side.clone(), other], &what)?;
                 child.call(libc::SYS_close, &[fd_arg(ends[1])], &what)?;
@@ -531,6 +519,17 @@ fn unix_pair_state(child: &Injector<'_>, child_pidfd: &OwnedFd, ends: &[i32], ki
         shut_down(child, fd, side.shutdown, what)?;
     }
     Ok(())
+}
+
+/// A new Unix socket pair of type `kind` in the child, at staging numbers.
+fn socket_pair(child: &Injector<'_>, kind: i32, staging: i32, what: &str) -> Result<[i32; 2], RestoreError> {
+    let flags = kind | libc::SOCK_CLOEXEC;
+    child.call(libc::SYS_socketpair, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0, child.slot], what)?;
+    let mut pair = [0u8; 8];
+    child.mem.read_exact_at(&mut pair, child.slot).map_err(RestoreError::sys(what.to_string()))?;
+    let first = i32::from_ne_bytes(pair[..4].try_into().expect("4 bytes"));
+    let second = i32::from_ne_bytes(pair[4..].try_into().expect("4 bytes"));
+    Ok([child.stage(first.into(), staging, what)?, child.stage(second.into(), staging, what)?])
 }
 
 /// The addresses `(domain, raw sockaddr)` that carried TCP and UDP sockets
