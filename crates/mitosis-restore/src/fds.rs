@@ -324,14 +324,16 @@ pub(crate) fn recreate(
                     if sec >= 0 { std::time::UNIX_EPOCH + since } else { std::time::UNIX_EPOCH - since }
                 };
                 copy.set_times(std::fs::FileTimes::new().set_accessed(time(*atime)).set_modified(time(*mtime))).map_err(io)?;
-                // The first read-write description is the one made above (a memfd made by
-                // memfd_create can be executed while it is open for writing; one opened
-                // again cannot), every other one is opened anew through the file's /proc
-                // link (also a read-only one).
+                // A memfd's first read-write description is the one made above (a memfd
+                // made by memfd_create can be executed while it is open for writing; one
+                // opened again cannot), every other one is opened anew through the file's
+                // /proc link (also a read-only one). So is every description of a file
+                // made with O_TMPFILE, whose flags (F_GETFL) would show O_TMPFILE.
                 let mut ends = Vec::with_capacity(o.ends.len());
+                let may_use_master = dir.is_none();
                 let mut master_used = false;
                 for end in &o.ends {
-                    let fd = if end.access == libc::O_RDWR && !master_used {
+                    let fd = if may_use_master && end.access == libc::O_RDWR && !master_used {
                         master_used = true;
                         master
                     } else {

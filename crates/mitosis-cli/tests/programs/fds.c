@@ -22,7 +22,8 @@
  *               24 a file of the working directory, unlinked, write-only,
  *                  mode 0640, 3 bytes then 64 KiB of "u" from offset 1 MiB,
  *                  mtime 1234567890, position 100; 25 the same file opened
- *                  again read-only (/proc/self/fd/24), position 1 MiB
+ *                  again read-only (/proc/self/fd/24), position 1 MiB,
+ *                  and as 31 read-write
  *               26 a TCP socket listening on 127.0.0.1 (a port the kernel
  *                  chose), SO_REUSEADDR and TCP_NODELAY set
  *               27 a UDP socket bound to 127.0.0.1 (a chosen port), with a
@@ -153,6 +154,7 @@ int main(void) {
     struct timespec times[2] = {{1234567890, 0}, {1234567890, 500}};
     if (futimens(24, times) || lseek(24, 100, SEEK_SET) != 100) { perror("file"); return 1; }
     at(open("/proc/self/fd/24", O_RDONLY), 25);
+    at(open("/proc/self/fd/24", O_RDWR), 31);
     if (lseek(25, 1 << 20, SEEK_SET) != 1 << 20 || unlink(unlinked)) { perror("file"); return 1; }
     struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof lo;
@@ -241,6 +243,7 @@ int main(void) {
             printf("unlinked size %lld mode %04o links %ld mtime %lld.%09ld write-only %d pos %lld %lld\n", (long long)st.st_size,
                    st.st_mode & 07777, (long)st.st_nlink, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
                    (fcntl(24, F_GETFL) & O_ACCMODE) == O_WRONLY, (long long)lseek(24, 0, SEEK_CUR), (long long)lseek(25, 0, SEEK_CUR));
+            printf("unlinked read-write flags %#x\n", fcntl(31, F_GETFL));
             static char back[65536];
             long r1 = read(25, back, sizeof back), r0 = pread(25, mem, 3, 0);
             char where[64] = "";
