@@ -19,7 +19,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use mitosis_proto::descriptors::{
     CarriedObject, EpollWatch, FdNumber, ObjectEnd, ObjectKind, SocketExtras, MAX_UNLINKED_FILE_BYTES, SOCKET_OPTIONS, SOCKET_PROTOCOLS,
 };
-use mitosis_sys::{fdstate, pidfd, procfs};
+use mitosis_sys::{fdstate, inetsock, pidfd, procfs, unixsock};
 
 use crate::CaptureError;
 
@@ -96,7 +96,7 @@ pub(crate) fn carry(pid: i32, closed: &mut Vec<(i32, String)>) -> Result<Vec<Car
         match sort {
             Sort::Socket(inode) => {
                 let copy = take(&target, candidates[0].fd)?;
-                let Some(kind) = inet_socket(&copy) else {
+                let Some(kind) = inet_socket(&copy, inode) else {
                     if fdstate::sockopt_int(&copy, libc::SOL_SOCKET, libc::SO_DOMAIN).ok() == Some(libc::AF_UNIX) {
                         // One socket is one open file description (a socket cannot be opened again).
                         unix_sockets.push(crate::unix::UnixCandidate { inode, end: end(&candidates), copy });
@@ -193,7 +193,7 @@ fn end(group: &[Candidate]) -> ObjectEnd {
 /// A TCP or UDP socket over IPv4 or IPv6 without a connection (through a
 /// copy of it), or `None` for any other socket: those stay closed in
 /// children (a connection's peer stays on the seed's host).
-fn inet_socket(socket: &OwnedFd) -> Option<ObjectKind> {
+fn inet_socket(socket: &OwnedFd, inode: u64) -> Option<ObjectKind> {
     let int = |level, name| fdstate::sockopt_int(socket, level, name).ok();
     let domain = int(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
     let kind = int(libc::SOL_SOCKET, libc::SO_TYPE)?;
@@ -215,7 +215,14 @@ fn inet_socket(socket: &OwnedFd) -> Option<ObjectKind> {
     let bound = (address.len() >= 4 && address[2..4] != [0, 0]).then_some(address);
     // Those the socket has (IP options on an IPv6 socket, TCP options on a TCP one).
     let options = SOCKET_OPTIONS.iter().filter_map(|&(level, name)| Some((level, name, int(level, name)?))).collect();
-    Some(ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer, extras: socket_extras(socket) })
+    // Not told by getsockopt: the kernel's socket diagnostics (none known: none).
+    let shutdown = unixsock::netns_of(socket)
+        .and_then(|netns| {
+            let (family, protocol) = (u8::try_from(domain).unwrap_or(0), u8::try_from(protocol).unwrap_or(0));
+            inetsock::shutdown_bits(&netns, family, protocol, u32::try_from(inode).unwrap_or(0))
+        })
+        .map_or(0, |bits| bits.unwrap_or(0));
+    Some(ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer, extras: socket_extras(socket), shutdown })
 }
 
 /// The options of a socket (through a copy of it) that are not integers:

@@ -192,6 +192,8 @@ pub enum ObjectKind {
         /// A UDP socket's peer (`connect`), if it has one.
         peer: Option<Vec<u8>>,
         extras: SocketExtras,
+        /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits (from `shutdown`).
+        shutdown: u8,
     },
     /// Both sockets of a Unix socket pair (`socketpair`, or a connection
     /// whose two ends are both the seed's and have no names): `ends[i]`
@@ -547,19 +549,19 @@ mod tests {
         assert!(file(Some("/tmp"), vec![(0, vec![1; 10]), (5, vec![2; 5])]).validate().is_err(), "overlapping runs");
         assert!(file(Some("/tmp"), vec![(90, vec![1; 20])]).validate().is_err(), "past the end");
         let socket = |domain, options: Vec<(i32, i32, i32)>| CarriedObject {
-            kind: ObjectKind::InetSocket { domain, kind: 1, protocol: 0, options, bound: Some(vec![2, 0, 0, 80]), listening: true, peer: None, extras: SocketExtras::default() },
+            kind: ObjectKind::InetSocket { domain, kind: 1, protocol: 0, options, bound: Some(vec![2, 0, 0, 80]), listening: true, peer: None, extras: SocketExtras::default(), shutdown: 0 },
             ends: vec![end(3)],
         };
         assert_eq!(socket(2, vec![(1, 2, 1), (6, 1, 1)]).validate(), Ok(()));
         assert!(socket(1, vec![]).validate().is_err(), "AF_UNIX is not carried this way");
         assert!(socket(2, vec![(1, 25, 1)]).validate().is_err(), "SO_BINDTODEVICE is not an option carried");
         let connected = CarriedObject {
-            kind: ObjectKind::InetSocket { domain: 2, kind: 1, protocol: 6, options: vec![], bound: None, listening: false, peer: Some(vec![2, 0, 0, 80]), extras: SocketExtras::default() },
+            kind: ObjectKind::InetSocket { domain: 2, kind: 1, protocol: 6, options: vec![], bound: None, listening: false, peer: Some(vec![2, 0, 0, 80]), extras: SocketExtras::default(), shutdown: 0 },
             ends: vec![end(3)],
         };
         assert!(connected.validate().unwrap_err().contains("connections are not carried"));
         let with = |extras: SocketExtras| CarriedObject {
-            kind: ObjectKind::InetSocket { domain: 2, kind: 2, protocol: 0, options: vec![], bound: None, listening: false, peer: None, extras },
+            kind: ObjectKind::InetSocket { domain: 2, kind: 2, protocol: 0, options: vec![], bound: None, listening: false, peer: None, extras, shutdown: 0 },
             ends: vec![end(3)],
         };
         let filter = vec![6, 0, 0, 0, 0xff, 0xff, 0, 0];

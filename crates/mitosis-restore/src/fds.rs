@@ -180,7 +180,7 @@ pub(crate) fn recreate(
                 let fd = child.call(libc::SYS_epoll_create1, &[u64::from(libc::EPOLL_CLOEXEC.unsigned_abs())], &what)?;
                 vec![child.stage(fd, staging, &what)?]
             }
-            ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer, extras } => {
+            ObjectKind::InetSocket { domain, kind, protocol, options, bound, listening, peer, extras, shutdown } => {
                 let flags = kind | libc::SOCK_CLOEXEC;
                 let fd = child.call(libc::SYS_socket, &[fd_arg(*domain), u64::from(flags.unsigned_abs()), fd_arg(*protocol)], &what)?;
                 let fd = child.stage(fd, staging, &what)?;
@@ -219,6 +219,7 @@ pub(crate) fn recreate(
                         ))
                     })?;
                 }
+                shut_down(child, fd, *shutdown, &what)?;
                 vec![fd]
             }
             ObjectKind::UnixPair { kind, sides } => {
@@ -629,11 +630,16 @@ fn set_extras(child: &Injector<'_>, fd: i32, extras: &SocketExtras, what: &str) 
 /// `SEND_SHUTDOWN` bits; on a connected stream or seqpacket socket each
 /// also shuts its peer's other way, as the seed's shutdown did).
 fn shut_down(child: &Injector<'_>, fd: i32, bits: u8, what: &str) -> Result<(), RestoreError> {
+    let shut = |how: i32| match child.call(libc::SYS_shutdown, &[fd_arg(fd), fd_arg(how)], what) {
+        // An unconnected TCP or UDP socket is shut all the same, and says ENOTCONN.
+        Err(RestoreError::Sys { source, .. }) if source.errno == libc::ENOTCONN => Ok(()),
+        r => r.map(|_| ()),
+    };
     if bits & SEND_SHUTDOWN != 0 {
-        child.call(libc::SYS_shutdown, &[fd_arg(fd), fd_arg(libc::SHUT_WR)], what)?;
+        shut(libc::SHUT_WR)?;
     }
     if bits & RCV_SHUTDOWN != 0 {
-        child.call(libc::SYS_shutdown, &[fd_arg(fd), fd_arg(libc::SHUT_RD)], what)?;
+        shut(libc::SHUT_RD)?;
     }
     Ok(())
 }

@@ -28,6 +28,8 @@
 //! - [`signals`]: blocking a set of signals and waiting for one.
 //! - [`unixsock`]: Unix sockets of another process: diagnostics (peer,
 //!   name, state), peeking at queued messages, sending without blocking.
+//! - [`inetsock`]: TCP and UDP sockets of another process: the shutdown
+//!   bits their diagnostics (`inet_diag`) show.
 //! - [`fdstate::open_by_handle`]: the file a file handle names (an inotify
 //!   watch's).
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
@@ -56,6 +58,7 @@ pub mod ptrace;
 pub mod rlimit;
 pub mod runner;
 pub mod uffd;
+pub mod inetsock;
 pub mod unixsock;
 pub mod vdso;
 

@@ -76,30 +76,42 @@ pub fn netns_of(fd: &impl AsFd) -> Result<OwnedFd> {
 /// joins `netns` first when it is not this thread's (diagnostics answer
 /// for one namespace only).
 pub fn describe(netns: &OwnedFd, inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
+    let inodes = inodes.to_vec();
+    in_netns(netns, move || describe_here(&inodes))
+}
+
+/// Runs `query` in network namespace `netns`: here when it is this
+/// thread's, else in a thread of its own that joins it first (socket
+/// diagnostics answer for one namespace only).
+pub(crate) fn in_netns<T: Send + 'static>(netns: &OwnedFd, query: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let ours = std::fs::metadata("/proc/thread-self/ns/net").map_err(|e| SysError::new("stat(ns/net)", e.raw_os_error().unwrap_or(libc::EIO)))?;
     let theirs = crate::fsid::identity_of_fd(netns.as_raw_fd()).map_err(|e| SysError::new("fstat(netns)", e))?;
     use std::os::unix::fs::MetadataExt;
     if theirs.ino == ours.ino() && theirs.dev == ours.dev() {
-        return describe_here(inodes);
+        return query();
     }
     let netns = netns.try_clone().map_err(|e| SysError::new("dup", e.raw_os_error().unwrap_or(libc::EMFILE)))?;
-    let inodes = inodes.to_vec();
     std::thread::spawn(move || {
         crate::ns::setns(&netns, libc::CLONE_NEWNET)?;
-        describe_here(&inodes)
+        query()
     })
     .join()
-    .unwrap_or(Err(SysError::new("unix_diag thread", libc::EIO)))
+    .unwrap_or(Err(SysError::new("sock_diag thread", libc::EIO)))
 }
 
-fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
+/// A `NETLINK_SOCK_DIAG` socket of this thread's network namespace.
+pub(crate) fn diag_socket() -> Result<OwnedFd> {
     // SAFETY: socket takes integers and returns a new descriptor.
     let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
     if raw < 0 {
         return Err(SysError::last("socket(NETLINK_SOCK_DIAG)"));
     }
     // SAFETY: a new descriptor that nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
+    let sock = diag_socket()?;
     let mut out = Vec::new();
     // Room for a listener with a full queue of the largest backlog (4 bytes a connection).
     let mut reply = vec![0u8; 1 << 18];
@@ -131,11 +143,11 @@ fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
     Ok(out)
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 

@@ -30,6 +30,7 @@
  *                  two-instruction filter that accepts everything; 28 a UDP
  *                  socket connected to it, SO_BROADCAST, SO_LINGER (7 s),
  *                  SO_RCVTIMEO (2.5 s) and SO_BUF_LOCK (send) set
+ *               32 a UDP socket connected to 27 and shut for sending
  *               29 and 30 TCP sockets listening on one port: both were
  *                  bound with SO_REUSEPORT, which 29 then turned off (no
  *                  connection is made to them: either could take it)
@@ -42,6 +43,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -178,6 +180,8 @@ int main(void) {
     if (bind(27, (struct sockaddr *)&lo, sizeof lo) || getsockname(27, (struct sockaddr *)&udp, &len)) { perror("udp"); return 1; }
     at(socket(AF_INET, SOCK_DGRAM, 0), 28);
     if (setsockopt(28, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) || connect(28, (struct sockaddr *)&udp, sizeof udp)) { perror("udp"); return 1; }
+    at(socket(AF_INET, SOCK_DGRAM, 0), 32);
+    if (connect(32, (struct sockaddr *)&udp, sizeof udp) || shutdown(32, SHUT_WR)) { perror("udp shut"); return 1; }
     struct sock_filter accept_all[2] = {{BPF_RET | BPF_K, 0, 0, 0xffff}, {BPF_RET | BPF_K, 0, 0, 0xffff}};
     struct sock_fprog program = {.len = 2, .filter = accept_all};
     struct linger linger = {.l_onoff = 1, .l_linger = 7};
@@ -293,6 +297,9 @@ int main(void) {
             getsockopt(28, SOL_SOCKET, SO_BUF_LOCK, &send_lock, &il);
             printf("udp filter %u entries, linger %d %d, receive timeout %ld.%06ld, buffer lock %d\n", entries, linger.l_onoff,
                    linger.l_linger, (long)timeout.tv_sec, (long)timeout.tv_usec, send_lock);
+            errno = 0;
+            long shut_sent = send(32, "x", 1, MSG_NOSIGNAL);
+            printf("udp shut for sending: send %ld errno %d\n", shut_sent, errno);
             raise(SIGUSR2);
             struct signalfd_siginfo si;
             printf("signalfd %d\n", read(17, &si, sizeof si) == sizeof si ? (int)si.ssi_signo : -1);
