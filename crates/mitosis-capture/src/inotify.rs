@@ -12,7 +12,7 @@
 use std::os::fd::AsRawFd;
 
 use mitosis_proto::descriptors::{InotifyWatch, MAX_INOTIFY_WD};
-use mitosis_sys::fdstate;
+use mitosis_sys::{fdstate, procfs};
 
 /// Event and flag bits a watch keeps: `IN_ALL_EVENTS`, `IN_EXCL_UNLINK`, `IN_ONESHOT`.
 const KEPT_MASK: u32 = 0xfff | 0x0400_0000 | 0x8000_0000;
@@ -113,30 +113,9 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let mut it = l.split_ascii_whitespace().skip(2);
             let (major, minor) = it.next()?.split_once(':')?;
             let _root = it.next()?;
-            Some(Mount { major: major.parse().ok()?, minor: minor.parse().ok()?, point: unescape(it.next()?) })
+            Some(Mount { major: major.parse().ok()?, minor: minor.parse().ok()?, point: procfs::unescape_mountinfo(it.next()?) })
         })
         .collect()
-}
-
-/// Undoes mountinfo's `\NNN` octal escapes (of space, tab, newline, backslash).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (b[i], octal) {
-            (b'\\', Some(c)) => {
-                out.push(c);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
-use mitosis_sys::{after_fork, ns, SysError};
+use mitosis_sys::{after_fork, ns, procfs, SysError};
 use serde::{Deserialize, Serialize};
 
 /// What kind of container a holder makes. Containers of the default kind
@@ -61,7 +61,7 @@ fn mount_points(mountinfo: &str) -> Vec<(String, libc::c_ulong)> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            let point = unescape(f.get(4)?);
+            let point = procfs::unescape_mountinfo(f.get(4)?);
             let opts = f.get(5)?;
             let flags = opts
                 .split(',')
@@ -70,22 +70,6 @@ fn mount_points(mountinfo: &str) -> Vec<(String, libc::c_ulong)> {
             Some((point, flags))
         })
         .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Is `point` below (or at) `dir`?
