@@ -170,7 +170,7 @@ fn lone_socket(pid: i32, socket: &UnixCandidate, info: &UnixSocketInfo, peer_nam
             Vec::new()
         }),
         (false, false) => {
-            tracing::warn!(pid, fd, bytes = info.queued, "messages queued on an unnamed Unix socket are not carried: a child's has none");
+            tracing::warn!(pid, fd, bytes = info.queued, "messages queued on a Unix socket without a name that leads to it are not carried: a child's has none");
             Vec::new()
         }
     };

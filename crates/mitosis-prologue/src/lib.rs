@@ -392,7 +392,7 @@ impl Prologue {
             // later ones copies of the first.
             let made_before = self.plan.files[..index]
                 .iter()
-                .find(|b| b.deleted_dir.is_some() && b.expect.dev == f.expect.dev && b.expect.ino == f.expect.ino);
+                .find(|b| b.deleted_dir.is_some() && b.expect.matches(&f.expect, IdentityMatch::SameObject));
             let index = u16::try_from(index).unwrap_or(u16::MAX - 1);
             let fd = match (&f.deleted_dir, made_before) {
                 (Some(_), Some(first)) => after_fork::dup_at_or_above(first.fd, self.plan.uffd_fd + 1).unwrap_or_else(|_| fail(PrologueExit::OpenFile)),

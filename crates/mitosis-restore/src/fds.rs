@@ -190,8 +190,7 @@ pub(crate) fn recreate(
                 // Before the bind: a device binding decides which addresses are free.
                 set_extras(child, fd, extras, &what)?;
                 if let Some(address) = bound {
-                    let reuseport = options.iter().any(|&(l, n, v)| (l, n) == (libc::SOL_SOCKET, libc::SO_REUSEPORT) && v != 0);
-                    if !reuseport && shared_ports.contains(&(*domain, address.as_slice())) {
+                    if !has_reuseport(options) && shared_ports.contains(&(*domain, address.as_slice())) {
                         set_option(child, fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, &what)?;
                         reuseport_off.push(o.ends[0].fds[0].fd);
                     }
@@ -248,8 +247,7 @@ pub(crate) fn recreate(
                 let flags = kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
                 let client = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], &what)?;
                 let client = child.stage(client, staging, &what)?;
-                let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-                address.extend_from_slice(listener);
+                let address = unix_address(listener);
                 child.put(&address, &what)?;
                 child.call(libc::SYS_connect, &[fd_arg(client), child.slot, address.len() as u64], &what)?;
                 let mut ends = vec![client];
@@ -374,8 +372,7 @@ pub(crate) fn recreate(
         let ObjectKind::UnixSocket { peer_name: Some(peer), .. } = &o.kind else { continue };
         let fd = o.ends[0].fds[0].fd;
         let what = format!("connecting the seed's datagram socket {fd} again");
-        let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-        address.extend_from_slice(peer);
+        let address = unix_address(peer);
         child.put(&address, &what)?;
         child.call(libc::SYS_connect, &[fd_arg(fd), child.slot, address.len() as u64], &what)?;
     }
@@ -542,14 +539,23 @@ fn reuseport_addresses(objects: &[CarriedObject]) -> Vec<(i32, &[u8])> {
     objects
         .iter()
         .filter_map(|o| match &o.kind {
-            ObjectKind::InetSocket { domain, options, bound: Some(address), .. }
-                if options.iter().any(|&(l, n, v)| (l, n) == (libc::SOL_SOCKET, libc::SO_REUSEPORT) && v != 0) =>
-            {
-                Some((*domain, address.as_slice()))
-            }
+            ObjectKind::InetSocket { domain, options, bound: Some(address), .. } if has_reuseport(options) => Some((*domain, address.as_slice())),
             _ => None,
         })
         .collect()
+}
+
+/// Whether integer socket options `options` have `SO_REUSEPORT` on.
+fn has_reuseport(options: &[(i32, i32, i32)]) -> bool {
+    options.iter().any(|&(level, name, value)| (level, name) == (libc::SOL_SOCKET, libc::SO_REUSEPORT) && value != 0)
+}
+
+/// A raw `sockaddr_un` for the `sun_path` bytes `name` (an abstract name
+/// starts with 0).
+fn unix_address(name: &[u8]) -> Vec<u8> {
+    let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    address.extend_from_slice(name);
+    address
 }
 
 /// Sends `messages` to the child's datagram socket bound to `name`, in
@@ -560,15 +566,14 @@ fn send_by_name(child: &Injector<'_>, name: &[u8], messages: &[Vec<u8>], what: &
         return Ok(());
     }
     let flags = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
-    let sender = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], what)?;
-    let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-    address.extend_from_slice(name);
+    let sender = child.call(libc::SYS_socket, &[fd_arg(libc::AF_UNIX), fd_arg(flags), 0], what)?.unsigned_abs();
+    let address = unix_address(name);
     let sent = messages.iter().try_for_each(|message| {
         let mut slot = address.clone();
         slot.extend_from_slice(message);
         child.put(&slot, what)?;
         let args = [
-            u64::from_ne_bytes(sender.to_ne_bytes()),
+            sender,
             child.slot + address.len() as u64,
             message.len() as u64,
             libc::MSG_DONTWAIT as u64,
@@ -579,7 +584,7 @@ fn send_by_name(child: &Injector<'_>, name: &[u8], messages: &[Vec<u8>], what: &
             RestoreError::Incompatible(format!("{what}: the seed's {} queued messages do not fit the socket here: {}", messages.len(), cause(&e)))
         })
     });
-    child.call(libc::SYS_close, &[u64::from_ne_bytes(sender.to_ne_bytes())], what)?;
+    child.call(libc::SYS_close, &[sender], what)?;
     sent
 }
 
@@ -695,8 +700,7 @@ fn bind_unix(
     let is_path = name.first() != Some(&0);
     // The path without the terminating zero the kernel keeps.
     let path: &[u8] = if is_path { name.split(|&b| b == 0).next().unwrap_or_default() } else { name };
-    let mut address = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-    address.extend_from_slice(name);
+    let address = unix_address(name);
     let bind = || {
         child.put(&address, what)?;
         child.call(libc::SYS_bind, &[fd_arg(fd), child.slot, address.len() as u64], what)

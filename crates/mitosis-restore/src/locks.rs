@@ -29,7 +29,7 @@ pub(crate) fn take(injector: &Injector<'_>, files: &[OpenFile]) -> Result<(), Re
                     let how = if lock.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
                     injector.call(libc::SYS_flock, &[fd, how.unsigned_abs().into()], &what)
                 }
-                LockKind::Lease => injector.call(libc::SYS_fcntl, &[fd, F_SETLEASE, lock_type(lock)], &what),
+                LockKind::Lease => injector.call(libc::SYS_fcntl, &[fd, F_SETLEASE, lock_type(lock).unsigned_abs().into()], &what),
             };
             match taken {
                 Ok(_) => {}
@@ -48,16 +48,15 @@ pub(crate) fn take(injector: &Injector<'_>, files: &[OpenFile]) -> Result<(), Re
 }
 
 /// `F_RDLCK` or `F_WRLCK`.
-fn lock_type(lock: &FileLock) -> u64 {
-    (if lock.write { libc::F_WRLCK } else { libc::F_RDLCK }).unsigned_abs().into()
+fn lock_type(lock: &FileLock) -> i32 {
+    if lock.write { libc::F_WRLCK } else { libc::F_RDLCK }
 }
 
 /// A `struct flock` for a record lock: type, whence (`SEEK_SET`), start,
 /// length (0: to the end of the file), pid (0).
 fn flock_bytes(lock: &FileLock) -> Vec<u8> {
     let mut b = vec![0u8; 32];
-    let l_type = if lock.write { libc::F_WRLCK } else { libc::F_RDLCK };
-    b[0..2].copy_from_slice(&i16::try_from(l_type).unwrap_or(0).to_ne_bytes());
+    b[0..2].copy_from_slice(&i16::try_from(lock_type(lock)).unwrap_or(0).to_ne_bytes());
     b[8..16].copy_from_slice(&lock.start.to_ne_bytes());
     let len = lock.end.map_or(0, |end| end.saturating_sub(lock.start) + 1);
     b[16..24].copy_from_slice(&len.to_ne_bytes());

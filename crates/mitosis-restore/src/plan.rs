@@ -89,8 +89,8 @@ impl RestorePlan {
         // child's getcwd then names that.
         let (cwd, cwd_deleted) = match image.cwd.strip_suffix(" (deleted)") {
             Some(path) => {
-                let elsewhere = free_path_near(&format!("/tmp/mitosis-deleted-cwd-{}", image.id));
-                (cstring(&free_path_near(path))?, Some(cstring(&elsewhere)?))
+                let (here, elsewhere) = remade_dir_paths(path, &format!("/tmp/mitosis-deleted-cwd-{}", image.id))?;
+                (here, Some(elsewhere))
             }
             None => {
                 let cwd = cstring(&image.cwd)?;
@@ -106,8 +106,8 @@ impl RestorePlan {
             let deleted = f.path.strip_suffix(" (deleted)").filter(|_| f.identity.file_type == fsid::TYPE_DIRECTORY);
             let (path, deleted_dir) = match deleted {
                 Some(path) => {
-                    let elsewhere = free_path_near(&format!("/tmp/mitosis-deleted-dir-{}-{}", image.id, f.fd));
-                    (cstring(&free_path_near(path))?, Some(cstring(&elsewhere)?))
+                    let (here, elsewhere) = remade_dir_paths(path, &format!("/tmp/mitosis-deleted-dir-{}-{}", image.id, f.fd))?;
+                    (here, Some(elsewhere))
                 }
                 None => {
                     let path = cstring(&f.path)?;
@@ -127,8 +127,8 @@ impl RestorePlan {
             });
         }
         // A deleted working directory the seed also holds open is that one.
-        let same_object = |f: &&PrologueFile| f.expect.dev == image.cwd_identity.dev && f.expect.ino == image.cwd_identity.ino;
-        let cwd_held_by = cwd_deleted.as_ref().and_then(|_| files.iter().filter(|f| f.deleted_dir.is_some()).find(same_object)).map(|f| f.fd);
+        let held = |f: &&PrologueFile| f.deleted_dir.is_some() && f.expect.matches(&image.cwd_identity, IdentityMatch::SameObject);
+        let cwd_held_by = cwd_deleted.as_ref().and_then(|_| files.iter().find(held)).map(|f| f.fd);
         // Above every number the seed's descriptors take, reopened or recreated.
         let highest = image.files.iter().map(|f| f.fd).max().max(mitosis_proto::descriptors::highest_fd(&image.carried));
         let map_fd_base = highest.map_or(3, |fd| fd + 1).max(3);
@@ -298,6 +298,13 @@ fn local_copy_is(path: &str, identity: &FileIdentity) -> bool {
 fn is_here(path: &str, identity: &FileIdentity, how: IdentityMatch) -> bool {
     let Ok(path) = CString::new(path) else { return false };
     check_here(&path, identity, how).is_ok()
+}
+
+/// Where the prologue makes a deleted directory of the seed's again: at
+/// its `path` (or beside it, when taken), else at `fallback` (in /tmp, for
+/// a child that may not write there), each free on this host.
+fn remade_dir_paths(path: &str, fallback: &str) -> Result<(CString, CString), RestoreError> {
+    Ok((cstring(&free_path_near(path))?, cstring(&free_path_near(fallback))?))
 }
 
 /// `path` if nothing is there on this host, else a free name beside it.
