@@ -43,7 +43,9 @@ fn properties_carried(name: &str, args: &[&str], extra: &[&str]) {
         // Mappings with advice and a lock, and one wiped on fork.
         "advised lo dd hg\n", "wiped 90 wf\n",
         // A deleted directory held open.
-        "dirfd directory 1 links 0 deleted 1\n", "cwd held by 41 1\n"] {
+        "dirfd directory 1 links 0 deleted 1\n", "cwd held by 41 1\n",
+        // The name it gave itself (PR_SET_NAME).
+        "name props-renamed\n"] {
         assert!(expected.stdout.contains(line), "the seed reports {line:?}: {expected}");
     }
     assert!(expected.stdout.contains(&format!("exe {}\n", prog.display())), "{expected}");

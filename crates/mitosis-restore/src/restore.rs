@@ -82,15 +82,15 @@ pub fn restore(
     let own_gadget = own_vdso_end - vdso_code_len + vdso.gadget_offset;
     let no_events = |_: &Tracee, _: i32| Ok(());
 
-    // Scratch layout: [runner code][prctl_mm_map + auxv][syscall table].
+    // Scratch layout: [runner code][prctl_mm_map + auxv + name][thread slots][syscall table].
     let code = stub::code();
     let code_len = round_up(code.len() as u64, 64);
-    let thread_slot_at = round_up(STACK_T_SLOT + MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64, 64);
+    let thread_slot_at = round_up(name_offset(image) + 16, 64);
     let blob_len = thread_slot_at + threads::SLOT_BYTES * image.threads.len() as u64;
     // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
-    // run, robust list, tid address, altstack, prctl, close, end marker.
+    // run, robust list, tid address, altstack, two prctls, close, end marker.
     let written: usize = image.vmas.iter().map(|v| v.written.len() + v.guards.len()).sum();
-    let max_entries = (image.vmas.len() + written + 12) as u64;
+    let max_entries = (image.vmas.len() + written + 13) as u64;
     let scratch_len = round_up(code_len + blob_len + max_entries * ENTRY as u64, PAGE);
     let scratch = place_scratch(&tracee, &base, own_gadget, image, (own_vdso_start, own_vdso_end), scratch_len)?;
     let blob_addr = scratch + code_len;
@@ -491,6 +491,9 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
     t.push(libc::SYS_set_tid_address, [image.tid_address, 0, 0, 0, 0, 0], "set the tid address");
     t.push(libc::SYS_sigaltstack, [blob_addr, 0, 0, 0, 0, 0], "set the alternate signal stack");
     t.push(libc::SYS_prctl, [PR_SET_MM as u64, PR_SET_MM_MAP, blob_addr + STACK_T_SLOT, MM_MAP_SIZE, 0, 0], "set mm fields (PR_SET_MM_MAP)");
+    // The child was forked from the daemon's zygote: without this, `ps` and
+    // /proc/PID/comm would call it "mitosis".
+    t.push(libc::SYS_prctl, [libc::PR_SET_NAME as u64, blob_addr + name_offset(image), 0, 0, 0, 0], "set the name");
     if plan.map_fd_end > plan.map_fd_base {
         t.push(
             libc::SYS_close_range,
@@ -532,7 +535,22 @@ fn mm_map_blob(image: &SeedImage, plan: &RestorePlan, addr: u64) -> Vec<u8> {
     blob.extend_from_slice(&plan.exe_fd.map(|f| f as u32).unwrap_or(u32::MAX).to_ne_bytes());
     debug_assert_eq!(blob.len() as u64, STACK_T_SLOT + MM_MAP_SIZE);
     blob.extend_from_slice(auxv);
+    debug_assert_eq!(blob.len() as u64, name_offset(image));
+    blob.extend_from_slice(&task_name(&image.comm));
     blob
+}
+
+/// Where the leader's name lies in the blob: right after the auxv.
+fn name_offset(image: &SeedImage) -> u64 {
+    STACK_T_SLOT + MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64
+}
+
+/// `comm` as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
+fn task_name(comm: &str) -> [u8; 16] {
+    let mut name = [0u8; 16];
+    let bytes = &comm.as_bytes()[..comm.len().min(15)];
+    name[..bytes.len()].copy_from_slice(bytes);
+    name
 }
 
 /// The kernel keeps at most 52 auxv words; the vector ends at AT_NULL.

@@ -233,19 +233,33 @@ impl Uffd {
         self.range_op(UFFDIO_POISON, start, len)
     }
 
+    /// Zero-fills or poisons every page of `[start, start+len)` that is not
+    /// there yet. The kernel stops at the first page that is (EEXIST, or
+    /// EAGAIN with the bytes done before it): that page is skipped and the
+    /// rest goes on, so that a run with a page already in it (a page
+    /// poisoned on its own when it could not be fetched) is still done to
+    /// its end. EAGAIN with nothing done is the kernel waiting for memory
+    /// events to be read ([`CopyResult::Again`]).
     fn range_op(&self, req: u64, start: u64, len: u64) -> CopyResult {
-        let mut z = ZeroOrPoison { range: Range { start, len }, mode: 0, result: 0 };
-        // SAFETY: struct of the type the request is defined with.
-        let r = unsafe { libc::ioctl(self.raw(), req as _, &mut z) };
-        if r == 0 {
-            return CopyResult::Done;
+        let mut done = 0u64;
+        while done < len {
+            let mut z = ZeroOrPoison { range: Range { start: start + done, len: len - done }, mode: 0, result: 0 };
+            // SAFETY: struct of the type the request is defined with.
+            let r = unsafe { libc::ioctl(self.raw(), req as _, &mut z) };
+            if r == 0 {
+                return CopyResult::Done;
+            }
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            match errno {
+                // Stopped at a page that is there: the bytes before it are done.
+                libc::EAGAIN if z.result > 0 => done += z.result.unsigned_abs(),
+                libc::EEXIST => done += PAGE,
+                libc::EAGAIN => return CopyResult::Again { copied: done },
+                libc::ESRCH => return CopyResult::Gone,
+                errno => return CopyResult::Failed(errno),
+            }
         }
-        match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
-            libc::EEXIST => CopyResult::Done,
-            libc::EAGAIN => CopyResult::Again { copied: z.result.max(0).unsigned_abs() },
-            libc::ESRCH => CopyResult::Gone,
-            errno => CopyResult::Failed(errno),
-        }
+        CopyResult::Done
     }
 
     /// Wakes threads waiting on `[start, start+len)` (after another path filled it).
@@ -322,6 +336,7 @@ impl std::os::fd::AsFd for Uffd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usize_of;
 
     #[test]
     fn ioctl_numbers_match_the_kernel_headers() {
@@ -330,5 +345,62 @@ mod tests {
         assert_eq!(UFFDIO_COPY, 0xc028aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020aa04);
         assert_eq!(UFFDIO_WAKE, 0x8010aa02);
+    }
+
+    /// Four registered pages of this process, and its userfaultfd.
+    fn registered_pages() -> (Uffd, u64) {
+        let uffd = Uffd::create().expect("userfaultfd (run as root)");
+        uffd.api(0).unwrap();
+        // SAFETY: a fresh private anonymous mapping nobody else uses.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), usize_of(4 * PAGE), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        uffd.register_missing(base, 4 * PAGE).unwrap();
+        (uffd, base)
+    }
+
+    /// Whether a zero page can still go in at `addr` (it cannot where a
+    /// page or a poison marker is). Never touches the page itself.
+    fn empty(uffd: &Uffd, addr: u64) -> bool {
+        let mut z = ZeroOrPoison { range: Range { start: addr, len: PAGE }, mode: 0, result: 0 };
+        match uffd.ioctl(UFFDIO_ZEROPAGE, &mut z, "UFFDIO_ZEROPAGE") {
+            Ok(()) => true,
+            Err(e) if e.errno == libc::EEXIST => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn poisoning_a_run_goes_on_past_pages_already_there() {
+        let (uffd, base) = registered_pages();
+        // Page 0 poisoned on its own (it could not be fetched), page 2 served.
+        assert_eq!(uffd.poison(base, PAGE), CopyResult::Done);
+        assert_eq!(uffd.copy(base + 2 * PAGE, &[7u8; usize_of(PAGE)]), CopyResult::Done);
+        assert_eq!(uffd.poison(base, 4 * PAGE), CopyResult::Done);
+        for page in [1, 3] {
+            assert!(!empty(&uffd, base + page * PAGE), "page {page} was left unpoisoned");
+        }
+        // The served page is untouched.
+        // SAFETY: page 2 is present (copied above), so reading it faults nothing.
+        assert_eq!(unsafe { *((base + 2 * PAGE) as *const u8) }, 7);
+        // SAFETY: the mapping made above, not used any more.
+        unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
+    }
+
+    #[test]
+    fn zero_filling_a_run_goes_on_past_pages_already_there() {
+        let (uffd, base) = registered_pages();
+        assert_eq!(uffd.copy(base + PAGE, &[7u8; usize_of(PAGE)]), CopyResult::Done);
+        assert_eq!(uffd.zero(base, 4 * PAGE), CopyResult::Done);
+        for page in [0, 2, 3] {
+            assert!(!empty(&uffd, base + page * PAGE), "page {page} was left empty");
+        }
+        // SAFETY: every page is present now; reading faults nothing.
+        let bytes: Vec<u8> = (0..4).map(|p| unsafe { *((base + p * PAGE) as *const u8) }).collect();
+        assert_eq!(bytes, [0, 7, 0, 0]);
+        // SAFETY: the mapping made above, not used any more.
+        unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
     }
 }

@@ -192,7 +192,7 @@ int main(int argc, char **argv) {
     FILE *oom = fopen("/proc/self/oom_score_adj", "w");
     if (!oom || fprintf(oom, "500\n") < 0 || fclose(oom) || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) ||
         prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) || personality(personality(0xffffffff) | ADDR_COMPAT_LAYOUT) < 0 ||
-        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) {
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) || prctl(PR_SET_NAME, "props-renamed", 0, 0, 0)) {
         perror("process flags");
         return 1;
     }
@@ -248,6 +248,11 @@ int main(int argc, char **argv) {
             printf("thp_disable %d\n", prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0));
             printf("personality %#x\n", personality(0xffffffff));
             printf("subreaper %d\n", subreaper);
+            char name[32] = "";
+            FILE *comm = fopen("/proc/self/comm", "r");
+            if (!comm || !fgets(name, sizeof name, comm)) strcpy(name, "unreadable\n");
+            if (comm) fclose(comm);
+            printf("name %s", name);
             report_identity();
             report_clocks();
             printf("report done\n");
