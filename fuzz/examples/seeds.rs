@@ -16,7 +16,7 @@ use mitosis_proto::descriptors::{CarriedObject, EpollWatch, FdNumber, InotifyWat
 use mitosis_proto::error::{ErrorKind, RemoteError};
 use mitosis_proto::frame::write_msg;
 use mitosis_proto::image::{
-    FileIdentity, FileLock, IntervalTimer, LockKind, MmFields, OpenFile, PosixTimer, ProcessProperties, Prot, Registers, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, TimerNotify, PendingSignal, Vma,
+    FileIdentity, FileLock, IntervalTimer, LockKind, MmFields, OpenFile, PosixTimer, ProcessProperties, Prot, Registers, Remade, ResourceLimit, SeedImage, SigAction, SignalState, ThreadState, TimerNotify, PendingSignal, Vma,
     VmaKind, RLIM_INFINITY, USER_REGS_WORDS,
 };
 use mitosis_proto::instance::{
@@ -117,6 +117,15 @@ fn image() -> SeedImage {
             pos: 17,
             identity,
             locks: vec![FileLock { kind: LockKind::Posix, write: true, start: 0, end: Some(99) }],
+            remade: None,
+        }, OpenFile {
+            fd: 5,
+            path: "/srv/fn/link (deleted)".into(),
+            flags: 0o10000000 | 0o400000,
+            pos: 0,
+            identity: FileIdentity { file_type: 0o120000, ..identity },
+            locks: Vec::new(),
+            remade: Some(Remade::Symlink { target: "/srv/fn/data".into() }),
         }],
         closed_fds: vec![(4, "socket:[1234]".into())],
         vdso_hash: 0xfeed,

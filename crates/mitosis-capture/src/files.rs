@@ -1,6 +1,6 @@
 //! Open files and file identities of a target.
 
-use mitosis_proto::image::{FileIdentity, FileLock, LockKind, OpenFile};
+use mitosis_proto::image::{FileIdentity, FileLock, LockKind, OpenFile, Remade};
 use mitosis_sys::{fsid, procfs};
 
 /// Identity of the file at `path` on this host, if it is there (following
@@ -56,12 +56,17 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
         let opened = identity(&format!("/proc/{pid}/fd/{fd}")).filter(|id| {
             [fsid::TYPE_REGULAR, fsid::TYPE_DIRECTORY, fsid::TYPE_CHAR_DEVICE, fsid::TYPE_SYMLINK].contains(&id.file_type)
         });
+        let held = format!("/proc/{pid}/fd/{fd}");
+        let deleted = link.ends_with(" (deleted)");
+        let remade = match opened {
+            Some(id) if deleted => remade(&held, &id),
+            _ => None,
+        };
         match opened {
-            // A deleted directory too (its path keeps the mark): a child gets
-            // an empty deleted one, as a deleted working directory.
-            Some(identity)
-                if link.starts_with('/') && (!link.ends_with(" (deleted)") || identity.file_type == fsid::TYPE_DIRECTORY) =>
-            {
+            // A deleted directory, link or device too (its path keeps the
+            // mark): a child gets one made again and deleted again, a
+            // directory empty.
+            Some(identity) if link.starts_with('/') && (!deleted || identity.file_type == fsid::TYPE_DIRECTORY || remade.is_some()) => {
                 let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
                 let (flags, pos) = procfs::parse_fdinfo(&fdinfo);
                 let mut flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
@@ -70,7 +75,7 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
                     flags |= libc::O_PATH | libc::O_NOFOLLOW;
                 }
                 match locks_of(&fdinfo) {
-                    Ok(locks) => files.push(OpenFile { fd, path: link, flags, pos, identity, locks }),
+                    Ok(locks) => files.push(OpenFile { fd, path: link, flags, pos, identity, locks, remade }),
                     Err(why) => closed.push((fd, format!("{link} ({why})"))),
                 }
             }
@@ -80,3 +85,19 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
     (files, closed)
 }
 
+/// What a child needs to make again the deleted link or device held at
+/// `held` (`/proc/PID/fd/N`); `None` for anything else.
+fn remade(held: &str, identity: &FileIdentity) -> Option<Remade> {
+    use std::os::unix::fs::PermissionsExt;
+    match identity.file_type {
+        fsid::TYPE_SYMLINK => {
+            let target = fsid::link_target(&std::ffi::CString::new(held).ok()?).ok()?;
+            Some(Remade::Symlink { target: String::from_utf8(target).ok()? })
+        }
+        fsid::TYPE_CHAR_DEVICE => {
+            let permissions = std::fs::metadata(held).ok()?.permissions().mode() & 0o7777;
+            Some(Remade::CharDevice { permissions })
+        }
+        _ => None,
+    }
+}

@@ -273,7 +273,8 @@ fn blocked_in_a_sleep() {
 }
 
 /// Open files, private file mappings (pages written by the process, pages
-/// only read), a file replaced after the prepare and an unbound socket.
+/// only read), a file replaced after the prepare, an unbound socket, and a
+/// symbolic link and a device node held after their names were removed.
 #[test]
 fn files_descriptors_and_file_mappings() {
     let Some(c) = Cluster::new("files") else { return };
@@ -303,7 +304,9 @@ fn files_descriptors_and_file_mappings() {
     assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
     parent.send("check\n");
     let theirs = parent.expect_prefix("check ", STEP);
-    assert!(theirs.ends_with("socket=open link=symlink:data.txt"), "{theirs}");
+    // The removed link and device node are made again, and removed again, for the child.
+    assert!(theirs.ends_with("socket=open link=symlink:data.txt gone=symlink:data.txt node=1:3:20640:3:none"), "{theirs}");
+    assert!(!closed.iter().any(|e| e[1].as_str().unwrap_or("").ends_with("(deleted)")), "no deleted link or node is closed in children: {seed}");
     assert_eq!(out.stdout, format!("{theirs}\n"), "the child sees what its parent sees: {out}");
 }
 

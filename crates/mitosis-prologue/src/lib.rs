@@ -140,11 +140,38 @@ pub struct PrologueFile {
     pub pos: u64,
     pub expect: FileIdentity,
     pub how: IdentityMatch,
-    /// The seed's directory had been deleted: the prologue makes an empty
-    /// directory at `path` (a path free on this host), or at this path (in
-    /// /tmp) if the child may not make one there, opens it and removes it,
-    /// so that the child's descriptor is of a deleted directory too.
-    pub deleted_dir: Option<CString>,
+    /// The seed's object had lost its name: the prologue makes one again
+    /// at `path` (a path free on this host), or elsewhere, opens it and
+    /// removes it, so that the child's descriptor is of a deleted one too.
+    pub deleted: Option<Deleted>,
+}
+
+/// An object the prologue makes again, opens and removes again (see
+/// [`PrologueFile::deleted`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    /// Where it is made if the child may not make it at its path (in /tmp).
+    pub elsewhere: CString,
+    pub kind: DeletedKind,
+}
+
+/// What a [`Deleted`] object is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeletedKind {
+    /// A directory, made empty.
+    Directory,
+    /// A symbolic link pointing to `target` (held by `O_PATH | O_NOFOLLOW`).
+    Symlink { target: CString },
+    /// A character device node (its permission bits less the umask; making
+    /// one needs `CAP_MKNOD`, which only root has).
+    CharDevice { permissions: u32, rdev: u64 },
+}
+
+impl PrologueFile {
+    /// Whether this descriptor holds a deleted directory made again.
+    pub fn holds_deleted_directory(&self) -> bool {
+        self.deleted.as_ref().is_some_and(|d| d.kind == DeletedKind::Directory)
+    }
 }
 
 /// The part of a resume plan the prologue acts on (the restore plan builds
@@ -164,7 +191,7 @@ pub struct PrologueFiles {
     /// it, so that the child's is a deleted directory too.
     pub cwd_deleted: Option<CString>,
     /// The deleted working directory is the very directory this descriptor
-    /// of the seed's holds (a [`PrologueFile::deleted_dir`]): the child
+    /// of the seed's holds (a [`PrologueFile::deleted`] directory): the child
     /// enters that one, so that the two are one directory again.
     pub cwd_held_by: Option<i32>,
 }
@@ -271,26 +298,35 @@ fn fail_file(ready: RawFd, code: PrologueExit, index: u16, errno: i32) -> ! {
     fail(code)
 }
 
-/// A descriptor (opened with `flags`) of a deleted, empty directory: made at
-/// `path`, or at `elsewhere` when the child may not make one there, opened
+/// A descriptor (opened with `flags`) of a deleted object of `kind`: made at
+/// `path`, or at `elsewhere` when the child may not make it there, opened
 /// and removed again (allocation-free).
-fn deleted_directory(path: &CStr, elsewhere: &CStr, flags: i32) -> Result<RawFd, ()> {
-    let made = if after_fork::make_dir(path, 0o700).is_ok() {
+fn deleted_object(path: &CStr, elsewhere: &CStr, kind: &DeletedKind, flags: i32) -> Result<RawFd, ()> {
+    let make = |at: &CStr| match kind {
+        DeletedKind::Directory => after_fork::make_dir(at, 0o700),
+        DeletedKind::Symlink { target } => after_fork::make_symlink(target, at),
+        DeletedKind::CharDevice { permissions, rdev } => after_fork::make_char_device(at, *permissions, *rdev),
+    };
+    let made = if make(path).is_ok() {
         path
-    } else if after_fork::make_dir(elsewhere, 0o700).is_ok() {
+    } else if make(elsewhere).is_ok() {
         elsewhere
     } else {
         return Err(());
     };
-    let fd = fsid::open_no_symlinks(made, flags | libc::O_DIRECTORY);
-    let removed = after_fork::remove_dir(made);
-    match fd {
-        Ok(fd) if removed.is_ok() => Ok(fd),
-        Ok(fd) => {
+    let flags = if *kind == DeletedKind::Directory { flags | libc::O_DIRECTORY } else { flags };
+    let opened = fsid::open_no_symlinks(made, flags);
+    let removed = match kind {
+        DeletedKind::Directory => after_fork::remove_dir(made),
+        _ => after_fork::remove_file(made),
+    };
+    match (opened, removed) {
+        (Ok(fd), Ok(())) => Ok(fd),
+        (Ok(fd), Err(_)) => {
             fsid::close(fd);
             Err(())
         }
-        Err(_) => Err(()),
+        (Err(_), _) => Err(()),
     }
 }
 
@@ -388,15 +424,14 @@ impl Prologue {
             }
         }
         for (index, f) in self.plan.files.iter().enumerate() {
-            // Descriptors of one deleted directory hold one made again: the
+            // Descriptors of one deleted object hold one made again: the
             // later ones copies of the first.
-            let made_before = self.plan.files[..index]
-                .iter()
-                .find(|b| b.deleted_dir.is_some() && b.expect.matches(&f.expect, IdentityMatch::SameObject));
+            let same_inode = |b: &&PrologueFile| b.expect.file_type == f.expect.file_type && b.expect.dev == f.expect.dev && b.expect.ino == f.expect.ino;
+            let made_before = self.plan.files[..index].iter().filter(|b| b.deleted.is_some()).find(same_inode);
             let index = u16::try_from(index).unwrap_or(u16::MAX - 1);
-            let fd = match (&f.deleted_dir, made_before) {
+            let fd = match (&f.deleted, made_before) {
                 (Some(_), Some(first)) => after_fork::dup_at_or_above(first.fd, self.plan.uffd_fd + 1).unwrap_or_else(|_| fail(PrologueExit::OpenFile)),
-                (Some(elsewhere), None) => deleted_directory(&f.path, elsewhere, f.flags).unwrap_or_else(|()| fail(PrologueExit::OpenFile)),
+                (Some(d), None) => deleted_object(&f.path, &d.elsewhere, &d.kind, f.flags).unwrap_or_else(|()| fail(PrologueExit::OpenFile)),
                 (None, _) => open_checked(&f.path, f.flags, &f.expect, f.how, ready, index, PrologueExit::OpenFile),
             };
             if fd != f.fd {
@@ -418,7 +453,7 @@ impl Prologue {
             // Kept open as the seed's descriptor: entered through a copy.
             after_fork::dup_at_or_above(fd, self.plan.uffd_fd + 1).unwrap_or_else(|_| fail(PrologueExit::Chdir))
         } else if let Some(elsewhere) = &self.plan.cwd_deleted {
-            deleted_directory(&self.plan.cwd, elsewhere, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            deleted_object(&self.plan.cwd, elsewhere, &DeletedKind::Directory, libc::O_PATH | libc::O_CLOEXEC)
                 .unwrap_or_else(|()| fail(PrologueExit::Chdir))
         } else {
             open_checked(
@@ -517,7 +552,7 @@ mod tests {
                 pos: 0,
                 expect: FileIdentity::default(),
                 how: IdentityMatch::SameObject,
-                deleted_dir: None,
+                deleted: None,
             }],
             uffd_fd: 6,
             cwd: c"/srv".to_owned(),

@@ -23,7 +23,7 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
     Prologue {
         parent: 0,
         plan: PrologueFiles {
-            files: vec![PrologueFile { fd: 5, path: cstr(file), flags: libc::O_RDWR, pos: 2, expect, how: IdentityMatch::SameObject, deleted_dir: None }],
+            files: vec![PrologueFile { fd: 5, path: cstr(file), flags: libc::O_RDWR, pos: 2, expect, how: IdentityMatch::SameObject, deleted: None }],
             uffd_fd: 6,
             cwd: cstr(cwd),
             cwd_expect,

@@ -258,6 +258,22 @@ pub struct OpenFile {
     /// The locks and lease the seed held through it: the child takes them
     /// again or is not resumed (it would believe it holds them).
     pub locks: Vec<FileLock>,
+    /// The object had lost its name (its path ends with " (deleted)") and is
+    /// one a child can make again: what it is made of.
+    pub remade: Option<Remade>,
+}
+
+/// An object whose name was removed while the seed held it, that a child
+/// makes again, opens and removes again, so that its descriptor is of a
+/// deleted object too. (A deleted directory needs nothing more: a child gets
+/// an empty one.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Remade {
+    /// A symbolic link held by `O_PATH | O_NOFOLLOW`, and where it points.
+    Symlink { target: String },
+    /// A character device node: its permission bits (its device number is
+    /// in the identity).
+    CharDevice { permissions: u32 },
 }
 
 /// What kind of lock a [`FileLock`] is.
@@ -812,7 +828,7 @@ mod tests {
         guard_outside.vmas[0].guards = vec![(0x1000, 0x1800)];
         assert!(guard_outside.validate().unwrap_err().contains("guard region"));
         let mut fds = image();
-        let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, locks: Vec::new(), identity: FileIdentity::default() };
+        let file = |fd| OpenFile { fd, path: "/dev/null".into(), flags: 0, pos: 0, locks: Vec::new(), identity: FileIdentity::default(), remade: None };
         fds.files = vec![file(1), file(1)];
         assert!(fds.validate().unwrap_err().contains("twice"));
         fds.files = vec![file(i32::MAX)];

@@ -5,8 +5,8 @@ use std::ffi::CString;
 
 use serde::{Deserialize, Serialize};
 
-use mitosis_prologue::{identity_from_sys, PrologueFile, PrologueFiles};
-use mitosis_proto::image::{FileIdentity, IdentityMatch, SeedImage, VmaKind};
+use mitosis_prologue::{identity_from_sys, Deleted, DeletedKind, PrologueFile, PrologueFiles};
+use mitosis_proto::image::{FileIdentity, IdentityMatch, OpenFile, Remade, SeedImage, VmaKind};
 use mitosis_sys::fsid;
 use mitosis_sys::vdso::VdsoInfo;
 
@@ -89,7 +89,7 @@ impl RestorePlan {
         // child's getcwd then names that.
         let (cwd, cwd_deleted) = match image.cwd.strip_suffix(" (deleted)") {
             Some(path) => {
-                let (here, elsewhere) = remade_dir_paths(path, &format!("/tmp/mitosis-deleted-cwd-{}", image.id))?;
+                let (here, elsewhere) = remade_paths(path, &format!("/tmp/mitosis-deleted-cwd-{}", image.id))?;
                 (here, Some(elsewhere))
             }
             None => {
@@ -101,13 +101,14 @@ impl RestorePlan {
         };
         let mut files = Vec::new();
         for f in &image.files {
-            // A deleted directory is made again, empty, and deleted again
-            // by the prologue, as a deleted working directory is.
-            let deleted = f.path.strip_suffix(" (deleted)").filter(|_| f.identity.file_type == fsid::TYPE_DIRECTORY);
-            let (path, deleted_dir) = match deleted {
-                Some(path) => {
-                    let (here, elsewhere) = remade_dir_paths(path, &format!("/tmp/mitosis-deleted-dir-{}-{}", image.id, f.fd))?;
-                    (here, Some(elsewhere))
+            // A deleted directory, link or device is made again (a directory
+            // empty) and deleted again by the prologue, as a deleted
+            // working directory is.
+            let deleted = f.path.strip_suffix(" (deleted)").zip(deleted_kind(f)?);
+            let (path, deleted) = match deleted {
+                Some((path, (kind, what))) => {
+                    let (here, elsewhere) = remade_paths(path, &format!("/tmp/mitosis-deleted-{what}-{}-{}", image.id, f.fd))?;
+                    (here, Some(Deleted { elsewhere, kind }))
                 }
                 None => {
                     let path = cstring(&f.path)?;
@@ -123,11 +124,11 @@ impl RestorePlan {
                 pos: f.pos,
                 expect: f.identity,
                 how: IdentityMatch::SameObject,
-                deleted_dir,
+                deleted,
             });
         }
         // A deleted working directory the seed also holds open is that one.
-        let held = |f: &&PrologueFile| f.deleted_dir.is_some() && f.expect.matches(&image.cwd_identity, IdentityMatch::SameObject);
+        let held = |f: &&PrologueFile| f.holds_deleted_directory() && f.expect.matches(&image.cwd_identity, IdentityMatch::SameObject);
         let cwd_held_by = cwd_deleted.as_ref().and_then(|_| files.iter().find(held)).map(|f| f.fd);
         // Above every number the seed's descriptors take, reopened or recreated.
         let highest = image.files.iter().map(|f| f.fd).max().max(mitosis_proto::descriptors::highest_fd(&image.carried));
@@ -238,7 +239,7 @@ fn mapping_fd(
         pos: 0,
         expect: *identity,
         how,
-        deleted_dir: None,
+        deleted: None,
     });
     Ok(fd)
 }
@@ -300,10 +301,24 @@ fn is_here(path: &str, identity: &FileIdentity, how: IdentityMatch) -> bool {
     check_here(&path, identity, how).is_ok()
 }
 
-/// Where the prologue makes a deleted directory of the seed's again: at
+/// What the prologue makes again for a seed's descriptor whose object had
+/// lost its name, and a word for its fallback path; `None` for an object
+/// that is not made again.
+fn deleted_kind(f: &OpenFile) -> Result<Option<(DeletedKind, &'static str)>, RestoreError> {
+    Ok(match (f.identity.file_type, &f.remade) {
+        (fsid::TYPE_DIRECTORY, _) => Some((DeletedKind::Directory, "dir")),
+        (fsid::TYPE_SYMLINK, Some(Remade::Symlink { target })) => Some((DeletedKind::Symlink { target: cstring(target)? }, "link")),
+        (fsid::TYPE_CHAR_DEVICE, Some(Remade::CharDevice { permissions })) => {
+            Some((DeletedKind::CharDevice { permissions: *permissions, rdev: f.identity.rdev }, "dev"))
+        }
+        _ => None,
+    })
+}
+
+/// Where the prologue makes a deleted object of the seed's again: at
 /// its `path` (or beside it, when taken), else at `fallback` (in /tmp, for
 /// a child that may not write there), each free on this host.
-fn remade_dir_paths(path: &str, fallback: &str) -> Result<(CString, CString), RestoreError> {
+fn remade_paths(path: &str, fallback: &str) -> Result<(CString, CString), RestoreError> {
     Ok((cstring(&free_path_near(path))?, cstring(&free_path_near(fallback))?))
 }
 

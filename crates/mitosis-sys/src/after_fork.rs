@@ -268,6 +268,34 @@ pub fn remove_dir(path: &std::ffi::CStr) -> Result<()> {
     Ok(())
 }
 
+/// Creates a symbolic link at `path` that points to `target`.
+pub fn make_symlink(target: &std::ffi::CStr, path: &std::ffi::CStr) -> Result<()> {
+    // SAFETY: both are valid C strings the kernel only reads.
+    if unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) } != 0 {
+        return Err(SysError::last("symlink"));
+    }
+    Ok(())
+}
+
+/// Creates a character device node at `path`, with `permissions` (less the
+/// umask) and device number `rdev` (needs `CAP_MKNOD`).
+pub fn make_char_device(path: &std::ffi::CStr, permissions: u32, rdev: u64) -> Result<()> {
+    // SAFETY: `path` is a valid C string the kernel only reads.
+    if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | (permissions & 0o7777), rdev) } != 0 {
+        return Err(SysError::last("mknod"));
+    }
+    Ok(())
+}
+
+/// Removes the name `path` (not a directory).
+pub fn remove_file(path: &std::ffi::CStr) -> Result<()> {
+    // SAFETY: `path` is a valid C string the kernel only reads.
+    if unsafe { libc::unlink(path.as_ptr()) } != 0 {
+        return Err(SysError::last("unlink"));
+    }
+    Ok(())
+}
+
 /// Makes the directory open at `fd` this process's working directory.
 pub fn fchdir(fd: RawFd) -> Result<()> {
     // SAFETY: fchdir with an integer touches no memory.
@@ -617,6 +645,30 @@ mod tests {
         };
         let status = crate::process::wait_pid(pid).unwrap();
         assert_eq!(libc::WEXITSTATUS(status), 7);
+    }
+
+    #[test]
+    fn links_and_device_nodes_are_made_and_removed() {
+        let d = std::env::temp_dir().join(format!("mitosis-after-fork-nodes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let c = |p: &std::path::Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        let (link, node) = (d.join("link"), d.join("null"));
+        make_symlink(c"/some/where", &c(&link)).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), std::path::Path::new("/some/where"));
+        assert_eq!(make_symlink(c"/else", &c(&link)).unwrap_err().errno, libc::EEXIST);
+        // /dev/null's number (1, 3), as root.
+        make_char_device(&c(&node), 0o600, libc::makedev(1, 3)).unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let meta = std::fs::symlink_metadata(&node).unwrap();
+        assert!(meta.file_type().is_char_device());
+        assert_eq!((meta.rdev(), meta.mode() & 0o777 & !0o022), (libc::makedev(1, 3), 0o600));
+        for p in [&link, &node] {
+            remove_file(&c(p)).unwrap();
+            assert!(std::fs::symlink_metadata(p).is_err());
+        }
+        assert_eq!(remove_file(&c(&link)).unwrap_err().errno, libc::ENOENT);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

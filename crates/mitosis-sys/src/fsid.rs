@@ -101,6 +101,29 @@ pub fn open_no_symlinks(path: &CStr, flags: i32) -> Result<RawFd, i32> {
     }
 }
 
+/// Where the symbolic link that `path` leads to points: `path` is followed
+/// (so `/proc/PID/fd/N` of a descriptor holding a link with `O_PATH` gives
+/// that link, even once its name is removed) and the link it ends at is
+/// read. `Err(errno)` on failure (EINVAL: not a link).
+pub fn link_target(path: &CStr) -> Result<Vec<u8>, i32> {
+    // SAFETY: `path` is NUL-terminated; a new descriptor is returned.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: an empty path reads the link open at `fd` itself; `buf` has room for `buf.len()` bytes.
+    let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let result = if n < 0 { Err(errno()) } else { Ok(n.unsigned_abs()) };
+    close(fd);
+    let n = result?;
+    if n >= buf.len() {
+        return Err(libc::ENAMETOOLONG);
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Closes `fd`, ignoring errors (allocation-free).
 pub fn close(fd: RawFd) {
     // SAFETY: closing a descriptor this process owns; a bad one is only EBADF.
@@ -141,6 +164,22 @@ mod tests {
         // O_CREAT is stripped: a missing file is not created.
         assert_eq!(open_no_symlinks(&c(&d.join("new")), libc::O_RDWR | libc::O_CREAT), Err(libc::ENOENT));
         assert!(!d.join("new").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_link_held_with_o_path_is_read_through_its_descriptor_after_it_is_removed() {
+        let d = dir("target");
+        let link = d.join("link");
+        symlink("/some/where", &link).unwrap();
+        let fd = open_no_symlinks(&c(&link), libc::O_PATH | libc::O_NOFOLLOW).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        let held = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+        assert_eq!(link_target(&held), Ok(b"/some/where".to_vec()));
+        close(fd);
+        // A file is not a link.
+        std::fs::write(d.join("file"), b"x").unwrap();
+        assert_eq!(link_target(&c(&d.join("file"))), Err(libc::ENOENT));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -5,10 +5,13 @@
  * offset 100), maps map.bin privately and writes two of its pages, maps
  * replaced.bin privately read-only, opens an unbound Unix datagram socket
  * (children get it again), makes the symbolic link link -> data.txt and
- * holds it by an O_PATH | O_NOFOLLOW descriptor; prints "ready <pid>". On a
+ * holds it by an O_PATH | O_NOFOLLOW descriptor; holds a second link, gone,
+ * the same way and removes it, and a character device node it made (/dev/null's
+ * number, mode 0640), opened read-write and removed; prints "ready <pid>". On a
  * line "check" it prints
  *   "check <next 20 bytes of data.txt> map=<sum> replaced=<sum> socket=<open|closed>
- *    link=<symlink|not>:<its target>"
+ *    link=<symlink|not>:<its target> gone=<symlink|not>:<its target>
+ *    node=<major>:<minor>:<mode in octal>:<bytes written to it>:<its name left|none>"
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -17,7 +20,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <errno.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 static void *map(const char *dir, const char *name, int prot, size_t *len) {
@@ -57,6 +62,15 @@ int main(int argc, char **argv) {
     if (symlink("data.txt", path)) return 1;
     int link = open(path, O_PATH | O_NOFOLLOW);
     if (link < 0) return 1;
+    char gone_path[4096], node_path[4096];
+    snprintf(gone_path, sizeof gone_path, "%s/gone", dir);
+    if (symlink("data.txt", gone_path)) return 1;
+    int gone = open(gone_path, O_PATH | O_NOFOLLOW);
+    if (gone < 0 || unlink(gone_path)) return 1;
+    snprintf(node_path, sizeof node_path, "%s/null", dir);
+    if (mknod(node_path, S_IFCHR | 0640, makedev(1, 3))) return 1;
+    int node = open(node_path, O_RDWR);
+    if (node < 0 || unlink(node_path)) return 1;
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[64];
@@ -70,8 +84,17 @@ int main(int argc, char **argv) {
             struct stat st;
             readlinkat(link, "", target, sizeof target - 1);
             int is_link = fstat(link, &st) == 0 && S_ISLNK(st.st_mode);
-            printf("check %zd:%s map=%llx replaced=%llx socket=%s link=%s:%s\n", n, next, (unsigned long long)sum(m, map_len),
-                   (unsigned long long)sum(r, rep_len), fcntl(sock, F_GETFD) < 0 ? "closed" : "open", is_link ? "symlink" : "not", target);
+            char gone_target[64] = "";
+            readlinkat(gone, "", gone_target, sizeof gone_target - 1);
+            int gone_is_link = fstat(gone, &st) == 0 && S_ISLNK(st.st_mode);
+            struct stat ns = {0};
+            fstat(node, &ns);
+            ssize_t written = write(node, "xyz", 3);
+            int name_left = unlink(node_path) == 0 || errno != ENOENT;
+            printf("check %zd:%s map=%llx replaced=%llx socket=%s link=%s:%s gone=%s:%s node=%u:%u:%o:%zd:%s\n", n, next,
+                   (unsigned long long)sum(m, map_len), (unsigned long long)sum(r, rep_len), fcntl(sock, F_GETFD) < 0 ? "closed" : "open",
+                   is_link ? "symlink" : "not", target, gone_is_link ? "symlink" : "not", gone_target, major(ns.st_rdev), minor(ns.st_rdev),
+                   ns.st_mode, written, name_left ? "left" : "none");
             fflush(stdout);
         }
     }
