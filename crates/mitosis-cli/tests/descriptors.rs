@@ -91,7 +91,7 @@ fn descriptors_recreated_without_a_container() {
 
 /// What tests/programs/unixfds.c reports of its descriptors as it made
 /// them (then whether its socket connected to another process is open).
-const UNIX_REPORT: &str = "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 49
+const UNIX_REPORT: &str = "fds 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 49 51
 flags cloexec 01 nonblock 101
 stream 30 100000 bytes as written, then EAGAIN
 stream 31 13 \"hello from 30\"
@@ -113,6 +113,7 @@ fifo 1 mode 0640 rdwr 1 capacity 65536 5000 bytes as written
 fifo ends one fifo 1
 ghost fifo 1 links 0 \"ghost\"
 inotify event wd 2 mask 0x100, nonblock 1
+removed directory 51 named 1 directory there 0
 ";
 
 /// [`UNIX_REPORT`] and its last lines.

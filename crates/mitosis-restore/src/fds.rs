@@ -681,6 +681,36 @@ fn unlink(child: &Injector<'_>, path: &[u8], what: &str) -> Result<(), RestoreEr
     child.call(libc::SYS_unlinkat, &[at_cwd, child.slot, 0], what).map(|_| ())
 }
 
+/// Makes, in the child, each directory on the way to `path` that is
+/// missing (private to its owner: they are removed again at once); returns
+/// them, outermost first.
+fn make_missing_dirs(child: &Injector<'_>, path: &[u8], what: &str) -> Result<Vec<Vec<u8>>, RestoreError> {
+    let mut made = Vec::new();
+    let ends = path.iter().enumerate().filter(|&(i, &b)| b == b'/' && i > 0).map(|(i, _)| i);
+    for end in ends {
+        let dir = &path[..end];
+        if file_type(child, dir, what)?.is_some() {
+            continue;
+        }
+        let mut bytes = dir.to_vec();
+        bytes.push(0);
+        child.put(&bytes, what)?;
+        let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+        child.call(libc::SYS_mkdirat, &[at_cwd, child.slot, 0o700], what)?;
+        made.push(dir.to_vec());
+    }
+    Ok(made)
+}
+
+/// Removes the child's empty directory `path` (`unlinkat` with `AT_REMOVEDIR`).
+fn remove_dir(child: &Injector<'_>, path: &[u8], what: &str) -> Result<(), RestoreError> {
+    let mut bytes = path.to_vec();
+    bytes.push(0);
+    child.put(&bytes, what)?;
+    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+    child.call(libc::SYS_unlinkat, &[at_cwd, child.slot, u64::from(libc::AT_REMOVEDIR.unsigned_abs())], what).map(|_| ())
+}
+
 /// Binds the child's Unix socket `fd` to the seed's name `name`
 /// (`sun_path` bytes). A path name whose file is a socket already (left by
 /// a process that is gone, or by this seed on this host) is unlinked first;
@@ -709,8 +739,16 @@ fn bind_unix(
     let cannot = |e: RestoreError| {
         RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, which cannot be bound on this host: {}", cause(&e)))
     };
+    // Directories made for a name whose directory was removed too.
+    let mut made = Vec::new();
     match bind() {
         Ok(_) => {}
+        // The seed's name and its directory are gone: the directories are
+        // made for the bind, and removed again with the name.
+        Err(RestoreError::Sys { source, .. }) if is_path && unlinked && source.errno == libc::ENOENT => {
+            made = make_missing_dirs(child, path, what)?;
+            bind().map_err(cannot)?;
+        }
         Err(RestoreError::Sys { source, .. }) if is_path && source.errno == libc::EADDRINUSE => {
             if file_type(child, path, what)? != Some(libc::S_IFSOCK) {
                 return Err(RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, where this host has a file that is not a socket")));
@@ -722,6 +760,9 @@ fn bind_unix(
     }
     if is_path && unlinked {
         unlink(child, path, what)?;
+        for dir in made.iter().rev() {
+            remove_dir(child, dir, what)?;
+        }
     } else if is_path {
         let mut bytes = path.to_vec();
         bytes.push(0);

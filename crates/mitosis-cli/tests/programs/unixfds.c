@@ -36,6 +36,8 @@
  *                  process (a child that accepted it, and dies with this
  *                  process): not listed by "report", which says whether it
  *                  is open
+ *               51 a SOCK_DGRAM socket bound to NAME.d/sk, whose name and
+ *                  directory NAME.d were then removed
  *             prints "ready <pid>" and answers stdin lines:
  *
  *   report    "fds <numbers from 30 to 63>", then one line per object with its
@@ -225,6 +227,16 @@ int main(int argc, char **argv) {
     if (connect(50, (struct sockaddr *)&addr, al)) { perror("connect outside"); return 1; }
     close(helper_sk);
 
+    char gone_dir[sizeof path];
+    snprintf(gone_dir, sizeof gone_dir, "%s/%s.d", watch, name);
+    struct sockaddr_un in_gone = {.sun_family = AF_UNIX};
+    snprintf(in_gone.sun_path, sizeof in_gone.sun_path, "%s/sk", gone_dir);
+    at(socket(AF_UNIX, SOCK_DGRAM, 0), 51);
+    if (mkdir(gone_dir, 0755) || bind(51, (struct sockaddr *)&in_gone, sizeof in_gone) || unlink(in_gone.sun_path) || rmdir(gone_dir)) {
+        perror("a socket in a removed directory");
+        return 1;
+    }
+
     printf("ready %d\n", getpid());
     fflush(stdout);
     char line[128];
@@ -332,6 +344,11 @@ int main(int argc, char **argv) {
                 }
             }
             printf("inotify %s wd %d mask %#x, nonblock %d\n", found ? "event" : "nothing", wd, mask, nonblock(43));
+            struct sockaddr_un n51;
+            socklen_t l51 = sizeof n51;
+            struct stat gone_st;
+            int named = !getsockname(51, (struct sockaddr *)&n51, &l51) && !strcmp(n51.sun_path, in_gone.sun_path);
+            printf("removed directory 51 named %d directory there %d\n", named, !stat(gone_dir, &gone_st));
             printf("outside 50 open %d\n", fcntl(50, F_GETFD) >= 0);
             printf("report done\n");
         } else if (!strcmp(line, "cleanup")) {
