@@ -41,7 +41,12 @@ fn locks_of(fdinfo: &str) -> Result<Vec<FileLock>, String> {
 /// are reopened in children; anything else (sockets, pipes, eventfds, ...) is
 /// closed in children and listed, so that the user is told at prepare.
 /// Descriptors 0-2 are always the resumer's stdio.
-pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
+///
+/// A deleted directory or symbolic link is made again for a child; a
+/// deleted device node only for a seed running as root (`root`: making one
+/// needs `CAP_MKNOD`, and the child makes it as the seed's owner) and never
+/// a terminal's (a pty's slave cannot be made).
+pub fn open_files(pid: i32, root: bool) -> (Vec<OpenFile>, Vec<(i32, String)>) {
     let mut files = Vec::new();
     let mut closed = Vec::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return (files, closed) };
@@ -59,7 +64,7 @@ pub fn open_files(pid: i32) -> (Vec<OpenFile>, Vec<(i32, String)>) {
         let held = format!("/proc/{pid}/fd/{fd}");
         let deleted = link.ends_with(" (deleted)");
         let remade = match opened {
-            Some(id) if deleted => remade(&held, &id),
+            Some(id) if deleted && (id.file_type != fsid::TYPE_CHAR_DEVICE || (root && !is_pty_slave(id.rdev))) => remade(&held, &id),
             _ => None,
         };
         match opened {
@@ -99,5 +104,24 @@ fn remade(held: &str, identity: &FileIdentity) -> Option<Remade> {
             Some(Remade::CharDevice { permissions })
         }
         _ => None,
+    }
+}
+
+/// Whether device number `rdev` is a pty's slave (majors 136-143, Linux's
+/// `UNIX98_PTY_SLAVE_MAJOR` and the seven after it).
+fn is_pty_slave(rdev: u64) -> bool {
+    (136..=143).contains(&libc::major(rdev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pty_slaves_are_told_from_other_devices() {
+        assert!(is_pty_slave(libc::makedev(136, 0)));
+        assert!(is_pty_slave(libc::makedev(143, 7)));
+        assert!(!is_pty_slave(libc::makedev(1, 3)), "/dev/null");
+        assert!(!is_pty_slave(libc::makedev(5, 2)), "/dev/ptmx");
     }
 }

@@ -276,7 +276,7 @@ fn capture_stopped(
     let fs_bases: Vec<(i32, u64)> = set.all().map(|s| (s.tid_inside, s.regs[idx::FS_BASE])).collect();
     let tcb_tid_offset = threads::tcb_tid_offset(pid, &fs_bases);
     step("thread control blocks read");
-    let (files, mut closed_fds) = files::open_files(pid);
+    let (files, mut closed_fds) = files::open_files(pid, status.uid == 0);
     let carried = fds::carry(pid, &mut closed_fds)?;
     step("open files read");
     let properties = ProcessProperties {
