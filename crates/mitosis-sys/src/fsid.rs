@@ -104,7 +104,7 @@ pub fn open_no_symlinks(path: &CStr, flags: i32) -> Result<RawFd, i32> {
 /// Where the symbolic link that `path` leads to points: `path` is followed
 /// (so `/proc/PID/fd/N` of a descriptor holding a link with `O_PATH` gives
 /// that link, even once its name is removed) and the link it ends at is
-/// read. `Err(errno)` on failure (EINVAL: not a link).
+/// read. `Err(errno)` on failure (ENOENT: not a link).
 pub fn link_target(path: &CStr) -> Result<Vec<u8>, i32> {
     // SAFETY: `path` is NUL-terminated; a new descriptor is returned.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
