@@ -271,13 +271,17 @@ fn threads_of_a_seed_in_its_own_pid_namespace() {
 }
 
 /// The host pid of the process named `comm` whose pid in its own (nested)
-/// PID namespace is `inside`.
+/// PID namespace is `inside`, and whose parent is a shell (the namespace's
+/// init): a resumed child of another test, which has the seed's name and
+/// may have the same pid in its container, is the daemon's child.
 fn host_pid_of(inside: i32, comm: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let status = std::fs::read_to_string(e.path().join("status")).ok()?;
         let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_string();
         let nspid: Vec<i32> = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-        (name == comm && nspid.len() >= 2 && nspid.last() == Some(&inside)).then_some(pid)
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().to_string();
+        let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+        (name == comm && nspid.len() >= 2 && nspid.last() == Some(&inside) && parent.trim() == "sh").then_some(pid)
     })
 }
