@@ -65,13 +65,19 @@ impl Injector<'_> {
         self.mem.write_all_at(bytes, self.slot).map_err(RestoreError::sys(what.to_string()))
     }
 
+    /// Puts `bytes` and a terminating NUL at the slot: a path or name for a
+    /// call that takes a C string.
+    fn put_c_string(&self, bytes: &[u8], what: &str) -> Result<(), RestoreError> {
+        let mut c = Vec::with_capacity(bytes.len() + 1);
+        c.extend_from_slice(bytes);
+        c.push(0);
+        self.put(&c, what)
+    }
+
     /// Opens `path` in the child (`openat` from its working directory).
     fn open(&self, path: &str, flags: i32, mode: u32, what: &str) -> Result<i64, RestoreError> {
-        let mut bytes = path.as_bytes().to_vec();
-        bytes.push(0);
-        self.put(&bytes, what)?;
-        let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-        self.call(libc::SYS_openat, &[at_cwd, self.slot, u64::from(flags.unsigned_abs()), u64::from(mode)], what)
+        self.put_c_string(path.as_bytes(), what)?;
+        self.call(libc::SYS_openat, &[AT_CWD, self.slot, u64::from(flags.unsigned_abs()), u64::from(mode)], what)
     }
 
     /// A descriptor the child got from a creating call, moved to the lowest
@@ -82,6 +88,9 @@ impl Injector<'_> {
         i32::try_from(at).map_err(|_| RestoreError::Sys { step: what.to_string(), source: SysError::new("fcntl(F_DUPFD_CLOEXEC)", libc::EBADF) })
     }
 }
+
+/// `AT_FDCWD` as a syscall argument: paths from the child's working directory.
+const AT_CWD: u64 = (libc::AT_FDCWD as i64).cast_unsigned();
 
 /// A descriptor or other non-negative int as a syscall argument.
 fn fd_arg(fd: i32) -> u64 {
@@ -660,9 +669,8 @@ fn file_type(child: &Injector<'_>, path: &[u8], what: &str) -> Result<Option<u32
         return Err(RestoreError::Incompatible(format!("{what}: a path of {} bytes does not fit the restore's scratch memory", path.len())));
     }
     child.put(&bytes, what)?;
-    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
     let flags = u64::from(libc::AT_SYMLINK_NOFOLLOW.unsigned_abs());
-    match child.call(libc::SYS_newfstatat, &[at_cwd, child.slot, child.slot + stat_at, flags], what) {
+    match child.call(libc::SYS_newfstatat, &[AT_CWD, child.slot, child.slot + stat_at, flags], what) {
         Ok(_) => {}
         Err(RestoreError::Sys { source, .. }) if source.errno == libc::ENOENT => return Ok(None),
         Err(e) => return Err(e),
@@ -672,13 +680,11 @@ fn file_type(child: &Injector<'_>, path: &[u8], what: &str) -> Result<Option<u32
     Ok(Some(u32::from_ne_bytes(mode) & libc::S_IFMT))
 }
 
-/// Removes the child's file named `path` (`unlinkat` in the child).
-fn unlink(child: &Injector<'_>, path: &[u8], what: &str) -> Result<(), RestoreError> {
-    let mut bytes = path.to_vec();
-    bytes.push(0);
-    child.put(&bytes, what)?;
-    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-    child.call(libc::SYS_unlinkat, &[at_cwd, child.slot, 0], what).map(|_| ())
+/// Removes the child's file named `path` (`unlinkat` in the child; with
+/// `AT_REMOVEDIR` in `flags`, its empty directory).
+fn unlink(child: &Injector<'_>, path: &[u8], flags: i32, what: &str) -> Result<(), RestoreError> {
+    child.put_c_string(path, what)?;
+    child.call(libc::SYS_unlinkat, &[AT_CWD, child.slot, fd_arg(flags)], what).map(|_| ())
 }
 
 /// Makes, in the child, each directory on the way to `path` that is
@@ -692,23 +698,11 @@ fn make_missing_dirs(child: &Injector<'_>, path: &[u8], what: &str) -> Result<Ve
         if file_type(child, dir, what)?.is_some() {
             continue;
         }
-        let mut bytes = dir.to_vec();
-        bytes.push(0);
-        child.put(&bytes, what)?;
-        let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-        child.call(libc::SYS_mkdirat, &[at_cwd, child.slot, 0o700], what)?;
+        child.put_c_string(dir, what)?;
+        child.call(libc::SYS_mkdirat, &[AT_CWD, child.slot, 0o700], what)?;
         made.push(dir.to_vec());
     }
     Ok(made)
-}
-
-/// Removes the child's empty directory `path` (`unlinkat` with `AT_REMOVEDIR`).
-fn remove_dir(child: &Injector<'_>, path: &[u8], what: &str) -> Result<(), RestoreError> {
-    let mut bytes = path.to_vec();
-    bytes.push(0);
-    child.put(&bytes, what)?;
-    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
-    child.call(libc::SYS_unlinkat, &[at_cwd, child.slot, u64::from(libc::AT_REMOVEDIR.unsigned_abs())], what).map(|_| ())
 }
 
 /// Binds the child's Unix socket `fd` to the seed's name `name`
@@ -753,28 +747,25 @@ fn bind_unix(
             if file_type(child, path, what)? != Some(libc::S_IFSOCK) {
                 return Err(RestoreError::Incompatible(format!("the seed's Unix socket was bound to {shown:?}, where this host has a file that is not a socket")));
             }
-            unlink(child, path, what)?;
+            unlink(child, path, 0, what)?;
             bind().map_err(cannot)?;
         }
         Err(e) => return Err(cannot(e)),
     }
     if is_path && unlinked {
-        unlink(child, path, what)?;
+        unlink(child, path, 0, what)?;
         for dir in made.iter().rev() {
-            remove_dir(child, dir, what)?;
+            unlink(child, dir, libc::AT_REMOVEDIR, what)?;
         }
     } else if is_path {
-        let mut bytes = path.to_vec();
-        bytes.push(0);
-        child.put(&bytes, what)?;
-        let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+        child.put_c_string(path, what)?;
         // The owner first: a change of owner clears the set-user and set-group-ID bits.
         if let Some((uid, gid)) = owner {
             let nofollow = u64::from(libc::AT_SYMLINK_NOFOLLOW.unsigned_abs());
-            child.call(libc::SYS_fchownat, &[at_cwd, child.slot, u64::from(uid), u64::from(gid), nofollow], what)?;
+            child.call(libc::SYS_fchownat, &[AT_CWD, child.slot, u64::from(uid), u64::from(gid), nofollow], what)?;
         }
         if let Some(mode) = file_mode {
-            child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what)?;
+            child.call(libc::SYS_fchmodat, &[AT_CWD, child.slot, u64::from(mode & 0o7777)], what)?;
         }
     }
     Ok(())
@@ -803,14 +794,11 @@ fn fifo(
     what: &str,
 ) -> Result<Vec<i32>, RestoreError> {
     let FifoBytes { identity, capacity, data } = *bytes;
-    let at_cwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
     let make = |path: &str| -> Result<(), RestoreError> {
-        let mut bytes = path.as_bytes().to_vec();
-        bytes.push(0);
-        child.put(&bytes, what)?;
-        child.call(libc::SYS_mknodat, &[at_cwd, child.slot, u64::from(libc::S_IFIFO | (mode & 0o7777)), 0], what)?;
+        child.put_c_string(path.as_bytes(), what)?;
+        child.call(libc::SYS_mknodat, &[AT_CWD, child.slot, u64::from(libc::S_IFIFO | (mode & 0o7777)), 0], what)?;
         // The mode as the seed had it, whatever the child's umask.
-        child.call(libc::SYS_fchmodat, &[at_cwd, child.slot, u64::from(mode & 0o7777)], what).map(|_| ())
+        child.call(libc::SYS_fchmodat, &[AT_CWD, child.slot, u64::from(mode & 0o7777)], what).map(|_| ())
     };
     let cannot = |e: RestoreError| RestoreError::Incompatible(format!("the seed's fifo {path} cannot be made on this host: {}", cause(&e)));
     let path = if unlinked {
@@ -870,7 +858,7 @@ fn fifo(
     }
     child.call(libc::SYS_close, &[fd_arg(keeper)], what)?;
     if unlinked {
-        unlink(child, path.as_bytes(), what)?;
+        unlink(child, path.as_bytes(), 0, what)?;
     }
     Ok(ends)
 }
@@ -931,9 +919,7 @@ fn inotify_watches(child: &Injector<'_>, child_pidfd: &OwnedFd, fd: i32, watches
 /// A new memfd of the child named `name` (sealing allowed: the seed's seals
 /// are added once it is filled).
 fn memfd(child: &Injector<'_>, name: &str, what: &str) -> Result<i64, RestoreError> {
-    let mut bytes = name.as_bytes().to_vec();
-    bytes.push(0);
-    child.put(&bytes, what)?;
+    child.put_c_string(name.as_bytes(), what)?;
     let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     child.call(libc::SYS_memfd_create, &[child.slot, u64::from(flags)], what)
 }

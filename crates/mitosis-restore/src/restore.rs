@@ -85,7 +85,7 @@ pub fn restore(
     // Scratch layout: [runner code][prctl_mm_map + auxv + name][thread slots][syscall table].
     let code = stub::code();
     let code_len = round_up(code.len() as u64, 64);
-    let thread_slot_at = round_up(name_offset(image) + 16, 64);
+    let thread_slot_at = round_up(name_offset(image) + TASK_NAME_LEN as u64, 64);
     let blob_len = thread_slot_at + threads::SLOT_BYTES * image.threads.len() as u64;
     // Unmapped holes (<= 3), a vDSO move (<= 2), one mmap per VMA and per written
     // run, robust list, tid address, altstack, two prctls, close, end marker.
@@ -545,10 +545,13 @@ fn name_offset(image: &SeedImage) -> u64 {
     STACK_T_SLOT + MM_MAP_SIZE + trimmed_auxv(&image.auxv).len() as u64
 }
 
+/// Room `PR_SET_NAME` reads a name from (`TASK_COMM_LEN`).
+pub(crate) const TASK_NAME_LEN: usize = 16;
+
 /// `comm` as `PR_SET_NAME` takes it: at most 15 bytes and a NUL.
-fn task_name(comm: &str) -> [u8; 16] {
-    let mut name = [0u8; 16];
-    let bytes = &comm.as_bytes()[..comm.len().min(15)];
+pub(crate) fn task_name(comm: &str) -> [u8; TASK_NAME_LEN] {
+    let mut name = [0u8; TASK_NAME_LEN];
+    let bytes = &comm.as_bytes()[..comm.len().min(TASK_NAME_LEN - 1)];
     name[..bytes.len()].copy_from_slice(bytes);
     name
 }

@@ -26,6 +26,7 @@ use mitosis_sys::ptrace::{idx, wait_stop, Regs, Stop, Tracee};
 use mitosis_sys::runner::{Table, ENTRY};
 use mitosis_sys::SysError;
 
+use crate::restore::{task_name, TASK_NAME_LEN};
 use crate::RestoreError;
 
 /// Bytes of the child's scratch memory one thread's creation uses (one
@@ -41,7 +42,7 @@ const TABLE_AT: u64 = 192;
 const MAX_TABLE_ENTRIES: u64 = 6;
 // The slot's parts do not overlap (checked when compiling).
 const _: () = assert!(CLONE_ARGS_SIZE <= SET_TID_AT && SET_TID_AT + 4 <= STACK_T_AT && STACK_T_AT + 24 <= NAME_AT);
-const _: () = assert!(NAME_AT + 16 <= TABLE_AT && TABLE_AT.is_multiple_of(8));
+const _: () = assert!(NAME_AT + TASK_NAME_LEN as u64 <= TABLE_AT && TABLE_AT.is_multiple_of(8));
 
 /// What the child's threads are, once created (still stopped).
 pub(crate) struct Threads {
@@ -270,9 +271,8 @@ fn start_table(cx: &ThreadContext<'_>, slot: u64, tracee: &Tracee, t: &ThreadSta
         }
         table.push(libc::SYS_sigaltstack, [slot + STACK_T_AT, 0, 0, 0, 0, 0], "set the alternate signal stack");
     }
-    let name = &t.comm.as_bytes()[..t.comm.len().min(15)];
     let name_at = (NAME_AT - STACK_T_AT) as usize;
-    bytes[name_at..name_at + name.len()].copy_from_slice(name);
+    bytes[name_at..name_at + TASK_NAME_LEN].copy_from_slice(&task_name(&t.comm));
     table.push(libc::SYS_prctl, [libc::PR_SET_NAME as u64, slot + NAME_AT, 0, 0, 0, 0], "set the name");
     if let Some((addr, len, sig)) = t.rseq {
         // The area's first touch: the kernel reads it here, in the system
