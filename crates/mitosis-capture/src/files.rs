@@ -53,15 +53,15 @@ pub fn open_files(pid: i32, root: bool) -> (Vec<OpenFile>, Vec<(i32, String)>) {
     let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     fds.sort_unstable();
     for fd in fds.into_iter().filter(|&fd| fd > 2) {
-        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { continue };
+        let held = format!("/proc/{pid}/fd/{fd}");
+        let Ok(link) = std::fs::read_link(&held) else { continue };
         let link = link.to_string_lossy().into_owned();
         // The identity of the open object itself (the magic link leads to
         // it), not of whatever its path names now: a child gets this object
         // again or is not resumed.
-        let opened = identity(&format!("/proc/{pid}/fd/{fd}")).filter(|id| {
+        let opened = identity(&held).filter(|id| {
             [fsid::TYPE_REGULAR, fsid::TYPE_DIRECTORY, fsid::TYPE_CHAR_DEVICE, fsid::TYPE_SYMLINK].contains(&id.file_type)
         });
-        let held = format!("/proc/{pid}/fd/{fd}");
         let deleted = link.ends_with(" (deleted)");
         let remade = match opened {
             Some(id) if deleted && (id.file_type != fsid::TYPE_CHAR_DEVICE || (root && !is_pty_slave(id.rdev))) => remade(&held, &id),
