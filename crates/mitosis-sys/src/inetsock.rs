@@ -4,11 +4,10 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::unixsock::{diag_socket, in_netns, u16_at, u32_at};
+use crate::unixsock::{diag_socket, in_netns, send_request, u16_at, u32_at, SOCK_DIAG_BY_FAMILY};
 use crate::{Result, SysError};
 
-/// `SOCK_DIAG_BY_FAMILY`, `NLM_F_REQUEST | NLM_F_DUMP`, `NLMSG_DONE`, `NLMSG_ERROR`.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `NLM_F_REQUEST | NLM_F_DUMP`, `NLMSG_DONE`, `NLMSG_ERROR`.
 const NLM_F_DUMP_REQUEST: u16 = 1 | 0x300;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
@@ -30,21 +29,13 @@ pub fn shutdown_bits(netns: &OwnedFd, family: u8, protocol: u8, inode: u32) -> R
 
 fn shutdown_bits_here(family: u8, protocol: u8, inode: u32) -> Result<Option<u8>> {
     let sock = diag_socket()?;
-    // struct nlmsghdr, then struct inet_diag_req_v2: family, protocol,
-    // extensions, pad, states (all), and an id of zeroes (a dump matches all).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_DUMP_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
+    // struct inet_diag_req_v2: family, protocol, extensions, pad, states
+    // (all), and an id of zeroes (a dump matches all).
+    let mut req = Vec::with_capacity(56);
     req.extend_from_slice(&[family, protocol, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.resize(72, 0);
-    // SAFETY: a buffer valid for reads of its length.
-    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(SysError::last("send(inet_diag)"));
-    }
+    req.resize(56, 0);
+    send_request(&sock, NLM_F_DUMP_REQUEST, 1, &req, "send(inet_diag)")?;
     let bad = || SysError::new("inet_diag reply", libc::EPROTO);
     let mut reply = vec![0u8; 1 << 16];
     let mut found = None;

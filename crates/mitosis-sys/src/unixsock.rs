@@ -14,7 +14,7 @@ const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const AF_UNIX: u8 = 1;
 /// `SOCK_DIAG_BY_FAMILY`.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `unix_diag` request flags (`UDIAG_SHOW_*`).
 const SHOW_NAME: u32 = 0x01;
 const SHOW_VFS: u32 = 0x02;
@@ -110,28 +110,38 @@ pub(crate) fn diag_socket() -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Sends a `SOCK_DIAG_BY_FAMILY` request with `flags` and sequence number
+/// `seq` whose body (after `struct nlmsghdr`) is `body`.
+pub(crate) fn send_request(sock: &OwnedFd, flags: u16, seq: u32, body: &[u8], op: &'static str) -> Result<()> {
+    let len = u32::try_from(16 + body.len()).map_err(|_| SysError::new(op, libc::EMSGSIZE))?;
+    let mut req = Vec::with_capacity(16 + body.len());
+    req.extend_from_slice(&len.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&flags.to_ne_bytes());
+    req.extend_from_slice(&seq.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(body);
+    // SAFETY: a buffer valid for reads of its length.
+    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(SysError::last(op));
+    }
+    Ok(())
+}
+
 fn describe_here(inodes: &[u32]) -> Result<Vec<UnixSocketInfo>> {
     let sock = diag_socket()?;
     let mut out = Vec::new();
     // Room for a listener with a full queue of the largest backlog (4 bytes a connection).
     let mut reply = vec![0u8; 1 << 18];
     for (seq, &inode) in (1u32..).zip(inodes) {
-        let mut req = Vec::with_capacity(40);
-        req.extend_from_slice(&40u32.to_ne_bytes());
-        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-        req.extend_from_slice(&seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
         // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie (none).
+        let mut req = Vec::with_capacity(24);
         req.extend_from_slice(&[AF_UNIX, 0, 0, 0]);
         req.extend_from_slice(&u32::MAX.to_ne_bytes());
         req.extend_from_slice(&inode.to_ne_bytes());
         req.extend_from_slice(&(SHOW_NAME | SHOW_VFS | SHOW_PEER | SHOW_ICONS | SHOW_RQLEN).to_ne_bytes());
         req.extend_from_slice(&[0xff; 8]);
-        // SAFETY: a buffer valid for reads of its length.
-        if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-            return Err(SysError::last("send(unix_diag)"));
-        }
+        send_request(&sock, NLM_F_REQUEST, seq, &req, "send(unix_diag)")?;
         // SAFETY: a buffer valid for writes of its length.
         let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
         let n = usize::try_from(n).map_err(|_| SysError::last("recv(unix_diag)"))?;
