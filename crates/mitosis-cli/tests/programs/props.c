@@ -80,6 +80,16 @@ static int lower(int resource, rlim_t soft, rlim_t hard) {
 
 static long long shown(rlim_t v) { return v == RLIM_INFINITY ? -1 : (long long)v; }
 
+/* Prints "<label> <the first line of path>" ("unreadable" if it cannot be read). */
+static void print_first_line(const char *label, const char *path) {
+    char line[64] = "";
+    FILE *f = fopen(path, "r");
+    if (!f || !fgets(line, sizeof line, f)) strcpy(line, "unreadable");
+    if (f) fclose(f);
+    line[strcspn(line, "\n")] = 0;
+    printf("%s %s\n", label, line);
+}
+
 static int arm_clocks(void) {
     struct itimerval real = {.it_interval = {1000, 0}, .it_value = {2050, 0}};
     struct itimerval virt = {.it_value = {3050, 0}};
@@ -162,11 +172,7 @@ static void report_clocks(void) {
     ssize_t n = readlink("/proc/self/cwd", cwd, sizeof cwd - 1);
     cwd[n < 0 ? 0 : n] = 0;
     printf("cwd %s\n", cwd);
-    char login[32] = "";
-    FILE *f = fopen("/proc/self/loginuid", "r");
-    if (!f || !fgets(login, sizeof login, f)) strcpy(login, "unreadable");
-    if (f) fclose(f);
-    printf("loginuid %s\n", login);
+    print_first_line("loginuid", "/proc/self/loginuid");
     struct stat dir;
     char held[4096];
     n = readlink("/proc/self/fd/40", held, sizeof held - 1);
@@ -237,22 +243,14 @@ int main(int argc, char **argv) {
                 if (getrlimit(r, &l)) printf("limit %d error\n", r);
                 else printf("limit %d %lld %lld\n", r, shown(l.rlim_cur), shown(l.rlim_max));
             }
-            char oom[32] = "";
-            FILE *f = fopen("/proc/self/oom_score_adj", "r");
-            if (!f || !fgets(oom, sizeof oom, f)) strcpy(oom, "unreadable\n");
-            if (f) fclose(f);
             int subreaper = -1;
             prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0);
-            printf("oom_score_adj %s", oom);
+            print_first_line("oom_score_adj", "/proc/self/oom_score_adj");
             printf("dumpable %d\n", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
             printf("thp_disable %d\n", prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0));
             printf("personality %#x\n", personality(0xffffffff));
             printf("subreaper %d\n", subreaper);
-            char name[32] = "";
-            FILE *comm = fopen("/proc/self/comm", "r");
-            if (!comm || !fgets(name, sizeof name, comm)) strcpy(name, "unreadable\n");
-            if (comm) fclose(comm);
-            printf("name %s", name);
+            print_first_line("name", "/proc/self/comm");
             report_identity();
             report_clocks();
             printf("report done\n");
