@@ -25,7 +25,7 @@ use mitosis_proto::instance::{
 };
 use mitosis_proto::local::{
     CacheStats, ChildEnd, ChildInfo, ChildStatus, ContainerLimits, ContainerSpec, DaemonStats, Envelope, LocalRequest,
-    LocalResponse, PagerStats, Paging, PoolStats, ReplySlot, ResumeOptions, ResumeTimings, SeedInfo, SeedStats, CHILD_MARKER,
+    LocalResponse, OffloadReport, PagerStats, Paging, PoolStats, ReplySlot, ResumeOptions, ResumeTimings, SeedInfo, SeedStats, CHILD_MARKER,
 };
 use mitosis_proto::memnode::{Compression, InstanceUsage as MemnodeInstance, MemnodeRequest, MemnodeResponse, MemnodeStats, MEMNODE_MAGIC};
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
@@ -389,7 +389,7 @@ fn main() {
             options: ResumeOptions {
                 container: Some(container.clone()),
                 detach: false,
-                paging: Paging { eager: true, no_prefetch: false, no_working_set: true, no_cache: false },
+                paging: Paging { eager: true, no_prefetch: false, no_working_set: true, no_cache: false, track_writes: true },
             },
         }),
         ("resume-in-place", LocalRequest::ResumeInPlace { from: "10.0.0.1:7070".into(), id: "fn-hello.1".into() }),
@@ -397,6 +397,7 @@ fn main() {
         ("list", LocalRequest::List),
         ("ps", LocalRequest::Ps { all: true }),
         ("kill", LocalRequest::Kill { id: "mitosis-7".into() }),
+        ("offload", LocalRequest::Offload { id: "mitosis-7".into() }),
         ("stats", LocalRequest::Stats),
         ("bare-container", LocalRequest::BareContainer { spec: container }),
     ];
@@ -421,13 +422,14 @@ fn main() {
     let responses = [
         ("prepared", LocalResponse::Prepared(seed_info())),
         ("started", LocalResponse::Started { pid: 99, timings: ResumeTimings { fetch_image_us: 100, spawn_us: 200, restore_us: 300, total_us: 700, image_bytes: 9000 }, container: None }),
-        ("exited", LocalResponse::Exited { end: ChildEnd::Signaled(9), stats: PagerStats { faults: 10, zero_faults: 1, remote_faults: 2, pages_fetched: 30, bytes_fetched: 30 * 4096, fetches: 3, pages_pushed: 20, cache_hits: 5 } }),
+        ("exited", LocalResponse::Exited { end: ChildEnd::Signaled(9), stats: PagerStats { faults: 10, zero_faults: 1, remote_faults: 2, pages_fetched: 30, bytes_fetched: 30 * 4096, fetches: 3, pages_pushed: 20, cache_hits: 5, pages_from_node: 4 } }),
         ("exited-killed", LocalResponse::Exited { end: ChildEnd::KilledByMitosis { reason: "seed gone".into() }, stats: PagerStats::default() }),
         ("dropped", LocalResponse::Dropped { id: "fn-hello.1".into() }),
         ("in-place", LocalResponse::InPlace { prologue: vec![1, 2, 3, 4] }),
         ("seeds", LocalResponse::Seeds(vec![seed_info()])),
         ("children", LocalResponse::Children { children: vec![child], pool: pool.clone() }),
         ("killed", LocalResponse::Killed { pid: 99 }),
+        ("offloaded", LocalResponse::Offloaded(OffloadReport { pid: 99, pages_put: 10, pages_clean_at_seed: 20, pages_zero: 3, node_bytes: 9000, ..Default::default() })),
         ("stats", LocalResponse::Stats(DaemonStats {
             seeds: vec![SeedStats { id: "fn-hello.1".into(), generation: 7, children: 3, pages_served: 10, bytes_served: 40960, working_set_pages: 4 }],
             cache: CacheStats { limit_bytes: 1 << 30, bytes: 1 << 20, generations: 1, hits: 5, misses: 6, evictions: 0 },

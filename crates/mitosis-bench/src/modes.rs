@@ -306,7 +306,7 @@ fn touch_timeout(mb: usize) -> Duration {
 
 /// Paging of the children that must not get help from the cache or the working set.
 fn isolated(eager: bool, no_prefetch: bool) -> Paging {
-    Paging { eager, no_prefetch, no_working_set: true, no_cache: true }
+    Paging { eager, no_prefetch, no_working_set: true, no_cache: true, ..Paging::default() }
 }
 
 // ------------------------------------------------------------ one round --
@@ -549,7 +549,7 @@ pub fn python_working_set(cluster: &Cluster, python: &Path, runs: usize) -> anyh
     let pid = parent.chan.recv_number("ready", Duration::from_secs(120)).context("starting the Python seed")?;
     let id = format!("micro-python-{}", std::process::id());
     let seed = Seed::prepare(&cluster.a, i32::try_from(pid)?, &id)?;
-    let no_cache = |no_working_set| Paging { eager: false, no_prefetch: false, no_working_set, no_cache: true };
+    let no_cache = |no_working_set| Paging { no_working_set, no_cache: true, ..Paging::default() };
     progress("Python working set: first child (records the working set)");
     let first = python_child(cluster, &id, no_cache(false), "first")?;
     let working_set_pages = wait_working_set(cluster, &id)?;

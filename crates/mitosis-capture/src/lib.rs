@@ -39,6 +39,7 @@ pub mod access;
 mod copy;
 mod fds;
 mod files;
+pub mod freeze;
 mod inotify;
 pub mod threads;
 mod shared;

@@ -130,11 +130,23 @@ struct PagingArgs {
     /// Neither use nor fill this host's page cache.
     #[arg(long)]
     no_cache: bool,
+    /// Track which pages the child writes (userfaultfd write protection), so that
+    /// `mitosis offload` drops the pages it did not write without sending them
+    /// anywhere: they come back from the seed. Costs a minor fault on each
+    /// page's first write.
+    #[arg(long)]
+    track_writes: bool,
 }
 
 impl PagingArgs {
     fn paging(&self) -> mitosis::Paging {
-        mitosis::Paging { eager: self.eager, no_prefetch: self.no_prefetch, no_working_set: self.no_working_set, no_cache: self.no_cache }
+        mitosis::Paging {
+            eager: self.eager,
+            no_prefetch: self.no_prefetch,
+            no_working_set: self.no_working_set,
+            no_cache: self.no_cache,
+            track_writes: self.track_writes,
+        }
     }
 }
 
@@ -203,6 +215,10 @@ enum Command {
         /// must be of its seeds).
         #[arg(long, default_value = "nobody")]
         instance_user: String,
+        /// The memory node (ADDR:PORT, a `mitosis memnode serve`) that `mitosis offload`
+        /// puts children's changed pages on, reached with the cluster key.
+        #[arg(long)]
+        memnode: Option<String>,
         /// The Python interpreter of cold-started function instances (with the
         /// `mitosis` package installed). Default: $MITOSIS_PYTHON, else python3 on PATH.
         #[arg(long)]
@@ -320,6 +336,20 @@ enum Command {
     /// Counters of this host's daemon: per seed (children started, pages served, recorded
     /// working set), its page cache (size, hits, misses, evictions) and its containers.
     Stats {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offload an idle child's memory, by container name or pid: the pages it
+    /// changed go to the daemon's memory node (--memnode), the pages it did not
+    /// change are dropped (with --track-writes at resume; they come back from
+    /// the seed), and all-zero pages are dropped. The child is held still
+    /// meanwhile; afterwards each page it touches is brought back, never a
+    /// wrong or zero page. If the memory node or the seed host is gone by then,
+    /// the child is killed with the reason.
+    Offload {
+        id: String,
         #[command(flatten)]
         socket: SocketArg,
         #[arg(long)]
@@ -951,6 +981,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             container_pool,
             peers,
             instance_user,
+            memnode,
             python,
             max_local_per_user,
             max_local_connections,
@@ -994,6 +1025,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     listen,
                 ),
                 instances,
+                memnode,
             });
             if let Some(registrar) = registrar {
                 registrar.stop();
@@ -1153,6 +1185,32 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     c.evictions
                 );
                 out!("children running: {}; {}", s.children_running, s.pool);
+            }
+            Ok(0)
+        }
+        Command::Offload { id, socket, json } => {
+            let r = Client::connect(&socket.socket)?.offload(&id)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let mib = |pages: u64| pages as f64 * 4096.0 / 1048576.0;
+                out!(
+                    "offloaded child {}: {:.1} MiB put on the memory node ({:.1} MiB stored), {:.1} MiB unchanged dropped ({:.1} MiB from the seed, {:.1} MiB already on the node), {:.1} MiB of zeros dropped",
+                    r.pid,
+                    mib(r.pages_put),
+                    r.node_bytes as f64 / 1048576.0,
+                    mib(r.pages_clean_at_seed + r.pages_clean_at_node),
+                    mib(r.pages_clean_at_seed),
+                    mib(r.pages_clean_at_node),
+                    mib(r.pages_zero)
+                );
+                out!(
+                    "resident {:.1} MiB -> {:.1} MiB; held still {:.1} ms of {:.1} ms",
+                    r.rss_before_bytes as f64 / 1048576.0,
+                    r.rss_after_bytes as f64 / 1048576.0,
+                    r.frozen_us as f64 / 1000.0,
+                    r.total_us as f64 / 1000.0
+                );
             }
             Ok(0)
         }

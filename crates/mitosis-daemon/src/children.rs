@@ -23,6 +23,8 @@ pub struct ChildRecord {
     pub container: Option<Arc<Container>>,
     pub started: Instant,
     pub detached: bool,
+    /// Its pager's offload handle (children this daemon's pager serves).
+    pub offload: Option<crate::offload::OffloadSlot>,
 }
 
 impl ChildRecord {
@@ -69,6 +71,9 @@ impl Children {
             let i = live.iter().position(|r| r.pid == pid)?;
             live.swap_remove(i)
         };
+        if let Some(offloader) = &record.offload {
+            offloader.lock().unwrap_or_else(|e| e.into_inner()).release();
+        }
         if let Some(end) = end {
             let mut ended = self.ended.lock().unwrap();
             if ended.len() == ENDED_KEPT {

@@ -461,6 +461,7 @@ fn start_cold(
         container: Some(container.clone()),
         started: Instant::now(),
         detached: false,
+        offload: None,
     }));
     Ok(Running::Cold { pid, pidfd, container })
 }

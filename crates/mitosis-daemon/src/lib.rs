@@ -35,6 +35,7 @@ pub mod janitor;
 pub mod limits;
 pub mod liveness;
 pub mod local;
+pub mod offload;
 pub mod own_seed;
 pub mod peer;
 pub mod resume;
@@ -75,6 +76,9 @@ pub struct Config {
     pub peers: limits::Peers,
     /// How function instances run (`--instance-user`, `--python`).
     pub instances: instance::InstanceConfig,
+    /// The memory node children's memory is offloaded to (`--memnode`),
+    /// reached with the cluster key.
+    pub memnode: Option<String>,
 }
 
 /// Why the daemon could not start.

@@ -227,15 +227,17 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
             LocalRequest::BareContainer { spec } => {
                 reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
             }
+            LocalRequest::Offload { id } => {
+                let resp = match running_child(daemon, cred, &id).and_then(|c| crate::offload::offload(daemon, &c)) {
+                    Ok(report) => LocalResponse::Offloaded(report),
+                    Err(e) => LocalResponse::Error(e),
+                };
+                reply(&mut conn, &resp)?;
+            }
             LocalRequest::Kill { id } => {
-                // A child that has exited but is still being torn down is not running.
-                let running = daemon.children.find(&id).filter(|c| !mitosis_sys::pidfd::has_exited(&c.pidfd));
-                let resp = match running {
-                    None => error(ErrorKind::NotFound, format!("no running child {id:?} on this host")),
-                    Some(c) if cred.uid != 0 && cred.uid != c.uid => {
-                        error(ErrorKind::PermissionDenied, format!("child {id:?} belongs to uid {}", c.uid))
-                    }
-                    Some(c) => {
+                let resp = match running_child(daemon, cred, &id) {
+                    Err(refused) => LocalResponse::Error(refused),
+                    Ok(c) => {
                         // Its waiter sees it end and tears its container down.
                         let _ = mitosis_sys::pidfd::send_signal(&c.pidfd, libc::SIGKILL);
                         tracing::info!(%id, pid = c.pid, "child killed on request");
@@ -245,6 +247,19 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
                 reply(&mut conn, &resp)?;
             }
         }
+    }
+}
+
+/// The running child `id` names, if the caller may act on it (its owner, or
+/// root); else the answer that says why not. A child that has exited but is
+/// still being torn down is not running.
+fn running_child(daemon: &Daemon, cred: PeerCred, id: &str) -> Result<Arc<crate::children::ChildRecord>, RemoteError> {
+    match daemon.children.find(id).filter(|c| !mitosis_sys::pidfd::has_exited(&c.pidfd)) {
+        None => Err(RemoteError::new(ErrorKind::NotFound, format!("no running child {id:?} on this host"))),
+        Some(c) if cred.uid != 0 && cred.uid != c.uid => {
+            Err(RemoteError::new(ErrorKind::PermissionDenied, format!("child {id:?} belongs to uid {}", c.uid)))
+        }
+        Some(c) => Ok(c),
     }
 }
 

@@ -327,7 +327,7 @@ pub(crate) fn start(
         Some(c) if c.keep_for_restore != 0 => RestorePrivilege::CheckpointRestore,
         _ => RestorePrivilege::Unprivileged,
     };
-    let plan = RestorePlan::new(&image, &daemon.vdso, becomes_child, privilege).map_err(|e| {
+    let mut plan = RestorePlan::new(&image, &daemon.vdso, becomes_child, privilege).map_err(|e| {
         let kind = if matches!(e, RestoreError::Refused(_)) { ErrorKind::PermissionDenied } else { ErrorKind::Unsupported };
         remote_err(kind, error_chain(&e))
     })?;
@@ -443,6 +443,8 @@ pub(crate) fn start(
     let patches = reply.as_ref().map(|(slot, bytes)| vec![Patch { addr: slot.addr, bytes: bytes.clone() }]).unwrap_or_default();
     let mut pager_thread = None;
     let push_go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    plan.track_writes = paging.track_writes;
+    let (offload, control) = mitosis_pager::offload::channel().map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let restored = restore(Child { pid, pidfd: &pidfd, vdso: child_vdso }, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
         let regions = Regions::new(&remote);
         // Eager: everything, in address order; else the recorded working set
@@ -459,7 +461,9 @@ pub(crate) fn start(
             .with_notice(notice)
             .with_recorder(recorder.clone())
             .with_push(push, push_go.clone())
-            .with_keeper(Some(keeper));
+            .with_keeper(Some(keeper))
+            .with_write_tracking(paging.track_writes)
+            .with_control(control);
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
             .spawn(move || pager.run())
@@ -494,6 +498,7 @@ pub(crate) fn start(
         container: container.clone(),
         started: Instant::now(),
         detached,
+        offload: Some(std::sync::Mutex::new(crate::offload::Offloader::new(offload, pid))),
     }));
     let total = t0.elapsed();
     let us = |d: std::time::Duration| d.as_micros() as u64;

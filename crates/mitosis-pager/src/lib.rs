@@ -18,12 +18,17 @@
 //! the faulting page is poisoned (touching it raises SIGBUS, it never reads
 //! as zero) and the child is killed; the reason is returned to the daemon.
 //!
+//! It also serves the pages the daemon *offloaded* from an idle child
+//! ([`offload`]): they come back from the memory node (a [`NodeSource`]),
+//! or from the seed when they were dropped unchanged.
+//!
 //! The pager owns no sockets itself and knows nothing of the wire protocol:
-//! the daemon hands it a [`PageSource`].
+//! the daemon hands it a [`PageSource`] and a [`NodeSource`].
 
 #![forbid(unsafe_code)]
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
+pub mod offload;
 mod regions;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -35,6 +40,7 @@ use mitosis_sys::uffd::{CopyResult, Event, Uffd};
 use mitosis_sys::poll::{self, PollFd};
 use mitosis_sys::{pidfd, usize_of, PAGE};
 
+pub use offload::{NodeSource, OffloadHandle};
 pub use regions::{PageState, Regions};
 
 /// Why the answer to a request did not come.
@@ -100,6 +106,8 @@ pub struct Counters {
     pub fetches: AtomicU64,
     pub pages_pushed: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Offloaded pages brought back from the memory node.
+    pub pages_from_node: AtomicU64,
     /// Microseconds the child spent waiting in faults (from the pager's
     /// reading of the fault to its wake-up): for the daemon's debug log.
     pub fault_wait_us: AtomicU64,
@@ -117,6 +125,7 @@ impl Counters {
             fetches: get(&self.fetches),
             pages_pushed: get(&self.pages_pushed),
             cache_hits: get(&self.cache_hits),
+            pages_from_node: get(&self.pages_from_node),
         }
     }
 }
@@ -259,6 +268,25 @@ pub struct Pager {
     /// Faults read while another was being fetched (their requests already
     /// on the wire), served next, in order.
     deferred: std::collections::VecDeque<Event>,
+    /// Pages go in write-protected, so that a scan tells which were written
+    /// since (the daemon registered the ranges with `track_writes`).
+    track_writes: bool,
+    /// The daemon's offload commands.
+    control: Option<offload::Control>,
+    /// Where offloaded pages come back from.
+    node: Option<Box<dyn NodeSource>>,
+    /// This process has forked: its offloaded pages are the forks' too, so
+    /// it offloads no more (a new put would change what they read).
+    forked: bool,
+    /// Clean pages of the last scan (dropped at the commit), and pages of
+    /// the zero page.
+    scanned_clean: Vec<(u64, u64)>,
+    scanned_zero: Vec<(u64, u64)>,
+    /// The next page's key on the memory node.
+    next_key: u64,
+    /// Ranges the daemon is dropping: their `REMOVE` events are not the
+    /// child's own.
+    dropping: Vec<(u64, u64)>,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -305,7 +333,28 @@ impl Pager {
             refused: None,
             keeper: None,
             deferred: Default::default(),
+            track_writes: false,
+            control: None,
+            node: None,
+            forked: false,
+            scanned_clean: Vec::new(),
+            scanned_zero: Vec::new(),
+            next_key: offload::FIRST_KEY,
+            dropping: Vec::new(),
         }
+    }
+
+    /// Puts pages in write-protected (the ranges must be registered with
+    /// `track_writes`, the userfaultfd made with `WP_ASYNC`).
+    pub fn with_write_tracking(mut self, track_writes: bool) -> Pager {
+        self.track_writes = track_writes;
+        self
+    }
+
+    /// Takes the daemon's offload commands from `control`.
+    pub fn with_control(mut self, control: offload::ControlEnd) -> Pager {
+        self.control = Some(control.0);
+        self
     }
 
     /// Hands this pager's userfaultfd, and each forked process's, to `keeper`.
@@ -387,7 +436,7 @@ impl Pager {
     /// now. Errors are ignored: the memory may be gone already.
     fn settle_unserved(&self) {
         for (start, end) in self.regions.spans() {
-            for (addr, _, len) in self.regions.remote_runs(start, end) {
+            for (addr, _, len) in self.regions.remote_runs(start, end).into_iter().chain(self.regions.runs_in(start, end, PageState::Offloaded)) {
                 let _ = self.uffd.poison(addr, len);
             }
             for (addr, _, len) in self.regions.runs_in(start, end, PageState::Zero) {
@@ -413,6 +462,7 @@ impl Pager {
             let mut fds = [
                 PollFd::readable(self.uffd.as_fd()),
                 self.process.as_ref().map_or(PollFd::none(), |p| PollFd::readable(p.as_fd())),
+                self.control.as_ref().map_or(PollFd::none(), |c| PollFd::readable(c.wake.as_fd())),
             ];
             let n = match poll::poll(&mut fds, if busy { 0 } else { 1000 }) {
                 Ok(n) => n,
@@ -420,6 +470,9 @@ impl Pager {
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
             let (uffd_events, process_events) = (fds[0].revents(), fds[1].revents());
+            if fds[2].revents() != 0 {
+                self.take_commands();
+            }
             if uffd_events & libc::POLLIN == 0 {
                 if process_events != 0 {
                     return Outcome::Exited;
@@ -528,7 +581,14 @@ impl Pager {
                 self.counters.fault_wait_us.fetch_add(us, Ordering::Relaxed);
                 served
             }
-            Event::Remove { start, end } | Event::Unmap { start, end } => {
+            // The daemon's own drop of offloaded pages: their states are set.
+            Event::Remove { start, end } => {
+                for (s, e) in offload::subtract(start, end, &self.dropping) {
+                    self.regions.set(s, e, PageState::Zero);
+                }
+                Ok(())
+            }
+            Event::Unmap { start, end } => {
                 self.regions.set(start, end, PageState::Zero);
                 Ok(())
             }
@@ -554,7 +614,8 @@ impl Pager {
         }
     }
 
-    fn spawn_forked(&self, uffd: Uffd) {
+    fn spawn_forked(&mut self, uffd: Uffd) {
+        self.forked = true;
         let source = match self.source.duplicate() {
             Ok(s) => s,
             Err(e) => {
@@ -566,9 +627,25 @@ impl Pager {
                 return;
             }
         };
-        let pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
+        let node = match self.node.as_ref().map(|n| n.duplicate()) {
+            Some(Ok(n)) => Some(n),
+            Some(Err(e)) => {
+                // Its offloaded pages cannot come back: poison them.
+                tracing::error!(error = %e, "no memory node connection for a forked child; its offloaded pages will raise SIGBUS");
+                for (s, e) in self.regions.spans() {
+                    for (addr, _, len) in self.regions.runs_in(s, e, PageState::Offloaded) {
+                        let _ = uffd.poison(addr, len);
+                    }
+                }
+                None
+            }
+            None => None,
+        };
+        let mut pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
             .with_recorder(self.recorder.clone())
-            .with_keeper(self.keeper.clone());
+            .with_keeper(self.keeper.clone())
+            .with_write_tracking(self.track_writes);
+        pager.node = node;
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
                 tracing::error!(%reason, "pager of a forked child failed");
@@ -590,10 +667,11 @@ impl Pager {
                 self.counters.zero_faults.fetch_add(1, Ordering::Relaxed);
                 self.fill_zero(addr)
             }
-            PageState::Served => {
+            PageState::Served | PageState::Filled | PageState::Restored => {
                 self.uffd.wake(addr, PAGE);
                 Ok(())
             }
+            PageState::Offloaded => self.fetch_from_node(addr),
             PageState::Remote => {
                 self.counters.remote_faults.fetch_add(1, Ordering::Relaxed);
                 // On the wire already: take answers in until it is there.
@@ -627,7 +705,7 @@ impl Pager {
         let before = self.regions.lookup(addr).map(|l| l.0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(EVENT_WAIT_MS.unsigned_abs().into());
         while std::time::Instant::now() < deadline {
-            self.regions.set(addr, addr + PAGE, PageState::Served);
+            self.regions.set(addr, addr + PAGE, PageState::Filled);
             match self.uffd.zero(addr, PAGE) {
                 CopyResult::Gone | CopyResult::Done => return Ok(()),
                 // Unmapped since the fault (another thread's munmap, whose
@@ -642,7 +720,7 @@ impl Pager {
                 // As in `copy_in`: the page is as it was while the events are handled.
                 CopyResult::Again { .. } => {
                     if let Some(b) = before {
-                        self.regions.replace(addr, addr + PAGE, PageState::Served, b);
+                        self.regions.replace(addr, addr + PAGE, PageState::Filled, b);
                     }
                     if self.drain_events()? == 0 {
                         // Read already: the other thread has yet to finish its call.
@@ -920,41 +998,53 @@ impl Pager {
                 while end < len && wanted(&self.regions, end) {
                     end += PAGE;
                 }
-                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)])?;
+                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], PageState::Remote)?;
             }
         }
         Ok(())
     }
 
-    /// Copies `chunk` to `child` and marks it served; returns how many bytes
-    /// went in. When the kernel first wants the child's memory events handled
-    /// (a fork, a remap, an unmap in progress), the part not copied is
-    /// remote again while they are, so that they see it as it is (a new
-    /// process does not have it, a remap moves it as still to be fetched);
-    /// the caller then looks again at what is still wanted.
-    fn copy_in(&mut self, child: u64, chunk: &mut [u8]) -> Result<u64, String> {
+    /// Copies `chunk` to `child`, whose pages were in state `from` (`Remote`:
+    /// from the seed; `Offloaded`: from the memory node), and marks it
+    /// served (`Served`, `Restored`); returns how many bytes went in. When
+    /// the kernel first wants the child's memory events handled (a fork, a
+    /// remap, an unmap in progress), the part not copied is in state `from`
+    /// again while they are, so that they see it as it is (a new process
+    /// does not have it, a remap moves it as still to be fetched); the
+    /// caller then looks again at what is still wanted.
+    fn copy_in(&mut self, child: u64, chunk: &mut [u8], from: PageState) -> Result<u64, String> {
         let len = chunk.len() as u64;
-        for p in &self.patches {
-            apply_patch(chunk, child, p);
+        let to = if from == PageState::Offloaded { PageState::Restored } else { PageState::Served };
+        if from == PageState::Remote {
+            for p in &self.patches {
+                apply_patch(chunk, child, p);
+            }
         }
-        self.regions.set(child, child + len, PageState::Served);
-        match self.uffd.copy(child, chunk) {
+        self.regions.set(child, child + len, to);
+        let copied = if self.track_writes { self.uffd.copy_protected(child, chunk) } else { self.uffd.copy(child, chunk) };
+        match copied {
             CopyResult::Done | CopyResult::Gone => Ok(len),
             CopyResult::Again { copied } => {
-                self.regions.replace(child + copied, child + len, PageState::Served, PageState::Remote);
+                self.regions.replace(child + copied, child + len, to, from);
                 self.drain_events()?;
                 Ok(copied)
+            }
+            // A chunk over two mappings (the child split one since, with
+            // `mprotect`, which sends no event): the first page alone.
+            CopyResult::Failed(libc::ENOENT) if len > PAGE => {
+                self.regions.replace(child, child + len, to, from);
+                self.copy_in(child, &mut chunk[..usize_of(PAGE)], from)
             }
             // No mapping there any more: the child unmapped or moved it, and
             // its event comes right after; anything else is an error.
             CopyResult::Failed(libc::ENOENT) => {
-                self.regions.replace(child, child + len, PageState::Served, PageState::Remote);
+                self.regions.replace(child, child + len, to, from);
                 self.drain_events()?;
-                if self.regions.lookup(child).map(|l| l.0) == Some(PageState::Remote) {
+                if self.regions.lookup(child).map(|l| l.0) == Some(from) {
                     self.uffd.wait_readable(EVENT_WAIT_MS);
                     self.drain_events()?;
                 }
-                if self.regions.lookup(child).map(|l| l.0) == Some(PageState::Remote) {
+                if self.regions.lookup(child).map(|l| l.0) == Some(from) {
                     return Err(copy_failed("copy", child, libc::ENOENT));
                 }
                 Ok(0)

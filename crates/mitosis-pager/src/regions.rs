@@ -12,6 +12,13 @@ pub enum PageState {
     Served = 1,
     /// Dropped by the child (madvise, munmap): reads as zero from now on.
     Zero = 2,
+    /// A zero page the pager gave (the page was `Zero`, or memory the seed
+    /// did not have): not the seed's, so never dropped as clean.
+    Filled = 3,
+    /// Offloaded: on the memory node, not in the child.
+    Offloaded = 4,
+    /// Brought back from the memory node, which still holds its copy.
+    Restored = 5,
 }
 
 #[derive(Debug, Clone)]
@@ -21,6 +28,11 @@ struct Region {
     /// Seed address of `start` (differs after an `mremap`).
     seed_start: u64,
     pages: Vec<PageState>,
+    /// Each page's key on the memory node (0: none yet), once one of the
+    /// region's pages was offloaded; empty before. A key names one page
+    /// position for good: it moves with an `mremap`, so that no two pages
+    /// share one.
+    keys: Vec<u64>,
 }
 
 /// The served mappings of one child. Later regions shadow earlier ones where
@@ -36,7 +48,7 @@ impl Regions {
         Regions {
             regions: ranges
                 .iter()
-                .map(|&(s, e)| Region { start: s, end: e, seed_start: s, pages: vec![PageState::Remote; ((e - s) / PAGE) as usize] })
+                .map(|&(s, e)| Region { start: s, end: e, seed_start: s, pages: vec![PageState::Remote; ((e - s) / PAGE) as usize], keys: Vec::new() })
                 .collect(),
         }
     }
@@ -78,6 +90,25 @@ impl Regions {
         }
     }
 
+    /// Adds regions for the parts of `[start, end)` that no region covers
+    /// (memory the child grew), their pages `Zero`: they read as zero, as
+    /// they did uncovered, and can now hold another state (offloaded).
+    pub fn cover(&mut self, start: u64, end: u64) {
+        let mut addr = start;
+        while addr < end {
+            if self.find(addr).is_some() {
+                addr += PAGE;
+                continue;
+            }
+            let from = addr;
+            while addr < end && self.find(addr).is_none() {
+                addr += PAGE;
+            }
+            let pages = mitosis_sys::usize_of((addr - from) / PAGE);
+            self.regions.push(Region { start: from, end: addr, seed_start: from, pages: vec![PageState::Zero; pages], keys: Vec::new() });
+        }
+    }
+
     /// Records that `[from, from+len)` now lives at `to`.
     pub fn remap(&mut self, from: u64, to: u64, len: u64) {
         let mut moved = Vec::new();
@@ -95,10 +126,20 @@ impl Regions {
                 end: to + (end - from),
                 seed_start: r.seed_start + (page - r.start),
                 pages: r.pages[a..b].to_vec(),
+                keys: if r.keys.is_empty() { Vec::new() } else { r.keys[a..b].to_vec() },
             });
             page = end;
         }
         self.set(from, from + len, PageState::Zero);
+        // The keys went with the pages: the old place gets new ones if it
+        // is ever offloaded.
+        for r in &mut self.regions {
+            let (s, e) = (from.max(r.start), (from + len).min(r.end));
+            if s < e && !r.keys.is_empty() {
+                let (a, b) = (mitosis_sys::usize_of((s - r.start) / PAGE), mitosis_sys::usize_of((e - r.start) / PAGE));
+                r.keys[a..b].fill(0);
+            }
+        }
         self.regions.extend(moved);
     }
 
@@ -122,6 +163,48 @@ impl Regions {
                     match runs.last_mut() {
                         Some(run) if last_region == i && run.0 + run.2 == addr => run.2 += PAGE,
                         _ => runs.push((addr, seed, PAGE)),
+                    }
+                    last_region = i;
+                }
+            }
+            addr += PAGE;
+        }
+        runs
+    }
+
+    /// The memory node key of the page at `addr`, given one from `next_key`
+    /// (which then advances by a page) if it has none; `None` where no
+    /// region is (cover it first).
+    pub fn key_of(&mut self, addr: u64, next_key: &mut u64) -> Option<u64> {
+        let i = self.find(addr)?;
+        let r = &mut self.regions[i];
+        if r.keys.is_empty() {
+            r.keys = vec![0; r.pages.len()];
+        }
+        let key = &mut r.keys[mitosis_sys::usize_of((addr - r.start) / PAGE)];
+        if *key == 0 {
+            *key = *next_key;
+            *next_key += PAGE;
+        }
+        Some(*key)
+    }
+
+    /// Runs of pages in `state` inside `[lo, hi)` whose keys follow each
+    /// other: (child address, key, length). Pages without a key are left out.
+    /// A run never crosses a region edge, as in [`Regions::remote_runs`].
+    pub fn key_runs(&self, lo: u64, hi: u64, state: PageState) -> Vec<(u64, u64, u64)> {
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        let mut addr = lo;
+        let mut last_region = usize::MAX;
+        while addr < hi {
+            if let Some(i) = self.find(addr) {
+                let r = &self.regions[i];
+                let page = mitosis_sys::usize_of((addr - r.start) / PAGE);
+                let key = r.keys.get(page).copied().unwrap_or(0);
+                if r.pages[page] == state && key != 0 {
+                    match runs.last_mut() {
+                        Some(run) if last_region == i && run.0 + run.2 == addr && run.1 + run.2 == key => run.2 += PAGE,
+                        _ => runs.push((addr, key, PAGE)),
                     }
                     last_region = i;
                 }
@@ -169,6 +252,35 @@ mod tests {
         r.replace(0, 4 * P, PageState::Served, PageState::Remote);
         assert_eq!(r.remote_runs(0, 4 * P), vec![(0, 0, P), (2 * P, 2 * P, 2 * P)]);
         assert_eq!(r.lookup(P).unwrap().0, PageState::Zero, "a dropped page stays dropped");
+    }
+
+    #[test]
+    fn covering_adds_only_what_no_region_has() {
+        let mut r = Regions::new(&[(10 * P, 20 * P)]);
+        r.set(10 * P, 20 * P, PageState::Served);
+        r.cover(5 * P, 25 * P);
+        assert_eq!(r.lookup(12 * P).unwrap().0, PageState::Served, "a seed page keeps its state");
+        assert_eq!(r.lookup(6 * P), Some((PageState::Zero, 6 * P)));
+        assert_eq!(r.lookup(24 * P), Some((PageState::Zero, 24 * P)));
+        r.set(5 * P, 25 * P, PageState::Offloaded);
+        assert_eq!(r.runs_in(0, 30 * P, PageState::Offloaded).len(), 3, "one run per region");
+        assert!(r.remote_runs(0, 30 * P).is_empty());
+    }
+
+    #[test]
+    fn keys_are_given_once_and_move_with_a_remap() {
+        let mut r = Regions::new(&[(10 * P, 14 * P)]);
+        let mut next = P;
+        assert_eq!(r.key_of(11 * P, &mut next), Some(P));
+        assert_eq!(r.key_of(12 * P, &mut next), Some(2 * P));
+        assert_eq!(r.key_of(11 * P, &mut next), Some(P), "a page keeps its key");
+        assert_eq!(r.key_of(40 * P, &mut next), None);
+        r.set(10 * P, 14 * P, PageState::Offloaded);
+        assert_eq!(r.key_runs(0, 20 * P, PageState::Offloaded), vec![(11 * P, P, 2 * P)]);
+        r.remap(10 * P, 30 * P, 4 * P);
+        assert_eq!(r.key_runs(30 * P, 34 * P, PageState::Offloaded), vec![(31 * P, P, 2 * P)]);
+        // The old place is zero and, written and offloaded again, gets a new key.
+        assert_eq!(r.key_of(11 * P, &mut next), Some(3 * P));
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub enum LocalRequest {
     Ps { all: bool },
     /// Kill a running child, by container name or pid.
     Kill { id: String },
+    /// Offload a running child's memory (by container name or pid), answered
+    /// with `Offloaded`: the pages it changed go to the daemon's memory node,
+    /// those it did not are dropped (they come back from the seed), and a
+    /// later touch brings each back.
+    Offload { id: String },
     /// Counters of this daemon: its seeds, page cache and containers.
     Stats,
     /// Start a container of `spec` with a process that only enters it and
@@ -108,6 +113,33 @@ pub struct Paging {
     pub no_working_set: bool,
     /// Neither read from nor fill this host's page cache.
     pub no_cache: bool,
+    /// Pages go in write-protected (`UFFD_FEATURE_WP_ASYNC`), so that an
+    /// offload drops the ones the child did not write without sending
+    /// them: they come back from the seed. Costs one minor fault on each
+    /// page's first write.
+    pub track_writes: bool,
+}
+
+/// What an offload did, in pages of 4 KiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadReport {
+    pub pid: i32,
+    /// Changed pages put on the memory node.
+    pub pages_put: u64,
+    /// Unchanged pages dropped, whose copy is at the seed host.
+    pub pages_clean_at_seed: u64,
+    /// Unchanged pages dropped, whose copy is on the memory node already.
+    pub pages_clean_at_node: u64,
+    /// Pages that were all zero: dropped, they read zero.
+    pub pages_zero: u64,
+    /// What the memory node holds for this child, after compression.
+    pub node_bytes: u64,
+    /// The child's resident memory before and after.
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    /// How long the child was held still, and the whole offload.
+    pub frozen_us: u64,
+    pub total_us: u64,
 }
 
 /// A child as listed by `mitosis ps`.
@@ -295,6 +327,8 @@ pub struct PagerStats {
     pub pages_pushed: u64,
     /// Of `pages_fetched`, found in this host's page cache (no network).
     pub cache_hits: u64,
+    /// Offloaded pages brought back from the memory node (not in `pages_fetched`).
+    pub pages_from_node: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +345,7 @@ pub enum LocalResponse {
     Seeds(Vec<SeedInfo>),
     Children { children: Vec<ChildStatus>, pool: PoolStats },
     Killed { pid: i32 },
+    Offloaded(OffloadReport),
     Stats(DaemonStats),
     /// Microseconds: getting the container (warm or new), starting the
     /// process in it (fork, setns, cgroups), and everything up to the

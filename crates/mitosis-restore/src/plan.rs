@@ -39,6 +39,10 @@ pub struct RestorePlan {
     pub exe_fd: Option<i32>,
     /// What the child may do during its restore beyond its seed's own rights.
     pub privilege: RestorePrivilege,
+    /// Register the served ranges for write protection too (with
+    /// `UFFD_FEATURE_WP_ASYNC`), so that the pager can tell which pages the
+    /// child wrote: an offload then drops unchanged pages without sending them.
+    pub track_writes: bool,
 }
 
 /// The rights a child holds while it is restored, which decide whether it
@@ -184,6 +188,7 @@ impl RestorePlan {
             map_fd_end: next_fd,
             exe_fd,
             privilege,
+            track_writes: false,
         })
     }
 

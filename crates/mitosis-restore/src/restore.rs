@@ -73,7 +73,8 @@ pub fn restore(
     let uffd = Uffd::from_fd(
         pidfd::getfd(child_pidfd, plan.prologue.uffd_fd).map_err(RestoreError::sys("taking the child's userfaultfd"))?,
     );
-    uffd.api(features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON)
+    let write_tracking = if plan.track_writes { features::WP_ASYNC } else { 0 };
+    uffd.api(features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON | write_tracking)
         .map_err(RestoreError::sys("setting up the userfaultfd"))?;
 
     // The child is a fork of this daemon: its vDSO is where ours is.
@@ -115,7 +116,7 @@ pub fn restore(
 
     let remote = plan.remote_ranges(image);
     for &(s, e) in &remote {
-        uffd.register_missing(s, e - s).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
+        uffd.register(s, e - s, plan.track_writes).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
     }
     start_pager(uffd, remote)?;
 

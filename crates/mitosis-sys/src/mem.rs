@@ -235,6 +235,11 @@ pub const MADV_GUARD_INSTALL: i32 = 102;
 
 /// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = 0xC060_6610;
+/// `PAGEMAP_SCAN` page categories (`PAGE_IS_*` of `linux/fs.h`).
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
 /// `PAGE_IS_GUARD`: a page of a guard region (Linux 6.14).
 const PAGE_IS_GUARD: u64 = 1 << 8;
 
@@ -255,13 +260,24 @@ struct PmScanArg {
     return_mask: u64,
 }
 
-/// The guard regions (`MADV_GUARD_INSTALL`) of process `pid` in
-/// `[start, end)`, as ranges, from its page tables (`PAGEMAP_SCAN` on its
-/// `/proc/PID/pagemap`).
-pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+/// Which pages `PAGEMAP_SCAN` reports, and which of their categories.
+struct PageQuery {
+    /// Every one of these categories.
+    all_of: u64,
+    /// At least one of these (0: no such condition).
+    any_of: u64,
+    /// The categories reported for each run.
+    report: u64,
+}
+
+/// The runs of pages of process `pid` in `[start, end)` that match `query`,
+/// as (start, end, categories), from its page tables (`PAGEMAP_SCAN` on its
+/// `/proc/PID/pagemap`). Neighbouring pages with the same categories are
+/// one run. Only queries: it touches no page.
+fn scan_pages(pid: i32, start: u64, end: u64, query: &PageQuery) -> Result<Vec<(u64, u64, u64)>> {
     let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).map_err(|e| SysError::new("open pagemap", e.raw_os_error().unwrap_or(libc::EIO)))?;
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut regions = [[0u64; 3]; 64];
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    let mut regions = [[0u64; 3]; 256];
     let mut from = start;
     while from < end {
         let mut arg = PmScanArg {
@@ -274,9 +290,9 @@ pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> 
             vec_len: regions.len() as u64,
             max_pages: 0,
             category_inverted: 0,
-            category_mask: PAGE_IS_GUARD,
-            category_anyof_mask: 0,
-            return_mask: PAGE_IS_GUARD,
+            category_mask: query.all_of,
+            category_anyof_mask: query.any_of,
+            return_mask: query.report,
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `regions`,
         // room for `vec_len` page_region structs (three u64 each).
@@ -286,8 +302,8 @@ pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> 
         }
         for r in &regions[..n.unsigned_abs() as usize] {
             match out.last_mut() {
-                Some(last) if last.1 == r[0] => last.1 = r[1],
-                _ => out.push((r[0], r[1])),
+                Some(last) if last.1 == r[0] && last.2 == r[2] => last.1 = r[1],
+                _ => out.push((r[0], r[1], r[2])),
             }
         }
         if arg.walk_end <= from {
@@ -296,6 +312,47 @@ pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> 
         from = arg.walk_end;
     }
     Ok(out)
+}
+
+/// The guard regions (`MADV_GUARD_INSTALL`) of process `pid` in
+/// `[start, end)`, as ranges.
+pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+    let query = PageQuery { all_of: PAGE_IS_GUARD, any_of: 0, report: PAGE_IS_GUARD };
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e, _) in scan_pages(pid, start, end, &query)? {
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// A run of pages of another process that hold memory (present, or swapped out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentRun {
+    pub start: u64,
+    pub end: u64,
+    /// Written since they were put there write-protected (in a range
+    /// registered with a userfaultfd's `track_writes` and
+    /// [`crate::uffd::features::WP_ASYNC`]). Pages never write-protected
+    /// (anywhere else, or zero-filled) always count as written.
+    pub written: bool,
+    /// The shared zero page: reads zero, holds no memory of its own.
+    pub zero_page: bool,
+}
+
+/// The pages of process `pid` in `[start, end)` that hold memory, in runs.
+pub fn resident_runs(pid: i32, start: u64, end: u64) -> Result<Vec<ResidentRun>> {
+    let query = PageQuery {
+        all_of: 0,
+        any_of: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        report: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+    };
+    Ok(scan_pages(pid, start, end, &query)?
+        .into_iter()
+        .map(|(start, end, c)| ResidentRun { start, end, written: c & PAGE_IS_WRITTEN != 0, zero_page: c & PAGE_IS_PFNZERO != 0 })
+        .collect())
 }
 
 impl Drop for AnonMap {

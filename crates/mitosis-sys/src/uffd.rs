@@ -65,9 +65,17 @@ pub mod features {
     pub const EVENT_REMOVE: u64 = 1 << 3;
     pub const EVENT_UNMAP: u64 = 1 << 6;
     pub const POISON: u64 = 1 << 14;
+    /// Write-protect faults resolved by the kernel itself: a write to a
+    /// protected page only clears its protection bit, which `PAGEMAP_SCAN`
+    /// reports ([`crate::mem::resident_runs`]): write tracking at no cost
+    /// to the monitor.
+    pub const WP_ASYNC: u64 = 1 << 15;
 }
 
 const MODE_MISSING: u64 = 1;
+const MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_COPY_MODE_WP`: the copied pages start write-protected.
+const COPY_MODE_WP: u64 = 1 << 1;
 
 const EVENT_PAGEFAULT: u8 = 0x12;
 const EVENT_FORK: u8 = 0x13;
@@ -192,17 +200,37 @@ impl Uffd {
 
     /// Registers `[start, start+len)` for missing-page faults.
     pub fn register_missing(&self, start: u64, len: u64) -> Result<()> {
-        let mut r = Register { range: Range { start, len }, mode: MODE_MISSING, ioctls: 0 };
+        self.register(start, len, false)
+    }
+
+    /// Registers `[start, start+len)` for missing-page faults and, with
+    /// `track_writes`, for write protection too (with [`features::WP_ASYNC`]:
+    /// pages copied in with [`Uffd::copy_protected`] then tell whether they
+    /// were written since). Works from any process holding the descriptor:
+    /// the range is in the memory the descriptor was made for.
+    pub fn register(&self, start: u64, len: u64, track_writes: bool) -> Result<()> {
+        let mode = if track_writes { MODE_MISSING | MODE_WP } else { MODE_MISSING };
+        let mut r = Register { range: Range { start, len }, mode, ioctls: 0 };
         self.ioctl(UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
     }
 
     /// Copies `src` into the child at `dst` and wakes its faulting threads. Pages
     /// that are already present are skipped (another fault got there first).
     pub fn copy(&self, dst: u64, src: &[u8]) -> CopyResult {
+        self.copy_mode(dst, src, 0)
+    }
+
+    /// [`Uffd::copy`], with the pages write-protected: in a range registered
+    /// with `track_writes`, their first write is what marks them written.
+    pub fn copy_protected(&self, dst: u64, src: &[u8]) -> CopyResult {
+        self.copy_mode(dst, src, COPY_MODE_WP)
+    }
+
+    fn copy_mode(&self, dst: u64, src: &[u8], mode: u64) -> CopyResult {
         let mut done = 0u64;
         let len = src.len() as u64;
         while done < len {
-            let mut c = Copy { dst: dst + done, src: src.as_ptr() as u64 + done, len: len - done, mode: 0, copy: 0 };
+            let mut c = Copy { dst: dst + done, src: src.as_ptr() as u64 + done, len: len - done, mode, copy: 0 };
             // SAFETY: `src` is a live buffer of `len` bytes; the kernel copies from it.
             let r = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
             if r == 0 {
@@ -400,6 +428,29 @@ mod tests {
         // SAFETY: every page is present now; reading faults nothing.
         let bytes: Vec<u8> = (0..4).map(|p| unsafe { *((base + p * PAGE) as *const u8) }).collect();
         assert_eq!(bytes, [0, 7, 0, 0]);
+        // SAFETY: the mapping made above, not used any more.
+        unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
+    }
+
+    #[test]
+    fn protected_copies_tell_which_pages_were_written_since() {
+        let uffd = Uffd::create().expect("userfaultfd (run as root)");
+        uffd.api(features::WP_ASYNC).unwrap();
+        // SAFETY: a fresh private anonymous mapping nobody else uses.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), usize_of(4 * PAGE), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        uffd.register(base, 4 * PAGE, true).unwrap();
+        assert_eq!(uffd.copy_protected(base, &[3u8; usize_of(3 * PAGE)]), CopyResult::Done);
+        // SAFETY: page 1 is present (copied above); the write is resolved by
+        // the kernel (WP_ASYNC), nobody reads this userfaultfd.
+        unsafe { *((base + PAGE + 8) as *mut u8) = 9 };
+        let me = i32::try_from(std::process::id()).unwrap();
+        let runs = crate::mem::resident_runs(me, base, base + 4 * PAGE).unwrap();
+        let run = |start: u64, end: u64, written: bool| crate::mem::ResidentRun { start, end, written, zero_page: false };
+        assert_eq!(runs, [run(base, base + PAGE, false), run(base + PAGE, base + 2 * PAGE, true), run(base + 2 * PAGE, base + 3 * PAGE, false)]);
         // SAFETY: the mapping made above, not used any more.
         unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
     }

@@ -52,7 +52,7 @@ pub use dir::{write_key, TestDir};
 pub use etcd::{EtcdCluster, ETCD_BINARY};
 pub use faults::{cgroup_subtrees_of, dirs_below, LinkCut, Paused, SlowLink, SmallTmpfs};
 pub use conversation::{Finished, Proc, STEP};
-pub use memnode::Memnode;
+pub use memnode::{Memnode, MEMNODE_PORT};
 pub use netns::{Host, TwoHosts};
 pub use process::{Daemon, ProcessGuard};
 pub use skip::{in_ci, require_root, skip, test_name, SKIP_LOG_ENV};

@@ -11,7 +11,7 @@ use mitosis_sys::process;
 use crate::{Host, ProcessGuard, TestDir};
 
 /// Port every test memory node listens on (each host has its own address).
-const MEMNODE_PORT: u16 = 7080;
+pub const MEMNODE_PORT: u16 = 7080;
 
 /// A `mitosis memnode` inside a test host, in its own process group, logging
 /// to `<dir>/<name>.log`; killed and reaped on drop (its pages go with it).

@@ -228,6 +228,14 @@ impl Client {
     }
 
     /// Kills a running child, by container name or pid; returns its pid.
+    /// Offloads running child `id`'s memory to the daemon's memory node.
+    pub fn offload(&mut self, id: &str) -> Result<mitosis_proto::local::OffloadReport> {
+        match self.call(LocalRequest::Offload { id: id.to_string() })? {
+            LocalResponse::Offloaded(report) => Ok(report),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn kill(&mut self, id: &str) -> Result<i32> {
         match self.call(LocalRequest::Kill { id: id.to_string() })? {
             LocalResponse::Killed { pid } => Ok(pid),

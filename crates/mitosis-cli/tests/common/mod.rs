@@ -56,7 +56,8 @@ impl Cluster {
 
     /// Like [`Cluster::new`] with a key per daemon and extra daemon arguments,
     /// in which `{a}` and `{b}` stand for the daemons' peer addresses (e.g.
-    /// `&["--peers", "{a}"]` for daemon b).
+    /// `&["--peers", "{a}"]` for daemon b), and `{memnode-a}` for a test
+    /// memory node's in host a.
     pub fn build(name: &str, key_a: &str, key_b: &str, args_a: &[&str], args_b: &[&str]) -> Option<Cluster> {
         if !require_root() {
             return None;
@@ -67,7 +68,11 @@ impl Cluster {
         let key_b_path = if key_b == key_a { key.clone() } else { write_key(&dir, "key-b", key_b) };
         // Every test daemon listens on port 7070 of its host's address.
         let (addr_a, addr_b) = (format!("{}:7070", hosts.a.ip), format!("{}:7070", hosts.b.ip));
-        let fill = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.replace("{a}", &addr_a).replace("{b}", &addr_b)).collect() };
+        // `{memnode-a}`: where a test memory node in host a listens.
+        let memnode_a = format!("{}:{}", hosts.a.ip, mitosis_testkit::MEMNODE_PORT);
+        let fill = |args: &[&str]| -> Vec<String> {
+            args.iter().map(|s| s.replace("{a}", &addr_a).replace("{b}", &addr_b).replace("{memnode-a}", &memnode_a)).collect()
+        };
         let (args_a, args_b) = (fill(args_a), fill(args_b));
         let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
         let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();

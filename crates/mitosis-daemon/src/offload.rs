@@ -1,0 +1,282 @@
+//! Offloading an idle child's memory to the memory node (`mitosis offload`,
+//! FaaSMem's offload, over TCP): the daemon's side of
+//! [`mitosis_pager::offload`], whose module doc is the protocol with the
+//! child's pager.
+//!
+//! The child is frozen (every thread stopped, `mitosis_capture::freeze`)
+//! for the whole offload. Its pager lists what it holds; the daemon reads
+//! the changed pages, puts those that are not all zero on the memory node
+//! (all of them, or the offload ends and nothing is dropped), tells the
+//! pager, and drops every listed page inside the child. The child is then
+//! let go, with its pages brought back by its pager as it touches them.
+//!
+//! Each child gets its own instance name on the node (`child-PID-RANDOM`),
+//! and two connections to it: the daemon's (puts, and the drop of its pages
+//! when the child ends) and its pager's (gets, so that a fault never waits
+//! behind an offload).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mitosis_memnode::{MemnodeClient, MemnodeError};
+use mitosis_pager::offload::{Command, Reply, Scanned};
+use mitosis_pager::{NodeSource, OffloadHandle};
+use mitosis_proto::local::OffloadReport;
+use mitosis_proto::memnode::{MAX_BATCH_BYTES, MAX_RUNS};
+use mitosis_proto::{error_chain, ErrorKind, RemoteError};
+use mitosis_sys::{mem, usize_of, PAGE};
+
+use crate::children::ChildRecord;
+use crate::Daemon;
+
+/// How long a memory node may take to connect or to answer.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child's offload state: its pager's handle and its node connection.
+pub struct Offloader {
+    handle: OffloadHandle,
+    instance: String,
+    /// The daemon's own connection, made at the first offload.
+    node: Option<MemnodeClient>,
+    /// The pager has its own connection (handed over at the first commit
+    /// that put pages).
+    node_given: bool,
+}
+
+impl Offloader {
+    pub fn new(handle: OffloadHandle, pid: i32) -> Offloader {
+        let mut salt = [0u8; 8];
+        let _ = getrandom::getrandom(&mut salt);
+        Offloader { handle, instance: format!("child-{pid}-{:016x}", u64::from_le_bytes(salt)), node: None, node_given: false }
+    }
+
+    /// Forgets the child's pages on the node (the child has ended).
+    pub fn release(&mut self) {
+        if let Some(node) = &mut self.node {
+            if let Err(e) = node.drop_instance(&self.instance) {
+                tracing::warn!(instance = %self.instance, error = %e, "could not drop an ended child's pages on the memory node");
+            }
+        }
+    }
+}
+
+/// The pager's connection to the node: gets under the child's instance name.
+struct NodeConn {
+    client: MemnodeClient,
+    instance: String,
+    connect: Connect,
+}
+
+/// What a new connection needs.
+#[derive(Clone)]
+struct Connect {
+    addr: String,
+    key: mitosis_proto::auth::ClusterKey,
+    protection: mitosis_proto::secure::Protection,
+}
+
+impl Connect {
+    fn open(&self) -> Result<MemnodeClient, MemnodeError> {
+        MemnodeClient::connect(&self.addr, &self.key, self.protection, NODE_TIMEOUT)
+    }
+}
+
+impl NodeSource for NodeConn {
+    fn get(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
+        self.client.get(&self.instance, runs, out).map_err(|e| error_chain(&e))
+    }
+
+    fn duplicate(&self) -> Result<Box<dyn NodeSource>, String> {
+        let client = self.connect.open().map_err(|e| error_chain(&e))?;
+        Ok(Box::new(NodeConn { client, instance: self.instance.clone(), connect: self.connect.clone() }))
+    }
+}
+
+fn fail(kind: ErrorKind, what: impl Into<String>) -> RemoteError {
+    RemoteError::new(kind, what.into())
+}
+
+fn node_error(e: &MemnodeError) -> RemoteError {
+    fail(e.kind(), error_chain(e))
+}
+
+/// Offloads `child`'s memory to this daemon's memory node.
+pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, RemoteError> {
+    let t0 = Instant::now();
+    let Some(addr) = daemon.config.memnode.clone() else {
+        return Err(fail(ErrorKind::Unsupported, "this daemon has no memory node (start it with --memnode ADDR)"));
+    };
+    let Some(offloader) = &child.offload else {
+        return Err(fail(ErrorKind::Unsupported, format!("child {} was not resumed by this daemon's pager (a cold-started instance)", child.pid)));
+    };
+    let mut offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
+    let connect = Connect { addr, key: daemon.config.key.current(), protection: daemon.config.key.protection() };
+    if offloader.node.is_none() {
+        offloader.node = Some(connect.open().map_err(|e| node_error(&e))?);
+    }
+    let pid = child.pid;
+    let rss_before_bytes = resident_bytes(pid);
+    let frozen = mitosis_capture::freeze::Frozen::freeze(pid, &daemon.vdso).map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
+    let frozen_at = Instant::now();
+    let result = offload_frozen(&mut offloader, &frozen, &connect, pid);
+    let thawed = frozen.thaw();
+    let frozen_us = micros(frozen_at.elapsed());
+    let mut report = result?;
+    thawed.map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
+    report.rss_before_bytes = rss_before_bytes;
+    report.rss_after_bytes = resident_bytes(pid);
+    report.frozen_us = frozen_us;
+    report.total_us = micros(t0.elapsed());
+    tracing::info!(pid, pages_put = report.pages_put, clean = report.pages_clean_at_seed + report.pages_clean_at_node, us = report.total_us, "child offloaded");
+    Ok(report)
+}
+
+/// The offload of a frozen child: scan, put, commit, drop, settle.
+fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::Frozen, connect: &Connect, pid: i32) -> Result<OffloadReport, RemoteError> {
+    let internal = |e: String| fail(ErrorKind::Internal, e);
+    let scanned = match offloader.handle.ask(Command::Scan { pid }).map_err(internal)? {
+        Reply::Scanned(s) => s,
+        Reply::Refused(why) => return Err(fail(ErrorKind::Unsupported, format!("child {pid} cannot be offloaded: {why}"))),
+        _ => return Err(internal("the pager answered a scan out of turn".into())),
+    };
+    let Put { offloaded, zeroed, node_bytes } = put_changed(offloader, &scanned, pid)?;
+    // The pager's own connection, handed over with the first commit.
+    let node: Option<Box<dyn NodeSource>> = if offloaded.is_empty() || offloader.node_given {
+        None
+    } else {
+        let client = connect.open().map_err(|e| node_error(&e))?;
+        Some(Box::new(NodeConn { client, instance: offloader.instance.clone(), connect: connect.clone() }))
+    };
+    let gave_node = node.is_some();
+    let pages_put = offloaded.iter().map(|r| r.1 / PAGE).sum();
+    let pages_zero = zeroed.iter().map(|r| r.1 / PAGE).sum::<u64>() + scanned.zero / PAGE;
+    let drop = match offloader.handle.ask(Command::Commit { offloaded, zeroed, node }).map_err(internal)? {
+        Reply::Committed { drop } => drop,
+        _ => return Err(internal("the pager answered a commit out of turn".into())),
+    };
+    if gave_node {
+        offloader.node_given = true;
+    }
+    let dropped = frozen.discard(&drop).map_err(|e| internal(error_chain(&e)));
+    let settled = offloader.handle.ask(Command::Settled).map_err(internal);
+    dropped?;
+    settled?;
+    Ok(OffloadReport {
+        pid,
+        pages_put,
+        pages_clean_at_seed: scanned.clean_at_seed / PAGE,
+        pages_clean_at_node: scanned.clean_at_node / PAGE,
+        pages_zero,
+        node_bytes,
+        ..OffloadReport::default()
+    })
+}
+
+/// What [`put_changed`] did: runs (child address, length) put on the node
+/// and found all zero, and what the node holds for the child.
+struct Put {
+    offloaded: Vec<(u64, u64)>,
+    zeroed: Vec<(u64, u64)>,
+    node_bytes: u64,
+}
+
+/// Reads the changed pages of the scan and puts those that are not all
+/// zero on the node, in batches.
+fn put_changed(offloader: &mut Offloader, scanned: &Scanned, pid: i32) -> Result<Put, RemoteError> {
+    let mut offloaded = Vec::new();
+    let mut zeroed: Vec<(u64, u64)> = Vec::new();
+    let mut node_bytes = 0;
+    let node = offloader.node.as_mut().ok_or_else(|| fail(ErrorKind::Internal, "no memory node connection"))?;
+    for batch in batches(&scanned.changed) {
+        let ranges: Vec<(u64, u64)> = batch.iter().map(|r| (r.0, r.2)).collect();
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        let mut buf = vec![0u8; usize_of(total)];
+        mem::read_ranges_fully(pid, None, &ranges, &mut buf).map_err(|e| fail(ErrorKind::Internal, format!("reading child {pid}'s changed pages: {e}")))?;
+        // Page by page: all-zero pages are dropped, the rest put under their keys.
+        let mut puts: Vec<(u64, &[u8])> = Vec::new();
+        let mut off = 0usize;
+        for &(child, key, len) in batch {
+            for p in (0..len).step_by(usize_of(PAGE)) {
+                let page = &buf[off..off + usize_of(PAGE)];
+                off += usize_of(PAGE);
+                if page.iter().all(|&b| b == 0) {
+                    push_run(&mut zeroed, child + p);
+                    continue;
+                }
+                match puts.last_mut() {
+                    Some((k, data)) if *k + data.len() as u64 == key + p && data.as_ptr_range().end == page.as_ptr() => {
+                        let start = off - usize_of(PAGE) - data.len();
+                        *data = &buf[start..off];
+                    }
+                    _ => puts.push((key + p, page)),
+                }
+                push_run(&mut offloaded, child + p);
+            }
+        }
+        if !puts.is_empty() {
+            let receipt = node.put(&offloader.instance, &puts).map_err(|e| node_error(&e))?;
+            node_bytes = receipt.instance_used_bytes;
+        }
+    }
+    Ok(Put { offloaded, zeroed, node_bytes })
+}
+
+/// The changed runs, in batches a put takes (bytes and runs).
+fn batches(changed: &[(u64, u64, u64)]) -> Vec<&[(u64, u64, u64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, r) in changed.iter().enumerate() {
+        if i > start && (bytes + r.2 > MAX_BATCH_BYTES / 4 || i - start >= MAX_RUNS / 4) {
+            out.push(&changed[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += r.2;
+    }
+    if start < changed.len() {
+        out.push(&changed[start..]);
+    }
+    out
+}
+
+/// Adds the page at `page` to `runs` (start, length), joining the last run.
+fn push_run(runs: &mut Vec<(u64, u64)>, page: u64) {
+    match runs.last_mut() {
+        Some(last) if last.0 + last.1 == page => last.1 += PAGE,
+        _ => runs.push((page, PAGE)),
+    }
+}
+
+fn resident_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| mitosis_sys::procfs::parse_status(&s).rss_kb * 1024).unwrap_or(0)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The lock a child record holds its offloader under.
+pub type OffloadSlot = Mutex<Offloader>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_within_a_put() {
+        let big = MAX_BATCH_BYTES / 4;
+        let runs = [(0, 0, big / 2), (big, big, big / 2), (2 * big, 2 * big, PAGE)];
+        let b = batches(&runs);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].len(), 2);
+        assert!(batches(&[]).is_empty());
+    }
+
+    #[test]
+    fn runs_join_neighbouring_pages() {
+        let mut runs = Vec::new();
+        for p in [0, PAGE, 3 * PAGE] {
+            push_run(&mut runs, p);
+        }
+        assert_eq!(runs, vec![(0, 2 * PAGE), (3 * PAGE, PAGE)]);
+    }
+}

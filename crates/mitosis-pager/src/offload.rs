@@ -1,0 +1,373 @@
+//! Offloading a served process's memory: what a pager does for the daemon
+//! that drops the pages of an idle child (FaaSMem's offload), and the memory
+//! node its offloaded pages come back from.
+//!
+//! The daemon drives an offload in three steps, each a [`Command`] sent
+//! through the child's [`OffloadHandle`] while the child is frozen (every
+//! thread in a ptrace stop, so that no page of it changes meanwhile):
+//!
+//! 1. [`Command::Scan`]: the pager lists the child's pages that hold memory
+//!    in the ranges its userfaultfd serves (`PAGEMAP_SCAN`). A page that
+//!    came from the seed, or back from the memory node, and was not written
+//!    since (with write tracking: `UFFD_FEATURE_WP_ASYNC`) is *clean*: its
+//!    copy is where it came from, and dropping it costs no transfer. Every
+//!    other page is *changed*: the daemon must read it and put it on the
+//!    memory node (or find it all zero).
+//! 2. [`Command::Commit`]: the daemon has put the changed pages (the memory
+//!    node holds them, checked by digest) and says which were all zero. The
+//!    pager now counts every listed page as where its copy lives (seed, node,
+//!    zero) and expects the `REMOVE` events of the daemon's `MADV_DONTNEED`
+//!    over them, which it must not take for the child's own (those pages
+//!    would read as zero). It answers with the ranges to drop.
+//! 3. [`Command::Settled`]: the drop is done (or failed): `REMOVE` events are
+//!    the child's own again.
+//!
+//! Nothing is dropped before the memory node holds it: a refused put (node
+//! full, node gone) ends the offload before step 2 and the child keeps all
+//! its memory. A later touch of a dropped page faults, and the pager brings
+//! it back from where it lives, by the window, like any remote page; if that
+//! fails the page is poisoned and the child killed with the reason, as for
+//! a seed page: never a wrong page, never a zero.
+
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mitosis_sys::{mem, procfs, usize_of, PAGE};
+
+use crate::{PageState, Pager};
+
+/// Where offloaded pages come back from: the memory node, under this
+/// child's instance name. The pager owns no sockets; the daemon makes it.
+pub trait NodeSource: Send {
+    /// Gets `runs` (page-aligned child addresses and lengths), their bytes
+    /// back to back into `out`, every page checked against its digest.
+    fn get(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String>;
+    /// An independent connection, for a forked child's pager.
+    fn duplicate(&self) -> Result<Box<dyn NodeSource>, String>;
+}
+
+/// A request of the daemon to a child's pager.
+pub enum Command {
+    /// List the resident pages of process `pid` (the pager's own).
+    Scan { pid: i32 },
+    /// The changed pages are held by the node (`offloaded`) or were all zero
+    /// (`zeroed`); `node` is the source to bring them back from (the first
+    /// commit hands it over).
+    Commit { offloaded: Vec<(u64, u64)>, zeroed: Vec<(u64, u64)>, node: Option<Box<dyn NodeSource>> },
+    /// The pages are dropped (or the drop failed).
+    Settled,
+}
+
+/// What a scan found, in bytes and ranges (child addresses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Clean pages whose copy is at the seed host (or this host's cache).
+    pub clean_at_seed: u64,
+    /// Clean pages whose copy is on the memory node already.
+    pub clean_at_node: u64,
+    /// Pages to read and put on the node (or found all zero): (child
+    /// address, key on the node, length).
+    pub changed: Vec<(u64, u64, u64)>,
+    /// The zero page mapped (nothing to keep).
+    pub zero: u64,
+}
+
+/// A pager's answer.
+pub enum Reply {
+    Scanned(Scanned),
+    /// The ranges to drop (`MADV_DONTNEED`), every one inside memory the
+    /// pager serves: a later touch faults and is served.
+    Committed { drop: Vec<(u64, u64)> },
+    Settled,
+    Refused(String),
+}
+
+/// How long the daemon waits for its child's pager to answer (a pager
+/// busy with a fetch answers when it is done).
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// The daemon's end: sends commands to one child's pager.
+pub struct OffloadHandle {
+    commands: mpsc::Sender<Command>,
+    replies: mpsc::Receiver<Reply>,
+    /// A byte here wakes the pager's poll.
+    wake: UnixStream,
+}
+
+/// The pager's end.
+pub(crate) struct Control {
+    pub commands: mpsc::Receiver<Command>,
+    pub replies: mpsc::Sender<Reply>,
+    pub wake: UnixStream,
+}
+
+/// A connected handle and control.
+pub fn channel() -> std::io::Result<(OffloadHandle, ControlEnd)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    theirs.set_nonblocking(true)?;
+    let (command_tx, command_rx) = mpsc::channel();
+    let (reply_tx, reply_rx) = mpsc::channel();
+    Ok((
+        OffloadHandle { commands: command_tx, replies: reply_rx, wake: ours },
+        ControlEnd(Control { commands: command_rx, replies: reply_tx, wake: theirs }),
+    ))
+}
+
+/// The pager's end of a [`channel`], for [`crate::Pager::with_control`].
+pub struct ControlEnd(pub(crate) Control);
+
+impl OffloadHandle {
+    /// Sends `command` and waits for the pager's answer. An error when the
+    /// pager has ended (the child exited) or does not answer in time.
+    pub fn ask(&self, command: Command) -> Result<Reply, String> {
+        use std::io::Write;
+        let gone = || "the child's pager has ended (the child exited)".to_string();
+        self.commands.send(command).map_err(|_| gone())?;
+        (&self.wake).write_all(&[1]).map_err(|_| gone())?;
+        match self.replies.recv_timeout(ANSWER_WITHIN) {
+            Ok(reply) => Ok(reply),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("the child's pager did not answer within {ANSWER_WITHIN:?}")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+        }
+    }
+}
+
+impl Control {
+    /// Empties the wake-up socket.
+    pub fn drain_wake(&self) {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// The ranges of process `pid` registered with a userfaultfd for missing
+/// pages (`um` in `/proc/PID/smaps`): the memory a pager serves. Pages
+/// anywhere else are never dropped (nobody would bring them back).
+fn served_ranges(pid: i32) -> Result<Vec<(u64, u64)>, String> {
+    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| format!("reading /proc/{pid}/{what}: {e}"));
+    let maps = procfs::parse_maps(&read("maps")?)?;
+    let smaps = read("smaps")?;
+    let flags = procfs::parse_smaps_flags(&smaps);
+    Ok(maps
+        .iter()
+        .filter(|m| flags.iter().any(|(start, f)| *start == m.start && f.contains(&"um")))
+        .map(|m| (m.start, m.end))
+        .collect())
+}
+
+/// First key a pager gives a page on the memory node (keys are page-aligned
+/// and never 0, which means "none").
+pub(crate) const FIRST_KEY: u64 = PAGE;
+
+impl Pager {
+    /// Answers the daemon's commands waiting on the control channel.
+    pub(crate) fn take_commands(&mut self) {
+        let Some(control) = &self.control else { return };
+        control.drain_wake();
+        while let Some(command) = self.control.as_ref().and_then(|c| c.commands.try_recv().ok()) {
+            let reply = match command {
+                Command::Scan { pid } => self.scan(pid).map_or_else(Reply::Refused, Reply::Scanned),
+                Command::Commit { offloaded, zeroed, node } => {
+                    if node.is_some() {
+                        self.node = node;
+                    }
+                    Reply::Committed { drop: self.commit(&offloaded, &zeroed) }
+                }
+                Command::Settled => {
+                    self.dropping.clear();
+                    Reply::Settled
+                }
+            };
+            if let Some(c) = &self.control {
+                let _ = c.replies.send(reply);
+            }
+        }
+    }
+
+    fn scan(&mut self, pid: i32) -> Result<Scanned, String> {
+        if self.forked {
+            return Err("it has forked, and its children's pagers would read the pages it offloads (offloading a process that forked is not built)".into());
+        }
+        self.scanned_clean.clear();
+        let mut scanned = Scanned::default();
+        let mut zero = Vec::new();
+        for (start, end) in served_ranges(pid)? {
+            let runs = mem::resident_runs(pid, start, end).map_err(|e| format!("scanning the pages of {start:#x}-{end:#x}: {e}"))?;
+            for run in runs {
+                if run.zero_page {
+                    scanned.zero += run.end - run.start;
+                    zero.push((run.start, run.end));
+                    continue;
+                }
+                self.regions.cover(run.start, run.end);
+                let mut page = run.start;
+                while page < run.end {
+                    let state = self.regions.lookup(page).map(|l| l.0);
+                    let clean = self.track_writes && !run.written;
+                    match state {
+                        Some(PageState::Served) if clean => {
+                            scanned.clean_at_seed += PAGE;
+                            push_range(&mut self.scanned_clean, page);
+                        }
+                        Some(PageState::Restored) if clean => {
+                            scanned.clean_at_node += PAGE;
+                            push_range(&mut self.scanned_clean, page);
+                        }
+                        _ => {
+                            let key = self.regions.key_of(page, &mut self.next_key).ok_or_else(|| format!("no region at {page:#x} after covering it"))?;
+                            match scanned.changed.last_mut() {
+                                Some(r) if r.0 + r.2 == page && r.1 + r.2 == key => r.2 += PAGE,
+                                _ => scanned.changed.push((page, key, PAGE)),
+                            }
+                        }
+                    }
+                    page += PAGE;
+                }
+            }
+        }
+        self.scanned_zero = zero;
+        Ok(scanned)
+    }
+
+    /// The pages of the last scan now live where their copies are: clean
+    /// ones at the seed or node, `offloaded` ones on the node, `zeroed` ones
+    /// nowhere (they read zero). Returns the ranges to drop.
+    fn commit(&mut self, offloaded: &[(u64, u64)], zeroed: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let clean = std::mem::take(&mut self.scanned_clean);
+        for &(s, e) in &clean {
+            self.regions.replace(s, e, PageState::Served, PageState::Remote);
+            self.regions.replace(s, e, PageState::Restored, PageState::Offloaded);
+        }
+        for &(s, len) in offloaded {
+            self.regions.set(s, s + len, PageState::Offloaded);
+        }
+        let zero = std::mem::take(&mut self.scanned_zero);
+        for &(s, len) in zeroed {
+            self.regions.set(s, s + len, PageState::Zero);
+        }
+        for &(s, e) in &zero {
+            self.regions.set(s, e, PageState::Zero);
+        }
+        let all = clean.into_iter().chain(zero).chain(offloaded.iter().chain(zeroed).map(|&(s, len)| (s, s + len)));
+        self.dropping = merged(all.collect());
+        self.dropping.clone()
+    }
+
+    /// Brings the offloaded pages of the window around `addr` back from the
+    /// memory node. A failure poisons the page: the child is killed with
+    /// the reason, never given a wrong or zero page.
+    pub(crate) fn fetch_from_node(&mut self, addr: u64) -> Result<(), String> {
+        let w = self.window_pages.max(1) * PAGE;
+        let lo = addr / w * w;
+        let runs = self.regions.key_runs(lo, lo + w, PageState::Offloaded);
+        let Some(node) = self.node.as_mut() else {
+            return Err(self.lost_on_node(addr, "this pager has no memory node connection"));
+        };
+        let keys: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
+        let total: u64 = keys.iter().map(|k| k.1).sum();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(usize_of(total), 0);
+        if let Err(e) = node.get(&keys, &mut buf) {
+            self.buf = buf;
+            return Err(self.lost_on_node(addr, &e));
+        }
+        self.counters.pages_from_node.fetch_add(total / PAGE, Ordering::Relaxed);
+        let mut off = 0usize;
+        for &(child, _, len) in &runs {
+            let run_buf = &mut buf[off..off + usize_of(len)];
+            off += usize_of(len);
+            let mut page = 0u64;
+            while page < len {
+                if self.regions.lookup(child + page).map(|l| l.0) != Some(PageState::Offloaded) {
+                    page += PAGE;
+                    continue;
+                }
+                let mut end = page + PAGE;
+                while end < len && self.regions.lookup(child + end).map(|l| l.0) == Some(PageState::Offloaded) {
+                    end += PAGE;
+                }
+                match self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], PageState::Offloaded) {
+                    Ok(n) => page += n,
+                    Err(e) => {
+                        self.buf = buf;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.buf = buf;
+        match self.regions.lookup(addr).map(|l| l.0) {
+            Some(PageState::Offloaded) => Err(self.lost_on_node(addr, "the page did not come")),
+            _ => {
+                self.uffd.wake(addr, PAGE);
+                Ok(())
+            }
+        }
+    }
+
+    /// Poisons the page at `addr` and says why it is lost.
+    fn lost_on_node(&self, addr: u64, reason: &str) -> String {
+        let _ = self.uffd.poison(addr, PAGE);
+        format!("offloaded page {addr:#x} could not be brought back from the memory node: {reason}")
+    }
+}
+
+/// Adds the page at `page` to `ranges` (start, end), joining the last range.
+fn push_range(ranges: &mut Vec<(u64, u64)>, page: u64) {
+    match ranges.last_mut() {
+        Some(last) if last.1 == page => last.1 += PAGE,
+        _ => ranges.push((page, page + PAGE)),
+    }
+}
+
+/// Removes `holes` from `[start, end)`: what is left, in order.
+pub(crate) fn subtract(start: u64, end: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut left = vec![(start, end)];
+    for &(hs, he) in holes {
+        left = left
+            .into_iter()
+            .flat_map(|(s, e)| {
+                if he <= s || e <= hs {
+                    vec![(s, e)]
+                } else {
+                    [(s, hs.max(s)), (he.min(e), e)].into_iter().filter(|(a, b)| a < b).collect()
+                }
+            })
+            .collect();
+    }
+    left
+}
+
+/// `ranges` sorted, with touching and overlapping ones merged.
+pub(crate) fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtracting_holes_leaves_the_rest_in_order() {
+        assert_eq!(subtract(0, 100, &[(10, 20), (50, 60)]), vec![(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(subtract(0, 100, &[(0, 100)]), vec![]);
+        assert_eq!(subtract(10, 20, &[(0, 15)]), vec![(15, 20)]);
+        assert_eq!(subtract(10, 20, &[(30, 40)]), vec![(10, 20)]);
+    }
+
+    #[test]
+    fn merging_joins_touching_ranges() {
+        assert_eq!(merged(vec![(20, 30), (0, 10), (10, 15), (25, 40)]), vec![(0, 15), (20, 40)]);
+    }
+}
