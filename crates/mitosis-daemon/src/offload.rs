@@ -150,14 +150,17 @@ fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::F
     let gave_node = node.is_some();
     let pages_put = offloaded.iter().map(|r| r.1 / PAGE).sum();
     let pages_zero = zeroed.iter().map(|r| r.1 / PAGE).sum::<u64>() + scanned.zero / PAGE;
-    let drop = match offloader.handle.ask(Command::Commit { offloaded, zeroed, node }).map_err(internal)? {
-        Reply::Committed { drop } => drop,
-        _ => return Err(internal("the pager answered a commit out of turn".into())),
+    let committed = offloader.handle.ask(Command::Commit { offloaded, zeroed, node });
+    let dropped = match committed {
+        Ok(Reply::Committed { drop }) => {
+            offloader.node_given |= gave_node;
+            frozen.discard(&drop).map_err(|e| internal(error_chain(&e)))
+        }
+        Ok(_) => Err(internal("the pager answered a commit out of turn".into())),
+        Err(e) => Err(internal(e)),
     };
-    if gave_node {
-        offloader.node_given = true;
-    }
-    let dropped = frozen.discard(&drop).map_err(|e| internal(error_chain(&e)));
+    // Whatever happened: a commit the pager takes late must not leave it
+    // taking the child's own drops for the daemon's.
     let settled = offloader.handle.ask(Command::Settled).map_err(internal);
     dropped?;
     settled?;

@@ -124,6 +124,8 @@ impl OffloadHandle {
     pub fn ask(&self, command: Command) -> Result<Reply, String> {
         use std::io::Write;
         let gone = || "the child's pager has ended (the child exited)".to_string();
+        // Answers to earlier commands that came after their wait ended.
+        while self.replies.try_recv().is_ok() {}
         self.commands.send(command).map_err(|_| gone())?;
         (&self.wake).write_all(&[1]).map_err(|_| gone())?;
         match self.replies.recv_timeout(ANSWER_WITHIN) {

@@ -151,18 +151,26 @@ impl Regions {
 
     /// Runs of pages in `state` inside `[lo, hi)`, as [`Regions::remote_runs`].
     pub fn runs_in(&self, lo: u64, hi: u64, state: PageState) -> Vec<(u64, u64, u64)> {
+        self.runs_by(lo, hi, state, |r, _, addr| Some(r.seed_start + (addr - r.start)))
+    }
+
+    /// Runs of pages in `state` inside `[lo, hi)` whose second address
+    /// (`second` of the region, page index and address; `None` leaves the
+    /// page out) goes on with the first: (address, second address, length).
+    /// A run never crosses a region edge.
+    fn runs_by(&self, lo: u64, hi: u64, state: PageState, second: impl Fn(&Region, usize, u64) -> Option<u64>) -> Vec<(u64, u64, u64)> {
         let mut runs: Vec<(u64, u64, u64)> = Vec::new();
         let mut addr = lo;
         let mut last_region = usize::MAX;
         while addr < hi {
             if let Some(i) = self.find(addr) {
                 let r = &self.regions[i];
-                let page = ((addr - r.start) / PAGE) as usize;
-                if r.pages[page] == state {
-                    let seed = r.seed_start + (addr - r.start);
+                let page = mitosis_sys::usize_of((addr - r.start) / PAGE);
+                let at = if r.pages[page] == state { second(r, page, addr) } else { None };
+                if let Some(at) = at {
                     match runs.last_mut() {
-                        Some(run) if last_region == i && run.0 + run.2 == addr => run.2 += PAGE,
-                        _ => runs.push((addr, seed, PAGE)),
+                        Some(run) if last_region == i && run.0 + run.2 == addr && run.1 + run.2 == at => run.2 += PAGE,
+                        _ => runs.push((addr, at, PAGE)),
                     }
                     last_region = i;
                 }
@@ -193,25 +201,7 @@ impl Regions {
     /// other: (child address, key, length). Pages without a key are left out.
     /// A run never crosses a region edge, as in [`Regions::remote_runs`].
     pub fn key_runs(&self, lo: u64, hi: u64, state: PageState) -> Vec<(u64, u64, u64)> {
-        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-        let mut addr = lo;
-        let mut last_region = usize::MAX;
-        while addr < hi {
-            if let Some(i) = self.find(addr) {
-                let r = &self.regions[i];
-                let page = mitosis_sys::usize_of((addr - r.start) / PAGE);
-                let key = r.keys.get(page).copied().unwrap_or(0);
-                if r.pages[page] == state && key != 0 {
-                    match runs.last_mut() {
-                        Some(run) if last_region == i && run.0 + run.2 == addr && run.1 + run.2 == key => run.2 += PAGE,
-                        _ => runs.push((addr, key, PAGE)),
-                    }
-                    last_region = i;
-                }
-            }
-            addr += PAGE;
-        }
-        runs
+        self.runs_by(lo, hi, state, |r, page, _| r.keys.get(page).copied().filter(|&k| k != 0))
     }
 
     /// Address ranges of all regions.
