@@ -398,6 +398,7 @@ fn main() {
         ("ps", LocalRequest::Ps { all: true }),
         ("kill", LocalRequest::Kill { id: "mitosis-7".into() }),
         ("offload", LocalRequest::Offload { id: "mitosis-7".into() }),
+        ("prefetch", LocalRequest::Prefetch { id: "mitosis-7".into() }),
         ("stats", LocalRequest::Stats),
         ("bare-container", LocalRequest::BareContainer { spec: container }),
     ];
@@ -429,6 +430,7 @@ fn main() {
         ("seeds", LocalResponse::Seeds(vec![seed_info()])),
         ("children", LocalResponse::Children { children: vec![child], pool: pool.clone() }),
         ("killed", LocalResponse::Killed { pid: 99 }),
+        ("prefetching", LocalResponse::Prefetching { pid: 99, from_node_bytes: 1 << 20, from_seed_bytes: 4096 }),
         ("offloaded", LocalResponse::Offloaded(OffloadReport { pid: 99, pages_put: 10, pages_clean_at_seed: 20, pages_zero: 3, node_bytes: 9000, ..Default::default() })),
         ("stats", LocalResponse::Stats(DaemonStats {
             seeds: vec![SeedStats { id: "fn-hello.1".into(), generation: 7, children: 3, pages_served: 10, bytes_served: 40960, working_set_pages: 4 }],

@@ -355,6 +355,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bring an offloaded child's memory back ahead of its touches (prefetch on
+    /// reuse), by container name or pid: its pages on the memory node come back
+    /// in batches, and the pages offloads dropped unchanged are pushed from the
+    /// seed, while the child runs; a page it touches meanwhile waits for one batch
+    /// at most. Returns once the prefetch has started.
+    Prefetch {
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Kill a running child (and its whole container), by container name or pid.
     Kill {
         id: String,
@@ -1212,6 +1222,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     r.total_us as f64 / 1000.0
                 );
             }
+            Ok(0)
+        }
+        Command::Prefetch { id, socket } => {
+            let (node, seed) = Client::connect(&socket.socket)?.prefetch(&id)?;
+            out!("bringing back {:.1} MiB from the memory node and {:.1} MiB from the seed", node as f64 / 1048576.0, seed as f64 / 1048576.0);
             Ok(0)
         }
         Command::Kill { id, socket } => {

@@ -1,7 +1,8 @@
-//! Offloading a running child's memory (`mitosis offload`): a seed in host
-//! a, its child in host b, and a memory node in host a. The child's pages go
-//! to the node (changed ones) or are dropped (unchanged ones, which come back
-//! from the seed), and the child then checks every byte of its memory.
+//! Offloading a running child's memory (`mitosis offload`) and bringing it
+//! back (`mitosis prefetch`): a seed in host a, its child in host b, and a
+//! memory node in host a. The child's pages go to the node (changed ones) or
+//! are dropped (unchanged ones, which come back from the seed), and the
+//! child then checks every byte of its memory.
 
 #![forbid(unsafe_code)]
 
@@ -67,6 +68,15 @@ fn an_offloaded_child_gets_every_page_back_from_the_seed_or_the_node() {
     let r = offload(&c, child_pid);
     assert!(pages(&r, "pages_clean_at_node") >= PAGES, "{r}");
     assert!(pages(&r, "pages_put") < PAGES / 8, "{r}");
+
+    // Prefetch on reuse: everything comes back before the child touches it
+    // (`resident` waits, without touching, until every page is there, and
+    // says STALLED after 5 s without a new one).
+    let out = c.cli(&["prefetch", &child_pid.to_string(), "--socket", c.b.socket().to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "prefetch: {out}\n{}", c.logs());
+    assert!(out.stdout.contains("from the memory node"), "{out}");
+    let resident = child.ask("resident", "resident ");
+    assert!(!resident.contains("STALLED") && !resident.contains("FAILED"), "the prefetch brought every page back: {resident}\n{}", c.logs());
     assert_eq!(child.ask("verify", "verify "), after_mutate);
     child.close_stdin();
     let out = child.finish(STEP);

@@ -234,6 +234,13 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
                 };
                 reply(&mut conn, &resp)?;
             }
+            LocalRequest::Prefetch { id } => {
+                let resp = match running_child(daemon, cred, &id).and_then(|c| crate::offload::prefetch(&c).map(|r| (c.pid, r))) {
+                    Ok((pid, (from_node_bytes, from_seed_bytes))) => LocalResponse::Prefetching { pid, from_node_bytes, from_seed_bytes },
+                    Err(e) => LocalResponse::Error(e),
+                };
+                reply(&mut conn, &resp)?;
+            }
             LocalRequest::Kill { id } => {
                 let resp = match running_child(daemon, cred, &id) {
                     Err(refused) => LocalResponse::Error(refused),

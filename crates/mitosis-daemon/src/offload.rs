@@ -131,6 +131,19 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, Re
     Ok(report)
 }
 
+/// Starts bringing `child`'s offloaded memory back (prefetch on reuse);
+/// returns the bytes to come from the node and from the seed.
+pub fn prefetch(child: &ChildRecord) -> Result<(u64, u64), RemoteError> {
+    let Some(offloader) = &child.offload else {
+        return Err(fail(ErrorKind::Unsupported, format!("child {} was not resumed by this daemon's pager (a cold-started instance)", child.pid)));
+    };
+    let offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
+    match offloader.handle.ask(Command::Prefetch).map_err(|e| fail(ErrorKind::Internal, e))? {
+        Reply::Prefetching { from_node, from_seed } => Ok((from_node, from_seed)),
+        _ => Err(fail(ErrorKind::Internal, "the pager answered a prefetch out of turn")),
+    }
+}
+
 /// The offload of a frozen child: scan, put, commit, drop, settle.
 fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::Frozen, connect: &Connect, pid: i32) -> Result<OffloadReport, RemoteError> {
     let internal = |e: String| fail(ErrorKind::Internal, e);

@@ -287,6 +287,12 @@ pub struct Pager {
     /// Ranges the daemon is dropping: their `REMOVE` events are not the
     /// child's own.
     dropping: Vec<(u64, u64)>,
+    /// Ranges dropped as the seed's (unchanged) by offloads: what a
+    /// prefetch pushes back from the seed.
+    dropped_clean: Vec<(u64, u64)>,
+    /// Ranges whose offloaded pages a prefetch brings back from the node,
+    /// a batch at a time, whenever the child waits for nothing.
+    node_push: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -341,6 +347,8 @@ impl Pager {
             scanned_zero: Vec::new(),
             next_key: offload::FIRST_KEY,
             dropping: Vec::new(),
+            dropped_clean: Vec::new(),
+            node_push: Default::default(),
         }
     }
 
@@ -456,9 +464,10 @@ impl Pager {
             }
             // With pushing to do, only look for events, then go on pushing. (A
             // read-ahead stays on the wire until the child gets to it.)
-            let busy = self.broken.is_none()
+            let busy = (self.broken.is_none()
                 && self.push_started
-                && (!self.push.is_empty() || self.outstanding.iter().any(|o| o.purpose == Purpose::Push));
+                && (!self.push.is_empty() || self.outstanding.iter().any(|o| o.purpose == Purpose::Push)))
+                || !self.node_push.is_empty();
             let mut fds = [
                 PollFd::readable(self.uffd.as_fd()),
                 self.process.as_ref().map_or(PollFd::none(), |p| PollFd::readable(p.as_fd())),
@@ -485,6 +494,7 @@ impl Pager {
                 }
                 if busy {
                     self.pump();
+                    self.pump_node();
                 }
                 continue;
             }

@@ -22,6 +22,12 @@
 //! 3. [`Command::Settled`]: the drop is done (or failed): `REMOVE` events are
 //!    the child's own again.
 //!
+//! [`Command::Prefetch`] brings an offloaded child's memory back ahead of its
+//! touches (prefetch on reuse, which FaaSMem does not do): its offloaded
+//! pages from the node in batches of [`PREFETCH_BATCH`], and the pages
+//! offloads dropped unchanged from the seed, through the pager's push; a
+//! fault waits for one batch at most.
+//!
 //! Nothing is dropped before the memory node holds it: a refused put (node
 //! full, node gone) ends the offload before step 2 and the child keeps all
 //! its memory. A later touch of a dropped page faults, and the pager brings
@@ -58,6 +64,8 @@ pub enum Command {
     Commit { offloaded: Vec<(u64, u64)>, zeroed: Vec<(u64, u64)>, node: Option<Box<dyn NodeSource>> },
     /// The pages are dropped (or the drop failed).
     Settled,
+    /// Bring every offloaded page back, ahead of the child's touches.
+    Prefetch,
 }
 
 /// What a scan found, in bytes and ranges (child addresses).
@@ -81,8 +89,14 @@ pub enum Reply {
     /// pager serves: a later touch faults and is served.
     Committed { drop: Vec<(u64, u64)> },
     Settled,
+    /// A prefetch started: bytes to come from the node and from the seed.
+    Prefetching { from_node: u64, from_seed: u64 },
     Refused(String),
 }
+
+/// Bytes of offloaded pages a prefetch asks the node for at once: a fault
+/// behind it waits for that much at most.
+pub const PREFETCH_BATCH: u64 = 1 << 20;
 
 /// How long the daemon waits for its child's pager to answer (a pager
 /// busy with a fetch answers when it is done).
@@ -182,6 +196,7 @@ impl Pager {
                     self.dropping.clear();
                     Reply::Settled
                 }
+                Command::Prefetch => self.start_prefetch(),
             };
             if let Some(c) = &self.control {
                 let _ = c.replies.send(reply);
@@ -253,9 +268,57 @@ impl Pager {
         for &(s, e) in &zero {
             self.regions.set(s, e, PageState::Zero);
         }
+        self.dropped_clean.extend(&clean);
         let all = clean.into_iter().chain(zero).chain(offloaded.iter().chain(zeroed).map(|&(s, len)| (s, s + len)));
         self.dropping = merged(all.collect());
         self.dropping.clone()
+    }
+
+    /// Starts bringing everything offloaded back: the node's pages by
+    /// [`Pager::pump_node`], the seed's through the push.
+    fn start_prefetch(&mut self) -> Reply {
+        let mut from_node = 0;
+        self.node_push.clear();
+        for (s, e) in self.regions.spans() {
+            for (addr, _, len) in self.regions.runs_in(s, e, PageState::Offloaded) {
+                from_node += len;
+                self.node_push.push_back((addr, addr + len));
+            }
+        }
+        let mut from_seed = 0;
+        for (s, e) in merged(std::mem::take(&mut self.dropped_clean)) {
+            for (addr, _, len) in self.regions.remote_runs(s, e) {
+                from_seed += len;
+                self.push.push_back((addr, len));
+            }
+        }
+        self.push_started = true;
+        Reply::Prefetching { from_node, from_seed }
+    }
+
+    /// One batch of a prefetch from the node. A failure ends the prefetch;
+    /// the next fault on an offloaded page meets it again and says so.
+    pub(crate) fn pump_node(&mut self) {
+        let mut runs = Vec::new();
+        let mut bytes = 0;
+        while bytes < PREFETCH_BATCH {
+            let Some((start, end)) = self.node_push.pop_front() else { break };
+            let take = (end - start).min(PREFETCH_BATCH - bytes);
+            if start + take < end {
+                self.node_push.push_front((start + take, end));
+            }
+            for run in self.regions.key_runs(start, start + take, PageState::Offloaded) {
+                bytes += run.2;
+                runs.push(run);
+            }
+        }
+        if runs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.bring_from_node(&runs) {
+            tracing::warn!(error = %e, "prefetch from the memory node stopped");
+            self.node_push.clear();
+        }
     }
 
     /// Brings the offloaded pages of the window around `addr` back from the
@@ -265,8 +328,23 @@ impl Pager {
         let w = self.window_pages.max(1) * PAGE;
         let lo = addr / w * w;
         let runs = self.regions.key_runs(lo, lo + w, PageState::Offloaded);
+        if let Err(e) = self.bring_from_node(&runs) {
+            return Err(self.lost_on_node(addr, &e));
+        }
+        match self.regions.lookup(addr).map(|l| l.0) {
+            Some(PageState::Offloaded) => Err(self.lost_on_node(addr, "the page did not come")),
+            _ => {
+                self.uffd.wake(addr, PAGE);
+                Ok(())
+            }
+        }
+    }
+
+    /// Gets `runs` (child address, key, length) from the node and copies
+    /// the pages still offloaded in.
+    fn bring_from_node(&mut self, runs: &[(u64, u64, u64)]) -> Result<(), String> {
         let Some(node) = self.node.as_mut() else {
-            return Err(self.lost_on_node(addr, "this pager has no memory node connection"));
+            return Err("this pager has no memory node connection".into());
         };
         let keys: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
         let total: u64 = keys.iter().map(|k| k.1).sum();
@@ -274,11 +352,11 @@ impl Pager {
         buf.resize(usize_of(total), 0);
         if let Err(e) = node.get(&keys, &mut buf) {
             self.buf = buf;
-            return Err(self.lost_on_node(addr, &e));
+            return Err(e);
         }
         self.counters.pages_from_node.fetch_add(total / PAGE, Ordering::Relaxed);
         let mut off = 0usize;
-        for &(child, _, len) in &runs {
+        for &(child, _, len) in runs {
             let run_buf = &mut buf[off..off + usize_of(len)];
             off += usize_of(len);
             let mut page = 0u64;
@@ -301,13 +379,7 @@ impl Pager {
             }
         }
         self.buf = buf;
-        match self.regions.lookup(addr).map(|l| l.0) {
-            Some(PageState::Offloaded) => Err(self.lost_on_node(addr, "the page did not come")),
-            _ => {
-                self.uffd.wake(addr, PAGE);
-                Ok(())
-            }
-        }
+        Ok(())
     }
 
     /// Poisons the page at `addr` and says why it is lost.

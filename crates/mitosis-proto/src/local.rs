@@ -59,6 +59,9 @@ pub enum LocalRequest {
     /// those it did not are dropped (they come back from the seed), and a
     /// later touch brings each back.
     Offload { id: String },
+    /// Bring an offloaded child's memory back ahead of its touches
+    /// (prefetch on reuse), answered with `Prefetching` once it has started.
+    Prefetch { id: String },
     /// Counters of this daemon: its seeds, page cache and containers.
     Stats,
     /// Start a container of `spec` with a process that only enters it and
@@ -346,6 +349,8 @@ pub enum LocalResponse {
     Children { children: Vec<ChildStatus>, pool: PoolStats },
     Killed { pid: i32 },
     Offloaded(OffloadReport),
+    /// A prefetch started: bytes to come from the memory node and the seed.
+    Prefetching { pid: i32, from_node_bytes: u64, from_seed_bytes: u64 },
     Stats(DaemonStats),
     /// Microseconds: getting the container (warm or new), starting the
     /// process in it (fork, setns, cgroups), and everything up to the

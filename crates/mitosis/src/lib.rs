@@ -236,6 +236,15 @@ impl Client {
         }
     }
 
+    /// Starts bringing running child `id`'s offloaded memory back; returns
+    /// the bytes to come from the memory node and from the seed.
+    pub fn prefetch(&mut self, id: &str) -> Result<(u64, u64)> {
+        match self.call(LocalRequest::Prefetch { id: id.to_string() })? {
+            LocalResponse::Prefetching { from_node_bytes, from_seed_bytes, .. } => Ok((from_node_bytes, from_seed_bytes)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn kill(&mut self, id: &str) -> Result<i32> {
         match self.call(LocalRequest::Kill { id: id.to_string() })? {
             LocalResponse::Killed { pid } => Ok(pid),
