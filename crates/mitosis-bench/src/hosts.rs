@@ -51,9 +51,14 @@ impl Cluster {
     }
 
     /// [`Cluster::start_with_args`] keeping the key, sockets and logs in
-    /// `dir` (one outside /tmp when containers must see the sockets).
+    /// `dir` (one outside /tmp when containers must see the sockets). An
+    /// argument [`MEMNODE_A`] stands for where a memory node of host a
+    /// listens (`mitosis_testkit::Memnode`).
     pub fn start_in(bin: &Path, dir: TestDir, daemon_args: &[&str]) -> anyhow::Result<Cluster> {
         let hosts = TwoHosts::new().context("creating the two hosts")?;
+        let memnode_a = format!("{}:{}", hosts.a.ip, mitosis_testkit::MEMNODE_PORT);
+        let daemon_args: Vec<&str> = daemon_args.iter().map(|a| if *a == MEMNODE_A { memnode_a.as_str() } else { a }).collect();
+        let daemon_args = daemon_args.as_slice();
         let key = write_key(&dir, "cluster.key", &random_key()?);
         let a = Daemon::start_with_args(bin, &hosts.a, &dir, "a", &key, daemon_args).context("starting the daemon of host a")?;
         let b = Daemon::start_with_args(bin, &hosts.b, &dir, "b", &key, daemon_args).context("starting the daemon of host b")?;
@@ -77,6 +82,9 @@ impl Cluster {
         result
     }
 }
+
+/// A daemon argument that stands for the address of a memory node in host a.
+pub const MEMNODE_A: &str = "{memnode-a}";
 
 /// Lines of each daemon's log shown when a run fails.
 const LOG_TAIL_LINES: usize = 20;

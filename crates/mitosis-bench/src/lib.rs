@@ -54,6 +54,7 @@ pub mod kernel_log;
 pub mod live_fuzz;
 pub mod memnode;
 pub mod micro;
+pub mod offload;
 pub mod modes;
 pub mod platform;
 pub mod replay;

@@ -615,6 +615,21 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Offload and bring back: a child in host b of a pattern seed in host a, offloaded
+    /// to a memory node in host a (unchanged memory, written memory, memory back from the
+    /// node), and how fast it gets its memory back (lazily from the seed and the node,
+    /// and with prefetch), beside its first touch, raw TCP and memcpy in the same run.
+    /// Every page is checked. Needs root.
+    Offload {
+        /// Runs (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// MiB of the seed's pattern.
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Multi-threaded seeds: prepare on host a and resume on host b of a C program with 1, 2,
     /// 8, 32 and 64 threads (extra ones blocked in a futex), each child checking its threads,
     /// beside a local fork+exit in the same run; reports microseconds per extra thread.
@@ -1277,6 +1292,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(Bench::Platform(b)) => b.run(&self_exe()?),
         Command::Bench(Bench::Memnode { runs, mib, json }) => {
             mitosis_bench::memnode::run(&self_exe()?, &mitosis_bench::memnode::Options { runs, mib, json }).map(|_| 0)
+        }
+        Command::Bench(Bench::Offload { runs, mib, json }) => {
+            mitosis_bench::offload::run(&self_exe()?, &mitosis_bench::offload::Options { runs, mib, json }).map(|_| 0)
         }
         Command::Bench(Bench::Threads { counts, runs, no_container, json }) => {
             let opts = mitosis_bench::threads::Options { counts, runs, no_container, json };

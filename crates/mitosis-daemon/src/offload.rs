@@ -203,7 +203,7 @@ fn put_changed(offloader: &mut Offloader, scanned: &Scanned, pid: i32) -> Result
     let mut zeroed: Vec<(u64, u64)> = Vec::new();
     let mut node_bytes = 0;
     let node = offloader.node.as_mut().ok_or_else(|| fail(ErrorKind::Internal, "no memory node connection"))?;
-    for batch in batches(&scanned.changed) {
+    for batch in &batches(&scanned.changed) {
         let ranges: Vec<(u64, u64)> = batch.iter().map(|r| (r.0, r.2)).collect();
         let total: u64 = ranges.iter().map(|r| r.1).sum();
         let mut buf = vec![0u8; usize_of(total)];
@@ -237,19 +237,30 @@ fn put_changed(offloader: &mut Offloader, scanned: &Scanned, pid: i32) -> Result
     Ok(Put { offloaded, zeroed, node_bytes })
 }
 
-/// The changed runs, in batches a put takes (bytes and runs).
-fn batches(changed: &[(u64, u64, u64)]) -> Vec<&[(u64, u64, u64)]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, r) in changed.iter().enumerate() {
-        if i > start && (bytes + r.2 > MAX_BATCH_BYTES / 4 || i - start >= MAX_RUNS / 4) {
-            out.push(&changed[start..i]);
-            (start, bytes) = (i, 0);
+/// Most bytes and runs of one put (a quarter of what the node takes).
+const PUT_BYTES: u64 = MAX_BATCH_BYTES / 4;
+const PUT_RUNS: usize = MAX_RUNS / 4;
+
+/// The changed runs (child address, key, length), in batches a put takes;
+/// a run longer than a batch is cut.
+fn batches(changed: &[(u64, u64, u64)]) -> Vec<Vec<(u64, u64, u64)>> {
+    let mut out: Vec<Vec<(u64, u64, u64)>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0u64;
+    for &(mut child, mut key, mut len) in changed {
+        while len > 0 {
+            if bytes == PUT_BYTES || current.len() == PUT_RUNS {
+                out.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            let take = len.min(PUT_BYTES - bytes);
+            current.push((child, key, take));
+            bytes += take;
+            (child, key, len) = (child + take, key + take, len - take);
         }
-        bytes += r.2;
     }
-    if start < changed.len() {
-        out.push(&changed[start..]);
+    if !current.is_empty() {
+        out.push(current);
     }
     out
 }
@@ -278,12 +289,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_stay_within_a_put() {
-        let big = MAX_BATCH_BYTES / 4;
-        let runs = [(0, 0, big / 2), (big, big, big / 2), (2 * big, 2 * big, PAGE)];
+    fn batches_stay_within_a_put_and_cut_long_runs() {
+        let runs = [(0, PAGE, PUT_BYTES / 2), (PUT_BYTES, 9 * PUT_BYTES, PUT_BYTES), (8 * PUT_BYTES, 20 * PUT_BYTES, PAGE)];
         let b = batches(&runs);
         assert_eq!(b.len(), 2);
-        assert_eq!(b[0].len(), 2);
+        assert_eq!(b[0], vec![(0, PAGE, PUT_BYTES / 2), (PUT_BYTES, 9 * PUT_BYTES, PUT_BYTES / 2)]);
+        assert_eq!(b[1], vec![(PUT_BYTES * 3 / 2, PUT_BYTES * 19 / 2, PUT_BYTES / 2), (8 * PUT_BYTES, 20 * PUT_BYTES, PAGE)]);
+        assert!(b.iter().all(|batch| batch.iter().map(|r| r.2).sum::<u64>() <= PUT_BYTES));
         assert!(batches(&[]).is_empty());
     }
 
