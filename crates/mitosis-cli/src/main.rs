@@ -219,6 +219,12 @@ enum Command {
         /// puts children's changed pages on, reached with the cluster key.
         #[arg(long)]
         memnode: Option<String>,
+        /// Offload a fork-started function instance once it has been idle this many
+        /// seconds (its written pages to --memnode, the rest dropped, to come back from
+        /// its seed), and prefetch its memory back when its next request comes. Such
+        /// instances are resumed with --track-writes. Needs --memnode.
+        #[arg(long, value_name = "SECS", requires = "memnode", value_parser = parse_seconds)]
+        offload_idle_after: Option<Duration>,
         /// The Python interpreter of cold-started function instances (with the
         /// `mitosis` package installed). Default: $MITOSIS_PYTHON, else python3 on PATH.
         #[arg(long)]
@@ -1007,6 +1013,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             peers,
             instance_user,
             memnode,
+            offload_idle_after,
             python,
             max_local_per_user,
             max_local_connections,
@@ -1020,7 +1027,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             use mitosis_proto::secure::Protection;
             let protection = if no_encrypt { Protection::Integrity } else { Protection::Encrypted };
             let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
-            let instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
+            let mut instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
+            instances.offload_idle_after = offload_idle_after;
             // Started before the daemon (whose run blocks), it registers
             // once the daemon's listener answers.
             let registrar = registrar::start(&etcd, listen, log_level.name())?;

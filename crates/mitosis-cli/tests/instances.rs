@@ -27,7 +27,7 @@ use mitosis_proto::local::ChildEnd;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
 use mitosis_proto::secure::{Protection, SecureReader, SecureWriter};
 use mitosis_proto::{ErrorKind, ProtoError};
-use mitosis_testkit::{wait_until, Daemon, Host};
+use mitosis_testkit::{wait_until, Daemon, Host, Memnode};
 
 /// Longest wait for anything (an event, a teardown); never a measurement.
 const WAIT: Duration = Duration::from_secs(60);
@@ -324,6 +324,38 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
         other => panic!("expected NotFound, got {other:?}"),
     }
     drop((child, later));
+    assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
+}
+
+#[test]
+fn an_idle_fork_instance_gives_its_memory_back_and_answers_the_same() {
+    let extra = ["--memnode", "{memnode-a}", "--offload-idle-after", "1"];
+    let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &extra) else { return };
+    let _node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
+    let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
+    let mut seed = Conn::open(ha, &addr_a);
+    seed.start(&spec("big-seed", &w.function("big"), InstanceStart::Cold { prepare_as: Some("fn-big".into()) }))
+        .unwrap_or_else(|e| panic!("start: {e}\n{}", w.logs()));
+    assert_eq!(seed.phases(4).last(), Some(&Phase::Ready), "{}", w.logs());
+    let want = seed.invoke_json(b"same");
+
+    let mut child = Conn::open(hb, &addr_b);
+    let s = spec("big-1", &w.function("big"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-big".into() });
+    child.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
+    assert_eq!(child.phases(1), vec![Phase::Ready], "{}", w.logs());
+    assert_eq!(child.invoke_json(b"same"), want);
+    let memory = || usage(hb, &addr_b).instances.iter().find(|i| i.name == "big-1").map_or(0, |i| i.memory_bytes);
+    // Its handler read the 64 MiB its seed built; a second after its answer
+    // they are given back (dropped: they are its seed's).
+    let busy = memory();
+    assert!(busy > 64 << 20, "the instance holds its data: {busy}");
+    assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the idle instance kept {} of {busy} bytes\n{}", memory(), w.logs());
+    assert!(w.b.log().contains("idle instance offloaded"), "{}", w.logs());
+    // Reused: its memory comes back (prefetched), and it answers the same.
+    assert_eq!(child.invoke_json(b"same"), want, "{}", w.logs());
+    assert!(w.b.log().contains("instance reused: prefetching its memory"), "{}", w.logs());
+    assert_eq!(child.invoke_json(b"again")["result"]["body"], "again");
+    drop((child, seed));
     assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
 }
 

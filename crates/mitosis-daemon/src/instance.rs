@@ -66,6 +66,9 @@ pub struct InstanceConfig {
     pub user: Option<InstanceUser>,
     /// The interpreter of cold starts (absolute); `None`: none was found.
     pub python: Option<PathBuf>,
+    /// Offload a fork-started instance idle this long (`--offload-idle-after`,
+    /// see [`crate::idle`]); such instances are resumed with write tracking.
+    pub offload_idle_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +103,7 @@ impl InstanceConfig {
             .or_else(|| std::env::var_os("MITOSIS_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from))
             .or_else(|| find_on_path("python3"))
             .map(|p| std::path::absolute(&p).unwrap_or(p));
-        Ok(InstanceConfig { user, python })
+        Ok(InstanceConfig { user, python, offload_idle_after: None })
     }
 
     /// The uid instances run as.
@@ -225,18 +228,40 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     let socket = writer.get_ref().try_clone()?;
     let pidfd = running.pidfd_arc();
     let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
+    let idle = match (&running, daemon.config.instances.offload_idle_after) {
+        (Running::Fork { .. }, Some(after)) => Some(crate::idle::IdleOffload::new(after, pid)),
+        _ => None,
+    };
     std::thread::scope(|scope| {
         let verdict = &verdict;
         let calls_pidfd = &*pidfd;
         let timeline = &timeline;
+        let idle = idle.as_ref();
+        let on_request = move || {
+            if let Some(i) = idle {
+                i.on_request(daemon);
+            }
+        };
         let calls = std::thread::Builder::new()
             .name(format!("calls-{pid}"))
-            .spawn_scoped(scope, move || take_calls(reader, stdin, calls_pidfd, verdict, timeline));
+            .spawn_scoped(scope, move || take_calls(reader, stdin, calls_pidfd, verdict, timeline, &on_request));
         if calls.is_err() {
             verdict.kill(&pidfd, Kill::Protocol("the daemon cannot start a thread for the instance's calls".into()));
         }
-        let mut milestone = |m: Milestone| on_milestone(daemon, &running, timeline, m);
-        let output = relay(&running, stdout, stderr, &socket, writer, verdict, &mut milestone);
+        let mut milestone = |m: Milestone| {
+            if let (Milestone::Answered, Some(i)) = (&m, idle) {
+                i.on_answer();
+            }
+            on_milestone(daemon, &running, timeline, m)
+        };
+        // Between events: an idle instance due is offloaded; the relay
+        // wakes up when the next one is due.
+        let mut tick = || {
+            let i = idle?;
+            i.offload_if_due(daemon);
+            i.due_in()
+        };
+        let output = relay(&running, stdout, stderr, &socket, writer, verdict, &mut milestone, &mut tick);
         daemon.instances.remove(pid);
         let killed = verdict.take();
         let gateway_gone = matches!(killed, Some(Kill::GatewayGone)) || !output.gateway_ok;
@@ -393,7 +418,8 @@ fn start(daemon: &Daemon, spec: &InstanceSpec, far: &[OwnedFd; 3]) -> Result<Run
             let daemon_cred = PeerCred { pid: std::process::id() as i32, uid: 0, gid: 0 };
             let owner = Some(daemon.config.instances.uid());
             let body = Body::NewChild { stdio: far, container: Some(&container_spec), detach: false, owner };
-            let started = resume::start(daemon, daemon_cred, seed_host, seed_id, body, &Paging::default(), Instant::now())?;
+            let paging = Paging { track_writes: daemon.config.instances.offload_idle_after.is_some(), ..Paging::default() };
+            let started = resume::start(daemon, daemon_cred, seed_host, seed_id, body, &paging, Instant::now())?;
             resume::fetch_process_strings(started.pid, &started.mm);
             let container = started.container.clone().expect("a fork start asks for a container");
             Ok(Running::Fork { started: Box::new(started), container })
@@ -554,6 +580,8 @@ enum Milestone {
     Ready,
     /// It answered its first request.
     FirstReply,
+    /// It answered a request (every one, the first too).
+    Answered,
 }
 
 fn on_milestone(daemon: &Daemon, running: &Running, timeline: &Timeline, m: Milestone) {
@@ -570,6 +598,7 @@ fn on_milestone(daemon: &Daemon, running: &Running, timeline: &Timeline, m: Mile
         Running::Cold { .. } => (0, 0, 0),
     };
     match m {
+        Milestone::Answered => {}
         Milestone::Ready => tracing::debug!(pid, kind, at_us = timeline.us(), faults, fault_wait_us, pushed, "instance ready"),
         Milestone::FirstReply => {
             let call = timeline.first_call_us.load(Ordering::Relaxed);
@@ -583,7 +612,7 @@ fn on_milestone(daemon: &Daemon, running: &Running, timeline: &Timeline, m: Mile
 
 /// The connection's reader: each `Invoke` goes to the instance's stdin;
 /// `Stop`, a bad call or the end of the connection kills the instance.
-fn take_calls(reader: &mut PeerReader, mut stdin: std::io::PipeWriter, pidfd: &OwnedFd, verdict: &Verdict, timeline: &Timeline) {
+fn take_calls(reader: &mut PeerReader, mut stdin: std::io::PipeWriter, pidfd: &OwnedFd, verdict: &Verdict, timeline: &Timeline, on_request: &dyn Fn()) {
     loop {
         let call = match read_call(reader) {
             Ok(c) => c,
@@ -598,6 +627,7 @@ fn take_calls(reader: &mut PeerReader, mut stdin: std::io::PipeWriter, pidfd: &O
         match call {
             InstanceCall::Invoke { body } => {
                 let _ = timeline.first_call_us.compare_exchange(u64::MAX, timeline.us(), Ordering::Relaxed, Ordering::Relaxed);
+                on_request();
                 let mut frame = Vec::with_capacity(4 + body.len());
                 frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
                 frame.extend_from_slice(&body);
@@ -618,6 +648,9 @@ struct Output {
 
 /// Relays the instance's stdout frames as events and keeps the end of its
 /// stderr, until its process ends (then drains both pipes of what is left).
+/// `tick` runs between events and says when it wants to run next (`None`:
+/// only at the next event).
+#[allow(clippy::too_many_arguments)]
 fn relay(
     running: &Running,
     mut stdout: std::io::PipeReader,
@@ -626,6 +659,7 @@ fn relay(
     writer: &mut PeerWriter,
     verdict: &Verdict,
     milestone: &mut dyn FnMut(Milestone),
+    tick: &mut dyn FnMut() -> Option<std::time::Duration>,
 ) -> Output {
     let pidfd = running.pidfd();
     let mut frames = RuntimeFrames::default();
@@ -650,9 +684,12 @@ fn relay(
                     }
                     match event {
                         InstanceEvent::Phase(mitosis_proto::instance::Phase::Ready) => milestone(Milestone::Ready),
-                        InstanceEvent::Reply { .. } if !answered => {
-                            answered = true;
-                            milestone(Milestone::FirstReply);
+                        InstanceEvent::Reply { .. } => {
+                            milestone(Milestone::Answered);
+                            if !answered {
+                                answered = true;
+                                milestone(Milestone::FirstReply);
+                            }
                         }
                         _ => {}
                     }
@@ -674,6 +711,7 @@ fn relay(
         }
     };
     loop {
+        let timeout = tick().map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1));
         let polled = {
             let mut fds = [
                 if out_open { PollFd::readable(stdout.as_fd()) } else { PollFd::none() },
@@ -681,7 +719,7 @@ fn relay(
                 PollFd::readable(pidfd.as_fd()),
                 if watch_socket { PollFd::hangup(socket.as_fd()) } else { PollFd::none() },
             ];
-            poll::poll(&mut fds, -1).map(|_| fds.map(|f| f.revents() != 0))
+            poll::poll(&mut fds, timeout).map(|_| fds.map(|f| f.revents() != 0))
         };
         let ready = match polled {
             Ok(ready) => ready,

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod idle;
 pub mod children;
 pub mod instance;
 pub mod janitor;

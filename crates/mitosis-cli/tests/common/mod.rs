@@ -316,7 +316,8 @@ impl Workers {
         Workers::with_args(name, functions, &[])
     }
 
-    /// [`Workers::new`] with more daemon arguments.
+    /// [`Workers::new`] with more daemon arguments (`{memnode-a}` stands
+    /// for a test memory node's address in host a).
     pub fn with_args(name: &str, functions: &[(&str, &str)], extra: &[&str]) -> Option<Workers> {
         if !require_root() || !nobody_can_run_mitosis() {
             return None;
@@ -333,8 +334,9 @@ impl Workers {
         let hosts = TwoHosts::new().expect("creating test hosts");
         let key = write_key(&dir, "key", KEY);
         let interpreter = python.python.to_str().unwrap().to_string();
+        let memnode_a = format!("{}:{}", hosts.a.ip, mitosis_testkit::MEMNODE_PORT);
         let mut args = vec!["--instance-user", "nobody", "--python", &interpreter];
-        args.extend_from_slice(extra);
+        args.extend(extra.iter().map(|a| if *a == "{memnode-a}" { memnode_a.as_str() } else { a }));
         let a = Daemon::start_with_args(&bin(), &hosts.a, &dir, "a", &key, &args).expect("starting daemon a");
         let b = Daemon::start_with_args(&bin(), &hosts.b, &dir, "b", &key, &args).expect("starting daemon b");
         Some(Workers { a, b, hosts, python, dir })
