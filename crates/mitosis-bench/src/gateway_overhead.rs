@@ -181,6 +181,7 @@ fn start_direct(
         dir: dir.to_string(),
         start: InstanceStart::Cold { prepare_as: None },
         memory_bytes: Some(512 << 20),
+        offload_idle_after_ms: None,
     };
     let (worker, auth) = (worker.to_string(), auth.clone());
     let started = rt.block_on(async {

@@ -135,6 +135,11 @@ pub enum FnCommand {
         /// Start policy (default: the gateway's).
         #[arg(long)]
         policy: Option<Policy>,
+        /// Seconds after which an idle fork-started instance's memory is offloaded to its
+        /// worker's memory node and dropped (to be prefetched back at its next request);
+        /// default: the worker's (`mitosis daemon --offload-idle-after`).
+        #[arg(long, value_name = "SECS")]
+        offload_idle: Option<u64>,
         #[command(flatten)]
         gateway: GatewayUrl,
     },
@@ -185,9 +190,17 @@ impl FnCommand {
     pub fn run(self) -> anyhow::Result<i32> {
         let mut stdout = std::io::stdout();
         let result = match self {
-            FnCommand::Deploy { name, dir, memory_mb, max_instances, keep_alive, timeout, policy, gateway } => {
+            FnCommand::Deploy { name, dir, memory_mb, max_instances, keep_alive, timeout, policy, offload_idle, gateway } => {
                 let dir = std::path::absolute(&dir).unwrap_or(dir).to_string_lossy().into_owned();
-                let config = FunctionConfig { dir, memory_mb, max_instances, keep_alive_s: keep_alive, timeout_s: timeout, policy };
+                let config = FunctionConfig {
+                    dir,
+                    memory_mb,
+                    max_instances,
+                    keep_alive_s: keep_alive,
+                    timeout_s: timeout,
+                    policy,
+                    offload_idle_s: offload_idle,
+                };
                 gateway.client().deploy(&name, &config).map(|a| {
                     let what = if a.status == 201 { "registered" } else { "replaced" };
                     let _ = writeln!(stdout, "{name}: {what}");

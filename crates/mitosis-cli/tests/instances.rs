@@ -158,7 +158,7 @@ impl Conn {
 }
 
 fn spec(name: &str, dir: &str, start: InstanceStart) -> InstanceSpec {
-    InstanceSpec { name: name.into(), function: name.into(), dir: dir.into(), start, memory_bytes: Some(512 << 20) }
+    InstanceSpec { name: name.into(), function: name.into(), dir: dir.into(), start, memory_bytes: Some(512 << 20), offload_idle_after_ms: None }
 }
 
 fn cold(name: &str, dir: &str) -> InstanceSpec {
@@ -329,8 +329,7 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
 
 #[test]
 fn an_idle_fork_instance_gives_its_memory_back_and_answers_the_same() {
-    let extra = ["--memnode", "{memnode-a}", "--offload-idle-after", "1"];
-    let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &extra) else { return };
+    let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &["--memnode", "{memnode-a}"]) else { return };
     let _node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
     let mut seed = Conn::open(ha, &addr_a);
@@ -340,7 +339,11 @@ fn an_idle_fork_instance_gives_its_memory_back_and_answers_the_same() {
     let want = seed.invoke_json(b"same");
 
     let mut child = Conn::open(hb, &addr_b);
-    let s = spec("big-1", &w.function("big"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-big".into() });
+    // Offloaded after a second of idleness (a gateway's `offload_idle_s`).
+    let s = InstanceSpec {
+        offload_idle_after_ms: Some(1000),
+        ..spec("big-1", &w.function("big"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-big".into() })
+    };
     child.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
     assert_eq!(child.phases(1), vec![Phase::Ready], "{}", w.logs());
     assert_eq!(child.invoke_json(b"same"), want);
@@ -350,7 +353,7 @@ fn an_idle_fork_instance_gives_its_memory_back_and_answers_the_same() {
     let busy = memory();
     assert!(busy > 64 << 20, "the instance holds its data: {busy}");
     assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the idle instance kept {} of {busy} bytes\n{}", memory(), w.logs());
-    assert!(w.b.log().contains("idle instance offloaded"), "{}", w.logs());
+    assert!(wait_until(WAIT, || w.b.log().contains("idle instance offloaded")), "{}", w.logs());
     // Reused: its memory comes back (prefetched), and it answers the same.
     assert_eq!(child.invoke_json(b"same"), want, "{}", w.logs());
     assert!(w.b.log().contains("instance reused: prefetching its memory"), "{}", w.logs());
@@ -371,6 +374,11 @@ fn bad_requests_get_clear_errors_and_the_daemon_serves_on() {
     let e = refused(&mut c, cold("rel", "relative/dir"));
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("absolute"), "{e:?}");
+    // Offloading asked of a worker with no memory node.
+    let fork = InstanceStart::Fork { seed_host: addr.clone(), seed_id: "any".into() };
+    let e = refused(&mut c, InstanceSpec { offload_idle_after_ms: Some(60_000), ..spec("offloaded", &w.function("echo"), fork) });
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e:?}");
+    assert!(e.message.contains("no memory node"), "{e:?}");
     let e = refused(&mut c, cold("nodir", "/nonexistent/mitosis-function"));
     assert_eq!(e.kind, ErrorKind::NotFound);
     let e = refused(&mut c, cold("nofile", w.dir.path().to_str().unwrap()));

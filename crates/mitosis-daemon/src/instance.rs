@@ -228,7 +228,7 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     let socket = writer.get_ref().try_clone()?;
     let pidfd = running.pidfd_arc();
     let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
-    let idle = match (&running, daemon.config.instances.offload_idle_after) {
+    let idle = match (&running, offload_idle_after(daemon, &spec)) {
         (Running::Fork { .. }, Some(after)) => Some(crate::idle::IdleOffload::new(after, pid)),
         _ => None,
     };
@@ -414,17 +414,27 @@ fn start(daemon: &Daemon, spec: &InstanceSpec, far: &[OwnedFd; 3]) -> Result<Run
     match &spec.start {
         InstanceStart::Cold { prepare_as } => start_cold(daemon, spec, prepare_as.as_deref(), &container_spec, far),
         InstanceStart::Fork { seed_host, seed_id } => {
+            let offload = offload_idle_after(daemon, spec);
+            if offload.is_some() && daemon.config.memnode.is_none() {
+                return Err(remote_err(ErrorKind::Unsupported, "this worker has no memory node to offload idle instances to (mitosis daemon --memnode)"));
+            }
             // As root: the daemon itself resumes, for a trusted peer (see the module doc).
             let daemon_cred = PeerCred { pid: std::process::id() as i32, uid: 0, gid: 0 };
             let owner = Some(daemon.config.instances.uid());
             let body = Body::NewChild { stdio: far, container: Some(&container_spec), detach: false, owner };
-            let paging = Paging { track_writes: daemon.config.instances.offload_idle_after.is_some(), ..Paging::default() };
+            let paging = Paging { track_writes: offload.is_some(), ..Paging::default() };
             let started = resume::start(daemon, daemon_cred, seed_host, seed_id, body, &paging, Instant::now())?;
             resume::fetch_process_strings(started.pid, &started.mm);
             let container = started.container.clone().expect("a fork start asks for a container");
             Ok(Running::Fork { started: Box::new(started), container })
         }
     }
+}
+
+/// How long instance `spec` may be idle before it is offloaded: its own
+/// setting, else this worker's default.
+fn offload_idle_after(daemon: &Daemon, spec: &InstanceSpec) -> Option<std::time::Duration> {
+    spec.offload_idle_after_ms.map(std::time::Duration::from_millis).or(daemon.config.instances.offload_idle_after)
 }
 
 fn start_cold(

@@ -69,6 +69,11 @@ pub struct FunctionConfig {
     /// `None`: the gateway's default (`--policy`).
     #[serde(default)]
     pub policy: Option<Policy>,
+    /// Seconds after which an idle fork-started instance's memory is
+    /// offloaded (and prefetched back at its next request); `None`: the
+    /// worker's default (`mitosis daemon --offload-idle-after`).
+    #[serde(default)]
+    pub offload_idle_s: Option<u64>,
 }
 
 fn default_memory() -> u64 {
@@ -94,7 +99,13 @@ impl FunctionConfig {
             keep_alive_s: DEFAULT_KEEP_ALIVE_S,
             timeout_s: DEFAULT_TIMEOUT_S,
             policy: None,
+            offload_idle_s: None,
         }
+    }
+
+    /// [`FunctionConfig::offload_idle_s`] in milliseconds.
+    pub fn offload_idle_ms(&self) -> Option<u64> {
+        self.offload_idle_s.map(|s| s.saturating_mul(1000))
     }
 
     /// Checks a registration; the message says what is wrong.
@@ -110,6 +121,9 @@ impl FunctionConfig {
         }
         if !(1..=MAX_TIMEOUT_S).contains(&self.timeout_s) {
             return Err(format!("timeout_s {} must be between 1 and {MAX_TIMEOUT_S}", self.timeout_s));
+        }
+        if self.offload_idle_s == Some(0) {
+            return Err("offload_idle_s must be at least 1".into());
         }
         Ok(())
     }

@@ -529,6 +529,7 @@ impl Gateway {
                 dir: pool.config.dir.clone(),
                 start: start.clone(),
                 memory_bytes: Some(pool.config.memory_bytes()),
+                offload_idle_after_ms: pool.config.offload_idle_ms(),
             };
             worker.load.fetch_add(1, Ordering::Relaxed);
             let (g, p, w) = (self.clone(), Arc::downgrade(pool), worker.addr.clone());

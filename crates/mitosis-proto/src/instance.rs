@@ -79,6 +79,10 @@ pub struct InstanceSpec {
     pub start: InstanceStart,
     /// Its container's memory limit; `None`: unlimited.
     pub memory_bytes: Option<u64>,
+    /// Offload a fork-started instance's memory once it has been idle this
+    /// many milliseconds, and prefetch it back at its next request; `None`:
+    /// the worker's default (`mitosis daemon --offload-idle-after`).
+    pub offload_idle_after_ms: Option<u64>,
 }
 
 /// How an instance starts.
@@ -183,6 +187,9 @@ impl InstanceSpec {
         }
         if self.memory_bytes.is_some_and(|m| m < (4 << 20)) {
             return Err("a memory limit under 4 MiB cannot run a runtime".into());
+        }
+        if self.offload_idle_after_ms == Some(0) {
+            return Err("an instance cannot be offloaded after 0 ms of idleness".into());
         }
         Ok(())
     }
@@ -336,6 +343,7 @@ mod tests {
             dir: "/srv/fn/hello".into(),
             start: InstanceStart::Cold { prepare_as: Some("fn-hello-1".into()) },
             memory_bytes: Some(256 << 20),
+            offload_idle_after_ms: None,
         }
     }
 
