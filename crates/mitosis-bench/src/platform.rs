@@ -25,6 +25,9 @@ pub struct Workers {
     /// The instances' interpreter (and the mount that keeps its packages in
     /// reach); dropped first, before the cluster's directory goes.
     _python: mitosis_testkit::python::NobodyPython,
+    /// The memory node in host a the workers offload to, if asked for
+    /// (dropped before the hosts go).
+    _memnode: Option<mitosis_testkit::Memnode>,
     pub cluster: Cluster,
     pub suite: Suite,
 }
@@ -32,6 +35,12 @@ pub struct Workers {
 impl Workers {
     /// Starts both hosts' daemons as workers (the binary `bin`).
     pub fn start(bin: &Path, name: &str, suite: Suite) -> anyhow::Result<Workers> {
+        Workers::start_with(bin, name, suite, false)
+    }
+
+    /// [`Workers::start`], with a memory node in host a that the workers
+    /// offload idle instances to when `memnode`.
+    pub fn start_with(bin: &Path, name: &str, suite: Suite, memnode: bool) -> anyhow::Result<Workers> {
         crate::hosts::ensure_root(name)?;
         // Not under /tmp: a container has a /tmp of its own, and instances
         // must reach their daemon's socket (to prepare) and their interpreter.
@@ -39,8 +48,19 @@ impl Workers {
         let venv = suite.python.parent().and_then(Path::parent).context("the suite's python is not in a venv")?;
         let python = mitosis_testkit::python::python_for_nobody(venv, dir.path()).map_err(|e| anyhow::anyhow!(e))?;
         let interpreter = python.python.to_string_lossy().into_owned();
-        let cluster = Cluster::start_in(bin, dir, &["--instance-user", INSTANCE_USER, "--python", &interpreter])?;
-        Ok(Workers { _python: python, cluster, suite })
+        let mut args = vec!["--instance-user", INSTANCE_USER, "--python", &interpreter];
+        if memnode {
+            args.extend(["--memnode", crate::hosts::MEMNODE_A]);
+        }
+        let cluster = Cluster::start_in(bin, dir, &args)?;
+        let memnode = match memnode {
+            true => {
+                let key = cluster.dir.path().join("cluster.key");
+                Some(mitosis_testkit::Memnode::start(bin, &cluster.hosts.a, &cluster.dir, "memnode", &key, &["--capacity", "8G"])?)
+            }
+            false => None,
+        };
+        Ok(Workers { _python: python, _memnode: memnode, cluster, suite })
     }
 
     pub fn key_file(&self) -> PathBuf {

@@ -9,7 +9,10 @@
 //! in FaaSMem. The same schedule is replayed at the same time through two
 //! gateways over the same two workers, one per policy (`fork`, `cold`), so
 //! that both see the same load and the same machine noise; each gateway
-//! counts only its own instances' memory.
+//! counts only its own instances' memory. With `offload_idle`, a third
+//! gateway replays the schedule at the same time: fork starts whose
+//! instances are offloaded to a memory node (in host a) once idle that
+//! many seconds (`fork+offload`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +31,8 @@ use crate::platform::Workers;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub minutes: f64,
+    /// Seconds of idleness after which the third gateway's instances are offloaded.
+    pub offload_idle: Option<u64>,
     /// The synthetic trace (see `mitosis replay --help`); functions are mapped onto the suite.
     pub spec: String,
     pub out: PathBuf,
@@ -56,28 +61,41 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     let map = FunctionMap::parse(&BY_WEIGHT.join(",")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let schedule = Schedule::build(&trace, &ScheduleOptions { map, ..ScheduleOptions::new(Duration::from_secs_f64(seconds)) })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let workers = Workers::start(bin, "bench-replay", suite)?;
+    let workers = Workers::start_with(bin, "bench-replay", suite, opts.offload_idle.is_some())?;
     let configs: Vec<(String, FunctionConfig)> = schedule.functions().iter().map(|f| (f.clone(), workers.function(f))).collect();
     let cold_config = workers.gateway_config(Policy::Cold)?;
+    let offload_config = workers.gateway_config(Policy::Fork)?;
+    let offload_idle = opts.offload_idle;
     let json = opts.json;
     let runs = workers.cluster.run(|_| {
         workers.with_gateway(Policy::Fork, move |rt, fork_gateway, fork_url| {
-            // The second gateway, the cold policy's, in the same runtime and namespace.
-            let cold_gateway = Gateway::new(cold_config);
-            let cold_url = rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let url = format!("http://{}", listener.local_addr()?);
-                cold_gateway.start_background();
-                tokio::spawn(mitosis_gateway::http::serve(cold_gateway.clone(), listener, std::future::pending()));
-                anyhow::Ok(url)
-            })?;
-            for g in [fork_gateway, &cold_gateway] {
+            // The other gateways, in the same runtime and namespace.
+            let serve = |config| {
+                let gateway = Gateway::new(config);
+                let url = rt.block_on(async {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let url = format!("http://{}", listener.local_addr()?);
+                    gateway.start_background();
+                    tokio::spawn(mitosis_gateway::http::serve(gateway.clone(), listener, std::future::pending()));
+                    anyhow::Ok(url)
+                })?;
+                anyhow::Ok((gateway, url))
+            };
+            let (cold_gateway, cold_url) = serve(cold_config)?;
+            let offloading = offload_idle.map(|_| serve(offload_config)).transpose()?;
+            let register = |g: &Gateway, offload_idle_s: Option<u64>| {
                 for (name, config) in &configs {
-                    g.register(name, FunctionConfig { keep_alive_s: 600, max_instances: 16, ..config.clone() });
+                    g.register(name, FunctionConfig { keep_alive_s: 600, max_instances: 16, offload_idle_s, ..config.clone() });
                 }
+            };
+            register(fork_gateway, None);
+            register(&cold_gateway, None);
+            if let Some((g, _)) = &offloading {
+                register(g, offload_idle);
             }
             if !json {
-                eprintln!("replay: {} requests over {seconds:.0} s, through both gateways at once", schedule.invocations.len());
+                let n = if offloading.is_some() { "three" } else { "both" };
+                eprintln!("replay: {} requests over {seconds:.0} s, through {n} gateways at once", schedule.invocations.len());
             }
             let cfg = |label: &str, url: &str, progress| ReplayConfig {
                 label: label.into(),
@@ -86,16 +104,31 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
                 ..ReplayConfig::new(url)
             };
             let (fork_cfg, cold_cfg) = (cfg("fork", fork_url, !json), cfg("cold", &cold_url, false));
-            let (fork, cold) = rt.block_on(async {
-                tokio::join!(mitosis_trace::replay(&fork_cfg, &schedule), mitosis_trace::replay(&cold_cfg, &schedule))
+            let offload_cfg = offloading.as_ref().map(|(_, url)| cfg("fork+offload", url, false));
+            let (fork, cold, offloaded) = rt.block_on(async {
+                let offloaded = async {
+                    match &offload_cfg {
+                        Some(c) => Some(mitosis_trace::replay(c, &schedule).await),
+                        None => None,
+                    }
+                };
+                tokio::join!(mitosis_trace::replay(&fork_cfg, &schedule), mitosis_trace::replay(&cold_cfg, &schedule), offloaded)
             });
             retire(&cold_gateway);
-            Ok(vec![fork.map_err(|e| anyhow::anyhow!("{e}"))?, cold.map_err(|e| anyhow::anyhow!("{e}"))?])
+            if let Some((g, _)) = &offloading {
+                retire(g);
+            }
+            let mut runs = vec![fork.map_err(|e| anyhow::anyhow!("{e}"))?, cold.map_err(|e| anyhow::anyhow!("{e}"))?];
+            if let Some(run) = offloaded {
+                runs.push(run.map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+            Ok(runs)
         })
     })?;
     let report = report::Report::new(&runs);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let note = format!("{} (synthetic, FaaSMem-shaped; keep-alive 600 s, max 16, LIFO)", opts.spec);
+    let offload_note = opts.offload_idle.map(|s| format!("; fork+offload: idle instances offloaded after {s} s")).unwrap_or_default();
+    let note = format!("{} (synthetic, FaaSMem-shaped; keep-alive 600 s, max 16, LIFO{offload_note})", opts.spec);
     let files = report::write_dir(&opts.out, &runs, &report, Some(&note)).map_err(|e| anyhow::anyhow!("{e}"))?;
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -322,9 +322,14 @@ pub enum PlatformBench {
     /// A FaaSMem-shaped open-loop replay of the suite's functions (synthetic trace, mapped by
     /// popularity rank, the most invoked onto the lightest handler), through a fork and a cold
     /// gateway at once over the same workers; a table per policy, records and charts in --out.
+    /// With --offload-idle, a third gateway at once: fork starts whose idle instances are
+    /// offloaded to a memory node after that many seconds.
     Replay {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
+        /// Also replay through a fork gateway that offloads instances idle this many seconds.
+        #[arg(long, value_name = "SECS")]
+        offload_idle: Option<u64>,
         /// The synthetic trace (grammar: `mitosis replay --help`).
         #[arg(long, default_value = mitosis_bench::replay::DEFAULT_SPEC)]
         spec: String,
@@ -348,8 +353,8 @@ impl PlatformBench {
                 bin,
                 &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
             )?,
-            PlatformBench::Replay { minutes, spec, out, json } => {
-                mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, spec, out, json })?
+            PlatformBench::Replay { minutes, offload_idle, spec, out, json } => {
+                mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, spec, out, json })?
             }
         }
         Ok(0)

@@ -149,3 +149,21 @@ fn offloading_needs_a_memory_node_and_a_known_child() {
     child.close_stdin();
     assert_eq!(child.finish(STEP).code(), Some(0));
 }
+
+#[test]
+fn a_page_dropped_as_the_seeds_never_comes_from_a_seed_prepared_again() {
+    let Some((c, _node)) = setup("offload-reprepared") else { return };
+    let (_parent, pid) = c.pattern_in_a(MB);
+    c.prepare_a(pid, "replaced");
+    let mut child = c.resume_on_b_args("replaced", &["--track-writes", "--no-cache"]);
+    assert!(child.ask("verify", "verify ").starts_with("verify ok"));
+    let r = offload(&c, c.only_child_on_b());
+    assert!(pages(&r, "pages_clean_at_seed") >= PAGES, "{r}");
+    // The same id, another generation (its pattern changed meanwhile).
+    let (_other, other_pid) = c.pattern_in_a(MB);
+    c.prepare_a(other_pid, "replaced");
+    child.send("verify\n");
+    child.close_stdin();
+    let out = child.finish(STEP);
+    assert_killed_by_mitosis(&out, "prepared again", &[], &c.logs());
+}

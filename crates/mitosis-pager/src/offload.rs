@@ -161,7 +161,9 @@ impl Control {
 
 /// The ranges of process `pid` registered with a userfaultfd for missing
 /// pages (`um` in `/proc/PID/smaps`): the memory a pager serves. Pages
-/// anywhere else are never dropped (nobody would bring them back).
+/// anywhere else are never dropped (nobody would bring them back). Locked
+/// ranges (`lo`: `mlock`) are left alone: the process asked for them to
+/// stay, and `MADV_DONTNEED` refuses them.
 fn served_ranges(pid: i32) -> Result<Vec<(u64, u64)>, String> {
     let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| format!("reading /proc/{pid}/{what}: {e}"));
     let maps = procfs::parse_maps(&read("maps")?)?;
@@ -169,7 +171,7 @@ fn served_ranges(pid: i32) -> Result<Vec<(u64, u64)>, String> {
     let flags = procfs::parse_smaps_flags(&smaps);
     Ok(maps
         .iter()
-        .filter(|m| flags.iter().any(|(start, f)| *start == m.start && f.contains(&"um")))
+        .filter(|m| flags.iter().any(|(start, f)| *start == m.start && f.contains(&"um") && !f.contains(&"lo")))
         .map(|m| (m.start, m.end))
         .collect())
 }
