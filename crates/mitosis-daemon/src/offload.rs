@@ -82,8 +82,12 @@ impl Connect {
 }
 
 impl NodeSource for NodeConn {
-    fn get(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
-        self.client.get(&self.instance, runs, out).map_err(|e| error_chain(&e))
+    fn ask(&mut self, runs: &[(u64, u64)]) -> Result<(), String> {
+        self.client.ask_get(&self.instance, runs).map_err(|e| error_chain(&e))
+    }
+
+    fn take(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
+        self.client.take_get(&self.instance, runs, out).map_err(|e| error_chain(&e))
     }
 
     fn duplicate(&self) -> Result<Box<dyn NodeSource>, String> {

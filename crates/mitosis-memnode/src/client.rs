@@ -149,14 +149,33 @@ impl MemnodeClient {
     /// `instance` into `out` (exactly their bytes, back to back), each
     /// checked against its digest. On error `out` holds nothing usable.
     pub fn get(&mut self, instance: &str, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), MemnodeError> {
+        self.ask_get(instance, runs)?;
+        self.take_get(instance, runs, out)
+    }
+
+    /// Sends a get of `runs` of `instance` without waiting for its answer,
+    /// which [`MemnodeClient::take_get`] takes: answers come in the order
+    /// asked, so the node works on the next while the last one is taken in.
+    pub fn ask_get(&mut self, instance: &str, runs: &[(u64, u64)]) -> Result<(), MemnodeError> {
         validate_instance(instance).map_err(MemnodeError::BadRequest)?;
-        let total = validate_runs(runs).map_err(MemnodeError::BadRequest)?;
-        if total != out.len() as u64 {
-            return Err(MemnodeError::BadRequest(format!("{} bytes of room for runs of {total} bytes", out.len())));
-        }
+        validate_runs(runs).map_err(MemnodeError::BadRequest)?;
         self.call(|c| {
             write_msg(&mut c.writer, &MemnodeRequest::Get { instance: instance.to_string(), runs: runs.to_vec() })?;
             c.writer.flush().map_err(ProtoError::from)?;
+            Ok(())
+        })
+    }
+
+    /// Takes the answer to the oldest [`MemnodeClient::ask_get`], which
+    /// asked for `runs` of `instance`, into `out`, as [`MemnodeClient::get`].
+    pub fn take_get(&mut self, instance: &str, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), MemnodeError> {
+        let total = validate_runs(runs).map_err(MemnodeError::BadRequest)?;
+        if total != out.len() as u64 {
+            // The answer is left unread: the stream is out of step.
+            self.broken = true;
+            return Err(MemnodeError::BadRequest(format!("{} bytes of room for runs of {total} bytes", out.len())));
+        }
+        self.call(|c| {
             let digests = match read_msg(&mut c.reader, MAX_CONTROL_FRAME)? {
                 MemnodeResponse::Pages { len, digests } if len == total && digests.len() as u64 * PAGE as u64 == total => digests,
                 MemnodeResponse::Error(e) => return Err(remote(e)),

@@ -72,6 +72,26 @@ fn puts_gets_and_drops_round_trip_with_every_codec() {
 }
 
 #[test]
+fn gets_asked_ahead_are_answered_in_order() {
+    let (addr, _store) = start(1 << 30, Compression::Lz4);
+    let mut c = connect(addr);
+    let (a, b) = (pattern(4, 1), pattern(4, 2));
+    c.put("w1/i1", &[(0x10000, &a), (0x20000, &b)]).unwrap();
+    let (ra, rb, missing) = ([(0x10000, 4 * PAGE as u64)], [(0x20000, 4 * PAGE as u64)], [(0x30000, PAGE as u64)]);
+    // Three on the wire at once, one of them for a page never put.
+    c.ask_get("w1/i1", &ra).unwrap();
+    c.ask_get("w1/i1", &missing).unwrap();
+    c.ask_get("w1/i1", &rb).unwrap();
+    let mut out = vec![0u8; 4 * PAGE];
+    c.take_get("w1/i1", &ra, &mut out).unwrap();
+    assert_eq!(out, a);
+    let err = c.take_get("w1/i1", &missing, &mut out[..PAGE]).unwrap_err();
+    assert!(matches!(&err, MemnodeError::Remote(r) if r.kind == ErrorKind::NotFound), "{err}");
+    c.take_get("w1/i1", &rb, &mut out).unwrap();
+    assert_eq!(out, b, "the answer after an error is still the next one asked");
+}
+
+#[test]
 fn a_full_node_refuses_the_put_and_keeps_the_rest() {
     // Room for 8 raw pages with their charges.
     let capacity = 8 * (PAGE as u64 + mitosis_memnode::store::PAGE_CHARGE);

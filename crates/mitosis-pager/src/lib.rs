@@ -293,6 +293,8 @@ pub struct Pager {
     /// Ranges whose offloaded pages a prefetch brings back from the node,
     /// a batch at a time, whenever the child waits for nothing.
     node_push: std::collections::VecDeque<(u64, u64)>,
+    /// The prefetch's batches on the wire to the node, oldest first.
+    node_asked: std::collections::VecDeque<Vec<(u64, u64, u64)>>,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -349,6 +351,7 @@ impl Pager {
             dropping: Vec::new(),
             dropped_clean: Vec::new(),
             node_push: Default::default(),
+            node_asked: Default::default(),
         }
     }
 
@@ -467,7 +470,8 @@ impl Pager {
             let busy = (self.broken.is_none()
                 && self.push_started
                 && (!self.push.is_empty() || self.outstanding.iter().any(|o| o.purpose == Purpose::Push)))
-                || !self.node_push.is_empty();
+                || !self.node_push.is_empty()
+                || !self.node_asked.is_empty();
             let mut fds = [
                 PollFd::readable(self.uffd.as_fd()),
                 self.process.as_ref().map_or(PollFd::none(), |p| PollFd::readable(p.as_fd())),

@@ -47,9 +47,18 @@ use crate::{PageState, Pager};
 /// Where offloaded pages come back from: the memory node, under this
 /// child's instance name. The pager owns no sockets; the daemon makes it.
 pub trait NodeSource: Send {
-    /// Gets `runs` (page-aligned child addresses and lengths), their bytes
-    /// back to back into `out`, every page checked against its digest.
-    fn get(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String>;
+    /// Asks for `runs` (page-aligned keys and lengths) without waiting;
+    /// answers come in the order asked.
+    fn ask(&mut self, runs: &[(u64, u64)]) -> Result<(), String>;
+    /// Takes the answer to the oldest [`NodeSource::ask`], for those `runs`:
+    /// their bytes back to back into `out`, every page checked against its
+    /// digest.
+    fn take(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String>;
+    /// Gets `runs`: [`NodeSource::ask`], then [`NodeSource::take`].
+    fn get(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
+        self.ask(runs)?;
+        self.take(runs, out)
+    }
     /// An independent connection, for a forked child's pager.
     fn duplicate(&self) -> Result<Box<dyn NodeSource>, String>;
 }
@@ -94,9 +103,12 @@ pub enum Reply {
     Refused(String),
 }
 
-/// Bytes of offloaded pages a prefetch asks the node for at once: a fault
-/// behind it waits for that much at most.
+/// Bytes of offloaded pages a prefetch asks the node for at once, and how
+/// many such requests it keeps on the wire (the node reads and sends the
+/// next while the last is copied in): a fault behind them waits for that
+/// much at most.
 pub const PREFETCH_BATCH: u64 = 1 << 20;
+const PREFETCH_DEPTH: usize = 2;
 
 /// How long the daemon waits for its child's pager to answer (a pager
 /// busy with a fetch answers when it is done).
@@ -298,9 +310,26 @@ impl Pager {
         Reply::Prefetching { from_node, from_seed }
     }
 
-    /// One batch of a prefetch from the node. A failure ends the prefetch;
-    /// the next fault on an offloaded page meets it again and says so.
+    /// One step of a prefetch from the node: keeps [`PREFETCH_DEPTH`]
+    /// batches on the wire and copies the oldest answer in. A failure ends
+    /// the prefetch; the next fault on an offloaded page meets it again and
+    /// says so.
     pub(crate) fn pump_node(&mut self) {
+        while self.node_asked.len() < PREFETCH_DEPTH {
+            let Some(runs) = self.next_node_batch() else { break };
+            let Some(node) = self.node.as_mut() else { break };
+            if let Err(e) = node.ask(&key_ranges(&runs)) {
+                return self.stop_prefetch(&e);
+            }
+            self.node_asked.push_back(runs);
+        }
+        if let Err(e) = self.take_node_answer() {
+            self.stop_prefetch(&e);
+        }
+    }
+
+    /// The offloaded pages of the next [`PREFETCH_BATCH`] of the prefetch.
+    fn next_node_batch(&mut self) -> Option<Vec<(u64, u64, u64)>> {
         let mut runs = Vec::new();
         let mut bytes = 0;
         while bytes < PREFETCH_BATCH {
@@ -314,19 +343,38 @@ impl Pager {
                 runs.push(run);
             }
         }
-        if runs.is_empty() {
-            return;
-        }
-        if let Err(e) = self.bring_from_node(&runs) {
-            tracing::warn!(error = %e, "prefetch from the memory node stopped");
-            self.node_push.clear();
-        }
+        (!runs.is_empty()).then_some(runs)
+    }
+
+    fn stop_prefetch(&mut self, why: &str) {
+        tracing::warn!(error = %why, "prefetch from the memory node stopped");
+        self.node_push.clear();
+        // Their answers cannot be told from a fault's any more.
+        self.node_asked.clear();
+    }
+
+    /// Takes the oldest prefetch answer on the wire in, if any.
+    fn take_node_answer(&mut self) -> Result<(), String> {
+        let Some(runs) = self.node_asked.pop_front() else { return Ok(()) };
+        self.take_from_node(&runs)
     }
 
     /// Brings the offloaded pages of the window around `addr` back from the
     /// memory node. A failure poisons the page: the child is killed with
     /// the reason, never given a wrong or zero page.
     pub(crate) fn fetch_from_node(&mut self, addr: u64) -> Result<(), String> {
+        // Answers come in order: the prefetch's on the wire first (the page
+        // may be among them).
+        while !self.node_asked.is_empty() {
+            if let Err(e) = self.take_node_answer() {
+                self.stop_prefetch(&e);
+                return Err(self.lost_on_node(addr, &e));
+            }
+        }
+        if self.regions.lookup(addr).map(|l| l.0) != Some(PageState::Offloaded) {
+            self.uffd.wake(addr, PAGE);
+            return Ok(());
+        }
         let w = self.window_pages.max(1) * PAGE;
         let lo = addr / w * w;
         let runs = self.regions.key_runs(lo, lo + w, PageState::Offloaded);
@@ -348,27 +396,41 @@ impl Pager {
         let Some(node) = self.node.as_mut() else {
             return Err("this pager has no memory node connection".into());
         };
-        let keys: Vec<(u64, u64)> = runs.iter().map(|r| (r.1, r.2)).collect();
+        node.ask(&key_ranges(runs))?;
+        self.take_from_node(runs)
+    }
+
+    /// Takes the node's answer for `runs` (asked last of what is on the
+    /// wire) and copies the pages still offloaded in.
+    fn take_from_node(&mut self, runs: &[(u64, u64, u64)]) -> Result<(), String> {
+        let Some(node) = self.node.as_mut() else {
+            return Err("this pager has no memory node connection".into());
+        };
+        let keys = key_ranges(runs);
         let total: u64 = keys.iter().map(|k| k.1).sum();
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(usize_of(total), 0);
-        if let Err(e) = node.get(&keys, &mut buf) {
+        if let Err(e) = node.take(&keys, &mut buf) {
             self.buf = buf;
             return Err(e);
         }
         self.counters.pages_from_node.fetch_add(total / PAGE, Ordering::Relaxed);
         let mut off = 0usize;
-        for &(child, _, len) in runs {
+        for &(child, key, len) in runs {
             let run_buf = &mut buf[off..off + usize_of(len)];
             off += usize_of(len);
+            // Still offloaded, under the key its bytes came for: memory
+            // events handled while copying (an `mremap`) may have moved
+            // other pages here.
+            let wanted = |regions: &crate::Regions, p: u64| regions.key_at(child + p) == Some((PageState::Offloaded, key + p));
             let mut page = 0u64;
             while page < len {
-                if self.regions.lookup(child + page).map(|l| l.0) != Some(PageState::Offloaded) {
+                if !wanted(&self.regions, page) {
                     page += PAGE;
                     continue;
                 }
                 let mut end = page + PAGE;
-                while end < len && self.regions.lookup(child + end).map(|l| l.0) == Some(PageState::Offloaded) {
+                while end < len && wanted(&self.regions, end) {
                     end += PAGE;
                 }
                 match self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], PageState::Offloaded) {
@@ -389,6 +451,11 @@ impl Pager {
         let _ = self.uffd.poison(addr, PAGE);
         format!("offloaded page {addr:#x} could not be brought back from the memory node: {reason}")
     }
+}
+
+/// The keys and lengths of runs (child address, key, length).
+fn key_ranges(runs: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
+    runs.iter().map(|r| (r.1, r.2)).collect()
 }
 
 /// Adds the page at `page` to `ranges` (start, end), joining the last range.

@@ -197,6 +197,13 @@ impl Regions {
         Some(*key)
     }
 
+    /// The state and memory node key of the page at `addr` (key 0: none).
+    pub fn key_at(&self, addr: u64) -> Option<(PageState, u64)> {
+        let r = &self.regions[self.find(addr)?];
+        let i = mitosis_sys::usize_of((addr - r.start) / PAGE);
+        Some((r.pages[i], r.keys.get(i).copied().unwrap_or(0)))
+    }
+
     /// Runs of pages in `state` inside `[lo, hi)` whose keys follow each
     /// other: (child address, key, length). Pages without a key are left out.
     /// A run never crosses a region edge, as in [`Regions::remote_runs`].
