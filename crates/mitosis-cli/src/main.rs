@@ -355,6 +355,7 @@ enum Command {
     /// wrong or zero page. If the memory node or the seed host is gone by then,
     /// the child is killed with the reason.
     Offload {
+        /// The child: its container name or pid.
         id: String,
         #[command(flatten)]
         socket: SocketArg,
@@ -367,6 +368,7 @@ enum Command {
     /// seed, while the child runs; a page it touches meanwhile waits for one batch
     /// at most. Returns once the prefetch has started.
     Prefetch {
+        /// The child: its container name or pid.
         id: String,
         #[command(flatten)]
         socket: SocketArg,
