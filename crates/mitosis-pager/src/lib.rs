@@ -293,8 +293,12 @@ pub struct Pager {
     /// Ranges whose offloaded pages a prefetch brings back from the node,
     /// a batch at a time, whenever the child waits for nothing.
     node_push: std::collections::VecDeque<(u64, u64)>,
-    /// The prefetch's batches on the wire to the node, oldest first.
+    /// The prefetch's and read-ahead's batches on the wire to the node,
+    /// oldest first.
     node_asked: std::collections::VecDeque<Vec<(u64, u64, u64)>>,
+    /// End of the last window asked of the node for a fault, to tell
+    /// sequential access.
+    node_last_end: Option<u64>,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -352,6 +356,7 @@ impl Pager {
             dropped_clean: Vec::new(),
             node_push: Default::default(),
             node_asked: Default::default(),
+            node_last_end: None,
         }
     }
 

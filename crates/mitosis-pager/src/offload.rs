@@ -363,22 +363,43 @@ impl Pager {
     /// memory node. A failure poisons the page: the child is killed with
     /// the reason, never given a wrong or zero page.
     pub(crate) fn fetch_from_node(&mut self, addr: u64) -> Result<(), String> {
-        // Answers come in order: the prefetch's on the wire first (the page
-        // may be among them).
+        // Answers come in order: the prefetch's and the read-ahead's on the
+        // wire first (the page may be among them).
         while !self.node_asked.is_empty() {
             if let Err(e) = self.take_node_answer() {
                 self.stop_prefetch(&e);
                 return Err(self.lost_on_node(addr, &e));
             }
         }
-        if self.regions.lookup(addr).map(|l| l.0) != Some(PageState::Offloaded) {
+        let w = self.window_pages.max(1) * PAGE;
+        let lo = addr / w * w;
+        let needed = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Offloaded);
+        let runs = if needed { self.regions.key_runs(lo, lo + w, PageState::Offloaded) } else { Vec::new() };
+        if needed {
+            let Some(node) = self.node.as_mut() else {
+                return Err(self.lost_on_node(addr, "this pager has no memory node connection"));
+            };
+            if let Err(e) = node.ask(&key_ranges(&runs)) {
+                return Err(self.lost_on_node(addr, &e));
+            }
+        }
+        // A child streaming through offloaded memory (this window follows
+        // the last fault's): the next window goes on the wire before this
+        // one is copied in, and is taken in by the next fault or between
+        // events.
+        let sequential = self.node_last_end == Some(lo);
+        self.node_last_end = Some(lo + w);
+        if sequential && self.config.read_ahead {
+            let ahead = self.regions.key_runs(lo + w, lo + 2 * w, PageState::Offloaded);
+            if !ahead.is_empty() && self.node.as_mut().is_some_and(|n| n.ask(&key_ranges(&ahead)).is_ok()) {
+                self.node_asked.push_back(ahead);
+            }
+        }
+        if !needed {
             self.uffd.wake(addr, PAGE);
             return Ok(());
         }
-        let w = self.window_pages.max(1) * PAGE;
-        let lo = addr / w * w;
-        let runs = self.regions.key_runs(lo, lo + w, PageState::Offloaded);
-        if let Err(e) = self.bring_from_node(&runs) {
+        if let Err(e) = self.take_from_node(&runs) {
             return Err(self.lost_on_node(addr, &e));
         }
         match self.regions.lookup(addr).map(|l| l.0) {
@@ -390,18 +411,8 @@ impl Pager {
         }
     }
 
-    /// Gets `runs` (child address, key, length) from the node and copies
-    /// the pages still offloaded in.
-    fn bring_from_node(&mut self, runs: &[(u64, u64, u64)]) -> Result<(), String> {
-        let Some(node) = self.node.as_mut() else {
-            return Err("this pager has no memory node connection".into());
-        };
-        node.ask(&key_ranges(runs))?;
-        self.take_from_node(runs)
-    }
-
-    /// Takes the node's answer for `runs` (asked last of what is on the
-    /// wire) and copies the pages still offloaded in.
+    /// Takes the oldest answer on the wire to the node, which is for `runs`,
+    /// and copies the pages still offloaded in.
     fn take_from_node(&mut self, runs: &[(u64, u64, u64)]) -> Result<(), String> {
         let Some(node) = self.node.as_mut() else {
             return Err("this pager has no memory node connection".into());
