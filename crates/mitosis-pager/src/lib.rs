@@ -1001,23 +1001,29 @@ impl Pager {
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         self.counters.pages_fetched.fetch_add(total / PAGE, Ordering::Relaxed);
         self.counters.bytes_fetched.fetch_add(total, Ordering::Relaxed);
+        self.copy_wanted(runs, buf, PageState::Remote, |regions, child, seed| regions.lookup(child) == Some((PageState::Remote, seed)))
+    }
+
+    /// Copies `runs` (child address, source address, length) of `buf` into
+    /// the child, pages in state `from` that are still `wanted` (given the
+    /// bookkeeping, a child address and its source address: a seed address
+    /// or a memory node key), in the longest pieces that are.
+    fn copy_wanted(&mut self, runs: &[Run], buf: &mut [u8], from: PageState, wanted: impl Fn(&Regions, u64, u64) -> bool) -> Result<(), String> {
         let mut off = 0usize;
-        for &(child, seed, len) in runs {
+        for &(child, source, len) in runs {
             let run_buf = &mut buf[off..off + usize_of(len)];
             off += usize_of(len);
-            let wanted = |regions: &Regions, p: u64| regions.lookup(child + p) == Some((PageState::Remote, seed + p));
             let mut page = 0u64;
             while page < len {
-                if !wanted(&self.regions, page) {
+                if !wanted(&self.regions, child + page, source + page) {
                     page += PAGE;
                     continue;
                 }
-                // The longest piece from `page` on that is still wanted.
                 let mut end = page + PAGE;
-                while end < len && wanted(&self.regions, end) {
+                while end < len && wanted(&self.regions, child + end, source + end) {
                     end += PAGE;
                 }
-                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], PageState::Remote)?;
+                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], from)?;
             }
         }
         Ok(())

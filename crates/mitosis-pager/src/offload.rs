@@ -426,35 +426,13 @@ impl Pager {
             return Err(e);
         }
         self.counters.pages_from_node.fetch_add(total / PAGE, Ordering::Relaxed);
-        let mut off = 0usize;
-        for &(child, key, len) in runs {
-            let run_buf = &mut buf[off..off + usize_of(len)];
-            off += usize_of(len);
-            // Still offloaded, under the key its bytes came for: memory
-            // events handled while copying (an `mremap`) may have moved
-            // other pages here.
-            let wanted = |regions: &crate::Regions, p: u64| regions.key_at(child + p) == Some((PageState::Offloaded, key + p));
-            let mut page = 0u64;
-            while page < len {
-                if !wanted(&self.regions, page) {
-                    page += PAGE;
-                    continue;
-                }
-                let mut end = page + PAGE;
-                while end < len && wanted(&self.regions, end) {
-                    end += PAGE;
-                }
-                match self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], PageState::Offloaded) {
-                    Ok(n) => page += n,
-                    Err(e) => {
-                        self.buf = buf;
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        // Still offloaded, under the key its bytes came for: memory events
+        // handled while copying (an `mremap`) may have moved other pages here.
+        let copied = self.copy_wanted(runs, &mut buf, PageState::Offloaded, |regions, child, key| {
+            regions.key_at(child) == Some((PageState::Offloaded, key))
+        });
         self.buf = buf;
-        Ok(())
+        copied
     }
 
     /// Poisons the page at `addr` and says why it is lost.
