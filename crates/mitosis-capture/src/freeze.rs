@@ -26,13 +26,9 @@ impl Frozen {
     /// Stops every thread of `pid`.
     pub fn freeze(pid: i32, vdso: &VdsoInfo) -> Result<Frozen, CaptureError> {
         let maps = procfs::parse_maps(&read_proc(pid, "maps")?).map_err(|what| CaptureError::Unsupported { pid, what })?;
-        let vdso_start = maps
-            .iter()
-            .find(|m| m.name == "[vdso]")
-            .map(|m| m.start)
-            .ok_or_else(|| CaptureError::Unsupported { pid, what: "it has no [vdso] mapping".into() })?;
+        let gadget = crate::syscall_gadget(pid, &maps, vdso)?;
         let set = seize_all(pid, 0)?;
-        Ok(Frozen { pid, set, gadget: vdso_start + vdso.gadget_offset })
+        Ok(Frozen { pid, set, gadget })
     }
 
     /// Drops the pages of `ranges` (start, end) from its memory.

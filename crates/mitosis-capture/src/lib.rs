@@ -182,12 +182,7 @@ fn capture_stopped(
     let maps = procfs::parse_maps(&read_proc(pid, "maps")?).map_err(|what| CaptureError::Unsupported { pid, what })?;
     let vmas = classify_vmas(pid, &maps)?;
     let shared_anon = shared::read_shared_anon(pid, &maps)?;
-    let vdso_start = maps
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .map(|m| m.start)
-        .ok_or_else(|| CaptureError::Unsupported { pid, what: "it has no [vdso] mapping".into() })?;
-    let gadget = vdso_start + vdso.gadget_offset;
+    let gadget = syscall_gadget(pid, &maps, vdso)?;
     let stat = procfs::parse_stat_mm(&read_proc(pid, "stat")?).map_err(|e| CaptureError::Unsupported {
         pid,
         what: e.to_string(),
@@ -463,7 +458,7 @@ fn classify_vmas(pid: i32, maps: &[MapsEntry]) -> Result<Vec<Vma>, CaptureError>
         while flags.peek().is_some_and(|f| f.0 < v.start) {
             flags.next();
         }
-        if let Some((_, names)) = flags.peek().filter(|f| f.0 == v.start) {
+        if let Some((_, _, names)) = flags.peek().filter(|f| f.0 == v.start) {
             v.flags = vma_flags::NAMES.iter().filter(|(name, _)| names.contains(name)).fold(0, |all, (_, bit)| all | bit);
             if let VmaKind::SharedFile { may_write, .. } = &mut v.kind {
                 *may_write = names.contains(&"mw");
@@ -516,6 +511,17 @@ fn mark_written_file_pages(snap_pid: i32, vmas: &mut [Vma]) -> Result<(), SysErr
 pub use files::{from_sys as identity_from_sys, identity as file_identity};
 
 /// The errno of a failed injected syscall's result (`-errno`, in -4095..=-1).
+/// The address of a `syscall` instruction in process `pid` (in its vDSO,
+/// found in its `maps`), through which calls are injected into it.
+fn syscall_gadget(pid: i32, maps: &[MapsEntry], vdso: &VdsoInfo) -> Result<u64, CaptureError> {
+    let vdso_start = maps
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .map(|m| m.start)
+        .ok_or_else(|| CaptureError::Unsupported { pid, what: "it has no [vdso] mapping".into() })?;
+    Ok(vdso_start + vdso.gadget_offset)
+}
+
 fn errno_of(r: i64) -> i32 {
     i32::try_from(-r).unwrap_or(libc::EINVAL)
 }

@@ -54,11 +54,6 @@ pub trait NodeSource: Send {
     /// their bytes back to back into `out`, every page checked against its
     /// digest.
     fn take(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String>;
-    /// Gets `runs`: [`NodeSource::ask`], then [`NodeSource::take`].
-    fn get(&mut self, runs: &[(u64, u64)], out: &mut [u8]) -> Result<(), String> {
-        self.ask(runs)?;
-        self.take(runs, out)
-    }
     /// An independent connection, for a forked child's pager.
     fn duplicate(&self) -> Result<Box<dyn NodeSource>, String>;
 }
@@ -177,14 +172,11 @@ impl Control {
 /// ranges (`lo`: `mlock`) are left alone: the process asked for them to
 /// stay, and `MADV_DONTNEED` refuses them.
 fn served_ranges(pid: i32) -> Result<Vec<(u64, u64)>, String> {
-    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| format!("reading /proc/{pid}/{what}: {e}"));
-    let maps = procfs::parse_maps(&read("maps")?)?;
-    let smaps = read("smaps")?;
-    let flags = procfs::parse_smaps_flags(&smaps);
-    Ok(maps
-        .iter()
-        .filter(|m| flags.iter().any(|(start, f)| *start == m.start && f.contains(&"um") && !f.contains(&"lo")))
-        .map(|m| (m.start, m.end))
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
+    Ok(procfs::parse_smaps_flags(&smaps)
+        .into_iter()
+        .filter(|(_, _, flags)| flags.contains(&"um") && !flags.contains(&"lo"))
+        .map(|(start, end, _)| (start, end))
         .collect())
 }
 

@@ -248,20 +248,20 @@ pub fn parse_limits(text: &str) -> Result<Vec<(u32, u64, u64)>, String> {
     Ok(out)
 }
 
-/// The `VmFlags` of every mapping in `/proc/PID/smaps`: (start, its flag
-/// names).
-pub fn parse_smaps_flags(text: &str) -> Vec<(u64, Vec<&str>)> {
+/// The `VmFlags` of every mapping in `/proc/PID/smaps`: (start, end, its
+/// flag names).
+pub fn parse_smaps_flags(text: &str) -> Vec<(u64, u64, Vec<&str>)> {
     let mut out = Vec::new();
-    let mut start = None;
+    let mut range = None;
     for line in text.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let Some(s) = start.take() {
-                out.push((s, flags.split_whitespace().collect()));
+            if let Some((s, e)) = range.take() {
+                out.push((s, e, flags.split_whitespace().collect()));
             }
-        } else if let Some((range, _)) = line.split_once(' ') {
+        } else if let Some((first, _)) = line.split_once(' ') {
             // A mapping's first line starts with "start-end"; field lines with "Name:".
-            if let Some((s, _)) = range.split_once('-').filter(|_| !range.ends_with(':')) {
-                start = u64::from_str_radix(s, 16).ok();
+            if let Some((s, e)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+                range = u64::from_str_radix(s, 16).ok().zip(u64::from_str_radix(e, 16).ok());
             }
         }
     }
@@ -372,7 +372,10 @@ mod tests {
     #[test]
     fn smaps_flags() {
         let text = "7f00-7f10 rw-p 00000000 00:00 0 \nSize:                 64 kB\nVmFlags: rd wr mr mw me lo dc \n7f20-7f30 r--p 00000000 08:01 5   /usr/lib/x\nRss: 4 kB\nVmFlags: rd mr me wf\n";
-        assert_eq!(parse_smaps_flags(text), vec![(0x7f00, vec!["rd", "wr", "mr", "mw", "me", "lo", "dc"]), (0x7f20, vec!["rd", "mr", "me", "wf"])]);
+        assert_eq!(
+            parse_smaps_flags(text),
+            vec![(0x7f00, 0x7f10, vec!["rd", "wr", "mr", "mw", "me", "lo", "dc"]), (0x7f20, 0x7f30, vec!["rd", "mr", "me", "wf"])]
+        );
     }
 
     #[test]
