@@ -32,7 +32,7 @@ impl ChildRecord {
         let memory_bytes = match (&self.container, &end) {
             (_, Some(_)) => 0,
             (Some(c), None) => c.memory_usage().unwrap_or(0),
-            (None, None) => status_of(self.pid).map(|s| s.rss_kb * 1024).unwrap_or(0),
+            (None, None) => resident_bytes(self.pid),
         };
         ChildStatus {
             pid: self.pid,
@@ -107,6 +107,11 @@ impl Children {
 
 fn status_of(pid: i32) -> Option<procfs::Status> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok().map(|s| procfs::parse_status(&s))
+}
+
+/// Process `pid`'s resident memory (0 if it is gone).
+pub(crate) fn resident_bytes(pid: i32) -> u64 {
+    status_of(pid).map(|s| s.rss_kb * 1024).unwrap_or(0)
 }
 
 /// The pid of `pid` as the process sees itself (innermost PID namespace).

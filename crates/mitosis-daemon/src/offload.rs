@@ -26,7 +26,7 @@ use mitosis_proto::memnode::{MAX_BATCH_BYTES, MAX_RUNS};
 use mitosis_proto::{error_chain, ErrorKind, RemoteError};
 use mitosis_sys::{mem, usize_of, PAGE};
 
-use crate::children::ChildRecord;
+use crate::children::{resident_bytes, ChildRecord};
 use crate::Daemon;
 
 /// How long a memory node may take to connect or to answer.
@@ -275,10 +275,6 @@ fn push_run(runs: &mut Vec<(u64, u64)>, page: u64) {
         Some(last) if last.0 + last.1 == page => last.1 += PAGE,
         _ => runs.push((page, PAGE)),
     }
-}
-
-fn resident_bytes(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| mitosis_sys::procfs::parse_status(&s).rss_kb * 1024).unwrap_or(0)
 }
 
 fn micros(d: Duration) -> u64 {
