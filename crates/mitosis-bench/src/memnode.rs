@@ -250,7 +250,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
 
     progress("raw TCP baseline");
     let tcp = crate::micro::raw_tcp(bin, &hosts, runs)?;
-    let tcp_mib: Vec<f64> = tcp_samples_mib(&tcp);
+    let tcp_mib: Vec<f64> = tcp.mib_per_s_samples();
     let mut per_run_size = Vec::new();
     for &size in &RUN_SIZES {
         let volume = volume_for(size, opts.mib);
@@ -330,10 +330,6 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raw TCP samples in MiB/s (the micro benchmark measures MB/s).
-fn tcp_samples_mib(tcp: &crate::micro::TcpReport) -> Vec<f64> {
-    tcp.mb_per_s.samples().iter().map(|mb| mb * 1e6 / MIB).collect()
-}
 
 /// Bytes put and got per run with runs of `size`.
 fn volume_for(size: usize, mib: usize) -> usize {
@@ -483,7 +479,7 @@ fn digest_mib_s(heap: &[u8]) -> f64 {
 }
 
 /// memcpy of `volume` bytes of `heap` in chunks of `size` (MiB/s).
-fn memcpy_mib_s(heap: &[u8], size: usize, volume: usize) -> f64 {
+pub(crate) fn memcpy_mib_s(heap: &[u8], size: usize, volume: usize) -> f64 {
     let src = cycled(heap, volume);
     // Touched before: a first touch of fresh memory (tens of µs a page on this
     // VM) is not what is measured.

@@ -333,7 +333,7 @@ pub(crate) struct Samples {
 }
 
 impl Samples {
-    fn new(samples: Vec<f64>) -> Samples {
+    pub(crate) fn new(samples: Vec<f64>) -> Samples {
         Samples { median: median(&samples), samples }
     }
 
@@ -351,6 +351,13 @@ impl Samples {
 pub(crate) struct TcpReport {
     bytes: u64,
     pub(crate) mb_per_s: Samples,
+}
+
+impl TcpReport {
+    /// The throughput samples in MiB/s (measured in MB/s).
+    pub(crate) fn mib_per_s_samples(&self) -> Vec<f64> {
+        self.mb_per_s.samples().iter().map(|mb| mb * 1e6 / 1048576.0).collect()
+    }
 }
 
 /// The figures of one working-set size.

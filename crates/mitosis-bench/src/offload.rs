@@ -29,7 +29,7 @@ use mitosis_testkit::Memnode;
 use serde::Serialize;
 
 use crate::hosts::{ensure_root, host_command, Cluster, HostProcess, Seed};
-use crate::median;
+use crate::micro::Samples;
 use crate::modes::Kid;
 
 const MIB: f64 = 1048576.0;
@@ -53,43 +53,30 @@ struct Sample {
     prefetch_ms: f64,
 }
 
-/// A figure: its median, in MiB/s or ms, and its samples.
-#[derive(Serialize)]
-struct Figure {
-    median: f64,
-    samples: Vec<f64>,
-}
-
-impl Figure {
-    fn of(samples: Vec<f64>) -> Figure {
-        Figure { median: median(&samples), samples }
-    }
-}
-
 #[derive(Serialize)]
 struct Report {
     mib: usize,
     runs: usize,
-    raw_tcp_mib_s: Figure,
-    memcpy_mib_s: Figure,
+    raw_tcp_mib_s: Samples,
+    memcpy_mib_s: Samples,
     /// Child reads all its memory (MiB/s): first touch from the seed, back
     /// from the seed after an offload, back from the node, and with prefetch.
-    first_touch_mib_s: Figure,
-    back_from_seed_mib_s: Figure,
-    back_from_node_mib_s: Figure,
-    prefetch_mib_s: Figure,
+    first_touch_mib_s: Samples,
+    back_from_seed_mib_s: Samples,
+    back_from_node_mib_s: Samples,
+    prefetch_mib_s: Samples,
     /// Offload of unchanged memory, of written memory, and of memory back
     /// from the node unchanged (ms), and the child's time held still.
-    offload_clean_ms: Figure,
-    offload_written_ms: Figure,
-    offload_written_mib_s: Figure,
-    offload_clean_at_node_ms: Figure,
-    held_still_written_ms: Figure,
+    offload_clean_ms: Samples,
+    offload_written_ms: Samples,
+    offload_written_mib_s: Samples,
+    offload_clean_at_node_ms: Samples,
+    held_still_written_ms: Samples,
     /// Resident MiB of the child before and after the offload of written memory.
-    resident_before_mib: Figure,
-    resident_after_mib: Figure,
+    resident_before_mib: Samples,
+    resident_after_mib: Samples,
     /// What the node held for the child, MiB (lz4).
-    node_mib: Figure,
+    node_mib: Samples,
     samples: Vec<Sample>,
 }
 
@@ -117,8 +104,9 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
 fn measure(bin: &Path, cluster: &Cluster, mib: usize, runs: usize) -> anyhow::Result<Report> {
     progress("raw TCP baseline");
     let tcp = crate::micro::raw_tcp(bin, &cluster.hosts, runs)?;
-    let raw_tcp: Vec<f64> = tcp.mb_per_s.samples().iter().map(|mb| mb * 1e6 / MIB).collect();
-    let memcpy: Vec<f64> = (0..runs).map(|_| memcpy_mib_s(mib)).collect();
+    let raw_tcp = tcp.mib_per_s_samples();
+    let pattern = vec![7u8; mib << 20];
+    let memcpy: Vec<f64> = (0..runs).map(|_| crate::memnode::memcpy_mib_s(&pattern, mib << 20, mib << 20)).collect();
     progress(&format!("{mib} MiB pattern seed on host a"));
     let mut workload = HostProcess::spawn(host_command(&cluster.hosts.a, bin).args(["workload", "pattern", "--mb", &mib.to_string()]))?;
     let pid = workload.chan.recv_number("ready", Duration::from_secs(60)).context("workload start")?;
@@ -130,14 +118,14 @@ fn measure(bin: &Path, cluster: &Cluster, mib: usize, runs: usize) -> anyhow::Re
     }
     seed.drop_and_wait(Duration::from_secs(30))?;
     let _ = workload.chan.send("exit 0");
-    let rate = |f: &dyn Fn(&Sample) -> f64| Figure::of(samples.iter().map(|s| mib as f64 / (f(s) / 1e3)).collect());
-    let ms = |f: &dyn Fn(&Sample) -> f64| Figure::of(samples.iter().map(f).collect());
+    let rate = |f: &dyn Fn(&Sample) -> f64| Samples::new(samples.iter().map(|s| mib as f64 / (f(s) / 1e3)).collect());
+    let ms = |f: &dyn Fn(&Sample) -> f64| Samples::new(samples.iter().map(f).collect());
     let mib_of = |bytes: u64| bytes as f64 / MIB;
     Ok(Report {
         mib,
         runs,
-        raw_tcp_mib_s: Figure::of(raw_tcp),
-        memcpy_mib_s: Figure::of(memcpy),
+        raw_tcp_mib_s: Samples::new(raw_tcp),
+        memcpy_mib_s: Samples::new(memcpy),
         first_touch_mib_s: rate(&|s| s.first_touch_ms),
         back_from_seed_mib_s: rate(&|s| s.back_from_seed_ms),
         back_from_node_mib_s: rate(&|s| s.back_from_node_ms),
@@ -190,16 +178,6 @@ fn one_run(cluster: &Cluster, seed: &Seed, mib: usize) -> anyhow::Result<Sample>
     ensure!(sum == written_sum, "memory prefetched differs: {sum} after {written_sum}");
     kid.finish("offload child")?;
     Ok(Sample { first_touch_ms, offload_clean, back_from_seed_ms, offload_written, back_from_node_ms, offload_clean_at_node, prefetch_ms })
-}
-
-/// memcpy of `mib` MiB between buffers touched before.
-fn memcpy_mib_s(mib: usize) -> f64 {
-    let src = vec![7u8; mib << 20];
-    let mut dst = vec![1u8; mib << 20];
-    let t = Instant::now();
-    dst.copy_from_slice(std::hint::black_box(&src));
-    std::hint::black_box(&dst);
-    mib as f64 / t.elapsed().as_secs_f64()
 }
 
 fn print_report(r: &Report) {
