@@ -6,21 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
+use common::json_num as num;
 use serde_json::Value;
-
-fn num(v: &Value, path: &str) -> f64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = match key.parse::<usize>() {
-            Ok(i) => &at[i],
-            Err(_) => &at[key],
-        };
-    }
-    at.as_f64().unwrap_or_else(|| panic!("{path} is not a number in the JSON: {at}"))
-}
 
 #[test]
 fn bench_micro_smallest_run_reports_every_mode() {

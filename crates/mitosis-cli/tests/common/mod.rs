@@ -402,3 +402,16 @@ pub fn b_settles_to_warm_containers(c: &Cluster) -> bool {
         ps["children"].as_array().unwrap().is_empty() && live == warm && pool["cgroup_dirs"].as_u64().unwrap() == warm
     })
 }
+
+/// The number at `path` (keys and array indices joined by dots) in `v`;
+/// panics, naming the path, if there is none.
+pub fn json_num(v: &serde_json::Value, path: &str) -> f64 {
+    let mut at = v;
+    for key in path.split('.') {
+        at = match key.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[key],
+        };
+    }
+    at.as_f64().unwrap_or_else(|| panic!("{path} is not a number in the JSON: {at}"))
+}
