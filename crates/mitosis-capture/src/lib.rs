@@ -72,6 +72,9 @@ pub enum CaptureError {
     /// A process preparing itself is not (yet) blocked reading the daemon's answer.
     #[error("process {pid} is not waiting in read() for the answer to its prepare request")]
     NotWaiting { pid: i32 },
+    /// Taking over a running process's memory ([`freeze::Frozen::adopt_userfaultfd`]) failed.
+    #[error("the memory of process {pid} cannot be taken over: {what}")]
+    Adopt { pid: i32, what: String },
     #[error("{step}")]
     Sys {
         step: &'static str,

@@ -327,8 +327,11 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
     assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
 }
 
+/// Fork-started and cold-started instances alike: a cold one has no pager
+/// until its first offload adopts its memory (every page it holds is its
+/// own, so all of them go to the memory node).
 #[test]
-fn an_idle_fork_instance_gives_its_memory_back_and_answers_the_same() {
+fn idle_instances_give_their_memory_back_and_answer_the_same() {
     let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &["--memnode", "{memnode-a}"]) else { return };
     let _node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
@@ -358,7 +361,27 @@ fn an_idle_fork_instance_gives_its_memory_back_and_answers_the_same() {
     assert_eq!(child.invoke_json(b"same"), want, "{}", w.logs());
     assert!(w.b.log().contains("instance reused: prefetching its memory"), "{}", w.logs());
     assert_eq!(child.invoke_json(b"again")["result"]["body"], "again");
-    drop((child, seed));
+    drop(child);
+
+    let mut cold_one = Conn::open(hb, &addr_b);
+    cold_one
+        .start(&InstanceSpec { offload_idle_after_ms: Some(1000), ..cold("big-cold", &w.function("big")) })
+        .unwrap_or_else(|e| panic!("cold start: {e}\n{}", w.logs()));
+    assert_eq!(cold_one.phases(3).last(), Some(&Phase::Ready), "{}", w.logs());
+    assert_eq!(cold_one.invoke_json(b"same"), want, "a cold start answers as the seed did");
+    let memory = || usage(hb, &addr_b).instances.iter().find(|i| i.name == "big-cold").map_or(0, |i| i.memory_bytes);
+    let busy = memory();
+    assert!(busy > 64 << 20, "the cold instance holds its data: {busy}");
+    assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the idle cold instance kept {} of {busy} bytes\n{}", memory(), w.logs());
+    assert!(w.b.log().contains("adopted a running process's memory"), "{}", w.logs());
+    // Every page it touches comes back from the node, not one is zero or stale.
+    assert_eq!(cold_one.invoke_json(b"same"), want, "{}", w.logs());
+    assert_eq!(cold_one.invoke_json(b"again")["result"]["body"], "again");
+    // Idle again: offloaded a second time (pages back from the node and not
+    // written since are not put again), and reused again.
+    assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the second offload left {} of {busy} bytes\n{}", memory(), w.logs());
+    assert_eq!(cold_one.invoke_json(b"same"), want, "{}", w.logs());
+    drop((cold_one, seed));
     assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
 }
 

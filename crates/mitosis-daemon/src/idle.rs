@@ -1,16 +1,19 @@
 //! Idle function instances give their memory back, and get it back when a
-//! request comes (`mitosis daemon --offload-idle-after SECS`): a fork-started
-//! instance that has answered everything asked of it and then waited that
+//! request comes (`mitosis daemon --offload-idle-after SECS`): an instance that has answered everything asked of it and then waited that
 //! long is offloaded ([`crate::offload`]: its written pages to the memory
 //! node, the rest dropped, to come back from its seed); the next request
 //! starts a prefetch of everything offloaded before the runtime reads it
 //! (prefetch on reuse), so the handler's touches mostly find their pages
 //! there or on their way.
 //!
+//! A cold-started instance is offloaded the same way: its first offload
+//! adopts its memory ([`crate::offload`]), and since no seed holds any of
+//! it, every page it holds goes to the node. One that prepares a seed is
+//! never offloaded.
+//!
 //! This is FaaSMem's semi-warm state in its simplest form: the whole
 //! instance at once after a fixed delay, not drained gradually, and with no
-//! packets (every page is treated alike). A cold-started instance is never
-//! offloaded: no pager serves it.
+//! packets (every page is treated alike).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

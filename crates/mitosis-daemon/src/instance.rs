@@ -66,8 +66,8 @@ pub struct InstanceConfig {
     pub user: Option<InstanceUser>,
     /// The interpreter of cold starts (absolute); `None`: none was found.
     pub python: Option<PathBuf>,
-    /// Offload a fork-started instance idle this long (`--offload-idle-after`,
-    /// see [`crate::idle`]); such instances are resumed with write tracking.
+    /// Offload an instance idle this long (`--offload-idle-after`, see
+    /// [`crate::idle`]); fork-started ones are resumed with write tracking.
     pub offload_idle_after: Option<std::time::Duration>,
 }
 
@@ -228,10 +228,13 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     let socket = writer.get_ref().try_clone()?;
     let pidfd = running.pidfd_arc();
     let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
-    let idle = match (&running, offload_idle_after(daemon, &spec)) {
-        (Running::Fork { .. }, Some(after)) => Some(crate::idle::IdleOffload::new(after, pid)),
-        _ => None,
+    // A cold instance that prepares a seed is never offloaded: its memory is the seed's to be.
+    let offloadable = match (&running, &spec.start) {
+        (Running::Fork { .. }, _) => true,
+        (Running::Cold { .. }, InstanceStart::Cold { prepare_as }) => prepare_as.is_none(),
+        (Running::Cold { .. }, InstanceStart::Fork { .. }) => false,
     };
+    let idle = offload_idle_after(daemon, &spec).filter(|_| offloadable).map(|after| crate::idle::IdleOffload::new(after, pid));
     std::thread::scope(|scope| {
         let verdict = &verdict;
         let calls_pidfd = &*pidfd;
@@ -352,8 +355,15 @@ impl Running {
         match self {
             Running::Cold { pid, pidfd, container } => {
                 let exit = pidfd::wait_exit(&pidfd);
+                // The pager of an adopted instance kills it when a page cannot come back.
+                let pager_failure = daemon
+                    .children
+                    .find(&pid.to_string())
+                    .and_then(|c| c.offload.as_ref().and_then(|o| o.lock().unwrap_or_else(|e| e.into_inner()).adopted_failure()));
                 let end = if container.oom_kills() > 0 {
                     ChildEnd::OutOfMemory { limit_bytes: container.memory_limit() }
+                } else if let Some(reason) = pager_failure {
+                    ChildEnd::KilledByMitosis { reason }
                 } else {
                     match exit {
                         Ok(Exit::Code(c)) => ChildEnd::Exited(c),
@@ -407,6 +417,9 @@ fn signal_name(sig: i32) -> Option<&'static str> {
 
 /// Starts the instance's process with `far` as its stdin, stdout and stderr.
 fn start(daemon: &Daemon, spec: &InstanceSpec, far: &[OwnedFd; 3]) -> Result<Running, RemoteError> {
+    if offload_idle_after(daemon, spec).is_some() && daemon.config.memnode.is_none() {
+        return Err(remote_err(ErrorKind::Unsupported, "this worker has no memory node to offload idle instances to (mitosis daemon --memnode)"));
+    }
     let container_spec = ContainerSpec {
         limits: ContainerLimits { memory_bytes: spec.memory_bytes, ..Default::default() },
         ..Default::default()
@@ -415,9 +428,6 @@ fn start(daemon: &Daemon, spec: &InstanceSpec, far: &[OwnedFd; 3]) -> Result<Run
         InstanceStart::Cold { prepare_as } => start_cold(daemon, spec, prepare_as.as_deref(), &container_spec, far),
         InstanceStart::Fork { seed_host, seed_id } => {
             let offload = offload_idle_after(daemon, spec);
-            if offload.is_some() && daemon.config.memnode.is_none() {
-                return Err(remote_err(ErrorKind::Unsupported, "this worker has no memory node to offload idle instances to (mitosis daemon --memnode)"));
-            }
             // As root: the daemon itself resumes, for a trusted peer (see the module doc).
             let daemon_cred = PeerCred { pid: std::process::id() as i32, uid: 0, gid: 0 };
             let owner = Some(daemon.config.instances.uid());
@@ -497,7 +507,8 @@ fn start_cold(
         container: Some(container.clone()),
         started: Instant::now(),
         detached: false,
-        offload: None,
+        // Adopted at its first offload; a seed's preparer never is (its memory becomes the seed's).
+        offload: prepare_as.is_none().then(|| std::sync::Mutex::new(crate::offload::Offloader::adoptable(pid))),
     }));
     Ok(Running::Cold { pid, pidfd, container })
 }

@@ -347,7 +347,8 @@ fn handle_prepare(
             let kind = match e {
                 mitosis_capture::CaptureError::NoProcess { .. } => ErrorKind::NotFound,
                 mitosis_capture::CaptureError::Unsupported { .. }
-                | mitosis_capture::CaptureError::NotWaiting { .. } => ErrorKind::Unsupported,
+                | mitosis_capture::CaptureError::NotWaiting { .. }
+                | mitosis_capture::CaptureError::Adopt { .. } => ErrorKind::Unsupported,
                 mitosis_capture::CaptureError::Sys { .. } => ErrorKind::Internal,
             };
             tracing::warn!(%id, pid, error = %error_chain(&e), "prepare failed");

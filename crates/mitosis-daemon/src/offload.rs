@@ -10,20 +10,27 @@
 //! pager, and drops every listed page inside the child. The child is then
 //! let go, with its pages brought back by its pager as it touches them.
 //!
+//! A cold-started instance has no pager until its first offload: that
+//! offload *adopts* its memory first, while it is frozen
+//! (`mitosis_capture::freeze::Frozen::adopt_userfaultfd`), and starts a
+//! pager for it that has no seed ([`mitosis_pager::NoSeed`]): every page it
+//! holds is its own, so every page not all zero goes to the node.
+//!
 //! Each child gets its own instance name on the node (`child-PID-RANDOM`),
 //! and two connections to it: the daemon's (puts, and the drop of its pages
 //! when the child ends) and its pager's (gets, so that a fault never waits
 //! behind an offload).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mitosis_memnode::{MemnodeClient, MemnodeError};
 use mitosis_pager::offload::{Command, Reply, Scanned};
-use mitosis_pager::{NodeSource, OffloadHandle};
+use mitosis_pager::{Counters, NoSeed, NodeSource, OffloadHandle, Outcome, Pager, Regions};
 use mitosis_proto::local::OffloadReport;
 use mitosis_proto::memnode::{MAX_BATCH_BYTES, MAX_RUNS};
 use mitosis_proto::{error_chain, ErrorKind, RemoteError};
+use mitosis_sys::uffd::{self, features, Uffd};
 use mitosis_sys::{mem, usize_of, PAGE};
 
 use crate::children::{resident_bytes, ChildRecord};
@@ -34,7 +41,11 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A child's offload state: its pager's handle and its node connection.
 pub struct Offloader {
-    handle: OffloadHandle,
+    /// `None`: a process no pager serves yet, adopted at its first offload.
+    handle: Option<OffloadHandle>,
+    /// The pager of an adopted process (a resumed child's pager is its
+    /// resume's): joined when the process has ended.
+    adopted_pager: Option<std::thread::JoinHandle<Outcome>>,
     instance: String,
     /// The daemon's own connection, made at the first offload.
     node: Option<MemnodeClient>,
@@ -44,10 +55,37 @@ pub struct Offloader {
 }
 
 impl Offloader {
+    /// The offloader of a child that `handle`'s pager serves.
     pub fn new(handle: OffloadHandle, pid: i32) -> Offloader {
+        Offloader { handle: Some(handle), ..Offloader::adoptable(pid) }
+    }
+
+    /// The offloader of a process no pager serves (a cold-started
+    /// instance): its first offload adopts it.
+    pub fn adoptable(pid: i32) -> Offloader {
         let mut salt = [0u8; 8];
         let _ = getrandom::getrandom(&mut salt);
-        Offloader { handle, instance: format!("child-{pid}-{:016x}", u64::from_le_bytes(salt)), node: None, node_given: false }
+        Offloader {
+            handle: None,
+            adopted_pager: None,
+            instance: format!("child-{pid}-{:016x}", u64::from_le_bytes(salt)),
+            node: None,
+            node_given: false,
+        }
+    }
+
+    /// Why the pager of an adopted process killed it, if it did; call once
+    /// the process has ended (the pager then ends too).
+    pub fn adopted_failure(&mut self) -> Option<String> {
+        match self.adopted_pager.take()?.join() {
+            Ok(Outcome::Failed(reason)) => Some(reason),
+            Ok(Outcome::Exited) => None,
+            Err(_) => Some("its pager thread panicked".into()),
+        }
+    }
+
+    fn handle(&self) -> Result<&OffloadHandle, RemoteError> {
+        self.handle.as_ref().ok_or_else(|| fail(ErrorKind::Unsupported, "it was never offloaded, so nothing of it is offloaded"))
     }
 
     /// Forgets the child's pages on the node (the child has ended).
@@ -111,7 +149,7 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, Re
         return Err(fail(ErrorKind::Unsupported, "this daemon has no memory node (start it with --memnode ADDR)"));
     };
     let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} was not resumed by this daemon's pager (a cold-started instance)", child.pid)));
+        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: it prepares a seed, or another daemon serves it", child.pid)));
     };
     let mut offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
     let connect = Connect { addr, key: daemon.config.key.current(), protection: daemon.config.key.protection() };
@@ -122,7 +160,11 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, Re
     let rss_before_bytes = resident_bytes(pid);
     let frozen = mitosis_capture::freeze::Frozen::freeze(pid, &daemon.vdso).map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
     let frozen_at = Instant::now();
-    let result = offload_frozen(&mut offloader, &frozen, &connect, pid);
+    let result = match offloader.handle {
+        Some(_) => Ok(()),
+        None => adopt(daemon, &frozen, child, &mut offloader),
+    }
+    .and_then(|()| offload_frozen(&mut offloader, &frozen, &connect, pid));
     let thawed = frozen.thaw();
     let frozen_us = micros(frozen_at.elapsed());
     let mut report = result?;
@@ -135,14 +177,47 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, Re
     Ok(report)
 }
 
+/// Takes over the memory of frozen `child`, which no pager serves yet: a
+/// userfaultfd made inside it, and a pager with no seed serving it from now
+/// on, with write tracking (a page back from the node and not written since
+/// is not put again).
+fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &ChildRecord, offloader: &mut Offloader) -> Result<(), RemoteError> {
+    let pid = child.pid;
+    let internal = |e: String| fail(ErrorKind::Internal, e);
+    let device = uffd::open_device().map_err(|e| fail(ErrorKind::Unsupported, format!("cannot adopt child {pid}'s memory: {e}")))?;
+    let fd = frozen.adopt_userfaultfd(&child.pidfd, &device).map_err(|e| internal(error_chain(&e)))?;
+    let uffd = Uffd::from_fd(fd);
+    let wanted = features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON | features::WP_ASYNC;
+    uffd.api(wanted).map_err(|e| internal(format!("setting up child {pid}'s userfaultfd: {e}")))?;
+    let (handle, control) = mitosis_pager::offload::channel().map_err(|e| internal(e.to_string()))?;
+    let watch = child.pidfd.try_clone().map_err(|e| internal(e.to_string()))?;
+    let keeper: mitosis_pager::Keeper = {
+        let janitor = daemon.janitor.clone();
+        Arc::new(move |uffd: &Uffd| janitor.keep_userfaultfd(uffd))
+    };
+    let pager = Pager::new(uffd, Regions::default(), Box::new(NoSeed), daemon.config.pager, Arc::new(Counters::default()), Some(watch))
+        .with_keeper(Some(keeper))
+        .with_write_tracking(true)
+        .with_control(control)
+        .adopting();
+    let thread = std::thread::Builder::new()
+        .name(format!("pager-{pid}"))
+        .spawn(move || pager.run())
+        .map_err(|e| internal(format!("cannot start a pager thread: {e}")))?;
+    offloader.handle = Some(handle);
+    offloader.adopted_pager = Some(thread);
+    tracing::info!(pid, "adopted a running process's memory");
+    Ok(())
+}
+
 /// Starts bringing `child`'s offloaded memory back (prefetch on reuse);
 /// returns the bytes to come from the node and from the seed.
 pub fn prefetch(child: &ChildRecord) -> Result<(u64, u64), RemoteError> {
     let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} was not resumed by this daemon's pager (a cold-started instance)", child.pid)));
+        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: it prepares a seed, or another daemon serves it", child.pid)));
     };
     let offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
-    match offloader.handle.ask(Command::Prefetch).map_err(|e| fail(ErrorKind::Internal, e))? {
+    match offloader.handle()?.ask(Command::Prefetch).map_err(|e| fail(ErrorKind::Internal, e))? {
         Reply::Prefetching { from_node, from_seed } => Ok((from_node, from_seed)),
         _ => Err(fail(ErrorKind::Internal, "the pager answered a prefetch out of turn")),
     }
@@ -151,7 +226,7 @@ pub fn prefetch(child: &ChildRecord) -> Result<(u64, u64), RemoteError> {
 /// The offload of a frozen child: scan, put, commit, drop, settle.
 fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::Frozen, connect: &Connect, pid: i32) -> Result<OffloadReport, RemoteError> {
     let internal = |e: String| fail(ErrorKind::Internal, e);
-    let scanned = match offloader.handle.ask(Command::Scan { pid }).map_err(internal)? {
+    let scanned = match offloader.handle()?.ask(Command::Scan { pid }).map_err(internal)? {
         Reply::Scanned(s) => s,
         Reply::Refused(why) => return Err(fail(ErrorKind::Unsupported, format!("child {pid} cannot be offloaded: {why}"))),
         _ => return Err(internal("the pager answered a scan out of turn".into())),
@@ -167,7 +242,7 @@ fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::F
     let gave_node = node.is_some();
     let pages_put = offloaded.iter().map(|r| r.1 / PAGE).sum();
     let pages_zero = zeroed.iter().map(|r| r.1 / PAGE).sum::<u64>() + scanned.zero / PAGE;
-    let committed = offloader.handle.ask(Command::Commit { offloaded, zeroed, node });
+    let committed = offloader.handle()?.ask(Command::Commit { offloaded, zeroed, node });
     let dropped = match committed {
         Ok(Reply::Committed { drop }) => {
             offloader.node_given |= gave_node;
@@ -178,7 +253,7 @@ fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::F
     };
     // Whatever happened: a commit the pager takes late must not leave it
     // taking the child's own drops for the daemon's.
-    let settled = offloader.handle.ask(Command::Settled).map_err(internal);
+    let settled = offloader.handle()?.ask(Command::Settled).map_err(internal);
     dropped?;
     settled?;
     Ok(OffloadReport {

@@ -22,6 +22,11 @@
 //! ([`offload`]): they come back from the memory node (a [`NodeSource`]),
 //! or from the seed when they were dropped unchanged.
 //!
+//! A process no seed stands behind (a cold-started instance the daemon took
+//! over while it ran) is served too, with [`Pager::adopting`] and
+//! [`NoSeed`]: it starts with no served regions, every page it had stays
+//! its own, and the memory it maps is registered as an offload finds it.
+//!
 //! The pager owns no sockets itself and knows nothing of the wire protocol:
 //! the daemon hands it a [`PageSource`] and a [`NodeSource`].
 
@@ -71,6 +76,27 @@ pub trait PageSource: Send {
     fn receive(&mut self, out: &mut [u8]) -> Result<(), FetchError>;
     /// An independent source for a forked child's pager.
     fn duplicate(&self) -> Result<Box<dyn PageSource>, String>;
+}
+
+/// The source of a process that no seed stands behind: a running process
+/// whose memory the daemon adopted ([`Pager::adopting`]). Its pager has no
+/// page in the `Remote` state, so nothing is ever asked of it; if something
+/// were, the answer is a refusal, never a page.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSeed;
+
+impl PageSource for NoSeed {
+    fn request(&mut self, _ranges: &[(u64, u64)]) -> Result<(), String> {
+        Err("the process has no seed to fetch pages from (an adopted process)".into())
+    }
+
+    fn receive(&mut self, _out: &mut [u8]) -> Result<(), FetchError> {
+        Err(FetchError::Broken("the process has no seed to fetch pages from (an adopted process)".into()))
+    }
+
+    fn duplicate(&self) -> Result<Box<dyn PageSource>, String> {
+        Ok(Box::new(NoSeed))
+    }
 }
 
 /// Tunables of a pager.
@@ -299,6 +325,9 @@ pub struct Pager {
     /// End of the last window asked of the node for a fault, to tell
     /// sequential access.
     node_last_end: Option<u64>,
+    /// The process was adopted while it ran: each scan first registers its
+    /// anonymous memory that the userfaultfd does not serve yet.
+    adopted: bool,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -357,7 +386,17 @@ impl Pager {
             node_push: Default::default(),
             node_asked: Default::default(),
             node_last_end: None,
+            adopted: false,
         }
+    }
+
+    /// Serves a process adopted while it ran (with [`NoSeed`] and no
+    /// regions): before each offload's scan, the pager registers the
+    /// private anonymous memory the process has mapped since (see
+    /// [`offload`]).
+    pub fn adopting(mut self) -> Pager {
+        self.adopted = true;
+        self
     }
 
     /// Puts pages in write-protected (the ranges must be registered with

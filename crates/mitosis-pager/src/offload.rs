@@ -180,6 +180,15 @@ fn served_ranges(pid: i32) -> Result<Vec<(u64, u64)>, String> {
         .collect())
 }
 
+/// Is this mapping private anonymous memory a userfaultfd can serve
+/// (`MISSING` faults work on anonymous, shmem and hugetlb memory only; a
+/// private file mapping's written pages stay where they are)? Readable and
+/// writable: a `PROT_NONE` guard holds nothing.
+fn adoptable(map: &procfs::MapsEntry) -> bool {
+    let anonymous = map.inode == 0 && (map.name.is_empty() || map.name == "[heap]" || map.name == "[stack]" || map.name.starts_with("[anon:"));
+    anonymous && !map.shared && map.read && map.write
+}
+
 /// First key a pager gives a page on the memory node (keys are page-aligned
 /// and never 0, which means "none").
 pub(crate) const FIRST_KEY: u64 = PAGE;
@@ -210,9 +219,34 @@ impl Pager {
         }
     }
 
+    /// Registers the adopted process's private anonymous memory that no
+    /// userfaultfd serves yet (and is not locked), so that its pages can be
+    /// offloaded and served back. Its pages are not in any region: they
+    /// are the process's own, and a page it never touched faults to a zero
+    /// page, as the kernel would have given it.
+    fn adopt_new_memory(&mut self, pid: i32) -> Result<(), String> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("reading /proc/{pid}/maps: {e}"))?;
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
+        let flags = procfs::parse_smaps_flags(&smaps);
+        for map in procfs::parse_maps(&maps)?.iter().filter(|m| adoptable(m)) {
+            let taken = flags.iter().any(|(s, _, f)| *s == map.start && (f.contains(&"um") || f.contains(&"lo")));
+            if taken {
+                continue;
+            }
+            if let Err(e) = self.uffd.register(map.start, map.end - map.start, self.track_writes) {
+                // Left out: its pages stay, they are never offloaded.
+                tracing::debug!(pid, start = map.start, end = map.end, error = %e, "an adopted process's mapping was not registered");
+            }
+        }
+        Ok(())
+    }
+
     fn scan(&mut self, pid: i32) -> Result<Scanned, String> {
         if self.forked {
             return Err("it has forked, and its children's pagers would read the pages it offloads (offloading a process that forked is not built)".into());
+        }
+        if self.adopted {
+            self.adopt_new_memory(pid)?;
         }
         self.scanned_clean.clear();
         let mut scanned = Scanned::default();

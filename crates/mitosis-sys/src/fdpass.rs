@@ -138,6 +138,75 @@ pub fn peer_cred(sock: &impl AsRawFd) -> Result<PeerCred> {
     Ok(PeerCred { pid: c.pid, uid: c.uid, gid: c.gid })
 }
 
+/// The memory of a `recvmsg(2)` that *another* process makes to receive one
+/// descriptor: its `msghdr`, a one-byte `iovec` and room for one
+/// `SCM_RIGHTS` descriptor, laid out for the address `at` in that process.
+/// The daemon writes [`RemoteRecv::image`] into a frozen process, injects
+/// `recvmsg(sock, msghdr_addr(), MSG_CMSG_CLOEXEC)` there, reads the bytes
+/// back and takes the descriptor number with [`RemoteRecv::received_fd`].
+/// The layout is the kernel's, so it lives here with the other socket ABI.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteRecv {
+    at: u64,
+}
+
+const RECV_IOV: usize = 64;
+const RECV_BYTE: usize = 80;
+const RECV_CONTROL: usize = 96;
+
+impl RemoteRecv {
+    /// Bytes the image takes.
+    pub const LEN: usize = 128;
+
+    pub fn new(at: u64) -> RemoteRecv {
+        RemoteRecv { at }
+    }
+
+    /// Where the `msghdr` is: the call's second argument.
+    pub fn msghdr_addr(&self) -> u64 {
+        self.at
+    }
+
+    fn control_len() -> usize {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        unsafe { libc::CMSG_SPACE(cmsg_u32(std::mem::size_of::<RawFd>())) as usize }
+    }
+
+    /// The bytes to write at `at`.
+    pub fn image(&self) -> Vec<u8> {
+        let mut bytes = vec![0u8; Self::LEN];
+        let mut put = |offset: usize, value: u64| bytes[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+        put(std::mem::offset_of!(libc::msghdr, msg_iov), self.at + RECV_IOV as u64);
+        put(std::mem::offset_of!(libc::msghdr, msg_iovlen), 1);
+        put(std::mem::offset_of!(libc::msghdr, msg_control), self.at + RECV_CONTROL as u64);
+        put(std::mem::offset_of!(libc::msghdr, msg_controllen), Self::control_len() as u64);
+        put(RECV_IOV + std::mem::offset_of!(libc::iovec, iov_base), self.at + RECV_BYTE as u64);
+        put(RECV_IOV + std::mem::offset_of!(libc::iovec, iov_len), 1);
+        bytes
+    }
+
+    /// The descriptor number the call received, read from the image's bytes
+    /// after the call; `None` if none came whole (no `SCM_RIGHTS` message,
+    /// or the control data was cut).
+    pub fn received_fd(&self, bytes: &[u8]) -> Option<RawFd> {
+        if bytes.len() < Self::LEN {
+            return None;
+        }
+        let word = |offset: usize| u64::from_ne_bytes(bytes[offset..offset + 8].try_into().unwrap_or_default());
+        let int = |offset: usize| i32::from_ne_bytes(bytes[offset..offset + 4].try_into().unwrap_or_default());
+        let flags = int(std::mem::offset_of!(libc::msghdr, msg_flags));
+        let control = RECV_CONTROL;
+        let header = std::mem::size_of::<libc::cmsghdr>();
+        // SAFETY: CMSG_LEN is a pure size computation.
+        let one_fd = unsafe { libc::CMSG_LEN(cmsg_u32(std::mem::size_of::<RawFd>())) } as u64;
+        let whole = flags & libc::MSG_CTRUNC == 0
+            && word(control + std::mem::offset_of!(libc::cmsghdr, cmsg_len)) == one_fd
+            && int(control + std::mem::offset_of!(libc::cmsghdr, cmsg_level)) == libc::SOL_SOCKET
+            && int(control + std::mem::offset_of!(libc::cmsghdr, cmsg_type)) == libc::SCM_RIGHTS;
+        whole.then(|| int(control + header)).filter(|&fd| fd >= 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +242,25 @@ mod tests {
         std::io::Read::read_to_string(&mut r, &mut s).unwrap();
         assert_eq!(s, "x");
         assert_eq!(peer_cred(&a).unwrap().pid, i32::try_from(std::process::id()).unwrap());
+    }
+
+    #[test]
+    fn a_remote_recv_image_receives_one_descriptor() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_r, w) = std::io::pipe().unwrap();
+        send_with_fds(&a, b"u", &[w.as_raw_fd()]).unwrap();
+        // The "other process" is this one: the image at its own address.
+        let mut buf = vec![0u8; RemoteRecv::LEN];
+        let recv = RemoteRecv::new(buf.as_mut_ptr() as u64);
+        buf.copy_from_slice(&recv.image());
+        // SAFETY: the image is a msghdr whose pointers all point into `buf`.
+        let n = unsafe { libc::recvmsg(b.as_raw_fd(), recv.msghdr_addr() as *mut libc::msghdr, libc::MSG_CMSG_CLOEXEC) };
+        assert_eq!(n, 1);
+        let fd = recv.received_fd(&buf).expect("one descriptor came");
+        // SAFETY: the descriptor the kernel just gave us.
+        let got = unsafe { OwnedFd::from_raw_fd(fd) };
+        let same = |f: &OwnedFd| std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        assert_eq!(same(&got), same(&w.into()));
+        assert_eq!(recv.received_fd(&recv.image()), None, "nothing received yet");
     }
 }

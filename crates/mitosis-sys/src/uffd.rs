@@ -112,8 +112,26 @@ pub enum CopyResult {
     Failed(i32),
 }
 
-/// `USERFAULTFD_IOC_NEW` of `/dev/userfaultfd`: `_IO(0xAA, 0x00)`.
-const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
+/// `USERFAULTFD_IOC_NEW` of `/dev/userfaultfd`: `_IO(0xAA, 0x00)`. Its
+/// argument is the new descriptor's flags; it makes a userfaultfd for the
+/// memory of whichever process calls it.
+pub const USERFAULTFD_IOC_NEW: u64 = 0xAA << 8;
+
+/// Opens `/dev/userfaultfd` (close-on-exec) for a process that must make a
+/// userfaultfd *inside another process*: a descriptor of the device, passed
+/// to a process that may not open it itself, lets it call
+/// [`USERFAULTFD_IOC_NEW`] with no privilege of its own (the kernel checks
+/// only who opened the device). The daemon adopts a running process's
+/// memory this way (`mitosis_capture::freeze::Frozen::adopt_userfaultfd`).
+pub fn open_device() -> Result<OwnedFd> {
+    // SAFETY: a static NUL-terminated path.
+    let fd = unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(SysError::last("open(/dev/userfaultfd)"));
+    }
+    // SAFETY: a new descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 /// Creates a userfaultfd for the calling process with `flags` (`O_CLOEXEC`,
 /// `O_NONBLOCK`) and returns the raw descriptor, which the caller owns.
