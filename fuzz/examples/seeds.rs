@@ -206,7 +206,7 @@ fn image() -> SeedImage {
 }
 
 fn spec(start: InstanceStart) -> InstanceSpec {
-    InstanceSpec { name: "hello-1".into(), function: "hello".into(), dir: "/srv/fn/hello".into(), start, memory_bytes: Some(256 << 20), offload_idle_after_ms: Some(60_000) }
+    InstanceSpec { name: "hello-1".into(), function: "hello".into(), dir: "/srv/fn/hello".into(), start, memory_bytes: Some(256 << 20), offload_idle_after_ms: Some(60_000), offload_policy: mitosis_proto::instance::OffloadPolicy::Faasmem }
 }
 
 fn seed_info() -> SeedInfo {

@@ -182,6 +182,7 @@ fn start_direct(
         start: InstanceStart::Cold { prepare_as: None },
         memory_bytes: Some(512 << 20),
         offload_idle_after_ms: None,
+        offload_policy: Default::default(),
     };
     let (worker, auth) = (worker.to_string(), auth.clone());
     let started = rt.block_on(async {

@@ -219,12 +219,24 @@ enum Command {
         /// puts children's changed pages on, reached with the cluster key.
         #[arg(long)]
         memnode: Option<String>,
-        /// Offload a fork-started function instance once it has been idle this many
-        /// seconds (its written pages to --memnode, the rest dropped, to come back from
-        /// its seed), and prefetch its memory back when its next request comes. Such
-        /// instances are resumed with --track-writes. Needs --memnode.
+        /// Offload a function instance once it has been idle this many seconds, or
+        /// longer: the P99 of its function's reuse intervals here, when that is longer.
+        /// It then turns semi-warm: its memory drains to --memnode step by step (see
+        /// --semi-warm-drain), or all at once under a function's `whole` policy; pages a
+        /// fork-started instance did not change since its seed are dropped instead, to
+        /// come back from the seed. Its next request stops the drain and prefetches its
+        /// memory back. A cold-started instance's memory is adopted at its first offload.
+        /// A function's own setting (`mitosis fn deploy --offload-idle`) comes first.
+        /// Needs --memnode.
         #[arg(long, value_name = "SECS", requires = "memnode", value_parser = parse_seconds)]
         offload_idle_after: Option<Duration>,
+        /// Percent of what a semi-warm instance holds that it gives back each second
+        /// (FaaSMem's 1%).
+        #[arg(long, value_name = "PCT", default_value_t = 1.0, value_parser = parse_percent)]
+        semi_warm_drain: f64,
+        /// Resident memory a semi-warm instance drains down to, in MiB (FaaSMem's 8).
+        #[arg(long, value_name = "MIB", default_value_t = 8)]
+        semi_warm_floor: u64,
         /// The Python interpreter of cold-started function instances (with the
         /// `mitosis` package installed). Default: $MITOSIS_PYTHON, else python3 on PATH.
         #[arg(long)]
@@ -492,6 +504,13 @@ struct ReplayArgs {
 }
 
 /// Positive seconds, fractions allowed ("2.5").
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage above 0 and at most 100")),
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>().ok().and_then(|v| Duration::try_from_secs_f64(v).ok()) {
         Some(d) if !d.is_zero() => Ok(d),
@@ -1016,6 +1035,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             instance_user,
             memnode,
             offload_idle_after,
+            semi_warm_drain,
+            semi_warm_floor,
             python,
             max_local_per_user,
             max_local_connections,
@@ -1031,6 +1052,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
             let mut instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
             instances.offload_idle_after = offload_idle_after;
+            instances.drain = mitosis_daemon::idle::Drain { percent_per_step: semi_warm_drain, floor_bytes: semi_warm_floor.saturating_mul(1 << 20) };
             // Started before the daemon (whose run blocks), it registers
             // once the daemon's listener answers.
             let registrar = registrar::start(&etcd, listen, log_level.name())?;

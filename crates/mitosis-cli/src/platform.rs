@@ -135,11 +135,16 @@ pub enum FnCommand {
         /// Start policy (default: the gateway's).
         #[arg(long)]
         policy: Option<Policy>,
-        /// Seconds after which an idle fork-started instance's memory is offloaded to its
-        /// worker's memory node and dropped (to be prefetched back at its next request);
-        /// default: the worker's (`mitosis daemon --offload-idle-after`).
+        /// Seconds (at least) after which an idle instance's memory is offloaded to its
+        /// worker's memory node; default: the worker's (`mitosis daemon
+        /// --offload-idle-after`).
         #[arg(long, value_name = "SECS")]
         offload_idle: Option<u64>,
+        /// How: `mitosis` (drained gradually, pages unchanged since the seed dropped
+        /// free, prefetched back on reuse), `faasmem` (drained gradually, every page to
+        /// the memory node, no prefetch) or `whole` (everything at once, prefetch).
+        #[arg(long, value_name = "POLICY", default_value = "mitosis")]
+        offload_policy: mitosis_proto::instance::OffloadPolicy,
         #[command(flatten)]
         gateway: GatewayUrl,
     },
@@ -190,7 +195,7 @@ impl FnCommand {
     pub fn run(self) -> anyhow::Result<i32> {
         let mut stdout = std::io::stdout();
         let result = match self {
-            FnCommand::Deploy { name, dir, memory_mb, max_instances, keep_alive, timeout, policy, offload_idle, gateway } => {
+            FnCommand::Deploy { name, dir, memory_mb, max_instances, keep_alive, timeout, policy, offload_idle, offload_policy, gateway } => {
                 let dir = std::path::absolute(&dir).unwrap_or(dir).to_string_lossy().into_owned();
                 let config = FunctionConfig {
                     dir,
@@ -200,6 +205,7 @@ impl FnCommand {
                     timeout_s: timeout,
                     policy,
                     offload_idle_s: offload_idle,
+                    offload_policy,
                 };
                 gateway.client().deploy(&name, &config).map(|a| {
                     let what = if a.status == 201 { "registered" } else { "replaced" };

@@ -21,7 +21,8 @@ use common::{alive, bin, in_netns, Workers, KEY};
 use mitosis_proto::auth::{client_handshake, ClusterKey};
 use mitosis_proto::frame::{read_msg, write_msg, MAX_CONTROL_FRAME};
 use mitosis_proto::instance::{
-    read_event, send_call, start_instance, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, Phase, WorkerUsage, MAX_BODY,
+    read_event, send_call, start_instance, InstanceCall, InstanceEvent, InstanceSpec, InstanceStart, OffloadPolicy, Phase, WorkerUsage,
+    MAX_BODY,
 };
 use mitosis_proto::local::ChildEnd;
 use mitosis_proto::peer::{PeerRequest, PeerResponse};
@@ -158,7 +159,7 @@ impl Conn {
 }
 
 fn spec(name: &str, dir: &str, start: InstanceStart) -> InstanceSpec {
-    InstanceSpec { name: name.into(), function: name.into(), dir: dir.into(), start, memory_bytes: Some(512 << 20), offload_idle_after_ms: None }
+    InstanceSpec { name: name.into(), function: name.into(), dir: dir.into(), start, memory_bytes: Some(512 << 20), offload_idle_after_ms: None, offload_policy: OffloadPolicy::Mitosis }
 }
 
 fn cold(name: &str, dir: &str) -> InstanceSpec {
@@ -329,10 +330,12 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
 
 /// Fork-started and cold-started instances alike: a cold one has no pager
 /// until its first offload adopts its memory (every page it holds is its
-/// own, so all of them go to the memory node).
+/// own, so all of them go to the memory node). They drain semi-warm, here
+/// at 50% a second rather than FaaSMem's 1%.
 #[test]
 fn idle_instances_give_their_memory_back_and_answer_the_same() {
-    let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &["--memnode", "{memnode-a}"]) else { return };
+    let args = ["--memnode", "{memnode-a}", "--semi-warm-drain", "50"];
+    let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &args) else { return };
     let _node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
     let mut seed = Conn::open(ha, &addr_a);
@@ -381,7 +384,32 @@ fn idle_instances_give_their_memory_back_and_answer_the_same() {
     // written since are not put again), and reused again.
     assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the second offload left {} of {busy} bytes\n{}", memory(), w.logs());
     assert_eq!(cold_one.invoke_json(b"same"), want, "{}", w.logs());
-    drop((cold_one, seed));
+    drop(cold_one);
+
+    // FaaSMem's policy: no seed behind the pages, so the seed's pages the
+    // handler read go to the node too (under `mitosis` they are dropped free).
+    let mut faasmem = Conn::open(hb, &addr_b);
+    let s = InstanceSpec {
+        offload_idle_after_ms: Some(1000),
+        offload_policy: OffloadPolicy::Faasmem,
+        ..spec("big-faasmem", &w.function("big"), InstanceStart::Fork { seed_host: addr_a.clone(), seed_id: "fn-big".into() })
+    };
+    faasmem.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
+    assert_eq!(faasmem.phases(1), vec![Phase::Ready], "{}", w.logs());
+    assert_eq!(faasmem.invoke_json(b"same"), want);
+    let memory = || usage(hb, &addr_b).instances.iter().find(|i| i.name == "big-faasmem").map_or(0, |i| i.memory_bytes);
+    let busy = memory();
+    assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the faasmem instance kept {} of {busy} bytes\n{}", memory(), w.logs());
+    let put = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("idle instance offloaded") && l.contains("faasmem"))
+            .filter_map(|l| l.split("pages_put=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .next()
+    };
+    let first_put = put(&w.b.log()).unwrap_or_else(|| panic!("no faasmem offload logged\n{}", w.logs()));
+    assert!(first_put * 4096 > 20 << 20, "its first drain step put {first_put} pages on the node");
+    assert_eq!(faasmem.invoke_json(b"same"), want, "{}", w.logs());
+    drop((faasmem, seed));
     assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
 }
 

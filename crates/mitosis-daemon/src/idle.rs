@@ -1,48 +1,171 @@
 //! Idle function instances give their memory back, and get it back when a
-//! request comes (`mitosis daemon --offload-idle-after SECS`): an instance that has answered everything asked of it and then waited that
-//! long is offloaded ([`crate::offload`]: its written pages to the memory
-//! node, the rest dropped, to come back from its seed); the next request
-//! starts a prefetch of everything offloaded before the runtime reads it
-//! (prefetch on reuse), so the handler's touches mostly find their pages
-//! there or on their way.
+//! request comes: FaaSMem's semi-warm state (`mitosis daemon
+//! --offload-idle-after SECS`, or a function's own setting).
+//!
+//! An instance that has answered everything asked of it and then waited
+//! long enough turns *semi-warm*. "Long enough" is the P99 of its
+//! function's reuse intervals on this worker (the time from an instance's
+//! answer to its next request, learned online from the last
+//! [`REUSE_KEPT`]), and at least the instance's idle setting: an instance
+//! that is usually reused within a minute is not drained after 10 s.
+//!
+//! A semi-warm instance's memory drains gradually ([`Drain`]: by default
+//! FaaSMem's 1% of what it holds per second, down to 8 MiB), each step one
+//! offload ([`crate::offload`]) with a budget, clean pages first. Under the
+//! `whole` policy everything goes at once instead. Under `mitosis`, pages
+//! unchanged since they came from the seed are dropped at no transfer;
+//! under `faasmem` they go to the memory node like the others, since
+//! FaaSMem has no seed. The drain stops at the next request, which (except
+//! under `faasmem`) starts a prefetch of everything offloaded before the
+//! runtime reads the request (prefetch on reuse).
 //!
 //! A cold-started instance is offloaded the same way: its first offload
-//! adopts its memory ([`crate::offload`]), and since no seed holds any of
-//! it, every page it holds goes to the node. One that prepares a seed is
-//! never offloaded.
+//! adopts its memory, and since no seed holds any of it, every page goes
+//! to the node. One that prepares a seed is never offloaded.
 //!
-//! This is FaaSMem's semi-warm state in its simplest form: the whole
-//! instance at once after a fixed delay, not drained gradually, and with no
-//! packets (every page is treated alike).
+//! Absent: FaaSMem's *packets* (offloading the runtime's and the
+//! initialisation's pages by phase). A fork-started instance never holds
+//! its seed's runtime and initialisation pages unless its requests touch
+//! them, which is what the packets approximate; a cold-started one holds
+//! them all, and they drain with the rest.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use mitosis_pager::offload::ScanLimits;
+use mitosis_proto::instance::OffloadPolicy;
+use mitosis_sys::PAGE;
 
 use crate::Daemon;
 
-/// One instance's idle clock.
+/// How a semi-warm instance drains (`mitosis daemon --semi-warm-drain
+/// --semi-warm-floor`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drain {
+    /// Share of what the instance holds given back per step, in percent.
+    pub percent_per_step: f64,
+    /// It drains no further than this (bytes resident).
+    pub floor_bytes: u64,
+}
+
+impl Default for Drain {
+    /// FaaSMem's: 1% per second, down to 8 MiB.
+    fn default() -> Self {
+        Drain { percent_per_step: 1.0, floor_bytes: 8 << 20 }
+    }
+}
+
+impl Drain {
+    /// What one step gives back of an instance holding `held` bytes:
+    /// `None` once it is at the floor.
+    pub fn budget(&self, held: u64) -> Option<u64> {
+        let above = held.checked_sub(self.floor_bytes).filter(|&b| b >= PAGE)?;
+        let share = (held as f64 * self.percent_per_step / 100.0) as u64;
+        Some(share.clamp(PAGE, above))
+    }
+}
+
+/// Time between two drain steps.
+pub const STEP: Duration = Duration::from_secs(1);
+
+/// Reuse intervals kept per function.
+pub const REUSE_KEPT: usize = 512;
+
+/// The recent reuse intervals of one function's instances on this worker.
+#[derive(Debug, Default)]
+pub struct ReuseIntervals {
+    recent: Mutex<VecDeque<Duration>>,
+}
+
+impl ReuseIntervals {
+    pub fn record(&self, interval: Duration) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == REUSE_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(interval);
+    }
+
+    /// The 99th percentile (nearest rank); `None` before any reuse.
+    pub fn p99(&self) -> Option<Duration> {
+        let mut all: Vec<Duration> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        if all.is_empty() {
+            return None;
+        }
+        all.sort();
+        let rank = (all.len() * 99).div_ceil(100).max(1);
+        Some(all[rank - 1])
+    }
+}
+
+/// Every function's reuse intervals on this worker.
+#[derive(Debug, Default)]
+pub struct ReuseHistory {
+    by_function: Mutex<HashMap<String, Arc<ReuseIntervals>>>,
+}
+
+impl ReuseHistory {
+    pub fn of(&self, function: &str) -> Arc<ReuseIntervals> {
+        self.by_function.lock().unwrap_or_else(|e| e.into_inner()).entry(function.to_string()).or_default().clone()
+    }
+}
+
+/// One instance's idle clock and drain.
 pub struct IdleOffload {
+    /// The least idle time before it turns semi-warm.
     after: Duration,
+    policy: OffloadPolicy,
+    drain: Drain,
     pid: i32,
+    reuse: Arc<ReuseIntervals>,
     /// A request is in the runtime's hands.
     busy: AtomicBool,
-    /// When it last answered (or started).
-    last_answer: Mutex<Instant>,
-    /// Offloaded since its last request (or being offloaded).
+    /// When it last answered (or started), and whether it has answered yet.
+    last_answer: Mutex<(Instant, bool)>,
+    /// Something was offloaded since its last request: the next one prefetches.
     offloaded: AtomicBool,
+    /// Nothing more to give back until its next request.
+    drained: AtomicBool,
+    /// When the last drain step ran (since the last request).
+    last_step: Mutex<Option<Instant>>,
 }
 
 impl IdleOffload {
-    pub fn new(after: Duration, pid: i32) -> IdleOffload {
-        IdleOffload { after, pid, busy: AtomicBool::new(false), last_answer: Mutex::new(Instant::now()), offloaded: AtomicBool::new(false) }
+    pub fn new(after: Duration, policy: OffloadPolicy, drain: Drain, pid: i32, reuse: Arc<ReuseIntervals>) -> IdleOffload {
+        IdleOffload {
+            after,
+            policy,
+            drain,
+            pid,
+            reuse,
+            busy: AtomicBool::new(false),
+            last_answer: Mutex::new((Instant::now(), false)),
+            offloaded: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            last_step: Mutex::new(None),
+        }
     }
 
-    /// A request came for the instance: if it was offloaded, its memory
-    /// starts coming back now.
+    /// How long it waits idle before turning semi-warm.
+    pub fn delay(&self) -> Duration {
+        self.reuse.p99().map_or(self.after, |p| p.max(self.after))
+    }
+
+    /// A request came for the instance: its drain stops, and if it gave
+    /// memory back, that memory starts coming back now.
     pub fn on_request(&self, daemon: &Daemon) {
         self.busy.store(true, Ordering::SeqCst);
-        if !self.offloaded.swap(false, Ordering::SeqCst) {
+        {
+            let (at, answered) = *self.last_answer.lock().unwrap_or_else(|e| e.into_inner());
+            if answered {
+                self.reuse.record(at.elapsed());
+            }
+        }
+        *self.last_step.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.drained.store(false, Ordering::SeqCst);
+        if !self.offloaded.swap(false, Ordering::SeqCst) || !self.policy.prefetches() {
             return;
         }
         let Some(child) = daemon.children.find(&self.pid.to_string()) else { return };
@@ -54,32 +177,63 @@ impl IdleOffload {
 
     /// The instance answered its request.
     pub fn on_answer(&self) {
-        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), true);
         self.busy.store(false, Ordering::SeqCst);
     }
 
-    /// How long until the instance is due to be offloaded; `None` while it
-    /// is busy or already offloaded.
+    /// How long until its next offload step; `None` while it is busy or
+    /// has nothing more to give back.
     pub fn due_in(&self) -> Option<Duration> {
-        if self.busy.load(Ordering::SeqCst) || self.offloaded.load(Ordering::SeqCst) {
+        if self.busy.load(Ordering::SeqCst) || self.drained.load(Ordering::SeqCst) {
             return None;
         }
-        let idle = self.last_answer.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-        Some(self.after.saturating_sub(idle))
+        let idle = self.last_answer.lock().unwrap_or_else(|e| e.into_inner()).0.elapsed();
+        let delay = self.delay();
+        if idle < delay {
+            return Some(delay - idle);
+        }
+        Some(self.last_step.lock().unwrap_or_else(|e| e.into_inner()).map_or(Duration::ZERO, |at| STEP.saturating_sub(at.elapsed())))
     }
 
-    /// Offloads the instance if it is due.
+    /// Runs its next offload step if it is due.
     pub fn offload_if_due(&self, daemon: &Daemon) {
         if self.due_in() != Some(Duration::ZERO) {
             return;
         }
+        let first = self.last_step.lock().unwrap_or_else(|e| e.into_inner()).replace(Instant::now()).is_none();
+        let budget = if self.policy.drains() {
+            match self.drain.budget(crate::children::resident_bytes(self.pid)) {
+                Some(b) => Some(b),
+                None => {
+                    self.drained.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(child) = daemon.children.find(&self.pid.to_string()) else { return };
         // Marked first: a request that comes during the offload waits for
         // it and then starts the prefetch.
         self.offloaded.store(true, Ordering::SeqCst);
-        let Some(child) = daemon.children.find(&self.pid.to_string()) else { return };
-        match crate::offload::offload(daemon, &child) {
-            Ok(r) => tracing::info!(pid = self.pid, pages_put = r.pages_put, rss_after = r.rss_after_bytes, "idle instance offloaded"),
-            Err(e) => tracing::warn!(pid = self.pid, error = %e.message, "idle instance not offloaded"),
+        let limits = ScanLimits { budget, seed_backed: self.policy.seed_backed() };
+        match crate::offload::offload(daemon, &child, limits) {
+            Ok(r) => {
+                let given = r.pages_put + r.pages_clean_at_seed + r.pages_clean_at_node + r.pages_zero;
+                // All at once, or nothing left it could give: done until its next request.
+                if budget.is_none() || given == 0 {
+                    self.drained.store(true, Ordering::SeqCst);
+                }
+                if first {
+                    tracing::info!(pid = self.pid, policy = self.policy.name(), pages_put = r.pages_put, rss_after = r.rss_after_bytes, "idle instance offloaded");
+                } else {
+                    tracing::debug!(pid = self.pid, pages_put = r.pages_put, rss_after = r.rss_after_bytes, "semi-warm drain step");
+                }
+            }
+            Err(e) => {
+                self.drained.store(true, Ordering::SeqCst);
+                tracing::warn!(pid = self.pid, error = %e.message, "idle instance not offloaded");
+            }
         }
     }
 }
@@ -88,9 +242,13 @@ impl IdleOffload {
 mod tests {
     use super::*;
 
+    fn idle(after_ms: u64, reuse: Arc<ReuseIntervals>) -> IdleOffload {
+        IdleOffload::new(Duration::from_millis(after_ms), OffloadPolicy::Mitosis, Drain::default(), 1, reuse)
+    }
+
     #[test]
     fn an_instance_is_due_once_idle_and_not_while_busy() {
-        let idle = IdleOffload::new(Duration::from_millis(50), 1);
+        let idle = idle(50, Arc::default());
         assert!(idle.due_in().unwrap() > Duration::ZERO);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(idle.due_in(), Some(Duration::ZERO));
@@ -98,7 +256,40 @@ mod tests {
         assert_eq!(idle.due_in(), None, "not while a request is in");
         idle.on_answer();
         assert!(idle.due_in().unwrap() > Duration::ZERO, "the clock starts again at the answer");
-        idle.offloaded.store(true, Ordering::SeqCst);
-        assert_eq!(idle.due_in(), None, "not twice");
+        *idle.last_step.lock().unwrap() = Some(Instant::now());
+        std::thread::sleep(Duration::from_millis(60));
+        let next = idle.due_in().unwrap();
+        assert!(next > STEP / 2 && next <= STEP, "semi-warm: the next step a step later, not at once ({next:?})");
+        idle.drained.store(true, Ordering::SeqCst);
+        assert_eq!(idle.due_in(), None, "drained: nothing until the next request");
+    }
+
+    #[test]
+    fn the_delay_is_the_p99_of_reuse_and_at_least_the_setting() {
+        let reuse = Arc::new(ReuseIntervals::default());
+        let idle = idle(1000, reuse.clone());
+        assert_eq!(idle.delay(), Duration::from_secs(1), "nothing learned yet");
+        for ms in 1..=100 {
+            reuse.record(Duration::from_millis(ms * 100));
+        }
+        assert_eq!(reuse.p99(), Some(Duration::from_millis(9900)));
+        assert_eq!(idle.delay(), Duration::from_millis(9900));
+        let short = ReuseIntervals::default();
+        short.record(Duration::from_millis(5));
+        assert_eq!(IdleOffload::new(Duration::from_secs(2), OffloadPolicy::Mitosis, Drain::default(), 1, Arc::new(short)).delay(), Duration::from_secs(2));
+        for _ in 0..REUSE_KEPT * 2 {
+            reuse.record(Duration::from_millis(1));
+        }
+        assert_eq!(reuse.p99(), Some(Duration::from_millis(1)), "only the recent intervals count");
+    }
+
+    #[test]
+    fn a_drain_step_gives_a_share_down_to_the_floor() {
+        let drain = Drain::default();
+        assert_eq!(drain.budget(1000 << 20), Some(10 << 20));
+        assert_eq!(drain.budget(9 << 20), Some(PAGE.max((9u64 << 20) / 100)), "a small share is at least a page");
+        assert_eq!(drain.budget((8 << 20) + PAGE), Some(PAGE), "never below the floor");
+        assert_eq!(drain.budget(8 << 20), None);
+        assert_eq!(drain.budget(1 << 20), None);
     }
 }

@@ -69,6 +69,8 @@ pub struct InstanceConfig {
     /// Offload an instance idle this long (`--offload-idle-after`, see
     /// [`crate::idle`]); fork-started ones are resumed with write tracking.
     pub offload_idle_after: Option<std::time::Duration>,
+    /// How semi-warm instances drain (`--semi-warm-drain`, `--semi-warm-floor`).
+    pub drain: crate::idle::Drain,
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +105,7 @@ impl InstanceConfig {
             .or_else(|| std::env::var_os("MITOSIS_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from))
             .or_else(|| find_on_path("python3"))
             .map(|p| std::path::absolute(&p).unwrap_or(p));
-        Ok(InstanceConfig { user, python, offload_idle_after: None })
+        Ok(InstanceConfig { user, python, offload_idle_after: None, drain: crate::idle::Drain::default() })
     }
 
     /// The uid instances run as.
@@ -234,7 +236,10 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
         (Running::Cold { .. }, InstanceStart::Cold { prepare_as }) => prepare_as.is_none(),
         (Running::Cold { .. }, InstanceStart::Fork { .. }) => false,
     };
-    let idle = offload_idle_after(daemon, &spec).filter(|_| offloadable).map(|after| crate::idle::IdleOffload::new(after, pid));
+    let idle = offload_idle_after(daemon, &spec).filter(|_| offloadable).map(|after| {
+        let reuse = daemon.reuse.of(&spec.function);
+        crate::idle::IdleOffload::new(after, spec.offload_policy, daemon.config.instances.drain, pid, reuse)
+    });
     std::thread::scope(|scope| {
         let verdict = &verdict;
         let calls_pidfd = &*pidfd;

@@ -118,6 +118,8 @@ pub struct Daemon {
     pub pool: Arc<mitosis_container::Pool>,
     pub children: children::Children,
     pub instances: instance::Instances,
+    /// Each function's reuse intervals here: when its idle instances turn semi-warm.
+    pub reuse: idle::ReuseHistory,
     pub cache: Arc<cache::PageCache>,
     pub janitor: Arc<janitor::Janitor>,
 }
@@ -164,6 +166,7 @@ impl Daemon {
             pool,
             children: children::Children::default(),
             instances: instance::Instances::default(),
+            reuse: idle::ReuseHistory::default(),
             cache,
             janitor,
         });

@@ -228,7 +228,7 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
                 reply(&mut conn, &crate::resume::bare_container(daemon, &spec))?;
             }
             LocalRequest::Offload { id } => {
-                let resp = match running_child(daemon, cred, &id).and_then(|c| crate::offload::offload(daemon, &c)) {
+                let resp = match running_child(daemon, cred, &id).and_then(|c| crate::offload::offload(daemon, &c, Default::default())) {
                     Ok(report) => LocalResponse::Offloaded(report),
                     Err(e) => LocalResponse::Error(e),
                 };

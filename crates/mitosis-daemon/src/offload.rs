@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mitosis_memnode::{MemnodeClient, MemnodeError};
-use mitosis_pager::offload::{Command, Reply, Scanned};
+use mitosis_pager::offload::{Command, Reply, ScanLimits, Scanned};
 use mitosis_pager::{Counters, NoSeed, NodeSource, OffloadHandle, Outcome, Pager, Regions};
 use mitosis_proto::local::OffloadReport;
 use mitosis_proto::memnode::{MAX_BATCH_BYTES, MAX_RUNS};
@@ -142,8 +142,9 @@ fn node_error(e: &MemnodeError) -> RemoteError {
     fail(e.kind(), error_chain(e))
 }
 
-/// Offloads `child`'s memory to this daemon's memory node.
-pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, RemoteError> {
+/// Offloads `child`'s memory to this daemon's memory node: all of it, or
+/// what `limits` allow.
+pub fn offload(daemon: &Daemon, child: &ChildRecord, limits: ScanLimits) -> Result<OffloadReport, RemoteError> {
     let t0 = Instant::now();
     let Some(addr) = daemon.config.memnode.clone() else {
         return Err(fail(ErrorKind::Unsupported, "this daemon has no memory node (start it with --memnode ADDR)"));
@@ -164,7 +165,7 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord) -> Result<OffloadReport, Re
         Some(_) => Ok(()),
         None => adopt(daemon, &frozen, child, &mut offloader),
     }
-    .and_then(|()| offload_frozen(&mut offloader, &frozen, &connect, pid));
+    .and_then(|()| offload_frozen(&mut offloader, &frozen, &connect, pid, limits));
     let thawed = frozen.thaw();
     let frozen_us = micros(frozen_at.elapsed());
     let mut report = result?;
@@ -224,9 +225,15 @@ pub fn prefetch(child: &ChildRecord) -> Result<(u64, u64), RemoteError> {
 }
 
 /// The offload of a frozen child: scan, put, commit, drop, settle.
-fn offload_frozen(offloader: &mut Offloader, frozen: &mitosis_capture::freeze::Frozen, connect: &Connect, pid: i32) -> Result<OffloadReport, RemoteError> {
+fn offload_frozen(
+    offloader: &mut Offloader,
+    frozen: &mitosis_capture::freeze::Frozen,
+    connect: &Connect,
+    pid: i32,
+    limits: ScanLimits,
+) -> Result<OffloadReport, RemoteError> {
     let internal = |e: String| fail(ErrorKind::Internal, e);
-    let scanned = match offloader.handle()?.ask(Command::Scan { pid }).map_err(internal)? {
+    let scanned = match offloader.handle()?.ask(Command::Scan { pid, limits }).map_err(internal)? {
         Reply::Scanned(s) => s,
         Reply::Refused(why) => return Err(fail(ErrorKind::Unsupported, format!("child {pid} cannot be offloaded: {why}"))),
         _ => return Err(internal("the pager answered a scan out of turn".into())),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use mitosis_proto::instance::OffloadPolicy;
 use serde::{Deserialize, Serialize};
 
 /// How a function's new instances start when no idle one is left.
@@ -69,11 +70,14 @@ pub struct FunctionConfig {
     /// `None`: the gateway's default (`--policy`).
     #[serde(default)]
     pub policy: Option<Policy>,
-    /// Seconds after which an idle fork-started instance's memory is
-    /// offloaded (and prefetched back at its next request); `None`: the
-    /// worker's default (`mitosis daemon --offload-idle-after`).
+    /// Seconds (at least) after which an idle instance's memory is
+    /// offloaded; `None`: the worker's default (`mitosis daemon
+    /// --offload-idle-after`).
     #[serde(default)]
     pub offload_idle_s: Option<u64>,
+    /// How it is offloaded (`mitosis`, `faasmem` or `whole`).
+    #[serde(default)]
+    pub offload_policy: OffloadPolicy,
 }
 
 fn default_memory() -> u64 {
@@ -100,6 +104,7 @@ impl FunctionConfig {
             timeout_s: DEFAULT_TIMEOUT_S,
             policy: None,
             offload_idle_s: None,
+            offload_policy: OffloadPolicy::default(),
         }
     }
 

@@ -530,6 +530,7 @@ impl Gateway {
                 start: start.clone(),
                 memory_bytes: Some(pool.config.memory_bytes()),
                 offload_idle_after_ms: pool.config.offload_idle_ms(),
+                offload_policy: pool.config.offload_policy,
             };
             worker.load.fetch_add(1, Ordering::Relaxed);
             let (g, p, w) = (self.clone(), Arc::downgrade(pool), worker.addr.clone());

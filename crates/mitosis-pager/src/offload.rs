@@ -58,10 +58,58 @@ pub trait NodeSource: Send {
     fn duplicate(&self) -> Result<Box<dyn NodeSource>, String>;
 }
 
+/// What a scan may list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// At most this many bytes of pages that hold memory (pages of the zero
+    /// page, which hold none, always come along): the clean ones first,
+    /// which cost nothing to drop, then the changed ones, each in address
+    /// order. `None`: all of them. (This kernel cannot tell which pages
+    /// were used last: no MGLRU, no idle-page tracking.)
+    pub budget: Option<u64>,
+    /// Pages unchanged since they came from the seed may be dropped as the
+    /// seed's (`false`: they are put on the memory node like changed ones,
+    /// as FaaSMem, which has no seed, must).
+    pub seed_backed: bool,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits { budget: None, seed_backed: true }
+    }
+}
+
+/// Where a scanned page's copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    AtSeed,
+    AtNode,
+    Changed,
+}
+
+/// The runs of `found` a scan lists within `budget` bytes: clean ones
+/// first, then changed ones, each in address order (a run is cut at the
+/// budget, on a page boundary).
+fn within_budget(found: Vec<(u64, u64, Found)>, budget: Option<u64>) -> Vec<(u64, u64, Found)> {
+    let Some(mut left) = budget else { return found };
+    let (clean, changed): (Vec<_>, Vec<_>) = found.into_iter().partition(|r| r.2 != Found::Changed);
+    let mut out = Vec::new();
+    for (start, end, kind) in clean.into_iter().chain(changed) {
+        let take = (end - start).min(left / PAGE * PAGE);
+        if take == 0 {
+            break;
+        }
+        out.push((start, start + take, kind));
+        left -= take;
+    }
+    out.sort_by_key(|r| r.0);
+    out
+}
+
 /// A request of the daemon to a child's pager.
 pub enum Command {
-    /// List the resident pages of process `pid` (the pager's own).
-    Scan { pid: i32 },
+    /// List the resident pages of process `pid` (the pager's own), within `limits`.
+    Scan { pid: i32, limits: ScanLimits },
     /// The changed pages are held by the node (`offloaded`) or were all zero
     /// (`zeroed`); `node` is the source to bring them back from (the first
     /// commit hands it over).
@@ -200,7 +248,7 @@ impl Pager {
         control.drain_wake();
         while let Some(command) = self.control.as_ref().and_then(|c| c.commands.try_recv().ok()) {
             let reply = match command {
-                Command::Scan { pid } => self.scan(pid).map_or_else(Reply::Refused, Reply::Scanned),
+                Command::Scan { pid, limits } => self.scan(pid, limits).map_or_else(Reply::Refused, Reply::Scanned),
                 Command::Commit { offloaded, zeroed, node } => {
                     if node.is_some() {
                         self.node = node;
@@ -241,7 +289,7 @@ impl Pager {
         Ok(())
     }
 
-    fn scan(&mut self, pid: i32) -> Result<Scanned, String> {
+    fn scan(&mut self, pid: i32, limits: ScanLimits) -> Result<Scanned, String> {
         if self.forked {
             return Err("it has forked, and its children's pagers would read the pages it offloads (offloading a process that forked is not built)".into());
         }
@@ -251,6 +299,7 @@ impl Pager {
         self.scanned_clean.clear();
         let mut scanned = Scanned::default();
         let mut zero = Vec::new();
+        let mut found: Vec<(u64, u64, Found)> = Vec::new();
         for (start, end) in served_ranges(pid)? {
             let runs = mem::resident_runs(pid, start, end).map_err(|e| format!("scanning the pages of {start:#x}-{end:#x}: {e}"))?;
             for run in runs {
@@ -260,31 +309,40 @@ impl Pager {
                     continue;
                 }
                 self.regions.cover(run.start, run.end);
+                let clean = self.track_writes && !run.written;
                 let mut page = run.start;
                 while page < run.end {
-                    let state = self.regions.lookup(page).map(|l| l.0);
-                    let clean = self.track_writes && !run.written;
-                    match state {
-                        Some(PageState::Served) if clean => {
-                            scanned.clean_at_seed += PAGE;
-                            push_range(&mut self.scanned_clean, page);
-                        }
-                        Some(PageState::Restored) if clean => {
-                            scanned.clean_at_node += PAGE;
-                            push_range(&mut self.scanned_clean, page);
-                        }
-                        _ => {
-                            let key = self.regions.key_of(page, &mut self.next_key).ok_or_else(|| format!("no region at {page:#x} after covering it"))?;
-                            match scanned.changed.last_mut() {
-                                Some(r) if r.0 + r.2 == page && r.1 + r.2 == key => r.2 += PAGE,
-                                _ => scanned.changed.push((page, key, PAGE)),
-                            }
-                        }
+                    let kind = match self.regions.lookup(page).map(|l| l.0) {
+                        Some(PageState::Served) if clean && limits.seed_backed => Found::AtSeed,
+                        Some(PageState::Restored) if clean => Found::AtNode,
+                        _ => Found::Changed,
+                    };
+                    match found.last_mut() {
+                        Some(last) if last.1 == page && last.2 == kind => last.1 += PAGE,
+                        _ => found.push((page, page + PAGE, kind)),
                     }
                     page += PAGE;
                 }
             }
         }
+        for (start, end, kind) in within_budget(found, limits.budget) {
+            match kind {
+                Found::AtSeed | Found::AtNode => {
+                    *(if kind == Found::AtSeed { &mut scanned.clean_at_seed } else { &mut scanned.clean_at_node }) += end - start;
+                    self.scanned_clean.push((start, end));
+                }
+                Found::Changed => {
+                    for page in (start..end).step_by(usize_of(PAGE)) {
+                        let key = self.regions.key_of(page, &mut self.next_key).ok_or_else(|| format!("no region at {page:#x} after covering it"))?;
+                        match scanned.changed.last_mut() {
+                            Some(r) if r.0 + r.2 == page && r.1 + r.2 == key => r.2 += PAGE,
+                            _ => scanned.changed.push((page, key, PAGE)),
+                        }
+                    }
+                }
+            }
+        }
+        self.scanned_clean = merged(std::mem::take(&mut self.scanned_clean));
         self.scanned_zero = zero;
         Ok(scanned)
     }
@@ -473,14 +531,6 @@ fn key_ranges(runs: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
     runs.iter().map(|r| (r.1, r.2)).collect()
 }
 
-/// Adds the page at `page` to `ranges` (start, end), joining the last range.
-fn push_range(ranges: &mut Vec<(u64, u64)>, page: u64) {
-    match ranges.last_mut() {
-        Some(last) if last.1 == page => last.1 += PAGE,
-        _ => ranges.push((page, page + PAGE)),
-    }
-}
-
 /// Removes `holes` from `[start, end)`: what is left, in order.
 pub(crate) fn subtract(start: u64, end: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut left = vec![(start, end)];
@@ -522,6 +572,18 @@ mod tests {
         assert_eq!(subtract(0, 100, &[(0, 100)]), vec![]);
         assert_eq!(subtract(10, 20, &[(0, 15)]), vec![(15, 20)]);
         assert_eq!(subtract(10, 20, &[(30, 40)]), vec![(10, 20)]);
+    }
+
+    #[test]
+    fn a_budget_takes_clean_pages_first_and_cuts_on_a_page() {
+        let found = vec![(0, 4 * PAGE, Found::Changed), (4 * PAGE, 6 * PAGE, Found::AtSeed), (8 * PAGE, 9 * PAGE, Found::AtNode)];
+        assert_eq!(within_budget(found.clone(), None), found);
+        assert_eq!(within_budget(found.clone(), Some(3 * PAGE)), vec![(4 * PAGE, 6 * PAGE, Found::AtSeed), (8 * PAGE, 9 * PAGE, Found::AtNode)]);
+        assert_eq!(
+            within_budget(found.clone(), Some(5 * PAGE + 100)),
+            vec![(0, 2 * PAGE, Found::Changed), (4 * PAGE, 6 * PAGE, Found::AtSeed), (8 * PAGE, 9 * PAGE, Found::AtNode)]
+        );
+        assert!(within_budget(found, Some(PAGE - 1)).is_empty());
     }
 
     #[test]

@@ -79,10 +79,72 @@ pub struct InstanceSpec {
     pub start: InstanceStart,
     /// Its container's memory limit; `None`: unlimited.
     pub memory_bytes: Option<u64>,
-    /// Offload a fork-started instance's memory once it has been idle this
-    /// many milliseconds, and prefetch it back at its next request; `None`:
-    /// the worker's default (`mitosis daemon --offload-idle-after`).
+    /// Offload the instance's memory once it has been idle this many
+    /// milliseconds (at least; see [`OffloadPolicy`]); `None`: the worker's
+    /// default (`mitosis daemon --offload-idle-after`).
     pub offload_idle_after_ms: Option<u64>,
+    /// How it is offloaded.
+    pub offload_policy: OffloadPolicy,
+}
+
+/// How an idle instance gives its memory back: FaaSMem's semi-warm state,
+/// built in user space, and what a remote fork adds to it. The delay before
+/// an instance turns semi-warm is the P99 of its function's reuse
+/// intervals on the worker, and at least the instance's idle setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadPolicy {
+    /// Semi-warm: memory drains gradually (the worker's rate, by default 1%
+    /// of what the instance holds per second, down to 8 MiB); pages
+    /// unchanged since they came from the seed are dropped at no transfer;
+    /// the next request prefetches everything back.
+    #[default]
+    Mitosis,
+    /// FaaSMem's: the same drain, but every page goes to the memory node
+    /// (FaaSMem has no seed) and nothing is prefetched on reuse.
+    Faasmem,
+    /// Everything at once when the delay is over, and prefetch on reuse:
+    /// `mitosis` without the gradual drain (an ablation).
+    Whole,
+}
+
+impl OffloadPolicy {
+    pub const NAMES: [&'static str; 3] = ["mitosis", "faasmem", "whole"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OffloadPolicy::Mitosis => "mitosis",
+            OffloadPolicy::Faasmem => "faasmem",
+            OffloadPolicy::Whole => "whole",
+        }
+    }
+
+    /// Drained gradually (semi-warm), rather than all at once.
+    pub fn drains(self) -> bool {
+        self != OffloadPolicy::Whole
+    }
+
+    /// Pages unchanged since the seed are dropped as the seed's.
+    pub fn seed_backed(self) -> bool {
+        self != OffloadPolicy::Faasmem
+    }
+
+    /// A reused instance's memory is prefetched.
+    pub fn prefetches(self) -> bool {
+        self != OffloadPolicy::Faasmem
+    }
+}
+
+impl std::str::FromStr for OffloadPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mitosis" => Ok(OffloadPolicy::Mitosis),
+            "faasmem" => Ok(OffloadPolicy::Faasmem),
+            "whole" => Ok(OffloadPolicy::Whole),
+            other => Err(format!("unknown offload policy {other:?} (one of: {})", OffloadPolicy::NAMES.join(", "))),
+        }
+    }
 }
 
 /// How an instance starts.
@@ -344,6 +406,7 @@ mod tests {
             start: InstanceStart::Cold { prepare_as: Some("fn-hello-1".into()) },
             memory_bytes: Some(256 << 20),
             offload_idle_after_ms: None,
+            offload_policy: OffloadPolicy::default(),
         }
     }
 
