@@ -24,6 +24,8 @@ use mitosis_trace::formats::synthetic::Spec;
 use mitosis_trace::schedule::{FunctionMap, Schedule, ScheduleOptions};
 use mitosis_trace::{report, ReplayConfig};
 
+use mitosis_proto::instance::OffloadPolicy;
+
 use crate::functions::Suite;
 use crate::platform::Workers;
 
@@ -33,6 +35,8 @@ pub struct Options {
     pub minutes: f64,
     /// Seconds of idleness after which the third gateway's instances are offloaded.
     pub offload_idle: Option<u64>,
+    /// How the third gateway's instances are offloaded.
+    pub offload_policy: OffloadPolicy,
     /// The synthetic trace (see `mitosis replay --help`); functions are mapped onto the suite.
     pub spec: String,
     pub out: PathBuf,
@@ -66,6 +70,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     let cold_config = workers.gateway_config(Policy::Cold)?;
     let offload_config = workers.gateway_config(Policy::Fork)?;
     let offload_idle = opts.offload_idle;
+    let offload_policy = opts.offload_policy;
     let json = opts.json;
     let runs = workers.cluster.run(|_| {
         workers.with_gateway(Policy::Fork, move |rt, fork_gateway, fork_url| {
@@ -85,7 +90,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             let offloading = offload_idle.map(|_| serve(offload_config)).transpose()?;
             let register = |g: &Gateway, offload_idle_s: Option<u64>| {
                 for (name, config) in &configs {
-                    g.register(name, FunctionConfig { keep_alive_s: 600, max_instances: 16, offload_idle_s, ..config.clone() });
+                    g.register(name, FunctionConfig { keep_alive_s: 600, max_instances: 16, offload_idle_s, offload_policy, ..config.clone() });
                 }
             };
             register(fork_gateway, None);
@@ -127,7 +132,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     })?;
     let report = report::Report::new(&runs);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let offload_note = opts.offload_idle.map(|s| format!("; fork+offload: idle instances offloaded after {s} s")).unwrap_or_default();
+    let offload_note = opts
+        .offload_idle
+        .map(|s| format!("; fork+offload: idle instances semi-warm after {s} s or their function's P99 reuse interval, policy {}", opts.offload_policy.name()))
+        .unwrap_or_default();
     let note = format!("{} (synthetic, FaaSMem-shaped; keep-alive 600 s, max 16, LIFO{offload_note})", opts.spec);
     let files = report::write_dir(&opts.out, &runs, &report, Some(&note)).map_err(|e| anyhow::anyhow!("{e}"))?;
     if opts.json {

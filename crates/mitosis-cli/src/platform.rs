@@ -336,6 +336,9 @@ pub enum PlatformBench {
         /// Also replay through a fork gateway that offloads instances idle this many seconds.
         #[arg(long, value_name = "SECS")]
         offload_idle: Option<u64>,
+        /// The third gateway's offload policy (see `mitosis fn deploy --offload-policy`).
+        #[arg(long, value_name = "POLICY", default_value = "mitosis", requires = "offload_idle")]
+        offload_policy: mitosis_proto::instance::OffloadPolicy,
         /// The synthetic trace (grammar: `mitosis replay --help`).
         #[arg(long, default_value = mitosis_bench::replay::DEFAULT_SPEC)]
         spec: String,
@@ -359,8 +362,8 @@ impl PlatformBench {
                 bin,
                 &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
             )?,
-            PlatformBench::Replay { minutes, offload_idle, spec, out, json } => {
-                mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, spec, out, json })?
+            PlatformBench::Replay { minutes, offload_idle, offload_policy, spec, out, json } => {
+                mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, offload_policy, spec, out, json })?
             }
         }
         Ok(0)
