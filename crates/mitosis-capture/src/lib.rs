@@ -29,6 +29,9 @@
 //! other threads' state is in the image ([`ThreadState`]), and children
 //! recreate them.
 //!
+//! [`freeze`] holds a running process still for an offload, and can take
+//! over its memory for the daemon's pager (a userfaultfd made inside it).
+//!
 //! This crate must not serve pages, talk to the network or keep seeds: the
 //! daemon owns the snapshot once [`prepare`] returns.
 
