@@ -41,6 +41,11 @@ impl Workers {
     /// [`Workers::start`], with a memory node in host a that the workers
     /// offload idle instances to when `memnode`.
     pub fn start_with(bin: &Path, name: &str, suite: Suite, memnode: bool) -> anyhow::Result<Workers> {
+        Workers::start_with_args(bin, name, suite, memnode, &[])
+    }
+
+    /// [`Workers::start_with`], with `extra` `mitosis daemon` arguments.
+    pub fn start_with_args(bin: &Path, name: &str, suite: Suite, memnode: bool, extra: &[&str]) -> anyhow::Result<Workers> {
         crate::hosts::ensure_root(name)?;
         // Not under /tmp: a container has a /tmp of its own, and instances
         // must reach their daemon's socket (to prepare) and their interpreter.
@@ -52,6 +57,7 @@ impl Workers {
         if memnode {
             args.extend(["--memnode", crate::hosts::MEMNODE_A]);
         }
+        args.extend(extra);
         let cluster = Cluster::start_in(bin, dir, &args)?;
         let memnode = match memnode {
             true => {

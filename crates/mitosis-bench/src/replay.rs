@@ -22,6 +22,7 @@ use anyhow::Context;
 use mitosis_gateway::{FunctionConfig, Gateway, Policy};
 use mitosis_trace::formats::synthetic::Spec;
 use mitosis_trace::schedule::{FunctionMap, Schedule, ScheduleOptions};
+use mitosis_trace::replay::ReplayRun;
 use mitosis_trace::{report, ReplayConfig};
 
 use mitosis_proto::instance::OffloadPolicy;
@@ -56,26 +57,61 @@ pub const BY_WEIGHT: [&str; 13] = [
 /// The default trace: 13 functions, 1.2 invocations/s in all, bursty (CV 2).
 pub const DEFAULT_SPEC: &str = "functions=13,rate=1.2,skew=1.1,cv=2,seed=11";
 
-pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
+/// One gateway of a replay: how its instances start, and how they give
+/// their memory back when idle.
+#[derive(Debug, Clone)]
+pub struct Arm {
+    pub label: String,
+    pub policy: Policy,
+    /// Seconds of idleness (at least) and the offload policy; `None`: plain keep-alive.
+    pub offload: Option<(u64, OffloadPolicy)>,
+}
+
+impl Arm {
+    pub fn new(label: &str, policy: Policy, offload: Option<(u64, OffloadPolicy)>) -> Arm {
+        Arm { label: label.into(), policy, offload }
+    }
+}
+
+/// What [`replay_arms`] replays.
+pub struct ArmsOptions<'a> {
+    pub bench: &'a str,
+    pub minutes: f64,
+    pub spec: &'a str,
+    /// Suite functions, the most invoked trace function onto the first.
+    pub functions: &'a [&'a str],
+    pub arms: &'a [Arm],
+    /// Extra `mitosis daemon` arguments of the workers.
+    pub worker_args: &'a [&'a str],
+    /// Draw a progress bar (the first arm's).
+    pub progress: bool,
+}
+
+/// Replays one synthetic schedule through one gateway per arm, all at the
+/// same time over the same two workers (a memory node in host a when an
+/// arm offloads): each gateway counts only its own instances' memory.
+pub fn replay_arms(bin: &Path, opts: &ArmsOptions) -> anyhow::Result<Vec<ReplayRun>> {
+    let (first, others) = opts.arms.split_first().context("a replay needs at least one arm")?;
     let suite = Suite::locate(None, None)?;
     suite.check()?;
     let seconds = opts.minutes * 60.0;
     let spec: Spec = opts.spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let trace = spec.generate(seconds).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let map = FunctionMap::parse(&BY_WEIGHT.join(",")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let map = FunctionMap::parse(&opts.functions.join(",")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let schedule = Schedule::build(&trace, &ScheduleOptions { map, ..ScheduleOptions::new(Duration::from_secs_f64(seconds)) })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let workers = Workers::start_with(bin, "bench-replay", suite, opts.offload_idle.is_some())?;
+    let memnode = opts.arms.iter().any(|a| a.offload.is_some());
+    let workers = Workers::start_with_args(bin, opts.bench, suite, memnode, opts.worker_args)?;
     let configs: Vec<(String, FunctionConfig)> = schedule.functions().iter().map(|f| (f.clone(), workers.function(f))).collect();
-    let cold_config = workers.gateway_config(Policy::Cold)?;
-    let offload_config = workers.gateway_config(Policy::Fork)?;
-    let offload_idle = opts.offload_idle;
-    let offload_policy = opts.offload_policy;
-    let json = opts.json;
-    let runs = workers.cluster.run(|_| {
-        workers.with_gateway(Policy::Fork, move |rt, fork_gateway, fork_url| {
+    let other_configs = others.iter().map(|a| Ok((a.clone(), workers.gateway_config(a.policy)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    let first = first.clone();
+    let progress = opts.progress;
+    let schedule = Arc::new(schedule);
+    workers.cluster.run(|_| {
+        workers.with_gateway(first.policy, move |rt, first_gateway, first_url| {
             // The other gateways, in the same runtime and namespace.
-            let serve = |config| {
+            let mut gateways = Vec::new();
+            for (arm, config) in other_configs {
                 let gateway = Gateway::new(config);
                 let url = rt.block_on(async {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -84,52 +120,55 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
                     tokio::spawn(mitosis_gateway::http::serve(gateway.clone(), listener, std::future::pending()));
                     anyhow::Ok(url)
                 })?;
-                anyhow::Ok((gateway, url))
-            };
-            let (cold_gateway, cold_url) = serve(cold_config)?;
-            let offloading = offload_idle.map(|_| serve(offload_config)).transpose()?;
-            let register = |g: &Gateway, offload_idle_s: Option<u64>| {
+                gateways.push((arm, gateway, url));
+            }
+            let register = |g: &Gateway, arm: &Arm| {
                 for (name, config) in &configs {
+                    let (offload_idle_s, offload_policy) = arm.offload.map_or((None, OffloadPolicy::default()), |(s, p)| (Some(s), p));
                     g.register(name, FunctionConfig { keep_alive_s: 600, max_instances: 16, offload_idle_s, offload_policy, ..config.clone() });
                 }
             };
-            register(fork_gateway, None);
-            register(&cold_gateway, None);
-            if let Some((g, _)) = &offloading {
-                register(g, offload_idle);
+            register(first_gateway, &first);
+            for (arm, g, _) in &gateways {
+                register(g, arm);
             }
-            if !json {
-                let n = if offloading.is_some() { "three" } else { "both" };
-                eprintln!("replay: {} requests over {seconds:.0} s, through {n} gateways at once", schedule.invocations.len());
-            }
-            let cfg = |label: &str, url: &str, progress| ReplayConfig {
-                label: label.into(),
-                progress,
-                timeout: Duration::from_secs(120),
-                ..ReplayConfig::new(url)
-            };
-            let (fork_cfg, cold_cfg) = (cfg("fork", fork_url, !json), cfg("cold", &cold_url, false));
-            let offload_cfg = offloading.as_ref().map(|(_, url)| cfg("fork+offload", url, false));
-            let (fork, cold, offloaded) = rt.block_on(async {
-                let offloaded = async {
-                    match &offload_cfg {
-                        Some(c) => Some(mitosis_trace::replay(c, &schedule).await),
-                        None => None,
-                    }
-                };
-                tokio::join!(mitosis_trace::replay(&fork_cfg, &schedule), mitosis_trace::replay(&cold_cfg, &schedule), offloaded)
+            let cfg = |label: &str, url: &str, progress| ReplayConfig { label: label.into(), progress, timeout: Duration::from_secs(120), ..ReplayConfig::new(url) };
+            let mut cfgs = vec![cfg(&first.label, first_url, progress)];
+            cfgs.extend(gateways.iter().map(|(arm, _, url)| cfg(&arm.label, url, false)));
+            let replays: Vec<_> = cfgs
+                .into_iter()
+                .map(|c| {
+                    let schedule = schedule.clone();
+                    rt.spawn(async move { mitosis_trace::replay(&c, &schedule).await })
+                })
+                .collect();
+            let outcomes = rt.block_on(async {
+                let mut all = Vec::new();
+                for r in replays {
+                    all.push(r.await);
+                }
+                all
             });
-            retire(&cold_gateway);
-            if let Some((g, _)) = &offloading {
+            for (_, g, _) in &gateways {
                 retire(g);
             }
-            let mut runs = vec![fork.map_err(|e| anyhow::anyhow!("{e}"))?, cold.map_err(|e| anyhow::anyhow!("{e}"))?];
-            if let Some(run) = offloaded {
-                runs.push(run.map_err(|e| anyhow::anyhow!("{e}"))?);
-            }
-            Ok(runs)
+            outcomes.into_iter().map(|o| o.map_err(|e| anyhow::anyhow!("a replay task failed: {e}"))?.map_err(|e| anyhow::anyhow!("{e}"))).collect()
         })
-    })?;
+    })
+}
+
+pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
+    let mut arms = vec![Arm::new("fork", Policy::Fork, None), Arm::new("cold", Policy::Cold, None)];
+    if let Some(idle) = opts.offload_idle {
+        arms.push(Arm::new("fork+offload", Policy::Fork, Some((idle, opts.offload_policy))));
+    }
+    if !opts.json {
+        let n = if arms.len() == 3 { "three" } else { "both" };
+        eprintln!("replay: {:.0} s, through {n} gateways at once", opts.minutes * 60.0);
+    }
+    let arms_options =
+        ArmsOptions { bench: "bench-replay", minutes: opts.minutes, spec: &opts.spec, functions: &BY_WEIGHT, arms: &arms, worker_args: &[], progress: !opts.json };
+    let runs = replay_arms(bin, &arms_options)?;
     let report = report::Report::new(&runs);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let offload_note = opts

@@ -325,6 +325,36 @@ pub enum PlatformBench {
         #[arg(long)]
         json: bool,
     },
+    /// FaaSMem's evaluation (experiments 1 and 3 of issue 11): one FaaSMem-shaped schedule on
+    /// FaaSMem's functions through five gateways at once over the same workers and memory
+    /// node: `none` (cold starts, keep-alive), `faasmem` (cold starts, semi-warm drain, every
+    /// page to the node), `fork`, `mitosis` (remote forks, semi-warm drain, unchanged pages
+    /// dropped free, prefetch on reuse) and `no-semi-warm` (mitosis, all at once). Prints each
+    /// arm's P50/P95/P99 and average memory (instances, seeds) and their ratios to `none`,
+    /// and P95 ratios per function; records, charts and faasmem.json in --out. Packets, tmo,
+    /// the semi-warm share and density are not built.
+    Faasmem {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds an instance is idle, at least, before it turns semi-warm (FaaSMem: 60;
+        /// the P99 of its function's reuse intervals when that is longer).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        offload_idle: u64,
+        /// Percent of its memory a semi-warm instance gives back a second (FaaSMem: 1).
+        #[arg(long, value_name = "PCT", default_value_t = 1.0)]
+        drain: f64,
+        /// Suite functions, the most invoked trace function onto the first (bert is left
+        /// out by default: at 1.8 GB an instance, five arms of it do not fit).
+        #[arg(long, value_delimiter = ',', default_values_t = mitosis_bench::faasmem::FUNCTIONS.map(String::from))]
+        functions: Vec<String>,
+        /// The synthetic trace (grammar: `mitosis replay --help`).
+        #[arg(long, default_value = mitosis_bench::faasmem::DEFAULT_SPEC)]
+        spec: String,
+        #[arg(long, default_value = "target/bench-faasmem")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// A FaaSMem-shaped open-loop replay of the suite's functions (synthetic trace, mapped by
     /// popularity rank, the most invoked onto the lightest handler), through a fork and a cold
     /// gateway at once over the same workers; a table per policy, records and charts in --out.
@@ -361,6 +391,10 @@ impl PlatformBench {
             PlatformBench::Spike { function, base, peak, at, for_s, seconds, out, json } => mitosis_bench::spike::run(
                 bin,
                 &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
+            )?,
+            PlatformBench::Faasmem { minutes, offload_idle, drain, functions, spec, out, json } => mitosis_bench::faasmem::run(
+                bin,
+                &mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, spec, out, json },
             )?,
             PlatformBench::Replay { minutes, offload_idle, offload_policy, spec, out, json } => {
                 mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, offload_policy, spec, out, json })?

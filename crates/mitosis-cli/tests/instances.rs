@@ -344,6 +344,7 @@ fn idle_instances_give_their_memory_back_and_answer_the_same() {
     assert_eq!(seed.phases(4).last(), Some(&Phase::Ready), "{}", w.logs());
     let want = seed.invoke_json(b"same");
 
+    let memory_of = |name: &str| usage(hb, &addr_b).instances.iter().find(|i| i.name == name).map_or(0, |i| i.memory_bytes);
     let mut child = Conn::open(hb, &addr_b);
     // Offloaded after a second of idleness (a gateway's `offload_idle_s`).
     let s = InstanceSpec {
@@ -353,7 +354,7 @@ fn idle_instances_give_their_memory_back_and_answer_the_same() {
     child.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
     assert_eq!(child.phases(1), vec![Phase::Ready], "{}", w.logs());
     assert_eq!(child.invoke_json(b"same"), want);
-    let memory = || usage(hb, &addr_b).instances.iter().find(|i| i.name == "big-1").map_or(0, |i| i.memory_bytes);
+    let memory = || memory_of("big-1");
     // Its handler read the 64 MiB its seed built; a second after its answer
     // they are given back (dropped: they are its seed's).
     let busy = memory();
@@ -372,7 +373,7 @@ fn idle_instances_give_their_memory_back_and_answer_the_same() {
         .unwrap_or_else(|e| panic!("cold start: {e}\n{}", w.logs()));
     assert_eq!(cold_one.phases(3).last(), Some(&Phase::Ready), "{}", w.logs());
     assert_eq!(cold_one.invoke_json(b"same"), want, "a cold start answers as the seed did");
-    let memory = || usage(hb, &addr_b).instances.iter().find(|i| i.name == "big-cold").map_or(0, |i| i.memory_bytes);
+    let memory = || memory_of("big-cold");
     let busy = memory();
     assert!(busy > 64 << 20, "the cold instance holds its data: {busy}");
     assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the idle cold instance kept {} of {busy} bytes\n{}", memory(), w.logs());
@@ -397,7 +398,7 @@ fn idle_instances_give_their_memory_back_and_answer_the_same() {
     faasmem.start(&s).unwrap_or_else(|e| panic!("fork start: {e}\n{}", w.logs()));
     assert_eq!(faasmem.phases(1), vec![Phase::Ready], "{}", w.logs());
     assert_eq!(faasmem.invoke_json(b"same"), want);
-    let memory = || usage(hb, &addr_b).instances.iter().find(|i| i.name == "big-faasmem").map_or(0, |i| i.memory_bytes);
+    let memory = || memory_of("big-faasmem");
     let busy = memory();
     assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the faasmem instance kept {} of {busy} bytes\n{}", memory(), w.logs());
     let put = |log: &str| {

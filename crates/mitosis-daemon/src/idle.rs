@@ -21,7 +21,8 @@
 //!
 //! A cold-started instance is offloaded the same way: its first offload
 //! adopts its memory, and since no seed holds any of it, every page goes
-//! to the node. One that prepares a seed is never offloaded.
+//! to the node. One that prepared a seed is offloaded too: it prepared with
+//! `copy`, so the seed is the daemon's copy, not its memory.
 //!
 //! Absent: FaaSMem's *packets* (offloading the runtime's and the
 //! initialisation's pages by phase). A fork-started instance never holds

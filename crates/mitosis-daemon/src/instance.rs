@@ -230,13 +230,9 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     let socket = writer.get_ref().try_clone()?;
     let pidfd = running.pidfd_arc();
     let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
-    // A cold instance that prepares a seed is never offloaded: its memory is the seed's to be.
-    let offloadable = match (&running, &spec.start) {
-        (Running::Fork { .. }, _) => true,
-        (Running::Cold { .. }, InstanceStart::Cold { prepare_as }) => prepare_as.is_none(),
-        (Running::Cold { .. }, InstanceStart::Fork { .. }) => false,
-    };
-    let idle = offload_idle_after(daemon, &spec).filter(|_| offloadable).map(|after| {
+    // Every instance, a seed's preparer too: it prepared with `copy` (the
+    // seed's memory is the daemon's copy), and it is idle only after that.
+    let idle = offload_idle_after(daemon, &spec).map(|after| {
         let reuse = daemon.reuse.of(&spec.function);
         crate::idle::IdleOffload::new(after, spec.offload_policy, daemon.config.instances.drain, pid, reuse)
     });
@@ -512,8 +508,8 @@ fn start_cold(
         container: Some(container.clone()),
         started: Instant::now(),
         detached: false,
-        // Adopted at its first offload; a seed's preparer never is (its memory becomes the seed's).
-        offload: prepare_as.is_none().then(|| std::sync::Mutex::new(crate::offload::Offloader::adoptable(pid))),
+        // Adopted at its first offload.
+        offload: Some(std::sync::Mutex::new(crate::offload::Offloader::adoptable(pid))),
     }));
     Ok(Running::Cold { pid, pidfd, container })
 }

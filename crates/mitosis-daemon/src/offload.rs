@@ -150,7 +150,7 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord, limits: ScanLimits) -> Resu
         return Err(fail(ErrorKind::Unsupported, "this daemon has no memory node (start it with --memnode ADDR)"));
     };
     let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: it prepares a seed, or another daemon serves it", child.pid)));
+        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
     };
     let mut offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
     let connect = Connect { addr, key: daemon.config.key.current(), protection: daemon.config.key.protection() };
@@ -215,7 +215,7 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
 /// returns the bytes to come from the node and from the seed.
 pub fn prefetch(child: &ChildRecord) -> Result<(u64, u64), RemoteError> {
     let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: it prepares a seed, or another daemon serves it", child.pid)));
+        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
     };
     let offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
     match offloader.handle()?.ask(Command::Prefetch).map_err(|e| fail(ErrorKind::Internal, e))? {

@@ -1,0 +1,223 @@
+//! `mitosis bench faasmem`: FaaSMem's evaluation on this platform, as far
+//! as what is built allows.
+//!
+//! One synthetic FaaSMem-shaped schedule, mapped onto FaaSMem's functions,
+//! is replayed at the same time through one gateway per *arm* over the
+//! same two workers (a memory node in host a), each gateway counting its
+//! own instances' and seeds' memory:
+//!
+//! - `none`: cold starts, plain keep-alive (FaaSMem's baseline);
+//! - `faasmem`: cold starts, idle instances drained semi-warm with every
+//!   page put on the memory node, no prefetch (FaaSMem's policy; no
+//!   packets: see below);
+//! - `fork`: remote forks, plain keep-alive (mitosis without offload);
+//! - `mitosis`: remote forks, drained semi-warm, pages unchanged since the
+//!   seed dropped free, prefetch on reuse;
+//! - `no-semi-warm`: `mitosis` with everything offloaded at once (the
+//!   ablation).
+//!
+//! Experiment 1 (memory and P95 of each arm, normalised to `none`) and the
+//! semi-warm ablation (experiment 3) come from this run. Absent: packets
+//! (and so the no-packets ablation and the barrier time, experiment 5), the
+//! `tmo` policy, experiment 4 (share of idle memory-time spent semi-warm),
+//! experiment 6 (density), and per-function memory (each gateway's memory
+//! is sampled as one sum).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use mitosis_gateway::Policy;
+use mitosis_proto::instance::OffloadPolicy;
+use mitosis_trace::report::{self, LatencyStats, Report, RunSummary};
+
+use crate::replay::{replay_arms, Arm, ArmsOptions};
+
+/// FaaSMem's functions in this suite, the most invoked trace function onto
+/// the first: its FunctionBench eight (lightest first), then web and graph
+/// (0.35 and 0.9 GB an instance). bert (1.8 GB) is left out by default:
+/// five arms of its instances and seeds would not fit next to the rest.
+pub const FUNCTIONS: [&str; 10] = ["json", "pyaes", "chameleon", "gzip", "image", "float", "linpack", "matmul", "web", "graph"];
+
+/// 10 functions, 0.6 invocations/s, bursty: five arms replay it at once on 2 vCPUs.
+pub const DEFAULT_SPEC: &str = "functions=10,rate=0.6,skew=1.1,cv=2,seed=7";
+
+/// Options of `mitosis bench faasmem`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub minutes: f64,
+    /// Seconds an instance is idle, at least, before it turns semi-warm (FaaSMem: 60).
+    pub offload_idle: u64,
+    /// Percent of its memory a semi-warm instance gives back a second (FaaSMem: 1).
+    pub drain_percent: f64,
+    pub functions: Vec<String>,
+    pub spec: String,
+    pub out: PathBuf,
+    pub json: bool,
+}
+
+/// The arms, `none` first (the baseline of every ratio).
+pub fn arms(offload_idle: u64) -> Vec<Arm> {
+    vec![
+        Arm::new("none", Policy::Cold, None),
+        Arm::new("faasmem", Policy::Cold, Some((offload_idle, OffloadPolicy::Faasmem))),
+        Arm::new("fork", Policy::Fork, None),
+        Arm::new("mitosis", Policy::Fork, Some((offload_idle, OffloadPolicy::Mitosis))),
+        Arm::new("no-semi-warm", Policy::Fork, Some((offload_idle, OffloadPolicy::Whole))),
+    ]
+}
+
+/// One arm's figures beside the baseline's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArmFigures {
+    pub arm: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// P95 over the baseline's.
+    pub p95_ratio: f64,
+    /// Average memory over the window, instances and seeds, MiB.
+    pub avg_instance_mib: f64,
+    pub avg_seed_mib: f64,
+    /// Instances' and seeds' memory over the baseline's.
+    pub memory_ratio: f64,
+    /// Per function: P95 over the baseline's.
+    pub function_p95_ratio: std::collections::BTreeMap<String, f64>,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+fn average_mib(run: &mitosis_trace::replay::ReplayRun, part: impl Fn(&mitosis_trace::replay::MemorySample) -> u64) -> f64 {
+    let byte_s: f64 = run.memory.windows(2).map(|w| (w[1].t_s - w[0].t_s) * (part(&w[0]) + part(&w[1])) as f64 / 2.0).sum();
+    ratio(byte_s, run.window_s) / f64::from(1u32 << 20)
+}
+
+/// Each arm beside the first (the baseline).
+pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report) -> Vec<ArmFigures> {
+    let base_run = &runs[0];
+    let base: &RunSummary = &report.runs[0];
+    let base_total = average_mib(base_run, |m| m.total_bytes());
+    runs.iter()
+        .zip(&report.runs)
+        .map(|(run, s)| {
+            let p95 = |l: &LatencyStats| l.p95_ms;
+            let function_p95_ratio =
+                s.functions.iter().filter_map(|(f, l)| base.functions.get(f).map(|b| (f.clone(), ratio(p95(l), p95(b))))).collect();
+            ArmFigures {
+                arm: s.label.clone(),
+                requests: s.requests,
+                errors: s.overall.errors,
+                p50_ms: s.overall.p50_ms,
+                p95_ms: s.overall.p95_ms,
+                p99_ms: s.overall.p99_ms,
+                p95_ratio: ratio(s.overall.p95_ms, base.overall.p95_ms),
+                avg_instance_mib: average_mib(run, |m| m.instance_bytes),
+                avg_seed_mib: average_mib(run, |m| m.seed_bytes),
+                memory_ratio: ratio(average_mib(run, |m| m.total_bytes()), base_total),
+                function_p95_ratio,
+            }
+        })
+        .collect()
+}
+
+fn table(figures: &[ArmFigures]) -> String {
+    let mut s = format!(
+        "{:<14} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13} {:>10} {:>11}\n",
+        "ARM", "REQUESTS", "ERRORS", "P50 ms", "P95 ms", "P99 ms", "P95/none", "INSTANCES MiB", "SEEDS MiB", "MEMORY/none"
+    );
+    for f in figures {
+        s.push_str(&format!(
+            "{:<14} {:>8} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>13.1} {:>10.1} {:>11.2}\n",
+            f.arm, f.requests, f.errors, f.p50_ms, f.p95_ms, f.p99_ms, f.p95_ratio, f.avg_instance_mib, f.avg_seed_mib, f.memory_ratio
+        ));
+    }
+    let functions: Vec<&String> = figures.first().map(|f| f.function_p95_ratio.keys().collect()).unwrap_or_default();
+    s.push_str("\nP95 over none's, per function\n");
+    s.push_str(&format!("{:<14}", "ARM"));
+    for f in &functions {
+        s.push_str(&format!(" {:>9}", truncate(f, 9)));
+    }
+    s.push('\n');
+    for arm in figures {
+        s.push_str(&format!("{:<14}", arm.arm));
+        for f in &functions {
+            match arm.function_p95_ratio.get(*f) {
+                Some(r) => s.push_str(&format!(" {r:>9.2}")),
+                None => s.push_str(&format!(" {:>9}", "-")),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
+pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
+    let arms = arms(opts.offload_idle);
+    let functions: Vec<&str> = opts.functions.iter().map(String::as_str).collect();
+    let drain = format!("{}", opts.drain_percent);
+    let worker_args = ["--semi-warm-drain", drain.as_str()];
+    if !opts.json {
+        eprintln!("faasmem: {:.0} s of {} through {} gateways at once ({})", opts.minutes * 60.0, opts.spec, arms.len(), arms.iter().map(|a| a.label.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    let arms_options = ArmsOptions { bench: "bench-faasmem", minutes: opts.minutes, spec: &opts.spec, functions: &functions, arms: &arms, worker_args: &worker_args, progress: !opts.json };
+    let runs = replay_arms(bin, &arms_options)?;
+    let report = Report::new(&runs);
+    let figures = figures(&runs, &report);
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let note = format!(
+        "{} on {} (keep-alive 600 s, max 16, LIFO; semi-warm after {} s or the P99 reuse interval, draining {}%/s to 8 MiB)",
+        opts.spec,
+        functions.join(","),
+        opts.offload_idle,
+        opts.drain_percent
+    );
+    let mut files = report::write_dir(&opts.out, &runs, &report, Some(&note)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let json = serde_json::json!({ "bench": "faasmem", "note": note, "minutes": opts.minutes, "arms": figures });
+    let figures_path = opts.out.join("faasmem.json");
+    std::fs::write(&figures_path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", figures_path.display()))?;
+    files.push(figures_path);
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!("faasmem: {note}");
+    print!("{}", table(&figures));
+    println!("absent: packets (no-packets ablation, barrier time), tmo, semi-warm share of idle time, density, per-function memory");
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mitosis_trace::replay::{MemorySample, ReplayRun};
+
+    fn run(label: &str, instance_mib: u64, seed_mib: u64) -> ReplayRun {
+        let sample = |t_s| MemorySample { t_s, instance_bytes: instance_mib << 20, seed_bytes: seed_mib << 20 };
+        ReplayRun { label: label.into(), records: Vec::new(), memory: vec![sample(0.0), sample(10.0)], memory_failures: 0, window_s: 10.0 }
+    }
+
+    #[test]
+    fn figures_are_ratios_to_the_first_arm() {
+        let runs = [run("none", 100, 0), run("mitosis", 20, 30)];
+        let report = Report::new(&runs);
+        let f = figures(&runs, &report);
+        assert_eq!(f[0].memory_ratio, 1.0);
+        assert!((f[1].avg_instance_mib - 20.0).abs() < 1e-9 && (f[1].avg_seed_mib - 30.0).abs() < 1e-9);
+        assert!((f[1].memory_ratio - 0.5).abs() < 1e-9, "{}", f[1].memory_ratio);
+        assert!(table(&f).contains("mitosis"));
+    }
+}
