@@ -206,7 +206,7 @@ fn image() -> SeedImage {
 }
 
 fn spec(start: InstanceStart) -> InstanceSpec {
-    InstanceSpec { name: "hello-1".into(), function: "hello".into(), dir: "/srv/fn/hello".into(), start, memory_bytes: Some(256 << 20), offload_idle_after_ms: Some(60_000), offload_policy: mitosis_proto::instance::OffloadPolicy::Faasmem }
+    InstanceSpec { name: "hello-1".into(), function: "hello".into(), dir: "/srv/fn/hello".into(), start, memory_bytes: Some(256 << 20), offload_idle_after_ms: Some(60_000), offload_policy: mitosis_proto::instance::OffloadPolicy::FAASMEM }
 }
 
 fn seed_info() -> SeedInfo {
@@ -437,6 +437,7 @@ fn main() {
             cache: CacheStats { limit_bytes: 1 << 30, bytes: 1 << 20, generations: 1, hits: 5, misses: 6, evictions: 0 },
             pool,
             children_running: 1,
+            barriers: mitosis_proto::local::BarrierStats { count: 4, p50_us: 300, p99_us: 900, max_us: 1200 },
         })),
         ("bare-container", LocalResponse::BareContainer { take_us: 10, start_us: 200, total_us: 900 }),
         ("error", LocalResponse::Error(RemoteError::new(ErrorKind::PermissionDenied, "seed \"x\" belongs to uid 0"))),

@@ -4,24 +4,24 @@
 //! One synthetic FaaSMem-shaped schedule, mapped onto FaaSMem's functions,
 //! is replayed at the same time through one gateway per *arm* over the
 //! same two workers (a memory node in host a), each gateway counting its
-//! own instances' and seeds' memory:
+//! own instances' and seeds' memory. The arms by default:
 //!
 //! - `none`: cold starts, plain keep-alive (FaaSMem's baseline);
-//! - `faasmem`: cold starts, idle instances drained semi-warm with every
-//!   page put on the memory node, no prefetch (FaaSMem's policy; no
-//!   packets: see below);
+//! - `faasmem`: cold starts, packets and the semi-warm drain, every page
+//!   put on the memory node, no prefetch (FaaSMem's policy);
 //! - `fork`: remote forks, plain keep-alive (mitosis without offload);
-//! - `mitosis`: remote forks, drained semi-warm, pages unchanged since the
-//!   seed dropped free, prefetch on reuse;
-//! - `no-semi-warm`: `mitosis` with everything offloaded at once (the
-//!   ablation).
+//! - `mitosis`: remote forks, packets, the semi-warm drain, pages
+//!   unchanged since the seed dropped free, prefetch on reuse.
 //!
-//! Experiment 1 (memory and P95 of each arm, normalised to `none`) and the
-//! semi-warm ablation (experiment 3) come from this run. Absent: packets
-//! (and so the no-packets ablation and the barrier time, experiment 5), the
-//! `tmo` policy, experiment 4 (share of idle memory-time spent semi-warm),
-//! experiment 6 (density), and per-function memory (each gateway's memory
-//! is sampled as one sum).
+//! Ablations are arms too (`--arms none,mitosis,mitosis-no-packets,...`):
+//! `-no-packets`, `-no-semi-warm`, `-no-prefetch`.
+//!
+//! Printed: experiment 1 (memory and P95 of each arm, normalised to the
+//! first arm), experiment 3 (the ablations, as arms) and experiment 5 (the
+//! packet barriers' times, from the workers' `mitosis stats`). Absent: the
+//! `tmo` policy, experiment 4 (the share of idle memory-time spent
+//! semi-warm), experiment 6 (density), and per-function memory (each
+//! gateway's memory is sampled as one sum).
 
 use std::path::{Path, PathBuf};
 
@@ -50,20 +50,30 @@ pub struct Options {
     /// Percent of its memory a semi-warm instance gives back a second (FaaSMem: 1).
     pub drain_percent: f64,
     pub functions: Vec<String>,
+    /// Arm names ([`arm`]); the first is the baseline.
+    pub arms: Vec<String>,
     pub spec: String,
     pub out: PathBuf,
     pub json: bool,
 }
 
-/// The arms, `none` first (the baseline of every ratio).
-pub fn arms(offload_idle: u64) -> Vec<Arm> {
-    vec![
-        Arm::new("none", Policy::Cold, None),
-        Arm::new("faasmem", Policy::Cold, Some((offload_idle, OffloadPolicy::Faasmem))),
-        Arm::new("fork", Policy::Fork, None),
-        Arm::new("mitosis", Policy::Fork, Some((offload_idle, OffloadPolicy::Mitosis))),
-        Arm::new("no-semi-warm", Policy::Fork, Some((offload_idle, OffloadPolicy::Whole))),
-    ]
+/// The arms replayed by default, `none` first (the baseline of every ratio).
+pub const DEFAULT_ARMS: [&str; 4] = ["none", "faasmem", "fork", "mitosis"];
+
+/// The arm named `name`: `none` (cold starts, keep-alive), `fork` (remote
+/// forks, keep-alive), or an offload policy (`mitosis` and its ablations
+/// on remote forks; `faasmem` and its ablations on cold starts, as FaaSMem
+/// has no remote fork).
+pub fn arm(name: &str, offload_idle: u64) -> anyhow::Result<Arm> {
+    Ok(match name {
+        "none" => Arm::new(name, Policy::Cold, None),
+        "fork" => Arm::new(name, Policy::Fork, None),
+        _ => {
+            let policy: OffloadPolicy = name.parse().map_err(|e: String| anyhow::anyhow!("arm {name:?}: {e}"))?;
+            let start = if name.starts_with("faasmem") { Policy::Cold } else { Policy::Fork };
+            Arm::new(name, start, Some((offload_idle, policy)))
+        }
+    })
 }
 
 /// One arm's figures beside the baseline's.
@@ -163,7 +173,7 @@ fn truncate(s: &str, n: usize) -> &str {
 }
 
 pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
-    let arms = arms(opts.offload_idle);
+    let arms = opts.arms.iter().map(|a| arm(a, opts.offload_idle)).collect::<anyhow::Result<Vec<_>>>()?;
     let functions: Vec<&str> = opts.functions.iter().map(String::as_str).collect();
     let drain = format!("{}", opts.drain_percent);
     let worker_args = ["--semi-warm-drain", drain.as_str()];
@@ -171,8 +181,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         eprintln!("faasmem: {:.0} s of {} through {} gateways at once ({})", opts.minutes * 60.0, opts.spec, arms.len(), arms.iter().map(|a| a.label.as_str()).collect::<Vec<_>>().join(", "));
     }
     let arms_options = ArmsOptions { bench: "bench-faasmem", minutes: opts.minutes, spec: &opts.spec, functions: &functions, arms: &arms, worker_args: &worker_args, progress: !opts.json };
-    let runs = replay_arms(bin, &arms_options)?;
+    let outcome = replay_arms(bin, &arms_options)?;
+    let runs = outcome.runs;
     let report = Report::new(&runs);
+    let barriers: Vec<mitosis_proto::local::BarrierStats> = outcome.workers.iter().map(|w| w.barriers.clone()).collect();
     let figures = figures(&runs, &report);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let note = format!(
@@ -183,7 +195,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         opts.drain_percent
     );
     let mut files = report::write_dir(&opts.out, &runs, &report, Some(&note)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let json = serde_json::json!({ "bench": "faasmem", "note": note, "minutes": opts.minutes, "arms": figures });
+    let json = serde_json::json!({ "bench": "faasmem", "note": note, "minutes": opts.minutes, "arms": figures, "barriers": barriers });
     let figures_path = opts.out.join("faasmem.json");
     std::fs::write(&figures_path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", figures_path.display()))?;
     files.push(figures_path);
@@ -193,7 +205,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     println!("faasmem: {note}");
     print!("{}", table(&figures));
-    println!("absent: packets (no-packets ablation, barrier time), tmo, semi-warm share of idle time, density, per-function memory");
+    for (host, b) in ["a", "b"].iter().zip(&barriers) {
+        println!("packet barriers on worker {host}: {}, median {} µs, P99 {} µs, max {} µs", b.count, b.p50_us, b.p99_us, b.max_us);
+    }
+    println!("absent: tmo, the semi-warm share of idle time, density, per-function memory");
     for f in files {
         println!("wrote {}", f.display());
     }

@@ -87,10 +87,17 @@ pub struct ArmsOptions<'a> {
     pub progress: bool,
 }
 
+/// What [`replay_arms`] measured: one run per arm, and the two workers'
+/// `mitosis stats` at the end.
+pub struct ArmsOutcome {
+    pub runs: Vec<ReplayRun>,
+    pub workers: Vec<mitosis_proto::local::DaemonStats>,
+}
+
 /// Replays one synthetic schedule through one gateway per arm, all at the
 /// same time over the same two workers (a memory node in host a when an
 /// arm offloads): each gateway counts only its own instances' memory.
-pub fn replay_arms(bin: &Path, opts: &ArmsOptions) -> anyhow::Result<Vec<ReplayRun>> {
+pub fn replay_arms(bin: &Path, opts: &ArmsOptions) -> anyhow::Result<ArmsOutcome> {
     let (first, others) = opts.arms.split_first().context("a replay needs at least one arm")?;
     let suite = Suite::locate(None, None)?;
     suite.check()?;
@@ -107,7 +114,7 @@ pub fn replay_arms(bin: &Path, opts: &ArmsOptions) -> anyhow::Result<Vec<ReplayR
     let first = first.clone();
     let progress = opts.progress;
     let schedule = Arc::new(schedule);
-    workers.cluster.run(|_| {
+    let runs = workers.cluster.run(|_| {
         workers.with_gateway(first.policy, move |rt, first_gateway, first_url| {
             // The other gateways, in the same runtime and namespace.
             let mut gateways = Vec::new();
@@ -154,7 +161,12 @@ pub fn replay_arms(bin: &Path, opts: &ArmsOptions) -> anyhow::Result<Vec<ReplayR
             }
             outcomes.into_iter().map(|o| o.map_err(|e| anyhow::anyhow!("a replay task failed: {e}"))?.map_err(|e| anyhow::anyhow!("{e}"))).collect()
         })
-    })
+    })?;
+    let stats = [&workers.cluster.a, &workers.cluster.b]
+        .iter()
+        .map(|d| mitosis::Client::connect(d.socket()).and_then(|mut c| c.stats()).map_err(|e| anyhow::anyhow!("the stats of a worker: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ArmsOutcome { runs, workers: stats })
 }
 
 pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
@@ -168,7 +180,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     let arms_options =
         ArmsOptions { bench: "bench-replay", minutes: opts.minutes, spec: &opts.spec, functions: &BY_WEIGHT, arms: &arms, worker_args: &[], progress: !opts.json };
-    let runs = replay_arms(bin, &arms_options)?;
+    let runs = replay_arms(bin, &arms_options)?.runs;
     let report = report::Report::new(&runs);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let offload_note = opts

@@ -1052,7 +1052,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let key = mitosis_daemon::WireKey::from_file(&key_file, protection)?;
             let mut instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
             instances.offload_idle_after = offload_idle_after;
-            instances.drain = mitosis_daemon::idle::Drain { percent_per_step: semi_warm_drain, floor_bytes: semi_warm_floor.saturating_mul(1 << 20) };
+            instances.drain = mitosis_daemon::memory::Drain { percent_per_step: semi_warm_drain, floor_bytes: semi_warm_floor.saturating_mul(1 << 20) };
             // Started before the daemon (whose run blocks), it registers
             // once the daemon's listener answers.
             let registrar = registrar::start(&etcd, listen, log_level.name())?;
@@ -1242,6 +1242,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     c.evictions
                 );
                 out!("children running: {}; {}", s.children_running, s.pool);
+                let b = &s.barriers;
+                out!("packet barriers: {}, median {} µs, P99 {} µs, max {} µs", b.count, b.p50_us, b.p99_us, b.max_us);
             }
             Ok(0)
         }

@@ -325,14 +325,14 @@ pub enum PlatformBench {
         #[arg(long)]
         json: bool,
     },
-    /// FaaSMem's evaluation (experiments 1 and 3 of issue 11): one FaaSMem-shaped schedule on
-    /// FaaSMem's functions through five gateways at once over the same workers and memory
-    /// node: `none` (cold starts, keep-alive), `faasmem` (cold starts, semi-warm drain, every
-    /// page to the node), `fork`, `mitosis` (remote forks, semi-warm drain, unchanged pages
-    /// dropped free, prefetch on reuse) and `no-semi-warm` (mitosis, all at once). Prints each
-    /// arm's P50/P95/P99 and average memory (instances, seeds) and their ratios to `none`,
-    /// and P95 ratios per function; records, charts and faasmem.json in --out. Packets, tmo,
-    /// the semi-warm share and density are not built.
+    /// FaaSMem's evaluation (issue 11): one FaaSMem-shaped schedule on FaaSMem's functions
+    /// through one gateway per arm at once, over the same workers and memory node. By
+    /// default `none` (cold starts, keep-alive), `faasmem` (cold starts, packets, semi-warm,
+    /// every page to the node), `fork` and `mitosis` (remote forks, packets, semi-warm,
+    /// unchanged pages dropped free, prefetch on reuse). Prints each arm's P50/P95/P99 and
+    /// average memory (instances, seeds) with their ratios to the first arm, P95 ratios per
+    /// function and the packet barriers' times; records, charts and faasmem.json in --out.
+    /// Not built: tmo, the semi-warm share of idle time, density.
     Faasmem {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
@@ -347,6 +347,12 @@ pub enum PlatformBench {
         /// out by default: at 1.8 GB an instance, five arms of it do not fit).
         #[arg(long, value_delimiter = ',', default_values_t = mitosis_bench::faasmem::FUNCTIONS.map(String::from))]
         functions: Vec<String>,
+        /// The arms, the first the baseline: `none` (cold starts, keep-alive), `fork` (remote
+        /// forks, keep-alive), or an offload policy (`mitosis...` on remote forks, `faasmem...`
+        /// on cold starts), ablations included (`mitosis-no-packets`, `-no-semi-warm`,
+        /// `-no-prefetch`).
+        #[arg(long, value_delimiter = ',', default_values_t = mitosis_bench::faasmem::DEFAULT_ARMS.map(String::from))]
+        arms: Vec<String>,
         /// The synthetic trace (grammar: `mitosis replay --help`).
         #[arg(long, default_value = mitosis_bench::faasmem::DEFAULT_SPEC)]
         spec: String,
@@ -392,9 +398,9 @@ impl PlatformBench {
                 bin,
                 &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
             )?,
-            PlatformBench::Faasmem { minutes, offload_idle, drain, functions, spec, out, json } => mitosis_bench::faasmem::run(
+            PlatformBench::Faasmem { minutes, offload_idle, drain, functions, arms, spec, out, json } => mitosis_bench::faasmem::run(
                 bin,
-                &mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, spec, out, json },
+                &mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, arms, spec, out, json },
             )?,
             PlatformBench::Replay { minutes, offload_idle, offload_policy, spec, out, json } => {
                 mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, offload_policy, spec, out, json })?

@@ -51,6 +51,7 @@ use mitosis_sys::pidfd::{self, Exit};
 use mitosis_sys::poll::{self, PollFd};
 
 use crate::children::ChildRecord;
+use crate::memory::{Boundary, InstanceMemory};
 use crate::resume::{self, Body, Started};
 use crate::spawner::{ExecFailure, ExecSpec, ExecStep};
 use crate::Daemon;
@@ -67,10 +68,10 @@ pub struct InstanceConfig {
     /// The interpreter of cold starts (absolute); `None`: none was found.
     pub python: Option<PathBuf>,
     /// Offload an instance idle this long (`--offload-idle-after`, see
-    /// [`crate::idle`]); fork-started ones are resumed with write tracking.
+    /// [`crate::memory`]); fork-started ones are resumed with write tracking.
     pub offload_idle_after: Option<std::time::Duration>,
     /// How semi-warm instances drain (`--semi-warm-drain`, `--semi-warm-floor`).
-    pub drain: crate::idle::Drain,
+    pub drain: crate::memory::Drain,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ impl InstanceConfig {
             .or_else(|| std::env::var_os("MITOSIS_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from))
             .or_else(|| find_on_path("python3"))
             .map(|p| std::path::absolute(&p).unwrap_or(p));
-        Ok(InstanceConfig { user, python, offload_idle_after: None, drain: crate::idle::Drain::default() })
+        Ok(InstanceConfig { user, python, offload_idle_after: None, drain: crate::memory::Drain::default() })
     }
 
     /// The uid instances run as.
@@ -232,18 +233,22 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
     // Every instance, a seed's preparer too: it prepared with `copy` (the
     // seed's memory is the daemon's copy), and it is idle only after that.
-    let idle = offload_idle_after(daemon, &spec).map(|after| {
+    let memory = offload_idle_after(daemon, &spec).map(|after| {
         let reuse = daemon.reuse.of(&spec.function);
-        crate::idle::IdleOffload::new(after, spec.offload_policy, daemon.config.instances.drain, pid, reuse)
+        let first_barrier = match &spec.start {
+            InstanceStart::Cold { prepare_as: None } => Boundary::RuntimeReady,
+            InstanceStart::Cold { prepare_as: Some(_) } | InstanceStart::Fork { .. } => Boundary::Ready,
+        };
+        InstanceMemory::new(after, spec.offload_policy, daemon.config.instances.drain, pid, reuse).first_barrier_at(first_barrier)
     });
     std::thread::scope(|scope| {
         let verdict = &verdict;
         let calls_pidfd = &*pidfd;
         let timeline = &timeline;
-        let idle = idle.as_ref();
+        let memory = memory.as_ref();
         let on_request = move || {
-            if let Some(i) = idle {
-                i.on_request(daemon);
+            if let Some(m) = memory {
+                m.on_request(daemon);
             }
         };
         let calls = std::thread::Builder::new()
@@ -253,17 +258,23 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
             verdict.kill(&pidfd, Kill::Protocol("the daemon cannot start a thread for the instance's calls".into()));
         }
         let mut milestone = |m: Milestone| {
-            if let (Milestone::Answered, Some(i)) = (&m, idle) {
-                i.on_answer();
+            if let Some(memory) = memory {
+                match m {
+                    Milestone::RuntimeReady => memory.on_boundary(daemon, Boundary::RuntimeReady),
+                    Milestone::InitDone => memory.on_boundary(daemon, Boundary::InitDone),
+                    Milestone::Ready => memory.on_boundary(daemon, Boundary::Ready),
+                    Milestone::Answered => memory.on_answer(daemon),
+                    Milestone::FirstReply => {}
+                }
             }
             on_milestone(daemon, &running, timeline, m)
         };
-        // Between events: an idle instance due is offloaded; the relay
-        // wakes up when the next one is due.
+        // Between events: an idle instance's drain step, when due; the
+        // relay wakes up when the next one is due.
         let mut tick = || {
-            let i = idle?;
-            i.offload_if_due(daemon);
-            i.due_in()
+            let m = memory?;
+            m.offload_if_due(daemon);
+            m.due_in()
         };
         let output = relay(&running, stdout, stderr, &socket, writer, verdict, &mut milestone, &mut tick);
         daemon.instances.remove(pid);
@@ -598,6 +609,10 @@ impl Timeline {
 
 /// A step of the instance the relay saw.
 enum Milestone {
+    /// Its runtime is up (a cold start).
+    RuntimeReady,
+    /// Its function's module is imported (a cold start).
+    InitDone,
     /// It reported `ready`.
     Ready,
     /// It answered its first request.
@@ -620,7 +635,7 @@ fn on_milestone(daemon: &Daemon, running: &Running, timeline: &Timeline, m: Mile
         Running::Cold { .. } => (0, 0, 0),
     };
     match m {
-        Milestone::Answered => {}
+        Milestone::Answered | Milestone::RuntimeReady | Milestone::InitDone => {}
         Milestone::Ready => tracing::debug!(pid, kind, at_us = timeline.us(), faults, fault_wait_us, pushed, "instance ready"),
         Milestone::FirstReply => {
             let call = timeline.first_call_us.load(Ordering::Relaxed);
@@ -705,6 +720,8 @@ fn relay(
                         verdict.kill(pidfd, Kill::GatewayGone);
                     }
                     match event {
+                        InstanceEvent::Phase(mitosis_proto::instance::Phase::RuntimeReady) => milestone(Milestone::RuntimeReady),
+                        InstanceEvent::Phase(mitosis_proto::instance::Phase::InitDone) => milestone(Milestone::InitDone),
                         InstanceEvent::Phase(mitosis_proto::instance::Phase::Ready) => milestone(Milestone::Ready),
                         InstanceEvent::Reply { .. } => {
                             milestone(Milestone::Answered);

@@ -29,7 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
-pub mod idle;
+pub mod memory;
 pub mod children;
 pub mod instance;
 pub mod janitor;
@@ -119,7 +119,9 @@ pub struct Daemon {
     pub children: children::Children,
     pub instances: instance::Instances,
     /// Each function's reuse intervals here: when its idle instances turn semi-warm.
-    pub reuse: idle::ReuseHistory,
+    pub reuse: memory::ReuseHistory,
+    /// How long its instances' packet barriers took.
+    pub barriers: memory::BarrierTimes,
     pub cache: Arc<cache::PageCache>,
     pub janitor: Arc<janitor::Janitor>,
 }
@@ -166,7 +168,8 @@ impl Daemon {
             pool,
             children: children::Children::default(),
             instances: instance::Instances::default(),
-            reuse: idle::ReuseHistory::default(),
+            reuse: memory::ReuseHistory::default(),
+            barriers: memory::BarrierTimes::default(),
             cache,
             janitor,
         });

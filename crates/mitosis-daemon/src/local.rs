@@ -216,6 +216,7 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
                     cache: daemon.cache.stats(),
                     pool: daemon.pool.stats(),
                     children_running: daemon.children.live().len() as u64,
+                    barriers: daemon.barriers.stats(),
                 };
                 reply(&mut conn, &LocalResponse::Stats(stats))?;
             }
@@ -235,7 +236,7 @@ fn serve_client(daemon: &Arc<Daemon>, mut conn: UnixStream, cred: PeerCred) -> s
                 reply(&mut conn, &resp)?;
             }
             LocalRequest::Prefetch { id } => {
-                let resp = match running_child(daemon, cred, &id).and_then(|c| crate::offload::prefetch(&c).map(|r| (c.pid, r))) {
+                let resp = match running_child(daemon, cred, &id).and_then(|c| crate::offload::prefetch(&c, None).map(|r| (c.pid, r))) {
                     Ok((pid, (from_node_bytes, from_seed_bytes))) => LocalResponse::Prefetching { pid, from_node_bytes, from_seed_bytes },
                     Err(e) => LocalResponse::Error(e),
                 };

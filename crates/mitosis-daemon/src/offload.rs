@@ -211,14 +211,38 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
     Ok(())
 }
 
-/// Starts bringing `child`'s offloaded memory back (prefetch on reuse);
-/// returns the bytes to come from the node and from the seed.
-pub fn prefetch(child: &ChildRecord) -> Result<(u64, u64), RemoteError> {
+/// Ends the current phase of `child`'s packets ([`mitosis_pager::packets`]),
+/// adopting its memory first if no pager serves it yet (a cold-started
+/// instance: the first barrier is at its runtime's start). Returns the
+/// phase that runs from now on and the bytes written in the one it ended.
+pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64), RemoteError> {
+    let Some(offloader) = &child.offload else {
+        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
+    };
+    let mut offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
+    if offloader.handle.is_none() {
+        let frozen = mitosis_capture::freeze::Frozen::freeze(child.pid, &daemon.vdso).map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
+        let adopted = adopt(daemon, &frozen, child, &mut offloader);
+        let thawed = frozen.thaw();
+        adopted?;
+        thawed.map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
+    }
+    match offloader.handle()?.ask(Command::Barrier { pid: child.pid }).map_err(|e| fail(ErrorKind::Internal, e))? {
+        Reply::Barrier { phase, written } => Ok((phase, written)),
+        Reply::Refused(why) => Err(fail(ErrorKind::Unsupported, format!("no packets for child {}: {why}", child.pid))),
+        _ => Err(fail(ErrorKind::Internal, "the pager answered a barrier out of turn")),
+    }
+}
+
+/// Starts bringing `child`'s offloaded memory back (prefetch on reuse): all
+/// of it, or the packets from phase `from_phase` on; returns the bytes to
+/// come from the node and from the seed.
+pub fn prefetch(child: &ChildRecord, from_phase: Option<u32>) -> Result<(u64, u64), RemoteError> {
     let Some(offloader) = &child.offload else {
         return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
     };
     let offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
-    match offloader.handle()?.ask(Command::Prefetch).map_err(|e| fail(ErrorKind::Internal, e))? {
+    match offloader.handle()?.ask(Command::Prefetch { from_phase }).map_err(|e| fail(ErrorKind::Internal, e))? {
         Reply::Prefetching { from_node, from_seed } => Ok((from_node, from_seed)),
         _ => Err(fail(ErrorKind::Internal, "the pager answered a prefetch out of turn")),
     }

@@ -34,6 +34,7 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
 
 pub mod offload;
+pub mod packets;
 mod regions;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -328,6 +329,8 @@ pub struct Pager {
     /// The process was adopted while it ran: each scan first registers its
     /// anonymous memory that the userfaultfd does not serve yet.
     adopted: bool,
+    /// The phase each page was last touched in ([`packets`]).
+    phases: packets::Phases,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -387,6 +390,7 @@ impl Pager {
             node_asked: Default::default(),
             node_last_end: None,
             adopted: false,
+            phases: packets::Phases::default(),
         }
     }
 
@@ -632,6 +636,7 @@ impl Pager {
         }
         match ev {
             Event::Fault { addr } => {
+                self.phases.touch(addr);
                 self.push_started |= self.push_go.load(Ordering::Relaxed);
                 let t = std::time::Instant::now();
                 let served = self.serve(addr);
@@ -643,15 +648,18 @@ impl Pager {
             Event::Remove { start, end } => {
                 for (s, e) in offload::subtract(start, end, &self.dropping) {
                     self.regions.set(s, e, PageState::Zero);
+                    self.phases.forget(s, e);
                 }
                 Ok(())
             }
             Event::Unmap { start, end } => {
                 self.regions.set(start, end, PageState::Zero);
+                self.phases.forget(start, end);
                 Ok(())
             }
             Event::Remap { from, to, len } => {
                 self.regions.remap(from, to, len);
+                self.phases.remap(from, to, len);
                 Ok(())
             }
             // Handled above (the event owns the new descriptor).

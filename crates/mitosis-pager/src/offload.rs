@@ -71,11 +71,14 @@ pub struct ScanLimits {
     /// seed's (`false`: they are put on the memory node like changed ones,
     /// as FaaSMem, which has no seed, must).
     pub seed_backed: bool,
+    /// Only pages last touched before this phase ([`crate::packets`]): an
+    /// offload by packet.
+    pub older_than: Option<u32>,
 }
 
 impl Default for ScanLimits {
     fn default() -> Self {
-        ScanLimits { budget: None, seed_backed: true }
+        ScanLimits { budget: None, seed_backed: true, older_than: None }
     }
 }
 
@@ -116,8 +119,12 @@ pub enum Command {
     Commit { offloaded: Vec<(u64, u64)>, zeroed: Vec<(u64, u64)>, node: Option<Box<dyn NodeSource>> },
     /// The pages are dropped (or the drop failed).
     Settled,
-    /// Bring every offloaded page back, ahead of the child's touches.
-    Prefetch,
+    /// Bring the offloaded pages back, ahead of the child's touches: every
+    /// one, or those last touched in this phase or later.
+    Prefetch { from_phase: Option<u32> },
+    /// End the current phase of process `pid` (a packet barrier): its
+    /// pages written since the last barrier are marked as touched in it.
+    Barrier { pid: i32 },
 }
 
 /// What a scan found, in bytes and ranges (child addresses).
@@ -143,6 +150,9 @@ pub enum Reply {
     Settled,
     /// A prefetch started: bytes to come from the node and from the seed.
     Prefetching { from_node: u64, from_seed: u64 },
+    /// A barrier: the phase that runs from now on, and the bytes written in
+    /// the one it ended.
+    Barrier { phase: u32, written: u64 },
     Refused(String),
 }
 
@@ -259,7 +269,8 @@ impl Pager {
                     self.dropping.clear();
                     Reply::Settled
                 }
-                Command::Prefetch => self.start_prefetch(),
+                Command::Prefetch { from_phase } => self.start_prefetch(from_phase),
+                Command::Barrier { pid } => self.barrier(pid).map_or_else(Reply::Refused, |(phase, written)| Reply::Barrier { phase, written }),
             };
             if let Some(c) = &self.control {
                 let _ = c.replies.send(reply);
@@ -289,6 +300,31 @@ impl Pager {
         Ok(())
     }
 
+    /// Ends the current phase: the pages written since the last barrier
+    /// were touched in it (and are write-protected again).
+    fn barrier(&mut self, pid: i32) -> Result<(u32, u64), String> {
+        if !self.track_writes {
+            return Err("its pages are not tracked for writes (resume it with --track-writes)".into());
+        }
+        if self.adopted {
+            self.adopt_new_memory(pid)?;
+        }
+        let mut written = 0;
+        for (start, end) in served_ranges(pid)? {
+            let runs = mem::take_written_runs(pid, start, end).map_err(|e| format!("taking the pages written in {start:#x}-{end:#x}: {e}"))?;
+            for (s, e) in runs {
+                self.phases.touch_range(s, e);
+                // Protected again from here on, so a later scan would take
+                // them for clean: what they hold is no longer their copy's
+                // at the seed or on the node, whatever that scan says.
+                self.regions.replace(s, e, PageState::Served, PageState::Filled);
+                self.regions.replace(s, e, PageState::Restored, PageState::Filled);
+                written += e - s;
+            }
+        }
+        Ok((self.phases.end_phase(), written))
+    }
+
     fn scan(&mut self, pid: i32, limits: ScanLimits) -> Result<Scanned, String> {
         if self.forked {
             return Err("it has forked, and its children's pagers would read the pages it offloads (offloading a process that forked is not built)".into());
@@ -312,6 +348,10 @@ impl Pager {
                 let clean = self.track_writes && !run.written;
                 let mut page = run.start;
                 while page < run.end {
+                    if limits.older_than.is_some_and(|phase| self.phases.of(page) >= phase) {
+                        page += PAGE;
+                        continue;
+                    }
                     let kind = match self.regions.lookup(page).map(|l| l.0) {
                         Some(PageState::Served) if clean && limits.seed_backed => Found::AtSeed,
                         Some(PageState::Restored) if clean => Found::AtNode,
@@ -374,20 +414,34 @@ impl Pager {
 
     /// Starts bringing everything offloaded back: the node's pages by
     /// [`Pager::pump_node`], the seed's through the push.
-    fn start_prefetch(&mut self) -> Reply {
+    fn start_prefetch(&mut self, from_phase: Option<u32>) -> Reply {
+        // Only the pages of the wanted packets (all, without a phase).
+        let wanted = |phases: &crate::packets::Phases, start: u64, end: u64| match from_phase {
+            None => vec![(start, end)],
+            Some(phase) => phases.select(start, end, |p| p >= phase),
+        };
         let mut from_node = 0;
         self.node_push.clear();
         for (s, e) in self.regions.spans() {
             for (addr, _, len) in self.regions.runs_in(s, e, PageState::Offloaded) {
-                from_node += len;
-                self.node_push.push_back((addr, addr + len));
+                for (a, b) in wanted(&self.phases, addr, addr + len) {
+                    from_node += b - a;
+                    self.node_push.push_back((a, b));
+                }
             }
         }
         let mut from_seed = 0;
-        for (s, e) in merged(std::mem::take(&mut self.dropped_clean)) {
-            for (addr, _, len) in self.regions.remote_runs(s, e) {
-                from_seed += len;
-                self.push.push_back((addr, len));
+        // A prefetch of some packets leaves the others' ranges for a later one.
+        let dropped = match from_phase {
+            None => merged(std::mem::take(&mut self.dropped_clean)),
+            Some(_) => merged(self.dropped_clean.clone()),
+        };
+        for (s, e) in dropped {
+            for (a, b) in wanted(&self.phases, s, e) {
+                for (addr, _, len) in self.regions.remote_runs(a, b) {
+                    from_seed += len;
+                    self.push.push_back((addr, len));
+                }
             }
         }
         self.push_started = true;

@@ -12,8 +12,9 @@ pub enum PageState {
     Served = 1,
     /// Dropped by the child (madvise, munmap): reads as zero from now on.
     Zero = 2,
-    /// A zero page the pager gave (the page was `Zero`, or memory the seed
-    /// did not have): not the seed's, so never dropped as clean.
+    /// The child's own content: a zero page the pager gave (the page was
+    /// `Zero`, or memory the seed did not have), or a page written before
+    /// a packet barrier protected it again. Never dropped as clean.
     Filled = 3,
     /// Offloaded: on the memory node, not in the child.
     Offloaded = 4,

@@ -87,63 +87,98 @@ pub struct InstanceSpec {
     pub offload_policy: OffloadPolicy,
 }
 
-/// How an idle instance gives its memory back: FaaSMem's semi-warm state,
-/// built in user space, and what a remote fork adds to it. The delay before
-/// an instance turns semi-warm is the P99 of its function's reuse
-/// intervals on the worker, and at least the instance's idle setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OffloadPolicy {
-    /// Semi-warm: memory drains gradually (the worker's rate, by default 1%
-    /// of what the instance holds per second, down to 8 MiB); pages
-    /// unchanged since they came from the seed are dropped at no transfer;
-    /// the next request prefetches everything back.
-    #[default]
-    Mitosis,
-    /// FaaSMem's: the same drain, but every page goes to the memory node
-    /// (FaaSMem has no seed) and nothing is prefetched on reuse.
-    Faasmem,
-    /// Everything at once when the delay is over, and prefetch on reuse:
-    /// `mitosis` without the gradual drain (an ablation).
-    Whole,
+/// How an instance gives its memory back: FaaSMem's mechanisms, built in
+/// user space, and what a remote fork adds to them. Named `mitosis` or
+/// `faasmem`, each optionally followed by `-no-packets`, `-no-semi-warm`
+/// and (for `mitosis`) `-no-prefetch`: the ablations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OffloadPolicy {
+    /// Offload by packet: the pages of the runtime's start after the first
+    /// request, and periodically every page not touched in the last two
+    /// phases (FaaSMem's rollback).
+    pub packets: bool,
+    /// Once idle (the P99 of the function's reuse intervals, at least the
+    /// instance's idle setting), drain gradually: the worker's rate, by
+    /// default 1% of what the instance holds a second, down to 8 MiB.
+    pub semi_warm: bool,
+    /// Pages unchanged since they came from the seed are dropped at no
+    /// transfer (`false`: every page goes to the memory node, as FaaSMem,
+    /// which has no seed, must).
+    pub seed_backed: bool,
+    /// A reused instance's recent packets are prefetched back.
+    pub prefetch: bool,
 }
 
 impl OffloadPolicy {
-    pub const NAMES: [&'static str; 3] = ["mitosis", "faasmem", "whole"];
+    /// Everything: the default.
+    pub const MITOSIS: OffloadPolicy = OffloadPolicy { packets: true, semi_warm: true, seed_backed: true, prefetch: true };
+    /// FaaSMem as published: packets and semi-warm, every page to the node, no prefetch.
+    pub const FAASMEM: OffloadPolicy = OffloadPolicy { packets: true, semi_warm: true, seed_backed: false, prefetch: false };
 
-    pub fn name(self) -> &'static str {
-        match self {
-            OffloadPolicy::Mitosis => "mitosis",
-            OffloadPolicy::Faasmem => "faasmem",
-            OffloadPolicy::Whole => "whole",
+    /// Its name: the base and the ablations that turn parts off.
+    pub fn name(self) -> String {
+        let base = OffloadPolicy { packets: true, semi_warm: true, ..self };
+        let mut name = String::from(if base == OffloadPolicy::FAASMEM { "faasmem" } else { "mitosis" });
+        let mitosis = OffloadPolicy { packets: true, semi_warm: true, prefetch: true, ..self } == OffloadPolicy::MITOSIS;
+        if !self.packets {
+            name.push_str("-no-packets");
         }
+        if !self.semi_warm {
+            name.push_str("-no-semi-warm");
+        }
+        if mitosis && !self.prefetch {
+            name.push_str("-no-prefetch");
+        }
+        name
     }
+}
 
-    /// Drained gradually (semi-warm), rather than all at once.
-    pub fn drains(self) -> bool {
-        self != OffloadPolicy::Whole
-    }
-
-    /// Pages unchanged since the seed are dropped as the seed's.
-    pub fn seed_backed(self) -> bool {
-        self != OffloadPolicy::Faasmem
-    }
-
-    /// A reused instance's memory is prefetched.
-    pub fn prefetches(self) -> bool {
-        self != OffloadPolicy::Faasmem
+impl Default for OffloadPolicy {
+    fn default() -> Self {
+        OffloadPolicy::MITOSIS
     }
 }
 
 impl std::str::FromStr for OffloadPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "mitosis" => Ok(OffloadPolicy::Mitosis),
-            "faasmem" => Ok(OffloadPolicy::Faasmem),
-            "whole" => Ok(OffloadPolicy::Whole),
-            other => Err(format!("unknown offload policy {other:?} (one of: {})", OffloadPolicy::NAMES.join(", "))),
+        let unknown = || format!("unknown offload policy {s:?} (mitosis or faasmem, then any of -no-packets, -no-semi-warm, -no-prefetch)");
+        let (mut policy, mut rest) = if let Some(r) = s.strip_prefix("mitosis") {
+            (OffloadPolicy::MITOSIS, r)
+        } else if let Some(r) = s.strip_prefix("faasmem") {
+            (OffloadPolicy::FAASMEM, r)
+        } else {
+            return Err(unknown());
+        };
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("-no-packets") {
+                policy.packets = false;
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("-no-semi-warm") {
+                policy.semi_warm = false;
+                rest = r;
+            } else if let (Some(r), true) = (rest.strip_prefix("-no-prefetch"), policy.prefetch) {
+                policy.prefetch = false;
+                rest = r;
+            } else {
+                return Err(unknown());
+            }
         }
+        Ok(policy)
+    }
+}
+
+impl TryFrom<String> for OffloadPolicy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<OffloadPolicy> for String {
+    fn from(p: OffloadPolicy) -> String {
+        p.name()
     }
 }
 
@@ -408,6 +443,23 @@ mod tests {
             offload_idle_after_ms: None,
             offload_policy: OffloadPolicy::default(),
         }
+    }
+
+    #[test]
+    fn offload_policies_are_named_by_their_ablations() {
+        for name in ["mitosis", "faasmem", "mitosis-no-packets", "mitosis-no-semi-warm", "mitosis-no-prefetch", "faasmem-no-packets-no-semi-warm"] {
+            let p: OffloadPolicy = name.parse().unwrap();
+            assert_eq!(p.name(), name);
+        }
+        assert_eq!("mitosis".parse::<OffloadPolicy>(), Ok(OffloadPolicy::MITOSIS));
+        assert!(!"faasmem".parse::<OffloadPolicy>().unwrap().seed_backed);
+        for bad in ["", "tmo", "mitosis-no", "faasmem-no-prefetch", "mitosisx"] {
+            assert!(bad.parse::<OffloadPolicy>().is_err(), "{bad}");
+        }
+        let wire = postcard::to_stdvec(&OffloadPolicy::FAASMEM).unwrap();
+        assert_eq!(postcard::from_bytes::<OffloadPolicy>(&wire), Ok(OffloadPolicy::FAASMEM));
+        let bad = postcard::to_stdvec("nope").unwrap();
+        assert!(postcard::from_bytes::<OffloadPolicy>(&bad).is_err(), "an unknown name does not decode");
     }
 
     #[test]

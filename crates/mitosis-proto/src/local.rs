@@ -182,6 +182,17 @@ pub struct DaemonStats {
     pub cache: CacheStats,
     pub pool: PoolStats,
     pub children_running: u64,
+    pub barriers: BarrierStats,
+}
+
+/// The packet barriers of this daemon's instances (FaaSMem's phase
+/// boundaries): how many, and how long each took (the last 4096).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BarrierStats {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 impl std::fmt::Display for PoolStats {

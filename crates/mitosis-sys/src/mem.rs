@@ -260,6 +260,12 @@ struct PmScanArg {
     return_mask: u64,
 }
 
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages reported; with
+/// `PM_SCAN_CHECK_WPASYNC`: fail (EPERM) on memory not registered for
+/// asynchronous write protection, rather than skip it.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
 /// Which pages `PAGEMAP_SCAN` reports, and which of their categories.
 struct PageQuery {
     /// Every one of these categories.
@@ -268,6 +274,8 @@ struct PageQuery {
     any_of: u64,
     /// The categories reported for each run.
     report: u64,
+    /// `PM_SCAN_*` flags.
+    flags: u64,
 }
 
 /// The runs of pages of process `pid` in `[start, end)` that match `query`,
@@ -282,7 +290,7 @@ fn scan_pages(pid: i32, start: u64, end: u64, query: &PageQuery) -> Result<Vec<(
     while from < end {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: 0,
+            flags: query.flags,
             start: from,
             end,
             walk_end: 0,
@@ -317,7 +325,7 @@ fn scan_pages(pid: i32, start: u64, end: u64, query: &PageQuery) -> Result<Vec<(
 /// The guard regions (`MADV_GUARD_INSTALL`) of process `pid` in
 /// `[start, end)`, as ranges.
 pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
-    let query = PageQuery { all_of: PAGE_IS_GUARD, any_of: 0, report: PAGE_IS_GUARD };
+    let query = PageQuery { all_of: PAGE_IS_GUARD, any_of: 0, report: PAGE_IS_GUARD, flags: 0 };
     let mut out: Vec<(u64, u64)> = Vec::new();
     for (s, e, _) in scan_pages(pid, start, end, &query)? {
         match out.last_mut() {
@@ -348,11 +356,30 @@ pub fn resident_runs(pid: i32, start: u64, end: u64) -> Result<Vec<ResidentRun>>
         all_of: 0,
         any_of: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         report: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+        flags: 0,
     };
     Ok(scan_pages(pid, start, end, &query)?
         .into_iter()
         .map(|(start, end, c)| ResidentRun { start, end, written: c & PAGE_IS_WRITTEN != 0, zero_page: c & PAGE_IS_PFNZERO != 0 })
         .collect())
+}
+
+/// The pages of process `pid` in `[start, end)` written since they were
+/// last write-protected, as runs (start, end), write-protected again in the
+/// same step: each call returns what was written since the one before (a
+/// *barrier*). The memory must be registered with a userfaultfd for write
+/// protection with `UFFD_FEATURE_WP_ASYNC` (the kernel resolves the write
+/// faults itself); other memory fails with EPERM.
+pub fn take_written_runs(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+    let query = PageQuery { all_of: PAGE_IS_WRITTEN | PAGE_IS_PRESENT, any_of: 0, report: PAGE_IS_WRITTEN, flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC };
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e, _) in scan_pages(pid, start, end, &query)? {
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    Ok(out)
 }
 
 impl Drop for AnonMap {

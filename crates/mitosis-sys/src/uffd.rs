@@ -472,4 +472,37 @@ mod tests {
         // SAFETY: the mapping made above, not used any more.
         unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
     }
+
+    #[test]
+    fn a_barrier_takes_the_pages_written_since_the_last_one() {
+        let uffd = Uffd::create().expect("userfaultfd (run as root)");
+        uffd.api(features::WP_ASYNC).unwrap();
+        // SAFETY: a fresh private anonymous mapping nobody else uses.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), usize_of(4 * PAGE), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        let write = |page: u64| {
+            // SAFETY: a page of the mapping above, present (or filled by the
+            // kernel: nobody reads this userfaultfd's faults, and the pages
+            // written here were present before the registration or copied in).
+            unsafe { *((base + page * PAGE + 8) as *mut u8) = 1 };
+        };
+        // Pages 0 and 1 written before the registration: they count as written.
+        write(0);
+        write(1);
+        uffd.register(base, 4 * PAGE, true).unwrap();
+        assert_eq!(uffd.copy_protected(base + 2 * PAGE, &[3u8; usize_of(2 * PAGE)]), CopyResult::Done);
+        let me = i32::try_from(std::process::id()).unwrap();
+        let take = || crate::mem::take_written_runs(me, base, base + 4 * PAGE).unwrap();
+        assert_eq!(take(), [(base, base + 2 * PAGE)], "written before, not the protected copies");
+        assert_eq!(take(), [], "nothing written since");
+        write(1);
+        write(3);
+        assert_eq!(take(), [(base + PAGE, base + 2 * PAGE), (base + 3 * PAGE, base + 4 * PAGE)]);
+        assert_eq!(take(), []);
+        // SAFETY: the mapping made above, not used any more.
+        unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
+    }
 }
