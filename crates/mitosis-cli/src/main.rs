@@ -219,15 +219,16 @@ enum Command {
         /// puts children's changed pages on, reached with the cluster key.
         #[arg(long)]
         memnode: Option<String>,
-        /// Offload a function instance once it has been idle this many seconds, or
-        /// longer: the P99 of its function's reuse intervals here, when that is longer.
-        /// It then turns semi-warm: its memory drains to --memnode step by step (see
-        /// --semi-warm-drain), or all at once under a function's `whole` policy; pages a
-        /// fork-started instance did not change since its seed are dropped instead, to
-        /// come back from the seed. Its next request stops the drain and prefetches its
-        /// memory back. A cold-started instance's memory is adopted at its first offload.
-        /// A function's own setting (`mitosis fn deploy --offload-idle`) comes first.
-        /// Needs --memnode.
+        /// Give function instances' memory back to --memnode (FaaSMem's packets and
+        /// semi-warm, under each function's --offload-policy): the pages an instance did
+        /// not touch in its last two phases go after its first answer and every 10 s
+        /// after, and once it has been idle this many seconds (or the P99 of its
+        /// function's reuse intervals here, when that is longer) its memory drains step
+        /// by step (see --semi-warm-drain). Pages a fork-started instance did not change
+        /// since its seed are dropped instead, to come back from the seed. Its next request
+        /// stops the drain and prefetches its recent pages back. A cold-started instance's
+        /// memory is adopted when its runtime starts. A function's own setting (`mitosis
+        /// fn deploy --offload-idle`) comes first. Needs --memnode.
         #[arg(long, value_name = "SECS", requires = "memnode", value_parser = parse_seconds)]
         offload_idle_after: Option<Duration>,
         /// Percent of what a semi-warm instance holds that it gives back each second

@@ -140,9 +140,11 @@ pub enum FnCommand {
         /// --offload-idle-after`).
         #[arg(long, value_name = "SECS")]
         offload_idle: Option<u64>,
-        /// How: `mitosis` (drained gradually, pages unchanged since the seed dropped
-        /// free, prefetched back on reuse), `faasmem` (drained gradually, every page to
-        /// the memory node, no prefetch) or `whole` (everything at once, prefetch).
+        /// How: `mitosis` (packets, drained gradually once idle, pages unchanged since the
+        /// seed dropped free, the last requests' pages prefetched back on reuse) or
+        /// `faasmem` (packets, drained gradually, every page to the memory node, no
+        /// prefetch); either followed by ablations: `-no-packets`, `-no-semi-warm`,
+        /// `-no-prefetch`.
         #[arg(long, value_name = "POLICY", default_value = "mitosis")]
         offload_policy: mitosis_proto::instance::OffloadPolicy,
         #[command(flatten)]
