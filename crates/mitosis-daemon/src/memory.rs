@@ -226,10 +226,9 @@ impl InstanceMemory {
     /// Ends the current phase; packets stop (for this instance) if it fails.
     fn barrier(&self, daemon: &Daemon) -> Option<u32> {
         let child = daemon.children.find(&self.pid.to_string())?;
-        let t = Instant::now();
         match crate::offload::barrier(daemon, &child) {
-            Ok((phase, written)) => {
-                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            Ok((phase, written, took)) => {
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 daemon.barriers.record(us);
                 tracing::debug!(pid = self.pid, phase, written, us, "packet barrier");
                 *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = Some(phase);

@@ -214,8 +214,9 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
 /// Ends the current phase of `child`'s packets ([`mitosis_pager::packets`]),
 /// adopting its memory first if no pager serves it yet (a cold-started
 /// instance: the first barrier is at its runtime's start). Returns the
-/// phase that runs from now on and the bytes written in the one it ended.
-pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64), RemoteError> {
+/// phase that runs from now on, the bytes written in the one it ended, and
+/// how long the barrier itself took (an adoption before it not counted).
+pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Duration), RemoteError> {
     let Some(offloader) = &child.offload else {
         return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
     };
@@ -227,8 +228,9 @@ pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64), Remot
         adopted?;
         thawed.map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
     }
+    let t = Instant::now();
     match offloader.handle()?.ask(Command::Barrier { pid: child.pid }).map_err(|e| fail(ErrorKind::Internal, e))? {
-        Reply::Barrier { phase, written } => Ok((phase, written)),
+        Reply::Barrier { phase, written } => Ok((phase, written, t.elapsed())),
         Reply::Refused(why) => Err(fail(ErrorKind::Unsupported, format!("no packets for child {}: {why}", child.pid))),
         _ => Err(fail(ErrorKind::Internal, "the pager answered a barrier out of turn")),
     }

@@ -329,6 +329,8 @@ pub struct Pager {
     /// The process was adopted while it ran: each scan first registers its
     /// anonymous memory that the userfaultfd does not serve yet.
     adopted: bool,
+    /// The bounds of the adopted process's mappings registered so far.
+    adopted_ranges: std::collections::HashSet<(u64, u64)>,
     /// The phase each page was last touched in ([`packets`]).
     phases: packets::Phases,
 }
@@ -390,6 +392,7 @@ impl Pager {
             node_asked: Default::default(),
             node_last_end: None,
             adopted: false,
+            adopted_ranges: Default::default(),
             phases: packets::Phases::default(),
         }
     }

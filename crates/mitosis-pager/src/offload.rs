@@ -284,19 +284,24 @@ impl Pager {
     /// are the process's own, and a page it never touched faults to a zero
     /// page, as the kernel would have given it.
     fn adopt_new_memory(&mut self, pid: i32) -> Result<(), String> {
+        // `maps`, not `smaps`: a barrier runs this, and `smaps` walks every
+        // page table. A mapping is registered again only when its bounds
+        // are new (registering a registered range again changes nothing);
+        // a locked one is registered too, and left alone by offloads.
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("reading /proc/{pid}/maps: {e}"))?;
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
-        let flags = procfs::parse_smaps_flags(&smaps);
+        let mut seen = std::collections::HashSet::new();
         for map in procfs::parse_maps(&maps)?.iter().filter(|m| adoptable(m)) {
-            let taken = flags.iter().any(|(s, _, f)| *s == map.start && (f.contains(&"um") || f.contains(&"lo")));
-            if taken {
+            seen.insert((map.start, map.end));
+            if self.adopted_ranges.contains(&(map.start, map.end)) {
                 continue;
             }
             if let Err(e) = self.uffd.register(map.start, map.end - map.start, self.track_writes) {
-                // Left out: its pages stay, they are never offloaded.
+                // Left out: its pages stay, they are never offloaded. Another
+                // userfaultfd of the process's own (EBUSY) is one reason.
                 tracing::debug!(pid, start = map.start, end = map.end, error = %e, "an adopted process's mapping was not registered");
             }
         }
+        self.adopted_ranges = seen;
         Ok(())
     }
 
@@ -310,17 +315,17 @@ impl Pager {
             self.adopt_new_memory(pid)?;
         }
         let mut written = 0;
-        for (start, end) in served_ranges(pid)? {
-            let runs = mem::take_written_runs(pid, start, end).map_err(|e| format!("taking the pages written in {start:#x}-{end:#x}: {e}"))?;
-            for (s, e) in runs {
-                self.phases.touch_range(s, e);
-                // Protected again from here on, so a later scan would take
-                // them for clean: what they hold is no longer their copy's
-                // at the seed or on the node, whatever that scan says.
-                self.regions.replace(s, e, PageState::Served, PageState::Filled);
-                self.regions.replace(s, e, PageState::Restored, PageState::Filled);
-                written += e - s;
-            }
+        // One scan of the whole address space: the kernel skips memory
+        // that is not tracked for writes without walking it.
+        let runs = mem::take_written_runs(pid, 0, mem::USER_END).map_err(|e| format!("taking the pages written since the last barrier: {e}"))?;
+        for (s, e) in runs {
+            self.phases.touch_range(s, e);
+            // Protected again from here on, so a later scan would take them
+            // for clean: what they hold is no longer their copy's at the
+            // seed or on the node, whatever that scan says.
+            self.regions.replace(s, e, PageState::Served, PageState::Filled);
+            self.regions.replace(s, e, PageState::Restored, PageState::Filled);
+            written += e - s;
         }
         Ok((self.phases.end_phase(), written))
     }

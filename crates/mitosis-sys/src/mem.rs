@@ -236,6 +236,8 @@ pub const MADV_GUARD_INSTALL: i32 = 102;
 /// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = 0xC060_6610;
 /// `PAGEMAP_SCAN` page categories (`PAGE_IS_*` of `linux/fs.h`).
+/// `PAGE_IS_WPALLOWED`: the mapping is registered for asynchronous write protection.
+const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
@@ -260,11 +262,8 @@ struct PmScanArg {
     return_mask: u64,
 }
 
-/// `PM_SCAN_WP_MATCHING`: write-protect the pages reported; with
-/// `PM_SCAN_CHECK_WPASYNC`: fail (EPERM) on memory not registered for
-/// asynchronous write protection, rather than skip it.
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages reported.
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 /// Which pages `PAGEMAP_SCAN` reports, and which of their categories.
 struct PageQuery {
@@ -364,14 +363,19 @@ pub fn resident_runs(pid: i32, start: u64, end: u64) -> Result<Vec<ResidentRun>>
         .collect())
 }
 
+/// The end of x86-64 user address space (47-bit), for a scan of all of it.
+pub const USER_END: u64 = 0x7fff_ffff_f000;
+
 /// The pages of process `pid` in `[start, end)` written since they were
 /// last write-protected, as runs (start, end), write-protected again in the
 /// same step: each call returns what was written since the one before (a
-/// *barrier*). The memory must be registered with a userfaultfd for write
-/// protection with `UFFD_FEATURE_WP_ASYNC` (the kernel resolves the write
-/// faults itself); other memory fails with EPERM.
+/// *barrier*). Only memory registered with a userfaultfd for asynchronous
+/// write protection (`UFFD_FEATURE_WP_ASYNC`: the kernel resolves the write
+/// faults itself) is looked at; the kernel skips every other mapping
+/// without walking it, so one call over `[0, USER_END)` scans a whole
+/// process.
 pub fn take_written_runs(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
-    let query = PageQuery { all_of: PAGE_IS_WRITTEN | PAGE_IS_PRESENT, any_of: 0, report: PAGE_IS_WRITTEN, flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC };
+    let query = PageQuery { all_of: PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN | PAGE_IS_PRESENT, any_of: 0, report: PAGE_IS_WRITTEN, flags: PM_SCAN_WP_MATCHING };
     let mut out: Vec<(u64, u64)> = Vec::new();
     for (s, e, _) in scan_pages(pid, start, end, &query)? {
         match out.last_mut() {
