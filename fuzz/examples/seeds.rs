@@ -437,7 +437,7 @@ fn main() {
             cache: CacheStats { limit_bytes: 1 << 30, bytes: 1 << 20, generations: 1, hits: 5, misses: 6, evictions: 0 },
             pool,
             children_running: 1,
-            barriers: mitosis_proto::local::BarrierStats { count: 4, p50_us: 300, p99_us: 900, max_us: 1200 },
+            barriers: mitosis_proto::local::BarrierStats { count: 4, p50_us: 300, p99_us: 900, max_us: 1200, pager_p50_us: 200, pager_p99_us: 700 },
         })),
         ("bare-container", LocalResponse::BareContainer { take_us: 10, start_us: 200, total_us: 900 }),
         ("error", LocalResponse::Error(RemoteError::new(ErrorKind::PermissionDenied, "seed \"x\" belongs to uid 0"))),

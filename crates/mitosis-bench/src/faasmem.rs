@@ -206,7 +206,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     println!("faasmem: {note}");
     print!("{}", table(&figures));
     for (host, b) in ["a", "b"].iter().zip(&barriers) {
-        println!("packet barriers on worker {host}: {}, median {} µs, P99 {} µs, max {} µs", b.count, b.p50_us, b.p99_us, b.max_us);
+        println!(
+            "packet barriers on worker {host}: {}, median {} µs, P99 {} µs, max {} µs; the pager's part: median {} µs, P99 {} µs",
+            b.count, b.p50_us, b.p99_us, b.max_us, b.pager_p50_us, b.pager_p99_us
+        );
     }
     println!("absent: tmo, the semi-warm share of idle time, density, per-function memory");
     for f in files {

@@ -1244,7 +1244,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
                 out!("children running: {}; {}", s.children_running, s.pool);
                 let b = &s.barriers;
-                out!("packet barriers: {}, median {} µs, P99 {} µs, max {} µs", b.count, b.p50_us, b.p99_us, b.max_us);
+                out!(
+                    "packet barriers: {}, median {} µs, P99 {} µs, max {} µs (their pagers' part: median {} µs, P99 {} µs)",
+                    b.count,
+                    b.p50_us,
+                    b.p99_us,
+                    b.max_us,
+                    b.pager_p50_us,
+                    b.pager_p99_us
+                );
             }
             Ok(0)
         }

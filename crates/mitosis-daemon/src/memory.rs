@@ -129,32 +129,45 @@ impl ReuseHistory {
     }
 }
 
-/// How long this daemon's packet barriers took (the last [`BARRIERS_KEPT`]).
+/// How long this daemon's packet barriers took, in all and their pagers'
+/// part (the last [`BARRIERS_KEPT`]).
 #[derive(Debug, Default)]
 pub struct BarrierTimes {
-    recent: Mutex<(u64, VecDeque<u64>)>,
+    recent: Mutex<(u64, VecDeque<(u64, u64)>)>,
 }
 
 pub const BARRIERS_KEPT: usize = 4096;
 
 impl BarrierTimes {
-    pub fn record(&self, us: u64) {
+    pub fn record(&self, us: u64, pager_us: u64) {
         let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         r.0 += 1;
         if r.1.len() == BARRIERS_KEPT {
             r.1.pop_front();
         }
-        r.1.push_back(us);
+        r.1.push_back((us, pager_us));
     }
 
     pub fn stats(&self) -> mitosis_proto::local::BarrierStats {
-        let (count, mut all) = {
+        let (count, recent) = {
             let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            (r.0, r.1.iter().copied().collect::<Vec<u64>>())
+            (r.0, r.1.iter().copied().collect::<Vec<(u64, u64)>>())
         };
-        all.sort_unstable();
-        let at = |q: usize| if all.is_empty() { 0 } else { all[((all.len() * q).div_ceil(100)).clamp(1, all.len()) - 1] };
-        mitosis_proto::local::BarrierStats { count, p50_us: at(50), p99_us: at(99), max_us: all.last().copied().unwrap_or(0) }
+        let sorted = |pick: fn(&(u64, u64)) -> u64| {
+            let mut all: Vec<u64> = recent.iter().map(pick).collect();
+            all.sort_unstable();
+            all
+        };
+        let at = |all: &[u64], q: usize| if all.is_empty() { 0 } else { all[((all.len() * q).div_ceil(100)).clamp(1, all.len()) - 1] };
+        let (all, pager) = (sorted(|r| r.0), sorted(|r| r.1));
+        mitosis_proto::local::BarrierStats {
+            count,
+            p50_us: at(&all, 50),
+            p99_us: at(&all, 99),
+            max_us: all.last().copied().unwrap_or(0),
+            pager_p50_us: at(&pager, 50),
+            pager_p99_us: at(&pager, 99),
+        }
     }
 }
 
@@ -227,10 +240,10 @@ impl InstanceMemory {
     fn barrier(&self, daemon: &Daemon) -> Option<u32> {
         let child = daemon.children.find(&self.pid.to_string())?;
         match crate::offload::barrier(daemon, &child) {
-            Ok((phase, written, took)) => {
-                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-                daemon.barriers.record(us);
-                tracing::debug!(pid = self.pid, phase, written, us, "packet barrier");
+            Ok((phase, written, took, pager)) => {
+                let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                daemon.barriers.record(us(took), us(pager));
+                tracing::debug!(pid = self.pid, phase, written, us = us(took), pager_us = us(pager), "packet barrier");
                 *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = Some(phase);
                 Some(phase)
             }
@@ -415,10 +428,11 @@ mod tests {
         let t = BarrierTimes::default();
         assert_eq!(t.stats(), mitosis_proto::local::BarrierStats::default());
         for us in 1..=100 {
-            t.record(us);
+            t.record(us, us / 10);
         }
         let s = t.stats();
         assert_eq!((s.count, s.p50_us, s.p99_us, s.max_us), (100, 50, 99, 100));
+        assert_eq!((s.pager_p50_us, s.pager_p99_us), (5, 9));
     }
 
     #[test]

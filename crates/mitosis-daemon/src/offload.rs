@@ -215,8 +215,9 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
 /// adopting its memory first if no pager serves it yet (a cold-started
 /// instance: the first barrier is at its runtime's start). Returns the
 /// phase that runs from now on, the bytes written in the one it ended, and
-/// how long the barrier itself took (an adoption before it not counted).
-pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Duration), RemoteError> {
+/// how long the barrier took: all of it (an adoption before it not
+/// counted), and its pager's part alone.
+pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Duration, Duration), RemoteError> {
     let Some(offloader) = &child.offload else {
         return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
     };
@@ -230,7 +231,7 @@ pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Durati
     }
     let t = Instant::now();
     match offloader.handle()?.ask(Command::Barrier { pid: child.pid }).map_err(|e| fail(ErrorKind::Internal, e))? {
-        Reply::Barrier { phase, written } => Ok((phase, written, t.elapsed())),
+        Reply::Barrier { phase, written, pager_us } => Ok((phase, written, t.elapsed(), Duration::from_micros(pager_us))),
         Reply::Refused(why) => Err(fail(ErrorKind::Unsupported, format!("no packets for child {}: {why}", child.pid))),
         _ => Err(fail(ErrorKind::Internal, "the pager answered a barrier out of turn")),
     }

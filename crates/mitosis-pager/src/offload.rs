@@ -150,9 +150,9 @@ pub enum Reply {
     Settled,
     /// A prefetch started: bytes to come from the node and from the seed.
     Prefetching { from_node: u64, from_seed: u64 },
-    /// A barrier: the phase that runs from now on, and the bytes written in
-    /// the one it ended.
-    Barrier { phase: u32, written: u64 },
+    /// A barrier: the phase that runs from now on, the bytes written in the
+    /// one it ended, and how long the pager's own part took (µs).
+    Barrier { phase: u32, written: u64, pager_us: u64 },
     Refused(String),
 }
 
@@ -270,7 +270,12 @@ impl Pager {
                     Reply::Settled
                 }
                 Command::Prefetch { from_phase } => self.start_prefetch(from_phase),
-                Command::Barrier { pid } => self.barrier(pid).map_or_else(Reply::Refused, |(phase, written)| Reply::Barrier { phase, written }),
+                Command::Barrier { pid } => {
+                    let t = std::time::Instant::now();
+                    let done = self.barrier(pid);
+                    let pager_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    done.map_or_else(Reply::Refused, |(phase, written)| Reply::Barrier { phase, written, pager_us })
+                }
             };
             if let Some(c) = &self.control {
                 let _ = c.replies.send(reply);

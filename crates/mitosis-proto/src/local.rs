@@ -186,13 +186,16 @@ pub struct DaemonStats {
 }
 
 /// The packet barriers of this daemon's instances (FaaSMem's phase
-/// boundaries): how many, and how long each took (the last 4096).
+/// boundaries): how many, and how long each took (the last 4096), in all
+/// and in the instance's pager alone (its page-table scan).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BarrierStats {
     pub count: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    pub pager_p50_us: u64,
+    pub pager_p99_us: u64,
 }
 
 impl std::fmt::Display for PoolStats {
