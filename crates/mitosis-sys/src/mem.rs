@@ -325,14 +325,19 @@ fn scan_pages(pid: i32, start: u64, end: u64, query: &PageQuery) -> Result<Vec<(
 /// `[start, end)`, as ranges.
 pub fn guard_regions(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
     let query = PageQuery { all_of: PAGE_IS_GUARD, any_of: 0, report: PAGE_IS_GUARD, flags: 0 };
+    Ok(joined(scan_pages(pid, start, end, &query)?))
+}
+
+/// The ranges of scanned runs, touching ones joined (their categories dropped).
+fn joined(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for (s, e, _) in scan_pages(pid, start, end, &query)? {
+    for (s, e, _) in runs {
         match out.last_mut() {
             Some(last) if last.1 == s => last.1 = e,
             _ => out.push((s, e)),
         }
     }
-    Ok(out)
+    out
 }
 
 /// A run of pages of another process that hold memory (present, or swapped out).
@@ -376,14 +381,7 @@ pub const USER_END: u64 = 0x7fff_ffff_f000;
 /// process.
 pub fn take_written_runs(pid: i32, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
     let query = PageQuery { all_of: PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN | PAGE_IS_PRESENT, any_of: 0, report: PAGE_IS_WRITTEN, flags: PM_SCAN_WP_MATCHING };
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (s, e, _) in scan_pages(pid, start, end, &query)? {
-        match out.last_mut() {
-            Some(last) if last.1 == s => last.1 = e,
-            _ => out.push((s, e)),
-        }
-    }
-    Ok(out)
+    Ok(joined(scan_pages(pid, start, end, &query)?))
 }
 
 impl Drop for AnonMap {

@@ -450,8 +450,8 @@ mod tests {
         unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
     }
 
-    #[test]
-    fn protected_copies_tell_which_pages_were_written_since() {
+    /// A userfaultfd with `WP_ASYNC` and four unregistered pages of this process.
+    fn write_tracking_pages() -> (Uffd, u64) {
         let uffd = Uffd::create().expect("userfaultfd (run as root)");
         uffd.api(features::WP_ASYNC).unwrap();
         // SAFETY: a fresh private anonymous mapping nobody else uses.
@@ -459,7 +459,12 @@ mod tests {
             libc::mmap(std::ptr::null_mut(), usize_of(4 * PAGE), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
         };
         assert_ne!(base, libc::MAP_FAILED);
-        let base = base as u64;
+        (uffd, base as u64)
+    }
+
+    #[test]
+    fn protected_copies_tell_which_pages_were_written_since() {
+        let (uffd, base) = write_tracking_pages();
         uffd.register(base, 4 * PAGE, true).unwrap();
         assert_eq!(uffd.copy_protected(base, &[3u8; usize_of(3 * PAGE)]), CopyResult::Done);
         // SAFETY: page 1 is present (copied above); the write is resolved by
@@ -475,14 +480,7 @@ mod tests {
 
     #[test]
     fn a_barrier_takes_the_pages_written_since_the_last_one() {
-        let uffd = Uffd::create().expect("userfaultfd (run as root)");
-        uffd.api(features::WP_ASYNC).unwrap();
-        // SAFETY: a fresh private anonymous mapping nobody else uses.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), usize_of(4 * PAGE), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        let base = base as u64;
+        let (uffd, base) = write_tracking_pages();
         let write = |page: u64| {
             // SAFETY: a page of the mapping above, present (or filled by the
             // kernel: nobody reads this userfaultfd's faults, and the pages
