@@ -336,7 +336,7 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
 fn idle_instances_give_their_memory_back_and_answer_the_same() {
     let args = ["--memnode", "{memnode-a}", "--semi-warm-drain", "50"];
     let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &args) else { return };
-    let _node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
+    let node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());
     let mut seed = Conn::open(ha, &addr_a);
     seed.start(&spec("big-seed", &w.function("big"), InstanceStart::Cold { prepare_as: Some("fn-big".into()) }))
@@ -417,7 +417,27 @@ fn idle_instances_give_their_memory_back_and_answer_the_same() {
     let first_put = put(&w.b.log()).unwrap_or_else(|| panic!("no faasmem offload logged\n{}", w.logs()));
     assert!(first_put * 4096 > 20 << 20, "its first drain step put {first_put} pages on the node");
     assert_eq!(faasmem.invoke_json(b"same"), want, "{}", w.logs());
-    drop((faasmem, seed));
+    drop(faasmem);
+
+    // The memory node gone while a cold instance's data is on it: its next
+    // request kills it, with the reason, never a zero or stale page.
+    let mut lost = Conn::open(hb, &addr_b);
+    lost.start(&InstanceSpec { offload_idle_after_ms: Some(1000), ..cold("big-lost", &w.function("big")) })
+        .unwrap_or_else(|e| panic!("cold start: {e}\n{}", w.logs()));
+    assert_eq!(lost.phases(3).last(), Some(&Phase::Ready), "{}", w.logs());
+    assert_eq!(lost.invoke_json(b"same"), want);
+    let memory = || memory_of("big-lost");
+    let busy = memory();
+    assert!(wait_until(WAIT, || memory() < busy - (48 << 20)), "the lost instance kept {} of {busy} bytes\n{}", memory(), w.logs());
+    drop(node);
+    lost.call(&InstanceCall::Invoke { body: b"same".to_vec() });
+    let (end, reason, _, events) = lost.ended();
+    assert!(events.iter().all(|e| !matches!(e, InstanceEvent::Reply { .. })), "no answer from lost memory: {events:?}");
+    match end {
+        Some(ChildEnd::KilledByMitosis { reason: why }) => assert!(why.contains("memory node"), "{why}"),
+        other => panic!("expected a kill by mitosis, got {other:?} ({reason})\n{}", w.logs()),
+    }
+    drop((lost, seed));
     assert!(wait_until(WAIT, || usage(hb, &addr_b).instances.is_empty()));
 }
 

@@ -249,6 +249,7 @@ impl InstanceMemory {
             }
             Err(e) => {
                 tracing::warn!(pid = self.pid, error = %e.message, "no packets for this instance");
+                *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 None
             }
         }
@@ -262,6 +263,10 @@ impl InstanceMemory {
             return;
         }
         let Some(phase) = self.barrier(daemon) else { return };
+        // Phases 0 and 1 are the last two until phase 3 runs: nothing is older.
+        if phase < 3 {
+            return;
+        }
         let due = {
             let mut last = self.last_rollback.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.is_none_or(|at| at.elapsed() >= ROLLBACK_EVERY);
@@ -270,7 +275,7 @@ impl InstanceMemory {
             }
             due
         };
-        if !due || phase < 2 {
+        if !due {
             return;
         }
         let Some(child) = daemon.children.find(&self.pid.to_string()) else { return };
