@@ -83,7 +83,13 @@ impl Frozen {
     /// makes in the process, and the page it borrows, is closed or unmapped
     /// again before this returns, whether it worked or not: the process's
     /// own code, frozen all the while, never holds any of them.
+    ///
+    /// If a descriptor of the takeover might still be in the process
+    /// afterwards (one that arrived but could not be read back, and could
+    /// not be closed), the error is [`CaptureError::LeftDescriptors`]: the
+    /// process must not run on.
     pub fn adopt_userfaultfd(&self, process: &OwnedFd, device: &OwnedFd) -> Result<OwnedFd, CaptureError> {
+        let before = self.descriptors()?;
         let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let scratch = self.call(libc::SYS_mmap, &[0, PAGE, rw, anon, u64::MAX, 0], "mapping a scratch page")?;
@@ -93,9 +99,30 @@ impl Frozen {
             let _ = self.call(libc::SYS_close, &[fd], "closing a descriptor of the takeover");
         }
         let unmapped = self.call(libc::SYS_munmap, &[scratch, PAGE], "unmapping the scratch page");
+        self.close_new_descriptors(&before)?;
         let uffd = result?;
         unmapped?;
         Ok(uffd)
+    }
+
+    /// The descriptor numbers the process holds.
+    fn descriptors(&self) -> Result<std::collections::BTreeSet<u64>, CaptureError> {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_err(|_| CaptureError::NoProcess { pid: self.pid })?;
+        Ok(dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+    }
+
+    /// Closes every descriptor the process holds that it did not hold
+    /// before (`before`): none of the takeover's may stay with it.
+    fn close_new_descriptors(&self, before: &std::collections::BTreeSet<u64>) -> Result<(), CaptureError> {
+        let left = |now: std::collections::BTreeSet<u64>| now.difference(before).copied().collect::<Vec<u64>>();
+        let leaked = || CaptureError::LeftDescriptors { pid: self.pid };
+        for fd in left(self.descriptors().map_err(|_| leaked())?) {
+            let _ = self.call(libc::SYS_close, &[fd], "closing a descriptor the takeover left");
+        }
+        match self.descriptors() {
+            Ok(now) if left(now.clone()).is_empty() => Ok(()),
+            _ => Err(leaked()),
+        }
     }
 
     fn adopt_with(&self, process: &OwnedFd, device: &OwnedFd, scratch: u64, opened: &mut Vec<u64>) -> Result<OwnedFd, CaptureError> {

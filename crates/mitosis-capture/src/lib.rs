@@ -78,6 +78,10 @@ pub enum CaptureError {
     /// Taking over a running process's memory ([`freeze::Frozen::adopt_userfaultfd`]) failed.
     #[error("the memory of process {pid} cannot be taken over: {what}")]
     Adopt { pid: i32, what: String },
+    /// A takeover may have left one of its descriptors (`/dev/userfaultfd`,
+    /// a userfaultfd) in the process: it must not run on.
+    #[error("process {pid} may still hold a descriptor of the takeover of its memory")]
+    LeftDescriptors { pid: i32 },
     #[error("{step}")]
     Sys {
         step: &'static str,

@@ -349,7 +349,8 @@ fn handle_prepare(
                 mitosis_capture::CaptureError::NoProcess { .. } => ErrorKind::NotFound,
                 mitosis_capture::CaptureError::Unsupported { .. }
                 | mitosis_capture::CaptureError::NotWaiting { .. }
-                | mitosis_capture::CaptureError::Adopt { .. } => ErrorKind::Unsupported,
+                | mitosis_capture::CaptureError::Adopt { .. }
+                | mitosis_capture::CaptureError::LeftDescriptors { .. } => ErrorKind::Unsupported,
                 mitosis_capture::CaptureError::Sys { .. } => ErrorKind::Internal,
             };
             tracing::warn!(%id, pid, error = %error_chain(&e), "prepare failed");

@@ -186,7 +186,16 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
     let pid = child.pid;
     let internal = |e: String| fail(ErrorKind::Internal, e);
     let device = uffd::open_device().map_err(|e| fail(ErrorKind::Unsupported, format!("cannot adopt child {pid}'s memory: {e}")))?;
-    let fd = frozen.adopt_userfaultfd(&child.pidfd, &device).map_err(|e| internal(error_chain(&e)))?;
+    let fd = match frozen.adopt_userfaultfd(&child.pidfd, &device) {
+        Ok(fd) => fd,
+        Err(e @ mitosis_capture::CaptureError::LeftDescriptors { .. }) => {
+            // Its own code must never hold the device: it does not run on.
+            tracing::error!(pid, error = %e, "killing a process the takeover of whose memory went wrong");
+            let _ = mitosis_sys::pidfd::send_signal(&child.pidfd, libc::SIGKILL);
+            return Err(internal(error_chain(&e)));
+        }
+        Err(e) => return Err(internal(error_chain(&e))),
+    };
     let uffd = Uffd::from_fd(fd);
     let wanted = features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON | features::WP_ASYNC;
     uffd.api(wanted).map_err(|e| internal(format!("setting up child {pid}'s userfaultfd: {e}")))?;

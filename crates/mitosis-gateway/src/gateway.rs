@@ -329,7 +329,7 @@ impl Gateway {
             for f in self.pools() {
                 let ended = f.end_instances_on(&g);
                 if ended > 0 {
-                    tracing::info!(function = %f.name, worker = %g, ended, "ended the instances on a worker that left");
+                    tracing::info!(function = %f.name, worker = %g, ended, "ended the instances on, or forked from, a worker that left");
                 }
                 self.seed_gone(&f.name, f.forget_seed_on(&g), false);
             }

@@ -83,6 +83,9 @@ type Pending = Arc<Mutex<Option<oneshot::Sender<Result<Reply, InstanceError>>>>>
 pub struct Instance {
     pub name: String,
     pub worker: String,
+    /// The worker whose seed it was forked from (a fork start): it dies at
+    /// its next missing page once that worker is gone.
+    pub seed_host: Option<String>,
     pub pid: i32,
     writer: Mutex<mitosis_proto::secure::SecureWriter<std::net::TcpStream>>,
     stream: std::net::TcpStream,
@@ -151,6 +154,10 @@ impl Instance {
         let instance = Arc::new(Instance {
             name: spec.name.clone(),
             worker: worker.to_string(),
+            seed_host: match &spec.start {
+                mitosis_proto::instance::InstanceStart::Fork { seed_host, .. } => Some(seed_host.clone()),
+                mitosis_proto::instance::InstanceStart::Cold { .. } => None,
+            },
             pid,
             writer: Mutex::new(writer),
             stream: stream.try_clone().map_err(|e| unreachable(e.into()))?,

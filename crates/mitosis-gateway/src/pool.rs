@@ -276,17 +276,20 @@ impl FunctionPool {
         forgotten
     }
 
-    /// Ends the instances on `worker` (it left the cluster): idle ones at
-    /// once; busy ones too, so that their requests get an error answer now
-    /// rather than whenever the worker's connection times out.
+    /// Ends the instances on `worker` (it left the cluster), and those
+    /// forked from a seed on it (their next missing page would kill them,
+    /// in the middle of a request): idle ones at once; busy ones too, so
+    /// that their requests get an error answer now rather than whenever
+    /// the worker's connection times out.
     pub fn end_instances_on(&self, worker: &str) -> usize {
         let mut inner = self.lock();
-        let gone: Vec<Arc<Instance>> = inner.live.values().filter(|i| i.worker == worker).cloned().collect();
+        let depends = |i: &Instance| i.worker == worker || i.seed_host.as_deref() == Some(worker);
+        let gone: Vec<Arc<Instance>> = inner.live.values().filter(|i| depends(i)).cloned().collect();
         for i in &gone {
             inner.live.remove(&i.name);
             i.kill();
         }
-        inner.idle.retain(|i| i.instance.worker != worker);
+        inner.idle.retain(|i| !depends(&i.instance));
         drop(inner);
         self.freed.notify_waiters();
         gone.len()
