@@ -105,8 +105,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 fn average_mib(run: &mitosis_trace::replay::ReplayRun, part: impl Fn(&mitosis_trace::replay::MemorySample) -> u64) -> f64 {
-    let byte_s: f64 = run.memory.windows(2).map(|w| (w[1].t_s - w[0].t_s) * (part(&w[0]) + part(&w[1])) as f64 / 2.0).sum();
-    ratio(byte_s, run.window_s) / f64::from(1u32 << 20)
+    ratio(run.byte_seconds_of(part), run.window_s) / f64::from(1u32 << 20)
 }
 
 /// Each arm beside the first (the baseline).

@@ -93,12 +93,9 @@ impl Frozen {
         let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let scratch = self.call(libc::SYS_mmap, &[0, PAGE, rw, anon, u64::MAX, 0], "mapping a scratch page")?;
-        let mut opened = Vec::new();
-        let result = self.adopt_with(process, device, scratch, &mut opened);
-        for fd in opened {
-            let _ = self.call(libc::SYS_close, &[fd], "closing a descriptor of the takeover");
-        }
+        let result = self.adopt_with(process, device, scratch);
         let unmapped = self.call(libc::SYS_munmap, &[scratch, PAGE], "unmapping the scratch page");
+        // Every descriptor the takeover made (the process, frozen, made none).
         self.close_new_descriptors(&before)?;
         let uffd = result?;
         unmapped?;
@@ -114,18 +111,17 @@ impl Frozen {
     /// Closes every descriptor the process holds that it did not hold
     /// before (`before`): none of the takeover's may stay with it.
     fn close_new_descriptors(&self, before: &std::collections::BTreeSet<u64>) -> Result<(), CaptureError> {
-        let left = |now: std::collections::BTreeSet<u64>| now.difference(before).copied().collect::<Vec<u64>>();
         let leaked = || CaptureError::LeftDescriptors { pid: self.pid };
-        for fd in left(self.descriptors().map_err(|_| leaked())?) {
-            let _ = self.call(libc::SYS_close, &[fd], "closing a descriptor the takeover left");
+        for &fd in self.descriptors().map_err(|_| leaked())?.difference(before) {
+            let _ = self.call(libc::SYS_close, &[fd], "closing a descriptor of the takeover");
         }
         match self.descriptors() {
-            Ok(now) if left(now.clone()).is_empty() => Ok(()),
+            Ok(now) if now.is_subset(before) => Ok(()),
             _ => Err(leaked()),
         }
     }
 
-    fn adopt_with(&self, process: &OwnedFd, device: &OwnedFd, scratch: u64, opened: &mut Vec<u64>) -> Result<OwnedFd, CaptureError> {
+    fn adopt_with(&self, process: &OwnedFd, device: &OwnedFd, scratch: u64) -> Result<OwnedFd, CaptureError> {
         let adopt = |what: String| CaptureError::Adopt { pid: self.pid, what };
         let mem = ProcMem::open(self.pid, true).map_err(CaptureError::sys("opening a frozen process's memory"))?;
         let stream = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
@@ -134,7 +130,6 @@ impl Frozen {
         mem.read_exact_at(&mut pair, scratch).map_err(CaptureError::sys("reading a frozen process's socket pair"))?;
         let [ours_in_it, its_end] = [&pair[..4], &pair[4..]].map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
         let fd_arg = |fd: i32| u64::try_from(fd).map_err(|_| adopt(format!("socketpair gave descriptor {fd}")));
-        opened.extend([fd_arg(ours_in_it)?, fd_arg(its_end)?]);
         let sender = pidfd::getfd(process, ours_in_it).map_err(CaptureError::sys("taking a frozen process's end of its socket pair"))?;
         fdpass::send_with_fds(&sender, b"u", &[device.as_raw_fd()]).map_err(CaptureError::sys("sending /dev/userfaultfd to a frozen process"))?;
         drop(sender);
@@ -144,10 +139,8 @@ impl Frozen {
         let mut image = vec![0u8; RemoteRecv::LEN];
         mem.read_exact_at(&mut image, scratch + 64).map_err(CaptureError::sys("reading a frozen process's recvmsg"))?;
         let device_in_it = recv.received_fd(&image).ok_or_else(|| adopt("/dev/userfaultfd did not arrive whole".into()))?;
-        opened.push(fd_arg(device_in_it)?);
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         let uffd_in_it = self.call(libc::SYS_ioctl, &[fd_arg(device_in_it)?, uffd::USERFAULTFD_IOC_NEW, flags], "USERFAULTFD_IOC_NEW")?;
-        opened.push(uffd_in_it);
         let uffd_in_it = i32::try_from(uffd_in_it).map_err(|_| adopt(format!("USERFAULTFD_IOC_NEW gave descriptor {uffd_in_it}")))?;
         pidfd::getfd(process, uffd_in_it).map_err(CaptureError::sys("taking the userfaultfd made inside a frozen process"))
     }

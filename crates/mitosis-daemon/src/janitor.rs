@@ -75,6 +75,12 @@ impl Janitor {
         self.send(&[USERFAULTFD], &[uffd.as_raw_fd()], "a userfaultfd");
     }
 
+    /// A pager's keeper that hands every userfaultfd it serves to `janitor`.
+    pub fn keeper(janitor: &std::sync::Arc<Janitor>) -> mitosis_pager::Keeper {
+        let janitor = janitor.clone();
+        std::sync::Arc::new(move |uffd: &Uffd| janitor.keep_userfaultfd(uffd))
+    }
+
     /// Has the janitor kill every process listed in `procs` (a cgroup's
     /// `cgroup.procs`) should this daemon die first.
     pub fn watch_cgroup(&self, procs: &std::path::Path) {

@@ -108,13 +108,15 @@ impl ReuseIntervals {
     /// The 99th percentile (nearest rank); `None` before any reuse.
     pub fn p99(&self) -> Option<Duration> {
         let mut all: Vec<Duration> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
-        if all.is_empty() {
-            return None;
-        }
         all.sort();
-        let rank = (all.len() * 99).div_ceil(100).max(1);
-        Some(all[rank - 1])
+        nearest_rank(&all, 99)
     }
+}
+
+/// The `q`th percentile of `sorted` by nearest rank; `None` when it is empty.
+fn nearest_rank<T: Copy>(sorted: &[T], q: usize) -> Option<T> {
+    let rank = (sorted.len() * q).div_ceil(100).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
 }
 
 /// Every function's reuse intervals on this worker.
@@ -158,7 +160,7 @@ impl BarrierTimes {
             all.sort_unstable();
             all
         };
-        let at = |all: &[u64], q: usize| if all.is_empty() { 0 } else { all[((all.len() * q).div_ceil(100)).clamp(1, all.len()) - 1] };
+        let at = |all: &[u64], q: usize| nearest_rank(all, q).unwrap_or(0);
         let (all, pager) = (sorted(|r| r.0), sorted(|r| r.1));
         mitosis_proto::local::BarrierStats {
             count,
@@ -241,9 +243,9 @@ impl InstanceMemory {
         let child = daemon.children.find(&self.pid.to_string())?;
         match crate::offload::barrier(daemon, &child) {
             Ok((phase, written, took, pager)) => {
-                let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-                daemon.barriers.record(us(took), us(pager));
-                tracing::debug!(pid = self.pid, phase, written, us = us(took), pager_us = us(pager), "packet barrier");
+                let (us, pager_us) = (crate::offload::micros(took), crate::offload::micros(pager));
+                daemon.barriers.record(us, pager_us);
+                tracing::debug!(pid = self.pid, phase, written, us, pager_us, "packet barrier");
                 *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = Some(phase);
                 Some(phase)
             }
@@ -282,7 +284,7 @@ impl InstanceMemory {
         let limits = ScanLimits { budget: None, seed_backed: self.policy.seed_backed, older_than: Some(phase - 2) };
         match crate::offload::offload(daemon, &child, limits) {
             Ok(r) => {
-                let given = r.pages_put + r.pages_clean_at_seed + r.pages_clean_at_node + r.pages_zero;
+                let given = r.pages_given();
                 if given > 0 {
                     self.offloaded.store(true, Ordering::SeqCst);
                 }
@@ -361,7 +363,7 @@ impl InstanceMemory {
         let limits = ScanLimits { budget: Some(budget), seed_backed: self.policy.seed_backed, older_than: None };
         match crate::offload::offload(daemon, &child, limits) {
             Ok(r) => {
-                let given = r.pages_put + r.pages_clean_at_seed + r.pages_clean_at_node + r.pages_zero;
+                let given = r.pages_given();
                 // Nothing left it could give: done until its next request.
                 if given == 0 {
                     self.drained.store(true, Ordering::SeqCst);

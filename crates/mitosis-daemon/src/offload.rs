@@ -134,6 +134,14 @@ impl NodeSource for NodeConn {
     }
 }
 
+/// `child`'s offload state, locked (a child another daemon's pager serves has none).
+fn offloader_of(child: &ChildRecord) -> Result<std::sync::MutexGuard<'_, Offloader>, RemoteError> {
+    let Some(offloader) = &child.offload else {
+        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
+    };
+    Ok(offloader.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 fn fail(kind: ErrorKind, what: impl Into<String>) -> RemoteError {
     RemoteError::new(kind, what.into())
 }
@@ -149,10 +157,7 @@ pub fn offload(daemon: &Daemon, child: &ChildRecord, limits: ScanLimits) -> Resu
     let Some(addr) = daemon.config.memnode.clone() else {
         return Err(fail(ErrorKind::Unsupported, "this daemon has no memory node (start it with --memnode ADDR)"));
     };
-    let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
-    };
-    let mut offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offloader = offloader_of(child)?;
     let connect = Connect { addr, key: daemon.config.key.current(), protection: daemon.config.key.protection() };
     if offloader.node.is_none() {
         offloader.node = Some(connect.open().map_err(|e| node_error(&e))?);
@@ -197,16 +202,11 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
         Err(e) => return Err(internal(error_chain(&e))),
     };
     let uffd = Uffd::from_fd(fd);
-    let wanted = features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON | features::WP_ASYNC;
-    uffd.api(wanted).map_err(|e| internal(format!("setting up child {pid}'s userfaultfd: {e}")))?;
+    uffd.api(features::PAGER | features::WP_ASYNC).map_err(|e| internal(format!("setting up child {pid}'s userfaultfd: {e}")))?;
     let (handle, control) = mitosis_pager::offload::channel().map_err(|e| internal(e.to_string()))?;
     let watch = child.pidfd.try_clone().map_err(|e| internal(e.to_string()))?;
-    let keeper: mitosis_pager::Keeper = {
-        let janitor = daemon.janitor.clone();
-        Arc::new(move |uffd: &Uffd| janitor.keep_userfaultfd(uffd))
-    };
     let pager = Pager::new(uffd, Regions::default(), Box::new(NoSeed), daemon.config.pager, Arc::new(Counters::default()), Some(watch))
-        .with_keeper(Some(keeper))
+        .with_keeper(Some(crate::janitor::Janitor::keeper(&daemon.janitor)))
         .with_write_tracking(true)
         .with_control(control)
         .adopting();
@@ -227,10 +227,7 @@ fn adopt(daemon: &Daemon, frozen: &mitosis_capture::freeze::Frozen, child: &Chil
 /// how long the barrier took: all of it (an adoption before it not
 /// counted), and its pager's part alone.
 pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Duration, Duration), RemoteError> {
-    let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
-    };
-    let mut offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offloader = offloader_of(child)?;
     if offloader.handle.is_none() {
         let frozen = mitosis_capture::freeze::Frozen::freeze(child.pid, &daemon.vdso).map_err(|e| fail(ErrorKind::Internal, error_chain(&e)))?;
         let adopted = adopt(daemon, &frozen, child, &mut offloader);
@@ -240,7 +237,7 @@ pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Durati
     }
     let t = Instant::now();
     match offloader.handle()?.ask(Command::Barrier { pid: child.pid }).map_err(|e| fail(ErrorKind::Internal, e))? {
-        Reply::Barrier { phase, written, pager_us } => Ok((phase, written, t.elapsed(), Duration::from_micros(pager_us))),
+        Reply::Barrier { phase, written, took } => Ok((phase, written, t.elapsed(), took)),
         Reply::Refused(why) => Err(fail(ErrorKind::Unsupported, format!("no packets for child {}: {why}", child.pid))),
         _ => Err(fail(ErrorKind::Internal, "the pager answered a barrier out of turn")),
     }
@@ -250,10 +247,7 @@ pub fn barrier(daemon: &Daemon, child: &ChildRecord) -> Result<(u32, u64, Durati
 /// of it, or the packets from phase `from_phase` on; returns the bytes to
 /// come from the node and from the seed.
 pub fn prefetch(child: &ChildRecord, from_phase: Option<u32>) -> Result<(u64, u64), RemoteError> {
-    let Some(offloader) = &child.offload else {
-        return Err(fail(ErrorKind::Unsupported, format!("child {} cannot be offloaded: another daemon's pager serves it", child.pid)));
-    };
-    let offloader = offloader.lock().unwrap_or_else(|e| e.into_inner());
+    let offloader = offloader_of(child)?;
     match offloader.handle()?.ask(Command::Prefetch { from_phase }).map_err(|e| fail(ErrorKind::Internal, e))? {
         Reply::Prefetching { from_node, from_seed } => Ok((from_node, from_seed)),
         _ => Err(fail(ErrorKind::Internal, "the pager answered a prefetch out of turn")),
@@ -395,7 +389,7 @@ fn push_run(runs: &mut Vec<(u64, u64)>, page: u64) {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 

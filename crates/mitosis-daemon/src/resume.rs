@@ -381,10 +381,7 @@ pub(crate) fn start(
     if let Some(procs) = procs {
         daemon.janitor.watch_cgroup(&procs);
     }
-    let keeper: mitosis_pager::Keeper = {
-        let janitor = daemon.janitor.clone();
-        Arc::new(move |uffd: &mitosis_sys::uffd::Uffd| janitor.keep_userfaultfd(uffd))
-    };
+    let keeper = crate::janitor::Janitor::keeper(&daemon.janitor);
     let reply = image.reply_slot.map(|slot| {
         // The pid the child sees itself as (inside its container's PID namespace).
         let info = ChildInfo { seed_id: id.to_string(), seed_host: from.to_string(), generation: image.generation, pid: own_view_pid(pid) };

@@ -326,11 +326,10 @@ pub struct Pager {
     /// End of the last window asked of the node for a fault, to tell
     /// sequential access.
     node_last_end: Option<u64>,
-    /// The process was adopted while it ran: each scan first registers its
-    /// anonymous memory that the userfaultfd does not serve yet.
-    adopted: bool,
-    /// The bounds of the adopted process's mappings registered so far.
-    adopted_ranges: std::collections::HashSet<(u64, u64)>,
+    /// The process was adopted while it ran (`Some`): each scan and barrier
+    /// first registers its anonymous memory that the userfaultfd does not
+    /// serve yet; these are the bounds of the mappings registered so far.
+    adopted: Option<std::collections::HashSet<(u64, u64)>>,
     /// The phase each page was last touched in ([`packets`]).
     phases: packets::Phases,
 }
@@ -391,8 +390,7 @@ impl Pager {
             node_push: Default::default(),
             node_asked: Default::default(),
             node_last_end: None,
-            adopted: false,
-            adopted_ranges: Default::default(),
+            adopted: None,
             phases: packets::Phases::default(),
         }
     }
@@ -402,7 +400,7 @@ impl Pager {
     /// private anonymous memory the process has mapped since (see
     /// [`offload`]).
     pub fn adopting(mut self) -> Pager {
-        self.adopted = true;
+        self.adopted = Some(Default::default());
         self
     }
 

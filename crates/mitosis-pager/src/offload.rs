@@ -151,8 +151,8 @@ pub enum Reply {
     /// A prefetch started: bytes to come from the node and from the seed.
     Prefetching { from_node: u64, from_seed: u64 },
     /// A barrier: the phase that runs from now on, the bytes written in the
-    /// one it ended, and how long the pager's own part took (µs).
-    Barrier { phase: u32, written: u64, pager_us: u64 },
+    /// one it ended, and how long the pager's own part took.
+    Barrier { phase: u32, written: u64, took: Duration },
     Refused(String),
 }
 
@@ -272,9 +272,7 @@ impl Pager {
                 Command::Prefetch { from_phase } => self.start_prefetch(from_phase),
                 Command::Barrier { pid } => {
                     let t = std::time::Instant::now();
-                    let done = self.barrier(pid);
-                    let pager_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    done.map_or_else(Reply::Refused, |(phase, written)| Reply::Barrier { phase, written, pager_us })
+                    self.barrier(pid).map_or_else(Reply::Refused, |(phase, written)| Reply::Barrier { phase, written, took: t.elapsed() })
                 }
             };
             if let Some(c) = &self.control {
@@ -284,11 +282,12 @@ impl Pager {
     }
 
     /// Registers the adopted process's private anonymous memory that no
-    /// userfaultfd serves yet (and is not locked), so that its pages can be
-    /// offloaded and served back. Its pages are not in any region: they
+    /// userfaultfd serves yet (nothing for a process that was not adopted),
+    /// so that its pages can be offloaded and served back. Its pages are not in any region: they
     /// are the process's own, and a page it never touched faults to a zero
     /// page, as the kernel would have given it.
     fn adopt_new_memory(&mut self, pid: i32) -> Result<(), String> {
+        let Some(registered) = &self.adopted else { return Ok(()) };
         // `maps`, not `smaps`: a barrier runs this, and `smaps` walks every
         // page table. A mapping is registered again only when its bounds
         // are new (registering a registered range again changes nothing);
@@ -297,7 +296,7 @@ impl Pager {
         let mut seen = std::collections::HashSet::new();
         for map in procfs::parse_maps(&maps)?.iter().filter(|m| adoptable(m)) {
             seen.insert((map.start, map.end));
-            if self.adopted_ranges.contains(&(map.start, map.end)) {
+            if registered.contains(&(map.start, map.end)) {
                 continue;
             }
             if let Err(e) = self.uffd.register(map.start, map.end - map.start, self.track_writes) {
@@ -306,7 +305,7 @@ impl Pager {
                 tracing::debug!(pid, start = map.start, end = map.end, error = %e, "an adopted process's mapping was not registered");
             }
         }
-        self.adopted_ranges = seen;
+        self.adopted = Some(seen);
         Ok(())
     }
 
@@ -316,9 +315,7 @@ impl Pager {
         if !self.track_writes {
             return Err("its pages are not tracked for writes (resume it with --track-writes)".into());
         }
-        if self.adopted {
-            self.adopt_new_memory(pid)?;
-        }
+        self.adopt_new_memory(pid)?;
         let mut written = 0;
         // One scan of the whole address space: the kernel skips memory
         // that is not tracked for writes without walking it.
@@ -339,9 +336,7 @@ impl Pager {
         if self.forked {
             return Err("it has forked, and its children's pagers would read the pages it offloads (offloading a process that forked is not built)".into());
         }
-        if self.adopted {
-            self.adopt_new_memory(pid)?;
-        }
+        self.adopt_new_memory(pid)?;
         self.scanned_clean.clear();
         let mut scanned = Scanned::default();
         let mut zero = Vec::new();

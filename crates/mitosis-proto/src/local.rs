@@ -145,6 +145,13 @@ pub struct OffloadReport {
     pub total_us: u64,
 }
 
+impl OffloadReport {
+    /// Every page the child gave back: put, dropped unchanged, or zero.
+    pub fn pages_given(&self) -> u64 {
+        self.pages_put + self.pages_clean_at_seed + self.pages_clean_at_node + self.pages_zero
+    }
+}
+
 /// A child as listed by `mitosis ps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildStatus {

@@ -74,7 +74,7 @@ pub fn restore(
         pidfd::getfd(child_pidfd, plan.prologue.uffd_fd).map_err(RestoreError::sys("taking the child's userfaultfd"))?,
     );
     let write_tracking = if plan.track_writes { features::WP_ASYNC } else { 0 };
-    uffd.api(features::EVENT_FORK | features::EVENT_REMAP | features::EVENT_REMOVE | features::EVENT_UNMAP | features::POISON | write_tracking)
+    uffd.api(features::PAGER | write_tracking)
         .map_err(RestoreError::sys("setting up the userfaultfd"))?;
 
     // The child is a fork of this daemon: its vDSO is where ours is.

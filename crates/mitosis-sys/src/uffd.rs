@@ -70,6 +70,10 @@ pub mod features {
     /// reports ([`crate::mem::resident_runs`]): write tracking at no cost
     /// to the monitor.
     pub const WP_ASYNC: u64 = 1 << 15;
+    /// What a pager follows a process's memory with (every event that
+    /// changes what a page should read, and poisoning); add [`WP_ASYNC`]
+    /// for write tracking.
+    pub const PAGER: u64 = EVENT_FORK | EVENT_REMAP | EVENT_REMOVE | EVENT_UNMAP | POISON;
 }
 
 const MODE_MISSING: u64 = 1;

@@ -149,7 +149,13 @@ impl ReplayRun {
     /// The integral of the summed memory over the samples (trapezoids),
     /// byte-seconds; divide by 2^20 for MiB·s, 2^30 for GiB·s.
     pub fn memory_byte_seconds(&self) -> f64 {
-        self.memory.windows(2).map(|w| (w[1].t_s - w[0].t_s) * (w[0].total_bytes() + w[1].total_bytes()) as f64 / 2.0).sum()
+        self.byte_seconds_of(MemorySample::total_bytes)
+    }
+
+    /// [`ReplayRun::memory_byte_seconds`] of one `part` of each sample
+    /// (its instances', or its seeds').
+    pub fn byte_seconds_of(&self, part: impl Fn(&MemorySample) -> u64) -> f64 {
+        self.memory.windows(2).map(|w| (w[1].t_s - w[0].t_s) * (part(&w[0]) + part(&w[1])) as f64 / 2.0).sum()
     }
 
     pub fn peak_memory_bytes(&self) -> u64 {
