@@ -118,7 +118,7 @@ struct Baselines {
     raw_tcp_mib_s_samples: Vec<f64>,
     /// Per run size: memcpy of the same bytes in chunks of that size.
     per_run_size: Vec<RunBaseline>,
-    /// One core making the page digests every put and get checks (BLAKE3).
+    /// One core making the page digests every put and get checks (XXH3-128).
     digest_mib_s: f64,
 }
 
@@ -606,7 +606,7 @@ fn print_report(r: &Report) {
     println!("Raw TCP bulk a -> b (same veth, same run): {:.0} MiB/s", b.raw_tcp_mib_s);
     println!();
     let memcpy: Vec<String> = b.per_run_size.iter().map(|m| format!("{} KiB chunks {:.0} MiB/s", m.run_bytes >> 10, m.memcpy_mib_s)).collect();
-    println!("memcpy of the same bytes: {}; page digests (BLAKE3), one core: {:.0} MiB/s", memcpy.join(", "), b.digest_mib_s);
+    println!("memcpy of the same bytes: {}; page digests (XXH3-128), one core: {:.0} MiB/s", memcpy.join(", "), b.digest_mib_s);
     println!();
     println!("| run | stored | put MiB/s | get MiB/s | put p50 / p99 | get p50 / p99 | raw TCP round trip p50 / p99 (same run) | get / raw TCP bulk |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");

@@ -61,7 +61,9 @@ impl MemnodeClient {
         stream.set_write_timeout(Some(timeout)).map_err(|e| fail(e.into()))?;
         let mut s = stream.try_clone().map_err(|e| fail(e.into()))?;
         let channel = client_handshake(&mut s, key, protection).map_err(fail)?;
-        let reader = BufReader::with_capacity(256 << 10, stream.try_clone().map_err(|e| fail(e.into()))?);
+        // Small: a page answer's 64 KiB records then go from the socket
+        // straight to the record buffer, not through this one first.
+        let reader = BufReader::with_capacity(16 << 10, stream.try_clone().map_err(|e| fail(e.into()))?);
         let (reader, writer) = channel.split(reader, stream);
         let mut client = MemnodeClient {
             addr: addr.to_string(),

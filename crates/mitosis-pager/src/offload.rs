@@ -159,9 +159,11 @@ pub enum Reply {
 /// Bytes of offloaded pages a prefetch asks the node for at once, and how
 /// many such requests it keeps on the wire (the node reads and sends the
 /// next while the last is copied in): a fault behind them waits for that
-/// much at most.
-pub const PREFETCH_BATCH: u64 = 1 << 20;
-const PREFETCH_DEPTH: usize = 2;
+/// much at most. Smaller requests, more of them: the pager starts copying
+/// the first sooner (`bench offload`: 1 MiB x 2 brought 64 MiB back at 0.49
+/// of raw TCP, 512 KiB x 4 at 0.55 and 256 KiB x 6 at 0.57 in one session).
+pub const PREFETCH_BATCH: u64 = 256 << 10;
+const PREFETCH_DEPTH: usize = 6;
 
 /// How long the daemon waits for its child's pager to answer (a pager
 /// busy with a fetch answers when it is done).

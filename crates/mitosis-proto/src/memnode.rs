@@ -144,18 +144,24 @@ pub struct InstanceUsage {
     pub stored_bytes: u64,
 }
 
-/// The digest of the page at `addr` of `instance` holding `page`: BLAKE3
-/// over the id's length and bytes, the address and the page, cut to
-/// [`DIGEST_LEN`] bytes.
+/// The digest of the page at `addr` of `instance` holding `page`: XXH3-128
+/// of the page, seeded by XXH3-64 of the id's length and bytes and the
+/// address, so that a page of another instance or address never matches.
+///
+/// Why not a cryptographic hash: the digest travels to the node with the
+/// page, so it can only catch accidents (a node's bug, a mixed-up or stale
+/// page), never a lying node, which could digest its own bytes; what the
+/// wire does to a page is caught by its authenticated record. XXH3 does
+/// that job about 3 times faster than BLAKE3 on these 4 KiB pages, and the
+/// digest is the largest cost of bringing a page back after the record's
+/// decryption (`bench memnode` prints both).
 pub fn page_digest(instance: &str, addr: u64, page: &[u8]) -> PageDigest {
-    let mut h = blake3::Hasher::new();
-    h.update(&(instance.len() as u64).to_le_bytes());
-    h.update(instance.as_bytes());
-    h.update(&addr.to_le_bytes());
-    h.update(page);
-    let mut d = [0u8; DIGEST_LEN];
-    h.finalize_xof().fill(&mut d);
-    d
+    let mut place = Vec::with_capacity(16 + instance.len());
+    place.extend_from_slice(&(instance.len() as u64).to_le_bytes());
+    place.extend_from_slice(instance.as_bytes());
+    place.extend_from_slice(&addr.to_le_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64(&place);
+    xxhash_rust::xxh3::xxh3_128_with_seed(page, seed).to_le_bytes()
 }
 
 /// Checks an instance id: 1 to [`MAX_INSTANCE_ID`] bytes, no control characters.
