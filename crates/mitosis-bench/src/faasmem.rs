@@ -18,9 +18,10 @@
 //!
 //! Printed: experiment 1 (memory and P95 of each arm, normalised to the
 //! first arm), experiment 3 (the ablations, as arms) and experiment 5 (the
-//! packet barriers' times, from the workers' `mitosis stats`). Absent: the
-//! `tmo` policy, experiment 4 (the share of idle memory-time spent
-//! semi-warm), experiment 6 (density), and per-function memory (each
+//! packet barriers' times, from the workers' `mitosis stats`). Experiment 4
+//! (the share of idle time spent semi-warm) is `--experiment semi-warm`, a
+//! simulation over whole traces ([`crate::semi_warm`]). Absent: the `tmo`
+//! policy, experiment 6 (density), and per-function memory (each
 //! gateway's memory is sampled as one sum).
 
 use std::path::{Path, PathBuf};
@@ -210,7 +211,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             b.count, b.p50_us, b.p99_us, b.max_us, b.pager_p50_us, b.pager_p99_us
         );
     }
-    println!("absent: tmo, the semi-warm share of idle time, density, per-function memory");
+    println!("absent: tmo, density, per-function memory (the semi-warm share of idle time: --experiment semi-warm)");
     for f in files {
         println!("wrote {}", f.display());
     }

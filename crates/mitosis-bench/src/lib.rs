@@ -60,6 +60,7 @@ pub mod modes;
 pub mod platform;
 pub mod replay;
 pub mod rpc;
+pub mod semi_warm;
 pub mod soak;
 pub mod spike;
 pub mod starts;

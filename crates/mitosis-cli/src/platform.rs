@@ -334,8 +334,24 @@ pub enum PlatformBench {
     /// unchanged pages dropped free, prefetch on reuse). Prints each arm's P50/P95/P99 and
     /// average memory (instances, seeds) with their ratios to the first arm, P95 ratios per
     /// function and the packet barriers' times; records, charts and faasmem.json in --out.
-    /// Not built: tmo, the semi-warm share of idle time, density.
+    /// `--experiment semi-warm` instead simulates keep-alive over whole traces (experiment 4):
+    /// the share of idle instance-time, and of idle memory-time where the trace gives memory,
+    /// that the semi-warm rule (P99 of reuse intervals, at least --offload-idle) makes
+    /// semi-warm; a table, semi-warm.json and a CDF over functions (semi-warm-cdf.svg).
+    /// Not built: tmo, density.
     Faasmem {
+        /// `arms` (experiments 1, 3 and 5: replays through the gateways) or `semi-warm`
+        /// (experiment 4: a simulation over --traces).
+        #[arg(long, value_enum, default_value_t = FaasmemExperiment::Arms)]
+        experiment: FaasmemExperiment,
+        /// Traces of `--experiment semi-warm`: files (Azure 2021 or 2019; an Azure 2019
+        /// `...invocations...` file is weighted by the `...memory...` file beside it) or
+        /// synthetic SPECs (a day each). Absent files are said to be and left out.
+        #[arg(long, value_delimiter = ';', default_values_t = mitosis_bench::semi_warm::DEFAULT_TRACES.map(String::from))]
+        traces: Vec<String>,
+        /// Seconds an idle instance is kept (`--experiment semi-warm`; the gateway's is 600).
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        keep_alive: u64,
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
         /// Seconds an instance is idle, at least, before it turns semi-warm (FaaSMem: 60;
@@ -400,14 +416,29 @@ impl PlatformBench {
                 bin,
                 &mitosis_bench::spike::Options { function, base, peak, at_s: at, for_s, seconds, out, json },
             )?,
-            PlatformBench::Faasmem { minutes, offload_idle, drain, functions, arms, spec, out, json } => mitosis_bench::faasmem::run(
-                bin,
-                &mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, arms, spec, out, json },
-            )?,
+            PlatformBench::Faasmem { experiment: FaasmemExperiment::SemiWarm, traces, keep_alive, offload_idle, out, json, .. } => {
+                let rule = mitosis_trace::keepalive::KeepAlive { keep_alive_s: keep_alive as f64, min_delay_s: offload_idle as f64 };
+                mitosis_bench::semi_warm::run(&mitosis_bench::semi_warm::Options { traces, rule, out, json })?
+            }
+            PlatformBench::Faasmem { experiment: FaasmemExperiment::Arms, minutes, offload_idle, drain, functions, arms, spec, out, json, .. } => {
+                mitosis_bench::faasmem::run(
+                    bin,
+                    &mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, arms, spec, out, json },
+                )?
+            }
             PlatformBench::Replay { minutes, offload_idle, offload_policy, spec, out, json } => {
                 mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, offload_policy, spec, out, json })?
             }
         }
         Ok(0)
     }
+}
+
+/// What `mitosis bench faasmem` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaasmemExperiment {
+    /// Experiments 1, 3 and 5: the arms replayed through gateways.
+    Arms,
+    /// Experiment 4: the semi-warm share of idle time, simulated over traces.
+    SemiWarm,
 }

@@ -4,8 +4,9 @@
 //! and 2019, the synthetic generator and the spike shape), schedules made
 //! from them ([`schedule`]: window, scale, mapping of trace functions onto
 //! the suite's functions by popularity rank), the open-loop replayer
-//! ([`replay`]), and reports and SVG charts of one or several runs
-//! ([`report`], [`chart`]); [`command`] is `mitosis replay`.
+//! ([`replay`]), reports and SVG charts of one or several runs
+//! ([`report`], [`chart`]), and keep-alive and semi-warm simulated over a
+//! whole trace ([`keepalive`]); [`command`] is `mitosis replay`.
 //!
 //! It knows the gateway only by HTTP: `POST /invoke/{function}` (the
 //! `x-mitosis-start: cold|fork|warm` header of the answer), and `GET
@@ -49,6 +50,7 @@ use std::path::PathBuf;
 pub mod chart;
 pub mod command;
 pub mod formats;
+pub mod keepalive;
 pub mod metrics;
 pub mod replay;
 pub mod report;

@@ -94,3 +94,20 @@ fn malformed_samples_name_the_line() {
     let e = formats::load(&tmp.path().join("absent.csv"), Format::Azure2021, 0).unwrap_err();
     assert!(e.is_missing());
 }
+
+#[test]
+fn semi_warm_over_the_azure2019_sample_is_weighted_by_its_memory_file() {
+    use mitosis_trace::keepalive::{simulate, KeepAlive, Summary};
+    let Some(dir) = samples() else { return };
+    let trace = formats::load(&dir.join("azure2019-sample-invocations.csv"), Format::Azure2019, 7).unwrap();
+    let memory = formats::azure2019::parse_function_memory(&std::fs::read_to_string(dir.join("azure2019-sample-memory.csv")).unwrap()).unwrap();
+    let functions = simulate(&trace, KeepAlive::default(), 86_400.0);
+    assert_eq!(functions.len(), 4);
+    assert!(functions.iter().all(|f| memory.contains_key(&f.function)), "every function of the sample has its memory");
+    let s = Summary::of(&functions, &memory);
+    assert_eq!(s.invocations as usize, trace.invocations.len());
+    let by_memory = s.share_of_memory_time.expect("weighted");
+    assert!((0.0..1.0).contains(&by_memory) && (0.0..1.0).contains(&s.share_of_time), "{s:?}");
+    // Idle time is bounded by the instances' lives within the day.
+    assert!(s.idle_hours > 0.0 && s.idle_hours <= s.instances as f64 * 24.0, "{s:?}");
+}

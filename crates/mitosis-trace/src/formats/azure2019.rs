@@ -11,7 +11,9 @@
 
 use rand::{Rng, SeedableRng};
 
-use super::{csv_rows, RowError, Trace, TraceInvocation};
+use std::collections::HashMap;
+
+use super::{csv_rows, number, RowError, Trace, TraceInvocation};
 
 const HEADER: [&str; 4] = ["HashOwner", "HashApp", "HashFunction", "Trigger"];
 const MINUTES: usize = 1440;
@@ -45,6 +47,26 @@ pub fn parse(text: &str, seed: u64) -> Result<Trace, RowError> {
     Ok(Trace { invocations })
 }
 
+const MEMORY_HEADER: [&str; 5] = ["HashOwner", "HashApp", "HashFunction", "SampleCount", "AverageAllocatedMb"];
+
+/// Parses a 2019 memory file with a `HashFunction` column (the samples'
+/// `azure2019-sample-memory.csv`; the full dataset's per-app files have
+/// none): each function's average allocated memory, MB. A function listed
+/// twice keeps its last row.
+pub fn parse_function_memory(text: &str) -> Result<HashMap<String, f64>, RowError> {
+    let mut memory = HashMap::new();
+    for (line, fields) in csv_rows(text, &MEMORY_HEADER)? {
+        if fields.len() < MEMORY_HEADER.len() {
+            return Err(RowError { line, message: format!("{} fields where at least {} are needed", fields.len(), MEMORY_HEADER.len()) });
+        }
+        if fields[2].is_empty() {
+            return Err(RowError { line, message: "empty HashFunction".into() });
+        }
+        memory.insert(fields[2].to_string(), number(line, "AverageAllocatedMb", fields[4])?);
+    }
+    Ok(memory)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +97,14 @@ mod tests {
         assert_eq!(e.line, 2);
         assert!(e.message.contains("minute 1 "), "{e}");
         assert_eq!(parse("HashOwner,HashApp,HashFunction,Trigger,1\no,a,f,http,1\n", 0).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn function_memory_is_the_average_by_function() {
+        let text = "HashOwner,HashApp,HashFunction,SampleCount,AverageAllocatedMb,AverageAllocatedMb_pct1\no,a,f1,10,120.0,100\no,a,f2,3,64,60\n";
+        let m = parse_function_memory(text).unwrap();
+        assert_eq!((m["f1"], m["f2"], m.len()), (120.0, 64.0, 2));
+        assert_eq!(parse_function_memory("HashOwner,HashApp,HashFunction,SampleCount,AverageAllocatedMb\no,a,f,1,-3\n").unwrap_err().line, 2);
+        assert_eq!(parse_function_memory("HashOwner,HashApp,SampleCount\n").unwrap_err().line, 1);
     }
 }
