@@ -7,6 +7,9 @@
 //! own instances' and seeds' memory. The arms by default:
 //!
 //! - `none`: cold starts, plain keep-alive (FaaSMem's baseline);
+//! - `tmo`: cold starts, the kernel reclaiming each instance's memory to
+//!   the workers' zram swap under a pressure-driven controller (FaaSMem's
+//!   TMO baseline; the swap's own memory is counted as the arm's);
 //! - `faasmem`: cold starts, packets and the semi-warm drain, every page
 //!   put on the memory node, no prefetch (FaaSMem's policy);
 //! - `fork`: remote forks, plain keep-alive (mitosis without offload);
@@ -20,9 +23,9 @@
 //! first arm), experiment 3 (the ablations, as arms) and experiment 5 (the
 //! packet barriers' times, from the workers' `mitosis stats`). Experiment 4
 //! (the share of idle time spent semi-warm) is `--experiment semi-warm`, a
-//! simulation over whole traces ([`crate::semi_warm`]). Absent: the `tmo`
-//! policy, experiment 6 (density), and per-function memory (each
-//! gateway's memory is sampled as one sum).
+//! simulation over whole traces ([`crate::semi_warm`]). Absent: experiment
+//! 6 (density), and per-function memory (each gateway's memory is sampled
+//! as one sum).
 
 use std::path::{Path, PathBuf};
 
@@ -59,19 +62,19 @@ pub struct Options {
 }
 
 /// The arms replayed by default, `none` first (the baseline of every ratio).
-pub const DEFAULT_ARMS: [&str; 4] = ["none", "faasmem", "fork", "mitosis"];
+pub const DEFAULT_ARMS: [&str; 5] = ["none", "tmo", "faasmem", "fork", "mitosis"];
 
 /// The arm named `name`: `none` (cold starts, keep-alive), `fork` (remote
 /// forks, keep-alive), or an offload policy (`mitosis` and its ablations
-/// on remote forks; `faasmem` and its ablations on cold starts, as FaaSMem
-/// has no remote fork).
+/// on remote forks; `faasmem` and its ablations, and `tmo`, on cold
+/// starts, as FaaSMem has no remote fork).
 pub fn arm(name: &str, offload_idle: u64) -> anyhow::Result<Arm> {
     Ok(match name {
         "none" => Arm::new(name, Policy::Cold, None),
         "fork" => Arm::new(name, Policy::Fork, None),
         _ => {
             let policy: OffloadPolicy = name.parse().map_err(|e: String| anyhow::anyhow!("arm {name:?}: {e}"))?;
-            let start = if name.starts_with("faasmem") { Policy::Cold } else { Policy::Fork };
+            let start = if name.starts_with("faasmem") || policy.tmo { Policy::Cold } else { Policy::Fork };
             Arm::new(name, start, Some((offload_idle, policy)))
         }
     })
@@ -91,6 +94,9 @@ pub struct ArmFigures {
     /// Average memory over the window, instances and seeds, MiB.
     pub avg_instance_mib: f64,
     pub avg_seed_mib: f64,
+    /// Under `tmo`: the workers' zram swap's own memory (what the instances
+    /// swapped out, compressed), averaged the same way; 0 for other arms.
+    pub avg_swap_mib: f64,
     /// Instances' and seeds' memory over the baseline's.
     pub memory_ratio: f64,
     /// Per function: P95 over the baseline's.
@@ -109,11 +115,15 @@ fn average_mib(run: &mitosis_trace::replay::ReplayRun, part: impl Fn(&mitosis_tr
     ratio(run.byte_seconds_of(part), run.window_s) / f64::from(1u32 << 20)
 }
 
-/// Each arm beside the first (the baseline).
-pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report) -> Vec<ArmFigures> {
+/// Each arm beside the first (the baseline). `swap_mib`: the mean memory
+/// of the workers' zram swap, counted for the arm that swaps (`tmo`: only
+/// its containers may).
+pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report, swap_mib: f64) -> Vec<ArmFigures> {
     let base_run = &runs[0];
     let base: &RunSummary = &report.runs[0];
-    let base_total = average_mib(base_run, |m| m.total_bytes());
+    let swapping = |label: &str| label.parse::<OffloadPolicy>().is_ok_and(|p| p.tmo);
+    let swap_of = |label: &str| if swapping(label) { swap_mib } else { 0.0 };
+    let base_total = average_mib(base_run, |m| m.total_bytes()) + swap_of(&base.label);
     runs.iter()
         .zip(&report.runs)
         .map(|(run, s)| {
@@ -130,7 +140,8 @@ pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report) -> Ve
                 p95_ratio: ratio(s.overall.p95_ms, base.overall.p95_ms),
                 avg_instance_mib: average_mib(run, |m| m.instance_bytes),
                 avg_seed_mib: average_mib(run, |m| m.seed_bytes),
-                memory_ratio: ratio(average_mib(run, |m| m.total_bytes()), base_total),
+                avg_swap_mib: swap_of(&s.label),
+                memory_ratio: ratio(average_mib(run, |m| m.total_bytes()) + swap_of(&s.label), base_total),
                 function_p95_ratio,
             }
         })
@@ -139,13 +150,23 @@ pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report) -> Ve
 
 fn table(figures: &[ArmFigures]) -> String {
     let mut s = format!(
-        "{:<14} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13} {:>10} {:>11}\n",
-        "ARM", "REQUESTS", "ERRORS", "P50 ms", "P95 ms", "P99 ms", "P95/none", "INSTANCES MiB", "SEEDS MiB", "MEMORY/none"
+        "{:<14} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>13} {:>10} {:>9} {:>11}\n",
+        "ARM", "REQUESTS", "ERRORS", "P50 ms", "P95 ms", "P99 ms", "P95/none", "INSTANCES MiB", "SEEDS MiB", "SWAP MiB", "MEMORY/none"
     );
     for f in figures {
         s.push_str(&format!(
-            "{:<14} {:>8} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>13.1} {:>10.1} {:>11.2}\n",
-            f.arm, f.requests, f.errors, f.p50_ms, f.p95_ms, f.p99_ms, f.p95_ratio, f.avg_instance_mib, f.avg_seed_mib, f.memory_ratio
+            "{:<14} {:>8} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>13.1} {:>10.1} {:>9.1} {:>11.2}\n",
+            f.arm,
+            f.requests,
+            f.errors,
+            f.p50_ms,
+            f.p95_ms,
+            f.p99_ms,
+            f.p95_ratio,
+            f.avg_instance_mib,
+            f.avg_seed_mib,
+            f.avg_swap_mib,
+            f.memory_ratio
         ));
     }
     let functions: Vec<&String> = figures.first().map(|f| f.function_p95_ratio.keys().collect()).unwrap_or_default();
@@ -176,16 +197,22 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     let arms = opts.arms.iter().map(|a| arm(a, opts.offload_idle)).collect::<anyhow::Result<Vec<_>>>()?;
     let functions: Vec<&str> = opts.functions.iter().map(String::as_str).collect();
     let drain = format!("{}", opts.drain_percent);
-    let worker_args = ["--semi-warm-drain", drain.as_str()];
+    let mut worker_args = vec!["--semi-warm-drain", drain.as_str()];
+    let tmo = arms.iter().any(|a| a.offload.is_some_and(|(_, p)| p.tmo));
+    if tmo {
+        worker_args.extend(["--zram-swap", TMO_SWAP_MIB]);
+    }
     if !opts.json {
         eprintln!("faasmem: {:.0} s of {} through {} gateways at once ({})", opts.minutes * 60.0, opts.spec, arms.len(), arms.iter().map(|a| a.label.as_str()).collect::<Vec<_>>().join(", "));
     }
     let arms_options = ArmsOptions { bench: "bench-faasmem", minutes: opts.minutes, spec: &opts.spec, functions: &functions, arms: &arms, worker_args: &worker_args, progress: !opts.json };
+    let swap = tmo.then(SwapSampler::start);
     let outcome = replay_arms(bin, &arms_options)?;
+    let swap_mib = swap.map_or(0.0, SwapSampler::mean_mib);
     let runs = outcome.runs;
     let report = Report::new(&runs);
     let barriers: Vec<mitosis_proto::local::BarrierStats> = outcome.workers.iter().map(|w| w.barriers.clone()).collect();
-    let figures = figures(&runs, &report);
+    let figures = figures(&runs, &report, swap_mib);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let note = format!(
         "{} on {} (keep-alive 600 s, max 16, LIFO; semi-warm after {} s or the P99 reuse interval, draining {}%/s to 8 MiB)",
@@ -211,11 +238,55 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             b.count, b.p50_us, b.p99_us, b.max_us, b.pager_p50_us, b.pager_p99_us
         );
     }
-    println!("absent: tmo, density, per-function memory (the semi-warm share of idle time: --experiment semi-warm)");
+    println!("absent: density, per-function memory (the semi-warm share of idle time: --experiment semi-warm)");
     for f in files {
         println!("wrote {}", f.display());
     }
     Ok(())
+}
+
+/// MiB of each worker's zram swap under a `tmo` arm (taken only as used).
+const TMO_SWAP_MIB: &str = "4096";
+
+/// Samples the memory of every zram device of the machine once a second
+/// while the arms replay: the workers' swap, which only `tmo` instances may
+/// use (the bench owns the machine; other zram devices are counted too).
+struct SwapSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl SwapSampler {
+    fn start() -> SwapSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(zram_used_bytes());
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            samples
+        });
+        SwapSampler { stop, thread }
+    }
+
+    fn mean_mib(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.thread.join().unwrap_or_default();
+        ratio(samples.iter().sum::<u64>() as f64, samples.len() as f64) / f64::from(1u32 << 20)
+    }
+}
+
+/// `mem_used_total` (the third field of `mm_stat`) summed over zram devices.
+fn zram_used_bytes() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("zram"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("mm_stat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
 }
 
 #[cfg(test)]
@@ -232,7 +303,7 @@ mod tests {
     fn figures_are_ratios_to_the_first_arm() {
         let runs = [run("none", 100, 0), run("mitosis", 20, 30)];
         let report = Report::new(&runs);
-        let f = figures(&runs, &report);
+        let f = figures(&runs, &report, 0.0);
         assert_eq!(f[0].memory_ratio, 1.0);
         assert!((f[1].avg_instance_mib - 20.0).abs() < 1e-9 && (f[1].avg_seed_mib - 30.0).abs() < 1e-9);
         assert!((f[1].memory_ratio - 0.5).abs() < 1e-9, "{}", f[1].memory_ratio);

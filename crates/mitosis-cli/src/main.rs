@@ -238,6 +238,20 @@ enum Command {
         /// Resident memory a semi-warm instance drains down to, in MiB (FaaSMem's 8).
         #[arg(long, value_name = "MIB", default_value_t = 8)]
         semi_warm_floor: u64,
+        /// Set up a zram swap device of this many MiB (lz4), the swap of the `tmo` offload
+        /// policy, and remove it when the daemon stops (or its janitor, if it is killed).
+        /// Containers other than `tmo` instances never swap anonymous memory
+        /// (memory.swappiness 0).
+        #[arg(long, value_name = "MIB")]
+        zram_swap: Option<u64>,
+        /// How often the `tmo` policy's controller has the kernel reclaim a `tmo` instance's
+        /// memory (FaaSMem's TMO imitation: 6 s).
+        #[arg(long, value_name = "SECS", default_value = "6", value_parser = parse_seconds)]
+        tmo_interval: Duration,
+        /// Share of a `tmo` instance's memory reclaimed per step at no memory pressure,
+        /// less as its pressure (PSI some avg10) nears 0.1%, none above (FaaSMem: 0.0005).
+        #[arg(long, value_name = "RATIO", default_value_t = 0.0005, value_parser = parse_ratio)]
+        tmo_ratio: f64,
         /// The Python interpreter of cold-started function instances (with the
         /// `mitosis` package installed). Default: $MITOSIS_PYTHON, else python3 on PATH.
         #[arg(long)]
@@ -509,6 +523,13 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
         _ => Err(format!("{s:?} is not a percentage above 0 and at most 100")),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio above 0 and at most 1")),
     }
 }
 
@@ -1038,6 +1059,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             offload_idle_after,
             semi_warm_drain,
             semi_warm_floor,
+            zram_swap,
+            tmo_interval,
+            tmo_ratio,
             python,
             max_local_per_user,
             max_local_connections,
@@ -1054,6 +1078,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut instances = mitosis_daemon::instance::InstanceConfig::resolve(&instance_user, python)?;
             instances.offload_idle_after = offload_idle_after;
             instances.drain = mitosis_daemon::memory::Drain { percent_per_step: semi_warm_drain, floor_bytes: semi_warm_floor.saturating_mul(1 << 20) };
+            instances.tmo = mitosis_daemon::memory::Tmo { interval: tmo_interval, ratio: tmo_ratio, ..Default::default() };
             // Started before the daemon (whose run blocks), it registers
             // once the daemon's listener answers.
             let registrar = registrar::start(&etcd, listen, log_level.name())?;
@@ -1084,6 +1109,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 ),
                 instances,
                 memnode,
+                zram_swap_bytes: zram_swap.map(|m| m.saturating_mul(1 << 20)),
             });
             if let Some(registrar) = registrar {
                 registrar.stop();

@@ -144,7 +144,10 @@ pub enum FnCommand {
         /// seed dropped free, the last requests' pages prefetched back on reuse) or
         /// `faasmem` (packets, drained gradually, every page to the memory node, no
         /// prefetch); either followed by ablations: `-no-packets`, `-no-semi-warm`,
-        /// `-no-prefetch`.
+        /// `-no-prefetch`. Or `tmo` (needs no --offload-idle and no memory node): from its
+        /// start, every instance's memory is reclaimed a little at a time by the kernel, to
+        /// its worker's swap (`mitosis daemon --zram-swap`), while its memory pressure
+        /// stays low (FaaSMem's TMO baseline).
         #[arg(long, value_name = "POLICY", default_value = "mitosis")]
         offload_policy: mitosis_proto::instance::OffloadPolicy,
         #[command(flatten)]
@@ -329,7 +332,8 @@ pub enum PlatformBench {
     },
     /// FaaSMem's evaluation (issue 11): one FaaSMem-shaped schedule on FaaSMem's functions
     /// through one gateway per arm at once, over the same workers and memory node. By
-    /// default `none` (cold starts, keep-alive), `faasmem` (cold starts, packets, semi-warm,
+    /// default `none` (cold starts, keep-alive), `tmo` (cold starts, the kernel reclaiming to
+    /// the workers' zram swap, whose memory counts), `faasmem` (cold starts, packets, semi-warm,
     /// every page to the node), `fork` and `mitosis` (remote forks, packets, semi-warm,
     /// unchanged pages dropped free, prefetch on reuse). Prints each arm's P50/P95/P99 and
     /// average memory (instances, seeds) with their ratios to the first arm, P95 ratios per
@@ -338,7 +342,7 @@ pub enum PlatformBench {
     /// the share of idle instance-time, and of idle memory-time where the trace gives memory,
     /// that the semi-warm rule (P99 of reuse intervals, at least --offload-idle) makes
     /// semi-warm; a table, semi-warm.json and a CDF over functions (semi-warm-cdf.svg).
-    /// Not built: tmo, density.
+    /// Not built: density.
     Faasmem {
         /// `arms` (experiments 1, 3 and 5: replays through the gateways) or `semi-warm`
         /// (experiment 4: a simulation over --traces).

@@ -26,22 +26,30 @@ use std::path::{Path, PathBuf};
 
 use mitosis_proto::local::ContainerLimits;
 
-/// The controllers containers are limited by.
+/// The controllers containers are limited by, and where their memory
+/// pressure is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Controller {
     Memory,
     Cpu,
     Pids,
+    /// Not a controller: the unified (v2) hierarchy's `memory.pressure`
+    /// (PSI), which every v2 cgroup has, controllers or not. Cgroup v1 has
+    /// no per-cgroup pressure, so a container that needs it
+    /// ([`ContainerCgroup::join_pressure`]) is also put in a v2 cgroup of
+    /// its own, made then.
+    Pressure,
 }
 
 impl Controller {
-    const ALL: [Controller; 3] = [Controller::Memory, Controller::Cpu, Controller::Pids];
+    const ALL: [Controller; 4] = [Controller::Memory, Controller::Cpu, Controller::Pids, Controller::Pressure];
 
     fn name(self) -> &'static str {
         match self {
             Controller::Memory => "memory",
             Controller::Cpu => "cpu",
             Controller::Pids => "pids",
+            Controller::Pressure => "pressure",
         }
     }
 }
@@ -147,8 +155,11 @@ impl Cgroups {
                 None => mounts.iter().find(|(_, v2, _)| *v2).and_then(|(mount, _, _)| {
                     let path = own.iter().find(|(ctrls, _)| ctrls.is_empty())?.1.clone();
                     let dir = mount.join(path.trim_start_matches('/'));
-                    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-                    available.split_whitespace().any(|c| c == name).then(|| (mount.clone(), path, true))
+                    let available = match controller {
+                        Controller::Pressure => dir.join("memory.pressure").is_file(),
+                        _ => fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default().split_whitespace().any(|c| c == name),
+                    };
+                    available.then(|| (mount.clone(), path, true))
                 }),
             };
             let Some((mount, path, v2)) = found else { continue };
@@ -163,8 +174,17 @@ impl Cgroups {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io::Error::new(e.kind(), format!("creating {}: {e}", base.display()))),
             }
-            if v2 {
+            if v2 && controller != Controller::Pressure {
                 let _ = fs::write(base.join("cgroup.subtree_control"), format!("+{name}"));
+            }
+            if controller == Controller::Memory && !v2 {
+                // Containers inherit it: none swaps its anonymous memory, with
+                // or without swap on the host (a container over its limit is
+                // OOM-killed, as without swap), unless it is let to
+                // (`ContainerCgroup::allow_swap`).
+                if let Err(e) = fs::write(base.join("memory.swappiness"), "0") {
+                    tracing::warn!(error = %e, "cannot set memory.swappiness 0: containers may swap when the host has swap");
+                }
             }
             hierarchies.push(Hierarchy { controller, base, v2 });
         }
@@ -185,6 +205,11 @@ impl Cgroups {
         let mut cg = ContainerCgroup { dirs: Vec::new(), limited: vec![Controller::Memory] };
         for h in &self.hierarchies {
             let dir = h.base.join(name);
+            // Made when joined: most containers never are.
+            if h.controller == Controller::Pressure && !cg.dirs.iter().any(|(_, d, _)| d == &dir) {
+                cg.dirs.push((h.controller, dir, h.v2));
+                continue;
+            }
             if !cg.dirs.iter().any(|(_, d, _)| d == &dir) {
                 if let Err(e) = fs::create_dir(&dir) {
                     if e.kind() != io::ErrorKind::AlreadyExists {
@@ -459,6 +484,7 @@ impl ContainerCgroup {
                     limits.cpu_millis.map(|m| format!("{} {CPU_PERIOD_US}", (CPU_PERIOD_US * m as u64 / 1000).max(1000))),
                 ),
                 (Controller::Pids, _) => ("pids.max", limits.pids.map(|p| p.to_string())),
+                (Controller::Pressure, _) => continue,
             };
             if let Some(value) = value {
                 write(dir, file, &value)?;
@@ -510,6 +536,83 @@ impl ContainerCgroup {
             .unwrap_or(0)
     }
 
+    /// Moves process `pid` into the container's own v2 cgroup (made now),
+    /// where [`ContainerCgroup::memory_pressure`] reads its memory pressure.
+    pub fn join_pressure(&self, pid: i32) -> io::Result<()> {
+        let (dir, _) = self.dir_of(Controller::Pressure).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::Unsupported, "this host has no cgroup v2 hierarchy with memory.pressure (PSI)")
+        })?;
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))),
+        }
+        write(dir, "cgroup.procs", &pid.to_string())
+    }
+
+    /// The share of the last 10 s in which some of the container's tasks
+    /// stalled on memory, in percent (PSI's `some avg10`); `None` before
+    /// [`ContainerCgroup::join_pressure`] or where there is no PSI.
+    pub fn memory_pressure(&self) -> Option<f64> {
+        let (dir, _) = self.dir_of(Controller::Pressure)?;
+        parse_pressure_some_avg10(&fs::read_to_string(dir.join("memory.pressure")).ok()?)
+    }
+
+    /// Lets the kernel swap the container's anonymous memory out when it
+    /// reclaims (the daemon's subtree sets `memory.swappiness` 0), as much as
+    /// the host's own `vm.swappiness` says.
+    pub fn allow_swap(&self) -> io::Result<()> {
+        let (dir, v2) = self.dir_of(Controller::Memory).ok_or_else(|| io::Error::other("no memory cgroup"))?;
+        if v2 {
+            return Ok(());
+        }
+        let host = fs::read_to_string("/proc/sys/vm/swappiness").unwrap_or_else(|_| "60".into());
+        write(dir, "memory.swappiness", host.trim())
+    }
+
+    /// Swap the container's memory takes, in bytes (cgroup v1's
+    /// `memory.stat` `swap`, v2's `memory.swap.current`; 0 if not kept).
+    pub fn swap_usage(&self) -> u64 {
+        let Some((dir, v2)) = self.dir_of(Controller::Memory) else { return 0 };
+        if v2 {
+            return fs::read_to_string(dir.join("memory.swap.current")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        }
+        fs::read_to_string(dir.join("memory.stat"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("swap ").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Has the kernel reclaim about `bytes` of the container's memory now
+    /// (to swap, as its swappiness allows, and clean file pages); returns
+    /// how much its usage fell. Cgroup v2 has `memory.reclaim`; v1 has not,
+    /// so its limit is set `bytes` under its usage, which makes the kernel
+    /// reclaim down to it (or give up, `EBUSY`, which is not an error here),
+    /// and set back at once: while it is lowered, the container's own
+    /// allocations reclaim too.
+    pub fn reclaim(&self, bytes: u64) -> io::Result<u64> {
+        let (dir, v2) = self.dir_of(Controller::Memory).ok_or_else(|| io::Error::other("no memory cgroup"))?;
+        let before = self.memory_usage().unwrap_or(0);
+        if v2 {
+            if let Err(e) = write(dir, "memory.reclaim", &bytes.to_string()) {
+                if e.raw_os_error() != Some(libc::EAGAIN) {
+                    return Err(e);
+                }
+            }
+        } else {
+            let limit = fs::read_to_string(dir.join("memory.limit_in_bytes"))?.trim().to_string();
+            let lowered = write(dir, "memory.limit_in_bytes", &before.saturating_sub(bytes).max(1 << 20).to_string());
+            write(dir, "memory.limit_in_bytes", &limit)?;
+            if let Err(e) = lowered {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(before.saturating_sub(self.memory_usage().unwrap_or(before)))
+    }
+
     /// Removes the directories (the container's processes must be gone).
     pub fn remove(&self) -> io::Result<()> {
         let mut result = Ok(());
@@ -520,6 +623,12 @@ impl ContainerCgroup {
         }
         result
     }
+}
+
+/// `some avg10` of a PSI file (`some avg10=1.23 avg60=... total=...`).
+fn parse_pressure_some_avg10(text: &str) -> Option<f64> {
+    let some = text.lines().find_map(|l| l.strip_prefix("some "))?;
+    some.split_whitespace().find_map(|f| f.strip_prefix("avg10="))?.parse().ok()
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
@@ -597,5 +706,13 @@ mod tests {
         assert_eq!(sweep.removed.len(), 4);
         assert_eq!(sweep.removed.last(), Some(&base), "the subtree itself last");
         assert!(remove_tree(&base).removed.is_empty(), "already gone: nothing to do");
+    }
+
+    #[test]
+    fn pressure_is_some_avg10() {
+        let psi = "some avg10=1.25 avg60=0.50 avg300=0.00 total=1234\nfull avg10=0.75 avg60=0.00 avg300=0.00 total=99\n";
+        assert_eq!(parse_pressure_some_avg10(psi), Some(1.25));
+        assert_eq!(parse_pressure_some_avg10("full avg10=0.75\n"), None);
+        assert_eq!(parse_pressure_some_avg10(""), None);
     }
 }

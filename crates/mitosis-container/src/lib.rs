@@ -98,6 +98,31 @@ impl Container {
     pub fn oom_kills(&self) -> u64 {
         self.cgroup.oom_kills()
     }
+
+    /// See [`ContainerCgroup::join_pressure`].
+    pub fn join_pressure(&self, pid: i32) -> io::Result<()> {
+        self.cgroup.join_pressure(pid)
+    }
+
+    /// See [`ContainerCgroup::memory_pressure`].
+    pub fn memory_pressure(&self) -> Option<f64> {
+        self.cgroup.memory_pressure()
+    }
+
+    /// See [`ContainerCgroup::allow_swap`].
+    pub fn allow_swap(&self) -> io::Result<()> {
+        self.cgroup.allow_swap()
+    }
+
+    /// See [`ContainerCgroup::swap_usage`].
+    pub fn swap_usage(&self) -> u64 {
+        self.cgroup.swap_usage()
+    }
+
+    /// See [`ContainerCgroup::reclaim`].
+    pub fn reclaim(&self, bytes: u64) -> io::Result<u64> {
+        self.cgroup.reclaim(bytes)
+    }
 }
 
 impl Drop for Container {

@@ -72,6 +72,8 @@ pub struct InstanceConfig {
     pub offload_idle_after: Option<std::time::Duration>,
     /// How semi-warm instances drain (`--semi-warm-drain`, `--semi-warm-floor`).
     pub drain: crate::memory::Drain,
+    /// The `tmo` policy's controller (`--tmo-interval`, `--tmo-ratio`).
+    pub tmo: crate::memory::Tmo,
 }
 
 #[derive(Debug, Clone)]
@@ -106,7 +108,7 @@ impl InstanceConfig {
             .or_else(|| std::env::var_os("MITOSIS_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from))
             .or_else(|| find_on_path("python3"))
             .map(|p| std::path::absolute(&p).unwrap_or(p));
-        Ok(InstanceConfig { user, python, offload_idle_after: None, drain: crate::memory::Drain::default() })
+        Ok(InstanceConfig { user, python, offload_idle_after: None, drain: crate::memory::Drain::default(), tmo: crate::memory::Tmo::default() })
     }
 
     /// The uid instances run as.
@@ -233,13 +235,17 @@ pub fn serve(daemon: &Daemon, spec: InstanceSpec, reader: &mut PeerReader, write
     let timeline = Timeline { t0, first_call_us: AtomicU64::new(u64::MAX) };
     // Every instance, a seed's preparer too: it prepared with `copy` (the
     // seed's memory is the daemon's copy), and it is idle only after that.
-    let memory = offload_idle_after(daemon, &spec).map(|after| {
+    // `tmo` needs no idle setting: its controller runs from the start.
+    let managed = offload_idle_after(daemon, &spec).or(spec.offload_policy.tmo.then_some(std::time::Duration::ZERO));
+    let memory = managed.map(|after| {
         let reuse = daemon.reuse.of(&spec.function);
         let first_barrier = match &spec.start {
             InstanceStart::Cold { prepare_as: None } => Boundary::RuntimeReady,
             InstanceStart::Cold { prepare_as: Some(_) } | InstanceStart::Fork { .. } => Boundary::Ready,
         };
-        InstanceMemory::new(after, spec.offload_policy, daemon.config.instances.drain, pid, reuse).first_barrier_at(first_barrier)
+        InstanceMemory::new(after, spec.offload_policy, daemon.config.instances.drain, pid, reuse)
+            .first_barrier_at(first_barrier)
+            .with_tmo(daemon.config.instances.tmo, running.container().clone())
     });
     std::thread::scope(|scope| {
         let verdict = &verdict;
@@ -454,8 +460,12 @@ fn start(daemon: &Daemon, spec: &InstanceSpec, far: &[OwnedFd; 3]) -> Result<Run
 }
 
 /// How long instance `spec` may be idle before it is offloaded: its own
-/// setting, else this worker's default.
+/// setting, else this worker's default; never under `tmo`, which puts
+/// nothing on a memory node.
 fn offload_idle_after(daemon: &Daemon, spec: &InstanceSpec) -> Option<std::time::Duration> {
+    if spec.offload_policy.tmo {
+        return None;
+    }
     spec.offload_idle_after_ms.map(std::time::Duration::from_millis).or(daemon.config.instances.offload_idle_after)
 }
 

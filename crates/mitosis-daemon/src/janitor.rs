@@ -16,7 +16,9 @@
 //!   with the daemon by its parent-death signal, and its PID namespace with it.)
 //! - the daemon's cgroup subtrees (`.../mitosis-<pid>`, one per hierarchy),
 //!   which hold every container's and child's cgroup directories, warm
-//!   containers' included.
+//!   containers' included;
+//! - the number of its zram swap device (`--zram-swap`), turned off and
+//!   removed once the processes that could use it are gone.
 //!
 //! When its socket reaches end of file (the daemon is gone, however it
 //! went), it SIGKILLs the snapshots and every process in those cgroups, then
@@ -47,6 +49,7 @@ const SNAPSHOT: u8 = b's';
 const USERFAULTFD: u8 = b'u';
 const CGROUP: u8 = b'g';
 const SUBTREE: u8 = b't';
+const ZRAM: u8 = b'z';
 
 /// The janitor looks for entries whose process ended once it holds this many.
 const PRUNE_MIN: usize = 64;
@@ -89,6 +92,14 @@ impl Janitor {
         self.send(&message, &[], "a cgroup");
     }
 
+    /// Has the janitor remove zram swap device `device` should this daemon
+    /// die first.
+    pub fn watch_zram(&self, device: u32) {
+        let mut message = vec![ZRAM];
+        message.extend_from_slice(device.to_string().as_bytes());
+        self.send(&message, &[], "the zram swap device");
+    }
+
     /// Has the janitor remove the daemon's cgroup subtrees `dirs` (and
     /// everything in them) should this daemon die first.
     pub fn watch_subtrees(&self, dirs: &[PathBuf]) {
@@ -109,6 +120,7 @@ fn janitor_main(sock: OwnedFd) -> ! {
     let mut uffds: Vec<Uffd> = Vec::new();
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut subtrees: Vec<PathBuf> = Vec::new();
+    let mut zram: Option<u32> = None;
     let mut buf = [0u8; 4096];
     // What ended meanwhile needs nothing more, but looking costs a system
     // call per entry: done when the lists have doubled since the last look,
@@ -131,6 +143,7 @@ fn janitor_main(sock: OwnedFd) -> ! {
             USERFAULTFD => uffds.extend(fds.into_iter().map(Uffd::from_fd)),
             CGROUP => cgroups.push(PathBuf::from(std::ffi::OsStr::from_bytes(&buf[1..n]))),
             SUBTREE => subtrees.push(PathBuf::from(std::ffi::OsStr::from_bytes(&buf[1..n]))),
+            ZRAM => zram = std::str::from_utf8(&buf[1..n]).ok().and_then(|d| d.parse().ok()),
             _ => {}
         }
     }
@@ -145,6 +158,10 @@ fn janitor_main(sock: OwnedFd) -> ! {
     // parent-death signal, and are killed here should one linger.
     for dir in &subtrees {
         let _ = mitosis_container::cgroup::remove_tree(dir);
+    }
+    // Its users are gone: swapoff has little to bring back.
+    if let Some(device) = zram {
+        let _ = crate::swap::remove(device);
     }
     // Only once no process can fault on them any more.
     while !uffds.is_empty() {

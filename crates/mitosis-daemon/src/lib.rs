@@ -42,6 +42,7 @@ pub mod peer;
 pub mod resume;
 pub mod seeds;
 pub mod spawner;
+pub mod swap;
 pub mod wirekey;
 
 use std::net::SocketAddr;
@@ -80,6 +81,9 @@ pub struct Config {
     /// The memory node children's memory is offloaded to (`--memnode`),
     /// reached with the cluster key.
     pub memnode: Option<String>,
+    /// Bytes of a zram swap device this daemon sets up and removes
+    /// (`--zram-swap`; see [`swap`]).
+    pub zram_swap_bytes: Option<u64>,
 }
 
 /// Why the daemon could not start.
@@ -107,6 +111,8 @@ pub enum StartError {
     Janitor(#[source] std::io::Error),
     #[error("cannot set up containers (cgroups)")]
     Containers(#[source] std::io::Error),
+    #[error("cannot set up the zram swap device")]
+    Swap(#[source] swap::SwapError),
 }
 
 /// State shared by every thread of a daemon.
@@ -124,6 +130,8 @@ pub struct Daemon {
     pub barriers: memory::BarrierTimes,
     pub cache: Arc<cache::PageCache>,
     pub janitor: Arc<janitor::Janitor>,
+    /// Its zram swap device (`--zram-swap`), removed at shutdown.
+    pub swap: std::sync::Mutex<Option<swap::ZramSwap>>,
 }
 
 impl Daemon {
@@ -146,6 +154,11 @@ impl Daemon {
         sweep_dead_daemons(&pool);
         // Should this daemon be killed, its janitor removes them.
         janitor.watch_subtrees(&pool.subtrees());
+        let swap = config.zram_swap_bytes.map(swap::ZramSwap::create).transpose().map_err(StartError::Swap)?;
+        if let Some(s) = &swap {
+            janitor.watch_zram(s.device());
+            tracing::info!(device = s.device(), "zram swap on");
+        }
         // One descriptor per connection: the caps, not the descriptor limit,
         // must decide who is refused. Raised after the zygote and the janitor
         // started, so that children keep the limit the daemon was given.
@@ -172,6 +185,7 @@ impl Daemon {
             barriers: memory::BarrierTimes::default(),
             cache,
             janitor,
+            swap: std::sync::Mutex::new(swap),
         });
         tracing::info!(listen = %daemon.config.listen, socket = %daemon.config.socket.display(), "daemon ready");
         let d = daemon.clone();
@@ -218,6 +232,8 @@ impl Daemon {
         }
         self.pool.shutdown();
         self.seeds.clear();
+        // After the children, whose swapped pages would come back first.
+        drop(self.swap.lock().unwrap_or_else(|e| e.into_inner()).take());
         let _ = std::fs::remove_file(&self.config.socket);
     }
 }

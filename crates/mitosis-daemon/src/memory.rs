@@ -33,6 +33,14 @@
 //! holds any of it, every page goes to the node. One that prepared a seed
 //! is offloaded too: it prepared with `copy`, so the seed is the daemon's
 //! copy, not its memory.
+//!
+//! **`tmo`**, FaaSMem's other baseline, is none of the above: the kernel's
+//! own reclaim, driven the way FaaSMem imitated Meta's TMO ([`Tmo`]), to
+//! swap (`mitosis daemon --zram-swap`, see [`crate::swap`]). What cgroup
+//! v1 lacks, and what stands in for it: `memory.reclaim` (the limit is set
+//! under the usage for a moment, `ContainerCgroup::reclaim`) and per-cgroup
+//! memory pressure (the instance also joins a cgroup of its own on the
+//! unified hierarchy, whose `memory.pressure` every v2 cgroup has).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +94,43 @@ impl Drain {
 
 /// Time between two drain steps.
 pub const STEP: Duration = Duration::from_secs(1);
+
+/// The `tmo` policy's controller, as FaaSMem imitated TMO (its Senpai) on
+/// cgroup v2: every `interval`, reclaim `ratio` of what the instance holds,
+/// scaled down linearly as its memory pressure (PSI `some avg10`, percent)
+/// nears `pressure_threshold`, and nothing from there on; at least 128
+/// pages when anything (`mitosis daemon --tmo-interval --tmo-ratio`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tmo {
+    pub interval: Duration,
+    pub ratio: f64,
+    pub pressure_threshold: f64,
+}
+
+impl Default for Tmo {
+    /// FaaSMem's: 0.05% every 6 s under 0.1% pressure.
+    fn default() -> Self {
+        Tmo { interval: Duration::from_secs(6), ratio: 0.0005, pressure_threshold: 0.1 }
+    }
+}
+
+impl Tmo {
+    /// Bytes to reclaim from an instance holding `held` under `pressure`.
+    pub fn reclaim_bytes(&self, held: u64, pressure: f64) -> u64 {
+        let scale = (1.0 - pressure / self.pressure_threshold).max(0.0);
+        if scale <= 0.0 || held == 0 {
+            return 0;
+        }
+        ((held as f64 * self.ratio * scale) as u64).max(128 * PAGE)
+    }
+}
+
+/// A `tmo` instance's controller state.
+struct TmoControl {
+    settings: Tmo,
+    container: Arc<mitosis_container::Container>,
+    last_step: Mutex<Instant>,
+}
 
 /// Reuse intervals kept per function.
 pub const REUSE_KEPT: usize = 512;
@@ -199,6 +244,8 @@ pub struct InstanceMemory {
     /// memory is adopted there), else `Ready` (a fork start reports only
     /// that; a seed's preparer is adopted only after its prepare).
     first_barrier: Boundary,
+    /// Under `tmo`: its controller.
+    tmo: Option<TmoControl>,
 }
 
 impl InstanceMemory {
@@ -217,7 +264,25 @@ impl InstanceMemory {
             phase: Mutex::new(None),
             last_rollback: Mutex::new(None),
             first_barrier: Boundary::Ready,
+            tmo: None,
         }
+    }
+
+    /// Under the `tmo` policy: lets the instance's container swap, puts it
+    /// where its memory pressure is read, and starts the controller's clock.
+    /// Without pressure readings it runs as if there were none.
+    pub fn with_tmo(mut self, settings: Tmo, container: Arc<mitosis_container::Container>) -> InstanceMemory {
+        if !self.policy.tmo {
+            return self;
+        }
+        if let Err(e) = container.allow_swap() {
+            tracing::warn!(pid = self.pid, error = %e, "tmo: the instance may not swap; only file pages can be reclaimed");
+        }
+        if let Err(e) = container.join_pressure(self.pid) {
+            tracing::warn!(pid = self.pid, error = %e, "tmo: no memory pressure for this instance; reclaiming as if there were none");
+        }
+        self.tmo = Some(TmoControl { settings, container, last_step: Mutex::new(Instant::now()) });
+        self
     }
 
     /// Its packets start at `boundary` (a cold start that prepares no seed:
@@ -335,6 +400,10 @@ impl InstanceMemory {
     /// How long until its next offload step; `None` while it is busy or
     /// has nothing more to give back.
     pub fn due_in(&self) -> Option<Duration> {
+        if let Some(t) = &self.tmo {
+            // Busy or idle alike: the kernel's reclaim does not know.
+            return Some(t.settings.interval.saturating_sub(t.last_step.lock().unwrap_or_else(|e| e.into_inner()).elapsed()));
+        }
         if !self.policy.semi_warm || self.busy.load(Ordering::SeqCst) || self.drained.load(Ordering::SeqCst) {
             return None;
         }
@@ -350,6 +419,9 @@ impl InstanceMemory {
     pub fn offload_if_due(&self, daemon: &Daemon) {
         if self.due_in() != Some(Duration::ZERO) {
             return;
+        }
+        if let Some(t) = &self.tmo {
+            return self.tmo_step(t);
         }
         let first = self.last_step.lock().unwrap_or_else(|e| e.into_inner()).replace(Instant::now()).is_none();
         let Some(budget) = self.drain.budget(crate::children::resident_bytes(self.pid)) else {
@@ -382,9 +454,39 @@ impl InstanceMemory {
     }
 }
 
+impl InstanceMemory {
+    /// One step of the `tmo` controller.
+    fn tmo_step(&self, t: &TmoControl) {
+        *t.last_step.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let held = t.container.memory_usage().unwrap_or(0);
+        let pressure = t.container.memory_pressure().unwrap_or(0.0);
+        let want = t.settings.reclaim_bytes(held, pressure);
+        if want == 0 {
+            tracing::debug!(pid = self.pid, pressure, "tmo: under pressure, nothing reclaimed");
+            return;
+        }
+        match t.container.reclaim(want) {
+            Ok(got) => tracing::debug!(pid = self.pid, held, pressure, want, got, swap = t.container.swap_usage(), "tmo: reclaimed"),
+            Err(e) => tracing::warn!(pid = self.pid, error = %e, "tmo: cannot reclaim"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmo_reclaims_less_as_pressure_rises_and_nothing_past_the_threshold() {
+        let tmo = Tmo::default();
+        let held = 1u64 << 30;
+        assert_eq!(tmo.reclaim_bytes(held, 0.0), (held as f64 * 0.0005) as u64);
+        assert_eq!(tmo.reclaim_bytes(held, 0.05), (held as f64 * 0.0005 * 0.5) as u64);
+        assert_eq!(tmo.reclaim_bytes(held, 0.1), 0);
+        assert_eq!(tmo.reclaim_bytes(held, 3.0), 0);
+        assert_eq!(tmo.reclaim_bytes(1 << 20, 0.0), 128 * PAGE, "at least 128 pages");
+        assert_eq!(tmo.reclaim_bytes(0, 0.0), 0);
+    }
 
     fn idle(after_ms: u64, reuse: Arc<ReuseIntervals>) -> InstanceMemory {
         InstanceMemory::new(Duration::from_millis(after_ms), OffloadPolicy::MITOSIS, Drain::default(), 1, reuse)

@@ -90,7 +90,8 @@ pub struct InstanceSpec {
 /// How an instance gives its memory back: FaaSMem's mechanisms, built in
 /// user space, and what a remote fork adds to them. Named `mitosis` or
 /// `faasmem`, each optionally followed by `-no-packets`, `-no-semi-warm`
-/// and (for `mitosis`) `-no-prefetch`: the ablations.
+/// and (for `mitosis`) `-no-prefetch`: the ablations. Or `tmo`, FaaSMem's
+/// other baseline: none of these, the kernel's own reclaim instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct OffloadPolicy {
@@ -108,16 +109,25 @@ pub struct OffloadPolicy {
     pub seed_backed: bool,
     /// A reused instance's recent packets are prefetched back.
     pub prefetch: bool,
+    /// TMO-like: a controller has the kernel reclaim a little of the
+    /// instance's memory at a time, to swap, while its memory pressure stays
+    /// low (every other field is off).
+    pub tmo: bool,
 }
 
 impl OffloadPolicy {
     /// Everything: the default.
-    pub const MITOSIS: OffloadPolicy = OffloadPolicy { packets: true, semi_warm: true, seed_backed: true, prefetch: true };
+    pub const MITOSIS: OffloadPolicy = OffloadPolicy { packets: true, semi_warm: true, seed_backed: true, prefetch: true, tmo: false };
     /// FaaSMem as published: packets and semi-warm, every page to the node, no prefetch.
-    pub const FAASMEM: OffloadPolicy = OffloadPolicy { packets: true, semi_warm: true, seed_backed: false, prefetch: false };
+    pub const FAASMEM: OffloadPolicy = OffloadPolicy { packets: true, semi_warm: true, seed_backed: false, prefetch: false, tmo: false };
+    /// The kernel's reclaim under a pressure-driven controller, to swap.
+    pub const TMO: OffloadPolicy = OffloadPolicy { packets: false, semi_warm: false, seed_backed: false, prefetch: false, tmo: true };
 
     /// Its name: the base and the ablations that turn parts off.
     pub fn name(self) -> String {
+        if self.tmo {
+            return "tmo".into();
+        }
         let base = OffloadPolicy { packets: true, semi_warm: true, ..self };
         let mut name = String::from(if base == OffloadPolicy::FAASMEM { "faasmem" } else { "mitosis" });
         let mitosis = OffloadPolicy { packets: true, semi_warm: true, prefetch: true, ..self } == OffloadPolicy::MITOSIS;
@@ -143,7 +153,10 @@ impl Default for OffloadPolicy {
 impl std::str::FromStr for OffloadPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let unknown = || format!("unknown offload policy {s:?} (mitosis or faasmem, then any of -no-packets, -no-semi-warm, -no-prefetch)");
+        let unknown = || format!("unknown offload policy {s:?} (tmo, or mitosis or faasmem, then any of -no-packets, -no-semi-warm, -no-prefetch)");
+        if s == "tmo" {
+            return Ok(OffloadPolicy::TMO);
+        }
         let (mut policy, mut rest) = if let Some(r) = s.strip_prefix("mitosis") {
             (OffloadPolicy::MITOSIS, r)
         } else if let Some(r) = s.strip_prefix("faasmem") {
@@ -447,13 +460,14 @@ mod tests {
 
     #[test]
     fn offload_policies_are_named_by_their_ablations() {
-        for name in ["mitosis", "faasmem", "mitosis-no-packets", "mitosis-no-semi-warm", "mitosis-no-prefetch", "faasmem-no-packets-no-semi-warm"] {
+        for name in ["mitosis", "faasmem", "tmo", "mitosis-no-packets", "mitosis-no-semi-warm", "mitosis-no-prefetch", "faasmem-no-packets-no-semi-warm"] {
             let p: OffloadPolicy = name.parse().unwrap();
             assert_eq!(p.name(), name);
         }
         assert_eq!("mitosis".parse::<OffloadPolicy>(), Ok(OffloadPolicy::MITOSIS));
         assert!(!"faasmem".parse::<OffloadPolicy>().unwrap().seed_backed);
-        for bad in ["", "tmo", "mitosis-no", "faasmem-no-prefetch", "mitosisx"] {
+        assert_eq!("tmo".parse::<OffloadPolicy>(), Ok(OffloadPolicy::TMO));
+        for bad in ["", "tmo-no-packets", "mitosis-no", "faasmem-no-prefetch", "mitosisx"] {
             assert!(bad.parse::<OffloadPolicy>().is_err(), "{bad}");
         }
         let wire = postcard::to_stdvec(&OffloadPolicy::FAASMEM).unwrap();
