@@ -23,9 +23,9 @@
 //! first arm), experiment 3 (the ablations, as arms) and experiment 5 (the
 //! packet barriers' times, from the workers' `mitosis stats`). Experiment 4
 //! (the share of idle time spent semi-warm) is `--experiment semi-warm`, a
-//! simulation over whole traces ([`crate::semi_warm`]). Absent: experiment
-//! 6 (density), and per-function memory (each gateway's memory is sampled
-//! as one sum).
+//! simulation over whole traces ([`crate::semi_warm`]), and experiment 6
+//! (density) is `--experiment density` ([`crate::density`]). Absent:
+//! per-function memory (each gateway's memory is sampled as one sum).
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +57,8 @@ pub struct Options {
     /// Arm names ([`arm`]); the first is the baseline.
     pub arms: Vec<String>,
     pub spec: String,
+    /// `--experiment density`: each budgeted gateway's memory budget, MiB.
+    pub budget_mib: u64,
     pub out: PathBuf,
     pub json: bool,
 }
@@ -238,7 +240,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             b.count, b.p50_us, b.p99_us, b.max_us, b.pager_p50_us, b.pager_p99_us
         );
     }
-    println!("absent: density, per-function memory (the semi-warm share of idle time: --experiment semi-warm)");
+    println!("absent: per-function memory (experiment 4: --experiment semi-warm; 6: --experiment density)");
     for f in files {
         println!("wrote {}", f.display());
     }
@@ -246,18 +248,18 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
 }
 
 /// MiB of each worker's zram swap under a `tmo` arm (taken only as used).
-const TMO_SWAP_MIB: &str = "4096";
+pub(crate) const TMO_SWAP_MIB: &str = "4096";
 
 /// Samples the memory of every zram device of the machine once a second
 /// while the arms replay: the workers' swap, which only `tmo` instances may
 /// use (the bench owns the machine; other zram devices are counted too).
-struct SwapSampler {
+pub(crate) struct SwapSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<u64>>,
 }
 
 impl SwapSampler {
-    fn start() -> SwapSampler {
+    pub(crate) fn start() -> SwapSampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -271,7 +273,7 @@ impl SwapSampler {
         SwapSampler { stop, thread }
     }
 
-    fn mean_mib(self) -> f64 {
+    pub(crate) fn mean_mib(self) -> f64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default();
         ratio(samples.iter().sum::<u64>() as f64, samples.len() as f64) / f64::from(1u32 << 20)
@@ -295,7 +297,7 @@ mod tests {
     use mitosis_trace::replay::{MemorySample, ReplayRun};
 
     fn run(label: &str, instance_mib: u64, seed_mib: u64) -> ReplayRun {
-        let sample = |t_s| MemorySample { t_s, instance_bytes: instance_mib << 20, seed_bytes: seed_mib << 20 };
+        let sample = |t_s| MemorySample { t_s, instance_bytes: instance_mib << 20, seed_bytes: seed_mib << 20, live_instances: 2 };
         ReplayRun { label: label.into(), records: Vec::new(), memory: vec![sample(0.0), sample(10.0)], memory_failures: 0, window_s: 10.0 }
     }
 

@@ -47,6 +47,7 @@
 pub use mitosis_trace::chart;
 pub mod crypto;
 pub mod demo;
+pub mod density;
 pub mod faasmem;
 pub mod functions;
 pub mod gateway_overhead;

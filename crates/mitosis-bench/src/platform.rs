@@ -88,6 +88,7 @@ impl Workers {
             default_policy: policy,
             start_timeout: Duration::from_secs(120),
             worker_retry: Duration::from_secs(5),
+            memory_budget: None,
         })
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mitosis_gateway::{FunctionConfig, Gateway, Policy};
+use mitosis_gateway::{FunctionConfig, Gateway, GatewayConfig, Policy};
 use mitosis_trace::formats::synthetic::Spec;
 use mitosis_trace::schedule::{FunctionMap, Schedule, ScheduleOptions};
 use mitosis_trace::replay::ReplayRun;
@@ -65,11 +65,14 @@ pub struct Arm {
     pub policy: Policy,
     /// Seconds of idleness (at least) and the offload policy; `None`: plain keep-alive.
     pub offload: Option<(u64, OffloadPolicy)>,
+    /// The gateway's memory budget in bytes (`GatewayConfig::memory_budget`);
+    /// not for the first arm, the baseline.
+    pub memory_budget: Option<u64>,
 }
 
 impl Arm {
     pub fn new(label: &str, policy: Policy, offload: Option<(u64, OffloadPolicy)>) -> Arm {
-        Arm { label: label.into(), policy, offload }
+        Arm { label: label.into(), policy, offload, memory_budget: None }
     }
 }
 
@@ -110,7 +113,11 @@ pub fn replay_arms(bin: &Path, opts: &ArmsOptions) -> anyhow::Result<ArmsOutcome
     let memnode = opts.arms.iter().any(|a| a.offload.is_some());
     let workers = Workers::start_with_args(bin, opts.bench, suite, memnode, opts.worker_args)?;
     let configs: Vec<(String, FunctionConfig)> = schedule.functions().iter().map(|f| (f.clone(), workers.function(f))).collect();
-    let other_configs = others.iter().map(|a| Ok((a.clone(), workers.gateway_config(a.policy)?))).collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(first.memory_budget.is_none(), "the first arm, the baseline, has no memory budget");
+    let other_configs = others
+        .iter()
+        .map(|a| Ok((a.clone(), GatewayConfig { memory_budget: a.memory_budget, ..workers.gateway_config(a.policy)? })))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let first = first.clone();
     let progress = opts.progress;
     let schedule = Arc::new(schedule);

@@ -60,6 +60,10 @@ pub struct GatewayArgs {
     /// Seconds a new instance may take to be ready (a cold start's imports included).
     #[arg(long, default_value_t = 120)]
     start_timeout: u64,
+    /// MiB of memory this gateway's instances and seeds may hold on its workers in all:
+    /// over it, idle instances end, least recently used first (busy ones and seeds never).
+    #[arg(long, value_name = "MIB")]
+    memory_budget: Option<u64>,
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: super::LogLevel,
 }
@@ -85,6 +89,7 @@ impl GatewayArgs {
             default_policy: self.policy,
             start_timeout: Duration::from_secs(self.start_timeout),
             worker_retry: Duration::from_secs(5),
+            memory_budget: self.memory_budget.map(|m| m.saturating_mul(1 << 20)),
         };
         match mitosis_gateway::run::run(config, self.listen, self.config, etcd) {
             Ok(()) => Ok(0),
@@ -342,10 +347,13 @@ pub enum PlatformBench {
     /// the share of idle instance-time, and of idle memory-time where the trace gives memory,
     /// that the semi-warm rule (P99 of reuse intervals, at least --offload-idle) makes
     /// semi-warm; a table, semi-warm.json and a CDF over functions (semi-warm-cdf.svg).
-    /// Not built: density.
+    /// `--experiment density` gives every arm's gateway the same memory budget (--budget)
+    /// and measures how many instances each keeps live within it, against an unbudgeted
+    /// `none`'s P95 (experiment 6); density.json and density-live.svg.
     Faasmem {
-        /// `arms` (experiments 1, 3 and 5: replays through the gateways) or `semi-warm`
-        /// (experiment 4: a simulation over --traces).
+        /// `arms` (experiments 1, 3 and 5: replays through the gateways), `semi-warm`
+        /// (experiment 4: a simulation over --traces) or `density` (experiment 6: the arms
+        /// replayed with a memory budget, --budget).
         #[arg(long, value_enum, default_value_t = FaasmemExperiment::Arms)]
         experiment: FaasmemExperiment,
         /// Traces of `--experiment semi-warm`: files (Azure 2021 or 2019; an Azure 2019
@@ -371,10 +379,15 @@ pub enum PlatformBench {
         functions: Vec<String>,
         /// The arms, the first the baseline: `none` (cold starts, keep-alive), `fork` (remote
         /// forks, keep-alive), or an offload policy (`mitosis...` on remote forks, `faasmem...`
-        /// on cold starts), ablations included (`mitosis-no-packets`, `-no-semi-warm`,
-        /// `-no-prefetch`).
-        #[arg(long, value_delimiter = ',', default_values_t = mitosis_bench::faasmem::DEFAULT_ARMS.map(String::from))]
+        /// and `tmo` on cold starts), ablations included (`mitosis-no-packets`, `-no-semi-warm`,
+        /// `-no-prefetch`). Default: none,tmo,faasmem,fork,mitosis; for `--experiment
+        /// density`, none,tmo,faasmem,mitosis, each within --budget, after an unbudgeted `none`.
+        #[arg(long, value_delimiter = ',')]
         arms: Vec<String>,
+        /// `--experiment density`: MiB of local memory (instances and seeds) each budgeted
+        /// gateway may hold; over it, its idle instances end, least recently used first.
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        budget: u64,
         /// The synthetic trace (grammar: `mitosis replay --help`).
         #[arg(long, default_value = mitosis_bench::faasmem::DEFAULT_SPEC)]
         spec: String,
@@ -424,11 +437,17 @@ impl PlatformBench {
                 let rule = mitosis_trace::keepalive::KeepAlive { keep_alive_s: keep_alive as f64, min_delay_s: offload_idle as f64 };
                 mitosis_bench::semi_warm::run(&mitosis_bench::semi_warm::Options { traces, rule, out, json })?
             }
-            PlatformBench::Faasmem { experiment: FaasmemExperiment::Arms, minutes, offload_idle, drain, functions, arms, spec, out, json, .. } => {
-                mitosis_bench::faasmem::run(
-                    bin,
-                    &mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, arms, spec, out, json },
-                )?
+            PlatformBench::Faasmem { experiment, minutes, offload_idle, drain, functions, arms, budget, spec, out, json, .. } => {
+                let defaults: &[&str] = match experiment {
+                    FaasmemExperiment::Density => &mitosis_bench::density::DEFAULT_ARMS,
+                    _ => &mitosis_bench::faasmem::DEFAULT_ARMS,
+                };
+                let arms = if arms.is_empty() { defaults.iter().map(|a| a.to_string()).collect() } else { arms };
+                let opts = mitosis_bench::faasmem::Options { minutes, offload_idle, drain_percent: drain, functions, arms, spec, budget_mib: budget, out, json };
+                match experiment {
+                    FaasmemExperiment::Density => mitosis_bench::density::run(bin, &opts)?,
+                    _ => mitosis_bench::faasmem::run(bin, &opts)?,
+                }
             }
             PlatformBench::Replay { minutes, offload_idle, offload_policy, spec, out, json } => {
                 mitosis_bench::replay::run(bin, &mitosis_bench::replay::Options { minutes, offload_idle, offload_policy, spec, out, json })?
@@ -445,4 +464,6 @@ pub enum FaasmemExperiment {
     Arms,
     /// Experiment 4: the semi-warm share of idle time, simulated over traces.
     SemiWarm,
+    /// Experiment 6: live instances within a memory budget, against P95.
+    Density,
 }

@@ -57,6 +57,11 @@ struct Platform {
 
 impl Platform {
     fn new(name: &str) -> Option<Platform> {
+        Platform::with_args(name, &[])
+    }
+
+    /// With more `mitosis gateway` arguments.
+    fn with_args(name: &str, extra: &[&str]) -> Option<Platform> {
         let workers = Workers::new(name, &FUNCTIONS)?;
         let log = workers.dir.path().join("gateway.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -68,6 +73,7 @@ impl Platform {
             .args(["gateway", "--listen", GATEWAY, "--workers", &workers_arg, "--key-file"])
             .arg(workers.key_file())
             .args(["--log-level", "debug"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -222,6 +228,44 @@ fn keep_alive_lifo_and_the_instance_cap() {
     let metrics = p.with(|g| String::from_utf8(g.get("/metrics").unwrap().body).unwrap());
     assert!(metrics.contains("mitosis_starts_total{function=\"lifo\",kind=\"warm\"} 1"), "{metrics}");
     assert!(metrics.contains("mitosis_instances{function=\"lifo\",state=\"idle\"} 2"), "{metrics}");
+}
+
+/// Over its memory budget (here 1 MiB: any instance is over it), the
+/// gateway ends idle instances, the least recently used first, never a busy
+/// one, and the next request starts a new instance.
+#[test]
+fn a_memory_budget_ends_idle_instances_least_recently_used_first() {
+    let Some(p) = Platform::with_args("platform-budget", &["--memory-budget", "1"]) else { return };
+    p.deploy("f", p.config(Policy::Cold, 600));
+    let logs = p.logs();
+    let (older, newer, busy) = p.with(|g| {
+        // Two instances at once; the quick one goes idle first.
+        let slow = std::thread::spawn(|| invoke(&client(), "f", "sleep:1").unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        let quick = invoke(g, "f", "sleep:0").unwrap();
+        let slow = slow.join().unwrap();
+        // Busy through several memory polls, each over the budget.
+        let busy = invoke(g, "f", "sleep:4").unwrap();
+        (quick, slow, busy)
+    });
+    assert_eq!((older.start.as_deref(), newer.start.as_deref()), (Some("cold"), Some("cold")), "{logs}");
+    assert_ne!(older.instance, newer.instance);
+    assert_eq!(json(&busy)["result"], "slept", "a busy instance is never ended for the budget");
+    let ended = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("over the memory budget"))
+            .filter_map(|l| l.split("instance=").nth(1)?.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let log = || std::fs::read_to_string(&p.log).unwrap_or_default();
+    assert!(wait_until(WAIT, || ended(&log()).len() >= 2), "idle instances outlived the budget\n{}", p.logs());
+    let order = ended(&log());
+    let (older, newer) = (older.instance.unwrap(), newer.instance.unwrap());
+    let at = |name: &str| order.iter().position(|n| *n == name).unwrap_or_else(|| panic!("{name} not ended: {order:?}"));
+    assert!(at(&older) < at(&newer), "the least recently used first: {order:?}");
+    let (next, metrics) = p.with(|g| (invoke(g, "f", "after").unwrap(), String::from_utf8(g.get("/metrics").unwrap().body).unwrap()));
+    assert_eq!(json(&next)["result"]["echo"], "after");
+    assert!(metrics.contains("mitosis_budget_evictions_total{function=\"f\"}"), "{metrics}");
 }
 
 #[test]

@@ -28,6 +28,11 @@ pub struct GatewayConfig {
     pub start_timeout: Duration,
     /// How long a worker that could not be reached is passed over.
     pub worker_retry: Duration,
+    /// Bytes of local memory this gateway's instances and seeds may hold on
+    /// its workers, in all (`--memory-budget`): once a memory poll finds
+    /// them over it, idle instances end, least recently used first, until
+    /// they are not. Busy instances and seeds are never ended for it.
+    pub memory_budget: Option<u64>,
 }
 
 /// How the instance that served a request started.
@@ -581,6 +586,7 @@ impl Gateway {
             })
             .collect();
         let now = Instant::now();
+        let mut per_instance: HashMap<String, u64> = HashMap::new();
         for w in workers.iter().filter(|w| w.is_up(now)) {
             let mut control = w.control.lock().unwrap_or_else(|e| e.into_inner());
             match with_control(&mut control, &w.addr, &self.config.auth, |c| c.list_instances()) {
@@ -589,6 +595,7 @@ impl Gateway {
                     let ours = format!("-{}-", self.nonce);
                     for i in usage.instances.into_iter().filter(|i| i.name.contains(&ours)) {
                         per_function.entry(i.function).or_default().instances_bytes += i.memory_bytes;
+                        per_instance.insert(i.name, i.memory_bytes);
                     }
                     for s in usage.seeds {
                         if let Some(f) = seeds.get(&s.id) {
@@ -599,7 +606,33 @@ impl Gateway {
                 Err(e) => tracing::debug!(worker = %w.addr, error = %e, "cannot poll a worker's memory"),
             }
         }
+        let total: u64 = per_function.values().map(|m| m.instances_bytes + m.seed_bytes).sum();
         *self.memory.write().unwrap_or_else(|e| e.into_inner()) = per_function;
+        if let Some(budget) = self.config.memory_budget {
+            self.make_room(budget, total, &per_instance);
+        }
+    }
+
+    /// Ends idle instances, the least recently used first, until `total`
+    /// (the memory last polled) is within `budget`, counting each ended one
+    /// at what it held then.
+    fn make_room(&self, budget: u64, mut total: u64, per_instance: &HashMap<String, u64>) {
+        if total <= budget {
+            return;
+        }
+        let mut idle: Vec<(Instant, Arc<FunctionPool>, String)> =
+            self.pools().into_iter().flat_map(|p| p.idle_since().into_iter().map(move |(name, since)| (since, p.clone(), name))).collect();
+        idle.sort_by_key(|(since, _, _)| *since);
+        for (_, pool, name) in idle {
+            if total <= budget {
+                break;
+            }
+            if pool.end_idle(&name) {
+                total = total.saturating_sub(per_instance.get(&name).copied().unwrap_or(0));
+                self.metrics.evicted(&pool.name);
+                tracing::debug!(function = %pool.name, instance = %name, "idle instance ended: over the memory budget");
+            }
+        }
     }
 
     /// The memory of `function`'s instances and seed, as last polled.

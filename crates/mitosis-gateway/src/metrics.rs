@@ -57,6 +57,7 @@ pub struct Metrics {
     instances: Family<StateLabels, Gauge>,
     instance_memory: Family<FunctionLabel, Gauge>,
     seed_memory: Family<FunctionLabel, Gauge>,
+    evictions: Family<FunctionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,7 @@ impl Metrics {
         let instances = Family::<StateLabels, Gauge>::default();
         let instance_memory = Family::<FunctionLabel, Gauge>::default();
         let seed_memory = Family::<FunctionLabel, Gauge>::default();
+        let evictions = Family::<FunctionLabel, Counter>::default();
         registry.register("mitosis_invocations", "Invocations by outcome (ok, handler_error, timeout, instance_died, start_failed, queue_timeout, unknown)", invocations.clone());
         registry.register("mitosis_starts", "Which instance served a request: cold start, remote fork or a warm (reused) one", starts.clone());
         registry.register("mitosis_request_duration_seconds", "Time from the request's arrival to its answer", latency.clone());
@@ -82,7 +84,13 @@ impl Metrics {
         registry.register("mitosis_instances", "Instances by state as of this scrape", instances.clone());
         registry.register("mitosis_instance_memory_bytes", "Memory of the function's instances (sum of their containers' memory cgroup usage), last polled", instance_memory.clone());
         registry.register("mitosis_seed_memory_bytes", "Memory held for the function's seed outside any container, last polled", seed_memory.clone());
-        Metrics { registry: Mutex::new(registry), invocations, starts, latency, ready, instances, instance_memory, seed_memory }
+        registry.register("mitosis_budget_evictions", "Idle instances ended to keep the gateway within its memory budget", evictions.clone());
+        Metrics { registry: Mutex::new(registry), invocations, starts, latency, ready, instances, instance_memory, seed_memory, evictions }
+    }
+
+    /// An idle instance of `function` ended for the memory budget.
+    pub(crate) fn evicted(&self, function: &str) {
+        self.evictions.get_or_create(&FunctionLabel { function: function.into() }).inc();
     }
 
     pub(crate) fn observe(&self, function: &str, result: &Result<Invoked, InvokeError>, took: Duration) {

@@ -173,6 +173,22 @@ impl FunctionPool {
         self.freed.notify_one();
     }
 
+    /// Its idle instances and since when each has been idle.
+    pub fn idle_since(&self) -> Vec<(String, Instant)> {
+        self.lock().idle.iter().map(|i| (i.instance.name.clone(), i.since)).collect()
+    }
+
+    /// Ends idle instance `name` (to make room in the gateway's memory
+    /// budget); false if it is not idle any more.
+    pub fn end_idle(&self, name: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(at) = inner.idle.iter().position(|i| i.instance.name == name) else { return false };
+        let idle = inner.idle.remove(at);
+        inner.live.remove(name);
+        idle.instance.kill();
+        true
+    }
+
     /// Ends idle instances past their keep-alive; returns how many.
     pub fn reap(&self, now: Instant) -> usize {
         let keep = self.config.keep_alive();

@@ -1,17 +1,21 @@
 //! The gateway's `/metrics` (Prometheus text exposition), read for memory:
 //! the sum over functions of `mitosis_instance_memory_bytes` (the cgroup
 //! memory of a function's instances) and of `mitosis_seed_memory_bytes`
-//! (the seeds held for it).
+//! (the seeds held for it), and of the live instances
+//! (`mitosis_instances{state="live"}`).
 
-/// The instances' and the seeds' memory, in bytes, summed over functions.
+/// The instances' and the seeds' memory, in bytes, and the live instances,
+/// summed over functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Memory {
     pub instance_bytes: u64,
     pub seed_bytes: u64,
+    pub live_instances: u64,
 }
 
 pub const INSTANCE_MEMORY: &str = "mitosis_instance_memory_bytes";
 pub const SEED_MEMORY: &str = "mitosis_seed_memory_bytes";
+pub const INSTANCES: &str = "mitosis_instances";
 
 /// Sums the two gauges over all their label sets; other metrics, comments
 /// and lines that do not parse are ignored (a gateway may add metrics).
@@ -23,12 +27,12 @@ pub fn parse_memory(text: &str) -> Memory {
             Some(i) => line.split_at(i),
             None => continue,
         };
-        let rest = match rest.strip_prefix('{') {
+        let (labels, rest) = match rest.strip_prefix('{') {
             Some(r) => match r.rfind('}') {
-                Some(end) => &r[end + 1..],
+                Some(end) => (&r[..end], &r[end + 1..]),
                 None => continue,
             },
-            None => rest,
+            None => ("", rest),
         };
         let Some(Ok(value)) = rest.split_whitespace().next().map(str::parse::<f64>) else { continue };
         if !(value.is_finite() && value >= 0.0) {
@@ -37,6 +41,7 @@ pub fn parse_memory(text: &str) -> Memory {
         match name {
             INSTANCE_MEMORY => m.instance_bytes += value as u64,
             SEED_MEMORY => m.seed_bytes += value as u64,
+            INSTANCES if labels.split(',').any(|l| l.trim() == "state=\"live\"") => m.live_instances += value as u64,
             _ => {}
         }
     }
@@ -55,7 +60,10 @@ mod tests {
             mitosis_seed_memory_bytes{function=\"json\"} 500\n\
             mitosis_seed_memory_bytes 7\n\
             mitosis_instance_memory_bytes_total{function=\"json\"} 99\n\
-            mitosis_requests_total{function=\"json\"} 12\nbroken\n";
-        assert_eq!(parse_memory(text), Memory { instance_bytes: 3000, seed_bytes: 507 });
+            mitosis_requests_total{function=\"json\"} 12\nbroken\n\
+            mitosis_instances{function=\"json\",state=\"live\"} 3\n\
+            mitosis_instances{function=\"json\",state=\"idle\"} 2\n\
+            mitosis_instances{function=\"gzip\",state=\"live\"} 1\n";
+        assert_eq!(parse_memory(text), Memory { instance_bytes: 3000, seed_bytes: 507, live_instances: 4 });
     }
 }

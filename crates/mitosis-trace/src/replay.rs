@@ -124,6 +124,9 @@ pub struct MemorySample {
     pub t_s: f64,
     pub instance_bytes: u64,
     pub seed_bytes: u64,
+    /// Instances alive (idle or busy); 0 in records of older builds.
+    #[serde(default)]
+    pub live_instances: u64,
 }
 
 impl MemorySample {
@@ -172,11 +175,11 @@ impl ReplayRun {
         std::fs::write(path, out)
     }
 
-    /// Writes the memory timeline as CSV: `t_s,instance_bytes,seed_bytes,total_bytes`.
+    /// Writes the memory timeline as CSV: `t_s,instance_bytes,seed_bytes,total_bytes,live_instances`.
     pub fn write_memory(&self, path: &Path) -> std::io::Result<()> {
-        let mut out = String::from("t_s,instance_bytes,seed_bytes,total_bytes\n");
+        let mut out = String::from("t_s,instance_bytes,seed_bytes,total_bytes,live_instances\n");
         for m in &self.memory {
-            out.push_str(&format!("{:.3},{},{},{}\n", m.t_s, m.instance_bytes, m.seed_bytes, m.total_bytes()));
+            out.push_str(&format!("{:.3},{},{},{},{}\n", m.t_s, m.instance_bytes, m.seed_bytes, m.total_bytes(), m.live_instances));
         }
         std::fs::write(path, out)
     }
@@ -433,7 +436,7 @@ async fn sample_memory(shared: Arc<Shared>, interval: Duration, window: Duration
             break;
         }
         match tokio::time::timeout(interval, read_memory(&shared.client, &shared.base)).await {
-            Ok(Ok(m)) => samples.push(MemorySample { t_s: t.as_secs_f64(), instance_bytes: m.instance_bytes, seed_bytes: m.seed_bytes }),
+            Ok(Ok(m)) => samples.push(MemorySample { t_s: t.as_secs_f64(), instance_bytes: m.instance_bytes, seed_bytes: m.seed_bytes, live_instances: m.live_instances }),
             _ => failures += 1,
         }
     }
@@ -461,7 +464,7 @@ mod tests {
 
     #[test]
     fn memory_integral() {
-        let s = |t_s, b| MemorySample { t_s, instance_bytes: b, seed_bytes: 0 };
+        let s = |t_s, b| MemorySample { t_s, instance_bytes: b, seed_bytes: 0, live_instances: 1 };
         let run = ReplayRun { label: "x".into(), records: vec![], memory: vec![s(0.0, 0), s(1.0, 100), s(3.0, 100)], memory_failures: 0, window_s: 3.0 };
         assert_eq!(run.memory_byte_seconds(), 50.0 + 200.0);
         assert_eq!(run.peak_memory_bytes(), 100);

@@ -270,7 +270,7 @@ mod tests {
         let run = ReplayRun {
             label: "p".into(),
             records,
-            memory: vec![MemorySample { t_s: 0.0, instance_bytes: 1 << 20, seed_bytes: 0 }, MemorySample { t_s: 2.0, instance_bytes: 1 << 20, seed_bytes: 1 << 20 }],
+            memory: vec![MemorySample { t_s: 0.0, instance_bytes: 1 << 20, seed_bytes: 0, live_instances: 1 }, MemorySample { t_s: 2.0, instance_bytes: 1 << 20, seed_bytes: 1 << 20, live_instances: 1 }],
             memory_failures: 0,
             window_s: 2.0,
         };
