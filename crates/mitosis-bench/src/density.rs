@@ -195,7 +195,7 @@ mod tests {
     use mitosis_trace::replay::MemorySample;
 
     fn run(label: &str, live: u64, mib: u64) -> ReplayRun {
-        let sample = |t_s| MemorySample { t_s, instance_bytes: mib << 20, seed_bytes: 0, live_instances: live };
+        let sample = |t_s| MemorySample { t_s, instance_bytes: mib << 20, seed_bytes: 0, live_instances: live, per_function: Default::default() };
         ReplayRun { label: label.into(), records: Vec::new(), memory: vec![sample(0.0), sample(10.0)], memory_failures: 0, window_s: 10.0 }
     }
 

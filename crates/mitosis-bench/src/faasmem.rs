@@ -103,6 +103,39 @@ pub struct ArmFigures {
     pub memory_ratio: f64,
     /// Per function: P95 over the baseline's.
     pub function_p95_ratio: std::collections::BTreeMap<String, f64>,
+    /// Per function: its instances' and seed's memory, averaged (MiB), and
+    /// over the baseline's.
+    pub function_avg_mib: std::collections::BTreeMap<String, f64>,
+    pub function_memory_ratio: std::collections::BTreeMap<String, f64>,
+    /// Experiment 2: the functions by popularity class.
+    pub classes: Vec<ClassFigures>,
+}
+
+/// One popularity class's figures in one arm (experiment 2).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassFigures {
+    /// `high`, `middle` or `low`.
+    pub class: &'static str,
+    pub functions: Vec<String>,
+    pub requests: u64,
+    /// P95 of the class's requests, over the baseline's.
+    pub p95_ratio: f64,
+    /// The class's memory (instances and seeds), over the baseline's.
+    pub memory_ratio: f64,
+}
+
+/// The popularity classes of `functions` (most invoked first): thirds by
+/// rank, the first third `high`. FaaSMem's classes are by invocations a
+/// day (512 and 64); a replay of minutes over ten functions puts every one
+/// of them above 512 a day, so ranks stand in.
+pub fn popularity_classes<'a>(functions: &[&'a str]) -> Vec<(&'static str, Vec<&'a str>)> {
+    let n = functions.len();
+    let (a, b) = (n.div_ceil(3), (2 * n).div_ceil(3));
+    [("high", &functions[..a]), ("middle", &functions[a..b]), ("low", &functions[b..])]
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(c, f)| (c, f.to_vec()))
+        .collect()
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -120,9 +153,14 @@ fn average_mib(run: &mitosis_trace::replay::ReplayRun, part: impl Fn(&mitosis_tr
 /// Each arm beside the first (the baseline). `swap_mib`: the mean memory
 /// of the workers' zram swap, counted for the arm that swaps (`tmo`: only
 /// its containers may).
-pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report, swap_mib: f64) -> Vec<ArmFigures> {
+pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report, swap_mib: f64, functions: &[&str]) -> Vec<ArmFigures> {
     let base_run = &runs[0];
     let base: &RunSummary = &report.runs[0];
+    let function_mib = |run: &mitosis_trace::replay::ReplayRun, f: &str| average_mib(run, |m| m.per_function.get(f).copied().unwrap_or(0));
+    let classes = popularity_classes(functions);
+    let class_p95 = |run: &mitosis_trace::replay::ReplayRun, members: &[&str]| {
+        mitosis_trace::report::stats(run.records.iter().filter(|r| members.contains(&r.function.as_str())))
+    };
     let swapping = |label: &str| label.parse::<OffloadPolicy>().is_ok_and(|p| p.tmo);
     let swap_of = |label: &str| if swapping(label) { swap_mib } else { 0.0 };
     let base_total = average_mib(base_run, |m| m.total_bytes()) + swap_of(&base.label);
@@ -145,6 +183,22 @@ pub fn figures(runs: &[mitosis_trace::replay::ReplayRun], report: &Report, swap_
                 avg_swap_mib: swap_of(&s.label),
                 memory_ratio: ratio(average_mib(run, |m| m.total_bytes()) + swap_of(&s.label), base_total),
                 function_p95_ratio,
+                function_avg_mib: functions.iter().map(|f| (f.to_string(), function_mib(run, f))).collect(),
+                function_memory_ratio: functions.iter().map(|f| (f.to_string(), ratio(function_mib(run, f), function_mib(base_run, f)))).collect(),
+                classes: classes
+                    .iter()
+                    .map(|(class, members)| {
+                        let (mine, theirs) = (class_p95(run, members), class_p95(base_run, members));
+                        let mib = |r| members.iter().map(|f| function_mib(r, f)).sum::<f64>();
+                        ClassFigures {
+                            class,
+                            functions: members.iter().map(|f| f.to_string()).collect(),
+                            requests: mine.count + mine.errors,
+                            p95_ratio: ratio(mine.p95_ms, theirs.p95_ms),
+                            memory_ratio: ratio(mib(run), mib(base_run)),
+                        }
+                    })
+                    .collect(),
             }
         })
         .collect()
@@ -188,6 +242,33 @@ fn table(figures: &[ArmFigures]) -> String {
         }
         s.push('\n');
     }
+    let functions: Vec<&String> = figures.first().map(|f| f.function_memory_ratio.keys().collect()).unwrap_or_default();
+    s.push_str("\nMemory (instances and seed) over none's, per function\n");
+    s.push_str(&format!("{:<14}", "ARM"));
+    for f in &functions {
+        s.push_str(&format!(" {:>9}", truncate(f, 9)));
+    }
+    s.push('\n');
+    for arm in figures {
+        s.push_str(&format!("{:<14}", arm.arm));
+        for f in &functions {
+            s.push_str(&format!(" {:>9.2}", arm.function_memory_ratio.get(*f).copied().unwrap_or(f64::NAN)));
+        }
+        s.push('\n');
+    }
+    s.push_str("\nBy popularity (thirds by rank): P95 / memory over none's\n");
+    s.push_str(&format!("{:<14}", "ARM"));
+    for c in figures.first().map(|f| f.classes.as_slice()).unwrap_or_default() {
+        s.push_str(&format!(" {:>15}", format!("{} ({})", c.class, c.functions.len())));
+    }
+    s.push('\n');
+    for arm in figures {
+        s.push_str(&format!("{:<14}", arm.arm));
+        for c in &arm.classes {
+            s.push_str(&format!(" {:>15}", format!("{:.2} / {:.2}", c.p95_ratio, c.memory_ratio)));
+        }
+        s.push('\n');
+    }
     s
 }
 
@@ -214,7 +295,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
     let runs = outcome.runs;
     let report = Report::new(&runs);
     let barriers: Vec<mitosis_proto::local::BarrierStats> = outcome.workers.iter().map(|w| w.barriers.clone()).collect();
-    let figures = figures(&runs, &report, swap_mib);
+    let figures = figures(&runs, &report, swap_mib, &functions);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let note = format!(
         "{} on {} (keep-alive 600 s, max 16, LIFO; semi-warm after {} s or the P99 reuse interval, draining {}%/s to 8 MiB)",
@@ -297,7 +378,8 @@ mod tests {
     use mitosis_trace::replay::{MemorySample, ReplayRun};
 
     fn run(label: &str, instance_mib: u64, seed_mib: u64) -> ReplayRun {
-        let sample = |t_s| MemorySample { t_s, instance_bytes: instance_mib << 20, seed_bytes: seed_mib << 20, live_instances: 2 };
+        let per_function = std::collections::BTreeMap::from([("json".to_string(), (instance_mib + seed_mib) << 20)]);
+        let sample = |t_s| MemorySample { t_s, instance_bytes: instance_mib << 20, seed_bytes: seed_mib << 20, live_instances: 2, per_function: per_function.clone() };
         ReplayRun { label: label.into(), records: Vec::new(), memory: vec![sample(0.0), sample(10.0)], memory_failures: 0, window_s: 10.0 }
     }
 
@@ -305,10 +387,23 @@ mod tests {
     fn figures_are_ratios_to_the_first_arm() {
         let runs = [run("none", 100, 0), run("mitosis", 20, 30)];
         let report = Report::new(&runs);
-        let f = figures(&runs, &report, 0.0);
+        let f = figures(&runs, &report, 0.0, &["json", "gzip"]);
         assert_eq!(f[0].memory_ratio, 1.0);
         assert!((f[1].avg_instance_mib - 20.0).abs() < 1e-9 && (f[1].avg_seed_mib - 30.0).abs() < 1e-9);
         assert!((f[1].memory_ratio - 0.5).abs() < 1e-9, "{}", f[1].memory_ratio);
         assert!(table(&f).contains("mitosis"));
+        assert!((f[1].function_avg_mib["json"] - 50.0).abs() < 1e-9 && (f[1].function_memory_ratio["json"] - 0.5).abs() < 1e-9);
+        assert_eq!(f[1].function_avg_mib["gzip"], 0.0);
+        assert_eq!(f[1].classes.iter().map(|c| c.class).collect::<Vec<_>>(), ["high", "middle"]);
+        assert!((f[1].classes[0].memory_ratio - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn popularity_classes_are_thirds_by_rank() {
+        let ten = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let c = popularity_classes(&ten);
+        assert_eq!(c.iter().map(|(_, f)| f.len()).collect::<Vec<_>>(), [4, 3, 3]);
+        assert_eq!((c[0].0, c[0].1[0], c[2].0, c[2].1[2]), ("high", "a", "low", "j"));
+        assert_eq!(popularity_classes(&["a"]).len(), 1);
     }
 }

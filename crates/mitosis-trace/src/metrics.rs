@@ -5,12 +5,18 @@
 //! (`mitosis_instances{state="live"}`).
 
 /// The instances' and the seeds' memory, in bytes, and the live instances,
-/// summed over functions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// summed over functions; and each function's memory (instances and seed).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Memory {
     pub instance_bytes: u64,
     pub seed_bytes: u64,
     pub live_instances: u64,
+    pub per_function: std::collections::BTreeMap<String, u64>,
+}
+
+/// The value of label `name` in `a="x",b="y"` (no escapes inside values).
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|l| l.trim().strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"'))
 }
 
 pub const INSTANCE_MEMORY: &str = "mitosis_instance_memory_bytes";
@@ -39,9 +45,17 @@ pub fn parse_memory(text: &str) -> Memory {
             continue;
         }
         match name {
-            INSTANCE_MEMORY => m.instance_bytes += value as u64,
-            SEED_MEMORY => m.seed_bytes += value as u64,
-            INSTANCES if labels.split(',').any(|l| l.trim() == "state=\"live\"") => m.live_instances += value as u64,
+            INSTANCE_MEMORY | SEED_MEMORY => {
+                if name == INSTANCE_MEMORY {
+                    m.instance_bytes += value as u64;
+                } else {
+                    m.seed_bytes += value as u64;
+                }
+                if let Some(f) = label(labels, "function") {
+                    *m.per_function.entry(f.to_string()).or_default() += value as u64;
+                }
+            }
+            INSTANCES if label(labels, "state") == Some("live") => m.live_instances += value as u64,
             _ => {}
         }
     }
@@ -64,6 +78,10 @@ mod tests {
             mitosis_instances{function=\"json\",state=\"live\"} 3\n\
             mitosis_instances{function=\"json\",state=\"idle\"} 2\n\
             mitosis_instances{function=\"gzip\",state=\"live\"} 1\n";
-        assert_eq!(parse_memory(text), Memory { instance_bytes: 3000, seed_bytes: 507, live_instances: 4 });
+        let m = parse_memory(text);
+        assert_eq!((m.instance_bytes, m.seed_bytes, m.live_instances), (3000, 507, 4));
+        // "a}b" has a brace in its value: the parser takes the last one, and
+        // the label's value stops at the first quote it may.
+        assert_eq!(m.per_function.get("json"), Some(&1500));
     }
 }

@@ -118,7 +118,7 @@ impl Record {
 }
 
 /// The gateway's memory at one instant of the replay.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemorySample {
     /// Seconds from the replay's start.
     pub t_s: f64,
@@ -127,6 +127,9 @@ pub struct MemorySample {
     /// Instances alive (idle or busy); 0 in records of older builds.
     #[serde(default)]
     pub live_instances: u64,
+    /// Each function's instances' and seed's memory, bytes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub per_function: std::collections::BTreeMap<String, u64>,
 }
 
 impl MemorySample {
@@ -436,7 +439,13 @@ async fn sample_memory(shared: Arc<Shared>, interval: Duration, window: Duration
             break;
         }
         match tokio::time::timeout(interval, read_memory(&shared.client, &shared.base)).await {
-            Ok(Ok(m)) => samples.push(MemorySample { t_s: t.as_secs_f64(), instance_bytes: m.instance_bytes, seed_bytes: m.seed_bytes, live_instances: m.live_instances }),
+            Ok(Ok(m)) => samples.push(MemorySample {
+                t_s: t.as_secs_f64(),
+                instance_bytes: m.instance_bytes,
+                seed_bytes: m.seed_bytes,
+                live_instances: m.live_instances,
+                per_function: m.per_function,
+            }),
             _ => failures += 1,
         }
     }
@@ -464,7 +473,7 @@ mod tests {
 
     #[test]
     fn memory_integral() {
-        let s = |t_s, b| MemorySample { t_s, instance_bytes: b, seed_bytes: 0, live_instances: 1 };
+        let s = |t_s, b| MemorySample { t_s, instance_bytes: b, seed_bytes: 0, live_instances: 1, per_function: Default::default() };
         let run = ReplayRun { label: "x".into(), records: vec![], memory: vec![s(0.0, 0), s(1.0, 100), s(3.0, 100)], memory_failures: 0, window_s: 3.0 };
         assert_eq!(run.memory_byte_seconds(), 50.0 + 200.0);
         assert_eq!(run.peak_memory_bytes(), 100);

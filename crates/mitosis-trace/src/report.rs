@@ -73,7 +73,8 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("the bounds are valid")
 }
 
-fn stats<'a>(records: impl Iterator<Item = &'a Record>) -> LatencyStats {
+/// The latency of the successful ones of `records`, and how many failed.
+pub fn stats<'a>(records: impl Iterator<Item = &'a Record>) -> LatencyStats {
     let mut h = histogram();
     let mut errors = 0;
     for r in records {
@@ -270,7 +271,7 @@ mod tests {
         let run = ReplayRun {
             label: "p".into(),
             records,
-            memory: vec![MemorySample { t_s: 0.0, instance_bytes: 1 << 20, seed_bytes: 0, live_instances: 1 }, MemorySample { t_s: 2.0, instance_bytes: 1 << 20, seed_bytes: 1 << 20, live_instances: 1 }],
+            memory: vec![MemorySample { t_s: 0.0, instance_bytes: 1 << 20, seed_bytes: 0, live_instances: 1, per_function: Default::default() }, MemorySample { t_s: 2.0, instance_bytes: 1 << 20, seed_bytes: 1 << 20, live_instances: 1, per_function: Default::default() }],
             memory_failures: 0,
             window_s: 2.0,
         };
