@@ -24,8 +24,8 @@
 //! packet barriers' times, from the workers' `mitosis stats`). Experiment 4
 //! (the share of idle time spent semi-warm) is `--experiment semi-warm`, a
 //! simulation over whole traces ([`crate::semi_warm`]), and experiment 6
-//! (density) is `--experiment density` ([`crate::density`]). Absent:
-//! per-function memory (each gateway's memory is sampled as one sum).
+//! (density) is `--experiment density` ([`crate::density`]). Experiment 2
+//! (popularity) is the functions by thirds of their popularity rank.
 
 use std::path::{Path, PathBuf};
 
@@ -321,7 +321,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             b.count, b.p50_us, b.p99_us, b.max_us, b.pager_p50_us, b.pager_p99_us
         );
     }
-    println!("absent: per-function memory (experiment 4: --experiment semi-warm; 6: --experiment density)");
+    println!("experiments 4 and 6: --experiment semi-warm, --experiment density");
     for f in files {
         println!("wrote {}", f.display());
     }

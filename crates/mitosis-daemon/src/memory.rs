@@ -398,7 +398,8 @@ impl InstanceMemory {
     }
 
     /// How long until its next offload step; `None` while it is busy or
-    /// has nothing more to give back.
+    /// has nothing more to give back (under `tmo`, busy or not, the time to
+    /// the controller's next step).
     pub fn due_in(&self) -> Option<Duration> {
         if let Some(t) = &self.tmo {
             // Busy or idle alike: the kernel's reclaim does not know.
@@ -452,10 +453,9 @@ impl InstanceMemory {
             }
         }
     }
-}
 
-impl InstanceMemory {
-    /// One step of the `tmo` controller.
+    /// One step of the `tmo` controller (on the instance's relay thread,
+    /// which the reclaim holds for as long as it takes: milliseconds).
     fn tmo_step(&self, t: &TmoControl) {
         *t.last_step.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let held = t.container.memory_usage().unwrap_or(0);

@@ -186,6 +186,9 @@ impl FunctionPool {
         let idle = inner.idle.remove(at);
         inner.live.remove(name);
         idle.instance.kill();
+        drop(inner);
+        // Room for a request that waits at the instance cap.
+        self.freed.notify_one();
         true
     }
 
