@@ -479,7 +479,8 @@ mod tests {
     #[test]
     fn tmo_reclaims_less_as_pressure_rises_and_nothing_past_the_threshold() {
         let tmo = Tmo::default();
-        let held = 1u64 << 30;
+        // Large enough that even half the share is over the 128-page floor.
+        let held = 4u64 << 30;
         assert_eq!(tmo.reclaim_bytes(held, 0.0), (held as f64 * 0.0005) as u64);
         assert_eq!(tmo.reclaim_bytes(held, 0.05), (held as f64 * 0.0005 * 0.5) as u64);
         assert_eq!(tmo.reclaim_bytes(held, 0.1), 0);
