@@ -225,37 +225,8 @@ fn table(figures: &[ArmFigures]) -> String {
             f.memory_ratio
         ));
     }
-    let functions: Vec<&String> = figures.first().map(|f| f.function_p95_ratio.keys().collect()).unwrap_or_default();
-    s.push_str("\nP95 over none's, per function\n");
-    s.push_str(&format!("{:<14}", "ARM"));
-    for f in &functions {
-        s.push_str(&format!(" {:>9}", truncate(f, 9)));
-    }
-    s.push('\n');
-    for arm in figures {
-        s.push_str(&format!("{:<14}", arm.arm));
-        for f in &functions {
-            match arm.function_p95_ratio.get(*f) {
-                Some(r) => s.push_str(&format!(" {r:>9.2}")),
-                None => s.push_str(&format!(" {:>9}", "-")),
-            }
-        }
-        s.push('\n');
-    }
-    let functions: Vec<&String> = figures.first().map(|f| f.function_memory_ratio.keys().collect()).unwrap_or_default();
-    s.push_str("\nMemory (instances and seed) over none's, per function\n");
-    s.push_str(&format!("{:<14}", "ARM"));
-    for f in &functions {
-        s.push_str(&format!(" {:>9}", truncate(f, 9)));
-    }
-    s.push('\n');
-    for arm in figures {
-        s.push_str(&format!("{:<14}", arm.arm));
-        for f in &functions {
-            s.push_str(&format!(" {:>9.2}", arm.function_memory_ratio.get(*f).copied().unwrap_or(f64::NAN)));
-        }
-        s.push('\n');
-    }
+    per_function(&mut s, figures, "P95 over none's, per function", |f| &f.function_p95_ratio);
+    per_function(&mut s, figures, "Memory (instances and seed) over none's, per function", |f| &f.function_memory_ratio);
     s.push_str("\nBy popularity (thirds by rank): P95 / memory over none's\n");
     s.push_str(&format!("{:<14}", "ARM"));
     for c in figures.first().map(|f| f.classes.as_slice()).unwrap_or_default() {
@@ -270,6 +241,26 @@ fn table(figures: &[ArmFigures]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// A table of one ratio per arm and function (`-` where it is missing).
+fn per_function(s: &mut String, figures: &[ArmFigures], title: &str, of: impl Fn(&ArmFigures) -> &std::collections::BTreeMap<String, f64>) {
+    let functions: Vec<&String> = figures.first().map(|f| of(f).keys().collect()).unwrap_or_default();
+    s.push_str(&format!("\n{title}\n{:<14}", "ARM"));
+    for f in &functions {
+        s.push_str(&format!(" {:>9}", truncate(f, 9)));
+    }
+    s.push('\n');
+    for arm in figures {
+        s.push_str(&format!("{:<14}", arm.arm));
+        for f in &functions {
+            match of(arm).get(*f) {
+                Some(r) => s.push_str(&format!(" {r:>9.2}")),
+                None => s.push_str(&format!(" {:>9}", "-")),
+            }
+        }
+        s.push('\n');
+    }
 }
 
 fn truncate(s: &str, n: usize) -> &str {
