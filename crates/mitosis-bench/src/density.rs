@@ -53,20 +53,11 @@ pub struct DensityFigures {
     pub mean_memory_mib: f64,
 }
 
-fn mean_of(run: &ReplayRun, part: impl Fn(&mitosis_trace::replay::MemorySample) -> f64) -> f64 {
-    let integral: f64 = run.memory.windows(2).map(|w| (w[1].t_s - w[0].t_s) * (part(&w[0]) + part(&w[1])) / 2.0).sum();
-    if run.window_s > 0.0 {
-        integral / run.window_s
-    } else {
-        f64::NAN
-    }
-}
-
 /// The figures of `runs` (the reference first), with `swap_mib` the mean
 /// memory of the workers' zram swap (counted for a `tmo` arm).
 pub fn figures(runs: &[ReplayRun], report: &Report, budget_mib: u64, swap_mib: f64) -> Vec<DensityFigures> {
     let reference_p95 = report.runs[0].overall.p95_ms;
-    let live = |run: &ReplayRun| mean_of(run, |m| m.live_instances as f64);
+    let live = |run: &ReplayRun| run.mean_of(|m| m.live_instances);
     let none_live = runs.iter().skip(1).find(|r| r.label == "none").map(live);
     runs.iter()
         .zip(&report.runs)
@@ -87,7 +78,7 @@ pub fn figures(runs: &[ReplayRun], report: &Report, budget_mib: u64, swap_mib: f
                     (0, _) | (_, None) => f64::NAN,
                     (_, Some(n)) => live(run) / n,
                 },
-                mean_memory_mib: mean_of(run, |m| m.total_bytes() as f64) / f64::from(1u32 << 20) + swap,
+                mean_memory_mib: run.mean_of(mitosis_trace::replay::MemorySample::total_bytes) / f64::from(1u32 << 20) + swap,
             }
         })
         .collect()

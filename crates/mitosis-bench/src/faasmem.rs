@@ -147,7 +147,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 fn average_mib(run: &mitosis_trace::replay::ReplayRun, part: impl Fn(&mitosis_trace::replay::MemorySample) -> u64) -> f64 {
-    ratio(run.byte_seconds_of(part), run.window_s) / f64::from(1u32 << 20)
+    run.mean_of(part) / f64::from(1u32 << 20)
 }
 
 /// Each arm beside the first (the baseline). `swap_mib`: the mean memory

@@ -3,9 +3,9 @@
 //! reclaim instances' memory ([`crate::memory`]).
 //!
 //! The machine has no disk swap; zram is compressed memory (lz4 here), so
-//! what an instance swaps out still takes local memory, only less: it is
-//! counted apart ([`ZramSwap::used_bytes`]). Swap is the host's: every
-//! process may use it, which is why the daemon's cgroup subtree sets
+//! what an instance swaps out still takes local memory, only less (`bench
+//! faasmem` counts the devices' `mm_stat` as the `tmo` arm's). Swap is
+//! the host's: every process may use it, which is why the daemon's cgroup subtree sets
 //! `memory.swappiness` 0 for every container but those it lets swap
 //! (`mitosis_container::ContainerCgroup::allow_swap`).
 //!
@@ -71,15 +71,6 @@ impl ZramSwap {
 
     pub fn device(&self) -> u32 {
         self.device
-    }
-
-    /// Memory the device takes now: its compressed pages and their overhead
-    /// (`mm_stat`'s `mem_used_total`).
-    pub fn used_bytes(&self) -> u64 {
-        std::fs::read_to_string(sys(self.device).join("mm_stat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
-            .unwrap_or(0)
     }
 }
 

@@ -23,8 +23,9 @@ pub const INSTANCE_MEMORY: &str = "mitosis_instance_memory_bytes";
 pub const SEED_MEMORY: &str = "mitosis_seed_memory_bytes";
 pub const INSTANCES: &str = "mitosis_instances";
 
-/// Sums the two gauges over all their label sets; other metrics, comments
-/// and lines that do not parse are ignored (a gateway may add metrics).
+/// Sums the two memory gauges (in all and per function) and the live
+/// instances over all their label sets; other metrics, comments and lines
+/// that do not parse are ignored (a gateway may add metrics).
 pub fn parse_memory(text: &str) -> Memory {
     let mut m = Memory::default();
     for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
@@ -44,19 +45,17 @@ pub fn parse_memory(text: &str) -> Memory {
         if !(value.is_finite() && value >= 0.0) {
             continue;
         }
-        match name {
-            INSTANCE_MEMORY | SEED_MEMORY => {
-                if name == INSTANCE_MEMORY {
-                    m.instance_bytes += value as u64;
-                } else {
-                    m.seed_bytes += value as u64;
-                }
-                if let Some(f) = label(labels, "function") {
-                    *m.per_function.entry(f.to_string()).or_default() += value as u64;
-                }
+        let sum = match name {
+            INSTANCE_MEMORY => &mut m.instance_bytes,
+            SEED_MEMORY => &mut m.seed_bytes,
+            INSTANCES if label(labels, "state") == Some("live") => &mut m.live_instances,
+            _ => continue,
+        };
+        *sum += value as u64;
+        if name != INSTANCES {
+            if let Some(f) = label(labels, "function") {
+                *m.per_function.entry(f.to_string()).or_default() += value as u64;
             }
-            INSTANCES if label(labels, "state") == Some("live") => m.live_instances += value as u64,
-            _ => {}
         }
     }
     m

@@ -164,6 +164,16 @@ impl ReplayRun {
         self.memory.windows(2).map(|w| (w[1].t_s - w[0].t_s) * (part(&w[0]) + part(&w[1])) as f64 / 2.0).sum()
     }
 
+    /// The mean of `part` of the samples over the window (the integral of
+    /// [`ReplayRun::byte_seconds_of`] over its length); NaN for an empty window.
+    pub fn mean_of(&self, part: impl Fn(&MemorySample) -> u64) -> f64 {
+        if self.window_s > 0.0 {
+            self.byte_seconds_of(part) / self.window_s
+        } else {
+            f64::NAN
+        }
+    }
+
     pub fn peak_memory_bytes(&self) -> u64 {
         self.memory.iter().map(MemorySample::total_bytes).max().unwrap_or(0)
     }
