@@ -414,6 +414,8 @@ fn main() {
         seed_host: "10.0.0.1:7070".into(),
         container: Some("mitosis-7".into()),
         memory_bytes: 1 << 22,
+        shared_bytes: 1 << 21,
+        private_bytes: 1 << 20,
         age_ms: 20,
         detached: false,
         uid: 1000,

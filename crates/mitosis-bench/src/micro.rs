@@ -436,9 +436,13 @@ struct ModesRow {
     eager_touch_after_mb_s: Samples,
     /// `--no-prefetch` child (only up to `modes::NO_PREFETCH_MAX_MB`).
     no_prefetch_mb_s: Option<Samples>,
-    /// Two children with everything touched, both alive: their RssAnon (the
-    /// seed's pages they hold) together / the larger one's.
+    /// Two children that wrote every page, both alive: their RssAnon (the
+    /// seed's pages they hold as their own) together / the larger one's.
     rss_anon_ratio: Samples,
+    /// Two children that read every page, both alive: what they cost the
+    /// host (their own pages and the cache's shared copy) / what one maps
+    /// ([`modes::SharingSample::host_ratio`]).
+    readers_ratio: Samples,
     /// The same with VmRSS (also counts the binary's shared file pages in each).
     rss_vm_ratio: Samples,
     /// Host b's page cache bytes (a third copy, per host).
@@ -477,6 +481,7 @@ impl ModesRow {
             rss_anon_ratio: Samples::of(&rss, |x| {
                 (x.second_rss_anon + x.eager_rss_anon) as f64 / x.second_rss_anon.max(x.eager_rss_anon).max(1) as f64
             }),
+            readers_ratio: Samples::of(rounds, |r| r.modes.sharing.host_ratio()),
             rss_vm_ratio: Samples::of(&rss, |x| (x.second_vm_rss + x.eager_vm_rss) as f64 / x.second_vm_rss.max(x.eager_vm_rss).max(1) as f64),
             page_cache_bytes: Samples::of(&rss, |x| x.page_cache_bytes as f64),
             remote_fault: Latency::median_of(&rounds.iter().map(|r| r.modes.remote_fault).collect::<Vec<_>>()),
@@ -638,15 +643,12 @@ fn check_targets(sizes: &[SizeReport], python: Option<&PythonReport>) -> Vec<Tar
             m.second_speedup.median,
             m.second_speedup.median >= TARGET_SECOND_SPEEDUP,
         ));
-        let rss_met = m.rss_anon_ratio.median < TARGET_RSS_RATIO;
-        let mut rss =
-            TargetCheck::new(format!("2 children's RSS (anon) < {TARGET_RSS_RATIO}x one's"), Some(s.mb), m.rss_anon_ratio.median, rss_met);
-        if !rss_met {
-            rss.note = Some("children get private copies".into());
-        }
-        if !m.rss_anon_ratio.samples.is_empty() {
-            checks.push(rss);
-        }
+        checks.push(TargetCheck::new(
+            format!("2 reading children cost the host <= {TARGET_RSS_RATIO}x one's memory"),
+            Some(s.mb),
+            m.readers_ratio.median,
+            m.readers_ratio.median <= TARGET_RSS_RATIO,
+        ));
     }
     if let Some(p) = python {
         checks.push(TargetCheck::new(
@@ -732,7 +734,7 @@ fn print_modes(r: &Report) {
     println!("paging modes, first sequential touch (MB/s), all on the same seeds; raw TCP a -> b {tcp:.0} MB/s in this run");
     println!(
         "{:>6} {:>9} {:>9} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11} {:>8} {:>8} {:>9}",
-        "MiB", "lazy 1st", "2nd child", "speedup", "eager", "of TCP", "(running)", "eager+t", "no-prefetch", "anon 2/1", "VmRSS", "cache MiB"
+        "MiB", "lazy 1st", "2nd child", "speedup", "eager", "of TCP", "(running)", "eager+t", "no-prefetch", "writers", "readers", "cache MiB"
     );
     for s in &r.sizes {
         let m = &s.modes;
@@ -748,7 +750,7 @@ fn print_modes(r: &Report) {
             m.eager_touch_after_mb_s.median,
             m.no_prefetch_mb_s.as_ref().map_or("-".to_string(), |x| format!("{:.0}", x.median)),
             m.rss_anon_ratio.median,
-            m.rss_vm_ratio.median,
+            m.readers_ratio.median,
             m.page_cache_bytes.median / MIB as f64,
         );
     }
@@ -762,8 +764,9 @@ fn print_modes(r: &Report) {
     println!("  working set pushed); speedup = lazy 1st touch time / 2nd's; eager = --eager --no-cache: working set + heap bytes /");
     println!("  (resume request -> child sees them all resident by mincore), (running) = from the child's first answer on;");
     println!("  eager+t = its full touch afterwards; no-prefetch = --no-prefetch --no-cache (sizes <= {} MiB);", modes::NO_PREFETCH_MAX_MB);
-    println!("  anon 2/1 = RssAnon of the 2nd and the eager child together (both alive, all touched) / the larger one's; VmRSS = the");
-    println!("  same with VmRSS (counts shared file pages in each); cache MiB = host b's page cache then (one more copy)");
+    println!("  writers = RssAnon of the 2nd and the eager child together (both alive, both wrote every page) / the larger one's;");
+    println!("  readers = two default children that read every page, both alive: their RssAnon + host b's page cache (the one shared");
+    println!("  copy) / one's RssAnon + RssShmem (1.0: shared; 3.0: private copies beside the cache's); cache MiB = b's page cache then");
     println!();
     println!("pages and faults per mode (medians): faults (remote = waited for the network or cache) / pages fetched in requests, pushed, from cache");
     println!("{:>6} {:<18} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}", "MiB", "mode", "faults", "remote", "pages", "requests", "pushed", "cache");

@@ -277,14 +277,15 @@ pub fn tolerate_kill_at_exit(what: &str, end: &ChildEnd) -> anyhow::Result<()> {
 }
 
 /// VmRSS and RssAnon of process `pid`, in bytes.
-fn rss(pid: i32) -> anyhow::Result<(u64, u64)> {
+/// VmRSS, RssAnon and RssShmem of `pid`, in bytes.
+fn rss(pid: i32) -> anyhow::Result<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
         let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in /proc/{pid}/status"))?;
         let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().with_context(|| format!("bad {line:?}"))?;
         Ok(kb * 1024)
     };
-    Ok((field("VmRSS:")?, field("RssAnon:")?))
+    Ok((field("VmRSS:")?, field("RssAnon:")?, field("RssShmem:")?))
 }
 
 /// Waits until daemon `a` has a recorded working set for seed `id`; returns its pages (0: none came in time).
@@ -340,10 +341,10 @@ pub struct EagerSample {
     pub end_after_stall: Option<String>,
 }
 
-/// Resident memory of two children that both touched everything, both
+/// Resident memory of two children that both wrote to every page, both
 /// alive: the second child and the eager one. (VmRSS counts shared file
-/// pages, the binary's, in each; RssAnon is the seed's pages the child got,
-/// which is what sharing would save.)
+/// pages, the binary's, in each; RssAnon is the seed's pages the child
+/// holds as its own: every page it wrote.)
 #[derive(Serialize, Clone)]
 pub struct RssSample {
     /// VmRSS of the second child alone (before the eager child started).
@@ -356,6 +357,47 @@ pub struct RssSample {
     pub page_cache_bytes: u64,
 }
 
+/// Two children of default paging that read every page (writing none),
+/// both alive: their own memory (RssAnon), what each maps from this host's
+/// shared copy of the seed (RssShmem), and the page cache holding that copy.
+#[derive(Serialize, Clone)]
+pub struct SharingSample {
+    pub rss_anon: [u64; 2],
+    pub rss_shmem: [u64; 2],
+    pub page_cache_bytes: u64,
+}
+
+impl SharingSample {
+    /// What the two cost this host (their own pages and the one shared
+    /// copy) over what one of them maps (its own and shared pages): 1.0 is
+    /// perfect sharing, 3.0 private copies beside the cache's.
+    pub fn host_ratio(&self) -> f64 {
+        let one = self.rss_anon[0] + self.rss_shmem[0];
+        (self.rss_anon[0] + self.rss_anon[1] + self.page_cache_bytes) as f64 / one.max(1) as f64
+    }
+}
+
+/// Starts two readers of seed `id` one after the other, each reading all of
+/// its memory, and measures them while both live.
+fn readers(cluster: &Cluster, id: &str, mb: usize) -> anyhow::Result<SharingSample> {
+    let mut kids = Vec::new();
+    for n in 0..2 {
+        let mut kid = Kid::start(cluster, id, Paging::default(), &["verify"])?;
+        let line = kid.chan.recv(touch_timeout(mb)).with_context(|| format!("reader {n}"))?;
+        ensure!(line.starts_with("verify ok "), "reader {n} said {line:?}");
+        kids.push(kid);
+    }
+    let (mut rss_anon, mut rss_shmem) = ([0; 2], [0; 2]);
+    for (n, kid) in kids.iter().enumerate() {
+        (_, rss_anon[n], rss_shmem[n]) = rss(kid.pid())?;
+    }
+    let page_cache_bytes = Client::connect(cluster.b.socket())?.stats()?.cache.bytes;
+    for (n, kid) in kids.into_iter().enumerate() {
+        kid.finish(&format!("{mb} MiB reader {n}"))?;
+    }
+    Ok(SharingSample { rss_anon, rss_shmem, page_cache_bytes })
+}
+
 /// Everything the modes part measures in one round of a size.
 #[derive(Serialize, Clone)]
 pub struct ModesSample {
@@ -365,6 +407,7 @@ pub struct ModesSample {
     pub eager: EagerSample,
     /// None when the eager stream stalled.
     pub rss: Option<RssSample>,
+    pub sharing: SharingSample,
     pub no_prefetch: Option<TouchSample>,
     pub remote_fault: Latency,
     pub local_fault: Latency,
@@ -386,7 +429,7 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
     let mut second = Kid::start(cluster, id, Paging::default(), &["now", "touch seq"])?;
     second.chan.recv_number("now", QUICK).context("second child")?;
     let second_touch = second.chan.recv_number("touch", touch_timeout(mb)).context("second child's touch")?;
-    let (second_alone_vm_rss, _) = rss(second.pid())?;
+    let (second_alone_vm_rss, _, _) = rss(second.pid())?;
 
     // Eager child, while the second one is alive (for the resident-memory ratio).
     let mut eager = Kid::start(cluster, id, isolated(true, false), &["now", "resident"])?;
@@ -404,8 +447,8 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
     let eager_t0 = eager.t0;
     let (touch_after_ns, rss_sample, eager_stats, eager_end) = if stalled.is_none() {
         let touch_after_ns = eager.chan.ask_number("touch seq", "touch", touch_timeout(mb))?;
-        let (eager_vm_rss, eager_rss_anon) = rss(eager.pid())?;
-        let (second_vm_rss, second_rss_anon) = rss(second.pid())?;
+        let (eager_vm_rss, eager_rss_anon, _) = rss(eager.pid())?;
+        let (second_vm_rss, second_rss_anon, _) = rss(second.pid())?;
         let page_cache_bytes = Client::connect(cluster.b.socket())?.stats()?.cache.bytes;
         let rss = RssSample { second_alone_vm_rss, second_vm_rss, eager_vm_rss, second_rss_anon, eager_rss_anon, page_cache_bytes };
         (Some(touch_after_ns), Some(rss), eager.finish(&format!("{mb} MiB eager child"))?, None)
@@ -427,6 +470,8 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         stats: eager_stats,
         end_after_stall: eager_end,
     };
+
+    let sharing = readers(cluster, id, mb)?;
 
     let no_prefetch = if mb <= NO_PREFETCH_MAX_MB {
         let mut kid = Kid::start(cluster, id, isolated(false, true), &["now"])?;
@@ -453,6 +498,7 @@ pub fn measure_round(cluster: &Cluster, seed: &Seed, mb: usize) -> anyhow::Resul
         second: TouchSample { first_touch_ns: second_touch, stats: second_stats },
         eager: eager_sample,
         rss: rss_sample,
+        sharing,
         no_prefetch,
         remote_fault,
         local_fault,

@@ -17,6 +17,15 @@
 //! The seed is a `pattern` workload of `--seed` bytes; each child answers
 //! one `exit 0` queued on its stdin, so it touches only the few pages that
 //! takes (like MITOSIS's children, which resume and end).
+//!
+//! With `--clients N`, a second part measures the *seed host's capacity*
+//! (MITOSIS served over 10,000 children/s from one seed): a center host with
+//! the seed and N client hosts (network namespaces on one bridge), each
+//! running `--loops` loops against it, after the same with one client host
+//! (the baseline of the same run). It reports children/s, the seed host
+//! daemon's CPU time per child and the pages per second it served. All hosts
+//! share this machine's two vCPUs, so the figure is the whole cluster's on
+//! two CPUs, not the seed host's alone; the CPU per child is the seed host's.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -39,6 +48,8 @@ pub struct Options {
     pub seconds: u64,
     pub container: bool,
     pub json: bool,
+    /// Client hosts of the seed-host capacity part (0: no such part).
+    pub clients: usize,
 }
 
 /// The targets, printed beside the figures (never asserted).
@@ -81,6 +92,22 @@ struct Report {
     /// Per second, per loop: children that ended in that second.
     per_second: Vec<Vec<u32>>,
     failures: usize,
+    /// The seed-host capacity part (`--clients`): one client host, then all.
+    seed_host: Option<[SeedHostRun; 2]>,
+}
+
+/// One run of the seed-host capacity part.
+#[derive(Serialize)]
+struct SeedHostRun {
+    client_hosts: usize,
+    children: usize,
+    failures: usize,
+    children_per_sec: f64,
+    /// The seed host's daemon: CPU time (user + system) per child.
+    seed_cpu_us_per_child: f64,
+    /// Pages its peer server read for children, per second.
+    pages_served_per_sec: f64,
+    latency: Layer,
 }
 
 /// Runs the benchmark. Needs root.
@@ -102,9 +129,16 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
         let pid = workload.chan.recv_number("ready", Duration::from_secs(60)).context("workload start")? as i32;
         let seed = Seed::prepare(&cluster.a, pid, &format!("throughput-{}", std::process::id()))?;
         say(&format!("{} loops for {} s", opts.loops, opts.seconds));
-        let run = loops(cluster, &seed, opts)?;
+        let run = loops(&[cluster.b.socket()], &cluster.a.addr(), seed.id(), opts)?;
         seed.drop_and_wait(Duration::from_secs(30))?;
         workload.chan.send("exit 0")?;
+        let seed_host = match opts.clients {
+            0 => None,
+            n => {
+                say(&format!("seed host capacity: a seed host and 1, then {n} client hosts"));
+                Some([seed_host_run(bin, opts, 1)?, seed_host_run(bin, opts, n)?])
+            }
+        };
         Ok(Report {
             seed_bytes: opts.seed_bytes,
             loops: opts.loops,
@@ -119,6 +153,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<()> {
             resume: Layer::of(&run.resume_us),
             per_second: run.per_second,
             failures: run.failures,
+            seed_host,
         })
     })?;
     if opts.json {
@@ -165,16 +200,70 @@ struct LoopsRun {
     elapsed: Duration,
 }
 
+/// The seed host's capacity with `clients` client hosts: a star of
+/// network namespaces, the seed on the center, `opts.loops` loops on each
+/// client host for `opts.seconds`.
+fn seed_host_run(bin: &Path, opts: &Options, clients: usize) -> anyhow::Result<SeedHostRun> {
+    let star = mitosis_testkit::Star::new(clients).context("creating the seed host and its client hosts")?;
+    let dir = mitosis_testkit::TestDir::new("bench-seed-host");
+    let key = mitosis_testkit::write_key(&dir, "key", "bench seed host capacity key");
+    let center = mitosis_testkit::Daemon::start(bin, &star.center, &dir, "center", &key)?;
+    let daemons: Vec<mitosis_testkit::Daemon> = star
+        .leaves
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| mitosis_testkit::Daemon::start(bin, leaf, &dir, &format!("client{i}"), &key))
+        .collect::<anyhow::Result<_>>()?;
+    let mb = opts.seed_bytes.div_ceil(1 << 20).max(1);
+    let mut workload = HostProcess::spawn(host_command(&star.center, bin).args(["workload", "pattern", "--mb", &mb.to_string()]))?;
+    let pid = workload.chan.recv_number("ready", Duration::from_secs(60)).context("workload start")? as i32;
+    let seed = Seed::prepare(&center, pid, &format!("seed-host-{}-{clients}", std::process::id()))?;
+    let served = || -> anyhow::Result<u64> {
+        let stats = Client::connect(center.socket())?.stats()?;
+        Ok(stats.seeds.iter().map(|s| s.pages_served).sum())
+    };
+    let (cpu0, served0) = (cpu_us(center.pid())?, served()?);
+    let sockets: Vec<&Path> = daemons.iter().map(|d| d.socket()).collect();
+    let quiet = Options { json: true, ..*opts };
+    let run = loops(&sockets, &center.addr(), seed.id(), &quiet)?;
+    let (cpu1, served1) = (cpu_us(center.pid())?, served()?);
+    seed.drop_and_wait(Duration::from_secs(30))?;
+    workload.chan.send("exit 0")?;
+    let children = run.latencies_us.len();
+    let seconds = run.elapsed.as_secs_f64();
+    Ok(SeedHostRun {
+        client_hosts: clients,
+        children,
+        failures: run.failures,
+        children_per_sec: children as f64 / seconds,
+        seed_cpu_us_per_child: cpu1.saturating_sub(cpu0) as f64 / children.max(1) as f64,
+        pages_served_per_sec: served1.saturating_sub(served0) as f64 / seconds,
+        latency: Layer::of(&run.latencies_us),
+    })
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, in µs.
+fn cpu_us(pid: i32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> { fields.get(i).context("short /proc/PID/stat")?.parse().context("bad /proc/PID/stat") };
+    let hz = mitosis_sys::process::clock_ticks_per_second();
+    Ok((ticks(11)? + ticks(12)?) * 1_000_000 / hz.max(1))
+}
+
 /// One child: resume, wait; (latency µs, daemon's resume µs).
-fn one_child(cluster: &Cluster, seed: &Seed, options: &ResumeOptions) -> anyhow::Result<(f64, f64)> {
+fn one_child(client: &Path, seed_addr: &str, seed_id: &str, options: &ResumeOptions) -> anyhow::Result<(f64, f64)> {
     let (stdin_rx, mut stdin_tx) = std::io::pipe()?;
     writeln!(stdin_tx, "exit 0")?;
     drop(stdin_tx);
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     let t = Instant::now();
-    let resumed = Client::connect(cluster.b.socket())?.resume_with(
-        &cluster.a.addr(),
-        seed.id(),
+    let resumed = Client::connect(client)?.resume_with(
+        seed_addr,
+        seed_id,
         [stdin_rx.as_raw_fd(), devnull.as_raw_fd(), 2],
         options,
     )?;
@@ -185,21 +274,25 @@ fn one_child(cluster: &Cluster, seed: &Seed, options: &ResumeOptions) -> anyhow:
     Ok((t.elapsed().as_secs_f64() * 1e6, resume_us))
 }
 
-fn loops(cluster: &Cluster, seed: &Seed, opts: &Options) -> anyhow::Result<LoopsRun> {
+/// `opts.loops` loops on each daemon of `clients` (their sockets), each
+/// resuming children of seed `seed_id` of `seed_addr` one after another.
+fn loops(clients: &[&Path], seed_addr: &str, seed_id: &str, opts: &Options) -> anyhow::Result<LoopsRun> {
     let options = ResumeOptions { container: opts.container.then(ContainerSpec::default), ..Default::default() };
     let seconds = opts.seconds as usize;
     let stop = AtomicBool::new(false);
     let results = Mutex::new((Vec::new(), Vec::new(), 0usize, String::new()));
+    let all_loops = opts.loops * clients.len();
     // counts[loop][second]
     let counts: Arc<Vec<Vec<std::sync::atomic::AtomicU32>>> =
-        Arc::new((0..opts.loops).map(|_| (0..seconds + 1).map(|_| Default::default()).collect()).collect());
+        Arc::new((0..all_loops).map(|_| (0..seconds + 1).map(|_| Default::default()).collect()).collect());
     let t0 = Instant::now();
     std::thread::scope(|s| {
-        for l in 0..opts.loops {
+        for l in 0..all_loops {
+            let client = clients[l / opts.loops];
             let (stop, results, counts, options) = (&stop, &results, counts.clone(), &options);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match one_child(cluster, seed, options) {
+                    match one_child(client, seed_addr, seed_id, options) {
                         Ok((lat, resume)) => {
                             let sec = t0.elapsed().as_secs() as usize;
                             if sec < seconds {
@@ -271,4 +364,29 @@ fn print_summary(r: &Report) {
         r.bare_container.median_us / r.fork_exit.median_us,
         r.latency.median_us / r.bare_container.median_us
     );
+    if let Some(runs) = &r.seed_host {
+        println!();
+        println!("Seed host capacity: one seed host, client hosts with {} loops each, {} s (all hosts on this machine's CPUs)", r.loops, r.seconds);
+        println!("  {:>12} {:>10} {:>12} {:>16} {:>16} {:>12} {:>8}", "client hosts", "children", "children/s", "seed CPU/child", "pages served/s", "latency ms", "failed");
+        for run in runs {
+            println!(
+                "  {:>12} {:>10} {:>12.0} {:>13.0} µs {:>16.0} {:>12.2} {:>8}",
+                run.client_hosts,
+                run.children,
+                run.children_per_sec,
+                run.seed_cpu_us_per_child,
+                run.pages_served_per_sec,
+                ms(run.latency.median_us),
+                run.failures
+            );
+        }
+        let [one, all] = runs;
+        println!(
+            "  {} client hosts / 1 (baseline of this run): {:.2}x children/s; the seed host spends {:.0} µs of CPU per child, so one CPU of it would serve {:.0} children/s",
+            all.client_hosts,
+            all.children_per_sec / one.children_per_sec.max(f64::MIN_POSITIVE),
+            all.seed_cpu_us_per_child,
+            1e6 / all.seed_cpu_us_per_child.max(1.0)
+        );
+    }
 }

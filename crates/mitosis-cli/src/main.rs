@@ -196,6 +196,12 @@ enum Command {
         /// Size of this host's page cache of other hosts' seed pages (0 disables it).
         #[arg(long, value_parser = parse_size, default_value = "1G")]
         cache_size: u64,
+        /// Give each child of another host's seed private copies of its pages. By
+        /// default children map their memory from this host's page cache and share
+        /// every page none of them wrote (the kernel copies a page on its first
+        /// write); `mitosis ps` shows each child's shared and private memory.
+        #[arg(long)]
+        private_pages: bool,
         /// Seconds a page fetch may go without a byte from a seed host that is still
         /// reachable (its kernel acknowledges) before the child is killed. A seed
         /// host that stops answering altogether (a cut link, a dead machine) is given up
@@ -357,6 +363,12 @@ enum Command {
         log: Option<PathBuf>,
     },
     /// List the children running on this host, with their seed, container, memory and age.
+    ///
+    /// MEMORY is what the child's container is charged (its resident set without
+    /// one). SHARED is what it maps from this host's page cache of its seed: pages
+    /// none of the seed's children here wrote, held once for all of them and
+    /// charged to the daemon. PRIVATE is its own: pages it wrote, and private
+    /// copies (children of this host's own seeds, `--no-cache`, `--private-pages`).
     Ps {
         /// Also list recently ended children, with how they ended.
         #[arg(long)]
@@ -593,6 +605,11 @@ enum Bench {
         /// Resume children as plain processes instead of in lean containers.
         #[arg(long)]
         no_container: bool,
+        /// Then measure the seed host's capacity: a seed host with 1, then this many client
+        /// hosts (1 to 8), each running --loops loops against it: children/s, the seed
+        /// host's CPU per child, pages served per second.
+        #[arg(long, default_value_t = 0)]
+        clients: usize,
         #[arg(long)]
         json: bool,
     },
@@ -1051,6 +1068,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             fixed_window,
             no_read_ahead,
             cache_size,
+            private_pages,
             fetch_timeout,
             container_pool,
             peers,
@@ -1093,6 +1111,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     read_ahead: !no_read_ahead,
                 },
                 cache_bytes: cache_size,
+                share_pages: !private_pages,
                 fetch_timeout: Duration::from_secs(fetch_timeout),
                 container_pool,
                 limits: mitosis_daemon::limits::Limits {
@@ -1219,7 +1238,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 out!("{}", serde_json::json!({ "children": children, "pool": pool }));
             } else {
-                out!("{:<8} {:<20} {:<22} {:<20} {:>10} {:>9}  STATE", "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "AGE");
+                out!(
+                    "{:<8} {:<20} {:<22} {:<20} {:>10} {:>10} {:>10} {:>9}  STATE",
+                    "PID", "SEED", "FROM", "CONTAINER", "MEMORY", "SHARED", "PRIVATE", "AGE"
+                );
                 for c in &children {
                     let state = match &c.end {
                         None if c.detached => "running (detached)".to_string(),
@@ -1227,12 +1249,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         Some(end) => end.to_string(),
                     };
                     out!(
-                        "{:<8} {:<20} {:<22} {:<20} {:>8.1}Mi {:>8.1}s  {}",
+                        "{:<8} {:<20} {:<22} {:<20} {:>8.1}Mi {:>8.1}Mi {:>8.1}Mi {:>8.1}s  {}",
                         c.pid,
                         c.seed_id,
                         c.seed_host,
                         c.container.as_deref().unwrap_or("-"),
                         c.memory_bytes as f64 / 1048576.0,
+                        c.shared_bytes as f64 / 1048576.0,
+                        c.private_bytes as f64 / 1048576.0,
                         c.age_ms as f64 / 1000.0,
                         state
                     );
@@ -1348,8 +1372,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Demo => mitosis_bench::demo::run(&self_exe()?).map(|_| 0),
-        Command::Bench(Bench::Throughput { seed, loops, seconds, no_container, json }) => {
-            let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json };
+        Command::Bench(Bench::Throughput { seed, loops, seconds, no_container, clients, json }) => {
+            let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json, clients };
             mitosis_bench::throughput::run(&self_exe()?, &opts).map(|_| 0)
         }
         Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {

@@ -260,13 +260,13 @@ fn isolated_network_has_only_loopback() {
 }
 
 /// `mitosis bench throughput` runs end to end (one short loop) and reports
-/// every layer.
+/// every layer, and the seed host's capacity with one and two client hosts.
 #[test]
 fn throughput_benchmark_reports_every_layer() {
     if !mitosis_testkit::require_root() {
         return;
     }
-    let out = cli(&["bench", "throughput", "--seconds", "1", "--loops", "1", "--json"]);
+    let out = cli(&["bench", "throughput", "--seconds", "1", "--loops", "1", "--clients", "2", "--json"]);
     assert_eq!(out.code(), Some(0), "{out}");
     let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {out}"));
     for layer in ["fork_exit", "bare_container", "latency", "resume"] {
@@ -274,6 +274,15 @@ fn throughput_benchmark_reports_every_layer() {
     }
     assert!(r["throughput_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["failures"], 0, "{r}");
+    // The seed host's capacity, with one client host and then two.
+    let runs = r["seed_host"].as_array().unwrap_or_else(|| panic!("no seed host part: {r}"));
+    for (run, hosts) in runs.iter().zip([1, 2]) {
+        assert_eq!(run["client_hosts"], hosts, "{r}");
+        assert_eq!(run["failures"], 0, "{r}");
+        for figure in ["children_per_sec", "seed_cpu_us_per_child", "pages_served_per_sec"] {
+            assert!(run[figure].as_f64().unwrap() > 0.0, "{figure}: {r}");
+        }
+    }
 }
 
 /// A seed working in a directory of the host's /tmp (private in a

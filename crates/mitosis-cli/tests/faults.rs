@@ -278,11 +278,14 @@ fn a_full_disk_for_the_log_is_a_clear_error() {
     assert_no_child_left_on_b(&c);
 }
 
-/// A child paging a seed bigger than its `--memory`: its pages are charged
-/// to it as they come in, so the OOM killer ends it (137, reported as
-/// such) or mitosis kills it with the reason (69); it never prints a wrong
-/// sum. A child of the same seed without a limit meanwhile gets every page
-/// right, and the daemon serves on.
+/// A child paging a seed bigger than its `--memory` into private copies
+/// (`--no-cache`): its pages are charged to it as they come in, so the OOM
+/// killer ends it (137, reported as such) or mitosis kills it with the
+/// reason (69); it never prints a wrong sum. A child of the same seed
+/// without a limit meanwhile gets every page right, and the daemon serves
+/// on. A child under the same limit that shares the seed's pages through
+/// the host's page cache (the default) reads them all: they are the
+/// cache's, bounded by `--cache-size`, and only what it writes is its own.
 #[test]
 fn memory_pressure_at_the_limit_never_gives_a_wrong_page() {
     let Some(c) = Cluster::new("paging-oom") else { return };
@@ -290,7 +293,7 @@ fn memory_pressure_at_the_limit_never_gives_a_wrong_page() {
     let sum = parent.verify();
     c.prepare_a(ppid, "big");
 
-    let mut squeezed = c.resume_on_b_args("big", &["--memory", "48M"]);
+    let mut squeezed = c.resume_on_b_args("big", &["--memory", "48M", "--no-cache"]);
     let mut free = c.resume_on_b("big");
     for p in [&mut squeezed, &mut free] {
         p.send("verify\nexit 0\n");
@@ -308,6 +311,8 @@ fn memory_pressure_at_the_limit_never_gives_a_wrong_page() {
     }
     let out = free.finish(STEP);
     assert_eq!((out.code(), out.stdout.clone()), (Some(0), format!("verify ok {sum}\n")), "{out}\n{}", c.logs());
+    let shared = c.resume_on_b_with_args("big", "verify\nexit 0\n", &["--memory", "48M"]);
+    assert_eq!((shared.code(), shared.stdout.clone()), (Some(0), format!("verify ok {sum}\n")), "{shared}\n{}", c.logs());
 
     // Within its limit the same seed pages in whole.
     let (mut small, small_pid) = c.pattern_in_a(16);

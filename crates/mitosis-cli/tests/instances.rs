@@ -331,10 +331,13 @@ fn forks_of_a_prepared_instance_compute_what_it_computes() {
 /// Fork-started and cold-started instances alike: a cold one has no pager
 /// until its first offload adopts its memory (every page it holds is its
 /// own, so all of them go to the memory node). They drain semi-warm, here
-/// at 50% a second rather than FaaSMem's 1%.
+/// at 50% a second rather than FaaSMem's 1%. The daemons give children
+/// private pages (`--private-pages`), so that what an offload gives back
+/// shows in the instance's container (pages shared through the page cache
+/// are the cache's, never charged to an instance).
 #[test]
 fn idle_instances_give_their_memory_back_and_answer_the_same() {
-    let args = ["--memnode", "{memnode-a}", "--semi-warm-drain", "50"];
+    let args = ["--memnode", "{memnode-a}", "--semi-warm-drain", "50", "--private-pages"];
     let Some(w) = Workers::with_args("instances-offload", &FUNCTIONS, &args) else { return };
     let node = Memnode::start(&bin(), &w.hosts.a, &w.dir, "memnode", &w.key_file(), &["--capacity", "1G"]).expect("starting the memory node");
     let (ha, hb, addr_a, addr_b) = (&w.hosts.a, &w.hosts.b, w.a.addr(), w.b.addr());

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
 
 /// The counters of `resume --profile`'s line on stderr, by the word after each number.
 struct Profile(String);
@@ -185,4 +186,95 @@ fn copy_mode_seed_needs_no_snapshot() {
     parent.wait(STEP);
     child(&c, "cp", "seq", &sum0, &["--no-cache", "--no-working-set"]);
     paused_child(&c, "cp", &sum0, &["--eager", "--no-cache"]);
+}
+
+/// Each running child on b, oldest first: (shared, private) bytes as `ps` shows them.
+fn memory_on_b(c: &Cluster) -> Vec<(u64, u64)> {
+    let ps = c.ps_on_b(false);
+    let children = ps["children"].as_array().unwrap_or_else(|| panic!("no children: {ps}"));
+    children.iter().map(|k| (k["shared_bytes"].as_u64().unwrap(), k["private_bytes"].as_u64().unwrap())).collect()
+}
+
+/// Children of one seed on one host share every page none of them wrote:
+/// two children that read all of a seed's memory hold it once, in this
+/// host's page cache, and each has only a little of its own; a child's
+/// writes are its own (its neighbour and a later child still read the
+/// seed's pages), and `ps` shows shared and private memory per child.
+#[test]
+fn children_of_one_seed_share_the_pages_none_of_them_wrote() {
+    let Some(c) = Cluster::new("paging-shared") else { return };
+    let mb = 32u64;
+    let (mut parent, ppid) = c.pattern_in_a(mb as usize);
+    let sum0 = parent.verify();
+    c.prepare_a(ppid, "s");
+    // One after the other: `ps` lists the older first.
+    let kids: Vec<Proc> = (0..2)
+        .map(|_| {
+            let mut k = c.resume_on_b("s");
+            assert_eq!(k.verify(), sum0, "{}", c.logs());
+            k
+        })
+        .collect();
+    let mut kids: [Proc; 2] = kids.try_into().unwrap_or_else(|_| unreachable!());
+    let size = mb << 20;
+    let memory = memory_on_b(&c);
+    assert_eq!(memory.len(), 2, "{memory:?}");
+    for &(shared, private) in &memory {
+        assert!(shared >= size * 9 / 10, "each child maps the seed's pages from the cache: {memory:?}");
+        assert!(private < size / 4, "each child holds little of its own: {memory:?}");
+    }
+    let stats = c.cli(&["stats", "--json", "--socket", c.b.socket().to_str().unwrap()]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    let cached = stats["cache"]["bytes"].as_u64().unwrap();
+    assert!(cached >= size && cached < size * 5 / 4, "one copy for both children: {stats}");
+
+    // A child's writes are its own.
+    kids[0].ask("mutate", "mutated");
+    let sum1 = kids[0].verify();
+    assert_ne!(sum1, sum0);
+    assert_eq!(kids[1].verify(), sum0, "the other child still reads the seed's pages\n{}", c.logs());
+    let mut third = c.resume_on_b("s");
+    assert_eq!(third.verify(), sum0, "so does a later child\n{}", c.logs());
+    let memory = memory_on_b(&c);
+    let (writer, reader) = (memory[0], memory[1]);
+    assert!(writer.1 >= size * 9 / 10, "the writer's pages are its own: {memory:?}");
+    assert!(reader.1 < size / 4, "the reader's are still shared: {memory:?}");
+    for mut k in kids.into_iter().chain([third]) {
+        k.send("exit 0\n");
+        assert_eq!(k.finish(STEP).code(), Some(0));
+    }
+    parent.send("exit 0\n");
+}
+
+/// The cache evicts a generation whose pages a running child shares: they
+/// leave the child (it did not write them), which fetches them again as
+/// its own when it next reads them, and reads the seed's memory all along.
+#[test]
+fn an_evicted_generation_leaves_its_running_children_correct() {
+    let Some(c) = Cluster::build("paging-evict-shared", KEY, KEY, &[], &["--cache-size", "8M"]) else { return };
+    let (mut p1, pid1) = c.pattern_in_a(6);
+    let (mut p2, pid2) = c.pattern_in_a(6);
+    let (s1, s2) = (p1.verify(), p2.verify());
+    c.prepare_a(pid1, "one");
+    c.prepare_a(pid2, "two");
+    let mut first = c.resume_on_b("one");
+    assert_eq!(first.verify(), s1, "{}", c.logs());
+    assert!(memory_on_b(&c)[0].0 >= 5 << 20, "shared from the cache: {:?}", memory_on_b(&c));
+    // Another seed's child fills the cache: "one"'s generation goes.
+    let mut second = c.resume_on_b("two");
+    assert_eq!(second.verify(), s2, "{}", c.logs());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while memory_on_b(&c)[0].0 >= 1 << 20 {
+        assert!(Instant::now() < deadline, "the evicted pages never left the first child: {:?}", memory_on_b(&c));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(first.verify(), s1, "fetched again after the eviction\n{}", c.logs());
+    let (shared, private) = memory_on_b(&c)[0];
+    assert!(shared < 1 << 20 && private >= 5 << 20, "now its own: {:?}", memory_on_b(&c));
+    for mut k in [first, second] {
+        k.send("exit 0\n");
+        assert_eq!(k.finish(STEP).code(), Some(0));
+    }
+    p1.send("exit 0\n");
+    p2.send("exit 0\n");
 }

@@ -211,6 +211,34 @@ fn memory_operations_on_untouched_memory_in_the_child() {
     assert_eq!(out.stdout, p.stdout, "the child and its parent must print the same (brk top included)");
 }
 
+/// The same operations in a child whose memory this host's page cache
+/// already holds (another child read all of it): each page is then mapped
+/// from the cache, shared, and the pager must still follow the child (zeros
+/// after MADV_DONTNEED even though the cache holds the seed's page, content
+/// moving with mremap, a local fork, brk growing past a heap mapped from
+/// the cache), and the first child's pages never change under the second.
+#[test]
+fn memory_operations_on_memory_shared_through_the_page_cache() {
+    let Some(c) = Cluster::new("memops-shared") else { return };
+    let prog = compile(&c.dir, "memops", &["-O2", "-pthread"]);
+    let (mut parent, ppid) = c.target_in(&c.hosts.a, "memops", &[prog.to_str().unwrap()]);
+    wait_blocked_in_read_stdin(ppid);
+    c.prepare_a(ppid, "memops");
+    let mut reader = c.resume_on_b("memops");
+    assert_eq!(reader.ask("read", "read "), "read ok=1", "{}", c.logs());
+    let input = "madvise\nmremap\nremap\nfork\nthreads\nexec\nverify\nbrk\nread\nexit\n";
+    let out = c.resume_on_b_with("memops", input);
+    assert_eq!(out.code(), Some(0), "{out}\n{}", c.logs());
+    parent.send(input);
+    let p = parent.finish(STEP);
+    assert_eq!(out.stdout, p.stdout, "the child and its parent must print the same\n{}", c.logs());
+    assert!(out.stdout.starts_with("madvise zeros=1\nmremap moved=1 old-place-zeros=1\nremap zeros=1\n"), "{out}");
+    assert!(out.stdout.ends_with("read ok=0\n"), "regions 0 and 2 read zero after madvise and remap: {out}");
+    assert_eq!(reader.ask("read", "read "), "read ok=1", "the other child's operations never reach this one's pages");
+    reader.send("exit\n");
+    assert_eq!(reader.finish(STEP).code(), Some(0));
+}
+
 /// Prepared in the middle of a computation, between two instructions of a
 /// loop whose state lives in registers: the child finishes the computation
 /// with exactly the parent's result.

@@ -7,24 +7,28 @@
 //! as a resume sees the new one). The cache has a size limit; past it, the
 //! least recently used generations are evicted whole.
 //!
-//! Children do not share the cached pages: each gets its own copy
-//! (`UFFDIO_COPY` from here), so a child's memory stays plain anonymous
-//! memory with the semantics its program relies on (`MADV_DONTNEED` reads
-//! zero). Sharing them copy-on-write would need file-backed private
-//! mappings, where a dropped page reads the file's (the seed's) content
-//! again.
+//! A generation's pages live in a sparse shmem file (a memfd) whose offset
+//! is the seed address, so that children can *share* them: the daemon maps
+//! the child's anonymous memory privately from that file, and its pager
+//! maps the pages the file holds (see `mitosis_pager::SharedPages`): N
+//! children of a seed here hold one copy of every page none of them wrote.
+//! An evicted generation's file is emptied (hole-punched): its pages leave
+//! every child that did not write them, whose pagers fetch them again as
+//! private copies. Children of this host's own seeds, children resumed in
+//! place, and `--no-cache` resumes get private copies (`UFFDIO_COPY`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mitosis_pager::{Counters, FetchError, PageSource};
+use mitosis_pager::{Counters, FetchError, PageSource, SharedPages};
 use mitosis_proto::local::CacheStats;
+use mitosis_sys::shmem::SparseFile;
 use mitosis_sys::PAGE;
 
 use crate::peer::RemoteSource;
 
-/// Pages per block: the unit of allocation and accounting.
+/// Pages per block of the presence map.
 const BLOCK_PAGES: u64 = 64;
 const BLOCK_BYTES: u64 = BLOCK_PAGES * PAGE;
 
@@ -36,14 +40,46 @@ pub struct Key {
     pub generation: u64,
 }
 
-struct Block {
-    data: Box<[u8]>,
-    present: u64,
+/// The file of one generation's pages. Retired when the cache lets the
+/// generation go: from then on it holds nothing and takes nothing.
+#[derive(Debug)]
+pub struct GenerationFile {
+    file: SparseFile,
+    /// The same file opened read-only: what children get to map it
+    /// privately, so that none can ever write the copy the others share.
+    read_only: std::fs::File,
+    retired: AtomicBool,
 }
 
-#[derive(Default)]
+impl GenerationFile {
+    fn create() -> Result<GenerationFile, String> {
+        let file = SparseFile::create(c"mitosis-seed").map_err(|e| format!("cannot make the shared page cache file: {e}"))?;
+        let read_only = std::fs::File::open(format!("/proc/self/fd/{}", file.raw()))
+            .map_err(|e| format!("cannot open the shared page cache file read-only: {e}"))?;
+        Ok(GenerationFile { file, read_only, retired: AtomicBool::new(false) })
+    }
+
+    /// The read-only descriptor children map their memory from.
+    pub fn read_only_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.read_only.as_raw_fd()
+    }
+
+    /// Empties the file: every page leaves the children that did not write it.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        if let Err(e) = self.file.punch(0, mitosis_sys::shmem::ADDRESS_SPACE) {
+            tracing::warn!(error = %e, "could not give back an evicted cache generation's pages");
+        }
+    }
+}
+
 struct Entry {
-    blocks: HashMap<u64, Block>,
+    file: Arc<GenerationFile>,
+    /// Per block of [`BLOCK_PAGES`] pages (by seed address): which pages
+    /// the file holds.
+    blocks: HashMap<u64, u64>,
+    pages: u64,
     last_used: u64,
 }
 
@@ -52,6 +88,23 @@ struct Inner {
     entries: HashMap<Key, Entry>,
     bytes: u64,
     clock: u64,
+}
+
+impl Inner {
+    /// The entry of `key` if it is still the one of `file`.
+    fn current(&mut self, key: &Key, file: &Arc<GenerationFile>) -> Option<&mut Entry> {
+        self.entries.get_mut(key).filter(|e| Arc::ptr_eq(&e.file, file))
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        self.bytes -= e.pages * PAGE;
+        Some(e)
+    }
+}
+
+fn holds(e: &Entry, page: u64) -> bool {
+    e.blocks.get(&(page / BLOCK_BYTES)).is_some_and(|bits| bits & (1 << ((page % BLOCK_BYTES) / PAGE)) != 0)
 }
 
 pub struct PageCache {
@@ -86,69 +139,39 @@ impl PageCache {
             let stale: Vec<Key> =
                 inner.entries.keys().filter(|k| k.host == host && k.id == id && k.generation != generation).cloned().collect();
             for k in stale {
-                if let Some(e) = inner.entries.remove(&k) {
-                    inner.bytes -= e.blocks.len() as u64 * BLOCK_BYTES;
-                    gone.push(e);
-                }
+                gone.extend(inner.remove(&k));
             }
         }
-        free_in_background(gone);
+        retire_in_background(gone);
     }
 
-    /// Copies the page at seed address `page` into `out` if it is cached.
-    fn read(&self, inner: &mut Inner, key: &Key, page: u64, out: &mut [u8]) -> bool {
-        inner.clock += 1;
-        let clock = inner.clock;
-        let Some(entry) = inner.entries.get_mut(key) else { return false };
-        entry.last_used = clock;
-        let (block, bit) = (page / BLOCK_BYTES * BLOCK_BYTES, (page % BLOCK_BYTES) / PAGE);
-        match entry.blocks.get(&block) {
-            Some(b) if b.present & (1 << bit) != 0 => {
-                let off = (bit * PAGE) as usize;
-                out.copy_from_slice(&b.data[off..off + PAGE as usize]);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Stores `pages` (seed address, one page of bytes each), evicting the
-    /// least recently used other generations if needed.
-    fn store(&self, key: &Key, pages: &[(u64, &[u8])]) {
-        let mut evicted = Vec::new();
-        self.store_evicting(key, pages, &mut evicted);
-        free_in_background(evicted);
-    }
-
-    fn store_evicting(&self, key: &Key, pages: &[(u64, &[u8])], evicted: &mut Vec<Entry>) {
+    /// The generation `key`'s shared file (made if it has none yet).
+    pub fn generation(self: &Arc<Self>, key: Key) -> Result<Generation, String> {
         let mut inner = self.inner.lock().unwrap();
         inner.clock += 1;
         let clock = inner.clock;
-        for &(page, data) in pages {
-            let block = page / BLOCK_BYTES * BLOCK_BYTES;
-            let new_block = !inner.entries.get(key).is_some_and(|e| e.blocks.contains_key(&block));
-            if new_block {
-                while inner.bytes + BLOCK_BYTES > self.limit {
-                    let victim = inner.entries.iter().filter(|(k, _)| *k != key).min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
-                    let Some(victim) = victim else { return };
-                    let e = inner.entries.remove(&victim).expect("victim exists");
-                    inner.bytes -= e.blocks.len() as u64 * BLOCK_BYTES;
-                    evicted.push(e);
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                inner.bytes += BLOCK_BYTES;
+        let file = match inner.entries.get_mut(&key) {
+            Some(e) => {
+                e.last_used = clock;
+                e.file.clone()
             }
-            let entry = inner.entries.entry(key.clone()).or_default();
-            entry.last_used = clock;
-            let b = entry
-                .blocks
-                .entry(block)
-                .or_insert_with(|| Block { data: vec![0u8; BLOCK_BYTES as usize].into_boxed_slice(), present: 0 });
-            let bit = (page % BLOCK_BYTES) / PAGE;
-            let off = (bit * PAGE) as usize;
-            b.data[off..off + PAGE as usize].copy_from_slice(data);
-            b.present |= 1 << bit;
+            None => {
+                let file = Arc::new(GenerationFile::create()?);
+                inner.entries.insert(key.clone(), Entry { file: file.clone(), blocks: HashMap::new(), pages: 0, last_used: clock });
+                file
+            }
+        };
+        Ok(Generation { cache: self.clone(), key, file })
+    }
+
+    /// Bytes held per seed id (all hosts and generations of the id together).
+    pub fn usage(&self) -> Vec<(String, u64)> {
+        let inner = self.inner.lock().unwrap();
+        let mut by_id: HashMap<String, u64> = HashMap::new();
+        for (k, e) in &inner.entries {
+            *by_id.entry(k.id.clone()).or_default() += e.pages * PAGE;
         }
+        by_id.into_iter().collect()
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -164,15 +187,122 @@ impl PageCache {
     }
 }
 
-/// Frees evicted generations off the caller's path: giving back a gigabyte
-/// of blocks takes tens of milliseconds, and the caller is a pager serving a
+/// Empties evicted generations off the caller's path: giving back a
+/// gigabyte takes tens of milliseconds, and the caller is a pager serving a
 /// fault, or a resume.
-fn free_in_background(entries: Vec<Entry>) {
+fn retire_in_background(entries: Vec<Entry>) {
     if entries.is_empty() {
         return;
     }
-    if let Err(e) = std::thread::Builder::new().name("cache-free".into()).spawn(move || drop(entries)) {
-        tracing::warn!(error = %e, "freeing evicted cache pages in place");
+    let retire = move || entries.iter().for_each(|e| e.file.retire());
+    if let Err(e) = std::thread::Builder::new().name("cache-free".into()).spawn(retire) {
+        tracing::warn!(error = %e, "could not start a thread to free evicted cache pages");
+    }
+}
+
+/// One generation of the cache, as a child's pager and source use it.
+#[derive(Clone)]
+pub struct Generation {
+    cache: Arc<PageCache>,
+    key: Key,
+    file: Arc<GenerationFile>,
+}
+
+impl Generation {
+    pub fn file(&self) -> &GenerationFile {
+        &self.file
+    }
+
+    /// Copies the page at seed address `page` into `out` if the file holds
+    /// it (read under the cache's lock: an eviction cannot empty it between
+    /// the check and the read).
+    fn read(&self, inner: &mut Inner, page: u64, out: &mut [u8]) -> bool {
+        inner.clock += 1;
+        let clock = inner.clock;
+        let Some(e) = inner.current(&self.key, &self.file) else { return false };
+        e.last_used = clock;
+        holds(e, page) && self.file.file.read_at(page, out).is_ok()
+    }
+
+    /// Stores whole pages at `seed` that the file does not hold yet,
+    /// evicting the least recently used other generations if needed;
+    /// false if the generation was let go or cannot fit.
+    fn store(&self, seed: u64, bytes: &[u8]) -> bool {
+        let len = bytes.len() as u64;
+        let missing: Vec<u64> = {
+            let mut evicted = Vec::new();
+            let mut inner = self.cache.inner.lock().unwrap();
+            inner.clock += 1;
+            let clock = inner.clock;
+            let Some(e) = inner.current(&self.key, &self.file) else { return false };
+            e.last_used = clock;
+            let missing: Vec<u64> = (seed..seed + len).step_by(PAGE as usize).filter(|&p| !holds(e, p)).collect();
+            let need = missing.len() as u64 * PAGE;
+            while inner.bytes + need > self.cache.limit {
+                let victim = inner.entries.iter().filter(|(k, _)| **k != self.key).min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
+                let Some(victim) = victim else { break };
+                evicted.extend(inner.remove(&victim));
+                self.cache.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            let fits = inner.bytes + need <= self.cache.limit;
+            drop(inner);
+            retire_in_background(evicted);
+            if !fits {
+                return false;
+            }
+            missing
+        };
+        // Written outside the lock; the pages count as held once written.
+        for &p in &missing {
+            let off = mitosis_sys::usize_of(p - seed);
+            if self.file.file.write_at(p, &bytes[off..off + PAGE as usize]).is_err() {
+                return false;
+            }
+        }
+        let mut inner = self.cache.inner.lock().unwrap();
+        let Some(e) = inner.current(&self.key, &self.file) else {
+            drop(inner);
+            // Retired meanwhile: what was written after its emptying goes too.
+            for &p in &missing {
+                let _ = self.file.file.punch(p, PAGE);
+            }
+            return false;
+        };
+        let mut added = 0;
+        for &p in &missing {
+            let bits = e.blocks.entry(p / BLOCK_BYTES).or_insert(0);
+            let bit = 1 << ((p % BLOCK_BYTES) / PAGE);
+            if *bits & bit == 0 {
+                *bits |= bit;
+                added += 1;
+            }
+        }
+        e.pages += added;
+        inner.bytes += added * PAGE;
+        true
+    }
+}
+
+impl SharedPages for Generation {
+    fn held(&self, seed: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut inner = self.cache.inner.lock().unwrap();
+        let Some(e) = inner.current(&self.key, &self.file) else { return Vec::new() };
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for page in (seed..seed + len).step_by(PAGE as usize) {
+            if holds(e, page) {
+                match runs.last_mut() {
+                    Some(r) if r.0 + r.1 == page => r.1 += PAGE,
+                    _ => runs.push((page, PAGE)),
+                }
+            }
+        }
+        let held: u64 = runs.iter().map(|r| r.1 / PAGE).sum();
+        self.cache.hits.fetch_add(held, Ordering::Relaxed);
+        runs
+    }
+
+    fn put(&self, seed: u64, bytes: &[u8]) -> bool {
+        self.store(seed, bytes)
     }
 }
 
@@ -190,17 +320,15 @@ struct Pending {
 /// the seed host for the rest, filling the cache with it.
 pub struct CachedSource {
     remote: RemoteSource,
-    cache: Arc<PageCache>,
-    key: Key,
+    generation: Generation,
     pending: VecDeque<Pending>,
     counters: Arc<Counters>,
     scratch: Vec<u8>,
 }
 
 impl CachedSource {
-    pub fn new(remote: RemoteSource, cache: Arc<PageCache>, counters: Arc<Counters>) -> CachedSource {
-        let key = Key { host: remote.addr.clone(), id: remote.id.clone(), generation: remote.generation };
-        CachedSource { remote, cache, key, pending: VecDeque::new(), counters, scratch: Vec::new() }
+    pub fn new(remote: RemoteSource, generation: Generation, counters: Arc<Counters>) -> CachedSource {
+        CachedSource { remote, generation, pending: VecDeque::new(), counters, scratch: Vec::new() }
     }
 }
 
@@ -213,10 +341,11 @@ impl PageSource for CachedSource {
         let mut hits = Vec::new();
         let mut missing: Vec<(u64, u64)> = Vec::new();
         {
-            let mut inner = self.cache.inner.lock().unwrap();
+            let cache = &self.generation.cache;
+            let mut inner = cache.inner.lock().unwrap();
             for page in pages_of(ranges) {
                 let mut data = vec![0u8; PAGE as usize].into_boxed_slice();
-                if self.cache.read(&mut inner, &self.key, page, &mut data) {
+                if self.generation.read(&mut inner, page, &mut data) {
                     hits.push(Some(data));
                 } else {
                     hits.push(None);
@@ -228,8 +357,8 @@ impl PageSource for CachedSource {
             }
         }
         let n_hits = hits.iter().filter(|h| h.is_some()).count() as u64;
-        self.cache.hits.fetch_add(n_hits, Ordering::Relaxed);
-        self.cache.misses.fetch_add(hits.len() as u64 - n_hits, Ordering::Relaxed);
+        self.generation.cache.hits.fetch_add(n_hits, Ordering::Relaxed);
+        self.generation.cache.misses.fetch_add(hits.len() as u64 - n_hits, Ordering::Relaxed);
         self.counters.cache_hits.fetch_add(n_hits, Ordering::Relaxed);
         let missing_bytes = missing.iter().map(|r| r.1).sum();
         if !missing.is_empty() {
@@ -246,30 +375,32 @@ impl PageSource for CachedSource {
         if p.missing_bytes > 0 {
             self.remote.receive(&mut fetched)?;
         }
-        let mut new_pages = Vec::new();
+        // Runs of fetched pages that follow each other in the seed: (seed address, offset in `fetched`, length).
+        let mut new_runs: Vec<(u64, usize, usize)> = Vec::new();
         let mut next_fetched = 0usize;
         for (i, (page, hit)) in pages_of(&p.ranges).zip(&p.hits).enumerate() {
             let dst = &mut out[i * PAGE as usize..(i + 1) * PAGE as usize];
             match hit {
                 Some(data) => dst.copy_from_slice(data),
                 None => {
-                    let src = &fetched[next_fetched..next_fetched + PAGE as usize];
-                    dst.copy_from_slice(src);
-                    new_pages.push((page, next_fetched));
+                    dst.copy_from_slice(&fetched[next_fetched..next_fetched + PAGE as usize]);
+                    match new_runs.last_mut() {
+                        Some(r) if r.0 + r.2 as u64 == page => r.2 += PAGE as usize,
+                        _ => new_runs.push((page, next_fetched, PAGE as usize)),
+                    }
                     next_fetched += PAGE as usize;
                 }
             }
         }
-        if self.cache.enabled() && !new_pages.is_empty() {
-            let pages: Vec<(u64, &[u8])> = new_pages.iter().map(|&(a, off)| (a, &fetched[off..off + PAGE as usize])).collect();
-            self.cache.store(&self.key, &pages);
+        for (seed, off, len) in new_runs {
+            self.generation.store(seed, &fetched[off..off + len]);
         }
         self.scratch = fetched;
         Ok(())
     }
 
     fn duplicate(&self) -> Result<Box<dyn PageSource>, String> {
-        Ok(Box::new(CachedSource::new(self.remote.duplicate_remote()?, self.cache.clone(), self.counters.clone())))
+        Ok(Box::new(CachedSource::new(self.remote.duplicate_remote()?, self.generation.clone(), self.counters.clone())))
     }
 }
 
@@ -285,42 +416,58 @@ mod tests {
         vec![fill; PAGE as usize]
     }
 
+    fn read(g: &Generation, at: u64) -> Option<Vec<u8>> {
+        let mut out = page(0);
+        let mut inner = g.cache.inner.lock().unwrap();
+        g.read(&mut inner, at, &mut out).then_some(out)
+    }
+
     #[test]
     fn stores_reads_and_keeps_generations_apart() {
-        let c = PageCache::new(16 * BLOCK_BYTES);
-        let p1 = page(1);
-        c.store(&key(1), &[(0x10000, &p1)]);
-        let mut out = page(0);
-        let mut inner = c.inner.lock().unwrap();
-        assert!(c.read(&mut inner, &key(1), 0x10000, &mut out));
-        assert_eq!(out, p1);
-        assert!(!c.read(&mut inner, &key(2), 0x10000, &mut out), "another generation never sees these pages");
-        assert!(!c.read(&mut inner, &key(1), 0x11000, &mut out));
+        let c = Arc::new(PageCache::new(16 * BLOCK_BYTES));
+        let (g1, g2) = (c.generation(key(1)).unwrap(), c.generation(key(2)).unwrap());
+        assert!(g1.store(0x10000, &page(1)));
+        assert_eq!(read(&g1, 0x10000), Some(page(1)));
+        assert_eq!(read(&g2, 0x10000), None, "another generation never sees these pages");
+        assert_eq!(read(&g1, 0x11000), None);
+        assert_eq!(g1.held(0xf000, 3 * PAGE), vec![(0x10000, PAGE)]);
+        assert_eq!(c.stats().bytes, PAGE);
     }
 
     #[test]
     fn evicts_least_recently_used_generations_past_the_limit() {
-        let c = PageCache::new(2 * BLOCK_BYTES);
-        let p = page(7);
-        c.store(&key(1), &[(0, &p)]);
-        c.store(&key(2), &[(0, &p)]);
-        c.store(&key(3), &[(0, &p)]);
+        let c = Arc::new(PageCache::new(2 * PAGE));
+        let g: Vec<Generation> = (1..=3).map(|n| c.generation(key(n)).unwrap()).collect();
+        assert!(g[0].store(0, &page(7)));
+        assert!(g[1].store(0, &page(7)));
+        assert!(g[2].store(0, &page(7)));
         let s = c.stats();
-        assert_eq!((s.generations, s.bytes, s.evictions), (2, 2 * BLOCK_BYTES, 1));
-        let mut out = page(0);
-        let mut inner = c.inner.lock().unwrap();
-        assert!(!c.read(&mut inner, &key(1), 0, &mut out), "the oldest went first");
-        assert!(c.read(&mut inner, &key(3), 0, &mut out));
+        assert_eq!((s.generations, s.bytes, s.evictions), (2, 2 * PAGE, 1));
+        assert_eq!(read(&g[0], 0), None, "the oldest went first");
+        assert!(!g[0].put(PAGE, &page(1)), "an evicted generation takes nothing more");
+        assert!(g[0].held(0, PAGE).is_empty());
+        assert_eq!(read(&g[2], 0), Some(page(7)));
+        assert!(!g[2].store(PAGE, &[1u8; 3 * PAGE as usize]), "what cannot fit, even alone, is refused");
     }
 
     #[test]
-    fn keep_only_drops_other_generations() {
-        let c = PageCache::new(16 * BLOCK_BYTES);
-        let p = page(3);
-        c.store(&key(1), &[(0, &p)]);
-        c.store(&key(2), &[(0, &p)]);
+    fn keep_only_drops_other_generations_and_empties_their_files() {
+        let c = Arc::new(PageCache::new(16 * BLOCK_BYTES));
+        let (g1, g2) = (c.generation(key(1)).unwrap(), c.generation(key(2)).unwrap());
+        assert!(g1.store(0, &page(3)));
+        assert!(g2.store(0, &page(3)));
         c.keep_only("h", "s", 2);
         assert_eq!(c.stats().generations, 1);
-        assert_eq!(c.stats().bytes, BLOCK_BYTES);
+        assert_eq!(c.stats().bytes, PAGE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut bytes = page(1);
+        loop {
+            g1.file.file.read_at(0, &mut bytes).unwrap();
+            if bytes == page(0) || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(bytes, page(0), "the old generation's file was emptied");
     }
 }

@@ -34,12 +34,18 @@ impl ChildRecord {
             (Some(c), None) => c.memory_usage().unwrap_or(0),
             (None, None) => resident_bytes(self.pid),
         };
+        let (shared_bytes, private_bytes) = match end {
+            Some(_) => (0, 0),
+            None => status_of(self.pid).map_or((0, 0), |s| (s.rss_shmem_kb * 1024, s.rss_anon_kb * 1024)),
+        };
         ChildStatus {
             pid: self.pid,
             seed_id: self.seed_id.clone(),
             seed_host: self.seed_host.clone(),
             container: self.container.as_ref().map(|c| c.name.clone()),
             memory_bytes,
+            shared_bytes,
+            private_bytes,
             age_ms: self.started.elapsed().as_millis() as u64,
             detached: self.detached,
             uid: self.uid,

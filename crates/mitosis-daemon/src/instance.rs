@@ -164,9 +164,10 @@ impl Instances {
 
 /// `ListInstances`: every live instance and its container's memory, and
 /// each seed with the bytes copied into this daemon (known without any
-/// system call; a snapshot seed's pages are counted by its container).
+/// system call; a snapshot seed's pages are counted by its container), and
+/// each other host's seed with its pages in this host's page cache.
 pub fn worker_usage(daemon: &Daemon) -> WorkerUsage {
-    let seeds = daemon
+    let mut seeds: Vec<SeedUsage> = daemon
         .seeds
         .list()
         .iter()
@@ -178,6 +179,7 @@ pub fn worker_usage(daemon: &Daemon) -> WorkerUsage {
             },
         })
         .collect();
+    seeds.extend(daemon.cache.usage().into_iter().map(|(id, bytes)| SeedUsage { id, bytes }));
     WorkerUsage { instances: daemon.instances.usage(), seeds }
 }
 

@@ -68,6 +68,10 @@ pub struct Config {
     pub pager: mitosis_pager::PagerConfig,
     /// Size limit of this host's page cache (0: no cache).
     pub cache_bytes: u64,
+    /// Children of other hosts' seeds map their memory from the page cache
+    /// and share every page none of them wrote (`false`: each gets private
+    /// copies, `--private-pages`).
+    pub share_pages: bool,
     /// How long a page fetch may take before the child is killed.
     pub fetch_timeout: Duration,
     /// Containers of the default kind kept ready.

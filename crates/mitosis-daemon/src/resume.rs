@@ -331,6 +331,20 @@ pub(crate) fn start(
         let kind = if matches!(e, RestoreError::Refused(_)) { ErrorKind::PermissionDenied } else { ErrorKind::Unsupported };
         remote_err(kind, error_chain(&e))
     })?;
+    // This host's cache of the seed's pages, whose file a new child of
+    // another host's seed maps its memory from (sharing the pages none of
+    // the seed's children here wrote).
+    let cached = match &origin {
+        Origin::Peer(_) if daemon.cache.enabled() && !paging.no_cache => {
+            let key = crate::cache::Key { host: from.to_string(), id: id.to_string(), generation: image.generation };
+            Some(daemon.cache.generation(key).map_err(|e| remote_err(ErrorKind::Internal, e))?)
+        }
+        _ => None,
+    };
+    let shared_copy = match (&cached, &body) {
+        (Some(generation), Body::NewChild { .. }) if cfg.share_pages && plan.map_from_shared_copy(&image) => Some(generation.clone()),
+        _ => None,
+    };
     // A child resumed in place has no resumer to report to: it is told itself.
     let in_place = matches!(body, Body::Caller { .. });
     let mut container = None;
@@ -342,7 +356,8 @@ pub(crate) fn start(
                 container = Some(Arc::new(take_container(daemon, spec)?));
             }
             container_taken = t0.elapsed();
-            let pid = spawn_child(daemon, &image, &plan, credentials, stdio, container.as_deref().zip(spec))?;
+            let shared_pages = shared_copy.as_ref().map(|g| g.file().read_only_fd());
+            let pid = spawn_child(daemon, &image, &plan, credentials, stdio, container.as_deref().zip(spec), shared_pages)?;
             // Forked from our zygote, itself a fork of us: its vDSO is where ours is.
             (pid, daemon.vdso.span())
         }
@@ -408,10 +423,9 @@ pub(crate) fn start(
                 timeout: cfg.fetch_timeout,
                 conn: *conn,
             };
-            if daemon.cache.enabled() && !paging.no_cache {
-                Box::new(crate::cache::CachedSource::new(remote_source, daemon.cache.clone(), counters.clone()))
-            } else {
-                Box::new(remote_source)
+            match cached {
+                Some(generation) => Box::new(crate::cache::CachedSource::new(remote_source, generation, counters.clone())),
+                None => Box::new(remote_source),
             }
         }
     };
@@ -443,7 +457,7 @@ pub(crate) fn start(
     plan.track_writes = paging.track_writes;
     let (offload, control) = mitosis_pager::offload::channel().map_err(|e| remote_err(ErrorKind::Internal, e))?;
     let restored = restore(Child { pid, pidfd: &pidfd, vdso: child_vdso }, &image, &plan, &daemon.vdso, reply.as_ref().map(|r| r.1.len() as u64), |uffd, remote| {
-        let regions = Regions::new(&remote);
+        let regions = Regions::with_sources(&remote);
         // Eager: everything, in address order; else the recorded working set
         // (seed addresses are the child's, nothing has moved yet).
         let push = if paging.eager {
@@ -460,6 +474,7 @@ pub(crate) fn start(
             .with_push(push, push_go.clone())
             .with_keeper(Some(keeper))
             .with_write_tracking(paging.track_writes)
+            .with_shared(shared_copy.map(|g| Arc::new(g) as Arc<dyn mitosis_pager::SharedPages>))
             .with_control(control);
         let handle = std::thread::Builder::new()
             .name(format!("pager-{pid}"))
@@ -729,6 +744,7 @@ fn spawn_child(
     credentials: Option<Credentials>,
     stdio: &[OwnedFd],
     container: Option<(&Container, &ContainerSpec)>,
+    shared_pages: Option<std::os::fd::RawFd>,
 ) -> Result<i32, RemoteError> {
     let forked = |e: std::io::Error| remote_err(ErrorKind::Internal, format!("cannot fork a child: {e}"));
     let entry = container.map(|(c, spec)| ContainerEntry {
@@ -739,7 +755,7 @@ fn spawn_child(
     let (mut ready_rx, ready_tx) = std::io::pipe().map_err(forked)?;
     let stdio = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
     let holder = container.map(|(c, _)| c.holder_pidfd().as_raw_fd());
-    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd(), holder).map_err(forked)?;
+    let pid = daemon.spawner.spawn(&prologue, stdio, ready_tx.as_raw_fd(), holder, shared_pages).map_err(forked)?;
     drop(ready_tx);
     // Parked and ready, or failed on a file (it exits: reap it here), or it
     // died otherwise (the caller reads its exit code).

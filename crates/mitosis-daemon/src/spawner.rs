@@ -15,7 +15,8 @@
 //!
 //! Requests travel over a `SOCK_SEQPACKET` pair: a postcard [`Request`] with
 //! descriptors attached (for a child: its stdin, stdout, stderr, the write
-//! end of its ready pipe, and its container's holder pidfd if any; for a
+//! end of its ready pipe, the host's shared copy of its seed's pages if its
+//! plan maps memory from it, and its container's holder pidfd if any; for a
 //! holder: its control pipe and ready pipe; for a program of a function
 //! instance: its stdin, stdout, stderr, go pipe, status pipe and holder
 //! pidfd); the answer is the new process's pid (i32, or -errno).
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
 enum Request {
-    Child(Prologue),
+    Child(Box<Prologue>),
     /// A process that joins a container (`join_flags` on the holder pidfd),
     /// writes a byte on its ready pipe, waits for one on its go pipe and exits.
     Bare { join_flags: i32 },
@@ -143,11 +144,17 @@ impl Spawner {
     }
 
     /// Forks a child that runs `prologue` with `stdio` and `ready`, in the
-    /// container of holder pidfd `holder` if given; returns its pid.
-    pub fn spawn(&self, prologue: &Prologue, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>) -> std::io::Result<i32> {
+    /// container of holder pidfd `holder` if given, with `shared_pages` (its
+    /// plan's shared copy of the seed's pages, if it maps memory from one);
+    /// returns its pid.
+    pub fn spawn(&self, prologue: &Prologue, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>, shared_pages: Option<RawFd>) -> std::io::Result<i32> {
+        if shared_pages.is_some() != prologue.plan.shared_pages_fd.is_some() {
+            return Err(std::io::Error::other("a shared copy of the seed's pages must come with a plan that maps from it"));
+        }
         let mut fds = vec![stdio[0], stdio[1], stdio[2], ready];
+        fds.extend(shared_pages);
         fds.extend(holder);
-        self.call(&Request::Child(prologue.clone()), &fds)
+        self.call(&Request::Child(Box::new(prologue.clone())), &fds)
     }
 
     fn call(&self, request: &Request, fds: &[RawFd]) -> std::io::Result<i32> {
@@ -204,7 +211,7 @@ fn zygote_main(sock: OwnedFd, daemon: i32) -> ! {
             Ok(x) => x,
         };
         let answer = match (postcard::from_bytes::<Request>(&buf[..n]), fds.len()) {
-            (Ok(Request::Child(prologue)), 4 | 5) => fork_child(&prologue, &fds, own_pidns.as_fd()),
+            (Ok(Request::Child(prologue)), 4..=6) => fork_child(&prologue, &fds, own_pidns.as_fd()),
             (Ok(Request::Holder { spec, name }), 2) => fork_holder(&spec, &name, &fds),
             (Ok(Request::Bare { join_flags }), 3) => fork_bare(join_flags, &fds, own_pidns.as_fd()),
             (Ok(Request::Exec(spec)), 6) => fork_exec(&spec, &fds, own_pidns.as_fd()),
@@ -251,12 +258,14 @@ fn fork_into(holder: Option<BorrowedFd<'_>>, own_pidns: BorrowedFd<'_>, body: im
 }
 
 /// Forks a child that runs its prologue (fds: stdin, stdout, stderr, ready,
-/// and the holder pidfd of its container if any).
+/// the shared copy of its seed's pages if its plan maps from one, and the
+/// holder pidfd of its container if any).
 fn fork_child(prologue: &Prologue, fds: &[OwnedFd], own_pidns: BorrowedFd<'_>) -> i32 {
-    let holder = fds.get(4).map(|fd| fd.as_fd());
+    let shared_pages = prologue.plan.shared_pages_fd.and_then(|_| fds.get(4)).map(|fd| fd.as_raw_fd());
+    let holder = fds.get(4 + usize::from(shared_pages.is_some())).map(|fd| fd.as_fd());
     fork_into(holder, own_pidns, || {
         let stdio = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-        prologue.run(stdio, fds[3].as_raw_fd(), holder.map(|h| h.as_raw_fd()));
+        prologue.run(stdio, fds[3].as_raw_fd(), holder.map(|h| h.as_raw_fd()), shared_pages);
     })
 }
 

@@ -36,6 +36,7 @@
 pub mod offload;
 pub mod packets;
 mod regions;
+mod shared;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,7 @@ use mitosis_sys::{pidfd, usize_of, PAGE};
 
 pub use offload::{NodeSource, OffloadHandle};
 pub use regions::{PageState, Regions};
+pub use shared::SharedPages;
 
 /// Why the answer to a request did not come.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,6 +334,9 @@ pub struct Pager {
     adopted: Option<std::collections::HashSet<(u64, u64)>>,
     /// The phase each page was last touched in ([`packets`]).
     phases: packets::Phases,
+    /// This host's shared copy of the seed, which the regions marked
+    /// `from_file` map ([`shared`]).
+    shared: Option<Arc<dyn SharedPages>>,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -392,6 +397,7 @@ impl Pager {
             node_last_end: None,
             adopted: None,
             phases: packets::Phases::default(),
+            shared: None,
         }
     }
 
@@ -569,6 +575,16 @@ impl Pager {
         let pushes = |o: &std::collections::VecDeque<Outstanding>| o.iter().filter(|o| o.purpose == Purpose::Push).count();
         while self.broken.is_none() && pushes(&self.outstanding) < PUSH_DEPTH {
             let Some(runs) = self.next_push_chunk() else { break };
+            let runs = match self.map_held(runs, Purpose::Push) {
+                Ok(runs) => runs,
+                Err(e) => {
+                    self.broken = Some(e);
+                    break;
+                }
+            };
+            if runs.is_empty() {
+                continue;
+            }
             match self.source.request(&seed_ranges(&runs)) {
                 Ok(()) => {
                     self.on_the_wire(runs, Purpose::Push, 0);
@@ -632,9 +648,21 @@ impl Pager {
             self.receive_all_outstanding();
             return Ok(());
         }
-        if !matches!(ev, Event::Fault { .. }) {
+        // A memory event is sent once the change is done (a remap has
+        // moved the pages, an unmap has removed them; a REMOVE zaps them as
+        // soon as it is read): the bookkeeping changes first, then the
+        // answers on the wire go in where their pages are still wanted
+        // (into a moved page's old place, or an unmapped one, they could
+        // not: the kernel refuses, and no event would come to explain it).
+        let memory_event = !matches!(ev, Event::Fault { .. });
+        let handled = self.handle_event(ev);
+        if memory_event {
             self.receive_all_outstanding();
         }
+        handled
+    }
+
+    fn handle_event(&mut self, ev: Event) -> Result<(), String> {
         match ev {
             Event::Fault { addr } => {
                 self.phases.touch(addr);
@@ -672,9 +700,9 @@ impl Pager {
         }
     }
 
-    /// The layout changes under the requests on the wire (a fork, a remap,
-    /// an unmap): takes their answers in now, while their addresses still
-    /// mean what they meant.
+    /// The layout changed under the requests on the wire (a fork, a remap,
+    /// an unmap): takes their answers in now, each page where it is still
+    /// wanted (pages moved or dropped since wait for their next fault).
     fn receive_all_outstanding(&mut self) {
         while !self.outstanding.is_empty() {
             self.receive_oldest();
@@ -711,7 +739,8 @@ impl Pager {
         let mut pager = Pager::new(uffd, self.regions.clone(), source, self.config, self.counters.clone(), None)
             .with_recorder(self.recorder.clone())
             .with_keeper(self.keeper.clone())
-            .with_write_tracking(self.track_writes);
+            .with_write_tracking(self.track_writes)
+            .with_shared(self.shared.clone());
         pager.node = node;
         let spawned = std::thread::Builder::new().name("mitosis-pager-fork".into()).spawn(move || {
             if let Outcome::Failed(reason) = pager.run() {
@@ -734,33 +763,43 @@ impl Pager {
                 self.counters.zero_faults.fetch_add(1, Ordering::Relaxed);
                 self.fill_zero(addr)
             }
+            // A served page of the shared copy that faults again: the copy
+            // gave it back (an eviction) and the child never wrote it. It
+            // is fetched again (a fault that raced with its serving maps
+            // nothing: the page is there).
+            PageState::Served if self.shareable(addr, PAGE) => {
+                self.regions.set(addr, addr + PAGE, PageState::Remote);
+                self.serve_remote(addr)
+            }
             PageState::Served | PageState::Filled | PageState::Restored => {
                 self.uffd.wake(addr, PAGE);
                 Ok(())
             }
             PageState::Offloaded => self.fetch_from_node(addr),
-            PageState::Remote => {
-                self.counters.remote_faults.fetch_add(1, Ordering::Relaxed);
-                // On the wire already: take answers in until it is there.
-                if let Some(i) = self.outstanding.iter().position(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2)) {
-                    if self.outstanding[i].purpose == Purpose::ReadAhead {
-                        // The child got to the read-ahead: keep the stream
-                        // going, the next window goes out first.
-                        self.last_end = Some(self.outstanding[i].window_end);
-                        self.outstanding[i].purpose = Purpose::Fault;
-                        self.grow_window();
-                        self.read_ahead();
-                    }
-                    let seq = self.outstanding[i].seq;
-                    self.receive_through(seq);
-                    if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
-                        self.uffd.wake(addr, PAGE);
-                        return Ok(());
-                    }
-                }
-                self.fetch_window(addr)
+            PageState::Remote => self.serve_remote(addr),
+        }
+    }
+
+    fn serve_remote(&mut self, addr: u64) -> Result<(), String> {
+        self.counters.remote_faults.fetch_add(1, Ordering::Relaxed);
+        // On the wire already: take answers in until it is there.
+        if let Some(i) = self.outstanding.iter().position(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2)) {
+            if self.outstanding[i].purpose == Purpose::ReadAhead {
+                // The child got to the read-ahead: keep the stream
+                // going, the next window goes out first.
+                self.last_end = Some(self.outstanding[i].window_end);
+                self.outstanding[i].purpose = Purpose::Fault;
+                self.grow_window();
+                self.read_ahead();
+            }
+            let seq = self.outstanding[i].seq;
+            self.receive_through(seq);
+            if self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Served) {
+                self.uffd.wake(addr, PAGE);
+                return Ok(());
             }
         }
+        self.fetch_window(addr)
     }
 
     /// Fills the page at `addr` with zeros. The kernel refuses (EAGAIN)
@@ -861,15 +900,18 @@ impl Pager {
         if sequential {
             self.read_ahead();
         }
-        self.ask_for_faults_behind();
-        self.receive_through(ours);
+        if let Some(ours) = ours {
+            self.ask_for_faults_behind();
+            self.receive_through(ours);
+        }
         let still_remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
         if still_remote && self.broken.is_none() && self.refused.is_some() && w > PAGE {
             // The window was refused (a neighbour the source cannot read):
             // the faulting page alone.
             self.refused = None;
-            let ours = self.request_for_fault(addr, addr, addr + PAGE)?;
-            self.receive_through(ours);
+            if let Some(ours) = self.request_for_fault(addr, addr, addr + PAGE)? {
+                self.receive_through(ours);
+            }
         }
         match self.regions.lookup(addr).map(|l| l.0) {
             Some(PageState::Served) => Ok(()),
@@ -916,6 +958,10 @@ impl Pager {
         }
         let (w, lo) = self.window(addr);
         let runs = self.regions.remote_runs(lo, lo + w);
+        let Ok(runs) = self.map_held(runs, Purpose::Fault) else { return false };
+        if runs.is_empty() {
+            return true;
+        }
         if self.source.request(&seed_ranges(&runs)).is_err() {
             return false;
         }
@@ -952,14 +998,19 @@ impl Pager {
         }
     }
 
-    /// Asks for the still-remote pages of `[lo, hi)` for a fault at `addr`;
-    /// returns the request's number.
-    fn request_for_fault(&mut self, addr: u64, lo: u64, hi: u64) -> Result<u64, String> {
+    /// Asks for the still-remote pages of `[lo, hi)` for a fault at `addr`
+    /// (those the shared copy holds are mapped from it at once); returns
+    /// the request's number, if one went out.
+    fn request_for_fault(&mut self, addr: u64, lo: u64, hi: u64) -> Result<Option<u64>, String> {
         let runs = self.regions.remote_runs(lo, hi);
+        let runs = self.map_held(runs, Purpose::Fault)?;
+        if runs.is_empty() {
+            return Ok(None);
+        }
         if let Err(e) = self.source.request(&seed_ranges(&runs)) {
             return Err(self.unfetchable(addr, &e));
         }
-        Ok(self.on_the_wire(runs, Purpose::Fault, hi))
+        Ok(Some(self.on_the_wire(runs, Purpose::Fault, hi)))
     }
 
     /// Answers come in order: takes everything up to request `seq`'s in
@@ -981,6 +1032,13 @@ impl Pager {
         }
         let to = from + self.window_pages * PAGE;
         let runs = self.regions.remote_runs(from, to);
+        let runs = match self.map_held(runs, Purpose::ReadAhead) {
+            Ok(runs) => runs,
+            Err(e) => {
+                self.broken = Some(e);
+                return;
+            }
+        };
         if runs.is_empty() {
             return;
         }
@@ -1093,8 +1151,13 @@ impl Pager {
                 apply_patch(chunk, child, p);
             }
         }
+        let shared = if from == PageState::Remote && self.shareable(child, len) { self.put_and_map(child, chunk) } else { None };
         self.regions.set(child, child + len, to);
-        let copied = if self.track_writes { self.uffd.copy_protected(child, chunk) } else { self.uffd.copy(child, chunk) };
+        let copied = match shared {
+            Some(mapped) => mapped,
+            None if self.track_writes => self.uffd.copy_protected(child, chunk),
+            None => self.uffd.copy(child, chunk),
+        };
         match copied {
             CopyResult::Done | CopyResult::Gone => Ok(len),
             CopyResult::Again { copied } => {

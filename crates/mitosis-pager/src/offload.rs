@@ -360,6 +360,14 @@ impl Pager {
                         continue;
                     }
                     let kind = match self.regions.lookup(page).map(|l| l.0) {
+                        // Never in the process: a "swapped" page there is
+                        // the write-protect marker a drop leaves in a
+                        // mapping of the shared copy (a file), not a page.
+                        // Reading it would fault while this pager waits.
+                        Some(PageState::Remote | PageState::Offloaded) => {
+                            page += PAGE;
+                            continue;
+                        }
                         Some(PageState::Served) if clean && limits.seed_backed => Found::AtSeed,
                         Some(PageState::Restored) if clean => Found::AtNode,
                         _ => Found::Changed,

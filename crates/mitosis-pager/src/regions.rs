@@ -34,6 +34,10 @@ struct Region {
     /// position for good: it moves with an `mremap`, so that no two pages
     /// share one.
     keys: Vec<u64>,
+    /// The child maps this region privately from the host's shared copy
+    /// of the seed's pages (offset = seed address): its unwritten pages are
+    /// shared with the seed's other children here ([`crate::SharedPages`]).
+    from_file: bool,
 }
 
 /// The served mappings of one child. Later regions shadow earlier ones where
@@ -46,12 +50,32 @@ pub struct Regions {
 impl Regions {
     /// Regions at their seed addresses, all pages still remote.
     pub fn new(ranges: &[(u64, u64)]) -> Regions {
+        let ranges: Vec<(u64, u64, bool)> = ranges.iter().map(|&(s, e)| (s, e, false)).collect();
+        Regions::with_sources(&ranges)
+    }
+
+    /// Regions at their seed addresses, all pages still remote; those
+    /// marked `true` are mapped from the host's shared copy of the seed.
+    pub fn with_sources(ranges: &[(u64, u64, bool)]) -> Regions {
         Regions {
             regions: ranges
                 .iter()
-                .map(|&(s, e)| Region { start: s, end: e, seed_start: s, pages: vec![PageState::Remote; ((e - s) / PAGE) as usize], keys: Vec::new() })
+                .map(|&(s, e, from_file)| Region {
+                    start: s,
+                    end: e,
+                    seed_start: s,
+                    pages: vec![PageState::Remote; ((e - s) / PAGE) as usize],
+                    keys: Vec::new(),
+                    from_file,
+                })
                 .collect(),
         }
+    }
+
+    /// Whether the page at `addr` is in a region mapped from the host's
+    /// shared copy of the seed.
+    pub fn from_file(&self, addr: u64) -> bool {
+        self.find(addr).is_some_and(|i| self.regions[i].from_file)
     }
 
     fn find(&self, addr: u64) -> Option<usize> {
@@ -106,7 +130,7 @@ impl Regions {
                 addr += PAGE;
             }
             let pages = mitosis_sys::usize_of((addr - from) / PAGE);
-            self.regions.push(Region { start: from, end: addr, seed_start: from, pages: vec![PageState::Zero; pages], keys: Vec::new() });
+            self.regions.push(Region { start: from, end: addr, seed_start: from, pages: vec![PageState::Zero; pages], keys: Vec::new(), from_file: false });
         }
     }
 
@@ -128,6 +152,8 @@ impl Regions {
                 seed_start: r.seed_start + (page - r.start),
                 pages: r.pages[a..b].to_vec(),
                 keys: if r.keys.is_empty() { Vec::new() } else { r.keys[a..b].to_vec() },
+                // The mapping moves with its file offsets: still the seed's addresses.
+                from_file: r.from_file,
             });
             page = end;
         }
@@ -292,5 +318,16 @@ mod tests {
         assert_eq!(r.remote_runs(500 * P, 504 * P), vec![(501 * P, 101 * P, 3 * P)]);
         // Unknown addresses (memory the child grew) are not regions.
         assert_eq!(r.lookup(900 * P), None);
+    }
+
+    #[test]
+    fn a_remap_keeps_whether_pages_are_mapped_from_the_shared_copy() {
+        let mut r = Regions::with_sources(&[(10 * P, 14 * P, true), (20 * P, 22 * P, false)]);
+        assert!(r.from_file(11 * P) && !r.from_file(21 * P) && !r.from_file(15 * P));
+        r.remap(10 * P, 40 * P, 2 * P);
+        assert!(r.from_file(41 * P));
+        assert_eq!(r.lookup(41 * P), Some((PageState::Remote, 11 * P)));
+        r.cover(50 * P, 51 * P);
+        assert!(!r.from_file(50 * P), "memory the child grew is its own");
     }
 }

@@ -183,6 +183,10 @@ pub struct PrologueFiles {
     /// Descriptor number of the child's userfaultfd until the daemon takes a
     /// copy; every number the seed needs is below it.
     pub uffd_fd: i32,
+    /// Where the host's shared copy of the seed's pages goes (the daemon
+    /// passes it, read-only), for the restore to map the child's memory
+    /// from; below `uffd_fd`, among the descriptors the restore closes.
+    pub shared_pages_fd: Option<i32>,
     pub cwd: CString,
     pub cwd_expect: FileIdentity,
     /// The seed's working directory had been deleted: the prologue makes an
@@ -349,7 +353,8 @@ impl Prologue {
     /// Runs in the forked child; never returns. `stdio` become descriptors
     /// 0-2; one byte is written to `ready` (a pipe) when done, end-of-file
     /// instead means the child died (see its exit code). With a container,
-    /// `holder` is its holder's pidfd. Ends parked in `pause()` with every
+    /// `holder` is its holder's pidfd; `shared_pages` is the host's shared
+    /// copy of the seed's pages, for a plan that maps memory from it. Ends parked in `pause()` with every
     /// signal blocked, waiting for the daemon's ptrace.
     ///
     /// The seed's files (also those its file mappings come from) and its
@@ -357,7 +362,7 @@ impl Prologue {
     /// mount namespace: like a forked process, the child keeps the files and
     /// the working directory its parent had, seen as the daemon saw them
     /// when it checked their identity.
-    pub fn run(&self, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>) -> ! {
+    pub fn run(&self, stdio: [RawFd; 3], ready: RawFd, holder: Option<RawFd>, shared_pages: Option<RawFd>) -> ! {
         // In a container the parent (the daemon) is outside the child's PID
         // namespace, where getppid() reads 0. The holder dies with the
         // daemon and takes the namespace's processes with it.
@@ -384,6 +389,11 @@ impl Prologue {
             Some(Ok(fd)) => Some(fd),
             Some(Err(_)) => fail(PrologueExit::Stdio),
         };
+        let shared_pages = match shared_pages.map(lift) {
+            None => None,
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(_)) => fail(PrologueExit::Stdio),
+        };
         if after_fork::close_range(3, high - 1).is_err() {
             fail(PrologueExit::Stdio);
         }
@@ -391,6 +401,17 @@ impl Prologue {
             if after_fork::dup_onto(fd, to, false).is_err() {
                 fail(PrologueExit::Stdio);
             }
+        }
+        match (shared_pages, self.plan.shared_pages_fd) {
+            (Some(fd), Some(to)) => {
+                if after_fork::dup_onto(fd, to, true).is_err() {
+                    fail(PrologueExit::Stdio);
+                }
+                after_fork::close(fd);
+            }
+            (None, None) => {}
+            // The plan maps memory from a copy that did not come (or the reverse).
+            _ => fail(PrologueExit::Stdio),
         }
         // Also through /dev/userfaultfd, for an unprivileged caller resuming in place.
         let target = self.plan.uffd_fd;
@@ -555,6 +576,7 @@ mod tests {
                 deleted: None,
             }],
             uffd_fd: 6,
+            shared_pages_fd: None,
             cwd: c"/srv".to_owned(),
             cwd_expect: FileIdentity::default(),
             cwd_deleted: None,
@@ -588,7 +610,7 @@ mod tests {
     fn inputs_survive_postcard() {
         let p = Prologue {
             parent: 7,
-            plan: PrologueFiles { files: vec![], uffd_fd: 3, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default(), cwd_deleted: None, cwd_held_by: None },
+            plan: PrologueFiles { files: vec![], uffd_fd: 3, shared_pages_fd: None, cwd: c"/".to_owned(), cwd_expect: FileIdentity::default(), cwd_deleted: None, cwd_held_by: None },
             actions: vec![],
             credentials: Some(Credentials { uid: 1, gid: 2, groups: vec![3], keep_for_restore: 0 }),
             container: Some(ContainerEntry { join_flags: libc::CLONE_NEWNS, hostname: Some(c"h".to_owned()) }),

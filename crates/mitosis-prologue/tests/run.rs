@@ -25,6 +25,7 @@ fn prologue_for(file: &Path, cwd: &Path) -> Prologue {
         plan: PrologueFiles {
             files: vec![PrologueFile { fd: 5, path: cstr(file), flags: libc::O_RDWR, pos: 2, expect, how: IdentityMatch::SameObject, deleted: None }],
             uffd_fd: 6,
+            shared_pages_fd: None,
             cwd: cstr(cwd),
             cwd_expect,
             cwd_deleted: None,
@@ -63,7 +64,7 @@ fn start(prologue: &Prologue) -> (i32, Vec<u8>) {
     let null = std::fs::File::open("/dev/null").unwrap();
     let (mut ready_rx, ready_tx) = std::io::pipe().unwrap();
     let pid = match fork_single_threaded(0).unwrap() {
-        Forked::Child => prologue.run([null.as_raw_fd(); 3], ready_tx.as_raw_fd(), None),
+        Forked::Child => prologue.run([null.as_raw_fd(); 3], ready_tx.as_raw_fd(), None, None),
         Forked::Parent(pid) => pid,
     };
     drop(ready_tx);

@@ -256,7 +256,9 @@ pub struct SeedUsage {
     pub id: String,
     /// Bytes of the seed's memory that the daemon holds as its own copy
     /// (`prepare --copy`), which no container's usage counts (0 for a
-    /// copy-on-write snapshot, whose pages its container's usage counts).
+    /// copy-on-write snapshot, whose pages its container's usage counts),
+    /// or, for another host's seed, the bytes of its pages in this host's
+    /// page cache (the copy its children here share, charged to the daemon).
     pub bytes: u64,
 }
 

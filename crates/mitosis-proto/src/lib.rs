@@ -40,7 +40,7 @@ pub mod secure;
 pub use error::{error_chain, ErrorKind, ProtoError, RemoteError};
 
 /// Version of both wire protocols and of the seed image encoding.
-pub const PROTOCOL_VERSION: u32 = 17;
+pub const PROTOCOL_VERSION: u32 = 18;
 
 /// Size of a page on every host mitosis runs on (x86-64).
 pub const PAGE_SIZE: u64 = 4096;

@@ -162,6 +162,12 @@ pub struct ChildStatus {
     pub container: Option<String>,
     /// Memory charged to its container (or its resident set without one).
     pub memory_bytes: u64,
+    /// Its resident pages that it shares with its seed's other children on
+    /// this host (mapped from the host's page cache, which holds them once,
+    /// and charged there) and those that are its own (anonymous: written,
+    /// or private copies). 0 for ended children.
+    pub shared_bytes: u64,
+    pub private_bytes: u64,
     pub age_ms: u64,
     pub detached: bool,
     pub uid: u32,

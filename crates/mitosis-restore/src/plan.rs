@@ -20,6 +20,11 @@ pub enum Placement {
     LocalFile { fd: i32 },
     /// Anonymous in the child, pages served by the pager from the seed.
     Remote,
+    /// Private anonymous memory mapped privately from this host's shared
+    /// copy of the seed's pages (descriptor `fd` of the prologue, read-only;
+    /// offset = seed address), pages served by the pager: the seed's
+    /// children here share every page none of them wrote.
+    SharedCopy { fd: i32 },
     /// Not mapped by the table (vDSO, vsyscall).
     Kernel,
 }
@@ -183,7 +188,7 @@ impl RestorePlan {
         };
         Ok(RestorePlan {
             placements,
-            prologue: PrologueFiles { files, uffd_fd: next_fd, cwd, cwd_expect: image.cwd_identity, cwd_deleted, cwd_held_by },
+            prologue: PrologueFiles { files, uffd_fd: next_fd, shared_pages_fd: None, cwd, cwd_expect: image.cwd_identity, cwd_deleted, cwd_held_by },
             map_fd_base,
             map_fd_end: next_fd,
             exe_fd,
@@ -192,27 +197,52 @@ impl RestorePlan {
         })
     }
 
-    /// Address ranges whose pages the pager serves: remote mappings, and the
-    /// written pages of locally mapped files.
-    pub fn remote_ranges(&self, image: &SeedImage) -> Vec<(u64, u64)> {
+    /// Maps the child's private anonymous memory from this host's shared
+    /// copy of the seed's pages, which the prologue gets at a descriptor of
+    /// its own (closed with the mapping descriptors, before any of the
+    /// seed's code runs). Stacks (they grow down), and droppable and
+    /// wipe-on-fork mappings (the kernel allows those for anonymous memory
+    /// only) stay anonymous. Returns whether any mapping comes from the copy.
+    pub fn map_from_shared_copy(&mut self, image: &SeedImage) -> bool {
+        let fd = self.prologue.uffd_fd;
+        let mut any = false;
+        for (v, p) in image.vmas.iter().zip(&mut self.placements) {
+            if *p == Placement::Remote && v.kind == VmaKind::Anon && !v.is_stack() && !v.zero_in_child() {
+                *p = Placement::SharedCopy { fd };
+                any = true;
+            }
+        }
+        if any {
+            self.prologue.shared_pages_fd = Some(fd);
+            self.prologue.uffd_fd = fd + 1;
+            self.map_fd_end = fd + 1;
+        }
+        any
+    }
+
+    /// Address ranges whose pages the pager serves: remote mappings (with
+    /// `true` where mapped from the shared copy), and the written pages of
+    /// locally mapped files.
+    pub fn served_ranges(&self, image: &SeedImage) -> Vec<(u64, u64, bool)> {
         let mut out = Vec::new();
         for (v, p) in image.vmas.iter().zip(&self.placements) {
             match p {
-                Placement::Remote if v.zero_in_child() => {}
-                Placement::Remote => {
+                Placement::Remote | Placement::SharedCopy { .. } if v.zero_in_child() => {}
+                Placement::Remote | Placement::SharedCopy { .. } => {
+                    let from_copy = matches!(p, Placement::SharedCopy { .. });
                     // Guard regions have no pages: the ranges around them.
                     let mut from = v.start;
                     for &(s, e) in &v.guards {
                         if s > from {
-                            out.push((from, s));
+                            out.push((from, s, from_copy));
                         }
                         from = e;
                     }
                     if from < v.end {
-                        out.push((from, v.end));
+                        out.push((from, v.end, from_copy));
                     }
                 }
-                Placement::LocalFile { .. } => out.extend_from_slice(&v.written),
+                Placement::LocalFile { .. } => out.extend(v.written.iter().map(|&(s, e)| (s, e, false))),
                 Placement::Kernel => {}
             }
         }

@@ -42,7 +42,7 @@ pub struct Child<'a> {
 /// answer length: the child's interrupted `read` returns it.
 ///
 /// `start_pager` receives the child's userfaultfd and the ranges registered on
-/// it once the layout stands; it must start serving faults before it returns,
+/// it once the layout stands (`true`: mapped from the shared copy); it must start serving faults before it returns,
 /// because the last steps of the restore already touch the seed's memory.
 pub fn restore(
     child: Child<'_>,
@@ -50,7 +50,7 @@ pub fn restore(
     plan: &RestorePlan,
     vdso: &VdsoInfo,
     reply_len: Option<u64>,
-    start_pager: impl FnOnce(Uffd, Vec<(u64, u64)>) -> Result<(), RestoreError>,
+    start_pager: impl FnOnce(Uffd, Vec<(u64, u64, bool)>) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
     let Child { pid, pidfd: child_pidfd, vdso: child_vdso } = child;
     // Daemon thread and child on one CPU while they hand control back and forth;
@@ -74,7 +74,8 @@ pub fn restore(
         pidfd::getfd(child_pidfd, plan.prologue.uffd_fd).map_err(RestoreError::sys("taking the child's userfaultfd"))?,
     );
     let write_tracking = if plan.track_writes { features::WP_ASYNC } else { 0 };
-    uffd.api(features::PAGER | write_tracking)
+    let shared_copy = if plan.prologue.shared_pages_fd.is_some() { features::MINOR_SHMEM } else { 0 };
+    uffd.api(features::PAGER | write_tracking | shared_copy)
         .map_err(RestoreError::sys("setting up the userfaultfd"))?;
 
     // The child is a fork of this daemon: its vDSO is where ours is.
@@ -114,9 +115,10 @@ pub fn restore(
         drop_capabilities(&tracee, &base, gadget, &mem, blob_addr)?;
     }
 
-    let remote = plan.remote_ranges(image);
-    for &(s, e) in &remote {
-        uffd.register(s, e - s, plan.track_writes).map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
+    let remote = plan.served_ranges(image);
+    for &(s, e, from_copy) in &remote {
+        let registered = if from_copy { uffd.register_file_backed(s, e - s, plan.track_writes) } else { uffd.register(s, e - s, plan.track_writes) };
+        registered.map_err(RestoreError::sys(format!("registering {s:#x}-{e:#x} for page faults")))?;
     }
     start_pager(uffd, remote)?;
 
@@ -456,6 +458,13 @@ fn build_table(image: &SeedImage, plan: &RestorePlan, scratch: (u64, u64), own_v
                     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
                     t.push(libc::SYS_mmap, [s, e - s, prot, flags as u64, u64::MAX, 0], format!("map written pages {s:#x}-{e:#x}"));
                 }
+            }
+            Placement::SharedCopy { fd } => {
+                let mut flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE;
+                if v.flags & vma_flags::NORESERVE != 0 {
+                    flags |= libc::MAP_NORESERVE;
+                }
+                t.push(libc::SYS_mmap, [v.start, v.len(), prot, flags as u64, fd as u64, v.start], what);
             }
             Placement::Remote => {
                 // Shared anonymous memory is shared again with the child's own forks.

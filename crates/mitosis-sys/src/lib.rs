@@ -33,6 +33,8 @@
 //! - [`fdstate::open_by_handle`]: the file a file handle names (an inotify
 //!   watch's).
 //! - [`mem::AnonMap`]: an anonymous mapping of our own, and `mincore`.
+//! - [`shmem`]: a sparse memfd that children map privately (the shared
+//!   page cache).
 //!
 //! The crate denies undocumented `unsafe` blocks and lossy integer casts
 //! (`clippy::cast_possible_truncation`, `cast_sign_loss`, `cast_possible_wrap`):
@@ -57,6 +59,7 @@ pub mod signals;
 pub mod ptrace;
 pub mod rlimit;
 pub mod runner;
+pub mod shmem;
 pub mod uffd;
 pub mod inetsock;
 pub mod unixsock;

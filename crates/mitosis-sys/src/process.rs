@@ -11,6 +11,14 @@ use std::process::Command;
 
 use crate::{Result, SysError};
 
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`): the unit of the CPU
+/// times in `/proc/PID/stat`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant; no memory is involved.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).unwrap_or(100)
+}
+
 /// The effective user id of the calling process.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions, cannot fail and touches no memory.
@@ -263,6 +271,11 @@ pub fn setns_on_spawn(cmd: &mut Command, ns: OwnedFd, nstype: i32) {
 mod tests {
     use super::*;
     use std::process::Stdio;
+
+    #[test]
+    fn clock_ticks_are_linux_user_hz() {
+        assert_eq!(clock_ticks_per_second(), 100, "USER_HZ is 100 on x86-64");
+    }
 
     #[test]
     fn thread_id_and_fs_base_are_per_thread() {

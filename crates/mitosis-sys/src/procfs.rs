@@ -72,6 +72,12 @@ pub struct Status {
     pub sig_ignored: u64,
     pub sig_caught: u64,
     pub rss_kb: u64,
+    /// Resident anonymous memory (`RssAnon`): the process's own pages.
+    pub rss_anon_kb: u64,
+    /// Resident shmem pages it maps (`RssShmem`): pages shared through a
+    /// memfd or tmpfs file, such as a child's pages from the host's shared
+    /// copy of its seed that it did not write.
+    pub rss_shmem_kb: u64,
     /// The pid in the innermost PID namespace (last of `NSpid`); 0 if absent.
     pub ns_pid: i32,
     /// File mode creation mask (`Umask`, octal; Linux 4.7 and later).
@@ -106,6 +112,8 @@ pub fn parse_status(text: &str) -> Status {
             "SigIgn" => s.sig_ignored = u64::from_str_radix(v, 16).unwrap_or(0),
             "SigCgt" => s.sig_caught = u64::from_str_radix(v, 16).unwrap_or(0),
             "VmRSS" => s.rss_kb = first().parse().unwrap_or(0),
+            "RssAnon" => s.rss_anon_kb = first().parse().unwrap_or(0),
+            "RssShmem" => s.rss_shmem_kb = first().parse().unwrap_or(0),
             "NSpid" => s.ns_pid = v.split_whitespace().last().and_then(|x| x.parse().ok()).unwrap_or(0),
             "Umask" => s.umask = u32::from_str_radix(v, 8).ok(),
             "THP_enabled" => s.thp_enabled = v.parse::<u8>().ok().map(|x| x != 0),
@@ -421,7 +429,8 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let s = parse_status("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\t6\t5\t5\nGroups:\t4 24 \nThreads:\t3\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180000002\nVmRSS:\t  1234 kB\n");
+        let s = parse_status("Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t5\t6\t5\t5\nGroups:\t4 24 \nThreads:\t3\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180000002\nVmRSS:\t  1234 kB\nRssAnon:\t  200 kB\nRssFile:\t 30 kB\nRssShmem:\t 1004 kB\n");
+        assert_eq!((s.rss_anon_kb, s.rss_shmem_kb), (200, 1004));
         assert_eq!((s.threads, s.uid, s.gid), (3, 1001, 6));
         assert_eq!(s.uids, Some([1000, 1001, 1000, 1000]));
         assert_eq!(s.gids, Some([5, 6, 5, 5]));

@@ -45,6 +45,12 @@ struct Copy {
     copy: i64,
 }
 #[repr(C)]
+struct Continue {
+    range: Range,
+    mode: u64,
+    mapped: i64,
+}
+#[repr(C)]
 struct ZeroOrPoison {
     range: Range,
     mode: u64,
@@ -56,6 +62,7 @@ const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<Register>());
 const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<Range>());
 const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<Copy>());
 const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<ZeroOrPoison>());
+const UFFDIO_CONTINUE: u64 = iowr(0x07, std::mem::size_of::<Continue>());
 const UFFDIO_POISON: u64 = iowr(0x08, std::mem::size_of::<ZeroOrPoison>());
 
 /// Feature bits for [`Uffd::api`].
@@ -64,6 +71,10 @@ pub mod features {
     pub const EVENT_REMAP: u64 = 1 << 2;
     pub const EVENT_REMOVE: u64 = 1 << 3;
     pub const EVENT_UNMAP: u64 = 1 << 6;
+    /// Minor faults in shmem mappings: a touch of a page the file holds
+    /// but the process does not map yet stops for the monitor, which maps
+    /// it with [`super::Uffd::map_from_file`] (or gives something else).
+    pub const MINOR_SHMEM: u64 = 1 << 10;
     pub const POISON: u64 = 1 << 14;
     /// Write-protect faults resolved by the kernel itself: a write to a
     /// protected page only clears its protection bit, which `PAGEMAP_SCAN`
@@ -78,6 +89,8 @@ pub mod features {
 
 const MODE_MISSING: u64 = 1;
 const MODE_WP: u64 = 1 << 1;
+const MODE_MINOR: u64 = 1 << 2;
+const CONTINUE_MODE_WP: u64 = 1 << 1;
 /// `UFFDIO_COPY_MODE_WP`: the copied pages start write-protected.
 const COPY_MODE_WP: u64 = 1 << 1;
 
@@ -234,6 +247,49 @@ impl Uffd {
         let mode = if track_writes { MODE_MISSING | MODE_WP } else { MODE_MISSING };
         let mut r = Register { range: Range { start, len }, mode, ioctls: 0 };
         self.ioctl(UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
+    }
+
+    /// Registers `[start, start+len)`, a private mapping of a shmem file
+    /// (a memfd), for missing-page faults (the file lacks the page) and
+    /// minor faults (the file has it, the process does not map it yet):
+    /// every first touch stops for the monitor, who decides what the page
+    /// reads. With `track_writes`, for write protection too, as
+    /// [`Uffd::register`]. Needs [`features::MINOR_SHMEM`].
+    pub fn register_file_backed(&self, start: u64, len: u64, track_writes: bool) -> Result<()> {
+        let mode = MODE_MISSING | MODE_MINOR | if track_writes { MODE_WP } else { 0 };
+        let mut r = Register { range: Range { start, len }, mode, ioctls: 0 };
+        self.ioctl(UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
+    }
+
+    /// Maps the file's pages at `[dst, dst+len)` (`UFFDIO_CONTINUE`) and
+    /// wakes the threads faulting there. In a private mapping they are
+    /// mapped read-only and shared with every other mapping of the file:
+    /// a write copies the page (the process's own from then on), and the
+    /// file keeps its content. With `protect`, write-protected as
+    /// [`Uffd::copy_protected`]. Pages already mapped are skipped. A page
+    /// the file does not hold stops it: `Failed(EFAULT)`.
+    pub fn map_from_file(&self, dst: u64, len: u64, protect: bool) -> CopyResult {
+        let mode = if protect { CONTINUE_MODE_WP } else { 0 };
+        let mut done = 0u64;
+        while done < len {
+            let mut c = Continue { range: Range { start: dst + done, len: len - done }, mode, mapped: 0 };
+            // SAFETY: struct of the type the request is defined with.
+            let r = unsafe { libc::ioctl(self.raw(), UFFDIO_CONTINUE as _, &mut c) };
+            if r == 0 {
+                return CopyResult::Done;
+            }
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if c.mapped > 0 {
+                done += c.mapped.unsigned_abs();
+            }
+            match errno {
+                libc::EEXIST => done += PAGE,
+                libc::EAGAIN => return CopyResult::Again { copied: done },
+                libc::ESRCH => return CopyResult::Gone,
+                errno => return CopyResult::Failed(errno),
+            }
+        }
+        CopyResult::Done
     }
 
     /// Copies `src` into the child at `dst` and wakes its faulting threads. Pages
@@ -504,6 +560,36 @@ mod tests {
         write(3);
         assert_eq!(take(), [(base + PAGE, base + 2 * PAGE), (base + 3 * PAGE, base + 4 * PAGE)]);
         assert_eq!(take(), []);
+        // SAFETY: the mapping made above, not used any more.
+        unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
+    }
+
+    #[test]
+    fn file_pages_map_shared_copy_on_write_and_a_missing_one_is_refused() {
+        let file = crate::shmem::SparseFile::create(c"uffd-test").unwrap();
+        file.write_at(0, &[5u8; usize_of(2 * PAGE)]).unwrap();
+        let uffd = Uffd::create().expect("userfaultfd (run as root)");
+        uffd.api(features::MINOR_SHMEM).unwrap();
+        // SAFETY: a fresh private mapping of our own file, used only here.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), usize_of(4 * PAGE), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, file.raw(), 0) };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        uffd.register_file_backed(base, 4 * PAGE, false).unwrap();
+        assert_eq!(uffd.map_from_file(base, 2 * PAGE, false), CopyResult::Done);
+        assert_eq!(uffd.map_from_file(base, PAGE, false), CopyResult::Done, "a mapped page is skipped");
+        // SAFETY: pages 0 and 1 are mapped (above); a write copies page 0.
+        let (first, second) = unsafe {
+            *(base as *mut u8) = 9;
+            (*(base as *const u8), *((base + PAGE) as *const u8))
+        };
+        assert_eq!((first, second), (9, 5));
+        let mut in_file = [0u8; 1];
+        file.read_at(0, &mut in_file).unwrap();
+        assert_eq!(in_file, [5], "the file keeps its content");
+        assert_eq!(uffd.map_from_file(base + 2 * PAGE, PAGE, false), CopyResult::Failed(libc::EFAULT), "the file lacks page 2");
+        assert_eq!(uffd.zero(base + 2 * PAGE, PAGE), CopyResult::Done, "a private zero page goes in instead");
+        // SAFETY: page 2 is mapped now.
+        assert_eq!(unsafe { *((base + 2 * PAGE) as *const u8) }, 0);
         // SAFETY: the mapping made above, not used any more.
         unsafe { libc::munmap(base as *mut libc::c_void, usize_of(4 * PAGE)) };
     }

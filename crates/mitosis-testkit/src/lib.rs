@@ -6,7 +6,8 @@
 //! * **temp dirs** — [`TestDir`], a unique directory under `/tmp` that is
 //!   removed when the test passes and kept for post-mortem when it panics;
 //! * **test hosts** — [`TwoHosts`], two private network namespaces joined by
-//!   a veth pair, each seen as a [`Host`] with its own address;
+//!   a veth pair, each seen as a [`Host`] with its own address, and [`Star`],
+//!   a center and several leaves joined by a bridge in the center;
 //! * **daemon processes** — [`Daemon`], a `mitosis daemon` started inside a
 //!   [`Host`] and stopped (SIGTERM, then SIGKILL) when dropped, and
 //!   [`Memnode`], a `mitosis memnode`, killed when dropped;
@@ -53,7 +54,7 @@ pub use etcd::{EtcdCluster, ETCD_BINARY};
 pub use faults::{cgroup_subtrees_of, dirs_below, LinkCut, Paused, SlowLink, SmallTmpfs};
 pub use conversation::{Finished, Proc, STEP};
 pub use memnode::{Memnode, MEMNODE_PORT};
-pub use netns::{Host, TwoHosts};
+pub use netns::{Host, Star, TwoHosts};
 pub use process::{Daemon, ProcessGuard};
 pub use skip::{in_ci, require_root, skip, test_name, SKIP_LOG_ENV};
 

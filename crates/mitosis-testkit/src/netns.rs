@@ -1,4 +1,5 @@
-//! Test hosts: private network namespaces joined by a veth pair.
+//! Test hosts: private network namespaces joined by a veth pair
+//! ([`TwoHosts`]), or several joined by a bridge in one of them ([`Star`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -104,12 +105,19 @@ fn ns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
-/// The pid in a namespace name `mts<pid>x<n>a|b` of ours.
+/// The pid in a namespace name of ours: `mts<pid>x<n>a|b` (a pair) or
+/// `mts<pid>s<n>h<i>` (a star).
 fn owner_of(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("mts")?;
-    let (pid, tail) = rest.split_once('x')?;
-    let n = tail.strip_suffix('a').or_else(|| tail.strip_suffix('b'))?;
+    if let Some((pid, tail)) = rest.split_once('x') {
+        let n = tail.strip_suffix('a').or_else(|| tail.strip_suffix('b'))?;
+        n.parse::<u32>().ok()?;
+        return pid.parse().ok();
+    }
+    let (pid, tail) = rest.split_once('s')?;
+    let (n, i) = tail.split_once('h')?;
     n.parse::<u32>().ok()?;
+    i.parse::<u32>().ok()?;
     pid.parse().ok()
 }
 
@@ -199,6 +207,76 @@ impl Drop for TwoHosts {
     }
 }
 
+/// A center host and up to eight leaves in fresh network namespaces, all on
+/// one link: a bridge in the center joins a veth pair to each leaf. The
+/// center is `10.213.<k>.1/24`, leaf i `10.213.<k>.<2+i>/24`. Every
+/// namespace is deleted on drop (which destroys the pairs and the bridge).
+#[derive(Debug)]
+pub struct Star {
+    pub center: Host,
+    pub leaves: Vec<Host>,
+    k: u8,
+    /// The namespaces created so far (center first).
+    created: Vec<String>,
+}
+
+impl Star {
+    /// Creates the center, `leaves` leaves (1 to 8) and their links. Needs root.
+    pub fn new(leaves: usize) -> anyhow::Result<Star> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        if !(1..=8).contains(&leaves) {
+            bail!("a star has 1 to 8 leaves, not {leaves}");
+        }
+        let pid = std::process::id();
+        remove_stale_namespaces();
+        // `mts<pid>s<n>h<i>`: 15 bytes at most (pids below 10^7, n below
+        // 1000, i below 10), the interface-name limit; the center is h0.
+        let name = |n: u32, i: usize| format!("mts{pid}s{}h{i}", n % 1000);
+        let n = loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            if (0..=leaves).all(|i| !ns_exists(&name(n, i))) {
+                break n;
+            }
+            if n > 2000 {
+                bail!("no free namespace names for pid {pid}");
+            }
+        };
+        let k = reserve_subnet(pid.wrapping_mul(11).wrapping_add(n).wrapping_add(97))?;
+        let host = |i: usize| Host { ns: name(n, i), ip: format!("10.213.{k}.{}", i + 1) };
+        let mut star = Star { center: host(0), leaves: (1..=leaves).map(host).collect(), k, created: Vec::new() };
+        let center = star.center.ns.clone();
+        ip(&["netns", "add", &center])?;
+        star.created.push(center.clone());
+        ip(&["-n", &center, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &center, "link", "set", "br0", "up"])?;
+        ip(&["-n", &center, "link", "set", "lo", "up"])?;
+        ip(&["-n", &center, "addr", "add", &format!("{}/24", star.center.ip), "dev", "br0"])?;
+        for leaf in star.leaves.clone() {
+            ip(&["netns", "add", &leaf.ns])?;
+            star.created.push(leaf.ns.clone());
+            // The leaf's end is named after the leaf; the center's after it
+            // with 'p' for 'h' (also unique, also 15 bytes at most).
+            let port = leaf.ns.replacen('h', "p", 1);
+            ip(&["-n", &leaf.ns, "link", "add", &leaf.ns, "type", "veth", "peer", "name", &port, "netns", &center])?;
+            ip(&["-n", &center, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &center, "link", "set", &port, "up"])?;
+            ip(&["-n", &leaf.ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &leaf.ns, "addr", "add", &format!("{}/24", leaf.ip), "dev", &leaf.ns])?;
+            ip(&["-n", &leaf.ns, "link", "set", &leaf.ns, "up"])?;
+        }
+        Ok(star)
+    }
+}
+
+impl Drop for Star {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        release_subnet(self.k);
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -209,6 +287,8 @@ mod tests {
         assert_eq!(owner_of("mts25844x0c"), None);
         assert_eq!(owner_of("other"), None);
         assert_eq!(owner_of("mtsabcx0a"), None);
+        assert_eq!(owner_of("mts25844s3h0"), Some(25844));
+        assert_eq!(owner_of("mts25844s3p1"), None, "a center's port is no namespace");
     }
 
     use super::*;
@@ -253,5 +333,21 @@ mod tests {
         assert_ne!(x.a.ip, y.a.ip);
         // Each pair is isolated: x cannot reach y.
         assert!(!ping(&x.a, &y.b));
+    }
+
+    #[test]
+    fn a_star_links_every_leaf_to_the_center_and_vanishes_on_drop() {
+        if !require_root() {
+            return;
+        }
+        let star = Star::new(3).unwrap();
+        let names: Vec<String> = std::iter::once(&star.center).chain(&star.leaves).map(|h| h.ns.clone()).collect();
+        assert!(names.iter().all(|n| n.len() <= 15 && ns_listed(n)), "{names:?}");
+        for leaf in &star.leaves {
+            assert!(wait_until(Duration::from_secs(5), || ping(leaf, &star.center)), "{} -> center", leaf.ns);
+        }
+        assert!(ping(&star.leaves[0], &star.leaves[2]), "leaves reach each other through the bridge");
+        drop(star);
+        assert!(names.iter().all(|n| !ns_listed(n)), "{names:?}");
     }
 }

@@ -351,7 +351,7 @@ pub fn resume_in_place(socket: impl AsRef<Path>, from: &str, id: &str) -> Result
             let prologue: mitosis_prologue::Prologue =
                 postcard::from_bytes(&prologue).map_err(|_| Error::Usage("undecodable prologue from the daemon".into()))?;
             // Never returns: ends parked until the daemon has rebuilt this process.
-            prologue.run([0, 1, 2], client.stream.as_raw_fd(), None)
+            prologue.run([0, 1, 2], client.stream.as_raw_fd(), None, None)
         }
         other => Err(unexpected(other)),
     }

@@ -10,6 +10,7 @@
  *   threads  four threads verify region 4 concurrently
  *   exec     runs /bin/echo through system()
  *   verify   verifies regions 5..PARTS-1
+ *   read     reads (verifies) every region and the brk heap, writing nothing
  *   brk      grows the brk heap (filled with a pattern before the prepare)
  *            by 16 MiB, checks old and new parts, shrinks it back; prints
  *            where the heap ended
@@ -133,6 +134,11 @@ int main(int argc, char **argv) {
             int ok = 1;
             for (int p = 5; p < PARTS; p++) ok &= check(base + p * PART, first(p), first(p + 1));
             printf("verify ok=%d\n", ok);
+        } else if (!strncmp(line, "read", 4)) {
+            int ok = 1;
+            for (int p = 0; p < PARTS; p++) ok &= check(base + p * PART, first(p), first(p + 1));
+            for (size_t i = 0; i < HEAP / 8; i++) ok &= ((uint64_t *)heap0)[i] == word(i + 12345);
+            printf("read ok=%d\n", ok);
         } else if (!strncmp(line, "brk", 3)) {
             char *top = sbrk(0);
             char *more = sbrk(16ul << 20);
