@@ -436,7 +436,7 @@ fn main() {
         ("offloaded", LocalResponse::Offloaded(OffloadReport { pid: 99, pages_put: 10, pages_clean_at_seed: 20, pages_zero: 3, node_bytes: 9000, ..Default::default() })),
         ("stats", LocalResponse::Stats(DaemonStats {
             seeds: vec![SeedStats { id: "fn-hello.1".into(), generation: 7, children: 3, pages_served: 10, bytes_served: 40960, working_set_pages: 4 }],
-            cache: CacheStats { limit_bytes: 1 << 30, bytes: 1 << 20, generations: 1, hits: 5, misses: 6, evictions: 0 },
+            cache: CacheStats { limit_bytes: 1 << 30, bytes: 1 << 20, generations: 1, hits: 5, misses: 6, evictions: 0, seeds: vec![("fn-hello.1".into(), 1 << 20)] },
             pool,
             children_running: 1,
             barriers: mitosis_proto::local::BarrierStats { count: 4, p50_us: 300, p99_us: 900, max_us: 1200, pager_p50_us: 200, pager_p99_us: 700 },

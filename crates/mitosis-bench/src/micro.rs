@@ -59,12 +59,15 @@ const TARGET_PYTHON_FAULT_RATIO: f64 = 0.1;
 /// Runs the benchmark for `sizes` (MiB), `runs` repetitions each, and prints
 /// a table, or with `json` one JSON object with every sample; `save_json`
 /// also writes that object to a file. Needs root.
-pub fn run(bin: &Path, sizes: &[usize], runs: usize, json: bool, save_json: Option<&Path>) -> anyhow::Result<()> {
+/// Runs the benchmark. With `private_pages`, the daemons give children
+/// private copies instead of pages shared through the page cache (the
+/// baseline of sharing, `daemon --private-pages`).
+pub fn run(bin: &Path, sizes: &[usize], runs: usize, json: bool, save_json: Option<&Path>, private_pages: bool) -> anyhow::Result<()> {
     ensure_root("mitosis bench micro")?;
     ensure!(runs > 0, "--runs must be at least 1");
     ensure!(!sizes.is_empty() && !sizes.contains(&0), "--sizes must list sizes of at least 1 MiB");
-    progress("starting hosts a and b with a daemon each");
-    let cluster = Cluster::start(bin, "bench-micro")?;
+    progress(if private_pages { "starting hosts a and b with a daemon each (--private-pages)" } else { "starting hosts a and b with a daemon each" });
+    let cluster = Cluster::start_with_args(bin, "bench-micro", if private_pages { &["--private-pages"] } else { &[] })?;
     let report = cluster.run(|cluster| {
         let raw_tcp = raw_tcp(bin, &cluster.hosts, runs)?;
         let rtt = modes::rtt(bin, &cluster.hosts, runs)?;
@@ -765,8 +768,9 @@ fn print_modes(r: &Report) {
     println!("  (resume request -> child sees them all resident by mincore), (running) = from the child's first answer on;");
     println!("  eager+t = its full touch afterwards; no-prefetch = --no-prefetch --no-cache (sizes <= {} MiB);", modes::NO_PREFETCH_MAX_MB);
     println!("  writers = RssAnon of the 2nd and the eager child together (both alive, both wrote every page) / the larger one's;");
-    println!("  readers = two default children that read every page, both alive: their RssAnon + host b's page cache (the one shared");
-    println!("  copy) / one's RssAnon + RssShmem (1.0: shared; 3.0: private copies beside the cache's); cache MiB = b's page cache then");
+    println!("  readers = two children (--no-working-set) that read every page, both alive: their RssAnon + host b's page cache (the one shared");
+    println!("  copy, this seed's pages only) / one's RssAnon + RssShmem (1.0: shared; 3.0: private copies beside the cache's);");
+    println!("  cache MiB = b's whole page cache then (every seed of the run)");
     println!();
     println!("pages and faults per mode (medians): faults (remote = waited for the network or cache) / pages fetched in requests, pushed, from cache");
     println!("{:>6} {:<18} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}", "MiB", "mode", "faults", "remote", "pages", "requests", "pushed", "cache");

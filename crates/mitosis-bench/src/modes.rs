@@ -359,7 +359,8 @@ pub struct RssSample {
 
 /// Two children of default paging that read every page (writing none),
 /// both alive: their own memory (RssAnon), what each maps from this host's
-/// shared copy of the seed (RssShmem), and the page cache holding that copy.
+/// shared copy of the seed (RssShmem), and the bytes of this seed's pages
+/// in the page cache (the copy; other seeds' pages there are left out).
 #[derive(Serialize, Clone)]
 pub struct SharingSample {
     pub rss_anon: [u64; 2],
@@ -378,11 +379,13 @@ impl SharingSample {
 }
 
 /// Starts two readers of seed `id` one after the other, each reading all of
-/// its memory, and measures them while both live.
+/// its memory, and measures them while both live. They take no working set:
+/// this seed's was recorded by a child that wrote every page, and written
+/// ranges are pushed as private copies (a writer would copy them anyway).
 fn readers(cluster: &Cluster, id: &str, mb: usize) -> anyhow::Result<SharingSample> {
     let mut kids = Vec::new();
     for n in 0..2 {
-        let mut kid = Kid::start(cluster, id, Paging::default(), &["verify"])?;
+        let mut kid = Kid::start(cluster, id, Paging { no_working_set: true, ..Paging::default() }, &["verify"])?;
         let line = kid.chan.recv(touch_timeout(mb)).with_context(|| format!("reader {n}"))?;
         ensure!(line.starts_with("verify ok "), "reader {n} said {line:?}");
         kids.push(kid);
@@ -391,7 +394,8 @@ fn readers(cluster: &Cluster, id: &str, mb: usize) -> anyhow::Result<SharingSamp
     for (n, kid) in kids.iter().enumerate() {
         (_, rss_anon[n], rss_shmem[n]) = rss(kid.pid())?;
     }
-    let page_cache_bytes = Client::connect(cluster.b.socket())?.stats()?.cache.bytes;
+    let cache = Client::connect(cluster.b.socket())?.stats()?.cache;
+    let page_cache_bytes = cache.seeds.iter().filter(|(seed, _)| seed == id).map(|(_, bytes)| bytes).sum();
     for (n, kid) in kids.into_iter().enumerate() {
         kid.finish(&format!("{mb} MiB reader {n}"))?;
     }

@@ -629,6 +629,10 @@ enum Bench {
         /// Also write the JSON report (every sample) to this file.
         #[arg(long)]
         save_json: Option<PathBuf>,
+        /// Daemons give children private copies instead of pages shared through the page
+        /// cache (sharing's baseline: run once with and once without).
+        #[arg(long)]
+        private_pages: bool,
     },
     /// Page throughput of one peer connection: encrypted (AES-GCM, ChaCha20-Poly1305),
     /// integrity only (--no-encrypt) and raw TCP, on loopback in this process; then a child's
@@ -1376,8 +1380,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let opts = mitosis_bench::throughput::Options { seed_bytes: seed, loops, seconds, container: !no_container, json, clients };
             mitosis_bench::throughput::run(&self_exe()?, &opts).map(|_| 0)
         }
-        Command::Bench(Bench::Micro { sizes, runs, json, save_json }) => {
-            mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref()).map(|_| 0)
+        Command::Bench(Bench::Micro { sizes, runs, json, save_json, private_pages }) => {
+            mitosis_bench::micro::run(&self_exe()?, &sizes, runs, json, save_json.as_deref(), private_pages).map(|_| 0)
         }
         Command::Bench(Bench::Crypto { mib, runs, e2e_mib, json }) => {
             mitosis_bench::crypto::run(&self_exe()?, mib, runs, e2e_mib, json).map(|_| 0)

@@ -103,6 +103,18 @@ impl Inner {
     }
 }
 
+/// Runs `(start, len)` of consecutive pages among `pages` (ascending).
+fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some(r) if r.0 + r.1 == p => r.1 += PAGE,
+            _ => runs.push((p, PAGE)),
+        }
+    }
+    runs
+}
+
 fn holds(e: &Entry, page: u64) -> bool {
     e.blocks.get(&(page / BLOCK_BYTES)).is_some_and(|bits| bits & (1 << ((page % BLOCK_BYTES) / PAGE)) != 0)
 }
@@ -175,6 +187,7 @@ impl PageCache {
     }
 
     pub fn stats(&self) -> CacheStats {
+        let seeds = self.usage();
         let inner = self.inner.lock().unwrap();
         CacheStats {
             limit_bytes: self.limit,
@@ -183,6 +196,7 @@ impl PageCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            seeds,
         }
     }
 }
@@ -213,15 +227,28 @@ impl Generation {
         &self.file
     }
 
-    /// Copies the page at seed address `page` into `out` if the file holds
-    /// it (read under the cache's lock: an eviction cannot empty it between
-    /// the check and the read).
-    fn read(&self, inner: &mut Inner, page: u64, out: &mut [u8]) -> bool {
+    /// Which pages of `pages` the file holds, their bytes read in one read
+    /// per run (under the cache's lock: an eviction cannot empty the file
+    /// between the check and the read).
+    fn read(&self, inner: &mut Inner, pages: &[u64]) -> Vec<Option<Box<[u8]>>> {
         inner.clock += 1;
         let clock = inner.clock;
-        let Some(e) = inner.current(&self.key, &self.file) else { return false };
+        let mut out: Vec<Option<Box<[u8]>>> = vec![None; pages.len()];
+        let Some(e) = inner.current(&self.key, &self.file) else { return out };
         e.last_used = clock;
-        holds(e, page) && self.file.file.read_at(page, out).is_ok()
+        let held: Vec<u64> = pages.iter().copied().filter(|&p| holds(e, p)).collect();
+        let mut buf = Vec::new();
+        for (start, len) in runs_of(&held) {
+            buf.resize(mitosis_sys::usize_of(len), 0);
+            if self.file.file.read_at(start, &mut buf).is_err() {
+                continue;
+            }
+            for (i, page) in pages.iter().enumerate().filter(|(_, &p)| p >= start && p < start + len) {
+                let off = mitosis_sys::usize_of(page - start);
+                out[i] = Some(buf[off..off + PAGE as usize].into());
+            }
+        }
+        out
     }
 
     /// Stores whole pages at `seed` that the file does not hold yet,
@@ -252,10 +279,11 @@ impl Generation {
             }
             missing
         };
-        // Written outside the lock; the pages count as held once written.
-        for &p in &missing {
-            let off = mitosis_sys::usize_of(p - seed);
-            if self.file.file.write_at(p, &bytes[off..off + PAGE as usize]).is_err() {
+        // Written outside the lock, one write per run of missing pages;
+        // the pages count as held once written.
+        for (start, len) in runs_of(&missing) {
+            let off = mitosis_sys::usize_of(start - seed);
+            if self.file.file.write_at(start, &bytes[off..off + mitosis_sys::usize_of(len)]).is_err() {
                 return false;
             }
         }
@@ -263,8 +291,8 @@ impl Generation {
         let Some(e) = inner.current(&self.key, &self.file) else {
             drop(inner);
             // Retired meanwhile: what was written after its emptying goes too.
-            for &p in &missing {
-                let _ = self.file.file.punch(p, PAGE);
+            for (start, len) in runs_of(&missing) {
+                let _ = self.file.file.punch(start, len);
             }
             return false;
         };
@@ -338,21 +366,17 @@ fn pages_of(ranges: &[(u64, u64)]) -> impl Iterator<Item = u64> + '_ {
 
 impl PageSource for CachedSource {
     fn request(&mut self, ranges: &[(u64, u64)]) -> Result<(), String> {
-        let mut hits = Vec::new();
+        let pages: Vec<u64> = pages_of(ranges).collect();
+        let hits = {
+            let mut inner = self.generation.cache.inner.lock().unwrap();
+            self.generation.read(&mut inner, &pages)
+        };
         let mut missing: Vec<(u64, u64)> = Vec::new();
-        {
-            let cache = &self.generation.cache;
-            let mut inner = cache.inner.lock().unwrap();
-            for page in pages_of(ranges) {
-                let mut data = vec![0u8; PAGE as usize].into_boxed_slice();
-                if self.generation.read(&mut inner, page, &mut data) {
-                    hits.push(Some(data));
-                } else {
-                    hits.push(None);
-                    match missing.last_mut() {
-                        Some(last) if last.0 + last.1 == page => last.1 += PAGE,
-                        _ => missing.push((page, PAGE)),
-                    }
+        for (&page, hit) in pages.iter().zip(&hits) {
+            if hit.is_none() {
+                match missing.last_mut() {
+                    Some(last) if last.0 + last.1 == page => last.1 += PAGE,
+                    _ => missing.push((page, PAGE)),
                 }
             }
         }
@@ -417,9 +441,8 @@ mod tests {
     }
 
     fn read(g: &Generation, at: u64) -> Option<Vec<u8>> {
-        let mut out = page(0);
         let mut inner = g.cache.inner.lock().unwrap();
-        g.read(&mut inner, at, &mut out).then_some(out)
+        g.read(&mut inner, &[at]).pop().flatten().map(|b| b.to_vec())
     }
 
     #[test]

@@ -179,14 +179,15 @@ struct RecorderState {
 const RECORD_LIMIT: usize = 1 << 16;
 
 impl Recorder {
-    fn record(&self, runs: &[Run]) {
+    /// Records `runs` as fetched for a fault (a write fault: `written`).
+    fn record(&self, runs: &[Run], written: bool) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.taken {
             return;
         }
         for &(_, seed, len) in runs {
             if st.ranges.len() < RECORD_LIMIT {
-                st.ranges.push((seed, len));
+                st.ranges.push(mitosis_proto::peer::working_set_range(seed, len, written));
             }
         }
     }
@@ -235,6 +236,10 @@ struct Outstanding {
     window_end: u64,
     /// Number of the request (a fault waits for its own).
     seq: u64,
+    /// Its pages go in as the child's own copies, not shared through the
+    /// host's copy: the child writes there (its fault was a write, or the
+    /// working set's recording child wrote there).
+    private: bool,
 }
 
 /// Bytes per push request, and push requests kept on the wire at once: two
@@ -337,6 +342,11 @@ pub struct Pager {
     /// This host's shared copy of the seed, which the regions marked
     /// `from_file` map ([`shared`]).
     shared: Option<Arc<dyn SharedPages>>,
+    /// The fault being served is a write: its window goes in private (a
+    /// shared page would be copied by the kernel at once).
+    fault_write: bool,
+    /// The answer being installed goes in private.
+    installing_private: bool,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -398,6 +408,8 @@ impl Pager {
             adopted: None,
             phases: packets::Phases::default(),
             shared: None,
+            fault_write: false,
+            installing_private: false,
         }
     }
 
@@ -574,8 +586,8 @@ impl Pager {
     fn pump(&mut self) {
         let pushes = |o: &std::collections::VecDeque<Outstanding>| o.iter().filter(|o| o.purpose == Purpose::Push).count();
         while self.broken.is_none() && pushes(&self.outstanding) < PUSH_DEPTH {
-            let Some(runs) = self.next_push_chunk() else { break };
-            let runs = match self.map_held(runs, Purpose::Push) {
+            let Some((runs, written)) = self.next_push_chunk() else { break };
+            let runs = match self.map_held(runs, Purpose::Push, written) {
                 Ok(runs) => runs,
                 Err(e) => {
                     self.broken = Some(e);
@@ -587,7 +599,7 @@ impl Pager {
             }
             match self.source.request(&seed_ranges(&runs)) {
                 Ok(()) => {
-                    self.on_the_wire(runs, Purpose::Push, 0);
+                    self.on_the_wire(runs, Purpose::Push, 0, written);
                 }
                 Err(e) => self.broken = Some(e),
             }
@@ -607,15 +619,26 @@ impl Pager {
     }
 
     /// The still-remote pages of the next chunk of the push list.
-    fn next_push_chunk(&mut self) -> Option<Vec<Run>> {
+    fn next_push_chunk(&mut self) -> Option<(Vec<Run>, bool)> {
+        use mitosis_proto::peer::{working_set_parts, working_set_range};
         let mut runs = Vec::new();
         let mut bytes = 0;
         let chunk = if self.push_asked < PUSH_SMALL_BYTES { PUSH_CHUNK_SMALL } else { PUSH_CHUNK };
+        // With a shared copy, a chunk is all written ranges or all others:
+        // they go in differently (without one, alike: no need to cut).
+        let mut chunk_written = None;
         while bytes < chunk {
-            let Some((start, len)) = self.push.pop_front() else { break };
+            let Some(range) = self.push.pop_front() else { break };
+            let (start, len, written) = working_set_parts(range);
+            let written = written && self.shared.is_some();
+            if chunk_written.is_some_and(|w| w != written) {
+                self.push.push_front(range);
+                break;
+            }
+            chunk_written = Some(written);
             let take = len.min(chunk - bytes);
             if take < len {
-                self.push.push_front((start + take, len - take));
+                self.push.push_front(working_set_range(start + take, len - take, written));
             }
             for run in self.regions.remote_runs(start, start + take) {
                 bytes += run.2;
@@ -626,7 +649,7 @@ impl Pager {
             }
         }
         self.push_asked += bytes;
-        (!runs.is_empty()).then_some(runs)
+        (!runs.is_empty() || chunk_written.is_some()).then_some((runs, chunk_written.unwrap_or(false)))
     }
 
     fn kill(&self, reason: &str) {
@@ -664,7 +687,8 @@ impl Pager {
 
     fn handle_event(&mut self, ev: Event) -> Result<(), String> {
         match ev {
-            Event::Fault { addr } => {
+            Event::Fault { addr, write } => {
+                self.fault_write = write;
                 self.phases.touch(addr);
                 self.push_started |= self.push_go.load(Ordering::Relaxed);
                 let t = std::time::Instant::now();
@@ -940,8 +964,8 @@ impl Pager {
             return;
         }
         for ev in &events[..leading] {
-            let Event::Fault { addr } = *ev else { return };
-            if !self.ask_for_fault(addr) {
+            let Event::Fault { addr, write } = *ev else { return };
+            if !self.ask_for_fault(addr, write) {
                 return;
             }
         }
@@ -950,7 +974,7 @@ impl Pager {
     /// Asks for the window of a fault at `addr` unless its page is not
     /// remote or already on the wire; false if the source failed (the
     /// fault's own fetch then reports it).
-    fn ask_for_fault(&mut self, addr: u64) -> bool {
+    fn ask_for_fault(&mut self, addr: u64, write: bool) -> bool {
         let remote = self.regions.lookup(addr).map(|l| l.0) == Some(PageState::Remote);
         let on_the_wire = self.outstanding.iter().any(|o| o.runs.iter().any(|r| r.0 <= addr && addr < r.0 + r.2));
         if !remote || on_the_wire || self.broken.is_some() {
@@ -958,14 +982,14 @@ impl Pager {
         }
         let (w, lo) = self.window(addr);
         let runs = self.regions.remote_runs(lo, lo + w);
-        let Ok(runs) = self.map_held(runs, Purpose::Fault) else { return false };
+        let Ok(runs) = self.map_held(runs, Purpose::Fault, write) else { return false };
         if runs.is_empty() {
             return true;
         }
         if self.source.request(&seed_ranges(&runs)).is_err() {
             return false;
         }
-        self.on_the_wire(runs, Purpose::Fault, lo + w);
+        self.on_the_wire(runs, Purpose::Fault, lo + w, write);
         true
     }
 
@@ -985,14 +1009,14 @@ impl Pager {
                 return;
             }
             let Some(ev) = one.pop() else { return };
-            let Event::Fault { addr } = ev else {
+            let Event::Fault { addr, write } = ev else {
                 if let Err(reason) = self.handle(ev) {
                     self.broken.get_or_insert(reason);
                 }
                 return;
             };
             self.deferred.push_back(ev);
-            if !self.ask_for_fault(addr) {
+            if !self.ask_for_fault(addr, write) {
                 return;
             }
         }
@@ -1003,14 +1027,14 @@ impl Pager {
     /// the request's number, if one went out.
     fn request_for_fault(&mut self, addr: u64, lo: u64, hi: u64) -> Result<Option<u64>, String> {
         let runs = self.regions.remote_runs(lo, hi);
-        let runs = self.map_held(runs, Purpose::Fault)?;
+        let runs = self.map_held(runs, Purpose::Fault, self.fault_write)?;
         if runs.is_empty() {
             return Ok(None);
         }
         if let Err(e) = self.source.request(&seed_ranges(&runs)) {
             return Err(self.unfetchable(addr, &e));
         }
-        Ok(Some(self.on_the_wire(runs, Purpose::Fault, hi)))
+        Ok(Some(self.on_the_wire(runs, Purpose::Fault, hi, self.fault_write)))
     }
 
     /// Answers come in order: takes everything up to request `seq`'s in
@@ -1032,7 +1056,7 @@ impl Pager {
         }
         let to = from + self.window_pages * PAGE;
         let runs = self.regions.remote_runs(from, to);
-        let runs = match self.map_held(runs, Purpose::ReadAhead) {
+        let runs = match self.map_held(runs, Purpose::ReadAhead, self.fault_write) {
             Ok(runs) => runs,
             Err(e) => {
                 self.broken = Some(e);
@@ -1044,17 +1068,17 @@ impl Pager {
         }
         match self.source.request(&seed_ranges(&runs)) {
             Ok(()) => {
-                self.on_the_wire(runs, Purpose::ReadAhead, to);
+                self.on_the_wire(runs, Purpose::ReadAhead, to, self.fault_write);
             }
             Err(e) => self.broken = Some(e),
         }
     }
 
     /// Records a request just sent; returns its number.
-    fn on_the_wire(&mut self, runs: Vec<Run>, purpose: Purpose, window_end: u64) -> u64 {
+    fn on_the_wire(&mut self, runs: Vec<Run>, purpose: Purpose, window_end: u64, private: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.outstanding.push_back(Outstanding { runs, purpose, window_end, seq });
+        self.outstanding.push_back(Outstanding { runs, purpose, window_end, seq, private });
         seq
     }
 
@@ -1084,11 +1108,13 @@ impl Pager {
             let pages: u64 = o.runs.iter().map(|r| r.2 / PAGE).sum();
             self.counters.pages_pushed.fetch_add(pages, Ordering::Relaxed);
         } else if let Some(r) = &self.recorder {
-            r.record(&o.runs);
+            r.record(&o.runs, o.private);
         }
+        self.installing_private = o.private;
         if let Err(e) = self.install(&o.runs, &mut buf) {
             self.broken = Some(e);
         }
+        self.installing_private = false;
         self.buf = buf;
     }
 
@@ -1151,7 +1177,8 @@ impl Pager {
                 apply_patch(chunk, child, p);
             }
         }
-        let shared = if from == PageState::Remote && self.shareable(child, len) { self.put_and_map(child, chunk) } else { None };
+        let shared =
+            if from == PageState::Remote && !self.installing_private && self.shareable(child, len) { self.put_and_map(child, chunk) } else { None };
         self.regions.set(child, child + len, to);
         let copied = match shared {
             Some(mapped) => mapped,
@@ -1227,9 +1254,10 @@ mod tests {
     #[test]
     fn a_recorder_stops_at_its_take() {
         let r = Recorder::default();
-        r.record(&[(0x1000, 0x1000, PAGE), (0x5000, 0x5000, 2 * PAGE)]);
-        assert_eq!(r.take(), vec![(0x1000, PAGE), (0x5000, 2 * PAGE)]);
-        r.record(&[(0x9000, 0x9000, PAGE)]);
+        r.record(&[(0x1000, 0x1000, PAGE)], false);
+        r.record(&[(0x5000, 0x5000, 2 * PAGE)], true);
+        assert_eq!(r.take(), vec![(0x1000, PAGE), (0x5001, 2 * PAGE)], "a written range says so in bit 0 of its start");
+        r.record(&[(0x9000, 0x9000, PAGE)], false);
         assert!(r.take().is_empty(), "what comes after the take is not the working set");
     }
 

@@ -56,9 +56,16 @@ impl Pager {
     /// Maps the pages of `runs` (child address, seed address, length, all
     /// remote) that the shared copy holds; returns the runs still to fetch.
     /// Mapped pages count as brought in for `purpose` (fetched, and pushed
-    /// or recorded as touched on demand), as fetched ones do.
-    pub(crate) fn map_held(&mut self, runs: Vec<Run>, purpose: Purpose) -> Result<Vec<Run>, String> {
+    /// or recorded as touched on demand), as fetched ones do. Nothing is
+    /// mapped for a `private` request (the child writes there: a shared
+    /// page would only be copied by the kernel at its first write, a fault
+    /// more per page); its pages come from the source, which reads what the
+    /// copy holds.
+    pub(crate) fn map_held(&mut self, runs: Vec<Run>, purpose: Purpose, private: bool) -> Result<Vec<Run>, String> {
         let Some(shared) = self.shared.clone() else { return Ok(runs) };
+        if private {
+            return Ok(runs);
+        }
         let mut left = Vec::with_capacity(runs.len());
         let mut mapped_runs = Vec::new();
         // Once memory events were handled (a remap, an unmap), the runs
@@ -97,7 +104,7 @@ impl Pager {
         if purpose == Purpose::Push {
             self.counters.pages_pushed.fetch_add(pages, Ordering::Relaxed);
         } else if let Some(r) = &self.recorder {
-            r.record(&mapped_runs);
+            r.record(&mapped_runs, false);
         }
         if !events_handled {
             return Ok(left);

@@ -232,6 +232,8 @@ pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
+    /// Bytes held per seed id (of any host and generation).
+    pub seeds: Vec<(String, u64)>,
 }
 
 /// Counters of the daemon's container pool (leak checks compare them).

@@ -67,6 +67,19 @@ pub const CHECKSUMMED_PAYLOAD: usize = 2048;
 /// Most ranges a recorded working set may have.
 pub const MAX_WORKING_SET_RANGES: usize = 1 << 16;
 
+/// A range of a recorded working set: `(start, len)`, page aligned, with
+/// bit 0 of `start` set where the recording child *wrote* (its fault there
+/// was a write): a later child gets such pages as its own copies at once,
+/// the others shared through its host's page cache.
+pub fn working_set_range(start: u64, len: u64, written: bool) -> (u64, u64) {
+    (start | u64::from(written), len)
+}
+
+/// The start, length and written flag of a working-set range.
+pub fn working_set_parts(range: (u64, u64)) -> (u64, u64, bool) {
+    (range.0 & !1, range.1, range.0 & 1 != 0)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// The image and the recorded working set (empty if none yet).
@@ -142,7 +155,11 @@ impl PeerRequest {
             if ranges.len() > MAX_WORKING_SET_RANGES {
                 return Err(format!("working set of {} ranges (limit {MAX_WORKING_SET_RANGES})", ranges.len()));
             }
-            if ranges.iter().any(|&(a, l)| a % crate::PAGE_SIZE != 0 || l % crate::PAGE_SIZE != 0 || l == 0) {
+            let aligned = |r: &(u64, u64)| {
+                let (a, l, _) = working_set_parts(*r);
+                a % crate::PAGE_SIZE == 0 && l % crate::PAGE_SIZE == 0 && l != 0
+            };
+            if !ranges.iter().all(aligned) {
                 return Err("a working-set range is not page aligned".into());
             }
         }
@@ -173,6 +190,10 @@ mod tests {
     fn read_bounds() {
         let ok = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(4096, 8192)] };
         assert!(ok.validate().is_ok());
+        let written = PeerRequest::RecordWorkingSet { id: "a".into(), generation: 1, ranges: vec![working_set_range(4096, 4096, true)] };
+        assert!(written.validate().is_ok(), "bit 0 of a working-set start is its written flag");
+        let unaligned = PeerRequest::RecordWorkingSet { id: "a".into(), generation: 1, ranges: vec![(4098, 4096)] };
+        assert!(unaligned.validate().is_err());
         let unaligned = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(4095, 4096)] };
         assert!(unaligned.validate().is_err());
         let huge = PeerRequest::ReadPages { id: "a".into(), generation: 1, ranges: vec![(0, 1 << 40)] };

@@ -90,6 +90,7 @@ pub mod features {
 const MODE_MISSING: u64 = 1;
 const MODE_WP: u64 = 1 << 1;
 const MODE_MINOR: u64 = 1 << 2;
+const PAGEFAULT_FLAG_WRITE: u64 = 1;
 const CONTINUE_MODE_WP: u64 = 1 << 1;
 /// `UFFDIO_COPY_MODE_WP`: the copied pages start write-protected.
 const COPY_MODE_WP: u64 = 1 << 1;
@@ -103,8 +104,8 @@ const EVENT_UNMAP: u8 = 0x16;
 /// One message read from a userfaultfd.
 #[derive(Debug)]
 pub enum Event {
-    /// A thread touched a missing page at this address.
-    Fault { addr: u64 },
+    /// A thread touched a missing page at this address; `write`: to write it.
+    Fault { addr: u64, write: bool },
     /// The process forked; the child's memory is served through this new
     /// descriptor, which the kernel installed in our table for us to own.
     Fork { uffd: Uffd },
@@ -409,7 +410,7 @@ impl Uffd {
         for m in buf[..n.unsigned_abs()].chunks_exact(MSG) {
             let u64_at = |o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().unwrap());
             let ev = match m[0] {
-                EVENT_PAGEFAULT => Event::Fault { addr: u64_at(16) & !(PAGE - 1) },
+                EVENT_PAGEFAULT => Event::Fault { addr: u64_at(16) & !(PAGE - 1), write: u64_at(8) & PAGEFAULT_FLAG_WRITE != 0 },
                 EVENT_FORK => {
                     let raw = RawFd::from_ne_bytes(m[8..12].try_into().unwrap());
                     // SAFETY: the kernel installed this new descriptor in our
