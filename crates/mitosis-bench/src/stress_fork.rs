@@ -22,8 +22,8 @@
 //!   run's network namespaces and the daemons' own mounts are what they were
 //!   before it; every seed's snapshot has exited; and after the cluster's
 //!   teardown none of the run's namespaces and cgroup directories remain;
-//! - **flat**: each daemon's resident memory (less its page cache, which is
-//!   bounded by `--cache-size`) and its open descriptors, sampled four times
+//! - **flat**: each daemon's resident memory (its page cache, bounded by
+//!   `--cache-size`, is in memfds outside it) and its open descriptors, sampled four times
 //!   a second while children are resumed (from the first child's end), grew
 //!   at most 10% between the first and the last minute (runs under 3
 //!   minutes: the first and the last third), medians of each window; a

@@ -38,7 +38,8 @@ pub(crate) struct ResourceSample {
     pub t_s: f64,
     pub daemon: &'static str,
     pub rss_kib: u64,
-    /// Its page cache of other hosts' pages (bounded by `--cache-size`).
+    /// Its page cache of other hosts' pages (bounded by `--cache-size`):
+    /// memfds, not part of `rss_kib`.
     pub cache_kib: u64,
     pub fds: u64,
 }
@@ -128,9 +129,9 @@ pub(crate) fn flatness(samples: &[ResourceSample]) -> Vec<Flatness> {
             let v: Vec<f64> = samples.iter().filter(|s| s.daemon == daemon && s.t_s >= lo && s.t_s <= hi).map(f).collect();
             median(&v)
         };
-        let own_kib = |s: &ResourceSample| s.rss_kib.saturating_sub(s.cache_kib) as f64;
+        let own_kib = |s: &ResourceSample| s.rss_kib as f64;
         let fds = |s: &ResourceSample| s.fds as f64;
-        for (what, f) in [("resident memory less page cache, KiB", &own_kib as &dyn Fn(&ResourceSample) -> f64), ("open descriptors", &fds)] {
+        for (what, f) in [("resident memory, KiB", &own_kib as &dyn Fn(&ResourceSample) -> f64), ("open descriptors", &fds)] {
             let (first, last) = (of(f, 0.0, first_end), of(f, last_start, f64::INFINITY));
             let change = if first > 0.0 { last / first - 1.0 } else { 0.0 };
             // A drop is no leak: only growth counts.
