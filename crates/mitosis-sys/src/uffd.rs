@@ -271,26 +271,12 @@ impl Uffd {
     /// the file does not hold stops it: `Failed(EFAULT)`.
     pub fn map_from_file(&self, dst: u64, len: u64, protect: bool) -> CopyResult {
         let mode = if protect { CONTINUE_MODE_WP } else { 0 };
-        let mut done = 0u64;
-        while done < len {
+        fill_pages(len, |done| {
             let mut c = Continue { range: Range { start: dst + done, len: len - done }, mode, mapped: 0 };
             // SAFETY: struct of the type the request is defined with.
             let r = unsafe { libc::ioctl(self.raw(), UFFDIO_CONTINUE as _, &mut c) };
-            if r == 0 {
-                return CopyResult::Done;
-            }
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            if c.mapped > 0 {
-                done += c.mapped.unsigned_abs();
-            }
-            match errno {
-                libc::EEXIST => done += PAGE,
-                libc::EAGAIN => return CopyResult::Again { copied: done },
-                libc::ESRCH => return CopyResult::Gone,
-                errno => return CopyResult::Failed(errno),
-            }
-        }
-        CopyResult::Done
+            (r, c.mapped)
+        })
     }
 
     /// Copies `src` into the child at `dst` and wakes its faulting threads. Pages
@@ -306,27 +292,13 @@ impl Uffd {
     }
 
     fn copy_mode(&self, dst: u64, src: &[u8], mode: u64) -> CopyResult {
-        let mut done = 0u64;
         let len = src.len() as u64;
-        while done < len {
+        fill_pages(len, |done| {
             let mut c = Copy { dst: dst + done, src: src.as_ptr() as u64 + done, len: len - done, mode, copy: 0 };
             // SAFETY: `src` is a live buffer of `len` bytes; the kernel copies from it.
             let r = unsafe { libc::ioctl(self.raw(), UFFDIO_COPY as _, &mut c) };
-            if r == 0 {
-                return CopyResult::Done;
-            }
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            if c.copy > 0 {
-                done += c.copy.unsigned_abs();
-            }
-            match errno {
-                libc::EEXIST => done += PAGE,
-                libc::EAGAIN => return CopyResult::Again { copied: done },
-                libc::ESRCH => return CopyResult::Gone,
-                errno => return CopyResult::Failed(errno),
-            }
-        }
-        CopyResult::Done
+            (r, c.copy)
+        })
     }
 
     /// Maps zero pages at `[start, start+len)`.
@@ -426,6 +398,32 @@ impl Uffd {
         }
         Ok(())
     }
+}
+
+/// Runs a page-filling ioctl over `len` bytes until all are in: `step`
+/// gets the bytes done so far, makes the call for the rest and returns its
+/// result and the bytes it filled. A page already there (EEXIST) is skipped
+/// and the rest goes on; EAGAIN (memory events to read first) and ESRCH
+/// (the process is gone) end it.
+fn fill_pages(len: u64, mut step: impl FnMut(u64) -> (i32, i64)) -> CopyResult {
+    let mut done = 0u64;
+    while done < len {
+        let (r, filled) = step(done);
+        if r == 0 {
+            return CopyResult::Done;
+        }
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if filled > 0 {
+            done += filled.unsigned_abs();
+        }
+        match errno {
+            libc::EEXIST => done += PAGE,
+            libc::EAGAIN => return CopyResult::Again { copied: done },
+            libc::ESRCH => return CopyResult::Gone,
+            errno => return CopyResult::Failed(errno),
+        }
+    }
+    CopyResult::Done
 }
 
 impl AsRawFd for Uffd {
