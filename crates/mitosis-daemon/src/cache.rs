@@ -18,7 +18,7 @@
 //! place, and `--no-cache` resumes get private copies (`UFFDIO_COPY`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mitosis_pager::{Counters, FetchError, PageSource, SharedPages};
@@ -41,14 +41,14 @@ pub struct Key {
 }
 
 /// The file of one generation's pages. Retired when the cache lets the
-/// generation go: from then on it holds nothing and takes nothing.
+/// generation go (its entry is gone, see [`Inner::current`]): from then on
+/// it holds nothing and takes nothing.
 #[derive(Debug)]
 pub struct GenerationFile {
     file: SparseFile,
     /// The same file opened read-only: what children get to map it
     /// privately, so that none can ever write the copy the others share.
     read_only: std::fs::File,
-    retired: AtomicBool,
 }
 
 impl GenerationFile {
@@ -56,7 +56,7 @@ impl GenerationFile {
         let file = SparseFile::create(c"mitosis-seed").map_err(|e| format!("cannot make the shared page cache file: {e}"))?;
         let read_only = std::fs::File::open(format!("/proc/self/fd/{}", file.raw()))
             .map_err(|e| format!("cannot open the shared page cache file read-only: {e}"))?;
-        Ok(GenerationFile { file, read_only, retired: AtomicBool::new(false) })
+        Ok(GenerationFile { file, read_only })
     }
 
     /// The read-only descriptor children map their memory from.
@@ -67,7 +67,6 @@ impl GenerationFile {
 
     /// Empties the file: every page leaves the children that did not write it.
     fn retire(&self) {
-        self.retired.store(true, Ordering::SeqCst);
         if let Err(e) = self.file.punch(0, mitosis_sys::shmem::ADDRESS_SPACE) {
             tracing::warn!(error = %e, "could not give back an evicted cache generation's pages");
         }
@@ -100,6 +99,14 @@ impl Inner {
         let e = self.entries.remove(key)?;
         self.bytes -= e.pages * PAGE;
         Some(e)
+    }
+
+    fn usage(&self) -> Vec<(String, u64)> {
+        let mut by_id: HashMap<String, u64> = HashMap::new();
+        for (k, e) in &self.entries {
+            *by_id.entry(k.id.clone()).or_default() += e.pages * PAGE;
+        }
+        by_id.into_iter().collect()
     }
 }
 
@@ -178,17 +185,12 @@ impl PageCache {
 
     /// Bytes held per seed id (all hosts and generations of the id together).
     pub fn usage(&self) -> Vec<(String, u64)> {
-        let inner = self.inner.lock().unwrap();
-        let mut by_id: HashMap<String, u64> = HashMap::new();
-        for (k, e) in &inner.entries {
-            *by_id.entry(k.id.clone()).or_default() += e.pages * PAGE;
-        }
-        by_id.into_iter().collect()
+        self.inner.lock().unwrap().usage()
     }
 
     pub fn stats(&self) -> CacheStats {
-        let seeds = self.usage();
         let inner = self.inner.lock().unwrap();
+        let seeds = inner.usage();
         CacheStats {
             limit_bytes: self.limit,
             bytes: inner.bytes,
@@ -315,18 +317,9 @@ impl SharedPages for Generation {
     fn held(&self, seed: u64, len: u64) -> Vec<(u64, u64)> {
         let mut inner = self.cache.inner.lock().unwrap();
         let Some(e) = inner.current(&self.key, &self.file) else { return Vec::new() };
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for page in (seed..seed + len).step_by(PAGE as usize) {
-            if holds(e, page) {
-                match runs.last_mut() {
-                    Some(r) if r.0 + r.1 == page => r.1 += PAGE,
-                    _ => runs.push((page, PAGE)),
-                }
-            }
-        }
-        let held: u64 = runs.iter().map(|r| r.1 / PAGE).sum();
-        self.cache.hits.fetch_add(held, Ordering::Relaxed);
-        runs
+        let held: Vec<u64> = (seed..seed + len).step_by(PAGE as usize).filter(|&p| holds(e, p)).collect();
+        self.cache.hits.fetch_add(held.len() as u64, Ordering::Relaxed);
+        runs_of(&held)
     }
 
     fn put(&self, seed: u64, bytes: &[u8]) -> bool {
@@ -371,15 +364,8 @@ impl PageSource for CachedSource {
             let mut inner = self.generation.cache.inner.lock().unwrap();
             self.generation.read(&mut inner, &pages)
         };
-        let mut missing: Vec<(u64, u64)> = Vec::new();
-        for (&page, hit) in pages.iter().zip(&hits) {
-            if hit.is_none() {
-                match missing.last_mut() {
-                    Some(last) if last.0 + last.1 == page => last.1 += PAGE,
-                    _ => missing.push((page, PAGE)),
-                }
-            }
-        }
+        let missing_pages: Vec<u64> = pages.iter().zip(&hits).filter(|(_, hit)| hit.is_none()).map(|(&page, _)| page).collect();
+        let missing = runs_of(&missing_pages);
         let n_hits = hits.iter().filter(|h| h.is_some()).count() as u64;
         self.generation.cache.hits.fetch_add(n_hits, Ordering::Relaxed);
         self.generation.cache.misses.fetch_add(hits.len() as u64 - n_hits, Ordering::Relaxed);

@@ -345,8 +345,6 @@ pub struct Pager {
     /// The fault being served is a write: its window goes in private (a
     /// shared page would be copied by the kernel at once).
     fault_write: bool,
-    /// The answer being installed goes in private.
-    installing_private: bool,
 }
 
 /// Keeps a copy of each userfaultfd outside this process (the daemon's
@@ -409,7 +407,6 @@ impl Pager {
             phases: packets::Phases::default(),
             shared: None,
             fault_write: false,
-            installing_private: false,
         }
     }
 
@@ -1110,11 +1107,9 @@ impl Pager {
         } else if let Some(r) = &self.recorder {
             r.record(&o.runs, o.private);
         }
-        self.installing_private = o.private;
-        if let Err(e) = self.install(&o.runs, &mut buf) {
+        if let Err(e) = self.install(&o.runs, &mut buf, o.private) {
             self.broken = Some(e);
         }
-        self.installing_private = false;
         self.buf = buf;
     }
 
@@ -1128,19 +1123,20 @@ impl Pager {
     /// Copies fetched `runs` into the child: the pages still remote at the
     /// same seed address (the data was asked for before the child's latest
     /// memory events, and events handled while copying change it again).
-    fn install(&mut self, runs: &[Run], buf: &mut [u8]) -> Result<(), String> {
+    fn install(&mut self, runs: &[Run], buf: &mut [u8], private: bool) -> Result<(), String> {
         let total: u64 = runs.iter().map(|r| r.2).sum();
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         self.counters.pages_fetched.fetch_add(total / PAGE, Ordering::Relaxed);
         self.counters.bytes_fetched.fetch_add(total, Ordering::Relaxed);
-        self.copy_wanted(runs, buf, PageState::Remote, |regions, child, seed| regions.lookup(child) == Some((PageState::Remote, seed)))
+        self.copy_wanted(runs, buf, PageState::Remote, private, |regions, child, seed| regions.lookup(child) == Some((PageState::Remote, seed)))
     }
 
     /// Copies `runs` (child address, source address, length) of `buf` into
     /// the child, pages in state `from` that are still `wanted` (given the
     /// bookkeeping, a child address and its source address: a seed address
-    /// or a memory node key), in the longest pieces that are.
-    fn copy_wanted(&mut self, runs: &[Run], buf: &mut [u8], from: PageState, wanted: impl Fn(&Regions, u64, u64) -> bool) -> Result<(), String> {
+    /// or a memory node key), in the longest pieces that are; `private`:
+    /// never through the shared copy.
+    fn copy_wanted(&mut self, runs: &[Run], buf: &mut [u8], from: PageState, private: bool, wanted: impl Fn(&Regions, u64, u64) -> bool) -> Result<(), String> {
         let mut off = 0usize;
         for &(child, source, len) in runs {
             let run_buf = &mut buf[off..off + usize_of(len)];
@@ -1155,7 +1151,7 @@ impl Pager {
                 while end < len && wanted(&self.regions, child + end, source + end) {
                     end += PAGE;
                 }
-                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], from)?;
+                page += self.copy_in(child + page, &mut run_buf[usize_of(page)..usize_of(end)], from, private)?;
             }
         }
         Ok(())
@@ -1168,8 +1164,9 @@ impl Pager {
     /// remap, an unmap in progress), the part not copied is in state `from`
     /// again while they are, so that they see it as it is (a new process
     /// does not have it, a remap moves it as still to be fetched); the
-    /// caller then looks again at what is still wanted.
-    fn copy_in(&mut self, child: u64, chunk: &mut [u8], from: PageState) -> Result<u64, String> {
+    /// caller then looks again at what is still wanted. Seed pages of a
+    /// region mapped from the shared copy go in through it unless `private`.
+    fn copy_in(&mut self, child: u64, chunk: &mut [u8], from: PageState, private: bool) -> Result<u64, String> {
         let len = chunk.len() as u64;
         let to = if from == PageState::Offloaded { PageState::Restored } else { PageState::Served };
         if from == PageState::Remote {
@@ -1178,7 +1175,7 @@ impl Pager {
             }
         }
         let shared =
-            if from == PageState::Remote && !self.installing_private && self.shareable(child, len) { self.put_and_map(child, chunk) } else { None };
+            if from == PageState::Remote && !private && self.shareable(child, len) { self.put_and_map(child, chunk) } else { None };
         self.regions.set(child, child + len, to);
         let copied = match shared {
             Some(mapped) => mapped,
@@ -1196,7 +1193,7 @@ impl Pager {
             // `mprotect`, which sends no event): the first page alone.
             CopyResult::Failed(libc::ENOENT) if len > PAGE => {
                 self.regions.replace(child, child + len, to, from);
-                self.copy_in(child, &mut chunk[..usize_of(PAGE)], from)
+                self.copy_in(child, &mut chunk[..usize_of(PAGE)], from, private)
             }
             // No mapping there any more: the child unmapped or moved it, and
             // its event comes right after; anything else is an error.

@@ -581,7 +581,8 @@ impl Pager {
         self.counters.pages_from_node.fetch_add(total / PAGE, Ordering::Relaxed);
         // Still offloaded, under the key its bytes came for: memory events
         // handled while copying (an `mremap`) may have moved other pages here.
-        let copied = self.copy_wanted(runs, &mut buf, PageState::Offloaded, |regions, child, key| {
+        // The node's pages are the child's own: never through the shared copy.
+        let copied = self.copy_wanted(runs, &mut buf, PageState::Offloaded, true, |regions, child, key| {
             regions.key_at(child) == Some((PageState::Offloaded, key))
         });
         self.buf = buf;

@@ -245,7 +245,11 @@ impl Uffd {
     /// were written since). Works from any process holding the descriptor:
     /// the range is in the memory the descriptor was made for.
     pub fn register(&self, start: u64, len: u64, track_writes: bool) -> Result<()> {
-        let mode = if track_writes { MODE_MISSING | MODE_WP } else { MODE_MISSING };
+        self.register_modes(start, len, MODE_MISSING, track_writes)
+    }
+
+    fn register_modes(&self, start: u64, len: u64, modes: u64, track_writes: bool) -> Result<()> {
+        let mode = modes | if track_writes { MODE_WP } else { 0 };
         let mut r = Register { range: Range { start, len }, mode, ioctls: 0 };
         self.ioctl(UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
     }
@@ -257,9 +261,7 @@ impl Uffd {
     /// reads. With `track_writes`, for write protection too, as
     /// [`Uffd::register`]. Needs [`features::MINOR_SHMEM`].
     pub fn register_file_backed(&self, start: u64, len: u64, track_writes: bool) -> Result<()> {
-        let mode = MODE_MISSING | MODE_MINOR | if track_writes { MODE_WP } else { 0 };
-        let mut r = Register { range: Range { start, len }, mode, ioctls: 0 };
-        self.ioctl(UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
+        self.register_modes(start, len, MODE_MISSING | MODE_MINOR, track_writes)
     }
 
     /// Maps the file's pages at `[dst, dst+len)` (`UFFDIO_CONTINUE`) and
