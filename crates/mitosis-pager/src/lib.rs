@@ -786,11 +786,15 @@ impl Pager {
             }
             // A served page of the shared copy that faults again: the copy
             // gave it back (an eviction) and the child never wrote it. It
-            // is fetched again (a fault that raced with its serving maps
-            // nothing: the page is there).
+            // is fetched again. A fault that raced with its serving (another
+            // thread's on the same page) finds it there: the kernel refuses
+            // the map or copy (EEXIST) and, refusing, wakes nobody, so the
+            // faulting thread is woken here.
             PageState::Served if self.shareable(addr, PAGE) => {
                 self.regions.set(addr, addr + PAGE, PageState::Remote);
-                self.serve_remote(addr)
+                let served = self.serve_remote(addr);
+                self.uffd.wake(addr, PAGE);
+                served
             }
             PageState::Served | PageState::Filled | PageState::Restored => {
                 self.uffd.wake(addr, PAGE);
